@@ -1,0 +1,59 @@
+// Configuration of one MoE layer: a plain struct with the defaults of DESIGN.md, one
+// validate() that names the offending key, and JSON (de)serialization with Hugging Face
+// key names where Hugging Face has one (docs/moe-layer.md lists them all).
+#pragma once
+
+#include <nlohmann/json_fwd.hpp>
+#include <string>
+
+namespace moe {
+
+enum class ScoreFunc { Softmax, Sigmoid };
+enum class DropPolicy { Position, Score };
+enum class OverflowAction { Drop, Reroute };
+enum class Activation { SwiGLU, GELU };
+// Switch: f normalized by T*k (perfect balance gives exactly the coefficient).
+// HF: Hugging Face Mixtral's variant, f normalized by T (k times larger).
+enum class AuxLossStyle { Switch, HF };
+
+struct MoeConfig {
+  int hidden_size = 0;              // d
+  int moe_intermediate_size = 0;    // F, hidden width of one expert
+  int num_experts = 8;              // E
+  int num_experts_per_tok = 2;      // k
+  ScoreFunc scoring_func = ScoreFunc::Softmax;
+  bool norm_topk_prob = true;       // renormalize top-k gates to sum 1 (only when k > 1)
+  double routed_scaling_factor = 1.0;
+  int n_group = 1;                  // group-limited selection (DeepSeek-V3)
+  int topk_group = 1;
+  bool noisy_gating = false;        // Shazeer 2017 noisy top-k, training only
+  double expert_dropout = 0.0;      // whole-expert dropout probability, training only
+  bool use_selection_bias = false;  // aux-loss-free balancing (DeepSeek-V3)
+  double bias_update_rate = 1e-3;
+  double capacity_factor = 0.0;     // <= 0: dropless
+  DropPolicy drop_policy = DropPolicy::Position;
+  OverflowAction overflow = OverflowAction::Drop;
+  Activation hidden_act = Activation::SwiGLU;
+  int n_shared_experts = 0;
+  int shared_expert_intermediate_size = 0;  // per shared expert; 0 means moe_intermediate_size
+  bool shared_expert_gate = false;          // Qwen2-MoE sigmoid gate on the shared output
+  double router_aux_loss_coef = 0.01;
+  double router_importance_coef = 0.0;
+  double router_z_loss_coef = 1e-3;
+  AuxLossStyle aux_loss_style = AuxLossStyle::Switch;
+
+  int shared_hidden() const {
+    return n_shared_experts *
+           (shared_expert_intermediate_size > 0 ? shared_expert_intermediate_size
+                                                : moe_intermediate_size);
+  }
+  // Throws moe::Error("<where>: <key> ...") for the first invalid key.
+  void validate(const std::string& where = "MoeConfig") const;
+};
+
+// Reads the keys present in j over the defaults; unknown enum strings and wrong JSON types are
+// errors naming `where` and the key. Unknown keys are ignored (configs carry model keys too).
+MoeConfig moe_config_from_json(const nlohmann::json& j, const std::string& where = "config");
+void moe_config_to_json(const MoeConfig& c, nlohmann::json& j);
+
+}  // namespace moe

@@ -1,0 +1,84 @@
+// The sparse MoE layer (docs/moe-layer.md): router -> top-k -> gates -> capacity ->
+// grouped experts -> gate-weighted combine, plus shared experts and the auxiliary losses.
+//
+// Execution is grouped, not looped: kept assignments are counting-sorted by expert, their rows
+// gathered into one contiguous buffer, each expert runs its GEMM chain on its block, and the
+// outputs are scaled by their gates and summed back per token. The backward pass reuses the
+// permutation. Workspaces grow to the largest batch seen and are reused afterwards, so a
+// steady-state training step does not allocate.
+//
+// Parameters (ParamSet names):            Workspaces saved for backward:
+//   router.weight        [E, d]             z, s, lse, p [T, E]; gates [T, k]
+//   router.noise_weight  [E, d]  (noisy)    xp [N, d]; h1, h3, a [N, F]; y [N, d]
+//   experts.w1/w3        [E, F, d]          shared h1, h3, a [T, Hs]; shared y [T, d]
+//   experts.w2           [E, d, F]          (N = kept assignments <= T*k)
+//   shared.w1/w3         [Hs, d]
+//   shared.w2            [d, Hs]
+//   shared.gate          [1, d]
+#pragma once
+
+#include <vector>
+
+#include "moe/feed_forward.h"
+#include "moe/moe_config.h"
+#include "moe/moe_losses.h"
+#include "moe/permute.h"
+
+namespace moe {
+
+template <class T>
+class MoeLayer final : public FeedForward<T> {
+ public:
+  explicit MoeLayer(const MoeConfig& config);
+
+  // Router, expert and shared weights ~ N(0, std).
+  void init_weights(Rng& rng, double std = 0.02);
+
+  void forward(View<const T> x, View<T> out, const ForwardOptions<T>& opt = {}) override;
+  void backward(View<const T> dout, View<T> dx, double aux_scale = 1.0) override;
+  double aux_loss() const override;
+  ParamSet<T>& params() override { return params_; }
+  double active_macs_per_token() const override;
+
+  // Aux-loss-free balancing: call after the optimizer step (uses the last forward's loads).
+  void update_selection_bias();
+  std::vector<T>& selection_bias() { return bias_; }
+
+  const MoeConfig& config() const { return cfg_; }
+  const RoutingPlan& plan() const { return plan_; }
+  const MoeMetrics& metrics() const { return metrics_; }
+  // Final gates of the last forward, [T, k] (0 where dropped) and the scores [T, E].
+  const std::vector<T>& gates() const { return gate_; }
+  const std::vector<T>& scores() const { return s_; }
+  // Expert outputs of the last forward in expert-major order [N, d] (for inspection).
+  const Permutation& permutation() const { return perm_; }
+
+ private:
+  void reserve(int64_t tokens);
+  void run_experts_forward();
+  void run_experts_backward();
+
+  MoeConfig cfg_;
+  int d_, F_, E_, k_, Hs_;
+  ParamSet<T> params_;
+  std::vector<T> bias_;  // [E] selection bias (state, not a parameter)
+
+  int64_t tokens_ = 0;
+  bool noisy_ = false;  // noise applied in the last forward
+  RoutingPlan plan_;
+  Permutation perm_;
+  MoeMetrics metrics_;
+  std::vector<int64_t> counts_;  // [E] primary assignments
+  std::vector<double> importance_, mean_prob_;
+
+  // Forward state.
+  std::vector<T> x_, noise_, hn_, z_, s_, lse_, u_, p_, norm_, gate_prim_, gate_;
+  std::vector<T> xp_, h1_, h3_, a_, y_;
+  std::vector<T> sh1_, sh3_, sa_, sy_, sgate_;
+  std::vector<double> uniforms_;
+  // Backward scratch.
+  std::vector<T> dy_, dxp_, da_, dh1_, dh3_, dgate_, dgate_prim_, ds_, dp_, dz_, dhn_;
+  std::vector<T> dsy_, dxs_;
+};
+
+}  // namespace moe

@@ -1,0 +1,67 @@
+// Router auxiliary losses (docs/moe-layer.md "Auxiliary losses"), each forward beside its
+// backward, and the per-call routing metrics. Only valid (non-padding) tokens count.
+//   load balance  alpha * E * sum_i f_i P_i   (Switch/GShard; f from primary counts)
+//   importance    w * CV(I)^2                (Shazeer 2017; I from primary gates)
+//   z-loss        beta * mean_t lse(z_t)^2    (ST-MoE)
+// Backward functions accumulate (+=) scaled by `scale` (dL_total / dL_aux, usually 1).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "moe/moe_config.h"
+#include "moe/router.h"
+
+namespace moe {
+
+// Routing probabilities p: p = s for softmax, s / sum(s) for sigmoid (so P sums to 1).
+template <class T>
+void routing_probs(ScoreFunc f, int64_t tokens, int64_t E, const T* s, T* p);
+template <class T>
+void routing_probs_backward(ScoreFunc f, int64_t tokens, int64_t E, const T* s, const T* p,
+                            const T* dp, T* ds);
+
+// counts [E]: primary assignments per expert (before capacity).
+void primary_counts(const RoutingPlan& plan, int64_t* counts);
+
+// P [E] is scratch (the mean routing probability per expert).
+template <class T>
+double load_balance_loss(const MoeConfig& c, const RoutingPlan& plan, const T* p,
+                         const int64_t* counts, double* P);
+template <class T>
+void load_balance_backward(const MoeConfig& c, const RoutingPlan& plan, const int64_t* counts,
+                           double scale, T* dp);
+
+// importance [E] is filled (saved for the backward).
+template <class T>
+double importance_loss(const MoeConfig& c, const RoutingPlan& plan, const T* gate_primary,
+                       double* importance);
+template <class T>
+void importance_backward(const MoeConfig& c, const RoutingPlan& plan, const double* importance,
+                         double scale, T* dgate_primary);
+
+template <class T>
+double z_loss(const MoeConfig& c, const RoutingPlan& plan, const T* lse);
+template <class T>
+void z_loss_backward(const MoeConfig& c, const RoutingPlan& plan, const T* z, const T* lse,
+                     double scale, T* dz);
+
+struct MoeMetrics {
+  std::vector<int64_t> primary_per_expert;  // router demand, before capacity
+  std::vector<int64_t> kept_per_expert;     // tokens each expert actually ran
+  int64_t tokens = 0;                       // valid tokens
+  int64_t assignments = 0;                  // tokens * k
+  int64_t dropped = 0, rerouted = 0;
+  int64_t capacity = -1;                    // -1 = dropless
+  double dropped_fraction = 0;
+  double load_balance_loss = 0, importance_loss = 0, z_loss = 0;
+  double router_entropy = 0;                // mean over tokens of -sum p log p (nats)
+  double load_cv = 0;                       // std / mean of primary_per_expert
+  double load_max_over_mean = 0;
+};
+
+template <class T>
+void fill_metrics(const MoeConfig& c, const RoutingPlan& plan, const T* p, const int64_t* counts,
+                  MoeMetrics& m);
+
+}  // namespace moe

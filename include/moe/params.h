@@ -1,0 +1,43 @@
+// One parameter arena per layer (llm.c ParameterTensors): declare every tensor's name and
+// shape, allocate once, then hand out pointers into the value and gradient arenas.
+// Names follow docs/moe-layer.md, so checkpoints and fixtures map one to one.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "moe/tensor.h"
+
+namespace moe {
+
+struct ParamSpec {
+  std::string name;
+  Shape shape;
+  int64_t offset = 0;  // into the arena, in elements
+};
+
+template <class T>
+class ParamSet {
+ public:
+  void declare(const std::string& name, const Shape& shape);
+  void allocate();  // zero-filled values and gradients
+  bool has(const std::string& name) const { return find(name) != nullptr; }
+  const ParamSpec* find(const std::string& name) const;
+  const ParamSpec& spec(const std::string& name) const;  // throws naming the tensor
+  T* value(const std::string& name) { return values_.data() + spec(name).offset; }
+  T* grad(const std::string& name) { return grads_.data() + spec(name).offset; }
+  View<T> value_view(const std::string& name) { return View<T>(value(name), spec(name).shape); }
+  View<T> grad_view(const std::string& name) { return View<T>(grad(name), spec(name).shape); }
+  const std::vector<ParamSpec>& specs() const { return specs_; }
+  std::vector<T>& values() { return values_; }
+  std::vector<T>& grads() { return grads_; }
+  int64_t numel() const { return static_cast<int64_t>(values_.size()); }
+  void zero_grad();
+
+ private:
+  std::vector<ParamSpec> specs_;
+  std::vector<T> values_, grads_;
+  int64_t total_ = 0;
+};
+
+}  // namespace moe

@@ -1,0 +1,12 @@
+// Subcommands of the `moe` CLI. Each registers its options on the app and returns the
+// function to run; the library does the work.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <functional>
+
+namespace moe::cli {
+
+std::function<int()> add_layer_command(CLI::App& app);
+
+}  // namespace moe::cli

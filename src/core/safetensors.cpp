@@ -1,0 +1,352 @@
+#include "moe/safetensors.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+namespace moe {
+
+const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::F64: return "F64";
+    case DType::F32: return "F32";
+    case DType::F16: return "F16";
+    case DType::BF16: return "BF16";
+    case DType::I64: return "I64";
+    case DType::I32: return "I32";
+    case DType::U8: return "U8";
+  }
+  return "?";
+}
+
+int64_t dtype_size(DType t) {
+  switch (t) {
+    case DType::F64: case DType::I64: return 8;
+    case DType::F32: case DType::I32: return 4;
+    case DType::F16: case DType::BF16: return 2;
+    case DType::U8: return 1;
+  }
+  return 0;
+}
+
+namespace {
+bool parse_dtype(const std::string& s, DType* out) {
+  for (DType t : {DType::F64, DType::F32, DType::F16, DType::BF16, DType::I64, DType::I32,
+                  DType::U8}) {
+    if (s == dtype_name(t)) {
+      *out = t;
+      return true;
+    }
+  }
+  return false;
+}
+
+template <class T>
+T load_as(const uint8_t* p, DType t) {
+  switch (t) {
+    case DType::F64: { double v; std::memcpy(&v, p, 8); return static_cast<T>(v); }
+    case DType::F32: { float v; std::memcpy(&v, p, 4); return static_cast<T>(v); }
+    case DType::F16: { uint16_t v; std::memcpy(&v, p, 2); return static_cast<T>(f16_to_float(v)); }
+    case DType::BF16: { uint16_t v; std::memcpy(&v, p, 2); return static_cast<T>(bf16_to_float(v)); }
+    case DType::I64: { int64_t v; std::memcpy(&v, p, 8); return static_cast<T>(v); }
+    case DType::I32: { int32_t v; std::memcpy(&v, p, 4); return static_cast<T>(v); }
+    case DType::U8: return static_cast<T>(*p);
+  }
+  return T(0);
+}
+
+template <class T>
+void store_as(T v, DType t, uint8_t* p) {
+  switch (t) {
+    case DType::F64: { double x = static_cast<double>(v); std::memcpy(p, &x, 8); break; }
+    case DType::F32: { float x = static_cast<float>(v); std::memcpy(p, &x, 4); break; }
+    case DType::F16: { uint16_t x = float_to_f16(static_cast<float>(v)); std::memcpy(p, &x, 2); break; }
+    case DType::BF16: { uint16_t x = float_to_bf16(static_cast<float>(v)); std::memcpy(p, &x, 2); break; }
+    case DType::I64: { int64_t x = static_cast<int64_t>(v); std::memcpy(p, &x, 8); break; }
+    case DType::I32: { int32_t x = static_cast<int32_t>(v); std::memcpy(p, &x, 4); break; }
+    case DType::U8: *p = static_cast<uint8_t>(v); break;
+  }
+}
+}  // namespace
+
+int64_t TensorEntry::numel() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+struct SafeTensorsFile::Mapping {
+  void* addr = nullptr;
+  size_t size = 0;
+  ~Mapping() {
+    if (addr && addr != MAP_FAILED) munmap(addr, size);
+  }
+};
+
+SafeTensorsFile SafeTensorsFile::open(const std::string& path) {
+  SafeTensorsFile f;
+  f.path_ = path;
+  int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) throw Error(fmt::format("{}: cannot open: {}", path, std::strerror(errno)));
+  struct stat st {};
+  if (fstat(fd, &st) != 0) {
+    ::close(fd);
+    throw Error(fmt::format("{}: cannot stat: {}", path, std::strerror(errno)));
+  }
+  const auto file_size = static_cast<uint64_t>(st.st_size);
+  if (file_size < 8) {
+    ::close(fd);
+    throw Error(fmt::format("{}: truncated: {} bytes, less than the 8-byte header length", path,
+                            file_size));
+  }
+  f.map_ = std::make_shared<Mapping>();
+  f.map_->size = file_size;
+  f.map_->addr = mmap(nullptr, file_size, PROT_READ, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  if (f.map_->addr == MAP_FAILED) throw Error(fmt::format("{}: mmap failed", path));
+  const auto* base = static_cast<const uint8_t*>(f.map_->addr);
+
+  uint64_t header_len = 0;
+  std::memcpy(&header_len, base, 8);
+  if (header_len > file_size - 8)
+    throw Error(fmt::format("{}: truncated: header length {} exceeds the {} bytes after it", path,
+                            header_len, file_size - 8));
+  const uint64_t data_size = file_size - 8 - header_len;
+  f.data_ = base + 8 + header_len;
+
+  nlohmann::json header;
+  try {
+    header = nlohmann::json::parse(base + 8, base + 8 + header_len);
+  } catch (const std::exception& e) {
+    throw Error(fmt::format("{}: header is not valid JSON: {}", path, e.what()));
+  }
+  if (!header.is_object()) throw Error(fmt::format("{}: header is not a JSON object", path));
+
+  std::vector<std::pair<int64_t, int64_t>> spans;
+  for (auto it = header.begin(); it != header.end(); ++it) {
+    const std::string& name = it.key();
+    const auto& v = it.value();
+    if (name == "__metadata__") {
+      if (!v.is_object()) throw Error(fmt::format("{}: __metadata__ is not an object", path));
+      for (auto m = v.begin(); m != v.end(); ++m) {
+        if (!m.value().is_string())
+          throw Error(fmt::format("{}: __metadata__.{} is not a string", path, m.key()));
+        f.metadata_[m.key()] = m.value().get<std::string>();
+      }
+      continue;
+    }
+    auto bad = [&](const std::string& why) {
+      return Error(fmt::format("{}: tensor '{}': {}", path, name, why));
+    };
+    if (!v.is_object() || !v.contains("dtype") || !v.contains("shape") ||
+        !v.contains("data_offsets"))
+      throw bad("entry needs dtype, shape and data_offsets");
+    TensorEntry e;
+    e.name = name;
+    if (!v["dtype"].is_string() || !parse_dtype(v["dtype"].get<std::string>(), &e.dtype))
+      throw bad(fmt::format("unsupported dtype {}", v["dtype"].dump()));
+    if (!v["shape"].is_array()) throw bad("shape is not an array");
+    for (const auto& d : v["shape"]) {
+      if (!d.is_number_integer() || d.get<int64_t>() < 0)
+        throw bad(fmt::format("bad shape {}", v["shape"].dump()));
+      e.shape.push_back(d.get<int64_t>());
+    }
+    const auto& off = v["data_offsets"];
+    if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() ||
+        !off[1].is_number_unsigned())
+      throw bad("data_offsets must be two non-negative integers");
+    e.begin = off[0].get<int64_t>();
+    e.end = off[1].get<int64_t>();
+    if (e.begin > e.end) throw bad(fmt::format("data_offsets [{}, {}] are reversed", e.begin, e.end));
+    if (static_cast<uint64_t>(e.end) > data_size)
+      throw bad(fmt::format("data_offsets end {} is past the end of the data ({} bytes): "
+                            "file truncated?",
+                            e.end, data_size));
+    if (e.end - e.begin != e.numel() * dtype_size(e.dtype))
+      throw bad(fmt::format("{} bytes stored but shape {} of {} needs {}", e.end - e.begin,
+                            v["shape"].dump(), dtype_name(e.dtype),
+                            e.numel() * dtype_size(e.dtype)));
+    spans.emplace_back(e.begin, e.end);
+    f.entries_.emplace(name, std::move(e));
+  }
+  std::sort(spans.begin(), spans.end());
+  for (size_t i = 1; i < spans.size(); ++i) {
+    if (spans[i].first < spans[i - 1].second) {
+      for (const auto& [n, e] : f.entries_)
+        if (e.begin == spans[i].first)
+          throw Error(fmt::format("{}: tensor '{}': data overlaps another tensor", path, n));
+    }
+  }
+  return f;
+}
+
+const TensorEntry& SafeTensorsFile::entry(const std::string& name) const {
+  auto it = entries_.find(name);
+  if (it == entries_.end()) throw Error(fmt::format("{}: missing tensor '{}'", path_, name));
+  return it->second;
+}
+
+std::vector<std::string> SafeTensorsFile::names() const {
+  std::vector<std::string> out;
+  for (const auto& [n, e] : entries_) out.push_back(n);
+  return out;
+}
+
+const std::string& SafeTensorsFile::metadata(const std::string& key) const {
+  auto it = metadata_.find(key);
+  if (it == metadata_.end()) throw Error(fmt::format("{}: missing __metadata__ key '{}'", path_, key));
+  return it->second;
+}
+
+template <class T>
+void SafeTensorsFile::read_into(const std::string& name, const Shape& expected, T* out) const {
+  const TensorEntry& e = entry(name);
+  const Shape stored = Shape::from(e.shape);
+  if (!(stored == expected))
+    throw Error(fmt::format("{}: tensor '{}': shape {} does not match the expected {}", path_, name,
+                            stored.str(), expected.str()));
+  const int64_t n = e.numel(), sz = dtype_size(e.dtype);
+  const uint8_t* p = raw(e);
+  for (int64_t i = 0; i < n; ++i) out[i] = load_as<T>(p + i * sz, e.dtype);
+}
+
+template <class T>
+Tensor<T> SafeTensorsFile::read(const std::string& name, const Shape& expected) const {
+  const Shape stored = Shape::from(entry(name).shape);
+  Tensor<T> t(expected.ndim > 0 ? expected : stored);
+  read_into(name, t.shape(), t.data());
+  return t;
+}
+
+template <class T>
+void SafeTensorsWriter::add(const std::string& name, const Shape& shape, const T* data,
+                            DType stored) {
+  for (const auto& p : tensors_)
+    MOE_CHECK(p.name != name, "SafeTensorsWriter: tensor '{}' added twice", name);
+  Pending p;
+  p.name = name;
+  p.dtype = stored;
+  for (int i = 0; i < shape.ndim; ++i) p.shape.push_back(shape[i]);
+  const int64_t n = shape.numel(), sz = dtype_size(stored);
+  p.bytes.resize(static_cast<size_t>(n * sz));
+  for (int64_t i = 0; i < n; ++i) store_as<T>(data[i], stored, p.bytes.data() + i * sz);
+  tensors_.push_back(std::move(p));
+}
+
+void SafeTensorsWriter::write(const std::string& path) const {
+  nlohmann::ordered_json header;
+  if (!metadata_.empty()) header["__metadata__"] = metadata_;
+  int64_t offset = 0;
+  for (const auto& p : tensors_) {
+    const auto n = static_cast<int64_t>(p.bytes.size());
+    header[p.name] = {{"dtype", dtype_name(p.dtype)}, {"shape", p.shape},
+                      {"data_offsets", {offset, offset + n}}};
+    offset += n;
+  }
+  std::string h = header.dump();
+  while ((8 + h.size()) % 8 != 0) h.push_back(' ');  // keep the data 8-byte aligned
+  std::vector<uint8_t> out(8 + h.size() + static_cast<size_t>(offset));
+  const uint64_t len = h.size();
+  std::memcpy(out.data(), &len, 8);
+  std::memcpy(out.data() + 8, h.data(), h.size());
+  size_t pos = 8 + h.size();
+  for (const auto& p : tensors_) {
+    if (!p.bytes.empty()) std::memcpy(out.data() + pos, p.bytes.data(), p.bytes.size());
+    pos += p.bytes.size();
+  }
+  write_file_atomic(path, out.data(), out.size());
+}
+
+void write_file_atomic(const std::string& path, const void* data, size_t size) {
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  FILE* f = std::fopen(tmp.c_str(), "wb");
+  if (!f) throw Error(fmt::format("{}: cannot create: {}", tmp, std::strerror(errno)));
+  const bool ok = std::fwrite(data, 1, size, f) == size && std::fflush(f) == 0 &&
+                  ::fsync(::fileno(f)) == 0;
+  const bool closed = std::fclose(f) == 0;
+  if (!ok || !closed) {
+    std::remove(tmp.c_str());
+    throw Error(fmt::format("{}: write failed: {}", tmp, std::strerror(errno)));
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    throw Error(fmt::format("{}: cannot rename into place: {}", path, std::strerror(errno)));
+  }
+}
+
+float bf16_to_float(uint16_t h) {
+  uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+uint16_t float_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);  // NaN
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+float f16_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu;
+  uint32_t u;
+  if (exp == 0) {
+    if (mant == 0) {
+      u = sign;
+    } else {  // subnormal: normalize
+      exp = 127 - 15 + 1;
+      while ((mant & 0x400u) == 0) {
+        mant <<= 1;
+        --exp;
+      }
+      u = sign | (exp << 23) | ((mant & 0x3ffu) << 13);
+    }
+  } else if (exp == 31) {
+    u = sign | 0x7f800000u | (mant << 13);
+  } else {
+    u = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+  }
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+uint16_t float_to_f16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
+  const uint32_t a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) return sign | 0x7e00u;       // NaN
+  if (a >= 0x477ff000u) return sign | 0x7c00u;      // overflow to inf
+  if (a < 0x38800000u) {                            // subnormal or zero
+    if (a < 0x33000000u) return sign;
+    const uint32_t mant = (a & 0x7fffffu) | 0x800000u;
+    const int shift = 113 - static_cast<int>(a >> 23) + 13;
+    uint32_t r = mant >> shift;
+    const uint32_t rem = mant & ((1u << shift) - 1), half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (r & 1u))) ++r;
+    return sign | static_cast<uint16_t>(r);
+  }
+  uint32_t r = a - 0x38000000u;  // rebias exponent
+  r += 0xfffu + ((r >> 13) & 1u);
+  return sign | static_cast<uint16_t>(r >> 13);
+}
+
+template Tensor<float> SafeTensorsFile::read<float>(const std::string&, const Shape&) const;
+template Tensor<double> SafeTensorsFile::read<double>(const std::string&, const Shape&) const;
+template void SafeTensorsFile::read_into<float>(const std::string&, const Shape&, float*) const;
+template void SafeTensorsFile::read_into<double>(const std::string&, const Shape&, double*) const;
+template void SafeTensorsWriter::add<float>(const std::string&, const Shape&, const float*, DType);
+template void SafeTensorsWriter::add<double>(const std::string&, const Shape&, const double*, DType);
+
+}  // namespace moe

@@ -1,0 +1,68 @@
+#include "moe/dense_ffn.h"
+
+#include <algorithm>
+
+#include "moe/ffn.h"
+
+namespace moe {
+
+template <class T>
+DenseFfn<T>::DenseFfn(int hidden_size, int intermediate_size, Activation act)
+    : d_(hidden_size), F_(intermediate_size), act_(act) {
+  MOE_CHECK(hidden_size > 0, "DenseFfn: hidden_size must be positive, got {}", hidden_size);
+  MOE_CHECK(intermediate_size > 0, "DenseFfn: intermediate_size must be positive, got {}",
+            intermediate_size);
+  params_.declare("ffn.w1", {F_, d_});
+  if (act_ == Activation::SwiGLU) params_.declare("ffn.w3", {F_, d_});
+  params_.declare("ffn.w2", {d_, F_});
+  params_.allocate();
+}
+
+template <class T>
+void DenseFfn<T>::init_weights(Rng& rng, double std) {
+  rng.fill_normal(params_.values().data(), params_.numel(), 0.0, std);
+}
+
+template <class T>
+double DenseFfn<T>::active_macs_per_token() const {
+  return static_cast<double>(d_) * F_ * (act_ == Activation::SwiGLU ? 3 : 2);
+}
+
+template <class T>
+void DenseFfn<T>::forward(View<const T> x, View<T> out, const ForwardOptions<T>& opt) {
+  MOE_CHECK(x.ndim() == 2 && x.size(1) == d_ && x.contiguous(),
+            "DenseFfn::forward: x has shape {}, expected [T,{}]", x.shape.str(), d_);
+  tokens_ = x.size(0);
+  check_shape(out, {tokens_, d_}, "DenseFfn::forward: out");
+  if (opt.check_finite) check_finite(x, "DenseFfn::forward: x");
+  const auto n = static_cast<size_t>(tokens_);
+  x_.assign(x.data, x.data + n * d_);
+  h1_.resize(n * F_);
+  a_.resize(n * F_);
+  if (act_ == Activation::SwiGLU) h3_.resize(n * F_);
+  const bool glu = act_ == Activation::SwiGLU;
+  ffn_forward<T>(act_, tokens_, d_, F_, x_.data(), params_.value("ffn.w1"),
+                 glu ? params_.value("ffn.w3") : nullptr, params_.value("ffn.w2"), h1_.data(),
+                 h3_.data(), a_.data(), out.data);
+}
+
+template <class T>
+void DenseFfn<T>::backward(View<const T> dout, View<T> dx, double) {
+  check_shape(dout, {tokens_, d_}, "DenseFfn::backward: dout");
+  check_shape(dx, {tokens_, d_}, "DenseFfn::backward: dx");
+  const auto n = static_cast<size_t>(tokens_);
+  da_.resize(n * F_);
+  dh1_.resize(n * F_);
+  dh3_.resize(n * F_);
+  const bool glu = act_ == Activation::SwiGLU;
+  ffn_backward<T>(act_, tokens_, d_, F_, x_.data(), params_.value("ffn.w1"),
+                  glu ? params_.value("ffn.w3") : nullptr, params_.value("ffn.w2"), h1_.data(),
+                  h3_.data(), a_.data(), dout.data, dx.data, params_.grad("ffn.w1"),
+                  glu ? params_.grad("ffn.w3") : nullptr, params_.grad("ffn.w2"), da_.data(),
+                  dh1_.data(), dh3_.data());
+}
+
+template class DenseFfn<float>;
+template class DenseFfn<double>;
+
+}  // namespace moe

@@ -1,0 +1,291 @@
+#include "moe/moe_layer.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "moe/ffn.h"
+#include "moe/gemm.h"
+
+namespace moe {
+
+namespace {
+template <class T>
+void grow(std::vector<T>& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+}
+template <class T>
+T sigmoid(T v) {
+  return T(1) / (T(1) + std::exp(-v));
+}
+}  // namespace
+
+template <class T>
+MoeLayer<T>::MoeLayer(const MoeConfig& config) : cfg_(config) {
+  cfg_.validate("MoeLayer");
+  d_ = cfg_.hidden_size;
+  F_ = cfg_.moe_intermediate_size;
+  E_ = cfg_.num_experts;
+  k_ = cfg_.num_experts_per_tok;
+  Hs_ = cfg_.shared_hidden();
+  const bool glu = cfg_.hidden_act == Activation::SwiGLU;
+  params_.declare("router.weight", {E_, d_});
+  if (cfg_.noisy_gating) params_.declare("router.noise_weight", {E_, d_});
+  params_.declare("experts.w1", {E_, F_, d_});
+  if (glu) params_.declare("experts.w3", {E_, F_, d_});
+  params_.declare("experts.w2", {E_, d_, F_});
+  if (Hs_ > 0) {
+    params_.declare("shared.w1", {Hs_, d_});
+    if (glu) params_.declare("shared.w3", {Hs_, d_});
+    params_.declare("shared.w2", {d_, Hs_});
+    if (cfg_.shared_expert_gate) params_.declare("shared.gate", {1, d_});
+  }
+  params_.allocate();
+  bias_.assign(E_, T(0));
+  counts_.assign(E_, 0);
+  importance_.assign(E_, 0.0);
+  mean_prob_.assign(E_, 0.0);
+  uniforms_.assign(E_, 0.0);
+}
+
+template <class T>
+void MoeLayer<T>::init_weights(Rng& rng, double std) {
+  rng.fill_normal(params_.values().data(), params_.numel(), 0.0, std);
+}
+
+template <class T>
+double MoeLayer<T>::active_macs_per_token() const {
+  const double per_ffn = cfg_.hidden_act == Activation::SwiGLU ? 3.0 : 2.0;
+  return static_cast<double>(d_) * E_ + per_ffn * d_ * (static_cast<double>(k_) * F_ + Hs_);
+}
+
+template <class T>
+void MoeLayer<T>::reserve(int64_t T_) {
+  const int64_t TE = T_ * E_, Tk = T_ * k_;
+  for (auto* v : {&x_}) grow(*v, T_ * d_);
+  for (auto* v : {&noise_, &hn_, &z_, &s_, &u_, &p_, &ds_, &dp_, &dz_, &dhn_}) grow(*v, TE);
+  for (auto* v : {&lse_, &norm_}) grow(*v, T_);
+  for (auto* v : {&gate_prim_, &gate_, &dgate_, &dgate_prim_}) grow(*v, Tk);
+  // Expert buffers are sized for the dropless worst case, N = T*k rows.
+  for (auto* v : {&xp_, &y_, &dy_, &dxp_}) grow(*v, Tk * d_);
+  for (auto* v : {&h1_, &h3_, &a_, &da_, &dh1_, &dh3_}) grow(*v, Tk * F_);
+  if (Hs_ > 0) {
+    for (auto* v : {&sh1_, &sh3_, &sa_}) grow(*v, T_ * std::max(Hs_, F_));
+    for (auto* v : {&sy_, &dsy_, &dxs_}) grow(*v, T_ * d_);
+    grow(sgate_, T_);
+    // The shared backward reuses da/dh1/dh3, which must then hold T*Hs.
+    for (auto* v : {&da_, &dh1_, &dh3_}) grow(*v, T_ * Hs_);
+  }
+}
+
+template <class T>
+void MoeLayer<T>::forward(View<const T> x, View<T> out, const ForwardOptions<T>& opt) {
+  MOE_CHECK(x.ndim() == 2 && x.size(1) == d_ && x.contiguous(),
+            "MoeLayer::forward: x has shape {}, expected [T,{}] (hidden_size)", x.shape.str(), d_);
+  const int64_t T_ = x.size(0);
+  check_shape(out, {T_, d_}, "MoeLayer::forward: out");
+  if (opt.check_finite) check_finite(x, "MoeLayer::forward: x");
+  tokens_ = T_;
+  reserve(T_);
+  std::copy_n(x.data, T_ * d_, x_.data());
+
+  // Masks: padding tokens, and experts dropped out for this batch.
+  if (plan_.tokens != T_ || plan_.k != k_) plan_.resize(T_, k_, E_);
+  for (int64_t t = 0; t < T_; ++t) plan_.token_mask[t] = opt.token_mask ? opt.token_mask[t] != 0 : 1;
+  if (opt.replay) {
+    plan_.expert_mask = opt.replay->expert_mask;
+  } else if (opt.expert_mask) {
+    std::copy_n(opt.expert_mask, E_, plan_.expert_mask.data());
+  } else if (opt.training && cfg_.expert_dropout > 0) {
+    MOE_CHECK(opt.rng != nullptr, "MoeLayer::forward: expert_dropout needs an Rng in training");
+    for (int e = 0; e < E_; ++e) uniforms_[e] = opt.rng->uniform();
+    expert_dropout_mask(E_, k_, cfg_.expert_dropout, uniforms_.data(), plan_.expert_mask.data());
+  } else {
+    std::fill(plan_.expert_mask.begin(), plan_.expert_mask.end(), 1);
+  }
+
+  // 1. Logits, with Shazeer noise in training.
+  noisy_ = cfg_.noisy_gating && opt.training;
+  if (noisy_) {
+    if (opt.noise) {
+      std::copy_n(opt.noise, T_ * E_, noise_.data());
+    } else {
+      MOE_CHECK(opt.rng != nullptr, "MoeLayer::forward: noisy_gating needs an Rng in training");
+      opt.rng->fill_normal(noise_.data(), T_ * E_);
+    }
+  }
+  const T* wn = noisy_ ? params_.value("router.noise_weight") : nullptr;
+  router_logits_forward<T>(T_, d_, E_, x_.data(), params_.value("router.weight"), wn,
+                           noise_.data(), hn_.data(), z_.data());
+  // 2. Scores.
+  router_scores_forward<T>(cfg_.scoring_func, T_, E_, z_.data(), s_.data(), lse_.data());
+  // 3-5. Selection (or the replayed one), gates, capacity.
+  if (opt.replay) {
+    const RoutingPlan& r = *opt.replay;
+    MOE_CHECK(r.tokens == T_ && r.k == k_ && r.num_experts == E_,
+              "MoeLayer::forward: replayed plan is for T={} k={} E={}, not T={} k={} E={}",
+              r.tokens, r.k, r.num_experts, T_, k_, E_);
+    plan_.primary = r.primary;
+    plan_.expert = r.expert;
+    plan_.rerouted = r.rerouted;
+    plan_.capacity = r.capacity;
+    plan_.valid_tokens = r.valid_tokens;
+    plan_.dropped = r.dropped;
+    plan_.rerouted_count = r.rerouted_count;
+    primary_gates<T>(cfg_, plan_, s_.data(), norm_.data(), gate_prim_.data());
+  } else {
+    const T* bias = cfg_.use_selection_bias ? bias_.data() : nullptr;
+    select_top_k<T>(cfg_, s_.data(), bias, plan_, u_.data());
+    primary_gates<T>(cfg_, plan_, s_.data(), norm_.data(), gate_prim_.data());
+    apply_capacity<T>(cfg_, gate_prim_.data(), u_.data(), plan_);
+  }
+  final_gates<T>(cfg_, plan_, s_.data(), norm_.data(), gate_.data());
+
+  // 6. Losses and metrics.
+  routing_probs<T>(cfg_.scoring_func, T_, E_, s_.data(), p_.data());
+  primary_counts(plan_, counts_.data());
+  metrics_.load_balance_loss = load_balance_loss<T>(cfg_, plan_, p_.data(), counts_.data(),
+                                                  mean_prob_.data());
+  metrics_.importance_loss = importance_loss<T>(cfg_, plan_, gate_prim_.data(), importance_.data());
+  metrics_.z_loss = z_loss<T>(cfg_, plan_, lse_.data());
+  fill_metrics<T>(cfg_, plan_, p_.data(), counts_.data(), metrics_);
+
+  // 7. Grouped experts: permute, run each expert on its block, combine.
+  build_permutation(plan_, perm_);
+  gather_rows<T>(perm_, k_, d_, x_.data(), xp_.data());
+  run_experts_forward();
+  scatter_gated<T>(perm_, T_, k_, d_, y_.data(), gate_.data(), out.data);
+
+  // 8. Shared experts on every token, optionally gated.
+  if (Hs_ > 0) {
+    const bool glu = cfg_.hidden_act == Activation::SwiGLU;
+    ffn_forward<T>(cfg_.hidden_act, T_, d_, Hs_, x_.data(), params_.value("shared.w1"),
+                   glu ? params_.value("shared.w3") : nullptr, params_.value("shared.w2"),
+                   sh1_.data(), sh3_.data(), sa_.data(), sy_.data());
+    if (cfg_.shared_expert_gate) {
+      gemm<T>(Trans::No, Trans::Yes, T_, 1, d_, T(1), x_.data(), d_, params_.value("shared.gate"),
+              d_, T(0), sgate_.data(), 1);
+      for (int64_t t = 0; t < T_; ++t) sgate_[t] = sigmoid(sgate_[t]);
+    }
+    for (int64_t t = 0; t < T_; ++t) {
+      const T g = cfg_.shared_expert_gate ? sgate_[t] : T(1);
+      for (int64_t c = 0; c < d_; ++c) out.data[t * d_ + c] += g * sy_[t * d_ + c];
+    }
+  }
+}
+
+template <class T>
+void MoeLayer<T>::run_experts_forward() {
+  const bool glu = cfg_.hidden_act == Activation::SwiGLU;
+  const T* w1 = params_.value("experts.w1");
+  const T* w3 = glu ? params_.value("experts.w3") : nullptr;
+  const T* w2 = params_.value("experts.w2");
+  const int64_t wsz = static_cast<int64_t>(F_) * d_;
+  for (int e = 0; e < E_; ++e) {
+    const int64_t r0 = perm_.offsets[e], n = perm_.rows_of(e);
+    if (n == 0) continue;
+    ffn_forward<T>(cfg_.hidden_act, n, d_, F_, xp_.data() + r0 * d_, w1 + e * wsz,
+                   glu ? w3 + e * wsz : nullptr, w2 + e * wsz, h1_.data() + r0 * F_,
+                   h3_.data() + r0 * F_, a_.data() + r0 * F_, y_.data() + r0 * d_);
+  }
+}
+
+template <class T>
+void MoeLayer<T>::run_experts_backward() {
+  const bool glu = cfg_.hidden_act == Activation::SwiGLU;
+  const T* w1 = params_.value("experts.w1");
+  const T* w3 = glu ? params_.value("experts.w3") : nullptr;
+  const T* w2 = params_.value("experts.w2");
+  T* dw1 = params_.grad("experts.w1");
+  T* dw3 = glu ? params_.grad("experts.w3") : nullptr;
+  T* dw2 = params_.grad("experts.w2");
+  const int64_t wsz = static_cast<int64_t>(F_) * d_;
+  for (int e = 0; e < E_; ++e) {
+    const int64_t r0 = perm_.offsets[e], n = perm_.rows_of(e);
+    if (n == 0) continue;
+    ffn_backward<T>(cfg_.hidden_act, n, d_, F_, xp_.data() + r0 * d_, w1 + e * wsz,
+                    glu ? w3 + e * wsz : nullptr, w2 + e * wsz, h1_.data() + r0 * F_,
+                    h3_.data() + r0 * F_, a_.data() + r0 * F_, dy_.data() + r0 * d_,
+                    dxp_.data() + r0 * d_, dw1 + e * wsz, glu ? dw3 + e * wsz : nullptr,
+                    dw2 + e * wsz, da_.data() + r0 * F_, dh1_.data() + r0 * F_,
+                    dh3_.data() + r0 * F_);
+  }
+}
+
+template <class T>
+void MoeLayer<T>::backward(View<const T> dout, View<T> dx, double aux_scale) {
+  const int64_t T_ = tokens_, TE = tokens_ * E_, Tk = tokens_ * k_;
+  check_shape(dout, {T_, d_}, "MoeLayer::backward: dout");
+  check_shape(dx, {T_, d_}, "MoeLayer::backward: dx");
+  std::fill(dx.data, dx.data + T_ * d_, T(0));
+
+  // Combine -> experts -> gather, in reverse.
+  scatter_gated_backward<T>(perm_, T_, k_, d_, dout.data, y_.data(), gate_.data(), dy_.data(),
+                            dgate_.data());
+  run_experts_backward();
+  gather_rows_backward<T>(perm_, T_, k_, d_, dxp_.data(), dx.data);
+
+  // Shared experts and their gate.
+  if (Hs_ > 0) {
+    const bool glu = cfg_.hidden_act == Activation::SwiGLU;
+    const T* dys = dout.data;
+    if (cfg_.shared_expert_gate) {
+      T* dwg = params_.grad("shared.gate");
+      const T* wg = params_.value("shared.gate");
+      for (int64_t t = 0; t < T_; ++t) {
+        const T g = sgate_[t];
+        T dg = 0;
+        for (int64_t c = 0; c < d_; ++c) {
+          dg += dout.data[t * d_ + c] * sy_[t * d_ + c];
+          dsy_[t * d_ + c] = g * dout.data[t * d_ + c];
+        }
+        const T dpre = dg * g * (T(1) - g);
+        for (int64_t c = 0; c < d_; ++c) {
+          dwg[c] += dpre * x_[t * d_ + c];
+          dx.data[t * d_ + c] += dpre * wg[c];
+        }
+      }
+      dys = dsy_.data();
+    }
+    ffn_backward<T>(cfg_.hidden_act, T_, d_, Hs_, x_.data(), params_.value("shared.w1"),
+                    glu ? params_.value("shared.w3") : nullptr, params_.value("shared.w2"),
+                    sh1_.data(), sh3_.data(), sa_.data(), dys, dxs_.data(),
+                    params_.grad("shared.w1"), glu ? params_.grad("shared.w3") : nullptr,
+                    params_.grad("shared.w2"), da_.data(), dh1_.data(), dh3_.data());
+    for (int64_t i = 0; i < T_ * d_; ++i) dx.data[i] += dxs_[i];
+  }
+
+  // Router: gates and losses -> scores -> logits -> weights and x.
+  std::fill(dgate_prim_.begin(), dgate_prim_.begin() + Tk, T(0));
+  importance_backward<T>(cfg_, plan_, importance_.data(), aux_scale, dgate_prim_.data());
+  std::fill(ds_.begin(), ds_.begin() + TE, T(0));
+  gates_backward<T>(cfg_, plan_, s_.data(), norm_.data(), dgate_.data(), dgate_prim_.data(),
+                    ds_.data());
+  std::fill(dp_.begin(), dp_.begin() + TE, T(0));
+  load_balance_backward<T>(cfg_, plan_, counts_.data(), aux_scale, dp_.data());
+  routing_probs_backward<T>(cfg_.scoring_func, T_, E_, s_.data(), p_.data(), dp_.data(),
+                            ds_.data());
+  router_scores_backward<T>(cfg_.scoring_func, T_, E_, s_.data(), ds_.data(), dz_.data());
+  z_loss_backward<T>(cfg_, plan_, z_.data(), lse_.data(), aux_scale, dz_.data());
+  const T* wn = noisy_ ? params_.value("router.noise_weight") : nullptr;
+  router_logits_backward<T>(T_, d_, E_, x_.data(), params_.value("router.weight"), wn,
+                            noise_.data(), hn_.data(), dz_.data(), dx.data,
+                            params_.grad("router.weight"),
+                            noisy_ ? params_.grad("router.noise_weight") : nullptr, dhn_.data());
+}
+
+template <class T>
+double MoeLayer<T>::aux_loss() const {
+  return metrics_.load_balance_loss + metrics_.importance_loss + metrics_.z_loss;
+}
+
+template <class T>
+void MoeLayer<T>::update_selection_bias() {
+  if (!cfg_.use_selection_bias) return;
+  moe::update_selection_bias<T>(E_, cfg_.bias_update_rate, counts_.data(), plan_.valid_tokens, k_,
+                                bias_.data());
+}
+
+template class MoeLayer<float>;
+template class MoeLayer<double>;
+
+}  // namespace moe
