@@ -84,7 +84,7 @@ CASES = [
      dict(require=lambda r: r["dropped"] > 0)),
     ("qwen2_shared_gate", 8000,
      dict(num_experts=8, num_experts_per_tok=4, norm_topk_prob=False, n_shared_experts=1,
-          shared_expert_intermediate_size=32, shared_expert_gate=True,
+          shared_expert_intermediate_size=16, shared_expert_gate=True,
           router_aux_loss_coef=0.001),
      dict(padding=[11])),
     ("one_expert_dense", 9000,

@@ -48,7 +48,7 @@ CONFIG_KEYS = (
 
 DEFAULT_CONFIG = {
     "hidden_size": 16,
-    "moe_intermediate_size": 24,
+    "moe_intermediate_size": 12,
     "num_experts": 8,
     "num_experts_per_tok": 2,
     "scoring_func": "softmax",
