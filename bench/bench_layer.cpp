@@ -1,2 +1,363 @@
+// Google Benchmark program for the MoE layer (bench/README.md explains every benchmark and
+// holds the measured figures).
+//
+//   MoE/fwd, MoE/fwdbwd      MoeLayer<float>, softmax top-2, dropless, at two shapes
+//   Dense/fwd, Dense/fwdbwd  DenseFfn<float> SwiGLU with ffn = k * 1408: the same active compute
+//                            per token as the first MoE shape
+//   Sgemm/block/...          the expert GEMMs of the first shape as one M = T*k block
+//                            (the upper bound for grouped execution)
+//   Sgemm/experts/...        the same GEMMs per expert on the row counts the router produced
+//                            for the first shape (what the layer's GEMMs cost without routing)
+//
+// Counters: flops (rate, so it reads as FLOP/s), tokens (rate: tokens/s). FLOPs are 2 per
+// multiply-add: the router's d*E per token plus 3*d*ffn per kept assignment (SwiGLU); a backward
+// pass counts twice its forward. Times are wall-clock (UseRealTime): the work is multi-threaded.
+//
+// Threads: moe::set_num_threads(MOE_BENCH_THREADS), default 2, once before any benchmark runs.
+// Set OPENBLAS_CORETYPE=SkylakeX in the environment for OpenBLAS's AVX-512 kernels.
 #include <benchmark/benchmark.h>
-BENCHMARK_MAIN();
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <numeric>
+#include <initializer_list>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "moe/dense_ffn.h"
+#include "moe/gemm.h"
+#include "moe/moe_config.h"
+#include "moe/moe_layer.h"
+#include "moe/parallel.h"
+#include "moe/rng.h"
+#include "moe/tensor.h"
+
+namespace {
+
+constexpr uint64_t kSeed = 1;
+constexpr double kMinTime = 0.5;  // seconds per repetition
+constexpr int kRepetitions = 3;
+
+// Concatenation by appending (GCC 12 gives a false -Wrestrict on "literal" + std::string&&).
+std::string cat(std::initializer_list<std::string_view> parts) {
+  std::string s;
+  for (std::string_view p : parts) s.append(p);
+  return s;
+}
+
+struct LayerShape {
+  int d, ffn, experts, top_k;
+  int64_t tokens;
+  std::string name() const {
+    return cat({"d", std::to_string(d), "_ffn", std::to_string(ffn), "_E", std::to_string(experts),
+                "_k", std::to_string(top_k), "_T", std::to_string(tokens)});
+  }
+};
+
+constexpr LayerShape kShapes[] = {
+    {512, 1408, 8, 2, 4096},
+    {1024, 2816, 8, 2, 2048},
+};
+constexpr int kNumShapes = static_cast<int>(std::size(kShapes));
+
+// Sets the rate counters. flops_per_iter counts one call of the timed body.
+void set_counters(benchmark::State& state, double flops_per_iter, int64_t tokens_per_iter) {
+  const auto iters = static_cast<double>(state.iterations());
+  state.counters["flops"] = benchmark::Counter(flops_per_iter * iters, benchmark::Counter::kIsRate);
+  state.counters["tokens"] =
+      benchmark::Counter(static_cast<double>(tokens_per_iter) * iters, benchmark::Counter::kIsRate);
+}
+
+// ---------------------------------------------------------------------------------------------
+// MoE layer
+
+struct MoeCase {
+  explicit MoeCase(const LayerShape& s) : shape(s), layer(make_config(s)) {
+    moe::Rng rng(kSeed);
+    layer.init_weights(rng, 0.02);
+    // Router weights larger than the experts', as in the demo: routing is uneven, as after
+    // training, rather than near-uniform.
+    rng.fill_normal(layer.params().value("router.weight"), int64_t(s.experts) * s.d, 0.0, 0.1);
+    const int64_t T = s.tokens, d = s.d;
+    x = moe::Tensor<float>({T, d});
+    out = moe::Tensor<float>({T, d});
+    dout = moe::Tensor<float>({T, d});
+    dx = moe::Tensor<float>({T, d});
+    rng.fill_normal(x.data(), x.shape().numel());
+    rng.fill_normal(dout.data(), dout.shape().numel(), 0.0, 1.0 / std::sqrt(double(T * d)));
+
+    // Warm-up: the first call grows the workspaces.
+    moe::ForwardOptions<float> opt;
+    opt.training = true;
+    layer.forward(x.view(), out.view(), opt);
+    layer.backward(dout.view(), dx.view());
+
+    const moe::MoeMetrics& m = layer.metrics();
+    kept_per_expert = m.kept_per_expert;
+    const int64_t kept = std::accumulate(kept_per_expert.begin(), kept_per_expert.end(), int64_t(0));
+    flops_fwd = 2.0 * (double(T) * d * s.experts + 3.0 * double(kept) * d * s.ffn);
+    load_max_over_mean = m.load_max_over_mean;
+  }
+
+  static moe::MoeConfig make_config(const LayerShape& s) {
+    moe::MoeConfig cfg;
+    cfg.hidden_size = s.d;
+    cfg.moe_intermediate_size = s.ffn;
+    cfg.num_experts = s.experts;
+    cfg.num_experts_per_tok = s.top_k;
+    cfg.scoring_func = moe::ScoreFunc::Softmax;
+    cfg.capacity_factor = 0.0;  // dropless
+    cfg.hidden_act = moe::Activation::SwiGLU;
+    cfg.validate("bench_layer");
+    return cfg;
+  }
+
+  LayerShape shape;
+  moe::MoeLayer<float> layer;
+  moe::Tensor<float> x, out, dout, dx;
+  std::vector<int64_t> kept_per_expert;
+  double flops_fwd = 0, load_max_over_mean = 0;
+};
+
+// Built on first use and kept: the forward and forward+backward benchmarks of a shape share one
+// layer, and the per-expert sgemm reads the first shape's routing.
+MoeCase& moe_case(int i) {
+  static std::unique_ptr<MoeCase> cases[kNumShapes];
+  if (!cases[i]) cases[i] = std::make_unique<MoeCase>(kShapes[i]);
+  return *cases[i];
+}
+
+void BM_MoeForward(benchmark::State& state, int shape) {
+  MoeCase& c = moe_case(shape);
+  const moe::ForwardOptions<float> opt;  // inference: no noise, no dropout configured anyway
+  for (auto _ : state) {
+    c.layer.forward(c.x.view(), c.out.view(), opt);
+    benchmark::DoNotOptimize(c.out.data());
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, c.flops_fwd, c.shape.tokens);
+  state.counters["load_max/mean"] = c.load_max_over_mean;
+}
+
+void BM_MoeForwardBackward(benchmark::State& state, int shape) {
+  MoeCase& c = moe_case(shape);
+  moe::ForwardOptions<float> opt;
+  opt.training = true;
+  // Parameter gradients accumulate (+=) across iterations, as within one optimizer step.
+  for (auto _ : state) {
+    c.layer.forward(c.x.view(), c.out.view(), opt);
+    c.layer.backward(c.dout.view(), c.dx.view());
+    benchmark::DoNotOptimize(c.dx.data());
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, 3.0 * c.flops_fwd, c.shape.tokens);
+  state.counters["load_max/mean"] = c.load_max_over_mean;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dense FFN at equal active compute: ffn = k * expert ffn.
+
+struct DenseCase {
+  explicit DenseCase(const LayerShape& s)
+      : d(s.d), ffn(s.top_k * s.ffn), tokens(s.tokens), layer(d, ffn, moe::Activation::SwiGLU) {
+    moe::Rng rng(kSeed);
+    layer.init_weights(rng, 0.02);
+    x = moe::Tensor<float>({tokens, int64_t(d)});
+    out = moe::Tensor<float>({tokens, int64_t(d)});
+    dout = moe::Tensor<float>({tokens, int64_t(d)});
+    dx = moe::Tensor<float>({tokens, int64_t(d)});
+    rng.fill_normal(x.data(), x.shape().numel());
+    rng.fill_normal(dout.data(), dout.shape().numel(), 0.0, 1.0 / std::sqrt(double(tokens * d)));
+    moe::ForwardOptions<float> opt;
+    opt.training = true;
+    layer.forward(x.view(), out.view(), opt);  // warm-up
+    layer.backward(dout.view(), dx.view());
+    flops_fwd = 2.0 * 3.0 * double(tokens) * d * ffn;
+  }
+  int d, ffn;
+  int64_t tokens;
+  moe::DenseFfn<float> layer;
+  moe::Tensor<float> x, out, dout, dx;
+  double flops_fwd = 0;
+};
+
+DenseCase& dense_case() {
+  static std::unique_ptr<DenseCase> c;
+  if (!c) c = std::make_unique<DenseCase>(kShapes[0]);
+  return *c;
+}
+
+void BM_DenseForward(benchmark::State& state) {
+  DenseCase& c = dense_case();
+  const moe::ForwardOptions<float> opt;
+  for (auto _ : state) {
+    c.layer.forward(c.x.view(), c.out.view(), opt);
+    benchmark::DoNotOptimize(c.out.data());
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, c.flops_fwd, c.tokens);
+}
+
+void BM_DenseForwardBackward(benchmark::State& state) {
+  DenseCase& c = dense_case();
+  moe::ForwardOptions<float> opt;
+  opt.training = true;
+  for (auto _ : state) {
+    c.layer.forward(c.x.view(), c.out.view(), opt);
+    c.layer.backward(c.dout.view(), c.dx.view());
+    benchmark::DoNotOptimize(c.dx.data());
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, 3.0 * c.flops_fwd, c.tokens);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plain sgemm on the expert GEMM work of the first shape: the same calls as the layer's SwiGLU
+// expert (src/nn/ffn.cpp) without the activation, the routing, the permutation or the combine.
+//   forward:  H1 = X W1^T, H3 = X W3^T  (n x F, K = d);  Y = A W2^T  (n x d, K = F)
+//   backward: dA = dY W2;  dW2 += dY^T A;  dX = dH1 W1 + dH3 W3;  dW1 += dH1^T X;  dW3 += dH3^T X
+
+struct SgemmCase {
+  // rows[g]: rows of group g; one weight set per group.
+  SgemmCase(const LayerShape& s, std::vector<int64_t> group_rows)
+      : d(s.d), F(s.ffn), tokens(s.tokens), rows(std::move(group_rows)) {
+    offsets.assign(rows.size() + 1, 0);
+    std::partial_sum(rows.begin(), rows.end(), offsets.begin() + 1);
+    const int64_t n = offsets.back();
+    const auto wsz = static_cast<size_t>(int64_t(F) * d * int64_t(rows.size()));
+    moe::Rng rng(kSeed);
+    auto normal = [&rng](std::vector<float>& v, size_t count, double std) {
+      v.resize(count);
+      rng.fill_normal(v.data(), int64_t(count), 0.0, std);
+    };
+    normal(w1, wsz, 0.02);
+    normal(w3, wsz, 0.02);
+    normal(w2, wsz, 0.02);
+    dw1.assign(wsz, 0.f);
+    dw3.assign(wsz, 0.f);
+    dw2.assign(wsz, 0.f);
+    normal(x, size_t(n * d), 1.0);
+    normal(dy, size_t(n * d), 1e-3);
+    normal(a, size_t(n * F), 0.1);
+    normal(dh1, size_t(n * F), 1e-3);
+    normal(dh3, size_t(n * F), 1e-3);
+    h1.assign(size_t(n * F), 0.f);
+    h3.assign(size_t(n * F), 0.f);
+    da.assign(size_t(n * F), 0.f);
+    y.assign(size_t(n * d), 0.f);
+    dx.assign(size_t(n * d), 0.f);
+    flops_fwd = 2.0 * 3.0 * double(n) * d * F;
+    run(true);  // warm-up
+  }
+
+  void run(bool backward) {
+    using moe::Trans;
+    const int64_t wsz = int64_t(F) * d;
+    for (size_t g = 0; g < rows.size(); ++g) {
+      const int64_t n = rows[g], r0 = offsets[g];
+      if (n == 0) continue;
+      const float *W1 = w1.data() + g * wsz, *W3 = w3.data() + g * wsz, *W2 = w2.data() + g * wsz;
+      const float *X = x.data() + r0 * d, *A = a.data() + r0 * F;
+      moe::gemm<float>(Trans::No, Trans::Yes, n, F, d, 1.f, X, d, W1, d, 0.f, h1.data() + r0 * F, F);
+      moe::gemm<float>(Trans::No, Trans::Yes, n, F, d, 1.f, X, d, W3, d, 0.f, h3.data() + r0 * F, F);
+      moe::gemm<float>(Trans::No, Trans::Yes, n, d, F, 1.f, A, F, W2, F, 0.f, y.data() + r0 * d, d);
+      if (!backward) continue;
+      const float *dY = dy.data() + r0 * d, *dH1 = dh1.data() + r0 * F, *dH3 = dh3.data() + r0 * F;
+      float* dX = dx.data() + r0 * d;
+      moe::gemm<float>(Trans::No, Trans::No, n, F, d, 1.f, dY, d, W2, F, 0.f, da.data() + r0 * F, F);
+      moe::gemm<float>(Trans::Yes, Trans::No, d, F, n, 1.f, dY, d, A, F, 1.f, dw2.data() + g * wsz, F);
+      moe::gemm<float>(Trans::No, Trans::No, n, d, F, 1.f, dH1, F, W1, d, 0.f, dX, d);
+      moe::gemm<float>(Trans::Yes, Trans::No, F, d, n, 1.f, dH1, F, X, d, 1.f, dw1.data() + g * wsz, d);
+      moe::gemm<float>(Trans::No, Trans::No, n, d, F, 1.f, dH3, F, W3, d, 1.f, dX, d);
+      moe::gemm<float>(Trans::Yes, Trans::No, F, d, n, 1.f, dH3, F, X, d, 1.f, dw3.data() + g * wsz, d);
+    }
+  }
+
+  int d, F;
+  int64_t tokens;
+  std::vector<int64_t> rows, offsets;
+  std::vector<float> w1, w3, w2, dw1, dw3, dw2, x, dy, a, dh1, dh3, h1, h3, da, y, dx;
+  double flops_fwd = 0;
+};
+
+// One block of T*k rows and one weight set.
+SgemmCase& sgemm_block_case() {
+  static std::unique_ptr<SgemmCase> c;
+  const LayerShape& s = kShapes[0];
+  if (!c) c = std::make_unique<SgemmCase>(s, std::vector<int64_t>{s.tokens * s.top_k});
+  return *c;
+}
+
+// One block per expert, of the row counts the router produced for the first shape.
+SgemmCase& sgemm_experts_case() {
+  static std::unique_ptr<SgemmCase> c;
+  if (!c) c = std::make_unique<SgemmCase>(kShapes[0], moe_case(0).kept_per_expert);
+  return *c;
+}
+
+void BM_Sgemm(benchmark::State& state, SgemmCase& (*get)(), bool backward) {
+  SgemmCase& c = get();
+  for (auto _ : state) {
+    c.run(backward);
+    benchmark::DoNotOptimize(c.y.data());
+    benchmark::DoNotOptimize(c.dx.data());
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, (backward ? 3.0 : 1.0) * c.flops_fwd, c.tokens);
+}
+
+benchmark::internal::Benchmark* configure(benchmark::internal::Benchmark* b) {
+  return b->Unit(benchmark::kMillisecond)
+      ->UseRealTime()
+      ->MinTime(kMinTime)
+      ->Repetitions(kRepetitions)
+      ->ReportAggregatesOnly(true);
+}
+
+int threads_from_env() {
+  const char* s = std::getenv("MOE_BENCH_THREADS");
+  if (s == nullptr || *s == '\0') return 2;
+  const int n = std::atoi(s);
+  return n > 0 ? n : 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  moe::set_num_threads(threads_from_env());
+  benchmark::AddCustomContext("moe_threads", std::to_string(moe::num_threads()));
+  const char* coretype = std::getenv("OPENBLAS_CORETYPE");
+  benchmark::AddCustomContext("OPENBLAS_CORETYPE", coretype ? coretype : "(unset)");
+
+  for (int i = 0; i < kNumShapes; ++i) {
+    const std::string n = kShapes[i].name();
+    configure(benchmark::RegisterBenchmark(cat({"MoE/fwd/", n}).c_str(), BM_MoeForward, i));
+    configure(
+        benchmark::RegisterBenchmark(cat({"MoE/fwdbwd/", n}).c_str(), BM_MoeForwardBackward, i));
+  }
+  const LayerShape& s0 = kShapes[0];
+  const std::string dense = cat({"d", std::to_string(s0.d), "_ffn",
+                                 std::to_string(s0.top_k * s0.ffn), "_T", std::to_string(s0.tokens)});
+  configure(benchmark::RegisterBenchmark(cat({"Dense/fwd/", dense}).c_str(), BM_DenseForward));
+  configure(
+      benchmark::RegisterBenchmark(cat({"Dense/fwdbwd/", dense}).c_str(), BM_DenseForwardBackward));
+  const std::string sg = s0.name();
+  configure(benchmark::RegisterBenchmark(cat({"Sgemm/block/fwd/", sg}).c_str(), BM_Sgemm,
+                                         sgemm_block_case, false));
+  configure(benchmark::RegisterBenchmark(cat({"Sgemm/block/fwdbwd/", sg}).c_str(), BM_Sgemm,
+                                         sgemm_block_case, true));
+  configure(benchmark::RegisterBenchmark(cat({"Sgemm/experts/fwd/", sg}).c_str(), BM_Sgemm,
+                                         sgemm_experts_case, false));
+  configure(benchmark::RegisterBenchmark(cat({"Sgemm/experts/fwdbwd/", sg}).c_str(), BM_Sgemm,
+                                         sgemm_experts_case, true));
+
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

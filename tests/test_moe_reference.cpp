@@ -12,9 +12,10 @@
 namespace moe {
 namespace {
 
-const char* kCases[] = {"mixtral_top2",     "switch_top1_capacity", "score_reroute",
-                        "sigmoid_bias_group_shared", "noisy_top2",  "expert_dropout",
-                        "gelu_experts",     "qwen2_shared_gate",    "one_expert_dense"};
+const char* kCases[] = {
+    "mixtral_top2",    "switch_top1_capacity", "score_reroute", "sigmoid_bias_group_shared",
+    "noisy_top2",      "expert_dropout",       "gelu_experts",  "qwen2_shared_gate",
+    "one_expert_dense"};
 
 std::string fixture_path(const std::string& name) {
   return std::string(MOE_FIXTURE_DIR) + "/layer/" + name + ".safetensors";
@@ -66,7 +67,8 @@ void check_case(const std::string& name, double tol) {
     ASSERT_EQ(layer.plan().expert[i], static_cast<int32_t>(fin[i])) << "final slot " << i;
   }
   const MoeMetrics& m = layer.metrics();
-  const Tensor<double> cp = f.read<double>("counts.primary", {E}), ck = f.read<double>("counts.kept", {E});
+  const Tensor<double> cp = f.read<double>("counts.primary", {E}),
+                       ck = f.read<double>("counts.kept", {E});
   for (int64_t e = 0; e < E; ++e) {
     EXPECT_EQ(m.primary_per_expert[e], static_cast<int64_t>(cp[e]));
     EXPECT_EQ(m.kept_per_expert[e], static_cast<int64_t>(ck[e]));
@@ -75,13 +77,17 @@ void check_case(const std::string& name, double tol) {
   EXPECT_EQ(m.rerouted, static_cast<int64_t>(f.read<double>("stats.rerouted", {1})[0]));
 
   // Values.
-  test::expect_close("routing.gate", layer.gates().data(), f.read<double>("routing.gate", {T_, k}).data(), T_ * k, tol);
+  test::expect_close("routing.gate", layer.gates().data(),
+                     f.read<double>("routing.gate", {T_, k}).data(), T_ * k, tol);
   test::expect_close("out", out.data(), f.read<double>("out", {T_, d}).data(), T_ * d, tol);
   auto scalar = [&](const char* n) { return f.read<double>(n, {1})[0]; };
-  EXPECT_NEAR(m.load_balance_loss, scalar("loss.load_balance"), tol * std::abs(scalar("loss.load_balance")) + 1e-12);
-  EXPECT_NEAR(m.importance_loss, scalar("loss.importance"), tol * std::abs(scalar("loss.importance")) + 1e-12);
+  EXPECT_NEAR(m.load_balance_loss, scalar("loss.load_balance"),
+              tol * std::abs(scalar("loss.load_balance")) + 1e-12);
+  EXPECT_NEAR(m.importance_loss, scalar("loss.importance"),
+              tol * std::abs(scalar("loss.importance")) + 1e-12);
   EXPECT_NEAR(m.z_loss, scalar("loss.z"), tol * std::abs(scalar("loss.z")) + 1e-12);
-  EXPECT_NEAR(m.router_entropy, scalar("stats.entropy"), tol * std::abs(scalar("stats.entropy")) + 1e-12);
+  EXPECT_NEAR(m.router_entropy, scalar("stats.entropy"),
+              tol * std::abs(scalar("stats.entropy")) + 1e-12);
 
   // Gradients of L = sum(out * dout) + aux losses.
   layer.params().zero_grad();
@@ -89,7 +95,8 @@ void check_case(const std::string& name, double tol) {
   test::expect_close("grad.x", dx.data(), f.read<double>("grad.x", {T_, d}).data(), T_ * d, tol);
   for (const auto& s : layer.params().specs()) {
     const Tensor<double> g = f.read<double>("grad." + s.name, s.shape);
-    test::expect_close("grad." + s.name, layer.params().grad(s.name), g.data(), s.shape.numel(), tol);
+    test::expect_close("grad." + s.name, layer.params().grad(s.name), g.data(), s.shape.numel(),
+                       tol);
   }
 
   // Aux-loss-free bias update from this step's loads.
@@ -102,8 +109,12 @@ void check_case(const std::string& name, double tol) {
 
 class ReferenceFixture : public ::testing::TestWithParam<const char*> {};
 
-TEST_P(ReferenceFixture, FloatMatchesPyTorch) { check_case<float>(GetParam(), 1e-5); }
-TEST_P(ReferenceFixture, DoubleMatchesPyTorch) { check_case<double>(GetParam(), 1e-11); }
+TEST_P(ReferenceFixture, FloatMatchesPyTorch) {
+  check_case<float>(GetParam(), 1e-5);
+}
+TEST_P(ReferenceFixture, DoubleMatchesPyTorch) {
+  check_case<double>(GetParam(), 1e-11);
+}
 
 INSTANTIATE_TEST_SUITE_P(Layer, ReferenceFixture, ::testing::ValuesIn(kCases),
                          [](const auto& p) { return std::string(p.param); });

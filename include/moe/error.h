@@ -20,8 +20,8 @@ class Error : public std::runtime_error {
 }  // namespace moe
 
 // Always-on check: a violated precondition throws moe::Error("file:line: message").
-#define MOE_CHECK(cond, ...)                                                  \
-  do {                                                                        \
+#define MOE_CHECK(cond, ...)                                                       \
+  do {                                                                             \
     if (!(cond)) ::moe::throw_error(__FILE__, __LINE__, fmt::format(__VA_ARGS__)); \
   } while (0)
 

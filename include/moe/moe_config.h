@@ -17,20 +17,20 @@ enum class Activation { SwiGLU, GELU };
 enum class AuxLossStyle { Switch, HF };
 
 struct MoeConfig {
-  int hidden_size = 0;              // d
-  int moe_intermediate_size = 0;    // F, hidden width of one expert
-  int num_experts = 8;              // E
-  int num_experts_per_tok = 2;      // k
+  int hidden_size = 0;            // d
+  int moe_intermediate_size = 0;  // F, hidden width of one expert
+  int num_experts = 8;            // E
+  int num_experts_per_tok = 2;    // k
   ScoreFunc scoring_func = ScoreFunc::Softmax;
-  bool norm_topk_prob = true;       // renormalize top-k gates to sum 1 (only when k > 1)
+  bool norm_topk_prob = true;  // renormalize top-k gates to sum 1 (only when k > 1)
   double routed_scaling_factor = 1.0;
-  int n_group = 1;                  // group-limited selection (DeepSeek-V3)
+  int n_group = 1;  // group-limited selection (DeepSeek-V3)
   int topk_group = 1;
   bool noisy_gating = false;        // Shazeer 2017 noisy top-k, training only
   double expert_dropout = 0.0;      // whole-expert dropout probability, training only
   bool use_selection_bias = false;  // aux-loss-free balancing (DeepSeek-V3)
   double bias_update_rate = 1e-3;
-  double capacity_factor = 0.0;     // <= 0: dropless
+  double capacity_factor = 0.0;  // <= 0: dropless
   DropPolicy drop_policy = DropPolicy::Position;
   OverflowAction overflow = OverflowAction::Drop;
   Activation hidden_act = Activation::SwiGLU;
@@ -43,9 +43,8 @@ struct MoeConfig {
   AuxLossStyle aux_loss_style = AuxLossStyle::Switch;
 
   int shared_hidden() const {
-    return n_shared_experts *
-           (shared_expert_intermediate_size > 0 ? shared_expert_intermediate_size
-                                                : moe_intermediate_size);
+    return n_shared_experts * (shared_expert_intermediate_size > 0 ? shared_expert_intermediate_size
+                                                                   : moe_intermediate_size);
   }
   // Throws moe::Error("<where>: <key> ...") for the first invalid key.
   void validate(const std::string& where = "MoeConfig") const;

@@ -52,11 +52,11 @@ struct MoeMetrics {
   int64_t tokens = 0;                       // valid tokens
   int64_t assignments = 0;                  // tokens * k
   int64_t dropped = 0, rerouted = 0;
-  int64_t capacity = -1;                    // -1 = dropless
+  int64_t capacity = -1;  // -1 = dropless
   double dropped_fraction = 0;
   double load_balance_loss = 0, importance_loss = 0, z_loss = 0;
-  double router_entropy = 0;                // mean over tokens of -sum p log p (nats)
-  double load_cv = 0;                       // std / mean of primary_per_expert
+  double router_entropy = 0;  // mean over tokens of -sum p log p (nats)
+  double load_cv = 0;         // std / mean of primary_per_expert
   double load_max_over_mean = 0;
 };
 

@@ -35,7 +35,7 @@ template <class T>
 void scatter_gated(const Permutation& p, int64_t tokens, int k, int64_t d, const T* y,
                    const T* gate, T* out);
 template <class T>
-void scatter_gated_backward(const Permutation& p, int64_t tokens, int k, int64_t d,
-                            const T* dout, const T* y, const T* gate, T* dy, T* dgate);
+void scatter_gated_backward(const Permutation& p, int64_t tokens, int k, int64_t d, const T* dout,
+                            const T* y, const T* gate, T* dy, T* dgate);
 
 }  // namespace moe

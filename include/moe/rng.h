@@ -21,9 +21,9 @@ class Rng {
   void reseed(uint64_t seed);
 
   uint64_t next_u64();
-  double uniform();                 // [0, 1)
-  double normal();                  // N(0, 1)
-  uint64_t below(uint64_t n);       // uniform integer in [0, n)
+  double uniform();            // [0, 1)
+  double normal();             // N(0, 1)
+  uint64_t below(uint64_t n);  // uniform integer in [0, n)
 
   template <class T>
   void fill_normal(T* out, int64_t n, double mean = 0.0, double std = 1.0) {

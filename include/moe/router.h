@@ -50,8 +50,7 @@ template <class T>
 void router_scores_forward(ScoreFunc f, int64_t tokens, int64_t E, const T* z, T* s, T* lse);
 // ds -> dz (=), through softmax or sigmoid.
 template <class T>
-void router_scores_backward(ScoreFunc f, int64_t tokens, int64_t E, const T* s, const T* ds,
-                            T* dz);
+void router_scores_backward(ScoreFunc f, int64_t tokens, int64_t E, const T* s, const T* ds, T* dz);
 
 // Fills u [T, E] (s + bias, -inf where masked or outside the taken groups) and plan.primary.
 // bias may be null. Padding tokens get primary = -1.

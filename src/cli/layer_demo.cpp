@@ -1,12 +1,12 @@
 // `moe layer`: builds one MoE layer, runs forward+backward on random tokens, and prints what
 // the router did (load per expert, drops, losses, entropy) and how fast it ran.
 #include <fmt/core.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <unistd.h>
 
 #include "commands.h"
 #include "moe/moe_layer.h"
@@ -85,7 +85,9 @@ int run(const LayerArgs& a) {
   opt.rng = &rng;
   std::vector<double> fwd_ms, step_ms;
   using clock = std::chrono::steady_clock;
-  auto ms = [](clock::duration dt) { return std::chrono::duration<double, std::milli>(dt).count(); };
+  auto ms = [](clock::duration dt) {
+    return std::chrono::duration<double, std::milli>(dt).count();
+  };
   layer.forward(x.view(), out.view(), opt);  // warm-up: grows the workspaces once
   layer.backward(dout.view(), dx.view());
   for (int i = 0; i < a.iters; ++i) {
@@ -102,18 +104,20 @@ int run(const LayerArgs& a) {
   const MoeMetrics& m = layer.metrics();
   const double fwd = median(fwd_ms), step = median(step_ms);
   // 2 flops per multiply-add; backward does twice the forward's GEMM work.
-  const double flops_fwd = 2.0 * layer.active_macs_per_token() * double(T) *
-                           (1.0 - m.dropped_fraction * 0.999999);
+  const double flops_fwd =
+      2.0 * layer.active_macs_per_token() * double(T) * (1.0 - m.dropped_fraction * 0.999999);
   fmt::print("\nrouting (last step)\n");
-  const int64_t max_load = *std::max_element(m.primary_per_expert.begin(), m.primary_per_expert.end());
+  const int64_t max_load =
+      *std::max_element(m.primary_per_expert.begin(), m.primary_per_expert.end());
   for (int e = 0; e < cfg.num_experts; ++e) {
     const int bar = max_load ? int(40 * m.primary_per_expert[e] / max_load) : 0;
     fmt::print("  expert {:>3}  {:>7} chosen  {:>7} kept  {}\n", e, m.primary_per_expert[e],
                m.kept_per_expert[e], std::string(bar, '#'));
   }
-  fmt::print("  capacity per expert     {}\n", m.capacity < 0 ? std::string("unlimited (dropless)") : std::to_string(m.capacity));
-  fmt::print("  dropped assignments     {} of {} ({:.2f}%), rerouted {}\n", m.dropped, m.assignments,
-             100.0 * m.dropped_fraction, m.rerouted);
+  fmt::print("  capacity per expert     {}\n",
+             m.capacity < 0 ? std::string("unlimited (dropless)") : std::to_string(m.capacity));
+  fmt::print("  dropped assignments     {} of {} ({:.2f}%), rerouted {}\n", m.dropped,
+             m.assignments, 100.0 * m.dropped_fraction, m.rerouted);
   fmt::print("  load CV / max:mean      {:.3f} / {:.3f}\n", m.load_cv, m.load_max_over_mean);
   fmt::print("  router entropy          {:.4f} nats (uniform: {:.4f})\n", m.router_entropy,
              std::log(double(cfg.num_experts)));
@@ -153,13 +157,15 @@ int run(const LayerArgs& a) {
 
 std::function<int()> add_layer_command(CLI::App& app) {
   auto args = std::make_shared<LayerArgs>();
-  auto* cmd = app.add_subcommand("layer", "Run one MoE layer forward+backward; print routing and speed");
+  auto* cmd =
+      app.add_subcommand("layer", "Run one MoE layer forward+backward; print routing and speed");
   cmd->add_option("--config", args->config_path, "MoE layer config JSON (keys: docs/moe-layer.md)");
   cmd->add_option("--hidden", args->hidden, "hidden size d")->capture_default_str();
   cmd->add_option("--ffn", args->ffn, "expert intermediate size")->capture_default_str();
   cmd->add_option("--experts", args->experts, "number of experts E")->capture_default_str();
   cmd->add_option("--top-k", args->top_k, "experts per token k")->capture_default_str();
-  cmd->add_option("--capacity-factor", args->capacity_factor, "<= 0 means dropless")->capture_default_str();
+  cmd->add_option("--capacity-factor", args->capacity_factor, "<= 0 means dropless")
+      ->capture_default_str();
   cmd->add_option("--tokens", args->tokens, "tokens per batch T")->capture_default_str();
   cmd->add_option("--iters", args->iters, "timed iterations")->capture_default_str();
   cmd->add_option("--threads", args->threads, "threads (0: OMP_NUM_THREADS or all cores)");

@@ -7,14 +7,16 @@
 namespace moe {
 
 namespace {
-CBLAS_TRANSPOSE cblas_trans(Trans t) { return t == Trans::Yes ? CblasTrans : CblasNoTrans; }
+CBLAS_TRANSPOSE cblas_trans(Trans t) {
+  return t == Trans::Yes ? CblasTrans : CblasNoTrans;
+}
 
 void check_args(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb,
                 int64_t ldc) {
   MOE_CHECK(M >= 0 && N >= 0 && K >= 0, "gemm: negative size M={} N={} K={}", M, N, K);
   MOE_CHECK(lda >= (ta == Trans::No ? K : M) && ldb >= (tb == Trans::No ? N : K) && ldc >= N,
-            "gemm: leading dimension too small (lda={} ldb={} ldc={} for M={} N={} K={})", lda,
-            ldb, ldc, M, N, K);
+            "gemm: leading dimension too small (lda={} ldb={} ldc={} for M={} N={} K={})", lda, ldb,
+            ldc, M, N, K);
 }
 }  // namespace
 
@@ -23,8 +25,8 @@ void gemm<float>(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alph
                  int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   check_args(ta, tb, M, N, K, lda, ldb, ldc);
   if (M == 0 || N == 0) return;
-  cblas_sgemm(CblasRowMajor, cblas_trans(ta), cblas_trans(tb), M, N, K, alpha, A, lda, B, ldb,
-              beta, C, ldc);
+  cblas_sgemm(CblasRowMajor, cblas_trans(ta), cblas_trans(tb), M, N, K, alpha, A, lda, B, ldb, beta,
+              C, ldc);
 }
 
 template <>
@@ -33,8 +35,8 @@ void gemm<double>(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, double al
                   double* C, int64_t ldc) {
   check_args(ta, tb, M, N, K, lda, ldb, ldc);
   if (M == 0 || N == 0) return;
-  cblas_dgemm(CblasRowMajor, cblas_trans(ta), cblas_trans(tb), M, N, K, alpha, A, lda, B, ldb,
-              beta, C, ldc);
+  cblas_dgemm(CblasRowMajor, cblas_trans(ta), cblas_trans(tb), M, N, K, alpha, A, lda, B, ldb, beta,
+              C, ldc);
 }
 
 template <class T>

@@ -15,31 +15,45 @@ namespace moe {
 
 const char* dtype_name(DType t) {
   switch (t) {
-    case DType::F64: return "F64";
-    case DType::F32: return "F32";
-    case DType::F16: return "F16";
-    case DType::BF16: return "BF16";
-    case DType::I64: return "I64";
-    case DType::I32: return "I32";
-    case DType::U8: return "U8";
+    case DType::F64:
+      return "F64";
+    case DType::F32:
+      return "F32";
+    case DType::F16:
+      return "F16";
+    case DType::BF16:
+      return "BF16";
+    case DType::I64:
+      return "I64";
+    case DType::I32:
+      return "I32";
+    case DType::U8:
+      return "U8";
   }
   return "?";
 }
 
 int64_t dtype_size(DType t) {
   switch (t) {
-    case DType::F64: case DType::I64: return 8;
-    case DType::F32: case DType::I32: return 4;
-    case DType::F16: case DType::BF16: return 2;
-    case DType::U8: return 1;
+    case DType::F64:
+    case DType::I64:
+      return 8;
+    case DType::F32:
+    case DType::I32:
+      return 4;
+    case DType::F16:
+    case DType::BF16:
+      return 2;
+    case DType::U8:
+      return 1;
   }
   return 0;
 }
 
 namespace {
 bool parse_dtype(const std::string& s, DType* out) {
-  for (DType t : {DType::F64, DType::F32, DType::F16, DType::BF16, DType::I64, DType::I32,
-                  DType::U8}) {
+  for (DType t :
+       {DType::F64, DType::F32, DType::F16, DType::BF16, DType::I64, DType::I32, DType::U8}) {
     if (s == dtype_name(t)) {
       *out = t;
       return true;
@@ -51,13 +65,38 @@ bool parse_dtype(const std::string& s, DType* out) {
 template <class T>
 T load_as(const uint8_t* p, DType t) {
   switch (t) {
-    case DType::F64: { double v; std::memcpy(&v, p, 8); return static_cast<T>(v); }
-    case DType::F32: { float v; std::memcpy(&v, p, 4); return static_cast<T>(v); }
-    case DType::F16: { uint16_t v; std::memcpy(&v, p, 2); return static_cast<T>(f16_to_float(v)); }
-    case DType::BF16: { uint16_t v; std::memcpy(&v, p, 2); return static_cast<T>(bf16_to_float(v)); }
-    case DType::I64: { int64_t v; std::memcpy(&v, p, 8); return static_cast<T>(v); }
-    case DType::I32: { int32_t v; std::memcpy(&v, p, 4); return static_cast<T>(v); }
-    case DType::U8: return static_cast<T>(*p);
+    case DType::F64: {
+      double v;
+      std::memcpy(&v, p, 8);
+      return static_cast<T>(v);
+    }
+    case DType::F32: {
+      float v;
+      std::memcpy(&v, p, 4);
+      return static_cast<T>(v);
+    }
+    case DType::F16: {
+      uint16_t v;
+      std::memcpy(&v, p, 2);
+      return static_cast<T>(f16_to_float(v));
+    }
+    case DType::BF16: {
+      uint16_t v;
+      std::memcpy(&v, p, 2);
+      return static_cast<T>(bf16_to_float(v));
+    }
+    case DType::I64: {
+      int64_t v;
+      std::memcpy(&v, p, 8);
+      return static_cast<T>(v);
+    }
+    case DType::I32: {
+      int32_t v;
+      std::memcpy(&v, p, 4);
+      return static_cast<T>(v);
+    }
+    case DType::U8:
+      return static_cast<T>(*p);
   }
   return T(0);
 }
@@ -65,13 +104,39 @@ T load_as(const uint8_t* p, DType t) {
 template <class T>
 void store_as(T v, DType t, uint8_t* p) {
   switch (t) {
-    case DType::F64: { double x = static_cast<double>(v); std::memcpy(p, &x, 8); break; }
-    case DType::F32: { float x = static_cast<float>(v); std::memcpy(p, &x, 4); break; }
-    case DType::F16: { uint16_t x = float_to_f16(static_cast<float>(v)); std::memcpy(p, &x, 2); break; }
-    case DType::BF16: { uint16_t x = float_to_bf16(static_cast<float>(v)); std::memcpy(p, &x, 2); break; }
-    case DType::I64: { int64_t x = static_cast<int64_t>(v); std::memcpy(p, &x, 8); break; }
-    case DType::I32: { int32_t x = static_cast<int32_t>(v); std::memcpy(p, &x, 4); break; }
-    case DType::U8: *p = static_cast<uint8_t>(v); break;
+    case DType::F64: {
+      double x = static_cast<double>(v);
+      std::memcpy(p, &x, 8);
+      break;
+    }
+    case DType::F32: {
+      float x = static_cast<float>(v);
+      std::memcpy(p, &x, 4);
+      break;
+    }
+    case DType::F16: {
+      uint16_t x = float_to_f16(static_cast<float>(v));
+      std::memcpy(p, &x, 2);
+      break;
+    }
+    case DType::BF16: {
+      uint16_t x = float_to_bf16(static_cast<float>(v));
+      std::memcpy(p, &x, 2);
+      break;
+    }
+    case DType::I64: {
+      int64_t x = static_cast<int64_t>(v);
+      std::memcpy(p, &x, 8);
+      break;
+    }
+    case DType::I32: {
+      int32_t x = static_cast<int32_t>(v);
+      std::memcpy(p, &x, 4);
+      break;
+    }
+    case DType::U8:
+      *p = static_cast<uint8_t>(v);
+      break;
   }
 }
 }  // namespace
@@ -164,11 +229,13 @@ SafeTensorsFile SafeTensorsFile::open(const std::string& path) {
       throw bad("data_offsets must be two non-negative integers");
     e.begin = off[0].get<int64_t>();
     e.end = off[1].get<int64_t>();
-    if (e.begin > e.end) throw bad(fmt::format("data_offsets [{}, {}] are reversed", e.begin, e.end));
+    if (e.begin > e.end)
+      throw bad(fmt::format("data_offsets [{}, {}] are reversed", e.begin, e.end));
     if (static_cast<uint64_t>(e.end) > data_size)
-      throw bad(fmt::format("data_offsets end {} is past the end of the data ({} bytes): "
-                            "file truncated?",
-                            e.end, data_size));
+      throw bad(
+          fmt::format("data_offsets end {} is past the end of the data ({} bytes): "
+                      "file truncated?",
+                      e.end, data_size));
     if (e.end - e.begin != e.numel() * dtype_size(e.dtype))
       throw bad(fmt::format("{} bytes stored but shape {} of {} needs {}", e.end - e.begin,
                             v["shape"].dump(), dtype_name(e.dtype),
@@ -201,7 +268,8 @@ std::vector<std::string> SafeTensorsFile::names() const {
 
 const std::string& SafeTensorsFile::metadata(const std::string& key) const {
   auto it = metadata_.find(key);
-  if (it == metadata_.end()) throw Error(fmt::format("{}: missing __metadata__ key '{}'", path_, key));
+  if (it == metadata_.end())
+    throw Error(fmt::format("{}: missing __metadata__ key '{}'", path_, key));
   return it->second;
 }
 
@@ -246,8 +314,8 @@ void SafeTensorsWriter::write(const std::string& path) const {
   int64_t offset = 0;
   for (const auto& p : tensors_) {
     const auto n = static_cast<int64_t>(p.bytes.size());
-    header[p.name] = {{"dtype", dtype_name(p.dtype)}, {"shape", p.shape},
-                      {"data_offsets", {offset, offset + n}}};
+    header[p.name] = {
+        {"dtype", dtype_name(p.dtype)}, {"shape", p.shape}, {"data_offsets", {offset, offset + n}}};
     offset += n;
   }
   std::string h = header.dump();
@@ -268,8 +336,8 @@ void write_file_atomic(const std::string& path, const void* data, size_t size) {
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
   FILE* f = std::fopen(tmp.c_str(), "wb");
   if (!f) throw Error(fmt::format("{}: cannot create: {}", tmp, std::strerror(errno)));
-  const bool ok = std::fwrite(data, 1, size, f) == size && std::fflush(f) == 0 &&
-                  ::fsync(::fileno(f)) == 0;
+  const bool ok =
+      std::fwrite(data, 1, size, f) == size && std::fflush(f) == 0 && ::fsync(::fileno(f)) == 0;
   const bool closed = std::fclose(f) == 0;
   if (!ok || !closed) {
     std::remove(tmp.c_str());
@@ -326,9 +394,9 @@ uint16_t float_to_f16(float f) {
   std::memcpy(&u, &f, 4);
   const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
   const uint32_t a = u & 0x7fffffffu;
-  if (a > 0x7f800000u) return sign | 0x7e00u;       // NaN
-  if (a >= 0x477ff000u) return sign | 0x7c00u;      // overflow to inf
-  if (a < 0x38800000u) {                            // subnormal or zero
+  if (a > 0x7f800000u) return sign | 0x7e00u;   // NaN
+  if (a >= 0x477ff000u) return sign | 0x7c00u;  // overflow to inf
+  if (a < 0x38800000u) {                        // subnormal or zero
     if (a < 0x33000000u) return sign;
     const uint32_t mant = (a & 0x7fffffu) | 0x800000u;
     const int shift = 113 - static_cast<int>(a >> 23) + 13;
@@ -347,6 +415,7 @@ template Tensor<double> SafeTensorsFile::read<double>(const std::string&, const 
 template void SafeTensorsFile::read_into<float>(const std::string&, const Shape&, float*) const;
 template void SafeTensorsFile::read_into<double>(const std::string&, const Shape&, double*) const;
 template void SafeTensorsWriter::add<float>(const std::string&, const Shape&, const float*, DType);
-template void SafeTensorsWriter::add<double>(const std::string&, const Shape&, const double*, DType);
+template void SafeTensorsWriter::add<double>(const std::string&, const Shape&, const double*,
+                                             DType);
 
 }  // namespace moe

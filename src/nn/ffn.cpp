@@ -72,12 +72,12 @@ void ffn_backward(Activation act, int64_t n, int64_t d, int64_t F, const T* x, c
   }
 }
 
-#define MOE_INSTANTIATE(T)                                                                    \
-  template void ffn_forward<T>(Activation, int64_t, int64_t, int64_t, const T*, const T*,     \
-                               const T*, const T*, T*, T*, T*, T*);                           \
-  template void ffn_backward<T>(Activation, int64_t, int64_t, int64_t, const T*, const T*,    \
-                                const T*, const T*, const T*, const T*, const T*, const T*,   \
-                                T*, T*, T*, T*, T*, T*, T*);
+#define MOE_INSTANTIATE(T)                                                                      \
+  template void ffn_forward<T>(Activation, int64_t, int64_t, int64_t, const T*, const T*,       \
+                               const T*, const T*, T*, T*, T*, T*);                             \
+  template void ffn_backward<T>(Activation, int64_t, int64_t, int64_t, const T*, const T*,      \
+                                const T*, const T*, const T*, const T*, const T*, const T*, T*, \
+                                T*, T*, T*, T*, T*, T*);
 MOE_INSTANTIATE(float)
 MOE_INSTANTIATE(double)
 #undef MOE_INSTANTIATE

@@ -17,13 +17,13 @@ void MoeConfig::validate(const std::string& where) const {
   if (num_experts_per_tok <= 0)
     fail("num_experts_per_tok", fmt::format("must be at least 1, got {}", num_experts_per_tok));
   if (num_experts_per_tok > num_experts)
-    fail("num_experts_per_tok", fmt::format("= {} exceeds num_experts = {}", num_experts_per_tok,
-                                            num_experts));
+    fail("num_experts_per_tok",
+         fmt::format("= {} exceeds num_experts = {}", num_experts_per_tok, num_experts));
   if (!(routed_scaling_factor > 0))
     fail("routed_scaling_factor", fmt::format("must be positive, got {}", routed_scaling_factor));
   if (n_group <= 0 || n_group > 512 || num_experts % n_group != 0)
-    fail("n_group", fmt::format("= {} must be in [1, 512] and divide num_experts = {}", n_group,
-                                num_experts));
+    fail("n_group",
+         fmt::format("= {} must be in [1, 512] and divide num_experts = {}", n_group, num_experts));
   if (topk_group <= 0 || topk_group > n_group)
     fail("topk_group", fmt::format("= {} must be in [1, n_group = {}]", topk_group, n_group));
   if (n_group > 1 && topk_group * (num_experts / n_group) < num_experts_per_tok)
@@ -84,7 +84,8 @@ void get_enum(const nlohmann::json& j, const char* key, E& out,
       }
     }
   }
-  for (const auto& [name, value] : names) allowed += fmt::format("{}\"{}\"", allowed.empty() ? "" : " or ", name);
+  for (const auto& [name, value] : names)
+    allowed += fmt::format("{}\"{}\"", allowed.empty() ? "" : " or ", name);
   throw Error(fmt::format("{}: {} has value {}, expected {}", where, key, it->dump(), allowed));
 }
 

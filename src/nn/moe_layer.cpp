@@ -90,7 +90,8 @@ void MoeLayer<T>::forward(View<const T> x, View<T> out, const ForwardOptions<T>&
 
   // Masks: padding tokens, and experts dropped out for this batch.
   if (plan_.tokens != T_ || plan_.k != k_) plan_.resize(T_, k_, E_);
-  for (int64_t t = 0; t < T_; ++t) plan_.token_mask[t] = opt.token_mask ? opt.token_mask[t] != 0 : 1;
+  for (int64_t t = 0; t < T_; ++t)
+    plan_.token_mask[t] = opt.token_mask ? opt.token_mask[t] != 0 : 1;
   if (opt.replay) {
     plan_.expert_mask = opt.replay->expert_mask;
   } else if (opt.expert_mask) {
@@ -114,8 +115,8 @@ void MoeLayer<T>::forward(View<const T> x, View<T> out, const ForwardOptions<T>&
     }
   }
   const T* wn = noisy_ ? params_.value("router.noise_weight") : nullptr;
-  router_logits_forward<T>(T_, d_, E_, x_.data(), params_.value("router.weight"), wn,
-                           noise_.data(), hn_.data(), z_.data());
+  router_logits_forward<T>(T_, d_, E_, x_.data(), params_.value("router.weight"), wn, noise_.data(),
+                           hn_.data(), z_.data());
   // 2. Scores.
   router_scores_forward<T>(cfg_.scoring_func, T_, E_, z_.data(), s_.data(), lse_.data());
   // 3-5. Selection (or the replayed one), gates, capacity.
@@ -143,8 +144,8 @@ void MoeLayer<T>::forward(View<const T> x, View<T> out, const ForwardOptions<T>&
   // 6. Losses and metrics.
   routing_probs<T>(cfg_.scoring_func, T_, E_, s_.data(), p_.data());
   primary_counts(plan_, counts_.data());
-  metrics_.load_balance_loss = load_balance_loss<T>(cfg_, plan_, p_.data(), counts_.data(),
-                                                  mean_prob_.data());
+  metrics_.load_balance_loss =
+      load_balance_loss<T>(cfg_, plan_, p_.data(), counts_.data(), mean_prob_.data());
   metrics_.importance_loss = importance_loss<T>(cfg_, plan_, gate_prim_.data(), importance_.data());
   metrics_.z_loss = z_loss<T>(cfg_, plan_, lse_.data());
   fill_metrics<T>(cfg_, plan_, p_.data(), counts_.data(), metrics_);

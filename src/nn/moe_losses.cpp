@@ -73,8 +73,7 @@ void load_balance_backward(const MoeConfig& c, const RoutingPlan& plan, const in
   if (c.router_aux_loss_coef == 0 || plan.valid_tokens == 0) return;
   const int E = plan.num_experts;
   const double denom = balance_denominator(c, plan);
-  const double base =
-      scale * c.router_aux_loss_coef * E / static_cast<double>(plan.valid_tokens);
+  const double base = scale * c.router_aux_loss_coef * E / static_cast<double>(plan.valid_tokens);
   for (int64_t t = 0; t < plan.tokens; ++t)
     if (plan.token_mask[t])
       for (int e = 0; e < E; ++e)

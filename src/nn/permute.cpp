@@ -68,8 +68,8 @@ void scatter_gated(const Permutation& p, int64_t tokens, int k, int64_t d, const
 }
 
 template <class T>
-void scatter_gated_backward(const Permutation& p, int64_t tokens, int k, int64_t d,
-                            const T* dout, const T* y, const T* gate, T* dy, T* dgate) {
+void scatter_gated_backward(const Permutation& p, int64_t tokens, int k, int64_t d, const T* dout,
+                            const T* y, const T* gate, T* dy, T* dgate) {
 #pragma omp parallel for if (tokens * d > kParallelMin)
   for (int64_t t = 0; t < tokens; ++t) {
     const T* g_out = dout + t * d;
@@ -93,12 +93,12 @@ void scatter_gated_backward(const Permutation& p, int64_t tokens, int k, int64_t
   }
 }
 
-#define MOE_INSTANTIATE(T)                                                                       \
-  template void gather_rows<T>(const Permutation&, int, int64_t, const T*, T*);                  \
+#define MOE_INSTANTIATE(T)                                                                        \
+  template void gather_rows<T>(const Permutation&, int, int64_t, const T*, T*);                   \
   template void gather_rows_backward<T>(const Permutation&, int64_t, int, int64_t, const T*, T*); \
-  template void scatter_gated<T>(const Permutation&, int64_t, int, int64_t, const T*, const T*,  \
-                                 T*);                                                            \
-  template void scatter_gated_backward<T>(const Permutation&, int64_t, int, int64_t, const T*,   \
+  template void scatter_gated<T>(const Permutation&, int64_t, int, int64_t, const T*, const T*,   \
+                                 T*);                                                             \
+  template void scatter_gated_backward<T>(const Permutation&, int64_t, int, int64_t, const T*,    \
                                           const T*, const T*, T*, T*);
 MOE_INSTANTIATE(float)
 MOE_INSTANTIATE(double)

@@ -108,8 +108,10 @@ void select_top_k(const MoeConfig& c, const T* s, const T* bias, RoutingPlan& pl
   const int G = c.n_group, gsize = E / G;
   int available = 0;
   for (int e = 0; e < E; ++e) available += plan.expert_mask[e] != 0;
-  MOE_CHECK(available >= k, "select_top_k: only {} experts available after expert dropout, "
-                            "num_experts_per_tok = {}", available, k);
+  MOE_CHECK(available >= k,
+            "select_top_k: only {} experts available after expert dropout, "
+            "num_experts_per_tok = {}",
+            available, k);
 #pragma omp parallel for if (plan.tokens * E > (1 << 15))
   for (int64_t t = 0; t < plan.tokens; ++t) {
     T* ur = u + t * E;
@@ -272,19 +274,18 @@ void update_selection_bias(int E, double rate, const int64_t* primary_counts, in
   }
 }
 
-#define MOE_INSTANTIATE(T)                                                                        \
-  template void router_logits_forward<T>(int64_t, int64_t, int64_t, const T*, const T*, const T*, \
-                                         const T*, T*, T*);                                       \
-  template void router_logits_backward<T>(int64_t, int64_t, int64_t, const T*, const T*,          \
-                                          const T*, const T*, const T*, const T*, T*, T*, T*,     \
-                                          T*);                                                    \
-  template void router_scores_forward<T>(ScoreFunc, int64_t, int64_t, const T*, T*, T*);          \
-  template void router_scores_backward<T>(ScoreFunc, int64_t, int64_t, const T*, const T*, T*);   \
-  template void select_top_k<T>(const MoeConfig&, const T*, const T*, RoutingPlan&, T*);          \
-  template void primary_gates<T>(const MoeConfig&, const RoutingPlan&, const T*, T*, T*);         \
-  template void final_gates<T>(const MoeConfig&, const RoutingPlan&, const T*, const T*, T*);     \
-  template void gates_backward<T>(const MoeConfig&, const RoutingPlan&, const T*, const T*,       \
-                                  const T*, const T*, T*);                                        \
+#define MOE_INSTANTIATE(T)                                                                         \
+  template void router_logits_forward<T>(int64_t, int64_t, int64_t, const T*, const T*, const T*,  \
+                                         const T*, T*, T*);                                        \
+  template void router_logits_backward<T>(int64_t, int64_t, int64_t, const T*, const T*, const T*, \
+                                          const T*, const T*, const T*, T*, T*, T*, T*);           \
+  template void router_scores_forward<T>(ScoreFunc, int64_t, int64_t, const T*, T*, T*);           \
+  template void router_scores_backward<T>(ScoreFunc, int64_t, int64_t, const T*, const T*, T*);    \
+  template void select_top_k<T>(const MoeConfig&, const T*, const T*, RoutingPlan&, T*);           \
+  template void primary_gates<T>(const MoeConfig&, const RoutingPlan&, const T*, T*, T*);          \
+  template void final_gates<T>(const MoeConfig&, const RoutingPlan&, const T*, const T*, T*);      \
+  template void gates_backward<T>(const MoeConfig&, const RoutingPlan&, const T*, const T*,        \
+                                  const T*, const T*, T*);                                         \
   template void update_selection_bias<T>(int, double, const int64_t*, int64_t, int, T*);
 MOE_INSTANTIATE(float)
 MOE_INSTANTIATE(double)
