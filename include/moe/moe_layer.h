@@ -58,9 +58,19 @@ class MoeLayer final : public FeedForward<T> {
   void run_experts_forward();
   void run_experts_backward();
 
+  // Arena offsets of each parameter, resolved once (-1 when absent), so the hot path never
+  // looks names up. Offsets rather than pointers keep the layer safely copyable.
+  struct Offsets {
+    int64_t router = -1, noise = -1, w1 = -1, w3 = -1, w2 = -1;
+    int64_t shared_w1 = -1, shared_w3 = -1, shared_w2 = -1, shared_gate = -1;
+  };
+  T* value(int64_t off) { return off < 0 ? nullptr : params_.values().data() + off; }
+  T* grad(int64_t off) { return off < 0 ? nullptr : params_.grads().data() + off; }
+
   MoeConfig cfg_;
   int d_, F_, E_, k_, Hs_;
   ParamSet<T> params_;
+  Offsets off_;
   std::vector<T> bias_;  // [E] selection bias (state, not a parameter)
 
   int64_t tokens_ = 0;

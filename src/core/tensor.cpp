@@ -14,8 +14,12 @@ Shape Shape::from(const std::vector<int64_t>& d) {
 
 std::string Shape::str() const {
   std::string s = "[";
-  for (int i = 0; i < ndim; ++i) s += (i ? "," : "") + std::to_string(dims[i]);
-  return s + "]";
+  for (int i = 0; i < ndim; ++i) {
+    if (i) s += ',';
+    s += std::to_string(dims[i]);
+  }
+  s += ']';
+  return s;
 }
 
 }  // namespace moe

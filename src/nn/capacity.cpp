@@ -44,6 +44,7 @@ void apply_capacity(const MoeConfig& c, const T* gate, const T* u, RoutingPlan& 
   bucket.resize(static_cast<size_t>(slots));
   load.assign(E, 0);
   overflow.clear();
+  overflow.reserve(static_cast<size_t>(slots));  // overflow varies by step: reserve the bound
   order.resize(E);
   for (int64_t i = 0; i < slots; ++i)
     if (plan.primary[i] >= 0) ++offset[plan.primary[i] + 1];

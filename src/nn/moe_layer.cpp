@@ -40,6 +40,19 @@ MoeLayer<T>::MoeLayer(const MoeConfig& config) : cfg_(config) {
     if (cfg_.shared_expert_gate) params_.declare("shared.gate", {1, d_});
   }
   params_.allocate();
+  auto offset = [&](const char* name) {
+    const ParamSpec* spec = params_.find(name);
+    return spec ? spec->offset : int64_t(-1);
+  };
+  off_.router = offset("router.weight");
+  off_.noise = offset("router.noise_weight");
+  off_.w1 = offset("experts.w1");
+  off_.w3 = offset("experts.w3");
+  off_.w2 = offset("experts.w2");
+  off_.shared_w1 = offset("shared.w1");
+  off_.shared_w3 = offset("shared.w3");
+  off_.shared_w2 = offset("shared.w2");
+  off_.shared_gate = offset("shared.gate");
   bias_.assign(E_, T(0));
   counts_.assign(E_, 0);
   importance_.assign(E_, 0.0);
@@ -114,9 +127,9 @@ void MoeLayer<T>::forward(View<const T> x, View<T> out, const ForwardOptions<T>&
       opt.rng->fill_normal(noise_.data(), T_ * E_);
     }
   }
-  const T* wn = noisy_ ? params_.value("router.noise_weight") : nullptr;
-  router_logits_forward<T>(T_, d_, E_, x_.data(), params_.value("router.weight"), wn, noise_.data(),
-                           hn_.data(), z_.data());
+  const T* wn = noisy_ ? value(off_.noise) : nullptr;
+  router_logits_forward<T>(T_, d_, E_, x_.data(), value(off_.router), wn, noise_.data(), hn_.data(),
+                           z_.data());
   // 2. Scores.
   router_scores_forward<T>(cfg_.scoring_func, T_, E_, z_.data(), s_.data(), lse_.data());
   // 3-5. Selection (or the replayed one), gates, capacity.
@@ -158,13 +171,12 @@ void MoeLayer<T>::forward(View<const T> x, View<T> out, const ForwardOptions<T>&
 
   // 8. Shared experts on every token, optionally gated.
   if (Hs_ > 0) {
-    const bool glu = cfg_.hidden_act == Activation::SwiGLU;
-    ffn_forward<T>(cfg_.hidden_act, T_, d_, Hs_, x_.data(), params_.value("shared.w1"),
-                   glu ? params_.value("shared.w3") : nullptr, params_.value("shared.w2"),
-                   sh1_.data(), sh3_.data(), sa_.data(), sy_.data());
+    ffn_forward<T>(cfg_.hidden_act, T_, d_, Hs_, x_.data(), value(off_.shared_w1),
+                   value(off_.shared_w3), value(off_.shared_w2), sh1_.data(), sh3_.data(),
+                   sa_.data(), sy_.data());
     if (cfg_.shared_expert_gate) {
-      gemm<T>(Trans::No, Trans::Yes, T_, 1, d_, T(1), x_.data(), d_, params_.value("shared.gate"),
-              d_, T(0), sgate_.data(), 1);
+      gemm<T>(Trans::No, Trans::Yes, T_, 1, d_, T(1), x_.data(), d_, value(off_.shared_gate), d_,
+              T(0), sgate_.data(), 1);
       for (int64_t t = 0; t < T_; ++t) sgate_[t] = sigmoid(sgate_[t]);
     }
     for (int64_t t = 0; t < T_; ++t) {
@@ -177,9 +189,9 @@ void MoeLayer<T>::forward(View<const T> x, View<T> out, const ForwardOptions<T>&
 template <class T>
 void MoeLayer<T>::run_experts_forward() {
   const bool glu = cfg_.hidden_act == Activation::SwiGLU;
-  const T* w1 = params_.value("experts.w1");
-  const T* w3 = glu ? params_.value("experts.w3") : nullptr;
-  const T* w2 = params_.value("experts.w2");
+  const T* w1 = value(off_.w1);
+  const T* w3 = value(off_.w3);
+  const T* w2 = value(off_.w2);
   const int64_t wsz = static_cast<int64_t>(F_) * d_;
   for (int e = 0; e < E_; ++e) {
     const int64_t r0 = perm_.offsets[e], n = perm_.rows_of(e);
@@ -193,12 +205,12 @@ void MoeLayer<T>::run_experts_forward() {
 template <class T>
 void MoeLayer<T>::run_experts_backward() {
   const bool glu = cfg_.hidden_act == Activation::SwiGLU;
-  const T* w1 = params_.value("experts.w1");
-  const T* w3 = glu ? params_.value("experts.w3") : nullptr;
-  const T* w2 = params_.value("experts.w2");
-  T* dw1 = params_.grad("experts.w1");
-  T* dw3 = glu ? params_.grad("experts.w3") : nullptr;
-  T* dw2 = params_.grad("experts.w2");
+  const T* w1 = value(off_.w1);
+  const T* w3 = value(off_.w3);
+  const T* w2 = value(off_.w2);
+  T* dw1 = grad(off_.w1);
+  T* dw3 = grad(off_.w3);
+  T* dw2 = grad(off_.w2);
   const int64_t wsz = static_cast<int64_t>(F_) * d_;
   for (int e = 0; e < E_; ++e) {
     const int64_t r0 = perm_.offsets[e], n = perm_.rows_of(e);
@@ -227,11 +239,10 @@ void MoeLayer<T>::backward(View<const T> dout, View<T> dx, double aux_scale) {
 
   // Shared experts and their gate.
   if (Hs_ > 0) {
-    const bool glu = cfg_.hidden_act == Activation::SwiGLU;
     const T* dys = dout.data;
     if (cfg_.shared_expert_gate) {
-      T* dwg = params_.grad("shared.gate");
-      const T* wg = params_.value("shared.gate");
+      T* dwg = grad(off_.shared_gate);
+      const T* wg = value(off_.shared_gate);
       for (int64_t t = 0; t < T_; ++t) {
         const T g = sgate_[t];
         T dg = 0;
@@ -247,11 +258,10 @@ void MoeLayer<T>::backward(View<const T> dout, View<T> dx, double aux_scale) {
       }
       dys = dsy_.data();
     }
-    ffn_backward<T>(cfg_.hidden_act, T_, d_, Hs_, x_.data(), params_.value("shared.w1"),
-                    glu ? params_.value("shared.w3") : nullptr, params_.value("shared.w2"),
-                    sh1_.data(), sh3_.data(), sa_.data(), dys, dxs_.data(),
-                    params_.grad("shared.w1"), glu ? params_.grad("shared.w3") : nullptr,
-                    params_.grad("shared.w2"), da_.data(), dh1_.data(), dh3_.data());
+    ffn_backward<T>(cfg_.hidden_act, T_, d_, Hs_, x_.data(), value(off_.shared_w1),
+                    value(off_.shared_w3), value(off_.shared_w2), sh1_.data(), sh3_.data(),
+                    sa_.data(), dys, dxs_.data(), grad(off_.shared_w1), grad(off_.shared_w3),
+                    grad(off_.shared_w2), da_.data(), dh1_.data(), dh3_.data());
     for (int64_t i = 0; i < T_ * d_; ++i) dx.data[i] += dxs_[i];
   }
 
@@ -267,11 +277,10 @@ void MoeLayer<T>::backward(View<const T> dout, View<T> dx, double aux_scale) {
                             ds_.data());
   router_scores_backward<T>(cfg_.scoring_func, T_, E_, s_.data(), ds_.data(), dz_.data());
   z_loss_backward<T>(cfg_, plan_, z_.data(), lse_.data(), aux_scale, dz_.data());
-  const T* wn = noisy_ ? params_.value("router.noise_weight") : nullptr;
-  router_logits_backward<T>(T_, d_, E_, x_.data(), params_.value("router.weight"), wn,
-                            noise_.data(), hn_.data(), dz_.data(), dx.data,
-                            params_.grad("router.weight"),
-                            noisy_ ? params_.grad("router.noise_weight") : nullptr, dhn_.data());
+  const T* wn = noisy_ ? value(off_.noise) : nullptr;
+  router_logits_backward<T>(T_, d_, E_, x_.data(), value(off_.router), wn, noise_.data(),
+                            hn_.data(), dz_.data(), dx.data, grad(off_.router),
+                            noisy_ ? grad(off_.noise) : nullptr, dhn_.data());
 }
 
 template <class T>
