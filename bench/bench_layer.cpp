@@ -9,21 +9,24 @@
 //   Sgemm/experts/...        the same GEMMs per expert on the row counts the router produced
 //                            for the first shape (what the layer's GEMMs cost without routing)
 //
-// Counters: flops (rate, so it reads as FLOP/s), tokens (rate: tokens/s). FLOPs are 2 per
-// multiply-add: the router's d*E per token plus 3*d*ffn per kept assignment (SwiGLU); a backward
-// pass counts twice its forward. Times are wall-clock (UseRealTime): the work is multi-threaded.
+// Counters: flops (rate, so it reads as FLOP/s), tokens (rate: tokens/s), load_max/mean (the
+// busiest expert's load over the mean, MoE only). FLOPs are 2 per multiply-add: the router's d*E
+// per token plus 3*d*ffn per kept assignment (SwiGLU); a backward pass counts twice its forward.
+// Times are wall-clock (UseRealTime): the work is multi-threaded. Each benchmark reports the
+// mean, median, stddev and cv of 3 repetitions of at least 1 s each; quote the median.
 //
 // Threads: moe::set_num_threads(MOE_BENCH_THREADS), default 2, once before any benchmark runs.
-// Set OPENBLAS_CORETYPE=SkylakeX in the environment for OpenBLAS's AVX-512 kernels.
+// OpenBLAS picks its kernels from OPENBLAS_CORETYPE (e.g. SkylakeX) or detects the CPU; the
+// value is recorded in the benchmark context.
 #include <benchmark/benchmark.h>
 
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <initializer_list>
+#include <iterator>
 #include <memory>
 #include <numeric>
-#include <initializer_list>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -39,7 +42,7 @@
 namespace {
 
 constexpr uint64_t kSeed = 1;
-constexpr double kMinTime = 0.5;  // seconds per repetition
+constexpr double kMinTime = 1.0;  // seconds per repetition
 constexpr int kRepetitions = 3;
 
 // Concatenation by appending (GCC 12 gives a false -Wrestrict on "literal" + std::string&&).
@@ -98,7 +101,8 @@ struct MoeCase {
 
     const moe::MoeMetrics& m = layer.metrics();
     kept_per_expert = m.kept_per_expert;
-    const int64_t kept = std::accumulate(kept_per_expert.begin(), kept_per_expert.end(), int64_t(0));
+    const int64_t kept =
+        std::accumulate(kept_per_expert.begin(), kept_per_expert.end(), int64_t(0));
     flops_fwd = 2.0 * (double(T) * d * s.experts + 3.0 * double(kept) * d * s.ffn);
     load_max_over_mean = m.load_max_over_mean;
   }
@@ -262,18 +266,24 @@ struct SgemmCase {
       if (n == 0) continue;
       const float *W1 = w1.data() + g * wsz, *W3 = w3.data() + g * wsz, *W2 = w2.data() + g * wsz;
       const float *X = x.data() + r0 * d, *A = a.data() + r0 * F;
-      moe::gemm<float>(Trans::No, Trans::Yes, n, F, d, 1.f, X, d, W1, d, 0.f, h1.data() + r0 * F, F);
-      moe::gemm<float>(Trans::No, Trans::Yes, n, F, d, 1.f, X, d, W3, d, 0.f, h3.data() + r0 * F, F);
+      moe::gemm<float>(Trans::No, Trans::Yes, n, F, d, 1.f, X, d, W1, d, 0.f, h1.data() + r0 * F,
+                       F);
+      moe::gemm<float>(Trans::No, Trans::Yes, n, F, d, 1.f, X, d, W3, d, 0.f, h3.data() + r0 * F,
+                       F);
       moe::gemm<float>(Trans::No, Trans::Yes, n, d, F, 1.f, A, F, W2, F, 0.f, y.data() + r0 * d, d);
       if (!backward) continue;
       const float *dY = dy.data() + r0 * d, *dH1 = dh1.data() + r0 * F, *dH3 = dh3.data() + r0 * F;
       float* dX = dx.data() + r0 * d;
-      moe::gemm<float>(Trans::No, Trans::No, n, F, d, 1.f, dY, d, W2, F, 0.f, da.data() + r0 * F, F);
-      moe::gemm<float>(Trans::Yes, Trans::No, d, F, n, 1.f, dY, d, A, F, 1.f, dw2.data() + g * wsz, F);
+      moe::gemm<float>(Trans::No, Trans::No, n, F, d, 1.f, dY, d, W2, F, 0.f, da.data() + r0 * F,
+                       F);
+      moe::gemm<float>(Trans::Yes, Trans::No, d, F, n, 1.f, dY, d, A, F, 1.f, dw2.data() + g * wsz,
+                       F);
       moe::gemm<float>(Trans::No, Trans::No, n, d, F, 1.f, dH1, F, W1, d, 0.f, dX, d);
-      moe::gemm<float>(Trans::Yes, Trans::No, F, d, n, 1.f, dH1, F, X, d, 1.f, dw1.data() + g * wsz, d);
+      moe::gemm<float>(Trans::Yes, Trans::No, F, d, n, 1.f, dH1, F, X, d, 1.f, dw1.data() + g * wsz,
+                       d);
       moe::gemm<float>(Trans::No, Trans::No, n, d, F, 1.f, dH3, F, W3, d, 1.f, dX, d);
-      moe::gemm<float>(Trans::Yes, Trans::No, F, d, n, 1.f, dH3, F, X, d, 1.f, dw3.data() + g * wsz, d);
+      moe::gemm<float>(Trans::Yes, Trans::No, F, d, n, 1.f, dH3, F, X, d, 1.f, dw3.data() + g * wsz,
+                       d);
     }
   }
 
@@ -340,8 +350,9 @@ int main(int argc, char** argv) {
         benchmark::RegisterBenchmark(cat({"MoE/fwdbwd/", n}).c_str(), BM_MoeForwardBackward, i));
   }
   const LayerShape& s0 = kShapes[0];
-  const std::string dense = cat({"d", std::to_string(s0.d), "_ffn",
-                                 std::to_string(s0.top_k * s0.ffn), "_T", std::to_string(s0.tokens)});
+  const std::string dense =
+      cat({"d", std::to_string(s0.d), "_ffn", std::to_string(s0.top_k * s0.ffn), "_T",
+           std::to_string(s0.tokens)});
   configure(benchmark::RegisterBenchmark(cat({"Dense/fwd/", dense}).c_str(), BM_DenseForward));
   configure(
       benchmark::RegisterBenchmark(cat({"Dense/fwdbwd/", dense}).c_str(), BM_DenseForwardBackward));

@@ -2,6 +2,8 @@
 
 #include <cblas.h>
 
+#include <limits>
+
 #include "moe/error.h"
 
 namespace moe {
@@ -14,6 +16,10 @@ CBLAS_TRANSPOSE cblas_trans(Trans t) {
 void check_args(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb,
                 int64_t ldc) {
   MOE_CHECK(M >= 0 && N >= 0 && K >= 0, "gemm: negative size M={} N={} K={}", M, N, K);
+  constexpr int64_t kBlasMax = std::numeric_limits<int>::max();  // cblas takes 32-bit ints
+  MOE_CHECK(M <= kBlasMax && N <= kBlasMax && K <= kBlasMax && lda <= kBlasMax && ldb <= kBlasMax &&
+                ldc <= kBlasMax,
+            "gemm: size above the 32-bit BLAS limit (M={} N={} K={})", M, N, K);
   MOE_CHECK(lda >= (ta == Trans::No ? K : M) && ldb >= (tb == Trans::No ? N : K) && ldc >= N,
             "gemm: leading dimension too small (lda={} ldb={} ldc={} for M={} N={} K={})", lda, ldb,
             ldc, M, N, K);

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "moe/error.h"
+
 namespace moe {
 
 namespace {
@@ -56,6 +58,7 @@ double Rng::normal() {
 }
 
 uint64_t Rng::below(uint64_t n) {
+  MOE_CHECK(n > 0, "Rng::below: n must be positive");
   // Lemire's multiply-shift; the tiny bias is irrelevant for sampling masks and batches.
   __extension__ using u128 = unsigned __int128;
   return static_cast<uint64_t>((static_cast<u128>(next_u64()) * n) >> 64);

@@ -5,6 +5,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -218,39 +220,58 @@ SafeTensorsFile SafeTensorsFile::open(const std::string& path) {
     if (!v["dtype"].is_string() || !parse_dtype(v["dtype"].get<std::string>(), &e.dtype))
       throw bad(fmt::format("unsupported dtype {}", v["dtype"].dump()));
     if (!v["shape"].is_array()) throw bad("shape is not an array");
+    if (v["shape"].size() > static_cast<size_t>(kMaxDims))
+      throw bad(fmt::format("shape {} has more than {} dimensions", v["shape"].dump(), kMaxDims));
+    // Byte size with overflow checks: a crafted shape must not wrap to a small number.
+    uint64_t bytes = static_cast<uint64_t>(dtype_size(e.dtype));
     for (const auto& d : v["shape"]) {
       if (!d.is_number_integer() || d.get<int64_t>() < 0)
         throw bad(fmt::format("bad shape {}", v["shape"].dump()));
       e.shape.push_back(d.get<int64_t>());
+      if (__builtin_mul_overflow(bytes, static_cast<uint64_t>(e.shape.back()), &bytes))
+        throw bad(fmt::format("shape {} is too large", v["shape"].dump()));
     }
     const auto& off = v["data_offsets"];
     if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() ||
         !off[1].is_number_unsigned())
       throw bad("data_offsets must be two non-negative integers");
-    e.begin = off[0].get<int64_t>();
-    e.end = off[1].get<int64_t>();
-    if (e.begin > e.end)
-      throw bad(fmt::format("data_offsets [{}, {}] are reversed", e.begin, e.end));
-    if (static_cast<uint64_t>(e.end) > data_size)
+    // Compare as unsigned before converting, so huge offsets cannot wrap negative.
+    const auto begin = off[0].get<uint64_t>(), end = off[1].get<uint64_t>();
+    if (begin > end) throw bad(fmt::format("data_offsets [{}, {}] are reversed", begin, end));
+    if (end > data_size)
       throw bad(
           fmt::format("data_offsets end {} is past the end of the data ({} bytes): "
                       "file truncated?",
-                      e.end, data_size));
-    if (e.end - e.begin != e.numel() * dtype_size(e.dtype))
-      throw bad(fmt::format("{} bytes stored but shape {} of {} needs {}", e.end - e.begin,
-                            v["shape"].dump(), dtype_name(e.dtype),
-                            e.numel() * dtype_size(e.dtype)));
-    spans.emplace_back(e.begin, e.end);
+                      end, data_size));
+    if (end - begin != bytes)
+      throw bad(fmt::format("{} bytes stored but shape {} of {} needs {}", end - begin,
+                            v["shape"].dump(), dtype_name(e.dtype), bytes));
+    e.begin = static_cast<int64_t>(begin);
+    e.end = static_cast<int64_t>(end);
+    if (e.end > e.begin) spans.emplace_back(e.begin, e.end);
     f.entries_.emplace(name, std::move(e));
   }
+  // Tensors tile the data section exactly, as the format requires: no overlap, no hole.
   std::sort(spans.begin(), spans.end());
-  for (size_t i = 1; i < spans.size(); ++i) {
-    if (spans[i].first < spans[i - 1].second) {
-      for (const auto& [n, e] : f.entries_)
-        if (e.begin == spans[i].first)
-          throw Error(fmt::format("{}: tensor '{}': data overlaps another tensor", path, n));
-    }
+  auto owner = [&](int64_t begin) {
+    for (const auto& [n, e] : f.entries_)
+      if (e.begin == begin && e.end > e.begin) return n;
+    return std::string("?");
+  };
+  int64_t covered = 0;
+  for (const auto& [begin, end] : spans) {
+    if (begin < covered)
+      throw Error(fmt::format("{}: tensor '{}': data overlaps another tensor", path, owner(begin)));
+    if (begin > covered)
+      throw Error(
+          fmt::format("{}: tensor '{}': {} unused bytes before its data (hole in the "
+                      "data section)",
+                      path, owner(begin), begin - covered));
+    covered = end;
   }
+  if (static_cast<uint64_t>(covered) != data_size)
+    throw Error(fmt::format("{}: {} bytes after the last tensor's data", path,
+                            data_size - static_cast<uint64_t>(covered)));
   return f;
 }
 
@@ -296,6 +317,8 @@ Tensor<T> SafeTensorsFile::read(const std::string& name, const Shape& expected) 
 template <class T>
 void SafeTensorsWriter::add(const std::string& name, const Shape& shape, const T* data,
                             DType stored) {
+  MOE_CHECK(name != "__metadata__",
+            "SafeTensorsWriter: '__metadata__' is reserved, not a tensor name");
   for (const auto& p : tensors_)
     MOE_CHECK(p.name != name, "SafeTensorsWriter: tensor '{}' added twice", name);
   Pending p;
@@ -333,7 +356,10 @@ void SafeTensorsWriter::write(const std::string& path) const {
 }
 
 void write_file_atomic(const std::string& path, const void* data, size_t size) {
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  // pid + a per-process counter: concurrent writers (threads or processes) never share a name.
+  static std::atomic<uint64_t> counter{0};
+  const std::string tmp = fmt::format("{}.tmp.{}.{}", path, ::getpid(),
+                                      counter.fetch_add(1, std::memory_order_relaxed));
   FILE* f = std::fopen(tmp.c_str(), "wb");
   if (!f) throw Error(fmt::format("{}: cannot create: {}", tmp, std::strerror(errno)));
   const bool ok =
