@@ -39,6 +39,8 @@ class MoeLayer final : public FeedForward<T> {
   double aux_loss() const override;
   ParamSet<T>& params() override { return params_; }
   double active_macs_per_token() const override;
+  // Multiply-adds the last forward actually ran: router, kept assignments, shared experts.
+  double last_forward_macs() const;
 
   // Aux-loss-free balancing: call after the optimizer step (uses the last forward's loads).
   void update_selection_bias();

@@ -34,6 +34,8 @@ double median(std::vector<double> v) {
 }
 
 void progress(int i, int n, double last_ms) {
+  static const bool tty = isatty(2);
+  if (!tty && i != n) return;  // in a log, one line at the end rather than a stream of \r
   const int width = 30, filled = n ? width * i / n : width;
   fmt::print(stderr, "\r  [{}{}] {:>3}/{} iterations  last {:.1f} ms", std::string(filled, '#'),
              std::string(width - filled, '.'), i, n, last_ms);
@@ -80,6 +82,7 @@ int run(const LayerArgs& a) {
   fmt::print("moe layer: d={} ffn={} experts={} top_k={} shared={} tokens={} threads={}\n", d,
              cfg.moe_intermediate_size, cfg.num_experts, cfg.num_experts_per_tok,
              cfg.n_shared_experts, T, num_threads());
+  std::fflush(stdout);
   ForwardOptions<float> opt;
   opt.training = true;
   opt.rng = &rng;

@@ -72,6 +72,13 @@ double MoeLayer<T>::active_macs_per_token() const {
 }
 
 template <class T>
+double MoeLayer<T>::last_forward_macs() const {
+  const double per_ffn = cfg_.hidden_act == Activation::SwiGLU ? 3.0 : 2.0;
+  const double T_ = static_cast<double>(tokens_), kept = static_cast<double>(perm_.rows());
+  return T_ * d_ * E_ + per_ffn * d_ * (kept * F_ + T_ * Hs_);
+}
+
+template <class T>
 void MoeLayer<T>::reserve(int64_t T_) {
   const int64_t TE = T_ * E_, Tk = T_ * k_;
   for (auto* v : {&x_}) grow(*v, T_ * d_);
