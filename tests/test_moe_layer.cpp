@@ -6,6 +6,7 @@
 
 #include "moe/dense_ffn.h"
 #include "moe/moe_layer.h"
+#include "moe/safetensors.h"
 #include "test_util.h"
 
 namespace moe {
@@ -402,6 +403,43 @@ TEST(BadArguments, ShapesNaNAndMissingRng) {
   masked.expert_mask = mask;
   EXPECT_NE(error_of([&] { layer.forward(good_x.view(), out.view(), masked); }).find("available"),
             std::string::npos);
+}
+
+TEST(BadArguments, MismatchedOrMissingWeightsNameFileAndTensor) {
+  const std::string dir = ::testing::TempDir();
+  MoeConfig c = small_config(4, 2);
+  MoeLayer<float> layer(c);
+  Rng rng(4);
+  layer.init_weights(rng);
+  // Round trip first: save, load into a fresh layer, identical values.
+  SafeTensorsWriter w;
+  save_params(layer.params(), w, DType::F32, "model.layers.0.moe.");
+  w.write(dir + "/moe_ok.safetensors");
+  MoeLayer<float> copy(c);
+  load_params(copy.params(), SafeTensorsFile::open(dir + "/moe_ok.safetensors"),
+              "model.layers.0.moe.");
+  EXPECT_EQ(copy.params().values(), layer.params().values());
+  // A layer with a different expert width finds every expert weight the wrong shape.
+  MoeConfig wider = c;
+  wider.moe_intermediate_size = 7;
+  MoeLayer<float> other(wider);
+  const std::string e1 = error_of([&] {
+    load_params(other.params(), SafeTensorsFile::open(dir + "/moe_ok.safetensors"),
+                "model.layers.0.moe.");
+  });
+  EXPECT_NE(e1.find("moe_ok.safetensors"), std::string::npos) << e1;
+  EXPECT_NE(e1.find("'model.layers.0.moe.experts.w1'"), std::string::npos) << e1;
+  EXPECT_NE(e1.find("[4,6,8]"), std::string::npos) << e1;
+  EXPECT_NE(e1.find("[4,7,8]"), std::string::npos) << e1;
+  // A layer with shared experts finds their weights missing.
+  MoeConfig shared = c;
+  shared.n_shared_experts = 1;
+  MoeLayer<float> with_shared(shared);
+  const std::string e2 = error_of([&] {
+    load_params(with_shared.params(), SafeTensorsFile::open(dir + "/moe_ok.safetensors"),
+                "model.layers.0.moe.");
+  });
+  EXPECT_NE(e2.find("missing tensor 'model.layers.0.moe.shared.w1'"), std::string::npos) << e2;
 }
 
 }  // namespace

@@ -39,8 +39,7 @@ void check_case(const std::string& name, double tol) {
     if (n.rfind("router.", 0) == 0 || n.rfind("experts.", 0) == 0 || n.rfind("shared.", 0) == 0)
       ++fixture_params;
   ASSERT_EQ(fixture_params, static_cast<int64_t>(layer.params().specs().size()));
-  for (const auto& s : layer.params().specs())
-    f.read_into<T>(s.name, s.shape, layer.params().value(s.name));
+  load_params(layer.params(), f);
   for (int64_t e = 0; e < E; ++e) layer.selection_bias()[e] = static_cast<T>(bias[e]);
 
   const Tensor<T> x = f.read<T>("x", {T_, d}), dout = f.read<T>("dout", {T_, d});

@@ -29,7 +29,9 @@ class ParamSet {
   View<T> value_view(const std::string& name) { return View<T>(value(name), spec(name).shape); }
   View<T> grad_view(const std::string& name) { return View<T>(grad(name), spec(name).shape); }
   const std::vector<ParamSpec>& specs() const { return specs_; }
+  const T* value(const std::string& name) const { return values_.data() + spec(name).offset; }
   std::vector<T>& values() { return values_; }
+  const std::vector<T>& values() const { return values_; }
   std::vector<T>& grads() { return grads_; }
   int64_t numel() const { return static_cast<int64_t>(values_.size()); }
   void zero_grad();
@@ -39,5 +41,19 @@ class ParamSet {
   std::vector<T> values_, grads_;
   int64_t total_ = 0;
 };
+
+class SafeTensorsFile;
+class SafeTensorsWriter;
+enum class DType;
+
+// Loads every declared parameter from `file` as `prefix + name`, converting dtype. A missing
+// tensor or a shape different from the declared one is a moe::Error naming the file, the
+// tensor and both shapes.
+template <class T>
+void load_params(ParamSet<T>& params, const SafeTensorsFile& file, const std::string& prefix = "");
+// Adds every parameter to `writer` as `prefix + name`, stored as `dtype`.
+template <class T>
+void save_params(const ParamSet<T>& params, SafeTensorsWriter& writer, DType dtype,
+                 const std::string& prefix = "");
 
 }  // namespace moe

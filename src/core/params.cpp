@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "moe/safetensors.h"
+
 namespace moe {
 
 template <class T>
@@ -36,6 +38,26 @@ template <class T>
 void ParamSet<T>::zero_grad() {
   std::fill(grads_.begin(), grads_.end(), T(0));
 }
+
+template <class T>
+void load_params(ParamSet<T>& params, const SafeTensorsFile& file, const std::string& prefix) {
+  for (const auto& s : params.specs())
+    file.read_into<T>(prefix + s.name, s.shape, params.value(s.name));
+}
+
+template <class T>
+void save_params(const ParamSet<T>& params, SafeTensorsWriter& writer, DType dtype,
+                 const std::string& prefix) {
+  for (const auto& s : params.specs())
+    writer.add<T>(prefix + s.name, s.shape, params.value(s.name), dtype);
+}
+
+template void load_params<float>(ParamSet<float>&, const SafeTensorsFile&, const std::string&);
+template void load_params<double>(ParamSet<double>&, const SafeTensorsFile&, const std::string&);
+template void save_params<float>(const ParamSet<float>&, SafeTensorsWriter&, DType,
+                                 const std::string&);
+template void save_params<double>(const ParamSet<double>&, SafeTensorsWriter&, DType,
+                                  const std::string&);
 
 template class ParamSet<float>;
 template class ParamSet<double>;
