@@ -108,64 +108,74 @@ const std::initializer_list<std::pair<const char*, Activation>> kAct = {
 const std::initializer_list<std::pair<const char*, AuxLossStyle>> kAux = {
     {"switch", AuxLossStyle::Switch}, {"hf", AuxLossStyle::HF}};
 
+// The one list of keys: every reader and writer walks it, so none can forget a key.
+template <class Config, class Visitor>
+void visit_keys(Config& c, Visitor&& v) {
+  v("hidden_size", c.hidden_size);
+  v("moe_intermediate_size", c.moe_intermediate_size);
+  v("num_experts", c.num_experts);
+  v("num_experts_per_tok", c.num_experts_per_tok);
+  v("scoring_func", c.scoring_func, kScore);
+  v("norm_topk_prob", c.norm_topk_prob);
+  v("routed_scaling_factor", c.routed_scaling_factor);
+  v("n_group", c.n_group);
+  v("topk_group", c.topk_group);
+  v("noisy_gating", c.noisy_gating);
+  v("expert_dropout", c.expert_dropout);
+  v("use_selection_bias", c.use_selection_bias);
+  v("bias_update_rate", c.bias_update_rate);
+  v("capacity_factor", c.capacity_factor);
+  v("drop_policy", c.drop_policy, kDrop);
+  v("overflow", c.overflow, kOverflow);
+  v("hidden_act", c.hidden_act, kAct);
+  v("n_shared_experts", c.n_shared_experts);
+  v("shared_expert_intermediate_size", c.shared_expert_intermediate_size);
+  v("shared_expert_gate", c.shared_expert_gate);
+  v("router_aux_loss_coef", c.router_aux_loss_coef);
+  v("router_importance_coef", c.router_importance_coef);
+  v("router_z_loss_coef", c.router_z_loss_coef);
+  v("aux_loss_style", c.aux_loss_style, kAux);
+}
+
+struct Reader {
+  const nlohmann::json& j;
+  const std::string& where;
+  template <class T>
+  void operator()(const char* key, T& value) const {
+    get(j, key, value, where);
+  }
+  template <class E>
+  void operator()(const char* key, E& value,
+                  std::initializer_list<std::pair<const char*, E>> names) const {
+    get_enum(j, key, value, names, where);
+  }
+};
+
+struct Writer {
+  nlohmann::json& j;
+  template <class T>
+  void operator()(const char* key, const T& value) const {
+    j[key] = value;
+  }
+  template <class E>
+  void operator()(const char* key, const E& value,
+                  std::initializer_list<std::pair<const char*, E>> names) const {
+    j[key] = enum_name(value, names);
+  }
+};
+
 }  // namespace
 
 MoeConfig moe_config_from_json(const nlohmann::json& j, const std::string& where) {
   MOE_CHECK(j.is_object(), "{}: expected a JSON object", where);
   MoeConfig c;
-  get(j, "hidden_size", c.hidden_size, where);
-  get(j, "moe_intermediate_size", c.moe_intermediate_size, where);
-  get(j, "num_experts", c.num_experts, where);
-  get(j, "num_experts_per_tok", c.num_experts_per_tok, where);
-  get_enum(j, "scoring_func", c.scoring_func, kScore, where);
-  get(j, "norm_topk_prob", c.norm_topk_prob, where);
-  get(j, "routed_scaling_factor", c.routed_scaling_factor, where);
-  get(j, "n_group", c.n_group, where);
-  get(j, "topk_group", c.topk_group, where);
-  get(j, "noisy_gating", c.noisy_gating, where);
-  get(j, "expert_dropout", c.expert_dropout, where);
-  get(j, "use_selection_bias", c.use_selection_bias, where);
-  get(j, "bias_update_rate", c.bias_update_rate, where);
-  get(j, "capacity_factor", c.capacity_factor, where);
-  get_enum(j, "drop_policy", c.drop_policy, kDrop, where);
-  get_enum(j, "overflow", c.overflow, kOverflow, where);
-  get_enum(j, "hidden_act", c.hidden_act, kAct, where);
-  get(j, "n_shared_experts", c.n_shared_experts, where);
-  get(j, "shared_expert_intermediate_size", c.shared_expert_intermediate_size, where);
-  get(j, "shared_expert_gate", c.shared_expert_gate, where);
-  get(j, "router_aux_loss_coef", c.router_aux_loss_coef, where);
-  get(j, "router_importance_coef", c.router_importance_coef, where);
-  get(j, "router_z_loss_coef", c.router_z_loss_coef, where);
-  get_enum(j, "aux_loss_style", c.aux_loss_style, kAux, where);
+  visit_keys(c, Reader{j, where});
   c.validate(where);
   return c;
 }
 
 void moe_config_to_json(const MoeConfig& c, nlohmann::json& j) {
-  j["hidden_size"] = c.hidden_size;
-  j["moe_intermediate_size"] = c.moe_intermediate_size;
-  j["num_experts"] = c.num_experts;
-  j["num_experts_per_tok"] = c.num_experts_per_tok;
-  j["scoring_func"] = enum_name(c.scoring_func, kScore);
-  j["norm_topk_prob"] = c.norm_topk_prob;
-  j["routed_scaling_factor"] = c.routed_scaling_factor;
-  j["n_group"] = c.n_group;
-  j["topk_group"] = c.topk_group;
-  j["noisy_gating"] = c.noisy_gating;
-  j["expert_dropout"] = c.expert_dropout;
-  j["use_selection_bias"] = c.use_selection_bias;
-  j["bias_update_rate"] = c.bias_update_rate;
-  j["capacity_factor"] = c.capacity_factor;
-  j["drop_policy"] = enum_name(c.drop_policy, kDrop);
-  j["overflow"] = enum_name(c.overflow, kOverflow);
-  j["hidden_act"] = enum_name(c.hidden_act, kAct);
-  j["n_shared_experts"] = c.n_shared_experts;
-  j["shared_expert_intermediate_size"] = c.shared_expert_intermediate_size;
-  j["shared_expert_gate"] = c.shared_expert_gate;
-  j["router_aux_loss_coef"] = c.router_aux_loss_coef;
-  j["router_importance_coef"] = c.router_importance_coef;
-  j["router_z_loss_coef"] = c.router_z_loss_coef;
-  j["aux_loss_style"] = enum_name(c.aux_loss_style, kAux);
+  visit_keys(c, Writer{j});
 }
 
 }  // namespace moe
