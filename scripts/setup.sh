@@ -9,6 +9,10 @@ packages=(
   libopenblas-openmp-dev   # GEMM backend (OpenMP build: nests cleanly inside our threads)
   nlohmann-json3-dev libcli11-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  libsentencepiece-dev     # tokenizer trained on the bundled corpus
+  # The bundled corpus is built from these: prose in eight languages and Python source.
+  fortunes fortunes-de fortunes-es fortunes-it fortunes-ru fortunes-pl fortunes-cs fortunes-zh
+  libpython3.11-stdlib
 )
 if [[ "${1:-}" == "--reference" ]]; then
   packages+=(python3 python3-numpy python3-torch)
