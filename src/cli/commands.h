@@ -8,5 +8,8 @@
 namespace moe::cli {
 
 std::function<int()> add_layer_command(CLI::App& app);
+std::function<int()> add_train_command(CLI::App& app);
+std::function<int()> add_eval_command(CLI::App& app);
+std::function<int()> add_generate_command(CLI::App& app);
 
 }  // namespace moe::cli

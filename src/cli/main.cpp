@@ -10,6 +10,9 @@
 int main(int argc, char** argv) {
   CLI::App app{"moe: sparse Mixture-of-Experts engine"};
   app.require_subcommand(1);
+  auto run_train = moe::cli::add_train_command(app);
+  auto run_eval = moe::cli::add_eval_command(app);
+  auto run_generate = moe::cli::add_generate_command(app);
   auto run_layer = moe::cli::add_layer_command(app);
   try {
     app.parse(argc, argv);
@@ -17,6 +20,9 @@ int main(int argc, char** argv) {
     return app.exit(e);
   }
   try {
+    if (app.got_subcommand("train")) return run_train();
+    if (app.got_subcommand("eval")) return run_eval();
+    if (app.got_subcommand("generate")) return run_generate();
     if (app.got_subcommand("layer")) return run_layer();
   } catch (const moe::Error& e) {
     fmt::print(stderr, "moe: error: {}\n", e.what());

@@ -440,6 +440,11 @@ template Tensor<float> SafeTensorsFile::read<float>(const std::string&, const Sh
 template Tensor<double> SafeTensorsFile::read<double>(const std::string&, const Shape&) const;
 template void SafeTensorsFile::read_into<float>(const std::string&, const Shape&, float*) const;
 template void SafeTensorsFile::read_into<double>(const std::string&, const Shape&, double*) const;
+// Token ids and counts.
+template Tensor<int64_t> SafeTensorsFile::read<int64_t>(const std::string&, const Shape&) const;
+template Tensor<int32_t> SafeTensorsFile::read<int32_t>(const std::string&, const Shape&) const;
+template void SafeTensorsFile::read_into<int64_t>(const std::string&, const Shape&, int64_t*) const;
+template void SafeTensorsFile::read_into<int32_t>(const std::string&, const Shape&, int32_t*) const;
 template void SafeTensorsWriter::add<float>(const std::string&, const Shape&, const float*, DType);
 template void SafeTensorsWriter::add<double>(const std::string&, const Shape&, const double*,
                                              DType);

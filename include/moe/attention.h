@@ -1,0 +1,94 @@
+// Grouped-query causal self-attention with RoPE (Mixtral/Llama), forward and backward side by
+// side, plus a cached forward for generation. Exact math: docs/model.md.
+//   q = x Wq^T [n, H*hd], k = x Wk^T, v = x Wv^T [n, G*hd]; RoPE (HF rotate_half) on q and k;
+//   query head j reads kv head j / (H/G); P = softmax(q k^T / sqrt(hd)) causal within each
+//   sequence; o = P v [n, H*hd]; out = o Wo^T [n, d].
+// The forward SAVES the softmax probabilities [B, H, S, S] (llm.c style; at the sizes this
+// trains, B=16 S=256 H=8, that is 32 MB in float, cheaper than recomputing them).
+// The backward writes dx (=) and accumulates parameter gradients (+=), like FeedForward.
+// Workspaces are members, sized on the first call: a steady-state forward/backward of the same
+// shape does not allocate. Not thread-safe: one layer object per concurrent caller.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "moe/params.h"
+#include "moe/rng.h"
+#include "moe/tensor.h"
+
+namespace moe {
+
+struct AttentionConfig {
+  int hidden_size = 0;   // d
+  int num_heads = 0;     // H (num_attention_heads)
+  int num_kv_heads = 0;  // G (num_key_value_heads), H % G == 0
+  int head_dim = 0;      // hd (even)
+  double rope_theta = 10000.0;
+  int max_positions = 0;  // RoPE table length (max_position_embeddings); positions >= this fail
+  // Throws moe::Error "where: <HF key name> ..." for the first bad value.
+  void validate(const std::string& where) const;
+};
+
+// Per-sequence key/value cache for generation: k, v [B, capacity, G*hd] (RoPE already applied
+// to k). length = positions filled, the same for every sequence.
+template <class T>
+struct KvCache {
+  int batch = 0, capacity = 0, length = 0, kv_dim = 0;
+  std::vector<T> k, v;                              // [batch, capacity, kv_dim]
+  void reset(int batch, int capacity, int kv_dim);  // length = 0
+};
+
+// RoPE tables: cos, sin [max_positions, hd/2], cos[p, i] = cos(p * theta^(-2i/hd)), computed in
+// double.
+template <class T>
+void rope_tables(std::vector<T>& cos, std::vector<T>& sin, int max_positions, int head_dim,
+                 double theta);
+// Rotates every head of x [n, heads*hd] in place, HF rotate_half layout; row r is at position
+// start + r % seq_len. rope_backward applies the inverse (transposed) rotation to a gradient.
+template <class T>
+void rope_forward(T* x, const T* cos, const T* sin, int64_t n, int heads, int head_dim,
+                  int64_t seq_len, int64_t start);
+template <class T>
+void rope_backward(T* dx, const T* cos, const T* sin, int64_t n, int heads, int head_dim,
+                   int64_t seq_len, int64_t start);
+
+template <class T>
+class Attention {
+ public:
+  explicit Attention(const AttentionConfig& c);
+  void init_weights(Rng& rng, double std);  // all four matrices ~ N(0, std)
+  // "q_proj.weight" [H*hd, d], "k_proj.weight" [G*hd, d], "v_proj.weight" [G*hd, d],
+  // "o_proj.weight" [d, H*hd]
+  ParamSet<T>& params() { return params_; }
+  // x, out [B*S, d] (row = b*S + s), causal within each sequence, positions 0..S-1.
+  void forward(View<const T> x, int B, int S, View<T> out);
+  // dx (=) and parameter gradients (+=) for the last forward.
+  void backward(View<const T> dout, View<T> dx);
+  // Generation: x [B*n, d] holds n new tokens of each of B sequences (row = b*n + t) at
+  // positions cache.length .. cache.length+n-1; appends their k, v to the cache (error if its
+  // capacity would be exceeded), attends to everything cached, writes out [B*n, d]. Does not
+  // touch what forward() saved for backward().
+  void forward_cached(View<const T> x, int B, int n, KvCache<T>& cache, View<T> out);
+  const AttentionConfig& config() const { return c_; }
+  const std::vector<T>& probabilities() const { return att_; }  // [B, H, S, S] of the last forward
+
+ private:
+  AttentionConfig c_;
+  int qd_ = 0, kvd_ = 0;  // H*hd, G*hd
+  ParamSet<T> params_;
+  std::vector<T> cos_, sin_;  // [max_positions, hd/2]
+  int B_ = 0, S_ = 0;         // shape of the last forward
+  std::vector<T> x_;          // [n, d] input of the last forward
+  std::vector<T> q_;          // [n, H*hd] after RoPE
+  std::vector<T> k_, v_;      // [n, G*hd], k after RoPE
+  std::vector<T> att_;        // [B, H, S, S] probabilities, zero above the diagonal
+  std::vector<T> o_;          // [n, H*hd] attention output before o_proj
+  std::vector<T> do_, dq_;    // [n, H*hd]
+  std::vector<T> dk_, dv_;    // [n, G*hd]
+  std::vector<T> scratch_;    // [threads, S*S] (backward dP) or [threads, n*capacity] (cached)
+  std::vector<T> cq_, ck_, cv_, co_;  // forward_cached: [B*n, H*hd], [B*n, G*hd] x2, [B*n, H*hd]
+};
+
+}  // namespace moe

@@ -1,0 +1,27 @@
+// Autoregressive generation with a KV cache: the prompt runs through the model once, then each
+// new token costs one single-row step per layer.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "moe/sampling.h"
+#include "moe/tokenizer.h"
+#include "moe/transformer.h"
+
+namespace moe {
+
+struct GenerateOptions {
+  int max_new_tokens = 200;
+  SamplingOptions sampling;
+  uint64_t seed = 1;
+  bool stop_at_eos = true;
+};
+
+// Returns the generated ids (without the prompt). on_token, if set, sees each id as drawn.
+std::vector<int32_t> generate(Transformer<float>& model, const std::vector<int32_t>& prompt,
+                              const GenerateOptions& opt, int32_t eos_id,
+                              const std::function<void(int32_t)>& on_token = {});
+
+}  // namespace moe

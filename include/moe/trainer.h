@@ -1,0 +1,63 @@
+// Training and evaluation of the decoder LM on tokenized data. A run directory holds:
+//   config.json              the model + training config (Hugging Face style)
+//   model.safetensors        weights only, docs/model.md names (for eval, generate, export)
+//   checkpoint.safetensors   weights + AdamW moments + RNG + data position: --resume is bit-exact
+//   tokenizer.model          the sentencepiece model (absent for the byte tokenizer)
+//   metrics.jsonl            one JSON object per step, and one per validation
+//   report.md, summary.json  the run's outcome
+// Every file is written atomically; a failure (NaN, bad input) never touches what was saved.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <string>
+
+#include "moe/dataset.h"
+#include "moe/model_config.h"
+#include "moe/tokenizer.h"
+#include "moe/transformer.h"
+
+namespace moe {
+
+struct TrainOptions {
+  std::string out_dir = "runs/default";
+  bool resume = false;    // continue from out_dir/checkpoint.safetensors
+  int stop_after = 0;     // > 0: stop (with a checkpoint) once this many steps are done
+  bool progress = true;   // progress bar on stderr (a line every few steps when not a tty)
+  std::string tokenizer_path;  // copied into the run directory (empty: byte tokenizer)
+  std::function<void(const std::string&)> log;  // one line per event; null: stderr
+};
+
+struct EvalResult {
+  double loss = 0;  // mean cross-entropy over all counted targets
+  int64_t tokens = 0;
+  std::map<std::string, std::pair<double, int64_t>> per_domain;  // name -> (mean loss, tokens)
+};
+
+struct TrainResult {
+  int steps = 0;
+  double final_train_loss = 0;
+  EvalResult final_eval;
+  double wall_seconds = 0;
+  double tokens_per_second = 0;
+};
+
+// Cross-entropy over the first `max_windows` validation windows (all when <= 0), attributed
+// to the domain of each target token.
+EvalResult evaluate(Transformer<float>& model, const TokenStream& valid, int batch, int seq_len,
+                    int64_t max_windows);
+
+// Trains cfg on the data, writing the run directory. Throws moe::Error on bad input or a
+// non-finite loss or gradient (naming step, layer and tensor); the last checkpoint stays.
+TrainResult train(const ModelConfig& cfg, const TokenStream& train_data,
+                  const TokenStream& valid_data, const TrainOptions& opt);
+
+// A finished (or checkpointed) run: config.json, model.safetensors and its tokenizer.
+struct LoadedRun {
+  ModelConfig config;
+  std::unique_ptr<Transformer<float>> model;
+  std::unique_ptr<Tokenizer> tokenizer;
+};
+LoadedRun load_run(const std::string& dir);
+
+}  // namespace moe

@@ -1,0 +1,105 @@
+// The Mixtral-shaped decoder LM of docs/model.md: token embedding, L pre-norm blocks (RMSNorm,
+// grouped-query causal attention with RoPE, RMSNorm, MoE or dense SwiGLU FFN), final RMSNorm,
+// LM head (tied optional). forward() saves every activation the backward needs; backward()
+// accumulates parameter gradients (+=) of scale * loss. Buffers grow to the largest batch seen
+// and are reused, so steady-state training steps do not reallocate them.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "moe/attention.h"
+#include "moe/feed_forward.h"
+#include "moe/model_config.h"
+#include "moe/moe_layer.h"
+#include "moe/optimizer.h"
+
+namespace moe {
+
+class SafeTensorsFile;
+class SafeTensorsWriter;
+
+template <class T>
+class Transformer {
+ public:
+  explicit Transformer(const ModelConfig& config);
+
+  // Matrices ~ N(0, initializer_range), norms = 1, selection biases = 0.
+  void init_weights(Rng& rng);
+
+  // inputs, targets: [B, S] (target -1 = ignored; targets may be null: logits only).
+  // Returns loss = mean cross-entropy + the MoE layers' auxiliary losses (0 without targets).
+  double forward(const int32_t* inputs, const int32_t* targets, int B, int S, bool training = false,
+                 Rng* rng = nullptr);
+  // Gradient of scale * loss of the last forward, accumulated into the parameter gradients.
+  void backward(double scale = 1.0);
+
+  // Generation: n new tokens of each of B sequences [B*n], appended to the caches (one per
+  // layer, see new_caches). Writes the logits of each sequence's last new token, [B, V].
+  void forward_cached(const int32_t* tokens, int B, int n, std::vector<KvCache<T>>& caches,
+                      T* last_logits);
+  std::vector<KvCache<T>> new_caches(int batch, int capacity) const;
+
+  const ModelConfig& config() const { return cfg_; }
+  std::vector<ParamRef<T>>& parameters() { return params_; }
+  int64_t num_parameters() const;
+  // Parameters a token actually uses (experts counted k of E), for FLOP accounting.
+  int64_t active_parameters() const;
+  // Forward multiply-adds per token at sequence length S (matrices + attention scores).
+  double forward_macs_per_token(int S) const;
+  void zero_grad();
+
+  // Of the last forward:
+  double ce_loss() const { return ce_; }
+  double aux_loss() const { return aux_; }
+  int64_t counted_targets() const { return counted_; }
+  const std::vector<T>& row_losses() const { return row_loss_; }  // [B*S], 0 where ignored
+  const T* logits() const { return logits_.data(); }               // [B*S, V]
+  // The first layer whose output holds NaN or inf (-1: none; L: the final norm/LM head).
+  int first_nonfinite_layer() const;
+
+  int num_layers() const { return cfg_.num_hidden_layers; }
+  // The MoE layer of block l, or null for a dense block.
+  MoeLayer<T>* moe_layer(int l);
+  const MoeLayer<T>* moe_layer(int l) const;
+  // Aux-loss-free balancing: every MoE layer updates its selection bias (after the optimizer).
+  void update_selection_bias();
+
+  // Weights (and selection biases as "state.selection_bias.<l>") as named in docs/model.md.
+  void save_weights(SafeTensorsWriter& w, DType dtype) const;
+  // Loads every parameter; a missing tensor or a wrong shape is an error naming file and tensor.
+  void load_weights(const SafeTensorsFile& f);
+
+ private:
+  T* base(const std::string& name) { return base_.value(name); }
+  T* base_grad(const std::string& name) { return base_.grad(name); }
+  void reserve(int64_t rows);
+  std::string layer_name(int l, const char* what) const;
+
+  ModelConfig cfg_;
+  int d_, V_, L_;
+  ParamSet<T> base_;  // embedding, norms, LM head
+  std::vector<std::unique_ptr<Attention<T>>> attn_;
+  std::vector<std::unique_ptr<FeedForward<T>>> ffn_;
+  std::vector<ParamRef<T>> params_;
+
+  // Activations of the last forward (n = B*S rows).
+  int B_ = 0, S_ = 0;
+  int64_t n_ = 0, capacity_ = 0;
+  std::vector<int32_t> inputs_, targets_;  // [n]
+  bool has_targets_ = false;
+  std::vector<T> h_;            // [L+1, n, d] residual stream entering each block, and the last
+  std::vector<T> hmid_;         // [L, n, d] after attention
+  std::vector<T> xa_, xm_;      // [L, n, d] normalized inputs of attention and FFN
+  std::vector<T> rstd_a_, rstd_m_;  // [L, n]
+  std::vector<T> hf_, rstd_f_;  // [n, d], [n] final norm
+  std::vector<T> tmp_;          // [n, d]
+  std::vector<T> logits_, dlogits_;  // [n, V]
+  std::vector<T> row_loss_;     // [n]
+  std::vector<T> dh_, dtmp_, dhf_;  // [n, d]
+  double ce_ = 0, aux_ = 0;
+  int64_t counted_ = 0;
+};
+
+}  // namespace moe

@@ -1,0 +1,195 @@
+// `moe train`, `moe eval`, `moe generate`: the language-model jobs. Parsing and printing only;
+// the library (trainer.h, data.h, generate.h) does the work.
+#include <fmt/core.h>
+
+#include <chrono>
+#include <filesystem>
+
+#include "commands.h"
+#include "moe/corpus.h"
+#include "moe/data.h"
+#include "moe/dataset.h"
+#include "moe/error.h"
+#include "moe/generate.h"
+#include "moe/parallel.h"
+#include "moe/trainer.h"
+
+namespace moe::cli {
+
+namespace {
+
+void log_line(const std::string& s) { fmt::print(stderr, "{}\n", s); }
+
+struct TrainArgs {
+  std::string config_path, out = "runs/default", data_dir, tokenizer;
+  int steps = 0, threads = 0;
+  bool resume = false, dense = false, match_active = false, no_progress = false;
+  int64_t seed = -1;
+};
+
+int run_train(const TrainArgs& a) {
+  set_num_threads(a.threads);
+  ModelConfig cfg = a.config_path.empty() ? ModelConfig{} : load_model_config(a.config_path);
+  if (a.resume && a.config_path.empty() &&
+      std::filesystem::exists(a.out + "/config.json"))  // resume keeps the run's own config
+    cfg = load_model_config(a.out + "/config.json");
+  if (a.steps > 0) cfg.training.max_steps = a.steps;
+  if (a.seed >= 0) cfg.training.seed = static_cast<uint64_t>(a.seed);
+  if (!a.data_dir.empty()) cfg.training.data_dir = a.data_dir;
+  if (!a.tokenizer.empty()) cfg.training.tokenizer = a.tokenizer;
+  if (a.match_active) {
+    MOE_CHECK(a.dense, "--match-active-compute sizes the dense baseline: use it with --dense");
+    cfg.dense_intermediate_size = cfg.matched_dense_width();
+  }
+  if (a.dense) cfg.num_local_experts = 0;
+  cfg.sync_moe();
+
+  DataOptions d;
+  d.dir = cfg.training.data_dir;
+  d.tokenizer = cfg.training.tokenizer;
+  d.vocab_size = cfg.vocab_size;
+  PreparedData data = prepare_data(d, log_line);
+  if (data.tokenizer->vocab_size() != cfg.vocab_size) {
+    log_line(fmt::format("vocab_size {} -> {} to match the {} tokenizer", cfg.vocab_size,
+                         data.tokenizer->vocab_size(), cfg.training.tokenizer));
+    cfg.vocab_size = data.tokenizer->vocab_size();
+  }
+  cfg.validate(a.config_path.empty() ? "default config" : a.config_path);
+
+  TrainOptions opt;
+  opt.out_dir = a.out;
+  opt.resume = a.resume;
+  opt.progress = !a.no_progress;
+  if (cfg.training.tokenizer == "sentencepiece") opt.tokenizer_path = d.dir + "/tokenizer.model";
+  log_line(fmt::format("training {} on {} train / {} validation tokens, {} threads -> {}",
+                       cfg.num_local_experts > 0 ? "MoE" : "dense", data.train.tokens.size(),
+                       data.valid.tokens.size(), num_threads(), a.out));
+  const TrainResult r = train(cfg, data.train, data.valid, opt);
+  fmt::print("trained {} steps in {:.1f} s ({:.0f} tokens/s); final training loss {:.4f}\n", r.steps,
+             r.wall_seconds, r.tokens_per_second, r.final_train_loss);
+  if (r.final_eval.tokens > 0)
+    fmt::print("validation loss {:.4f} (perplexity {:.1f})\n", r.final_eval.loss,
+               std::exp(r.final_eval.loss));
+  fmt::print("checkpoint: {0}/checkpoint.safetensors  weights: {0}/model.safetensors\n"
+             "metrics: {0}/metrics.jsonl  report: {0}/report.md, {0}/summary.json\n",
+             a.out);
+  return 0;
+}
+
+struct EvalArgs {
+  std::string run, data_dir;
+  int batches = 0, threads = 0;
+};
+
+int run_eval(const EvalArgs& a) {
+  set_num_threads(a.threads);
+  LoadedRun run = load_run(a.run);
+  const TrainConfig& t = run.config.training;
+  const std::string data_dir = a.data_dir.empty() ? t.data_dir : a.data_dir;
+  // The run's own tokenizer on the corpus's validation split; domain indices as in training.
+  const std::string corpus = data_dir + "/corpus";
+  const auto train_docs = read_documents(corpus + "/train.jsonl");
+  const auto valid_docs = read_documents(corpus + "/valid.jsonl");
+  const TokenStream valid = tokenize_documents(
+      valid_docs, *run.tokenizer, domain_names_of({&train_docs, &valid_docs}));
+  const EvalResult e = evaluate(*run.model, valid, t.batch_size, t.seq_len,
+                                a.batches > 0 ? static_cast<int64_t>(a.batches) * t.batch_size : 0);
+  fmt::print("{}: validation loss {:.4f}, perplexity {:.2f} over {} tokens\n", a.run, e.loss,
+             std::exp(e.loss), e.tokens);
+  fmt::print("{:<10} {:>8} {:>11} {:>9}\n", "domain", "loss", "perplexity", "tokens");
+  for (const auto& [name, v] : e.per_domain)
+    fmt::print("{:<10} {:>8.4f} {:>11.2f} {:>9}\n", name, v.first, std::exp(v.first), v.second);
+  return 0;
+}
+
+struct GenerateArgs {
+  std::string run, prompt;
+  int max_new_tokens = 200, threads = 0;
+  double temperature = 0.8, top_p = 0.95;
+  int top_k = 50;
+  uint64_t seed = 1;
+};
+
+int run_generate(const GenerateArgs& a) {
+  set_num_threads(a.threads);
+  LoadedRun run = load_run(a.run);
+  std::vector<int32_t> prompt{run.tokenizer->bos_id()};
+  const auto ids = run.tokenizer->encode(a.prompt);
+  prompt.insert(prompt.end(), ids.begin(), ids.end());
+  GenerateOptions g;
+  g.max_new_tokens = a.max_new_tokens;
+  g.sampling.temperature = a.temperature;
+  g.sampling.top_k = a.top_k;
+  g.sampling.top_p = a.top_p;
+  g.seed = a.seed;
+  fmt::print("{}", a.prompt);
+  std::fflush(stdout);
+  // Decode the whole continuation each time: multi-byte characters can span tokens.
+  std::vector<int32_t> out;
+  size_t printed = 0;
+  const auto start = std::chrono::steady_clock::now();
+  generate(*run.model, prompt, g, run.tokenizer->eos_id(), [&](int32_t id) {
+    out.push_back(id);
+    const std::string text = run.tokenizer->decode(out);
+    if (text.size() > printed && (text.back() & 0xC0) != 0x80) {
+      fmt::print("{}", text.substr(printed));
+      std::fflush(stdout);
+      printed = text.size();
+    }
+  });
+  const std::string text = run.tokenizer->decode(out);
+  if (text.size() > printed) fmt::print("{}", text.substr(printed));
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  fmt::print("\n");
+  fmt::print(stderr, "{} tokens in {:.2f} s ({:.1f} tokens/s)\n", out.size(), s,
+             out.size() / std::max(s, 1e-9));
+  return 0;
+}
+
+}  // namespace
+
+std::function<int()> add_train_command(CLI::App& app) {
+  auto a = std::make_shared<TrainArgs>();
+  auto* c = app.add_subcommand(
+      "train", "Train the MoE language model (the default small MoE on the bundled corpus)");
+  c->add_option("--config", a->config_path, "config.json (Hugging Face style + \"training\")")
+      ->check(CLI::ExistingFile);
+  c->add_option("--out", a->out, "run directory")->capture_default_str();
+  c->add_option("--steps", a->steps, "optimizer steps (overrides training.max_steps)");
+  c->add_flag("--resume", a->resume, "continue the run in --out from its checkpoint");
+  c->add_flag("--dense", a->dense, "the dense baseline: same config with zero experts");
+  c->add_flag("--match-active-compute", a->match_active,
+              "with --dense: FFN width = k * expert width (+ shared), the MoE's active compute");
+  c->add_option("--data", a->data_dir, "corpus and tokenizer directory (training.data_dir)");
+  c->add_option("--tokenizer", a->tokenizer, "sentencepiece or byte (training.tokenizer)");
+  c->add_option("--seed", a->seed, "overrides training.seed");
+  c->add_option("--threads", a->threads, "threads (0: OMP_NUM_THREADS or all cores)");
+  c->add_flag("--no-progress", a->no_progress, "no progress bar");
+  return [a] { return run_train(*a); };
+}
+
+std::function<int()> add_eval_command(CLI::App& app) {
+  auto a = std::make_shared<EvalArgs>();
+  auto* c = app.add_subcommand("eval", "Validation loss and perplexity of a run, per domain");
+  c->add_option("run", a->run, "run directory")->required();
+  c->add_option("--data", a->data_dir, "corpus directory (default: the run's training.data_dir)");
+  c->add_option("--batches", a->batches, "validation batches (0: the whole split)");
+  c->add_option("--threads", a->threads, "threads");
+  return [a] { return run_eval(*a); };
+}
+
+std::function<int()> add_generate_command(CLI::App& app) {
+  auto a = std::make_shared<GenerateArgs>();
+  auto* c = app.add_subcommand("generate", "Sample text from a trained run");
+  c->add_option("run", a->run, "run directory")->required();
+  c->add_option("--prompt", a->prompt, "text to continue");
+  c->add_option("--max-new-tokens", a->max_new_tokens, "tokens to generate")->capture_default_str();
+  c->add_option("--temperature", a->temperature, "0: greedy")->capture_default_str();
+  c->add_option("--top-k", a->top_k, "0: off")->capture_default_str();
+  c->add_option("--top-p", a->top_p, "1: off")->capture_default_str();
+  c->add_option("--seed", a->seed, "sampling seed")->capture_default_str();
+  c->add_option("--threads", a->threads, "threads");
+  return [a] { return run_generate(*a); };
+}
+
+}  // namespace moe::cli

@@ -1,0 +1,280 @@
+#include "moe/model_config.h"
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "moe/error.h"
+#include "moe/safetensors.h"
+
+namespace moe {
+
+namespace {
+
+// Hugging Face keys a config.json may carry that describe nothing we compute.
+const std::set<std::string> kIgnoredHfKeys = {
+    "architectures", "torch_dtype", "transformers_version", "bos_token_id", "eos_token_id",
+    "pad_token_id", "use_cache", "output_router_logits", "attention_dropout", "sliding_window",
+    "router_jitter_noise", "_name_or_path", "num_experts", "moe_intermediate_size"};
+
+template <class V>
+void visit_train_keys(TrainConfig& c, V&& v) {
+  v("learning_rate", c.learning_rate);
+  v("min_lr_ratio", c.min_lr_ratio);
+  v("warmup_steps", c.warmup_steps);
+  v("max_steps", c.max_steps);
+  v("weight_decay", c.weight_decay);
+  v("adam_beta1", c.adam_beta1);
+  v("adam_beta2", c.adam_beta2);
+  v("adam_eps", c.adam_eps);
+  v("grad_clip", c.grad_clip);
+  v("batch_size", c.batch_size);
+  v("seq_len", c.seq_len);
+  v("grad_accum_steps", c.grad_accum_steps);
+  v("eval_every", c.eval_every);
+  v("eval_batches", c.eval_batches);
+  v("checkpoint_every", c.checkpoint_every);
+  v("seed", c.seed);
+  v("tokenizer", c.tokenizer);
+  v("data_dir", c.data_dir);
+}
+
+template <class V>
+void visit_model_keys(ModelConfig& c, V&& v) {
+  v("model_type", c.model_type);
+  v("vocab_size", c.vocab_size);
+  v("hidden_size", c.hidden_size);
+  v("intermediate_size", c.intermediate_size);
+  v("num_hidden_layers", c.num_hidden_layers);
+  v("num_attention_heads", c.num_attention_heads);
+  v("num_key_value_heads", c.num_key_value_heads);
+  v("head_dim", c.head_dim);
+  v("max_position_embeddings", c.max_position_embeddings);
+  v("rope_theta", c.rope_theta);
+  v("rms_norm_eps", c.rms_norm_eps);
+  v("tie_word_embeddings", c.tie_word_embeddings);
+  v("initializer_range", c.initializer_range);
+  v("num_local_experts", c.num_local_experts);
+  v("moe_every", c.moe_every);
+  v("dense_intermediate_size", c.dense_intermediate_size);
+}
+
+struct Reader {
+  const nlohmann::json& j;
+  const std::string& where;
+  template <class T>
+  void operator()(const char* key, T& out) const {
+    auto it = j.find(key);
+    if (it == j.end() || it->is_null()) return;
+    const char* expected = nullptr;
+    if constexpr (std::is_same_v<T, bool>) {
+      if (!it->is_boolean()) expected = "true or false";
+    } else if constexpr (std::is_same_v<T, std::string>) {
+      if (!it->is_string()) expected = "a string";
+    } else if constexpr (std::is_unsigned_v<T>) {
+      if (!it->is_number_unsigned()) expected = "a non-negative integer";
+    } else if constexpr (std::is_integral_v<T>) {
+      if (!it->is_number_integer()) expected = "an integer";
+    } else {
+      if (!it->is_number()) expected = "a number";
+    }
+    if (expected) throw Error(fmt::format("{}: {} has value {}, expected {}", where, key, it->dump(), expected));
+    if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+      // Reject values that do not fit rather than wrapping them.
+      if (it->is_number_unsigned() && it->template get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<T>::max()))
+        throw Error(fmt::format("{}: {} = {} is out of range", where, key, it->dump()));
+      if (it->is_number_integer() && !it->is_number_unsigned() && (it->template get<int64_t>() < static_cast<int64_t>(std::numeric_limits<T>::min()) || it->template get<int64_t>() > static_cast<int64_t>(std::numeric_limits<T>::max())))
+        throw Error(fmt::format("{}: {} = {} is out of range", where, key, it->dump()));
+    }
+    out = it->template get<T>();
+  }
+};
+
+struct Writer {
+  nlohmann::json& j;
+  template <class T>
+  void operator()(const char* key, const T& value) const {
+    j[key] = value;
+  }
+};
+
+struct KeyCollector {
+  std::set<std::string>& keys;
+  template <class T>
+  void operator()(const char* key, const T&) const {
+    keys.insert(key);
+  }
+};
+
+void check_known_keys(const nlohmann::json& j, const std::set<std::string>& known,
+                      const std::string& where) {
+  for (auto it = j.begin(); it != j.end(); ++it)
+    if (!known.count(it.key()))
+      throw Error(fmt::format("{}: unknown key \"{}\" (see the config key table in README.md)",
+                              where, it.key()));
+}
+
+}  // namespace
+
+void TrainConfig::validate(const std::string& where) const {
+  auto fail = [&](const char* key, const std::string& why) {
+    throw Error(fmt::format("{}: training.{} {}", where, key, why));
+  };
+  if (!(learning_rate > 0)) fail("learning_rate", fmt::format("must be positive, got {}", learning_rate));
+  if (!(min_lr_ratio >= 0 && min_lr_ratio <= 1))
+    fail("min_lr_ratio", fmt::format("must be in [0, 1], got {}", min_lr_ratio));
+  if (warmup_steps < 0) fail("warmup_steps", fmt::format("must be non-negative, got {}", warmup_steps));
+  if (max_steps <= 0) fail("max_steps", fmt::format("must be positive, got {}", max_steps));
+  if (!(weight_decay >= 0)) fail("weight_decay", fmt::format("must be non-negative, got {}", weight_decay));
+  if (!(adam_beta1 >= 0 && adam_beta1 < 1)) fail("adam_beta1", fmt::format("must be in [0, 1), got {}", adam_beta1));
+  if (!(adam_beta2 >= 0 && adam_beta2 < 1)) fail("adam_beta2", fmt::format("must be in [0, 1), got {}", adam_beta2));
+  if (!(adam_eps > 0)) fail("adam_eps", fmt::format("must be positive, got {}", adam_eps));
+  if (grad_clip != grad_clip) fail("grad_clip", "is NaN");
+  if (batch_size <= 0) fail("batch_size", fmt::format("must be positive, got {}", batch_size));
+  if (seq_len <= 0) fail("seq_len", fmt::format("must be positive, got {}", seq_len));
+  if (grad_accum_steps <= 0)
+    fail("grad_accum_steps", fmt::format("must be positive, got {}", grad_accum_steps));
+  if (eval_every < 0) fail("eval_every", fmt::format("must be non-negative, got {}", eval_every));
+  if (eval_batches < 0) fail("eval_batches", fmt::format("must be non-negative, got {}", eval_batches));
+  if (checkpoint_every < 0)
+    fail("checkpoint_every", fmt::format("must be non-negative, got {}", checkpoint_every));
+  if (tokenizer != "sentencepiece" && tokenizer != "byte")
+    fail("tokenizer", fmt::format("has value \"{}\", expected \"sentencepiece\" or \"byte\"", tokenizer));
+}
+
+void ModelConfig::sync_moe() {
+  moe.hidden_size = hidden_size;
+  moe.moe_intermediate_size = intermediate_size;
+  moe.num_experts = num_local_experts > 0 ? num_local_experts : moe.num_experts;
+}
+
+int ModelConfig::matched_dense_width() const {
+  if (num_local_experts == 0) return dense_width();
+  return moe.num_experts_per_tok * intermediate_size + moe.shared_hidden();
+}
+
+void ModelConfig::validate(const std::string& where) const {
+  auto fail = [&](const char* key, const std::string& why) {
+    throw Error(fmt::format("{}: {} {}", where, key, why));
+  };
+  if (model_type != "mixtral")
+    fail("model_type", fmt::format("has value \"{}\"; training supports \"mixtral\"", model_type));
+  if (vocab_size <= 0) fail("vocab_size", fmt::format("must be positive, got {}", vocab_size));
+  if (hidden_size <= 0) fail("hidden_size", fmt::format("must be positive, got {}", hidden_size));
+  if (intermediate_size <= 0)
+    fail("intermediate_size", fmt::format("must be positive, got {}", intermediate_size));
+  if (num_hidden_layers <= 0)
+    fail("num_hidden_layers", fmt::format("must be positive, got {}", num_hidden_layers));
+  if (num_attention_heads <= 0)
+    fail("num_attention_heads", fmt::format("must be positive, got {}", num_attention_heads));
+  if (num_key_value_heads <= 0 || num_attention_heads % num_key_value_heads != 0)
+    fail("num_key_value_heads", fmt::format("= {} must be positive and divide num_attention_heads = {}",
+                                            num_key_value_heads, num_attention_heads));
+  if (head_dim < 0) fail("head_dim", fmt::format("must be non-negative, got {}", head_dim));
+  if (head_dim == 0 && hidden_size % num_attention_heads != 0)
+    fail("num_attention_heads", fmt::format("= {} does not divide hidden_size = {} (set head_dim)",
+                                            num_attention_heads, hidden_size));
+  if (head_size() % 2 != 0) fail("head_dim", fmt::format("must be even for RoPE, got {}", head_size()));
+  if (max_position_embeddings <= 0)
+    fail("max_position_embeddings", fmt::format("must be positive, got {}", max_position_embeddings));
+  if (!(rope_theta > 0)) fail("rope_theta", fmt::format("must be positive, got {}", rope_theta));
+  if (!(rms_norm_eps > 0)) fail("rms_norm_eps", fmt::format("must be positive, got {}", rms_norm_eps));
+  if (!(initializer_range > 0))
+    fail("initializer_range", fmt::format("must be positive, got {}", initializer_range));
+  if (num_local_experts < 0)
+    fail("num_local_experts", fmt::format("must be non-negative, got {}", num_local_experts));
+  if (moe_every <= 0) fail("moe_every", fmt::format("must be positive, got {}", moe_every));
+  if (dense_intermediate_size < 0)
+    fail("dense_intermediate_size", fmt::format("must be non-negative, got {}", dense_intermediate_size));
+  if (num_local_experts > 0) {
+    if (moe_every > num_hidden_layers)
+      fail("moe_every", fmt::format("= {} leaves no MoE layer among {} layers", moe_every,
+                                    num_hidden_layers));
+    moe.validate(where);
+  }
+  training.validate(where);
+  if (training.seq_len > max_position_embeddings)
+    fail("training.seq_len", fmt::format("= {} exceeds max_position_embeddings = {}",
+                                         training.seq_len, max_position_embeddings));
+}
+
+ModelConfig model_config_from_json(const nlohmann::json& j, const std::string& where) {
+  MOE_CHECK(j.is_object(), "{}: expected a JSON object", where);
+  ModelConfig c;
+  visit_model_keys(c, Reader{j, where});
+
+  std::set<std::string> known = kIgnoredHfKeys;
+  visit_model_keys(c, KeyCollector{known});
+  nlohmann::json moe_keys;
+  moe_config_to_json(MoeConfig{}, moe_keys);
+  for (auto it = moe_keys.begin(); it != moe_keys.end(); ++it) known.insert(it.key());
+  known.insert("training");
+  check_known_keys(j, known, where);
+
+  // Mixtral names the expert count and width differently from the layer config.
+  nlohmann::json mj = j;
+  mj.erase("training");
+  mj["hidden_size"] = c.hidden_size;
+  mj["moe_intermediate_size"] = c.intermediate_size;
+  mj["num_experts"] = c.num_local_experts > 0 ? c.num_local_experts : 1;
+  if (c.num_local_experts > 0) {
+    c.moe = moe_config_from_json(mj, where);
+  } else {
+    // A dense model still reads the routing keys (so a typo is caught) but has no router.
+    mj["num_experts_per_tok"] = 1;
+    mj["n_group"] = 1;
+    mj["topk_group"] = 1;
+    MoeConfig probe = moe_config_from_json(mj, where);
+    c.moe = probe;
+    c.moe.num_experts = 0;
+  }
+  if (auto t = j.find("training"); t != j.end()) {
+    const std::string tw = where + ": training";
+    MOE_CHECK(t->is_object(), "{}: expected a JSON object", tw);
+    std::set<std::string> tk;
+    visit_train_keys(c.training, KeyCollector{tk});
+    check_known_keys(*t, tk, tw);
+    visit_train_keys(c.training, Reader{*t, tw});
+  }
+  c.sync_moe();
+  c.validate(where);
+  return c;
+}
+
+nlohmann::json model_config_to_json(const ModelConfig& c) {
+  nlohmann::json j;
+  ModelConfig copy = c;
+  if (c.num_local_experts > 0) {
+    moe_config_to_json(c.moe, j);
+    // The Mixtral names carry these; the layer names would only confuse a reader.
+    j.erase("num_experts");
+    j.erase("moe_intermediate_size");
+  }
+  visit_model_keys(copy, Writer{j});
+  nlohmann::json t;
+  visit_train_keys(copy.training, Writer{t});
+  j["training"] = t;
+  return j;
+}
+
+ModelConfig load_model_config(const std::string& path) {
+  std::ifstream in(path);
+  MOE_CHECK(in.good(), "{}: cannot open", path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(ss.str());
+  } catch (const nlohmann::json::parse_error& e) {
+    throw Error(fmt::format("{}: not valid JSON: {}", path, e.what()));
+  }
+  return model_config_from_json(j, path);
+}
+
+void save_model_config(const ModelConfig& c, const std::string& path) {
+  const std::string text = model_config_to_json(c).dump(2) + "\n";
+  write_file_atomic(path, text.data(), text.size());
+}
+
+}  // namespace moe

@@ -1,0 +1,341 @@
+#include "moe/transformer.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "moe/cross_entropy.h"
+#include "moe/dense_ffn.h"
+#include "moe/embedding.h"
+#include "moe/error.h"
+#include "moe/gemm.h"
+#include "moe/rmsnorm.h"
+#include "moe/safetensors.h"
+
+namespace moe {
+
+namespace {
+
+template <class T>
+void add_into(T* out, const T* a, const T* b, int64_t n) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
+}
+
+template <class T>
+bool all_finite(const T* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(x[i])) return false;
+  return true;
+}
+
+}  // namespace
+
+template <class T>
+std::string Transformer<T>::layer_name(int l, const char* what) const {
+  return fmt::format("model.layers.{}.{}", l, what);
+}
+
+template <class T>
+Transformer<T>::Transformer(const ModelConfig& config)
+    : cfg_(config), d_(config.hidden_size), V_(config.vocab_size), L_(config.num_hidden_layers) {
+  cfg_.sync_moe();
+  cfg_.validate("model config");
+  base_.declare("model.embed_tokens.weight", {V_, d_});
+  for (int l = 0; l < L_; ++l) {
+    base_.declare(layer_name(l, "input_layernorm.weight"), {d_});
+    base_.declare(layer_name(l, "post_attention_layernorm.weight"), {d_});
+  }
+  base_.declare("model.norm.weight", {d_});
+  if (!cfg_.tie_word_embeddings) base_.declare("lm_head.weight", {V_, d_});
+  base_.allocate();
+
+  AttentionConfig ac;
+  ac.hidden_size = d_;
+  ac.num_heads = cfg_.num_attention_heads;
+  ac.num_kv_heads = cfg_.num_key_value_heads;
+  ac.head_dim = cfg_.head_size();
+  ac.rope_theta = cfg_.rope_theta;
+  ac.max_positions = cfg_.max_position_embeddings;
+  for (int l = 0; l < L_; ++l) {
+    attn_.push_back(std::make_unique<Attention<T>>(ac));
+    if (cfg_.is_moe_layer(l))
+      ffn_.push_back(std::make_unique<MoeLayer<T>>(cfg_.moe));
+    else
+      ffn_.push_back(
+          std::make_unique<DenseFfn<T>>(d_, cfg_.dense_width(), cfg_.moe.hidden_act));
+  }
+
+  auto add = [&](const std::string& prefix, ParamSet<T>& set) {
+    for (const auto& s : set.specs())
+      params_.push_back({prefix + s.name, set.value(s.name), set.grad(s.name), s.shape,
+                         s.shape.ndim >= 2});
+  };
+  add("", base_);
+  for (int l = 0; l < L_; ++l) {
+    add(layer_name(l, "self_attn."), attn_[l]->params());
+    add(layer_name(l, cfg_.is_moe_layer(l) ? "block_sparse_moe." : "mlp."), ffn_[l]->params());
+  }
+}
+
+template <class T>
+void Transformer<T>::init_weights(Rng& rng) {
+  const double std = cfg_.initializer_range;
+  for (const auto& s : base_.specs()) {
+    T* v = base_.value(s.name);
+    if (s.shape.ndim == 1)
+      std::fill(v, v + s.shape.numel(), T(1));
+    else
+      rng.fill_normal(v, s.shape.numel(), 0.0, std);
+  }
+  for (int l = 0; l < L_; ++l) {
+    attn_[l]->init_weights(rng, std);
+    if (auto* m = moe_layer(l)) {
+      m->init_weights(rng, std);
+      std::fill(m->selection_bias().begin(), m->selection_bias().end(), T(0));
+    } else {
+      static_cast<DenseFfn<T>*>(ffn_[l].get())->init_weights(rng, std);
+    }
+  }
+}
+
+template <class T>
+MoeLayer<T>* Transformer<T>::moe_layer(int l) {
+  return cfg_.is_moe_layer(l) ? static_cast<MoeLayer<T>*>(ffn_[l].get()) : nullptr;
+}
+
+template <class T>
+const MoeLayer<T>* Transformer<T>::moe_layer(int l) const {
+  return cfg_.is_moe_layer(l) ? static_cast<const MoeLayer<T>*>(ffn_[l].get()) : nullptr;
+}
+
+template <class T>
+int64_t Transformer<T>::num_parameters() const {
+  int64_t n = 0;
+  for (const auto& p : params_) n += p.shape.numel();
+  return n;
+}
+
+template <class T>
+int64_t Transformer<T>::active_parameters() const {
+  int64_t n = 0;
+  for (const auto& p : params_) {
+    const bool expert = p.name.find(".experts.") != std::string::npos;
+    n += expert ? p.shape.numel() / cfg_.moe.num_experts * cfg_.moe.num_experts_per_tok
+                : p.shape.numel();
+  }
+  return n;
+}
+
+template <class T>
+double Transformer<T>::forward_macs_per_token(int S) const {
+  const double hd = cfg_.head_size(), H = cfg_.num_attention_heads, G = cfg_.num_key_value_heads;
+  double macs = static_cast<double>(d_) * V_;  // LM head
+  for (int l = 0; l < L_; ++l) {
+    macs += d_ * hd * (2 * H + 2 * G);      // q, k, v, o projections
+    macs += H * hd * (S + 1) / 2.0 * 2;     // causal scores and weighted values, on average
+    macs += ffn_[l]->active_macs_per_token();
+  }
+  return macs;
+}
+
+template <class T>
+void Transformer<T>::zero_grad() {
+  base_.zero_grad();
+  for (int l = 0; l < L_; ++l) {
+    attn_[l]->params().zero_grad();
+    ffn_[l]->params().zero_grad();
+  }
+}
+
+template <class T>
+void Transformer<T>::reserve(int64_t rows) {
+  if (rows <= capacity_) return;
+  capacity_ = rows;
+  const int64_t nd = rows * d_;
+  inputs_.resize(rows);
+  targets_.resize(rows);
+  h_.resize((L_ + 1) * nd);
+  hmid_.resize(L_ * nd);
+  xa_.resize(L_ * nd);
+  xm_.resize(L_ * nd);
+  rstd_a_.resize(L_ * rows);
+  rstd_m_.resize(L_ * rows);
+  hf_.resize(nd);
+  rstd_f_.resize(rows);
+  tmp_.resize(nd);
+  logits_.resize(rows * V_);
+  dlogits_.resize(rows * V_);
+  row_loss_.resize(rows);
+  dh_.resize(nd);
+  dtmp_.resize(nd);
+  dhf_.resize(nd);
+}
+
+template <class T>
+double Transformer<T>::forward(const int32_t* inputs, const int32_t* targets, int B, int S,
+                               bool training, Rng* rng) {
+  MOE_CHECK(B > 0 && S > 0, "Transformer::forward: B = {} and S = {} must be positive", B, S);
+  MOE_CHECK(S <= cfg_.max_position_embeddings,
+            "Transformer::forward: sequence length {} exceeds max_position_embeddings = {}", S,
+            cfg_.max_position_embeddings);
+  const int64_t n = static_cast<int64_t>(B) * S, nd = n * d_;
+  reserve(n);
+  B_ = B;
+  S_ = S;
+  n_ = n;
+  std::copy(inputs, inputs + n, inputs_.begin());
+  has_targets_ = targets != nullptr;
+  if (has_targets_) std::copy(targets, targets + n, targets_.begin());
+  const T eps = static_cast<T>(cfg_.rms_norm_eps);
+
+  embedding_forward(h_.data(), inputs_.data(), base("model.embed_tokens.weight"), n, V_, d_);
+  ForwardOptions<T> opt;
+  opt.training = training;
+  opt.rng = rng;
+  for (int l = 0; l < L_; ++l) {
+    T* h = h_.data() + l * nd;
+    T* xa = xa_.data() + l * nd;
+    T* hm = hmid_.data() + l * nd;
+    T* xm = xm_.data() + l * nd;
+    rmsnorm_forward(xa, rstd_a_.data() + l * n, h, base(layer_name(l, "input_layernorm.weight")),
+                    n, d_, eps);
+    attn_[l]->forward(View<const T>(xa, {n, d_}), B, S, View<T>(tmp_.data(), {n, d_}));
+    add_into(hm, h, tmp_.data(), nd);
+    rmsnorm_forward(xm, rstd_m_.data() + l * n, hm,
+                    base(layer_name(l, "post_attention_layernorm.weight")), n, d_, eps);
+    ffn_[l]->forward(View<const T>(xm, {n, d_}), View<T>(tmp_.data(), {n, d_}), opt);
+    add_into(h_.data() + (l + 1) * nd, hm, tmp_.data(), nd);
+  }
+  rmsnorm_forward(hf_.data(), rstd_f_.data(), h_.data() + L_ * nd, base("model.norm.weight"), n,
+                  d_, eps);
+  const T* head = cfg_.tie_word_embeddings ? base("model.embed_tokens.weight") : base("lm_head.weight");
+  gemm<T>(Trans::No, Trans::Yes, n, V_, d_, T(1), hf_.data(), d_, head, d_, T(0), logits_.data(),
+          V_);
+
+  ce_ = aux_ = 0;
+  counted_ = 0;
+  if (!has_targets_) return 0.0;
+  const double sum = cross_entropy_forward(row_loss_.data(), logits_.data(), targets_.data(), n,
+                                           V_, &counted_);
+  ce_ = counted_ > 0 ? sum / counted_ : 0.0;
+  for (int l = 0; l < L_; ++l) aux_ += ffn_[l]->aux_loss();
+  return ce_ + aux_;
+}
+
+template <class T>
+void Transformer<T>::backward(double scale) {
+  MOE_CHECK(n_ > 0 && has_targets_, "Transformer::backward: needs a forward with targets");
+  const int64_t n = n_, nd = n * d_;
+  const bool tied = cfg_.tie_word_embeddings;
+  const T* head = tied ? base("model.embed_tokens.weight") : base("lm_head.weight");
+  T* dhead = tied ? base_grad("model.embed_tokens.weight") : base_grad("lm_head.weight");
+
+  cross_entropy_backward(dlogits_.data(), logits_.data(), targets_.data(), n, V_,
+                         counted_ > 0 ? scale / counted_ : 0.0);
+  gemm<T>(Trans::Yes, Trans::No, V_, d_, n, T(1), dlogits_.data(), V_, hf_.data(), d_, T(1), dhead,
+          d_);
+  gemm<T>(Trans::No, Trans::No, n, d_, V_, T(1), dlogits_.data(), V_, head, d_, T(0), dhf_.data(),
+          d_);
+  std::fill(dh_.begin(), dh_.begin() + nd, T(0));
+  rmsnorm_backward(dh_.data(), base_grad("model.norm.weight"), dhf_.data(), h_.data() + L_ * nd,
+                   base("model.norm.weight"), rstd_f_.data(), n, d_);
+  for (int l = L_ - 1; l >= 0; --l) {
+    // dh is the gradient of the block's output; the residual carries it through unchanged.
+    ffn_[l]->backward(View<const T>(dh_.data(), {n, d_}), View<T>(dtmp_.data(), {n, d_}), scale);
+    const std::string post = layer_name(l, "post_attention_layernorm.weight");
+    rmsnorm_backward(dh_.data(), base_grad(post), dtmp_.data(), hmid_.data() + l * nd, base(post),
+                     rstd_m_.data() + l * n, n, d_);
+    attn_[l]->backward(View<const T>(dh_.data(), {n, d_}), View<T>(dtmp_.data(), {n, d_}));
+    const std::string in = layer_name(l, "input_layernorm.weight");
+    rmsnorm_backward(dh_.data(), base_grad(in), dtmp_.data(), h_.data() + l * nd, base(in),
+                     rstd_a_.data() + l * n, n, d_);
+  }
+  embedding_backward(base_grad("model.embed_tokens.weight"), dh_.data(), inputs_.data(), n, d_);
+}
+
+template <class T>
+int Transformer<T>::first_nonfinite_layer() const {
+  const int64_t nd = n_ * d_;
+  for (int l = 0; l < L_; ++l) {
+    if (!all_finite(hmid_.data() + l * nd, nd) || !all_finite(h_.data() + (l + 1) * nd, nd))
+      return l;
+  }
+  if (!all_finite(logits_.data(), n_ * V_)) return L_;
+  return -1;
+}
+
+template <class T>
+std::vector<KvCache<T>> Transformer<T>::new_caches(int batch, int capacity) const {
+  std::vector<KvCache<T>> caches(L_);
+  for (auto& c : caches) c.reset(batch, capacity, cfg_.num_key_value_heads * cfg_.head_size());
+  return caches;
+}
+
+template <class T>
+void Transformer<T>::forward_cached(const int32_t* tokens, int B, int n,
+                                    std::vector<KvCache<T>>& caches, T* last_logits) {
+  MOE_CHECK(static_cast<int>(caches.size()) == L_, "forward_cached: {} caches for {} layers",
+            caches.size(), L_);
+  const int64_t rows = static_cast<int64_t>(B) * n, nd = rows * d_;
+  const T eps = static_cast<T>(cfg_.rms_norm_eps);
+  std::vector<T> h(nd), x(nd), y(nd);
+  embedding_forward(h.data(), tokens, base("model.embed_tokens.weight"), rows, V_, d_);
+  std::vector<T> rstd(rows);
+  for (int l = 0; l < L_; ++l) {
+    rmsnorm_forward(x.data(), rstd.data(), h.data(), base(layer_name(l, "input_layernorm.weight")),
+                    rows, d_, eps);
+    attn_[l]->forward_cached(View<const T>(x.data(), {rows, d_}), B, n, caches[l],
+                             View<T>(y.data(), {rows, d_}));
+    add_into(h.data(), h.data(), y.data(), nd);
+    rmsnorm_forward(x.data(), rstd.data(), h.data(),
+                    base(layer_name(l, "post_attention_layernorm.weight")), rows, d_, eps);
+    ffn_[l]->forward(View<const T>(x.data(), {rows, d_}), View<T>(y.data(), {rows, d_}));
+    add_into(h.data(), h.data(), y.data(), nd);
+  }
+  // Only each sequence's last row feeds the LM head.
+  std::vector<T> last(static_cast<int64_t>(B) * d_);
+  for (int b = 0; b < B; ++b)
+    std::copy_n(h.data() + (static_cast<int64_t>(b) * n + n - 1) * d_, d_, last.data() + b * d_);
+  rmsnorm_forward(x.data(), rstd.data(), last.data(), base("model.norm.weight"), B, d_, eps);
+  const T* head = cfg_.tie_word_embeddings ? base("model.embed_tokens.weight") : base("lm_head.weight");
+  gemm<T>(Trans::No, Trans::Yes, B, V_, d_, T(1), x.data(), d_, head, d_, T(0), last_logits, V_);
+}
+
+template <class T>
+void Transformer<T>::update_selection_bias() {
+  for (int l = 0; l < L_; ++l)
+    if (auto* m = moe_layer(l)) m->update_selection_bias();
+}
+
+template <class T>
+void Transformer<T>::save_weights(SafeTensorsWriter& w, DType dtype) const {
+  for (const auto& p : params_) w.add(p.name, p.shape, p.value, dtype);
+  for (int l = 0; l < L_; ++l) {
+    if (const auto* m = moe_layer(l); m && m->config().use_selection_bias) {
+      auto& bias = const_cast<MoeLayer<T>*>(m)->selection_bias();
+      w.add(fmt::format("state.selection_bias.{}", l), {static_cast<int64_t>(bias.size())},
+            bias.data(), DType::F32);
+    }
+  }
+}
+
+template <class T>
+void Transformer<T>::load_weights(const SafeTensorsFile& f) {
+  for (const auto& p : params_) {
+    MOE_CHECK(f.has(p.name), "{}: missing tensor {} (shape {})", f.path(), p.name, p.shape.str());
+    f.read_into(p.name, p.shape, p.value);
+  }
+  for (int l = 0; l < L_; ++l) {
+    auto* m = moe_layer(l);
+    if (!m || !m->config().use_selection_bias) continue;
+    const std::string name = fmt::format("state.selection_bias.{}", l);
+    if (f.has(name))
+      f.read_into(name, {static_cast<int64_t>(m->selection_bias().size())},
+                  m->selection_bias().data());
+  }
+}
+
+template class Transformer<float>;
+template class Transformer<double>;
+
+}  // namespace moe

@@ -1,0 +1,395 @@
+#include "moe/attention.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "moe/error.h"
+#include "moe/gemm.h"
+
+namespace moe {
+
+namespace {
+constexpr int64_t kParallelMin = 1 << 14;  // below this, threading costs more than it saves
+// Causal row block: the scores of rows [r0, r1) are computed only against keys [0, r1), so
+// the products skip most of the masked upper triangle (S=256: 5/8 of the full work).
+constexpr int64_t kBlock = 64;
+
+// p[0..len) = softmax(p[0..len)), p[len..width) = 0.
+template <class T>
+void masked_softmax_row(T* p, int64_t len, int64_t width) {
+  T mx = p[0];
+  for (int64_t j = 1; j < len; ++j) mx = std::max(mx, p[j]);
+  double sum = 0.0;
+  for (int64_t j = 0; j < len; ++j) {
+    p[j] = std::exp(p[j] - mx);
+    sum += static_cast<double>(p[j]);
+  }
+  const T inv = static_cast<T>(1.0 / sum);
+  for (int64_t j = 0; j < len; ++j) p[j] *= inv;
+  std::fill(p + len, p + width, T(0));
+}
+
+// One (sequence, query head): Q [S, hd] (row stride ldq), K, V [S, hd] (stride ldkv) ->
+// P [S, S] probabilities, O [S, hd] (stride ldq).
+template <class T>
+void causal_forward(const T* Q, const T* K, const T* V, int64_t ldq, int64_t ldkv, T* P, T* O,
+                    int64_t S, int64_t hd, T scale) {
+  for (int64_t r0 = 0; r0 < S; r0 += kBlock) {
+    const int64_t r1 = std::min(S, r0 + kBlock);
+    gemm<T>(Trans::No, Trans::Yes, r1 - r0, r1, hd, scale, Q + r0 * ldq, ldq, K, ldkv, T(0),
+            P + r0 * S, S);
+  }
+  for (int64_t s = 0; s < S; ++s) masked_softmax_row(P + s * S, s + 1, S);
+  for (int64_t r0 = 0; r0 < S; r0 += kBlock) {
+    const int64_t r1 = std::min(S, r0 + kBlock);
+    gemm<T>(Trans::No, Trans::No, r1 - r0, hd, r1, T(1), P + r0 * S, S, V, ldkv, T(0), O + r0 * ldq,
+            ldq);
+  }
+}
+
+// Backward of causal_forward for one (sequence, query head): dQ written, dK and dV
+// accumulated (query heads of one group share them). dS [S, S] is scratch.
+template <class T>
+void causal_backward(const T* Q, const T* K, const T* V, const T* P, const T* dO, int64_t ldq,
+                     int64_t ldkv, T* dQ, T* dK, T* dV, T* dS, int64_t S, int64_t hd, T scale) {
+  for (int64_t r0 = 0; r0 < S; r0 += kBlock) {
+    const int64_t r1 = std::min(S, r0 + kBlock);
+    // dP = dO V^T, dV += P^T dO
+    gemm<T>(Trans::No, Trans::Yes, r1 - r0, r1, hd, T(1), dO + r0 * ldq, ldq, V, ldkv, T(0),
+            dS + r0 * S, S);
+    gemm<T>(Trans::Yes, Trans::No, r1, hd, r1 - r0, T(1), P + r0 * S, S, dO + r0 * ldq, ldq, T(1),
+            dV, ldkv);
+  }
+  // Softmax backward: dS = P * (dP - sum_j P dP); zero above the diagonal for the products.
+  for (int64_t s = 0; s < S; ++s) {
+    const T* p = P + s * S;
+    T* ds = dS + s * S;
+    double dot = 0.0;
+    for (int64_t j = 0; j <= s; ++j) dot += static_cast<double>(p[j]) * ds[j];
+    const T c = static_cast<T>(dot);
+    for (int64_t j = 0; j <= s; ++j) ds[j] = p[j] * (ds[j] - c);
+    std::fill(ds + s + 1, ds + S, T(0));
+  }
+  for (int64_t r0 = 0; r0 < S; r0 += kBlock) {
+    const int64_t r1 = std::min(S, r0 + kBlock);
+    // scores = scale Q K^T: dQ = scale dS K, dK += scale dS^T Q
+    gemm<T>(Trans::No, Trans::No, r1 - r0, hd, r1, scale, dS + r0 * S, S, K, ldkv, T(0),
+            dQ + r0 * ldq, ldq);
+    gemm<T>(Trans::Yes, Trans::No, r1, hd, r1 - r0, scale, dS + r0 * S, S, Q + r0 * ldq, ldq, T(1),
+            dK, ldkv);
+  }
+}
+}  // namespace
+
+void AttentionConfig::validate(const std::string& where) const {
+  auto fail = [&](const char* key, const std::string& why) {
+    throw Error(fmt::format("{}: {} {}", where, key, why));
+  };
+  if (hidden_size <= 0) fail("hidden_size", fmt::format("must be positive, got {}", hidden_size));
+  if (num_heads <= 0)
+    fail("num_attention_heads", fmt::format("must be positive, got {}", num_heads));
+  if (num_kv_heads <= 0 || num_heads % num_kv_heads != 0)
+    fail("num_key_value_heads", fmt::format("= {} must be positive and divide "
+                                            "num_attention_heads = {}",
+                                            num_kv_heads, num_heads));
+  if (head_dim <= 0 || head_dim % 2 != 0)
+    fail("head_dim",
+         fmt::format("= {} must be positive and even (RoPE rotates pairs of halves)", head_dim));
+  if (!(rope_theta > 0) || !std::isfinite(rope_theta))
+    fail("rope_theta", fmt::format("must be positive and finite, got {}", rope_theta));
+  if (max_positions <= 0)
+    fail("max_position_embeddings", fmt::format("must be positive, got {}", max_positions));
+}
+
+template <class T>
+void KvCache<T>::reset(int b, int cap, int kvd) {
+  MOE_CHECK(b > 0 && cap > 0 && kvd > 0,
+            "KvCache::reset: batch, capacity and kv_dim must be positive, got {}, {}, {}", b, cap,
+            kvd);
+  batch = b;
+  capacity = cap;
+  kv_dim = kvd;
+  length = 0;
+  const auto size = static_cast<size_t>(b) * cap * kvd;
+  k.assign(size, T(0));
+  v.assign(size, T(0));
+}
+
+template <class T>
+void rope_tables(std::vector<T>& cos, std::vector<T>& sin, int max_positions, int head_dim,
+                 double theta) {
+  const int half = head_dim / 2;
+  cos.resize(static_cast<size_t>(max_positions) * half);
+  sin.resize(cos.size());
+  for (int i = 0; i < half; ++i) {
+    const double inv_freq = std::pow(theta, -2.0 * i / head_dim);
+    for (int p = 0; p < max_positions; ++p) {
+      const double angle = p * inv_freq;
+      cos[static_cast<size_t>(p) * half + i] = static_cast<T>(std::cos(angle));
+      sin[static_cast<size_t>(p) * half + i] = static_cast<T>(std::sin(angle));
+    }
+  }
+}
+
+// y[i] = x[i] c - x[i+h] s, y[i+h] = x[i+h] c + x[i] s; the backward is the transpose
+// (rotation by -angle).
+template <class T>
+void rope_forward(T* x, const T* cos, const T* sin, int64_t n, int heads, int head_dim,
+                  int64_t seq_len, int64_t start) {
+  const int half = head_dim / 2;
+  const int64_t width = static_cast<int64_t>(heads) * head_dim;
+#pragma omp parallel for if (n * width > kParallelMin)
+  for (int64_t r = 0; r < n; ++r) {
+    const int64_t p = start + r % seq_len;
+    const T* c = cos + p * half;
+    const T* s = sin + p * half;
+    for (int h = 0; h < heads; ++h) {
+      T* y = x + r * width + static_cast<int64_t>(h) * head_dim;
+#pragma omp simd
+      for (int i = 0; i < half; ++i) {
+        const T a = y[i], b = y[i + half];
+        y[i] = a * c[i] - b * s[i];
+        y[i + half] = b * c[i] + a * s[i];
+      }
+    }
+  }
+}
+
+template <class T>
+void rope_backward(T* dx, const T* cos, const T* sin, int64_t n, int heads, int head_dim,
+                   int64_t seq_len, int64_t start) {
+  const int half = head_dim / 2;
+  const int64_t width = static_cast<int64_t>(heads) * head_dim;
+#pragma omp parallel for if (n * width > kParallelMin)
+  for (int64_t r = 0; r < n; ++r) {
+    const int64_t p = start + r % seq_len;
+    const T* c = cos + p * half;
+    const T* s = sin + p * half;
+    for (int h = 0; h < heads; ++h) {
+      T* y = dx + r * width + static_cast<int64_t>(h) * head_dim;
+#pragma omp simd
+      for (int i = 0; i < half; ++i) {
+        const T a = y[i], b = y[i + half];
+        y[i] = a * c[i] + b * s[i];
+        y[i + half] = b * c[i] - a * s[i];
+      }
+    }
+  }
+}
+
+template <class T>
+Attention<T>::Attention(const AttentionConfig& c) : c_(c) {
+  c_.validate("Attention");
+  qd_ = c_.num_heads * c_.head_dim;
+  kvd_ = c_.num_kv_heads * c_.head_dim;
+  const int64_t d = c_.hidden_size;
+  params_.declare("q_proj.weight", {qd_, d});
+  params_.declare("k_proj.weight", {kvd_, d});
+  params_.declare("v_proj.weight", {kvd_, d});
+  params_.declare("o_proj.weight", {d, qd_});
+  params_.allocate();
+  rope_tables(cos_, sin_, c_.max_positions, c_.head_dim, c_.rope_theta);
+}
+
+template <class T>
+void Attention<T>::init_weights(Rng& rng, double std) {
+  rng.fill_normal(params_.values().data(), params_.numel(), 0.0, std);
+}
+
+template <class T>
+void Attention<T>::forward(View<const T> x, int B, int S, View<T> out) {
+  MOE_CHECK(B > 0 && S > 0, "Attention::forward: B and S must be positive, got B={} S={}", B, S);
+  MOE_CHECK(S <= c_.max_positions,
+            "Attention::forward: position {} is beyond max_position_embeddings = {}", S - 1,
+            c_.max_positions);
+  const int64_t n = static_cast<int64_t>(B) * S, d = c_.hidden_size, hd = c_.head_dim;
+  const int H = c_.num_heads, G = c_.num_kv_heads, rep = H / G;
+  check_shape(x, {n, d}, "Attention::forward: x");
+  check_shape(out, {n, d}, "Attention::forward: out");
+  B_ = B;
+  S_ = S;
+  const auto un = static_cast<size_t>(n);
+  x_.assign(x.data, x.data + un * d);
+  q_.resize(un * qd_);
+  k_.resize(un * kvd_);
+  v_.resize(un * kvd_);
+  o_.resize(un * qd_);
+  att_.resize(static_cast<size_t>(B) * H * S * S);
+
+  gemm<T>(Trans::No, Trans::Yes, n, qd_, d, T(1), x_.data(), d, params_.value("q_proj.weight"), d,
+          T(0), q_.data(), qd_);
+  gemm<T>(Trans::No, Trans::Yes, n, kvd_, d, T(1), x_.data(), d, params_.value("k_proj.weight"), d,
+          T(0), k_.data(), kvd_);
+  gemm<T>(Trans::No, Trans::Yes, n, kvd_, d, T(1), x_.data(), d, params_.value("v_proj.weight"), d,
+          T(0), v_.data(), kvd_);
+  rope_forward(q_.data(), cos_.data(), sin_.data(), n, H, c_.head_dim, S, 0);
+  rope_forward(k_.data(), cos_.data(), sin_.data(), n, G, c_.head_dim, S, 0);
+
+  const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(hd)));
+  const int64_t tasks = static_cast<int64_t>(B) * H;
+  // One task per (sequence, query head); BLAS runs single-threaded inside the region.
+#pragma omp parallel for schedule(static) if (tasks > 1)
+  for (int64_t task = 0; task < tasks; ++task) {
+    const int64_t b = task / H, h = task % H, g = h / rep;
+    const int64_t row0 = b * S;
+    causal_forward(q_.data() + row0 * qd_ + h * hd, k_.data() + row0 * kvd_ + g * hd,
+                   v_.data() + row0 * kvd_ + g * hd, int64_t{qd_}, int64_t{kvd_},
+                   att_.data() + task * S * S, o_.data() + row0 * qd_ + h * hd, int64_t{S}, hd,
+                   scale);
+  }
+  gemm<T>(Trans::No, Trans::Yes, n, d, qd_, T(1), o_.data(), qd_, params_.value("o_proj.weight"),
+          qd_, T(0), out.data, d);
+}
+
+template <class T>
+void Attention<T>::backward(View<const T> dout, View<T> dx) {
+  MOE_CHECK(B_ > 0, "Attention::backward: called before forward");
+  const int B = B_, S = S_;
+  const int64_t n = static_cast<int64_t>(B) * S, d = c_.hidden_size, hd = c_.head_dim;
+  const int H = c_.num_heads, G = c_.num_kv_heads, rep = H / G;
+  check_shape(dout, {n, d}, "Attention::backward: dout");
+  check_shape(dx, {n, d}, "Attention::backward: dx");
+  const auto un = static_cast<size_t>(n);
+  do_.resize(un * qd_);
+  dq_.resize(un * qd_);
+  dk_.resize(un * kvd_);
+  dv_.resize(un * kvd_);
+  const int threads = omp_get_max_threads();
+  const int64_t ss = static_cast<int64_t>(S) * S;
+  if (scratch_.size() < static_cast<size_t>(threads * ss))
+    scratch_.resize(static_cast<size_t>(threads * ss));
+
+  // out = o Wo^T: dWo += dout^T o, do = dout Wo
+  const T* wo = params_.value("o_proj.weight");
+  gemm<T>(Trans::Yes, Trans::No, d, qd_, n, T(1), dout.data, d, o_.data(), qd_, T(1),
+          params_.grad("o_proj.weight"), qd_);
+  gemm<T>(Trans::No, Trans::No, n, qd_, d, T(1), dout.data, d, wo, qd_, T(0), do_.data(), qd_);
+
+  const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(hd)));
+  const int64_t tasks = static_cast<int64_t>(B) * G;
+  // One task per (sequence, kv head), so the query heads that share a kv head add into its
+  // dK, dV in a fixed order without races.
+#pragma omp parallel for schedule(static) if (tasks > 1)
+  for (int64_t task = 0; task < tasks; ++task) {
+    const int64_t b = task / G, g = task % G, row0 = b * S;
+    T* dS = scratch_.data() + omp_get_thread_num() * ss;
+    T* dK = dk_.data() + row0 * kvd_ + g * hd;
+    T* dV = dv_.data() + row0 * kvd_ + g * hd;
+    for (int64_t s = 0; s < S; ++s) {
+      std::fill(dK + s * kvd_, dK + s * kvd_ + hd, T(0));
+      std::fill(dV + s * kvd_, dV + s * kvd_ + hd, T(0));
+    }
+    for (int64_t h = g * rep; h < (g + 1) * rep; ++h) {
+      const int64_t qoff = row0 * qd_ + h * hd;
+      causal_backward(q_.data() + qoff, k_.data() + row0 * kvd_ + g * hd,
+                      v_.data() + row0 * kvd_ + g * hd, att_.data() + (b * H + h) * ss,
+                      do_.data() + qoff, int64_t{qd_}, int64_t{kvd_}, dq_.data() + qoff, dK, dV, dS,
+                      int64_t{S}, hd, scale);
+    }
+  }
+  rope_backward(dq_.data(), cos_.data(), sin_.data(), n, H, c_.head_dim, S, 0);
+  rope_backward(dk_.data(), cos_.data(), sin_.data(), n, G, c_.head_dim, S, 0);
+
+  // q = x Wq^T etc.: dW += dq^T x, dx = dq Wq + dk Wk + dv Wv
+  const T* wq = params_.value("q_proj.weight");
+  const T* wk = params_.value("k_proj.weight");
+  const T* wv = params_.value("v_proj.weight");
+  gemm<T>(Trans::Yes, Trans::No, qd_, d, n, T(1), dq_.data(), qd_, x_.data(), d, T(1),
+          params_.grad("q_proj.weight"), d);
+  gemm<T>(Trans::Yes, Trans::No, kvd_, d, n, T(1), dk_.data(), kvd_, x_.data(), d, T(1),
+          params_.grad("k_proj.weight"), d);
+  gemm<T>(Trans::Yes, Trans::No, kvd_, d, n, T(1), dv_.data(), kvd_, x_.data(), d, T(1),
+          params_.grad("v_proj.weight"), d);
+  gemm<T>(Trans::No, Trans::No, n, d, qd_, T(1), dq_.data(), qd_, wq, d, T(0), dx.data, d);
+  gemm<T>(Trans::No, Trans::No, n, d, kvd_, T(1), dk_.data(), kvd_, wk, d, T(1), dx.data, d);
+  gemm<T>(Trans::No, Trans::No, n, d, kvd_, T(1), dv_.data(), kvd_, wv, d, T(1), dx.data, d);
+}
+
+template <class T>
+void Attention<T>::forward_cached(View<const T> x, int B, int n, KvCache<T>& cache, View<T> out) {
+  MOE_CHECK(B > 0 && n > 0, "Attention::forward_cached: B and n must be positive, got B={} n={}", B,
+            n);
+  MOE_CHECK(cache.batch == B && cache.kv_dim == kvd_ &&
+                cache.k.size() == static_cast<size_t>(cache.batch) * cache.capacity * kvd_ &&
+                cache.v.size() == cache.k.size(),
+            "Attention::forward_cached: KV cache was reset for batch {} and kv_dim {}, the call "
+            "needs batch {} and kv_dim {}",
+            cache.batch, cache.kv_dim, B, kvd_);
+  const int64_t L = cache.length, total = L + n;
+  MOE_CHECK(total <= cache.capacity,
+            "Attention::forward_cached: KV cache overflow: {} cached + {} new tokens exceed its "
+            "capacity {}",
+            L, n, cache.capacity);
+  MOE_CHECK(total <= c_.max_positions,
+            "Attention::forward_cached: position {} is beyond max_position_embeddings = {}",
+            total - 1, c_.max_positions);
+  const int64_t rows = static_cast<int64_t>(B) * n, d = c_.hidden_size, hd = c_.head_dim;
+  const int H = c_.num_heads, G = c_.num_kv_heads, rep = H / G;
+  check_shape(x, {rows, d}, "Attention::forward_cached: x");
+  check_shape(out, {rows, d}, "Attention::forward_cached: out");
+  const auto ur = static_cast<size_t>(rows);
+  const int64_t cap = cache.capacity;
+  cq_.resize(ur * qd_);
+  ck_.resize(ur * kvd_);
+  cv_.resize(ur * kvd_);
+  co_.resize(ur * qd_);
+  gemm<T>(Trans::No, Trans::Yes, rows, qd_, d, T(1), x.data, d, params_.value("q_proj.weight"), d,
+          T(0), cq_.data(), qd_);
+  gemm<T>(Trans::No, Trans::Yes, rows, kvd_, d, T(1), x.data, d, params_.value("k_proj.weight"), d,
+          T(0), ck_.data(), kvd_);
+  gemm<T>(Trans::No, Trans::Yes, rows, kvd_, d, T(1), x.data, d, params_.value("v_proj.weight"), d,
+          T(0), cv_.data(), kvd_);
+  rope_forward(cq_.data(), cos_.data(), sin_.data(), rows, H, c_.head_dim, n, L);
+  rope_forward(ck_.data(), cos_.data(), sin_.data(), rows, G, c_.head_dim, n, L);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < n; ++t) {
+      const size_t src = static_cast<size_t>((b * n + t) * kvd_);
+      const size_t dst = static_cast<size_t>((b * cap + L + t) * kvd_);
+      std::copy_n(ck_.data() + src, kvd_, cache.k.data() + dst);
+      std::copy_n(cv_.data() + src, kvd_, cache.v.data() + dst);
+    }
+
+  const int threads = omp_get_max_threads();
+  // Scores of one (sequence, head) [n, total]; sized for the full capacity so generating one
+  // token at a time after the prompt never grows it.
+  const int64_t per = static_cast<int64_t>(n) * cap;
+  if (scratch_.size() < static_cast<size_t>(threads * per))
+    scratch_.resize(static_cast<size_t>(threads * per));
+  const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(hd)));
+  const int64_t tasks = static_cast<int64_t>(B) * H;
+#pragma omp parallel for schedule(static) if (tasks > 1 && tasks * n * total * hd > kParallelMin)
+  for (int64_t task = 0; task < tasks; ++task) {
+    const int64_t b = task / H, h = task % H, g = h / rep;
+    T* P = scratch_.data() + omp_get_thread_num() * per;
+    const T* K = cache.k.data() + b * cap * kvd_ + g * hd;
+    const T* V = cache.v.data() + b * cap * kvd_ + g * hd;
+    const int64_t qoff = b * n * qd_ + h * hd;
+    gemm<T>(Trans::No, Trans::Yes, n, total, hd, scale, cq_.data() + qoff, qd_, K, kvd_, T(0), P,
+            total);
+    for (int64_t t = 0; t < n; ++t) masked_softmax_row(P + t * total, L + t + 1, total);
+    gemm<T>(Trans::No, Trans::No, n, hd, total, T(1), P, total, V, kvd_, T(0), co_.data() + qoff,
+            qd_);
+  }
+  cache.length = static_cast<int>(total);
+  gemm<T>(Trans::No, Trans::Yes, rows, d, qd_, T(1), co_.data(), qd_,
+          params_.value("o_proj.weight"), qd_, T(0), out.data, d);
+}
+
+template struct KvCache<float>;
+template struct KvCache<double>;
+template class Attention<float>;
+template class Attention<double>;
+template void rope_tables<float>(std::vector<float>&, std::vector<float>&, int, int, double);
+template void rope_tables<double>(std::vector<double>&, std::vector<double>&, int, int, double);
+template void rope_forward<float>(float*, const float*, const float*, int64_t, int, int, int64_t,
+                                  int64_t);
+template void rope_forward<double>(double*, const double*, const double*, int64_t, int, int,
+                                   int64_t, int64_t);
+template void rope_backward<float>(float*, const float*, const float*, int64_t, int, int, int64_t,
+                                   int64_t);
+template void rope_backward<double>(double*, const double*, const double*, int64_t, int, int,
+                                    int64_t, int64_t);
+
+}  // namespace moe

@@ -1,0 +1,345 @@
+// The decoder LM: config validation, finite-difference gradients of the whole model, the
+// KV-cache path against the full forward, the optimizer against hand-computed PyTorch
+// semantics, and the golden PyTorch fixtures (tools/reference/make_model_fixtures.py).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "moe/error.h"
+#include "moe/optimizer.h"
+#include "moe/safetensors.h"
+#include "moe/transformer.h"
+#include "test_util.h"
+
+namespace moe {
+namespace {
+
+ModelConfig tiny_config(int moe_every = 2, bool tied = false) {
+  ModelConfig c;
+  c.vocab_size = 23;
+  c.hidden_size = 16;
+  c.intermediate_size = 8;
+  c.dense_intermediate_size = 12;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.max_position_embeddings = 16;
+  c.tie_word_embeddings = tied;
+  c.num_local_experts = 4;
+  c.moe_every = moe_every;
+  c.moe.num_experts_per_tok = 2;
+  c.initializer_range = 0.3;
+  c.training.seq_len = 6;
+  c.sync_moe();
+  return c;
+}
+
+std::vector<int32_t> random_tokens(Rng& rng, int64_t n, int V) {
+  std::vector<int32_t> t(n);
+  for (auto& x : t) x = static_cast<int32_t>(rng.below(V));
+  return t;
+}
+
+void expect_error(const std::function<void()>& f, const std::string& needle) {
+  try {
+    f();
+    ADD_FAILURE() << "expected an error mentioning " << needle;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+}
+
+TEST(ModelConfig, DefaultsValidateAndRoundTrip) {
+  ModelConfig c;
+  c.sync_moe();
+  c.validate();
+  const nlohmann::json j = model_config_to_json(c);
+  EXPECT_EQ(j["num_local_experts"], 8);
+  EXPECT_FALSE(j.contains("num_experts"));
+  const ModelConfig back = model_config_from_json(j, "roundtrip");
+  EXPECT_EQ(model_config_to_json(back), j);
+}
+
+TEST(ModelConfig, BadKeysAreNamed) {
+  nlohmann::json j = model_config_to_json(tiny_config());
+  auto with = [&](const char* key, nlohmann::json v) {
+    nlohmann::json k = j;
+    k[key] = v;
+    return k;
+  };
+  expect_error([&] { model_config_from_json(with("num_key_value_heads", 3), "c.json"); },
+               "c.json: num_key_value_heads");
+  expect_error([&] { model_config_from_json(with("hidden_sise", 3), "c.json"); },
+               "unknown key \"hidden_sise\"");
+  expect_error([&] { model_config_from_json(with("rope_theta", "big"), "c.json"); }, "rope_theta");
+  expect_error([&] { model_config_from_json(with("num_experts_per_tok", 9), "c.json"); },
+               "num_experts_per_tok");
+  nlohmann::json t = j;
+  t["training"]["learning_rate"] = -1;
+  expect_error([&] { model_config_from_json(t, "c.json"); }, "training.learning_rate");
+  t = j;
+  t["training"]["lr"] = 1;
+  expect_error([&] { model_config_from_json(t, "c.json"); }, "c.json: training: unknown key \"lr\"");
+  t = j;
+  t["training"]["seq_len"] = 17;
+  expect_error([&] { model_config_from_json(t, "c.json"); }, "max_position_embeddings");
+}
+
+TEST(ModelConfig, DenseBaselineAndMatchedWidth) {
+  ModelConfig c = tiny_config(1);
+  EXPECT_EQ(c.matched_dense_width(), 2 * 8);
+  c.dense_intermediate_size = c.matched_dense_width();
+  c.num_local_experts = 0;
+  c.validate();
+  Transformer<float> dense(c);
+  for (int l = 0; l < c.num_hidden_layers; ++l) EXPECT_EQ(dense.moe_layer(l), nullptr);
+  // Active compute of the dense FFN equals the MoE's k experts.
+  Transformer<float> sparse(tiny_config(1));
+  const double sparse_ffn = sparse.forward_macs_per_token(6), dense_ffn = dense.forward_macs_per_token(6);
+  const double router = 2.0 * 4 * 16;  // the only difference: two routers of E x d
+  EXPECT_NEAR(sparse_ffn - dense_ffn, router, 1e-9);
+}
+
+TEST(ModelConfig, MoeEveryPicksLayers) {
+  ModelConfig c = tiny_config(2);
+  c.num_hidden_layers = 4;
+  EXPECT_FALSE(c.is_moe_layer(0));
+  EXPECT_TRUE(c.is_moe_layer(1));
+  EXPECT_FALSE(c.is_moe_layer(2));
+  EXPECT_TRUE(c.is_moe_layer(3));
+}
+
+// Every parameter's gradient against central differences of the float64 model.
+void check_model_gradients(const ModelConfig& cfg) {
+  Transformer<double> model(cfg);
+  Rng rng(7);
+  model.init_weights(rng);
+  // Norm weights away from 1 so their gradients are exercised.
+  for (auto& p : model.parameters())
+    if (p.shape.ndim == 1)
+      for (int64_t i = 0; i < p.shape.numel(); ++i) p.value[i] = 1.0 + 0.2 * rng.normal();
+  const int B = 2, S = 5;
+  auto inputs = random_tokens(rng, B * S, cfg.vocab_size);
+  auto targets = random_tokens(rng, B * S, cfg.vocab_size);
+  targets[3] = -1;  // an ignored target
+  auto loss = [&] { return model.forward(inputs.data(), targets.data(), B, S); };
+  model.zero_grad();
+  loss();
+  model.backward(1.0);
+  for (auto& p : model.parameters()) {
+    std::vector<double> grad(p.grad, p.grad + p.shape.numel());
+    const double err = test::fd_gradient_error(p.value, grad.data(), p.shape.numel(), loss, 24);
+    EXPECT_LE(err, 1e-6) << p.name;
+  }
+}
+
+TEST(Transformer, GradientsMatchFiniteDifferencesMixed) { check_model_gradients(tiny_config(2)); }
+
+TEST(Transformer, GradientsMatchFiniteDifferencesTiedAllMoe) {
+  ModelConfig c = tiny_config(1, true);
+  c.num_key_value_heads = 1;
+  c.moe.scoring_func = ScoreFunc::Sigmoid;
+  c.moe.router_importance_coef = 0.01;
+  check_model_gradients(c);
+}
+
+TEST(Transformer, GradientsMatchFiniteDifferencesDense) {
+  ModelConfig c = tiny_config(1);
+  c.num_local_experts = 0;
+  check_model_gradients(c);
+}
+
+TEST(Transformer, BackwardScaleIsLinear) {
+  const ModelConfig cfg = tiny_config(2);
+  Transformer<double> model(cfg);
+  Rng rng(3);
+  model.init_weights(rng);
+  auto inputs = random_tokens(rng, 12, cfg.vocab_size), targets = random_tokens(rng, 12, cfg.vocab_size);
+  model.zero_grad();
+  model.forward(inputs.data(), targets.data(), 2, 6);
+  model.backward(1.0);
+  std::vector<std::vector<double>> g1;
+  for (auto& p : model.parameters()) g1.emplace_back(p.grad, p.grad + p.shape.numel());
+  model.zero_grad();
+  model.forward(inputs.data(), targets.data(), 2, 6);
+  model.backward(0.25);
+  model.forward(inputs.data(), targets.data(), 2, 6);
+  model.backward(0.75);
+  for (size_t k = 0; k < g1.size(); ++k)
+    test::expect_close(model.parameters()[k].name, model.parameters()[k].grad, g1[k].data(),
+                       static_cast<int64_t>(g1[k].size()), 1e-12);
+}
+
+TEST(Transformer, CachedGenerationMatchesFullForward) {
+  const ModelConfig cfg = tiny_config(2);
+  Transformer<float> model(cfg);
+  Rng rng(11);
+  model.init_weights(rng);
+  const int S = 9;
+  auto tokens = random_tokens(rng, S, cfg.vocab_size);
+  model.forward(tokens.data(), nullptr, 1, S);
+  std::vector<float> full(model.logits(), model.logits() + S * cfg.vocab_size);
+  auto caches = model.new_caches(1, S);
+  std::vector<float> last(cfg.vocab_size);
+  model.forward_cached(tokens.data(), 1, 4, caches, last.data());  // a 4-token prompt
+  test::expect_close("prompt", last.data(), full.data() + 3 * cfg.vocab_size, cfg.vocab_size, 1e-5);
+  for (int s = 4; s < S; ++s) {
+    model.forward_cached(tokens.data() + s, 1, 1, caches, last.data());
+    test::expect_close("step " + std::to_string(s), last.data(), full.data() + s * cfg.vocab_size,
+                       cfg.vocab_size, 1e-5);
+  }
+}
+
+TEST(Transformer, SaveLoadRoundTripAndErrors) {
+  const ModelConfig cfg = tiny_config(2);
+  Transformer<float> a(cfg), b(cfg);
+  Rng rng(5);
+  a.init_weights(rng);
+  const auto dir = std::filesystem::temp_directory_path() / "moe_test_model";
+  std::filesystem::create_directories(dir);
+  const std::string path = (dir / "model.safetensors").string();
+  SafeTensorsWriter w;
+  a.save_weights(w, DType::F32);
+  w.write(path);
+  b.load_weights(SafeTensorsFile::open(path));
+  for (size_t k = 0; k < a.parameters().size(); ++k)
+    EXPECT_EQ(0, std::memcmp(a.parameters()[k].value, b.parameters()[k].value,
+                             a.parameters()[k].shape.numel() * sizeof(float)));
+  ModelConfig other = cfg;
+  other.hidden_size = 8;
+  other.sync_moe();
+  Transformer<float> c(other);
+  expect_error([&] { c.load_weights(SafeTensorsFile::open(path)); }, "model.embed_tokens.weight");
+  std::filesystem::remove_all(dir);
+}
+
+TEST(Optimizer, LearningRateSchedule) {
+  TrainConfig t;
+  t.learning_rate = 1.0;
+  t.min_lr_ratio = 0.1;
+  t.warmup_steps = 4;
+  t.max_steps = 14;
+  EXPECT_DOUBLE_EQ(learning_rate_at(t, 0), 0.25);
+  EXPECT_DOUBLE_EQ(learning_rate_at(t, 3), 1.0);
+  EXPECT_DOUBLE_EQ(learning_rate_at(t, 4), 1.0);
+  EXPECT_NEAR(learning_rate_at(t, 9), 0.1 + 0.45, 1e-12);  // half way down the cosine
+  EXPECT_NEAR(learning_rate_at(t, 14), 0.1, 1e-12);
+  EXPECT_NEAR(learning_rate_at(t, 100), 0.1, 1e-12);
+}
+
+TEST(Optimizer, AdamWMatchesTorchFormulaAndClips) {
+  TrainConfig t;
+  t.adam_beta1 = 0.9;
+  t.adam_beta2 = 0.95;
+  t.adam_eps = 1e-8;
+  t.weight_decay = 0.1;
+  std::vector<double> w{1.0, -2.0}, g{0.5, 0.0}, norm_w{3.0}, norm_g{-1.0};
+  std::vector<ParamRef<double>> params{{"w", w.data(), g.data(), {2}, true},
+                                       {"n", norm_w.data(), norm_g.data(), {1}, false}};
+  AdamW<double> opt(params, t);
+  EXPECT_NEAR(global_grad_norm(params), std::sqrt(1.25), 1e-15);
+  const double norm = clip_grad_norm(params, 0.5);
+  EXPECT_NEAR(norm, std::sqrt(1.25), 1e-15);
+  const double c = 0.5 / (std::sqrt(1.25) + 1e-6);
+  EXPECT_NEAR(g[0], 0.5 * c, 1e-15);
+  opt.step(0.01);
+  // Step 1: m = 0.1 g, v = 0.05 g^2, so the update is lr * g/|g| (up to eps).
+  const double g0 = 0.5 * c;
+  const double m = 0.1 * g0, v = 0.05 * g0 * g0;
+  const double expected = 1.0 * (1 - 0.01 * 0.1) - 0.01 / 0.1 * m / (std::sqrt(v) / std::sqrt(0.05) + 1e-8);
+  EXPECT_NEAR(w[0], expected, 1e-15);
+  EXPECT_NEAR(w[1], -2.0 * (1 - 0.001), 1e-15);  // zero gradient: decay only
+  EXPECT_NEAR(norm_w[0], 3.0 + 0.01 * (1 - 1e-8 / (std::sqrt(0.05 * c * c) / std::sqrt(0.05) + 1e-8)), 1e-12);  // no decay
+  g[0] = std::nan("");
+  EXPECT_EQ(first_nonfinite_grad(params), &params[0]);
+}
+
+// ---- Golden fixtures from the PyTorch reference ------------------------------------------
+
+struct Golden {
+  SafeTensorsFile file;
+  ModelConfig cfg;
+  int B, S, steps;
+};
+
+Golden open_golden(const std::string& name) {
+  const std::string path = std::string(MOE_FIXTURE_DIR) + "/model/" + name + ".safetensors";
+  SafeTensorsFile f = SafeTensorsFile::open(path);
+  ModelConfig cfg = model_config_from_json(nlohmann::json::parse(f.metadata("config")), path);
+  const int steps = std::stoi(f.metadata("steps"));
+  return {std::move(f), cfg, cfg.training.batch_size, cfg.training.seq_len, steps};
+}
+
+template <class T>
+std::vector<int32_t> read_tokens(const SafeTensorsFile& f, const std::string& name, int64_t offset,
+                                 int64_t count) {
+  const Tensor<int64_t> t = f.read<int64_t>(name);
+  std::vector<int32_t> out(count);
+  for (int64_t i = 0; i < count; ++i) out[i] = static_cast<int32_t>(t.data()[offset + i]);
+  return out;
+}
+
+void split(const std::vector<int32_t>& window, int B, int S, std::vector<int32_t>& in,
+           std::vector<int32_t>& tg) {
+  in.resize(B * S);
+  tg.resize(B * S);
+  for (int b = 0; b < B; ++b)
+    for (int s = 0; s < S; ++s) {
+      in[b * S + s] = window[b * (S + 1) + s];
+      tg[b * S + s] = window[b * (S + 1) + s + 1];
+    }
+}
+
+template <class T>
+void check_golden(const std::string& name, double grad_tol, double loss_tol, double traj_tol) {
+  Golden g = open_golden(name);
+  Transformer<T> model(g.cfg);
+  for (auto& p : model.parameters()) g.file.read_into("param." + p.name, p.shape, p.value);
+  std::vector<int32_t> in, tg;
+  split(read_tokens<T>(g.file, "tokens", 0, g.B * (g.S + 1)), g.B, g.S, in, tg);
+  model.zero_grad();
+  const double loss = model.forward(in.data(), tg.data(), g.B, g.S);
+  const auto logits = g.file.read<double>("logits");
+  test::expect_close(name + " logits", model.logits(), logits.data(),
+                     static_cast<int64_t>(g.B) * g.S * g.cfg.vocab_size, loss_tol * 10);
+  EXPECT_NEAR(model.ce_loss(), g.file.read<double>("ce").data()[0],
+              loss_tol * std::abs(g.file.read<double>("ce").data()[0]));
+  const double ref_loss = g.file.read<double>("loss").data()[0];
+  EXPECT_NEAR(loss, ref_loss, loss_tol * std::abs(ref_loss)) << name;
+  model.backward(1.0);
+  for (auto& p : model.parameters()) {
+    const auto ref = g.file.read<double>("grad." + p.name, p.shape);
+    test::expect_close(name + " grad " + p.name, p.grad, ref.data(), p.shape.numel(), grad_tol);
+  }
+
+  // The trajectory: fresh weights, g.steps optimizer steps on the recorded batches.
+  for (auto& p : model.parameters()) g.file.read_into("param." + p.name, p.shape, p.value);
+  const auto ref_traj = g.file.read<double>("trajectory.loss");
+  AdamW<T> opt(model.parameters(), g.cfg.training);
+  for (int step = 0; step < g.steps; ++step) {
+    split(read_tokens<T>(g.file, "trajectory.tokens", static_cast<int64_t>(step) * g.B * (g.S + 1),
+                         g.B * (g.S + 1)),
+          g.B, g.S, in, tg);
+    model.zero_grad();
+    const double l = model.forward(in.data(), tg.data(), g.B, g.S, true);
+    EXPECT_NEAR(l, ref_traj.data()[step], traj_tol * std::abs(ref_traj.data()[step]))
+        << name << " step " << step;
+    model.backward(1.0);
+    if (g.cfg.training.grad_clip > 0) clip_grad_norm(model.parameters(), g.cfg.training.grad_clip);
+    opt.step(learning_rate_at(g.cfg.training, step));
+  }
+  for (auto& p : model.parameters()) {
+    const auto ref = g.file.read<double>("final." + p.name, p.shape);
+    test::expect_close(name + " final " + p.name, p.value, ref.data(), p.shape.numel(), traj_tol * 10);
+  }
+}
+
+TEST(Golden, TinyMixedFloat) { check_golden<float>("tiny_mixed", 1e-4, 1e-5, 1e-5); }
+TEST(Golden, TinyMixedDouble) { check_golden<double>("tiny_mixed", 1e-10, 1e-12, 1e-10); }
+TEST(Golden, TinyTiedAllMoeFloat) { check_golden<float>("tiny_tied_all_moe", 1e-4, 1e-5, 1e-5); }
+TEST(Golden, TinyTiedAllMoeDouble) { check_golden<double>("tiny_tied_all_moe", 1e-10, 1e-12, 1e-10); }
+
+}  // namespace
+}  // namespace moe

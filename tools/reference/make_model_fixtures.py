@@ -1,0 +1,313 @@
+#!/usr/bin/python3
+"""Write the language-model golden fixtures (tests/fixtures/model/<case>.safetensors).
+
+Every number comes from tools/reference/model_reference.py (float64, autograd
+gradients, torch clip_grad_norm_ + AdamW), which implements docs/model.md.
+Run with Debian's interpreter:
+
+    /usr/bin/python3 tools/reference/make_model_fixtures.py            # (re)write
+    /usr/bin/python3 tools/reference/make_model_fixtures.py --check    # compare
+
+--check regenerates into a temporary directory and compares byte for byte with
+the files in tests/fixtures/model/ (exit status 1 on any difference).
+
+File format: hand-written safetensors as in make_layer_fixtures.py (u64 LE header
+length, JSON header padded with spaces to a multiple of 8, tensors back to back);
+F64 except the token tensors (I64).  See tools/reference/README.md.
+"""
+
+import argparse
+import copy
+import json
+import os
+import struct
+import sys
+import tempfile
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import model_reference as mref  # noqa: E402
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+FIXTURE_DIR = os.path.join(REPO, "tests", "fixtures", "model")
+
+U_GAP = 1e-6       # min gap between any two consecutive selection keys u of a token
+K_GAP = 1e-3       # min gap between the k-th and (k+1)-th u (the selected set's boundary)
+MAX_ATTEMPTS = 200
+
+# Initial weights: matrices N(0, MATRIX_STD), routers N(0, ROUTER_STD), the embedding
+# N(0, init["embed_std"]), the decoder-layer norms 1 + N(0, NORM_STD), the final norm
+# init["final_norm"] + N(0, NORM_STD).  The per-case embedding / final-norm scales put the
+# gradient norm near grad_clip so that clipping triggers on some steps and not on others.
+MATRIX_STD = 0.1
+ROUTER_STD = 0.5
+NORM_STD = 0.1
+MIN_CLIPPED = 2    # at least this many clipped and this many unclipped steps
+
+
+def _config(**over):
+    train = dict(learning_rate=1e-2, min_lr_ratio=0.1, warmup_steps=3, max_steps=10,
+                 weight_decay=0.1, adam_beta1=0.9, adam_beta2=0.95, adam_eps=1e-8,
+                 grad_clip=1.0, batch_size=2, seq_len=8, grad_accum_steps=1)
+    train.update(over.pop("training", {}))
+    cfg = {
+        "model_type": "mixtral", "vocab_size": 64, "hidden_size": 16, "intermediate_size": 16,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "head_dim": 8, "max_position_embeddings": 64, "rope_theta": 10000.0,
+        "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "initializer_range": 0.02,
+        "num_local_experts": 4, "num_experts_per_tok": 2, "moe_every": 2,
+        "dense_intermediate_size": 24,
+    }
+    cfg.update(mref.MOE_DEFAULTS)
+    cfg.update(router_aux_loss_coef=0.01, router_z_loss_coef=1e-3)
+    for k in over:
+        if k not in cfg:
+            raise KeyError(k)
+    cfg.update(over)
+    cfg["training"] = train
+    return cfg
+
+
+# name, seed, config, steps, init scales
+CASES = [
+    ("tiny_mixed", 100, _config(), 10, dict(embed_std=1.0, final_norm=1.0)),
+    ("tiny_tied_all_moe", 200,
+     _config(moe_every=1, tie_word_embeddings=True, num_key_value_heads=1,
+             scoring_func="sigmoid", norm_topk_prob=True, training=dict(grad_clip=0.5)), 10,
+     dict(embed_std=0.2, final_norm=0.15)),
+]
+
+
+# --------------------------------------------------------------------------
+# Generation
+# --------------------------------------------------------------------------
+
+def generate(cfg, steps, seed, init):
+    """Initial params and the [steps, B, S+1] token windows, from one seeded generator."""
+    g = torch.Generator().manual_seed(seed)
+    params = {}
+    for name, shape in mref.param_shapes(cfg).items():
+        if len(shape) == 1:
+            mean = init["final_norm"] if name == "model.norm.weight" else 1.0
+            params[name] = mean + NORM_STD * torch.randn(*shape, generator=g, dtype=torch.float64)
+        else:
+            if name.endswith("router.weight"):
+                std = ROUTER_STD
+            elif name == "model.embed_tokens.weight":
+                std = init["embed_std"]
+            else:
+                std = MATRIX_STD
+            params[name] = std * torch.randn(*shape, generator=g, dtype=torch.float64)
+    tr = cfg["training"]
+    windows = torch.randint(0, cfg["vocab_size"], (steps, tr["batch_size"], tr["seq_len"] + 1),
+                            generator=g, dtype=torch.int64)
+    return params, windows
+
+
+def routing_problems(cfg, log, tag):
+    """Ties in any MoE layer's selection keys at any step (empty list = fine)."""
+    k = cfg["num_experts_per_tok"]
+    problems = []
+    for t, st in enumerate(log):
+        for l, r in st["result"]["moe"].items():
+            for tok, u in enumerate(r["decisions"]["u"]):
+                vals = sorted((v for v in u if v != float("-inf")), reverse=True)
+                gaps = [a - b for a, b in zip(vals, vals[1:])]
+                if gaps and min(gaps) <= U_GAP:
+                    problems.append("%s step %d layer %d token %d: u gap %.3g" % (tag, t, l, tok, min(gaps)))
+                if len(vals) > k and vals[k - 1] - vals[k] <= K_GAP:
+                    problems.append("%s step %d layer %d token %d: k-th gap %.3g"
+                                    % (tag, t, l, tok, vals[k - 1] - vals[k]))
+    return problems
+
+
+def selections(log):
+    return [{l: [sorted(p) for p in r["decisions"]["primary"]] for l, r in st["result"]["moe"].items()}
+            for st in log]
+
+
+def min_kth_gap(cfg, log):
+    k = cfg["num_experts_per_tok"]
+    best = float("inf")
+    for st in log:
+        for r in st["result"]["moe"].values():
+            for u in r["decisions"]["u"]:
+                vals = sorted(u, reverse=True)
+                if len(vals) > k:
+                    best = min(best, vals[k - 1] - vals[k])
+    return best
+
+
+def run_case(cfg, steps, seed, init):
+    params, windows = generate(cfg, steps, seed, init)
+    # step-0 forward and gradient at the initial weights
+    P = {n: t.clone().requires_grad_(True) for n, t in params.items()}
+    r0 = mref.loss_on_window(cfg, P, windows[0])
+    grads = torch.autograd.grad(r0["loss"], list(P.values()))
+    final, log = mref.train(cfg, params, windows)
+    final32, log32 = mref.train(cfg, params, windows, dtype=torch.float32)
+    problems = routing_problems(cfg, log, "f64") + routing_problems(cfg, log32, "f32")
+    if selections(log) != selections(log32):
+        problems.append("float32 trajectory routes differently")
+    clipped = [st["clipped"] for st in log]
+    if cfg["training"]["grad_clip"] > 0 and not MIN_CLIPPED <= sum(clipped) <= len(clipped) - MIN_CLIPPED:
+        problems.append("clipping on %d of %d steps" % (sum(clipped), len(clipped)))
+    if clipped != [st["clipped"] for st in log32]:
+        problems.append("float32 clips on other steps")
+    return dict(params=params, windows=windows, r0=r0, grads=dict(zip(P, grads)),
+                final=final, log=log, log32=log32, problems=problems)
+
+
+def build_case(name, seed, cfg, steps, init):
+    problems = None
+    for attempt in range(MAX_ATTEMPTS):
+        res = run_case(cfg, steps, seed + attempt, init)
+        if not res["problems"]:
+            res["seed"] = seed + attempt
+            return res
+        problems = res["problems"]
+    raise RuntimeError("case %s: no acceptable seed in %d attempts (last: %s)"
+                       % (name, MAX_ATTEMPTS, problems[:3]))
+
+
+def fixture_tensors(cfg, res):
+    """Ordered list of (name, tensor); int64 tensors are written as I64, the rest as F64."""
+    f64 = lambda t: t.detach().to(torch.float64)
+    sc = lambda v: torch.tensor([float(v)], dtype=torch.float64)
+    r0, log = res["r0"], res["log"]
+    items = [("param." + n, f64(t)) for n, t in res["params"].items()]
+    items += [("tokens", res["windows"][0].clone()),
+              ("logits", f64(r0["logits"])),
+              ("ce", sc(r0["ce"])), ("aux", sc(r0["aux"])), ("loss", sc(r0["loss"]))]
+    items += [("grad." + n, f64(g)) for n, g in res["grads"].items()]
+    items += [("trajectory.tokens", res["windows"].clone()),
+              ("trajectory.loss", torch.tensor([st["loss"] for st in log], dtype=torch.float64)),
+              ("trajectory.lr", torch.tensor([st["lr"] for st in log], dtype=torch.float64)),
+              ("trajectory.grad_norm", torch.tensor([st["grad_norm"] for st in log], dtype=torch.float64))]
+    items += [("final." + n, f64(t)) for n, t in res["final"].items()]
+    return items
+
+
+# --------------------------------------------------------------------------
+# safetensors (hand-written)
+# --------------------------------------------------------------------------
+
+_DTYPES = {torch.float64: ("F64", "<f8"), torch.int64: ("I64", "<i8")}
+_NP = {"F64": "<f8", "I64": "<i8"}
+
+
+def encode_safetensors(tensors, metadata):
+    header = {"__metadata__": metadata}
+    blobs, offset = [], 0
+    for name, t in tensors:
+        if name in header:
+            raise ValueError("duplicate tensor name %s" % name)
+        st, npt = _DTYPES[t.dtype]
+        data = np.ascontiguousarray(t.detach().cpu().numpy(), dtype=npt).tobytes()
+        header[name] = {"dtype": st, "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    hjson = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    hjson += b" " * ((-(8 + len(hjson))) % 8)
+    return struct.pack("<Q", len(hjson)) + hjson + b"".join(blobs)
+
+
+def decode_safetensors(blob):
+    """Inverse of encode_safetensors: ({name: tensor}, metadata)."""
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + n].decode("utf-8"))
+    meta = header.pop("__metadata__", {})
+    base = 8 + n
+    out = {}
+    for name, info in header.items():
+        b, e = info["data_offsets"]
+        arr = np.frombuffer(blob[base + b:base + e], dtype=_NP[info["dtype"]]).reshape(info["shape"])
+        out[name] = torch.from_numpy(arr.copy())
+    return out, meta
+
+
+# --------------------------------------------------------------------------
+
+def write_all(directory, verbose=True):
+    os.makedirs(directory, exist_ok=True)
+    summary = []
+    for name, seed, cfg, steps, init in CASES:
+        res = build_case(name, seed, cfg, steps, init)
+        meta = {"config": json.dumps(cfg, separators=(",", ":")), "steps": str(steps), "case": name}
+        blob = encode_safetensors(fixture_tensors(cfg, res), meta)
+        with open(os.path.join(directory, name + ".safetensors"), "wb") as fh:
+            fh.write(blob)
+        log, log32 = res["log"], res["log32"]
+        row = dict(case=name, seed=res["seed"], bytes=len(blob),
+                   loss=[st["loss"] for st in log], grad_norm=[st["grad_norm"] for st in log],
+                   clipped=[t for t, st in enumerate(log) if st["clipped"]],
+                   f32_max_rel_loss=max(abs(a["loss"] - b["loss"]) / abs(a["loss"]) for a, b in zip(log, log32)),
+                   min_kth_gap=min(min_kth_gap(cfg, log), min_kth_gap(cfg, log32)))
+        summary.append(row)
+        if verbose:
+            print("%-18s seed=%d %d bytes  ce0=%.9g aux0=%.9g" % (name, res["seed"], len(blob),
+                                                                float(res["r0"]["ce"]), float(res["r0"]["aux"])))
+            for t, st in enumerate(log):
+                print("   step %2d lr=%.6g loss=%.12g grad_norm=%.6g%s"
+                      % (t, st["lr"], st["loss"], st["grad_norm"], "  clipped" if st["clipped"] else ""))
+            print("   float32 trajectory: max rel loss diff %.3g, same routing; min k-th u gap %.3g"
+                  % (row["f32_max_rel_loss"], row["min_kth_gap"]))
+    return summary
+
+
+def check(directory):
+    ok = True
+    with tempfile.TemporaryDirectory() as tmp:
+        write_all(tmp, verbose=False)
+        expected = sorted(os.listdir(tmp))
+        present = sorted(f for f in os.listdir(directory) if f.endswith(".safetensors")) \
+            if os.path.isdir(directory) else []
+        for f in sorted(set(present) - set(expected)):
+            print("unexpected fixture %s" % f)
+            ok = False
+        for f in expected:
+            path = os.path.join(directory, f)
+            with open(os.path.join(tmp, f), "rb") as fh:
+                new = fh.read()
+            if not os.path.exists(path):
+                print("missing %s" % f)
+                ok = False
+                continue
+            with open(path, "rb") as fh:
+                old = fh.read()
+            if old == new:
+                print("ok       %s" % f)
+                continue
+            ok = False
+            print("DIFFERS  %s" % f)
+            try:
+                a, ma = decode_safetensors(old)
+                b, mb = decode_safetensors(new)
+                if ma != mb:
+                    print("    metadata differs")
+                for n in sorted(set(a) | set(b)):
+                    if n not in a or n not in b or a[n].shape != b[n].shape:
+                        print("    %s: missing or shape differs" % n)
+                    elif not torch.equal(a[n], b[n]):
+                        print("    %s: max abs diff %.3g" % (n, float((a[n].double() - b[n].double()).abs().max())))
+            except Exception as exc:  # report, still fail
+                print("    cannot decode: %s" % exc)
+    return ok
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true",
+                    help="regenerate into a temp dir and compare byte for byte with the committed files")
+    ap.add_argument("--out", default=FIXTURE_DIR, help="fixture directory (default: %(default)s)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)   # fixed reduction order
+    if args.check:
+        sys.exit(0 if check(args.out) else 1)
+    write_all(args.out)
+
+
+if __name__ == "__main__":
+    main()
