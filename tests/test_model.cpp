@@ -62,6 +62,14 @@ TEST(ModelConfig, DefaultsValidateAndRoundTrip) {
   EXPECT_EQ(model_config_to_json(back), j);
 }
 
+TEST(ModelConfig, ShippedDefaultMatchesBuiltIn) {
+  // configs/default.json documents what `moe train` trains with no --config: keep them equal.
+  const std::string path = std::string(MOE_FIXTURE_DIR) + "/../../configs/default.json";
+  ModelConfig builtin;
+  builtin.sync_moe();
+  EXPECT_EQ(model_config_to_json(load_model_config(path)), model_config_to_json(builtin));
+}
+
 TEST(ModelConfig, BadKeysAreNamed) {
   nlohmann::json j = model_config_to_json(tiny_config());
   auto with = [&](const char* key, nlohmann::json v) {

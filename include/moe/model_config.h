@@ -15,19 +15,19 @@ namespace moe {
 struct TrainConfig {
   double learning_rate = 3e-3;
   double min_lr_ratio = 0.1;  // cosine decays to learning_rate * min_lr_ratio
-  int warmup_steps = 30;
-  int max_steps = 600;
+  int warmup_steps = 50;
+  int max_steps = 1200;
   double weight_decay = 0.1;
   double adam_beta1 = 0.9;
   double adam_beta2 = 0.95;
   double adam_eps = 1e-8;
   double grad_clip = 1.0;  // <= 0: no clipping
-  int batch_size = 16;     // sequences per micro-batch
-  int seq_len = 128;
+  int batch_size = 8;      // sequences per micro-batch
+  int seq_len = 256;
   int grad_accum_steps = 1;
-  int eval_every = 100;       // validation every N steps (0: only at the end)
-  int eval_batches = 8;       // validation micro-batches per evaluation (0: whole split)
-  int checkpoint_every = 100; // 0: only at the end
+  int eval_every = 200;       // validation every N steps (0: only at the end)
+  int eval_batches = 16;      // validation micro-batches per evaluation (0: whole split)
+  int checkpoint_every = 200; // 0: only at the end
   uint64_t seed = 1234;
   std::string tokenizer = "sentencepiece";  // or "byte"
   std::string data_dir = "data";
@@ -35,6 +35,7 @@ struct TrainConfig {
   void validate(const std::string& where) const;
 };
 
+// The defaults are the default small MoE `moe train` trains (configs/default.json holds the same).
 struct ModelConfig {
   std::string model_type = "mixtral";
   int vocab_size = 4096;
@@ -44,7 +45,7 @@ struct ModelConfig {
   int num_attention_heads = 8;
   int num_key_value_heads = 4;
   int head_dim = 0;  // 0: hidden_size / num_attention_heads
-  int max_position_embeddings = 1024;
+  int max_position_embeddings = 256;
   double rope_theta = 10000.0;
   double rms_norm_eps = 1e-5;
   bool tie_word_embeddings = false;

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 
 #include "commands.h"
 #include "moe/corpus.h"
@@ -24,6 +25,7 @@ struct TrainArgs {
   std::string config_path, out = "runs/default", data_dir, tokenizer;
   int steps = 0, threads = 0;
   bool resume = false, dense = false, match_active = false, no_progress = false;
+  bool print_config = false;
   int64_t seed = -1;
 };
 
@@ -43,6 +45,11 @@ int run_train(const TrainArgs& a) {
   }
   if (a.dense) cfg.num_local_experts = 0;
   cfg.sync_moe();
+  if (a.print_config) {
+    cfg.validate("config");
+    fmt::print("{}\n", model_config_to_json(cfg).dump(2));
+    return 0;
+  }
 
   DataOptions d;
   d.dir = cfg.training.data_dir;
@@ -165,6 +172,8 @@ std::function<int()> add_train_command(CLI::App& app) {
   c->add_option("--seed", a->seed, "overrides training.seed");
   c->add_option("--threads", a->threads, "threads (0: OMP_NUM_THREADS or all cores)");
   c->add_flag("--no-progress", a->no_progress, "no progress bar");
+  c->add_flag("--print-config", a->print_config,
+              "print the effective config.json (defaults, file and flags applied) and exit");
   return [a] { return run_train(*a); };
 }
 

@@ -7,28 +7,26 @@ gradients), which implements docs/moe-layer.md.  Run with Debian's interpreter:
     /usr/bin/python3 tools/reference/make_layer_fixtures.py            # (re)write
     /usr/bin/python3 tools/reference/make_layer_fixtures.py --check    # compare
 
---check regenerates into a temporary directory and compares byte for byte with
-the files in tests/fixtures/layer/ (exit status 1 on any difference).
+--check regenerates into a temporary directory and compares with the files in
+tests/fixtures/layer/: identical bytes pass; otherwise names, dtypes, shapes and
+integer-valued tensors (routing, counts, masks) must match exactly and the other
+values to float64 rounding (see fixture_io.py); exit status 1 on a real difference.
 
-The safetensors files are written by hand (no `safetensors` package): u64 LE
-header length N, N bytes of JSON header padded with spaces so that 8 + N is a
-multiple of 8, then the F64 little-endian row-major tensors back to back in
-the order written.  See tools/reference/README.md.
+The safetensors files are written by hand by fixture_io.py (no `safetensors`
+package); every tensor here is F64.  See tools/reference/README.md.
 """
 
-import argparse
 import json
 import math
 import os
-import struct
 import sys
-import tempfile
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fixture_io  # noqa: E402
 import moe_reference as ref  # noqa: E402
+from fixture_io import decode_safetensors, encode_safetensors  # noqa: E402,F401  (used by the tests)
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 FIXTURE_DIR = os.path.join(REPO, "tests", "fixtures", "layer")
@@ -228,40 +226,6 @@ def fixture_tensors(cfg, inputs, params, r):
 
 
 # --------------------------------------------------------------------------
-# safetensors (hand-written)
-# --------------------------------------------------------------------------
-
-def encode_safetensors(tensors, metadata):
-    header = {"__metadata__": metadata}
-    blobs, offset = [], 0
-    for name, t in tensors:
-        if name in header:
-            raise ValueError("duplicate tensor name %s" % name)
-        data = np.ascontiguousarray(t.detach().cpu().numpy(), dtype="<f8").tobytes()
-        header[name] = {"dtype": "F64", "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    hjson = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    hjson += b" " * ((-(8 + len(hjson))) % 8)
-    return struct.pack("<Q", len(hjson)) + hjson + b"".join(blobs)
-
-
-def decode_safetensors(blob):
-    """Inverse of encode_safetensors: ({name: float64 tensor}, metadata)."""
-    (n,) = struct.unpack("<Q", blob[:8])
-    header = json.loads(blob[8:8 + n].decode("utf-8"))
-    meta = header.pop("__metadata__", {})
-    base = 8 + n
-    out = {}
-    for name, info in header.items():
-        assert info["dtype"] == "F64"
-        b, e = info["data_offsets"]
-        arr = np.frombuffer(blob[base + b:base + e], dtype="<f8").reshape(info["shape"])
-        out[name] = torch.from_numpy(arr.copy())
-    return out, meta
-
-
-# --------------------------------------------------------------------------
 
 def write_all(directory, verbose=True):
     os.makedirs(directory, exist_ok=True)
@@ -287,57 +251,5 @@ def write_all(directory, verbose=True):
     return summary
 
 
-def check(directory):
-    ok = True
-    with tempfile.TemporaryDirectory() as tmp:
-        write_all(tmp, verbose=False)
-        expected = sorted(f for f in os.listdir(tmp))
-        present = sorted(f for f in os.listdir(directory) if f.endswith(".safetensors")) \
-            if os.path.isdir(directory) else []
-        for f in sorted(set(present) - set(expected)):
-            print("unexpected fixture %s" % f)
-            ok = False
-        for f in expected:
-            path = os.path.join(directory, f)
-            with open(os.path.join(tmp, f), "rb") as fh:
-                new = fh.read()
-            if not os.path.exists(path):
-                print("missing %s" % f)
-                ok = False
-                continue
-            with open(path, "rb") as fh:
-                old = fh.read()
-            if old == new:
-                print("ok       %s" % f)
-                continue
-            ok = False
-            print("DIFFERS  %s" % f)
-            try:
-                a, ma = decode_safetensors(old)
-                b, mb = decode_safetensors(new)
-                if ma != mb:
-                    print("    metadata differs")
-                for n in sorted(set(a) | set(b)):
-                    if n not in a or n not in b or a[n].shape != b[n].shape:
-                        print("    %s: missing or shape differs" % n)
-                    elif not torch.equal(a[n], b[n]):
-                        print("    %s: max abs diff %.3g" % (n, float((a[n] - b[n]).abs().max())))
-            except Exception as exc:  # report, still fail
-                print("    cannot decode: %s" % exc)
-    return ok
-
-
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--check", action="store_true",
-                    help="regenerate into a temp dir and compare byte for byte with the committed files")
-    ap.add_argument("--out", default=FIXTURE_DIR, help="fixture directory (default: %(default)s)")
-    args = ap.parse_args()
-    torch.set_num_threads(1)   # fixed reduction order
-    if args.check:
-        sys.exit(0 if check(args.out) else 1)
-    write_all(args.out)
-
-
 if __name__ == "__main__":
-    main()
+    fixture_io.main(__doc__, FIXTURE_DIR, write_all)

@@ -22,15 +22,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import model_reference as mref  # noqa: E402
 import make_model_fixtures as mk  # noqa: E402
+import fixture_io  # noqa: E402
 
 torch.set_num_threads(1)
 
 
 def _case(name):
-    for c in mk.CASES:
-        if c[0] == name:
-            return c
-    raise KeyError(name)
+    return fixture_io.case_named(mk.CASES, name)
 
 
 def _built(name):
@@ -224,7 +222,8 @@ class Fixtures(unittest.TestCase):
             # the stored logits/loss are the reference's at the stored weights
             P = {n[len("param."):]: t for n, t in T.items() if n.startswith("param.")}
             r = mref.loss_on_window(c, P, T["tokens"])
-            self.assertTrue(torch.equal(r["logits"], T["logits"]))
+            # (bit-identical on the machine that wrote them; elsewhere to float64 rounding)
+            self.assertIsNone(fixture_io.compare_tensor(T["logits"], r["logits"])[0])
             if c["tie_word_embeddings"]:
                 self.assertNotIn("param.lm_head.weight", T)
 

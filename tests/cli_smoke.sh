@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# End-to-end check of the `moe` command line on the real bundled corpus (byte tokenizer, a
+# tiny model, a few steps): train, refuse to overwrite, resume, eval, generate, and one-line
+# errors for bad input. Usage: tests/cli_smoke.sh path/to/moe
+set -euo pipefail
+moe=$1
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+fail() { echo "cli_smoke: $*" >&2; exit 1; }
+
+# A bad key: one line naming the file and the key, exit status 1.
+echo '{"model_type": "mixtral", "hidden_sise": 64}' > "$dir/bad.json"
+if "$moe" train --config "$dir/bad.json" --out "$dir/bad" 2> "$dir/err"; then fail "bad config accepted"; fi
+grep -q "bad.json: unknown key \"hidden_sise\"" "$dir/err" || fail "unexpected error: $(cat "$dir/err")"
+[[ $(wc -l < "$dir/err") -eq 1 ]] || fail "error is not one line: $(cat "$dir/err")"
+
+cat > "$dir/tiny.json" <<JSON
+{"model_type": "mixtral", "vocab_size": 258, "hidden_size": 32, "intermediate_size": 32,
+ "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+ "max_position_embeddings": 64, "num_local_experts": 4, "num_experts_per_tok": 2,
+ "training": {"max_steps": 6, "batch_size": 2, "seq_len": 32, "eval_every": 3,
+              "eval_batches": 2, "checkpoint_every": 3, "tokenizer": "byte",
+              "data_dir": "$dir/data"}}
+JSON
+"$moe" train --config "$dir/tiny.json" --out "$dir/run" --steps 4 --no-progress > "$dir/out"
+for f in config.json model.safetensors checkpoint.safetensors metrics.jsonl report.md summary.json; do
+  [[ -s "$dir/run/$f" ]] || fail "missing $f"
+done
+[[ $(grep -c '"loss"' "$dir/run/metrics.jsonl") -eq 4 ]] || fail "expected 4 step lines in metrics.jsonl"
+grep -q '"val_loss"' "$dir/run/metrics.jsonl" || fail "no validation line in metrics.jsonl"
+
+# Training into an existing run without --resume would lose it: refused.
+if "$moe" train --config "$dir/tiny.json" --out "$dir/run" 2> "$dir/err"; then fail "overwrote a run"; fi
+grep -q "pass --resume" "$dir/err" || fail "unexpected error: $(cat "$dir/err")"
+
+"$moe" train --out "$dir/run" --resume --steps 6 --no-progress > "$dir/out"
+[[ $(grep -c '"loss"' "$dir/run/metrics.jsonl") -eq 6 ]] || fail "resume did not continue to step 6"
+
+"$moe" eval "$dir/run" --batches 2 > "$dir/eval"
+grep -q "validation loss" "$dir/eval" || fail "eval printed: $(cat "$dir/eval")"
+grep -q "^code " "$dir/eval" || fail "eval has no per-domain line for code: $(cat "$dir/eval")"
+
+"$moe" generate "$dir/run" --prompt "Hello" --max-new-tokens 8 --seed 3 > "$dir/gen1"
+"$moe" generate "$dir/run" --prompt "Hello" --max-new-tokens 8 --seed 3 > "$dir/gen2"
+cmp -s "$dir/gen1" "$dir/gen2" || fail "generation with one seed is not deterministic"
+
+# A truncated weights file: one line naming the file.
+head -c 1000 "$dir/run/model.safetensors" > "$dir/trunc.safetensors"
+mv "$dir/trunc.safetensors" "$dir/run/model.safetensors"
+if "$moe" eval "$dir/run" 2> "$dir/err"; then fail "truncated weights accepted"; fi
+grep -q "model.safetensors" "$dir/err" || fail "error does not name the file: $(cat "$dir/err")"
+[[ $(wc -l < "$dir/err") -eq 1 ]] || fail "error is not one line: $(cat "$dir/err")"
+echo "cli_smoke: ok"
