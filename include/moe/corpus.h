@@ -46,7 +46,7 @@ struct CorpusOptions {
   // Byte caps per domain (UTF-8 bytes of document text). The defaults give about 11 MB in all:
   // every language but es (0.9 MB installed) fills its cap, so the prose languages weigh
   // the same; code gets more because it is the most varied domain; numbers are cheap to model.
-  int64_t prose_bytes = 1'000'000;    // per language
+  int64_t prose_bytes = 1'000'000;  // per language
   int64_t code_bytes = 3'000'000;
   int64_t numbers_bytes = 1'000'000;
   int64_t max_record_bytes = 16'384;  // longer fortune records (mostly ASCII art) are skipped

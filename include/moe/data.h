@@ -19,9 +19,9 @@
 namespace moe {
 
 struct DataOptions {
-  std::string dir = "data";                  // corpus + tokenizer cache
-  std::string tokenizer = "sentencepiece";   // or "byte"
-  int vocab_size = 4096;                     // sentencepiece only
+  std::string dir = "data";                 // corpus + tokenizer cache
+  std::string tokenizer = "sentencepiece";  // or "byte"
+  int vocab_size = 4096;                    // sentencepiece only
   CorpusOptions corpus;
 };
 

@@ -37,7 +37,8 @@ class BatchSampler {
   };
   // Error if the stream is shorter than one window of seq_len + 1 tokens.
   BatchSampler(const TokenStream& stream, int batch, int seq_len, uint64_t seed);
-  void next(int32_t* tokens, uint8_t* domains);  // both [batch, seq_len + 1]
+  BatchSampler(TokenStream&&, int, int, uint64_t) = delete;  // would dangle
+  void next(int32_t* tokens, uint8_t* domains);              // both [batch, seq_len + 1]
   State state() const { return state_; }
   void restore(const State& s);  // resume bit-exactly
   int64_t windows_per_epoch() const { return num_windows_; }

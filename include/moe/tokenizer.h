@@ -37,7 +37,8 @@ std::unique_ptr<Tokenizer> make_byte_tokenizer();
 // 0.9995 rare Chinese characters take 70% of a 4096 vocabulary; the rest fall back to bytes).
 // unk=0, bos=1, eos=2, then the 256 byte pieces. Newlines never occur inside a piece: the
 // trainer sees one line per sentence and encode() turns '\n' into its byte piece.
-// Deterministic: the same documents give the same model bytes (fixed seed and thread count).
+// Deterministic: the same documents give the same model bytes (BPE training draws no
+// random numbers; the thread count, stored in the model, is fixed).
 void train_sentencepiece(const std::vector<Document>& docs, const std::string& model_path,
                          int vocab_size);
 

@@ -69,9 +69,9 @@ std::string read_whole_file(const fs::path& path) {
 }
 
 [[noreturn]] void throw_missing(const fs::path& path, const char* package) {
-  throw Error(fmt::format(
-      "{}: not found; install the Debian package {} (scripts/setup.sh installs it)",
-      path.string(), package));
+  throw Error(
+      fmt::format("{}: not found; install the Debian package {} (scripts/setup.sh installs it)",
+                  path.string(), package));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -292,10 +292,10 @@ Candidates collect_fortunes(const std::string& domain, const CorpusOptions& opt)
     }
   }
   if (c.texts.empty())
-    throw Error(fmt::format("{}: no {} fortune records found; install the Debian package {}",
-                            domain == "en" || domain == "zh" ? root.string()
-                                                             : (root / domain).string(),
-                            domain, package));
+    throw Error(
+        fmt::format("{}: no {} fortune records found; install the Debian package {}",
+                    domain == "en" || domain == "zh" ? root.string() : (root / domain).string(),
+                    domain, package));
   return c;
 }
 
@@ -331,9 +331,9 @@ Candidates collect_code(const CorpusOptions& opt) {
   if (!fs::is_directory(root)) throw_missing(root, "libpython3.11-stdlib");
   // Tests are huge and repetitive, encodings/ are generated charmap tables, pydoc_data is
   // documentation text, *-packages hold other packages.
-  static const std::set<std::string> kSkipDirs = {
-      "test",     "tests",         "idle_test",     "__pycache__", "encodings",
-      "pydoc_data", "site-packages", "dist-packages", "lib-dynload"};
+  static const std::set<std::string> kSkipDirs = {"test",          "tests",         "idle_test",
+                                                  "__pycache__",   "encodings",     "pydoc_data",
+                                                  "site-packages", "dist-packages", "lib-dynload"};
   std::vector<fs::path> files;
   auto it = fs::recursive_directory_iterator(root);
   for (auto end = fs::end(it); it != end; ++it) {
@@ -358,9 +358,9 @@ Candidates collect_code(const CorpusOptions& opt) {
     for (const auto& chunk : chunk_code(text, opt.code_chunk_bytes)) c.add(chunk, 0);
   }
   if (c.texts.empty())
-    throw Error(fmt::format(
-        "{}: no Python sources found; install the Debian package libpython3.11-stdlib",
-        root.string()));
+    throw Error(
+        fmt::format("{}: no Python sources found; install the Debian package libpython3.11-stdlib",
+                    root.string()));
   return c;
 }
 
@@ -421,10 +421,18 @@ std::string numbers_document(Rng& rng) {
       for (int i = 0; i < 12; ++i) {
         const int64_t a = range(rng, 0, hi), b = range(rng, 1, hi);
         switch (rng.below(4)) {
-          case 0: out += fmt::format("{} + {} = {}\n", a, b, a + b); break;
-          case 1: out += fmt::format("{} - {} = {}\n", a, b, a - b); break;
-          case 2: out += fmt::format("{} * {} = {}\n", a, b, a * b); break;
-          default: out += fmt::format("{} / {} = {} remainder {}\n", a, b, a / b, a % b); break;
+          case 0:
+            out += fmt::format("{} + {} = {}\n", a, b, a + b);
+            break;
+          case 1:
+            out += fmt::format("{} - {} = {}\n", a, b, a - b);
+            break;
+          case 2:
+            out += fmt::format("{} * {} = {}\n", a, b, a * b);
+            break;
+          default:
+            out += fmt::format("{} / {} = {} remainder {}\n", a, b, a / b, a % b);
+            break;
         }
       }
       break;
@@ -493,7 +501,9 @@ std::string numbers_document(Rng& rng) {
       for (int i = 0; i < 8; ++i) {
         const int64_t d = range(rng, lo, hi - 1000);
         switch (rng.below(3)) {
-          case 0: out += fmt::format("{} is a {}.\n", civil_from_days(d), weekday(d)); break;
+          case 0:
+            out += fmt::format("{} is a {}.\n", civil_from_days(d), weekday(d));
+            break;
           case 1: {
             const int64_t n = range(rng, 1, 400);
             out += fmt::format("{} days after {} is {}.\n", n, civil_from_days(d),
@@ -514,9 +524,15 @@ std::string numbers_document(Rng& rng) {
       for (int i = 0; i < 8; ++i) {
         const int64_t t = range(rng, 1, 9999);  // tenths
         switch (rng.below(6)) {
-          case 0: out += fmt::format("{} km = {} m\n", decimal(t, 1), t * 100); break;
-          case 1: out += fmt::format("{} kg = {} g\n", decimal(t, 1), t * 100); break;
-          case 2: out += fmt::format("{} cm = {} m\n", t, decimal(t, 2)); break;
+          case 0:
+            out += fmt::format("{} km = {} m\n", decimal(t, 1), t * 100);
+            break;
+          case 1:
+            out += fmt::format("{} kg = {} g\n", decimal(t, 1), t * 100);
+            break;
+          case 2:
+            out += fmt::format("{} cm = {} m\n", t, decimal(t, 2));
+            break;
           case 3: {
             const int64_t m = range(rng, 1, 2000);
             out += fmt::format("{} min = {} h {} min\n", m, m / 60, m % 60);
@@ -577,9 +593,7 @@ void take_until_cap(Candidates& c, int64_t cap, uint64_t seed, std::vector<Docum
   }
 }
 
-}  // namespace
-
-std::vector<Document> collect_documents(const CorpusOptions& opt, std::vector<SourceStats>* stats) {
+std::vector<Document> collect_all(const CorpusOptions& opt, std::vector<SourceStats>* stats) {
   MOE_CHECK(opt.prose_bytes > 0 && opt.code_bytes > 0 && opt.numbers_bytes > 0,
             "corpus byte caps must be positive");
   MOE_CHECK(opt.code_chunk_bytes > 0, "code_chunk_bytes must be positive");
@@ -604,6 +618,16 @@ std::vector<Document> collect_documents(const CorpusOptions& opt, std::vector<So
   shuffle_in_place(docs, rng);
   if (stats) *stats = std::move(all);
   return docs;
+}
+
+}  // namespace
+
+std::vector<Document> collect_documents(const CorpusOptions& opt, std::vector<SourceStats>* stats) {
+  try {
+    return collect_all(opt, stats);
+  } catch (const fs::filesystem_error& e) {  // unreadable directory etc.: the message has the path
+    throw Error(fmt::format("collect_documents: {}", e.what()));
+  }
 }
 
 void split_documents(const std::vector<Document>& docs, const CorpusOptions& opt,
@@ -686,7 +710,9 @@ void build_corpus(const CorpusOptions& opt, const std::string& out_dir) {
                            {"empty_dropped", s.empty},
                            {"too_long_dropped", s.too_long},
                            {"duplicates_dropped", s.duplicates},
-                           {"available_bytes", s.available_bytes}}}};
+                           {"available_bytes", s.available_bytes},
+                           {"taken_documents", s.taken},
+                           {"taken_bytes", s.taken_bytes}}}};
   json manifest = {{"format", "moe-corpus"}, {"version", 1}, {"options", corpus_options_json(opt)}};
   for (const auto& [name, split, path] :
        {std::tuple{"train", &train, &train_path}, std::tuple{"valid", &valid, &valid_path}}) {

@@ -87,11 +87,11 @@ PreparedData prepare_data(const DataOptions& opt,
     throw Error(fmt::format("{}: no documents (empty split); delete {} to rebuild it",
                             valid_path.string(), corpus_dir.string()));
   const std::vector<std::string> names = domain_names_of({&train_docs, &valid_docs});
-  say(fmt::format("data: read {} train documents ({:.2f} MB) and {} valid ({:.2f} MB), "
-                  "{} domains [{}] in {:.2f} s",
-                  train_docs.size(), text_bytes(train_docs) / 1e6, valid_docs.size(),
-                  text_bytes(valid_docs) / 1e6, names.size(), fmt::join(names, " "),
-                  t_read.seconds()));
+  say(fmt::format(
+      "data: read {} train documents ({:.2f} MB) and {} valid ({:.2f} MB), "
+      "{} domains [{}] in {:.2f} s",
+      train_docs.size(), text_bytes(train_docs) / 1e6, valid_docs.size(),
+      text_bytes(valid_docs) / 1e6, names.size(), fmt::join(names, " "), t_read.seconds()));
 
   // 3. Tokenizer: retrained when the vocab size or the train split changed.
   PreparedData out;
@@ -103,7 +103,9 @@ PreparedData prepare_data(const DataOptions& opt,
     const fs::path meta_path = dir / "tokenizer.json";
     const json want = {{"type", "sentencepiece bpe"},
                        {"vocab_size", opt.vocab_size},
-                       {"train_digest", manifest["train"].value("digest", "")}};
+                       {"train_digest", manifest.contains("train") && manifest["train"].is_object()
+                                            ? manifest["train"].value("digest", "")
+                                            : ""}};
     if (!fs::exists(model_path) || read_json_or_null(meta_path) != want) {
       Stopwatch t;
       train_sentencepiece(train_docs, model_path.string(), opt.vocab_size);
@@ -121,8 +123,8 @@ PreparedData prepare_data(const DataOptions& opt,
   }
 
   // 4. Token streams.
-  for (const auto& [name, docs, stream] :
-       {std::tuple{"train", &train_docs, &out.train}, std::tuple{"valid", &valid_docs, &out.valid}}) {
+  for (const auto& [name, docs, stream] : {std::tuple{"train", &train_docs, &out.train},
+                                           std::tuple{"valid", &valid_docs, &out.valid}}) {
     Stopwatch t;
     *stream = tokenize_documents(*docs, *out.tokenizer, names);
     say(fmt::format("data: tokenized {}: {} tokens ({:.2f} bytes/token) in {:.2f} s", name,

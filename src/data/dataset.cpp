@@ -25,8 +25,8 @@ TokenStream tokenize_documents(const std::vector<Document>& docs, const Tokenize
   std::vector<uint8_t> doc_domain(docs.size());
   for (size_t i = 0; i < docs.size(); ++i) {
     const auto it = std::find(domain_names.begin(), domain_names.end(), docs[i].domain);
-    MOE_CHECK(it != domain_names.end(), "document {} has domain \"{}\", not among the {} names",
-              i, docs[i].domain, domain_names.size());
+    MOE_CHECK(it != domain_names.end(), "document {} has domain \"{}\", not among the {} names", i,
+              docs[i].domain, domain_names.size());
     doc_domain[i] = static_cast<uint8_t>(it - domain_names.begin());
   }
   // Encode in parallel into per-document vectors, then concatenate in order: the stream does
@@ -76,7 +76,7 @@ void BatchSampler::shuffle_epoch() {
 void BatchSampler::next(int32_t* tokens, uint8_t* domains) {
   const size_t w = static_cast<size_t>(seq_len_) + 1;
   for (int b = 0; b < batch_; ++b) {
-    if (state_.cursor >= static_cast<uint64_t>(num_windows_)) {
+    if (state_.cursor >= static_cast<uint64_t>(num_windows_)) {  // only after a restore
       ++state_.epoch;
       state_.cursor = 0;
       shuffle_epoch();
@@ -84,6 +84,12 @@ void BatchSampler::next(int32_t* tokens, uint8_t* domains) {
     const int64_t start = order_[state_.cursor++] * seq_len_;
     std::memcpy(tokens + b * w, stream_.tokens.data() + start, w * sizeof(int32_t));
     std::memcpy(domains + b * w, stream_.domain.data() + start, w);
+    // Roll over at once, so that state() reports the epoch the next window comes from.
+    if (state_.cursor == static_cast<uint64_t>(num_windows_)) {
+      ++state_.epoch;
+      state_.cursor = 0;
+      shuffle_epoch();
+    }
   }
 }
 

@@ -118,7 +118,9 @@ class LineIterator final : public sentencepiece::SentenceIterator {
 
 }  // namespace
 
-std::unique_ptr<Tokenizer> make_byte_tokenizer() { return std::make_unique<ByteTokenizer>(); }
+std::unique_ptr<Tokenizer> make_byte_tokenizer() {
+  return std::make_unique<ByteTokenizer>();
+}
 
 void train_sentencepiece(const std::vector<Document>& docs, const std::string& model_path,
                          int vocab_size) {
@@ -136,10 +138,9 @@ void train_sentencepiece(const std::vector<Document>& docs, const std::string& m
       {"allow_whitespace_only_pieces", "true"},
       {"split_digits", "true"},
       {"max_sentence_length", "4192"},
-      // Stored in the model: fixed values keep the bytes independent of path and machine.
-      {"model_prefix", "tokenizer"},
+      // Stored in the model: fixed, so the bytes do not depend on the machine. (The output
+      // goes to a string, so no model_prefix: a path would be stored too.)
       {"num_threads", "2"},
-      {"random_seed", "1234"},
       {"minloglevel", "2"},  // the trainer's progress lines would flood the caller's log
   };
   LineIterator it(docs);
