@@ -566,7 +566,8 @@ TEST(Dataset, ValidationWindows) {
   const auto stream = counting_stream(100);
   EXPECT_EQ(validation_windows(stream, 9, 0),
             (std::vector<int64_t>{0, 10, 20, 30, 40, 50, 60, 70, 80, 90}));
-  EXPECT_EQ(validation_windows(stream, 9, 3), (std::vector<int64_t>{0, 10, 20}));
+  // A subset is spread over the stream: windows 0, 3 and 6 of 10.
+  EXPECT_EQ(validation_windows(stream, 9, 3), (std::vector<int64_t>{0, 30, 60}));
   EXPECT_EQ(validation_windows(stream, 10, -1).size(), 9u);
   EXPECT_TRUE(validation_windows(stream, 100, 0).empty());
 }

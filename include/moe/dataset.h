@@ -54,8 +54,9 @@ class BatchSampler {
   std::vector<int64_t> order_;  // [num_windows] window index in visiting order for state_.epoch
 };
 
-// Validation: start offsets of the first max_windows non-overlapping windows of S+1 tokens in
-// order (all if max_windows <= 0); window k starts at k*(S+1).
+// Validation: start offsets of non-overlapping windows of S+1 tokens (window j starts at
+// j*(S+1)): all of them if max_windows <= 0, else max_windows of them spread evenly over the
+// split (window floor(k * total / max_windows) for k = 0..max_windows-1), in order.
 std::vector<int64_t> validation_windows(const TokenStream& stream, int seq_len,
                                         int64_t max_windows);
 

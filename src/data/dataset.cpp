@@ -106,10 +106,11 @@ std::vector<int64_t> validation_windows(const TokenStream& stream, int seq_len,
                                         int64_t max_windows) {
   MOE_CHECK(seq_len > 0, "validation_windows: seq_len {} must be positive", seq_len);
   const int64_t w = seq_len + 1;
-  int64_t count = static_cast<int64_t>(stream.tokens.size()) / w;
-  if (max_windows > 0) count = std::min(count, max_windows);
+  const int64_t total = static_cast<int64_t>(stream.tokens.size()) / w;
+  const int64_t count = max_windows > 0 ? std::min(total, max_windows) : total;
+  // A subset is spread evenly over the split, so every domain is measured, not only the first.
   std::vector<int64_t> starts(static_cast<size_t>(count));
-  for (int64_t k = 0; k < count; ++k) starts[k] = k * w;
+  for (int64_t k = 0; k < count; ++k) starts[k] = (k * total / count) * w;
   return starts;
 }
 
