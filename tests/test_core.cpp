@@ -2,16 +2,13 @@
 // bf16/f16 conversions, parameter arenas and the thread-count switch.
 #include <gtest/gtest.h>
 #include <omp.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <functional>
 #include <initializer_list>
 #include <iterator>
 #include <limits>
@@ -27,6 +24,7 @@
 #include "moe/rng.h"
 #include "moe/safetensors.h"
 #include "moe/tensor.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 
@@ -36,55 +34,7 @@ namespace {
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-// Runs f, which must throw moe::Error whose message contains every one of `parts`.
-void expect_error_contains(const std::function<void()>& f,
-                           std::initializer_list<std::string> parts) {
-  try {
-    f();
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const auto& p : parts)
-      EXPECT_NE(msg.find(p), std::string::npos)
-          << "message \"" << msg << "\" does not contain \"" << p << "\"";
-    return;
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "threw a non-moe exception: " << e.what();
-    return;
-  } catch (...) {
-    ADD_FAILURE() << "threw something that is not a std::exception";
-    return;
-  }
-  ADD_FAILURE() << "did not throw";
-}
-
-#define EXPECT_MOE_ERROR(stmt, ...)                               \
-  do {                                                            \
-    SCOPED_TRACE(#stmt);                                          \
-    ::moe::expect_error_contains([&]() { stmt; }, {__VA_ARGS__}); \
-  } while (0)
-
-// A fresh directory under the system temp dir, removed on destruction.
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path_ = fs::temp_directory_path() /
-            ("moe_test_core_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
+using test::TempDir;
 
 std::string read_all(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

@@ -2,14 +2,10 @@
 // deterministic split and the files, tokenizers, token streams, the batch sampler, validation
 // windows, prepare_data's cache, and one pass over the real installed corpus.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <filesystem>
 #include <fstream>
-#include <functional>
-#include <initializer_list>
 #include <map>
 #include <set>
 #include <sstream>
@@ -21,6 +17,7 @@
 #include "moe/dataset.h"
 #include "moe/error.h"
 #include "moe/tokenizer.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 
@@ -30,50 +27,7 @@ namespace {
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-void expect_error_contains(const std::function<void()>& f,
-                           std::initializer_list<std::string> parts) {
-  try {
-    f();
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const auto& p : parts)
-      EXPECT_NE(msg.find(p), std::string::npos)
-          << "message \"" << msg << "\" does not contain \"" << p << "\"";
-    return;
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "threw a non-moe exception: " << e.what();
-    return;
-  }
-  ADD_FAILURE() << "did not throw";
-}
-
-#define EXPECT_MOE_ERROR(stmt, ...)                               \
-  do {                                                            \
-    SCOPED_TRACE(#stmt);                                          \
-    ::moe::expect_error_contains([&]() { stmt; }, {__VA_ARGS__}); \
-  } while (0)
-
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path_ = fs::temp_directory_path() /
-            ("moe_test_data_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const fs::path& path() const { return path_; }
-  std::string str(const std::string& rel) const { return (path_ / rel).string(); }
-
- private:
-  fs::path path_;
-};
+using test::TempDir;
 
 void write_file(const fs::path& path, const std::string& content) {
   fs::create_directories(path.parent_path());
@@ -296,15 +250,15 @@ TEST(Corpus, DeterministicAndBalancedSplit) {
 TEST(Corpus, BuildCorpusIsByteIdenticalAndReadable) {
   Fixture fx;
   TempDir out;
-  build_corpus(fx.opt, out.str("a"));
-  build_corpus(fx.opt, out.str("b"));
+  build_corpus(fx.opt, out.file("a"));
+  build_corpus(fx.opt, out.file("b"));
   for (const char* f : {"train.jsonl", "valid.jsonl", "manifest.json"}) {
     const std::string x = read_file(out.path() / "a" / f);
     EXPECT_FALSE(x.empty()) << f;
     EXPECT_EQ(x, read_file(out.path() / "b" / f)) << f;
   }
-  const auto train = read_documents(out.str("a/train.jsonl"));
-  const auto valid = read_documents(out.str("a/valid.jsonl"));
+  const auto train = read_documents(out.file("a/train.jsonl"));
+  const auto valid = read_documents(out.file("a/valid.jsonl"));
   std::vector<Document> want_train, want_valid;
   split_documents(collect_documents(fx.opt), fx.opt, &want_train, &want_valid);
   ASSERT_EQ(train.size(), want_train.size());
@@ -320,14 +274,14 @@ TEST(Corpus, BuildCorpusIsByteIdenticalAndReadable) {
 
 TEST(Corpus, ReadDocumentsNamesFileAndLine) {
   TempDir dir;
-  const std::string path = dir.str("bad.jsonl");
+  const std::string path = dir.file("bad.jsonl");
   write_file(path, "{\"domain\":\"en\",\"text\":\"ok\"}\n{\"domain\":\"en\",\"text\":\n");
   EXPECT_MOE_ERROR(read_documents(path), path + ":2:", "JSON");
   write_file(path, "{\"domain\":\"en\",\"text\":\"ok\"}\n{\"domain\":\"en\"}\n");
   EXPECT_MOE_ERROR(read_documents(path), path + ":2:", "\"text\"");
   write_file(path, "[1,2]\n");
   EXPECT_MOE_ERROR(read_documents(path), path + ":1:");
-  EXPECT_MOE_ERROR(read_documents(dir.str("missing.jsonl")), "missing.jsonl", "cannot open");
+  EXPECT_MOE_ERROR(read_documents(dir.file("missing.jsonl")), "missing.jsonl", "cannot open");
   write_file(path, "");
   EXPECT_TRUE(read_documents(path).empty());
 }
@@ -365,7 +319,7 @@ TEST(Corpus, EmptyCorpusIsAnError) {
   Fixture fx2;
   TempDir data;
   DataOptions opt;
-  opt.dir = data.str("d");
+  opt.dir = data.file("d");
   opt.tokenizer = "byte";
   opt.corpus = fx2.opt;
   prepare_data(opt, nullptr);
@@ -431,13 +385,13 @@ std::vector<Document> small_corpus() {
 TEST(Tokenizer, SentencePieceRoundTripsAndIsDeterministic) {
   TempDir dir;
   const auto docs = small_corpus();
-  train_sentencepiece(docs, dir.str("a.model"), 400);
-  train_sentencepiece(docs, dir.str("b.model"), 400);
+  train_sentencepiece(docs, dir.file("a.model"), 400);
+  train_sentencepiece(docs, dir.file("b.model"), 400);
   const std::string a = read_file(dir.path() / "a.model");
   EXPECT_FALSE(a.empty());
   EXPECT_EQ(a, read_file(dir.path() / "b.model")) << "training is not deterministic";
 
-  const auto tok = load_sentencepiece(dir.str("a.model"));
+  const auto tok = load_sentencepiece(dir.file("a.model"));
   EXPECT_EQ(tok->vocab_size(), 400);
   EXPECT_EQ(tok->bos_id(), 1);
   EXPECT_EQ(tok->eos_id(), 2);
@@ -462,10 +416,10 @@ TEST(Tokenizer, SentencePieceRoundTripsAndIsDeterministic) {
 
 TEST(Tokenizer, SentencePieceLoadErrorsNameTheFile) {
   TempDir dir;
-  EXPECT_MOE_ERROR(load_sentencepiece(dir.str("none.model")), "none.model", "not found");
+  EXPECT_MOE_ERROR(load_sentencepiece(dir.file("none.model")), "none.model", "not found");
   write_file(dir.path() / "junk.model", "this is not a protobuf \x01\x02\x03");
-  EXPECT_MOE_ERROR(load_sentencepiece(dir.str("junk.model")), "junk.model");
-  EXPECT_MOE_ERROR(train_sentencepiece({}, dir.str("x.model"), 320), "no documents");
+  EXPECT_MOE_ERROR(load_sentencepiece(dir.file("junk.model")), "junk.model");
+  EXPECT_MOE_ERROR(train_sentencepiece({}, dir.file("x.model"), 320), "no documents");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -579,7 +533,7 @@ TEST(Data, PrepareDataCachesCorpusAndTokenizer) {
   Fixture fx;
   TempDir data;
   DataOptions opt;
-  opt.dir = data.str("d");
+  opt.dir = data.file("d");
   opt.corpus = fx.opt;
   opt.vocab_size = 400;
   std::vector<std::string> log;

@@ -4,7 +4,6 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "moe/error.h"
@@ -15,6 +14,8 @@
 
 namespace moe {
 namespace {
+
+using test::expect_error;
 
 ModelConfig tiny_config(int moe_every = 2, bool tied = false) {
   ModelConfig c;
@@ -40,15 +41,6 @@ std::vector<int32_t> random_tokens(Rng& rng, int64_t n, int V) {
   std::vector<int32_t> t(n);
   for (auto& x : t) x = static_cast<int32_t>(rng.below(V));
   return t;
-}
-
-void expect_error(const std::function<void()>& f, const std::string& needle) {
-  try {
-    f();
-    ADD_FAILURE() << "expected an error mentioning " << needle;
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  }
 }
 
 TEST(ModelConfig, DefaultsValidateAndRoundTrip) {
@@ -78,21 +70,23 @@ TEST(ModelConfig, BadKeysAreNamed) {
     return k;
   };
   expect_error([&] { model_config_from_json(with("num_key_value_heads", 3), "c.json"); },
-               "c.json: num_key_value_heads");
+               {"c.json: num_key_value_heads"});
   expect_error([&] { model_config_from_json(with("hidden_sise", 3), "c.json"); },
-               "unknown key \"hidden_sise\"");
-  expect_error([&] { model_config_from_json(with("rope_theta", "big"), "c.json"); }, "rope_theta");
+               {"unknown key \"hidden_sise\""});
+  expect_error([&] { model_config_from_json(with("rope_theta", "big"), "c.json"); },
+               {"rope_theta"});
   expect_error([&] { model_config_from_json(with("num_experts_per_tok", 9), "c.json"); },
-               "num_experts_per_tok");
+               {"num_experts_per_tok"});
   nlohmann::json t = j;
   t["training"]["learning_rate"] = -1;
-  expect_error([&] { model_config_from_json(t, "c.json"); }, "training.learning_rate");
+  expect_error([&] { model_config_from_json(t, "c.json"); }, {"training.learning_rate"});
   t = j;
   t["training"]["lr"] = 1;
-  expect_error([&] { model_config_from_json(t, "c.json"); }, "c.json: training: unknown key \"lr\"");
+  expect_error([&] { model_config_from_json(t, "c.json"); },
+               {"c.json: training: unknown key \"lr\""});
   t = j;
   t["training"]["seq_len"] = 17;
-  expect_error([&] { model_config_from_json(t, "c.json"); }, "max_position_embeddings");
+  expect_error([&] { model_config_from_json(t, "c.json"); }, {"max_position_embeddings"});
 }
 
 TEST(ModelConfig, DenseBaselineAndMatchedWidth) {
@@ -105,7 +99,8 @@ TEST(ModelConfig, DenseBaselineAndMatchedWidth) {
   for (int l = 0; l < c.num_hidden_layers; ++l) EXPECT_EQ(dense.moe_layer(l), nullptr);
   // Active compute of the dense FFN equals the MoE's k experts.
   Transformer<float> sparse(tiny_config(1));
-  const double sparse_ffn = sparse.forward_macs_per_token(6), dense_ffn = dense.forward_macs_per_token(6);
+  const double sparse_ffn = sparse.forward_macs_per_token(6),
+               dense_ffn = dense.forward_macs_per_token(6);
   const double router = 2.0 * 4 * 16;  // the only difference: two routers of E x d
   EXPECT_NEAR(sparse_ffn - dense_ffn, router, 1e-9);
 }
@@ -143,7 +138,9 @@ void check_model_gradients(const ModelConfig& cfg) {
   }
 }
 
-TEST(Transformer, GradientsMatchFiniteDifferencesMixed) { check_model_gradients(tiny_config(2)); }
+TEST(Transformer, GradientsMatchFiniteDifferencesMixed) {
+  check_model_gradients(tiny_config(2));
+}
 
 TEST(Transformer, GradientsMatchFiniteDifferencesTiedAllMoe) {
   ModelConfig c = tiny_config(1, true);
@@ -164,7 +161,8 @@ TEST(Transformer, BackwardScaleIsLinear) {
   Transformer<double> model(cfg);
   Rng rng(3);
   model.init_weights(rng);
-  auto inputs = random_tokens(rng, 12, cfg.vocab_size), targets = random_tokens(rng, 12, cfg.vocab_size);
+  auto inputs = random_tokens(rng, 12, cfg.vocab_size),
+       targets = random_tokens(rng, 12, cfg.vocab_size);
   model.zero_grad();
   model.forward(inputs.data(), targets.data(), 2, 6);
   model.backward(1.0);
@@ -205,9 +203,8 @@ TEST(Transformer, SaveLoadRoundTripAndErrors) {
   Transformer<float> a(cfg), b(cfg);
   Rng rng(5);
   a.init_weights(rng);
-  const auto dir = std::filesystem::temp_directory_path() / "moe_test_model";
-  std::filesystem::create_directories(dir);
-  const std::string path = (dir / "model.safetensors").string();
+  const test::TempDir dir("moe_test_model");
+  const std::string path = dir.file("model.safetensors");
   SafeTensorsWriter w;
   a.save_weights(w, DType::F32);
   w.write(path);
@@ -219,8 +216,7 @@ TEST(Transformer, SaveLoadRoundTripAndErrors) {
   other.hidden_size = 8;
   other.sync_moe();
   Transformer<float> c(other);
-  expect_error([&] { c.load_weights(SafeTensorsFile::open(path)); }, "model.embed_tokens.weight");
-  std::filesystem::remove_all(dir);
+  expect_error([&] { c.load_weights(SafeTensorsFile::open(path)); }, {"model.embed_tokens.weight"});
 }
 
 TEST(Optimizer, LearningRateSchedule) {
@@ -256,10 +252,13 @@ TEST(Optimizer, AdamWMatchesTorchFormulaAndClips) {
   // Step 1: m = 0.1 g, v = 0.05 g^2, so the update is lr * g/|g| (up to eps).
   const double g0 = 0.5 * c;
   const double m = 0.1 * g0, v = 0.05 * g0 * g0;
-  const double expected = 1.0 * (1 - 0.01 * 0.1) - 0.01 / 0.1 * m / (std::sqrt(v) / std::sqrt(0.05) + 1e-8);
+  const double expected =
+      1.0 * (1 - 0.01 * 0.1) - 0.01 / 0.1 * m / (std::sqrt(v) / std::sqrt(0.05) + 1e-8);
   EXPECT_NEAR(w[0], expected, 1e-15);
   EXPECT_NEAR(w[1], -2.0 * (1 - 0.001), 1e-15);  // zero gradient: decay only
-  EXPECT_NEAR(norm_w[0], 3.0 + 0.01 * (1 - 1e-8 / (std::sqrt(0.05 * c * c) / std::sqrt(0.05) + 1e-8)), 1e-12);  // no decay
+  EXPECT_NEAR(norm_w[0],
+              3.0 + 0.01 * (1 - 1e-8 / (std::sqrt(0.05 * c * c) / std::sqrt(0.05) + 1e-8)),
+              1e-12);  // no decay
   g[0] = std::nan("");
   EXPECT_EQ(first_nonfinite_grad(params), &params[0]);
 }
@@ -340,14 +339,23 @@ void check_golden(const std::string& name, double grad_tol, double loss_tol, dou
   }
   for (auto& p : model.parameters()) {
     const auto ref = g.file.read<double>("final." + p.name, p.shape);
-    test::expect_close(name + " final " + p.name, p.value, ref.data(), p.shape.numel(), traj_tol * 10);
+    test::expect_close(name + " final " + p.name, p.value, ref.data(), p.shape.numel(),
+                       traj_tol * 10);
   }
 }
 
-TEST(Golden, TinyMixedFloat) { check_golden<float>("tiny_mixed", 1e-4, 1e-5, 1e-5); }
-TEST(Golden, TinyMixedDouble) { check_golden<double>("tiny_mixed", 1e-10, 1e-12, 1e-10); }
-TEST(Golden, TinyTiedAllMoeFloat) { check_golden<float>("tiny_tied_all_moe", 1e-4, 1e-5, 1e-5); }
-TEST(Golden, TinyTiedAllMoeDouble) { check_golden<double>("tiny_tied_all_moe", 1e-10, 1e-12, 1e-10); }
+TEST(Golden, TinyMixedFloat) {
+  check_golden<float>("tiny_mixed", 1e-4, 1e-5, 1e-5);
+}
+TEST(Golden, TinyMixedDouble) {
+  check_golden<double>("tiny_mixed", 1e-10, 1e-12, 1e-10);
+}
+TEST(Golden, TinyTiedAllMoeFloat) {
+  check_golden<float>("tiny_tied_all_moe", 1e-4, 1e-5, 1e-5);
+}
+TEST(Golden, TinyTiedAllMoeDouble) {
+  check_golden<double>("tiny_tied_all_moe", 1e-10, 1e-12, 1e-10);
+}
 
 }  // namespace
 }  // namespace moe

@@ -12,6 +12,8 @@
 namespace moe {
 namespace {
 
+using test::error_of;
+
 MoeConfig small_config(int E, int k) {
   MoeConfig c;
   c.hidden_size = 8;
@@ -19,16 +21,6 @@ MoeConfig small_config(int E, int k) {
   c.num_experts = E;
   c.num_experts_per_tok = k;
   return c;
-}
-
-template <class Fn>
-std::string error_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 // --- Identities -----------------------------------------------------------------------------

@@ -42,19 +42,10 @@ void operator delete(void* p, std::size_t) noexcept {
 namespace moe {
 namespace {
 
+using test::error_of;
 using test::fd_gradient_error;
 using test::normalized_error;
 using test::random_vector;
-
-template <class Fn>
-std::string error_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 double dot(const std::vector<double>& a, const std::vector<double>& b) {
   double s = 0;

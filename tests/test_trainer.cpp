@@ -11,11 +11,13 @@
 #include "moe/generate.h"
 #include "moe/safetensors.h"
 #include "moe/trainer.h"
+#include "test_util.h"
 
 namespace moe {
 namespace {
 
 namespace fs = std::filesystem;
+using test::TempDir;
 
 // A learnable synthetic stream: two "domains" with different periodic patterns.
 TokenStream synthetic_stream(int64_t n, uint64_t seed) {
@@ -57,15 +59,6 @@ ModelConfig small_config(int steps) {
   return c;
 }
 
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& name) : path(fs::temp_directory_path() / name) {
-    fs::remove_all(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string str() const { return path.string(); }
-};
-
 TrainOptions quiet(const std::string& dir) {
   TrainOptions o;
   o.out_dir = dir;
@@ -92,7 +85,8 @@ void expect_same_weights(const std::string& a, const std::string& b) {
 
 TEST(Trainer, ResumeIsBitExact) {
   const TokenStream train_data = synthetic_stream(4000, 1), valid = synthetic_stream(600, 2);
-  const ModelConfig cfg = small_config(8);
+  ModelConfig cfg = small_config(8);
+  cfg.training.grad_accum_steps = 2;  // the accumulation path resumes exactly too
   TempDir full("moe_trainer_full"), half("moe_trainer_half");
   train(cfg, train_data, valid, quiet(full.str()));
   TrainOptions first = quiet(half.str());
@@ -101,7 +95,8 @@ TEST(Trainer, ResumeIsBitExact) {
   TrainOptions second = quiet(half.str());
   second.resume = true;
   EXPECT_EQ(train(cfg, train_data, valid, second).steps, 8);
-  expect_same_weights(full.str() + "/checkpoint.safetensors", half.str() + "/checkpoint.safetensors");
+  expect_same_weights(full.str() + "/checkpoint.safetensors",
+                      half.str() + "/checkpoint.safetensors");
   // The metrics of both runs agree line by line on the training steps.
   std::ifstream fa(full.str() + "/metrics.jsonl"), fb(half.str() + "/metrics.jsonl");
   std::string la, lb;
@@ -133,12 +128,13 @@ TEST(Trainer, LossFallsAndEvalIsPerDomain) {
   EXPECT_LT(r.final_eval.loss, std::log(24.0));
   for (const char* f : {"config.json", "model.safetensors", "checkpoint.safetensors",
                         "metrics.jsonl", "report.md", "summary.json"})
-    EXPECT_TRUE(fs::exists(dir.path / f)) << f;
+    EXPECT_TRUE(fs::exists(dir.path() / f)) << f;
 
   // A saved run loads back and evaluates to the same loss.
   LoadedRun run = load_run(dir.str());
-  const EvalResult again = evaluate(*run.model, valid, cfg.training.batch_size,
-                                    cfg.training.seq_len, cfg.training.eval_batches * cfg.training.batch_size);
+  const EvalResult again =
+      evaluate(*run.model, valid, cfg.training.batch_size, cfg.training.seq_len,
+               cfg.training.eval_batches * cfg.training.batch_size);
   EXPECT_NEAR(again.loss, r.final_eval.loss, 1e-6);
   // Greedy generation continues the counting pattern.
   GenerateOptions g;
@@ -172,8 +168,8 @@ TEST(Trainer, NanStopsAndKeepsTheLastCheckpoint) {
     const std::string msg = e.what();
     EXPECT_NE(msg.find("step "), std::string::npos) << msg;
     // Names the layer (a non-finite loss) or the tensor (a non-finite gradient).
-    EXPECT_TRUE(msg.find("model.") != std::string::npos || msg.find("lm_head") != std::string::npos ||
-                msg.find("logits") != std::string::npos)
+    EXPECT_TRUE(msg.find("model.") != std::string::npos ||
+                msg.find("lm_head") != std::string::npos || msg.find("logits") != std::string::npos)
         << msg;
     EXPECT_NE(msg.find("checkpoint of step 2"), std::string::npos) << msg;
   }
@@ -191,12 +187,8 @@ TEST(Trainer, RefusesToOverwriteARun) {
   other.sync_moe();
   TrainOptions o = quiet(dir.str());
   o.resume = true;
-  try {
-    train(other, train_data, valid, o);
-    ADD_FAILURE() << "expected a config mismatch error";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("hidden_size"), std::string::npos) << e.what();
-  }
+  // Resuming with another config is refused, naming the mismatch.
+  test::expect_error([&] { train(other, train_data, valid, o); }, {"hidden_size"});
 }
 
 }  // namespace

@@ -1,14 +1,21 @@
-// Helpers shared by the tests: normalized error, random tensors, and the finite-difference
-// gradient check.
+// Helpers shared by the tests: normalized error, random tensors, the finite-difference
+// gradient check, checks on moe::Error messages, and a temporary directory.
 #pragma once
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <atomic>
 #include <cmath>
+#include <exception>
+#include <filesystem>
 #include <functional>
+#include <initializer_list>
 #include <string>
+#include <system_error>
 #include <vector>
 
+#include "moe/error.h"
 #include "moe/rng.h"
 
 namespace moe::test {
@@ -66,4 +73,71 @@ inline double fd_gradient_error(double* p, const double* grad, int64_t n,
   return normalized_error(ana.data(), num.data(), static_cast<int64_t>(idx.size()));
 }
 
+// Runs fn, which must throw moe::Error whose message contains every one of `parts`; not
+// throwing, throwing anything else, or a missing part is a test failure.
+inline void expect_error(const std::function<void()>& fn,
+                         std::initializer_list<std::string> parts) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    for (const auto& p : parts)
+      EXPECT_NE(msg.find(p), std::string::npos)
+          << "message \"" << msg << "\" does not contain \"" << p << "\"";
+    return;
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "threw a non-moe exception: " << e.what();
+    return;
+  } catch (...) {
+    ADD_FAILURE() << "threw something that is not a std::exception";
+    return;
+  }
+  ADD_FAILURE() << "did not throw";
+}
+
+// The message of the moe::Error that fn throws, or "(no error)" when it throws none.
+template <class Fn>
+std::string error_of(Fn&& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+// A fresh directory under the system temp dir, named `tag`_<pid>_<counter> so it is unique per
+// process and instance, and removed with everything in it on destruction.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& tag = "moe_test") {
+    static std::atomic<int> counter{0};
+    path_ = std::filesystem::temp_directory_path() /
+            (tag + "_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
+    std::filesystem::remove_all(path_);
+    std::filesystem::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+
+  const std::filesystem::path& path() const { return path_; }
+  std::string file(const std::string& name) const { return (path_ / name).string(); }
+  std::string str() const { return path_.string(); }
+
+ private:
+  std::filesystem::path path_;
+};
+
 }  // namespace moe::test
+
+// expect_error on one statement, naming the statement in the failure's trace:
+// EXPECT_MOE_ERROR(f(x), "part", ...).
+#define EXPECT_MOE_ERROR(stmt, ...)                            \
+  do {                                                         \
+    SCOPED_TRACE(#stmt);                                       \
+    ::moe::test::expect_error([&]() { stmt; }, {__VA_ARGS__}); \
+  } while (0)

@@ -25,9 +25,9 @@ struct TrainConfig {
   int batch_size = 8;      // sequences per micro-batch
   int seq_len = 256;
   int grad_accum_steps = 1;
-  int eval_every = 200;       // validation every N steps (0: only at the end)
-  int eval_batches = 16;      // validation micro-batches per evaluation (0: whole split)
-  int checkpoint_every = 200; // 0: only at the end
+  int eval_every = 200;        // validation every N steps (0: only at the end)
+  int eval_batches = 16;       // validation micro-batches per evaluation (0: whole split)
+  int checkpoint_every = 200;  // 0: only at the end
   uint64_t seed = 1234;
   std::string tokenizer = "sentencepiece";  // or "byte"
   std::string data_dir = "data";
@@ -50,10 +50,10 @@ struct ModelConfig {
   double rms_norm_eps = 1e-5;
   bool tie_word_embeddings = false;
   double initializer_range = 0.02;
-  int num_local_experts = 8;         // 0: a dense model (the baseline)
-  int moe_every = 1;                 // layer l is MoE iff (l + 1) % moe_every == 0
-  int dense_intermediate_size = 0;   // width of the dense layers; 0: intermediate_size
-  MoeConfig moe;                     // routing keys; hidden_size/width/experts mirror the above
+  int num_local_experts = 8;        // 0: a dense model (the baseline)
+  int moe_every = 1;                // layer l is MoE iff (l + 1) % moe_every == 0
+  int dense_intermediate_size = 0;  // width of the dense layers; 0: intermediate_size
+  MoeConfig moe;                    // routing keys; hidden_size/width/experts mirror the above
   TrainConfig training;
 
   int head_size() const { return head_dim > 0 ? head_dim : hidden_size / num_attention_heads; }

@@ -21,9 +21,9 @@ namespace moe {
 
 struct TrainOptions {
   std::string out_dir = "runs/default";
-  bool resume = false;    // continue from out_dir/checkpoint.safetensors
-  int stop_after = 0;     // > 0: stop (with a checkpoint) once this many steps are done
-  bool progress = true;   // progress bar on stderr (a line every few steps when not a tty)
+  bool resume = false;         // continue from out_dir/checkpoint.safetensors
+  int stop_after = 0;          // > 0: stop (with a checkpoint) once this many steps are done
+  bool progress = true;        // progress bar on stderr (a line every few steps when not a tty)
   std::string tokenizer_path;  // copied into the run directory (empty: byte tokenizer)
   std::function<void(const std::string&)> log;  // one line per event; null: stderr
 };

@@ -55,7 +55,7 @@ class Transformer {
   double aux_loss() const { return aux_; }
   int64_t counted_targets() const { return counted_; }
   const std::vector<T>& row_losses() const { return row_loss_; }  // [B*S], 0 where ignored
-  const T* logits() const { return logits_.data(); }               // [B*S, V]
+  const T* logits() const { return logits_.data(); }              // [B*S, V]
   // The first layer whose output holds NaN or inf (-1: none; L: the final norm/LM head).
   int first_nonfinite_layer() const;
 
@@ -89,15 +89,15 @@ class Transformer {
   int64_t n_ = 0, capacity_ = 0;
   std::vector<int32_t> inputs_, targets_;  // [n]
   bool has_targets_ = false;
-  std::vector<T> h_;            // [L+1, n, d] residual stream entering each block, and the last
-  std::vector<T> hmid_;         // [L, n, d] after attention
-  std::vector<T> xa_, xm_;      // [L, n, d] normalized inputs of attention and FFN
+  std::vector<T> h_;                // [L+1, n, d] residual stream entering each block, and the last
+  std::vector<T> hmid_;             // [L, n, d] after attention
+  std::vector<T> xa_, xm_;          // [L, n, d] normalized inputs of attention and FFN
   std::vector<T> rstd_a_, rstd_m_;  // [L, n]
-  std::vector<T> hf_, rstd_f_;  // [n, d], [n] final norm
-  std::vector<T> tmp_;          // [n, d]
+  std::vector<T> hf_, rstd_f_;      // [n, d], [n] final norm
+  std::vector<T> tmp_;              // [n, d]
   std::vector<T> logits_, dlogits_;  // [n, V]
-  std::vector<T> row_loss_;     // [n]
-  std::vector<T> dh_, dtmp_, dhf_;  // [n, d]
+  std::vector<T> row_loss_;          // [n]
+  std::vector<T> dh_, dtmp_, dhf_;   // [n, d]
   double ce_ = 0, aux_ = 0;
   int64_t counted_ = 0;
 };

@@ -19,7 +19,9 @@ namespace moe::cli {
 
 namespace {
 
-void log_line(const std::string& s) { fmt::print(stderr, "{}\n", s); }
+void log_line(const std::string& s) {
+  fmt::print(stderr, "{}\n", s);
+}
 
 struct TrainArgs {
   std::string config_path, out = "runs/default", data_dir, tokenizer;
@@ -72,14 +74,15 @@ int run_train(const TrainArgs& a) {
                        cfg.num_local_experts > 0 ? "MoE" : "dense", data.train.tokens.size(),
                        data.valid.tokens.size(), num_threads(), a.out));
   const TrainResult r = train(cfg, data.train, data.valid, opt);
-  fmt::print("trained {} steps in {:.1f} s ({:.0f} tokens/s); final training loss {:.4f}\n", r.steps,
-             r.wall_seconds, r.tokens_per_second, r.final_train_loss);
+  fmt::print("trained {} steps in {:.1f} s ({:.0f} tokens/s); final training loss {:.4f}\n",
+             r.steps, r.wall_seconds, r.tokens_per_second, r.final_train_loss);
   if (r.final_eval.tokens > 0)
     fmt::print("validation loss {:.4f} (perplexity {:.1f})\n", r.final_eval.loss,
                std::exp(r.final_eval.loss));
-  fmt::print("checkpoint: {0}/checkpoint.safetensors  weights: {0}/model.safetensors\n"
-             "metrics: {0}/metrics.jsonl  report: {0}/report.md, {0}/summary.json\n",
-             a.out);
+  fmt::print(
+      "checkpoint: {0}/checkpoint.safetensors  weights: {0}/model.safetensors\n"
+      "metrics: {0}/metrics.jsonl  report: {0}/report.md, {0}/summary.json\n",
+      a.out);
   return 0;
 }
 
@@ -95,10 +98,14 @@ int run_eval(const EvalArgs& a) {
   const std::string data_dir = a.data_dir.empty() ? t.data_dir : a.data_dir;
   // The run's own tokenizer on the corpus's validation split; domain indices as in training.
   const std::string corpus = data_dir + "/corpus";
+  if (!std::filesystem::exists(corpus + "/valid.jsonl")) {
+    log_line(fmt::format("data: building the corpus into {}", corpus));
+    build_corpus(CorpusOptions{}, corpus);
+  }
   const auto train_docs = read_documents(corpus + "/train.jsonl");
   const auto valid_docs = read_documents(corpus + "/valid.jsonl");
-  const TokenStream valid = tokenize_documents(
-      valid_docs, *run.tokenizer, domain_names_of({&train_docs, &valid_docs}));
+  const TokenStream valid =
+      tokenize_documents(valid_docs, *run.tokenizer, domain_names_of({&train_docs, &valid_docs}));
   const EvalResult e = evaluate(*run.model, valid, t.batch_size, t.seq_len,
                                 a.batches > 0 ? static_cast<int64_t>(a.batches) * t.batch_size : 0);
   fmt::print("{}: validation loss {:.4f}, perplexity {:.2f} over {} tokens\n", a.run, e.loss,

@@ -14,9 +14,11 @@ namespace {
 
 // Hugging Face keys a config.json may carry that describe nothing we compute.
 const std::set<std::string> kIgnoredHfKeys = {
-    "architectures", "torch_dtype", "transformers_version", "bos_token_id", "eos_token_id",
-    "pad_token_id", "use_cache", "output_router_logits", "attention_dropout", "sliding_window",
-    "router_jitter_noise", "_name_or_path", "num_experts", "moe_intermediate_size"};
+    "architectures",  "torch_dtype",          "transformers_version",
+    "bos_token_id",   "eos_token_id",         "pad_token_id",
+    "use_cache",      "output_router_logits", "attention_dropout",
+    "sliding_window", "router_jitter_noise",  "_name_or_path",
+    "num_experts",    "moe_intermediate_size"};
 
 template <class V>
 void visit_train_keys(TrainConfig& c, V&& v) {
@@ -79,12 +81,17 @@ struct Reader {
     } else {
       if (!it->is_number()) expected = "a number";
     }
-    if (expected) throw Error(fmt::format("{}: {} has value {}, expected {}", where, key, it->dump(), expected));
+    if (expected)
+      throw Error(
+          fmt::format("{}: {} has value {}, expected {}", where, key, it->dump(), expected));
     if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
       // Reject values that do not fit rather than wrapping them.
-      if (it->is_number_unsigned() && it->template get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<T>::max()))
+      if (it->is_number_unsigned() &&
+          it->template get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<T>::max()))
         throw Error(fmt::format("{}: {} = {} is out of range", where, key, it->dump()));
-      if (it->is_number_integer() && !it->is_number_unsigned() && (it->template get<int64_t>() < static_cast<int64_t>(std::numeric_limits<T>::min()) || it->template get<int64_t>() > static_cast<int64_t>(std::numeric_limits<T>::max())))
+      if (it->is_number_integer() && !it->is_number_unsigned() &&
+          (it->template get<int64_t>() < static_cast<int64_t>(std::numeric_limits<T>::min()) ||
+           it->template get<int64_t>() > static_cast<int64_t>(std::numeric_limits<T>::max())))
         throw Error(fmt::format("{}: {} = {} is out of range", where, key, it->dump()));
     }
     out = it->template get<T>();
@@ -121,14 +128,19 @@ void TrainConfig::validate(const std::string& where) const {
   auto fail = [&](const char* key, const std::string& why) {
     throw Error(fmt::format("{}: training.{} {}", where, key, why));
   };
-  if (!(learning_rate > 0)) fail("learning_rate", fmt::format("must be positive, got {}", learning_rate));
+  if (!(learning_rate > 0))
+    fail("learning_rate", fmt::format("must be positive, got {}", learning_rate));
   if (!(min_lr_ratio >= 0 && min_lr_ratio <= 1))
     fail("min_lr_ratio", fmt::format("must be in [0, 1], got {}", min_lr_ratio));
-  if (warmup_steps < 0) fail("warmup_steps", fmt::format("must be non-negative, got {}", warmup_steps));
+  if (warmup_steps < 0)
+    fail("warmup_steps", fmt::format("must be non-negative, got {}", warmup_steps));
   if (max_steps <= 0) fail("max_steps", fmt::format("must be positive, got {}", max_steps));
-  if (!(weight_decay >= 0)) fail("weight_decay", fmt::format("must be non-negative, got {}", weight_decay));
-  if (!(adam_beta1 >= 0 && adam_beta1 < 1)) fail("adam_beta1", fmt::format("must be in [0, 1), got {}", adam_beta1));
-  if (!(adam_beta2 >= 0 && adam_beta2 < 1)) fail("adam_beta2", fmt::format("must be in [0, 1), got {}", adam_beta2));
+  if (!(weight_decay >= 0))
+    fail("weight_decay", fmt::format("must be non-negative, got {}", weight_decay));
+  if (!(adam_beta1 >= 0 && adam_beta1 < 1))
+    fail("adam_beta1", fmt::format("must be in [0, 1), got {}", adam_beta1));
+  if (!(adam_beta2 >= 0 && adam_beta2 < 1))
+    fail("adam_beta2", fmt::format("must be in [0, 1), got {}", adam_beta2));
   if (!(adam_eps > 0)) fail("adam_eps", fmt::format("must be positive, got {}", adam_eps));
   if (grad_clip != grad_clip) fail("grad_clip", "is NaN");
   if (batch_size <= 0) fail("batch_size", fmt::format("must be positive, got {}", batch_size));
@@ -136,11 +148,13 @@ void TrainConfig::validate(const std::string& where) const {
   if (grad_accum_steps <= 0)
     fail("grad_accum_steps", fmt::format("must be positive, got {}", grad_accum_steps));
   if (eval_every < 0) fail("eval_every", fmt::format("must be non-negative, got {}", eval_every));
-  if (eval_batches < 0) fail("eval_batches", fmt::format("must be non-negative, got {}", eval_batches));
+  if (eval_batches < 0)
+    fail("eval_batches", fmt::format("must be non-negative, got {}", eval_batches));
   if (checkpoint_every < 0)
     fail("checkpoint_every", fmt::format("must be non-negative, got {}", checkpoint_every));
   if (tokenizer != "sentencepiece" && tokenizer != "byte")
-    fail("tokenizer", fmt::format("has value \"{}\", expected \"sentencepiece\" or \"byte\"", tokenizer));
+    fail("tokenizer",
+         fmt::format("has value \"{}\", expected \"sentencepiece\" or \"byte\"", tokenizer));
 }
 
 void ModelConfig::sync_moe() {
@@ -169,28 +183,33 @@ void ModelConfig::validate(const std::string& where) const {
   if (num_attention_heads <= 0)
     fail("num_attention_heads", fmt::format("must be positive, got {}", num_attention_heads));
   if (num_key_value_heads <= 0 || num_attention_heads % num_key_value_heads != 0)
-    fail("num_key_value_heads", fmt::format("= {} must be positive and divide num_attention_heads = {}",
-                                            num_key_value_heads, num_attention_heads));
+    fail("num_key_value_heads",
+         fmt::format("= {} must be positive and divide num_attention_heads = {}",
+                     num_key_value_heads, num_attention_heads));
   if (head_dim < 0) fail("head_dim", fmt::format("must be non-negative, got {}", head_dim));
   if (head_dim == 0 && hidden_size % num_attention_heads != 0)
     fail("num_attention_heads", fmt::format("= {} does not divide hidden_size = {} (set head_dim)",
                                             num_attention_heads, hidden_size));
-  if (head_size() % 2 != 0) fail("head_dim", fmt::format("must be even for RoPE, got {}", head_size()));
+  if (head_size() % 2 != 0)
+    fail("head_dim", fmt::format("must be even for RoPE, got {}", head_size()));
   if (max_position_embeddings <= 0)
-    fail("max_position_embeddings", fmt::format("must be positive, got {}", max_position_embeddings));
+    fail("max_position_embeddings",
+         fmt::format("must be positive, got {}", max_position_embeddings));
   if (!(rope_theta > 0)) fail("rope_theta", fmt::format("must be positive, got {}", rope_theta));
-  if (!(rms_norm_eps > 0)) fail("rms_norm_eps", fmt::format("must be positive, got {}", rms_norm_eps));
+  if (!(rms_norm_eps > 0))
+    fail("rms_norm_eps", fmt::format("must be positive, got {}", rms_norm_eps));
   if (!(initializer_range > 0))
     fail("initializer_range", fmt::format("must be positive, got {}", initializer_range));
   if (num_local_experts < 0)
     fail("num_local_experts", fmt::format("must be non-negative, got {}", num_local_experts));
   if (moe_every <= 0) fail("moe_every", fmt::format("must be positive, got {}", moe_every));
   if (dense_intermediate_size < 0)
-    fail("dense_intermediate_size", fmt::format("must be non-negative, got {}", dense_intermediate_size));
+    fail("dense_intermediate_size",
+         fmt::format("must be non-negative, got {}", dense_intermediate_size));
   if (num_local_experts > 0) {
     if (moe_every > num_hidden_layers)
-      fail("moe_every", fmt::format("= {} leaves no MoE layer among {} layers", moe_every,
-                                    num_hidden_layers));
+      fail("moe_every",
+           fmt::format("= {} leaves no MoE layer among {} layers", moe_every, num_hidden_layers));
     moe.validate(where);
   }
   training.validate(where);

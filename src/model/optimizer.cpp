@@ -67,11 +67,7 @@ const ParamRef<T>* first_nonfinite_grad(const std::vector<ParamRef<T>>& params) 
 
 template <class T>
 AdamW<T>::AdamW(const std::vector<ParamRef<T>>& params, const TrainConfig& t)
-    : params_(params),
-      b1_(t.adam_beta1),
-      b2_(t.adam_beta2),
-      eps_(t.adam_eps),
-      wd_(t.weight_decay) {
+    : params_(params), b1_(t.adam_beta1), b2_(t.adam_beta2), eps_(t.adam_eps), wd_(t.weight_decay) {
   for (const auto& p : params_) {
     m_.emplace_back(p.shape.numel(), T(0));
     v_.emplace_back(p.shape.numel(), T(0));

@@ -125,8 +125,9 @@ class Checkpointer {
     const SafeTensorsFile f = SafeTensorsFile::open(path());
     MOE_CHECK(f.metadata().count("format") && f.metadata("format") == "moe-checkpoint",
               "{}: not a moe checkpoint (metadata format is missing or wrong)", f.path());
-    MOE_CHECK(f.metadata("version") == "1", "{}: checkpoint version {} is not supported (expected 1)",
-              f.path(), f.metadata("version"));
+    MOE_CHECK(f.metadata("version") == "1",
+              "{}: checkpoint version {} is not supported (expected 1)", f.path(),
+              f.metadata("version"));
     // The model must be the same shape; training keys (steps, lr) may change on resume.
     nlohmann::json saved = nlohmann::json::parse(f.metadata("config"));
     nlohmann::json now = model_config_to_json(cfg);
@@ -210,7 +211,8 @@ void write_report(const std::string& dir, const ModelConfig& cfg, const Transfor
     j["val_ppl"] = std::exp(r.final_eval.loss);
     for (const auto& [name, v] : r.final_eval.per_domain) {
       j["val_loss_per_domain"][name] = v.first;
-      domains += fmt::format("| {} | {:.4f} | {:.1f} | {} |\n", name, v.first, std::exp(v.first), v.second);
+      domains += fmt::format("| {} | {:.4f} | {:.1f} | {} |\n", name, v.first, std::exp(v.first),
+                             v.second);
     }
   }
   const std::string summary = j.dump(2) + "\n";
@@ -226,11 +228,13 @@ void write_report(const std::string& dir, const ModelConfig& cfg, const Transfor
       model.active_parameters() / 1e6, r.steps, tokens_per_step, r.wall_seconds,
       r.tokens_per_second, r.final_train_loss);
   if (r.final_eval.tokens > 0)
-    md += fmt::format("- validation loss: {:.4f} (perplexity {:.1f}) over {} tokens\n\n"
-                      "| domain | loss | perplexity | tokens |\n|---|---|---|---|\n{}",
-                      r.final_eval.loss, std::exp(r.final_eval.loss), r.final_eval.tokens, domains);
-  md += "\nPer-step figures (loss, aux loss, learning rate, expert load per layer) are in "
-        "metrics.jsonl.\n";
+    md += fmt::format(
+        "- validation loss: {:.4f} (perplexity {:.1f}) over {} tokens\n\n"
+        "| domain | loss | perplexity | tokens |\n|---|---|---|---|\n{}",
+        r.final_eval.loss, std::exp(r.final_eval.loss), r.final_eval.tokens, domains);
+  md +=
+      "\nPer-step figures (loss, aux loss, learning rate, expert load per layer) are in "
+      "metrics.jsonl.\n";
   write_file_atomic(dir + "/report.md", md.data(), md.size());
 }
 
@@ -251,7 +255,8 @@ EvalResult evaluate(Transformer<float>& model, const TokenStream& valid, int bat
     const int B = static_cast<int>(std::min<size_t>(batch, starts.size() - w0));
     for (int b = 0; b < B; ++b) {
       const int64_t s0 = starts[w0 + b];
-      std::copy_n(valid.tokens.data() + s0, seq_len, inputs.data() + static_cast<int64_t>(b) * seq_len);
+      std::copy_n(valid.tokens.data() + s0, seq_len,
+                  inputs.data() + static_cast<int64_t>(b) * seq_len);
       std::copy_n(valid.tokens.data() + s0 + 1, seq_len,
                   targets.data() + static_cast<int64_t>(b) * seq_len);
     }
@@ -272,7 +277,8 @@ EvalResult evaluate(Transformer<float>& model, const TokenStream& valid, int bat
   r.loss = total / count;
   r.tokens = count;
   for (size_t d = 0; d < dom_sum.size(); ++d)
-    if (dom_count[d] > 0) r.per_domain[valid.domain_names[d]] = {dom_sum[d] / dom_count[d], dom_count[d]};
+    if (dom_count[d] > 0)
+      r.per_domain[valid.domain_names[d]] = {dom_sum[d] / dom_count[d], dom_count[d]};
   return r;
 }
 
@@ -294,8 +300,9 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
   const Checkpointer ckpt(opt.out_dir);
   const std::string metrics_path = opt.out_dir + "/metrics.jsonl";
   if (!opt.resume && fs::exists(ckpt.path()))
-    throw Error(fmt::format("{}: a checkpoint exists; pass --resume to continue it or choose another --out",
-                            ckpt.path()));
+    throw Error(
+        fmt::format("{}: a checkpoint exists; pass --resume to continue it or choose another --out",
+                    ckpt.path()));
   if (opt.resume && !fs::exists(ckpt.path()))
     throw Error(fmt::format("{}: no checkpoint to resume from", ckpt.path()));
 
@@ -322,7 +329,8 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
 
   const int B = t.batch_size, S = t.seq_len, A = t.grad_accum_steps;
   const int64_t tokens_per_step = static_cast<int64_t>(A) * B * S;
-  log(fmt::format("model: {} layers, d={}, {} experts top-{} (moe_every {}), {:.2f}M parameters "
+  log(
+      fmt::format("model: {} layers, d={}, {} experts top-{} (moe_every {}), {:.2f}M parameters "
                   "({:.2f}M active), {} tokens/step",
                   cfg.num_hidden_layers, cfg.hidden_size, cfg.num_local_experts,
                   cfg.moe.num_experts_per_tok, cfg.moe_every, model.num_parameters() / 1e6,
@@ -344,8 +352,11 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
     last_saved = step;
   };
   auto run_eval = [&] {
-    const EvalResult e = evaluate(model, valid_data, B, S, t.eval_batches > 0 ? static_cast<int64_t>(t.eval_batches) * B : 0);
-    nlohmann::json j{{"step", step}, {"val_loss", e.loss}, {"val_ppl", std::exp(e.loss)},
+    const EvalResult e = evaluate(
+        model, valid_data, B, S, t.eval_batches > 0 ? static_cast<int64_t>(t.eval_batches) * B : 0);
+    nlohmann::json j{{"step", step},
+                     {"val_loss", e.loss},
+                     {"val_ppl", std::exp(e.loss)},
                      {"val_tokens", e.tokens}};
     for (const auto& [name, v] : e.per_domain) j["val_loss_" + name] = v.first;
     metrics << j.dump() << "\n" << std::flush;
@@ -356,9 +367,9 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
   auto fail_nonfinite = [&](const std::string& what) {
     progress.finish();
     throw Error(fmt::format("{}: step {}: {}; training stopped, {}", opt.out_dir, step + 1, what,
-                            last_saved >= 0
-                                ? fmt::format("the checkpoint of step {} in {} is kept", last_saved, ckpt.path())
-                                : std::string("no checkpoint was written yet")));
+                            last_saved >= 0 ? fmt::format("the checkpoint of step {} in {} is kept",
+                                                          last_saved, ckpt.path())
+                                            : std::string("no checkpoint was written yet")));
   };
 
   double loss_avg = 0;
@@ -371,11 +382,12 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
       const double l = model.forward(inputs.data(), targets.data(), B, S, true, &rng);
       if (!std::isfinite(l)) {
         const int layer = model.first_nonfinite_layer();
-        fail_nonfinite(fmt::format("loss is {}{}", l,
-                                   layer < 0 ? std::string()
-                                   : layer == cfg.num_hidden_layers
-                                       ? std::string(" (first non-finite values: the logits)")
-                                       : fmt::format(" (first non-finite values: output of model.layers.{})", layer)));
+        fail_nonfinite(fmt::format(
+            "loss is {}{}", l,
+            layer < 0 ? std::string()
+            : layer == cfg.num_hidden_layers
+                ? std::string(" (first non-finite values: the logits)")
+                : fmt::format(" (first non-finite values: output of model.layers.{})", layer)));
       }
       model.backward(1.0 / A);
       loss += l / A;
@@ -395,10 +407,15 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
     const double tok_s = (step - first_step) * tokens_per_step / std::max(elapsed, 1e-9);
     const RoutingSummary r = routing_summary(model);
     loss_avg = step - first_step == 1 ? loss : 0.9 * loss_avg + 0.1 * loss;
-    nlohmann::json j{{"step", step},           {"loss", loss},   {"ce", ce},
-                     {"aux", aux},             {"lr", lr},       {"grad_norm", norm},
+    nlohmann::json j{{"step", step},
+                     {"loss", loss},
+                     {"ce", ce},
+                     {"aux", aux},
+                     {"lr", lr},
+                     {"grad_norm", norm},
                      {"tokens", static_cast<int64_t>(step) * tokens_per_step},
-                     {"tokens_per_s", tok_s},  {"elapsed_s", elapsed}};
+                     {"tokens_per_s", tok_s},
+                     {"elapsed_s", elapsed}};
     if (r.layers > 0) {
       j["balance"] = r.balance;
       j["dropped"] = r.dropped;
@@ -410,9 +427,10 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
     }
     metrics << j.dump() << "\n" << std::flush;
     const double eta = (last_step - step) * elapsed / std::max(1, step - first_step);
-    progress.update(step, fmt::format("loss {:.4f} aux {:.4f} {:.0f} tok/s{} ETA {}", loss_avg, aux,
-                                      tok_s, r.layers > 0 ? fmt::format(" bal {:.2f}", r.balance) : "",
-                                      format_duration(eta)));
+    progress.update(
+        step, fmt::format("loss {:.4f} aux {:.4f} {:.0f} tok/s{} ETA {}", loss_avg, aux, tok_s,
+                          r.layers > 0 ? fmt::format(" bal {:.2f}", r.balance) : "",
+                          format_duration(eta)));
     result.final_train_loss = loss;
 
     const bool end = step == last_step;

@@ -61,14 +61,13 @@ Transformer<T>::Transformer(const ModelConfig& config)
     if (cfg_.is_moe_layer(l))
       ffn_.push_back(std::make_unique<MoeLayer<T>>(cfg_.moe));
     else
-      ffn_.push_back(
-          std::make_unique<DenseFfn<T>>(d_, cfg_.dense_width(), cfg_.moe.hidden_act));
+      ffn_.push_back(std::make_unique<DenseFfn<T>>(d_, cfg_.dense_width(), cfg_.moe.hidden_act));
   }
 
   auto add = [&](const std::string& prefix, ParamSet<T>& set) {
     for (const auto& s : set.specs())
-      params_.push_back({prefix + s.name, set.value(s.name), set.grad(s.name), s.shape,
-                         s.shape.ndim >= 2});
+      params_.push_back(
+          {prefix + s.name, set.value(s.name), set.grad(s.name), s.shape, s.shape.ndim >= 2});
   };
   add("", base_);
   for (int l = 0; l < L_; ++l) {
@@ -131,8 +130,8 @@ double Transformer<T>::forward_macs_per_token(int S) const {
   const double hd = cfg_.head_size(), H = cfg_.num_attention_heads, G = cfg_.num_key_value_heads;
   double macs = static_cast<double>(d_) * V_;  // LM head
   for (int l = 0; l < L_; ++l) {
-    macs += d_ * hd * (2 * H + 2 * G);      // q, k, v, o projections
-    macs += H * hd * (S + 1) / 2.0 * 2;     // causal scores and weighted values, on average
+    macs += d_ * hd * (2 * H + 2 * G);   // q, k, v, o projections
+    macs += H * hd * (S + 1) / 2.0 * 2;  // causal scores and weighted values, on average
     macs += ffn_[l]->active_macs_per_token();
   }
   return macs;
@@ -197,8 +196,8 @@ double Transformer<T>::forward(const int32_t* inputs, const int32_t* targets, in
     T* xa = xa_.data() + l * nd;
     T* hm = hmid_.data() + l * nd;
     T* xm = xm_.data() + l * nd;
-    rmsnorm_forward(xa, rstd_a_.data() + l * n, h, base(layer_name(l, "input_layernorm.weight")),
-                    n, d_, eps);
+    rmsnorm_forward(xa, rstd_a_.data() + l * n, h, base(layer_name(l, "input_layernorm.weight")), n,
+                    d_, eps);
     attn_[l]->forward(View<const T>(xa, {n, d_}), B, S, View<T>(tmp_.data(), {n, d_}));
     add_into(hm, h, tmp_.data(), nd);
     rmsnorm_forward(xm, rstd_m_.data() + l * n, hm,
@@ -206,17 +205,18 @@ double Transformer<T>::forward(const int32_t* inputs, const int32_t* targets, in
     ffn_[l]->forward(View<const T>(xm, {n, d_}), View<T>(tmp_.data(), {n, d_}), opt);
     add_into(h_.data() + (l + 1) * nd, hm, tmp_.data(), nd);
   }
-  rmsnorm_forward(hf_.data(), rstd_f_.data(), h_.data() + L_ * nd, base("model.norm.weight"), n,
-                  d_, eps);
-  const T* head = cfg_.tie_word_embeddings ? base("model.embed_tokens.weight") : base("lm_head.weight");
+  rmsnorm_forward(hf_.data(), rstd_f_.data(), h_.data() + L_ * nd, base("model.norm.weight"), n, d_,
+                  eps);
+  const T* head =
+      cfg_.tie_word_embeddings ? base("model.embed_tokens.weight") : base("lm_head.weight");
   gemm<T>(Trans::No, Trans::Yes, n, V_, d_, T(1), hf_.data(), d_, head, d_, T(0), logits_.data(),
           V_);
 
   ce_ = aux_ = 0;
   counted_ = 0;
   if (!has_targets_) return 0.0;
-  const double sum = cross_entropy_forward(row_loss_.data(), logits_.data(), targets_.data(), n,
-                                           V_, &counted_);
+  const double sum =
+      cross_entropy_forward(row_loss_.data(), logits_.data(), targets_.data(), n, V_, &counted_);
   ce_ = counted_ > 0 ? sum / counted_ : 0.0;
   for (int l = 0; l < L_; ++l) aux_ += ffn_[l]->aux_loss();
   return ce_ + aux_;
@@ -297,7 +297,8 @@ void Transformer<T>::forward_cached(const int32_t* tokens, int B, int n,
   for (int b = 0; b < B; ++b)
     std::copy_n(h.data() + (static_cast<int64_t>(b) * n + n - 1) * d_, d_, last.data() + b * d_);
   rmsnorm_forward(x.data(), rstd.data(), last.data(), base("model.norm.weight"), B, d_, eps);
-  const T* head = cfg_.tie_word_embeddings ? base("model.embed_tokens.weight") : base("lm_head.weight");
+  const T* head =
+      cfg_.tie_word_embeddings ? base("model.embed_tokens.weight") : base("lm_head.weight");
   gemm<T>(Trans::No, Trans::Yes, B, V_, d_, T(1), x.data(), d_, head, d_, T(0), last_logits, V_);
 }
 

@@ -137,11 +137,12 @@ void rope_tables(std::vector<T>& cos, std::vector<T>& sin, int max_positions, in
   }
 }
 
-// y[i] = x[i] c - x[i+h] s, y[i+h] = x[i+h] c + x[i] s; the backward is the transpose
-// (rotation by -angle).
+namespace {
+// y[i] = x[i] c - x[i+h] s', y[i+h] = x[i+h] c + x[i] s' with s' = sign * s: sign +1 rotates
+// by the position's angle (forward), -1 by its negative, the transpose (backward).
 template <class T>
-void rope_forward(T* x, const T* cos, const T* sin, int64_t n, int heads, int head_dim,
-                  int64_t seq_len, int64_t start) {
+void rope_rotate(T* x, const T* cos, const T* sin, int64_t n, int heads, int head_dim,
+                 int64_t seq_len, int64_t start, T sign) {
   const int half = head_dim / 2;
   const int64_t width = static_cast<int64_t>(heads) * head_dim;
 #pragma omp parallel for if (n * width > kParallelMin)
@@ -153,34 +154,25 @@ void rope_forward(T* x, const T* cos, const T* sin, int64_t n, int heads, int he
       T* y = x + r * width + static_cast<int64_t>(h) * head_dim;
 #pragma omp simd
       for (int i = 0; i < half; ++i) {
-        const T a = y[i], b = y[i + half];
-        y[i] = a * c[i] - b * s[i];
-        y[i + half] = b * c[i] + a * s[i];
+        const T a = y[i], b = y[i + half], si = sign * s[i];
+        y[i] = a * c[i] - b * si;
+        y[i + half] = b * c[i] + a * si;
       }
     }
   }
+}
+}  // namespace
+
+template <class T>
+void rope_forward(T* x, const T* cos, const T* sin, int64_t n, int heads, int head_dim,
+                  int64_t seq_len, int64_t start) {
+  rope_rotate(x, cos, sin, n, heads, head_dim, seq_len, start, T(1));
 }
 
 template <class T>
 void rope_backward(T* dx, const T* cos, const T* sin, int64_t n, int heads, int head_dim,
                    int64_t seq_len, int64_t start) {
-  const int half = head_dim / 2;
-  const int64_t width = static_cast<int64_t>(heads) * head_dim;
-#pragma omp parallel for if (n * width > kParallelMin)
-  for (int64_t r = 0; r < n; ++r) {
-    const int64_t p = start + r % seq_len;
-    const T* c = cos + p * half;
-    const T* s = sin + p * half;
-    for (int h = 0; h < heads; ++h) {
-      T* y = dx + r * width + static_cast<int64_t>(h) * head_dim;
-#pragma omp simd
-      for (int i = 0; i < half; ++i) {
-        const T a = y[i], b = y[i + half];
-        y[i] = a * c[i] + b * s[i];
-        y[i + half] = b * c[i] - a * s[i];
-      }
-    }
-  }
+  rope_rotate(dx, cos, sin, n, heads, head_dim, seq_len, start, T(-1));
 }
 
 template <class T>
