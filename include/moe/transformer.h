@@ -56,8 +56,9 @@ class Transformer {
   int64_t counted_targets() const { return counted_; }
   const std::vector<T>& row_losses() const { return row_loss_; }  // [B*S], 0 where ignored
   const T* logits() const { return logits_.data(); }              // [B*S, V]
-  // The first layer whose output holds NaN or inf (-1: none; L: the final norm/LM head).
-  int first_nonfinite_layer() const;
+  // Where the last forward first produced NaN or inf, in forward order: e.g.
+  // "model.layers.2.block_sparse_moe output", "logits", or "none".
+  std::string first_nonfinite_activation() const;
 
   int num_layers() const { return cfg_.num_hidden_layers; }
   // The MoE layer of block l, or null for a dense block.

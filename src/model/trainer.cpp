@@ -381,13 +381,8 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
       split_windows(window.data(), B, S, inputs.data(), targets.data());
       const double l = model.forward(inputs.data(), targets.data(), B, S, true, &rng);
       if (!std::isfinite(l)) {
-        const int layer = model.first_nonfinite_layer();
-        fail_nonfinite(fmt::format(
-            "loss is {}{}", l,
-            layer < 0 ? std::string()
-            : layer == cfg.num_hidden_layers
-                ? std::string(" (first non-finite values: the logits)")
-                : fmt::format(" (first non-finite values: output of model.layers.{})", layer)));
+        fail_nonfinite(fmt::format("loss is {} (first non-finite values: {})", l,
+                                   model.first_nonfinite_activation()));
       }
       model.backward(1.0 / A);
       loss += l / A;

@@ -254,14 +254,17 @@ void Transformer<T>::backward(double scale) {
 }
 
 template <class T>
-int Transformer<T>::first_nonfinite_layer() const {
+std::string Transformer<T>::first_nonfinite_activation() const {
   const int64_t nd = n_ * d_;
+  if (!all_finite(h_.data(), nd)) return "model.embed_tokens output";
   for (int l = 0; l < L_; ++l) {
-    if (!all_finite(hmid_.data() + l * nd, nd) || !all_finite(h_.data() + (l + 1) * nd, nd))
-      return l;
+    // hmid = h + attention and h' = hmid + ffn: the first non-finite one names the sub-layer.
+    if (!all_finite(hmid_.data() + l * nd, nd)) return layer_name(l, "self_attn output");
+    if (!all_finite(h_.data() + (l + 1) * nd, nd))
+      return layer_name(l, cfg_.is_moe_layer(l) ? "block_sparse_moe output" : "mlp output");
   }
-  if (!all_finite(logits_.data(), n_ * V_)) return L_;
-  return -1;
+  if (!all_finite(logits_.data(), n_ * V_)) return "logits";
+  return "none (the loss itself overflowed)";
 }
 
 template <class T>
