@@ -155,6 +155,7 @@ int run_generate(const GenerateArgs& a) {
   if (text.size() > printed) fmt::print("{}", text.substr(printed));
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   fmt::print("\n");
+  std::fflush(stdout);  // the continuation first, then the timing on stderr
   fmt::print(stderr, "{} tokens in {:.2f} s ({:.1f} tokens/s)\n", out.size(), s,
              out.size() / std::max(s, 1e-9));
   return 0;

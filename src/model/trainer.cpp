@@ -193,6 +193,13 @@ class Progress {
   int total_;
 };
 
+std::string describe_ffn(const ModelConfig& cfg) {
+  if (cfg.num_local_experts == 0)
+    return fmt::format("dense SwiGLU FFN of width {}", cfg.dense_width());
+  return fmt::format("{} experts of width {}, top-{}, MoE every {} layer(s)", cfg.num_local_experts,
+                     cfg.intermediate_size, cfg.moe.num_experts_per_tok, cfg.moe_every);
+}
+
 void write_report(const std::string& dir, const ModelConfig& cfg, const Transformer<float>& model,
                   const TrainResult& r, int64_t tokens_per_step) {
   nlohmann::json j{{"steps", r.steps},
@@ -219,12 +226,11 @@ void write_report(const std::string& dir, const ModelConfig& cfg, const Transfor
   write_file_atomic(dir + "/summary.json", summary.data(), summary.size());
   std::string md = fmt::format(
       "# Training run `{}`\n\n"
-      "- model: {} layers, hidden {}, {} experts top-{} every {} layer(s), {:.2f}M parameters, "
+      "- model: {} layers, hidden {}, {}, {:.2f}M parameters, "
       "{:.2f}M active per token\n"
       "- steps: {} of {} tokens, wall {:.1f} s, {:.0f} tokens/s\n"
       "- final training loss: {:.4f}\n",
-      dir, cfg.num_hidden_layers, cfg.hidden_size, cfg.num_local_experts,
-      cfg.moe.num_experts_per_tok, cfg.moe_every, model.num_parameters() / 1e6,
+      dir, cfg.num_hidden_layers, cfg.hidden_size, describe_ffn(cfg), model.num_parameters() / 1e6,
       model.active_parameters() / 1e6, r.steps, tokens_per_step, r.wall_seconds,
       r.tokens_per_second, r.final_train_loss);
   if (r.final_eval.tokens > 0)
@@ -330,11 +336,10 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
   const int B = t.batch_size, S = t.seq_len, A = t.grad_accum_steps;
   const int64_t tokens_per_step = static_cast<int64_t>(A) * B * S;
   log(
-      fmt::format("model: {} layers, d={}, {} experts top-{} (moe_every {}), {:.2f}M parameters "
-                  "({:.2f}M active), {} tokens/step",
-                  cfg.num_hidden_layers, cfg.hidden_size, cfg.num_local_experts,
-                  cfg.moe.num_experts_per_tok, cfg.moe_every, model.num_parameters() / 1e6,
-                  model.active_parameters() / 1e6, tokens_per_step));
+      fmt::format("model: {} layers, d={}, {}, {:.2f}M parameters ({:.2f}M active), {} "
+                  "tokens/step",
+                  cfg.num_hidden_layers, cfg.hidden_size, describe_ffn(cfg),
+                  model.num_parameters() / 1e6, model.active_parameters() / 1e6, tokens_per_step));
 
   std::vector<int32_t> window(static_cast<size_t>(B) * (S + 1));
   std::vector<uint8_t> domains(window.size());
