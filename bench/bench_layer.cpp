@@ -1,7 +1,8 @@
 // Google Benchmark program for the MoE layer (bench/README.md explains every benchmark and
 // holds the measured figures).
 //
-//   MoE/fwd, MoE/fwdbwd      MoeLayer<float>, softmax top-2, dropless, at two shapes
+//   MoE/fwd, MoE/fwdbwd      MoeLayer<float>, softmax top-k, dropless, at three shapes
+//   MoE-bf16/...             the same layers with compute_dtype = "bfloat16"
 //   Dense/fwd, Dense/fwdbwd  DenseFfn<float> SwiGLU with ffn = k * 1408: the same active compute
 //                            per token as the first MoE shape
 //   Sgemm/block/...          the expert GEMMs of the first shape as one M = T*k block
@@ -64,6 +65,7 @@ struct LayerShape {
 constexpr LayerShape kShapes[] = {
     {512, 1408, 8, 2, 4096},
     {1024, 2816, 8, 2, 2048},
+    {1024, 704, 64, 8, 2048},  // fine-grained (DeepSeek/Qwen-MoE style)
 };
 constexpr int kNumShapes = static_cast<int>(std::size(kShapes));
 
@@ -79,7 +81,7 @@ void set_counters(benchmark::State& state, double flops_per_iter, int64_t tokens
 // MoE layer
 
 struct MoeCase {
-  explicit MoeCase(const LayerShape& s) : shape(s), layer(make_config(s)) {
+  MoeCase(const LayerShape& s, moe::ComputeDtype dt) : shape(s), layer(make_config(s, dt)) {
     moe::Rng rng(kSeed);
     layer.init_weights(rng, 0.02);
     // Router weights larger than the experts', as in the demo: routing is uneven, as after
@@ -107,7 +109,7 @@ struct MoeCase {
     load_max_over_mean = m.load_max_over_mean;
   }
 
-  static moe::MoeConfig make_config(const LayerShape& s) {
+  static moe::MoeConfig make_config(const LayerShape& s, moe::ComputeDtype dt) {
     moe::MoeConfig cfg;
     cfg.hidden_size = s.d;
     cfg.moe_intermediate_size = s.ffn;
@@ -116,6 +118,7 @@ struct MoeCase {
     cfg.scoring_func = moe::ScoreFunc::Softmax;
     cfg.capacity_factor = 0.0;  // dropless
     cfg.hidden_act = moe::Activation::SwiGLU;
+    cfg.compute_dtype = dt;
     cfg.validate("bench_layer");
     return cfg;
   }
@@ -129,14 +132,17 @@ struct MoeCase {
 
 // Built on first use and kept: the forward and forward+backward benchmarks of a shape share one
 // layer, and the per-expert sgemm reads the first shape's routing.
-MoeCase& moe_case(int i) {
-  static std::unique_ptr<MoeCase> cases[kNumShapes];
-  if (!cases[i]) cases[i] = std::make_unique<MoeCase>(kShapes[i]);
-  return *cases[i];
+// bf16: the same layer (same seed, same weights) with compute_dtype = "bfloat16".
+MoeCase& moe_case(int i, bool bf16 = false) {
+  static std::unique_ptr<MoeCase> cases[2][kNumShapes];
+  if (!cases[bf16][i])
+    cases[bf16][i] = std::make_unique<MoeCase>(
+        kShapes[i], bf16 ? moe::ComputeDtype::BFloat16 : moe::ComputeDtype::Float32);
+  return *cases[bf16][i];
 }
 
-void BM_MoeForward(benchmark::State& state, int shape) {
-  MoeCase& c = moe_case(shape);
+void BM_MoeForward(benchmark::State& state, int shape, bool bf16) {
+  MoeCase& c = moe_case(shape, bf16);
   const moe::ForwardOptions<float> opt;  // inference: no noise, no dropout configured anyway
   for (auto _ : state) {
     c.layer.forward(c.x.view(), c.out.view(), opt);
@@ -147,8 +153,8 @@ void BM_MoeForward(benchmark::State& state, int shape) {
   state.counters["load_max/mean"] = c.load_max_over_mean;
 }
 
-void BM_MoeForwardBackward(benchmark::State& state, int shape) {
-  MoeCase& c = moe_case(shape);
+void BM_MoeForwardBackward(benchmark::State& state, int shape, bool bf16) {
+  MoeCase& c = moe_case(shape, bf16);
   moe::ForwardOptions<float> opt;
   opt.training = true;
   // Parameter gradients accumulate (+=) across iterations, as within one optimizer step.
@@ -345,9 +351,13 @@ int main(int argc, char** argv) {
 
   for (int i = 0; i < kNumShapes; ++i) {
     const std::string n = kShapes[i].name();
-    configure(benchmark::RegisterBenchmark(cat({"MoE/fwd/", n}).c_str(), BM_MoeForward, i));
-    configure(
-        benchmark::RegisterBenchmark(cat({"MoE/fwdbwd/", n}).c_str(), BM_MoeForwardBackward, i));
+    for (bool bf16 : {false, true}) {
+      const char* tag = bf16 ? "MoE-bf16/" : "MoE/";
+      configure(
+          benchmark::RegisterBenchmark(cat({tag, "fwd/", n}).c_str(), BM_MoeForward, i, bf16));
+      configure(benchmark::RegisterBenchmark(cat({tag, "fwdbwd/", n}).c_str(),
+                                             BM_MoeForwardBackward, i, bf16));
+    }
   }
   const LayerShape& s0 = kShapes[0];
   const std::string dense =

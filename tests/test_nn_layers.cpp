@@ -14,30 +14,13 @@
 #include <string>
 #include <vector>
 
+#include "count_allocations.h"
 #include "moe/attention.h"
 #include "moe/cross_entropy.h"
 #include "moe/embedding.h"
 #include "moe/rmsnorm.h"
 #include "moe/sampling.h"
 #include "test_util.h"
-
-// Counts heap allocations so a test can check the steady state allocates nothing (as in
-// test_no_alloc.cpp). operator delete frees what our operator new malloc-ed.
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-namespace {
-std::atomic<long> g_allocations{0};
-}
-void* operator new(std::size_t n) {
-  g_allocations.fetch_add(1, std::memory_order_relaxed);
-  if (void* p = std::malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-void operator delete(void* p) noexcept {
-  std::free(p);
-}
-void operator delete(void* p, std::size_t) noexcept {
-  std::free(p);
-}
 
 namespace moe {
 namespace {
@@ -471,21 +454,21 @@ TEST(Attention, SteadyStateDoesNotAllocate) {
     layer.backward(View<const float>(x.data(), {n, d}), View<float>(dx.data(), {n, d}));
   };
   step();  // warm-up grows the workspaces
-  long before = g_allocations.load();
+  long before = test::allocations();
   step();
   step();
-  EXPECT_EQ(g_allocations.load() - before, 0) << "allocations in a steady-state step";
+  EXPECT_EQ(test::allocations() - before, 0) << "allocations in a steady-state step";
 
   // Generation: after the prompt, one token at a time allocates nothing.
   KvCache<float> cache;
   cache.reset(B, S, c.num_kv_heads * c.head_dim);
   layer.forward_cached(View<const float>(x.data(), {B * 8, d}), B, 8, cache,
                        View<float>(out.data(), {B * 8, d}));
-  before = g_allocations.load();
+  before = test::allocations();
   for (int t = 0; t < 10; ++t)
     layer.forward_cached(View<const float>(x.data(), {B, d}), B, 1, cache,
                          View<float>(out.data(), {B, d}));
-  EXPECT_EQ(g_allocations.load() - before, 0) << "allocations while generating";
+  EXPECT_EQ(test::allocations() - before, 0) << "allocations while generating";
 }
 
 // --- RoPE and configuration errors ------------------------------------------------------------

@@ -7,27 +7,9 @@
 #include <cstdlib>
 #include <new>
 
+#include "count_allocations.h"
 #include "moe/moe_layer.h"
 #include "test_util.h"
-
-// operator delete frees what our operator new malloc-ed; GCC cannot see the pairing.
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-
-namespace {
-std::atomic<long> g_allocations{0};
-}
-
-void* operator new(std::size_t n) {
-  g_allocations.fetch_add(1, std::memory_order_relaxed);
-  if (void* p = std::malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-void operator delete(void* p) noexcept {
-  std::free(p);
-}
-void operator delete(void* p, std::size_t) noexcept {
-  std::free(p);
-}
 
 namespace moe {
 namespace {
@@ -49,10 +31,10 @@ void expect_no_allocations(MoeConfig c) {
     layer.update_selection_bias();
   };
   step(T);  // warm-up grows every workspace
-  const long before = g_allocations.load();
+  const long before = test::allocations();
   step(T);
   step(T);
-  EXPECT_EQ(g_allocations.load() - before, 0) << "allocations in a steady-state step";
+  EXPECT_EQ(test::allocations() - before, 0) << "allocations in a steady-state step";
 }
 
 TEST(NoAllocation, DroplessSoftmax) {
@@ -82,6 +64,18 @@ TEST(NoAllocation, EveryFeatureOn) {
   c.n_shared_experts = 2;
   c.shared_expert_gate = true;
   c.router_importance_coef = 0.01;
+  expect_no_allocations(c);
+}
+
+// The bf16 expert GEMMs pack into per-thread buffers made on a thread's first call only.
+TEST(NoAllocation, Bfloat16WithSharedExperts) {
+  MoeConfig c;
+  c.hidden_size = 32;
+  c.moe_intermediate_size = 48;
+  c.num_experts = 8;
+  c.num_experts_per_tok = 2;
+  c.n_shared_experts = 1;
+  c.compute_dtype = ComputeDtype::BFloat16;
   expect_no_allocations(c);
 }
 

@@ -5,6 +5,8 @@
 // Shapes: x [n, d], W1/W3 [F, d], W2 [d, F], h1/h3/a [n, F], y [n, d].
 // The forward saves h1, h3 and a for the backward. The backward writes dx (=) and
 // accumulates parameter gradients (+=), as in llm.c.
+// With ComputeDtype::BFloat16 (float only) every GEMM rounds its operands to bf16 and
+// accumulates in fp32 (gemm_bf16.h); the activation and its gradient stay fp32.
 #pragma once
 
 #include <cstdint>
@@ -15,12 +17,14 @@ namespace moe {
 
 template <class T>
 void ffn_forward(Activation act, int64_t n, int64_t d, int64_t F, const T* x, const T* w1,
-                 const T* w3, const T* w2, T* h1, T* h3, T* a, T* y);
+                 const T* w3, const T* w2, T* h1, T* h3, T* a, T* y,
+                 ComputeDtype dtype = ComputeDtype::Float32);
 
 // da, dh1, dh3 are [n, F] scratch buffers (dh3 unused for GELU).
 template <class T>
 void ffn_backward(Activation act, int64_t n, int64_t d, int64_t F, const T* x, const T* w1,
                   const T* w3, const T* w2, const T* h1, const T* h3, const T* a, const T* dy,
-                  T* dx, T* dw1, T* dw3, T* dw2, T* da, T* dh1, T* dh3);
+                  T* dx, T* dw1, T* dw3, T* dw2, T* da, T* dh1, T* dh3,
+                  ComputeDtype dtype = ComputeDtype::Float32);
 
 }  // namespace moe

@@ -15,6 +15,8 @@ enum class Activation { SwiGLU, GELU };
 // Switch: f normalized by T*k (perfect balance gives exactly the coefficient).
 // HF: Hugging Face Mixtral's variant, f normalized by T (k times larger).
 enum class AuxLossStyle { Switch, HF };
+// Precision of the expert (and shared expert) GEMMs. The router is always fp32 or wider.
+enum class ComputeDtype { Float32, BFloat16 };
 
 struct MoeConfig {
   int hidden_size = 0;            // d
@@ -41,6 +43,9 @@ struct MoeConfig {
   double router_importance_coef = 0.0;
   double router_z_loss_coef = 1e-3;
   AuxLossStyle aux_loss_style = AuxLossStyle::Switch;
+  // "bfloat16": expert GEMMs round their operands to bf16 and accumulate in fp32 (fp32 master
+  // weights; MoeLayer<float> only). Routing and everything else stay in T.
+  ComputeDtype compute_dtype = ComputeDtype::Float32;
 
   int shared_hidden() const {
     return n_shared_experts * (shared_expert_intermediate_size > 0 ? shared_expert_intermediate_size

@@ -7,6 +7,12 @@
 // permutation. Workspaces grow to the largest batch seen and are reused afterwards, so a
 // steady-state training step does not allocate.
 //
+// Experts run in parallel (one expert per thread, largest first, each GEMM single-threaded)
+// when there are enough of them to keep the threads busy; otherwise one after another with
+// each GEMM using all threads. Either way every expert's sums run in a fixed order, so results
+// depend only on the thread count. compute_dtype = "bfloat16" runs the expert and shared
+// expert GEMMs in bf16 with fp32 accumulation (MoeLayer<float> only).
+//
 // Parameters (ParamSet names):            Workspaces saved for backward:
 //   router.weight        [E, d]             z, s, lse, p [T, E]; gates [T, k]
 //   router.noise_weight  [E, d]  (noisy)    xp [N, d]; h1, h3, a [N, F]; y [N, d]
@@ -25,6 +31,22 @@
 #include "moe/permute.h"
 
 namespace moe {
+
+// Wall-clock seconds per part of the layer, summed over the calls made while attached with
+// MoeLayer::set_timings (off by default: then the layer reads no clock).
+struct LayerTimings {
+  struct Pass {
+    double routing = 0;  // fwd: copy, logits, scores, top-k, gates, capacity, losses, metrics
+                         // bwd: gate, loss, score and logit gradients (router weights and dx)
+    double gather = 0;   // fwd: build the permutation, gather rows; bwd: sum rows back into dx
+    double experts = 0;  // expert FFNs: the GEMMs and the activation
+    double combine = 0;  // fwd: gate-weighted scatter; bwd: its gradient (dy rows, dgate)
+    double shared = 0;   // shared experts and their gate
+    double total = 0;
+  };
+  Pass forward, backward;
+  int64_t forward_calls = 0, backward_calls = 0;
+};
 
 template <class T>
 class MoeLayer final : public FeedForward<T> {
@@ -45,6 +67,7 @@ class MoeLayer final : public FeedForward<T> {
   // Aux-loss-free balancing: call after the optimizer step (uses the last forward's loads).
   void update_selection_bias();
   std::vector<T>& selection_bias() { return bias_; }
+  const std::vector<T>& selection_bias() const { return bias_; }
 
   const MoeConfig& config() const { return cfg_; }
   const RoutingPlan& plan() const { return plan_; }
@@ -55,10 +78,18 @@ class MoeLayer final : public FeedForward<T> {
   // Expert outputs of the last forward in expert-major order [N, d] (for inspection).
   const Permutation& permutation() const { return perm_; }
 
+  // Attach (or with nullptr detach) a timing record that forward/backward add to.
+  void set_timings(LayerTimings* t) { timings_ = t; }
+  // Expert scheduling: -1 (default) decides per call, 0 forces one expert after another with
+  // threaded GEMMs, 1 forces experts in parallel. Results are identical either way.
+  void set_expert_parallel(int mode) { expert_parallel_ = mode; }
+
  private:
   void reserve(int64_t tokens);
   void run_experts_forward();
   void run_experts_backward();
+  bool experts_in_parallel() const;
+  void sort_experts();
 
   // Arena offsets of each parameter, resolved once (-1 when absent), so the hot path never
   // looks names up. Offsets rather than pointers keep the layer safely copyable.
@@ -91,6 +122,10 @@ class MoeLayer final : public FeedForward<T> {
   // Backward scratch.
   std::vector<T> dy_, dxp_, da_, dh1_, dh3_, dgate_, dgate_prim_, ds_, dp_, dz_, dhn_;
   std::vector<T> dsy_, dxs_;
+
+  std::vector<int> expert_order_;  // [E] experts by descending rows (parallel schedule)
+  LayerTimings* timings_ = nullptr;
+  int expert_parallel_ = -1;
 };
 
 }  // namespace moe

@@ -316,7 +316,7 @@ void Transformer<T>::save_weights(SafeTensorsWriter& w, DType dtype) const {
   for (const auto& p : params_) w.add(p.name, p.shape, p.value, dtype);
   for (int l = 0; l < L_; ++l) {
     if (const auto* m = moe_layer(l); m && m->config().use_selection_bias) {
-      auto& bias = const_cast<MoeLayer<T>*>(m)->selection_bias();
+      const auto& bias = m->selection_bias();
       w.add(fmt::format("state.selection_bias.{}", l), {static_cast<int64_t>(bias.size())},
             bias.data(), DType::F32);
     }

@@ -107,6 +107,8 @@ const std::initializer_list<std::pair<const char*, Activation>> kAct = {
     {"silu", Activation::SwiGLU}, {"swiglu", Activation::SwiGLU}, {"gelu", Activation::GELU}};
 const std::initializer_list<std::pair<const char*, AuxLossStyle>> kAux = {
     {"switch", AuxLossStyle::Switch}, {"hf", AuxLossStyle::HF}};
+const std::initializer_list<std::pair<const char*, ComputeDtype>> kDtype = {
+    {"float32", ComputeDtype::Float32}, {"bfloat16", ComputeDtype::BFloat16}};
 
 // The one list of keys: every reader and writer walks it, so none can forget a key.
 template <class Config, class Visitor>
@@ -135,6 +137,7 @@ void visit_keys(Config& c, Visitor&& v) {
   v("router_importance_coef", c.router_importance_coef);
   v("router_z_loss_coef", c.router_z_loss_coef);
   v("aux_loss_style", c.aux_loss_style, kAux);
+  v("compute_dtype", c.compute_dtype, kDtype);
 }
 
 struct Reader {

@@ -1,7 +1,12 @@
 #include "moe/moe_layer.h"
 
+#include <omp.h>
+
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <numeric>
+#include <type_traits>
 
 #include "moe/ffn.h"
 #include "moe/gemm.h"
@@ -17,11 +22,39 @@ template <class T>
 T sigmoid(T v) {
   return T(1) / (T(1) + std::exp(-v));
 }
+
+// Adds the time since the previous lap to one field of a LayerTimings pass, and the whole
+// span to its total; without a pass it reads no clock.
+class Laps {
+ public:
+  using Clock = std::chrono::steady_clock;
+  explicit Laps(LayerTimings::Pass* pass) : pass_(pass) {
+    if (pass_) start_ = last_ = Clock::now();
+  }
+  ~Laps() {
+    if (pass_) pass_->total += std::chrono::duration<double>(Clock::now() - start_).count();
+  }
+  Laps(const Laps&) = delete;
+  Laps& operator=(const Laps&) = delete;
+  void lap(double LayerTimings::Pass::*field) {
+    if (!pass_) return;
+    const auto now = Clock::now();
+    pass_->*field += std::chrono::duration<double>(now - last_).count();
+    last_ = now;
+  }
+
+ private:
+  LayerTimings::Pass* pass_;
+  Clock::time_point start_, last_;
+};
+using Pass = LayerTimings::Pass;
 }  // namespace
 
 template <class T>
 MoeLayer<T>::MoeLayer(const MoeConfig& config) : cfg_(config) {
   cfg_.validate("MoeLayer");
+  MOE_CHECK((std::is_same_v<T, float>) || cfg_.compute_dtype == ComputeDtype::Float32,
+            "MoeLayer: compute_dtype \"bfloat16\" needs MoeLayer<float> (fp32 master weights)");
   d_ = cfg_.hidden_size;
   F_ = cfg_.moe_intermediate_size;
   E_ = cfg_.num_experts;
@@ -58,6 +91,7 @@ MoeLayer<T>::MoeLayer(const MoeConfig& config) : cfg_(config) {
   importance_.assign(E_, 0.0);
   mean_prob_.assign(E_, 0.0);
   uniforms_.assign(E_, 0.0);
+  expert_order_.resize(E_);
 }
 
 template <class T>
@@ -104,6 +138,8 @@ void MoeLayer<T>::forward(View<const T> x, View<T> out, const ForwardOptions<T>&
   const int64_t T_ = x.size(0);
   check_shape(out, {T_, d_}, "MoeLayer::forward: out");
   if (opt.check_finite) check_finite(x, "MoeLayer::forward: x");
+  Laps laps(timings_ ? &timings_->forward : nullptr);
+  if (timings_) ++timings_->forward_calls;
   tokens_ = T_;
   reserve(T_);
   std::copy_n(x.data, T_ * d_, x_.data());
@@ -169,18 +205,22 @@ void MoeLayer<T>::forward(View<const T> x, View<T> out, const ForwardOptions<T>&
   metrics_.importance_loss = importance_loss<T>(cfg_, plan_, gate_prim_.data(), importance_.data());
   metrics_.z_loss = z_loss<T>(cfg_, plan_, lse_.data());
   fill_metrics<T>(cfg_, plan_, p_.data(), counts_.data(), metrics_);
+  laps.lap(&Pass::routing);
 
   // 7. Grouped experts: permute, run each expert on its block, combine.
   build_permutation(plan_, perm_);
   gather_rows<T>(perm_, k_, d_, x_.data(), xp_.data());
+  laps.lap(&Pass::gather);
   run_experts_forward();
+  laps.lap(&Pass::experts);
   scatter_gated<T>(perm_, T_, k_, d_, y_.data(), gate_.data(), out.data);
+  laps.lap(&Pass::combine);
 
   // 8. Shared experts on every token, optionally gated.
   if (Hs_ > 0) {
     ffn_forward<T>(cfg_.hidden_act, T_, d_, Hs_, x_.data(), value(off_.shared_w1),
                    value(off_.shared_w3), value(off_.shared_w2), sh1_.data(), sh3_.data(),
-                   sa_.data(), sy_.data());
+                   sa_.data(), sy_.data(), cfg_.compute_dtype);
     if (cfg_.shared_expert_gate) {
       gemm<T>(Trans::No, Trans::Yes, T_, 1, d_, T(1), x_.data(), d_, value(off_.shared_gate), d_,
               T(0), sgate_.data(), 1);
@@ -190,7 +230,35 @@ void MoeLayer<T>::forward(View<const T> x, View<T> out, const ForwardOptions<T>&
       const T g = cfg_.shared_expert_gate ? sgate_[t] : T(1);
       for (int64_t c = 0; c < d_; ++c) out.data[t * d_ + c] += g * sy_[t * d_ + c];
     }
+    laps.lap(&Pass::shared);
   }
+}
+
+template <class T>
+void MoeLayer<T>::sort_experts() {
+  // Largest expert first (ties: lower index), handed out one at a time (LPT scheduling).
+  std::iota(expert_order_.begin(), expert_order_.end(), 0);
+  std::sort(expert_order_.begin(), expert_order_.end(), [&](int a, int b) {
+    const int64_t ra = perm_.rows_of(a), rb = perm_.rows_of(b);
+    return ra != rb ? ra > rb : a < b;
+  });
+}
+
+template <class T>
+bool MoeLayer<T>::experts_in_parallel() const {
+  if (expert_parallel_ >= 0) return expert_parallel_ == 1;
+  const int threads = omp_get_max_threads();
+  if (threads <= 1 || omp_in_parallel()) return false;
+  // One expert per thread pays when there are enough busy experts to balance the threads
+  // (largest first) and no single expert outweighs a thread's share; otherwise (few experts,
+  // or a collapsed router) threading each GEMM balances better.
+  int busy = 0;
+  int64_t largest = 0;
+  for (int e = 0; e < E_; ++e) {
+    busy += perm_.rows_of(e) > 0;
+    largest = std::max(largest, perm_.rows_of(e));
+  }
+  return busy >= 2 * threads && largest * threads <= perm_.rows();
 }
 
 template <class T>
@@ -200,12 +268,20 @@ void MoeLayer<T>::run_experts_forward() {
   const T* w3 = value(off_.w3);
   const T* w2 = value(off_.w2);
   const int64_t wsz = static_cast<int64_t>(F_) * d_;
-  for (int e = 0; e < E_; ++e) {
+  auto run = [&](int e) {
     const int64_t r0 = perm_.offsets[e], n = perm_.rows_of(e);
-    if (n == 0) continue;
+    if (n == 0) return;
     ffn_forward<T>(cfg_.hidden_act, n, d_, F_, xp_.data() + r0 * d_, w1 + e * wsz,
                    glu ? w3 + e * wsz : nullptr, w2 + e * wsz, h1_.data() + r0 * F_,
-                   h3_.data() + r0 * F_, a_.data() + r0 * F_, y_.data() + r0 * d_);
+                   h3_.data() + r0 * F_, a_.data() + r0 * F_, y_.data() + r0 * d_,
+                   cfg_.compute_dtype);
+  };
+  if (experts_in_parallel()) {
+    sort_experts();
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int i = 0; i < E_; ++i) run(expert_order_[i]);
+  } else {
+    for (int e = 0; e < E_; ++e) run(e);
   }
 }
 
@@ -219,15 +295,24 @@ void MoeLayer<T>::run_experts_backward() {
   T* dw3 = grad(off_.w3);
   T* dw2 = grad(off_.w2);
   const int64_t wsz = static_cast<int64_t>(F_) * d_;
-  for (int e = 0; e < E_; ++e) {
+  auto run = [&](int e) {
     const int64_t r0 = perm_.offsets[e], n = perm_.rows_of(e);
-    if (n == 0) continue;
+    if (n == 0) return;
     ffn_backward<T>(cfg_.hidden_act, n, d_, F_, xp_.data() + r0 * d_, w1 + e * wsz,
                     glu ? w3 + e * wsz : nullptr, w2 + e * wsz, h1_.data() + r0 * F_,
                     h3_.data() + r0 * F_, a_.data() + r0 * F_, dy_.data() + r0 * d_,
                     dxp_.data() + r0 * d_, dw1 + e * wsz, glu ? dw3 + e * wsz : nullptr,
                     dw2 + e * wsz, da_.data() + r0 * F_, dh1_.data() + r0 * F_,
-                    dh3_.data() + r0 * F_);
+                    dh3_.data() + r0 * F_, cfg_.compute_dtype);
+  };
+  // Each expert writes only its own rows and its own weight gradients: no two threads share
+  // an output, so the parallel schedule cannot change any sum.
+  if (experts_in_parallel()) {
+    sort_experts();
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int i = 0; i < E_; ++i) run(expert_order_[i]);
+  } else {
+    for (int e = 0; e < E_; ++e) run(e);
   }
 }
 
@@ -236,13 +321,18 @@ void MoeLayer<T>::backward(View<const T> dout, View<T> dx, double aux_scale) {
   const int64_t T_ = tokens_, TE = tokens_ * E_, Tk = tokens_ * k_;
   check_shape(dout, {T_, d_}, "MoeLayer::backward: dout");
   check_shape(dx, {T_, d_}, "MoeLayer::backward: dx");
-  std::fill(dx.data, dx.data + T_ * d_, T(0));
+  Laps laps(timings_ ? &timings_->backward : nullptr);
+  if (timings_) ++timings_->backward_calls;
 
   // Combine -> experts -> gather, in reverse.
   scatter_gated_backward<T>(perm_, T_, k_, d_, dout.data, y_.data(), gate_.data(), dy_.data(),
                             dgate_.data());
+  laps.lap(&Pass::combine);
   run_experts_backward();
+  laps.lap(&Pass::experts);
+  std::fill(dx.data, dx.data + T_ * d_, T(0));
   gather_rows_backward<T>(perm_, T_, k_, d_, dxp_.data(), dx.data);
+  laps.lap(&Pass::gather);
 
   // Shared experts and their gate.
   if (Hs_ > 0) {
@@ -268,8 +358,9 @@ void MoeLayer<T>::backward(View<const T> dout, View<T> dx, double aux_scale) {
     ffn_backward<T>(cfg_.hidden_act, T_, d_, Hs_, x_.data(), value(off_.shared_w1),
                     value(off_.shared_w3), value(off_.shared_w2), sh1_.data(), sh3_.data(),
                     sa_.data(), dys, dxs_.data(), grad(off_.shared_w1), grad(off_.shared_w3),
-                    grad(off_.shared_w2), da_.data(), dh1_.data(), dh3_.data());
+                    grad(off_.shared_w2), da_.data(), dh1_.data(), dh3_.data(), cfg_.compute_dtype);
     for (int64_t i = 0; i < T_ * d_; ++i) dx.data[i] += dxs_[i];
+    laps.lap(&Pass::shared);
   }
 
   // Router: gates and losses -> scores -> logits -> weights and x.
@@ -288,6 +379,7 @@ void MoeLayer<T>::backward(View<const T> dout, View<T> dx, double aux_scale) {
   router_logits_backward<T>(T_, d_, E_, x_.data(), value(off_.router), wn, noise_.data(),
                             hn_.data(), dz_.data(), dx.data, grad(off_.router),
                             noisy_ ? grad(off_.noise) : nullptr, dhn_.data());
+  laps.lap(&Pass::routing);
 }
 
 template <class T>

@@ -1,0 +1,352 @@
+// bf16 GEMM (gemm_bf16.h). GotoBLAS blocking: for each NC block of columns and KC block of k,
+// B is packed once (bf16 pairs, [k/2][NR] per panel of NR columns); for each MC block of rows
+// A is packed ([k/2][MR] per panel of MR rows); an MR x NR microkernel then runs over the
+// panels. Packing rounds fp32 to bf16, so both kernels see identical bf16 operands; only the
+// microkernel differs (vdpbf16ps or portable C++).
+#include "moe/gemm_bf16.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+
+#include "moe/cpu_features.h"
+#include "moe/error.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define MOE_HAVE_AVX512_KERNEL 1
+#endif
+
+namespace moe {
+
+namespace {
+
+constexpr int kMR = 12;       // rows per microkernel tile (24 zmm accumulators)
+constexpr int kNR = 32;       // columns per tile: two zmm of 16 fp32
+constexpr int64_t kKC = 256;  // k per block (even), 128 bf16 pairs
+constexpr int64_t kKP = kKC / 2;
+constexpr int64_t kMC = kMR * 8;          // rows per packed A block: 48 KiB, stays in L2
+constexpr int64_t kNC = kNR * 32;         // columns per packed B block: 512 KiB
+constexpr double kParallelMin = 1 << 20;  // multiply-adds below which one thread is faster
+
+std::atomic<int> g_kernel{static_cast<int>(Bf16Kernel::Auto)};
+
+// Per-thread packing buffers of fixed size, allocated on a thread's first call and reused: a
+// steady-state step allocates nothing.
+struct PackBuffers {
+  uint32_t* a = nullptr;  // kMC x kKP pairs
+  uint32_t* b = nullptr;  // kNC x kKP pairs
+  PackBuffers() {
+    a = static_cast<uint32_t*>(std::aligned_alloc(64, sizeof(uint32_t) * kMC * kKP));
+    b = static_cast<uint32_t*>(std::aligned_alloc(64, sizeof(uint32_t) * kNC * kKP));
+    MOE_CHECK(a != nullptr && b != nullptr, "gemm_bf16: out of memory for packing buffers");
+  }
+  ~PackBuffers() {
+    std::free(a);
+    std::free(b);
+  }
+  PackBuffers(const PackBuffers&) = delete;
+  PackBuffers& operator=(const PackBuffers&) = delete;
+};
+
+PackBuffers& pack_buffers() {
+  thread_local PackBuffers buf;
+  return buf;
+}
+
+// Branchless bf16_bits over a run of values, so the compiler vectorizes it (the packing is
+// otherwise the largest cost of small expert GEMMs). Same results as bf16_bits.
+void to_bf16(const float* src, int64_t n, uint16_t* dst) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t u = std::bit_cast<uint32_t>(src[i]);
+    const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    const uint32_t zero = (u >> 16) & 0x8000u;
+    const uint32_t nan = (u >> 16) | 0x0040u;
+    uint32_t r = (u & 0x7F800000u) == 0 ? zero : rounded;
+    r = (u & 0x7FFFFFFFu) > 0x7F800000u ? nan : r;
+    dst[i] = static_cast<uint16_t>(r);
+  }
+}
+
+// Scratch for one row of bf16 values (kKC, or kNC when converting along the columns).
+constexpr int64_t kRowMax = kKC > kNC ? kKC : kNC;
+
+// Packs rows of a matrix whose k runs along memory (op = identity for A, transpose for B):
+// dst[kp * width + r] = pair (src[r][k0 + 2kp], src[r][k0 + 2kp + 1]) for r < rows, zero for
+// rows <= r < width and past kc.
+void pack_k_contiguous(const float* src, int64_t ld, int rows, int width, int64_t k0, int64_t kc,
+                       uint32_t* dst) {
+  const int64_t kp_n = (kc + 1) / 2;
+  alignas(64) uint16_t tmp[kKC + 2];
+  uint32_t pairs[kKP];
+  for (int r = 0; r < width; ++r) {
+    if (r >= rows) {
+      for (int64_t kp = 0; kp < kp_n; ++kp) dst[kp * width + r] = 0;
+      continue;
+    }
+    to_bf16(src + r * ld + k0, kc, tmp);
+    tmp[kc] = 0;  // the odd k's partner
+    std::memcpy(pairs, tmp, sizeof(uint32_t) * kp_n);
+    for (int64_t kp = 0; kp < kp_n; ++kp) dst[kp * width + r] = pairs[kp];
+  }
+}
+
+// Packs a block whose k runs across rows of memory (op = transpose for A, identity for B), all
+// its panels at once so each row of memory is converted in one long run:
+// dst[c / width][kp][c % width] = pair (src[k0 + 2kp][c], src[k0 + 2kp + 1][c]) for c < cols,
+// zero for the padding columns of the last panel.
+void pack_k_strided(const float* src, int64_t ld, int64_t cols, int width, int64_t k0, int64_t kc,
+                    uint32_t* dst) {
+  const int64_t kp_n = (kc + 1) / 2;
+  const int64_t panels = (cols + width - 1) / width;
+  alignas(64) uint16_t lo[kRowMax + kNR], hi[kRowMax + kNR];
+  std::fill(lo + cols, lo + panels * width, uint16_t(0));
+  for (int64_t kp = 0; kp < kp_n; ++kp) {
+    const int64_t k = k0 + 2 * kp;
+    to_bf16(src + k * ld, cols, lo);
+    if (2 * kp + 1 < kc) {
+      to_bf16(src + (k + 1) * ld, cols, hi);
+    } else {
+      std::fill(hi, hi + cols, uint16_t(0));
+    }
+    std::fill(hi + cols, hi + panels * width, uint16_t(0));
+    for (int64_t p = 0; p < panels; ++p) {
+      uint32_t* out = dst + (p * kp_n + kp) * width;
+      const uint16_t *l = lo + p * width, *h = hi + p * width;
+#pragma omp simd
+      for (int c = 0; c < width; ++c) out[c] = uint32_t(l[c]) | (uint32_t(h[c]) << 16);
+    }
+  }
+}
+
+// Packs op(A)[i0:i0+mc, k0:k0+kc] as panels of kMR rows: dst[panel][kp][r].
+void pack_a(Trans ta, const float* A, int64_t lda, int64_t i0, int64_t mc, int64_t k0, int64_t kc,
+            uint32_t* dst) {
+  const int64_t kp_n = (kc + 1) / 2;
+  if (ta == Trans::Yes) {
+    pack_k_strided(A + i0, lda, mc, kMR, k0, kc, dst);
+    return;
+  }
+  for (int64_t p = 0; p < mc; p += kMR) {
+    const int rows = static_cast<int>(std::min<int64_t>(kMR, mc - p));
+    pack_k_contiguous(A + (i0 + p) * lda, lda, rows, kMR, k0, kc, dst + (p / kMR) * kp_n * kMR);
+  }
+}
+
+// Packs op(B)[k0:k0+kc, j0:j0+nc] as panels of kNR columns: dst[panel][kp][c].
+void pack_b(Trans tb, const float* B, int64_t ldb, int64_t j0, int64_t nc, int64_t k0, int64_t kc,
+            uint32_t* dst) {
+  const int64_t kp_n = (kc + 1) / 2;
+  if (tb == Trans::No) {
+    pack_k_strided(B + j0, ldb, nc, kNR, k0, kc, dst);
+    return;
+  }
+  for (int64_t q = 0; q < nc; q += kNR) {
+    const int cols = static_cast<int>(std::min<int64_t>(kNR, nc - q));
+    pack_k_contiguous(B + (j0 + q) * ldb, ldb, cols, kNR, k0, kc, dst + (q / kNR) * kp_n * kNR);
+  }
+}
+
+// C[0:m, 0:n] = alpha * acc + beta * C (beta == 0: C is not read, so NaN in it never leaks).
+void store_tile(const float (&acc)[kMR][kNR], int m, int n, float alpha, float beta, float* C,
+                int64_t ldc) {
+  for (int r = 0; r < m; ++r) {
+    float* c = C + r * ldc;
+    if (beta == 0.f) {
+      for (int j = 0; j < n; ++j) c[j] = alpha * acc[r][j];
+    } else {
+      for (int j = 0; j < n; ++j) c[j] = alpha * acc[r][j] + beta * c[j];
+    }
+  }
+}
+
+inline float bf16_lo(uint32_t p) {
+  return std::bit_cast<float>(p << 16);
+}
+inline float bf16_hi(uint32_t p) {
+  return std::bit_cast<float>(p & 0xFFFF0000u);
+}
+
+// Portable microkernel: the same bf16 products and the same summation order as vdpbf16ps.
+void kernel_portable(int64_t kp_n, const uint32_t* a, const uint32_t* b, int m, int n, float alpha,
+                     float beta, float* C, int64_t ldc) {
+  float acc[kMR][kNR] = {};
+  for (int64_t kp = 0; kp < kp_n; ++kp) {
+    const uint32_t* ak = a + kp * kMR;
+    const uint32_t* bk = b + kp * kNR;
+    for (int r = 0; r < kMR; ++r) {
+      const float ahi = bf16_hi(ak[r]), alo = bf16_lo(ak[r]);
+      for (int j = 0; j < kNR; ++j) {
+        float s = acc[r][j] + ahi * bf16_hi(bk[j]);
+        acc[r][j] = s + alo * bf16_lo(bk[j]);
+      }
+    }
+  }
+  store_tile(acc, m, n, alpha, beta, C, ldc);
+}
+
+#ifdef MOE_HAVE_AVX512_KERNEL
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void kernel_avx512(
+    int64_t kp_n, const uint32_t* a, const uint32_t* b, int m, int n, float alpha, float beta,
+    float* C, int64_t ldc) {
+  __m512 acc0[kMR], acc1[kMR];
+#pragma GCC unroll 12
+  for (int r = 0; r < kMR; ++r) acc0[r] = acc1[r] = _mm512_setzero_ps();
+  for (int64_t kp = 0; kp < kp_n; ++kp) {
+    const __m512i b0 = _mm512_load_si512(b + kp * kNR);
+    const __m512i b1 = _mm512_load_si512(b + kp * kNR + 16);
+    const uint32_t* ak = a + kp * kMR;
+#pragma GCC unroll 12
+    for (int r = 0; r < kMR; ++r) {
+      const __m512i av = _mm512_set1_epi32(static_cast<int>(ak[r]));
+      acc0[r] = _mm512_dpbf16_ps(acc0[r], (__m512bh)av, (__m512bh)b0);
+      acc1[r] = _mm512_dpbf16_ps(acc1[r], (__m512bh)av, (__m512bh)b1);
+    }
+  }
+  const __mmask16 m0 = n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
+  const __mmask16 m1 = n >= 32 ? __mmask16(0xFFFF) : n <= 16 ? 0 : __mmask16((1u << (n - 16)) - 1);
+  const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+#pragma GCC unroll 12
+  for (int r = 0; r < kMR; ++r) {
+    if (r >= m) break;
+    float* c = C + r * ldc;
+    __m512 v0 = _mm512_mul_ps(va, acc0[r]), v1 = _mm512_mul_ps(va, acc1[r]);
+    if (beta != 0.f) {
+      v0 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m0, c), v0);
+      v1 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m1, c + 16), v1);
+    }
+    _mm512_mask_storeu_ps(c, m0, v0);
+    _mm512_mask_storeu_ps(c + 16, m1, v1);
+  }
+}
+#endif
+
+using Kernel = void (*)(int64_t, const uint32_t*, const uint32_t*, int, int, float, float, float*,
+                        int64_t);
+
+Kernel pick_kernel() {
+#ifdef MOE_HAVE_AVX512_KERNEL
+  if (bf16_kernel() == Bf16Kernel::Avx512) return kernel_avx512;
+#endif
+  return kernel_portable;
+}
+
+// One thread: rows [i_begin, i_end) of C.
+void gemm_rows(Kernel kernel, Trans ta, Trans tb, int64_t i_begin, int64_t i_end, int64_t N,
+               int64_t K, float alpha, const float* A, int64_t lda, const float* B, int64_t ldb,
+               float beta, float* C, int64_t ldc) {
+  PackBuffers& buf = pack_buffers();
+  for (int64_t jc = 0; jc < N; jc += kNC) {
+    const int64_t nc = std::min(kNC, N - jc);
+    for (int64_t pc = 0; pc < K; pc += kKC) {
+      const int64_t kc = std::min(kKC, K - pc), kp_n = (kc + 1) / 2;
+      const float beta_k = pc == 0 ? beta : 1.f;  // later k blocks add to the first
+      pack_b(tb, B, ldb, jc, nc, pc, kc, buf.b);
+      for (int64_t ic = i_begin; ic < i_end; ic += kMC) {
+        const int64_t mc = std::min(kMC, i_end - ic);
+        pack_a(ta, A, lda, ic, mc, pc, kc, buf.a);
+        for (int64_t jr = 0; jr < nc; jr += kNR) {
+          const uint32_t* bp = buf.b + (jr / kNR) * kp_n * kNR;
+          const int n = static_cast<int>(std::min<int64_t>(kNR, nc - jr));
+          for (int64_t ir = 0; ir < mc; ir += kMR) {
+            const uint32_t* ap = buf.a + (ir / kMR) * kp_n * kMR;
+            const int m = static_cast<int>(std::min<int64_t>(kMR, mc - ir));
+            kernel(kp_n, ap, bp, m, n, alpha, beta_k, C + (ic + ir) * ldc + jc + jr, ldc);
+          }
+        }
+      }
+    }
+  }
+}
+
+void check_args(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb,
+                int64_t ldc) {
+  MOE_CHECK(M >= 0 && N >= 0 && K >= 0, "gemm_bf16: negative size M={} N={} K={}", M, N, K);
+  MOE_CHECK(lda >= (ta == Trans::No ? K : M) && ldb >= (tb == Trans::No ? N : K) && ldc >= N,
+            "gemm_bf16: leading dimension too small (lda={} ldb={} ldc={} for M={} N={} K={})", lda,
+            ldb, ldc, M, N, K);
+}
+
+}  // namespace
+
+void set_bf16_kernel(Bf16Kernel k) {
+  MOE_CHECK(k != Bf16Kernel::Avx512 || cpu_features().bf16_gemm(),
+            "set_bf16_kernel: this CPU has no AVX-512 BF16");
+#ifndef MOE_HAVE_AVX512_KERNEL
+  MOE_CHECK(k != Bf16Kernel::Avx512, "set_bf16_kernel: built without the AVX-512 kernel");
+#endif
+  g_kernel.store(static_cast<int>(k));
+}
+
+Bf16Kernel bf16_kernel() {
+  const auto k = static_cast<Bf16Kernel>(g_kernel.load());
+  if (k != Bf16Kernel::Auto) return k;
+#ifdef MOE_HAVE_AVX512_KERNEL
+  if (cpu_features().bf16_gemm()) return Bf16Kernel::Avx512;
+#endif
+  return Bf16Kernel::Portable;
+}
+
+const char* bf16_kernel_name(Bf16Kernel k) {
+  switch (k) {
+    case Bf16Kernel::Auto:
+      return "auto";
+    case Bf16Kernel::Avx512:
+      return "avx512_bf16";
+    case Bf16Kernel::Portable:
+      return "portable";
+  }
+  return "?";
+}
+
+void gemm_bf16(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+               int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  check_args(ta, tb, M, N, K, lda, ldb, ldc);
+  if (M == 0 || N == 0) return;
+  if (K == 0) {  // C = beta * C, as BLAS does
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == 0.f ? 0.f : beta * C[i * ldc + j];
+    return;
+  }
+  const Kernel kernel = pick_kernel();
+  const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  const double macs = static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K);
+  if (threads <= 1 || macs < kParallelMin || M < 2 * kMR) {
+    gemm_rows(kernel, ta, tb, 0, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  // Split the rows of C into one contiguous range per thread (a multiple of kMR each): every
+  // element is computed by one thread in the same order, so results do not depend on threads.
+  const int64_t panels = (M + kMR - 1) / kMR;
+#pragma omp parallel num_threads(threads)
+  {
+    const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t p0 = panels * t / nt, p1 = panels * (t + 1) / nt;
+    const int64_t i0 = p0 * kMR, i1 = std::min(M, p1 * kMR);
+    if (i0 < i1) gemm_rows(kernel, ta, tb, i0, i1, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  }
+}
+
+void gemm_bf16_naive(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha,
+                     const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+                     int64_t ldc) {
+  check_args(ta, tb, M, N, K, lda, ldb, ldc);
+  for (int64_t i = 0; i < M; ++i) {
+    for (int64_t j = 0; j < N; ++j) {
+      double acc = 0.0;
+      for (int64_t p = 0; p < K; ++p) {
+        const float a = round_bf16(ta == Trans::No ? A[i * lda + p] : A[p * lda + i]);
+        const float b = round_bf16(tb == Trans::No ? B[p * ldb + j] : B[j * ldb + p]);
+        acc += static_cast<double>(a) * static_cast<double>(b);
+      }
+      float& c = C[i * ldc + j];
+      c = static_cast<float>(alpha * acc + (beta == 0.f ? 0.0 : static_cast<double>(beta) * c));
+    }
+  }
+}
+
+}  // namespace moe

@@ -1,0 +1,224 @@
+// The bf16 GEMM against its oracle (bf16-rounded inputs, exact products summed in double), on
+// odd shapes and every transpose combination, with both kernels; and the MoE layer in bf16
+// against the same layer in fp32.
+#include <gtest/gtest.h>
+#include <omp.h>
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "moe/cpu_features.h"
+#include "moe/gemm_bf16.h"
+#include "moe/moe_layer.h"
+#include "moe/parallel.h"
+#include "test_util.h"
+
+namespace moe {
+namespace {
+
+// Restores the automatic kernel choice whatever a test forced.
+struct KernelGuard {
+  ~KernelGuard() { set_bf16_kernel(Bf16Kernel::Auto); }
+};
+
+TEST(Bf16Round, NearestEvenNanAndDenormals) {
+  EXPECT_EQ(bf16_bits(1.0f), 0x3F80);
+  // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties go to the even mantissa (1.0).
+  EXPECT_EQ(bf16_bits(1.0f + 0x1p-8f), 0x3F80);
+  // 1 + 3 * 2^-8 is halfway between 1 + 2^-7 and 1 + 2^-6: even is 1 + 2^-6.
+  EXPECT_EQ(bf16_bits(1.0f + 3 * 0x1p-8f), 0x3F82);
+  EXPECT_EQ(bf16_bits(1.0f + 0x1p-8f + 0x1p-20f), 0x3F81);  // above halfway rounds up
+  EXPECT_EQ(bf16_bits(-2.0f), 0xC000);
+  EXPECT_TRUE(std::isnan(round_bf16(std::nanf(""))));
+  EXPECT_EQ(round_bf16(1e-40f), 0.0f);  // denormal flushes, as vdpbf16ps treats inputs
+  EXPECT_TRUE(std::isinf(round_bf16(INFINITY)));
+  EXPECT_EQ(round_bf16(3.4e38f), INFINITY);  // rounds past the largest bf16 (3.39e38)
+}
+
+struct Case {
+  Trans ta, tb;
+  int64_t M, N, K;
+  float alpha, beta;
+};
+
+void check_case(const Case& c, Bf16Kernel kernel, int seed) {
+  Rng rng(static_cast<uint64_t>(seed));
+  const int64_t lda = (c.ta == Trans::No ? c.K : c.M) + 3;  // padded strides
+  const int64_t ldb = (c.tb == Trans::No ? c.N : c.K) + 5;
+  const int64_t ldc = c.N + 2;
+  const int64_t a_rows = c.ta == Trans::No ? c.M : c.K, b_rows = c.tb == Trans::No ? c.K : c.N;
+  const auto A = test::random_vector<float>(rng, a_rows * lda);
+  const auto B = test::random_vector<float>(rng, b_rows * ldb);
+  auto C = test::random_vector<float>(rng, c.M * ldc);
+  auto ref = C;
+  set_bf16_kernel(kernel);
+  gemm_bf16(c.ta, c.tb, c.M, c.N, c.K, c.alpha, A.data(), lda, B.data(), ldb, c.beta, C.data(),
+            ldc);
+  gemm_bf16_naive(c.ta, c.tb, c.M, c.N, c.K, c.alpha, A.data(), lda, B.data(), ldb, c.beta,
+                  ref.data(), ldc);
+  // fp32 sums of K exact products: error grows like sqrt(K) * 2^-24.
+  test::expect_close(std::string(bf16_kernel_name(kernel)) + " M=" + std::to_string(c.M) +
+                         " N=" + std::to_string(c.N) + " K=" + std::to_string(c.K) +
+                         " ta=" + std::to_string(int(c.ta)) + " tb=" + std::to_string(int(c.tb)),
+                     C.data(), ref.data(), c.M * ldc, 2e-6);
+}
+
+std::vector<Bf16Kernel> kernels() {
+  std::vector<Bf16Kernel> k = {Bf16Kernel::Portable};
+  if (cpu_features().bf16_gemm()) k.push_back(Bf16Kernel::Avx512);
+  return k;
+}
+
+TEST(GemmBf16, MatchesOracleOnOddShapesAndTransposes) {
+  KernelGuard guard;
+  int seed = 1;
+  // Tails of every block size: MR = 12 rows, NR = 32 columns, KC = 256 (odd K too), MC = 96.
+  const int64_t shapes[][3] = {{1, 1, 1},     {13, 33, 7},    {12, 32, 256}, {25, 65, 257},
+                               {97, 31, 513}, {100, 1030, 3}, {3, 5, 600},   {130, 47, 129}};
+  for (Bf16Kernel kernel : kernels())
+    for (const auto& s : shapes)
+      for (Trans ta : {Trans::No, Trans::Yes})
+        for (Trans tb : {Trans::No, Trans::Yes})
+          check_case({ta, tb, s[0], s[1], s[2], 1.f, 0.f}, kernel, seed++);
+}
+
+TEST(GemmBf16, AlphaBetaAndAccumulate) {
+  KernelGuard guard;
+  for (Bf16Kernel kernel : kernels()) {
+    check_case({Trans::No, Trans::Yes, 40, 70, 300, 0.5f, 1.f}, kernel, 100);
+    check_case({Trans::Yes, Trans::No, 40, 70, 300, 1.f, -2.f}, kernel, 101);
+  }
+}
+
+TEST(GemmBf16, BetaZeroIgnoresNanAndKZeroScales) {
+  KernelGuard guard;
+  for (Bf16Kernel kernel : kernels()) {
+    set_bf16_kernel(kernel);
+    std::vector<float> A(6, 1.f), B(6, 1.f), C(4, std::nanf(""));
+    gemm_bf16(Trans::No, Trans::No, 2, 2, 3, 1.f, A.data(), 3, B.data(), 2, 0.f, C.data(), 2);
+    for (float v : C) EXPECT_EQ(v, 3.f);
+    gemm_bf16(Trans::No, Trans::No, 2, 2, 0, 1.f, A.data(), 3, B.data(), 2, 0.5f, C.data(), 2);
+    for (float v : C) EXPECT_EQ(v, 1.5f);
+  }
+}
+
+TEST(GemmBf16, KernelsAgreeAndThreadsDoNotChangeResults) {
+  KernelGuard guard;
+  Rng rng(7);
+  const int64_t M = 300, N = 200, K = 700;
+  const auto A = test::random_vector<float>(rng, M * K);
+  const auto B = test::random_vector<float>(rng, N * K);
+  auto run = [&](Bf16Kernel kernel, int threads) {
+    set_bf16_kernel(kernel);
+    const int saved = num_threads();
+    set_num_threads(threads);
+    std::vector<float> C(static_cast<size_t>(M * N));
+    gemm_bf16(Trans::No, Trans::Yes, M, N, K, 1.f, A.data(), K, B.data(), K, 0.f, C.data(), N);
+    set_num_threads(saved);
+    return C;
+  };
+  const auto p1 = run(Bf16Kernel::Portable, 1), p2 = run(Bf16Kernel::Portable, 2);
+  EXPECT_EQ(p1, p2) << "thread count changed the portable kernel's result";
+  if (cpu_features().bf16_gemm()) {
+    const auto v1 = run(Bf16Kernel::Avx512, 1), v2 = run(Bf16Kernel::Avx512, 2);
+    EXPECT_EQ(v1, v2) << "thread count changed the AVX-512 kernel's result";
+    // Same bf16 products and summation order: equal up to the last bit of a few sums.
+    test::expect_close("avx512 vs portable", v1.data(), p1.data(), M * N, 1e-7);
+  } else {
+    EXPECT_THROW(set_bf16_kernel(Bf16Kernel::Avx512), Error);
+  }
+}
+
+MoeConfig layer_config(ComputeDtype dt) {
+  MoeConfig c;
+  c.hidden_size = 64;
+  c.moe_intermediate_size = 96;
+  c.num_experts = 8;
+  c.num_experts_per_tok = 2;
+  c.n_shared_experts = 1;
+  c.shared_expert_gate = true;
+  c.compute_dtype = dt;
+  return c;
+}
+
+void check_layer(Bf16Kernel kernel) {
+  KernelGuard guard;
+  set_bf16_kernel(kernel);
+  MoeLayer<float> f32(layer_config(ComputeDtype::Float32));
+  MoeLayer<float> b16(layer_config(ComputeDtype::BFloat16));
+  Rng rng(5);
+  f32.init_weights(rng, 0.1);
+  b16.params().values() = f32.params().values();
+  const int64_t T = 200, d = 64;
+  const auto x = test::random_vector<float>(rng, T * d);
+  const auto dout = test::random_vector<float>(rng, T * d);
+  Tensor<float> y32({T, d}), y16({T, d}), dx32({T, d}), dx16({T, d});
+  ForwardOptions<float> opt;
+  opt.training = true;
+  for (auto [layer, y, dx] : {std::tuple{&f32, &y32, &dx32}, std::tuple{&b16, &y16, &dx16}}) {
+    layer->forward(View<const float>(x.data(), {T, d}), y->view(), opt);
+    layer->backward(View<const float>(dout.data(), {T, d}), dx->view());
+  }
+  // Routing is fp32 in both, so the same experts run; only GEMM rounding differs.
+  EXPECT_EQ(f32.plan().expert, b16.plan().expert);
+  test::expect_close("forward out", y16.data(), y32.data(), T * d, 1e-2);
+  test::expect_close("backward dx", dx16.data(), dx32.data(), T * d, 3e-2);
+  for (const char* name : {"router.weight", "experts.w1", "experts.w3", "experts.w2", "shared.w1",
+                           "shared.w2", "shared.gate"}) {
+    const ParamSpec* spec = f32.params().find(name);
+    ASSERT_NE(spec, nullptr) << name;
+    test::expect_close(std::string("grad ") + name, b16.params().grads().data() + spec->offset,
+                       f32.params().grads().data() + spec->offset, spec->shape.numel(), 3e-2);
+  }
+}
+
+TEST(MoeLayerBf16, CloseToFp32Portable) {
+  check_layer(Bf16Kernel::Portable);
+}
+
+TEST(MoeLayerBf16, CloseToFp32Avx512) {
+  if (!cpu_features().bf16_gemm()) GTEST_SKIP() << "no AVX-512 BF16 on this CPU";
+  check_layer(Bf16Kernel::Avx512);
+}
+
+TEST(MoeLayerBf16, ExpertScheduleDoesNotChangeResults) {
+  MoeLayer<float> a(layer_config(ComputeDtype::BFloat16)), b(layer_config(ComputeDtype::BFloat16));
+  Rng rng(9);
+  a.init_weights(rng, 0.1);
+  b.params().values() = a.params().values();
+  a.set_expert_parallel(0);
+  b.set_expert_parallel(1);
+  const int64_t T = 150, d = 64;
+  const auto x = test::random_vector<float>(rng, T * d);
+  Tensor<float> ya({T, d}), yb({T, d}), dxa({T, d}), dxb({T, d});
+  a.forward(View<const float>(x.data(), {T, d}), ya.view());
+  b.forward(View<const float>(x.data(), {T, d}), yb.view());
+  a.backward(View<const float>(x.data(), {T, d}), dxa.view());
+  b.backward(View<const float>(x.data(), {T, d}), dxb.view());
+  EXPECT_EQ(ya.buffer(), yb.buffer());
+  EXPECT_EQ(dxa.buffer(), dxb.buffer());
+  EXPECT_EQ(a.params().grads(), b.params().grads());
+}
+
+TEST(MoeLayerBf16, ConfigKeyAndDoubleRejected) {
+  nlohmann::json j = {
+      {"hidden_size", 8}, {"moe_intermediate_size", 8}, {"compute_dtype", "bfloat16"}};
+  EXPECT_EQ(moe_config_from_json(j).compute_dtype, ComputeDtype::BFloat16);
+  nlohmann::json out;
+  moe_config_to_json(moe_config_from_json(j), out);
+  EXPECT_EQ(out["compute_dtype"], "bfloat16");
+  j["compute_dtype"] = "float16";
+  try {
+    moe_config_from_json(j, "my.json");
+    FAIL() << "float16 accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("compute_dtype"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(MoeLayer<double>(layer_config(ComputeDtype::BFloat16)), Error);
+}
+
+}  // namespace
+}  // namespace moe
