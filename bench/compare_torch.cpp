@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "expert_sgemm.h"
 #include "moe/gemm.h"
 #include "moe/gemm_bf16.h"
 #include "moe/moe_layer.h"
@@ -99,58 +100,11 @@ json time_layer(moe::MoeLayer<float>& layer, const moe::Tensor<float>& x,
           {"backward", pass_json(timings.backward, timings.backward_calls)}};
 }
 
-// Plain sgemm on the experts' GEMM work (the calls of src/nn/ffn.cpp without activation,
-// routing, permutation or combine): one chain per group of rows, each GEMM threaded by BLAS.
-struct SgemmWork {
+// The experts' GEMM work as plain sgemm (bench/expert_sgemm.h), timed like the layer.
+struct SgemmWork : moe::bench::ExpertSgemm {
   SgemmWork(int d_, int F_, std::vector<int64_t> group_rows)
-      : d(d_), F(F_), rows(std::move(group_rows)) {
-    offsets.assign(rows.size() + 1, 0);
-    std::partial_sum(rows.begin(), rows.end(), offsets.begin() + 1);
-    const int64_t n = offsets.back();
-    const size_t wsz = size_t(F) * d * rows.size();
-    moe::Rng rng(3);
-    auto normal = [&](std::vector<float>& v, size_t count, double std) {
-      v.resize(count);
-      rng.fill_normal(v.data(), int64_t(count), 0.0, std);
-    };
-    normal(w1, wsz, 0.02);
-    normal(w3, wsz, 0.02);
-    normal(w2, wsz, 0.02);
-    dw1.assign(wsz, 0.f);
-    dw3.assign(wsz, 0.f);
-    dw2.assign(wsz, 0.f);
-    normal(x, size_t(n * d), 1.0);
-    normal(dy, size_t(n * d), 1e-3);
-    normal(a, size_t(n * F), 0.1);
-    normal(dh1, size_t(n * F), 1e-3);
-    normal(dh3, size_t(n * F), 1e-3);
-    h1.assign(size_t(n * F), 0.f);
-    h3.assign(size_t(n * F), 0.f);
-    da.assign(size_t(n * F), 0.f);
-    y.assign(size_t(n * d), 0.f);
-    dx.assign(size_t(n * d), 0.f);
-  }
-  void run() {
-    using moe::Trans;
-    const int64_t wsz = int64_t(F) * d;
-    for (size_t g = 0; g < rows.size(); ++g) {
-      const int64_t n = rows[g], r0 = offsets[g];
-      if (n == 0) continue;
-      const float *W1 = w1.data() + g * wsz, *W3 = w3.data() + g * wsz, *W2 = w2.data() + g * wsz;
-      const float *X = x.data() + r0 * d, *A = a.data() + r0 * F, *dY = dy.data() + r0 * d;
-      const float *dH1 = dh1.data() + r0 * F, *dH3 = dh3.data() + r0 * F;
-      float* dX = dx.data() + r0 * d;
-      moe::gemm<float>(Trans::No, Trans::Yes, n, F, d, 1, X, d, W1, d, 0, h1.data() + r0 * F, F);
-      moe::gemm<float>(Trans::No, Trans::Yes, n, F, d, 1, X, d, W3, d, 0, h3.data() + r0 * F, F);
-      moe::gemm<float>(Trans::No, Trans::Yes, n, d, F, 1, A, F, W2, F, 0, y.data() + r0 * d, d);
-      moe::gemm<float>(Trans::No, Trans::No, n, F, d, 1, dY, d, W2, F, 0, da.data() + r0 * F, F);
-      moe::gemm<float>(Trans::Yes, Trans::No, d, F, n, 1, dY, d, A, F, 1, dw2.data() + g * wsz, F);
-      moe::gemm<float>(Trans::No, Trans::No, n, d, F, 1, dH1, F, W1, d, 0, dX, d);
-      moe::gemm<float>(Trans::Yes, Trans::No, F, d, n, 1, dH1, F, X, d, 1, dw1.data() + g * wsz, d);
-      moe::gemm<float>(Trans::No, Trans::No, n, d, F, 1, dH3, F, W3, d, 1, dX, d);
-      moe::gemm<float>(Trans::Yes, Trans::No, F, d, n, 1, dH3, F, X, d, 1, dw3.data() + g * wsz, d);
-    }
-  }
+      : ExpertSgemm(d_, F_, std::move(group_rows), 3) {}
+  void run() { ExpertSgemm::run(true); }
   json time(int warmup, int reps) {
     for (int i = 0; i < warmup; ++i) run();
     std::vector<double> times;
@@ -161,9 +115,6 @@ struct SgemmWork {
     }
     return {{"times", times}, {"median", median(times)}};
   }
-  int d, F;
-  std::vector<int64_t> rows, offsets;
-  std::vector<float> w1, w3, w2, dw1, dw3, dw2, x, dy, a, dh1, dh3, h1, h3, da, y, dx;
 };
 
 }  // namespace
