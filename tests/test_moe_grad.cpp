@@ -15,7 +15,7 @@ namespace {
 struct GradCase {
   const char* name;
   std::function<void(MoeConfig&)> setup;
-  bool padding = false;              // two padding tokens
+  bool padding = false;                   // two padding tokens
   std::vector<int> dropped_experts = {};  // injected expert-dropout mask
   bool expect_drops = false, expect_reroutes = false;
 };
