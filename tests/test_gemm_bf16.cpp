@@ -75,9 +75,10 @@ std::vector<Bf16Kernel> kernels() {
 TEST(GemmBf16, MatchesOracleOnOddShapesAndTransposes) {
   KernelGuard guard;
   int seed = 1;
-  // Tails of every block size: MR = 12 rows, NR = 32 columns, KC = 256 (odd K too), MC = 96.
-  const int64_t shapes[][3] = {{1, 1, 1},     {13, 33, 7},    {12, 32, 256}, {25, 65, 257},
-                               {97, 31, 513}, {100, 1030, 3}, {3, 5, 600},   {130, 47, 129}};
+  // Tails of every block size: MR = 12 rows, NR = 32 columns, KC = 1024 (odd K too), MC = 192,
+  // NC = 1024.
+  const int64_t shapes[][3] = {{1, 1, 1},      {13, 33, 7},    {12, 32, 1024}, {25, 65, 1025},
+                               {193, 31, 513}, {100, 1030, 3}, {3, 5, 2100},   {130, 47, 129}};
   for (Bf16Kernel kernel : kernels())
     for (const auto& s : shapes)
       for (Trans ta : {Trans::No, Trans::Yes})
@@ -89,7 +90,7 @@ TEST(GemmBf16, AlphaBetaAndAccumulate) {
   KernelGuard guard;
   for (Bf16Kernel kernel : kernels()) {
     check_case({Trans::No, Trans::Yes, 40, 70, 300, 0.5f, 1.f}, kernel, 100);
-    check_case({Trans::Yes, Trans::No, 40, 70, 300, 1.f, -2.f}, kernel, 101);
+    check_case({Trans::Yes, Trans::No, 40, 70, 1100, 1.f, -2.f}, kernel, 101);
   }
 }
 
