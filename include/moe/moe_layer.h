@@ -89,7 +89,10 @@ class MoeLayer final : public FeedForward<T> {
   void run_experts_forward();
   void run_experts_backward();
   bool experts_in_parallel() const;
-  void sort_experts();
+  // Calls run(e) for every expert: one expert per thread, largest first, when that pays
+  // (experts_in_parallel), else in index order with each GEMM threaded.
+  template <class Fn>
+  void for_each_expert(const Fn& run);
 
   // Arena offsets of each parameter, resolved once (-1 when absent), so the hot path never
   // looks names up. Offsets rather than pointers keep the layer safely copyable.

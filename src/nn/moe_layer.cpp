@@ -235,16 +235,6 @@ void MoeLayer<T>::forward(View<const T> x, View<T> out, const ForwardOptions<T>&
 }
 
 template <class T>
-void MoeLayer<T>::sort_experts() {
-  // Largest expert first (ties: lower index), handed out one at a time (LPT scheduling).
-  std::iota(expert_order_.begin(), expert_order_.end(), 0);
-  std::sort(expert_order_.begin(), expert_order_.end(), [&](int a, int b) {
-    const int64_t ra = perm_.rows_of(a), rb = perm_.rows_of(b);
-    return ra != rb ? ra > rb : a < b;
-  });
-}
-
-template <class T>
 bool MoeLayer<T>::experts_in_parallel() const {
   if (expert_parallel_ >= 0) return expert_parallel_ == 1;
   const int threads = omp_get_max_threads();
@@ -262,6 +252,23 @@ bool MoeLayer<T>::experts_in_parallel() const {
 }
 
 template <class T>
+template <class Fn>
+void MoeLayer<T>::for_each_expert(const Fn& run) {
+  if (!experts_in_parallel()) {
+    for (int e = 0; e < E_; ++e) run(e);
+    return;
+  }
+  // Largest expert first (ties: lower index), handed out one at a time (LPT scheduling).
+  std::iota(expert_order_.begin(), expert_order_.end(), 0);
+  std::sort(expert_order_.begin(), expert_order_.end(), [&](int a, int b) {
+    const int64_t ra = perm_.rows_of(a), rb = perm_.rows_of(b);
+    return ra != rb ? ra > rb : a < b;
+  });
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int i = 0; i < E_; ++i) run(expert_order_[i]);
+}
+
+template <class T>
 void MoeLayer<T>::run_experts_forward() {
   const bool glu = cfg_.hidden_act == Activation::SwiGLU;
   const T* w1 = value(off_.w1);
@@ -276,13 +283,7 @@ void MoeLayer<T>::run_experts_forward() {
                    h3_.data() + r0 * F_, a_.data() + r0 * F_, y_.data() + r0 * d_,
                    cfg_.compute_dtype);
   };
-  if (experts_in_parallel()) {
-    sort_experts();
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int i = 0; i < E_; ++i) run(expert_order_[i]);
-  } else {
-    for (int e = 0; e < E_; ++e) run(e);
-  }
+  for_each_expert(run);
 }
 
 template <class T>
@@ -307,13 +308,7 @@ void MoeLayer<T>::run_experts_backward() {
   };
   // Each expert writes only its own rows and its own weight gradients: no two threads share
   // an output, so the parallel schedule cannot change any sum.
-  if (experts_in_parallel()) {
-    sort_experts();
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int i = 0; i < E_; ++i) run(expert_order_[i]);
-  } else {
-    for (int e = 0; e < E_; ++e) run(e);
-  }
+  for_each_expert(run);
 }
 
 template <class T>
