@@ -583,6 +583,29 @@ TEST(Data, PrepareDataCachesCorpusAndTokenizer) {
   EXPECT_MOE_ERROR(prepare_data(opt, nullptr), "wordpiece");
 }
 
+TEST(Data, LoadCorpusBuildsOnceAndReadsBothSplits) {
+  Fixture fx;
+  TempDir data;
+  DataOptions opt;
+  opt.dir = data.file("d");
+  opt.corpus = fx.opt;
+  std::vector<std::string> log;
+  const auto logger = [&](const std::string& s) { log.push_back(s); };
+  const CorpusSplits c = load_corpus(opt, logger);
+  ASSERT_FALSE(log.empty());
+  EXPECT_NE(log.front().find("built corpus"), std::string::npos) << log.front();
+  EXPECT_EQ(c.train, read_documents(opt.dir + "/corpus/train.jsonl"));
+  EXPECT_EQ(c.valid, read_documents(opt.dir + "/corpus/valid.jsonl"));
+  EXPECT_EQ(c.domain_names, domain_names_of({&c.train, &c.valid}));
+  EXPECT_EQ(c.domain_names.size(), 10u);
+  EXPECT_FALSE(c.train_digest.empty());
+  log.clear();
+  const CorpusSplits again = load_corpus(opt, logger);
+  ASSERT_FALSE(log.empty());
+  EXPECT_NE(log.front().find("is up to date"), std::string::npos) << log.front();
+  EXPECT_EQ(again.train_digest, c.train_digest);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The real corpus from the installed Debian packages (scripts/setup.sh installs them).
 

@@ -33,6 +33,7 @@ namespace moe {
 struct Document {
   std::string domain;
   std::string text;
+  bool operator==(const Document&) const = default;
 };
 
 // The prose languages, in the order they are collected.

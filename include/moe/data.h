@@ -25,6 +25,16 @@ struct DataOptions {
   CorpusOptions corpus;
 };
 
+// The corpus's two splits, read after building the corpus when it is missing or was made with
+// other options (the first steps of prepare_data). Empty splits are errors naming the file.
+struct CorpusSplits {
+  std::vector<Document> train, valid;
+  std::vector<std::string> domain_names;  // sorted, the same indices for both splits
+  std::string train_digest;               // manifest.json's digest of the train split
+};
+CorpusSplits load_corpus(const DataOptions& opt,
+                         const std::function<void(const std::string&)>& log);
+
 struct PreparedData {
   std::unique_ptr<Tokenizer> tokenizer;
   TokenStream train, valid;

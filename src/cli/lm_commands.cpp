@@ -7,7 +7,6 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
-#include "moe/corpus.h"
 #include "moe/data.h"
 #include "moe/dataset.h"
 #include "moe/error.h"
@@ -95,17 +94,11 @@ int run_eval(const EvalArgs& a) {
   set_num_threads(a.threads);
   LoadedRun run = load_run(a.run);
   const TrainConfig& t = run.config.training;
-  const std::string data_dir = a.data_dir.empty() ? t.data_dir : a.data_dir;
   // The run's own tokenizer on the corpus's validation split; domain indices as in training.
-  const std::string corpus = data_dir + "/corpus";
-  if (!std::filesystem::exists(corpus + "/valid.jsonl")) {
-    log_line(fmt::format("data: building the corpus into {}", corpus));
-    build_corpus(CorpusOptions{}, corpus);
-  }
-  const auto train_docs = read_documents(corpus + "/train.jsonl");
-  const auto valid_docs = read_documents(corpus + "/valid.jsonl");
-  const TokenStream valid =
-      tokenize_documents(valid_docs, *run.tokenizer, domain_names_of({&train_docs, &valid_docs}));
+  DataOptions d;
+  d.dir = a.data_dir.empty() ? t.data_dir : a.data_dir;
+  const CorpusSplits corpus = load_corpus(d, log_line);
+  const TokenStream valid = tokenize_documents(corpus.valid, *run.tokenizer, corpus.domain_names);
   const EvalResult e = evaluate(*run.model, valid, t.batch_size, t.seq_len,
                                 a.batches > 0 ? static_cast<int64_t>(a.batches) * t.batch_size : 0);
   fmt::print("{}: validation loss {:.4f}, perplexity {:.2f} over {} tokens\n", a.run, e.loss,

@@ -47,13 +47,12 @@ int64_t text_bytes(const std::vector<Document>& docs) {
 
 }  // namespace
 
-PreparedData prepare_data(const DataOptions& opt,
-                          const std::function<void(const std::string&)>& log) {
+CorpusSplits load_corpus(const DataOptions& opt,
+                         const std::function<void(const std::string&)>& log) {
   const auto say = [&](const std::string& line) {
     if (log) log(line);
   };
-  const fs::path dir(opt.dir);
-  const fs::path corpus_dir = dir / "corpus";
+  const fs::path corpus_dir = fs::path(opt.dir) / "corpus";
   const fs::path train_path = corpus_dir / "train.jsonl";
   const fs::path valid_path = corpus_dir / "valid.jsonl";
   const fs::path manifest_path = corpus_dir / "manifest.json";
@@ -78,20 +77,37 @@ PreparedData prepare_data(const DataOptions& opt,
 
   // 2. Documents.
   Stopwatch t_read;
-  const std::vector<Document> train_docs = read_documents(train_path.string());
-  const std::vector<Document> valid_docs = read_documents(valid_path.string());
-  if (train_docs.empty())
+  CorpusSplits c;
+  c.train = read_documents(train_path.string());
+  c.valid = read_documents(valid_path.string());
+  if (c.train.empty())
     throw Error(fmt::format("{}: no documents (empty split); delete {} to rebuild it",
                             train_path.string(), corpus_dir.string()));
-  if (valid_docs.empty())
+  if (c.valid.empty())
     throw Error(fmt::format("{}: no documents (empty split); delete {} to rebuild it",
                             valid_path.string(), corpus_dir.string()));
-  const std::vector<std::string> names = domain_names_of({&train_docs, &valid_docs});
+  c.domain_names = domain_names_of({&c.train, &c.valid});
+  c.train_digest = manifest.contains("train") && manifest["train"].is_object()
+                       ? manifest["train"].value("digest", "")
+                       : "";
   say(fmt::format(
       "data: read {} train documents ({:.2f} MB) and {} valid ({:.2f} MB), "
       "{} domains [{}] in {:.2f} s",
-      train_docs.size(), text_bytes(train_docs) / 1e6, valid_docs.size(),
-      text_bytes(valid_docs) / 1e6, names.size(), fmt::join(names, " "), t_read.seconds()));
+      c.train.size(), text_bytes(c.train) / 1e6, c.valid.size(), text_bytes(c.valid) / 1e6,
+      c.domain_names.size(), fmt::join(c.domain_names, " "), t_read.seconds()));
+  return c;
+}
+
+PreparedData prepare_data(const DataOptions& opt,
+                          const std::function<void(const std::string&)>& log) {
+  const auto say = [&](const std::string& line) {
+    if (log) log(line);
+  };
+  const fs::path dir(opt.dir);
+  const CorpusSplits corpus = load_corpus(opt, log);
+  const std::vector<Document>& train_docs = corpus.train;
+  const std::vector<Document>& valid_docs = corpus.valid;
+  const std::vector<std::string>& names = corpus.domain_names;
 
   // 3. Tokenizer: retrained when the vocab size or the train split changed.
   PreparedData out;
@@ -103,9 +119,7 @@ PreparedData prepare_data(const DataOptions& opt,
     const fs::path meta_path = dir / "tokenizer.json";
     const json want = {{"type", "sentencepiece bpe"},
                        {"vocab_size", opt.vocab_size},
-                       {"train_digest", manifest.contains("train") && manifest["train"].is_object()
-                                            ? manifest["train"].value("digest", "")
-                                            : ""}};
+                       {"train_digest", corpus.train_digest}};
     if (!fs::exists(model_path) || read_json_or_null(meta_path) != want) {
       Stopwatch t;
       train_sentencepiece(train_docs, model_path.string(), opt.vocab_size);
