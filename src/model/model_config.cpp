@@ -17,8 +17,7 @@ const std::set<std::string> kIgnoredHfKeys = {
     "architectures",  "torch_dtype",          "transformers_version",
     "bos_token_id",   "eos_token_id",         "pad_token_id",
     "use_cache",      "output_router_logits", "attention_dropout",
-    "sliding_window", "router_jitter_noise",  "_name_or_path",
-    "num_experts",    "moe_intermediate_size"};
+    "sliding_window", "router_jitter_noise",  "_name_or_path"};
 
 template <class V>
 void visit_train_keys(TrainConfig& c, V&& v) {
@@ -244,8 +243,7 @@ ModelConfig model_config_from_json(const nlohmann::json& j, const std::string& w
     mj["num_experts_per_tok"] = 1;
     mj["n_group"] = 1;
     mj["topk_group"] = 1;
-    MoeConfig probe = moe_config_from_json(mj, where);
-    c.moe = probe;
+    c.moe = moe_config_from_json(mj, where);
     c.moe.num_experts = 0;
   }
   if (auto t = j.find("training"); t != j.end()) {
