@@ -10,12 +10,13 @@ packages=(
   nlohmann-json3-dev libcli11-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libsentencepiece-dev     # tokenizer trained on the bundled corpus
+  libicu-dev               # NFC and the Unicode-class pre-tokenizer of tokenizer.json (Qwen, OLMoE)
   # The bundled corpus is built from these: prose in eight languages and Python source.
   fortunes fortunes-de fortunes-es fortunes-it fortunes-ru fortunes-pl fortunes-cs fortunes-zh
   libpython3.11-stdlib
 )
 if [[ "${1:-}" == "--reference" ]]; then
-  packages+=(python3 python3-numpy python3-torch)
+  packages+=(python3 python3-numpy python3-torch python3-regex)
 fi
 
 missing=()

@@ -54,6 +54,13 @@ template <class T>
 void rope_backward(T* dx, const T* cos, const T* sin, int64_t n, int heads, int head_dim,
                    int64_t seq_len, int64_t start);
 
+// Attention over a KV cache after the projections: appends k, v [B*n, G*hd] (RoPE applied) of
+// n new tokens per sequence to the cache, attends causally to everything cached and writes
+// o [B*n, H*hd]. scratch grows to threads * n * capacity once.
+template <class T>
+void cached_attention(const T* q, const T* k, const T* v, int B, int n, int H, int G, int hd,
+                      KvCache<T>& cache, T* o, std::vector<T>& scratch);
+
 template <class T>
 class Attention {
  public:

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <nlohmann/json_fwd.hpp>
 #include <string>
+#include <vector>
 
 #include "moe/moe_config.h"
 
@@ -35,6 +36,13 @@ struct TrainConfig {
   void validate(const std::string& where) const;
 };
 
+// RMSNorm on the attention queries and keys before RoPE, as the loaded families differ.
+enum class QkNorm {
+  None,
+  PerHead,  // qwen3_moe: one weight [head_dim] applied to every head
+  Full,     // olmoe: one weight over the whole projection, [H*hd] for q and [G*hd] for k
+};
+
 // The defaults are the default small MoE `moe train` trains (configs/default.json holds the same).
 struct ModelConfig {
   std::string model_type = "mixtral";
@@ -54,16 +62,24 @@ struct ModelConfig {
   int moe_every = 1;                // layer l is MoE iff (l + 1) % moe_every == 0
   int dense_intermediate_size = 0;  // width of the dense layers; 0: intermediate_size
   MoeConfig moe;                    // routing keys; hidden_size/width/experts mirror the above
+  // Variants of the Hugging Face families the inference model runs (hf_checkpoint.h); the
+  // trainable Transformer implements the mixtral family only, where these keep their defaults.
+  bool attention_bias = false;       // q/k/v projections carry a bias (qwen2_moe)
+  QkNorm qk_norm = QkNorm::None;     // qwen3_moe: PerHead, olmoe: Full
+  std::vector<int> mlp_only_layers;  // dense layers whatever moe_every says (qwen2/3_moe)
   TrainConfig training;
 
   int head_size() const { return head_dim > 0 ? head_dim : hidden_size / num_attention_heads; }
   int dense_width() const {
     return dense_intermediate_size > 0 ? dense_intermediate_size : intermediate_size;
   }
-  bool is_moe_layer(int l) const { return num_local_experts > 0 && (l + 1) % moe_every == 0; }
+  bool is_moe_layer(int l) const;
   // Mirrors hidden_size, intermediate_size and num_local_experts into `moe`.
   void sync_moe();
   void validate(const std::string& where = "config") const;
+  // The checks of validate() that concern the model's shape only (no training keys, any of
+  // the four families): what a loaded Hugging Face config must pass.
+  void validate_shape(const std::string& where) const;
   // The dense width that matches the MoE's active FFN compute per token: k experts of width
   // intermediate_size plus the shared experts (the router's E*d is left out: under 1%).
   int matched_dense_width() const;

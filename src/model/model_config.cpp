@@ -167,12 +167,33 @@ int ModelConfig::matched_dense_width() const {
   return moe.num_experts_per_tok * intermediate_size + moe.shared_hidden();
 }
 
+bool ModelConfig::is_moe_layer(int l) const {
+  if (num_local_experts <= 0 || (l + 1) % moe_every != 0) return false;
+  for (int m : mlp_only_layers)
+    if (m == l) return false;
+  return true;
+}
+
 void ModelConfig::validate(const std::string& where) const {
   auto fail = [&](const char* key, const std::string& why) {
     throw Error(fmt::format("{}: {} {}", where, key, why));
   };
   if (model_type != "mixtral")
     fail("model_type", fmt::format("has value \"{}\"; training supports \"mixtral\"", model_type));
+  if (attention_bias) fail("attention_bias", "is not supported in training");
+  if (qk_norm != QkNorm::None) fail("qk_norm", "is not supported in training");
+  if (!mlp_only_layers.empty()) fail("mlp_only_layers", "is not supported in training");
+  validate_shape(where);
+  training.validate(where);
+  if (training.seq_len > max_position_embeddings)
+    fail("training.seq_len", fmt::format("= {} exceeds max_position_embeddings = {}",
+                                         training.seq_len, max_position_embeddings));
+}
+
+void ModelConfig::validate_shape(const std::string& where) const {
+  auto fail = [&](const char* key, const std::string& why) {
+    throw Error(fmt::format("{}: {} {}", where, key, why));
+  };
   if (vocab_size <= 0) fail("vocab_size", fmt::format("must be positive, got {}", vocab_size));
   if (hidden_size <= 0) fail("hidden_size", fmt::format("must be positive, got {}", hidden_size));
   if (intermediate_size <= 0)
@@ -211,10 +232,9 @@ void ModelConfig::validate(const std::string& where) const {
            fmt::format("= {} leaves no MoE layer among {} layers", moe_every, num_hidden_layers));
     moe.validate(where);
   }
-  training.validate(where);
-  if (training.seq_len > max_position_embeddings)
-    fail("training.seq_len", fmt::format("= {} exceeds max_position_embeddings = {}",
-                                         training.seq_len, max_position_embeddings));
+  for (int m : mlp_only_layers)
+    if (m < 0 || m >= num_hidden_layers)
+      fail("mlp_only_layers", fmt::format("names layer {} of {}", m, num_hidden_layers));
 }
 
 ModelConfig model_config_from_json(const nlohmann::json& j, const std::string& where) {

@@ -304,15 +304,53 @@ void Attention<T>::backward(View<const T> dout, View<T> dx) {
 }
 
 template <class T>
+void cached_attention(const T* q, const T* k, const T* v, int B, int n, int H, int G, int hd,
+                      KvCache<T>& cache, T* o, std::vector<T>& scratch) {
+  const int64_t qd = static_cast<int64_t>(H) * hd, kvd = static_cast<int64_t>(G) * hd;
+  MOE_CHECK(B > 0 && n > 0, "cached attention: B and n must be positive, got B={} n={}", B, n);
+  MOE_CHECK(cache.batch == B && cache.kv_dim == kvd &&
+                cache.k.size() == static_cast<size_t>(cache.batch) * cache.capacity * kvd &&
+                cache.v.size() == cache.k.size(),
+            "cached attention: KV cache was reset for batch {} and kv_dim {}, the call needs "
+            "batch {} and kv_dim {}",
+            cache.batch, cache.kv_dim, B, kvd);
+  const int64_t L = cache.length, total = L + n, cap = cache.capacity;
+  MOE_CHECK(total <= cap,
+            "cached attention: KV cache overflow: {} cached + {} new tokens exceed its capacity {}",
+            L, n, cap);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < n; ++t) {
+      const size_t src = static_cast<size_t>((b * n + t) * kvd);
+      const size_t dst = static_cast<size_t>((b * cap + L + t) * kvd);
+      std::copy_n(k + src, kvd, cache.k.data() + dst);
+      std::copy_n(v + src, kvd, cache.v.data() + dst);
+    }
+  const int threads = omp_get_max_threads();
+  // Scores of one (sequence, head) [n, total]; sized for the full capacity so generating one
+  // token at a time after the prompt never grows it.
+  const int64_t per = static_cast<int64_t>(n) * cap;
+  if (scratch.size() < static_cast<size_t>(threads * per))
+    scratch.resize(static_cast<size_t>(threads * per));
+  const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(hd)));
+  const int64_t tasks = static_cast<int64_t>(B) * H, rep = H / G;
+#pragma omp parallel for schedule(static) if (tasks > 1 && tasks * n * total * hd > kParallelMin)
+  for (int64_t task = 0; task < tasks; ++task) {
+    const int64_t b = task / H, h = task % H, g = h / rep;
+    T* P = scratch.data() + omp_get_thread_num() * per;
+    const T* K = cache.k.data() + b * cap * kvd + g * hd;
+    const T* V = cache.v.data() + b * cap * kvd + g * hd;
+    const int64_t qoff = b * n * qd + h * hd;
+    gemm<T>(Trans::No, Trans::Yes, n, total, hd, scale, q + qoff, qd, K, kvd, T(0), P, total);
+    for (int64_t t = 0; t < n; ++t) masked_softmax_row(P + t * total, L + t + 1, total);
+    gemm<T>(Trans::No, Trans::No, n, hd, total, T(1), P, total, V, kvd, T(0), o + qoff, qd);
+  }
+  cache.length = static_cast<int>(total);
+}
+
+template <class T>
 void Attention<T>::forward_cached(View<const T> x, int B, int n, KvCache<T>& cache, View<T> out) {
   MOE_CHECK(B > 0 && n > 0, "Attention::forward_cached: B and n must be positive, got B={} n={}", B,
             n);
-  MOE_CHECK(cache.batch == B && cache.kv_dim == kvd_ &&
-                cache.k.size() == static_cast<size_t>(cache.batch) * cache.capacity * kvd_ &&
-                cache.v.size() == cache.k.size(),
-            "Attention::forward_cached: KV cache was reset for batch {} and kv_dim {}, the call "
-            "needs batch {} and kv_dim {}",
-            cache.batch, cache.kv_dim, B, kvd_);
   const int64_t L = cache.length, total = L + n;
   MOE_CHECK(total <= cache.capacity,
             "Attention::forward_cached: KV cache overflow: {} cached + {} new tokens exceed its "
@@ -321,12 +359,11 @@ void Attention<T>::forward_cached(View<const T> x, int B, int n, KvCache<T>& cac
   MOE_CHECK(total <= c_.max_positions,
             "Attention::forward_cached: position {} is beyond max_position_embeddings = {}",
             total - 1, c_.max_positions);
-  const int64_t rows = static_cast<int64_t>(B) * n, d = c_.hidden_size, hd = c_.head_dim;
-  const int H = c_.num_heads, G = c_.num_kv_heads, rep = H / G;
+  const int64_t rows = static_cast<int64_t>(B) * n, d = c_.hidden_size;
+  const int H = c_.num_heads, G = c_.num_kv_heads;
   check_shape(x, {rows, d}, "Attention::forward_cached: x");
   check_shape(out, {rows, d}, "Attention::forward_cached: out");
   const auto ur = static_cast<size_t>(rows);
-  const int64_t cap = cache.capacity;
   cq_.resize(ur * qd_);
   ck_.resize(ur * kvd_);
   cv_.resize(ur * kvd_);
@@ -339,36 +376,8 @@ void Attention<T>::forward_cached(View<const T> x, int B, int n, KvCache<T>& cac
           T(0), cv_.data(), kvd_);
   rope_forward(cq_.data(), cos_.data(), sin_.data(), rows, H, c_.head_dim, n, L);
   rope_forward(ck_.data(), cos_.data(), sin_.data(), rows, G, c_.head_dim, n, L);
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t t = 0; t < n; ++t) {
-      const size_t src = static_cast<size_t>((b * n + t) * kvd_);
-      const size_t dst = static_cast<size_t>((b * cap + L + t) * kvd_);
-      std::copy_n(ck_.data() + src, kvd_, cache.k.data() + dst);
-      std::copy_n(cv_.data() + src, kvd_, cache.v.data() + dst);
-    }
-
-  const int threads = omp_get_max_threads();
-  // Scores of one (sequence, head) [n, total]; sized for the full capacity so generating one
-  // token at a time after the prompt never grows it.
-  const int64_t per = static_cast<int64_t>(n) * cap;
-  if (scratch_.size() < static_cast<size_t>(threads * per))
-    scratch_.resize(static_cast<size_t>(threads * per));
-  const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(hd)));
-  const int64_t tasks = static_cast<int64_t>(B) * H;
-#pragma omp parallel for schedule(static) if (tasks > 1 && tasks * n * total * hd > kParallelMin)
-  for (int64_t task = 0; task < tasks; ++task) {
-    const int64_t b = task / H, h = task % H, g = h / rep;
-    T* P = scratch_.data() + omp_get_thread_num() * per;
-    const T* K = cache.k.data() + b * cap * kvd_ + g * hd;
-    const T* V = cache.v.data() + b * cap * kvd_ + g * hd;
-    const int64_t qoff = b * n * qd_ + h * hd;
-    gemm<T>(Trans::No, Trans::Yes, n, total, hd, scale, cq_.data() + qoff, qd_, K, kvd_, T(0), P,
-            total);
-    for (int64_t t = 0; t < n; ++t) masked_softmax_row(P + t * total, L + t + 1, total);
-    gemm<T>(Trans::No, Trans::No, n, hd, total, T(1), P, total, V, kvd_, T(0), co_.data() + qoff,
-            qd_);
-  }
-  cache.length = static_cast<int>(total);
+  cached_attention(cq_.data(), ck_.data(), cv_.data(), B, n, H, G, c_.head_dim, cache, co_.data(),
+                   scratch_);
   gemm<T>(Trans::No, Trans::Yes, rows, d, qd_, T(1), co_.data(), qd_,
           params_.value("o_proj.weight"), qd_, T(0), out.data, d);
 }
@@ -377,6 +386,10 @@ template struct KvCache<float>;
 template struct KvCache<double>;
 template class Attention<float>;
 template class Attention<double>;
+template void cached_attention<float>(const float*, const float*, const float*, int, int, int, int,
+                                      int, KvCache<float>&, float*, std::vector<float>&);
+template void cached_attention<double>(const double*, const double*, const double*, int, int, int,
+                                       int, int, KvCache<double>&, double*, std::vector<double>&);
 template void rope_tables<float>(std::vector<float>&, std::vector<float>&, int, int, double);
 template void rope_tables<double>(std::vector<double>&, std::vector<double>&, int, int, double);
 template void rope_forward<float>(float*, const float*, const float*, int64_t, int, int, int64_t,

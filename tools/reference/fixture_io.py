@@ -6,7 +6,8 @@ Used by make_layer_fixtures.py and make_model_fixtures.py (and their tests).
 File format (no ``safetensors`` package): u64 LE header length N, N bytes of JSON
 header padded with spaces so that 8 + N is a multiple of 8, then the tensors
 little-endian row-major back to back in the order written.  float64 tensors are
-written as F64, int64 tensors as I64.  See tools/reference/README.md.
+written as F64, int64 tensors as I64 (and, for the Hugging Face checkpoint fixtures,
+float32/float16/bfloat16/int32 as F32/F16/BF16/I32).  See tools/reference/README.md.
 
 Comparison (``--check``): a regenerated file passes if it is byte-identical to the
 committed one, or else if both decode to the same metadata, tensor names (in
@@ -43,8 +44,29 @@ import torch
 RTOL = 1e-9
 ATOL = 1e-12
 
-_DTYPES = {torch.float64: ("F64", "<f8"), torch.int64: ("I64", "<i8")}
-_NUMPY = {"F64": "<f8", "I64": "<i8"}
+_DTYPES = {torch.float64: ("F64", "<f8"), torch.int64: ("I64", "<i8"),
+           # used by the Hugging Face checkpoint fixtures (make_hf_fixtures.py)
+           torch.float32: ("F32", "<f4"), torch.float16: ("F16", "<f2"), torch.int32: ("I32", "<i4"),
+           torch.bfloat16: ("BF16", "<i2")}
+_NUMPY = {"F64": "<f8", "I64": "<i8", "F32": "<f4", "F16": "<f2", "I32": "<i4", "BF16": "<i2"}
+
+# Mantissa bits of the narrow float types: a value rounded from float64 to one of them
+# moves by at most 2^-bits of its magnitude (see compare_tensor_rounded).
+_MANTISSA_BITS = {torch.float32: 23, torch.float16: 10, torch.bfloat16: 7}
+
+
+def _tensor_bytes(t, npt):
+    """Little-endian bytes of t.  numpy has no bfloat16, so BF16 travels as its raw 16 bits."""
+    t = t.detach().cpu().contiguous()
+    if t.dtype == torch.bfloat16:
+        t = t.view(torch.int16)
+    return np.ascontiguousarray(t.numpy(), dtype=npt).tobytes()
+
+
+def _tensor_from(raw, st, shape):
+    """Inverse of _tensor_bytes for one tensor of safetensors dtype st."""
+    t = torch.from_numpy(np.frombuffer(raw, dtype=_NUMPY[st]).reshape(shape).copy())
+    return t.view(torch.bfloat16) if st == "BF16" else t
 
 
 # --------------------------------------------------------------------------
@@ -59,7 +81,7 @@ def encode_safetensors(tensors, metadata):
         if name in header:
             raise ValueError("duplicate tensor name %s" % name)
         st, npt = _DTYPES[t.dtype]
-        data = np.ascontiguousarray(t.detach().cpu().numpy(), dtype=npt).tobytes()
+        data = _tensor_bytes(t, npt)
         header[name] = {"dtype": st, "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
         blobs.append(data)
         offset += len(data)
@@ -77,8 +99,7 @@ def decode_safetensors(blob):
     out = {}
     for name, info in header.items():
         b, e = info["data_offsets"]
-        arr = np.frombuffer(blob[base + b:base + e], dtype=_NUMPY[info["dtype"]]).reshape(info["shape"])
-        out[name] = torch.from_numpy(arr.copy())
+        out[name] = _tensor_from(blob[base + b:base + e], info["dtype"], info["shape"])
     return out, meta
 
 
@@ -124,8 +145,44 @@ def compare_tensor(committed, fresh):
     return None, rel
 
 
-def compare_blobs(committed, fresh):
-    """([problem lines], max relative difference, name of that tensor) of two files."""
+def compare_tensor_rounded(committed, fresh):
+    """compare_tensor for tensors that hold float64 results rounded to F32, F16 or BF16.
+
+    Rounding amplifies a float64 difference of a few ulps into a whole ulp of the narrow
+    type whenever the exact value sits next to a rounding boundary, so these may differ,
+    element by element, by one ulp of that type on top of the float64 tolerance:
+
+        |f - c|  <=  2^-bits * max(|c|, |f|)  +  RTOL * max |c|  +  ATOL
+
+    (bits = 23, 10, 7).  A real change (a formula, a seed, a flipped decision) is still
+    far above: O(1e-3) against 1.2e-7 for F32.  Every other dtype goes to compare_tensor."""
+    c, f = committed, fresh
+    if c.dtype not in _MANTISSA_BITS or c.dtype != f.dtype or c.shape != f.shape:
+        return compare_tensor(committed, fresh)
+    c, f = c.double(), f.double()
+    finite = torch.isfinite(c)
+    if not torch.equal(finite, torch.isfinite(f)) or not torch.equal(c[~finite].nan_to_num(0.0),
+                                                                   f[~finite].nan_to_num(0.0)):
+        return "non-finite values differ", float("inf")
+    c, f = c[finite], f[finite]
+    if c.numel() == 0:
+        return None, 0.0
+    diff = (f - c).abs()
+    scale = float(c.abs().max())
+    bound = 2.0 ** -_MANTISSA_BITS[committed.dtype] * torch.maximum(c.abs(), f.abs()) + RTOL * scale + ATOL
+    rel = float(diff.max()) / scale if scale > 0 else float(diff.max())
+    bad = diff > bound
+    if bool(bad.any()):
+        return "%d of %d elements differ by more than one ulp (max abs diff %.3g, max rel diff %.3g)" \
+            % (int(bad.sum()), c.numel(), float(diff.max()), rel), rel
+    return None, rel
+
+
+def compare_blobs(committed, fresh, compare=None):
+    """([problem lines], max relative difference, name of that tensor) of two files.
+
+    compare: the per-tensor comparison (default compare_tensor)."""
+    compare = compare or compare_tensor
     try:
         a, ma = decode_safetensors(committed)
         b, mb = decode_safetensors(fresh)
@@ -143,7 +200,7 @@ def compare_blobs(committed, fresh):
     for n in a:
         if n not in b:
             continue
-        problem, rel = compare_tensor(a[n], b[n])
+        problem, rel = compare(a[n], b[n])
         if problem is not None:
             problems.append("%s: %s" % (n, problem))
         elif rel > worst:

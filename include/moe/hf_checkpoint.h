@@ -1,0 +1,103 @@
+// Hugging Face checkpoints of the four MoE families: a directory with config.json (model_type
+// "mixtral", "qwen2_moe", "qwen3_moe" or "olmoe") and the weights in model.safetensors, or in
+// shards listed by model.safetensors.index.json, under each family's tensor names:
+//   mixtral  model.layers.N.block_sparse_moe.gate.weight            router [E, d]
+//            model.layers.N.block_sparse_moe.experts.M.w1/w3/w2      gate/up/down of expert M
+//   others   model.layers.N.mlp.gate.weight                          router [E, d]
+//            model.layers.N.mlp.experts.M.{gate,up,down}_proj.weight
+//            model.layers.N.mlp.{gate,up,down}_proj.weight           dense layers (qwen)
+//            model.layers.N.mlp.shared_expert.*, mlp.shared_expert_gate.weight (qwen2_moe)
+//            self_attn.{q,k,v}_proj.bias (qwen2_moe), self_attn.{q,k}_norm.weight (qwen3, olmoe)
+// Every problem is a one-line moe::Error naming the file and the key or tensor.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <nlohmann/json_fwd.hpp>
+#include <string>
+#include <vector>
+
+#include "moe/model_config.h"
+#include "moe/safetensors.h"
+#include "moe/transformer.h"
+
+namespace moe {
+
+// Reads a Hugging Face config.json of one of the four families. A missing key takes the
+// default of that family's Hugging Face config class; a key we cannot compute exactly
+// (rope_scaling, clip_qkv, an activation other than silu, ...) is an error naming it.
+// The auxiliary-loss coefficient is read in Hugging Face's convention (aux_loss_style "hf").
+ModelConfig model_config_from_hf(const nlohmann::json& j, const std::string& where);
+ModelConfig load_hf_config(const std::string& path);
+
+// What the tensors of one block are called.
+enum class HfTensor {
+  InputNorm,
+  PostAttentionNorm,
+  Q,
+  K,
+  V,
+  O,
+  QBias,
+  KBias,
+  VBias,
+  QNorm,
+  KNorm,
+  Router,
+  ExpertGate,  // w1 / gate_proj of expert `expert`
+  ExpertUp,    // w3 / up_proj
+  ExpertDown,  // w2 / down_proj
+  SharedGate,
+  SharedUp,
+  SharedDown,
+  SharedExpertGate,  // the sigmoid gate [1, d] on the shared output (qwen2_moe)
+  DenseGate,
+  DenseUp,
+  DenseDown,
+};
+std::string hf_tensor_name(const ModelConfig& c, int layer, HfTensor t, int expert = -1);
+
+// Parameter counts: total, and the part one token uses (k of E experts per MoE layer).
+struct ParameterCount {
+  int64_t total = 0, active = 0;
+};
+ParameterCount count_parameters(const ModelConfig& c);
+
+// The weights of a checkpoint directory, mapped read-only (nothing is copied).
+class HfWeights {
+ public:
+  // model.safetensors.index.json if present (every shard it names must exist and hold the
+  // tensors listed for it), else model.safetensors.
+  static HfWeights open(const std::string& dir);
+  const std::string& dir() const { return dir_; }
+  bool has(const std::string& name) const { return where_.count(name) != 0; }
+  // Error naming the directory and the tensor when missing.
+  const SafeTensorsFile& file_of(const std::string& name) const;
+  const TensorEntry& entry(const std::string& name) const { return file_of(name).entry(name); }
+  std::vector<std::string> names() const;
+  int64_t data_bytes() const;  // sum of the tensors' stored sizes
+
+ private:
+  std::string dir_;
+  std::vector<SafeTensorsFile> files_;
+  std::map<std::string, int> where_;  // tensor -> index into files_
+};
+
+// The Hugging Face family that represents a model trained here exactly: "mixtral" when every
+// layer is MoE and there is no shared expert, else "qwen2_moe" (dense layers through
+// decoder_sparse_step; shared experts merged into its one gated shared expert; zero q/k/v
+// biases). A setting neither family has (sigmoid scoring, a selection bias, group-limited
+// routing, ungated shared experts, GELU experts) is an error naming the key.
+std::string hf_family_for(const ModelConfig& c);
+
+// Writes config.json and model.safetensors (matrices in `dtype`: F32, BF16 or F16; norms and
+// the router always F32) into dir, each file atomically.
+void save_hf_checkpoint(Transformer<float>& model, const std::string& dir, DType dtype);
+// The config.json save_hf_checkpoint writes.
+nlohmann::json hf_config_json(const ModelConfig& c, DType dtype);
+
+// Loads a mixtral-family checkpoint into a trainable model built from load_hf_config(): every
+// tensor must be present with its shape (error names the file and tensor).
+void load_hf_weights(Transformer<float>& model, const HfWeights& w);
+
+}  // namespace moe

@@ -1,0 +1,541 @@
+#include "moe/hf_checkpoint.h"
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "moe/error.h"
+
+namespace moe {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+nlohmann::json read_json(const std::string& path) {
+  std::ifstream in(path);
+  MOE_CHECK(in.good(), "{}: cannot open", path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  try {
+    return nlohmann::json::parse(ss.str());
+  } catch (const nlohmann::json::parse_error& e) {
+    throw Error(fmt::format("{}: not valid JSON: {}", path, e.what()));
+  }
+}
+
+// Reads key into out when present and not null; a wrong JSON type names the key.
+struct HfReader {
+  const nlohmann::json& j;
+  const std::string& where;
+  template <class T>
+  void operator()(const char* key, T& out) const {
+    auto it = j.find(key);
+    if (it == j.end() || it->is_null()) return;
+    bool ok;
+    if constexpr (std::is_same_v<T, bool>)
+      ok = it->is_boolean();
+    else if constexpr (std::is_same_v<T, std::string>)
+      ok = it->is_string();
+    else if constexpr (std::is_integral_v<T>)
+      ok = it->is_number_integer() && it->template get<int64_t>() >= 0 &&
+           it->template get<int64_t>() <= std::numeric_limits<int>::max();
+    else
+      ok = it->is_number();
+    MOE_CHECK(ok, "{}: {} has value {}, which is not a valid {}", where, key, it->dump(),
+              std::is_same_v<T, bool>          ? "boolean"
+              : std::is_same_v<T, std::string> ? "string"
+              : std::is_integral_v<T>          ? "non-negative integer"
+                                               : "number");
+    out = it->template get<T>();
+  }
+};
+
+bool is_null_or_absent(const nlohmann::json& j, const char* key) {
+  auto it = j.find(key);
+  return it == j.end() || it->is_null();
+}
+
+}  // namespace
+
+ModelConfig model_config_from_hf(const nlohmann::json& j, const std::string& where) {
+  MOE_CHECK(j.is_object(), "{}: expected a JSON object", where);
+  HfReader get{j, where};
+  ModelConfig c;
+  get("model_type", c.model_type);
+  const std::string& type = c.model_type;
+  MOE_CHECK(type == "mixtral" || type == "qwen2_moe" || type == "qwen3_moe" || type == "olmoe",
+            "{}: model_type \"{}\" is not supported (expected mixtral, qwen2_moe, qwen3_moe or "
+            "olmoe)",
+            where, type);
+  const bool mixtral = type == "mixtral", qwen2 = type == "qwen2_moe", qwen3 = type == "qwen3_moe";
+  const bool qwen = qwen2 || qwen3;
+
+  // The defaults of each family's Hugging Face config class.
+  MoeConfig& m = c.moe;
+  int dense_width = 0, shared_width = 0;
+  c.head_dim = 0;
+  c.tie_word_embeddings = false;
+  c.initializer_range = 0.02;
+  if (mixtral) {
+    c.vocab_size = 32000, c.hidden_size = 4096, c.intermediate_size = 14336;
+    c.num_hidden_layers = 32, c.num_attention_heads = 32, c.num_key_value_heads = 8;
+    c.max_position_embeddings = 4096 * 32, c.rms_norm_eps = 1e-5, c.rope_theta = 1e6;
+    c.num_local_experts = 8, m.num_experts_per_tok = 2, m.router_aux_loss_coef = 0.001;
+    m.norm_topk_prob = true;  // Mixtral always renormalizes the top-k gates
+  } else if (qwen2) {
+    c.vocab_size = 151936, c.hidden_size = 2048, dense_width = 5632, c.num_hidden_layers = 24;
+    c.num_attention_heads = 16, c.num_key_value_heads = 16, c.max_position_embeddings = 32768;
+    c.rms_norm_eps = 1e-6, c.rope_theta = 10000, c.intermediate_size = 1408;
+    shared_width = 5632, c.num_local_experts = 60, m.num_experts_per_tok = 4;
+    m.norm_topk_prob = false, m.router_aux_loss_coef = 0.001, c.attention_bias = true;
+  } else if (qwen3) {
+    c.vocab_size = 151936, c.hidden_size = 2048, dense_width = 6144, c.num_hidden_layers = 24;
+    c.num_attention_heads = 32, c.num_key_value_heads = 4, c.head_dim = 128;
+    c.max_position_embeddings = 32768, c.rms_norm_eps = 1e-6, c.rope_theta = 10000;
+    c.intermediate_size = 768, c.num_local_experts = 128, m.num_experts_per_tok = 8;
+    m.norm_topk_prob = false, m.router_aux_loss_coef = 0.001, c.qk_norm = QkNorm::PerHead;
+  } else {  // olmoe
+    c.vocab_size = 50304, c.hidden_size = 2048, c.intermediate_size = 2048;
+    c.num_hidden_layers = 16, c.num_attention_heads = 16, c.num_key_value_heads = 0;
+    c.max_position_embeddings = 4096, c.rms_norm_eps = 1e-5, c.rope_theta = 10000;
+    c.num_local_experts = 64, m.num_experts_per_tok = 8, m.norm_topk_prob = false;
+    m.router_aux_loss_coef = 0.01, c.qk_norm = QkNorm::Full;
+  }
+
+  get("vocab_size", c.vocab_size);
+  get("hidden_size", c.hidden_size);
+  get("num_hidden_layers", c.num_hidden_layers);
+  get("num_attention_heads", c.num_attention_heads);
+  if (!mixtral && c.num_key_value_heads == 0) c.num_key_value_heads = c.num_attention_heads;
+  get("num_key_value_heads", c.num_key_value_heads);
+  get("head_dim", c.head_dim);
+  get("max_position_embeddings", c.max_position_embeddings);
+  get("rope_theta", c.rope_theta);
+  get("rms_norm_eps", c.rms_norm_eps);
+  get("tie_word_embeddings", c.tie_word_embeddings);
+  get("initializer_range", c.initializer_range);
+  get("num_experts_per_tok", m.num_experts_per_tok);
+  get("router_aux_loss_coef", m.router_aux_loss_coef);
+  if (!mixtral) get("norm_topk_prob", m.norm_topk_prob);
+  if (mixtral) {
+    get("intermediate_size", c.intermediate_size);
+    get("num_local_experts", c.num_local_experts);
+  } else if (qwen) {
+    get("intermediate_size", dense_width);
+    get("moe_intermediate_size", c.intermediate_size);
+    get("num_experts", c.num_local_experts);
+    get("decoder_sparse_step", c.moe_every);
+    if (auto it = j.find("mlp_only_layers"); it != j.end() && !it->is_null()) {
+      MOE_CHECK(it->is_array(), "{}: mlp_only_layers has value {}, expected a list of layers",
+                where, it->dump());
+      for (const auto& v : *it) {
+        MOE_CHECK(v.is_number_integer(), "{}: mlp_only_layers holds {}, expected layer numbers",
+                  where, v.dump());
+        c.mlp_only_layers.push_back(v.get<int>());
+      }
+    }
+  } else {
+    get("intermediate_size", c.intermediate_size);
+    get("num_experts", c.num_local_experts);
+  }
+  if (qwen2) {
+    get("shared_expert_intermediate_size", shared_width);
+    get("qkv_bias", c.attention_bias);  // newer Hugging Face versions make the bias optional
+  }
+  if (qwen3) get("attention_bias", c.attention_bias);
+  if (!qwen2 && !qwen3) {
+    bool bias = false;
+    get("attention_bias", bias);
+    MOE_CHECK(!bias, "{}: attention_bias = true is not supported for model_type {}", where, type);
+  }
+  c.dense_intermediate_size = dense_width;
+  if (shared_width > 0) {
+    m.n_shared_experts = 1;
+    m.shared_expert_intermediate_size = shared_width;
+    m.shared_expert_gate = true;
+  }
+  m.aux_loss_style = AuxLossStyle::HF;
+  m.capacity_factor = 0;  // Hugging Face's blocks are dropless
+
+  // Settings that would change the computation but that we do not implement: refuse them
+  // rather than run something else.
+  std::string act = "silu";
+  get("hidden_act", act);
+  MOE_CHECK(act == "silu", "{}: hidden_act \"{}\" is not supported (expected \"silu\")", where,
+            act);
+  MOE_CHECK(is_null_or_absent(j, "rope_scaling"),
+            "{}: rope_scaling {} is not supported (plain RoPE only)", where,
+            j.contains("rope_scaling") ? j["rope_scaling"].dump() : "");
+  MOE_CHECK(is_null_or_absent(j, "clip_qkv"), "{}: clip_qkv {} is not supported", where,
+            j.contains("clip_qkv") ? j["clip_qkv"].dump() : "");
+  bool sliding = mixtral && !is_null_or_absent(j, "sliding_window");
+  if (qwen) {
+    bool use = false;
+    get("use_sliding_window", use);
+    sliding = use;
+  }
+  if (sliding) {
+    // The window only matters past its length; refuse it rather than attend too far.
+    int window = 0;
+    get("sliding_window", window);
+    MOE_CHECK(window >= c.max_position_embeddings,
+              "{}: sliding_window = {} (shorter than max_position_embeddings = {}) is not "
+              "supported",
+              where, window, c.max_position_embeddings);
+  }
+
+  c.sync_moe();
+  c.training = TrainConfig{};
+  c.training.seq_len = std::min(c.training.seq_len, c.max_position_embeddings);
+  c.validate_shape(where);
+  return c;
+}
+
+ModelConfig load_hf_config(const std::string& path) {
+  return model_config_from_hf(read_json(path), path);
+}
+
+std::string hf_tensor_name(const ModelConfig& c, int layer, HfTensor t, int expert) {
+  const bool mixtral = c.model_type == "mixtral";
+  const std::string p = fmt::format("model.layers.{}.", layer);
+  const std::string moe = mixtral ? p + "block_sparse_moe." : p + "mlp.";
+  const std::string ex = fmt::format("{}experts.{}.", moe, expert);
+  switch (t) {
+    case HfTensor::InputNorm:
+      return p + "input_layernorm.weight";
+    case HfTensor::PostAttentionNorm:
+      return p + "post_attention_layernorm.weight";
+    case HfTensor::Q:
+      return p + "self_attn.q_proj.weight";
+    case HfTensor::K:
+      return p + "self_attn.k_proj.weight";
+    case HfTensor::V:
+      return p + "self_attn.v_proj.weight";
+    case HfTensor::O:
+      return p + "self_attn.o_proj.weight";
+    case HfTensor::QBias:
+      return p + "self_attn.q_proj.bias";
+    case HfTensor::KBias:
+      return p + "self_attn.k_proj.bias";
+    case HfTensor::VBias:
+      return p + "self_attn.v_proj.bias";
+    case HfTensor::QNorm:
+      return p + "self_attn.q_norm.weight";
+    case HfTensor::KNorm:
+      return p + "self_attn.k_norm.weight";
+    case HfTensor::Router:
+      return moe + "gate.weight";
+    case HfTensor::ExpertGate:
+      return ex + (mixtral ? "w1.weight" : "gate_proj.weight");
+    case HfTensor::ExpertUp:
+      return ex + (mixtral ? "w3.weight" : "up_proj.weight");
+    case HfTensor::ExpertDown:
+      return ex + (mixtral ? "w2.weight" : "down_proj.weight");
+    case HfTensor::SharedGate:
+      return moe + "shared_expert.gate_proj.weight";
+    case HfTensor::SharedUp:
+      return moe + "shared_expert.up_proj.weight";
+    case HfTensor::SharedDown:
+      return moe + "shared_expert.down_proj.weight";
+    case HfTensor::SharedExpertGate:
+      return moe + "shared_expert_gate.weight";
+    case HfTensor::DenseGate:
+      return p + "mlp.gate_proj.weight";
+    case HfTensor::DenseUp:
+      return p + "mlp.up_proj.weight";
+    case HfTensor::DenseDown:
+      return p + "mlp.down_proj.weight";
+  }
+  return "";
+}
+
+ParameterCount count_parameters(const ModelConfig& c) {
+  const int64_t d = c.hidden_size, V = c.vocab_size, hd = c.head_size();
+  const int64_t qd = c.num_attention_heads * hd, kvd = c.num_key_value_heads * hd;
+  ParameterCount n;
+  int64_t shared = V * d * (c.tie_word_embeddings ? 1 : 2) + d;  // embedding, head, final norm
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    shared += 2 * d + d * (2 * qd + 2 * kvd);
+    if (c.attention_bias) shared += qd + 2 * kvd;
+    if (c.qk_norm == QkNorm::PerHead) shared += 2 * hd;
+    if (c.qk_norm == QkNorm::Full) shared += qd + kvd;
+    if (c.is_moe_layer(l)) {
+      const int64_t E = c.num_local_experts, k = c.moe.num_experts_per_tok;
+      const int64_t expert = 3 * d * c.intermediate_size;
+      shared += E * d + 3 * d * c.moe.shared_hidden() + (c.moe.shared_expert_gate ? d : 0);
+      n.total += E * expert;
+      n.active += k * expert;
+    } else {
+      shared += 3 * d * c.dense_width();
+    }
+  }
+  n.total += shared;
+  n.active += shared;
+  return n;
+}
+
+HfWeights HfWeights::open(const std::string& dir) {
+  HfWeights w;
+  w.dir_ = dir;
+  const std::string index = dir + "/model.safetensors.index.json";
+  if (fs::exists(index)) {
+    const nlohmann::json j = read_json(index);
+    MOE_CHECK(j.is_object() && j.contains("weight_map") && j["weight_map"].is_object(),
+              "{}: weight_map is missing or not an object", index);
+    std::map<std::string, int> file_index;
+    for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
+      MOE_CHECK(it->is_string(), "{}: weight_map[\"{}\"] is {}, expected a file name", index,
+                it.key(), it->dump());
+      const std::string file = it->get<std::string>();
+      MOE_CHECK(file.find('/') == std::string::npos && file != ".." && !file.empty(),
+                "{}: weight_map[\"{}\"] = \"{}\" is not a file in the directory", index, it.key(),
+                file);
+      auto [pos, fresh] = file_index.emplace(file, static_cast<int>(w.files_.size()));
+      if (fresh) w.files_.push_back(SafeTensorsFile::open(dir + "/" + file));
+      const SafeTensorsFile& f = w.files_[pos->second];
+      MOE_CHECK(f.has(it.key()), "{}: tensor {} is listed in {} but not stored there", index,
+                it.key(), f.path());
+      w.where_[it.key()] = pos->second;
+    }
+    // A shard's tensor that the index does not list is a sign of a mismatched index.
+    for (const auto& f : w.files_)
+      for (const auto& name : f.names())
+        MOE_CHECK(w.where_.count(name), "{}: tensor {} of {} is not in weight_map", index, name,
+                  f.path());
+    return w;
+  }
+  const std::string single = dir + "/model.safetensors";
+  MOE_CHECK(fs::exists(single), "{}: no model.safetensors or model.safetensors.index.json", dir);
+  w.files_.push_back(SafeTensorsFile::open(single));
+  for (const auto& name : w.files_[0].names()) w.where_[name] = 0;
+  return w;
+}
+
+const SafeTensorsFile& HfWeights::file_of(const std::string& name) const {
+  auto it = where_.find(name);
+  MOE_CHECK(it != where_.end(), "{}: missing tensor {}", dir_, name);
+  return files_[it->second];
+}
+
+std::vector<std::string> HfWeights::names() const {
+  std::vector<std::string> out;
+  for (const auto& [name, i] : where_) out.push_back(name);
+  return out;
+}
+
+int64_t HfWeights::data_bytes() const {
+  int64_t total = 0;
+  for (const auto& [name, i] : where_) {
+    const TensorEntry& e = files_[i].entry(name);
+    total += e.end - e.begin;
+  }
+  return total;
+}
+
+std::string hf_family_for(const ModelConfig& c) {
+  const MoeConfig& m = c.moe;
+  auto refuse = [&](const char* key, const std::string& why) {
+    throw Error(fmt::format("cannot save as a Hugging Face checkpoint: {} {}", key, why));
+  };
+  if (c.num_local_experts == 0) return "qwen2_moe";  // dense: every layer in mlp_only_layers
+  if (m.scoring_func != ScoreFunc::Softmax)
+    refuse("scoring_func", "is sigmoid; the Hugging Face families route by softmax");
+  if (m.use_selection_bias)
+    refuse("use_selection_bias", "is true; the families have no selection bias");
+  if (m.n_group > 1) refuse("n_group", "> 1; the families have no group-limited routing");
+  if (m.routed_scaling_factor != 1.0)
+    refuse("routed_scaling_factor", "is not 1; the families have no gate scaling");
+  if (m.hidden_act != Activation::SwiGLU) refuse("hidden_act", "is gelu; the families use silu");
+  if (m.n_shared_experts > 0 && !m.shared_expert_gate)
+    refuse("shared_expert_gate", "is false; Qwen2-MoE's shared expert is always gated");
+  const bool all_moe = c.moe_every == 1;
+  // Mixtral always renormalizes; we renormalize only when k > 1 (a k = 1 gate is the raw
+  // probability, the Switch gate), which qwen2_moe with norm_topk_prob false reproduces.
+  if (all_moe && m.n_shared_experts == 0 && m.norm_topk_prob && m.num_experts_per_tok > 1)
+    return "mixtral";
+  return "qwen2_moe";
+}
+
+nlohmann::json hf_config_json(const ModelConfig& c, DType dtype) {
+  const std::string family = hf_family_for(c);
+  const MoeConfig& m = c.moe;
+  nlohmann::json j;
+  j["model_type"] = family;
+  j["architectures"] = {family == "mixtral" ? "MixtralForCausalLM" : "Qwen2MoeForCausalLM"};
+  j["torch_dtype"] = dtype == DType::BF16  ? "bfloat16"
+                     : dtype == DType::F16 ? "float16"
+                                           : "float32";
+  j["vocab_size"] = c.vocab_size;
+  j["hidden_size"] = c.hidden_size;
+  j["num_hidden_layers"] = c.num_hidden_layers;
+  j["num_attention_heads"] = c.num_attention_heads;
+  j["num_key_value_heads"] = c.num_key_value_heads;
+  j["head_dim"] = c.head_size();
+  j["max_position_embeddings"] = c.max_position_embeddings;
+  j["rope_theta"] = c.rope_theta;
+  j["rms_norm_eps"] = c.rms_norm_eps;
+  j["tie_word_embeddings"] = c.tie_word_embeddings;
+  j["initializer_range"] = c.initializer_range;
+  j["hidden_act"] = "silu";
+  j["attention_dropout"] = 0.0;
+  j["num_experts_per_tok"] = c.num_local_experts > 0 ? m.num_experts_per_tok : 1;
+  // Hugging Face normalizes the load-balance f by T, not T*k: the same loss needs alpha / k.
+  const double k = c.num_local_experts > 0 ? m.num_experts_per_tok : 1;
+  j["router_aux_loss_coef"] =
+      m.aux_loss_style == AuxLossStyle::HF ? m.router_aux_loss_coef : m.router_aux_loss_coef / k;
+  j["output_router_logits"] = false;
+  j["use_cache"] = true;
+  j["bos_token_id"] = 1;
+  j["eos_token_id"] = 2;
+  if (family == "mixtral") {
+    j["intermediate_size"] = c.intermediate_size;
+    j["num_local_experts"] = c.num_local_experts;
+    j["sliding_window"] = nullptr;
+    j["router_jitter_noise"] = 0.0;
+  } else {
+    j["intermediate_size"] = c.dense_width();
+    j["moe_intermediate_size"] = c.intermediate_size;
+    j["num_experts"] = std::max(c.num_local_experts, 1);
+    j["norm_topk_prob"] = m.norm_topk_prob;
+    j["decoder_sparse_step"] = c.moe_every;
+    std::vector<int> dense_layers;
+    if (c.num_local_experts == 0)
+      for (int l = 0; l < c.num_hidden_layers; ++l) dense_layers.push_back(l);
+    j["mlp_only_layers"] = dense_layers;
+    // Without a shared expert we write one of width 1 whose output projection is zero.
+    j["shared_expert_intermediate_size"] = m.n_shared_experts > 0 ? m.shared_hidden() : 1;
+    j["use_sliding_window"] = false;
+    j["sliding_window"] = nullptr;
+    j["max_window_layers"] = c.num_hidden_layers;
+    j["qkv_bias"] = true;
+  }
+  return j;
+}
+
+void save_hf_checkpoint(Transformer<float>& model, const std::string& dir, DType dtype) {
+  MOE_CHECK(dtype == DType::F32 || dtype == DType::BF16 || dtype == DType::F16,
+            "{}: weights can be saved as F32, BF16 or F16, not {}", dir, dtype_name(dtype));
+  const ModelConfig& c = model.config();
+  const nlohmann::json config = hf_config_json(c, dtype);
+  ModelConfig hc = c;
+  hc.model_type = config["model_type"].get<std::string>();
+  const bool qwen2 = hc.model_type == "qwen2_moe";
+  const int64_t d = c.hidden_size, F = c.intermediate_size;
+
+  std::map<std::string, const ParamRef<float>*> ours;
+  for (const auto& p : model.parameters()) ours[p.name] = &p;
+  auto param = [&](const std::string& name) -> const ParamRef<float>& {
+    auto it = ours.find(name);
+    MOE_CHECK(it != ours.end(), "save_hf_checkpoint: the model has no parameter {}", name);
+    return *it->second;
+  };
+  SafeTensorsWriter w;
+  auto put = [&](const std::string& name, const Shape& shape, const float* data, bool matrix) {
+    w.add(name, shape, data, matrix ? dtype : DType::F32);
+  };
+  auto copy = [&](const std::string& hf, const std::string& our, bool matrix) {
+    const auto& p = param(our);
+    put(hf, p.shape, p.value, matrix);
+  };
+  w.set_metadata("format", "pt");
+  copy("model.embed_tokens.weight", "model.embed_tokens.weight", true);
+  copy("model.norm.weight", "model.norm.weight", false);
+  if (!c.tie_word_embeddings) copy("lm_head.weight", "lm_head.weight", true);
+  std::vector<float> zeros;
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = fmt::format("model.layers.{}.", l);
+    auto name = [&](HfTensor t, int e = -1) { return hf_tensor_name(hc, l, t, e); };
+    copy(name(HfTensor::InputNorm), p + "input_layernorm.weight", false);
+    copy(name(HfTensor::PostAttentionNorm), p + "post_attention_layernorm.weight", false);
+    copy(name(HfTensor::Q), p + "self_attn.q_proj.weight", true);
+    copy(name(HfTensor::K), p + "self_attn.k_proj.weight", true);
+    copy(name(HfTensor::V), p + "self_attn.v_proj.weight", true);
+    copy(name(HfTensor::O), p + "self_attn.o_proj.weight", true);
+    if (qwen2) {
+      const int64_t qd = c.num_attention_heads * c.head_size();
+      const int64_t kvd = c.num_key_value_heads * c.head_size();
+      zeros.assign(std::max(qd, d), 0.0f);
+      put(name(HfTensor::QBias), {qd}, zeros.data(), false);
+      put(name(HfTensor::KBias), {kvd}, zeros.data(), false);
+      put(name(HfTensor::VBias), {kvd}, zeros.data(), false);
+    }
+    if (!c.is_moe_layer(l)) {
+      copy(name(HfTensor::DenseGate), p + "mlp.ffn.w1", true);
+      copy(name(HfTensor::DenseUp), p + "mlp.ffn.w3", true);
+      copy(name(HfTensor::DenseDown), p + "mlp.ffn.w2", true);
+      continue;
+    }
+    const std::string b = p + "block_sparse_moe.";
+    copy(name(HfTensor::Router), b + "router.weight", false);
+    const auto& w1 = param(b + "experts.w1");
+    const auto& w3 = param(b + "experts.w3");
+    const auto& w2 = param(b + "experts.w2");
+    for (int e = 0; e < c.num_local_experts; ++e) {
+      put(name(HfTensor::ExpertGate, e), {F, d}, w1.value + e * F * d, true);
+      put(name(HfTensor::ExpertUp, e), {F, d}, w3.value + e * F * d, true);
+      put(name(HfTensor::ExpertDown, e), {d, F}, w2.value + e * d * F, true);
+    }
+    if (!qwen2) continue;
+    if (c.moe.n_shared_experts > 0) {
+      // Our shared experts are one wider SwiGLU: their hidden units concatenate.
+      copy(name(HfTensor::SharedGate), b + "shared.w1", true);
+      copy(name(HfTensor::SharedUp), b + "shared.w3", true);
+      copy(name(HfTensor::SharedDown), b + "shared.w2", true);
+      copy(name(HfTensor::SharedExpertGate), b + "shared.gate", false);
+    } else {
+      zeros.assign(std::max(int64_t{2} * d, d + 1), 0.0f);
+      put(name(HfTensor::SharedGate), {1, d}, zeros.data(), true);
+      put(name(HfTensor::SharedUp), {1, d}, zeros.data(), true);
+      put(name(HfTensor::SharedDown), {d, 1}, zeros.data(), true);
+      put(name(HfTensor::SharedExpertGate), {1, d}, zeros.data(), false);
+    }
+  }
+  fs::create_directories(dir);
+  w.write(dir + "/model.safetensors");
+  const std::string text = config.dump(2) + "\n";
+  write_file_atomic(dir + "/config.json", text.data(), text.size());
+}
+
+void load_hf_weights(Transformer<float>& model, const HfWeights& w) {
+  const ModelConfig& c = model.config();
+  MOE_CHECK(c.model_type == "mixtral",
+            "{}: model_type {} loads for inference only (moe generate --model); training "
+            "loads the mixtral family",
+            w.dir(), c.model_type);
+  const int64_t d = c.hidden_size, F = c.intermediate_size;
+  for (auto& p : model.parameters()) {
+    const std::string& n = p.name;
+    const auto moe_pos = n.find("block_sparse_moe.");
+    if (moe_pos == std::string::npos || n.find("router.weight") != std::string::npos) {
+      // The same name in both layouts except the router.
+      std::string hf = n;
+      if (auto r = hf.find("block_sparse_moe.router.weight"); r != std::string::npos)
+        hf.replace(r, std::string("block_sparse_moe.router.weight").size(),
+                   "block_sparse_moe.gate.weight");
+      w.file_of(hf).read_into(hf, p.shape, p.value);
+      continue;
+    }
+    // experts.w1 [E, F, d] etc.: one Hugging Face tensor per expert.
+    const int layer = std::stoi(n.substr(std::string("model.layers.").size()));
+    const std::string what = n.substr(moe_pos + std::string("block_sparse_moe.").size());
+    HfTensor t;
+    Shape shape;
+    if (what == "experts.w1")
+      t = HfTensor::ExpertGate, shape = {F, d};
+    else if (what == "experts.w3")
+      t = HfTensor::ExpertUp, shape = {F, d};
+    else if (what == "experts.w2")
+      t = HfTensor::ExpertDown, shape = {d, F};
+    else
+      throw Error(fmt::format("{}: mixtral has no tensor for our parameter {}", w.dir(), n));
+    for (int e = 0; e < c.num_local_experts; ++e) {
+      const std::string hf = hf_tensor_name(c, layer, t, e);
+      w.file_of(hf).read_into(hf, shape, p.value + e * F * d);
+    }
+  }
+}
+
+}  // namespace moe

@@ -1,0 +1,362 @@
+// Hugging Face checkpoints: the four families against tiny checkpoints written by an
+// independent PyTorch implementation (tools/reference/make_hf_fixtures.py), the round trip of
+// a model trained here, parameter accounting, and one clear error per kind of bad file.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "moe/hf_checkpoint.h"
+#include "moe/inference_model.h"
+#include "moe/rng.h"
+#include "test_util.h"
+
+namespace moe {
+namespace {
+
+namespace fs = std::filesystem;
+using test::TempDir;
+
+std::string fixture(const std::string& name) {
+  return std::string(MOE_FIXTURE_DIR) + "/hf/" + name;
+}
+
+// max |a - b| / max |b|: the error relative to the logits' scale.
+double normalized_error(const float* a, const float* b, int64_t n) {
+  double diff = 0, scale = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    diff = std::max(diff, std::abs(static_cast<double>(a[i]) - b[i]));
+    scale = std::max(scale, std::abs(static_cast<double>(b[i])));
+  }
+  return diff / std::max(scale, 1e-30);
+}
+
+class HfFamily : public ::testing::TestWithParam<const char*> {};
+
+// Logits of the whole prompt batch, then greedy generation token for token, then the same
+// logits again when the prompt is fed one token at a time through the cache.
+TEST_P(HfFamily, MatchesPyTorchReference) {
+  const std::string dir = fixture(GetParam());
+  auto model = InferenceModel::load(dir);
+  const auto expected = SafeTensorsFile::open(dir + "/expected.safetensors");
+  const auto ids = expected.read<int32_t>("input_ids");
+  const auto ref = expected.read<float>("logits");
+  const auto greedy = expected.read<int32_t>("greedy");
+  const int B = static_cast<int>(ids.shape()[0]), S = static_cast<int>(ids.shape()[1]);
+  const int64_t V = model->config().vocab_size;
+  ASSERT_EQ(ref.numel(), B * S * V);
+
+  std::vector<float> logits(static_cast<size_t>(B * S * V));
+  auto caches = model->new_caches(B, S);
+  model->forward(ids.data(), B, S, caches, logits.data(), /*all_logits=*/true);
+  EXPECT_LT(normalized_error(logits.data(), ref.data(), ref.numel()), 1e-4) << GetParam();
+
+  std::vector<std::vector<int32_t>> prompts(static_cast<size_t>(B));
+  for (int b = 0; b < B; ++b) prompts[b].assign(ids.data() + b * S, ids.data() + (b + 1) * S);
+  GenerateOptions opt;
+  opt.max_new_tokens = static_cast<int>(greedy.shape()[1]);
+  opt.sampling.temperature = 0;
+  opt.stop_at_eos = false;
+  const auto out = generate(*model, prompts, opt, -1);
+  for (int b = 0; b < B; ++b) {
+    const std::vector<int32_t> want(greedy.data() + b * opt.max_new_tokens,
+                                    greedy.data() + (b + 1) * opt.max_new_tokens);
+    EXPECT_EQ(out[b], want) << GetParam() << " sequence " << b;
+  }
+
+  // One token at a time through the KV cache: the last position's logits agree.
+  auto step_caches = model->new_caches(B, S);
+  std::vector<float> last(static_cast<size_t>(B * V));
+  for (int t = 0; t < S; ++t) {
+    std::vector<int32_t> col(static_cast<size_t>(B));
+    for (int b = 0; b < B; ++b) col[b] = ids.data()[b * S + t];
+    model->forward(col.data(), B, 1, step_caches, last.data());
+  }
+  for (int b = 0; b < B; ++b)
+    EXPECT_LT(normalized_error(last.data() + b * V, ref.data() + (b * S + S - 1) * V, V), 1e-4);
+}
+
+INSTANTIATE_TEST_SUITE_P(Families, HfFamily,
+                         ::testing::Values("mixtral", "mixtral_bf16", "qwen2_moe", "qwen3_moe",
+                                           "olmoe"));
+
+TEST(HfCheckpoint, FixtureConfigsAreReadPerFamily) {
+  const ModelConfig q2 = load_hf_config(fixture("qwen2_moe") + "/config.json");
+  EXPECT_TRUE(q2.attention_bias);
+  EXPECT_EQ(q2.moe.n_shared_experts, 1);
+  EXPECT_TRUE(q2.moe.shared_expert_gate);
+  EXPECT_FALSE(q2.is_moe_layer(1));  // mlp_only_layers [1]
+  const ModelConfig q3 = load_hf_config(fixture("qwen3_moe") + "/config.json");
+  EXPECT_EQ(q3.qk_norm, QkNorm::PerHead);
+  EXPECT_NE(q3.head_size() * q3.num_attention_heads, q3.hidden_size);
+  const ModelConfig ol = load_hf_config(fixture("olmoe") + "/config.json");
+  EXPECT_EQ(ol.qk_norm, QkNorm::Full);
+  EXPECT_FALSE(ol.moe.norm_topk_prob);
+}
+
+// The seeds' Mixtral 8x7B example: 46.7B parameters, about 12.9B used per token.
+TEST(HfCheckpoint, ParameterAccountingOfMixtral8x7B) {
+  const ModelConfig c = model_config_from_hf(nlohmann::json{{"model_type", "mixtral"}}, "mixtral");
+  const ParameterCount n = count_parameters(c);
+  EXPECT_EQ(n.total, 46702792704);
+  EXPECT_EQ(n.active, 12879925248);
+}
+
+ModelConfig small_config(bool shared, int moe_every) {
+  ModelConfig c;
+  c.vocab_size = 40;
+  c.hidden_size = 32;
+  c.intermediate_size = 16;
+  c.dense_intermediate_size = 24;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.max_position_embeddings = 32;
+  c.num_local_experts = 4;
+  c.moe_every = moe_every;
+  c.moe.num_experts_per_tok = 2;
+  c.initializer_range = 0.2;
+  if (shared) {
+    c.moe.n_shared_experts = 2;
+    c.moe.shared_expert_gate = true;
+  }
+  c.training.seq_len = 8;
+  c.training.batch_size = 2;
+  c.sync_moe();
+  c.validate();
+  return c;
+}
+
+// A few AdamW steps on random tokens so that no weight is still at its initial value.
+void train_a_little(Transformer<float>& m, Rng& rng) {
+  const ModelConfig& c = m.config();
+  AdamW<float> opt(m.parameters(), c.training);
+  std::vector<int32_t> x(16), y(16);
+  for (int step = 0; step < 3; ++step) {
+    for (auto& t : x) t = static_cast<int32_t>(rng.uniform() * c.vocab_size);
+    for (size_t i = 0; i < x.size(); ++i) y[i] = x[(i + 1) % x.size()];
+    m.zero_grad();
+    m.forward(x.data(), y.data(), 2, 8, true, &rng);
+    m.backward();
+    opt.step(1e-2);
+  }
+}
+
+std::vector<float> logits_of(Transformer<float>& m, const std::vector<int32_t>& x) {
+  m.forward(x.data(), nullptr, 1, static_cast<int>(x.size()));
+  return std::vector<float>(m.logits(), m.logits() + x.size() * m.config().vocab_size);
+}
+
+std::vector<float> logits_of(InferenceModel& m, const std::vector<int32_t>& x) {
+  std::vector<float> out(x.size() * m.config().vocab_size);
+  auto caches = m.new_caches(1, static_cast<int>(x.size()));
+  m.forward(x.data(), 1, static_cast<int>(x.size()), caches, out.data(), true);
+  return out;
+}
+
+TEST(HfCheckpoint, RoundTripOfATrainedMixtral) {
+  Rng rng(7);
+  Transformer<float> model(small_config(false, 1));
+  model.init_weights(rng);
+  train_a_little(model, rng);
+  const std::vector<int32_t> x = {3, 1, 4, 1, 5, 9, 2, 6};
+  const auto ours = logits_of(model, x);
+
+  TempDir tmp("hf_roundtrip");
+  save_hf_checkpoint(model, tmp.str(), DType::F32);
+  const ModelConfig back = load_hf_config(tmp.file("config.json"));
+  EXPECT_EQ(back.model_type, "mixtral");
+  Transformer<float> loaded(back);
+  load_hf_weights(loaded, HfWeights::open(tmp.str()));
+  EXPECT_EQ(logits_of(loaded, x), ours);  // bit for bit
+  auto infer = InferenceModel::load(tmp.str());
+  const auto inferred = logits_of(*infer, x);
+  EXPECT_LT(normalized_error(inferred.data(), ours.data(), ours.size()), 1e-5);
+
+  TempDir tmp16("hf_roundtrip_bf16");
+  save_hf_checkpoint(model, tmp16.str(), DType::BF16);
+  EXPECT_EQ(SafeTensorsFile::open(tmp16.file("model.safetensors"))
+                .entry("model.layers.0.block_sparse_moe.experts.3.w2.weight")
+                .dtype,
+            DType::BF16);
+  auto infer16 = InferenceModel::load(tmp16.str());
+  EXPECT_EQ(infer16->weight_dtype(), DType::BF16);
+  const auto l16 = logits_of(*infer16, x);
+  EXPECT_LT(normalized_error(l16.data(), ours.data(), ours.size()), 2e-2);
+  Transformer<float> loaded16(load_hf_config(tmp16.file("config.json")));
+  load_hf_weights(loaded16, HfWeights::open(tmp16.str()));
+  const auto t16 = logits_of(loaded16, x);
+  EXPECT_LT(normalized_error(l16.data(), t16.data(), t16.size()), 1e-5);
+}
+
+// Shared experts or dense layers make the checkpoint a qwen2_moe one (dense layers through
+// decoder_sparse_step; without shared experts a zero one of width 1 stands in).
+TEST(HfCheckpoint, SharedExpertsAndDenseLayersSaveAsQwen2Moe) {
+  for (bool shared : {true, false}) {
+    SCOPED_TRACE(shared ? "shared experts, moe_every 2" : "moe_every 2");
+    Rng rng(11);
+    Transformer<float> model(small_config(shared, 2));
+    model.init_weights(rng);
+    train_a_little(model, rng);
+    const std::vector<int32_t> x = {2, 7, 1, 8, 2, 8};
+    const auto ours = logits_of(model, x);
+    TempDir tmp("hf_qwen2");
+    save_hf_checkpoint(model, tmp.str(), DType::F32);
+    EXPECT_EQ(load_hf_config(tmp.file("config.json")).model_type, "qwen2_moe");
+    auto infer = InferenceModel::load(tmp.str());
+    const auto inferred = logits_of(*infer, x);
+    EXPECT_LT(normalized_error(inferred.data(), ours.data(), ours.size()), 1e-5);
+  }
+}
+
+TEST(HfCheckpoint, UnnormalizedTopKSavesAsQwen2Moe) {
+  ModelConfig c = small_config(false, 1);
+  c.moe.norm_topk_prob = false;
+  Rng rng(5);
+  Transformer<float> model(c);
+  model.init_weights(rng);
+  const std::vector<int32_t> x = {1, 2, 3, 4, 5};
+  const auto ours = logits_of(model, x);
+  TempDir tmp("hf_unnorm");
+  save_hf_checkpoint(model, tmp.str(), DType::F32);
+  EXPECT_EQ(load_hf_config(tmp.file("config.json")).model_type, "qwen2_moe");
+  auto infer = InferenceModel::load(tmp.str());
+  const auto inferred = logits_of(*infer, x);
+  EXPECT_LT(normalized_error(inferred.data(), ours.data(), ours.size()), 1e-5);
+}
+
+TEST(HfCheckpoint, RoutingHuggingFaceCannotExpressIsRefused) {
+  ModelConfig c = small_config(false, 1);
+  c.moe.scoring_func = ScoreFunc::Sigmoid;
+  EXPECT_MOE_ERROR(hf_family_for(c), "scoring_func");
+  c = small_config(false, 1);
+  c.moe.use_selection_bias = true;
+  EXPECT_MOE_ERROR(hf_family_for(c), "use_selection_bias");
+}
+
+// --- bad files: each one error line naming the file and the field -------------------------
+
+void copy_fixture(const std::string& name, const TempDir& to) {
+  for (const auto& e : fs::directory_iterator(fixture(name)))
+    fs::copy_file(e.path(), to.path() / e.path().filename());
+}
+
+void edit_config(const TempDir& dir, const std::function<void(nlohmann::json&)>& edit) {
+  std::ifstream in(dir.file("config.json"));
+  nlohmann::json j = nlohmann::json::parse(in);
+  edit(j);
+  std::ofstream(dir.file("config.json")) << j.dump(2);
+}
+
+void expect_one_line(const std::string& msg) {
+  EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+}
+
+TEST(HfCheckpointErrors, TruncatedFile) {
+  TempDir d("hf_bad");
+  copy_fixture("mixtral", d);
+  const auto size = fs::file_size(d.file("model.safetensors"));
+  fs::resize_file(d.file("model.safetensors"), size - 100);
+  const std::string e = test::error_of([&] { InferenceModel::load(d.str()); });
+  EXPECT_NE(e.find("model.safetensors"), std::string::npos) << e;
+  expect_one_line(e);
+}
+
+// Rewrites the JSON header of a safetensors file; the data section is kept byte for byte (its
+// offsets are relative to its start).
+void edit_header(const std::string& path, const std::function<void(nlohmann::json&)>& edit) {
+  std::ifstream in(path, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  in.close();
+  uint64_t n = 0;
+  std::memcpy(&n, bytes.data(), 8);
+  nlohmann::json h = nlohmann::json::parse(bytes.substr(8, n));
+  edit(h);
+  std::string text = h.dump();
+  text.resize((text.size() + 7) / 8 * 8, ' ');
+  const uint64_t m = text.size();
+  std::string out(reinterpret_cast<const char*>(&m), 8);
+  out += text + bytes.substr(8 + n);
+  std::ofstream(path, std::ios::binary).write(out.data(), static_cast<std::streamsize>(out.size()));
+}
+
+TEST(HfCheckpointErrors, OffsetPastTheEnd) {
+  TempDir d("hf_bad");
+  copy_fixture("mixtral", d);
+  edit_header(d.file("model.safetensors"),
+              [](nlohmann::json& h) { h["model.norm.weight"]["data_offsets"][1] = 1 << 30; });
+  const std::string e = test::error_of([&] { InferenceModel::load(d.str()); });
+  EXPECT_NE(e.find("model.norm.weight"), std::string::npos) << e;
+  expect_one_line(e);
+}
+
+TEST(HfCheckpointErrors, WrongDtype) {
+  TempDir d("hf_bad");
+  copy_fixture("mixtral", d);
+  edit_header(d.file("model.safetensors"), [](nlohmann::json& h) {
+    h["model.layers.0.self_attn.q_proj.weight"]["dtype"] = "I32";
+  });
+  EXPECT_MOE_ERROR(InferenceModel::load(d.str()), "model.safetensors",
+                   "model.layers.0.self_attn.q_proj.weight", "I32");
+}
+
+TEST(HfCheckpointErrors, MissingTensorAndWrongShape) {
+  TempDir d("hf_bad");
+  copy_fixture("mixtral", d);
+  const std::string name = "model.layers.1.block_sparse_moe.experts.2.w3.weight";
+  edit_header(d.file("model.safetensors"), [&](nlohmann::json& h) {
+    h[name + "_renamed"] = h[name];
+    h.erase(name);
+  });
+  EXPECT_MOE_ERROR(InferenceModel::load(d.str()), "missing tensor", name);
+  TempDir d2("hf_bad");
+  copy_fixture("mixtral", d2);
+  edit_config(d2, [](nlohmann::json& j) {
+    j["intermediate_size"] = j["intermediate_size"].get<int>() * 2;
+  });
+  EXPECT_MOE_ERROR(InferenceModel::load(d2.str()), "model.safetensors", "w1.weight", "shape");
+}
+
+TEST(HfCheckpointErrors, UnknownModelTypeAndUnsupportedKeys) {
+  TempDir d("hf_bad");
+  copy_fixture("mixtral", d);
+  edit_config(d, [](nlohmann::json& j) { j["model_type"] = "deepseek_v3"; });
+  EXPECT_MOE_ERROR(InferenceModel::load(d.str()), "config.json", "model_type", "deepseek_v3");
+  edit_config(d, [](nlohmann::json& j) {
+    j["model_type"] = "mixtral";
+    j["rope_scaling"] = {{"type", "yarn"}};
+  });
+  EXPECT_MOE_ERROR(InferenceModel::load(d.str()), "config.json", "rope_scaling");
+  edit_config(d, [](nlohmann::json& j) {
+    j.erase("rope_scaling");
+    j["hidden_size"] = "wide";
+  });
+  EXPECT_MOE_ERROR(InferenceModel::load(d.str()), "config.json", "hidden_size");
+}
+
+TEST(HfCheckpointErrors, ShardIndexProblems) {
+  TempDir d("hf_bad");
+  copy_fixture("qwen2_moe", d);
+  ASSERT_TRUE(fs::exists(d.file("model.safetensors.index.json")));
+  fs::remove(d.file("model-00002-of-00002.safetensors"));
+  EXPECT_MOE_ERROR(InferenceModel::load(d.str()), "model-00002-of-00002.safetensors");
+  TempDir d2("hf_bad");
+  copy_fixture("qwen2_moe", d2);
+  std::ifstream in(d2.file("model.safetensors.index.json"));
+  nlohmann::json idx = nlohmann::json::parse(in);
+  in.close();
+  // Point one tensor at the shard that does not hold it.
+  auto& map = idx["weight_map"];
+  const std::string name = "model.norm.weight";
+  const std::string other = map[name] == "model-00001-of-00002.safetensors"
+                                ? "model-00002-of-00002.safetensors"
+                                : "model-00001-of-00002.safetensors";
+  map[name] = other;
+  std::ofstream(d2.file("model.safetensors.index.json")) << idx.dump();
+  EXPECT_MOE_ERROR(InferenceModel::load(d2.str()), "index.json", name, "not stored there");
+}
+
+}  // namespace
+}  // namespace moe

@@ -1,0 +1,316 @@
+"""An independent float64 reference of four Hugging Face MoE causal LMs.
+
+model_type "mixtral", "qwen2_moe", "qwen3_moe" and "olmoe", written in plain PyTorch
+from the semantics of transformers' modeling_<type>.py (no transformers import: it is
+not packaged for Debian).  A model is a config dict (the checkpoint's config.json) and
+a dict of tensors with the checkpoint's Hugging Face names; any stored dtype is upcast
+to float64 and everything is computed in float64.  Used only to make and check the
+tests/fixtures/hf/ fixtures the C++ checkpoint loader is tested against.
+
+What differs between the four (all else is the shared Llama-style decoder):
+
+    mixtral    MoE in block_sparse_moe (experts.M.w1/w3/w2), top-k gates always
+               renormalised (MixtralConfig has no norm_topk_prob), every layer MoE
+    qwen2_moe  q/k/v biases; routed experts + a shared expert scaled by
+               sigmoid(shared_expert_gate(x)); gates renormalised only if
+               norm_topk_prob; some layers dense (layer_is_sparse)
+    qwen3_moe  per-head RMSNorm(head_dim) on q and k before RoPE, explicit head_dim;
+               no shared expert; same dense/sparse rule and norm_topk_prob
+    olmoe      RMSNorm over the whole projected q (H*hd) and k (G*hd) before the
+               per-head reshape and RoPE; expert width intermediate_size; every
+               layer MoE; norm_topk_prob
+
+Public: ARCHS, head_dim, layer_is_sparse, weight_shapes, forward, greedy, and the
+pieces (rms_norm, apply_rope, attention, moe_block, swiglu, route) for the tests.
+"""
+
+import math
+
+import torch
+
+ARCHS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
+
+F64 = torch.float64
+
+
+# --------------------------------------------------------------------------
+# Config readings (the same defaults the HF classes apply)
+# --------------------------------------------------------------------------
+
+def head_dim(cfg):
+    """Per-head width: config head_dim when given (Qwen3-MoE, Mixtral), else hidden/heads."""
+    return cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+
+
+def num_kv_heads(cfg):
+    # Mixtral / OLMoE default num_key_value_heads to num_attention_heads when null
+    return cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
+
+
+def num_experts(cfg):
+    return cfg["num_local_experts"] if cfg["model_type"] == "mixtral" else cfg["num_experts"]
+
+
+def expert_width(cfg):
+    # Mixtral and OLMoE experts are intermediate_size wide; the Qwen MoEs keep
+    # intermediate_size for their dense layers and use moe_intermediate_size.
+    return cfg["moe_intermediate_size"] if cfg["model_type"] in ("qwen2_moe", "qwen3_moe") \
+        else cfg["intermediate_size"]
+
+
+def norm_topk(cfg):
+    # Mixtral always renormalises the top-k probabilities (no config switch).
+    return True if cfg["model_type"] == "mixtral" else bool(cfg["norm_topk_prob"])
+
+
+def layer_is_sparse(cfg, layer):
+    """Whether decoder layer `layer` holds the MoE block (else a dense SwiGLU MLP).
+
+    Qwen2/3-MoE (Qwen2MoeDecoderLayer): sparse iff layer not in mlp_only_layers and
+    num_experts > 0 and (layer + 1) % decoder_sparse_step == 0.  Mixtral, OLMoE: all."""
+    if cfg["model_type"] in ("mixtral", "olmoe"):
+        return True
+    return layer not in (cfg.get("mlp_only_layers") or []) and cfg["num_experts"] > 0 \
+        and (layer + 1) % cfg.get("decoder_sparse_step", 1) == 0
+
+
+def qkv_bias(cfg):
+    # Qwen2-MoE: q/k/v biases (hard-wired before transformers v5, config qkv_bias since);
+    # Qwen3-MoE and OLMoE (Llama attention) put attention_bias on q/k/v/o alike;
+    # Mixtral's projections never have a bias.
+    if cfg["model_type"] == "qwen2_moe":
+        return bool(cfg.get("qkv_bias", True))
+    return cfg["model_type"] != "mixtral" and bool(cfg.get("attention_bias", False))
+
+
+def o_bias(cfg):
+    return cfg["model_type"] in ("qwen3_moe", "olmoe") and bool(cfg.get("attention_bias", False))
+
+
+def _moe_prefix(cfg, layer):
+    sub = "block_sparse_moe" if cfg["model_type"] == "mixtral" else "mlp"
+    return "model.layers.%d.%s." % (layer, sub)
+
+
+def _expert_names(cfg):
+    """(gate, up, down) projection names of one routed expert."""
+    return ("w1", "w3", "w2") if cfg["model_type"] == "mixtral" else ("gate_proj", "up_proj", "down_proj")
+
+
+def weight_shapes(cfg):
+    """{name: shape} of every tensor the checkpoint holds, in HF state-dict (module) order.
+
+    lm_head.weight is absent when tie_word_embeddings (HF does not save tied copies)."""
+    arch = cfg["model_type"]
+    if arch not in ARCHS:
+        raise ValueError("unsupported model_type %r" % arch)
+    d, V = cfg["hidden_size"], cfg["vocab_size"]
+    H, G, hd = cfg["num_attention_heads"], num_kv_heads(cfg), head_dim(cfg)
+    E, F = num_experts(cfg), expert_width(cfg)
+    out = {"model.embed_tokens.weight": [V, d]}
+    for l in range(cfg["num_hidden_layers"]):
+        a = "model.layers.%d.self_attn." % l
+        for proj, rows in (("q_proj", H * hd), ("k_proj", G * hd), ("v_proj", G * hd)):
+            out[a + proj + ".weight"] = [rows, d]
+            if qkv_bias(cfg):
+                out[a + proj + ".bias"] = [rows]
+        out[a + "o_proj.weight"] = [d, H * hd]
+        if o_bias(cfg):
+            out[a + "o_proj.bias"] = [d]
+        if arch == "qwen3_moe":
+            out[a + "q_norm.weight"] = [hd]
+            out[a + "k_norm.weight"] = [hd]
+        elif arch == "olmoe":
+            out[a + "q_norm.weight"] = [H * hd]
+            out[a + "k_norm.weight"] = [G * hd]
+        m = _moe_prefix(cfg, l)
+        if layer_is_sparse(cfg, l):
+            out[m + "gate.weight"] = [E, d]
+            g, u, dn = _expert_names(cfg)
+            for e in range(E):
+                out[m + "experts.%d.%s.weight" % (e, g)] = [F, d]
+                out[m + "experts.%d.%s.weight" % (e, u)] = [F, d]
+                out[m + "experts.%d.%s.weight" % (e, dn)] = [d, F]
+            if arch == "qwen2_moe":
+                S = cfg["shared_expert_intermediate_size"]
+                out[m + "shared_expert.gate_proj.weight"] = [S, d]
+                out[m + "shared_expert.up_proj.weight"] = [S, d]
+                out[m + "shared_expert.down_proj.weight"] = [d, S]
+                out[m + "shared_expert_gate.weight"] = [1, d]
+        else:
+            I = cfg["intermediate_size"]
+            out[m + "gate_proj.weight"] = [I, d]
+            out[m + "up_proj.weight"] = [I, d]
+            out[m + "down_proj.weight"] = [d, I]
+        out["model.layers.%d.input_layernorm.weight" % l] = [d]
+        out["model.layers.%d.post_attention_layernorm.weight" % l] = [d]
+    out["model.norm.weight"] = [d]
+    if not cfg.get("tie_word_embeddings", False):
+        out["lm_head.weight"] = [V, d]
+    return out
+
+
+# --------------------------------------------------------------------------
+# Pieces
+# --------------------------------------------------------------------------
+
+def _w(weights, name):
+    return weights[name].to(F64)
+
+
+def _linear(x, weights, name, bias=False):
+    y = x @ _w(weights, name + ".weight").T
+    if bias:
+        y = y + _w(weights, name + ".bias")
+    return y
+
+
+def rms_norm(x, w, eps):
+    """x * rsqrt(mean(x^2) + eps) * w over the last dim (HF computes this in fp32; here fp64)."""
+    x = x.to(F64)
+    return w.to(F64) * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+
+def rope_cos_sin(positions, hd, theta):
+    """cos, sin [S, hd] of the default HF RoPE: inv_freq_i = theta^(-2i/hd), both halves equal."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=F64) / hd))
+    ang = positions.to(F64)[:, None] * inv_freq[None, :]
+    emb = torch.cat([ang, ang], dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x, cos, sin):
+    """rotate_half convention: dims i and i + hd/2 form a pair (not interleaved)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+def attention(cfg, weights, layer, x):
+    """Causal grouped-query self-attention of one layer; x [B, S, d] -> [B, S, d]."""
+    arch = cfg["model_type"]
+    B, S, _ = x.shape
+    H, G, hd = cfg["num_attention_heads"], num_kv_heads(cfg), head_dim(cfg)
+    eps = cfg["rms_norm_eps"]
+    a = "model.layers.%d.self_attn." % layer
+    bias = qkv_bias(cfg)
+    q = _linear(x, weights, a + "q_proj", bias)
+    k = _linear(x, weights, a + "k_proj", bias)
+    v = _linear(x, weights, a + "v_proj", bias)
+    if arch == "olmoe":
+        # OLMoE normalises the whole projection (all heads together) before the reshape.
+        q = rms_norm(q, weights[a + "q_norm.weight"], eps)
+        k = rms_norm(k, weights[a + "k_norm.weight"], eps)
+        if cfg.get("clip_qkv") is not None:
+            c = cfg["clip_qkv"]
+            q, k, v = q.clamp(-c, c), k.clamp(-c, c), v.clamp(-c, c)
+    q = q.view(B, S, H, hd)
+    k = k.view(B, S, G, hd)
+    v = v.view(B, S, G, hd)
+    if arch == "qwen3_moe":
+        # Qwen3 normalises each head separately (RMSNorm over head_dim), before RoPE.
+        q = rms_norm(q, weights[a + "q_norm.weight"], eps)
+        k = rms_norm(k, weights[a + "k_norm.weight"], eps)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)     # [B, heads, S, hd]
+    cos, sin = rope_cos_sin(torch.arange(S), hd, cfg["rope_theta"])
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    # HF repeat_kv: query head h reads kv head h // (H / G)
+    k = k.repeat_interleave(H // G, dim=1)
+    v = v.repeat_interleave(H // G, dim=1)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(hd)
+    future = torch.triu(torch.ones(S, S, dtype=torch.bool), diagonal=1)
+    scores = scores.masked_fill(future, float("-inf"))
+    out = torch.softmax(scores, dim=-1) @ v                            # [B, H, S, hd]
+    out = out.transpose(1, 2).reshape(B, S, H * hd)
+    return _linear(out, weights, a + "o_proj", o_bias(cfg))
+
+
+def swiglu(x, w_gate, w_up, w_down):
+    """down(silu(gate(x)) * up(x))."""
+    x = x.to(F64)
+    return (torch.nn.functional.silu(x @ w_gate.to(F64).T) * (x @ w_up.to(F64).T)) @ w_down.to(F64).T
+
+
+def route(router_logits, k, normalize):
+    """(gates [T, k], expert ids [T, k]): softmax over all experts, top-k, optional renormalisation."""
+    probs = torch.softmax(router_logits, dim=-1)
+    gates, ids = torch.topk(probs, k, dim=-1)
+    if normalize:
+        gates = gates / gates.sum(-1, keepdim=True)
+    return gates, ids
+
+
+def moe_block(cfg, weights, layer, x, trace=None):
+    """The sparse FFN of one layer; x [B, S, d] -> [B, S, d].
+
+    trace: if a list, the router logits [B*S, E] are appended (for tie checks)."""
+    B, S, d = x.shape
+    t = x.reshape(B * S, d).to(F64)
+    m = _moe_prefix(cfg, layer)
+    logits = t @ _w(weights, m + "gate.weight").T
+    if trace is not None:
+        trace.append(logits)
+    gates, ids = route(logits, cfg["num_experts_per_tok"], norm_topk(cfg))
+    g, u, dn = _expert_names(cfg)
+    out = torch.zeros_like(t)
+    for e in range(num_experts(cfg)):
+        rows, slot = torch.nonzero(ids == e, as_tuple=True)
+        if rows.numel() == 0:
+            continue
+        ex = m + "experts.%d." % e
+        y = swiglu(t[rows], weights[ex + g + ".weight"], weights[ex + u + ".weight"], weights[ex + dn + ".weight"])
+        out.index_add_(0, rows, gates[rows, slot, None] * y)
+    if cfg["model_type"] == "qwen2_moe":
+        sh = m + "shared_expert."
+        shared = swiglu(t, weights[sh + "gate_proj.weight"], weights[sh + "up_proj.weight"],
+                        weights[sh + "down_proj.weight"])
+        out = out + torch.sigmoid(t @ _w(weights, m + "shared_expert_gate.weight").T) * shared
+    return out.view(B, S, d)
+
+
+def dense_mlp(cfg, weights, layer, x):
+    m = "model.layers.%d.mlp." % layer
+    return swiglu(x, weights[m + "gate_proj.weight"], weights[m + "up_proj.weight"], weights[m + "down_proj.weight"])
+
+
+# --------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------
+
+def forward(cfg, weights, input_ids, trace=None):
+    """Logits [B, S, V] (float64) of input_ids [B, S]; positions 0..S-1 in every row.
+
+    trace: if a list, every MoE layer's router logits are appended to it."""
+    if cfg["model_type"] not in ARCHS:
+        raise ValueError("unsupported model_type %r" % cfg["model_type"])
+    eps = cfg["rms_norm_eps"]
+    embed = _w(weights, "model.embed_tokens.weight")
+    h = embed[input_ids.long()]
+    for l in range(cfg["num_hidden_layers"]):
+        p = "model.layers.%d." % l
+        h = h + attention(cfg, weights, l, rms_norm(h, weights[p + "input_layernorm.weight"], eps))
+        x = rms_norm(h, weights[p + "post_attention_layernorm.weight"], eps)
+        h = h + (moe_block(cfg, weights, l, x, trace) if layer_is_sparse(cfg, l) else dense_mlp(cfg, weights, l, x))
+    h = rms_norm(h, weights["model.norm.weight"], eps)
+    head = embed if cfg.get("tie_word_embeddings", False) else _w(weights, "lm_head.weight")
+    return h @ head.T
+
+
+def greedy(cfg, weights, input_ids, n, trace=None):
+    """n greedily chosen tokens per row [B, n] (int64).
+
+    Recomputes the full forward over the grown sequence at each step (no KV cache),
+    so it does not share a cache bug with the engine it checks.  Ties go to the lowest
+    id (torch.argmax), as in HF generate.  trace: if a list, one (last-position logits
+    [B, V], router logits list) pair is appended per step."""
+    seq = input_ids.long()
+    out = []
+    for _ in range(n):
+        routers = [] if trace is not None else None
+        last = forward(cfg, weights, seq, routers)[:, -1, :]
+        if trace is not None:
+            trace.append((last, routers))
+        nxt = torch.argmax(last, dim=-1)
+        out.append(nxt)
+        seq = torch.cat([seq, nxt[:, None]], dim=1)
+    return torch.stack(out, dim=1)

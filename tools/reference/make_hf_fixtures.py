@@ -1,0 +1,304 @@
+#!/usr/bin/python3
+"""Write the Hugging Face checkpoint fixtures (tests/fixtures/hf/<case>/).
+
+Each case is a tiny random checkpoint in the exact Hugging Face layout of its
+model_type (config.json + model.safetensors, or shards + model.safetensors.index.json)
+and expected.safetensors with what tools/reference/hf_reference.py (float64) computes
+from the stored weights: the logits of two prompts and 8 greedily generated tokens each.
+Run with Debian's interpreter:
+
+    /usr/bin/python3 tools/reference/make_hf_fixtures.py            # (re)write
+    /usr/bin/python3 tools/reference/make_hf_fixtures.py --check    # compare
+
+--check regenerates into a temporary directory and compares with tests/fixtures/hf/:
+the same case directories and file names; JSON files byte-identical; safetensors files
+byte-identical or else the same metadata, names, dtypes, shapes, exactly equal integer
+tensors (prompts, greedy tokens) and floating tensors within one ulp of their stored
+dtype on top of float64 rounding (fixture_io.compare_tensor_rounded); exit status 1 on
+a real difference.  See tools/reference/README.md for the cases and the format.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fixture_io  # noqa: E402
+import hf_reference as hf  # noqa: E402
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+FIXTURE_DIR = os.path.join(REPO, "tests", "fixtures", "hf")
+
+BATCH, PROMPT_LEN, NEW_TOKENS = 2, 7, 8
+FIRST_PROMPT_TOKEN = 3     # prompts avoid the special ids 0..2 (eos is 2 in every case)
+
+# A float32 engine reproduces the float64 reference to ~1e-6 relative, so these margins
+# keep it from choosing another token or another expert.
+GREEDY_MARGIN = 1e-3       # top-1 minus top-2 logit at every greedy step
+ROUTER_GAP = 1e-4          # k-th minus (k+1)-th router logit of every token, every MoE layer
+MIN_DISTINCT = 3           # greedy rows must not collapse to one or two repeated tokens
+MAX_ATTEMPTS = 500
+
+# Weight init: matrices N(0, MATRIX_STD), routers N(0, ROUTER_STD), embedding
+# N(0, EMBED_STD), biases N(0, BIAS_STD), every RMSNorm weight 1 + N(0, NORM_STD) (a
+# skipped norm shows).  Why these: with matrices at 0.1 the layers add too little, and a
+# tied model (whose logits include the last token's own |e|^2) only repeats its last
+# token; at 0.2 (and a smaller tied embedding) greedy continuations vary.
+MATRIX_STD = 0.2
+ROUTER_STD = 0.2
+EMBED_STD = 0.5
+TIED_EMBED_STD = 0.1
+BIAS_STD = 0.1
+NORM_STD = 0.1
+
+_STORE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# --------------------------------------------------------------------------
+# Configs: every key the HF config class reads, as save_pretrained writes them
+# --------------------------------------------------------------------------
+
+def _common(arch, dtype, **over):
+    cfg = {
+        "model_type": arch, "torch_dtype": dtype, "vocab_size": 96, "hidden_size": 48,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "max_position_embeddings": 64, "hidden_act": "silu", "initializer_range": 0.02,
+        "rms_norm_eps": 1e-5, "use_cache": True, "tie_word_embeddings": False,
+        "attention_dropout": 0.0, "num_experts_per_tok": 2, "output_router_logits": False,
+        "bos_token_id": 1, "eos_token_id": 2,
+    }
+    cfg.update(over)
+    return cfg
+
+
+def mixtral_config(dtype="float32", **over):
+    cfg = _common("mixtral", dtype, architectures=["MixtralForCausalLM"], intermediate_size=32,
+                  num_local_experts=4, rope_theta=1e6, sliding_window=None,
+                  router_aux_loss_coef=0.02, router_jitter_noise=0.0)
+    cfg.update(over)
+    return cfg
+
+
+def qwen2_moe_config(**over):
+    cfg = _common("qwen2_moe", "float16", architectures=["Qwen2MoeForCausalLM"], num_hidden_layers=3,
+                  intermediate_size=56, moe_intermediate_size=32, shared_expert_intermediate_size=40,
+                  num_experts=4, norm_topk_prob=False, decoder_sparse_step=1, mlp_only_layers=[1],
+                  rope_theta=10000.0, rope_scaling=None, rms_norm_eps=1e-6, use_sliding_window=False,
+                  sliding_window=None, max_window_layers=3, qkv_bias=True, router_aux_loss_coef=0.001)
+    cfg.update(over)
+    return cfg
+
+
+def qwen3_moe_config(**over):
+    cfg = _common("qwen3_moe", "float32", architectures=["Qwen3MoeForCausalLM"], hidden_size=64,
+                  head_dim=24, intermediate_size=32, moe_intermediate_size=16, num_experts=8,
+                  norm_topk_prob=True, decoder_sparse_step=2, mlp_only_layers=[], rope_theta=1e6,
+                  rope_scaling=None, rms_norm_eps=1e-6, attention_bias=False, use_sliding_window=False,
+                  sliding_window=None, max_window_layers=2, router_aux_loss_coef=0.001)
+    cfg.update(over)
+    return cfg
+
+
+def olmoe_config(**over):
+    cfg = _common("olmoe", "float32", architectures=["OlmoeForCausalLM"], intermediate_size=16,
+                  num_experts=8, norm_topk_prob=False, rope_theta=10000.0, rope_scaling=None,
+                  attention_bias=False, clip_qkv=None, router_aux_loss_coef=0.01,
+                  pad_token_id=1, bos_token_id=None)
+    cfg.update(over)
+    return cfg
+
+
+# name, first seed tried, config, number of weight shards
+CASES = [
+    ("mixtral", 1000, mixtral_config(), 1),
+    ("mixtral_bf16", 2000, mixtral_config("bfloat16", tie_word_embeddings=True, head_dim=12), 1),
+    ("qwen2_moe", 3000, qwen2_moe_config(), 2),
+    ("qwen3_moe", 4000, qwen3_moe_config(), 1),
+    ("olmoe", 5000, olmoe_config(), 1),
+]
+
+
+# --------------------------------------------------------------------------
+# Generation
+# --------------------------------------------------------------------------
+
+def _std(name, tied):
+    if name.endswith("norm.weight"):        # input/post_attention_layernorm, norm, q_norm, k_norm
+        return None
+    if name.endswith(".bias"):
+        return BIAS_STD
+    if name == "model.embed_tokens.weight":
+        return TIED_EMBED_STD if tied else EMBED_STD
+    if name.endswith(".gate.weight"):       # the router (not shared_expert_gate)
+        return ROUTER_STD
+    return MATRIX_STD
+
+
+def make_weights(cfg):
+    """{name: tensor in the stored dtype}, drawn in state-dict order from the current RNG."""
+    dtype = _STORE[cfg["torch_dtype"]]
+    out = {}
+    for name, shape in hf.weight_shapes(cfg).items():
+        std = _std(name, cfg.get("tie_word_embeddings", False))
+        t = 1.0 + NORM_STD * torch.randn(shape) if std is None else std * torch.randn(shape)
+        out[name] = t.to(dtype)
+    return out
+
+
+def decision_problems(cfg, trace):
+    """Why a float32 engine could decide differently from the reference on this seed (list)."""
+    problems = []
+    k = cfg["num_experts_per_tok"]
+    for step, (last, routers) in enumerate(trace):
+        top = torch.topk(last, 2, dim=-1).values
+        margin = float((top[:, 0] - top[:, 1]).min())
+        if margin <= GREEDY_MARGIN:
+            problems.append("greedy step %d margin %.2g" % (step, margin))
+        for layer, logits in enumerate(routers):
+            if k < logits.shape[-1]:
+                s = torch.sort(logits, dim=-1, descending=True).values
+                gap = float((s[:, k - 1] - s[:, k]).min())
+                if gap <= ROUTER_GAP:
+                    problems.append("step %d MoE layer %d router gap %.2g" % (step, layer, gap))
+    return problems
+
+
+def build_case(name, seed0, cfg):
+    """(weights, input_ids, logits, greedy tokens, seed) for the first seed >= seed0 that passes."""
+    for seed in range(seed0, seed0 + MAX_ATTEMPTS):
+        torch.manual_seed(seed)
+        weights = make_weights(cfg)
+        ids = torch.randint(FIRST_PROMPT_TOKEN, cfg["vocab_size"], (BATCH, PROMPT_LEN))
+        trace = []
+        tokens = hf.greedy(cfg, weights, ids, NEW_TOKENS, trace)
+        problems = decision_problems(cfg, trace)
+        if bool((tokens == cfg["eos_token_id"]).any()):
+            problems.append("greedy emits eos")      # an engine stopping at eos would differ
+        if any(len(set(row.tolist())) < MIN_DISTINCT for row in tokens):
+            problems.append("degenerate greedy output")
+        if not problems:
+            return weights, ids, hf.forward(cfg, weights, ids), tokens, seed
+    raise RuntimeError("%s: no seed in [%d, %d) passes" % (name, seed0, seed0 + MAX_ATTEMPTS))
+
+
+# --------------------------------------------------------------------------
+# Files, as Hugging Face writes them
+# --------------------------------------------------------------------------
+
+def _json_bytes(obj):
+    # save_pretrained: indent 2, sorted keys, trailing newline
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def _weight_file(weights, names):
+    # The safetensors library writes tensors of one dtype in name order.
+    return fixture_io.encode_safetensors([(n, weights[n]) for n in sorted(names)], {"format": "pt"})
+
+
+def case_files(cfg, weights, ids, logits, tokens, seed, name, shards):
+    """{file name: bytes} of one case directory."""
+    files = {"config.json": _json_bytes(cfg)}
+    order = list(hf.weight_shapes(cfg))
+    if shards == 1:
+        files["model.safetensors"] = _weight_file(weights, order)
+    else:
+        # Like save_pretrained's size-based sharding: state-dict order, cut at equal sizes.
+        nbytes = {n: weights[n].numel() * weights[n].element_size() for n in order}
+        total, parts, acc = sum(nbytes.values()), [[] for _ in range(shards)], 0
+        for n in order:
+            parts[min(shards - 1, acc * shards // total)].append(n)
+            acc += nbytes[n]
+        weight_map = {}
+        for i, part in enumerate(parts):
+            fname = "model-%05d-of-%05d.safetensors" % (i + 1, shards)
+            files[fname] = _weight_file(weights, part)
+            weight_map.update({n: fname for n in part})
+        files["model.safetensors.index.json"] = _json_bytes(
+            {"metadata": {"total_size": total}, "weight_map": weight_map})
+    files["expected.safetensors"] = fixture_io.encode_safetensors(
+        [("input_ids", ids.to(torch.int32)), ("logits", logits.to(torch.float32)),
+         ("greedy", tokens.to(torch.int32))],
+        {"case": name, "seed": str(seed), "model_type": cfg["model_type"]})
+    return files
+
+
+def write_all(directory, verbose=True):
+    torch.set_num_threads(1)   # fixed reduction order
+    for name, seed0, cfg, shards in CASES:
+        weights, ids, logits, tokens, seed = build_case(name, seed0, cfg)
+        files = case_files(cfg, weights, ids, logits, tokens, seed, name, shards)
+        d = os.path.join(directory, name)
+        if os.path.isdir(d):
+            shutil.rmtree(d)
+        os.makedirs(d)
+        for fname, blob in files.items():
+            with open(os.path.join(d, fname), "wb") as fh:
+                fh.write(blob)
+        if verbose:
+            size = sum(len(b) for b in files.values())
+            print("%-13s seed %d  %6.1f KB  %d files  greedy %s" % (
+                name, seed, size / 1024.0, len(files), tokens.tolist()))
+
+
+def check(directory):
+    """Regenerate into a temp dir and compare with directory; True if everything passes."""
+    ok = True
+    with tempfile.TemporaryDirectory() as tmp:
+        write_all(tmp, verbose=False)
+        want = sorted(os.listdir(tmp))
+        have = sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+        for case in sorted(set(have) - set(want)):
+            print("unexpected %s" % case)
+            ok = False
+        for case in want:
+            new_dir, old_dir = os.path.join(tmp, case), os.path.join(directory, case)
+            have_files = sorted(os.listdir(old_dir)) if os.path.isdir(old_dir) else []
+            for f in sorted(set(have_files) - set(os.listdir(new_dir))):
+                print("unexpected %s/%s" % (case, f))
+                ok = False
+            for f in sorted(os.listdir(new_dir)):
+                rel = "%s/%s" % (case, f)
+                if f not in have_files:
+                    print("missing  %s" % rel)
+                    ok = False
+                    continue
+                with open(os.path.join(new_dir, f), "rb") as fh:
+                    new = fh.read()
+                with open(os.path.join(old_dir, f), "rb") as fh:
+                    old = fh.read()
+                if old == new:
+                    print("ok       %s (bytes identical)" % rel)
+                    continue
+                if not f.endswith(".safetensors"):
+                    print("DIFFERS  %s" % rel)
+                    ok = False
+                    continue
+                problems, worst, where = fixture_io.compare_blobs(old, new, fixture_io.compare_tensor_rounded)
+                if problems:
+                    ok = False
+                    print("DIFFERS  %s" % rel)
+                    for p in problems:
+                        print("    %s" % p)
+                else:
+                    print("ok       %s (max rel diff %.3g in %s)" % (rel, worst, where))
+    return ok
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true",
+                    help="regenerate into a temp dir and compare with the committed files")
+    ap.add_argument("--out", default=FIXTURE_DIR, help="fixture directory (default: %(default)s)")
+    args = ap.parse_args()
+    if args.check:
+        sys.exit(0 if check(args.out) else 1)
+    write_all(args.out)
+
+
+if __name__ == "__main__":
+    main()
