@@ -46,6 +46,27 @@ grep -q "validation loss" "$dir/eval" || fail "eval printed: $(cat "$dir/eval")"
 "$moe" generate "$dir/run" --prompt "Hello" --max-new-tokens 8 --seed 3 > "$dir/gen2"
 cmp -s "$dir/gen1" "$dir/gen2" || fail "generation with one seed is not deterministic"
 
+# The run as a Hugging Face checkpoint (f32 and bf16) that `generate --model` runs, and as GGUF.
+"$moe" convert "$dir/run" --to hf --out "$dir/hf" > "$dir/conv"
+for f in config.json model.safetensors tokenizer.json tokenizer_config.json; do
+  [[ -s "$dir/hf/$f" ]] || fail "convert --to hf wrote no $f"
+done
+grep -q '"model_type": "mixtral"' "$dir/hf/config.json" || fail "hf config: $(cat "$dir/hf/config.json")"
+"$moe" generate --model "$dir/hf" --prompt "Hello" --max-new-tokens 8 --seed 3 > "$dir/g_hf" 2> "$dir/err"
+grep -q "^Hello" "$dir/g_hf" || fail "generate --model printed: $(cat "$dir/g_hf")"
+grep -q "active per token" "$dir/err" || fail "no parameter accounting: $(cat "$dir/err")"
+grep -q "tokens/s" "$dir/err" || fail "no speed line: $(cat "$dir/err")"
+"$moe" convert "$dir/run" --to hf --dtype bf16 --out "$dir/hf16" > "$dir/conv"
+"$moe" generate --model "$dir/hf16" --prompt "Hello" --max-new-tokens 4 > /dev/null 2> "$dir/err"
+grep -q "weights BF16" "$dir/err" || fail "bf16 checkpoint: $(cat "$dir/err")"
+"$moe" convert "$dir/run" --to gguf --out "$dir/run.gguf" > "$dir/conv"
+[[ $(head -c 4 "$dir/run.gguf") == "GGUF" ]] || fail "convert --to gguf wrote no GGUF file"
+# A config with an unknown model_type: one line naming the file and the key.
+sed -i 's/"model_type": "mixtral"/"model_type": "gpt_oss"/' "$dir/hf/config.json"
+if "$moe" generate --model "$dir/hf" --prompt-ids 1,2 2> "$dir/err"; then fail "unknown model_type accepted"; fi
+grep -q "config.json: model_type \"gpt_oss\"" "$dir/err" || fail "unexpected error: $(cat "$dir/err")"
+[[ $(wc -l < "$dir/err") -eq 1 ]] || fail "error is not one line: $(cat "$dir/err")"
+
 # A truncated weights file: one line naming the file.
 head -c 1000 "$dir/run/model.safetensors" > "$dir/trunc.safetensors"
 mv "$dir/trunc.safetensors" "$dir/run/model.safetensors"

@@ -28,8 +28,9 @@ struct WeightView {
   int64_t rows = 0, cols = 0;
 };
 
-// y [n, W.rows] = x [n, W.cols] W^T (+ y when accumulate). 16-bit weights are widened in
-// blocks of rows; the result equals the fp32 product of the widened weights.
+// y [n, W.rows] = x [n, W.cols] W^T (+ y when accumulate), in fp32 with the 16-bit weights
+// widened exactly. Up to 4 rows (decoding) take one pass over the weights with the widening in
+// registers; more rows (prefill) widen a block of weight rows at a time and run a GEMM on it.
 void linear_forward(const float* x, int64_t n, const WeightView& w, float* y,
                     bool accumulate = false);
 

@@ -11,5 +11,6 @@ std::function<int()> add_layer_command(CLI::App& app);
 std::function<int()> add_train_command(CLI::App& app);
 std::function<int()> add_eval_command(CLI::App& app);
 std::function<int()> add_generate_command(CLI::App& app);
+std::function<int()> add_convert_command(CLI::App& app);
 
 }  // namespace moe::cli

@@ -1,16 +1,20 @@
 // `moe train`, `moe eval`, `moe generate`: the language-model jobs. Parsing and printing only;
-// the library (trainer.h, data.h, generate.h) does the work.
+// the library (trainer.h, data.h, generate.h, inference_model.h) does the work.
 #include <fmt/core.h>
 
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "commands.h"
 #include "moe/data.h"
 #include "moe/dataset.h"
 #include "moe/error.h"
 #include "moe/generate.h"
+#include "moe/hf_tokenizer.h"
+#include "moe/inference_model.h"
 #include "moe/parallel.h"
 #include "moe/trainer.h"
 
@@ -110,47 +114,176 @@ int run_eval(const EvalArgs& a) {
 }
 
 struct GenerateArgs {
-  std::string run, prompt;
+  std::string run, model, prompt, prompt_ids;
   int max_new_tokens = 200, threads = 0;
   double temperature = 0.8, top_p = 0.95;
   int top_k = 50;
   uint64_t seed = 1;
 };
 
-int run_generate(const GenerateArgs& a) {
-  set_num_threads(a.threads);
-  LoadedRun run = load_run(a.run);
-  std::vector<int32_t> prompt{run.tokenizer->bos_id()};
-  const auto ids = run.tokenizer->encode(a.prompt);
-  prompt.insert(prompt.end(), ids.begin(), ids.end());
+GenerateOptions generate_options(const GenerateArgs& a) {
   GenerateOptions g;
   g.max_new_tokens = a.max_new_tokens;
   g.sampling.temperature = a.temperature;
   g.sampling.top_k = a.top_k;
   g.sampling.top_p = a.top_p;
   g.seed = a.seed;
-  fmt::print("{}", a.prompt);
-  std::fflush(stdout);
-  // Decode the whole continuation each time: multi-byte characters can span tokens.
-  std::vector<int32_t> out;
-  size_t printed = 0;
-  const auto start = std::chrono::steady_clock::now();
-  generate(*run.model, prompt, g, run.tokenizer->eos_id(), [&](int32_t id) {
-    out.push_back(id);
-    const std::string text = run.tokenizer->decode(out);
-    if (text.size() > printed && (text.back() & 0xC0) != 0x80) {
-      fmt::print("{}", text.substr(printed));
+  return g;
+}
+
+// Prints a continuation as it is drawn. The whole continuation is decoded each time: a
+// multi-byte character can span tokens, so only complete characters are printed.
+class StreamPrinter {
+ public:
+  StreamPrinter(const Tokenizer* tok, size_t prompt_tokens)
+      : tok_(tok), prompt_(prompt_tokens), start_(std::chrono::steady_clock::now()) {}
+  void add(int32_t id) {
+    if (ids_.empty()) first_ = std::chrono::steady_clock::now();
+    ids_.push_back(id);
+    if (!tok_) {
+      fmt::print("{}{}", ids_.size() > 1 ? " " : "", id);
       std::fflush(stdout);
-      printed = text.size();
+      return;
     }
-  });
-  const std::string text = run.tokenizer->decode(out);
-  if (text.size() > printed) fmt::print("{}", text.substr(printed));
-  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  fmt::print("\n");
-  std::fflush(stdout);  // the continuation first, then the timing on stderr
-  fmt::print(stderr, "{} tokens in {:.2f} s ({:.1f} tokens/s)\n", out.size(), s,
-             out.size() / std::max(s, 1e-9));
+    const std::string text = tok_->decode(ids_);
+    if (text.size() > printed_ && (text.back() & 0xC0) != 0x80) {
+      fmt::print("{}", text.substr(printed_));
+      std::fflush(stdout);
+      printed_ = text.size();
+    }
+  }
+  // Prints what is left, a newline, and the speed on stderr: the prompt's batched prefill
+  // (with the first token) apart from the token-by-token decode.
+  void finish() {
+    const auto end = std::chrono::steady_clock::now();
+    if (tok_) {
+      const std::string text = tok_->decode(ids_);
+      if (text.size() > printed_) fmt::print("{}", text.substr(printed_));
+    }
+    fmt::print("\n");
+    std::fflush(stdout);  // the continuation first, then the timing on stderr
+    const double total = std::chrono::duration<double>(end - start_).count();
+    if (ids_.empty()) return;
+    const double prefill = std::chrono::duration<double>(first_ - start_).count();
+    const double decode = total - prefill;
+    fmt::print(stderr,
+               "{} tokens in {:.2f} s ({:.1f} tokens/s): prompt of {} tokens + first token "
+               "{:.3f} s ({:.1f} prompt tokens/s), then {} tokens at {:.1f} tokens/s\n",
+               ids_.size(), total, ids_.size() / std::max(total, 1e-9), prompt_, prefill,
+               prompt_ / std::max(prefill, 1e-9), ids_.size() - 1,
+               (ids_.size() - 1) / std::max(decode, 1e-9));
+  }
+
+ private:
+  const Tokenizer* tok_;
+  size_t prompt_;
+  std::chrono::steady_clock::time_point start_, first_;
+  std::vector<int32_t> ids_;
+  size_t printed_ = 0;
+};
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// "12, 7 9" -> {12, 7, 9}; anything else is an error naming the option.
+std::vector<int32_t> parse_ids(const std::string& s) {
+  std::vector<int32_t> ids;
+  std::string item;
+  std::stringstream ss(s);
+  while (ss >> item) {
+    for (auto part = std::stringstream(item); std::getline(part, item, ',');) {
+      if (item.empty()) continue;
+      size_t used = 0;
+      int v = -1;
+      try {
+        v = std::stoi(item, &used);
+      } catch (const std::exception&) {
+      }
+      MOE_CHECK(used == item.size() && v >= 0, "--prompt-ids: \"{}\" is not a token id", item);
+      ids.push_back(v);
+    }
+  }
+  return ids;
+}
+
+// The peak resident memory of this process (Linux VmHWM), in bytes; 0 when unknown.
+int64_t peak_resident_bytes() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+  return 0;
+}
+
+// 46702792704 -> "46.70B", 6040000 -> "6.04M".
+std::string count_text(int64_t n) {
+  if (n >= 1000000000) return fmt::format("{:.2f}B", n / 1e9);
+  if (n >= 1000000) return fmt::format("{:.2f}M", n / 1e6);
+  if (n >= 1000) return fmt::format("{:.1f}K", n / 1e3);
+  return fmt::format("{}", n);
+}
+
+// Whether the checkpoint's tokenizer_config.json asks for a BOS (absent: when there is one).
+bool wants_bos(const std::string& dir, const Tokenizer& tok) {
+  std::ifstream in(dir + "/tokenizer_config.json");
+  if (in.good()) {
+    const auto j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+    if (j.is_object() && j.contains("add_bos_token") && j["add_bos_token"].is_boolean())
+      return j["add_bos_token"].get<bool>() && tok.bos_id() >= 0;
+  }
+  return tok.bos_id() >= 0;
+}
+
+// `moe generate --model DIR`: a Hugging Face checkpoint through the inference model.
+int run_generate_checkpoint(const GenerateArgs& a) {
+  const auto t0 = std::chrono::steady_clock::now();
+  auto model = InferenceModel::load(a.model);
+  const ModelConfig& c = model->config();
+  const ParameterCount n = model->parameters();
+  const double load_s = seconds_since(t0);
+  fmt::print(stderr,
+             "{}: {} with {} layers, {} experts (top-{}); parameters {} total, {} active per "
+             "token; weights {} ({:.1f} MB), loaded in {:.2f} s\n",
+             a.model, c.model_type, c.num_hidden_layers, c.num_local_experts,
+             c.moe.num_experts_per_tok, count_text(n.total), count_text(n.active),
+             dtype_name(model->weight_dtype()), model->weight_bytes() / 1e6, load_s);
+  std::unique_ptr<Tokenizer> tok;
+  std::vector<int32_t> prompt;
+  if (!a.prompt_ids.empty()) {
+    prompt = parse_ids(a.prompt_ids);
+  } else {
+    tok = load_tokenizer_dir(a.model);
+    if (wants_bos(a.model, *tok)) prompt.push_back(tok->bos_id());
+    const auto ids = tok->encode(a.prompt);
+    prompt.insert(prompt.end(), ids.begin(), ids.end());
+    fmt::print("{}", a.prompt);
+  }
+  MOE_CHECK(!prompt.empty(), "{}: the prompt is empty (give --prompt or --prompt-ids)", a.model);
+  StreamPrinter printer(tok.get(), prompt.size());
+  generate(*model, {prompt}, generate_options(a), tok ? tok->eos_id() : -1,
+           [&](int, int32_t id) { printer.add(id); });
+  printer.finish();
+  fmt::print(stderr, "peak resident memory {:.1f} MB (weights {:.1f} MB)\n",
+             peak_resident_bytes() / 1e6, model->weight_bytes() / 1e6);
+  return 0;
+}
+
+int run_generate(const GenerateArgs& a) {
+  set_num_threads(a.threads);
+  MOE_CHECK(a.run.empty() != a.model.empty(),
+            "generate: give either a run directory or --model DIR, not {}",
+            a.run.empty() ? "neither" : "both");
+  if (!a.model.empty()) return run_generate_checkpoint(a);
+  LoadedRun run = load_run(a.run);
+  std::vector<int32_t> prompt{run.tokenizer->bos_id()};
+  const auto ids = run.tokenizer->encode(a.prompt);
+  prompt.insert(prompt.end(), ids.begin(), ids.end());
+  fmt::print("{}", a.prompt);
+  StreamPrinter printer(run.tokenizer.get(), prompt.size());
+  generate(*run.model, prompt, generate_options(a), run.tokenizer->eos_id(),
+           [&](int32_t id) { printer.add(id); });
+  printer.finish();
   return 0;
 }
 
@@ -190,9 +323,14 @@ std::function<int()> add_eval_command(CLI::App& app) {
 
 std::function<int()> add_generate_command(CLI::App& app) {
   auto a = std::make_shared<GenerateArgs>();
-  auto* c = app.add_subcommand("generate", "Sample text from a trained run");
-  c->add_option("run", a->run, "run directory")->required();
+  auto* c = app.add_subcommand(
+      "generate", "Sample text from a trained run or a Hugging Face checkpoint (--model)");
+  c->add_option("run", a->run, "run directory");
+  c->add_option("--model", a->model,
+                "Hugging Face checkpoint directory (mixtral, qwen2_moe, qwen3_moe, olmoe)");
   c->add_option("--prompt", a->prompt, "text to continue");
+  c->add_option("--prompt-ids", a->prompt_ids,
+                "token ids to continue instead of --prompt (with --model; e.g. \"1,15,7\")");
   c->add_option("--max-new-tokens", a->max_new_tokens, "tokens to generate")->capture_default_str();
   c->add_option("--temperature", a->temperature, "0: greedy")->capture_default_str();
   c->add_option("--top-k", a->top_k, "0: off")->capture_default_str();

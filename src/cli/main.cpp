@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   auto run_train = moe::cli::add_train_command(app);
   auto run_eval = moe::cli::add_eval_command(app);
   auto run_generate = moe::cli::add_generate_command(app);
+  auto run_convert = moe::cli::add_convert_command(app);
   auto run_layer = moe::cli::add_layer_command(app);
   try {
     app.parse(argc, argv);
@@ -23,6 +24,7 @@ int main(int argc, char** argv) {
     if (app.got_subcommand("train")) return run_train();
     if (app.got_subcommand("eval")) return run_eval();
     if (app.got_subcommand("generate")) return run_generate();
+    if (app.got_subcommand("convert")) return run_convert();
     if (app.got_subcommand("layer")) return run_layer();
   } catch (const moe::Error& e) {
     fmt::print(stderr, "moe: error: {}\n", e.what());

@@ -1,0 +1,142 @@
+// `moe convert RUN --to hf|gguf`: a trained run as a Hugging Face checkpoint directory or a
+// GGUF file for llama.cpp. Parsing and printing only; hf_checkpoint.h and gguf_export.h write.
+#include <fmt/core.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "commands.h"
+#include "moe/error.h"
+#include "moe/gguf_export.h"
+#include "moe/hf_checkpoint.h"
+#include "moe/trainer.h"
+
+namespace moe::cli {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct ConvertArgs {
+  std::string run, to, out, dtype = "f32";
+};
+
+DType parse_dtype(const std::string& s) {
+  if (s == "f32") return DType::F32;
+  if (s == "bf16") return DType::BF16;
+  if (s == "f16") return DType::F16;
+  throw Error(fmt::format("convert: --dtype \"{}\" is not one of f32, bf16, f16", s));
+}
+
+void write_text(const std::string& path, const std::string& text) {
+  write_file_atomic(path, text.data(), text.size());
+}
+
+// The byte tokenizer as a tokenizer.json (byte-level BPE without merges: byte b is token b,
+// spelled with GPT-2's byte-to-character table; BOS 256 and EOS 257 as added tokens), so
+// Hugging Face and `moe generate --model` tokenize exactly as training did.
+nlohmann::json byte_tokenizer_json() {
+  std::vector<int> printable;
+  for (int b = '!'; b <= '~'; ++b) printable.push_back(b);
+  for (int b = 0xA1; b <= 0xAC; ++b) printable.push_back(b);
+  for (int b = 0xAE; b <= 0xFF; ++b) printable.push_back(b);
+  std::vector<int> code(256, -1);
+  for (int b : printable) code[b] = b;
+  int next = 256;
+  for (int b = 0; b < 256; ++b)
+    if (code[b] < 0) code[b] = next++;
+  nlohmann::json vocab = nlohmann::json::object();
+  for (int b = 0; b < 256; ++b) {
+    std::string utf8;
+    const int cp = code[b];
+    if (cp < 0x80) {
+      utf8 += static_cast<char>(cp);
+    } else {
+      utf8 += static_cast<char>(0xC0 | (cp >> 6));
+      utf8 += static_cast<char>(0x80 | (cp & 0x3F));
+    }
+    vocab[utf8] = b;
+  }
+  auto added = [](int id, const char* text) {
+    return nlohmann::json{{"id", id},        {"content", text}, {"single_word", false},
+                          {"lstrip", false}, {"rstrip", false}, {"normalized", false},
+                          {"special", true}};
+  };
+  return {{"version", "1.0"},
+          {"added_tokens", {added(256, "<s>"), added(257, "</s>")}},
+          {"normalizer", nullptr},
+          {"pre_tokenizer",
+           {{"type", "ByteLevel"},
+            {"add_prefix_space", false},
+            {"trim_offsets", false},
+            {"use_regex", false}}},
+          {"post_processor", nullptr},
+          {"decoder",
+           {{"type", "ByteLevel"},
+            {"add_prefix_space", false},
+            {"trim_offsets", false},
+            {"use_regex", false}}},
+          {"model",
+           {{"type", "BPE"},
+            {"dropout", nullptr},
+            {"unk_token", nullptr},
+            {"continuing_subword_prefix", nullptr},
+            {"end_of_word_suffix", nullptr},
+            {"fuse_unk", false},
+            {"byte_fallback", false},
+            {"ignore_merges", false},
+            {"vocab", vocab},
+            {"merges", nlohmann::json::array()}}}};
+}
+
+int run_convert(const ConvertArgs& a) {
+  const DType dtype = parse_dtype(a.dtype);
+  LoadedRun run = load_run(a.run);
+  const std::string sp_model = a.run + "/tokenizer.model";
+  const bool sentencepiece = run.config.training.tokenizer == "sentencepiece";
+  if (a.to == "gguf") {
+    const std::string out = a.out.empty() ? a.run + "/model.gguf" : a.out;
+    export_gguf(*run.model, sentencepiece ? sp_model : "", out, dtype);
+    fmt::print("wrote {} ({:.1f} MB, llama.cpp architecture \"llama\")\n", out,
+               fs::file_size(out) / 1e6);
+    return 0;
+  }
+  const std::string out = a.out.empty() ? a.run + "/hf" : a.out;
+  save_hf_checkpoint(*run.model, out, dtype);
+  // tokenizer_config.json: our runs train with a BOS before every document.
+  nlohmann::json tc = {{"add_bos_token", true}, {"add_eos_token", false}};
+  if (sentencepiece) {
+    fs::copy_file(sp_model, out + "/tokenizer.model.tmp", fs::copy_options::overwrite_existing);
+    fs::rename(out + "/tokenizer.model.tmp", out + "/tokenizer.model");
+    tc["tokenizer_class"] = "LlamaTokenizer";
+    tc["bos_token"] = "<s>";
+    tc["eos_token"] = "</s>";
+    tc["unk_token"] = "<unk>";
+  } else {
+    write_text(out + "/tokenizer.json", byte_tokenizer_json().dump() + "\n");
+    tc["tokenizer_class"] = "PreTrainedTokenizerFast";
+    tc["bos_token"] = "<s>";
+    tc["eos_token"] = "</s>";
+  }
+  write_text(out + "/tokenizer_config.json", tc.dump(2) + "\n");
+  const ModelConfig saved = load_hf_config(out + "/config.json");
+  const ParameterCount n = count_parameters(saved);
+  fmt::print("wrote {} (model_type {}, {} weights, {:.2f}M parameters, {:.2f}M active)\n", out,
+             saved.model_type, dtype_name(dtype), n.total / 1e6, n.active / 1e6);
+  return 0;
+}
+
+}  // namespace
+
+std::function<int()> add_convert_command(CLI::App& app) {
+  auto a = std::make_shared<ConvertArgs>();
+  auto* c = app.add_subcommand(
+      "convert", "Save a trained run as a Hugging Face checkpoint or a GGUF file for llama.cpp");
+  c->add_option("run", a->run, "run directory")->required();
+  c->add_option("--to", a->to, "hf or gguf")->required()->check(CLI::IsMember({"hf", "gguf"}));
+  c->add_option("--out", a->out, "output (default: RUN/hf or RUN/model.gguf)");
+  c->add_option("--dtype", a->dtype, "f32, bf16 or f16 for the matrices")->capture_default_str();
+  return [a] { return run_convert(*a); };
+}
+
+}  // namespace moe::cli
