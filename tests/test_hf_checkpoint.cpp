@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -149,6 +150,24 @@ std::vector<float> logits_of(Transformer<float>& m, const std::vector<int32_t>& 
   return std::vector<float>(m.logits(), m.logits() + x.size() * m.config().vocab_size);
 }
 
+// With MOE_EXPORT_DIR set, keeps a copy of an exported checkpoint with the prompt and our
+// logits, for tools/reference/check_hf_export.py to check against the independent reference.
+void keep_export(const std::string& dir, const std::string& name, const std::vector<int32_t>& x,
+                 const std::vector<float>& logits) {
+  const char* root = std::getenv("MOE_EXPORT_DIR");
+  if (!root || !*root) return;
+  const fs::path out = fs::path(root) / name;
+  fs::create_directories(out);
+  for (const auto& e : fs::directory_iterator(dir))
+    fs::copy_file(e.path(), out / e.path().filename(), fs::copy_options::overwrite_existing);
+  SafeTensorsWriter w;
+  const int64_t S = static_cast<int64_t>(x.size());
+  w.add<int32_t>("input_ids", {1, S}, x.data(), DType::I32);
+  w.add<float>("logits", {1, S, static_cast<int64_t>(logits.size()) / S}, logits.data(),
+               DType::F32);
+  w.write((out / "expected.safetensors").string());
+}
+
 std::vector<float> logits_of(InferenceModel& m, const std::vector<int32_t>& x) {
   std::vector<float> out(x.size() * m.config().vocab_size);
   auto caches = m.new_caches(1, static_cast<int>(x.size()));
@@ -166,6 +185,7 @@ TEST(HfCheckpoint, RoundTripOfATrainedMixtral) {
 
   TempDir tmp("hf_roundtrip");
   save_hf_checkpoint(model, tmp.str(), DType::F32);
+  keep_export(tmp.str(), "mixtral", x, ours);
   const ModelConfig back = load_hf_config(tmp.file("config.json"));
   EXPECT_EQ(back.model_type, "mixtral");
   Transformer<float> loaded(back);
@@ -204,6 +224,7 @@ TEST(HfCheckpoint, SharedExpertsAndDenseLayersSaveAsQwen2Moe) {
     const auto ours = logits_of(model, x);
     TempDir tmp("hf_qwen2");
     save_hf_checkpoint(model, tmp.str(), DType::F32);
+    keep_export(tmp.str(), shared ? "qwen2_moe_shared" : "qwen2_moe_dense_layers", x, ours);
     EXPECT_EQ(load_hf_config(tmp.file("config.json")).model_type, "qwen2_moe");
     auto infer = InferenceModel::load(tmp.str());
     const auto inferred = logits_of(*infer, x);
@@ -221,6 +242,7 @@ TEST(HfCheckpoint, UnnormalizedTopKSavesAsQwen2Moe) {
   const auto ours = logits_of(model, x);
   TempDir tmp("hf_unnorm");
   save_hf_checkpoint(model, tmp.str(), DType::F32);
+  keep_export(tmp.str(), "qwen2_moe_unnormalized", x, ours);
   EXPECT_EQ(load_hf_config(tmp.file("config.json")).model_type, "qwen2_moe");
   auto infer = InferenceModel::load(tmp.str());
   const auto inferred = logits_of(*infer, x);

@@ -446,6 +446,8 @@ template Tensor<int32_t> SafeTensorsFile::read<int32_t>(const std::string&, cons
 template void SafeTensorsFile::read_into<int64_t>(const std::string&, const Shape&, int64_t*) const;
 template void SafeTensorsFile::read_into<int32_t>(const std::string&, const Shape&, int32_t*) const;
 template void SafeTensorsWriter::add<float>(const std::string&, const Shape&, const float*, DType);
+template void SafeTensorsWriter::add<int32_t>(const std::string&, const Shape&, const int32_t*,
+                                              DType);
 template void SafeTensorsWriter::add<double>(const std::string&, const Shape&, const double*,
                                              DType);
 
