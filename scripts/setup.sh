@@ -11,9 +11,13 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libsentencepiece-dev     # tokenizer trained on the bundled corpus
   libicu-dev               # NFC and the Unicode-class pre-tokenizer of tokenizer.json (Qwen, OLMoE)
+  libfreetype-dev fonts-dejavu-core   # the glyph image data set of the ViT encoder
+  libopenmpi-dev openmpi-bin   # expert parallelism over MPI (mpirun)
   # The bundled corpus is built from these: prose in eight languages and Python source.
   fortunes fortunes-de fortunes-es fortunes-it fortunes-ru fortunes-pl fortunes-cs fortunes-zh
   libpython3.11-stdlib
+  # The report_browser test opens report.html in headless Chromium through chromedriver.
+  chromium chromium-driver python3-selenium
 )
 if [[ "${1:-}" == "--reference" ]]; then
   packages+=(python3 python3-numpy python3-torch python3-regex)
