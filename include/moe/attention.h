@@ -27,6 +27,10 @@ struct AttentionConfig {
   int head_dim = 0;      // hd (even)
   double rope_theta = 10000.0;
   int max_positions = 0;  // RoPE table length (max_position_embeddings); positions >= this fail
+  // Encoders (the ViT of vit.h) attend both ways and carry learned absolute positions instead
+  // of RoPE. The defaults are the decoder's. forward_cached requires causal.
+  bool causal = true;
+  bool rope = true;
   // Throws moe::Error "where: <HF key name> ..." for the first bad value.
   void validate(const std::string& where) const;
 };

@@ -9,7 +9,11 @@
 namespace moe {
 
 enum class ScoreFunc { Softmax, Sigmoid };
-enum class DropPolicy { Position, Score };
+// Position: slot order (t, j). Score: the assignment's gate, descending (Megatron-Core "probs").
+// BatchPriority: V-MoE batch-priority routing (Riquelme et al. 2021): every token's first choice
+// before any second choice, and within one choice rank j tokens by their top gate across the
+// whole batch (descending), so the patches the router is surest about are never the dropped ones.
+enum class DropPolicy { Position, Score, BatchPriority };
 enum class OverflowAction { Drop, Reroute };
 enum class Activation { SwiGLU, GELU };
 // Switch: f normalized by T*k (perfect balance gives exactly the coefficient).

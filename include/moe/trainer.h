@@ -26,12 +26,20 @@ struct TrainOptions {
   bool progress = true;        // progress bar on stderr (a line every few steps when not a tty)
   std::string tokenizer_path;  // copied into the run directory (empty: byte tokenizer)
   std::function<void(const std::string&)> log;  // one line per event; null: stderr
+  // Expert (and data) parallelism over MPI: every rank calls train() with the same config
+  // and data; each takes batch_size / W sequences of every batch. Rank 0 writes the run
+  // directory (model.safetensors whole) and each rank its own checkpoint-rank<r>-of-<W>.
+  ParallelGroups* parallel = nullptr;
 };
 
 struct EvalResult {
   double loss = 0;  // mean cross-entropy over all counted targets
   int64_t tokens = 0;
   std::map<std::string, std::pair<double, int64_t>> per_domain;  // name -> (mean loss, tokens)
+  // Router demand summed over the evaluated batches: [MoE layer][expert] primary assignments,
+  // and dropped / all assignments per MoE layer (routing statistics of the evaluation).
+  std::vector<std::vector<int64_t>> expert_load;
+  std::vector<double> dropped_fraction;
 };
 
 struct TrainResult {
@@ -43,7 +51,8 @@ struct TrainResult {
 };
 
 // Cross-entropy over the first `max_windows` validation windows (all when <= 0), attributed
-// to the domain of each target token.
+// to the domain of each target token. Under expert parallelism (model.expert_parallel()) a
+// collective: every rank evaluates its share of each batch and the sums are combined.
 EvalResult evaluate(Transformer<float>& model, const TokenStream& valid, int batch, int seq_len,
                     int64_t max_windows);
 

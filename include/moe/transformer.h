@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "moe/attention.h"
+#include "moe/communicator.h"
 #include "moe/feed_forward.h"
 #include "moe/model_config.h"
 #include "moe/moe_layer.h"
@@ -19,6 +20,8 @@ namespace moe {
 
 class SafeTensorsFile;
 class SafeTensorsWriter;
+template <class T>
+class ExpertParallelMoe;
 
 template <class T>
 class Transformer {
@@ -33,7 +36,11 @@ class Transformer {
   double forward(const int32_t* inputs, const int32_t* targets, int B, int S, bool training = false,
                  Rng* rng = nullptr);
   // Gradient of scale * loss of the last forward, accumulated into the parameter gradients.
-  void backward(double scale = 1.0);
+  void backward(double scale = 1.0) { backward(scale, scale); }
+  // Gradient of ce_scale * cross-entropy + aux_scale * auxiliary losses. Under expert
+  // parallelism the ranks' cross-entropies are parts of one mean (ce_scale = local / global
+  // targets) while every rank holds the whole auxiliary loss and applies its tokens' share.
+  void backward(double ce_scale, double aux_scale);
 
   // Generation: n new tokens of each of B sequences [B*n], appended to the caches (one per
   // layer, see new_caches). Writes the logits of each sequence's last new token, [B, V].
@@ -66,6 +73,24 @@ class Transformer {
   const MoeLayer<T>* moe_layer(int l) const;
   // Aux-loss-free balancing: every MoE layer updates its selection bias (after the optimizer).
   void update_selection_bias();
+  // Routing metrics of the last forward of block l (of the global batch under expert
+  // parallelism), or null for a dense block.
+  const MoeMetrics* moe_metrics(int l) const;
+
+  // Expert parallelism (expert_parallel.h): every MoE layer becomes an ExpertParallelMoe with
+  // this rank's experts, copied from the current weights; parameters() then lists the local
+  // shards (expert tensors [E/P, ...]). The full layers are kept for gather_full_weights().
+  void enable_expert_parallel(ParallelGroups& groups);
+  bool expert_parallel() const { return groups_ != nullptr; }
+  ParallelGroups* parallel_groups() { return groups_; }
+  // Whether parameter p is an expert shard (summed over replicas, not over all ranks).
+  static bool is_expert_param(const std::string& name);
+  // Sums the gradients over ranks: expert shards over their replicas, the rest over all ranks.
+  void allreduce_gradients();
+  // Copies the shards back into the full layers on every rank (experts allgathered over the
+  // expert group), so save_weights() writes the whole model. Collective.
+  void gather_full_weights();
+  const ExpertParallelMoe<T>* expert_parallel_layer(int l) const;
 
   // Weights (and selection biases as "state.selection_bias.<l>") as named in docs/model.md.
   void save_weights(SafeTensorsWriter& w, DType dtype) const;
@@ -84,6 +109,10 @@ class Transformer {
   std::vector<std::unique_ptr<Attention<T>>> attn_;
   std::vector<std::unique_ptr<FeedForward<T>>> ffn_;
   std::vector<ParamRef<T>> params_;
+  // Expert parallelism: the full parameter list (for saving) and the sharded MoE layers.
+  ParallelGroups* groups_ = nullptr;
+  std::vector<ParamRef<T>> full_params_;
+  std::vector<std::unique_ptr<FeedForward<T>>> full_ffn_;  // the replaced full MoE layers
 
   // Activations of the last forward (n = B*S rows).
   int B_ = 0, S_ = 0;

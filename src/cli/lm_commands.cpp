@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "commands.h"
+#include "moe/communicator.h"
 #include "moe/data.h"
 #include "moe/dataset.h"
 #include "moe/error.h"
@@ -16,7 +17,9 @@
 #include "moe/hf_tokenizer.h"
 #include "moe/inference_model.h"
 #include "moe/parallel.h"
+#include "moe/report.h"
 #include "moe/trainer.h"
+#include "vit_commands.h"
 
 namespace moe::cli {
 
@@ -32,9 +35,31 @@ struct TrainArgs {
   bool resume = false, dense = false, match_active = false, no_progress = false;
   bool print_config = false;
   int64_t seed = -1;
+  int expert_parallel = 0;  // 0: one process, or every rank all experts under mpirun
 };
 
+// Under mpirun: the world and the expert-parallel groups. A wrong launch is decided from
+// values every rank shares, so every rank stops the same way (rank 0 prints the error).
+std::unique_ptr<ParallelGroups> parallel_groups(const TrainArgs& a, const ModelConfig& cfg) {
+  const bool mpi = launched_by_mpirun();
+  if (!mpi) {
+    MOE_CHECK(a.expert_parallel <= 1,
+              "--expert-parallel {} needs several processes: launch with mpirun -np N (N a "
+              "multiple of {})",
+              a.expert_parallel, a.expert_parallel);
+    return nullptr;
+  }
+  auto world = make_mpi_communicator();
+  const int P = std::max(a.expert_parallel, 1);
+  const std::string bad = ParallelLayout::check(world->size(), P, cfg.num_local_experts);
+  MOE_CHECK(bad.empty(), "{}", bad);
+  return std::make_unique<ParallelGroups>(make_parallel_groups(std::move(world), P));
+}
+
 int run_train(const TrainArgs& a) {
+  if (!a.config_path.empty() && is_vit_config(a.config_path))  // the ViT-MoE image encoder
+    return run_vit_train(a.config_path, a.out == "runs/default" ? "runs/vit" : a.out, a.steps,
+                         a.seed, a.threads, a.no_progress);
   set_num_threads(a.threads);
   ModelConfig cfg = a.config_path.empty() ? ModelConfig{} : load_model_config(a.config_path);
   if (a.resume && a.config_path.empty() &&
@@ -56,11 +81,34 @@ int run_train(const TrainArgs& a) {
     return 0;
   }
 
+  std::unique_ptr<ParallelGroups> par = parallel_groups(a, cfg);
+  const int rank = par ? par->layout.rank : 0;
   DataOptions d;
   d.dir = cfg.training.data_dir;
   d.tokenizer = cfg.training.tokenizer;
   d.vocab_size = cfg.vocab_size;
-  PreparedData data = prepare_data(d, log_line);
+  PreparedData data;
+  if (par) {
+    // Rank 0 builds the corpus and tokenizer; the others read what it wrote. A failure on
+    // rank 0 is shared first, so no rank waits for a peer that has stopped.
+    std::string failure;
+    if (rank == 0) {
+      try {
+        data = prepare_data(d, log_line);
+      } catch (const Error& e) {
+        failure = e.what();
+      }
+    }
+    int64_t failed = failure.empty() ? 0 : 1;
+    par->world->allreduce_sum(&failed, 1);
+    if (failed) {
+      MOE_CHECK(rank != 0, "{}", failure);
+      return 1;  // rank 0 reports it
+    }
+    if (rank != 0) data = prepare_data(d, [](const std::string&) {});
+  } else {
+    data = prepare_data(d, log_line);
+  }
   if (data.tokenizer->vocab_size() != cfg.vocab_size) {
     log_line(fmt::format("vocab_size {} -> {} to match the {} tokenizer", cfg.vocab_size,
                          data.tokenizer->vocab_size(), cfg.training.tokenizer));
@@ -72,20 +120,33 @@ int run_train(const TrainArgs& a) {
   opt.out_dir = a.out;
   opt.resume = a.resume;
   opt.progress = !a.no_progress;
+  opt.parallel = par.get();
   if (cfg.training.tokenizer == "sentencepiece") opt.tokenizer_path = d.dir + "/tokenizer.model";
-  log_line(fmt::format("training {} on {} train / {} validation tokens, {} threads -> {}",
-                       cfg.num_local_experts > 0 ? "MoE" : "dense", data.train.tokens.size(),
-                       data.valid.tokens.size(), num_threads(), a.out));
+  if (rank == 0)
+    log_line(fmt::format("training {} on {} train / {} validation tokens, {} threads -> {}{}",
+                         cfg.num_local_experts > 0 ? "MoE" : "dense", data.train.tokens.size(),
+                         data.valid.tokens.size(), num_threads(), a.out,
+                         par ? fmt::format(" ({} processes, expert parallel {})", par->layout.world,
+                                           par->layout.expert_parallel)
+                             : ""));
   const TrainResult r = train(cfg, data.train, data.valid, opt);
+  if (rank != 0) return 0;
   fmt::print("trained {} steps in {:.1f} s ({:.0f} tokens/s); final training loss {:.4f}\n",
              r.steps, r.wall_seconds, r.tokens_per_second, r.final_train_loss);
   if (r.final_eval.tokens > 0)
     fmt::print("validation loss {:.4f} (perplexity {:.1f})\n", r.final_eval.loss,
                std::exp(r.final_eval.loss));
+  // Routing analysis on the validation windows the run evaluated on, and report.html.
+  const int64_t windows = static_cast<int64_t>(cfg.training.eval_batches) * cfg.training.batch_size;
+  analyze_and_report(a.out, data.valid, windows);
+  const std::string checkpoint =
+      par && par->layout.world > 1
+          ? fmt::format("{}/checkpoint-rank*-of-{}.safetensors", a.out, par->layout.world)
+          : a.out + "/checkpoint.safetensors";
   fmt::print(
-      "checkpoint: {0}/checkpoint.safetensors  weights: {0}/model.safetensors\n"
-      "metrics: {0}/metrics.jsonl  report: {0}/report.md, {0}/summary.json\n",
-      a.out);
+      "checkpoint: {1}  weights: {0}/model.safetensors\n"
+      "metrics: {0}/metrics.jsonl  report: {0}/report.md, {0}/report.html, {0}/summary.json\n",
+      a.out, checkpoint);
   return 0;
 }
 
@@ -308,6 +369,8 @@ std::function<int()> add_train_command(CLI::App& app) {
   c->add_flag("--no-progress", a->no_progress, "no progress bar");
   c->add_flag("--print-config", a->print_config,
               "print the effective config.json (defaults, file and flags applied) and exit");
+  c->add_option("--expert-parallel", a->expert_parallel,
+                "under mpirun -np W: experts split over groups of P ranks (P divides W and E)");
   return [a] { return run_train(*a); };
 }
 

@@ -3,6 +3,8 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <cstdlib>
+#include <string>
 
 #include "commands.h"
 #include "moe/error.h"
@@ -15,6 +17,9 @@ int main(int argc, char** argv) {
   auto run_generate = moe::cli::add_generate_command(app);
   auto run_convert = moe::cli::add_convert_command(app);
   auto run_layer = moe::cli::add_layer_command(app);
+  auto run_analyze = moe::cli::add_analyze_command(app);
+  auto run_report = moe::cli::add_report_command(app);
+  auto run_route = moe::cli::add_route_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -26,8 +31,13 @@ int main(int argc, char** argv) {
     if (app.got_subcommand("generate")) return run_generate();
     if (app.got_subcommand("convert")) return run_convert();
     if (app.got_subcommand("layer")) return run_layer();
+    if (app.got_subcommand("analyze")) return run_analyze();
+    if (app.got_subcommand("report")) return run_report();
+    if (app.got_subcommand("route")) return run_route();
   } catch (const moe::Error& e) {
-    fmt::print(stderr, "moe: error: {}\n", e.what());
+    // Under mpirun every rank meets the same error: rank 0 says it once.
+    const char* rank = std::getenv("OMPI_COMM_WORLD_RANK");
+    if (!rank || std::string(rank) == "0") fmt::print(stderr, "moe: error: {}\n", e.what());
     return 1;
   } catch (const std::exception& e) {
     fmt::print(stderr, "moe: error: {}\n", e.what());

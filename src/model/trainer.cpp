@@ -12,6 +12,7 @@
 
 #include "moe/error.h"
 #include "moe/optimizer.h"
+#include "moe/routing_stats.h"
 #include "moe/safetensors.h"
 
 namespace moe {
@@ -77,11 +78,11 @@ struct RoutingSummary {
 RoutingSummary routing_summary(const Transformer<float>& model) {
   RoutingSummary r;
   for (int l = 0; l < model.num_layers(); ++l) {
-    const auto* m = model.moe_layer(l);
+    const MoeMetrics* m = model.moe_metrics(l);
     if (!m) continue;
-    r.balance += m->metrics().load_max_over_mean;
-    r.dropped += m->metrics().dropped_fraction;
-    r.entropy += m->metrics().router_entropy;
+    r.balance += m->load_max_over_mean;
+    r.dropped += m->dropped_fraction;
+    r.entropy += m->router_entropy;
     ++r.layers;
   }
   if (r.layers > 0) {
@@ -94,11 +95,19 @@ RoutingSummary routing_summary(const Transformer<float>& model) {
 
 class Checkpointer {
  public:
-  explicit Checkpointer(std::string dir) : dir_(std::move(dir)) {}
-  std::string path() const { return dir_ + "/checkpoint.safetensors"; }
+  // Under expert parallelism with W > 1 ranks each rank keeps its own optimizer state:
+  // checkpoint-rank<r>-of-<W>.safetensors (whole weights + this rank's AdamW moments).
+  explicit Checkpointer(std::string dir, int rank = 0, int world = 1)
+      : dir_(std::move(dir)), rank_(rank), world_(world) {}
+  std::string path() const {
+    return world_ == 1 ? dir_ + "/checkpoint.safetensors"
+                       : fmt::format("{}/checkpoint-rank{}-of-{}.safetensors", dir_, rank_, world_);
+  }
 
-  void save(const ModelConfig& cfg, const Transformer<float>& model, const AdamW<float>& opt,
-            int step, const Rng& rng, const BatchSampler::State& sampler) const {
+  // Collective under expert parallelism (the experts are gathered first).
+  void save(const ModelConfig& cfg, Transformer<float>& model, const AdamW<float>& opt, int step,
+            const Rng& rng, const BatchSampler::State& sampler) const {
+    model.gather_full_weights();
     SafeTensorsWriter w;
     model.save_weights(w, DType::F32);
     opt.save(w);
@@ -111,6 +120,7 @@ class Checkpointer {
     w.set_metadata("sampler.epoch", std::to_string(sampler.epoch));
     w.set_metadata("sampler.cursor", std::to_string(sampler.cursor));
     w.write(path());
+    if (rank_ != 0) return;
     // The weights alone, for eval, generate and export.
     SafeTensorsWriter m;
     model.save_weights(m, DType::F32);
@@ -147,6 +157,7 @@ class Checkpointer {
 
  private:
   std::string dir_;
+  int rank_, world_;
 };
 
 // Keeps the metrics lines of steps <= step (a resumed run rewrites what came after).
@@ -248,30 +259,55 @@ void write_report(const std::string& dir, const ModelConfig& cfg, const Transfor
 
 EvalResult evaluate(Transformer<float>& model, const TokenStream& valid, int batch, int seq_len,
                     int64_t max_windows) {
-  const std::vector<int64_t> starts = validation_windows(valid, seq_len, max_windows);
+  std::vector<int64_t> starts = validation_windows(valid, seq_len, max_windows);
   MOE_CHECK(!starts.empty(), "evaluate: the validation split is shorter than one window of {}",
             seq_len + 1);
+  // Expert parallelism: W ranks take equal shares of every batch (so whole multiples of W).
+  ParallelGroups* par = model.parallel_groups();
+  const int W = par ? par->layout.world : 1, rank = par ? par->layout.rank : 0;
+  if (W > 1) {
+    MOE_CHECK(batch % W == 0 && static_cast<int64_t>(starts.size()) >= W,
+              "evaluate: batch {} and {} windows do not split over {} ranks", batch, starts.size(),
+              W);
+    starts.resize(starts.size() / W * W);
+  }
   std::vector<int32_t> inputs(static_cast<size_t>(batch) * seq_len);
   std::vector<int32_t> targets(inputs.size());
   std::vector<double> dom_sum(valid.domain_names.size(), 0.0);
   std::vector<int64_t> dom_count(valid.domain_names.size(), 0);
   double total = 0;
   int64_t count = 0;
+  std::vector<std::vector<int64_t>> load;                // [MoE layer][expert]
+  std::vector<std::pair<int64_t, int64_t>> drop_assign;  // [MoE layer] dropped, assignments
   for (size_t w0 = 0; w0 < starts.size(); w0 += batch) {
-    const int B = static_cast<int>(std::min<size_t>(batch, starts.size() - w0));
+    const int Bg = static_cast<int>(std::min<size_t>(batch, starts.size() - w0));
+    const int B = Bg / W, b0 = rank * B;  // this rank's windows of the batch
     for (int b = 0; b < B; ++b) {
-      const int64_t s0 = starts[w0 + b];
+      const int64_t s0 = starts[w0 + b0 + b];
       std::copy_n(valid.tokens.data() + s0, seq_len,
                   inputs.data() + static_cast<int64_t>(b) * seq_len);
       std::copy_n(valid.tokens.data() + s0 + 1, seq_len,
                   targets.data() + static_cast<int64_t>(b) * seq_len);
     }
     model.forward(inputs.data(), targets.data(), B, seq_len, false);
+    for (int l = 0, m = 0; l < model.num_layers(); ++l)
+      if (const MoeMetrics* metrics = model.moe_metrics(l)) {
+        const MoeMetrics& mm = *metrics;  // of the whole batch, also under expert parallelism
+        if (load.size() <= static_cast<size_t>(m)) {
+          load.emplace_back(mm.primary_per_expert.size(), 0);
+          drop_assign.emplace_back(0, 0);
+        }
+        for (size_t e = 0; e < mm.primary_per_expert.size(); ++e)
+          load[m][e] += mm.primary_per_expert[e];
+        drop_assign[m].first += mm.dropped;
+        drop_assign[m].second += mm.assignments;
+        ++m;
+      }
     const auto& rows = model.row_losses();
     for (int b = 0; b < B; ++b) {
       for (int s = 0; s < seq_len; ++s) {
         const double loss = rows[static_cast<int64_t>(b) * seq_len + s];
-        const uint8_t dom = valid.domain[starts[w0 + b] + 1 + s];
+        const uint8_t dom = valid.domain[starts[w0 + b0 + b] + 1 + s];
         total += loss;
         ++count;
         dom_sum[dom] += loss;
@@ -279,13 +315,57 @@ EvalResult evaluate(Transformer<float>& model, const TokenStream& valid, int bat
       }
     }
   }
+  if (W > 1) {
+    par->world->allreduce_sum(&total, 1);
+    par->world->allreduce_sum(&count, 1);
+    par->world->allreduce_sum(dom_sum.data(), static_cast<int64_t>(dom_sum.size()));
+    par->world->allreduce_sum(dom_count.data(), static_cast<int64_t>(dom_count.size()));
+  }
   EvalResult r;
   r.loss = total / count;
   r.tokens = count;
+  r.expert_load = std::move(load);
+  for (const auto& [dropped, assignments] : drop_assign)
+    r.dropped_fraction.push_back(moe::dropped_fraction(dropped, assignments));
   for (size_t d = 0; d < dom_sum.size(); ++d)
     if (dom_count[d] > 0)
       r.per_domain[valid.domain_names[d]] = {dom_sum[d] / dom_count[d], dom_count[d]};
   return r;
+}
+
+// Global gradient norm under expert parallelism, and clipping by it (torch
+// clip_grad_norm_ semantics): after allreduce_gradients the replicated tensors are equal on
+// every rank and each expert shard lives once per expert group.
+double clip_parallel(Transformer<float>& model, double max_norm) {
+  double sq[2] = {0, 0};  // replicated, expert shards
+  for (const auto& p : model.parameters()) {
+    double s = 0;
+    const int64_t n = p.shape.numel();
+    for (int64_t i = 0; i < n; ++i) s += static_cast<double>(p.grad[i]) * p.grad[i];
+    sq[Transformer<float>::is_expert_param(p.name) ? 1 : 0] += s;
+  }
+  model.parallel_groups()->expert_group->allreduce_sum(&sq[1], 1);
+  const double norm = std::sqrt(sq[0] + sq[1]);
+  const double coef = max_norm / (norm + 1e-6);
+  if (max_norm > 0 && coef < 1.0) {
+    const float c = static_cast<float>(coef);
+    for (auto& p : model.parameters())
+      for (int64_t i = 0, n = p.shape.numel(); i < n; ++i) p.grad[i] *= c;
+  }
+  return norm;
+}
+
+// The communication of all three communicators so far (bytes of the all-to-alls, seconds).
+CommStats comm_totals(ParallelGroups* par) {
+  CommStats total;
+  if (!par) return total;
+  for (Communicator* c : {par->world.get(), par->expert_group.get(), par->expert_replicas.get()}) {
+    total.alltoall_bytes_sent += c->stats().alltoall_bytes_sent;
+    total.alltoall_bytes_received += c->stats().alltoall_bytes_received;
+    total.other_bytes += c->stats().other_bytes;
+    total.seconds += c->stats().seconds;
+  }
+  return total;
 }
 
 TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
@@ -294,8 +374,33 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
   cfg.sync_moe();
   cfg.validate("config");
   const TrainConfig& t = cfg.training;
-  Progress progress(opt.progress, t.max_steps);
+  // Expert parallelism: rank 0 leads (progress, logs, run files); every decision that could
+  // stop a rank is taken from values all ranks share, so no rank is left in a collective.
+  ParallelGroups* par = opt.parallel;
+  const int W = par ? par->layout.world : 1, rank = par ? par->layout.rank : 0;
+  const bool lead = rank == 0;
+  if (par) {
+    const std::string bad =
+        ParallelLayout::check(W, par->layout.expert_parallel, cfg.num_local_experts);
+    MOE_CHECK(bad.empty(), "{}", bad);
+    MOE_CHECK(t.batch_size % W == 0,
+              "config: training.batch_size = {} does not split over the {} processes (make it a "
+              "multiple of mpirun -np)",
+              t.batch_size, W);
+    // The same config on every rank: compare a hash of its JSON.
+    const std::string text = model_config_to_json(cfg).dump();
+    const int64_t mine = static_cast<int64_t>(std::hash<std::string>{}(text)&0x7fffffffffff);
+    std::vector<int64_t> all(static_cast<size_t>(W));
+    par->world->allgather(&mine, sizeof(mine), all.data());
+    for (int r = 1; r < W; ++r)
+      MOE_CHECK(all[r] == all[0],
+                "config differs between ranks: rank {} was launched with another config.json "
+                "or other flags than rank 0",
+                r);
+  }
+  Progress progress(opt.progress && lead, t.max_steps);
   auto log = [&](const std::string& s) {
+    if (!lead) return;
     if (opt.log)
       opt.log(s);
     else
@@ -303,18 +408,22 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
   };
 
   fs::create_directories(opt.out_dir);
-  const Checkpointer ckpt(opt.out_dir);
+  const Checkpointer ckpt(opt.out_dir, rank, W);
   const std::string metrics_path = opt.out_dir + "/metrics.jsonl";
-  if (!opt.resume && fs::exists(ckpt.path()))
+  int64_t have_checkpoint = fs::exists(ckpt.path()) ? 1 : 0;
+  if (par) par->world->allreduce_sum(&have_checkpoint, 1);
+  if (!opt.resume && have_checkpoint > 0)
     throw Error(
         fmt::format("{}: a checkpoint exists; pass --resume to continue it or choose another --out",
                     ckpt.path()));
-  if (opt.resume && !fs::exists(ckpt.path()))
-    throw Error(fmt::format("{}: no checkpoint to resume from", ckpt.path()));
+  if (opt.resume && have_checkpoint < W)
+    throw Error(fmt::format("{}: no checkpoint to resume from{}", ckpt.path(),
+                            W > 1 ? " (for every rank)" : ""));
 
   Transformer<float> model(cfg);
   Rng rng(t.seed);
   model.init_weights(rng);
+  if (par) model.enable_expert_parallel(*par);
   AdamW<float> adam(model.parameters(), t);
   BatchSampler sampler(train_data, t.batch_size, t.seq_len, t.seed);
   BatchSampler::State sampler_state = sampler.state();
@@ -322,14 +431,14 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
   if (opt.resume) {
     step = ckpt.load(cfg, model, adam, rng, sampler_state);
     sampler.restore(sampler_state);
-    truncate_metrics(metrics_path, step);
+    if (lead) truncate_metrics(metrics_path, step);
     log(fmt::format("resumed {} at step {}", ckpt.path(), step));
-  } else {
+  } else if (lead) {
     std::error_code ec;
     fs::remove(metrics_path, ec);
   }
-  save_model_config(cfg, opt.out_dir + "/config.json");
-  if (!opt.tokenizer_path.empty() && opt.tokenizer_path != opt.out_dir + "/tokenizer.model")
+  if (lead) save_model_config(cfg, opt.out_dir + "/config.json");
+  if (lead && !opt.tokenizer_path.empty() && opt.tokenizer_path != opt.out_dir + "/tokenizer.model")
     fs::copy_file(opt.tokenizer_path, opt.out_dir + "/tokenizer.model",
                   fs::copy_options::overwrite_existing);
 
@@ -344,8 +453,13 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
   std::vector<int32_t> window(static_cast<size_t>(B) * (S + 1));
   std::vector<uint8_t> domains(window.size());
   std::vector<int32_t> inputs(static_cast<size_t>(B) * S), targets(inputs.size());
-  std::ofstream metrics(metrics_path, std::ios::app);
-  MOE_CHECK(metrics.good(), "{}: cannot open for writing", metrics_path);
+  std::ofstream metrics;
+  if (lead) {
+    metrics.open(metrics_path, std::ios::app);
+    MOE_CHECK(metrics.good(), "{}: cannot open for writing", metrics_path);
+  }
+  // Under expert parallelism this rank's sequences of every batch: rows [b0, b0 + Bl).
+  const int Bl = B / W, b0 = rank * Bl;
 
   const int last_step = opt.stop_after > 0 ? std::min(opt.stop_after, t.max_steps) : t.max_steps;
   const auto start = Clock::now();
@@ -364,7 +478,15 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
                      {"val_ppl", std::exp(e.loss)},
                      {"val_tokens", e.tokens}};
     for (const auto& [name, v] : e.per_domain) j["val_loss_" + name] = v.first;
-    metrics << j.dump() << "\n" << std::flush;
+    if (!e.expert_load.empty()) {
+      j["val_expert_load"] = e.expert_load;
+      j["val_dropped"] = e.dropped_fraction;
+      nlohmann::json cv = nlohmann::json::array();
+      for (const auto& l : e.expert_load)
+        cv.push_back(load_cv(l.data(), static_cast<int>(l.size())));
+      j["val_load_cv"] = cv;
+    }
+    if (lead) metrics << j.dump() << "\n" << std::flush;
     log(fmt::format("step {}: validation loss {:.4f} (perplexity {:.1f}) over {} tokens", step,
                     e.loss, std::exp(e.loss), e.tokens));
     return e;
@@ -379,25 +501,43 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
 
   double loss_avg = 0;
   while (step < last_step) {
+    const CommStats comm0 = comm_totals(par);
+    const auto step_start = Clock::now();
     model.zero_grad();
     double loss = 0, ce = 0, aux = 0;
     for (int a = 0; a < A; ++a) {
       sampler.next(window.data(), domains.data());
       split_windows(window.data(), B, S, inputs.data(), targets.data());
-      const double l = model.forward(inputs.data(), targets.data(), B, S, true, &rng);
+      const int64_t off = static_cast<int64_t>(b0) * S;
+      double l = model.forward(inputs.data() + off, targets.data() + off, Bl, S, true, &rng);
+      double ce_scale = 1.0;
+      if (W > 1) {
+        // One mean over the whole batch: the ranks' cross-entropy sums over all their targets.
+        double sums[2] = {model.ce_loss() * model.counted_targets(),
+                          static_cast<double>(model.counted_targets())};
+        par->world->allreduce_sum(sums, 2);
+        ce_scale = sums[1] > 0 ? model.counted_targets() / sums[1] : 0.0;
+        l = (sums[1] > 0 ? sums[0] / sums[1] : 0.0) + model.aux_loss();
+      }
       if (!std::isfinite(l)) {
         fail_nonfinite(fmt::format("loss is {} (first non-finite values: {})", l,
                                    model.first_nonfinite_activation()));
       }
-      model.backward(1.0 / A);
+      model.backward(ce_scale / A, 1.0 / A);
       loss += l / A;
-      ce += model.ce_loss() / A;
+      ce += (l - model.aux_loss()) / A;
       aux += model.aux_loss() / A;
     }
-    if (const auto* bad = first_nonfinite_grad(model.parameters()))
-      fail_nonfinite(fmt::format("the gradient of {} holds NaN or inf", bad->name));
-    const double norm = t.grad_clip > 0 ? clip_grad_norm(model.parameters(), t.grad_clip)
-                                        : global_grad_norm(model.parameters());
+    model.allreduce_gradients();
+    const auto* bad = first_nonfinite_grad(model.parameters());
+    int64_t bad_ranks = bad ? 1 : 0;
+    if (W > 1) par->world->allreduce_sum(&bad_ranks, 1);
+    if (bad_ranks > 0)
+      fail_nonfinite(bad ? fmt::format("the gradient of {} holds NaN or inf", bad->name)
+                         : std::string("a gradient on another rank holds NaN or inf"));
+    const double norm = W > 1             ? clip_parallel(model, t.grad_clip)
+                        : t.grad_clip > 0 ? clip_grad_norm(model.parameters(), t.grad_clip)
+                                          : global_grad_norm(model.parameters());
     const double lr = learning_rate_at(t, step);
     adam.step(lr);
     model.update_selection_bias();
@@ -416,16 +556,49 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
                      {"tokens", static_cast<int64_t>(step) * tokens_per_step},
                      {"tokens_per_s", tok_s},
                      {"elapsed_s", elapsed}};
+    if (par) {
+      // This rank's (rank 0's) traffic and time: all-to-all bytes of the step, seconds in
+      // collectives (waiting for peers included) and the rest of the step.
+      const CommStats comm1 = comm_totals(par);
+      const double step_s = std::chrono::duration<double>(Clock::now() - step_start).count();
+      j["a2a_sent_bytes"] = comm1.alltoall_bytes_sent - comm0.alltoall_bytes_sent;
+      j["a2a_recv_bytes"] = comm1.alltoall_bytes_received - comm0.alltoall_bytes_received;
+      j["allreduce_bytes"] = comm1.other_bytes - comm0.other_bytes;
+      j["comm_s"] = comm1.seconds - comm0.seconds;
+      j["compute_s"] = step_s - (comm1.seconds - comm0.seconds);
+      j["step_s"] = step_s;
+    }
     if (r.layers > 0) {
       j["balance"] = r.balance;
       j["dropped"] = r.dropped;
       j["router_entropy"] = r.entropy;
-      nlohmann::json loads = nlohmann::json::array();
+      // Per MoE layer, from the layer's own metrics of the last micro-batch (no extra pass):
+      // loads, dropped fraction, mean per-token router entropy (bits), CV and max/mean of the
+      // load, and the layer's loss terms (coefficients applied; "aux" is their sum).
+      nlohmann::json loads = nlohmann::json::array(), drop = loads, ent = loads, cv = loads,
+                     mx = loads, lb = loads, imp = loads, zl = loads;
       for (int l = 0; l < model.num_layers(); ++l)
-        if (const auto* m = model.moe_layer(l)) loads.push_back(m->metrics().primary_per_expert);
+        if (const MoeMetrics* m = model.moe_metrics(l)) {
+          const MoeMetrics& mm = *m;
+          loads.push_back(mm.primary_per_expert);
+          drop.push_back(mm.dropped_fraction);
+          ent.push_back(mm.router_entropy / std::log(2.0));
+          cv.push_back(mm.load_cv);
+          mx.push_back(mm.load_max_over_mean);
+          lb.push_back(mm.load_balance_loss);
+          imp.push_back(mm.importance_loss);
+          zl.push_back(mm.z_loss);
+        }
       j["expert_load"] = loads;
+      j["layer_dropped"] = drop;
+      j["layer_entropy_bits"] = ent;
+      j["layer_load_cv"] = cv;
+      j["layer_max_over_mean"] = mx;
+      j["layer_lb_loss"] = lb;
+      j["layer_importance_loss"] = imp;
+      j["layer_z_loss"] = zl;
     }
-    metrics << j.dump() << "\n" << std::flush;
+    if (lead) metrics << j.dump() << "\n" << std::flush;
     const double eta = (last_step - step) * elapsed / std::max(1, step - first_step);
     progress.update(
         step, fmt::format("loss {:.4f} aux {:.4f} {:.0f} tok/s{} ETA {}", loss_avg, aux, tok_s,
@@ -445,7 +618,7 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
   result.wall_seconds = std::chrono::duration<double>(Clock::now() - start).count();
   result.tokens_per_second =
       (step - first_step) * tokens_per_step / std::max(result.wall_seconds, 1e-9);
-  write_report(opt.out_dir, cfg, model, result, tokens_per_step);
+  if (lead) write_report(opt.out_dir, cfg, model, result, tokens_per_step);
   return result;
 }
 

@@ -7,6 +7,7 @@
 #include "moe/dense_ffn.h"
 #include "moe/embedding.h"
 #include "moe/error.h"
+#include "moe/expert_parallel.h"
 #include "moe/gemm.h"
 #include "moe/rmsnorm.h"
 #include "moe/safetensors.h"
@@ -99,12 +100,83 @@ void Transformer<T>::init_weights(Rng& rng) {
 
 template <class T>
 MoeLayer<T>* Transformer<T>::moe_layer(int l) {
-  return cfg_.is_moe_layer(l) ? static_cast<MoeLayer<T>*>(ffn_[l].get()) : nullptr;
+  if (!cfg_.is_moe_layer(l)) return nullptr;
+  return static_cast<MoeLayer<T>*>(groups_ ? full_ffn_[l].get() : ffn_[l].get());
 }
 
 template <class T>
 const MoeLayer<T>* Transformer<T>::moe_layer(int l) const {
-  return cfg_.is_moe_layer(l) ? static_cast<const MoeLayer<T>*>(ffn_[l].get()) : nullptr;
+  if (!cfg_.is_moe_layer(l)) return nullptr;
+  return static_cast<const MoeLayer<T>*>(groups_ ? full_ffn_[l].get() : ffn_[l].get());
+}
+
+template <class T>
+const ExpertParallelMoe<T>* Transformer<T>::expert_parallel_layer(int l) const {
+  if (!groups_ || !cfg_.is_moe_layer(l)) return nullptr;
+  return static_cast<const ExpertParallelMoe<T>*>(ffn_[l].get());
+}
+
+template <class T>
+const MoeMetrics* Transformer<T>::moe_metrics(int l) const {
+  if (const auto* ep = expert_parallel_layer(l)) return &ep->metrics();
+  if (const auto* m = moe_layer(l)) return &m->metrics();
+  return nullptr;
+}
+
+template <class T>
+bool Transformer<T>::is_expert_param(const std::string& name) {
+  return name.find(".block_sparse_moe.experts.") != std::string::npos;
+}
+
+template <class T>
+void Transformer<T>::enable_expert_parallel(ParallelGroups& groups) {
+  MOE_CHECK(!groups_, "Transformer: expert parallelism is already enabled");
+  groups_ = &groups;
+  full_params_ = params_;
+  full_ffn_.resize(static_cast<size_t>(L_));
+  params_.clear();
+  for (const auto& p : full_params_)
+    if (p.name.find(".block_sparse_moe.") == std::string::npos) params_.push_back(p);
+  for (int l = 0; l < L_; ++l) {
+    if (!cfg_.is_moe_layer(l)) continue;
+    auto* full = static_cast<MoeLayer<T>*>(ffn_[l].get());
+    auto ep = std::make_unique<ExpertParallelMoe<T>>(cfg_.moe, groups);
+    ep->copy_from(*full);
+    ParamSet<T>& set = ep->params();
+    for (const auto& s : set.specs())
+      params_.push_back({layer_name(l, "block_sparse_moe.") + s.name, set.value(s.name),
+                         set.grad(s.name), s.shape, s.shape.ndim >= 2});
+    full_ffn_[l] = std::move(ffn_[l]);
+    ffn_[l] = std::move(ep);
+  }
+}
+
+template <class T>
+void Transformer<T>::allreduce_gradients() {
+  if (!groups_) return;
+  for (auto& p : params_) {
+    Communicator& c = is_expert_param(p.name) ? *groups_->expert_replicas : *groups_->world;
+    if (c.size() > 1) c.allreduce_sum(p.grad, p.shape.numel());
+  }
+}
+
+template <class T>
+void Transformer<T>::gather_full_weights() {
+  if (!groups_) return;
+  Communicator& group = *groups_->expert_group;
+  for (int l = 0; l < L_; ++l) {
+    if (!cfg_.is_moe_layer(l)) continue;
+    auto* ep = static_cast<ExpertParallelMoe<T>*>(ffn_[l].get());
+    auto* full = static_cast<MoeLayer<T>*>(full_ffn_[l].get());
+    ep->copy_into(*full);
+    for (const char* name : {"experts.w1", "experts.w3", "experts.w2"}) {
+      if (!full->params().has(name)) continue;
+      T* all = full->params().value(name);
+      const int64_t n = ep->params().spec(name).shape.numel();  // this rank's shard
+      std::vector<T> mine(ep->params().value(name), ep->params().value(name) + n);
+      group.allgather(mine.data(), n * static_cast<int64_t>(sizeof(T)), all);
+    }
+  }
 }
 
 template <class T>
@@ -223,7 +295,7 @@ double Transformer<T>::forward(const int32_t* inputs, const int32_t* targets, in
 }
 
 template <class T>
-void Transformer<T>::backward(double scale) {
+void Transformer<T>::backward(double scale, double aux_scale) {
   MOE_CHECK(n_ > 0 && has_targets_, "Transformer::backward: needs a forward with targets");
   const int64_t n = n_, nd = n * d_;
   const bool tied = cfg_.tie_word_embeddings;
@@ -241,7 +313,8 @@ void Transformer<T>::backward(double scale) {
                    base("model.norm.weight"), rstd_f_.data(), n, d_);
   for (int l = L_ - 1; l >= 0; --l) {
     // dh is the gradient of the block's output; the residual carries it through unchanged.
-    ffn_[l]->backward(View<const T>(dh_.data(), {n, d_}), View<T>(dtmp_.data(), {n, d_}), scale);
+    ffn_[l]->backward(View<const T>(dh_.data(), {n, d_}), View<T>(dtmp_.data(), {n, d_}),
+                      aux_scale);
     const std::string post = layer_name(l, "post_attention_layernorm.weight");
     rmsnorm_backward(dh_.data(), base_grad(post), dtmp_.data(), hmid_.data() + l * nd, base(post),
                      rstd_m_.data() + l * n, n, d_);
@@ -307,13 +380,19 @@ void Transformer<T>::forward_cached(const int32_t* tokens, int B, int n,
 
 template <class T>
 void Transformer<T>::update_selection_bias() {
-  for (int l = 0; l < L_; ++l)
-    if (auto* m = moe_layer(l)) m->update_selection_bias();
+  for (int l = 0; l < L_; ++l) {
+    if (!cfg_.is_moe_layer(l)) continue;
+    if (groups_)
+      static_cast<ExpertParallelMoe<T>*>(ffn_[l].get())->update_selection_bias();
+    else
+      moe_layer(l)->update_selection_bias();
+  }
 }
 
 template <class T>
 void Transformer<T>::save_weights(SafeTensorsWriter& w, DType dtype) const {
-  for (const auto& p : params_) w.add(p.name, p.shape, p.value, dtype);
+  // Under expert parallelism the full list, filled by gather_full_weights().
+  for (const auto& p : groups_ ? full_params_ : params_) w.add(p.name, p.shape, p.value, dtype);
   for (int l = 0; l < L_; ++l) {
     if (const auto* m = moe_layer(l); m && m->config().use_selection_bias) {
       const auto& bias = m->selection_bias();
@@ -325,7 +404,7 @@ void Transformer<T>::save_weights(SafeTensorsWriter& w, DType dtype) const {
 
 template <class T>
 void Transformer<T>::load_weights(const SafeTensorsFile& f) {
-  for (const auto& p : params_) {
+  for (const auto& p : groups_ ? full_params_ : params_) {
     MOE_CHECK(f.has(p.name), "{}: missing tensor {} (shape {})", f.path(), p.name, p.shape.str());
     f.read_into(p.name, p.shape, p.value);
   }
@@ -337,6 +416,10 @@ void Transformer<T>::load_weights(const SafeTensorsFile& f) {
       f.read_into(name, {static_cast<int64_t>(m->selection_bias().size())},
                   m->selection_bias().data());
   }
+  if (groups_)
+    for (int l = 0; l < L_; ++l)
+      if (cfg_.is_moe_layer(l))
+        static_cast<ExpertParallelMoe<T>*>(ffn_[l].get())->copy_from(*moe_layer(l));
 }
 
 template class Transformer<float>;

@@ -39,16 +39,16 @@ void masked_softmax_row(T* p, int64_t len, int64_t width) {
 // P [S, S] probabilities, O [S, hd] (stride ldq).
 template <class T>
 void causal_forward(const T* Q, const T* K, const T* V, int64_t ldq, int64_t ldkv, T* P, T* O,
-                    int64_t S, int64_t hd, T scale) {
+                    int64_t S, int64_t hd, T scale, bool causal) {
   for (int64_t r0 = 0; r0 < S; r0 += kBlock) {
-    const int64_t r1 = std::min(S, r0 + kBlock);
-    gemm<T>(Trans::No, Trans::Yes, r1 - r0, r1, hd, scale, Q + r0 * ldq, ldq, K, ldkv, T(0),
+    const int64_t r1 = std::min(S, r0 + kBlock), kc = causal ? r1 : S;  // keys this block sees
+    gemm<T>(Trans::No, Trans::Yes, r1 - r0, kc, hd, scale, Q + r0 * ldq, ldq, K, ldkv, T(0),
             P + r0 * S, S);
   }
-  for (int64_t s = 0; s < S; ++s) masked_softmax_row(P + s * S, s + 1, S);
+  for (int64_t s = 0; s < S; ++s) masked_softmax_row(P + s * S, causal ? s + 1 : S, S);
   for (int64_t r0 = 0; r0 < S; r0 += kBlock) {
-    const int64_t r1 = std::min(S, r0 + kBlock);
-    gemm<T>(Trans::No, Trans::No, r1 - r0, hd, r1, T(1), P + r0 * S, S, V, ldkv, T(0), O + r0 * ldq,
+    const int64_t r1 = std::min(S, r0 + kBlock), kc = causal ? r1 : S;
+    gemm<T>(Trans::No, Trans::No, r1 - r0, hd, kc, T(1), P + r0 * S, S, V, ldkv, T(0), O + r0 * ldq,
             ldq);
   }
 }
@@ -57,31 +57,33 @@ void causal_forward(const T* Q, const T* K, const T* V, int64_t ldq, int64_t ldk
 // accumulated (query heads of one group share them). dS [S, S] is scratch.
 template <class T>
 void causal_backward(const T* Q, const T* K, const T* V, const T* P, const T* dO, int64_t ldq,
-                     int64_t ldkv, T* dQ, T* dK, T* dV, T* dS, int64_t S, int64_t hd, T scale) {
+                     int64_t ldkv, T* dQ, T* dK, T* dV, T* dS, int64_t S, int64_t hd, T scale,
+                     bool causal) {
   for (int64_t r0 = 0; r0 < S; r0 += kBlock) {
-    const int64_t r1 = std::min(S, r0 + kBlock);
+    const int64_t r1 = std::min(S, r0 + kBlock), kc = causal ? r1 : S;
     // dP = dO V^T, dV += P^T dO
-    gemm<T>(Trans::No, Trans::Yes, r1 - r0, r1, hd, T(1), dO + r0 * ldq, ldq, V, ldkv, T(0),
+    gemm<T>(Trans::No, Trans::Yes, r1 - r0, kc, hd, T(1), dO + r0 * ldq, ldq, V, ldkv, T(0),
             dS + r0 * S, S);
-    gemm<T>(Trans::Yes, Trans::No, r1, hd, r1 - r0, T(1), P + r0 * S, S, dO + r0 * ldq, ldq, T(1),
+    gemm<T>(Trans::Yes, Trans::No, kc, hd, r1 - r0, T(1), P + r0 * S, S, dO + r0 * ldq, ldq, T(1),
             dV, ldkv);
   }
   // Softmax backward: dS = P * (dP - sum_j P dP); zero above the diagonal for the products.
   for (int64_t s = 0; s < S; ++s) {
     const T* p = P + s * S;
     T* ds = dS + s * S;
+    const int64_t len = causal ? s + 1 : S;
     double dot = 0.0;
-    for (int64_t j = 0; j <= s; ++j) dot += static_cast<double>(p[j]) * ds[j];
+    for (int64_t j = 0; j < len; ++j) dot += static_cast<double>(p[j]) * ds[j];
     const T c = static_cast<T>(dot);
-    for (int64_t j = 0; j <= s; ++j) ds[j] = p[j] * (ds[j] - c);
-    std::fill(ds + s + 1, ds + S, T(0));
+    for (int64_t j = 0; j < len; ++j) ds[j] = p[j] * (ds[j] - c);
+    std::fill(ds + len, ds + S, T(0));
   }
   for (int64_t r0 = 0; r0 < S; r0 += kBlock) {
-    const int64_t r1 = std::min(S, r0 + kBlock);
+    const int64_t r1 = std::min(S, r0 + kBlock), kc = causal ? r1 : S;
     // scores = scale Q K^T: dQ = scale dS K, dK += scale dS^T Q
-    gemm<T>(Trans::No, Trans::No, r1 - r0, hd, r1, scale, dS + r0 * S, S, K, ldkv, T(0),
+    gemm<T>(Trans::No, Trans::No, r1 - r0, hd, kc, scale, dS + r0 * S, S, K, ldkv, T(0),
             dQ + r0 * ldq, ldq);
-    gemm<T>(Trans::Yes, Trans::No, r1, hd, r1 - r0, scale, dS + r0 * S, S, Q + r0 * ldq, ldq, T(1),
+    gemm<T>(Trans::Yes, Trans::No, kc, hd, r1 - r0, scale, dS + r0 * S, S, Q + r0 * ldq, ldq, T(1),
             dK, ldkv);
   }
 }
@@ -220,8 +222,10 @@ void Attention<T>::forward(View<const T> x, int B, int S, View<T> out) {
           T(0), k_.data(), kvd_);
   gemm<T>(Trans::No, Trans::Yes, n, kvd_, d, T(1), x_.data(), d, params_.value("v_proj.weight"), d,
           T(0), v_.data(), kvd_);
-  rope_forward(q_.data(), cos_.data(), sin_.data(), n, H, c_.head_dim, S, 0);
-  rope_forward(k_.data(), cos_.data(), sin_.data(), n, G, c_.head_dim, S, 0);
+  if (c_.rope) {
+    rope_forward(q_.data(), cos_.data(), sin_.data(), n, H, c_.head_dim, S, 0);
+    rope_forward(k_.data(), cos_.data(), sin_.data(), n, G, c_.head_dim, S, 0);
+  }
 
   const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(hd)));
   const int64_t tasks = static_cast<int64_t>(B) * H;
@@ -233,7 +237,7 @@ void Attention<T>::forward(View<const T> x, int B, int S, View<T> out) {
     causal_forward(q_.data() + row0 * qd_ + h * hd, k_.data() + row0 * kvd_ + g * hd,
                    v_.data() + row0 * kvd_ + g * hd, int64_t{qd_}, int64_t{kvd_},
                    att_.data() + task * S * S, o_.data() + row0 * qd_ + h * hd, int64_t{S}, hd,
-                   scale);
+                   scale, c_.causal);
   }
   gemm<T>(Trans::No, Trans::Yes, n, d, qd_, T(1), o_.data(), qd_, params_.value("o_proj.weight"),
           qd_, T(0), out.data, d);
@@ -282,11 +286,13 @@ void Attention<T>::backward(View<const T> dout, View<T> dx) {
       causal_backward(q_.data() + qoff, k_.data() + row0 * kvd_ + g * hd,
                       v_.data() + row0 * kvd_ + g * hd, att_.data() + (b * H + h) * ss,
                       do_.data() + qoff, int64_t{qd_}, int64_t{kvd_}, dq_.data() + qoff, dK, dV, dS,
-                      int64_t{S}, hd, scale);
+                      int64_t{S}, hd, scale, c_.causal);
     }
   }
-  rope_backward(dq_.data(), cos_.data(), sin_.data(), n, H, c_.head_dim, S, 0);
-  rope_backward(dk_.data(), cos_.data(), sin_.data(), n, G, c_.head_dim, S, 0);
+  if (c_.rope) {
+    rope_backward(dq_.data(), cos_.data(), sin_.data(), n, H, c_.head_dim, S, 0);
+    rope_backward(dk_.data(), cos_.data(), sin_.data(), n, G, c_.head_dim, S, 0);
+  }
 
   // q = x Wq^T etc.: dW += dq^T x, dx = dq Wq + dk Wk + dv Wv
   const T* wq = params_.value("q_proj.weight");
@@ -349,6 +355,7 @@ void cached_attention(const T* q, const T* k, const T* v, int B, int n, int H, i
 
 template <class T>
 void Attention<T>::forward_cached(View<const T> x, int B, int n, KvCache<T>& cache, View<T> out) {
+  MOE_CHECK(c_.causal && c_.rope, "Attention::forward_cached: only the causal RoPE decoder caches");
   MOE_CHECK(B > 0 && n > 0, "Attention::forward_cached: B and n must be positive, got B={} n={}", B,
             n);
   const int64_t L = cache.length, total = L + n;

@@ -27,10 +27,24 @@ void apply_capacity(const MoeConfig& c, const T* gate, const T* u, RoutingPlan& 
       std::ceil(c.capacity_factor * static_cast<double>(plan.valid_tokens) * k / E));
   const int64_t C = plan.capacity;
 
-  // Priority: "position" = slot order; "score" = gate descending, ties in slot order.
+  // Priority: "position" = slot order; "score" = gate descending, ties in slot order;
+  // "batch_priority" (V-MoE) = choice rank j ascending, then the token's top gate descending,
+  // ties in token order: all of a token's assignments carry that token's priority.
   const bool by_score = c.drop_policy == DropPolicy::Score;
+  const bool by_batch = c.drop_policy == DropPolicy::BatchPriority;
+  auto top_gate = [&](int64_t slot) {
+    const int64_t t = slot / k;
+    T g = gate[t * k];
+    for (int j = 1; j < k; ++j) g = std::max(g, gate[t * k + j]);
+    return g;
+  };
   auto before = [&](int64_t a, int64_t b) {
     if (by_score && gate[a] != gate[b]) return gate[a] > gate[b];
+    if (by_batch) {
+      if (a % k != b % k) return a % k < b % k;
+      const T ga = top_gate(a), gb = top_gate(b);
+      if (ga != gb) return ga > gb;
+    }
     return a < b;
   };
 
@@ -56,7 +70,7 @@ void apply_capacity(const MoeConfig& c, const T* gate, const T* u, RoutingPlan& 
   for (int e = 0; e < E; ++e) {
     auto* b = bucket.data() + offset[e];
     const int64_t n = offset[e + 1] - offset[e];
-    if (by_score) std::sort(b, b + n, before);  // `before` is a total order
+    if (by_score || by_batch) std::sort(b, b + n, before);  // `before` is a total order
     load[e] = std::min(n, C);
     for (int64_t i = C; i < n; ++i) overflow.push_back(b[i]);
   }

@@ -99,7 +99,9 @@ const char* enum_name(E v, std::initializer_list<std::pair<const char*, E>> name
 const std::initializer_list<std::pair<const char*, ScoreFunc>> kScore = {
     {"softmax", ScoreFunc::Softmax}, {"sigmoid", ScoreFunc::Sigmoid}};
 const std::initializer_list<std::pair<const char*, DropPolicy>> kDrop = {
-    {"position", DropPolicy::Position}, {"score", DropPolicy::Score}};
+    {"position", DropPolicy::Position},
+    {"score", DropPolicy::Score},
+    {"batch_priority", DropPolicy::BatchPriority}};
 const std::initializer_list<std::pair<const char*, OverflowAction>> kOverflow = {
     {"drop", OverflowAction::Drop}, {"reroute", OverflowAction::Reroute}};
 // "silu" is Hugging Face's name for the SwiGLU expert's activation.
