@@ -420,7 +420,8 @@ TEST(VitExport, KeptVersusDroppedPatchesSvg) {
   std::vector<int> kept, expert;
   m.token_routing(0, kept, expert);
   int expected = 0;
-  for (int t = 0; t < 4 * c.seq_len(); ++t) expected += kept[t] == 0;
+  for (int i = 0; i < 4; ++i)  // images 0, 4, 8, 12 of the batch of 16
+    for (int t = 0; t < c.seq_len(); ++t) expected += kept[(i * 4) * c.seq_len() + t] == 0;
   EXPECT_EQ(dropped, expected);
   EXPECT_GT(dropped, 0);  // capacity 0.5 with k = 2 must drop whole patches
   std::ifstream in(path);

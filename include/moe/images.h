@@ -18,9 +18,9 @@ struct ImageDataConfig {
   int test_size = 2000;
   uint64_t seed = 7;
   double min_scale = 0.55, max_scale = 0.85;  // glyph em size as a share of image_size
-  double max_shift = 0.12;                    // offset of the glyph center, share of image_size
-  double max_rotation_deg = 12;
-  double noise = 0.15;  // std of the Gaussian noise added to [0, 1] pixels (then clamped)
+  double max_shift = 0.10;                    // offset of the glyph center, share of image_size
+  double max_rotation_deg = 8;
+  double noise = 0.10;  // std of the Gaussian noise added to [0, 1] pixels (then clamped)
   std::string font_dir = "/usr/share/fonts/truetype/dejavu";
   // Font files under font_dir; the defaults are the six faces fonts-dejavu-core installs.
   std::vector<std::string> fonts = {"DejaVuSans.ttf",     "DejaVuSans-Bold.ttf",

@@ -42,6 +42,10 @@ struct VitTrainConfig {
   int batch_size = 64;   // images per step; capacity (top_k) is computed over the whole batch
   int eval_every = 200;  // test accuracy every N steps (0: only at the end)
   uint64_t seed = 1234;  // initialization and batch order
+  // top_k only: after training, the same weights are tested again at each of these capacity
+  // factors with drop_policy "batch_priority" and "position" (V-MoE's inference-time
+  // capacity sweep); results in summary.json "capacity_sweep".
+  std::vector<double> eval_capacity_factors;
   // The TrainConfig that learning_rate_at and AdamW read.
   TrainConfig as_train_config() const;
 };

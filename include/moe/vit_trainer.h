@@ -26,7 +26,8 @@ struct VitEval {
 // Test accuracy in fixed batches of batch_size (top-k capacity is per batch, as in training).
 VitEval evaluate_vit(VitModel<float>& model, const ImageSet& set, int batch_size);
 
-// Writes an SVG of the first `count` images of `set` (one batch through the model) with each
+// Runs the first batch_size images of `set` through the model and writes an SVG of `count` of
+// them, spread evenly over the batch (image i * B / count), with each
 // patch of MoE layer `layer` outlined: green = all its assignments ran, orange = some dropped,
 // red = every assignment dropped (the residual alone carries it). Returns the number of fully
 // dropped patches drawn.

@@ -86,6 +86,7 @@ void visit_train(VitTrainConfig& c, V&& v) {
   v("batch_size", c.batch_size);
   v("eval_every", c.eval_every);
   v("seed", c.seed);
+  v("eval_capacity_factors", c.eval_capacity_factors);
 }
 
 template <class Field>
@@ -156,6 +157,8 @@ void VitConfig::validate(const std::string& where) const {
   if (t.batch_size <= 0) fail("training.batch_size", "must be positive");
   if (t.eval_every < 0) fail("training.eval_every", "must be >= 0");
   if (!(t.min_lr_ratio >= 0 && t.min_lr_ratio <= 1)) fail("training.min_lr_ratio", "not in [0,1]");
+  for (double cf : t.eval_capacity_factors)
+    if (!(cf > 0)) fail("training.eval_capacity_factors", "must hold positive values");
 }
 
 VitConfig vit_config_from_json(const nlohmann::json& j, const std::string& where) {

@@ -79,19 +79,27 @@ int write_patch_svg(VitModel<float>& model, const ImageSet& set, int layer, int 
       W, H, title);
   int dropped_total = 0;
   for (int i = 0; i < count; ++i) {
+    // Images spread evenly over the batch: routing by position drops the batch's last images.
+    const int im = i * B / count;
     const int x0 = 6 + i * cell, y0 = 22;
-    const float* img = set.image(i);
-    for (int y = 0; y < n; ++y)
-      for (int x = 0; x < n; ++x) {
-        const int v = 255 - static_cast<int>(std::lround(img[y * n + x] * 255));
-        svg += fmt::format(
-            "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"rgb({},{},{})\"/>",
-            x0 + x * px, y0 + y * px, px, px, v, v, v);
-      }
+    const float* img = set.image(im);
+    // Ink in 8 gray levels, one path per level in image-pixel units (scaled by px), and the
+    // lightest level left white: keeps the file small (tens of KB) and the noise visible.
+    svg += fmt::format("<g transform=\"translate({},{}) scale({})\">", x0, y0, px);
+    for (int level = 1; level < 8; ++level) {
+      std::string d;
+      for (int y = 0; y < n; ++y)
+        for (int x = 0; x < n; ++x)
+          if (std::min(7, static_cast<int>(img[y * n + x] * 8)) == level)
+            d += fmt::format("M{} {}h1v1h-1z", x, y);
+      const int v = 255 - (level * 255 + 3) / 7;
+      if (!d.empty()) svg += fmt::format("<path fill=\"rgb({0},{0},{0})\" d=\"{1}\"/>", v, d);
+    }
+    svg += "</g>";
     svg += "\n";
     int dropped = 0;
     for (int p = 0; p < g * g; ++p) {
-      const int k = kept[static_cast<size_t>(i) * S + off + p];
+      const int k = kept[static_cast<size_t>(im) * S + off + p];
       const char* color = k < 0 || k >= full ? "#2a2" : k == 0 ? "#e22" : "#f90";
       dropped += k == 0;
       const char* fill = k == 0 ? "rgba(230,30,30,0.35)" : "none";
@@ -102,8 +110,8 @@ int write_patch_svg(VitModel<float>& model, const ImageSet& set, int layer, int 
           color);
     }
     dropped_total += dropped;
-    svg += fmt::format("\n<text x=\"{}\" y=\"{}\">label {} | dropped {}/{}</text>\n", x0,
-                       y0 + n * px + 16, set.labels[i], dropped, g * g);
+    svg += fmt::format("\n<text x=\"{}\" y=\"{}\">#{} of {} | dropped {}/{}</text>\n", x0,
+                       y0 + n * px + 16, im, B, dropped, g * g);
   }
   svg += "</svg>\n";
   write_text(path, svg);
@@ -205,6 +213,24 @@ VitRunResult train_vit(const VitConfig& config, const VitTrainOptions& opt) {
           ec["layers"][std::to_string(ev.moe_layers[m])] = rows;
         }
         write_text(opt.out_dir + "/expert_classes.json", ec.dump(1) + "\n");
+        // The same table in words: each expert's three most frequent classes.
+        std::string txt;
+        const int K = config.num_classes();
+        for (size_t m = 0; m < ev.moe_layers.size(); ++m)
+          for (int e = 0; e < config.moe.num_experts; ++e) {
+            const int64_t* row = ev.expert_class[m].data() + int64_t{e} * K;
+            int64_t total = 0;
+            for (int k = 0; k < K; ++k) total += row[k];
+            std::vector<int> order(static_cast<size_t>(K));
+            for (int k = 0; k < K; ++k) order[k] = k;
+            std::sort(order.begin(), order.end(), [&](int a, int b) { return row[a] > row[b]; });
+            txt += fmt::format("block {} expert {}: {:6d} tokens", ev.moe_layers[m], e, total);
+            for (int r = 0; r < 3 && total > 0; ++r)
+              txt += fmt::format("  '{}' {:4.1f}%", data.class_names[order[r]],
+                                 100.0 * row[order[r]] / total);
+            txt += "\n";
+          }
+        write_text(opt.out_dir + "/expert_classes.txt", txt);
       }
     }
     metrics += line.dump() + "\n";
@@ -235,12 +261,36 @@ VitRunResult train_vit(const VitConfig& config, const VitTrainOptions& opt) {
     log(fmt::format("patches.svg: {} fully dropped patches in 8 test images", dropped));
     break;
   }
+  // Inference-time capacity sweep: the trained weights in a model that differs only in
+  // capacity_factor and drop_policy (the parameter lists have the same order and shapes).
+  nlohmann::json sweep = nlohmann::json::array();
+  if (config.router_type == VitRouter::TopK)
+    for (double cf : tc.eval_capacity_factors)
+      for (DropPolicy policy : {DropPolicy::BatchPriority, DropPolicy::Position}) {
+        VitConfig c2 = config;
+        c2.moe.capacity_factor = cf;
+        c2.moe.drop_policy = policy;
+        VitModel<float> m2(c2);
+        for (size_t i = 0; i < m2.parameters().size(); ++i) {
+          const auto& src = model.parameters()[i];
+          std::copy_n(src.value, src.shape.numel(), m2.parameters()[i].value);
+        }
+        const VitEval ev = evaluate_vit(m2, data.test, B);
+        const char* name = policy == DropPolicy::BatchPriority ? "batch_priority" : "position";
+        sweep.push_back({{"capacity_factor", cf},
+                         {"drop_policy", name},
+                         {"test_accuracy", ev.accuracy},
+                         {"test_dropped_fraction", ev.dropped_fraction}});
+        log(fmt::format("test at capacity_factor {} with {}: accuracy {:.4f}, dropped {:.3f}", cf,
+                        name, ev.accuracy, ev.dropped_fraction));
+      }
   nlohmann::json summary = {{"test_accuracy", res.test_accuracy},
                             {"test_loss", res.test_loss},
                             {"test_dropped_fraction", res.test_dropped_fraction},
                             {"steps", res.steps},
                             {"parameters", res.parameters},
                             {"train_seconds", res.train_seconds}};
+  if (!sweep.empty()) summary["capacity_sweep"] = sweep;
   write_text(opt.out_dir + "/summary.json", summary.dump(2) + "\n");
   return res;
 }
