@@ -138,6 +138,7 @@ TEST(RoutingStats, TokenClasses) {
       {"", TokenClass::Special},
       {"\xd0", TokenClass::Byte},  // the first byte of a Cyrillic letter, alone
       {"\xe4\xb8", TokenClass::Byte},
+      {"\ufffd", TokenClass::Byte},  // sentencepiece's decoding of a lone byte piece
   };
   for (const auto& [text, expected] : cases)
     EXPECT_EQ(classify_token_text(text), expected)
@@ -330,6 +331,63 @@ TEST(Analysis, TinyTrainedRunAnalysisAndReport) {
   expect_all_charts_drawn(html, charts);
   EXPECT_NE(html.find("data-chart=\"domain_0\""), std::string::npos);
   EXPECT_NE(html.find("data-chart=\"load_1\""), std::string::npos);
+}
+
+// A one-layer model whose router is set by hand to send letters (the "counting" domain) to
+// expert 0 and digits ("noise") to expert 1: the analysis must find I(expert; domain) =
+// H(domain), the most the domains allow. Zeroing the router instead collapses it.
+TEST(Analysis, HandSetDomainRouterReachesTheMaximalInformation) {
+  ModelConfig c = tiny_config(1);
+  c.num_hidden_layers = 1;
+  c.hidden_size = 8;
+  c.num_attention_heads = 2;
+  c.num_key_value_heads = 1;
+  c.num_local_experts = 2;
+  c.moe.num_experts_per_tok = 1;
+  c.moe.capacity_factor = 0;
+  c.sync_moe();
+  Transformer<float> model(c);
+  Rng rng(7);
+  model.init_weights(rng);
+  for (auto& p : model.parameters()) {
+    const int64_t n = p.shape.numel();
+    // No attention output: the MoE sees the normalized embedding of its own token.
+    if (p.name.find("o_proj") != std::string::npos) std::fill_n(p.value, n, 0.0f);
+    if (p.name == "model.embed_tokens.weight")
+      for (int v = 0; v < c.vocab_size; ++v) {
+        std::fill_n(p.value + int64_t(v) * c.hidden_size, c.hidden_size, 0.0f);
+        p.value[int64_t(v) * c.hidden_size] = v >= '0' && v <= '9' ? -1.0f : 1.0f;
+      }
+  }
+  float* router = model.moe_layer(0)->params().value("router.weight");  // [E, d]
+  std::fill_n(router, 2 * c.hidden_size, 0.0f);
+  router[0] = 1.0f;               // expert 0 <- letters
+  router[c.hidden_size] = -1.0f;  // expert 1 <- digits
+  const TokenStream valid = synthetic_stream(2000, 3);
+  const auto tok = make_byte_tokenizer();
+  AnalysisOptions o;
+  o.batch = 4;
+  o.seq_len = 16;
+  o.max_windows = 64;
+  const RoutingAnalysis a = analyze_routing(model, *tok, valid, o);
+  std::vector<double> dom(a.domain_tokens.begin(), a.domain_tokens.end());
+  const double h_domain = entropy_bits(dom.data(), 2);
+  ASSERT_EQ(a.layers.size(), 1u);
+  const LayerAnalysis& la = a.layers[0];
+  EXPECT_GT(h_domain, 0.9);
+  EXPECT_NEAR(la.mi_domain_bits, h_domain, 1e-9);
+  EXPECT_NEAR(la.mi_class_bits, h_domain, 1e-9);  // letters vs digits: the same split
+  EXPECT_EQ(la.domain_counts[0 * 2 + 1], 0);      // expert 0 never sees a digit
+  EXPECT_EQ(la.domain_counts[1 * 2 + 0], 0);
+  EXPECT_NEAR(la.distribution_entropy_bits, h_domain, 0.05);
+
+  // A zero router scores every expert the same: top-1 takes expert 0 for every token.
+  std::fill_n(router, 2 * c.hidden_size, 0.0f);
+  const RoutingAnalysis z = analyze_routing(model, *tok, valid, o);
+  EXPECT_EQ(z.layers[0].mi_domain_bits, 0.0);
+  EXPECT_NEAR(z.layers[0].load_cv, 1.0, 1e-12);  // sqrt(E - 1)
+  EXPECT_NEAR(z.layers[0].load_max_over_mean, 2.0, 1e-12);
+  EXPECT_NEAR(z.layers[0].token_entropy_bits, 1.0, 1e-6);  // scores uniform over 2 experts
 }
 
 TEST(Analysis, ReportOfHandMadeInputs) {

@@ -41,9 +41,11 @@ struct AnalysisOptions {
 
 struct TopToken {
   int32_t id = 0;
-  std::string text;         // decoded UTF-8 (may be a lone byte: escaped in JSON/CSV)
-  int64_t count = 0;        // assignments of this token to the expert
-  double expert_share = 0;  // count / all assignments of this token (1 = always this expert)
+  std::string text;   // decoded UTF-8 (may be a lone byte: escaped in JSON/CSV)
+  int64_t count = 0;  // assignments of this token to the expert
+  // Share of the token's occurrences whose top-k holds this expert (1 = every occurrence; a
+  // token's shares over the experts sum to k).
+  double expert_share = 0;
 };
 
 struct LayerAnalysis {

@@ -54,7 +54,8 @@ void add_coactivation(const int32_t* experts, int64_t tokens, int k, int E, int6
 
 // Token classes, from a token's decoded UTF-8 text:
 //   special  decodes to nothing (BOS, EOS, control ids)
-//   byte     not valid UTF-8 on its own (a byte-fallback piece or a lone byte of a character)
+//   byte     not valid UTF-8 on its own (a byte-fallback piece or a lone byte of a character),
+//            or holding U+FFFD (what sentencepiece decodes such a piece to)
 //   letters_latin / letters_cyrillic / letters_han / letters_other  holds letters: the script
 //            of most of its letters (ties go to the earlier script in this list)
 //   digits   no letters, some digit

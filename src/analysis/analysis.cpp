@@ -23,7 +23,7 @@ std::string display_text(const std::string& s) {
 }
 
 // Fills the two per-expert rankings from counts [E, V].
-void rank_tokens(const std::vector<int64_t>& counts, int E, int V,
+void rank_tokens(const std::vector<int64_t>& counts, int E, int V, int k,
                  const std::vector<std::string>& texts, const AnalysisOptions& opt,
                  LayerAnalysis& la) {
   std::vector<int64_t> token_total(static_cast<size_t>(V), 0);
@@ -35,7 +35,8 @@ void rank_tokens(const std::vector<int64_t>& counts, int E, int V,
   for (int e = 0; e < E; ++e) {
     const int64_t* c = counts.data() + static_cast<size_t>(e) * V;
     auto make = [&](int v) {
-      return TopToken{v, texts[v], c[v], static_cast<double>(c[v]) / token_total[v]};
+      // token_total counts k assignments per occurrence: the share is of occurrences.
+      return TopToken{v, texts[v], c[v], static_cast<double>(c[v]) * k / token_total[v]};
     };
     std::iota(ids.begin(), ids.end(), 0);
     // Most frequent: ties by id so the order is deterministic.
@@ -174,7 +175,7 @@ RoutingAnalysis analyze_routing(Transformer<float>& model, const Tokenizer& tok,
     la.dropped_fraction = dropped_fraction(la.dropped, la.assignments);
     la.token_entropy_bits = token_entropy[i] / static_cast<double>(a.tokens);
     la.distribution_entropy_bits = entropy_bits(prob_sum[i].data(), E);
-    rank_tokens(token_counts[i], E, V, texts, opt, la);
+    rank_tokens(token_counts[i], E, V, k, texts, opt, la);
   }
   return a;
 }

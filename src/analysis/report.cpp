@@ -471,7 +471,9 @@ void specialization_section(Page& p, const json& a, const json* base) {
   p.body += "<h2>Expert specialization (validation split)</h2>";
   p.body += fmt::format(
       "<p>{} validation tokens, {} experts, top-{}. Each of a token's k router choices counts "
-      "once. Mutual information between the expert chosen and the token's domain, in bits "
+      "once, so with top-k one expert takes at most 1/k of a domain's assignments (50% for "
+      "top-2: every token of the domain chose it). Mutual information between the expert chosen "
+      "and the token's domain, in bits "
       "(at most log2(min(E, D)) = {:.2f}); between the expert and the token class (at most "
       "{:.2f}).{}</p>",
       a["tokens"].get<int64_t>(), E, a["k"].get<int>(), a["max_mi_domain_bits"].get<double>(),
@@ -542,7 +544,8 @@ void specialization_section(Page& p, const json& a, const json* base) {
     // Top tokens per expert.
     p.body +=
         "<table class=\"tokens\"><tr><th>expert</th><th>load</th><th>most frequent tokens "
-        "(count)</th><th>most distinctive tokens (share of the token's assignments)</th></tr>";
+        "(count)</th><th>most distinctive tokens (share of the token's occurrences routed "
+        "here)</th></tr>";
     for (int e = 0; e < E; ++e) {
       std::string freq, dist;
       for (const auto& t : la["top_tokens"][e])

@@ -157,6 +157,8 @@ TokenClass classify_token_text(std::string_view s) {
   bool digit = false, code = false, punct = false;
   for (size_t i = 0; i < s.size();) {
     const uint32_t c = next_code_point(s, i);
+    // sentencepiece decodes a lone byte-fallback piece to U+FFFD: a byte, not punctuation.
+    if (c == 0xFFFD) return TokenClass::Byte;
     if (const int script = letter_script(c); script >= 0)
       ++letters[static_cast<size_t>(script)];
     else if (is_digit(c))

@@ -29,15 +29,19 @@ struct AnalyzeArgs {
   bool untrained = false;
 };
 
-// The domain and the token class each expert takes most of, as "code 61%".
+// The domain (or token class) of which expert e takes the largest share, as "code 61%".
+// Columns under 1% of all assignments are left out: BOS alone would otherwise win.
 std::string strongest(const std::vector<int64_t>& counts, int E, int e,
                       const std::vector<std::string>& names) {
   const int N = static_cast<int>(names.size());
+  int64_t all = 0;
+  for (int64_t c : counts) all += c;
   int best = -1;
   double best_share = 0;
   for (int c = 0; c < N; ++c) {
     int64_t col = 0;
     for (int x = 0; x < E; ++x) col += counts[size_t(x) * N + c];
+    if (col * 100 < all) continue;
     const double share = col > 0 ? static_cast<double>(counts[size_t(e) * N + c]) / col : 0;
     if (share > best_share) best_share = share, best = c;
   }
@@ -47,6 +51,9 @@ std::string strongest(const std::vector<int64_t>& counts, int E, int e,
 int run_analyze(const AnalyzeArgs& a) {
   set_num_threads(a.threads);
   LoadedRun run = load_run(a.run);
+  if (run.config.num_local_experts == 0)
+    throw Error(
+        fmt::format("{}: a dense model (num_local_experts = 0) has no router to analyze", a.run));
   const TrainConfig& t = run.config.training;
   if (a.untrained) {
     // The baseline: the weights training started from (same config, same seed, same draw as
@@ -154,8 +161,10 @@ int run_route(const RouteArgs& a) {
     for (char c : s) shown += c == '\n' ? std::string("\u21b5") : std::string(1, c);
     pieces.push_back(shown);
   }
-  fmt::print("{}: {} tokens, {} experts, top-{}; each token coloured by its first-choice expert\n",
-             a.run, S - 1, cfg.num_local_experts, k);
+  fmt::print(
+      "{}: {} tokens, {} experts, top-{}; each token {}\n", a.run, S - 1, cfg.num_local_experts, k,
+      color ? "coloured by its first-choice expert" : "followed by [its first-choice expert]");
+
   std::string legend;
   for (int e = 0; e < cfg.num_local_experts; ++e)
     legend += painted(fmt::format(" {} ", e), e, color) + " ";
