@@ -60,7 +60,7 @@ class ExpertParallelMoe final : public FeedForward<T> {
   const ExpertParallelStats& stats() const { return stats_; }
 
  private:
-  void route_global(const ForwardOptions<T>& opt);
+  void route_global();
   // Sends `rows` [N, d] of the local permutation to the expert owners (forward direction)
   // into recv_ [R, d] in expert-block order, or back (reverse direction).
   void dispatch(const T* rows, T* blocks);
@@ -84,6 +84,8 @@ class ExpertParallelMoe final : public FeedForward<T> {
 
   // Dispatch layout: per peer q of the expert group, rows per local expert sent/received.
   std::vector<int64_t> send_counts_, recv_counts_;  // [P * El]
+  std::vector<int64_t> send_bytes_, recv_bytes_;    // [P] row bytes to / from each peer
+  std::vector<int64_t> count_bytes_;                // [P] bytes of one peer's counts
   std::vector<int64_t> block_offsets_;              // [El + 1] rows of each local expert
   std::vector<int64_t> recv_to_block_;              // [R] receive index -> block row
   int64_t R_ = 0;

@@ -72,6 +72,9 @@ ExpertParallelMoe<T>::ExpertParallelMoe(const MoeConfig& c, ParallelGroups& grou
   send_counts_.assign(static_cast<size_t>(P_ * El_), 0);
   recv_counts_.assign(static_cast<size_t>(P_ * El_), 0);
   block_offsets_.assign(static_cast<size_t>(El_ + 1), 0);
+  count_bytes_.assign(static_cast<size_t>(P_), El_ * static_cast<int64_t>(sizeof(int64_t)));
+  send_bytes_.assign(static_cast<size_t>(P_), 0);
+  recv_bytes_.assign(static_cast<size_t>(P_), 0);
 }
 
 template <class T>
@@ -108,7 +111,7 @@ void ExpertParallelMoe<T>::copy_into(MoeLayer<T>& full) {
 
 // Step 2: the routing of the global batch, with the one-process functions in their order.
 template <class T>
-void ExpertParallelMoe<T>::route_global(const ForwardOptions<T>& opt) {
+void ExpertParallelMoe<T>::route_global() {
   Communicator& world = *groups_.world;
   const int W = world.size();
   int64_t sizes[1] = {Tl_};
@@ -129,7 +132,6 @@ void ExpertParallelMoe<T>::route_global(const ForwardOptions<T>& opt) {
 
   plan_.resize(Tg_, k_, E_);
   std::copy(masks.begin(), masks.end(), plan_.token_mask.begin());
-  (void)opt;
   router_scores_forward<T>(cfg_.scoring_func, Tg_, E_, z_.data(), s_.data(), lse_.data());
   const T* bias = cfg_.use_selection_bias ? bias_.data() : nullptr;
   select_top_k<T>(cfg_, s_.data(), bias, plan_, u_.data());
@@ -153,45 +155,21 @@ void ExpertParallelMoe<T>::route_global(const ForwardOptions<T>& opt) {
 
 // Step 3-4: rows of the local permutation go to the owners of their experts. The local
 // permutation is expert-major, so the rows for peer q (experts [q*El, (q+1)*El)) are one
-// contiguous run.
+// contiguous run. The reverse direction swaps the byte counts.
 template <class T>
 void ExpertParallelMoe<T>::dispatch(const T* rows, T* blocks) {
-  Communicator& group = *groups_.expert_group;
-  const int64_t row_bytes = d_ * static_cast<int64_t>(sizeof(T));
-  std::vector<int64_t> sb(static_cast<size_t>(P_)), rb(static_cast<size_t>(P_));
-  for (int q = 0; q < P_; ++q) {
-    int64_t s = 0, r = 0;
-    for (int j = 0; j < El_; ++j) {
-      s += send_counts_[q * El_ + j];
-      r += recv_counts_[q * El_ + j];
-    }
-    sb[q] = s * row_bytes;
-    rb[q] = r * row_bytes;
-  }
   grow(buf_, R_ * d_);
-  group.alltoallv(rows, sb.data(), buf_.data(), rb.data());
+  groups_.expert_group->alltoallv(rows, send_bytes_.data(), buf_.data(), recv_bytes_.data());
   for (int64_t i = 0; i < R_; ++i)
     std::copy_n(buf_.data() + i * d_, d_, blocks + recv_to_block_[i] * d_);
 }
 
 template <class T>
 void ExpertParallelMoe<T>::undispatch(const T* blocks, T* rows) {
-  Communicator& group = *groups_.expert_group;
-  const int64_t row_bytes = d_ * static_cast<int64_t>(sizeof(T));
-  std::vector<int64_t> sb(static_cast<size_t>(P_)), rb(static_cast<size_t>(P_));
-  for (int q = 0; q < P_; ++q) {
-    int64_t s = 0, r = 0;
-    for (int j = 0; j < El_; ++j) {
-      s += recv_counts_[q * El_ + j];
-      r += send_counts_[q * El_ + j];
-    }
-    sb[q] = s * row_bytes;
-    rb[q] = r * row_bytes;
-  }
   grow(buf_, R_ * d_);
   for (int64_t i = 0; i < R_; ++i)
     std::copy_n(blocks + recv_to_block_[i] * d_, d_, buf_.data() + i * d_);
-  group.alltoallv(buf_.data(), sb.data(), rows, rb.data());
+  groups_.expert_group->alltoallv(buf_.data(), recv_bytes_.data(), rows, send_bytes_.data());
 }
 
 template <class T>
@@ -216,7 +194,7 @@ void ExpertParallelMoe<T>::forward(View<const T> x, View<T> out, const ForwardOp
                            nullptr, zl_.data());
   clock.lap(stats_.compute_seconds);
   // 2. Global routing.
-  route_global(opt);
+  route_global();
   clock.lap(stats_.comm_seconds);
 
   // 3. Local rows in expert order; counts per (peer, local expert) both ways.
@@ -227,12 +205,22 @@ void ExpertParallelMoe<T>::forward(View<const T> x, View<T> out, const ForwardOp
   gather_rows<T>(perm_, k_, d_, x_.data(), xp_.data());
   for (int e = 0; e < E_; ++e) send_counts_[e] = perm_.rows_of(e);  // peer e/El, expert e%El
   clock.lap(stats_.compute_seconds);
-  groups_.expert_group->alltoallv(send_counts_.data(), std::vector<int64_t>(P_, El_ * 8).data(),
-                                  recv_counts_.data(), std::vector<int64_t>(P_, El_ * 8).data());
+  groups_.expert_group->alltoallv(send_counts_.data(), count_bytes_.data(), recv_counts_.data(),
+                                  count_bytes_.data());
   // Received rows arrive peer-major (within a peer, expert-major); blocks are expert-major
   // (within an expert, peer-major = token order).
   R_ = 0;
   for (int64_t c : recv_counts_) R_ += c;
+  const int64_t row_bytes = d_ * static_cast<int64_t>(sizeof(T));
+  for (int q = 0; q < P_; ++q) {
+    int64_t s = 0, r = 0;
+    for (int j = 0; j < El_; ++j) {
+      s += send_counts_[q * El_ + j];
+      r += recv_counts_[q * El_ + j];
+    }
+    send_bytes_[q] = s * row_bytes;
+    recv_bytes_[q] = r * row_bytes;
+  }
   block_offsets_[0] = 0;
   for (int j = 0; j < El_; ++j) {
     int64_t n = 0;
