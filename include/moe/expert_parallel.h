@@ -61,6 +61,9 @@ class ExpertParallelMoe final : public FeedForward<T> {
 
  private:
   void route_global();
+  // A parameter's values / gradients, or null when the config has none (w3 of GELU, the gate).
+  T* param(const char* name) { return params_.has(name) ? params_.value(name) : nullptr; }
+  T* grad(const char* name) { return params_.has(name) ? params_.grad(name) : nullptr; }
   // Sends `rows` [N, d] of the local permutation to the expert owners (forward direction)
   // into recv_ [R, d] in expert-block order, or back (reverse direction).
   void dispatch(const T* rows, T* blocks);

@@ -46,6 +46,17 @@ template <class T>
 void z_loss_backward(const MoeConfig& c, const RoutingPlan& plan, const T* z, const T* lse,
                      double scale, T* dz);
 
+// The whole router backward after the combine: from the final-gate gradients dgate [T, k] to
+// the logit gradients dz [T, E] (=), through the importance loss (into the primary gates), the
+// gates, the load-balance loss (into the probabilities), the scores and the z-loss; the loss
+// terms scaled by aux_scale. importance and counts are the forward's. dgate_prim [T, k] and
+// ds, dp [T, E] are scratch.
+template <class T>
+void routing_backward(const MoeConfig& c, const RoutingPlan& plan, const T* z, const T* s,
+                      const T* p, const T* norm, const T* lse, const double* importance,
+                      const int64_t* counts, const T* dgate, double aux_scale, T* dgate_prim, T* ds,
+                      T* dp, T* dz);
+
 struct MoeMetrics {
   std::vector<int64_t> primary_per_expert;  // router demand, before capacity
   std::vector<int64_t> kept_per_expert;     // tokens each expert actually ran

@@ -9,6 +9,7 @@
 #include "moe/gemm.h"
 #include "moe/moe_losses.h"
 #include "moe/router.h"
+#include "moe/shared_experts.h"
 
 namespace moe {
 
@@ -17,11 +18,6 @@ namespace {
 template <class V>
 void grow(V& v, int64_t n) {
   if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
-}
-
-template <class T>
-T sigmoid(T v) {
-  return T(1) / (T(1) + std::exp(-v));
 }
 
 // Adds the seconds since construction (or the last lap) to one of two counters.
@@ -267,19 +263,9 @@ void ExpertParallelMoe<T>::forward(View<const T> x, View<T> out, const ForwardOp
     for (auto* v : {&sh1_, &sh3_, &sa_}) grow(*v, Tl_ * Hs_);
     grow(sy_, Tl_ * d_);
     grow(sgate_, Tl_);
-    ffn_forward<T>(cfg_.hidden_act, Tl_, d_, Hs_, x_.data(), params_.value("shared.w1"),
-                   params_.has("shared.w3") ? params_.value("shared.w3") : nullptr,
-                   params_.value("shared.w2"), sh1_.data(), sh3_.data(), sa_.data(), sy_.data(),
-                   cfg_.compute_dtype);
-    if (cfg_.shared_expert_gate) {
-      gemm<T>(Trans::No, Trans::Yes, Tl_, 1, d_, T(1), x_.data(), d_, params_.value("shared.gate"),
-              d_, T(0), sgate_.data(), 1);
-      for (int64_t t = 0; t < Tl_; ++t) sgate_[t] = sigmoid(sgate_[t]);
-    }
-    for (int64_t t = 0; t < Tl_; ++t) {
-      const T g = cfg_.shared_expert_gate ? sgate_[t] : T(1);
-      for (int64_t c = 0; c < d_; ++c) out.data[t * d_ + c] += g * sy_[t * d_ + c];
-    }
+    shared_experts_forward<T>(cfg_, Tl_, x_.data(), param("shared.w1"), param("shared.w3"),
+                              param("shared.w2"), param("shared.gate"), sh1_.data(), sh3_.data(),
+                              sa_.data(), sy_.data(), sgate_.data(), out.data);
   }
   for (int e = 0; e < E_; ++e)
     if (e / El_ != groups_.layout.ep_rank()) stats_.rows_sent += send_counts_[e];
@@ -334,32 +320,11 @@ void ExpertParallelMoe<T>::backward(View<const T> dout, View<T> dx, double aux_s
   if (Hs_ > 0) {
     grow(dsy_, Tl_ * d_);
     grow(dxs_, Tl_ * d_);
-    const T* dys = dout.data;
-    if (cfg_.shared_expert_gate) {
-      T* dwg = params_.grad("shared.gate");
-      const T* wg = params_.value("shared.gate");
-      for (int64_t t = 0; t < Tl_; ++t) {
-        const T g = sgate_[t];
-        T dg = 0;
-        for (int64_t c = 0; c < d_; ++c) {
-          dg += dout.data[t * d_ + c] * sy_[t * d_ + c];
-          dsy_[t * d_ + c] = g * dout.data[t * d_ + c];
-        }
-        const T dpre = dg * g * (T(1) - g);
-        for (int64_t c = 0; c < d_; ++c) {
-          dwg[c] += dpre * x_[t * d_ + c];
-          dx.data[t * d_ + c] += dpre * wg[c];
-        }
-      }
-      dys = dsy_.data();
-    }
-    ffn_backward<T>(cfg_.hidden_act, Tl_, d_, Hs_, x_.data(), params_.value("shared.w1"),
-                    glu ? params_.value("shared.w3") : nullptr, params_.value("shared.w2"),
-                    sh1_.data(), sh3_.data(), sa_.data(), dys, dxs_.data(),
-                    params_.grad("shared.w1"), glu ? params_.grad("shared.w3") : nullptr,
-                    params_.grad("shared.w2"), da_.data(), dh1_.data(), dh3_.data(),
-                    cfg_.compute_dtype);
-    for (int64_t i = 0; i < Tl_ * d_; ++i) dx.data[i] += dxs_[i];
+    shared_experts_backward<T>(
+        cfg_, Tl_, x_.data(), param("shared.w1"), param("shared.w3"), param("shared.w2"),
+        param("shared.gate"), sh1_.data(), sh3_.data(), sa_.data(), sy_.data(), sgate_.data(),
+        dout.data, dx.data, grad("shared.w1"), grad("shared.w3"), grad("shared.w2"),
+        grad("shared.gate"), dsy_.data(), dxs_.data(), da_.data(), dh1_.data(), dh3_.data());
   }
   clock.lap(stats_.compute_seconds);
 
@@ -368,18 +333,9 @@ void ExpertParallelMoe<T>::backward(View<const T> dout, View<T> dx, double aux_s
   groups_.world->allgather(dgate_l_.data(), Tl_ * k_ * static_cast<int64_t>(sizeof(T)),
                            dgate_.data());
   clock.lap(stats_.comm_seconds);
-  const int64_t TE = Tg_ * E_, Tk = Tg_ * k_;
-  std::fill(dgate_prim_.begin(), dgate_prim_.begin() + Tk, T(0));
-  importance_backward<T>(cfg_, plan_, importance_.data(), aux_scale, dgate_prim_.data());
-  std::fill(ds_.begin(), ds_.begin() + TE, T(0));
-  gates_backward<T>(cfg_, plan_, s_.data(), norm_.data(), dgate_.data(), dgate_prim_.data(),
-                    ds_.data());
-  std::fill(dp_.begin(), dp_.begin() + TE, T(0));
-  load_balance_backward<T>(cfg_, plan_, counts_.data(), aux_scale, dp_.data());
-  routing_probs_backward<T>(cfg_.scoring_func, Tg_, E_, s_.data(), p_.data(), dp_.data(),
-                            ds_.data());
-  router_scores_backward<T>(cfg_.scoring_func, Tg_, E_, s_.data(), ds_.data(), dz_.data());
-  z_loss_backward<T>(cfg_, plan_, z_.data(), lse_.data(), aux_scale, dz_.data());
+  routing_backward<T>(cfg_, plan_, z_.data(), s_.data(), p_.data(), norm_.data(), lse_.data(),
+                      importance_.data(), counts_.data(), dgate_.data(), aux_scale,
+                      dgate_prim_.data(), ds_.data(), dp_.data(), dz_.data());
   grow(dhn_, Tl_ * E_);
   router_logits_backward<T>(Tl_, d_, E_, x_.data(), params_.value("router.weight"), nullptr,
                             nullptr, nullptr, dz_.data() + t0_ * E_, dx.data,

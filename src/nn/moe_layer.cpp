@@ -10,6 +10,7 @@
 
 #include "moe/ffn.h"
 #include "moe/gemm.h"
+#include "moe/shared_experts.h"
 
 namespace moe {
 
@@ -17,10 +18,6 @@ namespace {
 template <class T>
 void grow(std::vector<T>& v, int64_t n) {
   if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
-}
-template <class T>
-T sigmoid(T v) {
-  return T(1) / (T(1) + std::exp(-v));
 }
 
 // Adds the time since the previous lap to one field of a LayerTimings pass, and the whole
@@ -218,18 +215,9 @@ void MoeLayer<T>::forward(View<const T> x, View<T> out, const ForwardOptions<T>&
 
   // 8. Shared experts on every token, optionally gated.
   if (Hs_ > 0) {
-    ffn_forward<T>(cfg_.hidden_act, T_, d_, Hs_, x_.data(), value(off_.shared_w1),
-                   value(off_.shared_w3), value(off_.shared_w2), sh1_.data(), sh3_.data(),
-                   sa_.data(), sy_.data(), cfg_.compute_dtype);
-    if (cfg_.shared_expert_gate) {
-      gemm<T>(Trans::No, Trans::Yes, T_, 1, d_, T(1), x_.data(), d_, value(off_.shared_gate), d_,
-              T(0), sgate_.data(), 1);
-      for (int64_t t = 0; t < T_; ++t) sgate_[t] = sigmoid(sgate_[t]);
-    }
-    for (int64_t t = 0; t < T_; ++t) {
-      const T g = cfg_.shared_expert_gate ? sgate_[t] : T(1);
-      for (int64_t c = 0; c < d_; ++c) out.data[t * d_ + c] += g * sy_[t * d_ + c];
-    }
+    shared_experts_forward<T>(cfg_, T_, x_.data(), value(off_.shared_w1), value(off_.shared_w3),
+                              value(off_.shared_w2), value(off_.shared_gate), sh1_.data(),
+                              sh3_.data(), sa_.data(), sy_.data(), sgate_.data(), out.data);
     laps.lap(&Pass::shared);
   }
 }
@@ -313,7 +301,7 @@ void MoeLayer<T>::run_experts_backward() {
 
 template <class T>
 void MoeLayer<T>::backward(View<const T> dout, View<T> dx, double aux_scale) {
-  const int64_t T_ = tokens_, TE = tokens_ * E_, Tk = tokens_ * k_;
+  const int64_t T_ = tokens_;
   check_shape(dout, {T_, d_}, "MoeLayer::backward: dout");
   check_shape(dx, {T_, d_}, "MoeLayer::backward: dx");
   Laps laps(timings_ ? &timings_->backward : nullptr);
@@ -331,45 +319,18 @@ void MoeLayer<T>::backward(View<const T> dout, View<T> dx, double aux_scale) {
 
   // Shared experts and their gate.
   if (Hs_ > 0) {
-    const T* dys = dout.data;
-    if (cfg_.shared_expert_gate) {
-      T* dwg = grad(off_.shared_gate);
-      const T* wg = value(off_.shared_gate);
-      for (int64_t t = 0; t < T_; ++t) {
-        const T g = sgate_[t];
-        T dg = 0;
-        for (int64_t c = 0; c < d_; ++c) {
-          dg += dout.data[t * d_ + c] * sy_[t * d_ + c];
-          dsy_[t * d_ + c] = g * dout.data[t * d_ + c];
-        }
-        const T dpre = dg * g * (T(1) - g);
-        for (int64_t c = 0; c < d_; ++c) {
-          dwg[c] += dpre * x_[t * d_ + c];
-          dx.data[t * d_ + c] += dpre * wg[c];
-        }
-      }
-      dys = dsy_.data();
-    }
-    ffn_backward<T>(cfg_.hidden_act, T_, d_, Hs_, x_.data(), value(off_.shared_w1),
-                    value(off_.shared_w3), value(off_.shared_w2), sh1_.data(), sh3_.data(),
-                    sa_.data(), dys, dxs_.data(), grad(off_.shared_w1), grad(off_.shared_w3),
-                    grad(off_.shared_w2), da_.data(), dh1_.data(), dh3_.data(), cfg_.compute_dtype);
-    for (int64_t i = 0; i < T_ * d_; ++i) dx.data[i] += dxs_[i];
+    shared_experts_backward<T>(
+        cfg_, T_, x_.data(), value(off_.shared_w1), value(off_.shared_w3), value(off_.shared_w2),
+        value(off_.shared_gate), sh1_.data(), sh3_.data(), sa_.data(), sy_.data(), sgate_.data(),
+        dout.data, dx.data, grad(off_.shared_w1), grad(off_.shared_w3), grad(off_.shared_w2),
+        grad(off_.shared_gate), dsy_.data(), dxs_.data(), da_.data(), dh1_.data(), dh3_.data());
     laps.lap(&Pass::shared);
   }
 
   // Router: gates and losses -> scores -> logits -> weights and x.
-  std::fill(dgate_prim_.begin(), dgate_prim_.begin() + Tk, T(0));
-  importance_backward<T>(cfg_, plan_, importance_.data(), aux_scale, dgate_prim_.data());
-  std::fill(ds_.begin(), ds_.begin() + TE, T(0));
-  gates_backward<T>(cfg_, plan_, s_.data(), norm_.data(), dgate_.data(), dgate_prim_.data(),
-                    ds_.data());
-  std::fill(dp_.begin(), dp_.begin() + TE, T(0));
-  load_balance_backward<T>(cfg_, plan_, counts_.data(), aux_scale, dp_.data());
-  routing_probs_backward<T>(cfg_.scoring_func, T_, E_, s_.data(), p_.data(), dp_.data(),
-                            ds_.data());
-  router_scores_backward<T>(cfg_.scoring_func, T_, E_, s_.data(), ds_.data(), dz_.data());
-  z_loss_backward<T>(cfg_, plan_, z_.data(), lse_.data(), aux_scale, dz_.data());
+  routing_backward<T>(cfg_, plan_, z_.data(), s_.data(), p_.data(), norm_.data(), lse_.data(),
+                      importance_.data(), counts_.data(), dgate_.data(), aux_scale,
+                      dgate_prim_.data(), ds_.data(), dp_.data(), dz_.data());
   const T* wn = noisy_ ? value(off_.noise) : nullptr;
   router_logits_backward<T>(T_, d_, E_, x_.data(), value(off_.router), wn, noise_.data(),
                             hn_.data(), dz_.data(), dx.data, grad(off_.router),

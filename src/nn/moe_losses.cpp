@@ -196,4 +196,30 @@ MOE_INSTANTIATE(float)
 MOE_INSTANTIATE(double)
 #undef MOE_INSTANTIATE
 
+template <class T>
+void routing_backward(const MoeConfig& c, const RoutingPlan& plan, const T* z, const T* s,
+                      const T* p, const T* norm, const T* lse, const double* importance,
+                      const int64_t* counts, const T* dgate, double aux_scale, T* dgate_prim, T* ds,
+                      T* dp, T* dz) {
+  const int64_t TE = plan.tokens * plan.num_experts, Tk = plan.tokens * plan.k;
+  std::fill(dgate_prim, dgate_prim + Tk, T(0));
+  importance_backward<T>(c, plan, importance, aux_scale, dgate_prim);
+  std::fill(ds, ds + TE, T(0));
+  gates_backward<T>(c, plan, s, norm, dgate, dgate_prim, ds);
+  std::fill(dp, dp + TE, T(0));
+  load_balance_backward<T>(c, plan, counts, aux_scale, dp);
+  routing_probs_backward<T>(c.scoring_func, plan.tokens, plan.num_experts, s, p, dp, ds);
+  router_scores_backward<T>(c.scoring_func, plan.tokens, plan.num_experts, s, ds, dz);
+  z_loss_backward<T>(c, plan, z, lse, aux_scale, dz);
+}
+
+template void routing_backward<float>(const MoeConfig&, const RoutingPlan&, const float*,
+                                      const float*, const float*, const float*, const float*,
+                                      const double*, const int64_t*, const float*, double, float*,
+                                      float*, float*, float*);
+template void routing_backward<double>(const MoeConfig&, const RoutingPlan&, const double*,
+                                       const double*, const double*, const double*, const double*,
+                                       const double*, const int64_t*, const double*, double,
+                                       double*, double*, double*, double*);
+
 }  // namespace moe
