@@ -1,4 +1,4 @@
-// Hugging Face tokenizer.json (byte-level BPE) and generic sentencepiece tokenizers.
+// Hugging Face tokenizer.json (byte-level BPE), and the choice of a checkpoint's tokenizer.
 // The byte-level pipeline follows the Rust `tokenizers` crate step by step (added_vocabulary.rs,
 // normalizers, pre_tokenizers/{split,byte_level}.rs, models/bpe/{model,word}.rs,
 // decoders/byte_level.rs); tools/reference/hf_tokenizer_reference.py is an independent Python
@@ -6,7 +6,6 @@
 #include "moe/hf_tokenizer.h"
 
 #include <fmt/format.h>
-#include <sentencepiece_processor.h>
 #include <unicode/normalizer2.h>
 #include <unicode/regex.h>
 #include <unicode/uchar.h>
@@ -726,52 +725,10 @@ class HfByteLevelBpe final : public Tokenizer {
   mutable std::unordered_map<std::string, std::vector<int32_t>> cache_;
 };
 
-class GenericSentencePiece final : public Tokenizer {
- public:
-  explicit GenericSentencePiece(const std::string& path) : path_(path) {
-    std::error_code ec;
-    if (!fs::is_regular_file(path, ec))
-      throw Error(fmt::format("{}: tokenizer model not found", path));
-    const auto status = sp_.Load(path);
-    if (!status.ok())
-      throw Error(fmt::format("{}: not a valid sentencepiece model: {}", path, status.ToString()));
-  }
-  std::vector<int32_t> encode(std::string_view text) const override {
-    std::vector<int> ids;
-    const auto status = sp_.Encode(absl::string_view(text.data(), text.size()), &ids);
-    MOE_CHECK(status.ok(), "{}: encode failed: {}", path_, status.ToString());
-    return std::vector<int32_t>(ids.begin(), ids.end());
-  }
-  std::string decode(const std::vector<int32_t>& ids) const override {
-    const int n = sp_.GetPieceSize();
-    for (int32_t id : ids)
-      if (id < 0 || id >= n)
-        throw Error(fmt::format("{}: id {} out of range [0, {})", path_, id, n));
-    std::string out;
-    const auto status = sp_.Decode(std::vector<int>(ids.begin(), ids.end()), &out);
-    MOE_CHECK(status.ok(), "{}: decode failed: {}", path_, status.ToString());
-    return out;
-  }
-  int vocab_size() const override { return sp_.GetPieceSize(); }
-  int32_t bos_id() const override { return sp_.bos_id(); }
-  int32_t eos_id() const override { return sp_.eos_id(); }
-  std::string description() const override {
-    return fmt::format("sentencepiece {} ({})", sp_.GetPieceSize(), path_);
-  }
-
- private:
-  std::string path_;
-  sentencepiece::SentencePieceProcessor sp_;
-};
-
 }  // namespace
 
 std::unique_ptr<Tokenizer> load_hf_tokenizer_json(const std::string& path) {
   return std::make_unique<HfByteLevelBpe>(path);
-}
-
-std::unique_ptr<Tokenizer> load_sentencepiece_model(const std::string& path) {
-  return std::make_unique<GenericSentencePiece>(path);
 }
 
 std::unique_ptr<Tokenizer> load_tokenizer_dir(const std::string& dir) {

@@ -10,6 +10,7 @@
 #include <unordered_map>
 
 #include "moe/error.h"
+#include "moe/hf_tokenizer.h"
 #include "moe/safetensors.h"
 
 namespace moe {
@@ -40,16 +41,19 @@ class ByteTokenizer final : public Tokenizer {
   static constexpr int kVocab = 258;
 };
 
+// Our trained model (BOS and EOS required: training frames every document with them) or any
+// sentencepiece model of a downloaded checkpoint, with the model's own settings.
 class SentencePieceTokenizer final : public Tokenizer {
  public:
-  explicit SentencePieceTokenizer(const std::string& path) : path_(path) {
+  SentencePieceTokenizer(const std::string& path, bool trained_here)
+      : path_(path), kind_(trained_here ? "sentencepiece bpe" : "sentencepiece") {
     std::error_code ec;
     if (!std::filesystem::is_regular_file(path, ec))
       throw Error(fmt::format("{}: tokenizer model not found", path));
     const auto status = sp_.Load(path);
     if (!status.ok())
       throw Error(fmt::format("{}: not a valid sentencepiece model: {}", path, status.ToString()));
-    if (sp_.bos_id() < 0 || sp_.eos_id() < 0)
+    if (trained_here && (sp_.bos_id() < 0 || sp_.eos_id() < 0))
       throw Error(fmt::format("{}: the sentencepiece model has no BOS/EOS pieces", path));
   }
   std::vector<int32_t> encode(std::string_view text) const override {
@@ -71,11 +75,11 @@ class SentencePieceTokenizer final : public Tokenizer {
   int32_t bos_id() const override { return sp_.bos_id(); }
   int32_t eos_id() const override { return sp_.eos_id(); }
   std::string description() const override {
-    return fmt::format("sentencepiece bpe {} ({})", sp_.GetPieceSize(), path_);
+    return fmt::format("{} {} ({})", kind_, sp_.GetPieceSize(), path_);
   }
 
  private:
-  std::string path_;
+  std::string path_, kind_;
   sentencepiece::SentencePieceProcessor sp_;
 };
 
@@ -153,7 +157,11 @@ void train_sentencepiece(const std::vector<Document>& docs, const std::string& m
 }
 
 std::unique_ptr<Tokenizer> load_sentencepiece(const std::string& model_path) {
-  return std::make_unique<SentencePieceTokenizer>(model_path);
+  return std::make_unique<SentencePieceTokenizer>(model_path, true);
+}
+
+std::unique_ptr<Tokenizer> load_sentencepiece_model(const std::string& path) {
+  return std::make_unique<SentencePieceTokenizer>(path, false);
 }
 
 }  // namespace moe
