@@ -10,6 +10,7 @@
 #include <tuple>
 #include <vector>
 
+#include "core/bf16_pack.h"
 #include "moe/cpu_features.h"
 #include "moe/gemm_bf16.h"
 #include "moe/moe_layer.h"
@@ -36,6 +37,66 @@ TEST(Bf16Round, NearestEvenNanAndDenormals) {
   EXPECT_EQ(round_bf16(1e-40f), 0.0f);  // denormal flushes, as vdpbf16ps treats inputs
   EXPECT_TRUE(std::isinf(round_bf16(INFINITY)));
   EXPECT_EQ(round_bf16(3.4e38f), INFINITY);  // rounds past the largest bf16 (3.39e38)
+}
+
+// Random values with the cases rounding must get right sprinkled in: ties to even, denormals,
+// values that round past the largest bf16, infinities and NaNs of both signs.
+std::vector<float> awkward_values(Rng& rng, int64_t n) {
+  const float special[] = {0.f,
+                           -0.f,
+                           1e-40f,
+                           -1e-40f,
+                           3.4e38f,
+                           -3.4e38f,
+                           INFINITY,
+                           -INFINITY,
+                           std::nanf(""),
+                           -std::nanf(""),
+                           1 + 0x1p-8f,
+                           1 + 3 * 0x1p-8f,
+                           1.17549435e-38f,
+                           0x1.fffffep127f};
+  auto v = test::random_vector<float>(rng, n);
+  for (int64_t i = 0; i < n; i += 7) v[i] = special[(i / 7) % std::size(special)];
+  return v;
+}
+
+TEST(Bf16Pack, Avx512PackersGiveTheScalarBits) {
+  if (!cpu_features().bf16_gemm()) GTEST_SKIP() << "no AVX-512 BF16 on this CPU";
+  Rng rng(11);
+  const int64_t ld = 1100;
+  const auto src = awkward_values(rng, 70 * ld);
+  // Row counts below and at the panel width, k ranges with and without full 32-wide chunks,
+  // odd kc (zero partner), an offset k0.
+  for (int width : {12, 32})
+    for (int rows : {1, 5, 12, 16, 17, 32})
+      for (int64_t kc : {1, 31, 32, 33, 64, 1023, 1024})
+        for (int64_t k0 : {0, 3}) {
+          if (rows > width) continue;
+          const int64_t n = (kc + 1) / 2 * width;
+          std::vector<uint32_t> a(n, 0xDEADBEEF), b(n, 0xDEADBEEF);
+          pack_k_contiguous(false, src.data(), ld, rows, width, k0, kc, a.data());
+          pack_k_contiguous(true, src.data(), ld, rows, width, k0, kc, b.data());
+          ASSERT_EQ(a, b) << "k_contiguous width=" << width << " rows=" << rows << " kc=" << kc
+                          << " k0=" << k0;
+        }
+  for (int width : {12, 32})
+    for (int64_t cols : {1, 12, 15, 16, 33, 100, 1000, 1024})
+      for (int64_t kc : {1, 2, 7, 64}) {
+        const int64_t panels = (cols + width - 1) / width;
+        const int64_t n = panels * (kc + 1) / 2 * width;
+        std::vector<uint32_t> a(n, 0xDEADBEEF), b(n, 0xDEADBEEF);
+        pack_k_strided(false, src.data(), ld, cols, width, 1, kc, a.data());
+        pack_k_strided(true, src.data(), ld, cols, width, 1, kc, b.data());
+        ASSERT_EQ(a, b) << "k_strided width=" << width << " cols=" << cols << " kc=" << kc;
+      }
+  // And the scalar packer is the definition: pair = bf16_bits(x[k]) | bf16_bits(x[k+1]) << 16.
+  std::vector<uint32_t> p(static_cast<size_t>(32 * 8));
+  pack_k_contiguous(false, src.data(), ld, 32, 32, 0, 16, p.data());
+  for (int64_t kp = 0; kp < 8; ++kp)
+    for (int r = 0; r < 32; ++r)
+      ASSERT_EQ(p[kp * 32 + r], bf16_bits(src[r * ld + 2 * kp]) |
+                                    uint32_t(bf16_bits(src[r * ld + 2 * kp + 1])) << 16);
 }
 
 struct Case {
