@@ -18,8 +18,10 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-SkylakeX}
 
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOE_BUILD_TESTS=OFF >/dev/null
-cmake --build "$build" --target compare_torch
+cmake --build "$build" --target compare_torch instruction_peak
 mkdir -p "$out"
+# The ceilings every figure below is bounded by, measured on this machine in this run.
+"$build/bench/instruction_peak" | tee "$out/peak.txt"
 /usr/bin/python3 bench/compare_torch.py --bin "$build/bench/compare_torch" --out "$out" \
   --shapes "${SHAPES:-0,1,2}" --rounds "${ROUNDS:-3}" --reps "${REPS:-5}" \
   --torch-reps "${TORCH_REPS:-3}" | tee "$out/table.md"

@@ -127,9 +127,11 @@ void pack_k_strided_scalar(const float* src, int64_t ld, int64_t cols, int width
 
 #ifdef MOE_HAVE_AVX512_KERNEL
 // GCC 12's AVX-512 intrinsics start from _mm512_undefined_epi32(), which -Wmaybe-uninitialized
-// reports once they are inlined into a target("...") function: a false positive.
+// (and, under the sanitizers, -Wuninitialized) report once they are inlined into a
+// target("...") function: a false positive.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #define MOE_TARGET_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 
 // In-register transpose of 16 rows of 16 uint32: v[i] lane j -> v[j] lane i.
