@@ -1,0 +1,51 @@
+// Device-only helpers shared by the kernels (nvcc only): block sums and launch shapes.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace moe::cuda {
+
+constexpr int kThreads = 256;  // every kernel's block size (a multiple of the warp size)
+
+// Blocks to cover n items with one thread each, at least one.
+inline unsigned blocks_for(int64_t n, int threads = kThreads) {
+  const int64_t b = (n + threads - 1) / threads;
+  return static_cast<unsigned>(b > 0 ? b : 1);
+}
+
+template <class T>
+__device__ inline T warp_sum(T v) {
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// Sum of v over the block (blockDim.x a multiple of 32, at most 1024); the result is valid in
+// thread 0. Ends with a barrier, so it may be called again right away.
+template <class T>
+__device__ inline T block_sum(T v) {
+  __shared__ T partial[32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  v = warp_sum(v);
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  T total = 0;
+  if (warp == 0) {
+    const int warps = (blockDim.x + 31) / 32;
+    total = lane < warps ? partial[lane] : T(0);
+    total = warp_sum(total);
+  }
+  __syncthreads();
+  return total;
+}
+
+__device__ inline float to_float(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+__device__ inline __nv_bfloat16 to_bf16(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+}  // namespace moe::cuda

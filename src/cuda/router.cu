@@ -1,0 +1,66 @@
+#include "cuda/cuda_check.h"
+#include "cuda/device_utils.cuh"
+#include "cuda/router.cuh"
+
+namespace moe::cuda {
+
+namespace {
+
+// One thread per token: its rows of z, s and p stay in L1 across the passes over E.
+__global__ void router_forward_kernel(RouterParams rp, int64_t tokens, const float* z,
+                                      const float* bias, float* s, float* p, float* lse,
+                                      float* norm, int32_t* primary, float* gate_primary,
+                                      double* token_entropy, double* token_lse_sq) {
+  const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (t >= tokens) return;
+  const int E = rp.num_experts, k = rp.k;
+  float* st = s + t * E;
+  float* pt = p + t * E;
+  const float l = token_scores(rp.softmax, E, z + t * E, st);
+  lse[t] = l;
+  token_top_k(E, k, st, bias, primary + t * k);
+  norm[t] = token_gates(rp, st, primary + t * k, gate_primary + t * k);
+  token_probs(rp.softmax, E, st, pt);
+  token_entropy[t] = moe::cuda::token_entropy(E, pt);
+  token_lse_sq[t] = static_cast<double>(l) * static_cast<double>(l);
+}
+
+__global__ void router_backward_kernel(RouterParams rp, int64_t tokens, const float* z,
+                                       const float* s, const float* p, const float* norm,
+                                       const float* lse, const int32_t* primary,
+                                       const int32_t* expert, const float* dgate,
+                                       const int64_t* counts, int64_t valid_tokens,
+                                       double aux_scale, float* ds, float* dz) {
+  const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (t >= tokens) return;
+  const int E = rp.num_experts, k = rp.k;
+  token_routing_backward(rp, z + t * E, s + t * E, p + t * E, norm[t], lse[t], primary + t * k,
+                         expert + t * k, dgate + t * k, counts, valid_tokens, aux_scale, ds + t * E,
+                         dz + t * E);
+}
+
+}  // namespace
+
+void launch_router_forward(const RouterParams& rp, int64_t tokens, const float* z,
+                           const float* bias, float* s, float* p, float* lse, float* norm,
+                           int32_t* primary, float* gate_primary, double* token_entropy,
+                           double* token_lse_sq, cudaStream_t stream) {
+  if (tokens == 0) return;
+  router_forward_kernel<<<blocks_for(tokens), kThreads, 0, stream>>>(
+      rp, tokens, z, bias, s, p, lse, norm, primary, gate_primary, token_entropy, token_lse_sq);
+  MOE_CUDA_CHECK_LAUNCH();
+}
+
+void launch_router_backward(const RouterParams& rp, int64_t tokens, const float* z, const float* s,
+                            const float* p, const float* norm, const float* lse,
+                            const int32_t* primary, const int32_t* expert, const float* dgate,
+                            const int64_t* counts, int64_t valid_tokens, double aux_scale,
+                            float* ds, float* dz, cudaStream_t stream) {
+  if (tokens == 0) return;
+  router_backward_kernel<<<blocks_for(tokens), kThreads, 0, stream>>>(
+      rp, tokens, z, s, p, norm, lse, primary, expert, dgate, counts, valid_tokens, aux_scale, ds,
+      dz);
+  MOE_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace moe::cuda
