@@ -69,6 +69,9 @@ struct MoeMetrics {
   double router_entropy = 0;  // mean over tokens of -sum p log p (nats)
   double load_cv = 0;         // std / mean of primary_per_expert
   double load_max_over_mean = 0;
+
+  // load_cv and load_max_over_mean from primary_per_expert.
+  void set_load_spread();
 };
 
 template <class T>

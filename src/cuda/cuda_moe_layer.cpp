@@ -475,16 +475,7 @@ struct CudaMoeLayer::Impl {
     m.importance_loss = 0;
     m.z_loss = cuda::z_loss_value(rp, stats[E + 1], tokens);
     m.router_entropy = tokens ? stats[E] / static_cast<double>(tokens) : 0.0;
-    double mean = 0, var = 0, mx = 0;
-    for (int e = 0; e < E; ++e) {
-      mean += static_cast<double>(counts[e]);
-      mx = std::max(mx, static_cast<double>(counts[e]));
-    }
-    mean /= E;
-    for (int e = 0; e < E; ++e) var += (counts[e] - mean) * (counts[e] - mean);
-    var /= E;
-    m.load_cv = mean > 0 ? std::sqrt(var) / mean : 0.0;
-    m.load_max_over_mean = mean > 0 ? mx / mean : 0.0;
+    m.set_load_spread();
   }
 
   template <class T>

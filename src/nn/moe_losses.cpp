@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "moe/routing_stats.h"
+
 namespace moe {
 
 template <class T>
@@ -139,6 +141,12 @@ void z_loss_backward(const MoeConfig& c, const RoutingPlan& plan, const T* z, co
   }
 }
 
+void MoeMetrics::set_load_spread() {
+  const int E = static_cast<int>(primary_per_expert.size());
+  load_cv = E > 0 ? moe::load_cv(primary_per_expert.data(), E) : 0.0;
+  load_max_over_mean = E > 0 ? moe::load_max_over_mean(primary_per_expert.data(), E) : 0.0;
+}
+
 template <class T>
 void fill_metrics(const MoeConfig& c, const RoutingPlan& plan, const T* p, const int64_t* counts,
                   MoeMetrics& m) {
@@ -163,16 +171,7 @@ void fill_metrics(const MoeConfig& c, const RoutingPlan& plan, const T* p, const
     }
   }
   m.router_entropy = plan.valid_tokens ? entropy / static_cast<double>(plan.valid_tokens) : 0.0;
-  double mean = 0, var = 0, mx = 0;
-  for (int e = 0; e < E; ++e) {
-    mean += static_cast<double>(counts[e]);
-    mx = std::max(mx, static_cast<double>(counts[e]));
-  }
-  mean /= E;
-  for (int e = 0; e < E; ++e) var += (counts[e] - mean) * (counts[e] - mean);
-  var /= E;
-  m.load_cv = mean > 0 ? std::sqrt(var) / mean : 0.0;
-  m.load_max_over_mean = mean > 0 ? mx / mean : 0.0;
+  m.set_load_spread();
   (void)c;
 }
 
