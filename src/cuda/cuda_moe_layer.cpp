@@ -21,6 +21,7 @@
 #include <utility>
 
 #include "cuda/cuda_check.h"
+#include "cuda/device_buffer.h"
 #include "cuda/expert_ffn.cuh"
 #include "cuda/losses.cuh"
 #include "cuda/permute.cuh"
@@ -46,53 +47,8 @@ bool cuda_available() {
 namespace {
 
 using cuda::bf16;
-
-// A device array that only grows (cudaMalloc outside the steady state, never per step).
-template <class T>
-class DeviceBuffer {
- public:
-  DeviceBuffer() = default;
-  ~DeviceBuffer() {
-    if (ptr_) cudaFree(ptr_);  // no throw from a destructor
-  }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-
-  void grow(int64_t n) {
-    if (n <= size_) return;
-    if (ptr_) MOE_CUDA_CHECK(cudaFree(ptr_));
-    ptr_ = nullptr;
-    size_ = 0;
-    MOE_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ptr_), sizeof(T) * n));
-    size_ = n;
-  }
-  T* get() const { return ptr_; }
-  int64_t size() const { return size_; }
-
- private:
-  T* ptr_ = nullptr;
-  int64_t size_ = 0;
-};
-
-// Page-locked host memory for the per-step device-to-host copies.
-template <class T>
-class PinnedBuffer {
- public:
-  PinnedBuffer() = default;
-  ~PinnedBuffer() {
-    if (ptr_) cudaFreeHost(ptr_);
-  }
-  PinnedBuffer(const PinnedBuffer&) = delete;
-  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
-  void allocate(int64_t n) {
-    MOE_CUDA_CHECK(
-        cudaMallocHost(reinterpret_cast<void**>(&ptr_), sizeof(T) * std::max<int64_t>(n, 1)));
-  }
-  T* get() const { return ptr_; }
-
- private:
-  T* ptr_ = nullptr;
-};
+using cuda::DeviceBuffer;
+using cuda::PinnedBuffer;
 
 void check_same_layout(const ParamSet<float>& have, const ParamSet<float>& want, const char* what) {
   const auto& a = have.specs();

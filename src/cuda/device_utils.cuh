@@ -41,6 +41,37 @@ __device__ inline T block_sum(T v) {
   return total;
 }
 
+// Max of v over the block, returned to every thread (same launch shape as block_sum).
+__device__ inline float block_max(float v) {
+  __shared__ float partial[32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  for (int offset = 16; offset > 0; offset /= 2)
+    v = fmaxf(v, __shfl_down_sync(0xffffffffu, v, offset));
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const int warps = (blockDim.x + 31) / 32;
+    float m = partial[0];
+    for (int k = 1; k < warps; ++k) m = fmaxf(m, partial[k]);
+    partial[0] = m;
+  }
+  __syncthreads();
+  const float out = partial[0];
+  __syncthreads();
+  return out;
+}
+
+// Thread 0's v, returned to every thread of the block.
+template <class T>
+__device__ inline T block_broadcast(T v) {
+  __shared__ T value;
+  if (threadIdx.x == 0) value = v;
+  __syncthreads();
+  const T out = value;
+  __syncthreads();
+  return out;
+}
+
 __device__ inline float to_float(__nv_bfloat16 v) {
   return __bfloat162float(v);
 }
