@@ -18,6 +18,8 @@
 
 namespace moe {
 
+class MappedFile;
+
 enum class GgufType : uint32_t {
   U8 = 0,
   I8 = 1,
@@ -164,9 +166,8 @@ class GgufFile {
   std::vector<float> read_f32(const std::string& name) const;
 
  private:
-  struct Mapping;
   std::string path_;
-  std::shared_ptr<Mapping> map_;
+  std::shared_ptr<const MappedFile> map_;  // core/mapped_file.h
   const uint8_t* base_ = nullptr;
   uint64_t size_ = 0, data_offset_ = 0;
   uint32_t version_ = 0, alignment_ = 32;

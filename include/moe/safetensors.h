@@ -15,6 +15,8 @@
 
 namespace moe {
 
+class MappedFile;
+
 enum class DType { F64, F32, F16, BF16, I64, I32, U8 };
 
 const char* dtype_name(DType t);
@@ -52,9 +54,8 @@ class SafeTensorsFile {
   const uint8_t* raw(const TensorEntry& e) const { return data_ + e.begin; }
 
  private:
-  struct Mapping;
   std::string path_;
-  std::shared_ptr<Mapping> map_;
+  std::shared_ptr<const MappedFile> map_;  // core/mapped_file.h
   const uint8_t* data_ = nullptr;
   std::map<std::string, TensorEntry> entries_;
   std::map<std::string, std::string> metadata_;

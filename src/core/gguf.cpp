@@ -1,8 +1,5 @@
 #include "moe/gguf.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,6 +9,7 @@
 #include <cstring>
 #include <limits>
 
+#include "core/mapped_file.h"
 #include "moe/error.h"
 #include "moe/safetensors.h"
 
@@ -527,14 +525,6 @@ void GgufWriter::write(const std::string& path) const {
 
 // ---- reader ---------------------------------------------------------------------------------
 
-struct GgufFile::Mapping {
-  void* addr = nullptr;
-  size_t size = 0;
-  ~Mapping() {
-    if (addr && addr != MAP_FAILED) munmap(addr, size);
-  }
-};
-
 namespace {
 
 // Bounds-checked reading of the header; every error names the file, the field and the offset.
@@ -615,25 +605,9 @@ GgufValue read_value(Cursor& c, uint32_t type, const std::string& field) {
 GgufFile GgufFile::open(const std::string& path) {
   GgufFile f;
   f.path_ = path;
-  int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0) throw Error(fmt::format("{}: cannot open: {}", path, std::strerror(errno)));
-  struct stat st {};
-  if (fstat(fd, &st) != 0) {
-    ::close(fd);
-    throw Error(fmt::format("{}: cannot stat: {}", path, std::strerror(errno)));
-  }
-  f.size_ = static_cast<uint64_t>(st.st_size);
-  if (f.size_ < 24) {
-    ::close(fd);
-    throw Error(
-        fmt::format("{}: truncated: {} bytes, less than the 24-byte GGUF header", path, f.size_));
-  }
-  f.map_ = std::make_shared<Mapping>();
-  f.map_->size = f.size_;
-  f.map_->addr = mmap(nullptr, f.size_, PROT_READ, MAP_PRIVATE, fd, 0);
-  ::close(fd);
-  if (f.map_->addr == MAP_FAILED) throw Error(fmt::format("{}: mmap failed", path));
-  f.base_ = static_cast<const uint8_t*>(f.map_->addr);
+  f.map_ = MappedFile::open(path, 24, "the 24-byte GGUF header");
+  f.size_ = f.map_->size();
+  f.base_ = f.map_->data();
 
   Cursor c(f.path_, f.base_, f.size_);
   const uint32_t magic = c.get<uint32_t>("magic");

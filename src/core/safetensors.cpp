@@ -1,8 +1,5 @@
 #include "moe/safetensors.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,6 +9,8 @@
 #include <cstdio>
 #include <cstring>
 #include <nlohmann/json.hpp>
+
+#include "core/mapped_file.h"
 
 namespace moe {
 
@@ -149,36 +148,12 @@ int64_t TensorEntry::numel() const {
   return n;
 }
 
-struct SafeTensorsFile::Mapping {
-  void* addr = nullptr;
-  size_t size = 0;
-  ~Mapping() {
-    if (addr && addr != MAP_FAILED) munmap(addr, size);
-  }
-};
-
 SafeTensorsFile SafeTensorsFile::open(const std::string& path) {
   SafeTensorsFile f;
   f.path_ = path;
-  int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0) throw Error(fmt::format("{}: cannot open: {}", path, std::strerror(errno)));
-  struct stat st {};
-  if (fstat(fd, &st) != 0) {
-    ::close(fd);
-    throw Error(fmt::format("{}: cannot stat: {}", path, std::strerror(errno)));
-  }
-  const auto file_size = static_cast<uint64_t>(st.st_size);
-  if (file_size < 8) {
-    ::close(fd);
-    throw Error(fmt::format("{}: truncated: {} bytes, less than the 8-byte header length", path,
-                            file_size));
-  }
-  f.map_ = std::make_shared<Mapping>();
-  f.map_->size = file_size;
-  f.map_->addr = mmap(nullptr, file_size, PROT_READ, MAP_PRIVATE, fd, 0);
-  ::close(fd);
-  if (f.map_->addr == MAP_FAILED) throw Error(fmt::format("{}: mmap failed", path));
-  const auto* base = static_cast<const uint8_t*>(f.map_->addr);
+  f.map_ = MappedFile::open(path, 8, "the 8-byte header length");
+  const uint64_t file_size = f.map_->size();
+  const uint8_t* base = f.map_->data();
 
   uint64_t header_len = 0;
   std::memcpy(&header_len, base, 8);

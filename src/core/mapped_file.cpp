@@ -1,0 +1,43 @@
+#include "core/mapped_file.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "moe/error.h"
+
+namespace moe {
+
+std::shared_ptr<const MappedFile> MappedFile::open(const std::string& path, uint64_t min_size,
+                                                   const char* min_what) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) throw Error(fmt::format("{}: cannot open: {}", path, std::strerror(errno)));
+  struct stat st {};
+  if (fstat(fd, &st) != 0) {
+    const std::string err = std::strerror(errno);
+    ::close(fd);
+    throw Error(fmt::format("{}: cannot stat: {}", path, err));
+  }
+  const auto size = static_cast<uint64_t>(st.st_size);
+  if (size < min_size) {
+    ::close(fd);
+    throw Error(fmt::format("{}: truncated: {} bytes, less than {}", path, size, min_what));
+  }
+  void* addr = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+  ::close(fd);  // the mapping keeps the file
+  if (addr == MAP_FAILED) throw Error(fmt::format("{}: mmap failed", path));
+  std::shared_ptr<MappedFile> file(new MappedFile);
+  file->addr_ = addr;
+  file->size_ = size;
+  return file;
+}
+
+MappedFile::~MappedFile() {
+  if (addr_ != nullptr) munmap(addr_, size_);
+}
+
+}  // namespace moe

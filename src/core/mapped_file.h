@@ -1,0 +1,30 @@
+// A whole file mapped read-only (internal). The safetensors and GGUF readers hold one through a
+// shared_ptr, so tensor views stay valid while any copy of a reader is alive.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace moe {
+
+class MappedFile {
+ public:
+  // Maps `path`; a file shorter than min_size is an error "<path>: truncated: N bytes, less
+  // than <min_what>" (so an empty file is never mapped). Every error names the file.
+  static std::shared_ptr<const MappedFile> open(const std::string& path, uint64_t min_size,
+                                                const char* min_what);
+  ~MappedFile();
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+
+  const uint8_t* data() const { return static_cast<const uint8_t*>(addr_); }
+  uint64_t size() const { return size_; }
+
+ private:
+  MappedFile() = default;
+  void* addr_ = nullptr;
+  uint64_t size_ = 0;
+};
+
+}  // namespace moe
