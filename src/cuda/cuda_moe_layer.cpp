@@ -21,7 +21,7 @@
 #include <utility>
 
 #include "cuda/cuda_check.h"
-#include "cuda/device_buffer.h"
+#include "cuda/cuda_resources.h"
 #include "cuda/expert_ffn.cuh"
 #include "cuda/losses.cuh"
 #include "cuda/permute.cuh"
@@ -80,18 +80,8 @@ struct CudaMoeLayer::Impl {
 
   // Owners first, so that they outlive everything that uses them and are released even when
   // the constructor throws half way.
-  struct StreamOwner {
-    cudaStream_t s = nullptr;
-    ~StreamOwner() {
-      if (s) cudaStreamDestroy(s);
-    }
-  } stream_owner;
-  struct BlasOwner {
-    cublasHandle_t h = nullptr;
-    ~BlasOwner() {
-      if (h) cublasDestroy(h);
-    }
-  } blas_owner;
+  cuda::StreamOwner stream_owner;
+  cuda::BlasOwner blas_owner;
   cudaStream_t stream = nullptr;  // = stream_owner.s
   cublasHandle_t blas = nullptr;  // = blas_owner.h
   cuda::GroupedGemm grouped;

@@ -22,7 +22,7 @@
 #include <utility>
 
 #include "cuda/cuda_check.h"
-#include "cuda/device_buffer.h"
+#include "cuda/cuda_resources.h"
 #include "cuda/lm_kernels.cuh"
 #include "moe/attention.h"
 #include "moe/error.h"
@@ -98,24 +98,9 @@ struct CudaTransformer::Impl {
   std::vector<int64_t> norm_partial_offset;  // [tensors + 1] into norm_partial
   int64_t adam_steps = 0;
 
-  struct StreamOwner {
-    cudaStream_t s = nullptr;
-    ~StreamOwner() {
-      if (s) cudaStreamDestroy(s);
-    }
-  } stream_owner;
-  struct BlasOwner {
-    cublasHandle_t h = nullptr;
-    ~BlasOwner() {
-      if (h) cublasDestroy(h);
-    }
-  } blas_owner;
-  struct EventOwner {
-    cudaEvent_t e = nullptr;
-    ~EventOwner() {
-      if (e) cudaEventDestroy(e);
-    }
-  } main_done, moe_done;
+  cuda::StreamOwner stream_owner;
+  cuda::BlasOwner blas_owner;
+  cuda::EventOwner main_done, moe_done;
   cudaStream_t stream = nullptr;
   cublasHandle_t blas = nullptr;
 

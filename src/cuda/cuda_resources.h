@@ -1,7 +1,10 @@
-// Host-side owners of device and page-locked memory for the CUDA layer and model (host code
-// only: compiled by the C++ compiler, like cuda_moe_layer.cpp and cuda_transformer.cpp).
+// Host-side owners of CUDA resources (device and page-locked memory, streams, events, cuBLAS
+// handles) for the CUDA layer and model: host code only, compiled by the C++ compiler like
+// cuda_moe_layer.cpp and cuda_transformer.cpp. Owners release in their destructors and never
+// throw there, so a constructor that fails half way leaks nothing.
 #pragma once
 
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -59,6 +62,27 @@ class PinnedBuffer {
 
  private:
   T* ptr_ = nullptr;
+};
+
+struct StreamOwner {
+  cudaStream_t s = nullptr;
+  ~StreamOwner() {
+    if (s) cudaStreamDestroy(s);
+  }
+};
+
+struct BlasOwner {
+  cublasHandle_t h = nullptr;
+  ~BlasOwner() {
+    if (h) cublasDestroy(h);
+  }
+};
+
+struct EventOwner {
+  cudaEvent_t e = nullptr;
+  ~EventOwner() {
+    if (e) cudaEventDestroy(e);
+  }
 };
 
 }  // namespace moe::cuda
