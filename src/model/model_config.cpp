@@ -5,6 +5,7 @@
 #include <set>
 #include <sstream>
 
+#include "core/json_keys.h"
 #include "moe/error.h"
 #include "moe/safetensors.h"
 
@@ -21,22 +22,11 @@ const std::set<std::string> kIgnoredHfKeys = {
 
 template <class V>
 void visit_train_keys(TrainConfig& c, V&& v) {
-  v("learning_rate", c.learning_rate);
-  v("min_lr_ratio", c.min_lr_ratio);
-  v("warmup_steps", c.warmup_steps);
-  v("max_steps", c.max_steps);
-  v("weight_decay", c.weight_decay);
-  v("adam_beta1", c.adam_beta1);
-  v("adam_beta2", c.adam_beta2);
-  v("adam_eps", c.adam_eps);
-  v("grad_clip", c.grad_clip);
-  v("batch_size", c.batch_size);
+  visit_optimizer_keys(c, v);
   v("seq_len", c.seq_len);
   v("grad_accum_steps", c.grad_accum_steps);
-  v("eval_every", c.eval_every);
   v("eval_batches", c.eval_batches);
   v("checkpoint_every", c.checkpoint_every);
-  v("seed", c.seed);
   v("tokenizer", c.tokenizer);
   v("data_dir", c.data_dir);
 }
@@ -60,58 +50,6 @@ void visit_model_keys(ModelConfig& c, V&& v) {
   v("moe_every", c.moe_every);
   v("dense_intermediate_size", c.dense_intermediate_size);
 }
-
-struct Reader {
-  const nlohmann::json& j;
-  const std::string& where;
-  template <class T>
-  void operator()(const char* key, T& out) const {
-    auto it = j.find(key);
-    if (it == j.end() || it->is_null()) return;
-    const char* expected = nullptr;
-    if constexpr (std::is_same_v<T, bool>) {
-      if (!it->is_boolean()) expected = "true or false";
-    } else if constexpr (std::is_same_v<T, std::string>) {
-      if (!it->is_string()) expected = "a string";
-    } else if constexpr (std::is_unsigned_v<T>) {
-      if (!it->is_number_unsigned()) expected = "a non-negative integer";
-    } else if constexpr (std::is_integral_v<T>) {
-      if (!it->is_number_integer()) expected = "an integer";
-    } else {
-      if (!it->is_number()) expected = "a number";
-    }
-    if (expected)
-      throw Error(
-          fmt::format("{}: {} has value {}, expected {}", where, key, it->dump(), expected));
-    if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
-      // Reject values that do not fit rather than wrapping them.
-      if (it->is_number_unsigned() &&
-          it->template get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<T>::max()))
-        throw Error(fmt::format("{}: {} = {} is out of range", where, key, it->dump()));
-      if (it->is_number_integer() && !it->is_number_unsigned() &&
-          (it->template get<int64_t>() < static_cast<int64_t>(std::numeric_limits<T>::min()) ||
-           it->template get<int64_t>() > static_cast<int64_t>(std::numeric_limits<T>::max())))
-        throw Error(fmt::format("{}: {} = {} is out of range", where, key, it->dump()));
-    }
-    out = it->template get<T>();
-  }
-};
-
-struct Writer {
-  nlohmann::json& j;
-  template <class T>
-  void operator()(const char* key, const T& value) const {
-    j[key] = value;
-  }
-};
-
-struct KeyCollector {
-  std::set<std::string>& keys;
-  template <class T>
-  void operator()(const char* key, const T&) const {
-    keys.insert(key);
-  }
-};
 
 void check_known_keys(const nlohmann::json& j, const std::set<std::string>& known,
                       const std::string& where) {
@@ -240,10 +178,10 @@ void ModelConfig::validate_shape(const std::string& where) const {
 ModelConfig model_config_from_json(const nlohmann::json& j, const std::string& where) {
   MOE_CHECK(j.is_object(), "{}: expected a JSON object", where);
   ModelConfig c;
-  visit_model_keys(c, Reader{j, where});
+  visit_model_keys(c, JsonKeyReader{j, where});
 
   std::set<std::string> known = kIgnoredHfKeys;
-  visit_model_keys(c, KeyCollector{known});
+  visit_model_keys(c, JsonKeyCollector{known});
   nlohmann::json moe_keys;
   moe_config_to_json(MoeConfig{}, moe_keys);
   for (auto it = moe_keys.begin(); it != moe_keys.end(); ++it) known.insert(it.key());
@@ -270,9 +208,9 @@ ModelConfig model_config_from_json(const nlohmann::json& j, const std::string& w
     const std::string tw = where + ": training";
     MOE_CHECK(t->is_object(), "{}: expected a JSON object", tw);
     std::set<std::string> tk;
-    visit_train_keys(c.training, KeyCollector{tk});
+    visit_train_keys(c.training, JsonKeyCollector{tk});
     check_known_keys(*t, tk, tw);
-    visit_train_keys(c.training, Reader{*t, tw});
+    visit_train_keys(c.training, JsonKeyReader{*t, tw});
   }
   c.sync_moe();
   c.validate(where);
@@ -288,9 +226,9 @@ nlohmann::json model_config_to_json(const ModelConfig& c) {
     j.erase("num_experts");
     j.erase("moe_intermediate_size");
   }
-  visit_model_keys(copy, Writer{j});
+  visit_model_keys(copy, JsonKeyWriter{j});
   nlohmann::json t;
-  visit_train_keys(copy.training, Writer{t});
+  visit_train_keys(copy.training, JsonKeyWriter{t});
   j["training"] = t;
   return j;
 }

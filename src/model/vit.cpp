@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "core/json_keys.h"
 #include "moe/cross_entropy.h"
 #include "moe/dense_ffn.h"
 #include "moe/error.h"
@@ -74,30 +75,8 @@ void visit_vit(VitConfig& c, V&& v) {
 
 template <class V>
 void visit_train(VitTrainConfig& c, V&& v) {
-  v("learning_rate", c.learning_rate);
-  v("min_lr_ratio", c.min_lr_ratio);
-  v("warmup_steps", c.warmup_steps);
-  v("max_steps", c.max_steps);
-  v("weight_decay", c.weight_decay);
-  v("adam_beta1", c.adam_beta1);
-  v("adam_beta2", c.adam_beta2);
-  v("adam_eps", c.adam_eps);
-  v("grad_clip", c.grad_clip);
-  v("batch_size", c.batch_size);
-  v("eval_every", c.eval_every);
-  v("seed", c.seed);
+  visit_optimizer_keys(c, v);
   v("eval_capacity_factors", c.eval_capacity_factors);
-}
-
-template <class Field>
-void read_key(const nlohmann::json& j, const std::string& where, const char* key, Field& f) {
-  auto it = j.find(key);
-  if (it == j.end()) return;
-  try {
-    it->get_to(f);
-  } catch (const nlohmann::json::exception&) {
-    throw Error(fmt::format("{}: {} has the wrong type: {}", where, key, it->dump()));
-  }
 }
 
 template <class E>
@@ -165,7 +144,7 @@ VitConfig vit_config_from_json(const nlohmann::json& j, const std::string& where
   MOE_CHECK(j.is_object(), "{}: a config must be a JSON object", where);
   VitConfig c;
   std::set<std::string> known = {"router_type", "pooling", "dataset", "training"};
-  visit_vit(c, [&](const char* key, auto&) { known.insert(key); });
+  visit_vit(c, JsonKeyCollector{known});
   nlohmann::json moe_keys;
   moe_config_to_json(MoeConfig{}, moe_keys);
   for (auto it = moe_keys.begin(); it != moe_keys.end(); ++it) known.insert(it.key());
@@ -176,7 +155,7 @@ VitConfig vit_config_from_json(const nlohmann::json& j, const std::string& where
             "{}: moe_intermediate_size: a vit_moe config sets the expert width with "
             "intermediate_size",
             where);
-  visit_vit(c, [&](const char* key, auto& f) { read_key(j, where, key, f); });
+  visit_vit(c, JsonKeyReader{j, where});
   read_enum(j, where, "router_type", c.router_type, kRouter);
   read_enum(j, where, "pooling", c.pooling, kPool);
   // The expert shape comes from the ViT keys; MoeConfig reads its routing keys from the same
@@ -191,11 +170,11 @@ VitConfig vit_config_from_json(const nlohmann::json& j, const std::string& where
   if (auto t = j.find("training"); t != j.end()) {
     MOE_CHECK(t->is_object(), "{}: training must be a JSON object", where);
     std::set<std::string> tk;
-    visit_train(c.training, [&](const char* key, auto&) { tk.insert(key); });
+    visit_train(c.training, JsonKeyCollector{tk});
     for (auto it = t->begin(); it != t->end(); ++it)
       MOE_CHECK(tk.count(it.key()), "{}: training.{} is not a known key", where, it.key());
-    visit_train(c.training,
-                [&](const char* key, auto& f) { read_key(*t, where + ": training", key, f); });
+    const std::string tw = where + ": training";
+    visit_train(c.training, JsonKeyReader{*t, tw});
   }
   c.moe.hidden_size = c.hidden_size;
   c.moe.moe_intermediate_size = c.intermediate_size;
@@ -208,12 +187,12 @@ nlohmann::json vit_config_to_json(const VitConfig& c) {
   moe_config_to_json(c.moe, j);
   j.erase("moe_intermediate_size");
   VitConfig copy = c;
-  visit_vit(copy, [&](const char* key, auto& f) { j[key] = f; });
+  visit_vit(copy, JsonKeyWriter{j});
   j["router_type"] = enum_name(c.router_type, kRouter);
   j["pooling"] = enum_name(c.pooling, kPool);
   j["dataset"] = image_data_config_to_json(c.dataset);
   nlohmann::json t;
-  visit_train(copy.training, [&](const char* key, auto& f) { t[key] = f; });
+  visit_train(copy.training, JsonKeyWriter{t});
   j["training"] = t;
   return j;
 }
