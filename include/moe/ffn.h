@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "moe/moe_config.h"
+#include "moe/params.h"
 
 namespace moe {
 
@@ -26,5 +27,11 @@ void ffn_backward(Activation act, int64_t n, int64_t d, int64_t F, const T* x, c
                   const T* w3, const T* w2, const T* h1, const T* h3, const T* a, const T* dy,
                   T* dx, T* dw1, T* dw3, T* dw2, T* da, T* dh1, T* dh3,
                   ComputeDtype dtype = ComputeDtype::Float32);
+
+// Declares a bank of `experts` expert FFNs in the layout every MoE variant shares (Mixtral's,
+// stacked): experts.w1 [E, F, d], experts.w3 [E, F, d] (SwiGLU only), experts.w2 [E, d, F].
+template <class T>
+void declare_expert_weights(ParamSet<T>& params, int64_t experts, int64_t F, int64_t d,
+                            Activation act);
 
 }  // namespace moe

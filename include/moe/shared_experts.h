@@ -8,8 +8,14 @@
 #include <cstdint>
 
 #include "moe/moe_config.h"
+#include "moe/params.h"
 
 namespace moe {
+
+// Declares shared.w1 [Hs, d], shared.w3 [Hs, d] (SwiGLU only), shared.w2 [d, Hs] and
+// shared.gate [1, d] (with shared_expert_gate); nothing when c has no shared experts.
+template <class T>
+void declare_shared_expert_weights(ParamSet<T>& params, const MoeConfig& c);
 
 // Saves h1, h3, a, y and gate for the backward; adds into out.
 template <class T>

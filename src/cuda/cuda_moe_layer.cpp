@@ -30,7 +30,9 @@
 #include "cuda/routing_math.h"
 #include "cuda/shared_experts.cuh"
 #include "moe/cuda_moe.h"
+#include "moe/ffn.h"
 #include "moe/router.h"
+#include "moe/shared_experts.h"
 
 namespace moe {
 
@@ -133,15 +135,8 @@ struct CudaMoeLayer::Impl {
     rp = cuda::router_params(cfg);
     // The declarations of MoeLayer<float>'s constructor (SwiGLU only), in the same order.
     params.declare("router.weight", {E, d});
-    params.declare("experts.w1", {E, F, d});
-    params.declare("experts.w3", {E, F, d});
-    params.declare("experts.w2", {E, d, F});
-    if (Hs > 0) {
-      params.declare("shared.w1", {Hs, d});
-      params.declare("shared.w3", {Hs, d});
-      params.declare("shared.w2", {d, Hs});
-      if (cfg.shared_expert_gate) params.declare("shared.gate", {1, d});
-    }
+    declare_expert_weights(params, E, F, d, Activation::SwiGLU);
+    declare_shared_expert_weights(params, cfg);  // SwiGLU: cuda_check_supported
     params.allocate();
     auto offset = [&](const char* name) {
       const ParamSpec* spec = params.find(name);

@@ -49,17 +49,9 @@ ExpertParallelMoe<T>::ExpertParallelMoe(const MoeConfig& c, ParallelGroups& grou
   MOE_CHECK(bad.empty(), "{}", bad);
   El_ = E_ / P_;
   e0_ = groups_.layout.ep_rank() * El_;
-  const bool glu = cfg_.hidden_act == Activation::SwiGLU;
   params_.declare("router.weight", {E_, d_});
-  params_.declare("experts.w1", {El_, F_, d_});
-  if (glu) params_.declare("experts.w3", {El_, F_, d_});
-  params_.declare("experts.w2", {El_, d_, F_});
-  if (Hs_ > 0) {
-    params_.declare("shared.w1", {Hs_, d_});
-    if (glu) params_.declare("shared.w3", {Hs_, d_});
-    params_.declare("shared.w2", {d_, Hs_});
-    if (cfg_.shared_expert_gate) params_.declare("shared.gate", {1, d_});
-  }
+  declare_expert_weights(params_, El_, F_, d_, cfg_.hidden_act);
+  declare_shared_expert_weights(params_, cfg_);
   params_.allocate();
   bias_.assign(static_cast<size_t>(E_), T(0));
   counts_.assign(static_cast<size_t>(E_), 0);

@@ -29,9 +29,7 @@ ExpertChoice<T>::ExpertChoice(const MoeConfig& c)
   MOE_CHECK(cf_ > 0, "ExpertChoice: capacity_factor must be positive (experts per token), got {}",
             cf_);
   params_.declare("router.weight", {E_, d_});
-  params_.declare("experts.w1", {E_, F_, d_});
-  if (act_ == Activation::SwiGLU) params_.declare("experts.w3", {E_, F_, d_});
-  params_.declare("experts.w2", {E_, d_, F_});
+  declare_expert_weights(params_, E_, F_, d_, act_);
   params_.allocate();
 }
 

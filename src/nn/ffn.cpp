@@ -93,12 +93,21 @@ void ffn_backward(Activation act, int64_t n, int64_t d, int64_t F, const T* x, c
   }
 }
 
+template <class T>
+void declare_expert_weights(ParamSet<T>& params, int64_t experts, int64_t F, int64_t d,
+                            Activation act) {
+  params.declare("experts.w1", {experts, F, d});
+  if (act == Activation::SwiGLU) params.declare("experts.w3", {experts, F, d});
+  params.declare("experts.w2", {experts, d, F});
+}
+
 #define MOE_INSTANTIATE(T)                                                                      \
   template void ffn_forward<T>(Activation, int64_t, int64_t, int64_t, const T*, const T*,       \
                                const T*, const T*, T*, T*, T*, T*, ComputeDtype);               \
   template void ffn_backward<T>(Activation, int64_t, int64_t, int64_t, const T*, const T*,      \
                                 const T*, const T*, const T*, const T*, const T*, const T*, T*, \
-                                T*, T*, T*, T*, T*, T*, ComputeDtype);
+                                T*, T*, T*, T*, T*, T*, ComputeDtype);                          \
+  template void declare_expert_weights<T>(ParamSet<T>&, int64_t, int64_t, int64_t, Activation);
 MOE_INSTANTIATE(float)
 MOE_INSTANTIATE(double)
 #undef MOE_INSTANTIATE

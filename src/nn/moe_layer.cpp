@@ -57,18 +57,10 @@ MoeLayer<T>::MoeLayer(const MoeConfig& config) : cfg_(config) {
   E_ = cfg_.num_experts;
   k_ = cfg_.num_experts_per_tok;
   Hs_ = cfg_.shared_hidden();
-  const bool glu = cfg_.hidden_act == Activation::SwiGLU;
   params_.declare("router.weight", {E_, d_});
   if (cfg_.noisy_gating) params_.declare("router.noise_weight", {E_, d_});
-  params_.declare("experts.w1", {E_, F_, d_});
-  if (glu) params_.declare("experts.w3", {E_, F_, d_});
-  params_.declare("experts.w2", {E_, d_, F_});
-  if (Hs_ > 0) {
-    params_.declare("shared.w1", {Hs_, d_});
-    if (glu) params_.declare("shared.w3", {Hs_, d_});
-    params_.declare("shared.w2", {d_, Hs_});
-    if (cfg_.shared_expert_gate) params_.declare("shared.gate", {1, d_});
-  }
+  declare_expert_weights(params_, E_, F_, d_, cfg_.hidden_act);
+  declare_shared_expert_weights(params_, cfg_);
   params_.allocate();
   auto offset = [&](const char* name) {
     const ParamSpec* spec = params_.find(name);

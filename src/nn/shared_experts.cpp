@@ -51,12 +51,23 @@ void shared_experts_backward(const MoeConfig& c, int64_t n, const T* x, const T*
   for (int64_t i = 0; i < n * d; ++i) dx[i] += dxs[i];
 }
 
+template <class T>
+void declare_shared_expert_weights(ParamSet<T>& params, const MoeConfig& c) {
+  const int64_t Hs = c.shared_hidden(), d = c.hidden_size;
+  if (Hs <= 0) return;
+  params.declare("shared.w1", {Hs, d});
+  if (c.hidden_act == Activation::SwiGLU) params.declare("shared.w3", {Hs, d});
+  params.declare("shared.w2", {d, Hs});
+  if (c.shared_expert_gate) params.declare("shared.gate", {1, d});
+}
+
 #define MOE_SHARED_EXPERTS(T)                                                                      \
   template void shared_experts_forward<T>(const MoeConfig&, int64_t, const T*, const T*, const T*, \
                                           const T*, const T*, T*, T*, T*, T*, T*, T*);             \
   template void shared_experts_backward<T>(                                                        \
       const MoeConfig&, int64_t, const T*, const T*, const T*, const T*, const T*, const T*,       \
-      const T*, const T*, const T*, const T*, const T*, T*, T*, T*, T*, T*, T*, T*, T*, T*, T*);
+      const T*, const T*, const T*, const T*, const T*, T*, T*, T*, T*, T*, T*, T*, T*, T*, T*);   \
+  template void declare_shared_expert_weights<T>(ParamSet<T>&, const MoeConfig&);
 MOE_SHARED_EXPERTS(float)
 MOE_SHARED_EXPERTS(double)
 #undef MOE_SHARED_EXPERTS

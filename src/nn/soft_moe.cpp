@@ -30,9 +30,7 @@ SoftMoe<T>::SoftMoe(const MoeConfig& c, int slots_per_expert)
             "SoftMoe: hidden_size, moe_intermediate_size and num_experts must be positive");
   MOE_CHECK(p_ > 0, "SoftMoe: slots_per_expert must be positive, got {}", p_);
   params_.declare("router.phi", {d_, S_});
-  params_.declare("experts.w1", {E_, F_, d_});
-  if (act_ == Activation::SwiGLU) params_.declare("experts.w3", {E_, F_, d_});
-  params_.declare("experts.w2", {E_, d_, F_});
+  declare_expert_weights(params_, E_, F_, d_, act_);
   params_.allocate();
 }
 
