@@ -6,6 +6,7 @@
 #include <set>
 #include <sstream>
 
+#include "core/json_keys.h"
 #include "moe/error.h"
 
 namespace moe {
@@ -26,33 +27,6 @@ nlohmann::json read_json(const std::string& path) {
   }
 }
 
-// Reads key into out when present and not null; a wrong JSON type names the key.
-struct HfReader {
-  const nlohmann::json& j;
-  const std::string& where;
-  template <class T>
-  void operator()(const char* key, T& out) const {
-    auto it = j.find(key);
-    if (it == j.end() || it->is_null()) return;
-    bool ok;
-    if constexpr (std::is_same_v<T, bool>)
-      ok = it->is_boolean();
-    else if constexpr (std::is_same_v<T, std::string>)
-      ok = it->is_string();
-    else if constexpr (std::is_integral_v<T>)
-      ok = it->is_number_integer() && it->template get<int64_t>() >= 0 &&
-           it->template get<int64_t>() <= std::numeric_limits<int>::max();
-    else
-      ok = it->is_number();
-    MOE_CHECK(ok, "{}: {} has value {}, which is not a valid {}", where, key, it->dump(),
-              std::is_same_v<T, bool>          ? "boolean"
-              : std::is_same_v<T, std::string> ? "string"
-              : std::is_integral_v<T>          ? "non-negative integer"
-                                               : "number");
-    out = it->template get<T>();
-  }
-};
-
 bool is_null_or_absent(const nlohmann::json& j, const char* key) {
   auto it = j.find(key);
   return it == j.end() || it->is_null();
@@ -62,7 +36,7 @@ bool is_null_or_absent(const nlohmann::json& j, const char* key) {
 
 ModelConfig model_config_from_hf(const nlohmann::json& j, const std::string& where) {
   MOE_CHECK(j.is_object(), "{}: expected a JSON object", where);
-  HfReader get{j, where};
+  JsonKeyReader get{j, where};
   ModelConfig c;
   get("model_type", c.model_type);
   const std::string& type = c.model_type;
