@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <string>
 
 #include "moe/communicator.h"
 #include "moe/expert_parallel.h"
@@ -67,8 +68,9 @@ std::vector<Case> cases() {
   return out;
 }
 
-TEST(ExpertParallel, EqualsOneProcess) {
-  auto w = world();
+// The expert-parallel layer on communicator w (this rank's slice) against the full layer.
+void expect_equals_one_process(Communicator& world_comm) {
+  Communicator* w = &world_comm;
   const int W = w->size(), rank = w->rank();
   const int64_t Tl = 24, Tg = Tl * W;
   for (int P : {1, 2, 4, 8}) {
@@ -126,6 +128,36 @@ TEST(ExpertParallel, EqualsOneProcess) {
       }
     }
   }
+}
+
+TEST(ExpertParallel, EqualsOneProcess) {
+  auto w = world();
+  expect_equals_one_process(*w);
+}
+
+// With Open MPI built in, world() is MPI even without mpirun; the communicator a build without
+// MPI uses must work on its own too.
+TEST(ExpertParallel, SingleProcessCommunicator) {
+  auto one = make_single_process_communicator();
+  ASSERT_EQ(one->size(), 1);
+  ASSERT_EQ(one->rank(), 0);
+  double d[3] = {1, 2, 3};
+  one->allreduce_sum(d, 3);
+  EXPECT_EQ(d[2], 3.0);
+  const int64_t counts[1] = {7};
+  int64_t got[1] = {0};
+  one->alltoall_counts(counts, got);
+  EXPECT_EQ(got[0], 7);
+  const char send[4] = {'a', 'b', 'c', 'd'};
+  char recv[4] = {};
+  const int64_t bytes[1] = {4};
+  one->alltoallv(send, bytes, recv, bytes);
+  EXPECT_EQ(std::string(recv, 4), "abcd");
+  char gathered[4] = {};
+  one->allgather(send, 4, gathered);
+  EXPECT_EQ(std::string(gathered, 4), "abcd");
+  EXPECT_EQ(one->split(0, 0)->size(), 1);
+  expect_equals_one_process(*one);
 }
 
 TEST(ExpertParallel, WrongLayoutIsNamed) {
