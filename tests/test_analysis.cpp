@@ -13,6 +13,7 @@
 #include "moe/routing_stats.h"
 #include "moe/trainer.h"
 #include "test_util.h"
+#include "tiny_run.h"
 
 namespace moe {
 namespace {
@@ -147,41 +148,15 @@ TEST(RoutingStats, TokenClasses) {
   EXPECT_STREQ(token_class_name(TokenClass::LettersHan), "letters_han");
 }
 
-// A learnable synthetic stream with two domains (as in test_trainer.cpp).
+// Printable bytes, so that the report shows the tokens as text.
 TokenStream synthetic_stream(int64_t n, uint64_t seed) {
-  TokenStream s;
-  s.domain_names = {"counting", "noise"};
-  Rng rng(seed);
-  for (int64_t i = 0; i < n; ++i) {
-    const bool counting = (i / 64) % 2 == 0;
-    s.tokens.push_back(counting ? static_cast<int32_t>('a' + i % 7)
-                                : static_cast<int32_t>('0' + rng.below(10)));
-    s.domain.push_back(counting ? 0 : 1);
-  }
-  return s;
+  return test::synthetic_stream(n, seed, {'a', '0', 10});
 }
 
 ModelConfig tiny_config(int steps) {
-  ModelConfig c;
-  c.vocab_size = 258;  // the byte tokenizer's
-  c.hidden_size = 32;
-  c.intermediate_size = 16;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.max_position_embeddings = 32;
-  c.num_local_experts = 4;
-  c.moe.num_experts_per_tok = 2;
+  ModelConfig c = test::tiny_lm_config(steps);
   c.moe.capacity_factor = 1.0;  // some drops, so the dropped counts are exercised
-  c.training.batch_size = 4;
-  c.training.seq_len = 16;
-  c.training.max_steps = steps;
-  c.training.warmup_steps = 2;
-  c.training.learning_rate = 1e-2;
   c.training.eval_every = 10;
-  c.training.eval_batches = 2;
-  c.training.checkpoint_every = 0;
-  c.training.tokenizer = "byte";
   c.sync_moe();
   return c;
 }
@@ -214,11 +189,7 @@ TEST(Analysis, TinyTrainedRunAnalysisAndReport) {
   const TokenStream train_data = synthetic_stream(6000, 1), valid = synthetic_stream(1200, 2);
   const ModelConfig cfg = tiny_config(30);
   TempDir dir("moe_analysis");
-  TrainOptions o;
-  o.out_dir = dir.str();
-  o.progress = false;
-  o.log = [](const std::string&) {};
-  train(cfg, train_data, valid, o);
+  train(cfg, train_data, valid, test::quiet_options(dir.str()));
 
   // The metrics carry the per-layer routing statistics of every step.
   std::ifstream m(dir.file("metrics.jsonl"));

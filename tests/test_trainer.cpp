@@ -12,6 +12,7 @@
 #include "moe/safetensors.h"
 #include "moe/trainer.h"
 #include "test_util.h"
+#include "tiny_run.h"
 
 namespace moe {
 namespace {
@@ -19,52 +20,15 @@ namespace {
 namespace fs = std::filesystem;
 using test::TempDir;
 
-// A learnable synthetic stream: two "domains" with different periodic patterns.
-TokenStream synthetic_stream(int64_t n, uint64_t seed) {
-  TokenStream s;
-  s.domain_names = {"counting", "noise"};
-  Rng rng(seed);
-  for (int64_t i = 0; i < n; ++i) {
-    const bool counting = (i / 64) % 2 == 0;
-    s.tokens.push_back(counting ? static_cast<int32_t>(2 + i % 7)
-                                : static_cast<int32_t>(2 + rng.below(20)));
-    s.domain.push_back(counting ? 0 : 1);
-  }
-  return s;
-}
+using test::quiet_options;
+using test::synthetic_stream;
 
 ModelConfig small_config(int steps) {
-  ModelConfig c;
-  c.vocab_size = 258;  // the byte tokenizer's, so load_run accepts the run
-  c.hidden_size = 32;
-  c.intermediate_size = 16;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.max_position_embeddings = 32;
-  c.num_local_experts = 4;
-  c.moe.num_experts_per_tok = 2;
+  ModelConfig c = test::tiny_lm_config(steps);
   c.moe.noisy_gating = true;  // exercises the RNG state in the checkpoint
   c.moe.use_selection_bias = true;
-  c.training.batch_size = 4;
-  c.training.seq_len = 16;
-  c.training.max_steps = steps;
-  c.training.warmup_steps = 2;
-  c.training.learning_rate = 1e-2;
-  c.training.eval_every = 0;
-  c.training.eval_batches = 2;
-  c.training.checkpoint_every = 0;
-  c.training.tokenizer = "byte";
   c.sync_moe();
   return c;
-}
-
-TrainOptions quiet(const std::string& dir) {
-  TrainOptions o;
-  o.out_dir = dir;
-  o.progress = false;
-  o.log = [](const std::string&) {};
-  return o;
 }
 
 std::vector<char> file_bytes(const std::string& path) {
@@ -88,11 +52,11 @@ TEST(Trainer, ResumeIsBitExact) {
   ModelConfig cfg = small_config(8);
   cfg.training.grad_accum_steps = 2;  // the accumulation path resumes exactly too
   TempDir full("moe_trainer_full"), half("moe_trainer_half");
-  train(cfg, train_data, valid, quiet(full.str()));
-  TrainOptions first = quiet(half.str());
+  train(cfg, train_data, valid, quiet_options(full.str()));
+  TrainOptions first = quiet_options(half.str());
   first.stop_after = 4;
   EXPECT_EQ(train(cfg, train_data, valid, first).steps, 4);
-  TrainOptions second = quiet(half.str());
+  TrainOptions second = quiet_options(half.str());
   second.resume = true;
   EXPECT_EQ(train(cfg, train_data, valid, second).steps, 8);
   expect_same_weights(full.str() + "/checkpoint.safetensors",
@@ -118,7 +82,7 @@ TEST(Trainer, LossFallsAndEvalIsPerDomain) {
   ModelConfig cfg = small_config(60);
   cfg.training.eval_every = 30;
   TempDir dir("moe_trainer_loss");
-  const TrainResult r = train(cfg, train_data, valid, quiet(dir.str()));
+  const TrainResult r = train(cfg, train_data, valid, quiet_options(dir.str()));
   ASSERT_GT(r.final_eval.tokens, 0);
   // The counting domain is predictable, the noise one is not: uniform over 20 tokens.
   const double counting = r.final_eval.per_domain.at("counting").first;
@@ -152,7 +116,7 @@ TEST(Trainer, NanStopsAndKeepsTheLastCheckpoint) {
   ModelConfig cfg = small_config(6);
   cfg.training.checkpoint_every = 2;
   TempDir dir("moe_trainer_nan");
-  TrainOptions o = quiet(dir.str());
+  TrainOptions o = quiet_options(dir.str());
   o.stop_after = 2;
   train(cfg, train_data, valid, o);
   const auto saved = file_bytes(dir.str() + "/checkpoint.safetensors");
@@ -180,12 +144,12 @@ TEST(Trainer, RefusesToOverwriteARun) {
   const TokenStream train_data = synthetic_stream(4000, 7), valid = synthetic_stream(600, 8);
   const ModelConfig cfg = small_config(2);
   TempDir dir("moe_trainer_overwrite");
-  train(cfg, train_data, valid, quiet(dir.str()));
-  EXPECT_THROW(train(cfg, train_data, valid, quiet(dir.str())), Error);
+  train(cfg, train_data, valid, quiet_options(dir.str()));
+  EXPECT_THROW(train(cfg, train_data, valid, quiet_options(dir.str())), Error);
   ModelConfig other = cfg;
   other.hidden_size = 16;
   other.sync_moe();
-  TrainOptions o = quiet(dir.str());
+  TrainOptions o = quiet_options(dir.str());
   o.resume = true;
   // Resuming with another config is refused, naming the mismatch.
   test::expect_error([&] { train(other, train_data, valid, o); }, {"hidden_size"});
