@@ -195,36 +195,50 @@ MOE_TARGET_BF16 void pack_k_contiguous_avx512(const float* src, int64_t ld, int 
   }
 }
 
-MOE_TARGET_BF16 void pack_k_strided_avx512(const float* src, int64_t ld, int64_t cols, int width,
-                                           int64_t k0, int64_t kc, uint32_t* dst) {
+// 16 columns of rows k (lo) and k + 1 (hi, null past kc) as bf16 pairs; lanes at and past
+// `valid` are zero.
+MOE_TARGET_BF16 inline __m512i strided_pairs(const float* lo_row, const float* hi_row,
+                                             int64_t valid) {
+  const __mmask16 m = valid >= 16  ? __mmask16(0xFFFF)
+                      : valid <= 0 ? __mmask16(0)
+                                   : __mmask16((1u << valid) - 1);
+  const __m512i lo =
+      _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, lo_row)));
+  if (hi_row == nullptr) return lo;
+  const __m512i hi =
+      _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, hi_row)));
+  return _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));
+}
+
+// Width is the panel width, 12 (A) or 32 (B), fixed at compile time so that the panel stores
+// are a few vector moves rather than a call per panel and k pair.
+template <int Width>
+MOE_TARGET_BF16 void pack_k_strided_avx512(const float* src, int64_t ld, int64_t cols, int64_t k0,
+                                           int64_t kc, uint32_t* dst) {
   const int64_t kp_n = (kc + 1) / 2;
   // A few panels at a time, every k pair of them, then the next few: the panels of one k pair
-  // lie kp_n * width * 4 bytes apart (64 KiB for B), so writing all of them per k pair hit one
+  // lie kp_n * Width * 4 bytes apart (64 KiB for B), so writing all of them per k pair hit one
   // L1 set from every panel and thrashed it (this packer ran at half the contiguous one's speed).
-  const int group = std::max(1, 128 / width) * width;  // 128 columns of B, 120 of A
-  alignas(64) uint32_t pairs[128 + 16];
-  for (int64_t c0 = 0; c0 < cols; c0 += group) {
-    const int64_t gc = std::min<int64_t>(group, cols - c0);
-    const int64_t panels = (gc + width - 1) / width;
-    std::fill(pairs + gc, pairs + panels * width, 0u);
-    uint32_t* out = dst + (c0 / width) * kp_n * width;
+  constexpr int kGroup = (128 / Width) * Width;  // 128 columns of B, 120 of A
+  alignas(64) uint32_t pairs[kGroup + 16];
+  for (int64_t c0 = 0; c0 < cols; c0 += kGroup) {
+    const int64_t gc = std::min<int64_t>(kGroup, cols - c0);
+    const int64_t padded = (gc + Width - 1) / Width * Width;  // whole panels, zero past gc
+    uint32_t* out = dst + (c0 / Width) * kp_n * Width;
     for (int64_t kp = 0; kp < kp_n; ++kp) {
       const float* lo_row = src + (k0 + 2 * kp) * ld + c0;
       const float* hi_row = 2 * kp + 1 < kc ? lo_row + ld : nullptr;
-      for (int64_t c = 0; c < gc; c += 16) {
-        const __mmask16 m = gc - c >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (gc - c)) - 1);
-        const __m512i lo = _mm512_cvtepu16_epi32(
-            (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, lo_row + c)));
-        __m512i pair = lo;
-        if (hi_row != nullptr) {
-          const __m512i hi = _mm512_cvtepu16_epi32(
-              (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, hi_row + c)));
-          pair = _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));
-        }
-        _mm512_mask_storeu_epi32(pairs + c, m, pair);
+      if constexpr (Width % 16 == 0) {  // 16 columns never straddle two panels: store in place
+        for (int64_t c = 0; c < padded; c += 16)
+          _mm512_storeu_si512(out + ((c / Width) * kp_n + kp) * Width + c % Width,
+                              strided_pairs(lo_row + c, hi_row ? hi_row + c : nullptr, gc - c));
+      } else {
+        for (int64_t c = 0; c < padded; c += 16)
+          _mm512_store_si512(pairs + c,
+                             strided_pairs(lo_row + c, hi_row ? hi_row + c : nullptr, gc - c));
+        for (int64_t p = 0; p < padded / Width; ++p)
+          std::memcpy(out + (p * kp_n + kp) * Width, pairs + p * Width, sizeof(uint32_t) * Width);
       }
-      for (int64_t p = 0; p < panels; ++p)
-        std::memcpy(out + (p * kp_n + kp) * width, pairs + p * width, sizeof(uint32_t) * width);
     }
   }
 }
@@ -246,9 +260,10 @@ void pack_k_strided(bool simd, const float* src, int64_t ld, int64_t cols, int w
   MOE_CHECK(cols <= kRowMax && kc <= kKC, "pack_k_strided: block of {} x {} over the limit", kc,
             cols);
 #ifdef MOE_HAVE_AVX512_KERNEL
-  if (simd) return pack_k_strided_avx512(src, ld, cols, width, k0, kc, dst);
+  if (simd && width == kMR) return pack_k_strided_avx512<kMR>(src, ld, cols, k0, kc, dst);
+  if (simd && width == kNR) return pack_k_strided_avx512<kNR>(src, ld, cols, k0, kc, dst);
 #endif
-  MOE_CHECK(!simd, "gemm_bf16: built without the AVX-512 packers");
+  MOE_CHECK(!simd, "pack_k_strided: no AVX-512 packer for panels of {} in this build", width);
   pack_k_strided_scalar(src, ld, cols, width, k0, kc, dst);
 }
 
