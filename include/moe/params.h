@@ -30,6 +30,7 @@ class ParamSet {
   View<T> grad_view(const std::string& name) { return View<T>(grad(name), spec(name).shape); }
   const std::vector<ParamSpec>& specs() const { return specs_; }
   const T* value(const std::string& name) const { return values_.data() + spec(name).offset; }
+  const T* grad(const std::string& name) const { return grads_.data() + spec(name).offset; }
   std::vector<T>& values() { return values_; }
   const std::vector<T>& values() const { return values_; }
   std::vector<T>& grads() { return grads_; }

@@ -1,5 +1,5 @@
 // CudaMoeLayer (built with -DMOE_CUDA=ON) against the PyTorch reference fixtures of the CPU
-// layer (tests/fixtures/layer, read as tests/test_moe_reference.cpp does) and against
+// layer (tests/fixtures/layer, checked by tests/layer_fixture.h as for the CPU layer) and against
 // MoeLayer<float> on random shapes. Skipped (GTEST_SKIP) when no CUDA device is available;
 // the refusal of unsupported configurations runs everywhere.
 //
@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "layer_fixture.h"
 #include "moe/cuda_moe.h"
 #include "moe/moe_layer.h"
 #include "moe/safetensors.h"
@@ -35,10 +36,6 @@ constexpr double kGradTol = 3e-2;
 #define SKIP_WITHOUT_GPU() \
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device: the CUDA layer was not run"
 
-std::string fixture_path(const std::string& name) {
-  return std::string(MOE_FIXTURE_DIR) + "/layer/" + name + ".safetensors";
-}
-
 double rel(double a, double b) {
   return std::abs(a - b) / std::max(std::abs(b), 1e-12);
 }
@@ -47,76 +44,34 @@ double rel(double a, double b) {
 
 void check_fixture(const std::string& name) {
   SCOPED_TRACE(name);
-  const SafeTensorsFile f = SafeTensorsFile::open(fixture_path(name));
-  const auto cj = nlohmann::json::parse(f.metadata("config"));
-  MoeConfig cfg = moe_config_from_json(cj, name);
-  const int64_t T_ = cj.at("tokens").get<int64_t>();
-  const int64_t d = cfg.hidden_size, E = cfg.num_experts, k = cfg.num_experts_per_tok;
-  const Tensor<double> bias = f.read<double>("selection_bias", {E});
-  for (int64_t e = 0; e < E; ++e) cfg.use_selection_bias |= bias[e] != 0.0;
-  const Tensor<double> emask = f.read<double>("expert_mask", {E});
-  const Tensor<double> tmask = f.read<double>("token_mask", {T_});
+  const test::LayerFixture fx(name);
+  const int64_t T_ = fx.T, d = fx.d, E = fx.E;
+  const Tensor<double> emask = fx.file.read<double>("expert_mask", {E});
+  const Tensor<double> tmask = fx.file.read<double>("token_mask", {T_});
   for (int64_t e = 0; e < E; ++e) ASSERT_NE(emask[e], 0.0) << "fixture drops experts";
   for (int64_t t = 0; t < T_; ++t) ASSERT_NE(tmask[t], 0.0) << "fixture has padding";
 
-  CudaMoeLayer layer(cfg);
-  int64_t fixture_params = 0;
-  for (const auto& n : f.names())
-    if (n.rfind("router.", 0) == 0 || n.rfind("experts.", 0) == 0 || n.rfind("shared.", 0) == 0)
-      ++fixture_params;
-  ASSERT_EQ(fixture_params, static_cast<int64_t>(layer.params().specs().size()));
-  load_params(layer.params(), f);
+  CudaMoeLayer layer(fx.cfg);
+  fx.load_into(layer.params());
   layer.upload_params();
   std::vector<float> b(E);
-  for (int64_t e = 0; e < E; ++e) b[e] = static_cast<float>(bias[e]);
+  for (int64_t e = 0; e < E; ++e) b[e] = static_cast<float>(fx.bias[e]);
   layer.set_selection_bias(b);
 
-  const Tensor<float> x = f.read<float>("x", {T_, d}), dout = f.read<float>("dout", {T_, d});
+  const Tensor<float> x = fx.file.read<float>("x", {T_, d});
+  const Tensor<float> dout = fx.file.read<float>("dout", {T_, d});
   Tensor<float> out({T_, d}), dx({T_, d});
   layer.forward(x.view(), out.view());
-
-  const Tensor<double> prim = f.read<double>("routing.primary_expert", {T_, k});
-  const Tensor<double> fin = f.read<double>("routing.expert", {T_, k});
-  const std::vector<int32_t> primary = layer.primary_experts(), final_e = layer.final_experts();
-  for (int64_t i = 0; i < T_ * k; ++i) {
-    ASSERT_EQ(primary[i], static_cast<int32_t>(prim[i])) << "primary slot " << i;
-    ASSERT_EQ(final_e[i], static_cast<int32_t>(fin[i])) << "final slot " << i;
-  }
-  const MoeMetrics& m = layer.metrics();
-  const Tensor<double> cp = f.read<double>("counts.primary", {E}),
-                       ck = f.read<double>("counts.kept", {E});
-  for (int64_t e = 0; e < E; ++e) {
-    EXPECT_EQ(m.primary_per_expert[e], static_cast<int64_t>(cp[e]));
-    EXPECT_EQ(m.kept_per_expert[e], static_cast<int64_t>(ck[e]));
-  }
-  EXPECT_EQ(m.dropped, static_cast<int64_t>(f.read<double>("stats.dropped", {1})[0]));
-
-  const std::vector<float> gates = layer.gates();
-  test::expect_close("routing.gate", gates.data(), f.read<double>("routing.gate", {T_, k}).data(),
-                     T_ * k, kRouterTol);
-  test::expect_close("out", out.data(), f.read<double>("out", {T_, d}).data(), T_ * d, kOutTol);
-  auto scalar = [&](const char* n) { return f.read<double>(n, {1})[0]; };
-  EXPECT_NEAR(m.load_balance_loss, scalar("loss.load_balance"),
-              kRouterTol * std::abs(scalar("loss.load_balance")) + 1e-12);
-  EXPECT_NEAR(m.z_loss, scalar("loss.z"), kRouterTol * std::abs(scalar("loss.z")) + 1e-12);
-  EXPECT_NEAR(m.router_entropy, scalar("stats.entropy"),
-              kRouterTol * std::abs(scalar("stats.entropy")) + 1e-12);
+  fx.expect_routing(layer.primary_experts(), layer.final_experts(), layer.metrics());
+  fx.expect_values(layer.gates().data(), out.data(), layer.metrics(), kRouterTol, kOutTol);
 
   layer.zero_grad();
   layer.backward(dout.view(), dx.view());
   layer.download_grads();
-  test::expect_close("grad.x", dx.data(), f.read<double>("grad.x", {T_, d}).data(), T_ * d,
-                     kGradTol);
-  for (const auto& s : layer.params().specs()) {
-    const Tensor<double> g = f.read<double>("grad." + s.name, s.shape);
-    test::expect_close("grad." + s.name, layer.params().grad(s.name), g.data(), s.shape.numel(),
-                       kGradTol);
-  }
-  if (cfg.use_selection_bias) {
+  fx.expect_grads(dx.data(), layer.params(), kGradTol);
+  if (fx.cfg.use_selection_bias) {
     layer.update_selection_bias();
-    const Tensor<double> after = f.read<double>("bias_after_update", {E});
-    test::expect_close("bias_after_update", layer.selection_bias().data(), after.data(), E,
-                       kRouterTol);
+    fx.expect_bias_after_update(layer.selection_bias().data(), kRouterTol);
   }
 }
 
@@ -141,9 +96,8 @@ TEST(CudaMoeLayer, RefusesTheFixturesOutsideTheSubsetNamingTheKey) {
                                                          {"sigmoid_bias_group_shared", "n_group"}};
   for (const auto& [name, key] : refused) {
     SCOPED_TRACE(name);
-    const SafeTensorsFile f = SafeTensorsFile::open(fixture_path(name));
-    const MoeConfig cfg = moe_config_from_json(nlohmann::json::parse(f.metadata("config")), name);
-    EXPECT_MOE_ERROR(CudaMoeLayer layer(cfg), key, "not supported by the CUDA backend");
+    const test::LayerFixture fx(name);
+    EXPECT_MOE_ERROR(CudaMoeLayer layer(fx.cfg), key, "not supported by the CUDA backend");
   }
 }
 
