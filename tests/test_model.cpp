@@ -6,6 +6,7 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 
+#include "model_fixture.h"
 #include "moe/error.h"
 #include "moe/optimizer.h"
 #include "moe/safetensors.h"
@@ -265,39 +266,9 @@ TEST(Optimizer, AdamWMatchesTorchFormulaAndClips) {
 
 // ---- Golden fixtures from the PyTorch reference ------------------------------------------
 
-struct Golden {
-  SafeTensorsFile file;
-  ModelConfig cfg;
-  int B, S, steps;
-};
-
-Golden open_golden(const std::string& name) {
-  const std::string path = std::string(MOE_FIXTURE_DIR) + "/model/" + name + ".safetensors";
-  SafeTensorsFile f = SafeTensorsFile::open(path);
-  ModelConfig cfg = model_config_from_json(nlohmann::json::parse(f.metadata("config")), path);
-  const int steps = std::stoi(f.metadata("steps"));
-  return {std::move(f), cfg, cfg.training.batch_size, cfg.training.seq_len, steps};
-}
-
-template <class T>
-std::vector<int32_t> read_tokens(const SafeTensorsFile& f, const std::string& name, int64_t offset,
-                                 int64_t count) {
-  const Tensor<int64_t> t = f.read<int64_t>(name);
-  std::vector<int32_t> out(count);
-  for (int64_t i = 0; i < count; ++i) out[i] = static_cast<int32_t>(t.data()[offset + i]);
-  return out;
-}
-
-void split(const std::vector<int32_t>& window, int B, int S, std::vector<int32_t>& in,
-           std::vector<int32_t>& tg) {
-  in.resize(B * S);
-  tg.resize(B * S);
-  for (int b = 0; b < B; ++b)
-    for (int s = 0; s < S; ++s) {
-      in[b * S + s] = window[b * (S + 1) + s];
-      tg[b * S + s] = window[b * (S + 1) + s + 1];
-    }
-}
+using test::Golden;
+using test::open_golden;
+using test::read_batch;
 
 template <class T>
 void check_golden(const std::string& name, double grad_tol, double loss_tol, double traj_tol) {
@@ -305,7 +276,7 @@ void check_golden(const std::string& name, double grad_tol, double loss_tol, dou
   Transformer<T> model(g.cfg);
   for (auto& p : model.parameters()) g.file.read_into("param." + p.name, p.shape, p.value);
   std::vector<int32_t> in, tg;
-  split(read_tokens<T>(g.file, "tokens", 0, g.B * (g.S + 1)), g.B, g.S, in, tg);
+  read_batch(g.file, "tokens", 0, g.B, g.S, in, tg);
   model.zero_grad();
   const double loss = model.forward(in.data(), tg.data(), g.B, g.S);
   const auto logits = g.file.read<double>("logits");
@@ -326,9 +297,8 @@ void check_golden(const std::string& name, double grad_tol, double loss_tol, dou
   const auto ref_traj = g.file.read<double>("trajectory.loss");
   AdamW<T> opt(model.parameters(), g.cfg.training);
   for (int step = 0; step < g.steps; ++step) {
-    split(read_tokens<T>(g.file, "trajectory.tokens", static_cast<int64_t>(step) * g.B * (g.S + 1),
-                         g.B * (g.S + 1)),
-          g.B, g.S, in, tg);
+    read_batch(g.file, "trajectory.tokens", static_cast<int64_t>(step) * g.B * (g.S + 1), g.B, g.S,
+               in, tg);
     model.zero_grad();
     const double l = model.forward(in.data(), tg.data(), g.B, g.S, true);
     EXPECT_NEAR(l, ref_traj.data()[step], traj_tol * std::abs(ref_traj.data()[step]))

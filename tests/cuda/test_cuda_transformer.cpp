@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "model_fixture.h"
 #include "moe/cuda_transformer.h"
 #include "moe/safetensors.h"
 #include "moe/transformer.h"
@@ -119,33 +120,9 @@ TEST(CudaTransformerConfig, SupportedConfigNeedsADevice) {
 
 // ---- Golden fixtures (GPU) --------------------------------------------------------------------
 
-struct Golden {
-  SafeTensorsFile file;
-  ModelConfig cfg;
-  int B, S, steps;
-};
-
-Golden open_golden(const std::string& name) {
-  const std::string path = std::string(MOE_FIXTURE_DIR) + "/model/" + name + ".safetensors";
-  SafeTensorsFile f = SafeTensorsFile::open(path);
-  ModelConfig cfg = model_config_from_json(nlohmann::json::parse(f.metadata("config")), path);
-  const int steps = std::stoi(f.metadata("steps"));
-  return {std::move(f), cfg, cfg.training.batch_size, cfg.training.seq_len, steps};
-}
-
-// inputs = window[:, :-1], targets = window[:, 1:] of the [B, S+1] windows at `offset`.
-void read_batch(const SafeTensorsFile& f, const std::string& name, int64_t offset, int B, int S,
-                std::vector<int32_t>& in, std::vector<int32_t>& tg) {
-  const Tensor<int64_t> t = f.read<int64_t>(name);
-  in.resize(static_cast<size_t>(B) * S);
-  tg.resize(in.size());
-  for (int b = 0; b < B; ++b)
-    for (int s = 0; s < S; ++s) {
-      const int64_t w = offset + int64_t(b) * (S + 1) + s;
-      in[b * S + s] = static_cast<int32_t>(t.data()[w]);
-      tg[b * S + s] = static_cast<int32_t>(t.data()[w + 1]);
-    }
-}
+using test::Golden;
+using test::open_golden;
+using test::read_batch;
 
 void load_fixture_params(const Golden& g, std::vector<ParamRef<float>>& params) {
   for (auto& p : params) g.file.read_into("param." + p.name, p.shape, p.value);
