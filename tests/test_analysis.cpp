@@ -7,7 +7,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 // GCC 12's std::regex trips -Wmaybe-uninitialized inside std::function when built with the
-// sanitizers: a libstdc++ false positive (GCC bug 105562), not a read of ours.
+// sanitizers: a false positive inside libstdc++, not a read of ours.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <regex>
 
