@@ -1196,10 +1196,14 @@ TYPED_TEST(ParamSetTest, ContiguousOffsetsPointersAndZeroGrad) {
   EXPECT_TRUE(ps.has("scalar"));
   EXPECT_FALSE(ps.has("nope"));
   EXPECT_EQ(ps.find("nope"), nullptr);
+  EXPECT_EQ(ps.offset_or_none("experts.0.w2"), 9);
+  EXPECT_EQ(ps.offset_or_none("nope"), -1);
   EXPECT_EQ(ps.value("router.weight"), ps.values().data());
   EXPECT_EQ(ps.value("experts.0.w1"), ps.values().data() + 6);
   EXPECT_EQ(ps.grad("experts.0.w2"), ps.grads().data() + 9);
   EXPECT_EQ(ps.grad("scalar"), ps.grads().data() + 15);
+  const ParamSet<T>& cps = ps;
+  EXPECT_EQ(cps.grad("experts.0.w2"), ps.grads().data() + 9);
   EXPECT_NE(ps.values().data(), ps.grads().data());
   for (T v : ps.values()) EXPECT_EQ(v, T(0));
   for (T g : ps.grads()) EXPECT_EQ(g, T(0));

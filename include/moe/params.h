@@ -24,6 +24,11 @@ class ParamSet {
   bool has(const std::string& name) const { return find(name) != nullptr; }
   const ParamSpec* find(const std::string& name) const;
   const ParamSpec& spec(const std::string& name) const;  // throws naming the tensor
+  // Arena offset of `name`, or -1 when it was not declared (optional tensors).
+  int64_t offset_or_none(const std::string& name) const {
+    const ParamSpec* s = find(name);
+    return s ? s->offset : -1;
+  }
   T* value(const std::string& name) { return values_.data() + spec(name).offset; }
   T* grad(const std::string& name) { return grads_.data() + spec(name).offset; }
   View<T> value_view(const std::string& name) { return View<T>(value(name), spec(name).shape); }

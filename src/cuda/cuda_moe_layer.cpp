@@ -138,18 +138,14 @@ struct CudaMoeLayer::Impl {
     declare_expert_weights(params, E, F, d, Activation::SwiGLU);
     declare_shared_expert_weights(params, cfg);  // SwiGLU: cuda_check_supported
     params.allocate();
-    auto offset = [&](const char* name) {
-      const ParamSpec* spec = params.find(name);
-      return spec ? spec->offset : int64_t(-1);
-    };
-    off.router = offset("router.weight");
-    off.w1 = offset("experts.w1");
-    off.w3 = offset("experts.w3");
-    off.w2 = offset("experts.w2");
-    off.shared_w1 = offset("shared.w1");
-    off.shared_w3 = offset("shared.w3");
-    off.shared_w2 = offset("shared.w2");
-    off.shared_gate = offset("shared.gate");
+    off.router = params.offset_or_none("router.weight");
+    off.w1 = params.offset_or_none("experts.w1");
+    off.w3 = params.offset_or_none("experts.w3");
+    off.w2 = params.offset_or_none("experts.w2");
+    off.shared_w1 = params.offset_or_none("shared.w1");
+    off.shared_w3 = params.offset_or_none("shared.w3");
+    off.shared_w2 = params.offset_or_none("shared.w2");
+    off.shared_gate = params.offset_or_none("shared.gate");
     bias.assign(E, 0.0f);
     offsets.assign(E + 1, 0);
     problems.resize(E);

@@ -62,19 +62,15 @@ MoeLayer<T>::MoeLayer(const MoeConfig& config) : cfg_(config) {
   declare_expert_weights(params_, E_, F_, d_, cfg_.hidden_act);
   declare_shared_expert_weights(params_, cfg_);
   params_.allocate();
-  auto offset = [&](const char* name) {
-    const ParamSpec* spec = params_.find(name);
-    return spec ? spec->offset : int64_t(-1);
-  };
-  off_.router = offset("router.weight");
-  off_.noise = offset("router.noise_weight");
-  off_.w1 = offset("experts.w1");
-  off_.w3 = offset("experts.w3");
-  off_.w2 = offset("experts.w2");
-  off_.shared_w1 = offset("shared.w1");
-  off_.shared_w3 = offset("shared.w3");
-  off_.shared_w2 = offset("shared.w2");
-  off_.shared_gate = offset("shared.gate");
+  off_.router = params_.offset_or_none("router.weight");
+  off_.noise = params_.offset_or_none("router.noise_weight");
+  off_.w1 = params_.offset_or_none("experts.w1");
+  off_.w3 = params_.offset_or_none("experts.w3");
+  off_.w2 = params_.offset_or_none("experts.w2");
+  off_.shared_w1 = params_.offset_or_none("shared.w1");
+  off_.shared_w3 = params_.offset_or_none("shared.w3");
+  off_.shared_w2 = params_.offset_or_none("shared.w2");
+  off_.shared_gate = params_.offset_or_none("shared.gate");
   bias_.assign(E_, T(0));
   counts_.assign(E_, 0);
   importance_.assign(E_, 0.0);
