@@ -392,6 +392,17 @@ TEST(VitConfigTest, ErrorsNameTheKey) {
   bad = base;
   bad["drop_policy"] = "priority";
   expect_error([&] { vit_config_from_json(bad, "cfg"); }, {"drop_policy", "batch_priority"});
+  // Wrong JSON types name the key (and the element of an array).
+  bad = base;
+  bad["patch_size"] = "x";
+  expect_error([&] { vit_config_from_json(bad, "cfg"); }, {"patch_size", "\"x\"", "integer"});
+  bad = base;
+  bad["training"] = {{"eval_capacity_factors", {1.0, "a"}}};
+  expect_error([&] { vit_config_from_json(bad, "cfg"); },
+               {"training", "eval_capacity_factors[1]", "a number"});
+  bad = base;
+  bad["training"] = {{"eval_capacity_factors", 1.0}};
+  expect_error([&] { vit_config_from_json(bad, "cfg"); }, {"eval_capacity_factors", "an array"});
   // Round trip.
   VitConfig c = vit_config_from_json(base, "cfg");
   c.router_type = VitRouter::Soft;
