@@ -16,7 +16,7 @@
 // sigmoid scores, a selection bias (aux-loss-free balancing), norm_topk_prob,
 // routed_scaling_factor, capacity_factor with drop_policy "position" and overflow "drop",
 // SwiGLU experts, shared experts with or without the sigmoid gate, the load-balance loss
-// (Switch or HF style) and the z-loss. No padding mask: every token is routed.
+// (Switch or HF style) and the z-loss. A padding mask as MoeLayer's ForwardOptions::token_mask.
 //
 // Each forward synchronizes once with the device to learn the per-expert row counts (the
 // grouped GEMM takes its problem sizes from the host), as Megatron-Core's grouped GEMM does.
@@ -78,8 +78,10 @@ class CudaMoeLayer {
   void zero_grad();
 
   // ---- Host convenience: copies to and from the device; blocks until done. ----
-  // x, out: [T, hidden_size] host tensors.
-  void forward(View<const float> x, View<float> out);
+  // x, out: [T, hidden_size] host tensors. token_mask: host [T], 1 = real token, 0 = padding
+  // (never routed, outside capacity, losses and metrics; shared experts still run on it), or
+  // null when every token is real, as MoeLayer's ForwardOptions::token_mask.
+  void forward(View<const float> x, View<float> out, const uint8_t* token_mask = nullptr);
   // dout, dx: [T, hidden_size] host tensors; aux_scale multiplies the aux-loss gradients.
   void backward(View<const float> dout, View<float> dx, double aux_scale = 1.0);
 
@@ -87,7 +89,9 @@ class CudaMoeLayer {
   // Reads x [tokens, d] (copied, so x may be reused afterwards) and writes out [tokens, d],
   // both ordered on stream(). Returns after the routing counts have reached the host; the
   // expert GEMMs and the combine may still be running.
-  void forward_device(const float* x, float* out, int64_t tokens);
+  // token_mask: host [tokens] or null, as in forward().
+  void forward_device(const float* x, float* out, int64_t tokens,
+                      const uint8_t* token_mask = nullptr);
   // dout, dx [tokens, d] of the last forward; dx (=); device gradients (+=).
   void backward_device(const float* dout, float* dx, double aux_scale = 1.0);
   // The fp32 master weights and the gradients on the device, laid out like params().values().

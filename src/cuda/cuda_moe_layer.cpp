@@ -96,6 +96,7 @@ struct CudaMoeLayer::Impl {
 
   // Forward state (saved for the backward).
   DeviceBuffer<float> x;                                      // [T, d]
+  DeviceBuffer<uint8_t> token_mask;                           // [T], when the forward had one
   DeviceBuffer<bf16> x_bf;                                    // [T, d]
   DeviceBuffer<float> z, s, p;                                // [T, E]
   DeviceBuffer<float> lse, norm;                              // [T]
@@ -119,7 +120,8 @@ struct CudaMoeLayer::Impl {
   PinnedBuffer<double> host_stats;
   std::vector<int64_t> offsets;  // [E+1] of the last forward
 
-  int64_t tokens = 0, rows = 0, capacity = -1;
+  int64_t tokens = 0, valid_tokens = 0, rows = 0, capacity = -1;
+  bool masked = false;  // the last forward had padding tokens
   bool forward_done = false;
   MoeMetrics metrics;
 
@@ -230,18 +232,27 @@ struct CudaMoeLayer::Impl {
     }
   }
 
-  // Forward on x (already in this->x, T rows) into out (device).
-  void forward(int64_t T, float* out) {
+  // Forward on x (already in this->x, T rows) into out (device); mask: host [T] or null.
+  void forward(int64_t T, float* out, const uint8_t* mask) {
     MOE_CHECK(T * k <= int64_t(INT32_MAX),
               "CudaMoeLayer::forward: {} tokens x {} experts per token exceed the int32 row "
               "indices",
               T, k);
     tokens = T;
     forward_done = true;
+    valid_tokens = T;
+    if (mask)
+      for (int64_t t = 0; t < T; ++t) valid_tokens -= mask[t] == 0;
+    masked = valid_tokens < T;
+    if (masked) {
+      token_mask.grow(T);
+      MOE_CUDA_CHECK(cudaMemcpyAsync(token_mask.get(), mask, T, cudaMemcpyHostToDevice, stream));
+    }
+    const uint8_t* mask_dev = masked ? token_mask.get() : nullptr;
     const float one = 1.0f, zero = 0.0f;
     const float* w = weights.get();
     const int64_t slots = T * k;
-    capacity = cuda::expert_capacity(cfg.capacity_factor, T, k, E);
+    capacity = cuda::expert_capacity(cfg.capacity_factor, valid_tokens, k, E);
     if (T == 0) {
       rows = 0;
       std::fill(offsets.begin(), offsets.end(), 0);
@@ -259,7 +270,7 @@ struct CudaMoeLayer::Impl {
                                  w + off.router, d, x.get(), d, &zero, z.get(), E));
     // 2. Scores, selection, gates, probabilities.
     cuda::launch_router_forward(rp, T, z.get(), cfg.use_selection_bias ? bias_dev.get() : nullptr,
-                                s.get(), p.get(), lse.get(), norm.get(), primary.get(),
+                                mask_dev, s.get(), p.get(), lse.get(), norm.get(), primary.get(),
                                 gate_primary.get(), token_entropy.get(), token_lse_sq.get(),
                                 stream);
     // 3. Capacity (position priority, drop) and the expert-major rows.
@@ -269,7 +280,7 @@ struct CudaMoeLayer::Impl {
                              chunk_counts.get(), offsets_dev.get(), slot_row.get(), row_slot.get(),
                              expert.get(), gate.get(), stream);
     // 4. Loss sums, and everything the host needs, in one synchronization.
-    cuda::launch_routing_stats(T, E, p.get(), token_entropy.get(), token_lse_sq.get(),
+    cuda::launch_routing_stats(T, E, p.get(), mask_dev, token_entropy.get(), token_lse_sq.get(),
                                stats_dev.get(), stream);
     MOE_CUDA_CHECK(cudaMemcpyAsync(host_counts.get(), counts_dev.get(), sizeof(int64_t) * E,
                                    cudaMemcpyDeviceToHost, stream));
@@ -382,9 +393,10 @@ struct CudaMoeLayer::Impl {
         shared_gate ? w + off.shared_gate : nullptr, Hs > 0 ? dxs.get() : nullptr, dx, stream);
 
     // Router: gates and losses -> scores -> logits -> weights and x (fp32).
-    cuda::launch_router_backward(rp, T, z.get(), s.get(), p.get(), norm.get(), lse.get(),
-                                 primary.get(), expert.get(), dgate.get(), counts_dev.get(), T,
-                                 aux_scale, ds.get(), dz.get(), stream);
+    cuda::launch_router_backward(rp, T, z.get(), masked ? token_mask.get() : nullptr, s.get(),
+                                 p.get(), norm.get(), lse.get(), primary.get(), expert.get(),
+                                 dgate.get(), counts_dev.get(), valid_tokens, aux_scale, ds.get(),
+                                 dz.get(), stream);
     // dWr [E, d] += dz^T x; dx [T, d] += dz Wr.
     MOE_CUBLAS_CHECK(cublasSgemm(blas, CUBLAS_OP_N, CUBLAS_OP_T, d, E, static_cast<int>(T), &one,
                                  x.get(), d, dz.get(), E, &one, g + off.router, d));
@@ -402,16 +414,16 @@ struct CudaMoeLayer::Impl {
       m.kept_per_expert[e] = offsets[e + 1] - offsets[e];
       m.dropped += counts[e] - m.kept_per_expert[e];
     }
-    m.tokens = tokens;
-    m.assignments = tokens * k;
+    m.tokens = valid_tokens;
+    m.assignments = valid_tokens * k;
     m.rerouted = 0;
     m.capacity = capacity;
     m.dropped_fraction =
         m.assignments ? static_cast<double>(m.dropped) / static_cast<double>(m.assignments) : 0.0;
-    m.load_balance_loss = cuda::load_balance_value(rp, counts, stats, tokens);
+    m.load_balance_loss = cuda::load_balance_value(rp, counts, stats, valid_tokens);
     m.importance_loss = 0;
-    m.z_loss = cuda::z_loss_value(rp, stats[E + 1], tokens);
-    m.router_entropy = tokens ? stats[E] / static_cast<double>(tokens) : 0.0;
+    m.z_loss = cuda::z_loss_value(rp, stats[E + 1], valid_tokens);
+    m.router_entropy = valid_tokens ? stats[E] / static_cast<double>(valid_tokens) : 0.0;
     m.set_load_spread();
   }
 
@@ -458,7 +470,7 @@ void CudaMoeLayer::zero_grad() {
   impl_->zero_grad();
 }
 
-void CudaMoeLayer::forward(View<const float> x, View<float> out) {
+void CudaMoeLayer::forward(View<const float> x, View<float> out, const uint8_t* token_mask) {
   Impl& m = *impl_;
   MOE_CHECK(x.ndim() == 2 && x.size(1) == m.d && x.contiguous(),
             "CudaMoeLayer::forward: x has shape {}, expected [T,{}] (hidden_size)", x.shape.str(),
@@ -470,7 +482,7 @@ void CudaMoeLayer::forward(View<const float> x, View<float> out) {
   if (T > 0)
     MOE_CUDA_CHECK(cudaMemcpyAsync(m.x.get(), x.data, sizeof(float) * T * m.d,
                                    cudaMemcpyHostToDevice, m.stream));
-  m.forward(T, m.io_out.get());
+  m.forward(T, m.io_out.get(), token_mask);
   if (T > 0)
     MOE_CUDA_CHECK(cudaMemcpyAsync(out.data, m.io_out.get(), sizeof(float) * T * m.d,
                                    cudaMemcpyDeviceToHost, m.stream));
@@ -494,14 +506,15 @@ void CudaMoeLayer::backward(View<const float> dout, View<float> dx, double aux_s
   m.sync();
 }
 
-void CudaMoeLayer::forward_device(const float* x, float* out, int64_t tokens) {
+void CudaMoeLayer::forward_device(const float* x, float* out, int64_t tokens,
+                                  const uint8_t* token_mask) {
   Impl& m = *impl_;
   MOE_CHECK(tokens >= 0, "CudaMoeLayer::forward_device: tokens = {} < 0", tokens);
   m.reserve(tokens);
   if (tokens > 0)
     MOE_CUDA_CHECK(cudaMemcpyAsync(m.x.get(), x, sizeof(float) * tokens * m.d,
                                    cudaMemcpyDeviceToDevice, m.stream));
-  m.forward(tokens, out);
+  m.forward(tokens, out, token_mask);
 }
 
 void CudaMoeLayer::backward_device(const float* dout, float* dx, double aux_scale) {
@@ -567,7 +580,7 @@ void CudaMoeLayer::update_selection_bias() {
   Impl& m = *impl_;
   if (!m.cfg.use_selection_bias) return;
   moe::update_selection_bias<float>(m.E, m.cfg.bias_update_rate,
-                                    m.metrics.primary_per_expert.data(), m.tokens, m.k,
+                                    m.metrics.primary_per_expert.data(), m.valid_tokens, m.k,
                                     m.bias.data());
   m.bias_dirty = true;
 }

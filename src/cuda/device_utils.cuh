@@ -6,6 +6,17 @@
 
 #include <cstdint>
 
+// kernel<<<grid, block, 0, stream>>>(args...) is written MOE_LAUNCH(kernel, grid, block,
+// stream)(args...), so that the CPU emulator (tests/cuda_emu, built with MOE_CUDA_EMULATION)
+// runs the same kernels with one fiber per thread.
+#if defined(MOE_CUDA_EMULATION)
+#define MOE_LAUNCH(kernel, grid, block, stream)                       \
+  ::moe_emu::Launch{#kernel, dim3(grid), dim3(block), (stream)}.bind( \
+      [](auto&... kernel_args) { kernel(kernel_args...); })
+#else
+#define MOE_LAUNCH(kernel, grid, block, stream) kernel<<<(grid), (block), 0, (stream)>>>
+#endif
+
 namespace moe::cuda {
 
 constexpr int kThreads = 256;  // every kernel's block size (a multiple of the warp size)

@@ -84,7 +84,7 @@ int to_int(int64_t v, const char* what) {
 
 void launch_to_bf16(const float* src, int64_t n, bf16* dst, cudaStream_t stream) {
   if (n == 0) return;
-  to_bf16_kernel<<<elementwise_blocks(n), kThreads, 0, stream>>>(src, n, dst);
+  MOE_LAUNCH(to_bf16_kernel, elementwise_blocks(n), kThreads, stream)(src, n, dst);
   MOE_CUDA_CHECK_LAUNCH();
 }
 
@@ -92,20 +92,21 @@ void launch_pack_gate_up(const float* w1, const float* w3, int64_t experts, int6
                          bf16* w13, cudaStream_t stream) {
   const int64_t n = experts * 2 * F * d;
   if (n == 0) return;
-  pack_gate_up_kernel<<<elementwise_blocks(n), kThreads, 0, stream>>>(w1, w3, experts, F, d, w13);
+  MOE_LAUNCH(pack_gate_up_kernel, elementwise_blocks(n), kThreads, stream)
+  (w1, w3, experts, F, d, w13);
   MOE_CUDA_CHECK_LAUNCH();
 }
 
 void launch_swiglu_forward(int64_t rows, int64_t F, const bf16* h, bf16* a, cudaStream_t stream) {
   if (rows * F == 0) return;
-  swiglu_forward_kernel<<<row_blocks(rows), kThreads, 0, stream>>>(rows, F, h, a);
+  MOE_LAUNCH(swiglu_forward_kernel, row_blocks(rows), kThreads, stream)(rows, F, h, a);
   MOE_CUDA_CHECK_LAUNCH();
 }
 
 void launch_swiglu_backward(int64_t rows, int64_t F, const bf16* h, const bf16* da, bf16* dh,
                             cudaStream_t stream) {
   if (rows * F == 0) return;
-  swiglu_backward_kernel<<<row_blocks(rows), kThreads, 0, stream>>>(rows, F, h, da, dh);
+  MOE_LAUNCH(swiglu_backward_kernel, row_blocks(rows), kThreads, stream)(rows, F, h, da, dh);
   MOE_CUDA_CHECK_LAUNCH();
 }
 

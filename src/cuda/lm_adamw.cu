@@ -68,12 +68,12 @@ void launch_sum_squares(const float* g, int64_t n, double* partial, cudaStream_t
   if (blocks == 0) return;
   if (blocks > 0x7fffffffLL)
     throw_cuda_error(__FILE__, __LINE__, "launch_sum_squares", "tensor too large for one grid");
-  sum_squares_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(g, n, partial);
+  MOE_LAUNCH(sum_squares_kernel, static_cast<unsigned>(blocks), kThreads, stream)(g, n, partial);
   MOE_CUDA_CHECK_LAUNCH();
 }
 
 void launch_sum_in_order(const double* partial, int64_t count, double* out, cudaStream_t stream) {
-  sum_in_order_kernel<<<1, 32, 0, stream>>>(partial, count, out);
+  MOE_LAUNCH(sum_in_order_kernel, 1, 32, stream)(partial, count, out);
   MOE_CUDA_CHECK_LAUNCH();
 }
 
@@ -82,7 +82,7 @@ void launch_adamw(const AdamWStep& s, const double* norm_sq, int64_t n, const fl
   if (n == 0) return;
   const int64_t b = (n + kThreads - 1) / kThreads;
   const unsigned grid = static_cast<unsigned>(b > (1 << 20) ? (1 << 20) : b);
-  adamw_kernel<<<grid, kThreads, 0, stream>>>(s, norm_sq, n, g, p, m, v);
+  MOE_LAUNCH(adamw_kernel, grid, kThreads, stream)(s, norm_sq, n, g, p, m, v);
   MOE_CUDA_CHECK_LAUNCH();
 }
 

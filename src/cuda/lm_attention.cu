@@ -79,21 +79,21 @@ void launch_rope(float* x, const float* cos_table, const float* sin_table, int64
                  int head_dim, int64_t seq_len, float sign, cudaStream_t stream) {
   const int64_t total = n * heads * (head_dim / 2);
   if (total == 0) return;
-  rope_kernel<<<elementwise_grid(total), kThreads, 0, stream>>>(x, cos_table, sin_table, n, heads,
-                                                                head_dim, seq_len, sign);
+  MOE_LAUNCH(rope_kernel, elementwise_grid(total), kThreads, stream)
+  (x, cos_table, sin_table, n, heads, head_dim, seq_len, sign);
   MOE_CUDA_CHECK_LAUNCH();
 }
 
 void launch_causal_softmax(float* P, int64_t rows, int64_t S, cudaStream_t stream) {
   if (rows * S == 0) return;
-  causal_softmax_kernel<<<row_grid(rows), kThreads, 0, stream>>>(P, rows, S);
+  MOE_LAUNCH(causal_softmax_kernel, row_grid(rows), kThreads, stream)(P, rows, S);
   MOE_CUDA_CHECK_LAUNCH();
 }
 
 void launch_causal_softmax_backward(const float* P, float* dS, int64_t rows, int64_t S,
                                     cudaStream_t stream) {
   if (rows * S == 0) return;
-  causal_softmax_backward_kernel<<<row_grid(rows), kThreads, 0, stream>>>(P, dS, rows, S);
+  MOE_LAUNCH(causal_softmax_backward_kernel, row_grid(rows), kThreads, stream)(P, dS, rows, S);
   MOE_CUDA_CHECK_LAUNCH();
 }
 

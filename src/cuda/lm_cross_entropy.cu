@@ -50,8 +50,8 @@ unsigned row_grid(int64_t rows) {
 void launch_cross_entropy(int64_t n, int64_t V, const float* logits, const int32_t* targets,
                           double scale, float* row_loss, float* dlogits, cudaStream_t stream) {
   if (n == 0) return;
-  cross_entropy_kernel<<<row_grid(n), kThreads, 0, stream>>>(n, V, logits, targets, scale, row_loss,
-                                                             dlogits);
+  MOE_LAUNCH(cross_entropy_kernel, row_grid(n), kThreads, stream)
+  (n, V, logits, targets, scale, row_loss, dlogits);
   MOE_CUDA_CHECK_LAUNCH();
 }
 

@@ -44,7 +44,7 @@ unsigned row_grid(int64_t rows) {
 void launch_embedding_forward(const int32_t* tokens, int64_t n, int64_t d, const float* table,
                               float* out, cudaStream_t stream) {
   if (n * d == 0) return;
-  embedding_forward_kernel<<<row_grid(n), kThreads, 0, stream>>>(tokens, n, d, table, out);
+  MOE_LAUNCH(embedding_forward_kernel, row_grid(n), kThreads, stream)(tokens, n, d, table, out);
   MOE_CUDA_CHECK_LAUNCH();
 }
 
@@ -52,8 +52,8 @@ void launch_embedding_backward(int64_t unique, int64_t d, const int32_t* unique_
                                const int32_t* row_start, const int32_t* rows_by_token,
                                const float* dout, float* dtable, cudaStream_t stream) {
   if (unique * d == 0) return;
-  embedding_backward_kernel<<<row_grid(unique), kThreads, 0, stream>>>(
-      unique, d, unique_tokens, row_start, rows_by_token, dout, dtable);
+  MOE_LAUNCH(embedding_backward_kernel, row_grid(unique), kThreads, stream)
+  (unique, d, unique_tokens, row_start, rows_by_token, dout, dtable);
   MOE_CUDA_CHECK_LAUNCH();
 }
 

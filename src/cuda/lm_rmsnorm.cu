@@ -85,7 +85,7 @@ unsigned row_grid(int64_t rows) {
 void launch_rmsnorm_forward(int64_t n, int64_t d, const float* x, const float* w, double eps,
                             float* out, float* rstd, cudaStream_t stream) {
   if (n * d == 0) return;
-  rmsnorm_forward_kernel<<<row_grid(n), kThreads, 0, stream>>>(n, d, x, w, eps, out, rstd);
+  MOE_LAUNCH(rmsnorm_forward_kernel, row_grid(n), kThreads, stream)(n, d, x, w, eps, out, rstd);
   MOE_CUDA_CHECK_LAUNCH();
 }
 
@@ -93,16 +93,17 @@ void launch_rmsnorm_backward(int64_t n, int64_t d, const float* dout, const floa
                              const float* w, const float* rstd, float* dx, float* dw,
                              float* partial, cudaStream_t stream) {
   if (n * d == 0) return;
-  rmsnorm_backward_dx_kernel<<<row_grid(n), kThreads, 0, stream>>>(n, d, dout, x, w, rstd, dx);
+  MOE_LAUNCH(rmsnorm_backward_dx_kernel, row_grid(n), kThreads, stream)(n, d, dout, x, w, rstd, dx);
   MOE_CUDA_CHECK_LAUNCH();
   const int64_t chunks = rmsnorm_chunks(n);
   if (chunks > 65535)
     throw_cuda_error(__FILE__, __LINE__, "launch_rmsnorm_backward",
                      "too many rows for the dw partial-sum grid (at most 65535 * 64)");
   const dim3 grid(blocks_for(d), static_cast<unsigned>(chunks));
-  rmsnorm_backward_dw_partial_kernel<<<grid, kThreads, 0, stream>>>(n, d, dout, x, rstd, partial);
+  MOE_LAUNCH(rmsnorm_backward_dw_partial_kernel, grid, kThreads, stream)
+  (n, d, dout, x, rstd, partial);
   MOE_CUDA_CHECK_LAUNCH();
-  column_sum_into_kernel<<<blocks_for(d), kThreads, 0, stream>>>(chunks, d, partial, dw);
+  MOE_LAUNCH(column_sum_into_kernel, blocks_for(d), kThreads, stream)(chunks, d, partial, dw);
   MOE_CUDA_CHECK_LAUNCH();
 }
 

@@ -44,20 +44,21 @@ unsigned elementwise_grid(int64_t n) {
 void launch_swiglu_f32_forward(int64_t n, const float* h1, const float* h3, float* a,
                                cudaStream_t stream) {
   if (n == 0) return;
-  swiglu_f32_forward_kernel<<<elementwise_grid(n), kThreads, 0, stream>>>(n, h1, h3, a);
+  MOE_LAUNCH(swiglu_f32_forward_kernel, elementwise_grid(n), kThreads, stream)(n, h1, h3, a);
   MOE_CUDA_CHECK_LAUNCH();
 }
 
 void launch_swiglu_f32_backward(int64_t n, const float* h1, const float* h3, const float* da,
                                 float* dh1, float* dh3, cudaStream_t stream) {
   if (n == 0) return;
-  swiglu_f32_backward_kernel<<<elementwise_grid(n), kThreads, 0, stream>>>(n, h1, h3, da, dh1, dh3);
+  MOE_LAUNCH(swiglu_f32_backward_kernel, elementwise_grid(n), kThreads, stream)
+  (n, h1, h3, da, dh1, dh3);
   MOE_CUDA_CHECK_LAUNCH();
 }
 
 void launch_add(int64_t n, const float* a, const float* b, float* out, cudaStream_t stream) {
   if (n == 0) return;
-  add_kernel<<<elementwise_grid(n), kThreads, 0, stream>>>(n, a, b, out);
+  MOE_LAUNCH(add_kernel, elementwise_grid(n), kThreads, stream)(n, a, b, out);
   MOE_CUDA_CHECK_LAUNCH();
 }
 

@@ -11,9 +11,11 @@
 
 namespace moe::cuda {
 
-// stats [E + 2] (=): sum over tokens of p[:, e] for each expert (the load-balance loss's P
-// times T), then the sums of token_entropy [T] and token_lse_sq [T].
-void launch_routing_stats(int64_t tokens, int E, const float* p, const double* token_entropy,
-                          const double* token_lse_sq, double* stats, cudaStream_t stream);
+// stats [E + 2] (=): sum over the real tokens (token_mask [T] nonzero, or all when null) of
+// p[:, e] for each expert (the load-balance loss's P times T), then the sums of
+// token_entropy [T] and token_lse_sq [T] (zero for padding).
+void launch_routing_stats(int64_t tokens, int E, const float* p, const uint8_t* token_mask,
+                          const double* token_entropy, const double* token_lse_sq, double* stats,
+                          cudaStream_t stream);
 
 }  // namespace moe::cuda

@@ -129,12 +129,12 @@ void launch_route_counts(const int32_t* primary, int64_t slots, int E, int64_t c
                          cudaStream_t stream) {
   const int64_t chunks = slot_chunks(slots);
   if (chunks > 0) {
-    chunk_counts_kernel<<<blocks_for(chunks), kThreads, 0, stream>>>(primary, slots, E,
-                                                                     chunk_counts);
+    MOE_LAUNCH(chunk_counts_kernel, blocks_for(chunks), kThreads, stream)
+    (primary, slots, E, chunk_counts);
     MOE_CUDA_CHECK_LAUNCH();
   }
-  scan_counts_kernel<<<1, kThreads, 0, stream>>>(chunk_counts, chunks, E, capacity, counts,
-                                                 offsets);
+  MOE_LAUNCH(scan_counts_kernel, 1, kThreads, stream)
+  (chunk_counts, chunks, E, capacity, counts, offsets);
   MOE_CUDA_CHECK_LAUNCH();
 }
 
@@ -144,18 +144,18 @@ void launch_assign_rows(const int32_t* primary, const float* gate_primary, int64
                         cudaStream_t stream) {
   if (slots == 0) return;
   const int64_t chunks = slot_chunks(slots);
-  assign_rows_kernel<<<blocks_for(chunks), kThreads, 0, stream>>>(
-      primary, slots, E, capacity, chunk_counts, offsets, slot_row, row_slot);
+  MOE_LAUNCH(assign_rows_kernel, blocks_for(chunks), kThreads, stream)
+  (primary, slots, E, capacity, chunk_counts, offsets, slot_row, row_slot);
   MOE_CUDA_CHECK_LAUNCH();
-  final_slots_kernel<<<blocks_for(slots), kThreads, 0, stream>>>(primary, gate_primary, slot_row,
-                                                                 slots, expert, gate);
+  MOE_LAUNCH(final_slots_kernel, blocks_for(slots), kThreads, stream)
+  (primary, gate_primary, slot_row, slots, expert, gate);
   MOE_CUDA_CHECK_LAUNCH();
 }
 
 void launch_gather_rows(const int32_t* row_slot, int k, int64_t rows, int64_t d, const bf16* x,
                         bf16* xp, cudaStream_t stream) {
   if (rows == 0) return;
-  gather_rows_kernel<<<row_blocks(rows), kThreads, 0, stream>>>(row_slot, k, rows, d, x, xp);
+  MOE_LAUNCH(gather_rows_kernel, row_blocks(rows), kThreads, stream)(row_slot, k, rows, d, x, xp);
   MOE_CUDA_CHECK_LAUNCH();
 }
 
@@ -163,8 +163,8 @@ void launch_gather_rows_backward(int64_t tokens, int k, int64_t d, const int32_t
                                  const bf16* dxp, const float* shared_dpre, const float* shared_wg,
                                  const bf16* shared_dx, float* dx, cudaStream_t stream) {
   if (tokens == 0) return;
-  gather_rows_backward_kernel<<<row_blocks(tokens), kThreads, 0, stream>>>(
-      tokens, k, d, slot_row, dxp, shared_dpre, shared_wg, shared_dx, dx);
+  MOE_LAUNCH(gather_rows_backward_kernel, row_blocks(tokens), kThreads, stream)
+  (tokens, k, d, slot_row, dxp, shared_dpre, shared_wg, shared_dx, dx);
   MOE_CUDA_CHECK_LAUNCH();
 }
 
@@ -172,8 +172,8 @@ void launch_combine(int64_t tokens, int k, int64_t d, const int32_t* slot_row, c
                     const bf16* y, const bf16* shared_y, const float* shared_gate, float* out,
                     cudaStream_t stream) {
   if (tokens == 0) return;
-  combine_kernel<<<row_blocks(tokens), kThreads, 0, stream>>>(tokens, k, d, slot_row, gate, y,
-                                                              shared_y, shared_gate, out);
+  MOE_LAUNCH(combine_kernel, row_blocks(tokens), kThreads, stream)
+  (tokens, k, d, slot_row, gate, y, shared_y, shared_gate, out);
   MOE_CUDA_CHECK_LAUNCH();
 }
 
@@ -181,8 +181,8 @@ void launch_combine_backward(int64_t tokens, int k, int64_t d, const int32_t* sl
                              const float* gate, const bf16* y, const float* dout, bf16* dy,
                              float* dgate, cudaStream_t stream) {
   if (tokens == 0) return;
-  combine_backward_kernel<<<row_blocks(tokens), kThreads, 0, stream>>>(tokens, k, d, slot_row, gate,
-                                                                       y, dout, dy, dgate);
+  MOE_LAUNCH(combine_backward_kernel, row_blocks(tokens), kThreads, stream)
+  (tokens, k, d, slot_row, gate, y, dout, dy, dgate);
   MOE_CUDA_CHECK_LAUNCH();
 }
 

@@ -31,7 +31,7 @@ __global__ void shared_gate_backward_kernel(int64_t tokens, int64_t d, const flo
 
 void launch_sigmoid_inplace(int64_t n, float* gate, cudaStream_t stream) {
   if (n == 0) return;
-  sigmoid_inplace_kernel<<<blocks_for(n), kThreads, 0, stream>>>(n, gate);
+  MOE_LAUNCH(sigmoid_inplace_kernel, blocks_for(n), kThreads, stream)(n, gate);
   MOE_CUDA_CHECK_LAUNCH();
 }
 
@@ -39,7 +39,8 @@ void launch_shared_gate_backward(int64_t tokens, int64_t d, const float* dout, c
                                  const float* gate, bf16* dy, float* dpre, cudaStream_t stream) {
   if (tokens == 0) return;
   const unsigned blocks = static_cast<unsigned>(tokens < (1 << 16) ? tokens : (1 << 16));
-  shared_gate_backward_kernel<<<blocks, kThreads, 0, stream>>>(tokens, d, dout, y, gate, dy, dpre);
+  MOE_LAUNCH(shared_gate_backward_kernel, blocks, kThreads, stream)
+  (tokens, d, dout, y, gate, dy, dpre);
   MOE_CUDA_CHECK_LAUNCH();
 }
 

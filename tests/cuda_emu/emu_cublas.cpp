@@ -1,0 +1,253 @@
+// The emulated cuBLAS (see emu.h and cublas_v2.h): reference loops with cuBLAS's argument checks
+// and column-major semantics. Products accumulate in double and are rounded once to the output
+// type, so they are at least as accurate as cuBLAS's fp32 accumulation.
+#include <cstdarg>
+#include <cstdio>
+#include <vector>
+
+#include "cublas_v2.h"
+#include "cuda_bf16.h"
+
+namespace moe_emu {
+bool device_span(const void* p, size_t bytes);
+}
+
+struct cublasContext {
+  cudaStream_t stream = nullptr;
+};
+
+namespace {
+
+cublasStatus_t invalid(const char* call, const char* format, ...) {
+  std::fprintf(stderr, "cuda emulator: %s: ", call);
+  va_list args;
+  va_start(args, format);
+  std::vfprintf(stderr, format, args);
+  va_end(args);
+  std::fprintf(stderr, "\n");
+  return CUBLAS_STATUS_INVALID_VALUE;
+}
+
+// A column-major operand: element (i, j) of op(X) for X stored with leading dimension ld.
+struct Operand {
+  const void* data;
+  cudaDataType_t type;
+  int ld;
+  bool transposed;
+  double at(long i, long j) const {
+    const long index = transposed ? j + i * static_cast<long>(ld) : i + j * static_cast<long>(ld);
+    if (type == CUDA_R_32F) return static_cast<const float*>(data)[index];
+    return __bfloat162float(static_cast<const __nv_bfloat16*>(data)[index]);
+  }
+};
+
+size_t type_size(cudaDataType_t t) {
+  return t == CUDA_R_32F ? 4 : 2;
+}
+
+// Bytes a column-major rows x cols matrix spans with leading dimension ld.
+size_t span_bytes(long rows, long cols, int ld, cudaDataType_t t) {
+  if (rows == 0 || cols == 0) return 0;
+  return (static_cast<size_t>(cols - 1) * static_cast<size_t>(ld) + static_cast<size_t>(rows)) *
+         type_size(t);
+}
+
+// C [m, n] = alpha op(A) op(B) + beta C after the checks cuBLAS makes (and the device-pointer
+// checks a real GPU would enforce by faulting).
+cublasStatus_t gemm(const char* call, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
+                    int k, float alpha, const void* A, cudaDataType_t at, int lda, const void* B,
+                    cudaDataType_t bt, int ldb, float beta, void* C, cudaDataType_t ct, int ldc) {
+  if (ta == CUBLAS_OP_C || tb == CUBLAS_OP_C) return invalid(call, "conjugate transpose");
+  if (m < 0 || n < 0 || k < 0) return invalid(call, "m=%d n=%d k=%d", m, n, k);
+  const bool a_t = ta == CUBLAS_OP_T, b_t = tb == CUBLAS_OP_T;
+  const int a_rows = a_t ? k : m, b_rows = b_t ? n : k;
+  if (lda < (a_rows > 1 ? a_rows : 1)) return invalid(call, "lda=%d < %d", lda, a_rows);
+  if (ldb < (b_rows > 1 ? b_rows : 1)) return invalid(call, "ldb=%d < %d", ldb, b_rows);
+  if (ldc < (m > 1 ? m : 1)) return invalid(call, "ldc=%d < m=%d", ldc, m);
+  if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
+  const size_t a_bytes = span_bytes(a_rows, a_t ? m : k, lda, at);
+  const size_t b_bytes = span_bytes(b_rows, b_t ? k : n, ldb, bt);
+  const size_t c_bytes = span_bytes(m, n, ldc, ct);
+  if (k > 0 && !moe_emu::device_span(A, a_bytes))
+    return invalid(call, "A=%p is not a device range of %zu bytes", A, a_bytes);
+  if (k > 0 && !moe_emu::device_span(B, b_bytes))
+    return invalid(call, "B=%p is not a device range of %zu bytes", B, b_bytes);
+  if (!moe_emu::device_span(C, c_bytes))
+    return invalid(call, "C=%p is not a device range of %zu bytes", C, c_bytes);
+  moe_emu::DeviceScope scope(call);
+  const Operand a{A, at, lda, a_t}, b{B, bt, ldb, b_t};
+  for (long j = 0; j < n; ++j) {
+    for (long i = 0; i < m; ++i) {
+      double acc = 0;
+      for (long p = 0; p < k; ++p) acc += a.at(i, p) * b.at(p, j);
+      const long index = i + j * static_cast<long>(ldc);
+      if (ct == CUDA_R_32F) {
+        float* c = static_cast<float*>(C) + index;
+        *c = static_cast<float>(alpha * acc + (beta == 0.0f ? 0.0 : beta * double(*c)));
+      } else {
+        __nv_bfloat16* c = static_cast<__nv_bfloat16*>(C) + index;
+        const double old = beta == 0.0f ? 0.0 : beta * double(__bfloat162float(*c));
+        *c = __float2bfloat16_rn(static_cast<float>(alpha * acc + old));
+      }
+    }
+  }
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+bool supported_types(cudaDataType_t a, cudaDataType_t b, cudaDataType_t c,
+                     cublasComputeType_t compute) {
+  if (compute != CUBLAS_COMPUTE_32F) return false;
+  if (a == CUDA_R_32F && b == CUDA_R_32F && c == CUDA_R_32F) return true;
+  return a == CUDA_R_16BF && b == CUDA_R_16BF && (c == CUDA_R_16BF || c == CUDA_R_32F);
+}
+
+}  // namespace
+
+cublasStatus_t cublasCreate(cublasHandle_t* handle) {
+  *handle = new cublasContext;
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasDestroy(cublasHandle_t handle) {
+  delete handle;
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasSetStream(cublasHandle_t handle, cudaStream_t stream) {
+  if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
+  handle->stream = stream;
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasSetMathMode(cublasHandle_t handle, cublasMath_t) {
+  return handle ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_NOT_INITIALIZED;
+}
+
+const char* cublasGetStatusString(cublasStatus_t status) {
+  switch (status) {
+    case CUBLAS_STATUS_SUCCESS:
+      return "the operation completed successfully";
+    case CUBLAS_STATUS_NOT_INITIALIZED:
+      return "the library was not initialized";
+    case CUBLAS_STATUS_INVALID_VALUE:
+      return "an invalid numeric value was used as an argument";
+    case CUBLAS_STATUS_NOT_SUPPORTED:
+      return "the functionality requested is not supported";
+    default:
+      return "an internal operation failed";
+  }
+}
+
+cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa,
+                           cublasOperation_t transb, int m, int n, int k, const float* alpha,
+                           const float* A, int lda, const float* B, int ldb, const float* beta,
+                           float* C, int ldc) {
+  if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
+  return gemm("cublasSgemm", transa, transb, m, n, k, *alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F,
+              ldb, *beta, C, CUDA_R_32F, ldc);
+}
+
+cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t handle, cublasOperation_t transa,
+                                         cublasOperation_t transb, int m, int n, int k,
+                                         const float* alpha, const float* A, int lda,
+                                         long long strideA, const float* B, int ldb,
+                                         long long strideB, const float* beta, float* C, int ldc,
+                                         long long strideC, int batchCount) {
+  if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
+  if (batchCount < 0) return invalid("cublasSgemmStridedBatched", "batchCount=%d", batchCount);
+  for (int b = 0; b < batchCount; ++b) {
+    const cublasStatus_t s = gemm("cublasSgemmStridedBatched", transa, transb, m, n, k, *alpha,
+                                  A + b * strideA, CUDA_R_32F, lda, B + b * strideB, CUDA_R_32F,
+                                  ldb, *beta, C + b * strideC, CUDA_R_32F, ldc);
+    if (s != CUBLAS_STATUS_SUCCESS) return s;
+  }
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasSgemv(cublasHandle_t handle, cublasOperation_t trans, int m, int n,
+                           const float* alpha, const float* A, int lda, const float* x, int incx,
+                           const float* beta, float* y, int incy) {
+  if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
+  const char* call = "cublasSgemv";
+  if (m < 0 || n < 0 || lda < (m > 1 ? m : 1) || incx == 0 || incy == 0)
+    return invalid(call, "m=%d n=%d lda=%d incx=%d incy=%d", m, n, lda, incx, incy);
+  if (incx < 0 || incy < 0) return invalid(call, "negative increments are not emulated");
+  const bool t = trans == CUBLAS_OP_T;
+  const long x_len = t ? m : n, y_len = t ? n : m;
+  if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
+  if (!moe_emu::device_span(A, span_bytes(m, n, lda, CUDA_R_32F)) ||
+      !moe_emu::device_span(x, ((x_len - 1) * incx + 1) * sizeof(float)) ||
+      !moe_emu::device_span(y, ((y_len - 1) * incy + 1) * sizeof(float)))
+    return invalid(call, "A, x or y is not a device range of its size");
+  moe_emu::DeviceScope scope(call);
+  for (long i = 0; i < y_len; ++i) {
+    double acc = 0;
+    for (long j = 0; j < x_len; ++j) {
+      const double a = t ? A[j + i * static_cast<long>(lda)] : A[i + j * static_cast<long>(lda)];
+      acc += a * x[j * incx];
+    }
+    float& out = y[i * incy];
+    out = static_cast<float>(*alpha * acc + (*beta == 0.0f ? 0.0 : *beta * double(out)));
+  }
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa,
+                            cublasOperation_t transb, int m, int n, int k, const void* alpha,
+                            const void* A, cudaDataType_t Atype, int lda, const void* B,
+                            cudaDataType_t Btype, int ldb, const void* beta, void* C,
+                            cudaDataType_t Ctype, int ldc, cublasComputeType_t computeType,
+                            cublasGemmAlgo_t) {
+  if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
+  if (!supported_types(Atype, Btype, Ctype, computeType)) return CUBLAS_STATUS_NOT_SUPPORTED;
+  return gemm("cublasGemmEx", transa, transb, m, n, k, *static_cast<const float*>(alpha), A, Atype,
+              lda, B, Btype, ldb, *static_cast<const float*>(beta), C, Ctype, ldc);
+}
+
+cublasStatus_t cublasGemmGroupedBatchedEx(
+    cublasHandle_t handle, const cublasOperation_t transa_array[],
+    const cublasOperation_t transb_array[], const int m_array[], const int n_array[],
+    const int k_array[], const void* alpha_array, const void* const Aarray[], cudaDataType_t Atype,
+    const int lda_array[], const void* const Barray[], cudaDataType_t Btype, const int ldb_array[],
+    const void* beta_array, void* const Carray[], cudaDataType_t Ctype, const int ldc_array[],
+    int group_count, const int group_size[], cublasComputeType_t computeType) {
+  const char* call = "cublasGemmGroupedBatchedEx";
+  if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
+  if (!supported_types(Atype, Btype, Ctype, computeType)) return CUBLAS_STATUS_NOT_SUPPORTED;
+  if (group_count < 0) return invalid(call, "group_count=%d", group_count);
+  long problems = 0;
+  for (int g = 0; g < group_count; ++g) {
+    if (group_size[g] < 0) return invalid(call, "group_size[%d]=%d", g, group_size[g]);
+    problems += group_size[g];
+  }
+  if (problems == 0) return CUBLAS_STATUS_SUCCESS;
+  // The pointer arrays are read by the device: they must be device memory.
+  const size_t bytes = sizeof(void*) * static_cast<size_t>(problems);
+  if (!moe_emu::device_span(Aarray, bytes) || !moe_emu::device_span(Barray, bytes) ||
+      !moe_emu::device_span(Carray, bytes))
+    return invalid(call, "Aarray, Barray and Carray must be device arrays of %ld pointers",
+                   problems);
+  std::vector<const void*> a(static_cast<size_t>(problems)), b(a.size());
+  std::vector<void*> c(a.size());
+  {
+    moe_emu::DeviceScope scope(call);
+    for (long p = 0; p < problems; ++p) {
+      a[static_cast<size_t>(p)] = Aarray[p];
+      b[static_cast<size_t>(p)] = Barray[p];
+      c[static_cast<size_t>(p)] = Carray[p];
+    }
+  }
+  const float* alpha = static_cast<const float*>(alpha_array);
+  const float* beta = static_cast<const float*>(beta_array);
+  long p = 0;
+  for (int g = 0; g < group_count; ++g) {
+    for (int i = 0; i < group_size[g]; ++i, ++p) {
+      const size_t q = static_cast<size_t>(p);
+      const cublasStatus_t s = gemm(call, transa_array[g], transb_array[g], m_array[g], n_array[g],
+                                    k_array[g], alpha[g], a[q], Atype, lda_array[g], b[q], Btype,
+                                    ldb_array[g], beta[g], c[q], Ctype, ldc_array[g]);
+      if (s != CUBLAS_STATUS_SUCCESS) return s;
+    }
+  }
+  return CUBLAS_STATUS_SUCCESS;
+}
