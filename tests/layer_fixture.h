@@ -27,8 +27,7 @@ struct LayerFixture {
   Tensor<double> bias;  // [E] selection bias
 
   explicit LayerFixture(const std::string& name)
-      : file(SafeTensorsFile::open(std::string(MOE_FIXTURE_DIR) + "/layer/" + name +
-                                   ".safetensors")) {
+      : file(SafeTensorsFile::open(fixture_dir() + "/layer/" + name + ".safetensors")) {
     const auto cj = nlohmann::json::parse(file.metadata("config"));
     cfg = moe_config_from_json(cj, name);
     T = cj.at("tokens").get<int64_t>();

@@ -11,6 +11,7 @@
 #include "moe/model_config.h"
 #include "moe/safetensors.h"
 #include "moe/tensor.h"
+#include "test_util.h"
 
 namespace moe::test {
 
@@ -21,7 +22,7 @@ struct Golden {
 };
 
 inline Golden open_golden(const std::string& name) {
-  const std::string path = std::string(MOE_FIXTURE_DIR) + "/model/" + name + ".safetensors";
+  const std::string path = fixture_dir() + "/model/" + name + ".safetensors";
   SafeTensorsFile f = SafeTensorsFile::open(path);
   ModelConfig cfg = model_config_from_json(nlohmann::json::parse(f.metadata("config")), path);
   const int steps = std::stoi(f.metadata("steps"));

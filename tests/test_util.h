@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <exception>
 #include <filesystem>
 #include <functional>
@@ -19,6 +20,15 @@
 #include "moe/rng.h"
 
 namespace moe::test {
+
+#ifdef MOE_FIXTURE_DIR
+// tests/fixtures: the MOE_FIXTURE_DIR environment variable when set (a test binary run from
+// another checkout, as the prebuilt CUDA tests on the GPU machine), else the build's path.
+inline std::string fixture_dir() {
+  const char* env = std::getenv("MOE_FIXTURE_DIR");
+  return env && *env ? env : MOE_FIXTURE_DIR;
+}
+#endif
 
 // ||a - b|| / ||b|| (absolute ||a - b|| when b is zero).
 template <class A, class B>

@@ -9,11 +9,18 @@ are timed with CUDA events (median), and TFLOP/s use the same FLOP count as benc
 3 x (router + 3 GEMMs per kept assignment + shared experts) multiply-adds x 2.
 
 Usage: python3 bench/cuda/compare_torch_cuda.py [--iters N] [--warmup N] [--shape NAME|all]
+                                                [--ours PATH/TO/bench_cuda_moe]
+
+With --ours, each shape is also run through our benchmark binary (same iterations), and one
+table ends the run: ours, the cuBLAS dense bf16 chain and the PyTorch loop in TFLOP/s, with the
+two ratios the CUDA issue sets targets for (>= 5x the loop, >= 70% of dense).
 
 Needs a CUDA build of PyTorch. Debian's python3-torch is CPU-only: on such a machine (or one
 without a GPU) this script says so and exits with status 1; it never falls back to the CPU.
 """
 import argparse
+import re
+import subprocess
 import sys
 
 SHAPES = {
@@ -27,6 +34,7 @@ def main():
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--shape", default="all", choices=["all", *SHAPES])
+    ap.add_argument("--ours", help="path to bench_cuda_moe: run it too and print one table")
     args = ap.parse_args()
 
     try:
@@ -83,9 +91,11 @@ def main():
                 out = out + self.shared(x)
             return out
 
+    rows = []
     for name, s in SHAPES.items():
         if args.shape not in ("all", name):
             continue
+        ours = run_ours(args, name) if args.ours else None
         T, d, f, E, k, ns = s["T"], s["d"], s["F"], s["E"], s["k"], s["n_shared"]
         print(f"== {name}: T={T} d={d} F={f} E={E} k={k} shared={ns} ==")
         torch.manual_seed(0)
@@ -117,10 +127,38 @@ def main():
         ms = times[n // 2] if n % 2 else 0.5 * (times[n // 2 - 1] + times[n // 2])
         flops = 3 * 2.0 * (T * d * E + 3.0 * d * (T * k * f + T * f * ns))
         print(f"  FLOPs per fwd+bwd: {flops / 1e12:.3f} T")
-        print(f"  torch HF loop fwd+bwd {ms:9.3f} ms  {flops / (ms * 1e-3) / 1e12:7.1f} TFLOP/s")
+        torch_tflops = flops / (ms * 1e-3) / 1e12
+        print(f"  torch HF loop fwd+bwd {ms:9.3f} ms  {torch_tflops:7.1f} TFLOP/s")
+        if ours:
+            rows.append((name, ours, ms, torch_tflops))
         del block, x
         torch.cuda.empty_cache()
+    if rows:
+        print("\n| shape | ours ms | ours TFLOP/s | dense TFLOP/s | torch loop TFLOP/s | "
+              "ours / torch loop (>= 5x) | ours / dense (>= 70%) |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for name, o, torch_ms, torch_tflops in rows:
+            print(f"| {name} | {o['ours_ms']:.2f} | {o['ours_tflops']:.1f} | "
+                  f"{o['dense_tflops']:.1f} | {torch_tflops:.1f} | "
+                  f"{torch_ms / o['ours_ms']:.2f}x | {100 * o['dense_ms'] / o['ours_ms']:.0f}% |")
     return 0
+
+
+def run_ours(args, name):
+    """Runs our benchmark on one shape, echoes its output and returns its figures."""
+    cmd = [args.ours, "--shape", name, "--iters", str(args.iters), "--warmup", str(args.warmup)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    sys.stdout.write(res.stdout)
+    if res.returncode != 0:
+        sys.stderr.write(res.stderr)
+        raise SystemExit(f"compare_torch_cuda: {' '.join(cmd)} failed ({res.returncode})")
+    num = r"([0-9.]+)"
+    ours = re.search(rf"ours\s+fwd\+bwd\s+{num} ms\s+{num} TFLOP/s", res.stdout)
+    dense = re.search(rf"dense bf16\s+{num} ms\s+{num} TFLOP/s", res.stdout)
+    if not ours or not dense:
+        raise SystemExit(f"compare_torch_cuda: no figures in the output of {' '.join(cmd)}")
+    return dict(ours_ms=float(ours[1]), ours_tflops=float(ours[2]), dense_ms=float(dense[1]),
+                dense_tflops=float(dense[2]))
 
 
 if __name__ == "__main__":

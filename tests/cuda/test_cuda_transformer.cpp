@@ -23,6 +23,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -42,8 +43,13 @@ constexpr double kGradTol = 3e-2;
 constexpr double kStepLossTol = 5e-3;
 constexpr double kWeightsTol = 2e-2;
 
-#define SKIP_WITHOUT_GPU() \
-  if (!cuda_available()) GTEST_SKIP() << "no CUDA device: the CUDA LM was not run"
+// Skips without a device, except under MOE_REQUIRE_GPU=1 (scripts/gpu_run.sh), where a
+// missing device is a failure rather than a silent pass.
+#define SKIP_WITHOUT_GPU()                                                                     \
+  if (!cuda_available()) {                                                                     \
+    if (std::getenv("MOE_REQUIRE_GPU")) FAIL() << "MOE_REQUIRE_GPU is set but no CUDA device"; \
+    GTEST_SKIP() << "no CUDA device: the CUDA LM was not run";                                 \
+  }
 
 // ---- Configurations (no GPU needed) ----------------------------------------------------------
 
