@@ -13,6 +13,6 @@ if [[ ! -x "$nvcc" ]]; then
 fi
 start=$(date +%s)
 cmake -S . -B build-cuda -G Ninja -DMOE_CUDA=ON -DCMAKE_CUDA_COMPILER="$nvcc" >/dev/null
-cmake --build build-cuda --target moe_cuda test_cuda_moe test_cuda_transformer bench_cuda_moe -j "${JOBS:-1}"
-echo "cuda_check: moe_cuda, test_cuda_moe, test_cuda_transformer and bench_cuda_moe compiled in $(( $(date +%s) - start )) s" \
+cmake --build build-cuda --target moe_cuda moe_cli test_cuda_moe test_cuda_transformer bench_cuda_moe -j "${JOBS:-1}"
+echo "cuda_check: moe_cuda, moe (with --device cuda), test_cuda_moe, test_cuda_transformer and bench_cuda_moe compiled in $(( $(date +%s) - start )) s" \
      "(compile only: nothing ran on a GPU)"

@@ -41,9 +41,10 @@ bool cuda_available();
 // Throws moe::Error("<where>: <key> ... not supported by the CUDA backend") for the first key
 // of c outside the supported subset. Inline so that CPU-only tests can check it.
 inline void cuda_check_supported(const MoeConfig& c, const char* where = "CudaMoeLayer") {
+  // A user's configuration, not a broken precondition: no source location in the message.
   auto refuse = [&](const char* key, const char* what) {
-    MOE_CHECK(false, "{}: {} {} is not supported by the CUDA backend (docs/cuda.md)", where, key,
-              what);
+    throw Error(fmt::format("{}: {} {} is not supported by the CUDA backend (docs/cuda.md)", where,
+                            key, what));
   };
   if (c.noisy_gating) refuse("noisy_gating", "= true");
   if (c.expert_dropout > 0) refuse("expert_dropout", "> 0");

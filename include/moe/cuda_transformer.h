@@ -38,6 +38,7 @@ template <class T>
 class Transformer;
 class SafeTensorsFile;
 class SafeTensorsWriter;
+class StepDevice;
 enum class DType;
 
 // Throws moe::Error("CudaTransformer: <key> ... not supported by the CUDA backend") for the
@@ -45,9 +46,9 @@ enum class DType;
 // CPU-only tests can check it.
 inline void cuda_transformer_check_supported(const ModelConfig& c) {
   if (c.moe.hidden_act != Activation::SwiGLU)
-    MOE_CHECK(false,
-              "CudaTransformer: hidden_act other than silu (SwiGLU) is not supported by the CUDA "
-              "backend (docs/cuda.md)");
+    throw Error(
+        "CudaTransformer: hidden_act other than silu (SwiGLU) is not supported by the CUDA "
+        "backend (docs/cuda.md)");
   bool has_moe = false;
   for (int l = 0; l < c.num_hidden_layers; ++l) has_moe |= c.is_moe_layer(l);
   if (has_moe) cuda_check_supported(c.moe, "CudaTransformer");
@@ -94,6 +95,9 @@ class CudaTransformer {
   // metadata "adam.steps").
   void save_optimizer(SafeTensorsWriter& w);
   void load_optimizer(const SafeTensorsFile& f);
+  // The same state from / to an AdamW<float> over the same parameters, in memory.
+  void copy_optimizer_from(const AdamW<float>& adam);
+  void copy_optimizer_to(AdamW<float>& adam);
   int64_t optimizer_steps() const;
 
   // ---- One step, piece by piece (as Transformer + AdamW) ----
@@ -132,5 +136,9 @@ class CudaTransformer {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// The trainer's StepDevice (trainer.h) on a CudaTransformer: `moe train --device cuda`. Refuses
+// what the constructor refuses, with the same error line.
+std::unique_ptr<StepDevice> make_cuda_step_device(const ModelConfig& config);
 
 }  // namespace moe

@@ -47,6 +47,14 @@ class AdamW {
   // Moments as "adam.m.<name>" / "adam.v.<name>" plus the step count in metadata.
   void save(SafeTensorsWriter& w) const;
   void load(const SafeTensorsFile& f);
+  // Moments of parameter i ([numel], the order of the constructor's params) and the step
+  // count, for a device that runs the same update elsewhere (trainer.h's StepDevice).
+  const std::vector<T>& first_moment(size_t i) const { return m_[i]; }
+  const std::vector<T>& second_moment(size_t i) const { return v_[i]; }
+  std::vector<T>& first_moment(size_t i) { return m_[i]; }
+  std::vector<T>& second_moment(size_t i) { return v_[i]; }
+  size_t num_params() const { return params_.size(); }
+  void set_steps_taken(int64_t steps) { steps_ = steps; }
 
  private:
   std::vector<ParamRef<T>> params_;

@@ -10,14 +10,45 @@
 
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 
 #include "moe/dataset.h"
 #include "moe/model_config.h"
+#include "moe/optimizer.h"
 #include "moe/tokenizer.h"
 #include "moe/transformer.h"
 
 namespace moe {
+
+// What one optimizer step on a StepDevice did.
+struct DeviceStepStats {
+  double loss = 0;  // mean over the micro-batches of ce + aux
+  double ce = 0, aux = 0;
+  double grad_norm = 0;  // global norm before clipping (NaN or inf when a gradient is not finite)
+  double lr = 0;
+};
+
+// A training step that runs elsewhere than on the CPU model: the CUDA backend behind
+// `moe train --device cuda` (cuda_transformer.h, make_cuda_step_device). The CPU Transformer
+// and AdamW stay the checkpoint format and evaluate the validation set: the trainer calls
+// load() once they are initialized or resumed, and store() before every evaluation and
+// checkpoint, so run directories are the same whichever device trained them.
+class StepDevice {
+ public:
+  virtual ~StepDevice() = default;
+  virtual std::string describe() const = 0;  // for the log, e.g. "cuda (NVIDIA H100 80GB HBM3)"
+  // Weights, selection biases and AdamW state (moments and step count) from / to the CPU side.
+  virtual void load(Transformer<float>& model, const AdamW<float>& adam) = 0;
+  virtual void store(Transformer<float>& model, AdamW<float>& adam) = 0;
+  // One optimizer step: zero_grad, training.grad_accum_steps micro-batches of B sequences
+  // (inputs and targets [grad_accum_steps, B, S]), clipping and AdamW at
+  // learning_rate_at(training, step), the selection-bias update.
+  virtual DeviceStepStats step(const int32_t* inputs, const int32_t* targets, int B, int S,
+                               int step) = 0;
+  // The routing metrics of block l's last micro-batch, or null for a dense block.
+  virtual const MoeMetrics* moe_metrics(int layer) const = 0;
+};
 
 struct TrainOptions {
   std::string out_dir = "runs/default";
@@ -30,6 +61,9 @@ struct TrainOptions {
   // and data; each takes batch_size / W sequences of every batch. Rank 0 writes the run
   // directory (model.safetensors whole) and each rank its own checkpoint-rank<r>-of-<W>.
   ParallelGroups* parallel = nullptr;
+  // Builds the device that runs each step (null: the CPU model does); called once the config
+  // is final. Not with expert parallelism.
+  std::function<std::unique_ptr<StepDevice>(const ModelConfig&)> device;
 };
 
 struct EvalResult {

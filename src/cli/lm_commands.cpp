@@ -20,6 +20,9 @@
 #include "moe/report.h"
 #include "moe/trainer.h"
 #include "vit_commands.h"
+#ifdef MOE_HAVE_CUDA
+#include "moe/cuda_transformer.h"
+#endif
 
 namespace moe::cli {
 
@@ -31,7 +34,8 @@ void log_line(const std::string& s) {
 
 struct TrainArgs {
   std::string config_path, out = "runs/default", data_dir, tokenizer;
-  int steps = 0, threads = 0;
+  std::string device = "cpu";  // where the training steps run: cpu or cuda
+  int steps = 0, threads = 0, stop_after = 0;
   bool resume = false, dense = false, match_active = false, no_progress = false;
   bool print_config = false;
   int64_t seed = -1;
@@ -61,6 +65,11 @@ int run_train(const TrainArgs& a) {
     return run_vit_train(a.config_path, a.out == "runs/default" ? "runs/vit" : a.out, a.steps,
                          a.seed, a.threads, a.no_progress);
   set_num_threads(a.threads);
+#ifndef MOE_HAVE_CUDA
+  MOE_CHECK(a.device != "cuda",
+            "--device cuda: this moe was built without the CUDA backend (configure with "
+            "-DMOE_CUDA=ON, docs/cuda.md)");
+#endif
   ModelConfig cfg = a.config_path.empty() ? ModelConfig{} : load_model_config(a.config_path);
   if (a.resume && a.config_path.empty() &&
       std::filesystem::exists(a.out + "/config.json"))  // resume keeps the run's own config
@@ -81,6 +90,17 @@ int run_train(const TrainArgs& a) {
     return 0;
   }
 
+#ifdef MOE_HAVE_CUDA
+  // Refused before the corpus is prepared or anything is written: one line naming the config.
+  if (a.device == "cuda") {
+    try {
+      cuda_transformer_check_supported(cfg);
+    } catch (const Error& e) {
+      throw Error(fmt::format("{}: {}", a.config_path.empty() ? "default config" : a.config_path,
+                              e.what()));
+    }
+  }
+#endif
   std::unique_ptr<ParallelGroups> par = parallel_groups(a, cfg);
   const int rank = par ? par->layout.rank : 0;
   DataOptions d;
@@ -119,8 +139,13 @@ int run_train(const TrainArgs& a) {
   TrainOptions opt;
   opt.out_dir = a.out;
   opt.resume = a.resume;
+  opt.stop_after = a.stop_after;
   opt.progress = !a.no_progress;
   opt.parallel = par.get();
+#ifdef MOE_HAVE_CUDA
+  if (a.device == "cuda")
+    opt.device = [](const ModelConfig& c) { return make_cuda_step_device(c); };
+#endif
   if (cfg.training.tokenizer == "sentencepiece") opt.tokenizer_path = d.dir + "/tokenizer.model";
   if (rank == 0)
     log_line(fmt::format("training {} on {} train / {} validation tokens, {} threads -> {}{}",
@@ -359,6 +384,9 @@ std::function<int()> add_train_command(CLI::App& app) {
   c->add_option("--out", a->out, "run directory")->capture_default_str();
   c->add_option("--steps", a->steps, "optimizer steps (overrides training.max_steps)");
   c->add_flag("--resume", a->resume, "continue the run in --out from its checkpoint");
+  c->add_option("--stop-after", a->stop_after,
+                "stop with a checkpoint once this many steps are done, keeping the schedule of "
+                "training.max_steps (resume later with --resume)");
   c->add_flag("--dense", a->dense, "the dense baseline: same config with zero experts");
   c->add_flag("--match-active-compute", a->match_active,
               "with --dense: FFN width = k * expert width (+ shared), the MoE's active compute");
@@ -366,6 +394,11 @@ std::function<int()> add_train_command(CLI::App& app) {
   c->add_option("--tokenizer", a->tokenizer, "sentencepiece or byte (training.tokenizer)");
   c->add_option("--seed", a->seed, "overrides training.seed");
   c->add_option("--threads", a->threads, "threads (0: OMP_NUM_THREADS or all cores)");
+  c->add_option("--device", a->device,
+                "where the training steps run: cpu, or cuda (a build with -DMOE_CUDA=ON; "
+                "evaluation and checkpoints stay on the CPU)")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
   c->add_flag("--no-progress", a->no_progress, "no progress bar");
   c->add_flag("--print-config", a->print_config,
               "print the effective config.json (defaults, file and flags applied) and exit");

@@ -787,6 +787,47 @@ void CudaTransformer::load_optimizer(const SafeTensorsFile& f) {
   }
 }
 
+void CudaTransformer::copy_optimizer_from(const AdamW<float>& adam) {
+  Impl& m = *impl_;
+  MOE_CHECK(adam.num_params() == m.params.size(),
+            "CudaTransformer::copy_optimizer_from: AdamW over {} tensors, the model has {}",
+            adam.num_params(), m.params.size());
+  m.main_waits_for_all_moe();
+  m.sync();
+  for (size_t i = 0; i < m.params.size(); ++i) {
+    const auto& t = m.tensors[i];
+    for (const auto& [src, dst] :
+         {std::pair{&adam.first_moment(i), t.m}, std::pair{&adam.second_moment(i), t.v}}) {
+      MOE_CHECK(static_cast<int64_t>(src->size()) == t.n,
+                "CudaTransformer::copy_optimizer_from: {} has {} moment values, expected {}",
+                m.params[i].name, src->size(), t.n);
+      MOE_CUDA_CHECK(
+          cudaMemcpyAsync(dst, src->data(), sizeof(float) * t.n, cudaMemcpyHostToDevice, m.stream));
+    }
+  }
+  m.sync();
+  m.adam_steps = adam.steps_taken();
+}
+
+void CudaTransformer::copy_optimizer_to(AdamW<float>& adam) {
+  Impl& m = *impl_;
+  MOE_CHECK(adam.num_params() == m.params.size(),
+            "CudaTransformer::copy_optimizer_to: AdamW over {} tensors, the model has {}",
+            adam.num_params(), m.params.size());
+  m.main_waits_for_all_moe();
+  for (size_t i = 0; i < m.params.size(); ++i) {
+    const auto& t = m.tensors[i];
+    for (const auto& [dst, src] :
+         {std::pair{&adam.first_moment(i), t.m}, std::pair{&adam.second_moment(i), t.v}}) {
+      dst->resize(static_cast<size_t>(t.n));
+      MOE_CUDA_CHECK(
+          cudaMemcpyAsync(dst->data(), src, sizeof(float) * t.n, cudaMemcpyDeviceToHost, m.stream));
+    }
+  }
+  m.sync();
+  adam.set_steps_taken(m.adam_steps);
+}
+
 int64_t CudaTransformer::optimizer_steps() const {
   return impl_->adam_steps;
 }

@@ -75,10 +75,12 @@ struct RoutingSummary {
   int layers = 0;
 };
 
-RoutingSummary routing_summary(const Transformer<float>& model) {
+// metrics_of(l): block l's MoeMetrics, or null for a dense block.
+RoutingSummary routing_summary(int layers,
+                               const std::function<const MoeMetrics*(int)>& metrics_of) {
   RoutingSummary r;
-  for (int l = 0; l < model.num_layers(); ++l) {
-    const MoeMetrics* m = model.moe_metrics(l);
+  for (int l = 0; l < layers; ++l) {
+    const MoeMetrics* m = metrics_of(l);
     if (!m) continue;
     r.balance += m->load_max_over_mean;
     r.dropped += m->dropped_fraction;
@@ -407,6 +409,12 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
       progress.line(s);
   };
 
+  // The device is built (and refuses what it cannot run) before anything is written.
+  MOE_CHECK(!opt.device || !par,
+            "{}: a training device (--device) cannot be combined with expert parallelism",
+            opt.out_dir);
+  std::unique_ptr<StepDevice> device = opt.device ? opt.device(cfg) : nullptr;
+
   fs::create_directories(opt.out_dir);
   const Checkpointer ckpt(opt.out_dir, rank, W);
   const std::string metrics_path = opt.out_dir + "/metrics.jsonl";
@@ -437,6 +445,10 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
     std::error_code ec;
     fs::remove(metrics_path, ec);
   }
+  if (device) {
+    device->load(model, adam);
+    log(fmt::format("training steps run on {}", device->describe()));
+  }
   if (lead) save_model_config(cfg, opt.out_dir + "/config.json");
   if (lead && !opt.tokenizer_path.empty() && opt.tokenizer_path != opt.out_dir + "/tokenizer.model")
     fs::copy_file(opt.tokenizer_path, opt.out_dir + "/tokenizer.model",
@@ -453,6 +465,10 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
   std::vector<int32_t> window(static_cast<size_t>(B) * (S + 1));
   std::vector<uint8_t> domains(window.size());
   std::vector<int32_t> inputs(static_cast<size_t>(B) * S), targets(inputs.size());
+  // With a device: the inputs and targets of all A micro-batches of a step, [A, B, S].
+  std::vector<int32_t> step_inputs(device ? inputs.size() * A : 0),
+      step_targets(step_inputs.size());
+  auto metrics_of = [&](int l) { return device ? device->moe_metrics(l) : model.moe_metrics(l); };
   std::ofstream metrics;
   if (lead) {
     metrics.open(metrics_path, std::ios::app);
@@ -467,10 +483,12 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
   TrainResult result;
   int last_saved = opt.resume ? step : -1;
   auto save = [&] {
+    if (device) device->store(model, adam);
     ckpt.save(cfg, model, adam, step, rng, sampler.state());
     last_saved = step;
   };
   auto run_eval = [&] {
+    if (device) device->store(model, adam);
     const EvalResult e = evaluate(
         model, valid_data, B, S, t.eval_batches > 0 ? static_cast<int64_t>(t.eval_batches) * B : 0);
     nlohmann::json j{{"step", step},
@@ -503,49 +521,68 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
   while (step < last_step) {
     const CommStats comm0 = comm_totals(par);
     const auto step_start = Clock::now();
-    model.zero_grad();
-    double loss = 0, ce = 0, aux = 0;
-    for (int a = 0; a < A; ++a) {
-      sampler.next(window.data(), domains.data());
-      split_windows(window.data(), B, S, inputs.data(), targets.data());
-      const int64_t off = static_cast<int64_t>(b0) * S;
-      double l = model.forward(inputs.data() + off, targets.data() + off, Bl, S, true, &rng);
-      double ce_scale = 1.0;
-      if (W > 1) {
-        // One mean over the whole batch: the ranks' cross-entropy sums over all their targets.
-        double sums[2] = {model.ce_loss() * model.counted_targets(),
-                          static_cast<double>(model.counted_targets())};
-        par->world->allreduce_sum(sums, 2);
-        ce_scale = sums[1] > 0 ? model.counted_targets() / sums[1] : 0.0;
-        l = (sums[1] > 0 ? sums[0] / sums[1] : 0.0) + model.aux_loss();
+    double loss = 0, ce = 0, aux = 0, norm = 0, lr = 0;
+    if (device) {
+      const size_t n = inputs.size();
+      for (int a = 0; a < A; ++a) {
+        sampler.next(window.data(), domains.data());
+        split_windows(window.data(), B, S, step_inputs.data() + a * n, step_targets.data() + a * n);
       }
-      if (!std::isfinite(l)) {
-        fail_nonfinite(fmt::format("loss is {} (first non-finite values: {})", l,
-                                   model.first_nonfinite_activation()));
+      const DeviceStepStats st = device->step(step_inputs.data(), step_targets.data(), B, S, step);
+      if (!std::isfinite(st.loss))
+        fail_nonfinite(fmt::format("loss is {} on {}", st.loss, device->describe()));
+      if (!std::isfinite(st.grad_norm))
+        fail_nonfinite(fmt::format("a gradient holds NaN or inf (global norm {}) on {}",
+                                   st.grad_norm, device->describe()));
+      loss = st.loss;
+      ce = st.ce;
+      aux = st.aux;
+      norm = st.grad_norm;
+      lr = st.lr;
+    } else {
+      model.zero_grad();
+      for (int a = 0; a < A; ++a) {
+        sampler.next(window.data(), domains.data());
+        split_windows(window.data(), B, S, inputs.data(), targets.data());
+        const int64_t off = static_cast<int64_t>(b0) * S;
+        double l = model.forward(inputs.data() + off, targets.data() + off, Bl, S, true, &rng);
+        double ce_scale = 1.0;
+        if (W > 1) {
+          // One mean over the whole batch: the ranks' cross-entropy sums over all their targets.
+          double sums[2] = {model.ce_loss() * model.counted_targets(),
+                            static_cast<double>(model.counted_targets())};
+          par->world->allreduce_sum(sums, 2);
+          ce_scale = sums[1] > 0 ? model.counted_targets() / sums[1] : 0.0;
+          l = (sums[1] > 0 ? sums[0] / sums[1] : 0.0) + model.aux_loss();
+        }
+        if (!std::isfinite(l)) {
+          fail_nonfinite(fmt::format("loss is {} (first non-finite values: {})", l,
+                                     model.first_nonfinite_activation()));
+        }
+        model.backward(ce_scale / A, 1.0 / A);
+        loss += l / A;
+        ce += (l - model.aux_loss()) / A;
+        aux += model.aux_loss() / A;
       }
-      model.backward(ce_scale / A, 1.0 / A);
-      loss += l / A;
-      ce += (l - model.aux_loss()) / A;
-      aux += model.aux_loss() / A;
+      model.allreduce_gradients();
+      const auto* bad = first_nonfinite_grad(model.parameters());
+      int64_t bad_ranks = bad ? 1 : 0;
+      if (W > 1) par->world->allreduce_sum(&bad_ranks, 1);
+      if (bad_ranks > 0)
+        fail_nonfinite(bad ? fmt::format("the gradient of {} holds NaN or inf", bad->name)
+                           : std::string("a gradient on another rank holds NaN or inf"));
+      norm = W > 1             ? clip_parallel(model, t.grad_clip)
+             : t.grad_clip > 0 ? clip_grad_norm(model.parameters(), t.grad_clip)
+                               : global_grad_norm(model.parameters());
+      lr = learning_rate_at(t, step);
+      adam.step(lr);
+      model.update_selection_bias();
     }
-    model.allreduce_gradients();
-    const auto* bad = first_nonfinite_grad(model.parameters());
-    int64_t bad_ranks = bad ? 1 : 0;
-    if (W > 1) par->world->allreduce_sum(&bad_ranks, 1);
-    if (bad_ranks > 0)
-      fail_nonfinite(bad ? fmt::format("the gradient of {} holds NaN or inf", bad->name)
-                         : std::string("a gradient on another rank holds NaN or inf"));
-    const double norm = W > 1             ? clip_parallel(model, t.grad_clip)
-                        : t.grad_clip > 0 ? clip_grad_norm(model.parameters(), t.grad_clip)
-                                          : global_grad_norm(model.parameters());
-    const double lr = learning_rate_at(t, step);
-    adam.step(lr);
-    model.update_selection_bias();
     ++step;
 
     const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
     const double tok_s = (step - first_step) * tokens_per_step / std::max(elapsed, 1e-9);
-    const RoutingSummary r = routing_summary(model);
+    const RoutingSummary r = routing_summary(model.num_layers(), metrics_of);
     loss_avg = step - first_step == 1 ? loss : 0.9 * loss_avg + 0.1 * loss;
     nlohmann::json j{{"step", step},
                      {"loss", loss},
@@ -578,7 +615,7 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
       nlohmann::json loads = nlohmann::json::array(), drop = loads, ent = loads, cv = loads,
                      mx = loads, lb = loads, imp = loads, zl = loads;
       for (int l = 0; l < model.num_layers(); ++l)
-        if (const MoeMetrics* m = model.moe_metrics(l)) {
+        if (const MoeMetrics* m = metrics_of(l)) {
           const MoeMetrics& mm = *m;
           loads.push_back(mm.primary_per_expert);
           drop.push_back(mm.dropped_fraction);
