@@ -9,14 +9,21 @@
 // memory touched from host code or host memory passed to a kernel (device memory is
 // PROT_NONE outside kernels, copies and cuBLAS calls), and out-of-bounds accesses past the end
 // of a device allocation (each one ends at a guard page).
-// What it cannot check: timing, real-GPU concurrency (streams run in issue order, blocks run
-// one after another, threads of a block interleave only at barriers), device libm ulps, and
-// the real cuBLAS kernels. It is test infrastructure, never part of the library.
+// What it cannot check: timing, real-GPU concurrency (queued work runs one operation at a time,
+// blocks run one after another, threads of a block interleave only at barriers), device libm ulps,
+// and the real cuBLAS kernels. It is test infrastructure, never part of the library.
+//
+// Streams are queues that run only when something waits for them (a stream or event
+// synchronization, a copy into pageable host memory, cudaFree, a stream waiting on an event):
+// the latest moment CUDA allows. So a host read of a pinned buffer before its copy was
+// awaited, a host write into a pinned buffer an earlier copy still reads, or a stream using
+// another stream's results without an event in between, all see stale data here.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <type_traits>
 #include <utility>
 
@@ -55,23 +62,31 @@ class DeviceScope {
   DeviceScope& operator=(const DeviceScope&) = delete;
 };
 
-// Runs body(context) once per thread of the grid. Returns false (and sets the error that
-// cudaGetLastError reports) when the launch configuration is invalid.
-bool run_grid(const char* kernel, dim3 grid, dim3 block, void (*body)(void*), void* context);
+// False (and sets the error that cudaGetLastError reports) for an invalid launch configuration.
+bool launch_config_ok(const char* kernel, dim3 grid, dim3 block);
+// Runs body(context) once per thread of the grid, now.
+void run_grid(const char* kernel, dim3 grid, dim3 block, void (*body)(void*), void* context);
+// Appends op to the stream's queue (a cudaStream_t; null is the legacy default stream).
+void enqueue(const void* stream, std::function<void()> op);
 
 template <class Fn>
 struct BoundLaunch {
   const char* kernel;
   dim3 grid, block;
+  const void* stream;
   Fn fn;
 
   template <class... Args>
   void operator()(Args... args) {
     int index = 0;
     (check_argument(args, index++), ...);
-    auto call = [&] { fn(args...); };
-    run_grid(
-        kernel, grid, block, [](void* c) { (*static_cast<decltype(call)*>(c))(); }, &call);
+    if (!launch_config_ok(kernel, grid, block)) return;
+    // The arguments are copied now, as a launch does; the grid runs when the stream does.
+    enqueue(stream, [k = kernel, g = grid, b = block, f = fn, args...]() mutable {
+      auto call = [&] { f(args...); };
+      run_grid(
+          k, g, b, [](void* c) { (*static_cast<decltype(call)*>(c))(); }, &call);
+    });
   }
 
   template <class A>
@@ -87,10 +102,10 @@ struct BoundLaunch {
 struct Launch {
   const char* kernel;
   dim3 grid, block;
-  const void* stream;  // streams run in issue order: kept only for the signature
+  const void* stream;
   template <class Fn>
   BoundLaunch<Fn> bind(Fn fn) const {
-    return BoundLaunch<Fn>{kernel, grid, block, fn};
+    return BoundLaunch<Fn>{kernel, grid, block, stream, fn};
   }
 };
 

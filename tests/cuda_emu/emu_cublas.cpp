@@ -1,12 +1,15 @@
 // The emulated cuBLAS (see emu.h and cublas_v2.h): reference loops with cuBLAS's argument checks
-// and column-major semantics. Products accumulate in double and are rounded once to the output
-// type, so they are at least as accurate as cuBLAS's fp32 accumulation.
+// and column-major semantics. Arguments are checked (and host scalars and arrays read) when the
+// call is made; the products run when the handle's stream does. Products accumulate in double
+// and are rounded once to the output type, so they are at least as accurate as cuBLAS's fp32
+// accumulation.
 #include <cstdarg>
 #include <cstdio>
 #include <vector>
 
 #include "cublas_v2.h"
 #include "cuda_bf16.h"
+#include "emu.h"
 
 namespace moe_emu {
 bool device_span(const void* p, size_t bytes);
@@ -52,51 +55,79 @@ size_t span_bytes(long rows, long cols, int ld, cudaDataType_t t) {
          type_size(t);
 }
 
-// C [m, n] = alpha op(A) op(B) + beta C after the checks cuBLAS makes (and the device-pointer
-// checks a real GPU would enforce by faulting).
-cublasStatus_t gemm(const char* call, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
-                    int k, float alpha, const void* A, cudaDataType_t at, int lda, const void* B,
-                    cudaDataType_t bt, int ldb, float beta, void* C, cudaDataType_t ct, int ldc) {
-  if (ta == CUBLAS_OP_C || tb == CUBLAS_OP_C) return invalid(call, "conjugate transpose");
-  if (m < 0 || n < 0 || k < 0) return invalid(call, "m=%d n=%d k=%d", m, n, k);
-  const bool a_t = ta == CUBLAS_OP_T, b_t = tb == CUBLAS_OP_T;
-  const int a_rows = a_t ? k : m, b_rows = b_t ? n : k;
-  if (lda < (a_rows > 1 ? a_rows : 1)) return invalid(call, "lda=%d < %d", lda, a_rows);
-  if (ldb < (b_rows > 1 ? b_rows : 1)) return invalid(call, "ldb=%d < %d", ldb, b_rows);
-  if (ldc < (m > 1 ? m : 1)) return invalid(call, "ldc=%d < m=%d", ldc, m);
-  if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
-  const size_t a_bytes = span_bytes(a_rows, a_t ? m : k, lda, at);
-  const size_t b_bytes = span_bytes(b_rows, b_t ? k : n, ldb, bt);
-  const size_t c_bytes = span_bytes(m, n, ldc, ct);
-  if (k > 0 && !moe_emu::device_span(A, a_bytes))
-    return invalid(call, "A=%p is not a device range of %zu bytes", A, a_bytes);
-  if (k > 0 && !moe_emu::device_span(B, b_bytes))
-    return invalid(call, "B=%p is not a device range of %zu bytes", B, b_bytes);
-  if (!moe_emu::device_span(C, c_bytes))
-    return invalid(call, "C=%p is not a device range of %zu bytes", C, c_bytes);
-  moe_emu::DeviceScope scope(call);
-  const Operand a{A, at, lda, a_t}, b{B, bt, ldb, b_t};
-  for (long j = 0; j < n; ++j) {
-    for (long i = 0; i < m; ++i) {
-      double acc = 0;
-      for (long p = 0; p < k; ++p) acc += a.at(i, p) * b.at(p, j);
-      const long index = i + j * static_cast<long>(ldc);
-      if (ct == CUDA_R_32F) {
-        float* c = static_cast<float*>(C) + index;
-        *c = static_cast<float>(alpha * acc + (beta == 0.0f ? 0.0 : beta * double(*c)));
-      } else {
-        __nv_bfloat16* c = static_cast<__nv_bfloat16*>(C) + index;
-        const double old = beta == 0.0f ? 0.0 : beta * double(__bfloat162float(*c));
-        *c = __float2bfloat16_rn(static_cast<float>(alpha * acc + old));
-      }
-    }
-  }
+// One GEMM: C [m, n] = alpha op(A) op(B) + beta C.
+struct Gemm {
+  const char* call;
+  cublasOperation_t ta, tb;
+  int m, n, k;
+  float alpha;
+  const void* A;
+  cudaDataType_t at;
+  int lda;
+  const void* B;
+  cudaDataType_t bt;
+  int ldb;
+  float beta;
+  void* C;
+  cudaDataType_t ct;
+  int ldc;
+};
+
+// The checks cuBLAS makes, and the device-pointer checks a real GPU enforces by faulting.
+cublasStatus_t check(const Gemm& g) {
+  const char* call = g.call;
+  if (g.ta == CUBLAS_OP_C || g.tb == CUBLAS_OP_C) return invalid(call, "conjugate transpose");
+  if (g.m < 0 || g.n < 0 || g.k < 0) return invalid(call, "m=%d n=%d k=%d", g.m, g.n, g.k);
+  const bool a_t = g.ta == CUBLAS_OP_T, b_t = g.tb == CUBLAS_OP_T;
+  const int a_rows = a_t ? g.k : g.m, b_rows = b_t ? g.n : g.k;
+  if (g.lda < (a_rows > 1 ? a_rows : 1)) return invalid(call, "lda=%d < %d", g.lda, a_rows);
+  if (g.ldb < (b_rows > 1 ? b_rows : 1)) return invalid(call, "ldb=%d < %d", g.ldb, b_rows);
+  if (g.ldc < (g.m > 1 ? g.m : 1)) return invalid(call, "ldc=%d < m=%d", g.ldc, g.m);
+  if (g.m == 0 || g.n == 0) return CUBLAS_STATUS_SUCCESS;
+  const size_t a_bytes = span_bytes(a_rows, a_t ? g.m : g.k, g.lda, g.at);
+  const size_t b_bytes = span_bytes(b_rows, b_t ? g.k : g.n, g.ldb, g.bt);
+  const size_t c_bytes = span_bytes(g.m, g.n, g.ldc, g.ct);
+  if (g.k > 0 && !moe_emu::device_span(g.A, a_bytes))
+    return invalid(call, "A=%p is not a device range of %zu bytes", g.A, a_bytes);
+  if (g.k > 0 && !moe_emu::device_span(g.B, b_bytes))
+    return invalid(call, "B=%p is not a device range of %zu bytes", g.B, b_bytes);
+  if (!moe_emu::device_span(g.C, c_bytes))
+    return invalid(call, "C=%p is not a device range of %zu bytes", g.C, c_bytes);
   return CUBLAS_STATUS_SUCCESS;
 }
 
+// The product, when the stream runs it.
+void compute(const Gemm& g) {
+  if (g.m == 0 || g.n == 0) return;
+  moe_emu::DeviceScope scope(g.call);
+  const Operand a{g.A, g.at, g.lda, g.ta == CUBLAS_OP_T}, b{g.B, g.bt, g.ldb, g.tb == CUBLAS_OP_T};
+  for (long j = 0; j < g.n; ++j) {
+    for (long i = 0; i < g.m; ++i) {
+      double acc = 0;
+      for (long p = 0; p < g.k; ++p) acc += a.at(i, p) * b.at(p, j);
+      const long index = i + j * static_cast<long>(g.ldc);
+      if (g.ct == CUDA_R_32F) {
+        float* c = static_cast<float*>(g.C) + index;
+        *c = static_cast<float>(g.alpha * acc + (g.beta == 0.0f ? 0.0 : g.beta * double(*c)));
+      } else {
+        __nv_bfloat16* c = static_cast<__nv_bfloat16*>(g.C) + index;
+        const double old = g.beta == 0.0f ? 0.0 : g.beta * double(__bfloat162float(*c));
+        *c = __float2bfloat16_rn(static_cast<float>(g.alpha * acc + old));
+      }
+    }
+  }
+}
+
+// Checked now, computed when the handle's stream runs.
+cublasStatus_t gemm(cublasHandle_t handle, const Gemm& g) {
+  const cublasStatus_t status = check(g);
+  if (status == CUBLAS_STATUS_SUCCESS) moe_emu::enqueue(handle->stream, [g] { compute(g); });
+  return status;
+}
+
 bool supported_types(cudaDataType_t a, cudaDataType_t b, cudaDataType_t c,
-                     cublasComputeType_t compute) {
-  if (compute != CUBLAS_COMPUTE_32F) return false;
+                     cublasComputeType_t compute_type) {
+  if (compute_type != CUBLAS_COMPUTE_32F) return false;
   if (a == CUDA_R_32F && b == CUDA_R_32F && c == CUDA_R_32F) return true;
   return a == CUDA_R_16BF && b == CUDA_R_16BF && (c == CUDA_R_16BF || c == CUDA_R_32F);
 }
@@ -143,8 +174,8 @@ cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa,
                            const float* A, int lda, const float* B, int ldb, const float* beta,
                            float* C, int ldc) {
   if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
-  return gemm("cublasSgemm", transa, transb, m, n, k, *alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F,
-              ldb, *beta, C, CUDA_R_32F, ldc);
+  return gemm(handle, {"cublasSgemm", transa, transb, m, n, k, *alpha, A, CUDA_R_32F, lda, B,
+                       CUDA_R_32F, ldb, *beta, C, CUDA_R_32F, ldc});
 }
 
 cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t handle, cublasOperation_t transa,
@@ -156,9 +187,10 @@ cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t handle, cublasOperation_
   if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
   if (batchCount < 0) return invalid("cublasSgemmStridedBatched", "batchCount=%d", batchCount);
   for (int b = 0; b < batchCount; ++b) {
-    const cublasStatus_t s = gemm("cublasSgemmStridedBatched", transa, transb, m, n, k, *alpha,
-                                  A + b * strideA, CUDA_R_32F, lda, B + b * strideB, CUDA_R_32F,
-                                  ldb, *beta, C + b * strideC, CUDA_R_32F, ldc);
+    const cublasStatus_t s =
+        gemm(handle, {"cublasSgemmStridedBatched", transa, transb, m, n, k, *alpha, A + b * strideA,
+                      CUDA_R_32F, lda, B + b * strideB, CUDA_R_32F, ldb, *beta, C + b * strideC,
+                      CUDA_R_32F, ldc});
     if (s != CUBLAS_STATUS_SUCCESS) return s;
   }
   return CUBLAS_STATUS_SUCCESS;
@@ -179,16 +211,19 @@ cublasStatus_t cublasSgemv(cublasHandle_t handle, cublasOperation_t trans, int m
       !moe_emu::device_span(x, ((x_len - 1) * incx + 1) * sizeof(float)) ||
       !moe_emu::device_span(y, ((y_len - 1) * incy + 1) * sizeof(float)))
     return invalid(call, "A, x or y is not a device range of its size");
-  moe_emu::DeviceScope scope(call);
-  for (long i = 0; i < y_len; ++i) {
-    double acc = 0;
-    for (long j = 0; j < x_len; ++j) {
-      const double a = t ? A[j + i * static_cast<long>(lda)] : A[i + j * static_cast<long>(lda)];
-      acc += a * x[j * incx];
+  const float al = *alpha, be = *beta;
+  moe_emu::enqueue(handle->stream, [=] {
+    moe_emu::DeviceScope scope(call);
+    for (long i = 0; i < y_len; ++i) {
+      double acc = 0;
+      for (long j = 0; j < x_len; ++j) {
+        const double a = t ? A[j + i * static_cast<long>(lda)] : A[i + j * static_cast<long>(lda)];
+        acc += a * x[j * incx];
+      }
+      float& out = y[i * incy];
+      out = static_cast<float>(al * acc + (be == 0.0f ? 0.0 : be * double(out)));
     }
-    float& out = y[i * incy];
-    out = static_cast<float>(*alpha * acc + (*beta == 0.0f ? 0.0 : *beta * double(out)));
-  }
+  });
   return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -200,8 +235,9 @@ cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa,
                             cublasGemmAlgo_t) {
   if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
   if (!supported_types(Atype, Btype, Ctype, computeType)) return CUBLAS_STATUS_NOT_SUPPORTED;
-  return gemm("cublasGemmEx", transa, transb, m, n, k, *static_cast<const float*>(alpha), A, Atype,
-              lda, B, Btype, ldb, *static_cast<const float*>(beta), C, Ctype, ldc);
+  return gemm(handle,
+              {"cublasGemmEx", transa, transb, m, n, k, *static_cast<const float*>(alpha), A, Atype,
+               lda, B, Btype, ldb, *static_cast<const float*>(beta), C, Ctype, ldc});
 }
 
 cublasStatus_t cublasGemmGroupedBatchedEx(
@@ -227,27 +263,29 @@ cublasStatus_t cublasGemmGroupedBatchedEx(
       !moe_emu::device_span(Carray, bytes))
     return invalid(call, "Aarray, Barray and Carray must be device arrays of %ld pointers",
                    problems);
-  std::vector<const void*> a(static_cast<size_t>(problems)), b(a.size());
-  std::vector<void*> c(a.size());
-  {
-    moe_emu::DeviceScope scope(call);
-    for (long p = 0; p < problems; ++p) {
-      a[static_cast<size_t>(p)] = Aarray[p];
-      b[static_cast<size_t>(p)] = Barray[p];
-      c[static_cast<size_t>(p)] = Carray[p];
+  // Host arrays are read now; the device's pointer arrays, and the products, when the stream
+  // runs (the arrays may be written by a copy enqueued just before).
+  std::vector<Gemm> shapes;
+  for (int g = 0; g < group_count; ++g)
+    for (int i = 0; i < group_size[g]; ++i)
+      shapes.push_back({call, transa_array[g], transb_array[g], m_array[g], n_array[g], k_array[g],
+                        static_cast<const float*>(alpha_array)[g], nullptr, Atype, lda_array[g],
+                        nullptr, Btype, ldb_array[g], static_cast<const float*>(beta_array)[g],
+                        nullptr, Ctype, ldc_array[g]});
+  moe_emu::enqueue(handle->stream, [shapes, Aarray, Barray, Carray]() mutable {
+    {
+      moe_emu::DeviceScope scope("cublasGemmGroupedBatchedEx (pointer arrays)");
+      for (size_t p = 0; p < shapes.size(); ++p) {
+        shapes[p].A = Aarray[p];
+        shapes[p].B = Barray[p];
+        shapes[p].C = Carray[p];
+      }
     }
-  }
-  const float* alpha = static_cast<const float*>(alpha_array);
-  const float* beta = static_cast<const float*>(beta_array);
-  long p = 0;
-  for (int g = 0; g < group_count; ++g) {
-    for (int i = 0; i < group_size[g]; ++i, ++p) {
-      const size_t q = static_cast<size_t>(p);
-      const cublasStatus_t s = gemm(call, transa_array[g], transb_array[g], m_array[g], n_array[g],
-                                    k_array[g], alpha[g], a[q], Atype, lda_array[g], b[q], Btype,
-                                    ldb_array[g], beta[g], c[q], Ctype, ldc_array[g]);
-      if (s != CUBLAS_STATUS_SUCCESS) return s;
+    for (const Gemm& g : shapes) {
+      if (check(g) != CUBLAS_STATUS_SUCCESS)
+        moe_emu::fatal("cublasGemmGroupedBatchedEx: a problem's operands are not device ranges");
+      compute(g);
     }
-  }
+  });
   return CUBLAS_STATUS_SUCCESS;
 }

@@ -11,7 +11,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <functional>
 #include <map>
+#include <memory>
 #include <set>
 #include <vector>
 
@@ -434,7 +437,7 @@ void warp_exchange(unsigned mask, const void* value, int size, int source, void*
   switch_to_scheduler();
 }
 
-bool run_grid(const char* kernel, dim3 grid, dim3 block, void (*body)(void*), void* context) {
+bool launch_config_ok(const char* kernel, dim3 grid, dim3 block) {
   const unsigned long long threads = 1ull * block.x * block.y * block.z;
   if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 2147483647u || grid.y > 65535 ||
       grid.z > 65535 || threads == 0 || threads > 1024 || block.x > 1024 || block.y > 1024 ||
@@ -446,6 +449,11 @@ bool run_grid(const char* kernel, dim3 grid, dim3 block, void (*body)(void*), vo
     g_last_error = cudaErrorInvalidConfiguration;
     return false;
   }
+  return true;
+}
+
+void run_grid(const char* kernel, dim3 grid, dim3 block, void (*body)(void*), void* context) {
+  const unsigned long long threads = 1ull * block.x * block.y * block.z;
   DeviceScope scope(kernel);
   ensure_fibers(threads);
   g_warp_slots.resize((threads + 31) / 32);
@@ -463,7 +471,81 @@ bool run_grid(const char* kernel, dim3 grid, dim3 block, void (*body)(void*), vo
     run_block(kernel, block, static_cast<size_t>(threads));
   }
   g_kernel = nullptr;
-  return true;
+}
+
+// --- streams and events -------------------------------------------------------------------
+
+namespace {
+
+struct Stream {
+  bool blocking = true;  // synchronizes with the legacy default stream
+  std::deque<std::function<void()>> ops;
+  uint64_t enqueued = 0, executed = 0;
+};
+
+struct Event {
+  Stream* stream = nullptr;
+  uint64_t position = 0;  // the stream's work up to here precedes the event
+};
+
+Stream g_default_stream;
+std::set<Stream*> g_streams = {&g_default_stream};
+int g_flush_depth = 0;
+
+Stream* stream_of(const void* s) {
+  return s ? static_cast<Stream*>(const_cast<void*>(s)) : &g_default_stream;
+}
+
+// Runs the stream's queued work up to position `upto` (of all it ever enqueued).
+void flush(Stream* st, uint64_t upto) {
+  if (++g_flush_depth > 64) fatal("streams wait on each other in a cycle");
+  while (st->executed < upto && !st->ops.empty()) {
+    std::function<void()> op = std::move(st->ops.front());
+    st->ops.pop_front();
+    ++st->executed;
+    op();
+  }
+  --g_flush_depth;
+}
+void flush_all(Stream* st) {
+  flush(st, st->enqueued);
+}
+void flush_every_stream() {
+  for (bool again = true; again;) {  // a flush may enqueue nothing, but may drain others
+    again = false;
+    for (Stream* st : g_streams)
+      if (st->executed < st->enqueued) {
+        flush_all(st);
+        again = true;
+      }
+  }
+}
+// The legacy default stream and the blocking streams: what a synchronous call waits for.
+void flush_legacy() {
+  for (Stream* st : g_streams)
+    if (st->blocking) flush_all(st);
+}
+
+}  // namespace
+
+void enqueue(const void* stream, std::function<void()> op) {
+  Stream* st = stream_of(stream);
+  if (st->blocking) {
+    // Legacy semantics: default-stream work waits for the blocking streams' earlier work, and
+    // theirs for the default stream's.
+    std::vector<std::pair<Stream*, uint64_t>> before;
+    for (Stream* other : g_streams)
+      if (other != st && other->blocking && (st == &g_default_stream || other == &g_default_stream))
+        before.emplace_back(other, other->enqueued);
+    if (!before.empty()) {
+      st->ops.push_back([before] {
+        for (auto [other, pos] : before) flush(other, pos);
+      });
+      ++st->enqueued;
+    }
+  }
+  st->ops.push_back(std::move(op));
+  ++st->enqueued;
 }
 
 }  // namespace moe_emu
@@ -487,10 +569,6 @@ cudaError_t fail(cudaError_t error, const char* format, ...) {
 bool is_device(const void* p, size_t bytes) {
   return moe_emu::device_range(p, bytes);
 }
-
-struct Handle {
-  int id;
-};
 
 }  // namespace
 
@@ -546,10 +624,6 @@ const char* cudaGetErrorString(cudaError_t error) {
   return "unknown error";
 }
 
-cudaError_t cudaDeviceSynchronize() {
-  return cudaSuccess;
-}
-
 cudaError_t cudaMalloc(void** ptr, size_t size) {
   moe_emu::install_fault_handler();
   const size_t data_size =
@@ -576,6 +650,7 @@ cudaError_t cudaMalloc(void** ptr, size_t size) {
 
 cudaError_t cudaFree(void* ptr) {
   if (!ptr) return cudaSuccess;
+  moe_emu::flush_every_stream();  // cudaFree synchronizes the device
   auto it = moe_emu::g_allocations.find(static_cast<const char*>(ptr));
   if (it == moe_emu::g_allocations.end())
     return fail(cudaErrorInvalidValue, "cudaFree(%p): not the start of a device allocation", ptr);
@@ -595,6 +670,7 @@ cudaError_t cudaMallocHost(void** ptr, size_t size) {
 
 cudaError_t cudaFreeHost(void* ptr) {
   if (!ptr) return cudaSuccess;
+  moe_emu::flush_every_stream();
   if (!moe_emu::g_pinned.erase(ptr))
     return fail(cudaErrorInvalidValue, "cudaFreeHost(%p): not from cudaMallocHost", ptr);
   moe_emu::g_pinned_sizes.erase(ptr);
@@ -602,9 +678,14 @@ cudaError_t cudaFreeHost(void* ptr) {
   return cudaSuccess;
 }
 
-cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, cudaMemcpyKind kind) {
-  if (count == 0) return cudaSuccess;
+namespace {
+
+// The checks of a copy; false (after a message) when the pointers do not fit the kind.
+bool copy_ok(void* dst, const void* src, size_t count, cudaMemcpyKind& kind) {
   const bool dst_dev = is_device(dst, count), src_dev = is_device(src, count);
+  if (kind == cudaMemcpyDefault)
+    kind = dst_dev ? (src_dev ? cudaMemcpyDeviceToDevice : cudaMemcpyHostToDevice)
+                   : (src_dev ? cudaMemcpyDeviceToHost : cudaMemcpyHostToHost);
   bool ok = false;
   switch (kind) {
     case cudaMemcpyHostToDevice:
@@ -616,74 +697,144 @@ cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, cudaMemcpyKind 
     case cudaMemcpyDeviceToDevice:
       ok = src_dev && dst_dev;
       break;
-    case cudaMemcpyDefault:
-      ok = true;
-      break;
     case cudaMemcpyHostToHost:
       ok = !src_dev && !dst_dev;
       break;
+    case cudaMemcpyDefault:
+      break;
   }
   if (!ok)
-    return fail(cudaErrorInvalidValue,
-                "cudaMemcpy of %zu bytes, kind %d: destination %p is %s, source %p is %s", count,
-                static_cast<int>(kind), dst,
-                is_device(dst, count) ? "device memory" : "not a device range of that size", src,
-                is_device(src, count) ? "device memory" : "not a device range of that size");
+    fail(cudaErrorInvalidValue,
+         "cudaMemcpy of %zu bytes, kind %d: destination %p is %s, source %p is %s", count,
+         static_cast<int>(kind), dst,
+         is_device(dst, count) ? "device memory" : "not a device range of that size", src,
+         is_device(src, count) ? "device memory" : "not a device range of that size");
+  return ok;
+}
+
+void copy_now(void* dst, const void* src, size_t count) {
   DeviceScope scope("cudaMemcpy");
   std::memmove(dst, src, count);
+}
+
+bool pinned(const void* p, size_t count) {
+  return moe_emu::in_pinned(p, count);
+}
+
+}  // namespace
+
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, cudaMemcpyKind kind) {
+  if (count == 0) return cudaSuccess;
+  if (!copy_ok(dst, src, count, kind)) return cudaErrorInvalidValue;
+  moe_emu::flush_legacy();  // a legacy-stream call: after the blocking streams' work, not others'
+  copy_now(dst, src, count);
   return cudaSuccess;
 }
 
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpyKind kind,
-                            cudaStream_t) {
-  return cudaMemcpy(dst, src, count, kind);
+                            cudaStream_t stream) {
+  if (count == 0) return cudaSuccess;
+  if (!copy_ok(dst, src, count, kind)) return cudaErrorInvalidValue;
+  if (kind == cudaMemcpyHostToDevice && !pinned(src, count)) {
+    // Pageable source: staged before the call returns, so the caller may reuse it at once.
+    auto staged = std::make_shared<std::vector<char>>(static_cast<const char*>(src),
+                                                      static_cast<const char*>(src) + count);
+    moe_emu::enqueue(stream, [dst, staged, count] { copy_now(dst, staged->data(), count); });
+  } else if (kind == cudaMemcpyDeviceToHost && !pinned(dst, count)) {
+    // Pageable destination: the call returns once the stream's work and the copy are done.
+    moe_emu::flush_all(moe_emu::stream_of(stream));
+    copy_now(dst, src, count);
+  } else {
+    moe_emu::enqueue(stream, [dst, src, count] { copy_now(dst, src, count); });
+  }
+  return cudaSuccess;
 }
 
 cudaError_t cudaMemset(void* ptr, int value, size_t count) {
   if (count == 0) return cudaSuccess;
   if (!is_device(ptr, count))
     return fail(cudaErrorInvalidValue, "cudaMemset(%p, %zu bytes): not a device range", ptr, count);
+  moe_emu::flush_legacy();
   DeviceScope scope("cudaMemset");
   std::memset(ptr, value, count);
   return cudaSuccess;
 }
 
-cudaError_t cudaMemsetAsync(void* ptr, int value, size_t count, cudaStream_t) {
-  return cudaMemset(ptr, value, count);
+cudaError_t cudaMemsetAsync(void* ptr, int value, size_t count, cudaStream_t stream) {
+  if (count == 0) return cudaSuccess;
+  if (!is_device(ptr, count))
+    return fail(cudaErrorInvalidValue, "cudaMemsetAsync(%p, %zu bytes): not a device range", ptr,
+                count);
+  moe_emu::enqueue(stream, [ptr, value, count] {
+    DeviceScope scope("cudaMemsetAsync");
+    std::memset(ptr, value, count);
+  });
+  return cudaSuccess;
 }
 
 cudaError_t cudaStreamCreate(cudaStream_t* stream) {
-  *stream = reinterpret_cast<cudaStream_t>(new Handle{1});
-  return cudaSuccess;
+  return cudaStreamCreateWithFlags(stream, cudaStreamDefault);
 }
-cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned) {
-  return cudaStreamCreate(stream);
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned flags) {
+  auto* st = new moe_emu::Stream;
+  st->blocking = !(flags & cudaStreamNonBlocking);
+  moe_emu::g_streams.insert(st);
+  *stream = reinterpret_cast<cudaStream_t>(st);
+  return cudaSuccess;
 }
 cudaError_t cudaStreamDestroy(cudaStream_t stream) {
-  delete reinterpret_cast<Handle*>(stream);
+  moe_emu::Stream* st = moe_emu::stream_of(stream);
+  if (st == &moe_emu::g_default_stream || !moe_emu::g_streams.count(st))
+    return fail(cudaErrorInvalidValue, "cudaStreamDestroy(%p): not a stream",
+                static_cast<void*>(stream));
+  moe_emu::flush_all(st);  // its work still completes
+  moe_emu::g_streams.erase(st);
+  delete st;
   return cudaSuccess;
 }
-cudaError_t cudaStreamSynchronize(cudaStream_t) {
+cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+  moe_emu::Stream* st = moe_emu::stream_of(stream);
+  if (st == &moe_emu::g_default_stream)
+    moe_emu::flush_legacy();
+  else
+    moe_emu::flush_all(st);
   return cudaSuccess;
 }
-cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned) {
+cudaError_t cudaDeviceSynchronize() {
+  moe_emu::flush_every_stream();
+  return cudaSuccess;
+}
+cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned) {
+  const auto* e = reinterpret_cast<moe_emu::Event*>(event);
+  if (!e) return cudaErrorInvalidValue;
+  if (!e->stream) return cudaSuccess;  // never recorded: nothing to wait for
+  moe_emu::Stream* other = e->stream;
+  const uint64_t pos = e->position;
+  moe_emu::enqueue(stream, [other, pos] { moe_emu::flush(other, pos); });
   return cudaSuccess;
 }
 cudaError_t cudaEventCreate(cudaEvent_t* event) {
-  *event = reinterpret_cast<cudaEvent_t>(new Handle{2});
+  *event = reinterpret_cast<cudaEvent_t>(new moe_emu::Event);
   return cudaSuccess;
 }
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned) {
   return cudaEventCreate(event);
 }
 cudaError_t cudaEventDestroy(cudaEvent_t event) {
-  delete reinterpret_cast<Handle*>(event);
+  delete reinterpret_cast<moe_emu::Event*>(event);
   return cudaSuccess;
 }
-cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t) {
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
+  auto* e = reinterpret_cast<moe_emu::Event*>(event);
+  if (!e) return cudaErrorInvalidValue;
+  e->stream = moe_emu::stream_of(stream);
+  e->position = e->stream->enqueued;
   return cudaSuccess;
 }
-cudaError_t cudaEventSynchronize(cudaEvent_t) {
+cudaError_t cudaEventSynchronize(cudaEvent_t event) {
+  const auto* e = reinterpret_cast<moe_emu::Event*>(event);
+  if (!e) return cudaErrorInvalidValue;
+  if (e->stream) moe_emu::flush(e->stream, e->position);
   return cudaSuccess;
 }
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t, cudaEvent_t) {

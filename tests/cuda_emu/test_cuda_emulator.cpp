@@ -1,6 +1,7 @@
 // The CPU emulator of tests/cuda_emu checked on its own: barriers and warp shuffles give the
 // hardware's results, cuBLAS calls follow cuBLAS's column-major contract on hand-computed
-// products, and each misuse it promises to catch (host code touching device memory, a kernel
+// products, streams run only when waited for (so a missing synchronization or event shows), and
+// each misuse it promises to catch (host code touching device memory, a kernel
 // writing past an allocation, a host pointer passed to a kernel, a shuffle some lanes never
 // reach, the grouped GEMM given host pointer arrays) ends the run with a message naming it.
 #include <cublas_v2.h>
@@ -171,6 +172,47 @@ TEST(CudaEmulator, GroupedGemmWantsDevicePointerArrays) {
   cublasDestroy(h);
 }
 
+TEST(CudaEmulator, StreamsRunOnlyWhenWaitedFor) {
+  cudaStream_t a, b;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&a, cudaStreamNonBlocking), cudaSuccess);
+  ASSERT_EQ(cudaStreamCreateWithFlags(&b, cudaStreamNonBlocking), cudaSuccess);
+  float* p = device_alloc<float>(64);
+  float* q = device_alloc<float>(64);
+  ASSERT_EQ(cudaMemset(p, 0, 64 * sizeof(float)), cudaSuccess);
+  float* pinned = nullptr;
+  ASSERT_EQ(cudaMallocHost(reinterpret_cast<void**>(&pinned), 64 * sizeof(float)), cudaSuccess);
+  pinned[0] = -5.0f;
+
+  // A copy into pinned memory is not done until the stream is synchronized.
+  MOE_LAUNCH(write_kernel, 1, 64, a)(p, 64);
+  ASSERT_EQ(cudaMemcpyAsync(pinned, p, 64 * sizeof(float), cudaMemcpyDeviceToHost, a), cudaSuccess);
+  EXPECT_EQ(pinned[0], -5.0f) << "read before cudaStreamSynchronize: the copy has not run";
+  ASSERT_EQ(cudaStreamSynchronize(a), cudaSuccess);
+  EXPECT_EQ(pinned[0], 1.0f);
+
+  // Stream b uses a's result: without an event it reads what was there before.
+  ASSERT_EQ(cudaMemset(p, 0, 64 * sizeof(float)), cudaSuccess);
+  MOE_LAUNCH(write_kernel, 1, 64, a)(p, 64);
+  ASSERT_EQ(cudaMemcpyAsync(q, p, 64 * sizeof(float), cudaMemcpyDeviceToDevice, b), cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(b), cudaSuccess);
+  EXPECT_EQ(download(q, 1)[0], 0.0f) << "no event: b ran before a";
+  // With an event recorded on a and waited for on b, it sees a's write.
+  cudaEvent_t done;
+  ASSERT_EQ(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), cudaSuccess);
+  ASSERT_EQ(cudaEventRecord(done, a), cudaSuccess);
+  ASSERT_EQ(cudaStreamWaitEvent(b, done, 0), cudaSuccess);
+  ASSERT_EQ(cudaMemcpyAsync(q, p, 64 * sizeof(float), cudaMemcpyDeviceToDevice, b), cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(b), cudaSuccess);
+  EXPECT_EQ(download(q, 1)[0], 1.0f);
+
+  cudaEventDestroy(done);
+  cudaFreeHost(pinned);
+  cudaFree(p);
+  cudaFree(q);
+  cudaStreamDestroy(a);
+  cudaStreamDestroy(b);
+}
+
 TEST(CudaEmulatorDeathTest, HostCodeReadingDeviceMemoryFaults) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   float* p = device_alloc<float>(4);
@@ -186,7 +228,10 @@ TEST(CudaEmulatorDeathTest, HostCodeReadingDeviceMemoryFaults) {
 TEST(CudaEmulatorDeathTest, KernelWritingPastTheEndHitsTheGuardPage) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   float* p = device_alloc<float>(1024);
-  auto launch = [&] { MOE_LAUNCH(write_kernel, 5, 256, nullptr)(p, 1024 + 1024); };
+  auto launch = [&] {
+    MOE_LAUNCH(write_kernel, 5, 256, nullptr)(p, 1024 + 1024);
+    cudaDeviceSynchronize();
+  };
   EXPECT_DEATH(launch(), "guard page");
   cudaFree(p);
 }
@@ -201,7 +246,10 @@ TEST(CudaEmulatorDeathTest, HostPointerPassedToAKernelIsNamed) {
 TEST(CudaEmulatorDeathTest, ShuffleWithExitedLanesIsADeadlock) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   float* p = device_alloc<float>(32);
-  auto launch = [&] { MOE_LAUNCH(half_warp_shuffle_kernel, 1, 32, nullptr)(p); };
+  auto launch = [&] {
+    MOE_LAUNCH(half_warp_shuffle_kernel, 1, 32, nullptr)(p);
+    cudaDeviceSynchronize();
+  };
   EXPECT_DEATH(launch(), "deadlock");
   cudaFree(p);
 }
