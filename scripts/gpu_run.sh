@@ -7,7 +7,7 @@
 # default). Each step has a time limit; "tests sanitize" and "bench train" each fit one of the
 # device machine's 10-minute commands, "all" usually does.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 stages=" ${*:-all} "
 want() { [[ $stages == *" $1 "* || $stages == *" all "* ]]; }
 out="${OUT:-gpu-results}"
