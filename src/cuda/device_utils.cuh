@@ -21,7 +21,30 @@ namespace moe::cuda {
 
 constexpr int kThreads = 256;  // every kernel's block size (a multiple of the warp size)
 
-// Blocks to cover n items with one thread each, at least one.
+// Grid caps: past them a kernel is grid-strided (one block per row, or one thread per element,
+// looping). The emulator build (tests/cuda_emu) shrinks them so that its small tests run every
+// grid-stride loop.
+#ifndef MOE_CUDA_ROW_GRID_CAP
+#define MOE_CUDA_ROW_GRID_CAP (1 << 16)
+#endif
+#ifndef MOE_CUDA_ELEMENTWISE_GRID_CAP
+#define MOE_CUDA_ELEMENTWISE_GRID_CAP (1 << 20)
+#endif
+
+// Blocks for one block per row (grid-strided beyond the cap), at least one.
+inline unsigned row_grid(int64_t rows) {
+  const int64_t cap = MOE_CUDA_ROW_GRID_CAP;
+  return static_cast<unsigned>(rows < 1 ? 1 : (rows < cap ? rows : cap));
+}
+
+// Blocks of kThreads for one thread per element (grid-strided beyond the cap), at least one.
+inline unsigned elementwise_grid(int64_t n) {
+  const int64_t cap = MOE_CUDA_ELEMENTWISE_GRID_CAP;
+  const int64_t b = (n + kThreads - 1) / kThreads;
+  return static_cast<unsigned>(b < 1 ? 1 : (b < cap ? b : cap));
+}
+
+// Blocks to cover n items with one thread each, at least one (no grid stride).
 inline unsigned blocks_for(int64_t n, int threads = kThreads) {
   const int64_t b = (n + threads - 1) / threads;
   return static_cast<unsigned>(b > 0 ? b : 1);

@@ -64,16 +64,6 @@ __global__ void swiglu_backward_kernel(int64_t rows, int64_t F, const bf16* h, c
   }
 }
 
-unsigned row_blocks(int64_t rows) {
-  return static_cast<unsigned>(rows < (1 << 16) ? (rows > 0 ? rows : 1) : (1 << 16));
-}
-
-// Elementwise grids: a few waves of blocks, grid-strided beyond.
-unsigned elementwise_blocks(int64_t n) {
-  const int64_t b = (n + kThreads - 1) / kThreads;
-  return static_cast<unsigned>(b < 1 ? 1 : (b > (1 << 20) ? (1 << 20) : b));
-}
-
 int to_int(int64_t v, const char* what) {
   if (v < 0 || v > std::numeric_limits<int>::max())
     throw_cuda_error(__FILE__, __LINE__, what, "does not fit the int of a cuBLAS call");
@@ -84,7 +74,7 @@ int to_int(int64_t v, const char* what) {
 
 void launch_to_bf16(const float* src, int64_t n, bf16* dst, cudaStream_t stream) {
   if (n == 0) return;
-  MOE_LAUNCH(to_bf16_kernel, elementwise_blocks(n), kThreads, stream)(src, n, dst);
+  MOE_LAUNCH(to_bf16_kernel, elementwise_grid(n), kThreads, stream)(src, n, dst);
   MOE_CUDA_CHECK_LAUNCH();
 }
 
@@ -92,21 +82,21 @@ void launch_pack_gate_up(const float* w1, const float* w3, int64_t experts, int6
                          bf16* w13, cudaStream_t stream) {
   const int64_t n = experts * 2 * F * d;
   if (n == 0) return;
-  MOE_LAUNCH(pack_gate_up_kernel, elementwise_blocks(n), kThreads, stream)
+  MOE_LAUNCH(pack_gate_up_kernel, elementwise_grid(n), kThreads, stream)
   (w1, w3, experts, F, d, w13);
   MOE_CUDA_CHECK_LAUNCH();
 }
 
 void launch_swiglu_forward(int64_t rows, int64_t F, const bf16* h, bf16* a, cudaStream_t stream) {
   if (rows * F == 0) return;
-  MOE_LAUNCH(swiglu_forward_kernel, row_blocks(rows), kThreads, stream)(rows, F, h, a);
+  MOE_LAUNCH(swiglu_forward_kernel, row_grid(rows), kThreads, stream)(rows, F, h, a);
   MOE_CUDA_CHECK_LAUNCH();
 }
 
 void launch_swiglu_backward(int64_t rows, int64_t F, const bf16* h, const bf16* da, bf16* dh,
                             cudaStream_t stream) {
   if (rows * F == 0) return;
-  MOE_LAUNCH(swiglu_backward_kernel, row_blocks(rows), kThreads, stream)(rows, F, h, da, dh);
+  MOE_LAUNCH(swiglu_backward_kernel, row_grid(rows), kThreads, stream)(rows, F, h, da, dh);
   MOE_CUDA_CHECK_LAUNCH();
 }
 

@@ -80,9 +80,7 @@ void launch_sum_in_order(const double* partial, int64_t count, double* out, cuda
 void launch_adamw(const AdamWStep& s, const double* norm_sq, int64_t n, const float* g, float* p,
                   float* m, float* v, cudaStream_t stream) {
   if (n == 0) return;
-  const int64_t b = (n + kThreads - 1) / kThreads;
-  const unsigned grid = static_cast<unsigned>(b > (1 << 20) ? (1 << 20) : b);
-  MOE_LAUNCH(adamw_kernel, grid, kThreads, stream)(s, norm_sq, n, g, p, m, v);
+  MOE_LAUNCH(adamw_kernel, elementwise_grid(n), kThreads, stream)(s, norm_sq, n, g, p, m, v);
   MOE_CUDA_CHECK_LAUNCH();
 }
 

@@ -64,15 +64,6 @@ __global__ void causal_softmax_backward_kernel(const float* P, float* dS, int64_
   }
 }
 
-unsigned row_grid(int64_t rows) {
-  return static_cast<unsigned>(rows < (1 << 16) ? (rows > 0 ? rows : 1) : (1 << 16));
-}
-
-unsigned elementwise_grid(int64_t n) {
-  const int64_t b = (n + kThreads - 1) / kThreads;
-  return static_cast<unsigned>(b < 1 ? 1 : (b > (1 << 20) ? (1 << 20) : b));
-}
-
 }  // namespace
 
 void launch_rope(float* x, const float* cos_table, const float* sin_table, int64_t n, int heads,

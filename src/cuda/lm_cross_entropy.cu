@@ -41,10 +41,6 @@ __global__ void cross_entropy_kernel(int64_t n, int64_t V, const float* logits,
   }
 }
 
-unsigned row_grid(int64_t rows) {
-  return static_cast<unsigned>(rows < (1 << 16) ? (rows > 0 ? rows : 1) : (1 << 16));
-}
-
 }  // namespace
 
 void launch_cross_entropy(int64_t n, int64_t V, const float* logits, const int32_t* targets,

@@ -35,10 +35,6 @@ __global__ void embedding_backward_kernel(int64_t unique, int64_t d, const int32
   }
 }
 
-unsigned row_grid(int64_t rows) {
-  return static_cast<unsigned>(rows < (1 << 16) ? (rows > 0 ? rows : 1) : (1 << 16));
-}
-
 }  // namespace
 
 void launch_embedding_forward(const int32_t* tokens, int64_t n, int64_t d, const float* table,

@@ -76,10 +76,6 @@ __global__ void column_sum_into_kernel(int64_t chunks, int64_t d, const float* p
   dw[c] += acc;
 }
 
-unsigned row_grid(int64_t rows) {
-  return static_cast<unsigned>(rows < (1 << 16) ? (rows > 0 ? rows : 1) : (1 << 16));
-}
-
 }  // namespace
 
 void launch_rmsnorm_forward(int64_t n, int64_t d, const float* x, const float* w, double eps,

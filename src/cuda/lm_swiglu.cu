@@ -34,11 +34,6 @@ __global__ void add_kernel(int64_t n, const float* a, const float* b, float* out
     out[i] = a[i] + b[i];
 }
 
-unsigned elementwise_grid(int64_t n) {
-  const int64_t b = (n + kThreads - 1) / kThreads;
-  return static_cast<unsigned>(b < 1 ? 1 : (b > (1 << 20) ? (1 << 20) : b));
-}
-
 }  // namespace
 
 void launch_swiglu_f32_forward(int64_t n, const float* h1, const float* h3, float* a,

@@ -117,11 +117,6 @@ __global__ void combine_backward_kernel(int64_t tokens, int k, int64_t d, const 
   }
 }
 
-// Rows per grid: enough blocks to fill an H100 many times over, grid-strided beyond.
-unsigned row_blocks(int64_t rows) {
-  return static_cast<unsigned>(rows < (1 << 16) ? (rows > 0 ? rows : 1) : (1 << 16));
-}
-
 }  // namespace
 
 void launch_route_counts(const int32_t* primary, int64_t slots, int E, int64_t capacity,
@@ -155,7 +150,7 @@ void launch_assign_rows(const int32_t* primary, const float* gate_primary, int64
 void launch_gather_rows(const int32_t* row_slot, int k, int64_t rows, int64_t d, const bf16* x,
                         bf16* xp, cudaStream_t stream) {
   if (rows == 0) return;
-  MOE_LAUNCH(gather_rows_kernel, row_blocks(rows), kThreads, stream)(row_slot, k, rows, d, x, xp);
+  MOE_LAUNCH(gather_rows_kernel, row_grid(rows), kThreads, stream)(row_slot, k, rows, d, x, xp);
   MOE_CUDA_CHECK_LAUNCH();
 }
 
@@ -163,7 +158,7 @@ void launch_gather_rows_backward(int64_t tokens, int k, int64_t d, const int32_t
                                  const bf16* dxp, const float* shared_dpre, const float* shared_wg,
                                  const bf16* shared_dx, float* dx, cudaStream_t stream) {
   if (tokens == 0) return;
-  MOE_LAUNCH(gather_rows_backward_kernel, row_blocks(tokens), kThreads, stream)
+  MOE_LAUNCH(gather_rows_backward_kernel, row_grid(tokens), kThreads, stream)
   (tokens, k, d, slot_row, dxp, shared_dpre, shared_wg, shared_dx, dx);
   MOE_CUDA_CHECK_LAUNCH();
 }
@@ -172,7 +167,7 @@ void launch_combine(int64_t tokens, int k, int64_t d, const int32_t* slot_row, c
                     const bf16* y, const bf16* shared_y, const float* shared_gate, float* out,
                     cudaStream_t stream) {
   if (tokens == 0) return;
-  MOE_LAUNCH(combine_kernel, row_blocks(tokens), kThreads, stream)
+  MOE_LAUNCH(combine_kernel, row_grid(tokens), kThreads, stream)
   (tokens, k, d, slot_row, gate, y, shared_y, shared_gate, out);
   MOE_CUDA_CHECK_LAUNCH();
 }
@@ -181,7 +176,7 @@ void launch_combine_backward(int64_t tokens, int k, int64_t d, const int32_t* sl
                              const float* gate, const bf16* y, const float* dout, bf16* dy,
                              float* dgate, cudaStream_t stream) {
   if (tokens == 0) return;
-  MOE_LAUNCH(combine_backward_kernel, row_blocks(tokens), kThreads, stream)
+  MOE_LAUNCH(combine_backward_kernel, row_grid(tokens), kThreads, stream)
   (tokens, k, d, slot_row, gate, y, dout, dy, dgate);
   MOE_CUDA_CHECK_LAUNCH();
 }

@@ -38,8 +38,7 @@ void launch_sigmoid_inplace(int64_t n, float* gate, cudaStream_t stream) {
 void launch_shared_gate_backward(int64_t tokens, int64_t d, const float* dout, const bf16* y,
                                  const float* gate, bf16* dy, float* dpre, cudaStream_t stream) {
   if (tokens == 0) return;
-  const unsigned blocks = static_cast<unsigned>(tokens < (1 << 16) ? tokens : (1 << 16));
-  MOE_LAUNCH(shared_gate_backward_kernel, blocks, kThreads, stream)
+  MOE_LAUNCH(shared_gate_backward_kernel, row_grid(tokens), kThreads, stream)
   (tokens, d, dout, y, gate, dy, dpre);
   MOE_CUDA_CHECK_LAUNCH();
 }
