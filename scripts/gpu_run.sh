@@ -53,7 +53,8 @@ if want tests; then
   step test_cuda_moe_looped 120 env MOE_CUDA_GROUPED_GEMM=0 $bundle/test_cuda_moe
 fi
 if want sanitize; then
-  cs="compute-sanitizer --error-exitcode 1 --print-limit 20"
+  sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+  cs="$sanitizer --error-exitcode 1 --print-limit 20"
   step memcheck_moe 150 $cs --tool memcheck $bundle/test_cuda_moe
   step racecheck_moe 150 $cs --tool racecheck $bundle/test_cuda_moe --gtest_filter='Layer/*:Random/*mixtral*'
   step memcheck_transformer 200 $cs --tool memcheck $bundle/test_cuda_transformer \
