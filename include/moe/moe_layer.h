@@ -48,6 +48,29 @@ struct LayerTimings {
   int64_t forward_calls = 0, backward_calls = 0;
 };
 
+// Arena offsets of the layer's parameters, resolved once (-1 when absent) so that hot paths
+// never look names up; offsets rather than pointers keep a layer safely copyable. MoeLayer and
+// the CUDA layer (cuda_moe.h) share the layout, and this one lookup.
+struct MoeParamOffsets {
+  int64_t router = -1, noise = -1, w1 = -1, w3 = -1, w2 = -1;
+  int64_t shared_w1 = -1, shared_w3 = -1, shared_w2 = -1, shared_gate = -1;
+
+  template <class T>
+  static MoeParamOffsets of(const ParamSet<T>& p) {
+    MoeParamOffsets o;
+    o.router = p.offset_or_none("router.weight");
+    o.noise = p.offset_or_none("router.noise_weight");
+    o.w1 = p.offset_or_none("experts.w1");
+    o.w3 = p.offset_or_none("experts.w3");
+    o.w2 = p.offset_or_none("experts.w2");
+    o.shared_w1 = p.offset_or_none("shared.w1");
+    o.shared_w3 = p.offset_or_none("shared.w3");
+    o.shared_w2 = p.offset_or_none("shared.w2");
+    o.shared_gate = p.offset_or_none("shared.gate");
+    return o;
+  }
+};
+
 template <class T>
 class MoeLayer final : public FeedForward<T> {
  public:
@@ -94,19 +117,13 @@ class MoeLayer final : public FeedForward<T> {
   template <class Fn>
   void for_each_expert(const Fn& run);
 
-  // Arena offsets of each parameter, resolved once (-1 when absent), so the hot path never
-  // looks names up. Offsets rather than pointers keep the layer safely copyable.
-  struct Offsets {
-    int64_t router = -1, noise = -1, w1 = -1, w3 = -1, w2 = -1;
-    int64_t shared_w1 = -1, shared_w3 = -1, shared_w2 = -1, shared_gate = -1;
-  };
   T* value(int64_t off) { return off < 0 ? nullptr : params_.values().data() + off; }
   T* grad(int64_t off) { return off < 0 ? nullptr : params_.grads().data() + off; }
 
   MoeConfig cfg_;
   int d_, F_, E_, k_, Hs_;
   ParamSet<T> params_;
-  Offsets off_;
+  MoeParamOffsets off_;
   std::vector<T> bias_;  // [E] selection bias (state, not a parameter)
 
   int64_t tokens_ = 0;

@@ -31,6 +31,7 @@
 #include "cuda/shared_experts.cuh"
 #include "moe/cuda_moe.h"
 #include "moe/ffn.h"
+#include "moe/moe_layer.h"
 #include "moe/router.h"
 #include "moe/shared_experts.h"
 
@@ -73,10 +74,7 @@ struct CudaMoeLayer::Impl {
   cuda::RouterParams rp;
 
   ParamSet<float> params;  // host mirror, MoeLayer<float>'s layout
-  struct Offsets {
-    int64_t router = -1, w1 = -1, w3 = -1, w2 = -1;
-    int64_t shared_w1 = -1, shared_w3 = -1, shared_w2 = -1, shared_gate = -1;
-  } off;
+  MoeParamOffsets off;
   std::vector<float> bias;  // [E] selection bias (state, not a parameter)
   bool bias_dirty = true;
 
@@ -140,14 +138,7 @@ struct CudaMoeLayer::Impl {
     declare_expert_weights(params, E, F, d, Activation::SwiGLU);
     declare_shared_expert_weights(params, cfg);  // SwiGLU: cuda_check_supported
     params.allocate();
-    off.router = params.offset_or_none("router.weight");
-    off.w1 = params.offset_or_none("experts.w1");
-    off.w3 = params.offset_or_none("experts.w3");
-    off.w2 = params.offset_or_none("experts.w2");
-    off.shared_w1 = params.offset_or_none("shared.w1");
-    off.shared_w3 = params.offset_or_none("shared.w3");
-    off.shared_w2 = params.offset_or_none("shared.w2");
-    off.shared_gate = params.offset_or_none("shared.gate");
+    off = MoeParamOffsets::of(params);
     bias.assign(E, 0.0f);
     offsets.assign(E + 1, 0);
     problems.resize(E);

@@ -62,15 +62,7 @@ MoeLayer<T>::MoeLayer(const MoeConfig& config) : cfg_(config) {
   declare_expert_weights(params_, E_, F_, d_, cfg_.hidden_act);
   declare_shared_expert_weights(params_, cfg_);
   params_.allocate();
-  off_.router = params_.offset_or_none("router.weight");
-  off_.noise = params_.offset_or_none("router.noise_weight");
-  off_.w1 = params_.offset_or_none("experts.w1");
-  off_.w3 = params_.offset_or_none("experts.w3");
-  off_.w2 = params_.offset_or_none("experts.w2");
-  off_.shared_w1 = params_.offset_or_none("shared.w1");
-  off_.shared_w3 = params_.offset_or_none("shared.w3");
-  off_.shared_w2 = params_.offset_or_none("shared.w2");
-  off_.shared_gate = params_.offset_or_none("shared.gate");
+  off_ = MoeParamOffsets::of(params_);
   bias_.assign(E_, T(0));
   counts_.assign(E_, 0);
   importance_.assign(E_, 0.0);
