@@ -20,6 +20,7 @@
 // another stream's results without an event in between, all see stale data here.
 #pragma once
 
+#include <cstdarg>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -50,6 +51,10 @@ void warp_exchange(unsigned mask, const void* value, int size, int source, void*
 // Whether p (a kernel argument or a cuBLAS operand) may be dereferenced on the device:
 // null, inside a cudaMalloc allocation (one past its end included), or cudaMallocHost memory.
 bool device_accessible(const void* p);
+// Whether [p, p + bytes) lies inside one cudaMalloc allocation.
+bool device_range(const void* p, size_t bytes);
+// One line on stderr: "cuda emulator: [context: ]<format...>".
+void report(const char* context, const char* format, va_list args);
 [[noreturn]] void fatal(const char* format, ...);
 
 // While a Device scope is alive, device memory is readable and writable (kernels, copies,

@@ -11,10 +11,6 @@
 #include "cuda_bf16.h"
 #include "emu.h"
 
-namespace moe_emu {
-bool device_span(const void* p, size_t bytes);
-}
-
 struct cublasContext {
   cudaStream_t stream = nullptr;
 };
@@ -22,12 +18,10 @@ struct cublasContext {
 namespace {
 
 cublasStatus_t invalid(const char* call, const char* format, ...) {
-  std::fprintf(stderr, "cuda emulator: %s: ", call);
   va_list args;
   va_start(args, format);
-  std::vfprintf(stderr, format, args);
+  moe_emu::report(call, format, args);
   va_end(args);
-  std::fprintf(stderr, "\n");
   return CUBLAS_STATUS_INVALID_VALUE;
 }
 
@@ -87,11 +81,11 @@ cublasStatus_t check(const Gemm& g) {
   const size_t a_bytes = span_bytes(a_rows, a_t ? g.m : g.k, g.lda, g.at);
   const size_t b_bytes = span_bytes(b_rows, b_t ? g.k : g.n, g.ldb, g.bt);
   const size_t c_bytes = span_bytes(g.m, g.n, g.ldc, g.ct);
-  if (g.k > 0 && !moe_emu::device_span(g.A, a_bytes))
+  if (g.k > 0 && !moe_emu::device_range(g.A, a_bytes))
     return invalid(call, "A=%p is not a device range of %zu bytes", g.A, a_bytes);
-  if (g.k > 0 && !moe_emu::device_span(g.B, b_bytes))
+  if (g.k > 0 && !moe_emu::device_range(g.B, b_bytes))
     return invalid(call, "B=%p is not a device range of %zu bytes", g.B, b_bytes);
-  if (!moe_emu::device_span(g.C, c_bytes))
+  if (!moe_emu::device_range(g.C, c_bytes))
     return invalid(call, "C=%p is not a device range of %zu bytes", g.C, c_bytes);
   return CUBLAS_STATUS_SUCCESS;
 }
@@ -207,9 +201,9 @@ cublasStatus_t cublasSgemv(cublasHandle_t handle, cublasOperation_t trans, int m
   const bool t = trans == CUBLAS_OP_T;
   const long x_len = t ? m : n, y_len = t ? n : m;
   if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
-  if (!moe_emu::device_span(A, span_bytes(m, n, lda, CUDA_R_32F)) ||
-      !moe_emu::device_span(x, ((x_len - 1) * incx + 1) * sizeof(float)) ||
-      !moe_emu::device_span(y, ((y_len - 1) * incy + 1) * sizeof(float)))
+  if (!moe_emu::device_range(A, span_bytes(m, n, lda, CUDA_R_32F)) ||
+      !moe_emu::device_range(x, ((x_len - 1) * incx + 1) * sizeof(float)) ||
+      !moe_emu::device_range(y, ((y_len - 1) * incy + 1) * sizeof(float)))
     return invalid(call, "A, x or y is not a device range of its size");
   const float al = *alpha, be = *beta;
   moe_emu::enqueue(handle->stream, [=] {
@@ -259,8 +253,8 @@ cublasStatus_t cublasGemmGroupedBatchedEx(
   if (problems == 0) return CUBLAS_STATUS_SUCCESS;
   // The pointer arrays are read by the device: they must be device memory.
   const size_t bytes = sizeof(void*) * static_cast<size_t>(problems);
-  if (!moe_emu::device_span(Aarray, bytes) || !moe_emu::device_span(Barray, bytes) ||
-      !moe_emu::device_span(Carray, bytes))
+  if (!moe_emu::device_range(Aarray, bytes) || !moe_emu::device_range(Barray, bytes) ||
+      !moe_emu::device_range(Carray, bytes))
     return invalid(call, "Aarray, Barray and Carray must be device arrays of %ld pointers",
                    problems);
   // Host arrays are read now; the device's pointer arrays, and the products, when the stream

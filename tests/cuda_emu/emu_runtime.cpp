@@ -54,8 +54,7 @@ struct Allocation {
 };
 
 std::map<const char*, Allocation> g_allocations;  // by user pointer
-std::set<const void*> g_pinned;
-std::map<const void*, size_t> g_pinned_sizes;
+std::map<const void*, size_t> g_pinned;           // cudaMallocHost memory: start -> size
 int g_device_depth = 0;
 
 unsigned char fill_byte() {
@@ -82,19 +81,29 @@ const Allocation* find_allocation(const void* p) {
 }
 
 bool in_pinned(const void* p, size_t bytes) {
-  auto it = g_pinned_sizes.upper_bound(p);
-  if (it == g_pinned_sizes.begin()) return false;
+  auto it = g_pinned.upper_bound(p);
+  if (it == g_pinned.begin()) return false;
   --it;
   const char* base = static_cast<const char*>(it->first);
   const char* c = static_cast<const char*>(p);
   return c >= base && c + bytes <= base + it->second;
 }
 
-// Whether [p, p + bytes) lies inside one device allocation.
+}  // namespace
+
 bool device_range(const void* p, size_t bytes) {
   const Allocation* a = find_allocation(p);
   return a && static_cast<const char*>(p) + bytes <= a->user + a->size;
 }
+
+void report(const char* context, const char* format, va_list args) {
+  std::fprintf(stderr, "cuda emulator: %s%s", context ? context : "", context ? ": " : "");
+  std::vfprintf(stderr, format, args);
+  std::fprintf(stderr, "\n");
+  std::fflush(stderr);
+}
+
+namespace {
 
 // --- fault messages -----------------------------------------------------------------------
 
@@ -380,13 +389,11 @@ void run_block(const char* kernel, dim3 block, size_t threads) {
 }  // namespace
 
 void fatal(const char* format, ...) {
-  std::fprintf(stderr, "\ncuda emulator: ");
+  std::fprintf(stderr, "\n");
   va_list args;
   va_start(args, format);
-  std::vfprintf(stderr, format, args);
+  report(nullptr, format, args);
   va_end(args);
-  std::fprintf(stderr, "\n");
-  std::fflush(stderr);
   std::abort();
 }
 
@@ -407,7 +414,7 @@ DeviceScope::~DeviceScope() {
 
 bool device_accessible(const void* p) {
   if (p == nullptr || find_allocation(p) != nullptr) return true;
-  return in_pinned(p, 0) || g_pinned.count(p) > 0;
+  return in_pinned(p, 0);
 }
 
 void sync_threads() {
@@ -557,27 +564,14 @@ using moe_emu::DeviceScope;
 namespace {
 
 cudaError_t fail(cudaError_t error, const char* format, ...) {
-  std::fprintf(stderr, "cuda emulator: ");
   va_list args;
   va_start(args, format);
-  std::vfprintf(stderr, format, args);
+  moe_emu::report(nullptr, format, args);
   va_end(args);
-  std::fprintf(stderr, "\n");
   return error;
 }
 
-bool is_device(const void* p, size_t bytes) {
-  return moe_emu::device_range(p, bytes);
-}
-
 }  // namespace
-
-namespace moe_emu {
-// Used by the cuBLAS emulation.
-bool device_span(const void* p, size_t bytes) {
-  return device_range(p, bytes);
-}
-}  // namespace moe_emu
 
 cudaError_t cudaGetDeviceCount(int* count) {
   const char* env = std::getenv("MOE_CUDA_EMU_DEVICES");
@@ -662,8 +656,7 @@ cudaError_t cudaFree(void* ptr) {
 cudaError_t cudaMallocHost(void** ptr, size_t size) {
   void* p = std::aligned_alloc(256, std::max<size_t>((size + 255) / 256 * 256, 256));
   if (!p) return cudaErrorMemoryAllocation;
-  moe_emu::g_pinned.insert(p);
-  moe_emu::g_pinned_sizes[p] = size;
+  moe_emu::g_pinned[p] = size;
   *ptr = p;
   return cudaSuccess;
 }
@@ -673,7 +666,6 @@ cudaError_t cudaFreeHost(void* ptr) {
   moe_emu::flush_every_stream();
   if (!moe_emu::g_pinned.erase(ptr))
     return fail(cudaErrorInvalidValue, "cudaFreeHost(%p): not from cudaMallocHost", ptr);
-  moe_emu::g_pinned_sizes.erase(ptr);
   std::free(ptr);
   return cudaSuccess;
 }
@@ -682,7 +674,8 @@ namespace {
 
 // The checks of a copy; false (after a message) when the pointers do not fit the kind.
 bool copy_ok(void* dst, const void* src, size_t count, cudaMemcpyKind& kind) {
-  const bool dst_dev = is_device(dst, count), src_dev = is_device(src, count);
+  const bool dst_dev = moe_emu::device_range(dst, count),
+             src_dev = moe_emu::device_range(src, count);
   if (kind == cudaMemcpyDefault)
     kind = dst_dev ? (src_dev ? cudaMemcpyDeviceToDevice : cudaMemcpyHostToDevice)
                    : (src_dev ? cudaMemcpyDeviceToHost : cudaMemcpyHostToHost);
@@ -706,19 +699,14 @@ bool copy_ok(void* dst, const void* src, size_t count, cudaMemcpyKind& kind) {
   if (!ok)
     fail(cudaErrorInvalidValue,
          "cudaMemcpy of %zu bytes, kind %d: destination %p is %s, source %p is %s", count,
-         static_cast<int>(kind), dst,
-         is_device(dst, count) ? "device memory" : "not a device range of that size", src,
-         is_device(src, count) ? "device memory" : "not a device range of that size");
+         static_cast<int>(kind), dst, dst_dev ? "device memory" : "not a device range of that size",
+         src, src_dev ? "device memory" : "not a device range of that size");
   return ok;
 }
 
 void copy_now(void* dst, const void* src, size_t count) {
   DeviceScope scope("cudaMemcpy");
   std::memmove(dst, src, count);
-}
-
-bool pinned(const void* p, size_t count) {
-  return moe_emu::in_pinned(p, count);
 }
 
 }  // namespace
@@ -735,12 +723,12 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpy
                             cudaStream_t stream) {
   if (count == 0) return cudaSuccess;
   if (!copy_ok(dst, src, count, kind)) return cudaErrorInvalidValue;
-  if (kind == cudaMemcpyHostToDevice && !pinned(src, count)) {
+  if (kind == cudaMemcpyHostToDevice && !moe_emu::in_pinned(src, count)) {
     // Pageable source: staged before the call returns, so the caller may reuse it at once.
     auto staged = std::make_shared<std::vector<char>>(static_cast<const char*>(src),
                                                       static_cast<const char*>(src) + count);
     moe_emu::enqueue(stream, [dst, staged, count] { copy_now(dst, staged->data(), count); });
-  } else if (kind == cudaMemcpyDeviceToHost && !pinned(dst, count)) {
+  } else if (kind == cudaMemcpyDeviceToHost && !moe_emu::in_pinned(dst, count)) {
     // Pageable destination: the call returns once the stream's work and the copy are done.
     moe_emu::flush_all(moe_emu::stream_of(stream));
     copy_now(dst, src, count);
@@ -752,7 +740,7 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpy
 
 cudaError_t cudaMemset(void* ptr, int value, size_t count) {
   if (count == 0) return cudaSuccess;
-  if (!is_device(ptr, count))
+  if (!moe_emu::device_range(ptr, count))
     return fail(cudaErrorInvalidValue, "cudaMemset(%p, %zu bytes): not a device range", ptr, count);
   moe_emu::flush_legacy();
   DeviceScope scope("cudaMemset");
@@ -762,7 +750,7 @@ cudaError_t cudaMemset(void* ptr, int value, size_t count) {
 
 cudaError_t cudaMemsetAsync(void* ptr, int value, size_t count, cudaStream_t stream) {
   if (count == 0) return cudaSuccess;
-  if (!is_device(ptr, count))
+  if (!moe_emu::device_range(ptr, count))
     return fail(cudaErrorInvalidValue, "cudaMemsetAsync(%p, %zu bytes): not a device range", ptr,
                 count);
   moe_emu::enqueue(stream, [ptr, value, count] {
