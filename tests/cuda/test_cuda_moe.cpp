@@ -16,11 +16,11 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
-#include <cstdlib>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
+#include "gpu_test.h"
 #include "layer_fixture.h"
 #include "moe/cuda_moe.h"
 #include "moe/moe_layer.h"
@@ -33,14 +33,6 @@ namespace {
 constexpr double kRouterTol = 1e-5;
 constexpr double kOutTol = 2e-2;
 constexpr double kGradTol = 3e-2;
-
-// Skips without a device, except under MOE_REQUIRE_GPU=1 (scripts/gpu_run.sh), where a
-// missing device is a failure rather than a silent pass.
-#define SKIP_WITHOUT_GPU()                                                                     \
-  if (!cuda_available()) {                                                                     \
-    if (std::getenv("MOE_REQUIRE_GPU")) FAIL() << "MOE_REQUIRE_GPU is set but no CUDA device"; \
-    GTEST_SKIP() << "no CUDA device: the CUDA layer was not run";                              \
-  }
 
 double rel(double a, double b) {
   return std::abs(a - b) / std::max(std::abs(b), 1e-12);

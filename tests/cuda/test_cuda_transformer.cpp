@@ -23,11 +23,11 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <cstdlib>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
+#include "gpu_test.h"
 #include "model_fixture.h"
 #include "moe/cuda_transformer.h"
 #include "moe/safetensors.h"
@@ -42,14 +42,6 @@ constexpr double kLossTol = 2e-3;
 constexpr double kGradTol = 3e-2;
 constexpr double kStepLossTol = 5e-3;
 constexpr double kWeightsTol = 2e-2;
-
-// Skips without a device, except under MOE_REQUIRE_GPU=1 (scripts/gpu_run.sh), where a
-// missing device is a failure rather than a silent pass.
-#define SKIP_WITHOUT_GPU()                                                                     \
-  if (!cuda_available()) {                                                                     \
-    if (std::getenv("MOE_REQUIRE_GPU")) FAIL() << "MOE_REQUIRE_GPU is set but no CUDA device"; \
-    GTEST_SKIP() << "no CUDA device: the CUDA LM was not run";                                 \
-  }
 
 // ---- Configurations (no GPU needed) ----------------------------------------------------------
 
