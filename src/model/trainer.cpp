@@ -482,13 +482,21 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
   const int first_step = step;
   TrainResult result;
   int last_saved = opt.resume ? step : -1;
+  // The device's state into the CPU model and AdamW, once per step however many readers follow.
+  int device_stored = device ? step : -1;
+  auto store_device = [&] {
+    if (device && device_stored != step) {
+      device->store(model, adam);
+      device_stored = step;
+    }
+  };
   auto save = [&] {
-    if (device) device->store(model, adam);
+    store_device();
     ckpt.save(cfg, model, adam, step, rng, sampler.state());
     last_saved = step;
   };
   auto run_eval = [&] {
-    if (device) device->store(model, adam);
+    store_device();
     const EvalResult e = evaluate(
         model, valid_data, B, S, t.eval_batches > 0 ? static_cast<int64_t>(t.eval_batches) * B : 0);
     nlohmann::json j{{"step", step},
