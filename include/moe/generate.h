@@ -19,6 +19,12 @@ struct GenerateOptions {
   bool stop_at_eos = true;
 };
 
+// How many new tokens generation draws after a prompt of prompt_len tokens in a model of
+// `context` positions: max_new_tokens, or fewer when the context ends first (generation then
+// stops there; the caller may say so). A negative max_new_tokens, an empty prompt or one that
+// already fills the context is an error.
+int new_token_budget(int prompt_len, int max_new_tokens, int context);
+
 // Returns the generated ids (without the prompt). on_token, if set, sees each id as drawn.
 std::vector<int32_t> generate(Transformer<float>& model, const std::vector<int32_t>& prompt,
                               const GenerateOptions& opt, int32_t eos_id,

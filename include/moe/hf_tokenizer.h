@@ -46,4 +46,8 @@ std::unique_ptr<Tokenizer> load_sentencepiece_model(const std::string& path);
 // used. Neither file: an error naming the directory.
 std::unique_ptr<Tokenizer> load_tokenizer_dir(const std::string& dir);
 
+// Whether prompts to the checkpoint in `dir` start with BOS: its tokenizer_config.json's
+// add_bos_token, or, without that key or file, whether `tok` has a BOS token at all.
+bool checkpoint_adds_bos(const std::string& dir, const Tokenizer& tok);
+
 }  // namespace moe

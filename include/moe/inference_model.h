@@ -93,7 +93,8 @@ class InferenceModel {
 
 // Greedy or sampled continuation of B prompts of equal length, with batched prefill and a KV
 // cache. Returns [B][generated]; a sequence stops at eos (when >= 0 and opt.stop_at_eos) or
-// after opt.max_new_tokens. on_token(b, id) sees every id as it is drawn.
+// after opt.max_new_tokens, or when the context ends (new_token_budget). on_token(b, id) sees
+// every id as it is drawn.
 std::vector<std::vector<int32_t>> generate(InferenceModel& model,
                                            const std::vector<std::vector<int32_t>>& prompts,
                                            const GenerateOptions& opt, int32_t eos_id,

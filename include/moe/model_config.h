@@ -13,6 +13,11 @@
 
 namespace moe {
 
+// Bounds on vocab_size: any config (4x the largest released vocabulary), and a sentencepiece
+// tokenizer trained by `moe train`.
+inline constexpr int kMaxVocabSize = 1 << 20;
+inline constexpr int kMaxTrainedVocabSize = 1 << 18;
+
 struct TrainConfig {
   double learning_rate = 3e-3;
   double min_lr_ratio = 0.1;  // cosine decays to learning_rate * min_lr_ratio
@@ -46,7 +51,7 @@ enum class QkNorm {
 // The defaults are the default small MoE `moe train` trains (configs/default.json holds the same).
 struct ModelConfig {
   std::string model_type = "mixtral";
-  int vocab_size = 4096;
+  int vocab_size = 4096;  // at most kMaxVocabSize (kMaxTrainedVocabSize for a trained tokenizer)
   int hidden_size = 256;
   int intermediate_size = 512;  // Mixtral meaning: the width of one expert
   int num_hidden_layers = 4;

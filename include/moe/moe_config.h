@@ -62,6 +62,8 @@ struct MoeConfig {
 // Reads the keys present in j over the defaults; unknown enum strings and wrong JSON types are
 // errors naming `where` and the key. Unknown keys are ignored (configs carry model keys too).
 MoeConfig moe_config_from_json(const nlohmann::json& j, const std::string& where = "config");
+// The layer config in a JSON file (a bad file or key is an error naming the file).
+MoeConfig load_moe_config(const std::string& path);
 void moe_config_to_json(const MoeConfig& c, nlohmann::json& j);
 
 }  // namespace moe

@@ -8,5 +8,7 @@ namespace moe {
 // (OMP_NUM_THREADS, else all cores).
 void set_num_threads(int n);
 int num_threads();
+// The cores this process may run on (its CPU affinity), at least 1.
+int available_cores();
 
 }  // namespace moe

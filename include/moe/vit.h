@@ -91,6 +91,9 @@ struct VitConfig {
 VitConfig vit_config_from_json(const nlohmann::json& j, const std::string& where);
 nlohmann::json vit_config_to_json(const VitConfig& c);
 VitConfig load_vit_config(const std::string& path);
+// Whether `path` is a JSON config with model_type "vit_moe" (false for anything unreadable: the
+// language-model loader then names the problem).
+bool is_vit_config(const std::string& path);
 
 template <class T>
 class VitModel {

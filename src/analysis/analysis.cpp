@@ -84,13 +84,13 @@ void write_text(const std::string& path, const std::string& text) {
 RoutingAnalysis analyze_routing(Transformer<float>& model, const Tokenizer& tok,
                                 const TokenStream& valid, const AnalysisOptions& opt) {
   const ModelConfig& cfg = model.config();
-  MOE_CHECK(cfg.num_local_experts > 0, "analyze: the model is dense (no experts to analyze)");
+  MOE_REQUIRE(cfg.num_local_experts > 0, "analyze: the model is dense (no experts to analyze)");
   const int E = cfg.num_local_experts, k = cfg.moe.num_experts_per_tok;
   const int D = static_cast<int>(valid.domain_names.size()), C = kNumTokenClasses;
   const int V = cfg.vocab_size, S = opt.seq_len;
   const std::vector<int64_t> starts = validation_windows(valid, S, opt.max_windows);
-  MOE_CHECK(!starts.empty(), "analyze: the validation split is shorter than one window of {}",
-            S + 1);
+  MOE_REQUIRE(!starts.empty(), "analyze: the validation split is shorter than one window of {}",
+              S + 1);
 
   RoutingAnalysis a;
   a.num_experts = E;

@@ -616,13 +616,13 @@ std::string write_report_html(const std::string& run_dir, int* charts) {
   in.title = run_dir;
   const std::string metrics_path = run_dir + "/metrics.jsonl";
   std::ifstream m(metrics_path);
-  MOE_CHECK(m.good(), "{}: cannot open (is {} a run directory?)", metrics_path, run_dir);
+  MOE_REQUIRE(m.good(), "{}: cannot open (is {} a run directory?)", metrics_path, run_dir);
   std::string line;
   while (std::getline(m, line)) {
     if (line.empty()) continue;
     try {
       in.metrics.push_back(json::parse(line));
-    } catch (const json::parse_error&) {
+    } catch (const json::exception&) {
       // A torn last line of a run that was killed: skip it, as --resume does.
     }
   }
@@ -632,12 +632,12 @@ std::string write_report_html(const std::string& run_dir, int* charts) {
     if (!f.good()) return nullptr;
     try {
       out = json::parse(f);
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {  // also a number that overflows a double
       throw Error(fmt::format("{}: not valid JSON ({})", path, e.what()));
     }
     if (name.rfind("analysis", 0) == 0)
-      MOE_CHECK(out.value("format", "") == "moe-analysis" && out.contains("layers"),
-                "{}: not a moe analysis file (format is not \"moe-analysis\")", path);
+      MOE_REQUIRE(out.value("format", "") == "moe-analysis" && out.contains("layers"),
+                  "{}: not a moe analysis file (format is not \"moe-analysis\")", path);
     return &out;
   };
   json summary, analysis, baseline;

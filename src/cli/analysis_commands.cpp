@@ -133,19 +133,19 @@ std::string painted(const std::string& s, int expert, bool color) {
 
 int run_route(const RouteArgs& a) {
   set_num_threads(a.threads);
-  MOE_CHECK(a.color == "auto" || a.color == "always" || a.color == "never",
-            "--color: \"{}\" is not auto, always or never", a.color);
+  MOE_REQUIRE(a.color == "auto" || a.color == "always" || a.color == "never",
+              "--color: \"{}\" is not auto, always or never", a.color);
   const bool color = a.color == "always" || (a.color == "auto" && isatty(1));
   LoadedRun run = load_run(a.run);
   const ModelConfig& cfg = run.config;
-  MOE_CHECK(cfg.num_local_experts > 0, "{}: a dense model has no router to show", a.run);
+  MOE_REQUIRE(cfg.num_local_experts > 0, "{}: a dense model has no router to show", a.run);
   std::vector<int32_t> ids{run.tokenizer->bos_id()};
   const auto text_ids = run.tokenizer->encode(a.text);
   ids.insert(ids.end(), text_ids.begin(), text_ids.end());
-  MOE_CHECK(ids.size() > 1, "route: --text is empty");
-  MOE_CHECK(static_cast<int>(ids.size()) <= cfg.max_position_embeddings,
-            "route: the text is {} tokens with BOS, more than max_position_embeddings = {}",
-            ids.size(), cfg.max_position_embeddings);
+  MOE_REQUIRE(ids.size() > 1, "route: --text is empty");
+  MOE_REQUIRE(static_cast<int>(ids.size()) <= cfg.max_position_embeddings,
+              "route: the text is {} tokens with BOS, more than max_position_embeddings = {}",
+              ids.size(), cfg.max_position_embeddings);
   const int S = static_cast<int>(ids.size()), k = cfg.moe.num_experts_per_tok;
   run.model->forward(ids.data(), nullptr, 1, S, false);
   // Each token's text; pieces that are not whole characters (byte fallback) are shown as hex.
@@ -217,7 +217,7 @@ std::function<int()> add_analyze_command(CLI::App& app) {
   c->add_flag("--untrained", a->untrained,
               "the baseline: the run's initial weights (same seed), written as "
               "analysis_untrained.*");
-  c->add_option("--threads", a->threads, "threads");
+  add_threads_option(c, a->threads);
   return [a] { return run_analyze(*a); };
 }
 
@@ -235,7 +235,7 @@ std::function<int()> add_route_command(CLI::App& app) {
   c->add_option("run", a->run, "run directory")->required();
   c->add_option("--text", a->text, "the text to route")->required();
   c->add_option("--color", a->color, "auto, always or never")->capture_default_str();
-  c->add_option("--threads", a->threads, "threads");
+  add_threads_option(c, a->threads);
   return [a] { return run_route(*a); };
 }
 

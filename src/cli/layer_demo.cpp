@@ -47,15 +47,7 @@ int run(const LayerArgs& a) {
   set_num_threads(a.threads);
   MoeConfig cfg;
   if (!a.config_path.empty()) {
-    std::ifstream in(a.config_path);
-    if (!in) throw Error(fmt::format("{}: cannot open", a.config_path));
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(in);
-    } catch (const std::exception& e) {
-      throw Error(fmt::format("{}: not valid JSON: {}", a.config_path, e.what()));
-    }
-    cfg = moe_config_from_json(j, a.config_path);
+    cfg = load_moe_config(a.config_path);
   } else {
     cfg.hidden_size = a.hidden;
     cfg.moe_intermediate_size = a.ffn;
@@ -64,8 +56,8 @@ int run(const LayerArgs& a) {
     cfg.capacity_factor = a.capacity_factor;
     cfg.validate("moe layer");
   }
-  MOE_CHECK(a.tokens > 0, "--tokens must be positive, got {}", a.tokens);
-  MOE_CHECK(a.iters > 0, "--iters must be positive, got {}", a.iters);
+  MOE_REQUIRE(a.tokens > 0, "--tokens must be positive, got {}", a.tokens);
+  MOE_REQUIRE(a.iters > 0, "--iters must be positive, got {}", a.iters);
 
   MoeLayer<float> layer(cfg);
   Rng rng(a.seed);
@@ -171,7 +163,7 @@ std::function<int()> add_layer_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--tokens", args->tokens, "tokens per batch T")->capture_default_str();
   cmd->add_option("--iters", args->iters, "timed iterations")->capture_default_str();
-  cmd->add_option("--threads", args->threads, "threads (0: OMP_NUM_THREADS or all cores)");
+  add_threads_option(cmd, args->threads);
   cmd->add_option("--seed", args->seed, "random seed")->capture_default_str();
   cmd->add_option("--out", args->out, "write the summary as JSON here");
   return [args] { return run(*args); };

@@ -19,6 +19,7 @@
 #include "moe/parallel.h"
 #include "moe/report.h"
 #include "moe/trainer.h"
+#include "moe/vit.h"
 #include "vit_commands.h"
 #ifdef MOE_HAVE_CUDA
 #include "moe/cuda_transformer.h"
@@ -47,16 +48,16 @@ struct TrainArgs {
 std::unique_ptr<ParallelGroups> parallel_groups(const TrainArgs& a, const ModelConfig& cfg) {
   const bool mpi = launched_by_mpirun();
   if (!mpi) {
-    MOE_CHECK(a.expert_parallel <= 1,
-              "--expert-parallel {} needs several processes: launch with mpirun -np N (N a "
-              "multiple of {})",
-              a.expert_parallel, a.expert_parallel);
+    MOE_REQUIRE(a.expert_parallel <= 1,
+                "--expert-parallel {} needs several processes: launch with mpirun -np N (N a "
+                "multiple of {})",
+                a.expert_parallel, a.expert_parallel);
     return nullptr;
   }
   auto world = make_mpi_communicator();
   const int P = std::max(a.expert_parallel, 1);
   const std::string bad = ParallelLayout::check(world->size(), P, cfg.num_local_experts);
-  MOE_CHECK(bad.empty(), "{}", bad);
+  MOE_REQUIRE(bad.empty(), "{}", bad);
   return std::make_unique<ParallelGroups>(make_parallel_groups(std::move(world), P));
 }
 
@@ -66,9 +67,9 @@ int run_train(const TrainArgs& a) {
                          a.seed, a.threads, a.no_progress);
   set_num_threads(a.threads);
 #ifndef MOE_HAVE_CUDA
-  MOE_CHECK(a.device != "cuda",
-            "--device cuda: this moe was built without the CUDA backend (configure with "
-            "-DMOE_CUDA=ON, docs/cuda.md)");
+  MOE_REQUIRE(a.device != "cuda",
+              "--device cuda: this moe was built without the CUDA backend (configure with "
+              "-DMOE_CUDA=ON, docs/cuda.md)");
 #endif
   ModelConfig cfg = a.config_path.empty() ? ModelConfig{} : load_model_config(a.config_path);
   if (a.resume && a.config_path.empty() &&
@@ -79,7 +80,7 @@ int run_train(const TrainArgs& a) {
   if (!a.data_dir.empty()) cfg.training.data_dir = a.data_dir;
   if (!a.tokenizer.empty()) cfg.training.tokenizer = a.tokenizer;
   if (a.match_active) {
-    MOE_CHECK(a.dense, "--match-active-compute sizes the dense baseline: use it with --dense");
+    MOE_REQUIRE(a.dense, "--match-active-compute sizes the dense baseline: use it with --dense");
     cfg.dense_intermediate_size = cfg.matched_dense_width();
   }
   if (a.dense) cfg.num_local_experts = 0;
@@ -101,6 +102,9 @@ int run_train(const TrainArgs& a) {
     }
   }
 #endif
+  // Every refusal of the config before the corpus is read or a tokenizer trained (checked again
+  // once the tokenizer has fixed vocab_size).
+  cfg.validate(a.config_path.empty() ? "default config" : a.config_path);
   std::unique_ptr<ParallelGroups> par = parallel_groups(a, cfg);
   const int rank = par ? par->layout.rank : 0;
   DataOptions d;
@@ -122,7 +126,7 @@ int run_train(const TrainArgs& a) {
     int64_t failed = failure.empty() ? 0 : 1;
     par->world->allreduce_sum(&failed, 1);
     if (failed) {
-      MOE_CHECK(rank != 0, "{}", failure);
+      MOE_REQUIRE(rank != 0, "{}", failure);
       return 1;  // rank 0 reports it
     }
     if (rank != 0) data = prepare_data(d, [](const std::string&) {});
@@ -286,11 +290,32 @@ std::vector<int32_t> parse_ids(const std::string& s) {
         v = std::stoi(item, &used);
       } catch (const std::exception&) {
       }
-      MOE_CHECK(used == item.size() && v >= 0, "--prompt-ids: \"{}\" is not a token id", item);
+      MOE_REQUIRE(used == item.size() && v >= 0, "--prompt-ids: \"{}\" is not a token id", item);
       ids.push_back(v);
     }
   }
   return ids;
+}
+
+// --prompt-ids parsed and checked against the vocabulary of `model`; empty without the option.
+std::vector<int32_t> prompt_ids_of(const GenerateArgs& a, const std::string& model, int vocab) {
+  if (a.prompt_ids.empty()) return {};
+  std::vector<int32_t> ids = parse_ids(a.prompt_ids);
+  MOE_REQUIRE(!ids.empty(), "--prompt-ids: \"{}\" holds no token id", a.prompt_ids);
+  for (int32_t id : ids)
+    MOE_REQUIRE(id < vocab, "--prompt-ids: {} is outside the vocabulary [0, {}) of {}", id, vocab,
+                model);
+  return ids;
+}
+
+// Says on stderr when the model's context ends before --max-new-tokens (generate stops there).
+void note_context_limit(const GenerateArgs& a, size_t prompt_len, int context) {
+  const int budget = new_token_budget(static_cast<int>(prompt_len), a.max_new_tokens, context);
+  if (budget < a.max_new_tokens)
+    fmt::print(stderr,
+               "generate: {} new tokens instead of {}: the prompt ({} tokens) and they fill the "
+               "context of {} positions\n",
+               budget, a.max_new_tokens, prompt_len, context);
 }
 
 // The peak resident memory of this process (Linux VmHWM), in bytes; 0 when unknown.
@@ -310,17 +335,6 @@ std::string count_text(int64_t n) {
   return fmt::format("{}", n);
 }
 
-// Whether the checkpoint's tokenizer_config.json asks for a BOS (absent: when there is one).
-bool wants_bos(const std::string& dir, const Tokenizer& tok) {
-  std::ifstream in(dir + "/tokenizer_config.json");
-  if (in.good()) {
-    const auto j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-    if (j.is_object() && j.contains("add_bos_token") && j["add_bos_token"].is_boolean())
-      return j["add_bos_token"].get<bool>() && tok.bos_id() >= 0;
-  }
-  return tok.bos_id() >= 0;
-}
-
 // `moe generate --model DIR`: a Hugging Face checkpoint through the inference model.
 int run_generate_checkpoint(const GenerateArgs& a) {
   const auto t0 = std::chrono::steady_clock::now();
@@ -335,17 +349,16 @@ int run_generate_checkpoint(const GenerateArgs& a) {
              c.moe.num_experts_per_tok, count_text(n.total), count_text(n.active),
              dtype_name(model->weight_dtype()), model->weight_bytes() / 1e6, load_s);
   std::unique_ptr<Tokenizer> tok;
-  std::vector<int32_t> prompt;
-  if (!a.prompt_ids.empty()) {
-    prompt = parse_ids(a.prompt_ids);
-  } else {
+  std::vector<int32_t> prompt = prompt_ids_of(a, a.model, c.vocab_size);
+  if (a.prompt_ids.empty()) {
     tok = load_tokenizer_dir(a.model);
-    if (wants_bos(a.model, *tok)) prompt.push_back(tok->bos_id());
+    if (checkpoint_adds_bos(a.model, *tok)) prompt.push_back(tok->bos_id());
     const auto ids = tok->encode(a.prompt);
     prompt.insert(prompt.end(), ids.begin(), ids.end());
-    fmt::print("{}", a.prompt);
   }
-  MOE_CHECK(!prompt.empty(), "{}: the prompt is empty (give --prompt or --prompt-ids)", a.model);
+  MOE_REQUIRE(!prompt.empty(), "{}: the prompt is empty (give --prompt or --prompt-ids)", a.model);
+  note_context_limit(a, prompt.size(), c.max_position_embeddings);
+  if (tok) fmt::print("{}", a.prompt);
   StreamPrinter printer(tok.get(), prompt.size());
   generate(*model, {prompt}, generate_options(a), tok ? tok->eos_id() : -1,
            [&](int, int32_t id) { printer.add(id); });
@@ -357,16 +370,24 @@ int run_generate_checkpoint(const GenerateArgs& a) {
 
 int run_generate(const GenerateArgs& a) {
   set_num_threads(a.threads);
-  MOE_CHECK(a.run.empty() != a.model.empty(),
-            "generate: give either a run directory or --model DIR, not {}",
-            a.run.empty() ? "neither" : "both");
+  MOE_REQUIRE(a.run.empty() != a.model.empty(),
+              "generate: give either a run directory or --model DIR, not {}",
+              a.run.empty() ? "neither" : "both");
+  MOE_REQUIRE(a.prompt.empty() || a.prompt_ids.empty(),
+              "generate: give --prompt or --prompt-ids, not both");
   if (!a.model.empty()) return run_generate_checkpoint(a);
   LoadedRun run = load_run(a.run);
-  std::vector<int32_t> prompt{run.tokenizer->bos_id()};
-  const auto ids = run.tokenizer->encode(a.prompt);
-  prompt.insert(prompt.end(), ids.begin(), ids.end());
-  fmt::print("{}", a.prompt);
-  StreamPrinter printer(run.tokenizer.get(), prompt.size());
+  const Tokenizer* tok = a.prompt_ids.empty() ? run.tokenizer.get() : nullptr;
+  std::vector<int32_t> prompt = prompt_ids_of(a, a.run, run.config.vocab_size);
+  if (tok) {  // the run's documents were framed with BOS in training
+    prompt.push_back(tok->bos_id());
+    const auto ids = tok->encode(a.prompt);
+    prompt.insert(prompt.end(), ids.begin(), ids.end());
+    fmt::print("{}", a.prompt);
+  }
+  MOE_REQUIRE(!prompt.empty(), "{}: the prompt is empty (give --prompt or --prompt-ids)", a.run);
+  note_context_limit(a, prompt.size(), run.config.max_position_embeddings);
+  StreamPrinter printer(tok, prompt.size());
   generate(*run.model, prompt, generate_options(a), run.tokenizer->eos_id(),
            [&](int32_t id) { printer.add(id); });
   printer.finish();
@@ -382,18 +403,20 @@ std::function<int()> add_train_command(CLI::App& app) {
   c->add_option("--config", a->config_path, "config.json (Hugging Face style + \"training\")")
       ->check(CLI::ExistingFile);
   c->add_option("--out", a->out, "run directory")->capture_default_str();
-  c->add_option("--steps", a->steps, "optimizer steps (overrides training.max_steps)");
+  c->add_option("--steps", a->steps, "optimizer steps (overrides training.max_steps)")
+      ->check(CLI::PositiveNumber);
   c->add_flag("--resume", a->resume, "continue the run in --out from its checkpoint");
   c->add_option("--stop-after", a->stop_after,
                 "stop with a checkpoint once this many steps are done, keeping the schedule of "
-                "training.max_steps (resume later with --resume)");
+                "training.max_steps (resume later with --resume)")
+      ->check(CLI::PositiveNumber);
   c->add_flag("--dense", a->dense, "the dense baseline: same config with zero experts");
   c->add_flag("--match-active-compute", a->match_active,
               "with --dense: FFN width = k * expert width (+ shared), the MoE's active compute");
   c->add_option("--data", a->data_dir, "corpus and tokenizer directory (training.data_dir)");
   c->add_option("--tokenizer", a->tokenizer, "sentencepiece or byte (training.tokenizer)");
-  c->add_option("--seed", a->seed, "overrides training.seed");
-  c->add_option("--threads", a->threads, "threads (0: OMP_NUM_THREADS or all cores)");
+  c->add_option("--seed", a->seed, "overrides training.seed")->check(CLI::NonNegativeNumber);
+  add_threads_option(c, a->threads);
   c->add_option("--device", a->device,
                 "where the training steps run: cpu, or cuda (a build with -DMOE_CUDA=ON; "
                 "evaluation and checkpoints stay on the CPU)")
@@ -403,7 +426,8 @@ std::function<int()> add_train_command(CLI::App& app) {
   c->add_flag("--print-config", a->print_config,
               "print the effective config.json (defaults, file and flags applied) and exit");
   c->add_option("--expert-parallel", a->expert_parallel,
-                "under mpirun -np W: experts split over groups of P ranks (P divides W and E)");
+                "under mpirun -np W: experts split over groups of P ranks (P divides W and E)")
+      ->check(CLI::NonNegativeNumber);
   return [a] { return run_train(*a); };
 }
 
@@ -412,8 +436,9 @@ std::function<int()> add_eval_command(CLI::App& app) {
   auto* c = app.add_subcommand("eval", "Validation loss and perplexity of a run, per domain");
   c->add_option("run", a->run, "run directory")->required();
   c->add_option("--data", a->data_dir, "corpus directory (default: the run's training.data_dir)");
-  c->add_option("--batches", a->batches, "validation batches (0: the whole split)");
-  c->add_option("--threads", a->threads, "threads");
+  c->add_option("--batches", a->batches, "validation batches (0: the whole split)")
+      ->check(CLI::NonNegativeNumber);
+  add_threads_option(c, a->threads);
   return [a] { return run_eval(*a); };
 }
 
@@ -426,13 +451,30 @@ std::function<int()> add_generate_command(CLI::App& app) {
                 "Hugging Face checkpoint directory (mixtral, qwen2_moe, qwen3_moe, olmoe)");
   c->add_option("--prompt", a->prompt, "text to continue");
   c->add_option("--prompt-ids", a->prompt_ids,
-                "token ids to continue instead of --prompt (with --model; e.g. \"1,15,7\")");
-  c->add_option("--max-new-tokens", a->max_new_tokens, "tokens to generate")->capture_default_str();
-  c->add_option("--temperature", a->temperature, "0: greedy")->capture_default_str();
-  c->add_option("--top-k", a->top_k, "0: off")->capture_default_str();
-  c->add_option("--top-p", a->top_p, "1: off")->capture_default_str();
+                "token ids to continue instead of --prompt (e.g. \"1,15,7\"; a run's prompt gets "
+                "no BOS added)");
+  c->add_option("--max-new-tokens", a->max_new_tokens,
+                "tokens to generate (fewer when the model's context ends first)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  c->add_option("--temperature", a->temperature, "0: greedy")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  c->add_option("--top-k", a->top_k, "0: off")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  c->add_option("--top-p", a->top_p, "in (0, 1]; 1: off")
+      ->capture_default_str()
+      ->check(CLI::Validator(
+          [](std::string& s) -> std::string {
+            char* end = nullptr;
+            const double v = std::strtod(s.c_str(), &end);
+            const bool ok = end != s.c_str() && *end == '\0' && v > 0 && v <= 1;
+            return ok ? "" : fmt::format("{} is not in (0, 1]", s);
+          },
+          "(0, 1]"));
   c->add_option("--seed", a->seed, "sampling seed")->capture_default_str();
-  c->add_option("--threads", a->threads, "threads");
+  add_threads_option(c, a->threads);
   return [a] { return run_generate(*a); };
 }
 

@@ -12,6 +12,7 @@
 int main(int argc, char** argv) {
   CLI::App app{"moe: sparse Mixture-of-Experts engine"};
   app.require_subcommand(1);
+  app.set_version_flag("--version", "moe " MOE_VERSION);
   auto run_train = moe::cli::add_train_command(app);
   auto run_eval = moe::cli::add_eval_command(app);
   auto run_generate = moe::cli::add_generate_command(app);
@@ -23,7 +24,10 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
+    // A bad option is the user's input: one line, like every other error.
+    fmt::print(stderr, "moe: error: {} (see --help)\n", e.what());
+    return e.get_exit_code();
   }
   try {
     if (app.got_subcommand("train")) return run_train();

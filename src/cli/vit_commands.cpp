@@ -2,20 +2,11 @@
 
 #include <fmt/core.h>
 
-#include <fstream>
-#include <nlohmann/json.hpp>
-
 #include "moe/parallel.h"
+#include "moe/vit.h"
 #include "moe/vit_trainer.h"
 
 namespace moe::cli {
-
-bool is_vit_config(const std::string& path) {
-  std::ifstream in(path);
-  if (!in.good()) return false;
-  const nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-  return j.is_object() && j.value("model_type", std::string()) == "vit_moe";
-}
 
 int run_vit_train(const std::string& config_path, const std::string& out, int steps, int64_t seed,
                   int threads, bool quiet) {

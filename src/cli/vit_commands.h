@@ -7,9 +7,6 @@
 
 namespace moe::cli {
 
-// True when the JSON file at path has "model_type": "vit_moe" (false if unreadable: the
-// language-model path then reports the error).
-bool is_vit_config(const std::string& path);
 // steps > 0 and seed >= 0 override the config's training.max_steps and training.seed.
 int run_vit_train(const std::string& config_path, const std::string& out, int steps, int64_t seed,
                   int threads, bool quiet);

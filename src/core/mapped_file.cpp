@@ -8,21 +8,15 @@
 #include <cerrno>
 #include <cstring>
 
+#include "core/input_file.h"
 #include "moe/error.h"
 
 namespace moe {
 
 std::shared_ptr<const MappedFile> MappedFile::open(const std::string& path, uint64_t min_size,
                                                    const char* min_what) {
-  const int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0) throw Error(fmt::format("{}: cannot open: {}", path, std::strerror(errno)));
-  struct stat st {};
-  if (fstat(fd, &st) != 0) {
-    const std::string err = std::strerror(errno);
-    ::close(fd);
-    throw Error(fmt::format("{}: cannot stat: {}", path, err));
-  }
-  const auto size = static_cast<uint64_t>(st.st_size);
+  uint64_t size = 0;
+  const int fd = open_regular_file(path, &size);  // refuses a FIFO, a directory or a device
   if (size < min_size) {
     ::close(fd);
     throw Error(fmt::format("{}: truncated: {} bytes, less than {}", path, size, min_what));

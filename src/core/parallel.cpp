@@ -2,6 +2,8 @@
 
 #include <omp.h>
 
+#include <algorithm>
+
 extern "C" void openblas_set_num_threads(int);
 
 namespace moe {
@@ -10,6 +12,10 @@ void set_num_threads(int n) {
   if (n <= 0) return;
   omp_set_num_threads(n);
   openblas_set_num_threads(n);
+}
+
+int available_cores() {
+  return std::max(1, omp_get_num_procs());
 }
 
 int num_threads() {

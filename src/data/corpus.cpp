@@ -632,8 +632,8 @@ std::vector<Document> collect_documents(const CorpusOptions& opt, std::vector<So
 
 void split_documents(const std::vector<Document>& docs, const CorpusOptions& opt,
                      std::vector<Document>* train, std::vector<Document>* valid) {
-  MOE_CHECK(opt.valid_fraction > 0 && opt.valid_fraction < 1,
-            "valid_fraction must be in (0, 1), got {}", opt.valid_fraction);
+  MOE_REQUIRE(opt.valid_fraction > 0 && opt.valid_fraction < 1,
+              "valid_fraction must be in (0, 1), got {}", opt.valid_fraction);
   const size_t n = docs.size();
   std::vector<uint64_t> h(n);
   std::vector<char> is_valid(n);

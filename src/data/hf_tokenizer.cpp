@@ -23,6 +23,7 @@
 #include <sstream>
 #include <unordered_map>
 
+#include "core/input_file.h"
 #include "moe/error.h"
 
 namespace moe {
@@ -53,23 +54,10 @@ std::string utf8_of(char32_t c) {
   return s;
 }
 
-std::string read_text_file(const std::string& path) {
-  std::error_code ec;
-  if (!fs::is_regular_file(path, ec)) throw Error(fmt::format("{}: file not found", path));
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(fmt::format("{}: cannot open", path));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 json parse_json_file(const std::string& path) {
-  const std::string text = read_text_file(path);
-  try {
-    return json::parse(text);
-  } catch (const json::parse_error& e) {
-    throw Error(fmt::format("{}: malformed JSON: {}", path, e.what()));
-  }
+  std::error_code ec;
+  if (!fs::exists(path, ec)) throw Error(fmt::format("{}: file not found", path));
+  return read_json_file(path, kMaxTokenizerFileBytes);
 }
 
 // Oniguruma (used by the crate) reads \s as Unicode White_Space; ICU's \s is [\t\n\f\r\p{Z}],
@@ -747,6 +735,17 @@ std::unique_ptr<Tokenizer> load_tokenizer_dir(const std::string& dir) {
   }
   if (has_model) return load_sentencepiece_model(model_path);
   throw Error(fmt::format("{}: no tokenizer.json or tokenizer.model in the directory", dir));
+}
+
+bool checkpoint_adds_bos(const std::string& dir, const Tokenizer& tok) {
+  const std::string path = (fs::path(dir) / "tokenizer_config.json").string();
+  std::error_code ec;
+  if (fs::exists(path, ec)) {
+    const json j = read_json_file(path);
+    if (j.is_object() && j.contains("add_bos_token") && j["add_bos_token"].is_boolean())
+      return j["add_bos_token"].get<bool>() && tok.bos_id() >= 0;
+  }
+  return tok.bos_id() >= 0;
 }
 
 }  // namespace moe

@@ -119,11 +119,11 @@ void render_split(const ImageDataConfig& c, FtLibrary& ft, uint64_t seed, int n,
 
 ImageDataConfig image_data_config_from_json(const nlohmann::json& j, const std::string& where) {
   ImageDataConfig c;
-  MOE_CHECK(j.is_object(), "{}: dataset must be a JSON object", where);
+  MOE_REQUIRE(j.is_object(), "{}: dataset must be a JSON object", where);
   std::set<std::string> known;
   visit(c, [&](const char* key, auto&) { known.insert(key); });
   for (auto it = j.begin(); it != j.end(); ++it)
-    MOE_CHECK(known.count(it.key()), "{}: dataset.{} is not a known key", where, it.key());
+    MOE_REQUIRE(known.count(it.key()), "{}: dataset.{} is not a known key", where, it.key());
   visit(c, [&](const char* key, auto& field) {
     auto it = j.find(key);
     if (it == j.end()) return;
@@ -149,13 +149,13 @@ ImageData make_image_data(const ImageDataConfig& c) {
   FtLibrary ft;
   for (const auto& name : c.fonts) {
     const std::string path = c.font_dir + "/" + name;
-    MOE_CHECK(std::filesystem::exists(path),
-              "images: font {} not found (Debian package fonts-dejavu-core installs the DejaVu "
-              "fonts; scripts/setup.sh lists it)",
-              path);
+    MOE_REQUIRE(std::filesystem::exists(path),
+                "images: font {} not found (Debian package fonts-dejavu-core installs the DejaVu "
+                "fonts; scripts/setup.sh lists it)",
+                path);
     FT_Face face = nullptr;
-    MOE_CHECK(FT_New_Face(ft.lib, path.c_str(), 0, &face) == 0, "images: FreeType cannot open {}",
-              path);
+    MOE_REQUIRE(FT_New_Face(ft.lib, path.c_str(), 0, &face) == 0, "images: FreeType cannot open {}",
+                path);
     ft.faces.push_back(face);
   }
   ImageData d;

@@ -27,7 +27,7 @@ class ByteTokenizer final : public Tokenizer {
     std::string out;
     out.reserve(ids.size());
     for (int32_t id : ids) {
-      MOE_CHECK(id >= 0 && id < kVocab, "byte tokenizer: id {} out of range [0, {})", id, kVocab);
+      MOE_REQUIRE(id >= 0 && id < kVocab, "byte tokenizer: id {} out of range [0, {})", id, kVocab);
       if (id < 256) out.push_back(static_cast<char>(id));
     }
     return out;
@@ -65,7 +65,7 @@ class SentencePieceTokenizer final : public Tokenizer {
   std::string decode(const std::vector<int32_t>& ids) const override {
     const int n = sp_.GetPieceSize();
     for (int32_t id : ids)
-      MOE_CHECK(id >= 0 && id < n, "{}: id {} out of range [0, {})", path_, id, n);
+      MOE_REQUIRE(id >= 0 && id < n, "{}: id {} out of range [0, {})", path_, id, n);
     std::string out;
     const auto status = sp_.Decode(std::vector<int>(ids.begin(), ids.end()), &out);
     MOE_CHECK(status.ok(), "{}: decode failed: {}", path_, status.ToString());
@@ -130,7 +130,7 @@ void train_sentencepiece(const std::vector<Document>& docs, const std::string& m
                          int vocab_size) {
   MOE_CHECK(!docs.empty(), "train_sentencepiece: no documents");
   // 3 control pieces + 256 byte pieces must fit with room for characters and merges.
-  MOE_CHECK(vocab_size >= 300, "train_sentencepiece: vocab_size {} is below 300", vocab_size);
+  MOE_REQUIRE(vocab_size >= 300, "train_sentencepiece: vocab_size {} is below 300", vocab_size);
   const std::unordered_map<std::string, std::string> args = {
       {"model_type", "bpe"},
       {"vocab_size", std::to_string(vocab_size)},

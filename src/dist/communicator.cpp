@@ -78,8 +78,8 @@ ParallelGroups make_parallel_groups(std::unique_ptr<Communicator> world, int exp
   g.layout.world = world->size();
   g.layout.rank = world->rank();
   g.layout.expert_parallel = expert_parallel;
-  MOE_CHECK(g.layout.world % expert_parallel == 0, "{}",
-            ParallelLayout::check(g.layout.world, expert_parallel, 0));
+  MOE_REQUIRE(g.layout.world % expert_parallel == 0, "{}",
+              ParallelLayout::check(g.layout.world, expert_parallel, 0));
   // Expert group: the P consecutive ranks of one replica; replicas: equal ep_rank.
   g.expert_group = world->split(g.layout.dp_group(), g.layout.ep_rank());
   g.expert_replicas = world->split(g.layout.ep_rank(), g.layout.dp_group());

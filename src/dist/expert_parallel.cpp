@@ -40,13 +40,13 @@ template <class T>
 ExpertParallelMoe<T>::ExpertParallelMoe(const MoeConfig& c, ParallelGroups& groups)
     : cfg_(c), groups_(groups) {
   cfg_.validate("ExpertParallelMoe");
-  MOE_CHECK(!cfg_.noisy_gating, "noisy_gating is not supported with expert parallelism");
-  MOE_CHECK(cfg_.expert_dropout == 0, "expert_dropout is not supported with expert parallelism");
+  MOE_REQUIRE(!cfg_.noisy_gating, "noisy_gating is not supported with expert parallelism");
+  MOE_REQUIRE(cfg_.expert_dropout == 0, "expert_dropout is not supported with expert parallelism");
   d_ = cfg_.hidden_size, F_ = cfg_.moe_intermediate_size, E_ = cfg_.num_experts;
   k_ = cfg_.num_experts_per_tok, Hs_ = cfg_.shared_hidden();
   P_ = groups_.layout.expert_parallel;
   const std::string bad = ParallelLayout::check(groups_.layout.world, P_, E_);
-  MOE_CHECK(bad.empty(), "{}", bad);
+  MOE_REQUIRE(bad.empty(), "{}", bad);
   El_ = E_ / P_;
   e0_ = groups_.layout.ep_rank() * El_;
   params_.declare("router.weight", {E_, d_});

@@ -124,12 +124,12 @@ void linear_forward(const float* x, int64_t n, const WeightView& w, float* y, bo
 WeightView InferenceModel::matrix(const std::string& name, int64_t rows, int64_t cols) const {
   const SafeTensorsFile& f = weights_.file_of(name);
   const TensorEntry& e = f.entry(name);
-  MOE_CHECK(e.dtype == DType::F32 || e.dtype == DType::BF16 || e.dtype == DType::F16,
-            "{}: tensor {} has dtype {}, expected F32, BF16 or F16", f.path(), name,
-            dtype_name(e.dtype));
-  MOE_CHECK(e.shape == std::vector<int64_t>({rows, cols}),
-            "{}: tensor {} has shape {}, expected [{}, {}]", f.path(), name,
-            fmt::format("[{}]", fmt::join(e.shape, ", ")), rows, cols);
+  MOE_REQUIRE(e.dtype == DType::F32 || e.dtype == DType::BF16 || e.dtype == DType::F16,
+              "{}: tensor {} has dtype {}, expected F32, BF16 or F16", f.path(), name,
+              dtype_name(e.dtype));
+  MOE_REQUIRE(e.shape == std::vector<int64_t>({rows, cols}),
+              "{}: tensor {} has shape {}, expected [{}, {}]", f.path(), name,
+              fmt::format("[{}]", fmt::join(e.shape, ", ")), rows, cols);
   return WeightView{f.raw(e), e.dtype, rows, cols};
 }
 
@@ -209,9 +209,9 @@ std::unique_ptr<InferenceModel> InferenceModel::load(const std::string& dir) {
 }
 
 std::vector<KvCache<float>> InferenceModel::new_caches(int batch, int capacity) const {
-  MOE_CHECK(capacity <= cfg_.max_position_embeddings,
-            "a KV cache of {} positions exceeds max_position_embeddings = {}", capacity,
-            cfg_.max_position_embeddings);
+  MOE_REQUIRE(capacity <= cfg_.max_position_embeddings,
+              "a KV cache of {} positions exceeds max_position_embeddings = {}", capacity,
+              cfg_.max_position_embeddings);
   std::vector<KvCache<float>> caches(static_cast<size_t>(cfg_.num_hidden_layers));
   for (auto& c : caches) c.reset(batch, capacity, cfg_.num_key_value_heads * cfg_.head_size());
   return caches;
@@ -235,9 +235,9 @@ void InferenceModel::attention(const Layer& L, int B, int n, KvCache<float>& cac
   const int64_t rows = static_cast<int64_t>(B) * n, hd = c.head_size();
   const int H = c.num_attention_heads, G = c.num_key_value_heads;
   const int64_t qd = H * hd, kvd = G * hd, start = cache.length;
-  MOE_CHECK(start + n <= c.max_position_embeddings,
-            "position {} is beyond max_position_embeddings = {}", start + n - 1,
-            c.max_position_embeddings);
+  MOE_REQUIRE(start + n <= c.max_position_embeddings,
+              "position {} is beyond max_position_embeddings = {}", start + n - 1,
+              c.max_position_embeddings);
   grow(q_, static_cast<size_t>(rows * qd));
   grow(k_, static_cast<size_t>(rows * kvd));
   grow(v_, static_cast<size_t>(rows * kvd));
@@ -330,7 +330,7 @@ void InferenceModel::forward(const int32_t* tokens, int B, int n,
   const int64_t esize = dtype_size(embed_.dtype);
   for (int64_t r = 0; r < rows; ++r) {
     const int32_t t = tokens[r];
-    MOE_CHECK(t >= 0 && t < V, "token id {} is outside the vocabulary [0, {})", t, V);
+    MOE_REQUIRE(t >= 0 && t < V, "token id {} is outside the vocabulary [0, {})", t, V);
     const uint8_t* src = embed_.data + t * d * esize;
     if (embed_.dtype == DType::F32)
       std::memcpy(h_.data() + r * d, src, static_cast<size_t>(d) * 4);
@@ -363,17 +363,17 @@ std::vector<std::vector<int32_t>> generate(InferenceModel& model,
                                            const std::vector<std::vector<int32_t>>& prompts,
                                            const GenerateOptions& opt, int32_t eos_id,
                                            const std::function<void(int, int32_t)>& on_token) {
-  MOE_CHECK(!prompts.empty() && !prompts[0].empty(), "generate: needs a non-empty prompt");
+  MOE_REQUIRE(!prompts.empty() && !prompts[0].empty(), "generate: needs a non-empty prompt");
   const int B = static_cast<int>(prompts.size());
   const int n = static_cast<int>(prompts[0].size());
   for (const auto& p : prompts)
-    MOE_CHECK(static_cast<int>(p.size()) == n,
-              "generate: batched prompts must have the same length ({} and {} tokens)", n,
-              p.size());
-  MOE_CHECK(opt.max_new_tokens >= 0, "generate: max_new_tokens must be non-negative, got {}",
-            opt.max_new_tokens);
+    MOE_REQUIRE(static_cast<int>(p.size()) == n,
+                "generate: batched prompts must have the same length ({} and {} tokens)", n,
+                p.size());
+  const int budget =
+      new_token_budget(n, opt.max_new_tokens, model.config().max_position_embeddings);
   const int64_t V = model.config().vocab_size;
-  auto caches = model.new_caches(B, n + std::max(opt.max_new_tokens, 1));
+  auto caches = model.new_caches(B, n + std::max(budget, 1));
   std::vector<int32_t> flat;
   for (const auto& p : prompts) flat.insert(flat.end(), p.begin(), p.end());
   std::vector<float> logits(static_cast<size_t>(B * V)), scratch;
@@ -382,7 +382,7 @@ std::vector<std::vector<int32_t>> generate(InferenceModel& model,
   Rng rng(opt.seed);
   model.forward(flat.data(), B, n, caches, logits.data());
   std::vector<int32_t> next(static_cast<size_t>(B));
-  for (int step = 0; step < opt.max_new_tokens; ++step) {
+  for (int step = 0; step < budget; ++step) {
     bool all_done = true;
     for (int b = 0; b < B; ++b) {
       if (done[b]) {
@@ -395,7 +395,7 @@ std::vector<std::vector<int32_t>> generate(InferenceModel& model,
       if (opt.stop_at_eos && eos_id >= 0 && next[b] == eos_id) done[b] = 1;
       all_done = all_done && done[b];
     }
-    if (all_done || step + 1 == opt.max_new_tokens) break;
+    if (all_done || step + 1 == budget) break;
     model.forward(next.data(), B, 1, caches, logits.data());
   }
   return out;

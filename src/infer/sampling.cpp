@@ -16,11 +16,11 @@ namespace moe {
 int32_t sample_token(const float* logits, int64_t V, const SamplingOptions& opt, Rng& rng,
                      std::vector<float>& scratch) {
   MOE_CHECK(V > 0, "sample_token: vocabulary size must be positive, got {}", V);
-  MOE_CHECK(opt.temperature >= 0 && std::isfinite(opt.temperature),
-            "sample_token: temperature must be finite and >= 0, got {}", opt.temperature);
-  MOE_CHECK(opt.top_k >= 0, "sample_token: top_k must be >= 0 (0 = off), got {}", opt.top_k);
-  MOE_CHECK(opt.top_p > 0 && opt.top_p <= 1,
-            "sample_token: top_p must be in (0, 1] (1 = off), got {}", opt.top_p);
+  MOE_REQUIRE(opt.temperature >= 0 && std::isfinite(opt.temperature),
+              "sample_token: temperature must be finite and >= 0, got {}", opt.temperature);
+  MOE_REQUIRE(opt.top_k >= 0, "sample_token: top_k must be >= 0 (0 = off), got {}", opt.top_k);
+  MOE_REQUIRE(opt.top_p > 0 && opt.top_p <= 1,
+              "sample_token: top_p must be in (0, 1] (1 = off), got {}", opt.top_p);
   int64_t best = 0;
   for (int64_t i = 0; i < V; ++i) {
     MOE_CHECK(!std::isnan(logits[i]) && logits[i] != std::numeric_limits<float>::infinity(),

@@ -6,6 +6,7 @@
 #include <set>
 #include <sstream>
 
+#include "core/input_file.h"
 #include "core/json_keys.h"
 #include "moe/error.h"
 
@@ -15,18 +16,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-nlohmann::json read_json(const std::string& path) {
-  std::ifstream in(path);
-  MOE_CHECK(in.good(), "{}: cannot open", path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  try {
-    return nlohmann::json::parse(ss.str());
-  } catch (const nlohmann::json::parse_error& e) {
-    throw Error(fmt::format("{}: not valid JSON: {}", path, e.what()));
-  }
-}
-
 bool is_null_or_absent(const nlohmann::json& j, const char* key) {
   auto it = j.find(key);
   return it == j.end() || it->is_null();
@@ -35,15 +24,19 @@ bool is_null_or_absent(const nlohmann::json& j, const char* key) {
 }  // namespace
 
 ModelConfig model_config_from_hf(const nlohmann::json& j, const std::string& where) {
-  MOE_CHECK(j.is_object(), "{}: expected a JSON object", where);
+  MOE_REQUIRE(j.is_object(), "{}: expected a JSON object", where);
+  // Without model_type nothing says which family's defaults and tensor names apply: an empty or
+  // unrelated JSON file must not pass as Mixtral-8x7B and fail later on a tensor shape.
+  MOE_REQUIRE(j.contains("model_type") && !j["model_type"].is_null(),
+              "{}: model_type is missing (expected mixtral, qwen2_moe, qwen3_moe or olmoe)", where);
   JsonKeyReader get{j, where};
   ModelConfig c;
   get("model_type", c.model_type);
   const std::string& type = c.model_type;
-  MOE_CHECK(type == "mixtral" || type == "qwen2_moe" || type == "qwen3_moe" || type == "olmoe",
-            "{}: model_type \"{}\" is not supported (expected mixtral, qwen2_moe, qwen3_moe or "
-            "olmoe)",
-            where, type);
+  MOE_REQUIRE(type == "mixtral" || type == "qwen2_moe" || type == "qwen3_moe" || type == "olmoe",
+              "{}: model_type \"{}\" is not supported (expected mixtral, qwen2_moe, qwen3_moe or "
+              "olmoe)",
+              where, type);
   const bool mixtral = type == "mixtral", qwen2 = type == "qwen2_moe", qwen3 = type == "qwen3_moe";
   const bool qwen = qwen2 || qwen3;
 
@@ -103,11 +96,11 @@ ModelConfig model_config_from_hf(const nlohmann::json& j, const std::string& whe
     get("num_experts", c.num_local_experts);
     get("decoder_sparse_step", c.moe_every);
     if (auto it = j.find("mlp_only_layers"); it != j.end() && !it->is_null()) {
-      MOE_CHECK(it->is_array(), "{}: mlp_only_layers has value {}, expected a list of layers",
-                where, it->dump());
+      MOE_REQUIRE(it->is_array(), "{}: mlp_only_layers has value {}, expected a list of layers",
+                  where, it->dump());
       for (const auto& v : *it) {
-        MOE_CHECK(v.is_number_integer(), "{}: mlp_only_layers holds {}, expected layer numbers",
-                  where, v.dump());
+        MOE_REQUIRE(v.is_number_integer(), "{}: mlp_only_layers holds {}, expected layer numbers",
+                    where, v.dump());
         c.mlp_only_layers.push_back(v.get<int>());
       }
     }
@@ -123,7 +116,7 @@ ModelConfig model_config_from_hf(const nlohmann::json& j, const std::string& whe
   if (!qwen2 && !qwen3) {
     bool bias = false;
     get("attention_bias", bias);
-    MOE_CHECK(!bias, "{}: attention_bias = true is not supported for model_type {}", where, type);
+    MOE_REQUIRE(!bias, "{}: attention_bias = true is not supported for model_type {}", where, type);
   }
   c.dense_intermediate_size = dense_width;
   if (shared_width > 0) {
@@ -138,13 +131,13 @@ ModelConfig model_config_from_hf(const nlohmann::json& j, const std::string& whe
   // rather than run something else.
   std::string act = "silu";
   get("hidden_act", act);
-  MOE_CHECK(act == "silu", "{}: hidden_act \"{}\" is not supported (expected \"silu\")", where,
-            act);
-  MOE_CHECK(is_null_or_absent(j, "rope_scaling"),
-            "{}: rope_scaling {} is not supported (plain RoPE only)", where,
-            j.contains("rope_scaling") ? j["rope_scaling"].dump() : "");
-  MOE_CHECK(is_null_or_absent(j, "clip_qkv"), "{}: clip_qkv {} is not supported", where,
-            j.contains("clip_qkv") ? j["clip_qkv"].dump() : "");
+  MOE_REQUIRE(act == "silu", "{}: hidden_act \"{}\" is not supported (expected \"silu\")", where,
+              act);
+  MOE_REQUIRE(is_null_or_absent(j, "rope_scaling"),
+              "{}: rope_scaling {} is not supported (plain RoPE only)", where,
+              j.contains("rope_scaling") ? j["rope_scaling"].dump() : "");
+  MOE_REQUIRE(is_null_or_absent(j, "clip_qkv"), "{}: clip_qkv {} is not supported", where,
+              j.contains("clip_qkv") ? j["clip_qkv"].dump() : "");
   bool sliding = mixtral && !is_null_or_absent(j, "sliding_window");
   if (qwen) {
     bool use = false;
@@ -155,10 +148,10 @@ ModelConfig model_config_from_hf(const nlohmann::json& j, const std::string& whe
     // The window only matters past its length; refuse it rather than attend too far.
     int window = 0;
     get("sliding_window", window);
-    MOE_CHECK(window >= c.max_position_embeddings,
-              "{}: sliding_window = {} (shorter than max_position_embeddings = {}) is not "
-              "supported",
-              where, window, c.max_position_embeddings);
+    MOE_REQUIRE(window >= c.max_position_embeddings,
+                "{}: sliding_window = {} (shorter than max_position_embeddings = {}) is not "
+                "supported",
+                where, window, c.max_position_embeddings);
   }
 
   c.sync_moe();
@@ -169,7 +162,7 @@ ModelConfig model_config_from_hf(const nlohmann::json& j, const std::string& whe
 }
 
 ModelConfig load_hf_config(const std::string& path) {
-  return model_config_from_hf(read_json(path), path);
+  return model_config_from_hf(read_json_file(path), path);
 }
 
 std::string hf_tensor_name(const ModelConfig& c, int layer, HfTensor t, int expert) {
@@ -256,33 +249,33 @@ HfWeights HfWeights::open(const std::string& dir) {
   w.dir_ = dir;
   const std::string index = dir + "/model.safetensors.index.json";
   if (fs::exists(index)) {
-    const nlohmann::json j = read_json(index);
-    MOE_CHECK(j.is_object() && j.contains("weight_map") && j["weight_map"].is_object(),
-              "{}: weight_map is missing or not an object", index);
+    const nlohmann::json j = read_json_file(index);
+    MOE_REQUIRE(j.is_object() && j.contains("weight_map") && j["weight_map"].is_object(),
+                "{}: weight_map is missing or not an object", index);
     std::map<std::string, int> file_index;
     for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
-      MOE_CHECK(it->is_string(), "{}: weight_map[\"{}\"] is {}, expected a file name", index,
-                it.key(), it->dump());
+      MOE_REQUIRE(it->is_string(), "{}: weight_map[\"{}\"] is {}, expected a file name", index,
+                  it.key(), it->dump());
       const std::string file = it->get<std::string>();
-      MOE_CHECK(file.find('/') == std::string::npos && file != ".." && !file.empty(),
-                "{}: weight_map[\"{}\"] = \"{}\" is not a file in the directory", index, it.key(),
-                file);
+      MOE_REQUIRE(file.find('/') == std::string::npos && file != ".." && !file.empty(),
+                  "{}: weight_map[\"{}\"] = \"{}\" is not a file in the directory", index, it.key(),
+                  file);
       auto [pos, fresh] = file_index.emplace(file, static_cast<int>(w.files_.size()));
       if (fresh) w.files_.push_back(SafeTensorsFile::open(dir + "/" + file));
       const SafeTensorsFile& f = w.files_[pos->second];
-      MOE_CHECK(f.has(it.key()), "{}: tensor {} is listed in {} but not stored there", index,
-                it.key(), f.path());
+      MOE_REQUIRE(f.has(it.key()), "{}: tensor {} is listed in {} but not stored there", index,
+                  it.key(), f.path());
       w.where_[it.key()] = pos->second;
     }
     // A shard's tensor that the index does not list is a sign of a mismatched index.
     for (const auto& f : w.files_)
       for (const auto& name : f.names())
-        MOE_CHECK(w.where_.count(name), "{}: tensor {} of {} is not in weight_map", index, name,
-                  f.path());
+        MOE_REQUIRE(w.where_.count(name), "{}: tensor {} of {} is not in weight_map", index, name,
+                    f.path());
     return w;
   }
   const std::string single = dir + "/model.safetensors";
-  MOE_CHECK(fs::exists(single), "{}: no model.safetensors or model.safetensors.index.json", dir);
+  MOE_REQUIRE(fs::exists(single), "{}: no model.safetensors or model.safetensors.index.json", dir);
   w.files_.push_back(SafeTensorsFile::open(single));
   for (const auto& name : w.files_[0].names()) w.where_[name] = 0;
   return w;
@@ -290,7 +283,7 @@ HfWeights HfWeights::open(const std::string& dir) {
 
 const SafeTensorsFile& HfWeights::file_of(const std::string& name) const {
   auto it = where_.find(name);
-  MOE_CHECK(it != where_.end(), "{}: missing tensor {}", dir_, name);
+  MOE_REQUIRE(it != where_.end(), "{}: missing tensor {}", dir_, name);
   return files_[it->second];
 }
 
@@ -390,8 +383,8 @@ nlohmann::json hf_config_json(const ModelConfig& c, DType dtype) {
 }
 
 void save_hf_checkpoint(Transformer<float>& model, const std::string& dir, DType dtype) {
-  MOE_CHECK(dtype == DType::F32 || dtype == DType::BF16 || dtype == DType::F16,
-            "{}: weights can be saved as F32, BF16 or F16, not {}", dir, dtype_name(dtype));
+  MOE_REQUIRE(dtype == DType::F32 || dtype == DType::BF16 || dtype == DType::F16,
+              "{}: weights can be saved as F32, BF16 or F16, not {}", dir, dtype_name(dtype));
   const ModelConfig& c = model.config();
   const nlohmann::json config = hf_config_json(c, dtype);
   ModelConfig hc = c;
@@ -475,10 +468,10 @@ void save_hf_checkpoint(Transformer<float>& model, const std::string& dir, DType
 
 void load_hf_weights(Transformer<float>& model, const HfWeights& w) {
   const ModelConfig& c = model.config();
-  MOE_CHECK(c.model_type == "mixtral",
-            "{}: model_type {} loads for inference only (moe generate --model); training "
-            "loads the mixtral family",
-            w.dir(), c.model_type);
+  MOE_REQUIRE(c.model_type == "mixtral",
+              "{}: model_type {} loads for inference only (moe generate --model); training "
+              "loads the mixtral family",
+              w.dir(), c.model_type);
   const int64_t d = c.hidden_size, F = c.intermediate_size;
   for (auto& p : model.parameters()) {
     const std::string& n = p.name;

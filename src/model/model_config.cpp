@@ -5,6 +5,7 @@
 #include <set>
 #include <sstream>
 
+#include "core/input_file.h"
 #include "core/json_keys.h"
 #include "moe/error.h"
 #include "moe/safetensors.h"
@@ -123,6 +124,12 @@ void ModelConfig::validate(const std::string& where) const {
   if (!mlp_only_layers.empty()) fail("mlp_only_layers", "is not supported in training");
   validate_shape(where);
   training.validate(where);
+  // Training sentencepiece on a vocabulary far beyond what a corpus of this scale can fill
+  // runs for many minutes before it fails: refuse it up front.
+  if (training.tokenizer == "sentencepiece" && vocab_size > kMaxTrainedVocabSize)
+    fail("vocab_size", fmt::format("= {} is more than the {} a sentencepiece tokenizer is trained "
+                                   "to here (training.tokenizer = \"sentencepiece\")",
+                                   vocab_size, kMaxTrainedVocabSize));
   if (training.seq_len > max_position_embeddings)
     fail("training.seq_len", fmt::format("= {} exceeds max_position_embeddings = {}",
                                          training.seq_len, max_position_embeddings));
@@ -132,7 +139,10 @@ void ModelConfig::validate_shape(const std::string& where) const {
   auto fail = [&](const char* key, const std::string& why) {
     throw Error(fmt::format("{}: {} {}", where, key, why));
   };
-  if (vocab_size <= 0) fail("vocab_size", fmt::format("must be positive, got {}", vocab_size));
+  // The largest released vocabularies are about 262k; a bound keeps a typo from sizing an
+  // embedding of billions of rows.
+  if (vocab_size <= 0 || vocab_size > kMaxVocabSize)
+    fail("vocab_size", fmt::format("must be in [1, {}], got {}", kMaxVocabSize, vocab_size));
   if (hidden_size <= 0) fail("hidden_size", fmt::format("must be positive, got {}", hidden_size));
   if (intermediate_size <= 0)
     fail("intermediate_size", fmt::format("must be positive, got {}", intermediate_size));
@@ -176,7 +186,7 @@ void ModelConfig::validate_shape(const std::string& where) const {
 }
 
 ModelConfig model_config_from_json(const nlohmann::json& j, const std::string& where) {
-  MOE_CHECK(j.is_object(), "{}: expected a JSON object", where);
+  MOE_REQUIRE(j.is_object(), "{}: expected a JSON object", where);
   ModelConfig c;
   visit_model_keys(c, JsonKeyReader{j, where});
 
@@ -206,7 +216,7 @@ ModelConfig model_config_from_json(const nlohmann::json& j, const std::string& w
   }
   if (auto t = j.find("training"); t != j.end()) {
     const std::string tw = where + ": training";
-    MOE_CHECK(t->is_object(), "{}: expected a JSON object", tw);
+    MOE_REQUIRE(t->is_object(), "{}: expected a JSON object", tw);
     std::set<std::string> tk;
     visit_train_keys(c.training, JsonKeyCollector{tk});
     check_known_keys(*t, tk, tw);
@@ -234,17 +244,7 @@ nlohmann::json model_config_to_json(const ModelConfig& c) {
 }
 
 ModelConfig load_model_config(const std::string& path) {
-  std::ifstream in(path);
-  MOE_CHECK(in.good(), "{}: cannot open", path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(ss.str());
-  } catch (const nlohmann::json::parse_error& e) {
-    throw Error(fmt::format("{}: not valid JSON: {}", path, e.what()));
-  }
-  return model_config_from_json(j, path);
+  return model_config_from_json(read_json_file(path), path);
 }
 
 void save_model_config(const ModelConfig& c, const std::string& path) {

@@ -36,7 +36,7 @@ Rng::State rng_from_string(const std::string& text, const std::string& where) {
   uint64_t spare = 0;
   int has = 0;
   in >> std::hex >> s.s[0] >> s.s[1] >> s.s[2] >> s.s[3] >> spare >> std::dec >> has;
-  MOE_CHECK(!in.fail(), "{}: metadata rng = \"{}\" is malformed", where, text);
+  MOE_REQUIRE(!in.fail(), "{}: metadata rng = \"{}\" is malformed", where, text);
   std::memcpy(&s.spare_normal, &spare, sizeof spare);
   s.has_spare = has != 0;
   return s;
@@ -135,20 +135,20 @@ class Checkpointer {
   int load(const ModelConfig& cfg, Transformer<float>& model, AdamW<float>& opt, Rng& rng,
            BatchSampler::State& sampler) const {
     const SafeTensorsFile f = SafeTensorsFile::open(path());
-    MOE_CHECK(f.metadata().count("format") && f.metadata("format") == "moe-checkpoint",
-              "{}: not a moe checkpoint (metadata format is missing or wrong)", f.path());
-    MOE_CHECK(f.metadata("version") == "1",
-              "{}: checkpoint version {} is not supported (expected 1)", f.path(),
-              f.metadata("version"));
+    MOE_REQUIRE(f.metadata().count("format") && f.metadata("format") == "moe-checkpoint",
+                "{}: not a moe checkpoint (metadata format is missing or wrong)", f.path());
+    MOE_REQUIRE(f.metadata("version") == "1",
+                "{}: checkpoint version {} is not supported (expected 1)", f.path(),
+                f.metadata("version"));
     // The model must be the same shape; training keys (steps, lr) may change on resume.
     nlohmann::json saved = nlohmann::json::parse(f.metadata("config"));
     nlohmann::json now = model_config_to_json(cfg);
     saved.erase("training");
     now.erase("training");
     for (auto it = now.begin(); it != now.end(); ++it)
-      MOE_CHECK(saved.contains(it.key()) && saved[it.key()] == it.value(),
-                "{}: config key {} is {} in the checkpoint but {} now", f.path(), it.key(),
-                saved.contains(it.key()) ? saved[it.key()].dump() : "absent", it.value().dump());
+      MOE_REQUIRE(saved.contains(it.key()) && saved[it.key()] == it.value(),
+                  "{}: config key {} is {} in the checkpoint but {} now", f.path(), it.key(),
+                  saved.contains(it.key()) ? saved[it.key()].dump() : "absent", it.value().dump());
     model.load_weights(f);
     opt.load(f);
     rng.set_state(rng_from_string(f.metadata("rng"), f.path()));
@@ -262,15 +262,15 @@ void write_report(const std::string& dir, const ModelConfig& cfg, const Transfor
 EvalResult evaluate(Transformer<float>& model, const TokenStream& valid, int batch, int seq_len,
                     int64_t max_windows) {
   std::vector<int64_t> starts = validation_windows(valid, seq_len, max_windows);
-  MOE_CHECK(!starts.empty(), "evaluate: the validation split is shorter than one window of {}",
-            seq_len + 1);
+  MOE_REQUIRE(!starts.empty(), "evaluate: the validation split is shorter than one window of {}",
+              seq_len + 1);
   // Expert parallelism: W ranks take equal shares of every batch (so whole multiples of W).
   ParallelGroups* par = model.parallel_groups();
   const int W = par ? par->layout.world : 1, rank = par ? par->layout.rank : 0;
   if (W > 1) {
-    MOE_CHECK(batch % W == 0 && static_cast<int64_t>(starts.size()) >= W,
-              "evaluate: batch {} and {} windows do not split over {} ranks", batch, starts.size(),
-              W);
+    MOE_REQUIRE(batch % W == 0 && static_cast<int64_t>(starts.size()) >= W,
+                "evaluate: batch {} and {} windows do not split over {} ranks", batch,
+                starts.size(), W);
     starts.resize(starts.size() / W * W);
   }
   std::vector<int32_t> inputs(static_cast<size_t>(batch) * seq_len);
@@ -384,21 +384,21 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
   if (par) {
     const std::string bad =
         ParallelLayout::check(W, par->layout.expert_parallel, cfg.num_local_experts);
-    MOE_CHECK(bad.empty(), "{}", bad);
-    MOE_CHECK(t.batch_size % W == 0,
-              "config: training.batch_size = {} does not split over the {} processes (make it a "
-              "multiple of mpirun -np)",
-              t.batch_size, W);
+    MOE_REQUIRE(bad.empty(), "{}", bad);
+    MOE_REQUIRE(t.batch_size % W == 0,
+                "config: training.batch_size = {} does not split over the {} processes (make it a "
+                "multiple of mpirun -np)",
+                t.batch_size, W);
     // The same config on every rank: compare a hash of its JSON.
     const std::string text = model_config_to_json(cfg).dump();
     const int64_t mine = static_cast<int64_t>(std::hash<std::string>{}(text)&0x7fffffffffff);
     std::vector<int64_t> all(static_cast<size_t>(W));
     par->world->allgather(&mine, sizeof(mine), all.data());
     for (int r = 1; r < W; ++r)
-      MOE_CHECK(all[r] == all[0],
-                "config differs between ranks: rank {} was launched with another config.json "
-                "or other flags than rank 0",
-                r);
+      MOE_REQUIRE(all[r] == all[0],
+                  "config differs between ranks: rank {} was launched with another config.json "
+                  "or other flags than rank 0",
+                  r);
   }
   Progress progress(opt.progress && lead, t.max_steps);
   auto log = [&](const std::string& s) {
@@ -410,9 +410,9 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
   };
 
   // The device is built (and refuses what it cannot run) before anything is written.
-  MOE_CHECK(!opt.device || !par,
-            "{}: a training device (--device) cannot be combined with expert parallelism",
-            opt.out_dir);
+  MOE_REQUIRE(!opt.device || !par,
+              "{}: a training device (--device) cannot be combined with expert parallelism",
+              opt.out_dir);
   std::unique_ptr<StepDevice> device = opt.device ? opt.device(cfg) : nullptr;
 
   fs::create_directories(opt.out_dir);
@@ -472,7 +472,7 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
   std::ofstream metrics;
   if (lead) {
     metrics.open(metrics_path, std::ios::app);
-    MOE_CHECK(metrics.good(), "{}: cannot open for writing", metrics_path);
+    MOE_REQUIRE(metrics.good(), "{}: cannot open for writing", metrics_path);
   }
   // Under expert parallelism this rank's sequences of every batch: rows [b0, b0 + Bl).
   const int Bl = B / W, b0 = rank * Bl;
@@ -677,9 +677,9 @@ LoadedRun load_run(const std::string& dir) {
   } else {
     run.tokenizer = load_sentencepiece(dir + "/tokenizer.model");
   }
-  MOE_CHECK(run.tokenizer->vocab_size() <= run.config.vocab_size,
-            "{}/config.json: vocab_size = {} is smaller than the tokenizer's {} ({})", dir,
-            run.config.vocab_size, run.tokenizer->vocab_size(), run.tokenizer->description());
+  MOE_REQUIRE(run.tokenizer->vocab_size() <= run.config.vocab_size,
+              "{}/config.json: vocab_size = {} is smaller than the tokenizer's {} ({})", dir,
+              run.config.vocab_size, run.tokenizer->vocab_size(), run.tokenizer->description());
   return run;
 }
 

@@ -246,9 +246,9 @@ template <class T>
 double Transformer<T>::forward(const int32_t* inputs, const int32_t* targets, int B, int S,
                                bool training, Rng* rng) {
   MOE_CHECK(B > 0 && S > 0, "Transformer::forward: B = {} and S = {} must be positive", B, S);
-  MOE_CHECK(S <= cfg_.max_position_embeddings,
-            "Transformer::forward: sequence length {} exceeds max_position_embeddings = {}", S,
-            cfg_.max_position_embeddings);
+  MOE_REQUIRE(S <= cfg_.max_position_embeddings,
+              "Transformer::forward: sequence length {} exceeds max_position_embeddings = {}", S,
+              cfg_.max_position_embeddings);
   const int64_t n = static_cast<int64_t>(B) * S, nd = n * d_;
   reserve(n);
   B_ = B;
@@ -405,7 +405,7 @@ void Transformer<T>::save_weights(SafeTensorsWriter& w, DType dtype) const {
 template <class T>
 void Transformer<T>::load_weights(const SafeTensorsFile& f) {
   for (const auto& p : groups_ ? full_params_ : params_) {
-    MOE_CHECK(f.has(p.name), "{}: missing tensor {} (shape {})", f.path(), p.name, p.shape.str());
+    MOE_REQUIRE(f.has(p.name), "{}: missing tensor {} (shape {})", f.path(), p.name, p.shape.str());
     f.read_into(p.name, p.shape, p.value);
   }
   for (int l = 0; l < L_; ++l) {

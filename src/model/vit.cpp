@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "core/input_file.h"
 #include "core/json_keys.h"
 #include "moe/cross_entropy.h"
 #include "moe/dense_ffn.h"
@@ -84,7 +85,7 @@ void read_enum(const nlohmann::json& j, const std::string& where, const char* ke
                const std::initializer_list<std::pair<const char*, E>>& table) {
   auto it = j.find(key);
   if (it == j.end()) return;
-  MOE_CHECK(it->is_string(), "{}: {} must be a string, got {}", where, key, it->dump());
+  MOE_REQUIRE(it->is_string(), "{}: {} must be a string, got {}", where, key, it->dump());
   const std::string s = it->get<std::string>();
   std::string names;
   for (const auto& [name, value] : table) {
@@ -141,7 +142,7 @@ void VitConfig::validate(const std::string& where) const {
 }
 
 VitConfig vit_config_from_json(const nlohmann::json& j, const std::string& where) {
-  MOE_CHECK(j.is_object(), "{}: a config must be a JSON object", where);
+  MOE_REQUIRE(j.is_object(), "{}: a config must be a JSON object", where);
   VitConfig c;
   std::set<std::string> known = {"router_type", "pooling", "dataset", "training"};
   visit_vit(c, JsonKeyCollector{known});
@@ -149,12 +150,12 @@ VitConfig vit_config_from_json(const nlohmann::json& j, const std::string& where
   moe_config_to_json(MoeConfig{}, moe_keys);
   for (auto it = moe_keys.begin(); it != moe_keys.end(); ++it) known.insert(it.key());
   for (auto it = j.begin(); it != j.end(); ++it)
-    MOE_CHECK(known.count(it.key()), "{}: {} is not a known key of a vit_moe config", where,
-              it.key());
-  MOE_CHECK(!j.contains("moe_intermediate_size"),
-            "{}: moe_intermediate_size: a vit_moe config sets the expert width with "
-            "intermediate_size",
-            where);
+    MOE_REQUIRE(known.count(it.key()), "{}: {} is not a known key of a vit_moe config", where,
+                it.key());
+  MOE_REQUIRE(!j.contains("moe_intermediate_size"),
+              "{}: moe_intermediate_size: a vit_moe config sets the expert width with "
+              "intermediate_size",
+              where);
   visit_vit(c, JsonKeyReader{j, where});
   read_enum(j, where, "router_type", c.router_type, kRouter);
   read_enum(j, where, "pooling", c.pooling, kPool);
@@ -168,11 +169,11 @@ VitConfig vit_config_from_json(const nlohmann::json& j, const std::string& where
   c.moe = moe_config_from_json(mj, where);
   if (auto d = j.find("dataset"); d != j.end()) c.dataset = image_data_config_from_json(*d, where);
   if (auto t = j.find("training"); t != j.end()) {
-    MOE_CHECK(t->is_object(), "{}: training must be a JSON object", where);
+    MOE_REQUIRE(t->is_object(), "{}: training must be a JSON object", where);
     std::set<std::string> tk;
     visit_train(c.training, JsonKeyCollector{tk});
     for (auto it = t->begin(); it != t->end(); ++it)
-      MOE_CHECK(tk.count(it.key()), "{}: training.{} is not a known key", where, it.key());
+      MOE_REQUIRE(tk.count(it.key()), "{}: training.{} is not a known key", where, it.key());
     const std::string tw = where + ": training";
     visit_train(c.training, JsonKeyReader{*t, tw});
   }
@@ -197,16 +198,17 @@ nlohmann::json vit_config_to_json(const VitConfig& c) {
   return j;
 }
 
-VitConfig load_vit_config(const std::string& path) {
-  std::ifstream in(path);
-  MOE_CHECK(in.good(), "{}: cannot open", path);
-  nlohmann::json j;
+bool is_vit_config(const std::string& path) {
   try {
-    in >> j;
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(fmt::format("{}: not valid JSON: {}", path, e.what()));
+    const nlohmann::json j = read_json_file(path);
+    return j.is_object() && j.value("model_type", std::string()) == "vit_moe";
+  } catch (const Error&) {
+    return false;
   }
-  return vit_config_from_json(j, path);
+}
+
+VitConfig load_vit_config(const std::string& path) {
+  return vit_config_from_json(read_json_file(path), path);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -540,7 +542,7 @@ void VitModel<T>::save_weights(SafeTensorsWriter& w) const {
 template <class T>
 void VitModel<T>::load_weights(const SafeTensorsFile& f) {
   for (const auto& p : params_) {
-    MOE_CHECK(f.has(p.name), "{}: missing tensor {} (shape {})", f.path(), p.name, p.shape.str());
+    MOE_REQUIRE(f.has(p.name), "{}: missing tensor {} (shape {})", f.path(), p.name, p.shape.str());
     f.read_into(p.name, p.shape, p.value);
   }
 }

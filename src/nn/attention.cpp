@@ -199,9 +199,9 @@ void Attention<T>::init_weights(Rng& rng, double std) {
 template <class T>
 void Attention<T>::forward(View<const T> x, int B, int S, View<T> out) {
   MOE_CHECK(B > 0 && S > 0, "Attention::forward: B and S must be positive, got B={} S={}", B, S);
-  MOE_CHECK(S <= c_.max_positions,
-            "Attention::forward: position {} is beyond max_position_embeddings = {}", S - 1,
-            c_.max_positions);
+  MOE_REQUIRE(S <= c_.max_positions,
+              "Attention::forward: position {} is beyond max_position_embeddings = {}", S - 1,
+              c_.max_positions);
   const int64_t n = static_cast<int64_t>(B) * S, d = c_.hidden_size, hd = c_.head_dim;
   const int H = c_.num_heads, G = c_.num_kv_heads, rep = H / G;
   check_shape(x, {n, d}, "Attention::forward: x");
@@ -363,9 +363,9 @@ void Attention<T>::forward_cached(View<const T> x, int B, int n, KvCache<T>& cac
             "Attention::forward_cached: KV cache overflow: {} cached + {} new tokens exceed its "
             "capacity {}",
             L, n, cache.capacity);
-  MOE_CHECK(total <= c_.max_positions,
-            "Attention::forward_cached: position {} is beyond max_position_embeddings = {}",
-            total - 1, c_.max_positions);
+  MOE_REQUIRE(total <= c_.max_positions,
+              "Attention::forward_cached: position {} is beyond max_position_embeddings = {}",
+              total - 1, c_.max_positions);
   const int64_t rows = static_cast<int64_t>(B) * n, d = c_.hidden_size;
   const int H = c_.num_heads, G = c_.num_kv_heads;
   check_shape(x, {rows, d}, "Attention::forward_cached: x");

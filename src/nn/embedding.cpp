@@ -15,9 +15,9 @@ void embedding_forward(T* out, const int32_t* tokens, const T* table, int64_t n,
                        int64_t d) {
   // Validate first so no thread throws inside the parallel region.
   for (int64_t i = 0; i < n; ++i)
-    MOE_CHECK(tokens[i] >= 0 && tokens[i] < V,
-              "embedding_forward: token id {} at row {} is outside the vocabulary [0, {})",
-              tokens[i], i, V);
+    MOE_REQUIRE(tokens[i] >= 0 && tokens[i] < V,
+                "embedding_forward: token id {} at row {} is outside the vocabulary [0, {})",
+                tokens[i], i, V);
 #pragma omp parallel for if (n * d > kParallelMin)
   for (int64_t i = 0; i < n; ++i) {
     const T* src = table + static_cast<int64_t>(tokens[i]) * d;

@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/input_file.h"
 #include "moe/error.h"
 
 namespace moe {
@@ -172,7 +173,7 @@ struct Writer {
 }  // namespace
 
 MoeConfig moe_config_from_json(const nlohmann::json& j, const std::string& where) {
-  MOE_CHECK(j.is_object(), "{}: expected a JSON object", where);
+  MOE_REQUIRE(j.is_object(), "{}: expected a JSON object", where);
   MoeConfig c;
   visit_keys(c, Reader{j, where});
   c.validate(where);
@@ -181,6 +182,10 @@ MoeConfig moe_config_from_json(const nlohmann::json& j, const std::string& where
 
 void moe_config_to_json(const MoeConfig& c, nlohmann::json& j) {
   visit_keys(c, Writer{j});
+}
+
+MoeConfig load_moe_config(const std::string& path) {
+  return moe_config_from_json(read_json_file(path), path);
 }
 
 }  // namespace moe
