@@ -35,6 +35,19 @@ grep -q "pass --resume" "$dir/err" || fail "unexpected error: $(cat "$dir/err")"
 
 "$moe" train --out "$dir/run" --resume --steps 6 --no-progress > "$dir/out"
 [[ $(grep -c '"loss"' "$dir/run/metrics.jsonl") -eq 6 ]] || fail "resume did not continue to step 6"
+# Resuming a finished run: refused with one line, and the run's files stay as they are.
+cp "$dir/run/summary.json" "$dir/summary.before"
+cp "$dir/run/report.md" "$dir/report.before"
+if "$moe" train --out "$dir/run" --resume --no-progress > /dev/null 2> "$dir/err"; then
+  fail "resumed a finished run"
+fi
+grep "^moe: error: " "$dir/err" > "$dir/err_line" || fail "no error line: $(cat "$dir/err")"
+grep -q "run: already finished at step 6 of 6; nothing to resume" "$dir/err_line" ||
+  fail "unexpected error: $(cat "$dir/err")"
+[[ $(wc -l < "$dir/err_line") -eq 1 ]] || fail "error is not one line: $(cat "$dir/err")"
+if grep -q '\.cpp' "$dir/err_line"; then fail "error names a source file: $(cat "$dir/err")"; fi
+cmp -s "$dir/run/summary.json" "$dir/summary.before" || fail "summary.json changed"
+cmp -s "$dir/run/report.md" "$dir/report.before" || fail "report.md changed"
 
 "$moe" eval "$dir/run" --batches 8 > "$dir/eval"
 grep -q "validation loss" "$dir/eval" || fail "eval printed: $(cat "$dir/eval")"

@@ -814,6 +814,49 @@ TEST(WriteFileAtomic, RenameOntoADirectoryFailsAndCleansUp) {
   EXPECT_EQ(entries_of(dir.path()), std::vector<std::string>{"target"});  // temp file removed
 }
 
+// Temporary files of writes killed before their rename (kill -9 during a checkpoint) are
+// removed by the next successful write of the same target, unless their writer is alive.
+TEST(WriteFileAtomic, RemovesStaleTempFilesOfDeadWriters) {
+  TempDir dir;
+  const std::string path = dir.file("out.bin");
+  const test::LiveChild live;
+  const std::string dead = fmt::format("out.bin.tmp.{}.0", test::dead_pid());
+  const std::string dead2 = fmt::format("out.bin.tmp.{}.7", test::dead_pid());
+  const std::string mine = fmt::format("out.bin.tmp.{}.999", ::getpid());  // not in flight
+  const std::string alive = fmt::format("out.bin.tmp.{}.0", live.pid());
+  const std::string other_target = fmt::format("other.bin.tmp.{}.0", test::dead_pid());
+  // Not temporaries of out.bin: left alone.
+  const std::vector<std::string> kept = {"out.bin.tmp.",    "out.bin.tmp.1.x", "out.bin.tmp.x.1",
+                                         "out.bin.tmp.0.1", "out.bin.tmp.1",   "out.bin.tmp.1.2.3",
+                                         "out.bin.tmpx"};
+  for (const auto& name : {dead, dead2, mine, alive, other_target}) {
+    write_bytes(dir.file(name), "x");
+  }
+  for (const auto& name : kept) write_bytes(dir.file(name), "x");
+  write_file_atomic(path, "new", 3);
+  EXPECT_EQ(read_all(path), "new");
+  std::vector<std::string> expected = kept;
+  expected.insert(expected.end(), {"out.bin", alive, other_target});
+  std::sort(expected.begin(), expected.end());
+  EXPECT_EQ(entries_of(dir.path()), expected);
+  // The same through the safetensors writer.
+  write_bytes(dir.file(dead), "x");
+  SafeTensorsWriter w;
+  const float x = 1;
+  w.add("x", Shape{1}, &x, DType::F32);
+  w.write(path);
+  EXPECT_EQ(entries_of(dir.path()), expected);
+}
+
+TEST(WriteFileAtomic, FailedWriteRemovesNoStaleTempFiles) {
+  TempDir dir;
+  fs::create_directories(dir.path() / "target" / "inner");  // renaming onto it fails
+  const std::string dead = fmt::format("target.tmp.{}.0", test::dead_pid());
+  write_bytes(dir.file(dead), "x");
+  EXPECT_MOE_ERROR(write_file_atomic(dir.file("target"), "abc", 3), "target");
+  EXPECT_EQ(entries_of(dir.path()), (std::vector<std::string>{"target", dead}));
+}
+
 // ---------------------------------------------------------------------------------------------
 // safetensors
 

@@ -118,6 +118,17 @@ TEST(Gguf, TypedAccessNamesFileAndKey) {
   EXPECT_MOE_ERROR(f.tensor("nope"), path, "missing tensor nope");
 }
 
+// A GGUF write killed before its rename leaves a temporary file; the next write removes it.
+TEST(Gguf, WriteRemovesStaleTempFilesOfDeadWriters) {
+  TempDir dir;
+  const std::string path = dir.file("x.gguf");
+  const std::string stale = dir.file(fmt::format("x.gguf.tmp.{}.3", test::dead_pid()));
+  write_bytes(stale, "GGUF, cut short");
+  write_sample(path, {1, 2, 3, 4, 5, 6}, {1, 2, 3, 4, 5});
+  EXPECT_FALSE(std::filesystem::exists(stale));
+  EXPECT_EQ(GgufFile::open(path).read_f32("b"), (std::vector<float>{1, 2, 3, 4, 5}));
+}
+
 TEST(Gguf, HonorsAnotherAlignment) {
   TempDir dir;
   const std::string path = dir.file("x.gguf");

@@ -155,5 +155,71 @@ TEST(Trainer, RefusesToOverwriteARun) {
   test::expect_error([&] { train(other, train_data, valid, o); }, {"hidden_size"});
 }
 
+// Resuming a run that has nothing left to train is refused with one line before anything is
+// written: summary.json and report.md keep the finished run's numbers, not a 0-step run's.
+TEST(Trainer, ResumingAFinishedRunIsRefusedAndChangesNothing) {
+  const TokenStream train_data = synthetic_stream(4000, 9), valid = synthetic_stream(600, 10);
+  const ModelConfig cfg = small_config(3);
+  TempDir dir("moe_trainer_finished");
+  train(cfg, train_data, valid, quiet_options(dir.str()));
+  const std::vector<std::string> files = {"summary.json",           "report.md",
+                                          "metrics.jsonl",          "config.json",
+                                          "checkpoint.safetensors", "model.safetensors"};
+  std::vector<std::vector<char>> before;
+  for (const auto& f : files) before.push_back(file_bytes(dir.str() + "/" + f));
+  TrainOptions o = quiet_options(dir.str());
+  o.resume = true;
+  const std::string msg = test::error_of([&] { train(cfg, train_data, valid, o); });
+  EXPECT_NE(msg.find("already finished at step 3 of 3; nothing to resume"), std::string::npos)
+      << msg;
+  EXPECT_EQ(msg.rfind(dir.str(), 0), 0u) << "does not start with the run directory: " << msg;
+  EXPECT_EQ(msg.find(".cpp"), std::string::npos) << msg;
+  EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+  // --stop-after at or before the checkpoint's step, and fewer max_steps than were done.
+  o.stop_after = 2;
+  ModelConfig longer = cfg;
+  longer.training.max_steps = 5;
+  EXPECT_NE(test::error_of([&] { train(longer, train_data, valid, o); }).find("nothing to resume"),
+            std::string::npos);
+  o.stop_after = 0;
+  ModelConfig shorter = cfg;
+  shorter.training.max_steps = 2;
+  EXPECT_NE(test::error_of([&] { train(shorter, train_data, valid, o); }).find("nothing to resume"),
+            std::string::npos);
+  for (size_t i = 0; i < files.size(); ++i)
+    EXPECT_TRUE(file_bytes(dir.str() + "/" + files[i]) == before[i]) << files[i] << " changed";
+  // With more steps the run continues.
+  EXPECT_EQ(train(longer, train_data, valid, o).steps, 5);
+}
+
+// A write that fails at the end of a run (as a kill between two files would stop it) leaves
+// the checkpoint at the previous save: the weights, summary and report are written before the
+// last checkpoint, so --resume redoes the last steps instead of refusing a run whose files are
+// incomplete.
+TEST(Trainer, TheLastCheckpointFollowsTheWeightsAndTheReport) {
+  const TokenStream train_data = synthetic_stream(4000, 11), valid = synthetic_stream(600, 12);
+  ModelConfig cfg = small_config(4);
+  cfg.training.checkpoint_every = 2;
+  TempDir dir("moe_trainer_order");
+  TrainOptions o = quiet_options(dir.str());
+  o.stop_after = 2;
+  EXPECT_EQ(train(cfg, train_data, valid, o).steps, 2);
+  const std::string ckpt = dir.str() + "/checkpoint.safetensors";
+  o.stop_after = 0;
+  o.resume = true;
+  for (const std::string blocked : {"model.safetensors", "summary.json"}) {
+    const fs::path p = dir.path() / blocked;
+    fs::remove(p);
+    fs::create_directories(p / "x");  // a non-empty directory: renaming onto it fails
+    test::expect_error([&] { train(cfg, train_data, valid, o); }, {blocked});
+    EXPECT_EQ(SafeTensorsFile::open(ckpt).metadata("step"), "2") << blocked << " was blocked";
+    fs::remove_all(p);
+  }
+  EXPECT_EQ(train(cfg, train_data, valid, o).steps, 4);
+  EXPECT_EQ(SafeTensorsFile::open(ckpt).metadata("step"), "4");
+  EXPECT_EQ(nlohmann::json::parse(file_bytes(dir.str() + "/summary.json"))["steps"], 4);
+  EXPECT_TRUE(fs::exists(dir.path() / "model.safetensors"));
+}
+
 }  // namespace
 }  // namespace moe

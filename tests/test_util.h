@@ -1,8 +1,11 @@
 // Helpers shared by the tests: normalized error, random tensors, the finite-difference
-// gradient check, checks on moe::Error messages, and a temporary directory.
+// gradient check, checks on moe::Error messages, a temporary directory, and child processes
+// (one that has exited, one that stays alive) whose pids name a temporary file's writer.
 #pragma once
 
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -140,6 +143,34 @@ class TempDir {
 
  private:
   std::filesystem::path path_;
+};
+
+// The pid of a process that has exited and been reaped, as a writer killed mid-write leaves.
+inline pid_t dead_pid() {
+  const pid_t pid = ::fork();
+  if (pid == 0) ::_exit(0);
+  ::waitpid(pid, nullptr, 0);
+  return pid;
+}
+
+// A child process that waits until destroyed: a concurrent writer that is still alive.
+class LiveChild {
+ public:
+  LiveChild() : pid_(::fork()) {
+    if (pid_ == 0) {
+      for (;;) ::pause();
+    }
+  }
+  ~LiveChild() {
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, nullptr, 0);
+  }
+  LiveChild(const LiveChild&) = delete;
+  LiveChild& operator=(const LiveChild&) = delete;
+  pid_t pid() const { return pid_; }
+
+ private:
+  pid_t pid_;
 };
 
 }  // namespace moe::test

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
 #include <map>
 #include <memory>
 #include <string>
@@ -81,7 +82,36 @@ class SafeTensorsWriter {
   std::map<std::string, std::string> metadata_;
 };
 
-// Writes bytes to path through a temporary file in the same directory and a rename.
+// A file written through a temporary sibling, <path>.tmp.<pid>.<n>, renamed over `path` by
+// commit(): `path` is either the old file or the complete new one. Destroyed without commit()
+// (an error, an exception), it removes the temporary. Every atomic write in moe goes through
+// it (write_file_atomic, SafeTensorsWriter, GgufWriter). A process killed mid-write cannot
+// remove its temporary, so after each successful commit() the temporaries of `path` left by
+// processes that no longer run are removed; those of live writers (another process, or
+// another thread of this one) are kept.
+class AtomicFileWriter {
+ public:
+  explicit AtomicFileWriter(std::string path);  // creates the temporary file
+  ~AtomicFileWriter();
+  AtomicFileWriter(const AtomicFileWriter&) = delete;
+  AtomicFileWriter& operator=(const AtomicFileWriter&) = delete;
+
+  void write(const void* data, size_t size);
+  // Flushes, fsyncs and renames into place, then removes stale temporaries of the same path.
+  void commit();
+  const std::string& temp_path() const { return tmp_; }
+
+ private:
+  [[noreturn]] void fail(const std::string& what);  // removes the temporary, throws naming it
+
+  std::string path_, tmp_;
+  uint64_t id_;  // the <n> of the temporary's name, unique in this process
+  std::FILE* f_ = nullptr;
+  bool committed_ = false;
+};
+
+// Writes bytes to path through a temporary file in the same directory and a rename
+// (AtomicFileWriter).
 void write_file_atomic(const std::string& path, const void* data, size_t size);
 
 // bf16 / f16 conversions (round to nearest even on the way down).

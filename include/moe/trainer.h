@@ -52,7 +52,8 @@ class StepDevice {
 
 struct TrainOptions {
   std::string out_dir = "runs/default";
-  bool resume = false;         // continue from out_dir/checkpoint.safetensors
+  bool resume = false;         // continue from out_dir/checkpoint.safetensors (refused when
+                               // no step is left to train: nothing is written then)
   int stop_after = 0;          // > 0: stop (with a checkpoint) once this many steps are done
   bool progress = true;        // progress bar on stderr (a line every few steps when not a tty)
   std::string tokenizer_path;  // copied into the run directory (empty: byte tokenizer)

@@ -1,11 +1,6 @@
 #include "moe/gguf.h"
 
-#include <unistd.h>
-
 #include <algorithm>
-#include <atomic>
-#include <cerrno>
-#include <cstdio>
 #include <cstring>
 #include <limits>
 
@@ -472,36 +467,19 @@ void GgufWriter::write(const std::string& path) const {
   }
   head.resize(align_up(head.size(), alignment_), 0);
 
-  // Same temporary-name scheme as write_file_atomic, but streamed tensor by tensor.
-  static std::atomic<uint64_t> counter{0};
-  const std::string tmp = fmt::format("{}.tmp.{}.{}", path, ::getpid(),
-                                      counter.fetch_add(1, std::memory_order_relaxed));
-  FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) throw Error(fmt::format("{}: cannot create: {}", tmp, std::strerror(errno)));
-  auto fail = [&](const std::string& what) {
-    const std::string err = std::strerror(errno);
-    std::fclose(f);
-    std::remove(tmp.c_str());
-    throw Error(fmt::format("{}: {}: {}", tmp, what, err));
-  };
-  if (std::fwrite(head.data(), 1, head.size(), f) != head.size()) fail("write failed");
+  // Streamed tensor by tensor into an atomic file (removed again if anything throws).
+  AtomicFileWriter out(path);
+  out.write(head.data(), head.size());
   std::vector<float> values(static_cast<size_t>(max_numel));
   std::vector<uint16_t> halves;
   const std::vector<uint8_t> zeros(alignment_, 0);
   uint64_t pos = 0;
   for (size_t i = 0; i < tensors_.size(); ++i) {
     const auto& t = tensors_[i];
-    if (offsets[i] > pos && std::fwrite(zeros.data(), 1, offsets[i] - pos, f) != offsets[i] - pos)
-      fail("write failed");
+    if (offsets[i] > pos) out.write(zeros.data(), offsets[i] - pos);
     const int64_t n =
         static_cast<int64_t>(sizes[i] / ggml_block(static_cast<uint32_t>(t.type)).second);
-    try {
-      t.fill(values.data());
-    } catch (...) {
-      std::fclose(f);
-      std::remove(tmp.c_str());
-      throw;
-    }
+    t.fill(values.data());
     const void* src = values.data();
     if (t.type != GgmlType::F32) {
       halves.resize(static_cast<size_t>(n));
@@ -509,18 +487,10 @@ void GgufWriter::write(const std::string& path) const {
         halves[j] = t.type == GgmlType::F16 ? float_to_f16(values[j]) : float_to_bf16(values[j]);
       src = halves.data();
     }
-    if (std::fwrite(src, 1, sizes[i], f) != sizes[i]) fail("write failed");
+    out.write(src, sizes[i]);
     pos = offsets[i] + sizes[i];
   }
-  if (std::fflush(f) != 0 || ::fsync(::fileno(f)) != 0) fail("write failed");
-  if (std::fclose(f) != 0) {
-    std::remove(tmp.c_str());
-    throw Error(fmt::format("{}: write failed: {}", tmp, std::strerror(errno)));
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    throw Error(fmt::format("{}: cannot rename into place: {}", path, std::strerror(errno)));
-  }
+  out.commit();
 }
 
 // ---- reader ---------------------------------------------------------------------------------

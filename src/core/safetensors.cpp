@@ -1,5 +1,6 @@
 #include "moe/safetensors.h"
 
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -8,7 +9,12 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <limits>
+#include <mutex>
 #include <nlohmann/json.hpp>
+#include <set>
+#include <string_view>
 
 #include "core/mapped_file.h"
 
@@ -330,24 +336,115 @@ void SafeTensorsWriter::write(const std::string& path) const {
   write_file_atomic(path, out.data(), out.size());
 }
 
-void write_file_atomic(const std::string& path, const void* data, size_t size) {
+namespace {
+
+// The <n> of every temporary file this process is writing now, in any thread: a temporary
+// with this process's pid and another <n> was left by an earlier process with the same pid.
+std::mutex g_in_flight_mutex;
+std::set<uint64_t> g_in_flight;
+
+bool in_flight(uint64_t id) {
+  std::lock_guard<std::mutex> lock(g_in_flight_mutex);
+  return g_in_flight.count(id) > 0;
+}
+
+// A decimal number of 1 to 18 digits, or -1.
+int64_t parse_decimal(std::string_view s) {
+  if (s.empty() || s.size() > 18) return -1;
+  int64_t v = 0;
+  for (char c : s) {
+    if (c < '0' || c > '9') return -1;
+    v = v * 10 + (c - '0');
+  }
+  return v;
+}
+
+// Removes the temporaries <name>.tmp.<pid>.<n> next to `path` whose writer has exited: a
+// process killed between creating its temporary and renaming it. A pid that names a live
+// process (or one this process may not signal) is left alone; so are other files.
+void remove_stale_temporaries(const std::string& path) {
+  namespace fs = std::filesystem;
+  const fs::path target(path);
+  const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
+  const std::string prefix = target.filename().string() + ".tmp.";
+  std::vector<fs::path> stale;
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) continue;
+    const std::string_view rest = std::string_view(name).substr(prefix.size());
+    const size_t dot = rest.find('.');
+    if (dot == std::string_view::npos) continue;
+    const int64_t pid = parse_decimal(rest.substr(0, dot)),
+                  id = parse_decimal(rest.substr(dot + 1));
+    if (pid <= 0 || pid > std::numeric_limits<pid_t>::max() || id < 0) continue;
+    const bool dead = pid == ::getpid() ? !in_flight(static_cast<uint64_t>(id))
+                                        : ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
+    if (dead) stale.push_back(it->path());
+  }
+  // Best effort: a temporary that cannot be removed is no reason to fail the write.
+  for (const auto& p : stale) fs::remove(p, ec);
+}
+
+}  // namespace
+
+AtomicFileWriter::AtomicFileWriter(std::string path) : path_(std::move(path)) {
   // pid + a per-process counter: concurrent writers (threads or processes) never share a name.
   static std::atomic<uint64_t> counter{0};
-  const std::string tmp = fmt::format("{}.tmp.{}.{}", path, ::getpid(),
-                                      counter.fetch_add(1, std::memory_order_relaxed));
-  FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) throw Error(fmt::format("{}: cannot create: {}", tmp, std::strerror(errno)));
-  const bool ok =
-      std::fwrite(data, 1, size, f) == size && std::fflush(f) == 0 && ::fsync(::fileno(f)) == 0;
-  const bool closed = std::fclose(f) == 0;
-  if (!ok || !closed) {
-    std::remove(tmp.c_str());
-    throw Error(fmt::format("{}: write failed: {}", tmp, std::strerror(errno)));
+  id_ = counter.fetch_add(1, std::memory_order_relaxed);
+  tmp_ = fmt::format("{}.tmp.{}.{}", path_, ::getpid(), id_);
+  {
+    std::lock_guard<std::mutex> lock(g_in_flight_mutex);
+    g_in_flight.insert(id_);
   }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    throw Error(fmt::format("{}: cannot rename into place: {}", path, std::strerror(errno)));
+  f_ = std::fopen(tmp_.c_str(), "wb");
+  if (!f_) {
+    const int err = errno;
+    std::lock_guard<std::mutex> lock(g_in_flight_mutex);
+    g_in_flight.erase(id_);
+    throw Error(fmt::format("{}: cannot create: {}", tmp_, std::strerror(err)));
   }
+}
+
+AtomicFileWriter::~AtomicFileWriter() {
+  if (f_) std::fclose(f_);
+  if (!committed_) std::remove(tmp_.c_str());
+  std::lock_guard<std::mutex> lock(g_in_flight_mutex);
+  g_in_flight.erase(id_);
+}
+
+void AtomicFileWriter::fail(const std::string& what) {
+  const int err = errno;
+  if (f_) std::fclose(f_);
+  f_ = nullptr;
+  std::remove(tmp_.c_str());
+  throw Error(fmt::format("{}: {}: {}", tmp_, what, std::strerror(err)));
+}
+
+void AtomicFileWriter::write(const void* data, size_t size) {
+  MOE_CHECK(f_ && !committed_, "{}: write after commit or failure", tmp_);
+  if (size > 0 && std::fwrite(data, 1, size, f_) != size) fail("write failed");
+}
+
+void AtomicFileWriter::commit() {
+  MOE_CHECK(f_ && !committed_, "{}: commit after commit or failure", tmp_);
+  if (std::fflush(f_) != 0 || ::fsync(::fileno(f_)) != 0) fail("write failed");
+  const int closed = std::fclose(f_);
+  f_ = nullptr;
+  if (closed != 0) fail("write failed");
+  if (std::rename(tmp_.c_str(), path_.c_str()) != 0) {
+    const int err = errno;
+    std::remove(tmp_.c_str());
+    throw Error(fmt::format("{}: cannot rename into place: {}", path_, std::strerror(err)));
+  }
+  committed_ = true;
+  remove_stale_temporaries(path_);
+}
+
+void write_file_atomic(const std::string& path, const void* data, size_t size) {
+  AtomicFileWriter f(path);
+  f.write(data, size);
+  f.commit();
 }
 
 float bf16_to_float(uint16_t h) {

@@ -110,10 +110,20 @@ class Checkpointer {
   void save(const ModelConfig& cfg, Transformer<float>& model, const AdamW<float>& opt, int step,
             const Rng& rng, const BatchSampler::State& sampler) const {
     model.gather_full_weights();
+    const std::string config = model_config_to_json(cfg).dump();
+    if (rank_ == 0) {
+      // The weights alone, for eval, generate and export; before the checkpoint, so that a
+      // checkpoint of step N means the weights of step N are written too (a process killed
+      // between the two leaves newer weights, which --resume writes again identically).
+      SafeTensorsWriter m;
+      model.save_weights(m, DType::F32);
+      m.set_metadata("format", "pt");
+      m.set_metadata("config", config);
+      m.write(dir_ + "/model.safetensors");
+    }
     SafeTensorsWriter w;
     model.save_weights(w, DType::F32);
     opt.save(w);
-    const std::string config = model_config_to_json(cfg).dump();
     w.set_metadata("format", "moe-checkpoint");
     w.set_metadata("version", "1");
     w.set_metadata("config", config);
@@ -122,13 +132,6 @@ class Checkpointer {
     w.set_metadata("sampler.epoch", std::to_string(sampler.epoch));
     w.set_metadata("sampler.cursor", std::to_string(sampler.cursor));
     w.write(path());
-    if (rank_ != 0) return;
-    // The weights alone, for eval, generate and export.
-    SafeTensorsWriter m;
-    model.save_weights(m, DType::F32);
-    m.set_metadata("format", "pt");
-    m.set_metadata("config", config);
-    m.write(dir_ + "/model.safetensors");
   }
 
   // Returns the step the checkpoint was taken after.
@@ -438,6 +441,22 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
   int step = 0;
   if (opt.resume) {
     step = ckpt.load(cfg, model, adam, rng, sampler_state);
+    // Nothing left to train: refused before anything is written, so that the finished run's
+    // metrics, summary and report stay as they are.
+    if (step == t.max_steps)
+      throw Error(fmt::format(
+          "{}: already finished at step {} of {}; nothing to resume (raise --steps to train on)",
+          opt.out_dir, step, t.max_steps));
+    if (step > t.max_steps)
+      throw Error(
+          fmt::format("{}: the checkpoint is at step {}, past max_steps = {}; nothing to "
+                      "resume",
+                      opt.out_dir, step, t.max_steps));
+    if (opt.stop_after > 0 && step >= opt.stop_after)
+      throw Error(
+          fmt::format("{}: the checkpoint is at step {} already; nothing to resume with "
+                      "--stop-after {}",
+                      opt.out_dir, step, opt.stop_after));
     sampler.restore(sampler_state);
     if (lead) truncate_metrics(metrics_path, step);
     log(fmt::format("resumed {} at step {}", ckpt.path(), step));
@@ -655,15 +674,17 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
     if ((t.eval_every > 0 && step % t.eval_every == 0) || (end && step == t.max_steps)) {
       result.final_eval = run_eval();
     }
-    if ((t.checkpoint_every > 0 && step % t.checkpoint_every == 0) || end) save();
+    if (t.checkpoint_every > 0 && step % t.checkpoint_every == 0 && !end) save();
   }
   progress.finish();
-  if (last_saved != step) save();
   result.steps = step;
   result.wall_seconds = std::chrono::duration<double>(Clock::now() - start).count();
   result.tokens_per_second =
       (step - first_step) * tokens_per_step / std::max(result.wall_seconds, 1e-9);
   if (lead) write_report(opt.out_dir, cfg, model, result, tokens_per_step);
+  // The last checkpoint comes after the report: a checkpoint of the last step means the run's
+  // files are complete, and a run killed before it redoes its last steps on --resume.
+  if (last_saved != step) save();
   return result;
 }
 
