@@ -188,6 +188,7 @@ std::unique_ptr<Tokenizer> resolve_tokenizer(const DataOptions& opt, const fs::p
           "a sentencepiece .model or a Hugging Face tokenizer.json)",
           opt.tokenizer));
     auto tok = load_tokenizer_file(opt.tokenizer);
+    document_frame(*tok);  // no EOS: refused now, before the slow work
     *file = opt.tokenizer;
     say(fmt::format("data: tokenizer {} (vocab {})", tok->description(), tok->vocab_size()));
     return tok;

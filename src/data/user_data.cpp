@@ -298,7 +298,9 @@ Scan scan_input(const Input& in, const DataOptions& opt, bool want_sample) {
       }
     }
   });
-  if (sc.hashes.empty()) throw Error(fmt::format("{}: no text (every file is empty)", in.given));
+  if (sc.hashes.empty())
+    throw Error(fmt::format("{}: no text ({})", in.given,
+                            in.directory ? "every file is empty" : "the file is empty"));
   if (sc.hashes.size() < 2)
     throw Error(fmt::format(
         "{}: one document only; a train and a validation split need two or more (a text file "
@@ -528,13 +530,10 @@ class UserCache {
                         first.empty() ? "" : fmt::format(" ({} changed)", first));
     }
     say_(fmt::format("data: building cache {} ({})", dir_.string(), why));
-    // Everything there was made from the old files: remove it (the cache is ours).
+    // Everything there was made from the old files: remove it (the cache is ours). The
+    // directory is made again once the input has passed its scan.
     std::error_code ec;
     fs::remove_all(dir_, ec);
-    fs::create_directories(dir_, ec);
-    if (ec)
-      throw Error(
-          fmt::format("{}: cannot create the cache directory: {}", dir_.string(), ec.message()));
     manifest_ = nullptr;
   }
 
@@ -551,6 +550,11 @@ class UserCache {
         {"domains", sc.names},
         {"train", {{"documents", sc.docs[0]}, {"bytes", sc.bytes[0]}, {"digest", sc.train_digest}}},
         {"valid", {{"documents", sc.docs[1]}, {"bytes", sc.bytes[1]}}}};
+    std::error_code ec;
+    fs::create_directories(dir_, ec);
+    if (ec)
+      throw Error(
+          fmt::format("{}: cannot create the cache directory: {}", dir_.string(), ec.message()));
     const std::string m = manifest_.dump(2) + "\n";
     write_file_atomic((dir_ / "manifest.json").string(), m.data(), m.size());
     fresh_ = true;

@@ -455,8 +455,14 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
   const std::string tokenizer_copy =
       opt.out_dir +
       (opt.tokenizer_path.ends_with(".json") ? "/tokenizer.json" : "/tokenizer.model");
-  if (lead && !opt.tokenizer_path.empty() && opt.tokenizer_path != tokenizer_copy)
+  if (lead && !opt.tokenizer_path.empty() && opt.tokenizer_path != tokenizer_copy) {
     fs::copy_file(opt.tokenizer_path, tokenizer_copy, fs::copy_options::overwrite_existing);
+    // A tokenizer.json's BOS/EOS names live in the tokenizer_config.json beside it.
+    const fs::path sibling = fs::path(opt.tokenizer_path).parent_path() / "tokenizer_config.json";
+    if (opt.tokenizer_path.ends_with(".json") && fs::exists(sibling))
+      fs::copy_file(sibling, opt.out_dir + "/tokenizer_config.json",
+                    fs::copy_options::overwrite_existing);
+  }
 
   const int B = t.batch_size, S = t.seq_len, A = t.grad_accum_steps;
   const int64_t tokens_per_step = static_cast<int64_t>(A) * B * S;
