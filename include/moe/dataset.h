@@ -117,7 +117,9 @@ class BatchSampler {
   uint64_t seed_;
   int64_t num_windows_;
   State state_;
-  std::vector<int64_t> order_;  // [num_windows] window index in visiting order for state_.epoch
+  // [num_windows] window index in visiting order for state_.epoch; 32-bit, so a corpus of
+  // billions of tokens costs 4 bytes per window here.
+  std::vector<uint32_t> order_;
 };
 
 // Validation: start offsets of non-overlapping windows of S+1 tokens (window j starts at

@@ -241,12 +241,14 @@ BatchSampler::BatchSampler(const TokenStream& stream, int batch, int seq_len, ui
             n, seq_len + 1);
   // Window w covers tokens [w*S, w*S + S]; the last one must end inside the stream.
   num_windows_ = (n - 1) / seq_len;
+  MOE_CHECK(num_windows_ < (int64_t{1} << 32), "BatchSampler: {} windows of {} tokens exceed 2^32",
+            num_windows_, seq_len);
   shuffle_epoch();
 }
 
 void BatchSampler::shuffle_epoch() {
   order_.resize(static_cast<size_t>(num_windows_));
-  for (int64_t i = 0; i < num_windows_; ++i) order_[i] = i;
+  for (int64_t i = 0; i < num_windows_; ++i) order_[i] = static_cast<uint32_t>(i);
   Rng rng(seed_ + state_.epoch);
   for (size_t i = order_.size(); i > 1; --i) std::swap(order_[i - 1], order_[rng.below(i)]);
 }
@@ -259,7 +261,7 @@ void BatchSampler::next(int32_t* tokens, uint8_t* domains) {
       state_.cursor = 0;
       shuffle_epoch();
     }
-    const int64_t start = order_[state_.cursor++] * seq_len_;
+    const int64_t start = static_cast<int64_t>(order_[state_.cursor++]) * seq_len_;
     stream_.read(start, static_cast<int64_t>(w), tokens + b * w, domains + b * w);
     // Roll over at once, so that state() reports the epoch the next window comes from.
     if (state_.cursor == static_cast<uint64_t>(num_windows_)) {

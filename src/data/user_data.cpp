@@ -422,8 +422,14 @@ class UserCache {
     for (const auto& f : in_.files) files_.push_back({f.rel, f.size, f.mtime_ns});
     std::string skipped;
     if (in_.skipped > 0) {
+      // The most frequent kinds first, at most six of them.
+      std::vector<std::pair<int64_t, std::string>> kinds;
+      for (const auto& [ext, n] : in_.skipped_by_ext) kinds.emplace_back(-n, ext);
+      std::sort(kinds.begin(), kinds.end());
       std::vector<std::string> parts;
-      for (const auto& [ext, n] : in_.skipped_by_ext) parts.push_back(fmt::format("{} {}", n, ext));
+      for (size_t k = 0; k < kinds.size() && k < 6; ++k)
+        parts.push_back(fmt::format("{} {}", -kinds[k].first, kinds[k].second));
+      if (kinds.size() > 6) parts.push_back(fmt::format("{} more kinds", kinds.size() - 6));
       skipped = fmt::format("; skipped {} other files ({})", in_.skipped, fmt::join(parts, ", "));
     }
     say_(fmt::format("data: {}: {} {} ({:.2f} MB){}", opt.input, in_.files.size(),
