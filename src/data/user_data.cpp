@@ -391,6 +391,14 @@ void tokenize_input(const Input& in, const DataOptions& opt, const Scan& sc, con
   flush();
 }
 
+// "a b c", or the first 12 names and how many more.
+std::string names_text(const std::vector<std::string>& names) {
+  if (names.size() <= 12) return fmt::format("{}", fmt::join(names, " "));
+  return fmt::format("{} ... {} more",
+                     fmt::join(std::vector<std::string>(names.begin(), names.begin() + 12), " "),
+                     names.size() - 12);
+}
+
 // The cache of one input and set of options.
 class UserCache {
  public:
@@ -455,7 +463,7 @@ class UserCache {
           "MB), valid {} ({:.2f} MB), {} domains [{}]",
           sc.hashes.size(), sc.text_bytes / 1e6, sc.seconds,
           sc.text_bytes / 1e6 / std::max(sc.seconds, 1e-9), sc.docs[0], sc.bytes[0] / 1e6,
-          sc.docs[1], sc.bytes[1] / 1e6, sc.names.size(), fmt::join(sc.names, " ")));
+          sc.docs[1], sc.bytes[1] / 1e6, sc.names.size(), names_text(sc.names)));
       if (!fresh_) write_manifest(sc);
     }
     return *scan_;
