@@ -271,6 +271,9 @@ TEST(UserData, SentencepieceTrainedOnTheTrainSplitAndKeyedByVocab) {
   write_file(in.path() / "words.txt", text);
   DataOptions opt = byte_options(cache, in.file("words.txt"));
   opt.tokenizer = "sentencepiece";
+  opt.vocab_size = 258;  // too small: refused before anything is read
+  EXPECT_MOE_ERROR(prepare_data(opt, nullptr), "vocab_size 258 is too small");
+  EXPECT_FALSE(fs::exists(opt.dir));
   opt.vocab_size = 300;
   opt.document_bytes = 200;
   Logged log;

@@ -168,6 +168,14 @@ PreparedData prepare_data(const DataOptions& opt,
 
 namespace moe {
 
+void check_tokenizer_options(const DataOptions& opt) {
+  if (opt.tokenizer == "sentencepiece" && opt.vocab_size < 300)  // 3 control + 256 bytes
+    throw Error(fmt::format(
+        "vocab_size {} is too small for a sentencepiece tokenizer (at least 300: 3 control and "
+        "256 byte pieces, then merges); raise vocab_size or use the byte tokenizer",
+        opt.vocab_size));
+}
+
 std::unique_ptr<Tokenizer> resolve_tokenizer(const DataOptions& opt, const fs::path& dir,
                                              const std::string& train_digest, std::string* file,
                                              const std::function<void(const std::string&)>& log,
@@ -175,6 +183,7 @@ std::unique_ptr<Tokenizer> resolve_tokenizer(const DataOptions& opt, const fs::p
   const auto say = [&](const std::string& line) {
     if (log) log(line);
   };
+  check_tokenizer_options(opt);
   file->clear();
   if (opt.tokenizer == "byte") {
     say("data: byte tokenizer (vocab 258)");

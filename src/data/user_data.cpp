@@ -609,6 +609,7 @@ class UserCache {
 }  // namespace
 
 PreparedData prepare_user_data(const DataOptions& opt, const Log& log) {
+  check_tokenizer_options(opt);  // before reading anything
   UserCache cache(opt, log);
   if (!cache.manifest().is_object()) cache.scan(opt.tokenizer == "sentencepiece");
   PreparedData out;

@@ -34,6 +34,9 @@ inline nlohmann::json read_json_or_null(const std::filesystem::path& path) {
   }
 }
 
+// A sentencepiece vocab_size below 300 is an error (raised before any slow work).
+void check_tokenizer_options(const DataOptions& opt);
+
 // The tokenizer opt.tokenizer names. "sentencepiece": dir/tokenizer-<vocab>-<digest8>.model,
 // made by train(path) when missing. *file: the tokenizer's file (empty for byte).
 std::unique_ptr<Tokenizer> resolve_tokenizer(const DataOptions& opt,
