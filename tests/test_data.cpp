@@ -561,16 +561,26 @@ TEST(Data, PrepareDataCachesCorpusAndTokenizer) {
   const auto again = prepare_data(opt, logger);
   l = joined();
   EXPECT_NE(l.find("corpus " + opt.dir + "/corpus is up to date"), std::string::npos) << l;
-  EXPECT_NE(l.find("tokenizer " + opt.dir + "/tokenizer.model is up to date"), std::string::npos)
-      << l;
+  EXPECT_NE(l.find("tokenizer " + opt.dir + "/tokenizer-400-"), std::string::npos) << l;
+  EXPECT_NE(l.find(".model is up to date"), std::string::npos) << l;
   EXPECT_EQ(again.train.tokens, p.train.tokens);
+  EXPECT_EQ(again.tokenizer_file, p.tokenizer_file);
+  EXPECT_TRUE(fs::path(p.tokenizer_file).filename().string().starts_with("tokenizer-400-"))
+      << p.tokenizer_file;
 
-  opt.vocab_size = 410;  // another vocabulary: retrain, keep the corpus
+  opt.vocab_size = 410;  // another vocabulary: a tokenizer of its own, the corpus kept
   p = prepare_data(opt, logger);
   l = joined();
   EXPECT_NE(l.find("corpus " + opt.dir + "/corpus is up to date"), std::string::npos) << l;
   EXPECT_NE(l.find("trained sentencepiece bpe 410"), std::string::npos) << l;
   EXPECT_EQ(p.tokenizer->vocab_size(), 410);
+  // ... and the 400 one is still there for the runs that use it: not retrained.
+  opt.vocab_size = 400;
+  p = prepare_data(opt, logger);
+  l = joined();
+  EXPECT_EQ(l.find("trained sentencepiece"), std::string::npos) << l;
+  EXPECT_EQ(p.tokenizer->vocab_size(), 400);
+  opt.vocab_size = 410;
 
   opt.corpus.seed += 1;  // other corpus options: rebuild both
   opt.tokenizer = "byte";
@@ -581,6 +591,36 @@ TEST(Data, PrepareDataCachesCorpusAndTokenizer) {
 
   opt.tokenizer = "wordpiece";
   EXPECT_MOE_ERROR(prepare_data(opt, nullptr), "wordpiece");
+}
+
+// The corpus cache never overwrites split files it did not write.
+TEST(Data, CorpusCacheRefusesToOverwriteFilesItDidNotWrite) {
+  Fixture fx;
+  TempDir data;
+  DataOptions opt;
+  opt.dir = data.file("d");
+  opt.corpus = fx.opt;
+  // The user's own train.jsonl (no manifest): refused, left as it was.
+  const std::string mine = "{\"domain\": \"x\", \"text\": \"my own\"}\n";
+  write_file(opt.dir + "/corpus/train.jsonl", mine);
+  EXPECT_MOE_ERROR(load_corpus(opt, nullptr), opt.dir + "/corpus/train.jsonl", "not written by moe",
+                   "will not overwrite");
+  EXPECT_EQ(read_file(opt.dir + "/corpus/train.jsonl"), mine);
+  fs::remove(opt.dir + "/corpus/train.jsonl");
+
+  // Built by moe, then edited by hand: refused when the options change and it would rebuild.
+  load_corpus(opt, nullptr);
+  write_file(opt.dir + "/corpus/valid.jsonl", mine);
+  opt.corpus.seed += 1;
+  EXPECT_MOE_ERROR(load_corpus(opt, nullptr), opt.dir + "/corpus/valid.jsonl",
+                   "differs from manifest.json");
+  EXPECT_EQ(read_file(opt.dir + "/corpus/valid.jsonl"), mine);
+  // What moe wrote itself is rebuilt as before.
+  fs::remove(opt.dir + "/corpus/valid.jsonl");
+  std::vector<std::string> log;
+  load_corpus(opt, [&](const std::string& l) { log.push_back(l); });
+  ASSERT_FALSE(log.empty());
+  EXPECT_NE(log.front().find("built corpus"), std::string::npos) << log.front();
 }
 
 TEST(Data, LoadCorpusBuildsOnceAndReadsBothSplits) {

@@ -35,8 +35,12 @@ struct TrainConfig {
   int eval_batches = 16;       // validation micro-batches per evaluation (0: whole split)
   int checkpoint_every = 200;  // 0: only at the end
   uint64_t seed = 1234;
-  std::string tokenizer = "sentencepiece";  // or "byte"
-  std::string data_dir = "data";
+  // "sentencepiece" (trained on the train split), "byte", or a tokenizer file: a sentencepiece
+  // .model or a Hugging Face tokenizer.json.
+  std::string tokenizer = "sentencepiece";
+  std::string data_dir = "data";  // moe's data cache (data.h); relative: to the config file
+  std::string data;               // the user's text (file or directory); "": the bundled corpus
+  double valid_fraction = 0.05;   // held-out share of the user's documents (data.h)
 
   void validate(const std::string& where) const;
 };

@@ -2,7 +2,8 @@
 //   config.json              the model + training config (Hugging Face style)
 //   model.safetensors        weights only, docs/model.md names (for eval, generate, export)
 //   checkpoint.safetensors   weights + AdamW moments + RNG + data position: --resume is bit-exact
-//   tokenizer.model          the sentencepiece model (absent for the byte tokenizer)
+//   tokenizer.model          the sentencepiece model (absent for the byte tokenizer; a Hugging
+//                            Face tokenizer given to `moe train --tokenizer` is tokenizer.json)
 //   metrics.jsonl            one JSON object per step, and one per validation
 //   report.md, summary.json  the run's outcome
 // Every file is written atomically; a failure (NaN, bad input) never touches what was saved.
@@ -52,11 +53,13 @@ class StepDevice {
 
 struct TrainOptions {
   std::string out_dir = "runs/default";
-  bool resume = false;         // continue from out_dir/checkpoint.safetensors (refused when
-                               // no step is left to train: nothing is written then)
-  int stop_after = 0;          // > 0: stop (with a checkpoint) once this many steps are done
-  bool progress = true;        // progress bar on stderr (a line every few steps when not a tty)
-  std::string tokenizer_path;  // copied into the run directory (empty: byte tokenizer)
+  bool resume = false;   // continue from out_dir/checkpoint.safetensors (refused when no step
+                         // is left to train: nothing is written then)
+  int stop_after = 0;    // > 0: stop (with a checkpoint) once this many steps are done
+  bool progress = true;  // progress bar on stderr (a line every few steps when not a tty)
+  // Copied into the run directory as tokenizer.model (tokenizer.json when it ends in .json);
+  // empty: the byte tokenizer.
+  std::string tokenizer_path;
   std::function<void(const std::string&)> log;  // one line per event; null: stderr
   // Expert (and data) parallelism over MPI: every rank calls train() with the same config
   // and data; each takes batch_size / W sequences of every batch. Rank 0 writes the run

@@ -129,23 +129,24 @@ RoutingAnalysis analyze_routing(Transformer<float>& model, const Tokenizer& tok,
 
   const int B = std::max(1, opt.batch);
   std::vector<int32_t> inputs(static_cast<size_t>(B) * S);
+  std::vector<uint8_t> domains(inputs.size());  // [B, S] domain of each input token
   std::vector<float> p;
   for (size_t w0 = 0; w0 < starts.size(); w0 += B) {
     const int nb = static_cast<int>(std::min<size_t>(B, starts.size() - w0));
     for (int b = 0; b < nb; ++b)
-      std::copy_n(valid.tokens.data() + starts[w0 + b], S, inputs.data() + size_t(b) * S);
+      valid.read(starts[w0 + b], S, inputs.data() + size_t(b) * S, domains.data() + size_t(b) * S);
     model.forward(inputs.data(), nullptr, nb, S, false);
     const int64_t T = int64_t(nb) * S;
     a.tokens += T;
     for (int b = 0; b < nb; ++b)
-      for (int s = 0; s < S; ++s) ++a.domain_tokens[valid.domain[starts[w0 + b] + s]];
+      for (int s = 0; s < S; ++s) ++a.domain_tokens[domains[size_t(b) * S + s]];
     for (size_t i = 0; i < L; ++i) {
       const MoeLayer<float>& layer = *model.moe_layer(moe_layers[i]);
       const RoutingPlan& plan = layer.plan();
       LayerAnalysis& la = a.layers[i];
       for (int64_t t = 0; t < T; ++t) {
         const int32_t v = inputs[t];
-        const int d = valid.domain[starts[w0 + t / S] + t % S];
+        const int d = domains[t];
         for (int j = 0; j < k; ++j) {
           const int e = plan.primary[t * k + j];
           if (e < 0) continue;

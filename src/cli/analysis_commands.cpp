@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 
 #include "commands.h"
 #include "moe/analysis.h"
@@ -61,10 +62,17 @@ int run_analyze(const AnalyzeArgs& a) {
     Rng rng(t.seed);
     run.model->init_weights(rng);
   }
+  // The validation split of the data the run trained on (config.json's training.data).
   DataOptions d;
   d.dir = a.data_dir.empty() ? t.data_dir : a.data_dir;
-  const CorpusSplits corpus = load_corpus(d, log_line);
-  const TokenStream valid = tokenize_documents(corpus.valid, *run.tokenizer, corpus.domain_names);
+  d.input = t.data;
+  d.valid_fraction = t.valid_fraction;
+  const std::string tok_json = a.run + "/tokenizer.json";
+  const std::string tok_file = t.tokenizer == "byte" ? ""
+                               : t.tokenizer != "sentencepiece" && std::filesystem::exists(tok_json)
+                                   ? tok_json
+                                   : a.run + "/tokenizer.model";
+  const TokenStream valid = validation_stream(d, *run.tokenizer, tok_file, log_line);
   AnalysisOptions o;
   o.batch = t.batch_size;
   o.seq_len = t.seq_len;
@@ -211,7 +219,8 @@ std::function<int()> add_analyze_command(CLI::App& app) {
   auto* c = app.add_subcommand(
       "analyze", "Expert specialization of a run on the validation split (JSON and CSV)");
   c->add_option("run", a->run, "run directory")->required();
-  c->add_option("--data", a->data_dir, "corpus directory (default: the run's training.data_dir)");
+  c->add_option("--data-dir", a->data_dir,
+                "moe's data cache (default: the run's training.data_dir); the data is the run's");
   c->add_option("--windows", a->windows, "validation windows to run (0: the whole split)");
   c->add_option("--top", a->top, "tokens listed per expert")->capture_default_str();
   c->add_flag("--untrained", a->untrained,

@@ -34,7 +34,8 @@ void log_line(const std::string& s) {
 }
 
 struct TrainArgs {
-  std::string config_path, out = "runs/default", data_dir, tokenizer;
+  std::string config_path, out = "runs/default", data, data_dir, tokenizer;
+  double valid_fraction = 0;   // 0: training.valid_fraction
   std::string device = "cpu";  // where the training steps run: cpu or cuda
   int steps = 0, threads = 0, stop_after = 0;
   bool resume = false, dense = false, match_active = false, no_progress = false;
@@ -61,6 +62,28 @@ std::unique_ptr<ParallelGroups> parallel_groups(const TrainArgs& a, const ModelC
   return std::make_unique<ParallelGroups>(make_parallel_groups(std::move(world), P));
 }
 
+// Whether the config file itself sets training.data_dir (then relative to the file).
+bool config_sets_data_dir(const std::string& path) {
+  std::ifstream in(path);
+  const auto j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  return j.is_object() && j.contains("training") && j["training"].is_object() &&
+         j["training"].contains("data_dir");
+}
+
+std::string absolute_path(const std::string& p) {
+  return std::filesystem::absolute(p).lexically_normal().string();
+}
+
+DataOptions data_options(const TrainConfig& t, int vocab_size) {
+  DataOptions d;
+  d.dir = t.data_dir;
+  d.input = t.data;
+  d.tokenizer = t.tokenizer;
+  d.vocab_size = vocab_size;
+  d.valid_fraction = t.valid_fraction;
+  return d;
+}
+
 int run_train(const TrainArgs& a) {
   if (!a.config_path.empty() && is_vit_config(a.config_path))  // the ViT-MoE image encoder
     return run_vit_train(a.config_path, a.out == "runs/default" ? "runs/vit" : a.out, a.steps,
@@ -77,8 +100,20 @@ int run_train(const TrainArgs& a) {
     cfg = load_model_config(a.out + "/config.json");
   if (a.steps > 0) cfg.training.max_steps = a.steps;
   if (a.seed >= 0) cfg.training.seed = static_cast<uint64_t>(a.seed);
+  // A relative data_dir written in a config file is relative to that file; the run records
+  // absolute paths, so that resume and `moe eval RUN` find the same data from anywhere.
+  if (!a.config_path.empty() && config_sets_data_dir(a.config_path) &&
+      std::filesystem::path(cfg.training.data_dir).is_relative())
+    cfg.training.data_dir =
+        (std::filesystem::path(a.config_path).parent_path() / cfg.training.data_dir).string();
   if (!a.data_dir.empty()) cfg.training.data_dir = a.data_dir;
+  if (!a.data.empty()) cfg.training.data = a.data;
+  if (a.valid_fraction != 0) cfg.training.valid_fraction = a.valid_fraction;
   if (!a.tokenizer.empty()) cfg.training.tokenizer = a.tokenizer;
+  cfg.training.data_dir = absolute_path(cfg.training.data_dir);
+  if (!cfg.training.data.empty()) cfg.training.data = absolute_path(cfg.training.data);
+  if (cfg.training.tokenizer != "sentencepiece" && cfg.training.tokenizer != "byte")
+    cfg.training.tokenizer = absolute_path(cfg.training.tokenizer);
   if (a.match_active) {
     MOE_REQUIRE(a.dense, "--match-active-compute sizes the dense baseline: use it with --dense");
     cfg.dense_intermediate_size = cfg.matched_dense_width();
@@ -107,10 +142,7 @@ int run_train(const TrainArgs& a) {
   cfg.validate(a.config_path.empty() ? "default config" : a.config_path);
   std::unique_ptr<ParallelGroups> par = parallel_groups(a, cfg);
   const int rank = par ? par->layout.rank : 0;
-  DataOptions d;
-  d.dir = cfg.training.data_dir;
-  d.tokenizer = cfg.training.tokenizer;
-  d.vocab_size = cfg.vocab_size;
+  const DataOptions d = data_options(cfg.training, cfg.vocab_size);
   PreparedData data;
   if (par) {
     // Rank 0 builds the corpus and tokenizer; the others read what it wrote. A failure on
@@ -150,11 +182,11 @@ int run_train(const TrainArgs& a) {
   if (a.device == "cuda")
     opt.device = [](const ModelConfig& c) { return make_cuda_step_device(c); };
 #endif
-  if (cfg.training.tokenizer == "sentencepiece") opt.tokenizer_path = d.dir + "/tokenizer.model";
+  opt.tokenizer_path = data.tokenizer_file;
   if (rank == 0)
     log_line(fmt::format("training {} on {} train / {} validation tokens, {} threads -> {}{}",
-                         cfg.num_local_experts > 0 ? "MoE" : "dense", data.train.tokens.size(),
-                         data.valid.tokens.size(), num_threads(), a.out,
+                         cfg.num_local_experts > 0 ? "MoE" : "dense", data.train.size(),
+                         data.valid.size(), num_threads(), a.out,
                          par ? fmt::format(" ({} processes, expert parallel {})", par->layout.world,
                                            par->layout.expert_parallel)
                              : ""));
@@ -179,6 +211,14 @@ int run_train(const TrainArgs& a) {
   return 0;
 }
 
+// The run's copy of its tokenizer (what validation_stream keys token caches by).
+std::string run_tokenizer_file(const std::string& run, const TrainConfig& t) {
+  if (t.tokenizer == "byte") return "";
+  const std::string json = run + "/tokenizer.json";
+  if (t.tokenizer != "sentencepiece" && std::filesystem::exists(json)) return json;
+  return run + "/tokenizer.model";
+}
+
 struct EvalArgs {
   std::string run, data_dir;
   int batches = 0, threads = 0;
@@ -188,11 +228,12 @@ int run_eval(const EvalArgs& a) {
   set_num_threads(a.threads);
   LoadedRun run = load_run(a.run);
   const TrainConfig& t = run.config.training;
-  // The run's own tokenizer on the corpus's validation split; domain indices as in training.
-  DataOptions d;
-  d.dir = a.data_dir.empty() ? t.data_dir : a.data_dir;
-  const CorpusSplits corpus = load_corpus(d, log_line);
-  const TokenStream valid = tokenize_documents(corpus.valid, *run.tokenizer, corpus.domain_names);
+  // The run's own tokenizer on the validation split of the data it trained on (the bundled
+  // corpus or the user's text that config.json records); domain indices as in training.
+  DataOptions d = data_options(t, run.config.vocab_size);
+  if (!a.data_dir.empty()) d.dir = a.data_dir;
+  const TokenStream valid =
+      validation_stream(d, *run.tokenizer, run_tokenizer_file(a.run, t), log_line);
   const EvalResult e = evaluate(*run.model, valid, t.batch_size, t.seq_len,
                                 a.batches > 0 ? static_cast<int64_t>(a.batches) * t.batch_size : 0);
   fmt::print("{}: validation loss {:.4f}, perplexity {:.2f} over {} tokens\n", a.run, e.loss,
@@ -413,8 +454,18 @@ std::function<int()> add_train_command(CLI::App& app) {
   c->add_flag("--dense", a->dense, "the dense baseline: same config with zero experts");
   c->add_flag("--match-active-compute", a->match_active,
               "with --dense: FFN width = k * expert width (+ shared), the MoE's active compute");
-  c->add_option("--data", a->data_dir, "corpus and tokenizer directory (training.data_dir)");
-  c->add_option("--tokenizer", a->tokenizer, "sentencepiece or byte (training.tokenizer)");
+  c->add_option("--data", a->data,
+                "your text: a .txt/.md file, a .jsonl file ({\"text\", \"domain\"} per line) "
+                "or a directory of them (subfolder = domain); read-only (training.data; default: "
+                "the bundled corpus)");
+  c->add_option("--data-dir", a->data_dir,
+                "moe's data cache: corpus, tokenizers, token files (training.data_dir)");
+  c->add_option("--valid-fraction", a->valid_fraction,
+                "held-out share of your documents (training.valid_fraction, default 0.05)")
+      ->check(CLI::Range(0.0, 1.0));
+  c->add_option("--tokenizer", a->tokenizer,
+                "sentencepiece (trained on the train split), byte, or a tokenizer file: a "
+                "sentencepiece .model or a Hugging Face tokenizer.json (training.tokenizer)");
   c->add_option("--seed", a->seed, "overrides training.seed")->check(CLI::NonNegativeNumber);
   add_threads_option(c, a->threads);
   c->add_option("--device", a->device,
@@ -435,7 +486,8 @@ std::function<int()> add_eval_command(CLI::App& app) {
   auto a = std::make_shared<EvalArgs>();
   auto* c = app.add_subcommand("eval", "Validation loss and perplexity of a run, per domain");
   c->add_option("run", a->run, "run directory")->required();
-  c->add_option("--data", a->data_dir, "corpus directory (default: the run's training.data_dir)");
+  c->add_option("--data-dir", a->data_dir,
+                "moe's data cache (default: the run's training.data_dir); the data is the run's");
   c->add_option("--batches", a->batches, "validation batches (0: the whole split)")
       ->check(CLI::NonNegativeNumber);
   add_threads_option(c, a->threads);

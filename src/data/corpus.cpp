@@ -44,14 +44,44 @@ uint64_t mix64(uint64_t z) {
   return z ^ (z >> 31);
 }
 
-namespace {
-
-uint64_t document_hash(const Document& d, uint64_t seed) {
-  uint64_t h = fnv1a64(d.domain);
+uint64_t document_hash(std::string_view domain, std::string_view text, uint64_t seed) {
+  uint64_t h = fnv1a64(domain);
   h = fnv1a64(std::string_view("\0", 1), h);
-  h = fnv1a64(d.text, h);
+  h = fnv1a64(text, h);
   return mix64(h ^ mix64(seed));
 }
+
+std::vector<char> validation_flags(const std::vector<uint64_t>& hashes,
+                                   const std::vector<uint32_t>& domains, double valid_fraction) {
+  MOE_REQUIRE(valid_fraction > 0 && valid_fraction < 1, "valid_fraction must be in (0, 1), got {}",
+              valid_fraction);
+  MOE_CHECK(hashes.size() == domains.size(), "validation_flags: {} hashes for {} domains",
+            hashes.size(), domains.size());
+  const size_t n = hashes.size();
+  std::vector<char> is_valid(n);
+  // Threshold compare on the top 53 bits: exact and platform-independent.
+  const auto threshold = static_cast<uint64_t>(valid_fraction * 9007199254740992.0);
+  std::map<uint32_t, std::array<int64_t, 2>> count;  // domain -> {train, valid}
+  for (size_t i = 0; i < n; ++i) {
+    is_valid[i] = (hashes[i] >> 11) < threshold;
+    ++count[domains[i]][is_valid[i] ? 1 : 0];
+  }
+  // Every domain with two or more documents appears in both splits: move the document whose
+  // hash is closest to the threshold from the other side.
+  for (const auto& [domain, c] : count) {
+    if (c[0] + c[1] < 2 || (c[0] > 0 && c[1] > 0)) continue;
+    const bool need_valid = c[1] == 0;
+    size_t best = n;
+    for (size_t i = 0; i < n; ++i) {
+      if (domains[i] != domain) continue;
+      if (best == n || (need_valid ? hashes[i] < hashes[best] : hashes[i] > hashes[best])) best = i;
+    }
+    is_valid[best] = need_valid;
+  }
+  return is_valid;
+}
+
+namespace {
 
 // Fisher-Yates with our platform-independent Rng (std::shuffle is implementation-defined).
 template <class T>
@@ -632,34 +662,17 @@ std::vector<Document> collect_documents(const CorpusOptions& opt, std::vector<So
 
 void split_documents(const std::vector<Document>& docs, const CorpusOptions& opt,
                      std::vector<Document>* train, std::vector<Document>* valid) {
-  MOE_REQUIRE(opt.valid_fraction > 0 && opt.valid_fraction < 1,
-              "valid_fraction must be in (0, 1), got {}", opt.valid_fraction);
-  const size_t n = docs.size();
-  std::vector<uint64_t> h(n);
-  std::vector<char> is_valid(n);
-  // Threshold compare on the top 53 bits: exact and platform-independent.
-  const auto threshold = static_cast<uint64_t>(opt.valid_fraction * 9007199254740992.0);
-  std::map<std::string, std::array<int64_t, 2>> count;  // domain -> {train, valid}
-  for (size_t i = 0; i < n; ++i) {
-    h[i] = document_hash(docs[i], opt.seed);
-    is_valid[i] = (h[i] >> 11) < threshold;
-    ++count[docs[i].domain][is_valid[i] ? 1 : 0];
+  std::map<std::string, uint32_t> index;
+  std::vector<uint64_t> h(docs.size());
+  std::vector<uint32_t> dom(docs.size());
+  for (size_t i = 0; i < docs.size(); ++i) {
+    h[i] = document_hash(docs[i].domain, docs[i].text, opt.seed);
+    dom[i] = index.emplace(docs[i].domain, static_cast<uint32_t>(index.size())).first->second;
   }
-  // Every domain with two or more documents appears in both splits: move the document whose
-  // hash is closest to the threshold from the other side.
-  for (const auto& [domain, c] : count) {
-    if (c[0] + c[1] < 2 || (c[0] > 0 && c[1] > 0)) continue;
-    const bool need_valid = c[1] == 0;
-    size_t best = n;
-    for (size_t i = 0; i < n; ++i) {
-      if (docs[i].domain != domain) continue;
-      if (best == n || (need_valid ? h[i] < h[best] : h[i] > h[best])) best = i;
-    }
-    is_valid[best] = need_valid;
-  }
+  const std::vector<char> is_valid = validation_flags(h, dom, opt.valid_fraction);
   train->clear();
   valid->clear();
-  for (size_t i = 0; i < n; ++i) (is_valid[i] ? valid : train)->push_back(docs[i]);
+  for (size_t i = 0; i < docs.size(); ++i) (is_valid[i] ? valid : train)->push_back(docs[i]);
 }
 
 namespace {

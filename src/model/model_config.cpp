@@ -30,6 +30,8 @@ void visit_train_keys(TrainConfig& c, V&& v) {
   v("checkpoint_every", c.checkpoint_every);
   v("tokenizer", c.tokenizer);
   v("data_dir", c.data_dir);
+  v("data", c.data);
+  v("valid_fraction", c.valid_fraction);
 }
 
 template <class V>
@@ -90,9 +92,13 @@ void TrainConfig::validate(const std::string& where) const {
     fail("eval_batches", fmt::format("must be non-negative, got {}", eval_batches));
   if (checkpoint_every < 0)
     fail("checkpoint_every", fmt::format("must be non-negative, got {}", checkpoint_every));
-  if (tokenizer != "sentencepiece" && tokenizer != "byte")
-    fail("tokenizer",
-         fmt::format("has value \"{}\", expected \"sentencepiece\" or \"byte\"", tokenizer));
+  if (tokenizer != "sentencepiece" && tokenizer != "byte" && !tokenizer.ends_with(".model") &&
+      !tokenizer.ends_with(".json"))
+    fail("tokenizer", fmt::format("has value \"{}\", expected \"sentencepiece\", \"byte\" or a "
+                                  "tokenizer file (.model or tokenizer.json)",
+                                  tokenizer));
+  if (!(valid_fraction > 0 && valid_fraction < 1))
+    fail("valid_fraction", fmt::format("must be in (0, 1), got {}", valid_fraction));
 }
 
 void ModelConfig::sync_moe() {

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "moe/error.h"
+#include "moe/hf_tokenizer.h"
 #include "moe/optimizer.h"
 #include "moe/routing_stats.h"
 #include "moe/safetensors.h"
@@ -278,6 +279,7 @@ EvalResult evaluate(Transformer<float>& model, const TokenStream& valid, int bat
   }
   std::vector<int32_t> inputs(static_cast<size_t>(batch) * seq_len);
   std::vector<int32_t> targets(inputs.size());
+  std::vector<uint8_t> target_domains(inputs.size());
   std::vector<double> dom_sum(valid.domain_names.size(), 0.0);
   std::vector<int64_t> dom_count(valid.domain_names.size(), 0);
   double total = 0;
@@ -289,10 +291,9 @@ EvalResult evaluate(Transformer<float>& model, const TokenStream& valid, int bat
     const int B = Bg / W, b0 = rank * B;  // this rank's windows of the batch
     for (int b = 0; b < B; ++b) {
       const int64_t s0 = starts[w0 + b0 + b];
-      std::copy_n(valid.tokens.data() + s0, seq_len,
-                  inputs.data() + static_cast<int64_t>(b) * seq_len);
-      std::copy_n(valid.tokens.data() + s0 + 1, seq_len,
-                  targets.data() + static_cast<int64_t>(b) * seq_len);
+      valid.read(s0, seq_len, inputs.data() + static_cast<int64_t>(b) * seq_len, nullptr);
+      valid.read(s0 + 1, seq_len, targets.data() + static_cast<int64_t>(b) * seq_len,
+                 target_domains.data() + static_cast<int64_t>(b) * seq_len);
     }
     model.forward(inputs.data(), targets.data(), B, seq_len, false);
     for (int l = 0, m = 0; l < model.num_layers(); ++l)
@@ -312,7 +313,7 @@ EvalResult evaluate(Transformer<float>& model, const TokenStream& valid, int bat
     for (int b = 0; b < B; ++b) {
       for (int s = 0; s < seq_len; ++s) {
         const double loss = rows[static_cast<int64_t>(b) * seq_len + s];
-        const uint8_t dom = valid.domain[starts[w0 + b0 + b] + 1 + s];
+        const uint8_t dom = target_domains[static_cast<int64_t>(b) * seq_len + s];
         total += loss;
         ++count;
         dom_sum[dom] += loss;
@@ -469,9 +470,18 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
     log(fmt::format("training steps run on {}", device->describe()));
   }
   if (lead) save_model_config(cfg, opt.out_dir + "/config.json");
-  if (lead && !opt.tokenizer_path.empty() && opt.tokenizer_path != opt.out_dir + "/tokenizer.model")
-    fs::copy_file(opt.tokenizer_path, opt.out_dir + "/tokenizer.model",
-                  fs::copy_options::overwrite_existing);
+  // A Hugging Face tokenizer.json stays one; any other tokenizer file is a sentencepiece model.
+  const std::string tokenizer_copy =
+      opt.out_dir +
+      (opt.tokenizer_path.ends_with(".json") ? "/tokenizer.json" : "/tokenizer.model");
+  if (lead && !opt.tokenizer_path.empty() && opt.tokenizer_path != tokenizer_copy) {
+    fs::copy_file(opt.tokenizer_path, tokenizer_copy, fs::copy_options::overwrite_existing);
+    // A tokenizer.json's BOS/EOS names live in the tokenizer_config.json beside it.
+    const fs::path sibling = fs::path(opt.tokenizer_path).parent_path() / "tokenizer_config.json";
+    if (opt.tokenizer_path.ends_with(".json") && fs::exists(sibling))
+      fs::copy_file(sibling, opt.out_dir + "/tokenizer_config.json",
+                    fs::copy_options::overwrite_existing);
+  }
 
   const int B = t.batch_size, S = t.seq_len, A = t.grad_accum_steps;
   const int64_t tokens_per_step = static_cast<int64_t>(A) * B * S;
@@ -695,8 +705,10 @@ LoadedRun load_run(const std::string& dir) {
   run.model->load_weights(SafeTensorsFile::open(dir + "/model.safetensors"));
   if (run.config.training.tokenizer == "byte") {
     run.tokenizer = make_byte_tokenizer();
-  } else {
+  } else if (run.config.training.tokenizer == "sentencepiece") {
     run.tokenizer = load_sentencepiece(dir + "/tokenizer.model");
+  } else {  // a tokenizer file given to `moe train --tokenizer`: its copy in the run
+    run.tokenizer = load_tokenizer_dir(dir);
   }
   MOE_REQUIRE(run.tokenizer->vocab_size() <= run.config.vocab_size,
               "{}/config.json: vocab_size = {} is smaller than the tokenizer's {} ({})", dir,
