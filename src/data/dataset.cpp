@@ -91,8 +91,8 @@ MappedTokens::~MappedTokens() {
 }
 
 void MappedTokens::read(int64_t start, int64_t n, int32_t* tokens, uint8_t* domains) const {
-  MOE_REQUIRE(start >= 0 && n >= 0 && start + n <= count_, "{}: tokens [{}, {}) beyond its {}",
-              path_, start, start + n, count_);
+  MOE_CHECK(start >= 0 && n >= 0 && start + n <= count_, "{}: tokens [{}, {}) beyond its {}", path_,
+            start, start + n, count_);
   const unsigned char* p = base_ + kHeaderBytes + start * width_;
   if (tokens) {
     if (width_ == 2) {
