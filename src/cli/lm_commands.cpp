@@ -420,8 +420,8 @@ int run_generate(const GenerateArgs& a) {
   LoadedRun run = load_run(a.run);
   const Tokenizer* tok = a.prompt_ids.empty() ? run.tokenizer.get() : nullptr;
   std::vector<int32_t> prompt = prompt_ids_of(a, a.run, run.config.vocab_size);
-  if (tok) {  // the run's documents were framed with BOS in training
-    prompt.push_back(tok->bos_id());
+  if (tok) {  // a document starts as in training: BOS, or EOS for a tokenizer without one
+    prompt.push_back(document_frame(*tok).first);
     const auto ids = tok->encode(a.prompt);
     prompt.insert(prompt.end(), ids.begin(), ids.end());
     fmt::print("{}", a.prompt);
