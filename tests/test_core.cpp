@@ -24,6 +24,7 @@
 #include "moe/rng.h"
 #include "moe/safetensors.h"
 #include "moe/tensor.h"
+#include "moe/utf8.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -1308,3 +1309,24 @@ TEST(Parallel, SetNumThreads) {
 
 }  // namespace
 }  // namespace moe
+
+// One UTF-8 encoder and one GPT-2 byte alphabet for the tokenizers and exporters.
+TEST(Utf8, EncodeAndGpt2ByteAlphabet) {
+  EXPECT_EQ(moe::utf8_encode(U'A'), "A");
+  EXPECT_EQ(moe::utf8_encode(U'\u0120'), "\xC4\xA0");
+  EXPECT_EQ(moe::utf8_encode(U'\u2581'), "\xE2\x96\x81");
+  EXPECT_EQ(moe::utf8_encode(U'\U0001F600'), "\xF0\x9F\x98\x80");
+  for (char32_t cp : {U'\x7F', U'\x80', U'\u07FF', U'\u0800', U'\uFFFF', U'\U00010000',
+                      U'\U0010FFFF'}) {
+    const std::string s = moe::utf8_encode(cp);
+    EXPECT_TRUE(moe::is_valid_utf8(s)) << static_cast<uint32_t>(cp);
+    EXPECT_EQ(moe::utf8_sequence_length(s, 0), s.size());
+  }
+  const auto& t = moe::gpt2_byte_chars();
+  EXPECT_EQ(t['!'], U'!');
+  EXPECT_EQ(t[0xFF], U'\u00FF');
+  EXPECT_EQ(t[0x00], U'\u0100');  // the first non-printable byte
+  EXPECT_EQ(t[' '], U'\u0120');   // GPT-2's "Ġ"
+  EXPECT_EQ(t['\n'], U'\u010A');  // "Ċ"
+  EXPECT_EQ(t[0xAD], U'\u0143');  // the last of the 68 stand-ins
+}

@@ -28,6 +28,8 @@
 #include <string_view>
 #include <vector>
 
+#include "moe/utf8.h"  // is_valid_utf8, used by the cleaning
+
 namespace moe {
 
 struct Document {
@@ -88,7 +90,5 @@ std::vector<Document> read_documents(const std::string& path);
 std::vector<std::string> split_fortune_records(const std::string& file_text);
 // The cleaning applied to every document (see above); "" when nothing is left.
 std::string clean_text(std::string_view raw);
-// True when `s` is well-formed UTF-8 (no overlongs, surrogates or code points above U+10FFFF).
-bool is_valid_utf8(std::string_view s);
 
 }  // namespace moe

@@ -4,7 +4,7 @@
 #include <array>
 #include <cmath>
 
-#include "moe/corpus.h"
+#include "moe/utf8.h"
 
 namespace moe {
 

@@ -10,6 +10,7 @@
 #include "moe/gguf_export.h"
 #include "moe/hf_checkpoint.h"
 #include "moe/trainer.h"
+#include "moe/utf8.h"
 
 namespace moe::cli {
 
@@ -36,27 +37,8 @@ void write_text(const std::string& path, const std::string& text) {
 // spelled with GPT-2's byte-to-character table; BOS 256 and EOS 257 as added tokens), so
 // Hugging Face and `moe generate --model` tokenize exactly as training did.
 nlohmann::json byte_tokenizer_json() {
-  std::vector<int> printable;
-  for (int b = '!'; b <= '~'; ++b) printable.push_back(b);
-  for (int b = 0xA1; b <= 0xAC; ++b) printable.push_back(b);
-  for (int b = 0xAE; b <= 0xFF; ++b) printable.push_back(b);
-  std::vector<int> code(256, -1);
-  for (int b : printable) code[b] = b;
-  int next = 256;
-  for (int b = 0; b < 256; ++b)
-    if (code[b] < 0) code[b] = next++;
   nlohmann::json vocab = nlohmann::json::object();
-  for (int b = 0; b < 256; ++b) {
-    std::string utf8;
-    const int cp = code[b];
-    if (cp < 0x80) {
-      utf8 += static_cast<char>(cp);
-    } else {
-      utf8 += static_cast<char>(0xC0 | (cp >> 6));
-      utf8 += static_cast<char>(0x80 | (cp & 0x3F));
-    }
-    vocab[utf8] = b;
-  }
+  for (int b = 0; b < 256; ++b) vocab[utf8_encode(gpt2_byte_chars()[b])] = b;
   auto added = [](int id, const char* text) {
     return nlohmann::json{{"id", id},        {"content", text}, {"single_word", false},
                           {"lstrip", false}, {"rstrip", false}, {"normalized", false},

@@ -25,6 +25,7 @@
 
 #include "core/input_file.h"
 #include "moe/error.h"
+#include "moe/utf8.h"
 
 namespace moe {
 namespace {
@@ -35,24 +36,6 @@ using nlohmann::json;
 // GPT-2's pattern, which ByteLevel(use_regex = true) applies.
 constexpr const char* kGpt2Pattern =
     R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
-
-// GPT-2's bytes_to_unicode: printable bytes stand for themselves, the other 68 bytes get code
-// points 256 + n in byte order, so every byte has a visible, non-space stand-in.
-std::array<char32_t, 256> byte_to_char_table() {
-  std::array<char32_t, 256> t{};
-  std::array<bool, 256> printable{};
-  for (int b = 0; b < 256; ++b)
-    printable[b] = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE);
-  char32_t n = 0;
-  for (int b = 0; b < 256; ++b) t[b] = printable[b] ? static_cast<char32_t>(b) : 256 + n++;
-  return t;
-}
-
-std::string utf8_of(char32_t c) {
-  std::string s;
-  icu::UnicodeString(static_cast<UChar32>(c)).toUTF8String(s);
-  return s;
-}
 
 json parse_json_file(const std::string& path) {
   std::error_code ec;
@@ -423,10 +406,10 @@ class HfByteLevelBpe final : public Tokenizer {
     }
 
     // Byte-level stand-ins: each byte's id (the crate looks the character up per byte).
-    const auto table = byte_to_char_table();
+    const auto& table = gpt2_byte_chars();
     std::unordered_map<char32_t, uint8_t> char_to_byte;
     for (int b = 0; b < 256; ++b) {
-      byte_str_[b] = utf8_of(table[b]);
+      byte_str_[b] = utf8_encode(table[b]);
       auto it = vocab_.find(byte_str_[b]);
       byte_id_[b] = it == vocab_.end() ? -1 : it->second;
       char_to_byte[table[b]] = static_cast<uint8_t>(b);

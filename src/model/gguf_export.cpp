@@ -7,6 +7,7 @@
 
 #include "moe/error.h"
 #include "moe/gguf.h"
+#include "moe/utf8.h"
 
 namespace moe {
 
@@ -32,21 +33,6 @@ GgmlType ggml_type(DType d) {
       break;
   }
   throw Error(fmt::format("export_gguf: dtype {} is not one of F32, F16, BF16", dtype_name(d)));
-}
-
-std::string utf8(uint32_t cp) {
-  std::string s;
-  if (cp < 0x80) {
-    s += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    s += static_cast<char>(0xC0 | (cp >> 6));
-    s += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    s += static_cast<char>(0xE0 | (cp >> 12));
-    s += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    s += static_cast<char>(0x80 | (cp & 0x3F));
-  }
-  return s;
 }
 
 // The sentencepiece model as llama.cpp's SPM vocabulary ("llama"): same pieces, scores and
@@ -97,13 +83,8 @@ void byte_vocab(GgufWriter& w, int vocab_size) {
         "export_gguf: vocab_size = {}, but the byte tokenizer has 258 tokens (pass the run's "
         "tokenizer.model for a sentencepiece model)",
         vocab_size));
-  // GPT-2's bytes_to_unicode: printable bytes stand for themselves, the others for 256 + n.
   std::vector<std::string> tokens(258);
-  uint32_t next = 256;
-  for (uint32_t b = 0; b < 256; ++b) {
-    const bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174;
-    tokens[b] = utf8(printable ? b : next++);
-  }
+  for (int b = 0; b < 256; ++b) tokens[b] = utf8_encode(gpt2_byte_chars()[b]);
   tokens[256] = "<s>";
   tokens[257] = "</s>";
   std::vector<int32_t> types(258, kNormal);
