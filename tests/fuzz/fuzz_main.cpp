@@ -3,18 +3,33 @@
 // sorted order. A reader exception other than moe::Error (or a sanitizer report in the ASan
 // build) fails the run, naming the input. ctest runs each target over its seeds and
 // tests/fuzz/regressions/<target>/ (tests/fuzz/CMakeLists.txt).
+#include <cxxabi.h>
+
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <memory>
 #include <string>
 #include <typeinfo>
 #include <vector>
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
+
+namespace {
+
+std::string type_name(const std::exception& e) {
+  int status = 0;
+  const std::unique_ptr<char, void (*)(void*)> name(
+      abi::__cxa_demangle(typeid(e).name(), nullptr, nullptr, &status), std::free);
+  return status == 0 ? name.get() : typeid(e).name();
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   namespace fs = std::filesystem;
@@ -41,7 +56,8 @@ int main(int argc, char** argv) {
     try {
       LLVMFuzzerTestOneInput(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
     } catch (const std::exception& e) {
-      std::fprintf(stderr, "FINDING: %s: %s escaped: %s\n", p.c_str(), typeid(e).name(), e.what());
+      std::fprintf(stderr, "FINDING: %s: %s escaped: %s\n", p.c_str(), type_name(e).c_str(),
+                   e.what());
       return 1;
     }
   }
