@@ -66,12 +66,12 @@ for t in "${targets[@]}"; do
   "$exe" "${opts[@]}" "$corpus" >"$log" 2>&1
   rc=$?
   set -e
-  stat() { grep -o "stat::$1: *[0-9]*" "$log" | awk '{print $2}' | tail -1; }
+  final_stat() { grep -o "stat::$1: *[0-9]*" "$log" | awk '{print $2}' | tail -1; }
   mapfile -t found < <(find "$dir/findings" -type f -name "$name-*" -newer "$marker")
   n=${#found[@]}
   ((rc != 0 && n == 0)) && n=1
   printf 'fuzz: %-24s %10s executions %7s exec/s  corpus %4s (%s seeds)  %d findings\n' \
-    "$name" "$(stat number_of_executed_units)" "$(stat average_exec_per_sec)" \
+    "$name" "$(final_stat number_of_executed_units)" "$(final_stat average_exec_per_sec)" \
     "$(find "$corpus" -type f | wc -l)" "$seeds" "$n"
   if ((n > 0)); then
     failed+=("$name")

@@ -7,7 +7,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const moe_fuzz::ScratchFile file("input.gguf", data, size);
   moe_fuzz::expect_only_moe_errors([&] {
     const moe::GgufFile f = moe::GgufFile::open(file.path());
-    for (const auto& [key, value] : f.kvs()) {
+    for (const auto& kv : f.kvs()) {
+      // Not a structured binding: clang 14 cannot capture one in a lambda.
+      const std::string& key = kv.first;
+      const moe::GgufValue& value = kv.second;
       (void)value.to_string();
       // Each accessor refuses a different stored type with a moe::Error.
       moe_fuzz::expect_only_moe_errors([&] { (void)value.as_int(); });
