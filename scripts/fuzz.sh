@@ -75,8 +75,9 @@ for t in "${targets[@]}"; do
     "$(find "$corpus" -type f | wc -l)" "$seeds" "$n"
   if ((n > 0)); then
     failed+=("$name")
-    echo "---- $name: last lines of $log"
-    tail -n 40 "$log"
+    echo "---- $name: what went wrong, then the last lines of $log"
+    grep -m 3 -E 'what\(\):|ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer)|runtime error:' "$log" || true
+    tail -n 30 "$log"
     for f in "${found[@]}"; do
       echo "---- finding saved as $f"
       echo "  replay:         $exe $f"
