@@ -18,6 +18,9 @@ packages=(
   libpython3.11-stdlib
   # The report_browser test opens report.html in headless Chromium through chromedriver.
   chromium chromium-driver python3-selenium
+  # scripts/fuzz.sh: clang with libFuzzer and the sanitizer runtimes (libclang-rt-14-dev holds
+  # libclang_rt.fuzzer), clang's OpenMP (libomp-dev) and llvm-symbolizer for readable stacks.
+  clang libclang-rt-14-dev libomp-dev llvm
 )
 if [[ "${1:-}" == "--reference" ]]; then
   packages+=(python3 python3-numpy python3-torch python3-regex)

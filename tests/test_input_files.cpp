@@ -96,6 +96,17 @@ TEST(InputFiles, ConfigJsonWithoutModelTypeIsRefused) {
   }
 }
 
+// A fuzz finding: mlp_only_layers was read with get<int>() after an is-integer check, so
+// 4294967297 silently became layer 1.
+TEST(InputFiles, MlpOnlyLayersOutOfIntRangeIsRefused) {
+  TempDir dir;
+  write_text(dir.file("config.json"),
+             R"({"model_type": "qwen2_moe", "mlp_only_layers": [0, 4294967297]})");
+  EXPECT_MOE_ERROR(load_hf_config(dir.file("config.json")), "config.json", "mlp_only_layers[1]");
+  write_text(dir.file("config.json"), R"({"model_type": "qwen2_moe", "mlp_only_layers": [1.5]})");
+  EXPECT_MOE_ERROR(load_hf_config(dir.file("config.json")), "mlp_only_layers[0]");
+}
+
 // Defect 6: open() of a FIFO blocks until a writer appears, so `moe generate --model DIR` hung
 // forever on a model.safetensors that was one. Every reader refuses non-regular files.
 TEST(InputFiles, FifoAndDirectoryAreRefusedWithoutBlocking) {

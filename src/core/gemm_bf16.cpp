@@ -130,7 +130,9 @@ void pack_k_strided_scalar(const float* src, int64_t ld, int64_t cols, int width
 // (and, under the sanitizers, -Wuninitialized) report once they are inlined into a
 // target("...") function: a false positive.
 #pragma GCC diagnostic push
+#ifndef __clang__  // a GCC-only warning group (clang, used by scripts/fuzz.sh, does not know it)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #define MOE_TARGET_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 

@@ -252,6 +252,19 @@ class HfByteLevelBpe final : public Tokenizer {
     throw Error(fmt::format("{}: {}: {}", path_, field, what));
   }
 
+  // A token id: a JSON integer in [0, 2^31 - 1], as the crate's u32 ids that fit our int32.
+  // (get<int64_t>() would truncate a fraction, and converting a float beyond int64's range
+  // is undefined behaviour: fuzz finding tests/fuzz/regressions/fuzz_hf_tokenizer/.)
+  int32_t token_id(const json& v, const std::string& field, const std::string& what) const {
+    if (!v.is_number_integer()) fail(field, fmt::format("{} {} is not an integer", what, v.dump()));
+    const bool in_range =
+        v.is_number_unsigned()
+            ? v.get<uint64_t>() <= std::numeric_limits<int32_t>::max()
+            : v.get<int64_t>() >= 0 && v.get<int64_t>() <= std::numeric_limits<int32_t>::max();
+    if (!in_range) fail(field, fmt::format("{} {} out of range", what, v.dump()));
+    return static_cast<int32_t>(v.get<int64_t>());
+  }
+
   static std::string type_of(const json& j) {
     if (!j.is_object()) return j.is_null() ? "null" : j.dump();
     auto it = j.find("type");
@@ -363,11 +376,9 @@ class HfByteLevelBpe final : public Tokenizer {
     int32_t max_id = -1;
     vocab_.reserve(vocab.size());
     for (const auto& [tok, idj] : vocab.items()) {
-      const int64_t id = idj.get<int64_t>();
-      if (id < 0 || id > std::numeric_limits<int32_t>::max())
-        fail("model.vocab", fmt::format("id {} of \"{}\" out of range", id, tok));
-      vocab_[tok] = static_cast<int32_t>(id);
-      max_id = std::max(max_id, static_cast<int32_t>(id));
+      const int32_t id = token_id(idj, "model.vocab", fmt::format("id of \"{}\":", tok));
+      vocab_[tok] = id;
+      max_id = std::max(max_id, id);
     }
     const json& unk = model.value("unk_token", json());
     if (!unk.is_null()) {
@@ -422,10 +433,7 @@ class HfByteLevelBpe final : public Tokenizer {
       const json& a = added[i];
       AddedToken t;
       t.content = a.at("content").get<std::string>();
-      const int64_t id = a.at("id").get<int64_t>();
-      if (id < 0 || id > std::numeric_limits<int32_t>::max())
-        fail(fmt::format("added_tokens[{}].id", i), fmt::format("{} out of range", id));
-      t.id = static_cast<int32_t>(id);
+      t.id = token_id(a.at("id"), fmt::format("added_tokens[{}].id", i), "id");
       t.special = a.value("special", false);
       t.single_word = a.value("single_word", false);
       t.lstrip = a.value("lstrip", false);

@@ -95,15 +95,8 @@ ModelConfig model_config_from_hf(const nlohmann::json& j, const std::string& whe
     get("moe_intermediate_size", c.intermediate_size);
     get("num_experts", c.num_local_experts);
     get("decoder_sparse_step", c.moe_every);
-    if (auto it = j.find("mlp_only_layers"); it != j.end() && !it->is_null()) {
-      MOE_REQUIRE(it->is_array(), "{}: mlp_only_layers has value {}, expected a list of layers",
-                  where, it->dump());
-      for (const auto& v : *it) {
-        MOE_REQUIRE(v.is_number_integer(), "{}: mlp_only_layers holds {}, expected layer numbers",
-                    where, v.dump());
-        c.mlp_only_layers.push_back(v.get<int>());
-      }
-    }
+    // The typed reader checks each element's range: 4294967297 must not become layer 1.
+    get("mlp_only_layers", c.mlp_only_layers);
   } else {
     get("intermediate_size", c.intermediate_size);
     get("num_experts", c.num_local_experts);
