@@ -171,22 +171,22 @@ TEST_F(CompareRuns, TableShowsDifferingKeysAndGroupsSeeds) {
   EXPECT_NE(table.find("router_aux_loss_coef"), std::string::npos) << table;
   EXPECT_EQ(table.find("hidden_size"), std::string::npos) << table;  // shared: not shown
   EXPECT_NE(table.find("base_s1 (2 seeds)"), std::string::npos);
-  EXPECT_NE(table.find("twice the standard error"), std::string::npos);
+  EXPECT_NE(table.find("two-sample t-test"), std::string::npos);
 }
 
 TEST_F(CompareRuns, MarksFollowTheSeedSpread) {
-  // Hand-made: column 0 has seeds {1.0, 1.2} (s^2 = 0.02), column 1 one run, which borrows
-  // that spread: 2 * sqrt(0.02 / 2 + 0.02 / 1) = 0.346.
+  // Hand-made: column 0 has four seeds, mean 1.1, s^2 = 0.04 / 3 (df 3, t = 3.182); a column
+  // of one run is judged by that spread: 3.182 * sqrt(0.04 / 3 * (1 / 4 + 1)) = 0.411.
   CompareRow r;
   r.numeric = true;
-  r.values = {{1.0, 1.2}, {1.3}};
+  r.values = {{1.0, 1.2, 1.0, 1.2}, {1.45}};
   mark_against_first_column(r);
-  EXPECT_FALSE(r.marked[1]);  // |1.3 - 1.1| = 0.2: within the spread
-  r.values = {{1.0, 1.2}, {1.5}};
+  EXPECT_FALSE(r.marked[1]);  // 0.35: within the spread
+  r.values = {{1.0, 1.2, 1.0, 1.2}, {1.6}};
   mark_against_first_column(r);
-  EXPECT_TRUE(r.marked[1]);  // 0.4
-  EXPECT_EQ(format_cell(r, 1), "1.500 *");
-  EXPECT_EQ(format_cell(r, 0), "1.100 ± 0.141");
+  EXPECT_TRUE(r.marked[1]);  // 0.5
+  EXPECT_EQ(format_cell(r, 1), "1.600 *");
+  EXPECT_EQ(format_cell(r, 0), "1.100 \u00b1 0.115");
   r.values = {{1.0}, {1.5}};  // no seeds anywhere: no spread, no mark
   mark_against_first_column(r);
   EXPECT_FALSE(r.marked[1]);

@@ -6,10 +6,12 @@
 //
 // Columns: runs whose configs are equal except for training.seed form one column (a group of
 // seeds); every other run is a column of its own, in the order given. A column of n >= 2 runs
-// shows mean ± s, s the sample standard deviation over its seeds. A number is marked "*" when
-// it differs from the first column's by more than twice the standard error of the difference,
-// sqrt(s_a^2 / n_a + s_b^2 / n_b), where a column of one run borrows the seed-to-seed s pooled
-// over the columns of two or more seeds (the variants are assumed equally noisy). Without any
+// shows mean ± s, s the sample standard deviation over its seeds (the parameter counts, which
+// seeds do not change, show the mean alone). A number is marked "*" when it differs from the
+// first column's by more than the seed-to-seed spread allows: a two-sample t-test at 5%
+// (two-sided), |m_a - m_b| > t(df) * s_p * sqrt(1/n_a + 1/n_b), with the variance s_p^2 pooled
+// over every column of two or more seeds (df = the sum of their n - 1; the variants are
+// assumed equally noisy, so a column of one run is judged by the others' spread). Without any
 // column of two or more seeds nothing is marked: one run per variant says nothing about noise.
 //
 // Rows: the config keys (flattened, "training.seed") whose values differ between the runs,

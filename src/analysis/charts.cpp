@@ -131,6 +131,7 @@ const char* palette(size_t i) {
 ColorScale viridis_scale(const std::string& label0, const std::string& label1) {
   ColorScale s;
   s.color = viridis;
+  s.bar = viridis;
   s.ticks = {{0.0, label0}, {1.0, label1}};
   return s;
 }
@@ -139,17 +140,20 @@ ColorScale load_share_scale(int E, int k) {
   const double even = 1.0 / std::max(1, E);
   const double span = std::log(std::max(1.0 + 1e-9, static_cast<double>(E) / std::max(1, k)));
   ColorScale s;
-  // t in [-1, 1]: log(share / even) / log(E / k), clamped.
-  s.color = [even, span](double share) {
+  // t in [-1, 1]: log(share / even) / log(E / k), clamped; the legend bar is linear in t.
+  auto diverging = [](double t) {
     static constexpr Rgb red{178, 24, 43}, white{247, 247, 247}, blue{33, 102, 172};
-    if (!(share > 0)) return std::string("#000000");
-    const double t = std::clamp(std::log(share / even) / span, -1.0, 1.0);
     return hex(t < 0 ? mix(white, red, -t) : mix(white, blue, t));
   };
+  s.color = [even, span, diverging](double share) {
+    if (!(share > 0)) return std::string("#000000");
+    return diverging(std::clamp(std::log(share / even) / span, -1.0, 1.0));
+  };
+  s.bar = [diverging](double u) { return diverging(2 * u - 1); };
   const double ceiling = static_cast<double>(E) / std::max(1, k);
-  s.ticks = {{even / ceiling, fmt::format("\u2264{}\u00d7 even", num(1 / ceiling))},
-             {even, fmt::format("even 1/{}", E)},
-             {even * ceiling, fmt::format("{}\u00d7 (ceiling)", num(ceiling))}};
+  s.ticks = {{0.0, fmt::format("\u2264{}\u00d7", num(1 / ceiling))},
+             {0.5, fmt::format("even 1/{}", E)},
+             {1.0, fmt::format("{}\u00d7 = E/k", num(ceiling))}};
   s.zero_label = "0 (dead)";
   s.text_white_above = 2;  // no cell text on this chart
   return s;
@@ -285,8 +289,7 @@ void Page::heatmap(const std::string& id, const std::string& title,
   if (!xlabel.empty())
     g += fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"middle\">{}</text>",
                      ml + cw * cols.size() / 2, H - legend_h - 6, esc(xlabel));
-  // The legend under the cells: the exact-0 swatch, then the scale as a bar of 40 steps from
-  // the first tick's value to the last (linear in the value, as the ticks are placed).
+  // The legend under the cells: the exact-0 swatch, then the scale as a bar of 40 steps.
   std::string legend;
   const double ly = H - legend_h + 6;
   double lx = 8;
@@ -297,18 +300,15 @@ void Page::heatmap(const std::string& id, const std::string& title,
         lx, ly, sc.color(0.0), lx + 16, ly + 10, esc(sc.zero_label));
     lx += 24 + 6.5 * static_cast<double>(sc.zero_label.size());
   }
-  if (sc.ticks.size() >= 2) {
+  if (sc.bar) {
     constexpr int kSteps = 40;
     constexpr double bar = 180;
-    const double v0 = sc.ticks.front().first, v1 = sc.ticks.back().first;
-    for (int i = 0; i < kSteps; ++i) {
-      const double v = v0 + (v1 - v0) * (i + 0.5) / kSteps;
+    for (int i = 0; i < kSteps; ++i)
       legend +=
           fmt::format("<rect x=\"{:.1f}\" y=\"{}\" width=\"{:.2f}\" height=\"12\" fill=\"{}\"/>",
-                      lx + bar * i / kSteps, ly, bar / kSteps + 0.05, sc.color(v));
-    }
+                      lx + bar * i / kSteps, ly, bar / kSteps + 0.05, sc.bar((i + 0.5) / kSteps));
     for (size_t i = 0; i < sc.ticks.size(); ++i) {
-      const double x = lx + bar * (sc.ticks[i].first - v0) / (v1 - v0);
+      const double x = lx + bar * sc.ticks[i].first;
       const char* anchor = i == 0 ? "start" : i + 1 == sc.ticks.size() ? "end" : "middle";
       legend += fmt::format(
           "<line x1=\"{0:.1f}\" y1=\"{1}\" x2=\"{0:.1f}\" y2=\"{2}\" stroke=\"#444\"/>"

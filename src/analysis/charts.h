@@ -37,8 +37,10 @@ struct LineOptions {
 
 // How a heatmap colours its values, and the legend that explains it.
 struct ColorScale {
-  std::function<std::string(double)> color;           // value -> "#rrggbb"
-  std::vector<std::pair<double, std::string>> ticks;  // legend bar: [first, last] value labels
+  std::function<std::string(double)> color;  // a cell's value -> "#rrggbb"
+  // The legend: a bar over u in [0, 1] coloured by bar(u), and labels at positions u.
+  std::function<std::string(double)> bar;
+  std::vector<std::pair<double, std::string>> ticks;
   std::string zero_label;          // non-empty: an exact 0 gets its own swatch with this label
   double text_white_above = 0.45;  // cell text is white on values above this (dark cells)
 };

@@ -79,32 +79,38 @@ Stats stats(const std::vector<double>& v) {
   return s;
 }
 
+// Two-sided 5% critical values of Student's t for 1..30 degrees of freedom, then the normal's.
+double t_critical_5pct(int df) {
+  static constexpr double t[30] = {12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306,
+                                   2.262,  2.228, 2.201, 2.179, 2.160, 2.145, 2.131, 2.120,
+                                   2.110,  2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+                                   2.060,  2.056, 2.052, 2.048, 2.045, 2.042};
+  return df >= 1 && df <= 30 ? t[df - 1] : 1.960;
+}
+
 }  // namespace
 
 void mark_against_first_column(CompareRow& row) {
   row.marked.assign(row.values.size(), false);
   if (!row.marked_ok) return;
+  // The seed-to-seed variance pooled over the columns of two or more seeds.
   std::vector<Stats> st;
   double pooled_ss = 0;
-  int pooled_df = 0;
+  int df = 0;
   for (const auto& v : row.values) {
     st.push_back(stats(v));
     if (st.back().n >= 2) {
       pooled_ss += st.back().sd * st.back().sd * (st.back().n - 1);
-      pooled_df += st.back().n - 1;
+      df += st.back().n - 1;
     }
   }
-  if (pooled_df == 0 || st.empty() || st[0].n == 0) return;
-  const double pooled = std::sqrt(pooled_ss / pooled_df);
-  auto var_of_mean = [&](const Stats& s) {
-    const double sd = s.n >= 2 ? s.sd : pooled;
-    return sd * sd / s.n;
-  };
+  if (df == 0 || st.empty() || st[0].n == 0) return;
+  const double var = pooled_ss / df, t = t_critical_5pct(df);
   for (size_t c = 1; c < st.size(); ++c) {
     if (st[c].n == 0) continue;
     const double diff = std::fabs(st[c].mean - st[0].mean);
-    const double se = std::sqrt(var_of_mean(st[c]) + var_of_mean(st[0]));
-    row.marked[c] = diff > 2 * se && diff > 1e-12 * std::max(1.0, std::fabs(st[0].mean));
+    const double se = std::sqrt(var * (1.0 / st[c].n + 1.0 / st[0].n));
+    row.marked[c] = diff > t * se && diff > 1e-12 * std::max(1.0, std::fabs(st[0].mean));
   }
 }
 
@@ -281,7 +287,7 @@ std::string format_cell(const CompareRow& row, size_t column) {
   if (v.empty()) return "-";
   const Stats s = stats(v);
   std::string out = fmt::format("{:.{}f}", s.mean, row.decimals);
-  if (s.n >= 2) out += fmt::format(" \u00b1 {:.{}f}", s.sd, row.decimals);
+  if (s.n >= 2 && row.marked_ok) out += fmt::format(" \u00b1 {:.{}f}", s.sd, row.decimals);
   if (column < row.marked.size() && row.marked[column]) out += " *";
   return out;
 }
@@ -314,8 +320,8 @@ std::string notes(const Comparison& c) {
   if (c.any_marks_possible)
     out +=
         "mean \u00b1 sample standard deviation over a column's seeds; * differs from the first "
-        "column by more than twice the standard error of the difference (seed-to-seed spread "
-        "pooled over the columns of two or more seeds)\n";
+        "column beyond the seed-to-seed spread (two-sample t-test at 5%, the variance pooled "
+        "over the columns of two or more seeds)\n";
   else if (c.columns.size() > 1)
     out +=
         "one run per column: no seed-to-seed spread to judge the differences by (train the "
@@ -423,7 +429,9 @@ std::string render_compare_html(const Comparison& c) {
       [](const json& j) { return number(j, "balance"); }, bal);
   curves(
       "load_cv", "Load coefficient of variation (mean over MoE layers)", "CV",
-      [](const json& j) { return j.contains("layer_load_cv") ? mean_of(j["layer_load_cv"]) : kMissing; },
+      [](const json& j) {
+        return j.contains("layer_load_cv") ? mean_of(j["layer_load_cv"]) : kMissing;
+      },
       plain);
   curves(
       "dropped", "Dropped fraction of assignments (mean over MoE layers)", "fraction",
@@ -432,7 +440,8 @@ std::string render_compare_html(const Comparison& c) {
   return chart::html_document(
       "moe compare", p,
       ".legend .key{display:inline-block;margin-right:16px;white-space:nowrap}"
-      "table.tokens td{text-align:right;white-space:nowrap}");
+      "table.tokens td{text-align:right;white-space:nowrap}"
+      "table.tokens td:first-child{text-align:left;white-space:pre}");
 }
 
 int write_compare_html(const Comparison& c, const std::string& path) {
