@@ -173,7 +173,7 @@ Comparison compare_runs(const std::vector<std::string>& dirs) {
     if (col.size() >= 2) c.any_marks_possible = true;
   }
 
-  // Config keys whose values differ between the runs, in config order of the first run.
+  // Config keys whose values differ between the runs (flattened keys, in sorted order).
   std::vector<std::string> keys;
   std::set<std::string> seen;
   for (const auto& r : c.runs)
