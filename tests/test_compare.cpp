@@ -120,6 +120,13 @@ TEST_F(CompareRuns, ValidationLinesLogTheSelectionBias) {
   // Without aux-loss-free balancing there is no bias to log.
   for (const auto& j : read_metrics(run("base_s1") + "/metrics.jsonl"))
     EXPECT_FALSE(j.contains("val_selection_bias"));
+  // report.html draws it, one chart per MoE layer.
+  int charts = 0;
+  const std::string path = write_report_html(run("freebias"), &charts);
+  std::ifstream f(path);
+  const std::string html{std::istreambuf_iterator<char>(f), {}};
+  test::expect_all_charts_drawn(html, charts);
+  EXPECT_NE(html.find("data-chart=\"selection_bias_1\" data-marks=\"4\""), std::string::npos);
 }
 
 TEST_F(CompareRuns, TableShowsDifferingKeysAndGroupsSeeds) {

@@ -102,6 +102,35 @@ void per_layer_lines(Page& p, const std::vector<json>& steps, const char* key,
   if (any) p.line_chart(id, title, "step", ylabel, s, o);
 }
 
+// Aux-loss-free balancing: each MoE layer's selection bias per expert at every validation
+// (val_selection_bias, [layer][expert]).
+void selection_bias_section(Page& p, const std::vector<json>& evals) {
+  std::vector<std::vector<Series>> layers;  // [layer][expert]
+  for (const auto& j : evals) {
+    if (!j.contains("val_selection_bias") || !j["val_selection_bias"].is_array()) continue;
+    const json& b = j["val_selection_bias"];
+    if (layers.size() < b.size()) layers.resize(b.size());
+    for (size_t l = 0; l < b.size(); ++l) {
+      if (layers[l].size() < b[l].size()) layers[l].resize(b[l].size());
+      for (size_t e = 0; e < b[l].size(); ++e) {
+        layers[l][e].name = fmt::format("expert {}", e);
+        layers[l][e].points.emplace_back(get(j, "step"), b[l][e].get<double>());
+      }
+    }
+  }
+  if (layers.empty()) return;
+  p.body +=
+      "<h2>Selection bias (aux-loss-free balancing)</h2><p>The bias each MoE layer adds to an "
+      "expert's score for the top-k choice only (not to the gate), after each validation: it "
+      "rises for experts that got less than the even load and falls for busier ones.</p>"
+      "<div class=\"row\">";
+  for (size_t l = 0; l < layers.size(); ++l)
+    p.line_chart(fmt::format("selection_bias_{}", l),
+                 fmt::format("Selection bias per expert, MoE layer {}", l), "step", "bias",
+                 layers[l]);
+  p.body += "</div>\n";
+}
+
 // k: the run's top-k (0 when unknown: no ceiling marked).
 void routing_section(Page& p, const std::vector<json>& steps, const json* analysis, int k) {
   std::vector<const json*> with_load;
@@ -351,6 +380,7 @@ std::string render_report_html(const ReportInputs& in) {
     if (j && k == 0 && j->contains("num_experts_per_tok"))
       k = (*j)["num_experts_per_tok"].get<int>();
   routing_section(p, steps, in.analysis, k);
+  selection_bias_section(p, evals);
   if (in.analysis)
     specialization_section(p, *in.analysis, in.baseline);
   else
