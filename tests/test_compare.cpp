@@ -229,6 +229,31 @@ TEST_F(CompareRuns, HtmlOverlaysTheCurves) {
   EXPECT_EQ(html, render_compare_html(c));  // same inputs, same bytes
 }
 
+// A run stopped before its last step has no final validation: the balance comes from the last
+// training step, and says so.
+TEST(Compare, FinalBalanceOfARunWithoutFinalValidation) {
+  TempDir dir("moe_compare_stop");
+  ModelConfig c = test::tiny_lm_config(6);
+  TrainOptions o = test::quiet_options(dir.str());
+  o.stop_after = 3;
+  train(c, test::synthetic_stream(4000, 1), test::synthetic_stream(1200, 2), o);
+  std::ifstream f(dir.file("summary.json"));
+  const json s = json::parse(f);
+  EXPECT_FALSE(s.contains("val_loss"));
+  ASSERT_TRUE(s.contains("final_balance"));
+  EXPECT_EQ(s["final_balance"]["source"], "last training step");
+  EXPECT_EQ(s["final_balance"]["layer_load_cv"].size(), 2u);
+  // compare reads it; the validation rows are left out, as no run has them.
+  const Comparison cmp = compare_runs({dir.str()});
+  bool load_cv = false, val = false;
+  for (const auto& r : cmp.rows) {
+    load_cv = load_cv || r.name == "load CV";
+    val = val || r.name == "validation loss";
+  }
+  EXPECT_TRUE(load_cv);
+  EXPECT_FALSE(val);
+}
+
 TEST(Compare, BadDirectoriesAreOneLineNamingThem) {
   TempDir dir("moe_compare_bad");
   auto one_line = [](const std::function<void()>& f, const std::string& part) {
