@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end check of the `moe` command line on the real bundled corpus (byte tokenizer, a
-# tiny model, a few steps): train, refuse to overwrite, resume, eval, generate, and one-line
-# errors for bad input. Usage: tests/cli_smoke.sh path/to/moe
+# tiny model, a few steps): train, refuse to overwrite, resume, compare, eval, generate, and
+# one-line errors for bad input. Usage: tests/cli_smoke.sh path/to/moe
 set -euo pipefail
 moe=$1
 dir=$(mktemp -d)
@@ -48,6 +48,16 @@ grep -q "run: already finished at step 6 of 6; nothing to resume" "$dir/err_line
 if grep -q '\.cpp' "$dir/err_line"; then fail "error names a source file: $(cat "$dir/err")"; fi
 cmp -s "$dir/run/summary.json" "$dir/summary.before" || fail "summary.json changed"
 cmp -s "$dir/run/report.md" "$dir/report.before" || fail "report.md changed"
+
+# `moe compare`: the run against itself (no differing keys), --out HTML, and a directory that
+# is not a run as one line naming it.
+"$moe" compare "$dir/run" "$dir/run" --out "$dir/compare.html" > "$dir/cmp"
+grep -q "the configs are identical" "$dir/cmp" || fail "compare printed: $(cat "$dir/cmp")"
+grep -q "validation loss" "$dir/cmp" || fail "compare printed: $(cat "$dir/cmp")"
+grep -q 'data-chart="val_loss"' "$dir/compare.html" || fail "compare.html has no validation chart"
+if "$moe" compare "$dir/run" "$dir/data" 2> "$dir/err"; then fail "compare accepted a non-run"; fi
+grep -q "$dir/data: not a run directory" "$dir/err" || fail "unexpected error: $(cat "$dir/err")"
+[[ $(wc -l < "$dir/err") -eq 1 ]] || fail "error is not one line: $(cat "$dir/err")"
 
 "$moe" eval "$dir/run" --batches 8 > "$dir/eval"
 grep -q "validation loss" "$dir/eval" || fail "eval printed: $(cat "$dir/eval")"

@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
-"""Opens a real report.html in headless Chromium and checks that it renders.
+"""Opens a real report.html and a `moe compare --out` page in headless Chromium and checks
+that they render.
 
 Trains a tiny run on the bundled corpus (byte tokenizer, a few steps, as tests/cli_smoke.sh),
 adds the untrained-router baseline with `moe analyze --untrained`, rewrites the report with
-`moe report`, then loads report.html through chromedriver (Selenium) with the network off and
-checks: no SEVERE entry in the browser console, every <svg class="chart"> has a size on the
-page and as many drawn marks (elements of class "mark" with a non-empty box) as its
-data-marks says, and at least one. Saves a full-page screenshot.
+`moe report`, trains a second run (no aux loss, aux-loss-free selection bias instead) and
+compares the two with `moe compare --out compare.html`. Then loads each page through
+chromedriver (Selenium) with the network off and checks: no SEVERE entry in the browser
+console, every <svg class="chart"> has a size on the page and as many drawn marks (elements of
+class "mark" with a non-empty box) as its data-marks says, and at least one; the report's load
+heatmap has its colour legend and the max/mean chart its ceiling line. Saves a full-page
+screenshot of each (the compare page's next to the report's, suffixed _compare).
 
 Usage: report_browser_test.py path/to/moe screenshot.png
 Exit status 77 (ctest: skipped) when Chromium, chromedriver or Selenium is missing; install
@@ -28,6 +32,48 @@ def find(*names):
         if p:
             return p
     return None
+
+
+def check_page(driver, path, screenshot, at_least, want, failures):
+    """Loads one page, saves its screenshot, appends what is wrong; returns its chart count."""
+    name = os.path.basename(path)
+    driver.set_window_size(1400, 1000)
+    driver.get("file://" + os.path.abspath(path))
+    charts = driver.execute_script("""
+        return Array.from(document.querySelectorAll('svg.chart')).map(s => {
+          const r = s.getBoundingClientRect();
+          const marks = Array.from(s.querySelectorAll('.mark'));
+          const drawn = marks.filter(m => {
+            const b = m.getBBox(); return b.width > 0 || b.height > 0; }).length;
+          return {name: s.dataset.chart, declared: Number(s.dataset.marks),
+                  marks: marks.length, drawn: drawn, width: r.width, height: r.height};
+        });""")
+    declared_charts = driver.execute_script("return Number(document.body.dataset.charts);")
+    height = driver.execute_script("return document.documentElement.scrollHeight;")
+    driver.set_window_size(1400, min(max(height, 1000), 16000))
+    driver.save_screenshot(screenshot)
+    logs = driver.get_log("browser")
+    for entry in logs:
+        if entry.get("level") == "SEVERE":
+            failures.append("%s: console error: %s" % (name, entry.get("message")))
+    if len(charts) < at_least:
+        failures.append("%s: only %d charts on the page" % (name, len(charts)))
+    if declared_charts != len(charts):
+        failures.append("%s: body data-charts=%s but %d charts" %
+                        (name, declared_charts, len(charts)))
+    for c in charts:
+        if c["width"] <= 0 or c["height"] <= 0:
+            failures.append("%s: chart %s has no size on the page" % (name, c["name"]))
+        if c["declared"] <= 0 or c["marks"] != c["declared"]:
+            failures.append("%s: chart %s: data-marks=%s but %d marks" %
+                            (name, c["name"], c["declared"], c["marks"]))
+        if c["drawn"] == 0:
+            failures.append("%s: chart %s: no mark has a drawn box" % (name, c["name"]))
+    names = {c["name"] for c in charts}
+    for w in want:
+        if w not in names:
+            failures.append("%s: chart %s is missing" % (name, w))
+    return len(charts)
 
 
 def main():
@@ -64,6 +110,16 @@ def main():
                        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         subprocess.run([moe, "report", run], check=True, env=env, stdout=subprocess.DEVNULL)
         report = os.path.join(run, "report.html")
+        config["router_aux_loss_coef"] = 0.0
+        config["use_selection_bias"] = True
+        with open(os.path.join(tmp, "freebias.json"), "w") as f:
+            json.dump(config, f)
+        run2 = os.path.join(tmp, "freebias")
+        subprocess.run([moe, "train", "--config", os.path.join(tmp, "freebias.json"), "--out",
+                        run2, "--no-progress"], check=True, env=env, stdout=subprocess.DEVNULL)
+        compare = os.path.join(tmp, "compare.html")
+        subprocess.run([moe, "compare", run, run2, "--out", compare], check=True, env=env,
+                       stdout=subprocess.DEVNULL)
 
         opts = webdriver.ChromeOptions()
         opts.binary_location = chromium
@@ -79,50 +135,36 @@ def main():
         driver = webdriver.Chrome(service=Service(driver_path), options=opts)
         failures = []
         try:
+            pages = [
+                (report, screenshot, 10,
+                 ["loss_task", "loss_aux", "loss_z", "load_0", "dropped", "entropy",
+                  "load_max_mean", "mi_domain", "domain_0", "class_0", "coact_0"]),
+                (compare, os.path.splitext(screenshot)[0] + "_compare.png", 6,
+                 ["train_loss", "val_loss", "aux_loss", "balance", "load_cv", "dropped"]),
+            ]
+            total = 0
+            for path, shot, least, want in pages:
+                total += check_page(driver, path, shot, least, want, failures)
+            # The report's load legend and max/mean ceiling.
             driver.get("file://" + os.path.abspath(report))
-            charts = driver.execute_script("""
-                return Array.from(document.querySelectorAll('svg.chart')).map(s => {
-                  const r = s.getBoundingClientRect();
-                  const marks = Array.from(s.querySelectorAll('.mark'));
-                  const drawn = marks.filter(m => {
-                    const b = m.getBBox(); return b.width > 0 || b.height > 0; }).length;
-                  return {name: s.dataset.chart, declared: Number(s.dataset.marks),
-                          marks: marks.length, drawn: drawn, width: r.width, height: r.height};
-                });""")
-            declared_charts = driver.execute_script(
-                "return Number(document.body.dataset.charts);")
-            height = driver.execute_script("return document.documentElement.scrollHeight;")
-            driver.set_window_size(1400, min(max(height, 1000), 16000))
-            driver.save_screenshot(screenshot)
-            logs = driver.get_log("browser")
+            legend = driver.execute_script(
+                "return document.querySelectorAll("
+                "'svg[data-chart=\"load_0\"] .legend rect').length;")
+            ceiling = driver.execute_script(
+                "return document.querySelectorAll("
+                "'svg[data-chart=\"load_max_mean\"] line.ref').length;")
+            if legend < 2:
+                failures.append("report: the load heatmap has no colour legend")
+            if ceiling != 1:
+                failures.append("report: the max/mean chart has %d ceiling lines" % ceiling)
         finally:
             driver.quit()
 
-        severe = [entry for entry in logs if entry.get("level") == "SEVERE"]
-        for entry in severe:
-            failures.append("console error: %s" % entry.get("message"))
-        if len(charts) < 10:
-            failures.append("only %d charts on the page" % len(charts))
-        if declared_charts != len(charts):
-            failures.append("body data-charts=%s but %d charts" % (declared_charts, len(charts)))
-        for c in charts:
-            if c["width"] <= 0 or c["height"] <= 0:
-                failures.append("chart %s has no size on the page" % c["name"])
-            if c["declared"] <= 0 or c["marks"] != c["declared"]:
-                failures.append("chart %s: data-marks=%s but %d marks" %
-                                (c["name"], c["declared"], c["marks"]))
-            if c["drawn"] == 0:
-                failures.append("chart %s: no mark has a drawn box" % c["name"])
-        names = {c["name"] for c in charts}
-        for want in ["loss_task", "loss_aux", "loss_z", "load_0", "dropped", "entropy",
-                     "mi_domain", "domain_0", "class_0", "coact_0"]:
-            if want not in names:
-                failures.append("chart %s is missing" % want)
         if failures:
             print("report_browser_test: FAILED\n  " + "\n  ".join(failures))
             return 1
-        print("report_browser_test: ok: %d charts drawn, %d console entries (none severe), "
-              "screenshot %s" % (len(charts), len(logs), screenshot))
+        print("report_browser_test: ok: %d charts drawn on 2 pages, no severe console entry, "
+              "screenshots %s and its _compare sibling" % (total, screenshot))
         return 0
 
 

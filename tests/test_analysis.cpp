@@ -6,11 +6,8 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
-// GCC 12's std::regex trips -Wmaybe-uninitialized inside std::function when built with the
-// sanitizers: a false positive inside libstdc++, not a read of ours.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <regex>
 
+#include "html_checks.h"
 #include "moe/analysis.h"
 #include "moe/report.h"
 #include "moe/routing_stats.h"
@@ -22,6 +19,7 @@ namespace moe {
 namespace {
 
 namespace fs = std::filesystem;
+using test::expect_all_charts_drawn;
 using test::TempDir;
 
 TEST(RoutingStats, EntropyInBits) {
@@ -168,24 +166,6 @@ int64_t sum(const std::vector<int64_t>& v) {
   int64_t s = 0;
   for (int64_t x : v) s += x;
   return s;
-}
-
-// Every <svg class="chart" ... data-marks="N"> with N > 0, and as many as data-charts says.
-void expect_all_charts_drawn(const std::string& html, int at_least) {
-  const std::regex chart("<svg class=\"chart\" data-chart=\"([^\"]+)\" data-marks=\"(\\d+)\"");
-  int charts = 0;
-  for (auto it = std::sregex_iterator(html.begin(), html.end(), chart);
-       it != std::sregex_iterator(); ++it) {
-    ++charts;
-    EXPECT_GT(std::stoi((*it)[2]), 0) << "chart " << (*it)[1] << " drew nothing";
-  }
-  EXPECT_GE(charts, at_least);
-  EXPECT_NE(html.find(fmt::format("data-charts=\"{}\"", charts)), std::string::npos);
-  // Self-contained: nothing fetched at view time, no script.
-  EXPECT_EQ(html.find("<script"), std::string::npos);
-  EXPECT_EQ(html.find("src="), std::string::npos);
-  EXPECT_EQ(html.find("href="), std::string::npos);
-  EXPECT_EQ(html.find("nan"), std::string::npos);
 }
 
 TEST(Analysis, TinyTrainedRunAnalysisAndReport) {
@@ -417,6 +397,54 @@ TEST(Analysis, ReportOfHandMadeInputs) {
   EXPECT_EQ(html.find("<made>"), std::string::npos);
   // Same inputs, same bytes.
   EXPECT_EQ(html, render_report_html(in));
+}
+
+// The report's routing charts: a dead expert is drawn black and the busiest dark blue under a
+// colour legend, max / mean has its ceiling E/k, step labels are integers, and summary.json's
+// routing settings and final balance are shown.
+TEST(Analysis, ReportLoadScaleCeilingAndSummary) {
+  std::vector<nlohmann::json> metrics;
+  for (int s = 10; s <= 16; ++s)
+    metrics.push_back({{"step", s},
+                       {"loss", 3.0},
+                       {"expert_load", {{0, 0, 64, 64}}},  // E = 4, top-2: experts 0, 1 dead
+                       {"layer_dropped", {0.0}},
+                       {"layer_max_over_mean", {2.0}}});
+  const nlohmann::json summary = {
+      {"steps", 16},
+      {"num_experts_per_tok", 2},
+      {"routing", {{"scoring_func", "sigmoid"}, {"num_experts_per_tok", 2}}},
+      {"final_balance",
+       {{"source", "final validation"},
+        {"load_cv", 1.0},
+        {"max_over_mean", 2.0},
+        {"dropped", 0.0},
+        {"layer_load_cv", {1.0}},
+        {"layer_max_over_mean", {2.0}},
+        {"layer_dropped", {0.0}}}}};
+  ReportInputs in;
+  in.title = "dead";
+  in.metrics = metrics;
+  in.summary = &summary;
+  const std::string html = render_report_html(in);
+  expect_all_charts_drawn(html, 3);
+  const auto load = html.find("data-chart=\"load_0\"");
+  ASSERT_NE(load, std::string::npos);
+  const std::string chart = html.substr(load, html.find("</svg>", load) - load);
+  EXPECT_NE(chart.find("fill=\"#000000\"><title>layer 0 expert 0"), std::string::npos);
+  EXPECT_NE(chart.find("fill=\"#2166ac\"><title>layer 0 expert 2"), std::string::npos);  // 1/k
+  EXPECT_NE(chart.find("0 (dead)"), std::string::npos);
+  EXPECT_NE(chart.find("even 1/4"), std::string::npos);
+  EXPECT_NE(chart.find(">11</text>"), std::string::npos);
+  EXPECT_EQ(chart.find(">11.0<"), std::string::npos);
+  EXPECT_NE(html.find("ceiling E/k = 2"), std::string::npos);
+  EXPECT_NE(html.find("<td>scoring_func</td><td>sigmoid</td>"), std::string::npos);
+  EXPECT_NE(html.find("Balance at the end of training (final validation)"), std::string::npos);
+  // Step axes of the line charts: whole steps only.
+  const auto dropped = html.find("data-chart=\"dropped\"");
+  ASSERT_NE(dropped, std::string::npos);
+  const std::string line = html.substr(dropped, html.find("</svg>", dropped) - dropped);
+  EXPECT_EQ(line.find(".5</text>"), std::string::npos) << line;
 }
 
 TEST(Analysis, ReportErrorsNameTheFile) {

@@ -56,6 +56,7 @@ class ExpertParallelMoe final : public FeedForward<T> {
   const MoeMetrics& metrics() const { return metrics_; }  // global
   const RoutingPlan& global_plan() const { return plan_; }
   std::vector<T>& selection_bias() { return bias_; }
+  const std::vector<T>& selection_bias() const { return bias_; }
   void update_selection_bias();
   const ExpertParallelStats& stats() const { return stats_; }
 

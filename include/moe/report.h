@@ -8,7 +8,8 @@
 //   analysis.json           `moe analyze`: expert x domain / token-class / co-activation
 //                           heatmaps, mutual information per layer, top tokens per expert
 //   analysis_untrained.json `moe analyze --untrained`: the random-router baseline of the MI
-//   summary.json            the run's outcome (a line at the top)
+//   summary.json            the run's outcome, routing settings and final balance (at the top)
+//   config.json             the run's config (top-k, when summary.json is missing)
 //
 // Every chart is an <svg class="chart" data-chart="NAME" data-marks="N"> whose N drawn marks
 // (lines, cells, bars) carry class "mark"; tests/report_browser_test.py checks them.
@@ -26,11 +27,16 @@ struct ReportInputs {
   std::string title;                    // e.g. the run directory
   std::vector<nlohmann::json> metrics;  // metrics.jsonl, one object per line
   const nlohmann::json* summary = nullptr;
+  const nlohmann::json* config = nullptr;  // config.json: top-k for the max/mean ceiling
   const nlohmann::json* analysis = nullptr;
   const nlohmann::json* baseline = nullptr;  // untrained-router analysis
 };
 
 std::string render_report_html(const ReportInputs& in);
+
+// metrics.jsonl, one object per line; a torn last line (a killed run) is skipped, as --resume
+// does. A missing file is an error naming it.
+std::vector<nlohmann::json> read_metrics(const std::string& path);
 
 // Reads the run directory's files and writes <run_dir>/report.html (atomically). Returns the
 // path written and the number of charts drawn through `charts` (may be null).

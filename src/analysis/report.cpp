@@ -9,6 +9,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "charts.h"
 #include "moe/analysis.h"
 #include "moe/error.h"
 #include "moe/safetensors.h"
@@ -18,33 +19,11 @@ namespace moe {
 
 namespace {
 
+using chart::esc;
+using chart::num;
+using chart::Page;
+using chart::Series;
 using nlohmann::json;
-
-std::string esc(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    switch (c) {
-      case '&':
-        out += "&amp;";
-        break;
-      case '<':
-        out += "&lt;";
-        break;
-      case '>':
-        out += "&gt;";
-        break;
-      case '"':
-        out += "&quot;";
-        break;
-      case '\'':
-        out += "&#39;";
-        break;
-      default:
-        out += c;
-    }
-  }
-  return out;
-}
 
 // Token text with its whitespace made visible (a leading space matters in a BPE piece).
 std::string visible(const std::string& s) {
@@ -61,256 +40,6 @@ std::string visible(const std::string& s) {
   }
   return esc(out);
 }
-
-std::string num(double v) {
-  if (v == 0) return "0";
-  const double a = std::fabs(v);
-  if (a >= 1e4 || a < 1e-3) return fmt::format("{:.2g}", v);
-  if (a >= 100) return fmt::format("{:.0f}", v);
-  if (a >= 10) return fmt::format("{:.1f}", v);
-  return fmt::format("{:.3g}", v);
-}
-
-// Ten distinguishable series colours (Tableau 10).
-constexpr std::array<const char*, 10> kPalette = {"#4e79a7", "#f28e2b", "#e15759", "#76b7b2",
-                                                  "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
-                                                  "#9c755f", "#bab0ac"};
-
-// Viridis at 0..1, linearly interpolated between five stops: readable in grey and for the
-// colour-blind, and dark = large so the eye goes to where tokens go.
-std::string heat_color(double t) {
-  static constexpr double stops[5][3] = {
-      {253, 231, 37}, {94, 201, 98}, {33, 145, 140}, {59, 82, 139}, {68, 1, 84}};
-  t = std::clamp(std::isfinite(t) ? t : 0.0, 0.0, 1.0) * 4;
-  const int i = std::min(3, static_cast<int>(t));
-  const double f = t - i;
-  int c[3];
-  for (int j = 0; j < 3; ++j)
-    c[j] = static_cast<int>(std::lround(stops[i][j] + f * (stops[i + 1][j] - stops[i][j])));
-  return fmt::format("#{:02x}{:02x}{:02x}", c[0], c[1], c[2]);
-}
-
-// A tick label with as many decimals as the tick step needs (0.25 -> 2, 2000 -> 0).
-std::string tick_label(double v, double step) {
-  if (std::fabs(v) >= 1e5 || (v != 0 && std::fabs(v) < 1e-4)) return fmt::format("{:.2g}", v);
-  const int decimals = std::clamp(static_cast<int>(std::ceil(-std::log10(step) - 1e-9)), 0, 6);
-  const bool quarter = std::fabs(step / std::pow(10.0, -decimals) - 2.5) < 1e-6;
-  return fmt::format("{:.{}f}", v, decimals + (quarter ? 1 : 0));
-}
-
-double tick_step(const std::vector<double>& t) {
-  return t.size() > 1 ? t[1] - t[0] : 1.0;
-}
-
-// "Nice" tick values covering [lo, hi].
-std::vector<double> ticks(double lo, double hi, int want = 5) {
-  if (!(hi > lo)) return {lo};
-  const double raw = (hi - lo) / want;
-  const double mag = std::pow(10.0, std::floor(std::log10(raw)));
-  double step = mag;
-  for (double m : {1.0, 2.0, 2.5, 5.0, 10.0})
-    if (m * mag >= raw) {
-      step = m * mag;
-      break;
-    }
-  std::vector<double> t;
-  for (double v = std::ceil(lo / step) * step; v <= hi + step * 1e-9; v += step)
-    t.push_back(std::fabs(v) < step * 1e-9 ? 0.0 : v);
-  return t;
-}
-
-struct Series {
-  std::string name;
-  std::vector<std::pair<double, double>> points;  // (x, y), x ascending
-  bool dots = false;                              // markers instead of a line
-};
-
-class Page {
- public:
-  int charts = 0;
-  std::string body;
-
-  void line_chart(const std::string& id, const std::string& title, const std::string& xlabel,
-                  const std::string& ylabel, const std::vector<Series>& series) {
-    constexpr double W = 560, H = 270, ml = 62, mr = 12, mt = 30, mb = 40;
-    double x0 = 1e300, x1 = -1e300, y0 = 1e300, y1 = -1e300;
-    for (const auto& s : series)
-      for (const auto& [x, y] : s.points) {
-        if (!std::isfinite(y)) continue;
-        x0 = std::min(x0, x), x1 = std::max(x1, x), y0 = std::min(y0, y), y1 = std::max(y1, y);
-      }
-    if (x0 > x1) return;  // nothing to draw: leave the chart out
-    if (x1 == x0) x1 = x0 + 1;
-    if (y1 == y0) y0 -= 0.5, y1 += 0.5;
-    const double pad = (y1 - y0) * 0.05;
-    y0 -= pad, y1 += pad;
-    auto X = [&](double x) { return ml + (x - x0) / (x1 - x0) * (W - ml - mr); };
-    auto Y = [&](double y) { return mt + (y1 - y) / (y1 - y0) * (H - mt - mb); };
-    std::string marks;
-    int n = 0;
-    for (size_t i = 0; i < series.size(); ++i) {
-      const char* color = kPalette[i % kPalette.size()];
-      const auto& s = series[i];
-      if (s.points.empty()) continue;
-      if (s.dots) {
-        for (const auto& [x, y] : s.points) {
-          if (!std::isfinite(y)) continue;
-          marks += fmt::format(
-              "<circle class=\"mark\" cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"3.5\" fill=\"{}\">"
-              "<title>{} at {}: {}</title></circle>",
-              X(x), Y(y), color, esc(s.name), num(x), num(y));
-          ++n;
-        }
-        continue;
-      }
-      std::string d;
-      for (const auto& [x, y] : s.points)
-        if (std::isfinite(y))
-          d += fmt::format("{}{:.1f},{:.1f}", d.empty() ? "M" : "L", X(x), Y(y));
-      marks += fmt::format(
-          "<path class=\"mark\" d=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"1.5\">"
-          "<title>{}</title></path>",
-          d, color, esc(s.name));
-      ++n;
-    }
-    std::string axes = fmt::format(
-        "<line x1=\"{0}\" y1=\"{1}\" x2=\"{2}\" y2=\"{1}\" stroke=\"#444\"/>"
-        "<line x1=\"{0}\" y1=\"{3}\" x2=\"{0}\" y2=\"{1}\" stroke=\"#444\"/>",
-        ml, H - mb, W - mr, mt);
-    const std::vector<double> xt = ticks(x0, x1), yt = ticks(y0, y1);
-    for (double t : xt)
-      axes += fmt::format(
-          "<line x1=\"{0:.1f}\" y1=\"{1}\" x2=\"{0:.1f}\" y2=\"{2}\" stroke=\"#444\"/>"
-          "<text x=\"{0:.1f}\" y=\"{3}\" text-anchor=\"middle\">{4}</text>",
-          X(t), H - mb, H - mb + 4, H - mb + 16, tick_label(t, tick_step(xt)));
-    for (double t : yt)
-      axes += fmt::format(
-          "<line x1=\"{0}\" y1=\"{1:.1f}\" x2=\"{2}\" y2=\"{1:.1f}\" stroke=\"#eee\"/>"
-          "<text x=\"{3}\" y=\"{4:.1f}\" text-anchor=\"end\">{5}</text>",
-          ml, Y(t), W - mr, ml - 4, Y(t) + 4, tick_label(t, tick_step(yt)));
-    axes += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
-                        (ml + W - mr) / 2, H - 6, esc(xlabel));
-    axes += fmt::format(
-        "<text x=\"14\" y=\"{0}\" text-anchor=\"middle\" transform=\"rotate(-90 14 {0})\">{1}"
-        "</text>",
-        (mt + H - mb) / 2, esc(ylabel));
-    std::string legend;
-    double lx = ml + 4;
-    for (size_t i = 0; i < series.size() && series.size() > 1; ++i) {
-      legend += fmt::format(
-          "<rect x=\"{:.0f}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{}\"/>"
-          "<text x=\"{:.0f}\" y=\"{}\">{}</text>",
-          lx, 4, kPalette[i % kPalette.size()], lx + 13, 13, esc(series[i].name));
-      lx += 22 + 7.0 * static_cast<double>(series[i].name.size());
-    }
-    open_chart(id, title, W, H + 14, n, legend.empty() ? 0 : 14);
-    body += axes + marks + "</g>" + legend_block(legend) + "</svg></figure>\n";
-  }
-
-  // values [rows, cols] in [0, 1] (colour); labels for each; text shown in cells when small.
-  void heatmap(const std::string& id, const std::string& title,
-               const std::vector<std::string>& rows, const std::vector<std::string>& cols,
-               const std::vector<double>& values, const std::vector<std::string>& tips,
-               bool cell_text, const std::string& xlabel = "") {
-    if (rows.empty() || cols.empty()) return;
-    const double ml = 108, mt = 90, mb = xlabel.empty() ? 8 : 24;
-    const double cw = std::clamp(460.0 / cols.size(), 3.0, 44.0), ch = rows.size() > 16 ? 12 : 22;
-    const double W = ml + cw * cols.size() + 10, H = mt + ch * rows.size() + mb;
-    std::string g;
-    int n = 0;
-    for (size_t r = 0; r < rows.size(); ++r) {
-      for (size_t c = 0; c < cols.size(); ++c) {
-        const double v = values[r * cols.size() + c];
-        g += fmt::format(
-            "<rect class=\"mark\" x=\"{:.1f}\" y=\"{:.1f}\" width=\"{:.2f}\" height=\"{:.1f}\" "
-            "fill=\"{}\"><title>{}</title></rect>",
-            ml + c * cw, mt + r * ch, cw + 0.05, ch, heat_color(v), esc(tips[r * cols.size() + c]));
-        ++n;
-        if (cell_text && cw >= 26)
-          g += fmt::format(
-              "<text x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"middle\" fill=\"{}\" "
-              "font-size=\"9\">{:.0f}</text>",
-              ml + (c + 0.5) * cw, mt + r * ch + ch / 2 + 3, v > 0.45 ? "#fff" : "#000", v * 100);
-      }
-      g += fmt::format("<text x=\"{}\" y=\"{:.1f}\" text-anchor=\"end\">{}</text>", ml - 4,
-                       mt + r * ch + ch / 2 + 4, esc(rows[r]));
-    }
-    // Column labels rotated, or every few when the columns are narrow (steps over training).
-    const size_t every = cw >= 12 ? 1 : static_cast<size_t>(std::ceil(40.0 / cw));
-    for (size_t c = 0; c < cols.size(); c += every)
-      g += fmt::format(
-          "<text x=\"{0:.1f}\" y=\"{1}\" transform=\"rotate(-50 {0:.1f} {1})\">{2}</text>",
-          ml + (c + 0.5) * cw, mt - 4, esc(cols[c]));
-    if (!xlabel.empty())
-      g += fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"middle\">{}</text>",
-                       ml + cw * cols.size() / 2, H - 6, esc(xlabel));
-    open_chart(id, title, W, H, n, 0);
-    body += g + "</g></svg></figure>\n";
-  }
-
-  void bar_chart(const std::string& id, const std::string& title, const std::string& ylabel,
-                 const std::vector<std::string>& groups, const std::vector<Series>& series,
-                 double ymax) {
-    constexpr double W = 560, H = 260, ml = 62, mr = 12, mt = 30, mb = 36;
-    if (groups.empty() || series.empty()) return;
-    if (!(ymax > 0)) ymax = 1;
-    const double gw = (W - ml - mr) / groups.size(), bw = gw * 0.8 / series.size();
-    auto Y = [&](double y) { return mt + (ymax - y) / ymax * (H - mt - mb); };
-    std::string g = fmt::format(
-        "<line x1=\"{0}\" y1=\"{1}\" x2=\"{2}\" y2=\"{1}\" stroke=\"#444\"/>", ml, H - mb, W - mr);
-    const std::vector<double> yt = ticks(0, ymax);
-    for (double t : yt)
-      g += fmt::format(
-          "<line x1=\"{0}\" y1=\"{1:.1f}\" x2=\"{2}\" y2=\"{1:.1f}\" stroke=\"#eee\"/>"
-          "<text x=\"{3}\" y=\"{4:.1f}\" text-anchor=\"end\">{5}</text>",
-          ml, Y(t), W - mr, ml - 4, Y(t) + 4, tick_label(t, tick_step(yt)));
-    int n = 0;
-    std::string legend;
-    for (size_t s = 0; s < series.size(); ++s) {
-      for (size_t i = 0; i < series[s].points.size() && i < groups.size(); ++i) {
-        const double v = std::max(0.0, series[s].points[i].second);
-        const double x = ml + i * gw + gw * 0.1 + s * bw;
-        g += fmt::format(
-            "<rect class=\"mark\" x=\"{:.1f}\" y=\"{:.1f}\" width=\"{:.1f}\" height=\"{:.1f}\" "
-            "fill=\"{}\"><title>{} {}: {:.3f}</title></rect>"
-            "<text x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"middle\" font-size=\"9\">{:.2f}</text>",
-            x, Y(v), bw, std::max(0.5, H - mb - Y(v)), kPalette[s % kPalette.size()],
-            esc(series[s].name), esc(groups[i]), v, x + bw / 2, Y(v) - 2, v);
-        ++n;
-      }
-      legend += fmt::format(
-          "<rect x=\"{:.0f}\" y=\"4\" width=\"10\" height=\"10\" fill=\"{}\"/>"
-          "<text x=\"{:.0f}\" y=\"13\">{}</text>",
-          ml + 4 + s * 230.0, kPalette[s % kPalette.size()], ml + 17 + s * 230.0,
-          esc(series[s].name));
-    }
-    for (size_t i = 0; i < groups.size(); ++i)
-      g += fmt::format("<text x=\"{:.1f}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
-                       ml + (i + 0.5) * gw, H - mb + 16, esc(groups[i]));
-    g += fmt::format(
-        "<text x=\"14\" y=\"{0}\" text-anchor=\"middle\" transform=\"rotate(-90 14 {0})\">{1}"
-        "</text>",
-        (mt + H - mb) / 2, esc(ylabel));
-    open_chart(id, title, W, H + 14, n, 14);
-    body += g + "</g>" + legend_block(legend) + "</svg></figure>\n";
-  }
-
- private:
-  // Opens <figure><svg class="chart"> and a group shifted down by `legend_h`.
-  void open_chart(const std::string& id, const std::string& title, double W, double H, int marks,
-                  double legend_h) {
-    ++charts;
-    body += fmt::format(
-        "<figure><figcaption>{}</figcaption><svg class=\"chart\" data-chart=\"{}\" "
-        "data-marks=\"{}\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{:.0f}\" "
-        "height=\"{:.0f}\" viewBox=\"0 0 {:.0f} {:.0f}\" role=\"img\" aria-label=\"{}\">"
-        "<g transform=\"translate(0 {})\">",
-        esc(title), esc(id), marks, W, H, W, H, esc(title), legend_h);
-  }
-  static std::string legend_block(const std::string& legend) {
-    return legend.empty() ? "" : "<g class=\"legend\">" + legend + "</g>";
-  }
-};
 
 double get(const json& j, const char* key, double fallback = NAN) {
   return j.contains(key) && j[key].is_number() ? j[key].get<double>() : fallback;
@@ -359,7 +88,7 @@ void loss_section(Page& p, const std::vector<json>& steps, const std::vector<jso
 // Per-layer line charts of one array key (e.g. layer_dropped) over the steps.
 void per_layer_lines(Page& p, const std::vector<json>& steps, const char* key,
                      const std::string& id, const std::string& title, const std::string& ylabel,
-                     int layers) {
+                     int layers, const chart::LineOptions& o = {}) {
   std::vector<Series> s(static_cast<size_t>(layers));
   for (int l = 0; l < layers; ++l) s[l].name = fmt::format("MoE layer {}", l);
   bool any = false;
@@ -370,10 +99,40 @@ void per_layer_lines(Page& p, const std::vector<json>& steps, const char* key,
       any = true;
     }
   }
-  if (any) p.line_chart(id, title, "step", ylabel, s);
+  if (any) p.line_chart(id, title, "step", ylabel, s, o);
 }
 
-void routing_section(Page& p, const std::vector<json>& steps, const json* analysis) {
+// Aux-loss-free balancing: each MoE layer's selection bias per expert at every validation
+// (val_selection_bias, [layer][expert]).
+void selection_bias_section(Page& p, const std::vector<json>& evals) {
+  std::vector<std::vector<Series>> layers;  // [layer][expert]
+  for (const auto& j : evals) {
+    if (!j.contains("val_selection_bias") || !j["val_selection_bias"].is_array()) continue;
+    const json& b = j["val_selection_bias"];
+    if (layers.size() < b.size()) layers.resize(b.size());
+    for (size_t l = 0; l < b.size(); ++l) {
+      if (layers[l].size() < b[l].size()) layers[l].resize(b[l].size());
+      for (size_t e = 0; e < b[l].size(); ++e) {
+        layers[l][e].name = fmt::format("expert {}", e);
+        layers[l][e].points.emplace_back(get(j, "step"), b[l][e].get<double>());
+      }
+    }
+  }
+  if (layers.empty()) return;
+  p.body +=
+      "<h2>Selection bias (aux-loss-free balancing)</h2><p>The bias each MoE layer adds to an "
+      "expert's score for the top-k choice only (not to the gate), after each validation: it "
+      "rises for experts that got less than the even load and falls for busier ones.</p>"
+      "<div class=\"row\">";
+  for (size_t l = 0; l < layers.size(); ++l)
+    p.line_chart(fmt::format("selection_bias_{}", l),
+                 fmt::format("Selection bias per expert, MoE layer {}", l), "step", "bias",
+                 layers[l]);
+  p.body += "</div>\n";
+}
+
+// k: the run's top-k (0 when unknown: no ceiling marked).
+void routing_section(Page& p, const std::vector<json>& steps, const json* analysis, int k) {
   std::vector<const json*> with_load;
   for (const auto& j : steps)
     if (j.contains("expert_load") && j["expert_load"].is_array() && !j["expert_load"].empty())
@@ -392,8 +151,10 @@ void routing_section(Page& p, const std::vector<json>& steps, const json* analys
   p.body += "<h2>Routing over training</h2>";
   p.body +=
       "<p>Share of each MoE layer's router assignments that went to each expert, per step "
-      "(steps grouped into at most 120 columns). An even router gives every cell 1/E; a collapsed "
-      "one, one dark row. Colour: share / max share in the chart.</p><div class=\"row\">";
+      "(steps grouped into at most 120 columns). Colour: the share against the even share 1/E, "
+      "on a log scale: white is even, red below it, blue above it up to the ceiling E/k times "
+      "even (an expert in every token's top-k); black is an expert that got no assignment at "
+      "all. A collapsed router shows one dark blue row and black ones.</p><div class=\"row\">";
   const size_t cols = std::min<size_t>(120, with_load.size());
   for (int l = 0; l < L; ++l) {
     std::vector<double> share(static_cast<size_t>(E) * cols, 0.0);
@@ -407,25 +168,21 @@ void routing_section(Page& p, const std::vector<json>& steps, const json* analys
       for (int e = 0; e < E && total > 0; ++e)
         share[size_t(e) * cols + c] += load[e].get<double>() / total;
       ++in_bin[c];
-      if (col_names[c].empty()) col_names[c] = num(get(*with_load[i], "step"));
+      if (col_names[c].empty())
+        col_names[c] = fmt::format("{:.0f}", get(*with_load[i], "step", 0.0));
     }
-    double mx = 0;
     for (size_t c = 0; c < cols; ++c)
-      for (int e = 0; e < E; ++e) {
-        share[size_t(e) * cols + c] /= std::max(1, in_bin[c]);
-        mx = std::max(mx, share[size_t(e) * cols + c]);
-      }
+      for (int e = 0; e < E; ++e) share[size_t(e) * cols + c] /= std::max(1, in_bin[c]);
     std::vector<std::string> rows, tips;
-    std::vector<double> color(share.size());
     for (int e = 0; e < E; ++e) rows.push_back(fmt::format("expert {}", e));
     for (int e = 0; e < E; ++e)
       for (size_t c = 0; c < cols; ++c) {
-        color[size_t(e) * cols + c] = mx > 0 ? share[size_t(e) * cols + c] / mx : 0;
         tips.push_back(fmt::format("{} expert {} from step {}: {:.1f}% of assignments", names[l], e,
                                    col_names[c], 100 * share[size_t(e) * cols + c]));
       }
+    const chart::ColorScale scale = chart::load_share_scale(E, std::max(1, k));
     p.heatmap(fmt::format("load_{}", l), fmt::format("Expert load over training, {}", names[l]),
-              rows, col_names, color, tips, false, "step");
+              rows, col_names, share, tips, false, "step", &scale);
   }
   p.body += "</div><div class=\"row\">";
   per_layer_lines(p, steps, "layer_dropped", "dropped", "Dropped fraction of assignments",
@@ -433,8 +190,14 @@ void routing_section(Page& p, const std::vector<json>& steps, const json* analys
   per_layer_lines(p, steps, "layer_entropy_bits", "entropy",
                   "Router entropy (mean per-token, bits; max log2 E)", "bits", L);
   per_layer_lines(p, steps, "layer_load_cv", "load_cv", "Load coefficient of variation", "CV", L);
+  // One expert in every token's top-k takes T of the T*k assignments: max / mean = E / k.
+  chart::LineOptions ceiling;
+  if (k > 0)
+    ceiling.ref_lines.emplace_back(
+        static_cast<double>(E) / k,
+        fmt::format("ceiling E/k = {}", num(static_cast<double>(E) / k)));
   per_layer_lines(p, steps, "layer_max_over_mean", "load_max_mean", "Busiest expert / mean load",
-                  "max / mean", L);
+                  "max / mean", L, ceiling);
   p.body += "</div>\n";
 }
 
@@ -461,13 +224,15 @@ void share_heatmap(Page& p, const std::string& id, const std::string& title, con
                                  col[keep[i]]));
     }
   }
-  p.heatmap(id, title, rows, cols, v, tips, true);
+  const chart::ColorScale scale = chart::viridis_scale("0%", "100% of the column");
+  p.heatmap(id, title, rows, cols, v, tips, true, "", &scale);
 }
 
 void specialization_section(Page& p, const json& a, const json* base) {
   const auto domains = a["domains"].get<std::vector<std::string>>();
   const auto classes = a["classes"].get<std::vector<std::string>>();
   const int E = a["num_experts"].get<int>();
+  const chart::ColorScale coact_scale = chart::viridis_scale("0", "the most frequent pair");
   p.body += "<h2>Expert specialization (validation split)</h2>";
   p.body += fmt::format(
       "<p>{} validation tokens, {} experts, top-{}. Each of a token's k router choices counts "
@@ -539,7 +304,7 @@ void specialization_section(Page& p, const json& a, const json* base) {
     p.heatmap(
         fmt::format("coact_{}", block),
         fmt::format("Layer {}: co-activation (pairs chosen together; colour / max pair)", block),
-        names, names, v, tips, false);
+        names, names, v, tips, false, "", &coact_scale);
     p.body += "</div>";
     // Top tokens per expert.
     p.body +=
@@ -561,18 +326,42 @@ void specialization_section(Page& p, const json& a, const json* base) {
   }
 }
 
-constexpr const char* kStyle = R"(
-body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px;color:#222;max-width:1800px}
-h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd}h3{font-size:15px}
-.row{display:flex;flex-wrap:wrap;gap:12px}
-figure{margin:0;padding:6px;border:1px solid #eee;border-radius:4px}
-figcaption{font-weight:600;font-size:13px;margin-bottom:2px}
-svg.chart text{font-size:11px;fill:#333}
-table.tokens{border-collapse:collapse;margin:8px 0 16px}
-table.tokens td,table.tokens th{border:1px solid #ddd;padding:3px 6px;vertical-align:top;text-align:left}
-code{background:#f3f3f3;padding:0 2px;border-radius:2px;white-space:pre}
-.summary{color:#444}
-)";
+// The run's outcome, its routing settings and its balance at the end (summary.json).
+void summary_section(Page& p, const json& s) {
+  p.body += fmt::format(
+      "<p class=\"summary\">{} steps, {:.2f}M parameters ({:.2f}M active), final training "
+      "loss {:.4f}{}, {:.0f} tokens/s.</p>",
+      s.value("steps", 0), s.value("parameters", 0.0) / 1e6,
+      s.value("active_parameters", 0.0) / 1e6, s.value("final_train_loss", 0.0),
+      s.contains("val_loss") ? fmt::format(", validation loss {:.4f}", s["val_loss"].get<double>())
+                             : std::string(),
+      s.value("tokens_per_second", 0.0));
+  if (s.contains("routing") && s["routing"].is_object()) {
+    std::string cells;
+    for (const auto& [key, v] : s["routing"].items())
+      cells += fmt::format("<tr><td>{}</td><td>{}</td></tr>", esc(key),
+                           esc(v.is_string() ? v.get<std::string>() : v.dump()));
+    p.body += "<details><summary>Routing settings</summary><table class=\"tokens\">" + cells +
+              "</table></details>";
+  }
+  if (s.contains("final_balance") && s["final_balance"].is_object()) {
+    const json& b = s["final_balance"];
+    std::string rows;
+    auto row = [&](const std::string& name, double cv, double mx, double dr) {
+      rows += fmt::format("<tr><td>{}</td><td>{:.3f}</td><td>{:.2f}</td><td>{:.4f}</td></tr>",
+                          esc(name), cv, mx, dr);
+    };
+    const size_t L = b.value("layer_load_cv", json::array()).size();
+    for (size_t l = 0; l < L; ++l)
+      row(fmt::format("MoE layer {}", l), b["layer_load_cv"][l].get<double>(),
+          b["layer_max_over_mean"][l].get<double>(), b["layer_dropped"][l].get<double>());
+    row("mean", b.value("load_cv", 0.0), b.value("max_over_mean", 0.0), b.value("dropped", 0.0));
+    p.body += fmt::format(
+        "<p class=\"summary\">Balance at the end of training ({}):</p><table class=\"tokens\">"
+        "<tr><th></th><th>load CV</th><th>max / mean</th><th>dropped</th></tr>{}</table>",
+        esc(b.value("source", "")), rows);
+  }
+}
 
 }  // namespace
 
@@ -584,48 +373,46 @@ std::string render_report_html(const ReportInputs& in) {
   }
   Page p;
   p.body += fmt::format("<h1>moe run report: {}</h1>", esc(in.title));
-  if (in.summary) {
-    const json& s = *in.summary;
-    p.body += fmt::format(
-        "<p class=\"summary\">{} steps, {:.2f}M parameters ({:.2f}M active), final training "
-        "loss {:.4f}{}, {:.0f} tokens/s.</p>",
-        s.value("steps", 0), s.value("parameters", 0.0) / 1e6,
-        s.value("active_parameters", 0.0) / 1e6, s.value("final_train_loss", 0.0),
-        s.contains("val_loss")
-            ? fmt::format(", validation loss {:.4f}", s["val_loss"].get<double>())
-            : std::string(),
-        s.value("tokens_per_second", 0.0));
-  }
+  if (in.summary) summary_section(p, *in.summary);
   if (!steps.empty() || !evals.empty()) loss_section(p, steps, evals);
-  routing_section(p, steps, in.analysis);
+  int k = 0;
+  for (const json* j : {in.summary, in.config})
+    if (j && k == 0 && j->contains("num_experts_per_tok"))
+      k = (*j)["num_experts_per_tok"].get<int>();
+  routing_section(p, steps, in.analysis, k);
+  selection_bias_section(p, evals);
   if (in.analysis)
     specialization_section(p, *in.analysis, in.baseline);
   else
     p.body +=
         "<p>No analysis.json in the run: <code>moe analyze RUN</code> adds the expert "
         "specialization section.</p>";
-  return fmt::format(
-      "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-      "<meta name=\"viewport\" content=\"width=device-width\"><title>{}</title>"
-      "<style>{}</style></head><body data-charts=\"{}\">\n{}\n</body></html>\n",
-      esc("moe report: " + in.title), kStyle, p.charts, p.body);
+  return chart::html_document("moe report: " + in.title, p);
+}
+
+std::vector<json> read_metrics(const std::string& path) {
+  std::ifstream m(path);
+  MOE_REQUIRE(m.good(), "{}: cannot open", path);
+  std::vector<json> out;
+  std::string line;
+  while (std::getline(m, line)) {
+    if (line.empty()) continue;
+    try {
+      out.push_back(json::parse(line));
+    } catch (const json::exception&) {
+      // A torn last line of a run that was killed: skip it, as --resume does.
+    }
+  }
+  return out;
 }
 
 std::string write_report_html(const std::string& run_dir, int* charts) {
   ReportInputs in;
   in.title = run_dir;
   const std::string metrics_path = run_dir + "/metrics.jsonl";
-  std::ifstream m(metrics_path);
-  MOE_REQUIRE(m.good(), "{}: cannot open (is {} a run directory?)", metrics_path, run_dir);
-  std::string line;
-  while (std::getline(m, line)) {
-    if (line.empty()) continue;
-    try {
-      in.metrics.push_back(json::parse(line));
-    } catch (const json::exception&) {
-      // A torn last line of a run that was killed: skip it, as --resume does.
-    }
-  }
+  MOE_REQUIRE(std::ifstream(metrics_path).good(), "{}: cannot open (is {} a run directory?)",
+              metrics_path, run_dir);
+  in.metrics = read_metrics(metrics_path);
   auto read_json = [&](const std::string& name, json& out) -> const json* {
     const std::string path = run_dir + "/" + name;
     std::ifstream f(path);
@@ -640,8 +427,9 @@ std::string write_report_html(const std::string& run_dir, int* charts) {
                   "{}: not a moe analysis file (format is not \"moe-analysis\")", path);
     return &out;
   };
-  json summary, analysis, baseline;
+  json summary, config, analysis, baseline;
   in.summary = read_json("summary.json", summary);
+  in.config = read_json("config.json", config);
   in.analysis = read_json("analysis.json", analysis);
   in.baseline = in.analysis ? read_json("analysis_untrained.json", baseline) : nullptr;
   std::string html;
@@ -653,11 +441,7 @@ std::string write_report_html(const std::string& run_dir, int* charts) {
   }
   const std::string out = run_dir + "/report.html";
   write_file_atomic(out, html.data(), html.size());
-  if (charts) {
-    *charts = 0;
-    for (size_t pos = 0; (pos = html.find("<svg class=\"chart\"", pos)) != std::string::npos; ++pos)
-      ++*charts;
-  }
+  if (charts) *charts = chart::count_charts(html);
   return out;
 }
 

@@ -1,5 +1,6 @@
-// `moe analyze`, `moe report`, `moe route`: looking inside the router of a trained run.
-// Parsing and printing only; analysis.h, report.h and routing_stats.h do the work.
+// `moe analyze`, `moe report`, `moe route`: looking inside the router of a trained run;
+// `moe compare`: several runs side by side. Parsing and printing only; analysis.h, report.h,
+// compare.h and routing_stats.h do the work.
 #include <fmt/core.h>
 #include <unistd.h>
 
@@ -9,6 +10,7 @@
 
 #include "commands.h"
 #include "moe/analysis.h"
+#include "moe/compare.h"
 #include "moe/data.h"
 #include "moe/error.h"
 #include "moe/parallel.h"
@@ -125,6 +127,21 @@ int run_report(const ReportArgs& a) {
   return 0;
 }
 
+struct CompareArgs {
+  std::vector<std::string> runs;
+  std::string out;
+};
+
+int run_compare(const CompareArgs& a) {
+  const Comparison c = compare_runs(a.runs);
+  fmt::print("{}", format_comparison(c));
+  if (!a.out.empty()) {
+    const int charts = write_compare_html(c, a.out);
+    fmt::print("wrote {} ({} charts)\n", a.out, charts);
+  }
+  return 0;
+}
+
 struct RouteArgs {
   std::string run, text, color = "auto";
   int threads = 0;
@@ -236,6 +253,16 @@ std::function<int()> add_report_command(CLI::App& app) {
       "report", "Write RUN/report.html: loss, routing and specialization charts, self-contained");
   c->add_option("run", a->run, "run directory")->required();
   return [a] { return run_report(*a); };
+}
+
+std::function<int()> add_compare_command(CLI::App& app) {
+  auto a = std::make_shared<CompareArgs>();
+  auto* c = app.add_subcommand(
+      "compare",
+      "Compare runs: config keys that differ, losses, balance; seeds of one config grouped");
+  c->add_option("runs", a->runs, "run directories")->required();
+  c->add_option("--out", a->out, "also write an HTML page with the runs' curves overlaid");
+  return [a] { return run_compare(*a); };
 }
 
 std::function<int()> add_route_command(CLI::App& app) {

@@ -114,8 +114,9 @@ int run(const LayerArgs& a) {
   fmt::print("  dropped assignments     {} of {} ({:.2f}%), rerouted {}\n", m.dropped,
              m.assignments, 100.0 * m.dropped_fraction, m.rerouted);
   fmt::print("  load CV / max:mean      {:.3f} / {:.3f}\n", m.load_cv, m.load_max_over_mean);
-  fmt::print("  router entropy          {:.4f} nats (uniform: {:.4f})\n", m.router_entropy,
-             std::log(double(cfg.num_experts)));
+  // Bits, as everywhere else (MoeMetrics keeps nats): log2 E when the router is undecided.
+  fmt::print("  router entropy          {:.4f} bits per token (uniform: {:.4f})\n",
+             m.router_entropy / std::log(2.0), std::log2(double(cfg.num_experts)));
   fmt::print("  load-balance loss       {:.6f} (perfect balance: {:.6f})\n", m.load_balance_loss,
              cfg.router_aux_loss_coef);
   fmt::print("  z-loss                  {:.6f}\n", m.z_loss);
@@ -139,7 +140,8 @@ int run(const LayerArgs& a) {
     j["dropped_fraction"] = m.dropped_fraction;
     j["load_balance_loss"] = m.load_balance_loss;
     j["z_loss"] = m.z_loss;
-    j["router_entropy"] = m.router_entropy;
+    j["router_entropy"] = m.router_entropy;  // nats, as it always was
+    j["router_entropy_bits"] = m.router_entropy / std::log(2.0);
     j["load_cv"] = m.load_cv;
     const std::string s = j.dump(2) + "\n";
     write_file_atomic(a.out, s.data(), s.size());

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "moe/error.h"
+#include "moe/expert_parallel.h"
 #include "moe/hf_tokenizer.h"
 #include "moe/optimizer.h"
 #include "moe/routing_stats.h"
@@ -217,8 +218,57 @@ std::string describe_ffn(const ModelConfig& cfg) {
                      cfg.intermediate_size, cfg.moe.num_experts_per_tok, cfg.moe_every);
 }
 
+// Load CV, max / mean and dropped fraction per MoE layer at the end of training: over the final
+// validation when there was one (the loads summed over every evaluated batch), else from the
+// last step's last micro-batch.
+struct FinalBalance {
+  std::string source;
+  std::vector<double> cv, max_over_mean, dropped;
+};
+
+FinalBalance final_balance(const EvalResult& e, int layers,
+                           const std::function<const MoeMetrics*(int)>& metrics_of) {
+  FinalBalance b;
+  if (!e.expert_load.empty()) {
+    b.source = "final validation";
+    for (size_t l = 0; l < e.expert_load.size(); ++l) {
+      const auto& load = e.expert_load[l];
+      b.cv.push_back(load_cv(load.data(), static_cast<int>(load.size())));
+      b.max_over_mean.push_back(load_max_over_mean(load.data(), static_cast<int>(load.size())));
+      b.dropped.push_back(l < e.dropped_fraction.size() ? e.dropped_fraction[l] : 0.0);
+    }
+    return b;
+  }
+  b.source = "last training step";
+  for (int l = 0; l < layers; ++l)
+    if (const MoeMetrics* m = metrics_of(l)) {
+      b.cv.push_back(m->load_cv);
+      b.max_over_mean.push_back(m->load_max_over_mean);
+      b.dropped.push_back(m->dropped_fraction);
+    }
+  return b;
+}
+
+double mean_of(const std::vector<double>& v) {
+  double s = 0;
+  for (double x : v) s += x;
+  return v.empty() ? 0.0 : s / static_cast<double>(v.size());
+}
+
+// The selection bias (aux-loss-free balancing) of every MoE layer, [MoE layer][expert].
+nlohmann::json selection_biases(const Transformer<float>& model) {
+  nlohmann::json out = nlohmann::json::array();
+  for (int l = 0; l < model.num_layers(); ++l) {
+    if (const auto* ep = model.expert_parallel_layer(l))  // the one being updated
+      out.push_back(ep->selection_bias());
+    else if (const auto* m = model.moe_layer(l))
+      out.push_back(m->selection_bias());
+  }
+  return out;
+}
+
 void write_report(const std::string& dir, const ModelConfig& cfg, const Transformer<float>& model,
-                  const TrainResult& r, int64_t tokens_per_step) {
+                  const TrainResult& r, int64_t tokens_per_step, const FinalBalance& balance) {
   nlohmann::json j{{"steps", r.steps},
                    {"wall_seconds", r.wall_seconds},
                    {"tokens_per_second", r.tokens_per_second},
@@ -229,6 +279,38 @@ void write_report(const std::string& dir, const ModelConfig& cfg, const Transfor
                    {"forward_macs_per_token", model.forward_macs_per_token(cfg.training.seq_len)},
                    {"num_local_experts", cfg.num_local_experts},
                    {"num_experts_per_tok", cfg.moe.num_experts_per_tok}};
+  // The routing settings: the MoE layer's keys as config.json names them, and which layers
+  // are MoE.
+  std::string routing;
+  if (cfg.num_local_experts > 0) {
+    nlohmann::json rs;
+    moe_config_to_json(cfg.moe, rs);
+    rs.erase("hidden_size");
+    rs["moe_every"] = cfg.moe_every;
+    j["routing"] = rs;
+    for (const auto& [key, v] : rs.items())
+      routing += fmt::format("{}{} = {}", routing.empty() ? "" : ", ", key,
+                             v.is_string() ? v.get<std::string>() : v.dump());
+  }
+  std::string balance_md;
+  if (!balance.cv.empty()) {
+    j["final_balance"] = {{"source", balance.source},
+                          {"load_cv", mean_of(balance.cv)},
+                          {"max_over_mean", mean_of(balance.max_over_mean)},
+                          {"dropped", mean_of(balance.dropped)},
+                          {"layer_load_cv", balance.cv},
+                          {"layer_max_over_mean", balance.max_over_mean},
+                          {"layer_dropped", balance.dropped}};
+    balance_md = fmt::format(
+        "\nBalance at the end of training ({}):\n\n"
+        "| MoE layer | load CV | max / mean | dropped |\n|---|---|---|---|\n",
+        balance.source);
+    for (size_t l = 0; l < balance.cv.size(); ++l)
+      balance_md += fmt::format("| {} | {:.3f} | {:.2f} | {:.4f} |\n", l, balance.cv[l],
+                                balance.max_over_mean[l], balance.dropped[l]);
+    balance_md += fmt::format("| mean | {:.3f} | {:.2f} | {:.4f} |\n", mean_of(balance.cv),
+                              mean_of(balance.max_over_mean), mean_of(balance.dropped));
+  }
   std::string domains;
   if (r.final_eval.tokens > 0) {
     j["val_loss"] = r.final_eval.loss;
@@ -246,15 +328,17 @@ void write_report(const std::string& dir, const ModelConfig& cfg, const Transfor
       "- model: {} layers, hidden {}, {}, {:.2f}M parameters, "
       "{:.2f}M active per token\n"
       "- steps: {} of {} tokens, wall {:.1f} s, {:.0f} tokens/s\n"
-      "- final training loss: {:.4f}\n",
+      "- final training loss: {:.4f}\n{}",
       dir, cfg.num_hidden_layers, cfg.hidden_size, describe_ffn(cfg), model.num_parameters() / 1e6,
       model.active_parameters() / 1e6, r.steps, tokens_per_step, r.wall_seconds,
-      r.tokens_per_second, r.final_train_loss);
+      r.tokens_per_second, r.final_train_loss,
+      routing.empty() ? std::string() : fmt::format("- routing: {}\n", routing));
   if (r.final_eval.tokens > 0)
     md += fmt::format(
         "- validation loss: {:.4f} (perplexity {:.1f}) over {} tokens\n\n"
         "| domain | loss | perplexity | tokens |\n|---|---|---|---|\n{}",
         r.final_eval.loss, std::exp(r.final_eval.loss), r.final_eval.tokens, domains);
+  md += balance_md;
   md +=
       "\nPer-step figures (loss, aux loss, learning rate, expert load per layer) are in "
       "metrics.jsonl.\n";
@@ -540,6 +624,8 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
       for (const auto& l : e.expert_load)
         cv.push_back(load_cv(l.data(), static_cast<int>(l.size())));
       j["val_load_cv"] = cv;
+      // Aux-loss-free balancing: each MoE layer's selection bias after the step, [layer][expert].
+      if (cfg.moe.use_selection_bias) j["val_selection_bias"] = selection_biases(model);
     }
     if (lead) metrics << j.dump() << "\n" << std::flush;
     log(fmt::format("step {}: validation loss {:.4f} (perplexity {:.1f}) over {} tokens", step,
@@ -645,7 +731,8 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
     if (r.layers > 0) {
       j["balance"] = r.balance;
       j["dropped"] = r.dropped;
-      j["router_entropy"] = r.entropy;
+      j["router_entropy"] = r.entropy;  // nats, as it always was
+      j["router_entropy_bits"] = r.entropy / std::log(2.0);
       // Per MoE layer, from the layer's own metrics of the last micro-batch (no extra pass):
       // loads, dropped fraction, mean per-token router entropy (bits), CV and max/mean of the
       // load, and the layer's loss terms (coefficients applied; "aux" is their sum).
@@ -691,7 +778,9 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
   result.wall_seconds = std::chrono::duration<double>(Clock::now() - start).count();
   result.tokens_per_second =
       (step - first_step) * tokens_per_step / std::max(result.wall_seconds, 1e-9);
-  if (lead) write_report(opt.out_dir, cfg, model, result, tokens_per_step);
+  if (lead)
+    write_report(opt.out_dir, cfg, model, result, tokens_per_step,
+                 final_balance(result.final_eval, model.num_layers(), metrics_of));
   // The last checkpoint comes after the report: a checkpoint of the last step means the run's
   // files are complete, and a run killed before it redoes its last steps on --resume.
   if (last_saved != step) save();
