@@ -39,6 +39,12 @@ JSON
 "$moe" train --config "$dir/tiny.json" --out "$dir/run" --no-progress > /dev/null 2>&1 ||
   fail "the tiny run did not train"
 
+# eval and analyze show their progress over the validation windows.
+"$moe" eval "$dir/run" --batches 4 > /dev/null 2> "$dir/err" || fail "eval failed: $(cat "$dir/err")"
+grep -q "^eval: 8/8 windows" "$dir/err" || fail "no eval progress: $(cat "$dir/err")"
+"$moe" analyze "$dir/run" --windows 6 > /dev/null 2> "$dir/err" || fail "analyze failed: $(cat "$dir/err")"
+grep -q "^analyze: 6/6 windows" "$dir/err" || fail "no analyze progress: $(cat "$dir/err")"
+
 # Numbers on the command line (defect 9, and --steps 0 / -3 that started a 1200-step run).
 refused "threads -1" "--threads" -- train --config "$dir/tiny.json" --out "$dir/x" --threads -1
 refused "threads 100000" "--threads" -- train --config "$dir/tiny.json" --out "$dir/x" --threads 100000
@@ -51,6 +57,12 @@ refused "top-p 0" "--top-p" -- generate "$dir/run" --prompt hi --top-p 0
 refused "temperature -1" "--temperature" -- generate "$dir/run" --prompt hi --temperature -1
 refused "max-new-tokens 0" "--max-new-tokens" -- generate "$dir/run" --prompt hi --max-new-tokens 0
 [[ ! -e "$dir/x" ]] || fail "a refused train wrote $dir/x"
+# An existing run (or a missing one with --resume) is refused before the corpus is read: the
+# one-line check fails if any data line came first.
+refused "existing run" "checkpoint.safetensors: a checkpoint exists; pass --resume" -- \
+  train --config "$dir/tiny.json" --out "$dir/run"
+refused "resume of nothing" "no checkpoint to resume from" -- \
+  train --config "$dir/tiny.json" --out "$dir/none" --resume
 
 # Defect 7: --prompt-ids with a run directory was ignored.
 refused "prompt-ids -7" '--prompt-ids: "-7" is not a token id' -- generate "$dir/run" --prompt-ids "-7"

@@ -37,6 +37,7 @@ struct AnalysisOptions {
   // A token needs this many occurrences to be ranked by expert_share (rare tokens would
   // otherwise fill the list with 1-of-1 shares).
   int64_t min_token_count = 20;
+  WindowProgress progress;  // after each batch of windows (may be empty)
 };
 
 struct TopToken {

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -121,6 +122,10 @@ class BatchSampler {
   // billions of tokens costs 4 bytes per window here.
   std::vector<uint32_t> order_;
 };
+
+// Called after each batch of validation windows with (windows done, windows in all): the
+// progress of evaluate() and analyze_routing(); may be empty.
+using WindowProgress = std::function<void(int64_t done, int64_t total)>;
 
 // Validation: start offsets of non-overlapping windows of S+1 tokens (window j starts at
 // j*(S+1)): all of them if max_windows <= 0, else max_windows of them spread evenly over the

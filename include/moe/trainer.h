@@ -92,7 +92,11 @@ struct TrainResult {
 // to the domain of each target token. Under expert parallelism (model.expert_parallel()) a
 // collective: every rank evaluates its share of each batch and the sums are combined.
 EvalResult evaluate(Transformer<float>& model, const TokenStream& valid, int batch, int seq_len,
-                    int64_t max_windows);
+                    int64_t max_windows, const WindowProgress& progress = {});
+
+// What train() refuses about a one-process run directory, for a caller to say before any slow
+// work: a checkpoint in out_dir without resume (the run would be lost), or none with resume.
+void check_run_directory(const std::string& out_dir, bool resume);
 
 // Trains cfg on the data, writing the run directory. Throws moe::Error on bad input or a
 // non-finite loss or gradient (naming step, layer and tensor); the last checkpoint stays.

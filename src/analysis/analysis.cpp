@@ -136,6 +136,8 @@ RoutingAnalysis analyze_routing(Transformer<float>& model, const Tokenizer& tok,
     for (int b = 0; b < nb; ++b)
       valid.read(starts[w0 + b], S, inputs.data() + size_t(b) * S, domains.data() + size_t(b) * S);
     model.forward(inputs.data(), nullptr, nb, S, false);
+    if (opt.progress)
+      opt.progress(static_cast<int64_t>(w0 + nb), static_cast<int64_t>(starts.size()));
     const int64_t T = int64_t(nb) * S;
     a.tokens += T;
     for (int b = 0; b < nb; ++b)

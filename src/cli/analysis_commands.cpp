@@ -80,6 +80,7 @@ int run_analyze(const AnalyzeArgs& a) {
   o.seq_len = t.seq_len;
   o.max_windows = a.windows;
   o.top_tokens = a.top;
+  o.progress = window_progress("analyze");
   RoutingAnalysis r = analyze_routing(*run.model, *run.tokenizer, valid, o);
   r.label = a.untrained ? a.run + " (untrained)" : a.run;
   const std::string prefix = a.untrained ? "analysis_untrained" : "analysis";

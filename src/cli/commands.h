@@ -21,4 +21,8 @@ std::function<int()> add_compare_command(CLI::App& app);
 // this process may use; more would only oversubscribe them.
 CLI::Option* add_threads_option(CLI::App* c, int& threads);
 
+// A progress line on stderr for a pass over validation windows: redrawn in place on a
+// terminal, a line at every quarter otherwise; the last call ends the line.
+std::function<void(int64_t, int64_t)> window_progress(const std::string& what);
+
 }  // namespace moe::cli

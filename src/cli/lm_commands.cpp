@@ -142,6 +142,7 @@ int run_train(const TrainArgs& a) {
   cfg.validate(a.config_path.empty() ? "default config" : a.config_path);
   std::unique_ptr<ParallelGroups> par = parallel_groups(a, cfg);
   const int rank = par ? par->layout.rank : 0;
+  if (!par) check_run_directory(a.out, a.resume);  // before the corpus is read
   const DataOptions d = data_options(cfg.training, cfg.vocab_size);
   PreparedData data;
   if (par) {
@@ -235,7 +236,8 @@ int run_eval(const EvalArgs& a) {
   const TokenStream valid =
       validation_stream(d, *run.tokenizer, run_tokenizer_file(a.run, t), log_line);
   const EvalResult e = evaluate(*run.model, valid, t.batch_size, t.seq_len,
-                                a.batches > 0 ? static_cast<int64_t>(a.batches) * t.batch_size : 0);
+                                a.batches > 0 ? static_cast<int64_t>(a.batches) * t.batch_size : 0,
+                                window_progress("eval"));
   fmt::print("{}: validation loss {:.4f}, perplexity {:.2f} over {} tokens\n", a.run, e.loss,
              std::exp(e.loss), e.tokens);
   fmt::print("{:<10} {:>8} {:>11} {:>9}\n", "domain", "loss", "perplexity", "tokens");

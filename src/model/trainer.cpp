@@ -348,7 +348,7 @@ void write_report(const std::string& dir, const ModelConfig& cfg, const Transfor
 }  // namespace
 
 EvalResult evaluate(Transformer<float>& model, const TokenStream& valid, int batch, int seq_len,
-                    int64_t max_windows) {
+                    int64_t max_windows, const WindowProgress& progress) {
   std::vector<int64_t> starts = validation_windows(valid, seq_len, max_windows);
   MOE_REQUIRE(!starts.empty(), "evaluate: the validation split is shorter than one window of {}",
               seq_len + 1);
@@ -380,6 +380,7 @@ EvalResult evaluate(Transformer<float>& model, const TokenStream& valid, int bat
                  target_domains.data() + static_cast<int64_t>(b) * seq_len);
     }
     model.forward(inputs.data(), targets.data(), B, seq_len, false);
+    if (progress) progress(static_cast<int64_t>(w0 + Bg), static_cast<int64_t>(starts.size()));
     for (int l = 0, m = 0; l < model.num_layers(); ++l)
       if (const MoeMetrics* metrics = model.moe_metrics(l)) {
         const MoeMetrics& mm = *metrics;  // of the whole batch, also under expert parallelism
@@ -458,6 +459,25 @@ CommStats comm_totals(ParallelGroups* par) {
   return total;
 }
 
+namespace {
+
+// have: how many of the `world` ranks have their checkpoint at `path` (this rank's).
+void refuse_run_directory(const std::string& path, bool resume, int64_t have, int world) {
+  if (!resume && have > 0)
+    throw Error(fmt::format(
+        "{}: a checkpoint exists; pass --resume to continue it or choose another --out", path));
+  if (resume && have < world)
+    throw Error(fmt::format("{}: no checkpoint to resume from{}", path,
+                            world > 1 ? " (for every rank)" : ""));
+}
+
+}  // namespace
+
+void check_run_directory(const std::string& out_dir, bool resume) {
+  const std::string path = Checkpointer(out_dir).path();
+  refuse_run_directory(path, resume, fs::exists(path) ? 1 : 0, 1);
+}
+
 TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
                   const TokenStream& valid_data, const TrainOptions& opt) {
   ModelConfig cfg = cfg_in;
@@ -508,13 +528,7 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
   const std::string metrics_path = opt.out_dir + "/metrics.jsonl";
   int64_t have_checkpoint = fs::exists(ckpt.path()) ? 1 : 0;
   if (par) par->world->allreduce_sum(&have_checkpoint, 1);
-  if (!opt.resume && have_checkpoint > 0)
-    throw Error(
-        fmt::format("{}: a checkpoint exists; pass --resume to continue it or choose another --out",
-                    ckpt.path()));
-  if (opt.resume && have_checkpoint < W)
-    throw Error(fmt::format("{}: no checkpoint to resume from{}", ckpt.path(),
-                            W > 1 ? " (for every rank)" : ""));
+  refuse_run_directory(ckpt.path(), opt.resume, have_checkpoint, W);
 
   Transformer<float> model(cfg);
   Rng rng(t.seed);
