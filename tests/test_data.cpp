@@ -28,13 +28,7 @@ namespace {
 // Helpers
 
 using test::TempDir;
-
-void write_file(const fs::path& path, const std::string& content) {
-  fs::create_directories(path.parent_path());
-  std::ofstream out(path, std::ios::binary);
-  out << content;
-  ASSERT_TRUE(out.good()) << path;
-}
+using test::write_file;
 
 std::string read_file(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);

@@ -32,10 +32,7 @@ namespace {
 using test::error_of;
 using test::fixture_dir;
 using test::TempDir;
-
-void write_text(const std::string& path, const std::string& text) {
-  std::ofstream(path, std::ios::binary) << text;
-}
+using test::write_file;
 
 // A user's error names the input, never a place in our sources ("src/x.cpp:12:").
 void expect_no_source_location(const std::string& msg) {
@@ -52,7 +49,7 @@ void copy_dir(const std::string& from, const std::string& to) {
 TEST(InputFiles, NumberOverflowInEveryJsonReaderNamesTheFile) {
   TempDir dir;
   const std::string train = dir.file("train.json");
-  write_text(train, R"({"model_type": "mixtral", "hidden_size": 1e999})");
+  write_file(train, R"({"model_type": "mixtral", "hidden_size": 1e999})");
   const std::string msg = error_of([&] { load_model_config(train); });
   EXPECT_NE(msg.find("train.json: not valid JSON"), std::string::npos) << msg;
   EXPECT_NE(msg.find("overflow"), std::string::npos) << msg;
@@ -60,27 +57,27 @@ TEST(InputFiles, NumberOverflowInEveryJsonReaderNamesTheFile) {
 
   const std::string hf = dir.str() + "/hf";
   copy_dir(fixture_dir() + "/hf/qwen2_moe", hf);
-  write_text(hf + "/config.json", R"({"model_type": "qwen2_moe", "rope_theta": -1e999})");
+  write_file(hf + "/config.json", R"({"model_type": "qwen2_moe", "rope_theta": -1e999})");
   EXPECT_MOE_ERROR(load_hf_config(hf + "/config.json"), "config.json: not valid JSON");
 
   // A sharded checkpoint's index.
   fs::remove(hf + "/model.safetensors");
-  write_text(hf + "/model.safetensors.index.json",
+  write_file(hf + "/model.safetensors.index.json",
              R"({"metadata": {"total_size": 1e999}, "weight_map": {}})");
   EXPECT_MOE_ERROR(HfWeights::open(hf), "model.safetensors.index.json: not valid JSON");
 
   const std::string tok = dir.file("tokenizer.json");
-  write_text(tok, R"({"model": {"type": "BPE", "dropout": 1e999}})");
+  write_file(tok, R"({"model": {"type": "BPE", "dropout": 1e999}})");
   EXPECT_MOE_ERROR(load_hf_tokenizer_json(tok), "tokenizer.json: not valid JSON");
 
   const std::string vit = dir.file("vit.json");
-  write_text(vit, R"({"model_type": "vit_moe", "hidden_size": 1e999})");
+  write_file(vit, R"({"model_type": "vit_moe", "hidden_size": 1e999})");
   EXPECT_FALSE(is_vit_config(vit));
   EXPECT_MOE_ERROR(load_vit_config(vit), "vit.json: not valid JSON");
 
   // Invalid UTF-8 inside a string is nlohmann's type_error 316 on dump and a parse error on
   // parse: either way an Error naming the file.
-  write_text(train, "{\"model_type\": \"mix\xff\"}");
+  write_file(train, "{\"model_type\": \"mix\xff\"}");
   EXPECT_MOE_ERROR(load_model_config(train), "train.json: not valid JSON");
 }
 
@@ -89,7 +86,7 @@ TEST(InputFiles, ConfigJsonWithoutModelTypeIsRefused) {
   TempDir dir;
   for (const char* text :
        {"{}", R"({"hidden_size": 64, "some_key": 1})", R"({"model_type": null})"}) {
-    write_text(dir.file("config.json"), text);
+    write_file(dir.file("config.json"), text);
     const std::string msg = error_of([&] { load_hf_config(dir.file("config.json")); });
     EXPECT_NE(msg.find("config.json: model_type is missing"), std::string::npos) << msg;
     expect_no_source_location(msg);
@@ -100,10 +97,10 @@ TEST(InputFiles, ConfigJsonWithoutModelTypeIsRefused) {
 // 4294967297 silently became layer 1.
 TEST(InputFiles, MlpOnlyLayersOutOfIntRangeIsRefused) {
   TempDir dir;
-  write_text(dir.file("config.json"),
+  write_file(dir.file("config.json"),
              R"({"model_type": "qwen2_moe", "mlp_only_layers": [0, 4294967297]})");
   EXPECT_MOE_ERROR(load_hf_config(dir.file("config.json")), "config.json", "mlp_only_layers[1]");
-  write_text(dir.file("config.json"), R"({"model_type": "qwen2_moe", "mlp_only_layers": [1.5]})");
+  write_file(dir.file("config.json"), R"({"model_type": "qwen2_moe", "mlp_only_layers": [1.5]})");
   EXPECT_MOE_ERROR(load_hf_config(dir.file("config.json")), "mlp_only_layers[0]");
 }
 
@@ -148,7 +145,7 @@ TEST(InputFiles, OversizedConfigIsRefusedBeforeReading) {
   EXPECT_LT(seconds, 1.0) << "the size is known from stat(): nothing should be read";
   // tokenizer.json has a larger bound of its own; a file within it parses as before.
   EXPECT_GT(kMaxTokenizerFileBytes, kMaxConfigFileBytes);
-  write_text(dir.file("small.json"), R"({"a": [1, 2.5, "x"]})");
+  write_file(dir.file("small.json"), R"({"a": [1, 2.5, "x"]})");
   EXPECT_EQ(read_json_file(dir.file("small.json"))["a"][1].get<double>(), 2.5);
 }
 

@@ -25,13 +25,7 @@ namespace moe {
 namespace {
 
 using test::TempDir;
-
-void write_file(const fs::path& path, const std::string& content) {
-  fs::create_directories(path.parent_path());
-  std::ofstream out(path, std::ios::binary);
-  out << content;
-  ASSERT_TRUE(out.good()) << path;
-}
+using test::write_file;
 
 // Every entry under `root` with its contents and mtime (nanoseconds): equal snapshots mean the
 // tree is byte-identical, timestamps included.

@@ -361,15 +361,6 @@ void note_context_limit(const GenerateArgs& a, size_t prompt_len, int context) {
                budget, a.max_new_tokens, prompt_len, context);
 }
 
-// The peak resident memory of this process (Linux VmHWM), in bytes; 0 when unknown.
-int64_t peak_resident_bytes() {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
-  return 0;
-}
-
 // 46702792704 -> "46.70B", 6040000 -> "6.04M".
 std::string count_text(int64_t n) {
   if (n >= 1000000000) return fmt::format("{:.2f}B", n / 1e9);
