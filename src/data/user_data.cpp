@@ -343,7 +343,9 @@ Scan scan_input(const Input& in, const DataOptions& opt, bool want_sample) {
 // the writer of their split (a null writer: that split is not wanted).
 void tokenize_input(const Input& in, const DataOptions& opt, const Scan& sc, const Tokenizer& tok,
                     TokenFileWriter* train, TokenFileWriter* valid, const Log& say) {
-  const auto [bos, eos] = document_frame(tok);
+  // Not a structured binding: clang 14 cannot capture one in the lambda below.
+  const std::pair<int32_t, int32_t> frame = document_frame(tok);
+  const int32_t bos = frame.first, eos = frame.second;
   Stopwatch t;
   double last_report = 0;
   int64_t done_bytes = 0;
