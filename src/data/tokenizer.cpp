@@ -50,7 +50,14 @@ class SentencePieceTokenizer final : public Tokenizer {
     std::error_code ec;
     if (!std::filesystem::is_regular_file(path, ec))
       throw Error(fmt::format("{}: tokenizer model not found", path));
-    const auto status = sp_.Load(path);
+    sentencepiece::util::Status status;
+    try {
+      status = sp_.Load(path);
+    } catch (const std::exception& e) {
+      // sentencepiece's trie builder (darts-clone) throws on some malformed models, e.g. an
+      // empty piece (a fuzz finding): that is the file's fault, like a bad status.
+      throw Error(fmt::format("{}: not a valid sentencepiece model: {}", path, e.what()));
+    }
     if (!status.ok())
       throw Error(fmt::format("{}: not a valid sentencepiece model: {}", path, status.ToString()));
     if (trained_here && (sp_.bos_id() < 0 || sp_.eos_id() < 0))
