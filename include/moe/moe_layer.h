@@ -50,7 +50,7 @@ struct LayerTimings {
 
 // Arena offsets of the layer's parameters, resolved once (-1 when absent) so that hot paths
 // never look names up; offsets rather than pointers keep a layer safely copyable. MoeLayer and
-// the CUDA layer (cuda_moe.h) share the layout, and this one lookup.
+// the CUDA layer (cuda_moe_layer.h) share the layout, and this one lookup.
 struct MoeParamOffsets {
   int64_t router = -1, noise = -1, w1 = -1, w3 = -1, w2 = -1;
   int64_t shared_w1 = -1, shared_w3 = -1, shared_w2 = -1, shared_gate = -1;
