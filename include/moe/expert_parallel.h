@@ -1,6 +1,8 @@
-// Expert parallelism of one MoE layer: each rank of an expert-parallel group of P ranks holds
-// E/P experts (rank q holds experts [q*E/P, (q+1)*E/P)); tokens travel to their experts and
-// back. The steps of one forward (MegaBlocks' parallel_forward_once, Megatron's dispatcher):
+// Expert parallelism of one MoE layer, composed of the parts of MoeLayer: the same Router
+// (router.h), GroupedExperts over this rank's shard and the AllToAllDispatcher
+// (all_to_all_dispatcher.h) in place of the local one. Each rank of an expert-parallel group of P
+// ranks holds E/P experts (rank q holds experts [q*E/P, (q+1)*E/P)); tokens travel to their experts
+// and back. The steps of one forward (MegaBlocks' parallel_forward_once, Megatron's dispatcher):
 //   1. router logits of the local tokens (the router is replicated on every rank);
 //   2. allgather the logits [T, E] over all ranks: every rank runs the one-process routing code
 //      (top-k, gates, capacity, losses, metrics) on the global batch, so capacity and drop
@@ -22,6 +24,7 @@
 
 #include <vector>
 
+#include "moe/all_to_all_dispatcher.h"
 #include "moe/communicator.h"
 #include "moe/feed_forward.h"
 #include "moe/moe_layer.h"
@@ -53,51 +56,35 @@ class ExpertParallelMoe final : public FeedForward<T> {
   void copy_from(MoeLayer<T>& full);
   void copy_into(MoeLayer<T>& full);  // router/shared and this rank's experts
 
-  const MoeMetrics& metrics() const { return metrics_; }  // global
-  const RoutingPlan& global_plan() const { return plan_; }
-  std::vector<T>& selection_bias() { return bias_; }
-  const std::vector<T>& selection_bias() const { return bias_; }
-  void update_selection_bias();
+  const MoeMetrics& metrics() const { return router_.metrics(); }  // global
+  const RoutingPlan& global_plan() const { return router_.plan(); }
+  std::vector<T>& selection_bias() { return router_.selection_bias(); }
+  const std::vector<T>& selection_bias() const { return router_.selection_bias(); }
+  void update_selection_bias() { router_.update_selection_bias(); }
   const ExpertParallelStats& stats() const { return stats_; }
 
  private:
+  // Step 2: allgather the logits and token masks, route the global batch, keep the local slice.
   void route_global();
-  // A parameter's values / gradients, or null when the config has none (w3 of GELU, the gate).
-  T* param(const char* name) { return params_.has(name) ? params_.value(name) : nullptr; }
-  T* grad(const char* name) { return params_.has(name) ? params_.grad(name) : nullptr; }
-  // Sends `rows` [N, d] of the local permutation to the expert owners (forward direction)
-  // into recv_ [R, d] in expert-block order, or back (reverse direction).
-  void dispatch(const T* rows, T* blocks);
-  void undispatch(const T* blocks, T* rows);
 
   MoeConfig cfg_;
   ParallelGroups& groups_;
   int d_, F_, E_, k_, Hs_, P_, El_, e0_;
   ParamSet<T> params_;
-  std::vector<T> bias_;
+  int64_t router_off_ = -1;
+  Router<T> router_;  // on the global batch [Tg, ...]
+  GroupedExperts<T> experts_;
+  SharedExperts<T> shared_;
+  AllToAllDispatcher<T> dispatcher_;
 
-  // Global routing state [Tg, E] / [Tg*k] and the local slice.
   int64_t Tl_ = 0, Tg_ = 0, t0_ = 0;
-  std::vector<T> zl_, z_, s_, lse_, u_, p_, norm_, gate_prim_, gate_;
-  std::vector<uint8_t> mask_l_;
-  RoutingPlan plan_, local_plan_;
+  std::vector<int64_t> rank_tokens_;  // [W]
+  std::vector<uint8_t> mask_l_, mask_g_;
+  RoutingPlan local_plan_;
   Permutation perm_;
-  std::vector<int64_t> counts_;
-  std::vector<double> importance_, mean_prob_;
-  MoeMetrics metrics_;
 
-  // Dispatch layout: per peer q of the expert group, rows per local expert sent/received.
-  std::vector<int64_t> send_counts_, recv_counts_;  // [P * El]
-  std::vector<int64_t> send_bytes_, recv_bytes_;    // [P] row bytes to / from each peer
-  std::vector<int64_t> count_bytes_;                // [P] bytes of one peer's counts
-  std::vector<int64_t> block_offsets_;              // [El + 1] rows of each local expert
-  std::vector<int64_t> recv_to_block_;              // [R] receive index -> block row
-  int64_t R_ = 0;
-
-  std::vector<T> x_, xp_, y_, xr_, yr_, h1_, h3_, a_, buf_;
-  std::vector<T> sh1_, sh3_, sa_, sy_, sgate_;
-  std::vector<T> dy_, dyr_, dxr_, dxp_, da_, dh1_, dh3_, dgate_l_, dgate_, dgate_prim_, ds_, dp_,
-      dz_, dsy_, dxs_, dhn_;
+  std::vector<T> x_, zl_, xp_, y_, xr_, yr_;
+  std::vector<T> dy_, dyr_, dxr_, dxp_, dgate_l_, dgate_, dhn_;
   ExpertParallelStats stats_;
 };
 

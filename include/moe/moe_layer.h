@@ -7,11 +7,11 @@
 // permutation. Workspaces grow to the largest batch seen and are reused afterwards, so a
 // steady-state training step does not allocate.
 //
-// Experts run in parallel (one expert per thread, largest first, each GEMM single-threaded)
-// when there are enough of them to keep the threads busy; otherwise one after another with
-// each GEMM using all threads. Either way every expert's sums run in a fixed order, so results
-// depend only on the thread count. compute_dtype = "bfloat16" runs the expert and shared
-// expert GEMMs in bf16 with fp32 accumulation (MoeLayer<float> only).
+// The parts (Megatron-Core's split): Router (router.h) from the logits to the routing plan,
+// losses and metrics; the local dispatcher (permute.h) gathers and scatters rows; the
+// GroupedExperts (grouped_experts.h) run the expert FFNs and schedule them over threads;
+// SharedExperts (shared_experts.h) run on every token. compute_dtype = "bfloat16" runs the expert
+// and shared expert GEMMs in bf16 with fp32 accumulation (MoeLayer<float> only).
 //
 // Parameters (ParamSet names):            Workspaces saved for backward:
 //   router.weight        [E, d]             z, s, lse, p [T, E]; gates [T, k]
@@ -26,9 +26,12 @@
 #include <vector>
 
 #include "moe/feed_forward.h"
+#include "moe/grouped_experts.h"
 #include "moe/moe_config.h"
 #include "moe/moe_losses.h"
 #include "moe/permute.h"
+#include "moe/router.h"
+#include "moe/shared_experts.h"
 
 namespace moe {
 
@@ -88,34 +91,28 @@ class MoeLayer final : public FeedForward<T> {
   double last_forward_macs() const;
 
   // Aux-loss-free balancing: call after the optimizer step (uses the last forward's loads).
-  void update_selection_bias();
-  std::vector<T>& selection_bias() { return bias_; }
-  const std::vector<T>& selection_bias() const { return bias_; }
+  void update_selection_bias() { router_.update_selection_bias(); }
+  std::vector<T>& selection_bias() { return router_.selection_bias(); }
+  const std::vector<T>& selection_bias() const { return router_.selection_bias(); }
 
   const MoeConfig& config() const { return cfg_; }
-  const RoutingPlan& plan() const { return plan_; }
-  const MoeMetrics& metrics() const { return metrics_; }
+  const Router<T>& router() const { return router_; }
+  const RoutingPlan& plan() const { return router_.plan(); }
+  const MoeMetrics& metrics() const { return router_.metrics(); }
   // Final gates of the last forward, [T, k] (0 where dropped) and the scores [T, E].
-  const std::vector<T>& gates() const { return gate_; }
-  const std::vector<T>& scores() const { return s_; }
+  const std::vector<T>& gates() const { return router_.gates(); }
+  const std::vector<T>& scores() const { return router_.scores(); }
   // Expert outputs of the last forward in expert-major order [N, d] (for inspection).
   const Permutation& permutation() const { return perm_; }
 
   // Attach (or with nullptr detach) a timing record that forward/backward add to.
   void set_timings(LayerTimings* t) { timings_ = t; }
-  // Expert scheduling: -1 (default) decides per call, 0 forces one expert after another with
-  // threaded GEMMs, 1 forces experts in parallel. Results are identical either way.
-  void set_expert_parallel(int mode) { expert_parallel_ = mode; }
+  // OpenMP expert scheduling (GroupedExperts::set_schedule): -1 (default) decides per call,
+  // 0 one expert after another with threaded GEMMs, 1 experts in parallel. Same results.
+  void set_expert_schedule(int mode) { experts_.set_schedule(mode); }
 
  private:
   void reserve(int64_t tokens);
-  void run_experts_forward();
-  void run_experts_backward();
-  bool experts_in_parallel() const;
-  // Calls run(e) for every expert: one expert per thread, largest first, when that pays
-  // (experts_in_parallel), else in index order with each GEMM threaded.
-  template <class Fn>
-  void for_each_expert(const Fn& run);
 
   T* value(int64_t off) { return off < 0 ? nullptr : params_.values().data() + off; }
   T* grad(int64_t off) { return off < 0 ? nullptr : params_.grads().data() + off; }
@@ -124,28 +121,21 @@ class MoeLayer final : public FeedForward<T> {
   int d_, F_, E_, k_, Hs_;
   ParamSet<T> params_;
   MoeParamOffsets off_;
-  std::vector<T> bias_;  // [E] selection bias (state, not a parameter)
+  Router<T> router_;
+  GroupedExperts<T> experts_;
+  SharedExperts<T> shared_;
 
   int64_t tokens_ = 0;
   bool noisy_ = false;  // noise applied in the last forward
-  RoutingPlan plan_;
   Permutation perm_;
-  MoeMetrics metrics_;
-  std::vector<int64_t> counts_;  // [E] primary assignments
-  std::vector<double> importance_, mean_prob_;
-
-  // Forward state.
-  std::vector<T> x_, noise_, hn_, z_, s_, lse_, u_, p_, norm_, gate_prim_, gate_;
-  std::vector<T> xp_, h1_, h3_, a_, y_;
-  std::vector<T> sh1_, sh3_, sa_, sy_, sgate_;
+  std::vector<uint8_t> dropout_mask_;  // [E]
   std::vector<double> uniforms_;
-  // Backward scratch.
-  std::vector<T> dy_, dxp_, da_, dh1_, dh3_, dgate_, dgate_prim_, ds_, dp_, dz_, dhn_;
-  std::vector<T> dsy_, dxs_;
 
-  std::vector<int> expert_order_;  // [E] experts by descending rows (parallel schedule)
+  // Forward state; backward scratch.
+  std::vector<T> x_, noise_, hn_, xp_, y_;
+  std::vector<T> dy_, dxp_, dgate_, dhn_;
+
   LayerTimings* timings_ = nullptr;
-  int expert_parallel_ = -1;
 };
 
 }  // namespace moe
