@@ -37,7 +37,7 @@ class AllToAllDispatcher {
   int64_t rows_received() const;
 
  private:
-  Communicator& group_;
+  Communicator* group_;
   int P_, El_, q_;
   int64_t d_;
   std::vector<int64_t> send_counts_, recv_counts_;  // [P * El]

@@ -6,7 +6,7 @@ namespace moe {
 
 template <class T>
 AllToAllDispatcher<T>::AllToAllDispatcher(Communicator& group, int num_experts, int64_t d)
-    : group_(group),
+    : group_(&group),
       P_(group.size()),
       El_(num_experts / group.size()),
       q_(group.rank()),
@@ -22,7 +22,7 @@ AllToAllDispatcher<T>::AllToAllDispatcher(Communicator& group, int num_experts, 
 template <class T>
 void AllToAllDispatcher<T>::exchange_counts(const Permutation& local) {
   for (int e = 0; e < P_ * El_; ++e) send_counts_[e] = local.rows_of(e);  // peer e/El, expert e%El
-  group_.alltoallv(send_counts_.data(), count_bytes_.data(), recv_counts_.data(),
+  group_->alltoallv(send_counts_.data(), count_bytes_.data(), recv_counts_.data(),
                    count_bytes_.data());
   R_ = 0;
   for (int64_t c : recv_counts_) R_ += c;
@@ -53,7 +53,7 @@ void AllToAllDispatcher<T>::exchange_counts(const Permutation& local) {
 
 template <class T>
 void AllToAllDispatcher<T>::dispatch(const T* rows, T* blocks) {
-  group_.alltoallv(rows, send_bytes_.data(), buf_.data(), recv_bytes_.data());
+  group_->alltoallv(rows, send_bytes_.data(), buf_.data(), recv_bytes_.data());
   for (int64_t i = 0; i < R_; ++i)
     std::copy_n(buf_.data() + i * d_, d_, blocks + recv_to_block_[i] * d_);
 }
@@ -62,7 +62,7 @@ template <class T>
 void AllToAllDispatcher<T>::undispatch(const T* blocks, T* rows) {
   for (int64_t i = 0; i < R_; ++i)
     std::copy_n(blocks + recv_to_block_[i] * d_, d_, buf_.data() + i * d_);
-  group_.alltoallv(buf_.data(), recv_bytes_.data(), rows, send_bytes_.data());
+  group_->alltoallv(buf_.data(), recv_bytes_.data(), rows, send_bytes_.data());
 }
 
 template <class T>

@@ -37,17 +37,22 @@ class Laps {
   Clock::time_point start_, last_;
 };
 using Pass = LayerTimings::Pass;
+
+// The config, checked before any part is sized from it.
+const MoeConfig& validated(const MoeConfig& c) {
+  c.validate("MoeLayer");
+  return c;
+}
 }  // namespace
 
 template <class T>
 MoeLayer<T>::MoeLayer(const MoeConfig& config)
-    : cfg_(config),
+    : cfg_(validated(config)),
       router_(config),
       experts_({config.hidden_act, config.hidden_size, config.moe_intermediate_size,
                 config.compute_dtype},
                config.num_experts),
       shared_(config) {
-  cfg_.validate("MoeLayer");
   MOE_CHECK((std::is_same_v<T, float>) || cfg_.compute_dtype == ComputeDtype::Float32,
             "MoeLayer: compute_dtype \"bfloat16\" needs MoeLayer<float> (fp32 master weights)");
   d_ = cfg_.hidden_size;
