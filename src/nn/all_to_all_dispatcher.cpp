@@ -23,7 +23,7 @@ template <class T>
 void AllToAllDispatcher<T>::exchange_counts(const Permutation& local) {
   for (int e = 0; e < P_ * El_; ++e) send_counts_[e] = local.rows_of(e);  // peer e/El, expert e%El
   group_->alltoallv(send_counts_.data(), count_bytes_.data(), recv_counts_.data(),
-                   count_bytes_.data());
+                    count_bytes_.data());
   R_ = 0;
   for (int64_t c : recv_counts_) R_ += c;
   const int64_t row_bytes = d_ * static_cast<int64_t>(sizeof(T));
