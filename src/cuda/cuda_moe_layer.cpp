@@ -30,7 +30,7 @@
 #include "cuda/routing_math.h"
 #include "cuda/shared_experts.cuh"
 #include "moe/cuda_moe_layer.h"
-#include "moe/ffn.h"
+#include "moe/grouped_experts.h"
 #include "moe/moe_layer.h"
 #include "moe/router.h"
 #include "moe/shared_experts.h"

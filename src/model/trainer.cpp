@@ -11,7 +11,6 @@
 #include <sstream>
 
 #include "moe/error.h"
-#include "moe/expert_parallel.h"
 #include "moe/hf_tokenizer.h"
 #include "moe/optimizer.h"
 #include "moe/routing_stats.h"
