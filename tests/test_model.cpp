@@ -188,12 +188,13 @@ TEST(Transformer, CachedGenerationMatchesFullForward) {
   auto tokens = random_tokens(rng, S, cfg.vocab_size);
   model.forward(tokens.data(), nullptr, 1, S);
   std::vector<float> full(model.logits(), model.logits() + S * cfg.vocab_size);
-  auto caches = model.new_caches(1, S);
+  TransformerLm lm(model);
+  auto caches = lm.new_caches(1, S);
   std::vector<float> last(cfg.vocab_size);
-  model.forward_cached(tokens.data(), 1, 4, caches, last.data());  // a 4-token prompt
+  lm.forward(tokens.data(), 1, 4, caches, last.data());  // a 4-token prompt
   test::expect_close("prompt", last.data(), full.data() + 3 * cfg.vocab_size, cfg.vocab_size, 1e-5);
   for (int s = 4; s < S; ++s) {
-    model.forward_cached(tokens.data() + s, 1, 1, caches, last.data());
+    lm.forward(tokens.data() + s, 1, 1, caches, last.data());
     test::expect_close("step " + std::to_string(s), last.data(), full.data() + s * cfg.vocab_size,
                        cfg.vocab_size, 1e-5);
   }

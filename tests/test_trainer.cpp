@@ -105,7 +105,8 @@ TEST(Trainer, LossFallsAndEvalIsPerDomain) {
   g.max_new_tokens = 6;
   g.sampling.temperature = 0;
   g.stop_at_eos = false;
-  const auto out = generate(*run.model, {2, 3, 4, 5, 6, 7, 8, 2, 3}, g, -1);
+  TransformerLm lm(*run.model);
+  const auto out = generate(lm, {{2, 3, 4, 5, 6, 7, 8, 2, 3}}, g, -1)[0];
   ASSERT_EQ(out.size(), 6u);
   EXPECT_EQ(out[0], 4);
   EXPECT_EQ(out[1], 5);

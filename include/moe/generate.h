@@ -7,8 +7,7 @@
 #include <vector>
 
 #include "moe/sampling.h"
-#include "moe/tokenizer.h"
-#include "moe/transformer.h"
+#include "moe/transformer.h"  // TransformerLm
 
 namespace moe {
 
@@ -25,9 +24,14 @@ struct GenerateOptions {
 // already fills the context is an error.
 int new_token_budget(int prompt_len, int max_new_tokens, int context);
 
-// Returns the generated ids (without the prompt). on_token, if set, sees each id as drawn.
-std::vector<int32_t> generate(Transformer<float>& model, const std::vector<int32_t>& prompt,
-                              const GenerateOptions& opt, int32_t eos_id,
-                              const std::function<void(int32_t)>& on_token = {});
+// Greedy or sampled continuation of B prompts of equal length, with batched prefill and a KV
+// cache, for a trained run (TransformerLm) or a checkpoint (InferenceModel). Returns
+// [B][generated] without the prompts; a sequence stops at eos (when >= 0 and opt.stop_at_eos;
+// the eos is its last id) or after opt.max_new_tokens, or when the context ends
+// (new_token_budget). on_token(b, id) sees every id as it is drawn.
+std::vector<std::vector<int32_t>> generate(Decoder& model,
+                                           const std::vector<std::vector<int32_t>>& prompts,
+                                           const GenerateOptions& opt, int32_t eos_id,
+                                           const std::function<void(int, int32_t)>& on_token = {});
 
 }  // namespace moe

@@ -11,6 +11,7 @@
 
 #include "moe/attention.h"
 #include "moe/communicator.h"
+#include "moe/decoder.h"
 #include "moe/feed_forward.h"
 #include "moe/model_config.h"
 #include "moe/moe_layer.h"
@@ -39,12 +40,6 @@ class Transformer {
   // parallelism the ranks' cross-entropies are parts of one mean (ce_scale = local / global
   // targets) while every rank holds the whole auxiliary loss and applies its tokens' share.
   void backward(double ce_scale, double aux_scale);
-
-  // Generation: n new tokens of each of B sequences [B*n], appended to the caches (one per
-  // layer, see new_caches). Writes the logits of each sequence's last new token, [B, V].
-  void forward_cached(const int32_t* tokens, int B, int n, std::vector<KvCache<T>>& caches,
-                      T* last_logits);
-  std::vector<KvCache<T>> new_caches(int batch, int capacity) const;
 
   const ModelConfig& config() const { return cfg_; }
   std::vector<ParamRef<T>>& parameters() { return params_; }
@@ -97,6 +92,7 @@ class Transformer {
   void load_weights(const SafeTensorsFile& f);
 
  private:
+  friend class TransformerLm;
   T* base(const std::string& name) { return base_.value(name); }
   T* base_grad(const std::string& name) { return base_.grad(name); }
   void reserve(int64_t rows);
@@ -129,6 +125,18 @@ class Transformer {
   std::vector<T> dh_, dtmp_, dhf_;   // [n, d]
   double ce_ = 0, aux_ = 0;
   int64_t counted_ = 0;
+};
+
+// A trained model for generation (generate.h): the one cached decoder forward over F32 views of
+// its parameters (no copy) with its FeedForward layers as the FFNs. The model must outlive it.
+class TransformerLm : public Decoder {
+ public:
+  explicit TransformerLm(Transformer<float>& model);
+
+ private:
+  void ffn(int l, int64_t rows) override;
+  Transformer<float>& model_;
+  std::vector<float> y_;  // [rows, d] FFN output
 };
 
 }  // namespace moe

@@ -393,8 +393,12 @@ int run_generate(const GenerateArgs& a) {
   MOE_REQUIRE(!prompt.empty(), "{}: the prompt is empty (give --prompt or --prompt-ids)", a.run);
   note_context_limit(a, prompt.size(), run.config.max_position_embeddings);
   StreamPrinter printer(tok, prompt.size());
-  generate(*run.model, prompt, generate_options(a), run.tokenizer->eos_id(),
-           [&](int32_t id) { printer.add(id); });
+  const GenerateOptions opt = generate_options(a);
+  const int32_t eos = run.tokenizer->eos_id();
+  TransformerLm lm(*run.model);
+  generate(lm, {prompt}, opt, eos, [&](int, int32_t id) {
+    if (!opt.stop_at_eos || id != eos) printer.add(id);  // a run's continuation ends before eos
+  });
   printer.finish();
   return 0;
 }

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "moe/error.h"
+#include "moe/sampling.h"
 
 namespace moe {
 
@@ -16,23 +17,44 @@ int new_token_budget(int prompt_len, int max_new_tokens, int context) {
   return std::min(max_new_tokens, context - prompt_len);
 }
 
-std::vector<int32_t> generate(Transformer<float>& model, const std::vector<int32_t>& prompt,
-                              const GenerateOptions& opt, int32_t eos_id,
-                              const std::function<void(int32_t)>& on_token) {
-  const ModelConfig& cfg = model.config();
-  const int prompt_len = static_cast<int>(prompt.size());
-  const int budget = new_token_budget(prompt_len, opt.max_new_tokens, cfg.max_position_embeddings);
-  auto caches = model.new_caches(1, prompt_len + budget);
-  std::vector<float> logits(cfg.vocab_size), scratch;
+std::vector<std::vector<int32_t>> generate(Decoder& model,
+                                           const std::vector<std::vector<int32_t>>& prompts,
+                                           const GenerateOptions& opt, int32_t eos_id,
+                                           const std::function<void(int, int32_t)>& on_token) {
+  MOE_REQUIRE(!prompts.empty() && !prompts[0].empty(), "generate: needs a non-empty prompt");
+  const int B = static_cast<int>(prompts.size());
+  const int n = static_cast<int>(prompts[0].size());
+  for (const auto& p : prompts)
+    MOE_REQUIRE(static_cast<int>(p.size()) == n,
+                "generate: batched prompts must have the same length ({} and {} tokens)", n,
+                p.size());
+  const int budget =
+      new_token_budget(n, opt.max_new_tokens, model.config().max_position_embeddings);
+  const int64_t V = model.config().vocab_size;
+  auto caches = model.new_caches(B, n + std::max(budget, 1));
+  std::vector<int32_t> flat;
+  for (const auto& p : prompts) flat.insert(flat.end(), p.begin(), p.end());
+  std::vector<float> logits(static_cast<size_t>(B * V)), scratch;
+  std::vector<std::vector<int32_t>> out(static_cast<size_t>(B));
+  std::vector<uint8_t> done(static_cast<size_t>(B), 0);
   Rng rng(opt.seed);
-  std::vector<int32_t> out;
-  model.forward_cached(prompt.data(), 1, prompt_len, caches, logits.data());
-  for (int i = 0; i < budget; ++i) {
-    const int32_t id = sample_token(logits.data(), cfg.vocab_size, opt.sampling, rng, scratch);
-    if (opt.stop_at_eos && id == eos_id) break;
-    out.push_back(id);
-    if (on_token) on_token(id);
-    if (i + 1 < budget) model.forward_cached(&id, 1, 1, caches, logits.data());
+  model.forward(flat.data(), B, n, caches, logits.data());
+  std::vector<int32_t> next(static_cast<size_t>(B));
+  for (int step = 0; step < budget; ++step) {
+    bool all_done = true;
+    for (int b = 0; b < B; ++b) {
+      if (done[b]) {
+        next[b] = std::max(eos_id, 0);  // keeps the batch in step; never reported
+        continue;
+      }
+      next[b] = sample_token(logits.data() + b * V, V, opt.sampling, rng, scratch);
+      out[b].push_back(next[b]);
+      if (on_token) on_token(b, next[b]);
+      if (opt.stop_at_eos && eos_id >= 0 && next[b] == eos_id) done[b] = 1;
+      all_done = all_done && done[b];
+    }
+    if (all_done || step + 1 == budget) break;
+    model.forward(next.data(), B, 1, caches, logits.data());
   }
   return out;
 }

@@ -340,44 +340,6 @@ std::string Transformer<T>::first_nonfinite_activation() const {
 }
 
 template <class T>
-std::vector<KvCache<T>> Transformer<T>::new_caches(int batch, int capacity) const {
-  std::vector<KvCache<T>> caches(L_);
-  for (auto& c : caches) c.reset(batch, capacity, cfg_.num_key_value_heads * cfg_.head_size());
-  return caches;
-}
-
-template <class T>
-void Transformer<T>::forward_cached(const int32_t* tokens, int B, int n,
-                                    std::vector<KvCache<T>>& caches, T* last_logits) {
-  MOE_CHECK(static_cast<int>(caches.size()) == L_, "forward_cached: {} caches for {} layers",
-            caches.size(), L_);
-  const int64_t rows = static_cast<int64_t>(B) * n, nd = rows * d_;
-  const T eps = static_cast<T>(cfg_.rms_norm_eps);
-  std::vector<T> h(nd), x(nd), y(nd);
-  embedding_forward(h.data(), tokens, base("model.embed_tokens.weight"), rows, V_, d_);
-  std::vector<T> rstd(rows);
-  for (int l = 0; l < L_; ++l) {
-    rmsnorm_forward(x.data(), rstd.data(), h.data(), base(layer_name(l, "input_layernorm.weight")),
-                    rows, d_, eps);
-    attn_[l]->forward_cached(View<const T>(x.data(), {rows, d_}), B, n, caches[l],
-                             View<T>(y.data(), {rows, d_}));
-    add_into(h.data(), h.data(), y.data(), nd);
-    rmsnorm_forward(x.data(), rstd.data(), h.data(),
-                    base(layer_name(l, "post_attention_layernorm.weight")), rows, d_, eps);
-    ffn_[l]->forward(View<const T>(x.data(), {rows, d_}), View<T>(y.data(), {rows, d_}));
-    add_into(h.data(), h.data(), y.data(), nd);
-  }
-  // Only each sequence's last row feeds the LM head.
-  std::vector<T> last(static_cast<int64_t>(B) * d_);
-  for (int b = 0; b < B; ++b)
-    std::copy_n(h.data() + (static_cast<int64_t>(b) * n + n - 1) * d_, d_, last.data() + b * d_);
-  rmsnorm_forward(x.data(), rstd.data(), last.data(), base("model.norm.weight"), B, d_, eps);
-  const T* head =
-      cfg_.tie_word_embeddings ? base("model.embed_tokens.weight") : base("lm_head.weight");
-  gemm<T>(Trans::No, Trans::Yes, B, V_, d_, T(1), x.data(), d_, head, d_, T(0), last_logits, V_);
-}
-
-template <class T>
 void Transformer<T>::update_selection_bias() {
   for (int l = 0; l < L_; ++l) {
     // The layer in use: the shard under expert parallelism.
@@ -419,5 +381,38 @@ void Transformer<T>::load_weights(const SafeTensorsFile& f) {
 
 template class Transformer<float>;
 template class Transformer<double>;
+
+TransformerLm::TransformerLm(Transformer<float>& model) : model_(model) {
+  cfg_ = model.config();
+  auto view = [](const float* p, int64_t rows, int64_t cols) {
+    return WeightView{reinterpret_cast<const uint8_t*>(p), DType::F32, rows, cols};
+  };
+  const int64_t d = cfg_.hidden_size, V = cfg_.vocab_size;
+  const int64_t qd = int64_t{cfg_.num_attention_heads} * cfg_.head_size();
+  const int64_t kvd = int64_t{cfg_.num_key_value_heads} * cfg_.head_size();
+  embed_ = view(model.base("model.embed_tokens.weight"), V, d);
+  head_ = cfg_.tie_word_embeddings ? embed_ : view(model.base("lm_head.weight"), V, d);
+  final_norm_ = model.base("model.norm.weight");
+  for (int l = 0; l < model.L_; ++l) {
+    ParamSet<float>& a = model.attn_[l]->params();
+    AttentionWeights w;
+    w.input_norm = model.base(model.layer_name(l, "input_layernorm.weight"));
+    w.post_norm = model.base(model.layer_name(l, "post_attention_layernorm.weight"));
+    w.q = view(a.value("q_proj.weight"), qd, d);
+    w.k = view(a.value("k_proj.weight"), kvd, d);
+    w.v = view(a.value("v_proj.weight"), kvd, d);
+    w.o = view(a.value("o_proj.weight"), d, qd);
+    attn_.push_back(w);
+  }
+  init_rope();
+}
+
+void TransformerLm::ffn(int l, int64_t rows) {
+  const int64_t d = cfg_.hidden_size, nd = rows * d;
+  if (y_.size() < static_cast<size_t>(nd)) y_.resize(static_cast<size_t>(nd));
+  model_.ffn_[l]->forward(View<const float>(x_.data(), {rows, d}),
+                          View<float>(y_.data(), {rows, d}));
+  add_into(h_.data(), h_.data(), y_.data(), nd);
+}
 
 }  // namespace moe

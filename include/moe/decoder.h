@@ -1,0 +1,77 @@
+// The one cached decoder forward that generation runs, for a trained run (TransformerLm,
+// transformer.h) and a Hugging Face checkpoint (InferenceModel, inference_model.h): token
+// embedding -> L x (RMSNorm, grouped-query attention with RoPE through a KV cache, residual
+// add, RMSNorm, FFN, residual add) -> final RMSNorm -> LM head. The two differ in the weight
+// format (WeightView: a run's fp32 parameters viewed in place, or a checkpoint's mapped F32,
+// BF16 or F16 tensors) and in each layer's FFN (the virtual ffn()). Attention has the
+// checkpoint families' optional q/k/v bias and q/k RMSNorm (hf_checkpoint.h); a run has neither.
+// Transformer::forward, which saves activations for the backward, stays apart: it runs whole
+// sequences from position 0 with the training-time FFN options and keeps every layer's input.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "moe/attention.h"
+#include "moe/model_config.h"
+#include "moe/safetensors.h"
+
+namespace moe {
+
+// A matrix [rows, cols] (Hugging Face Linear layout: out x in) in the checkpoint's memory.
+struct WeightView {
+  const uint8_t* data = nullptr;
+  DType dtype = DType::F32;
+  int64_t rows = 0, cols = 0;
+};
+
+// y [n, W.rows] = x [n, W.cols] W^T (+ y when accumulate), in fp32 with the 16-bit weights
+// widened exactly. Up to 4 rows (decoding) take one pass over the weights with the widening in
+// registers; more rows (prefill) widen a block of weight rows at a time and run a GEMM on it.
+void linear_forward(const float* x, int64_t n, const WeightView& w, float* y,
+                    bool accumulate = false);
+
+class Decoder {
+ public:
+  Decoder() = default;
+  Decoder(const Decoder&) = delete;  // views into the owner's memory
+  Decoder& operator=(const Decoder&) = delete;
+  virtual ~Decoder() = default;
+  const ModelConfig& config() const { return cfg_; }
+  // One cache per layer for `batch` sequences of up to `capacity` positions.
+  std::vector<KvCache<float>> new_caches(int batch, int capacity) const;
+  // tokens [B*n]: n new tokens of each of B sequences at positions cache.length..; appends
+  // to the caches. logits: [B*n, V] when all_logits, else [B, V] of each sequence's last token.
+  void forward(const int32_t* tokens, int B, int n, std::vector<KvCache<float>>& caches,
+               float* logits, bool all_logits = false);
+
+ protected:
+  // The attention half of a block; fp32 vectors point into the owner's memory.
+  struct AttentionWeights {
+    const float* input_norm = nullptr;  // [d]
+    const float* post_norm = nullptr;   // [d], the FFN's input norm
+    WeightView q, k, v, o;
+    const float *q_bias = nullptr, *k_bias = nullptr, *v_bias = nullptr;  // [H*hd], [G*hd]
+    const float *q_norm = nullptr, *k_norm = nullptr;  // per cfg_.qk_norm: [hd] or [H*hd]/[G*hd]
+  };
+
+  // Fills the RoPE tables; call once cfg_ is set.
+  void init_rope();
+  // h_ [rows, d] += the FFN of layer l applied to x_ [rows, d] (post-attention normalized).
+  virtual void ffn(int l, int64_t rows) = 0;
+
+  ModelConfig cfg_;
+  WeightView embed_, head_;             // [V, d]
+  const float* final_norm_ = nullptr;   // [d]
+  std::vector<AttentionWeights> attn_;  // [L]
+  // Workspaces, grown to the largest call: h_ the residual stream, x_ a sub-layer's input.
+  std::vector<float> h_, x_;
+
+ private:
+  void attention(const AttentionWeights& w, int B, int n, KvCache<float>& cache);
+
+  std::vector<float> cos_, sin_;  // RoPE tables [max_positions, hd/2]
+  std::vector<float> rstd_, q_, k_, v_, o_, scores_;
+};
+
+}  // namespace moe
