@@ -1,12 +1,8 @@
-// The one cached decoder forward that generation runs, for a trained run (TransformerLm,
-// transformer.h) and a Hugging Face checkpoint (InferenceModel, inference_model.h): token
-// embedding -> L x (RMSNorm, grouped-query attention with RoPE through a KV cache, residual
-// add, RMSNorm, FFN, residual add) -> final RMSNorm -> LM head. The two differ in the weight
-// format (WeightView: a run's fp32 parameters viewed in place, or a checkpoint's mapped F32,
-// BF16 or F16 tensors) and in each layer's FFN (the virtual ffn()). Attention has the
-// checkpoint families' optional q/k/v bias and q/k RMSNorm (hf_checkpoint.h); a run has neither.
-// Transformer::forward, which saves activations for the backward, stays apart: it runs whole
-// sequences from position 0 with the training-time FFN options and keeps every layer's input.
+// The one cached decoder forward of generation, for a trained run (TransformerLm) and a Hugging
+// Face checkpoint (InferenceModel): embedding -> L x (RMSNorm, GQA attention with RoPE through a
+// KV cache, RMSNorm, FFN; residual adds) -> RMSNorm -> LM head. They differ in the weight format
+// (WeightView: fp32 parameters in place, or mapped F32/BF16/F16) and in each layer's ffn().
+// Transformer::forward stays apart: training saves every activation for the backward.
 #pragma once
 
 #include <cstdint>
@@ -34,8 +30,7 @@ void linear_forward(const float* x, int64_t n, const WeightView& w, float* y,
 class Decoder {
  public:
   Decoder() = default;
-  Decoder(const Decoder&) = delete;  // views into the owner's memory
-  Decoder& operator=(const Decoder&) = delete;
+  Decoder(const Decoder&) = delete;  // a copy's views would point into the original
   virtual ~Decoder() = default;
   const ModelConfig& config() const { return cfg_; }
   // One cache per layer for `batch` sequences of up to `capacity` positions.
@@ -46,8 +41,7 @@ class Decoder {
                float* logits, bool all_logits = false);
 
  protected:
-  // The attention half of a block; fp32 vectors point into the owner's memory.
-  struct AttentionWeights {
+  struct AttentionWeights {  // views into the owner's memory
     const float* input_norm = nullptr;  // [d]
     const float* post_norm = nullptr;   // [d], the FFN's input norm
     WeightView q, k, v, o;
@@ -55,8 +49,7 @@ class Decoder {
     const float *q_norm = nullptr, *k_norm = nullptr;  // per cfg_.qk_norm: [hd] or [H*hd]/[G*hd]
   };
 
-  // Fills the RoPE tables; call once cfg_ is set.
-  void init_rope();
+  void init_rope();  // once cfg_ is set
   // h_ [rows, d] += the FFN of layer l applied to x_ [rows, d] (post-attention normalized).
   virtual void ffn(int l, int64_t rows) = 0;
 

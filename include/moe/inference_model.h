@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <optional>
 #include <string>
@@ -52,15 +53,16 @@ class InferenceModel : public Decoder {
 
   InferenceModel() = default;
   WeightView matrix(const std::string& name, int64_t rows, int64_t cols) const;
-  std::vector<float> vector(const std::string& name, int64_t size) const;
+  // A small tensor (norm, bias) as fp32, kept in fp32_.
+  const float* vector(const std::string& name, int64_t size);
   void ffn(int l, int64_t rows) override;
   void moe_block(const Layer& L, int64_t rows);
   void swiglu(const Expert& e, const float* x, int64_t rows, float* y, bool accumulate);
 
   HfWeights weights_;
   DType dtype_ = DType::F32;
-  std::vector<float> final_norm_values_;  // [d]
   std::vector<Layer> layers_;
+  std::deque<std::vector<float>> fp32_;  // what vector() read
 
   // Workspaces, grown to the largest call.
   std::vector<float> tmp_;

@@ -38,10 +38,10 @@ WeightView InferenceModel::matrix(const std::string& name, int64_t rows, int64_t
   return WeightView{f.raw(e), e.dtype, rows, cols};
 }
 
-std::vector<float> InferenceModel::vector(const std::string& name, int64_t size) const {
-  std::vector<float> v(static_cast<size_t>(size));
+const float* InferenceModel::vector(const std::string& name, int64_t size) {
+  std::vector<float>& v = fp32_.emplace_back(static_cast<size_t>(size));
   weights_.file_of(name).read_into<float>(name, Shape{size}, v.data());
-  return v;
+  return v.data();
 }
 
 std::unique_ptr<InferenceModel> InferenceModel::load(const std::string& dir) {
@@ -55,8 +55,7 @@ std::unique_ptr<InferenceModel> InferenceModel::load(const std::string& dir) {
 
   m->embed_ = m->matrix("model.embed_tokens.weight", V, d);
   m->head_ = c.tie_word_embeddings ? m->embed_ : m->matrix("lm_head.weight", V, d);
-  m->final_norm_values_ = m->vector("model.norm.weight", d);
-  m->final_norm_ = m->final_norm_values_.data();
+  m->final_norm_ = m->vector("model.norm.weight", d);
   m->dtype_ = m->embed_.dtype;
   m->layers_.resize(static_cast<size_t>(c.num_hidden_layers));
   m->attn_.resize(m->layers_.size());
@@ -64,31 +63,24 @@ std::unique_ptr<InferenceModel> InferenceModel::load(const std::string& dir) {
     Layer& L = m->layers_[static_cast<size_t>(l)];
     AttentionWeights& A = m->attn_[static_cast<size_t>(l)];
     auto name = [&](HfTensor t, int e = -1) { return hf_tensor_name(c, l, t, e); };
-    L.input_norm = m->vector(name(HfTensor::InputNorm), d);
-    L.post_norm = m->vector(name(HfTensor::PostAttentionNorm), d);
-    A.input_norm = L.input_norm.data();
-    A.post_norm = L.post_norm.data();
+    A.input_norm = m->vector(name(HfTensor::InputNorm), d);
+    A.post_norm = m->vector(name(HfTensor::PostAttentionNorm), d);
     A.q = m->matrix(name(HfTensor::Q), qd, d);
     A.k = m->matrix(name(HfTensor::K), kvd, d);
     A.v = m->matrix(name(HfTensor::V), kvd, d);
     A.o = m->matrix(name(HfTensor::O), d, qd);
     if (c.attention_bias) {
-      L.q_bias = m->vector(name(HfTensor::QBias), qd);
-      L.k_bias = m->vector(name(HfTensor::KBias), kvd);
-      L.v_bias = m->vector(name(HfTensor::VBias), kvd);
-      A.q_bias = L.q_bias.data();
-      A.k_bias = L.k_bias.data();
-      A.v_bias = L.v_bias.data();
+      A.q_bias = m->vector(name(HfTensor::QBias), qd);
+      A.k_bias = m->vector(name(HfTensor::KBias), kvd);
+      A.v_bias = m->vector(name(HfTensor::VBias), kvd);
     }
     if (c.qk_norm == QkNorm::PerHead) {
-      L.q_norm = m->vector(name(HfTensor::QNorm), hd);
-      L.k_norm = m->vector(name(HfTensor::KNorm), hd);
+      A.q_norm = m->vector(name(HfTensor::QNorm), hd);
+      A.k_norm = m->vector(name(HfTensor::KNorm), hd);
     } else if (c.qk_norm == QkNorm::Full) {
-      L.q_norm = m->vector(name(HfTensor::QNorm), qd);
-      L.k_norm = m->vector(name(HfTensor::KNorm), kvd);
+      A.q_norm = m->vector(name(HfTensor::QNorm), qd);
+      A.k_norm = m->vector(name(HfTensor::KNorm), kvd);
     }
-    A.q_norm = L.q_norm.empty() ? nullptr : L.q_norm.data();
-    A.k_norm = L.k_norm.empty() ? nullptr : L.k_norm.data();
     L.moe = c.is_moe_layer(l);
     if (!L.moe) {
       const int64_t Fd = c.dense_width();

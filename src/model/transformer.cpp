@@ -384,25 +384,20 @@ template class Transformer<double>;
 
 TransformerLm::TransformerLm(Transformer<float>& model) : model_(model) {
   cfg_ = model.config();
-  auto view = [](const float* p, int64_t rows, int64_t cols) {
-    return WeightView{reinterpret_cast<const uint8_t*>(p), DType::F32, rows, cols};
+  auto view = [](ParamSet<float>& set, const std::string& name) {  // a matrix [out, in]
+    const Shape& s = set.spec(name).shape;
+    return WeightView{reinterpret_cast<const uint8_t*>(set.value(name)), DType::F32, s[0], s[1]};
   };
-  const int64_t d = cfg_.hidden_size, V = cfg_.vocab_size;
-  const int64_t qd = int64_t{cfg_.num_attention_heads} * cfg_.head_size();
-  const int64_t kvd = int64_t{cfg_.num_key_value_heads} * cfg_.head_size();
-  embed_ = view(model.base("model.embed_tokens.weight"), V, d);
-  head_ = cfg_.tie_word_embeddings ? embed_ : view(model.base("lm_head.weight"), V, d);
-  final_norm_ = model.base("model.norm.weight");
+  ParamSet<float>& base = model.base_;
+  embed_ = view(base, "model.embed_tokens.weight");
+  head_ = cfg_.tie_word_embeddings ? embed_ : view(base, "lm_head.weight");
+  final_norm_ = base.value("model.norm.weight");
   for (int l = 0; l < model.L_; ++l) {
     ParamSet<float>& a = model.attn_[l]->params();
-    AttentionWeights w;
-    w.input_norm = model.base(model.layer_name(l, "input_layernorm.weight"));
-    w.post_norm = model.base(model.layer_name(l, "post_attention_layernorm.weight"));
-    w.q = view(a.value("q_proj.weight"), qd, d);
-    w.k = view(a.value("k_proj.weight"), kvd, d);
-    w.v = view(a.value("v_proj.weight"), kvd, d);
-    w.o = view(a.value("o_proj.weight"), d, qd);
-    attn_.push_back(w);
+    attn_.push_back({base.value(model.layer_name(l, "input_layernorm.weight")),
+                     base.value(model.layer_name(l, "post_attention_layernorm.weight")),
+                     view(a, "q_proj.weight"), view(a, "k_proj.weight"), view(a, "v_proj.weight"),
+                     view(a, "o_proj.weight")});
   }
   init_rope();
 }
