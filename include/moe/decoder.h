@@ -29,8 +29,8 @@ void linear_forward(const float* x, int64_t n, const WeightView& w, float* y,
 
 class Decoder {
  public:
-  Decoder() = default;
-  Decoder(const Decoder&) = delete;  // a copy's views would point into the original
+  explicit Decoder(const ModelConfig& cfg);  // the config and the RoPE tables; weights later
+  Decoder(const Decoder&) = delete;          // a copy's views would point into the original
   virtual ~Decoder() = default;
   const ModelConfig& config() const { return cfg_; }
   // One cache per layer for `batch` sequences of up to `capacity` positions.
@@ -41,7 +41,7 @@ class Decoder {
                float* logits, bool all_logits = false);
 
  protected:
-  struct AttentionWeights {  // views into the owner's memory
+  struct AttentionWeights {             // views into the owner's memory
     const float* input_norm = nullptr;  // [d]
     const float* post_norm = nullptr;   // [d], the FFN's input norm
     WeightView q, k, v, o;
@@ -49,7 +49,6 @@ class Decoder {
     const float *q_norm = nullptr, *k_norm = nullptr;  // per cfg_.qk_norm: [hd] or [H*hd]/[G*hd]
   };
 
-  void init_rope();  // once cfg_ is set
   // h_ [rows, d] += the FFN of layer l applied to x_ [rows, d] (post-attention normalized).
   virtual void ffn(int l, int64_t rows) = 0;
 

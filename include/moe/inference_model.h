@@ -51,7 +51,7 @@ class InferenceModel : public Decoder {
     std::vector<float> shared_gate;  // [d] (empty: ungated)
   };
 
-  InferenceModel() = default;
+  explicit InferenceModel(const ModelConfig& cfg) : Decoder(cfg) {}
   WeightView matrix(const std::string& name, int64_t rows, int64_t cols) const;
   // A small tensor (norm, bias) as fp32, kept in fp32_.
   const float* vector(const std::string& name, int64_t size);

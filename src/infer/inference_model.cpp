@@ -45,8 +45,7 @@ const float* InferenceModel::vector(const std::string& name, int64_t size) {
 }
 
 std::unique_ptr<InferenceModel> InferenceModel::load(const std::string& dir) {
-  std::unique_ptr<InferenceModel> m(new InferenceModel());
-  m->cfg_ = load_hf_config(dir + "/config.json");
+  std::unique_ptr<InferenceModel> m(new InferenceModel(load_hf_config(dir + "/config.json")));
   m->weights_ = HfWeights::open(dir);
   const ModelConfig& c = m->cfg_;
   const int64_t d = c.hidden_size, V = c.vocab_size, hd = c.head_size();
@@ -111,7 +110,6 @@ std::unique_ptr<InferenceModel> InferenceModel::load(const std::string& dir) {
       }
     }
   }
-  m->init_rope();
   return m;
 }
 

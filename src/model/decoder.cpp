@@ -121,7 +121,7 @@ std::vector<KvCache<float>> Decoder::new_caches(int batch, int capacity) const {
   return caches;
 }
 
-void Decoder::init_rope() {
+Decoder::Decoder(const ModelConfig& cfg) : cfg_(cfg) {
   rope_tables(cos_, sin_, cfg_.max_position_embeddings, cfg_.head_size(), cfg_.rope_theta);
 }
 

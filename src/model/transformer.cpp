@@ -382,8 +382,7 @@ void Transformer<T>::load_weights(const SafeTensorsFile& f) {
 template class Transformer<float>;
 template class Transformer<double>;
 
-TransformerLm::TransformerLm(Transformer<float>& model) : model_(model) {
-  cfg_ = model.config();
+TransformerLm::TransformerLm(Transformer<float>& model) : Decoder(model.config()), model_(model) {
   auto view = [](ParamSet<float>& set, const std::string& name) {  // a matrix [out, in]
     const Shape& s = set.spec(name).shape;
     return WeightView{reinterpret_cast<const uint8_t*>(set.value(name)), DType::F32, s[0], s[1]};
@@ -399,7 +398,6 @@ TransformerLm::TransformerLm(Transformer<float>& model) : model_(model) {
                      view(a, "q_proj.weight"), view(a, "k_proj.weight"), view(a, "v_proj.weight"),
                      view(a, "o_proj.weight")});
   }
-  init_rope();
 }
 
 void TransformerLm::ffn(int l, int64_t rows) {
