@@ -14,7 +14,8 @@
 
 namespace moe {
 
-// A matrix [rows, cols] (Hugging Face Linear layout: out x in) in the checkpoint's memory.
+// A matrix [rows, cols] (Linear layout: out x in) where its owner keeps it: a run's fp32
+// parameters, or a checkpoint's mapped tensors.
 struct WeightView {
   const uint8_t* data = nullptr;
   DType dtype = DType::F32;
