@@ -8,7 +8,6 @@
 // checkpoint-rank<r>-of-<W>.safetensors (whole weights + this rank's AdamW moments).
 #pragma once
 
-#include <cstdint>
 #include <string>
 
 #include "moe/dataset.h"
@@ -19,6 +18,7 @@
 
 namespace moe {
 
+class Communicator;
 class SafeTensorsWriter;
 
 class Checkpointer {
@@ -28,9 +28,9 @@ class Checkpointer {
   // This rank's checkpoint file.
   std::string path() const;
 
-  // Refuses a checkpoint without resume (the run would be lost), or with resume fewer than
-  // `world` ranks that have theirs (`have`: how many do).
-  void check_resume(bool resume, int64_t have) const;
+  // Refuses a checkpoint without resume (the run would be lost), or with resume a rank without
+  // its own. Collective over `world` when given.
+  void check_resume(bool resume, Communicator* world = nullptr) const;
 
   // model.safetensors: `weights` with metadata format = `format` (and config when not empty).
   void save_model(SafeTensorsWriter& weights, const std::string& format,

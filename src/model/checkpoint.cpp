@@ -3,9 +3,11 @@
 #include "moe/checkpoint.h"
 
 #include <cstring>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "moe/communicator.h"
 #include "moe/error.h"
 #include "moe/safetensors.h"
 
@@ -50,7 +52,9 @@ std::string Checkpointer::path() const {
                      : fmt::format("{}/checkpoint-rank{}-of-{}.safetensors", dir_, rank_, world_);
 }
 
-void Checkpointer::check_resume(bool resume, int64_t have) const {
+void Checkpointer::check_resume(bool resume, Communicator* world) const {
+  int64_t have = std::filesystem::exists(path()) ? 1 : 0;
+  if (world) world->allreduce_sum(&have, 1);
   if (!resume && have > 0)
     throw Error(fmt::format(
         "{}: a checkpoint exists; pass --resume to continue it or choose another --out", path()));

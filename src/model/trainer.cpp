@@ -30,14 +30,33 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-// Splits a [B, S+1] window batch into inputs and targets [B, S].
-void split_windows(const int32_t* window, int B, int S, int32_t* inputs, int32_t* targets) {
-  for (int b = 0; b < B; ++b) {
-    const int32_t* w = window + static_cast<int64_t>(b) * (S + 1);
-    std::copy_n(w, S, inputs + static_cast<int64_t>(b) * S);
-    std::copy_n(w + 1, S, targets + static_cast<int64_t>(b) * S);
+// The inputs and targets [A, B, S] of a step's A micro-batches, split from the sampler's
+// [B, S+1] windows.
+struct StepBatch {
+  StepBatch(int micro_batches, int batch, int seq_len)
+      : A(micro_batches),
+        B(batch),
+        S(seq_len),
+        window(static_cast<size_t>(B) * (S + 1)),
+        domains(window.size()),
+        inputs(static_cast<size_t>(A) * B * S),
+        targets(inputs.size()) {}
+  void next(BatchSampler& sampler) {
+    for (int a = 0; a < A; ++a) {
+      sampler.next(window.data(), domains.data());
+      for (int b = 0; b < B; ++b) {
+        const int32_t* w = window.data() + static_cast<int64_t>(b) * (S + 1);
+        const int64_t row = (static_cast<int64_t>(a) * B + b) * S;
+        std::copy_n(w, S, inputs.data() + row);
+        std::copy_n(w + 1, S, targets.data() + row);
+      }
+    }
   }
-}
+  int A, B, S;
+  std::vector<int32_t> window;
+  std::vector<uint8_t> domains;
+  std::vector<int32_t> inputs, targets;
+};
 
 std::string format_duration(double seconds) {
   const int s = static_cast<int>(std::lround(std::max(0.0, seconds)));
@@ -48,8 +67,12 @@ std::string format_duration(double seconds) {
 class Progress {
  public:
   Progress(bool enabled, int total) : enabled_(enabled), tty_(isatty(2)), total_(total) {}
-  void update(int step, const std::string& text) {
+  void update(int step, double loss_avg, double aux, double tok_s, const RoutingSummary& r,
+              double eta) {
     if (!enabled_) return;
+    const std::string text = fmt::format(
+        "loss {:.4f} aux {:.4f} {:.0f} tok/s{} ETA {}", loss_avg, aux, tok_s,
+        r.layers > 0 ? fmt::format(" bal {:.2f}", r.balance) : "", format_duration(eta));
     if (tty_) {
       constexpr int kWidth = 24;
       const int filled = static_cast<int>(static_cast<int64_t>(kWidth) * step / total_);
@@ -216,8 +239,7 @@ EvalResult evaluate(Transformer<float>& model, const TokenStream& valid, int bat
 }
 
 void check_run_directory(const std::string& out_dir, bool resume) {
-  const Checkpointer ckpt(out_dir);
-  ckpt.check_resume(resume, fs::exists(ckpt.path()) ? 1 : 0);
+  Checkpointer(out_dir).check_resume(resume);
 }
 
 TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
@@ -244,9 +266,7 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
   std::unique_ptr<StepDevice> device = opt.device ? opt.device(cfg) : nullptr;
   fs::create_directories(opt.out_dir);
   const Checkpointer ckpt(opt.out_dir, rank, W);
-  int64_t have_checkpoint = fs::exists(ckpt.path()) ? 1 : 0;
-  if (par) par->world->allreduce_sum(&have_checkpoint, 1);
-  ckpt.check_resume(opt.resume, have_checkpoint);
+  ckpt.check_resume(opt.resume, par ? par->world.get() : nullptr);
 
   Transformer<float> model(cfg);
   Rng rng(t.seed);
@@ -269,11 +289,7 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
                   "tokens/step",
                   cfg.num_hidden_layers, cfg.hidden_size, describe_ffn(cfg),
                   model.num_parameters() / 1e6, model.active_parameters() / 1e6, tokens_per_step));
-  std::vector<int32_t> window(static_cast<size_t>(B) * (S + 1));
-  std::vector<uint8_t> domains(window.size());
-  // The inputs and targets of all A micro-batches of a step, [A, B, S].
-  const size_t n = static_cast<size_t>(B) * S;
-  std::vector<int32_t> inputs(n * A), targets(n * A);
+  StepBatch batch(A, B, S);
 
   const int last_step = opt.stop_after > 0 ? std::min(opt.stop_after, t.max_steps) : t.max_steps;
   const auto start = Clock::now();
@@ -305,11 +321,8 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
   while (step < last_step) {
     const CommStats comm0 = comm_totals(par);
     const auto step_start = Clock::now();
-    for (size_t a = 0; a < static_cast<size_t>(A); ++a) {
-      sampler.next(window.data(), domains.data());
-      split_windows(window.data(), B, S, inputs.data() + a * n, targets.data() + a * n);
-    }
-    const DeviceStepStats st = device->step(inputs.data(), targets.data(), B, S, step);
+    batch.next(sampler);
+    const DeviceStepStats st = device->step(batch.inputs.data(), batch.targets.data(), B, S, step);
     if (!st.nonfinite.empty()) {
       progress.finish();
       throw Error(fmt::format(
@@ -328,10 +341,7 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
     metrics.write(j);
     loss_avg = step - first_step == 1 ? st.loss : 0.9 * loss_avg + 0.1 * st.loss;
     const double eta = (last_step - step) * elapsed / std::max(1, step - first_step);
-    progress.update(
-        step, fmt::format("loss {:.4f} aux {:.4f} {:.0f} tok/s{} ETA {}", loss_avg, st.aux, tok_s,
-                          r.layers > 0 ? fmt::format(" bal {:.2f}", r.balance) : "",
-                          format_duration(eta)));
+    progress.update(step, loss_avg, st.aux, tok_s, r, eta);
     result.final_train_loss = st.loss;
 
     const bool end = step == last_step;
