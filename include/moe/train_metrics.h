@@ -63,9 +63,9 @@ void add_comm_metrics(nlohmann::json& line, const CommStats& before, const CommS
 // step, under aux-loss-free balancing).
 nlohmann::json validation_metrics(int step, const EvalResult& e, const Transformer<float>& model);
 
-// The FFN in words for logs and report.md, e.g. "8 experts of width 64, top-2, MoE every 1
-// layer(s)".
-std::string describe_ffn(const ModelConfig& cfg);
+// The model in words for the log, e.g. "2 layers, d=64, 4 experts of width 64, top-2, MoE
+// every 1 layer(s), 0.12M parameters (0.07M active)".
+std::string describe_model(const Transformer<float>& model);
 
 // <dir>/summary.json, indented, atomically.
 void write_summary(const std::string& dir, const nlohmann::json& summary);

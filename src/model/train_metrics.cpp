@@ -72,6 +72,13 @@ FinalBalance final_balance(const EvalResult& e, const StepDevice& device, int la
   return b;
 }
 
+std::string describe_ffn(const ModelConfig& cfg) {
+  if (cfg.num_local_experts == 0)
+    return fmt::format("dense SwiGLU FFN of width {}", cfg.dense_width());
+  return fmt::format("{} experts of width {}, top-{}, MoE every {} layer(s)", cfg.num_local_experts,
+                     cfg.intermediate_size, cfg.moe.num_experts_per_tok, cfg.moe_every);
+}
+
 double mean_of(const std::vector<double>& v) {
   double s = 0;
   for (double x : v) s += x;
@@ -178,11 +185,11 @@ nlohmann::json validation_metrics(int step, const EvalResult& e, const Transform
   return j;
 }
 
-std::string describe_ffn(const ModelConfig& cfg) {
-  if (cfg.num_local_experts == 0)
-    return fmt::format("dense SwiGLU FFN of width {}", cfg.dense_width());
-  return fmt::format("{} experts of width {}, top-{}, MoE every {} layer(s)", cfg.num_local_experts,
-                     cfg.intermediate_size, cfg.moe.num_experts_per_tok, cfg.moe_every);
+std::string describe_model(const Transformer<float>& model) {
+  const ModelConfig& cfg = model.config();
+  return fmt::format("{} layers, d={}, {}, {:.2f}M parameters ({:.2f}M active)",
+                     cfg.num_hidden_layers, cfg.hidden_size, describe_ffn(cfg),
+                     model.num_parameters() / 1e6, model.active_parameters() / 1e6);
 }
 
 void write_summary(const std::string& dir, const nlohmann::json& summary) {

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <utility>
 
 #include "moe/checkpoint.h"
 #include "moe/communicator.h"
@@ -67,11 +68,13 @@ std::string format_duration(double seconds) {
 class Progress {
  public:
   Progress(bool enabled, int total) : enabled_(enabled), tty_(isatty(2)), total_(total) {}
-  void update(int step, double loss_avg, double aux, double tok_s, const RoutingSummary& r,
+  // Shows the loss as a running mean from the first update on.
+  void update(int step, double loss, double aux, double tok_s, const RoutingSummary& r,
               double eta) {
+    loss_avg_ = updates_++ == 0 ? loss : 0.9 * loss_avg_ + 0.1 * loss;
     if (!enabled_) return;
     const std::string text = fmt::format(
-        "loss {:.4f} aux {:.4f} {:.0f} tok/s{} ETA {}", loss_avg, aux, tok_s,
+        "loss {:.4f} aux {:.4f} {:.0f} tok/s{} ETA {}", loss_avg_, aux, tok_s,
         r.layers > 0 ? fmt::format(" bal {:.2f}", r.balance) : "", format_duration(eta));
     if (tty_) {
       constexpr int kWidth = 24;
@@ -93,12 +96,22 @@ class Progress {
 
  private:
   bool enabled_, tty_;
-  int total_;
+  int total_, updates_ = 0;
+  double loss_avg_ = 0;
 };
 
-// Expert parallelism: the layout fits the experts, the batch splits over the W ranks, and every
-// rank runs the same config (a hash of its JSON is compared).
-void check_parallel_config(const ModelConfig& cfg, ParallelGroups& par) {
+// The config train() runs, synced and validated. Expert parallelism: the layout fits the
+// experts, the batch splits over the W ranks, every rank runs the same config (a hash of its
+// JSON is compared), and no other device steps.
+ModelConfig checked_config(const ModelConfig& in, const TrainOptions& opt) {
+  ModelConfig cfg = in;
+  cfg.sync_moe();
+  cfg.validate("config");
+  if (!opt.parallel) return cfg;
+  MOE_REQUIRE(!opt.device,
+              "{}: a training device (--device) cannot be combined with expert parallelism",
+              opt.out_dir);
+  ParallelGroups& par = *opt.parallel;
   const int W = par.layout.world;
   const std::string bad =
       ParallelLayout::check(W, par.layout.expert_parallel, cfg.num_local_experts);
@@ -116,6 +129,7 @@ void check_parallel_config(const ModelConfig& cfg, ParallelGroups& par) {
                 "config differs between ranks: rank {} was launched with another config.json "
                 "or other flags than rank 0",
                 r);
+  return cfg;
 }
 
 // Loads the checkpoint and returns its step. Nothing left to train is refused before anything
@@ -244,25 +258,19 @@ void check_run_directory(const std::string& out_dir, bool resume) {
 
 TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
                   const TokenStream& valid_data, const TrainOptions& opt) {
-  ModelConfig cfg = cfg_in;
-  cfg.sync_moe();
-  cfg.validate("config");
+  const ModelConfig cfg = checked_config(cfg_in, opt);
   const TrainConfig& t = cfg.training;
   // Expert parallelism: rank 0 leads (progress, logs, run files); every decision that could
   // stop a rank is taken from values all ranks share, so no rank is left in a collective.
   ParallelGroups* par = opt.parallel;
   const int W = par ? par->layout.world : 1, rank = par ? par->layout.rank : 0;
   const bool lead = rank == 0;
-  if (par) check_parallel_config(cfg, *par);
   Progress progress(opt.progress && lead, t.max_steps);
   auto log = [&](const std::string& s) {
     if (lead) opt.log ? opt.log(s) : progress.line(s);
   };
 
   // The device is built (and refuses what it cannot run) before anything is written.
-  MOE_REQUIRE(!opt.device || !par,
-              "{}: a training device (--device) cannot be combined with expert parallelism",
-              opt.out_dir);
   std::unique_ptr<StepDevice> device = opt.device ? opt.device(cfg) : nullptr;
   fs::create_directories(opt.out_dir);
   const Checkpointer ckpt(opt.out_dir, rank, W);
@@ -284,11 +292,7 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
 
   const int B = t.batch_size, S = t.seq_len, A = t.grad_accum_steps;
   const int64_t tokens_per_step = static_cast<int64_t>(A) * B * S;
-  log(
-      fmt::format("model: {} layers, d={}, {}, {:.2f}M parameters ({:.2f}M active), {} "
-                  "tokens/step",
-                  cfg.num_hidden_layers, cfg.hidden_size, describe_ffn(cfg),
-                  model.num_parameters() / 1e6, model.active_parameters() / 1e6, tokens_per_step));
+  log(fmt::format("model: {}, {} tokens/step", describe_model(model), tokens_per_step));
   StepBatch batch(A, B, S);
 
   const int last_step = opt.stop_after > 0 ? std::min(opt.stop_after, t.max_steps) : t.max_steps;
@@ -299,8 +303,7 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
   // The device's state into the CPU model and AdamW, once per step however many readers follow.
   int device_stored = step;
   auto store_device = [&] {
-    if (device_stored != step) device->store(model, adam);
-    device_stored = step;
+    if (std::exchange(device_stored, step) != step) device->store(model, adam);
   };
   auto save = [&] {
     store_device();
@@ -317,7 +320,6 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
     return e;
   };
 
-  double loss_avg = 0;
   while (step < last_step) {
     const CommStats comm0 = comm_totals(par);
     const auto step_start = Clock::now();
@@ -339,9 +341,8 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
     if (par) add_comm_metrics(j, comm0, comm_totals(par), seconds_since(step_start));
     const RoutingSummary r = add_routing_metrics(j, *device, model.num_layers());
     metrics.write(j);
-    loss_avg = step - first_step == 1 ? st.loss : 0.9 * loss_avg + 0.1 * st.loss;
     const double eta = (last_step - step) * elapsed / std::max(1, step - first_step);
-    progress.update(step, loss_avg, st.aux, tok_s, r, eta);
+    progress.update(step, st.loss, st.aux, tok_s, r, eta);
     result.final_train_loss = st.loss;
 
     const bool end = step == last_step;
