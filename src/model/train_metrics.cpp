@@ -44,34 +44,6 @@ nlohmann::json selection_biases(const Transformer<float>& model) {
   return out;
 }
 
-// Load CV, max / mean and dropped fraction per MoE layer at the end of training.
-struct FinalBalance {
-  std::string source;
-  std::vector<double> cv, max_over_mean, dropped;
-};
-
-FinalBalance final_balance(const EvalResult& e, const StepDevice& device, int layers) {
-  FinalBalance b;
-  if (!e.expert_load.empty()) {  // the loads summed over every evaluated batch
-    b.source = "final validation";
-    for (size_t l = 0; l < e.expert_load.size(); ++l) {
-      const auto& load = e.expert_load[l];
-      b.cv.push_back(load_cv(load.data(), static_cast<int>(load.size())));
-      b.max_over_mean.push_back(load_max_over_mean(load.data(), static_cast<int>(load.size())));
-      b.dropped.push_back(l < e.dropped_fraction.size() ? e.dropped_fraction[l] : 0.0);
-    }
-    return b;
-  }
-  b.source = "last training step";
-  for (int l = 0; l < layers; ++l)
-    if (const MoeMetrics* m = device.moe_metrics(l)) {
-      b.cv.push_back(m->load_cv);
-      b.max_over_mean.push_back(m->load_max_over_mean);
-      b.dropped.push_back(m->dropped_fraction);
-    }
-  return b;
-}
-
 std::string describe_ffn(const ModelConfig& cfg) {
   if (cfg.num_local_experts == 0)
     return fmt::format("dense SwiGLU FFN of width {}", cfg.dense_width());
@@ -223,25 +195,41 @@ void write_run_report(const std::string& dir, const ModelConfig& cfg,
       routing += fmt::format("{}{} = {}", routing.empty() ? "" : ", ", key,
                              v.is_string() ? v.get<std::string>() : v.dump());
   }
-  const FinalBalance balance = final_balance(r.final_eval, device, model.num_layers());
+  // Load CV, max / mean and dropped fraction per MoE layer at the end: over the final
+  // validation when there was one (the loads summed over every evaluated batch), else of the
+  // last step's last micro-batch.
+  const EvalResult& e = r.final_eval;
+  const std::string source = e.expert_load.empty() ? "last training step" : "final validation";
+  std::vector<double> cv, mx, dropped;
+  for (size_t l = 0; l < e.expert_load.size(); ++l) {
+    const auto& load = e.expert_load[l];
+    cv.push_back(load_cv(load.data(), static_cast<int>(load.size())));
+    mx.push_back(load_max_over_mean(load.data(), static_cast<int>(load.size())));
+    dropped.push_back(l < e.dropped_fraction.size() ? e.dropped_fraction[l] : 0.0);
+  }
+  for (int l = 0; e.expert_load.empty() && l < model.num_layers(); ++l)
+    if (const MoeMetrics* m = device.moe_metrics(l)) {
+      cv.push_back(m->load_cv);
+      mx.push_back(m->load_max_over_mean);
+      dropped.push_back(m->dropped_fraction);
+    }
   std::string balance_md;
-  if (!balance.cv.empty()) {
-    j["final_balance"] = {{"source", balance.source},
-                          {"load_cv", mean_of(balance.cv)},
-                          {"max_over_mean", mean_of(balance.max_over_mean)},
-                          {"dropped", mean_of(balance.dropped)},
-                          {"layer_load_cv", balance.cv},
-                          {"layer_max_over_mean", balance.max_over_mean},
-                          {"layer_dropped", balance.dropped}};
+  if (!cv.empty()) {
+    j["final_balance"] = {{"source", source},
+                          {"load_cv", mean_of(cv)},
+                          {"max_over_mean", mean_of(mx)},
+                          {"dropped", mean_of(dropped)},
+                          {"layer_load_cv", cv},
+                          {"layer_max_over_mean", mx},
+                          {"layer_dropped", dropped}};
     balance_md = fmt::format(
         "\nBalance at the end of training ({}):\n\n"
         "| MoE layer | load CV | max / mean | dropped |\n|---|---|---|---|\n",
-        balance.source);
-    for (size_t l = 0; l < balance.cv.size(); ++l)
-      balance_md += fmt::format("| {} | {:.3f} | {:.2f} | {:.4f} |\n", l, balance.cv[l],
-                                balance.max_over_mean[l], balance.dropped[l]);
-    balance_md += fmt::format("| mean | {:.3f} | {:.2f} | {:.4f} |\n", mean_of(balance.cv),
-                              mean_of(balance.max_over_mean), mean_of(balance.dropped));
+        source);
+    for (size_t l = 0; l < cv.size(); ++l)
+      balance_md += fmt::format("| {} | {:.3f} | {:.2f} | {:.4f} |\n", l, cv[l], mx[l], dropped[l]);
+    balance_md += fmt::format("| mean | {:.3f} | {:.2f} | {:.4f} |\n", mean_of(cv), mean_of(mx),
+                              mean_of(dropped));
   }
   std::string domains;
   if (r.final_eval.tokens > 0) {
