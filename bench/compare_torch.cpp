@@ -7,7 +7,7 @@
 //   compare_torch OUT_DIR [--reps N] [--warmup N] [--shapes 0,1,2]
 //
 // Writes OUT_DIR/shape<i>.safetensors and OUT_DIR/results.json; prints a summary.
-// MOE_EXPERT_PARALLEL=0/1 forces the layer's expert schedule (default: the layer decides).
+// MOE_EXPERT_SCHEDULE=0/1 forces the layer's expert schedule (default: the layer decides).
 #include <omp.h>
 
 #include <algorithm>
@@ -163,9 +163,9 @@ int main(int argc, char** argv) {
     // Router weights larger than the experts' (as bench_layer): realistic, uneven routing.
     rng.fill_normal(fp32.params().value("router.weight"), int64_t(s.experts) * d, 0.0, 0.1);
     bf16.params().values() = fp32.params().values();
-    if (const char* ep = std::getenv("MOE_EXPERT_PARALLEL")) {
-      fp32.set_expert_parallel(std::atoi(ep));
-      bf16.set_expert_parallel(std::atoi(ep));
+    if (const char* mode = std::getenv("MOE_EXPERT_SCHEDULE")) {
+      fp32.set_expert_schedule(std::atoi(mode));
+      bf16.set_expert_schedule(std::atoi(mode));
     }
     moe::Tensor<float> x({T, d}), dout({T, d}), out({T, d}), dx({T, d});
     rng.fill_normal(x.data(), T * d);

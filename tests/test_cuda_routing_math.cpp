@@ -17,7 +17,7 @@
 
 #include "cuda/router_params.h"
 #include "cuda/routing_math.h"
-#include "moe/cuda_moe.h"
+#include "moe/cuda_moe_layer.h"
 #include "moe/moe_losses.h"
 #include "moe/permute.h"
 #include "moe/rng.h"

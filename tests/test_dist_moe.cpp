@@ -9,7 +9,6 @@
 #include <string>
 
 #include "moe/communicator.h"
-#include "moe/expert_parallel.h"
 #include "moe/moe_layer.h"
 #include "moe/rng.h"
 
@@ -91,7 +90,7 @@ void expect_equals_one_process(Communicator& world_comm) {
       full.backward(View<const double>(dout.data(), {Tg, d}), View<double>(dx.data(), {Tg, d}));
 
       ParallelGroups groups = make_parallel_groups(w->split(0, rank), P);
-      ExpertParallelMoe<double> ep(cfg, groups);
+      MoeLayer<double> ep(cfg, &groups);
       ep.copy_from(full);
       std::vector<double> out_l(Tl * d), dx_l(Tl * d);
       const int64_t t0 = rank * Tl;
@@ -101,7 +100,7 @@ void expect_equals_one_process(Communicator& world_comm) {
       ep.backward(View<const double>(dout.data() + t0 * d, {Tl, d}),
                   View<double>(dx_l.data(), {Tl, d}));
 
-      EXPECT_EQ(ep.global_plan().expert, full.plan().expert);
+      EXPECT_EQ(ep.plan().expert, full.plan().expert);
       EXPECT_EQ(ep.metrics().dropped, full.metrics().dropped);
       EXPECT_NEAR(ep.aux_loss(), full.aux_loss(), 1e-12 * std::max(1.0, full.aux_loss()));
       EXPECT_LT(rel_error(out_l.data(), out.data() + t0 * d, Tl * d), 1e-10);

@@ -251,8 +251,8 @@ TEST(MoeLayerBf16, ExpertScheduleDoesNotChangeResults) {
   Rng rng(9);
   a.init_weights(rng, 0.1);
   b.params().values() = a.params().values();
-  a.set_expert_parallel(0);
-  b.set_expert_parallel(1);
+  a.set_expert_schedule(0);
+  b.set_expert_schedule(1);
   const int64_t T = 150, d = 64;
   const auto x = test::random_vector<float>(rng, T * d);
   Tensor<float> ya({T, d}), yb({T, d}), dxa({T, d}), dxb({T, d});

@@ -24,7 +24,7 @@
 #include <vector>
 
 #include "cuda/cuda_check.h"
-#include "moe/cuda_moe.h"
+#include "moe/cuda_moe_layer.h"
 #include "moe/rng.h"
 
 namespace {

@@ -24,6 +24,7 @@
 
 #include "moe/dataset.h"
 #include "moe/routing_stats.h"
+#include "moe/token_class.h"
 #include "moe/tokenizer.h"
 #include "moe/transformer.h"
 

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -82,5 +83,17 @@ struct ParallelGroups {
   std::unique_ptr<Communicator> world, expert_group, expert_replicas;
 };
 ParallelGroups make_parallel_groups(std::unique_ptr<Communicator> world, int expert_parallel);
+
+// The groups of this launch: null for one process (where expert_parallel > 1 is refused: it
+// needs mpirun), else the MPI world split for expert_parallel (0 counts as 1) with checks of
+// the layout against num_experts. Every rank decides from values they all share, so a wrong
+// launch stops every rank the same way.
+std::unique_ptr<ParallelGroups> parallel_groups_of_launch(int expert_parallel, int num_experts);
+
+// Runs work(true) on rank 0 and, once it has succeeded, work(false) on the other ranks: for a
+// step that prepares files rank 0 writes and the others read (a corpus, a tokenizer). A
+// moe::Error on rank 0 is shared first, so no rank waits for a peer that has stopped: rank 0
+// rethrows it and the others return false. Returns true when the work ran on this rank.
+bool rank0_first(Communicator& world, const std::function<void(bool rank0)>& work);
 
 }  // namespace moe

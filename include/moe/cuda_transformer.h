@@ -9,7 +9,7 @@
 // Precision: every matrix product outside the MoE layers (q/k/v/o projections, attention
 // scores and P V, dense FFN, LM head, and all their gradients) is a cuBLAS fp32 GEMM in the
 // default math mode (no TF32), so those parts follow Transformer<float> to float rounding;
-// the MoE layers run their experts in bf16 with fp32 accumulation (cuda_moe.h). Reductions the
+// the MoE layers run their experts in bf16 with fp32 accumulation (cuda_moe_layer.h). Reductions the
 // CPU does in double (RMSNorm mean square and backward dot, softmax and cross-entropy sums,
 // the gradient norm) are in double here too, over fixed trees: results are deterministic.
 //
@@ -28,7 +28,7 @@
 #include <string>
 #include <vector>
 
-#include "moe/cuda_moe.h"
+#include "moe/cuda_moe_layer.h"
 #include "moe/model_config.h"
 #include "moe/optimizer.h"
 

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "moe/feed_forward.h"
+#include "moe/grouped_experts.h"
 #include "moe/moe_config.h"
 
 namespace moe {
@@ -21,6 +22,9 @@ class DenseFfn final : public FeedForward<T> {
   double active_macs_per_token() const override;
 
  private:
+  FfnShape shape() const { return {act_, d_, F_}; }
+  FfnWeights<const T> weights();
+
   int d_, F_;
   Activation act_;
   ParamSet<T> params_;

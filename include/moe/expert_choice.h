@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "moe/feed_forward.h"
+#include "moe/grouped_experts.h"
 #include "moe/moe_config.h"
 
 namespace moe {
@@ -51,10 +52,12 @@ class ExpertChoice final : public FeedForward<T> {
   Activation act_;
   int group_ = 0;
   ParamSet<T> params_;
+  GroupedExperts<T> experts_;
+  std::vector<int64_t> offsets_;  // [E+1] expert e owns rows [e*G*C, (e+1)*G*C)
   int64_t tokens_ = 0, groups_ = 0, m_ = 0, C_ = 0;
-  std::vector<T> x_, z_, s_, gate_, xp_, h1_, h3_, a_, y_;
+  std::vector<T> x_, z_, s_, gate_, xp_, y_;
   std::vector<int32_t> idx_, taken_, order_;
-  std::vector<T> dy_, dxp_, da_, dh1_, dh3_, ds_, dz_;
+  std::vector<T> dy_, dxp_, ds_, dz_;
 };
 
 }  // namespace moe

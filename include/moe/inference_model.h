@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,7 @@
 #include "moe/generate.h"
 #include "moe/hf_checkpoint.h"
 #include "moe/permute.h"
+#include "moe/router.h"
 
 namespace moe {
 
@@ -86,8 +88,8 @@ class InferenceModel {
 
   // Workspaces, grown to the largest call.
   std::vector<float> h_, x_, tmp_, rstd_, q_, k_, v_, o_, scores_;
-  std::vector<float> z_, s_, lse_, u_, norm_, gate_, xp_, yp_, h1_, h3_;
-  RoutingPlan plan_;
+  std::vector<float> xp_, yp_, h1_, h3_;
+  std::optional<Router<float>> router_;  // made by the first moe_block
   Permutation perm_;
 };
 

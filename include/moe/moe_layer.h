@@ -7,28 +7,51 @@
 // permutation. Workspaces grow to the largest batch seen and are reused afterwards, so a
 // steady-state training step does not allocate.
 //
-// Experts run in parallel (one expert per thread, largest first, each GEMM single-threaded)
-// when there are enough of them to keep the threads busy; otherwise one after another with
-// each GEMM using all threads. Either way every expert's sums run in a fixed order, so results
-// depend only on the thread count. compute_dtype = "bfloat16" runs the expert and shared
-// expert GEMMs in bf16 with fp32 accumulation (MoeLayer<float> only).
+// The parts (Megatron-Core's split): Router (router.h) from the logits to the routing plan,
+// losses and metrics; the local dispatcher (permute.h) gathers and scatters rows; the
+// GroupedExperts (grouped_experts.h) run the expert FFNs and schedule them over threads;
+// SharedExperts (shared_experts.h) run on every token. compute_dtype = "bfloat16" runs the expert
+// and shared expert GEMMs in bf16 with fp32 accumulation (MoeLayer<float> only).
+//
+// Expert parallelism is the same layer with the all-to-all dispatcher (all_to_all_dispatcher.h):
+// constructed with ParallelGroups, each rank of an expert group of P ranks holds E/P experts
+// (rank q: [q*E/P, (q+1)*E/P)). The steps of one forward (MegaBlocks' parallel_forward_once):
+//   1. router logits of the local tokens (the router is replicated on every rank);
+//   2. allgather the logits [T, E] over all ranks: every rank routes the global batch, so
+//      capacity and drop decisions are exactly those of one process, and keeps its slice;
+//   3. gather the local kept rows in expert order; counts all-to-all, then the rows;
+//   4. the local experts run on their received blocks;
+//   5. the reverse all-to-all brings the outputs home; gate-weighted combine per token;
+//      shared experts run on the local tokens.
+// The backward mirrors it; the gate gradients are allgathered so the router backward runs on
+// the global batch. Gradients stay local: the caller sums router/shared gradients over all
+// ranks and expert gradients over the replicas of the shard (ParallelGroups), as the trainer
+// does. Every rank must pass the same number of tokens. Not supported under expert
+// parallelism (an error names the key): noisy_gating and expert_dropout.
 //
 // Parameters (ParamSet names):            Workspaces saved for backward:
 //   router.weight        [E, d]             z, s, lse, p [T, E]; gates [T, k]
 //   router.noise_weight  [E, d]  (noisy)    xp [N, d]; h1, h3, a [N, F]; y [N, d]
 //   experts.w1/w3        [E, F, d]          shared h1, h3, a [T, Hs]; shared y [T, d]
-//   experts.w2           [E, d, F]          (N = kept assignments <= T*k)
+//   experts.w2           [E, d, F]          (N = kept assignments <= T*k; experts.* hold
+//                                            E/P experts under expert parallelism)
 //   shared.w1/w3         [Hs, d]
 //   shared.w2            [d, Hs]
 //   shared.gate          [1, d]
 #pragma once
 
+#include <optional>
 #include <vector>
 
+#include "moe/all_to_all_dispatcher.h"
+#include "moe/communicator.h"
 #include "moe/feed_forward.h"
+#include "moe/grouped_experts.h"
 #include "moe/moe_config.h"
 #include "moe/moe_losses.h"
 #include "moe/permute.h"
+#include "moe/router.h"
+#include "moe/shared_experts.h"
 
 namespace moe {
 
@@ -48,9 +71,14 @@ struct LayerTimings {
   int64_t forward_calls = 0, backward_calls = 0;
 };
 
+// Traffic of the last forward of one expert-parallel layer.
+struct ExpertParallelStats {
+  int64_t rows_sent = 0, rows_received = 0;  // to / from other ranks, one direction
+};
+
 // Arena offsets of the layer's parameters, resolved once (-1 when absent) so that hot paths
 // never look names up; offsets rather than pointers keep a layer safely copyable. MoeLayer and
-// the CUDA layer (cuda_moe.h) share the layout, and this one lookup.
+// the CUDA layer (cuda_moe_layer.h) share the layout, and this one lookup.
 struct MoeParamOffsets {
   int64_t router = -1, noise = -1, w1 = -1, w3 = -1, w2 = -1;
   int64_t shared_w1 = -1, shared_w3 = -1, shared_w2 = -1, shared_gate = -1;
@@ -74,48 +102,56 @@ struct MoeParamOffsets {
 template <class T>
 class MoeLayer final : public FeedForward<T> {
  public:
-  explicit MoeLayer(const MoeConfig& config);
+  // With groups: expert parallelism, this rank's shard of the experts (see above).
+  explicit MoeLayer(const MoeConfig& config, ParallelGroups* groups = nullptr);
 
   // Router, expert and shared weights ~ N(0, std).
   void init_weights(Rng& rng, double std = 0.02);
 
   void forward(View<const T> x, View<T> out, const ForwardOptions<T>& opt = {}) override;
   void backward(View<const T> dout, View<T> dx, double aux_scale = 1.0) override;
-  double aux_loss() const override;
+  double aux_loss() const override;  // of the global batch under expert parallelism
   ParamSet<T>& params() override { return params_; }
   double active_macs_per_token() const override;
   // Multiply-adds the last forward actually ran: router, kept assignments, shared experts.
   double last_forward_macs() const;
 
   // Aux-loss-free balancing: call after the optimizer step (uses the last forward's loads).
-  void update_selection_bias();
-  std::vector<T>& selection_bias() { return bias_; }
-  const std::vector<T>& selection_bias() const { return bias_; }
+  void update_selection_bias() { router_.update_selection_bias(); }
+  std::vector<T>& selection_bias() { return router_.selection_bias(); }
+  const std::vector<T>& selection_bias() const { return router_.selection_bias(); }
 
   const MoeConfig& config() const { return cfg_; }
-  const RoutingPlan& plan() const { return plan_; }
-  const MoeMetrics& metrics() const { return metrics_; }
+  const Router<T>& router() const { return router_; }
+  const RoutingPlan& plan() const { return router_.plan(); }  // of the global batch
+  const MoeMetrics& metrics() const { return router_.metrics(); }
   // Final gates of the last forward, [T, k] (0 where dropped) and the scores [T, E].
-  const std::vector<T>& gates() const { return gate_; }
-  const std::vector<T>& scores() const { return s_; }
+  const std::vector<T>& gates() const { return router_.gates(); }
+  const std::vector<T>& scores() const { return router_.scores(); }
   // Expert outputs of the last forward in expert-major order [N, d] (for inspection).
   const Permutation& permutation() const { return perm_; }
 
   // Attach (or with nullptr detach) a timing record that forward/backward add to.
   void set_timings(LayerTimings* t) { timings_ = t; }
-  // Expert scheduling: -1 (default) decides per call, 0 forces one expert after another with
-  // threaded GEMMs, 1 forces experts in parallel. Results are identical either way.
-  void set_expert_parallel(int mode) { expert_parallel_ = mode; }
+  // OpenMP expert scheduling (GroupedExperts::set_schedule): -1 (default) decides per call,
+  // 0 one expert after another with threaded GEMMs, 1 experts in parallel. Same results.
+  void set_expert_schedule(int mode) { experts_.set_schedule(mode); }
+
+  // Expert parallelism: the shard [first_expert, first_expert + local_experts).
+  bool expert_parallel() const { return groups_ != nullptr; }
+  int first_expert() const { return e0_; }
+  int local_experts() const { return experts_.experts(); }
+  const ExpertParallelStats& stats() const { return stats_; }
+  // This shard's part of a full (one-process) layer's parameters and selection bias, and back
+  // (router/shared and this rank's experts; the caller gathers the other experts).
+  void copy_from(MoeLayer& full);
+  void copy_into(MoeLayer& full);
 
  private:
   void reserve(int64_t tokens);
-  void run_experts_forward();
-  void run_experts_backward();
-  bool experts_in_parallel() const;
-  // Calls run(e) for every expert: one expert per thread, largest first, when that pays
-  // (experts_in_parallel), else in index order with each GEMM threaded.
-  template <class Fn>
-  void for_each_expert(const Fn& run);
+  // Expert parallelism, step 2: allgather the logits and token masks, route the global batch
+  // and keep this rank's slice as local_plan_.
+  void route_global(const uint8_t* token_mask);
 
   T* value(int64_t off) { return off < 0 ? nullptr : params_.values().data() + off; }
   T* grad(int64_t off) { return off < 0 ? nullptr : params_.grads().data() + off; }
@@ -124,28 +160,31 @@ class MoeLayer final : public FeedForward<T> {
   int d_, F_, E_, k_, Hs_;
   ParamSet<T> params_;
   MoeParamOffsets off_;
-  std::vector<T> bias_;  // [E] selection bias (state, not a parameter)
+  Router<T> router_;
+  GroupedExperts<T> experts_;
+  SharedExperts<T> shared_;
+  ParallelGroups* groups_ = nullptr;
+  std::optional<AllToAllDispatcher<T>> all_to_all_;  // with groups_
 
   int64_t tokens_ = 0;
+  int64_t t0_ = 0;  // first token of this rank in the global batch
+  int e0_ = 0;
   bool noisy_ = false;  // noise applied in the last forward
-  RoutingPlan plan_;
   Permutation perm_;
-  MoeMetrics metrics_;
-  std::vector<int64_t> counts_;  // [E] primary assignments
-  std::vector<double> importance_, mean_prob_;
-
-  // Forward state.
-  std::vector<T> x_, noise_, hn_, z_, s_, lse_, u_, p_, norm_, gate_prim_, gate_;
-  std::vector<T> xp_, h1_, h3_, a_, y_;
-  std::vector<T> sh1_, sh3_, sa_, sy_, sgate_;
+  std::vector<uint8_t> dropout_mask_;  // [E]
   std::vector<double> uniforms_;
-  // Backward scratch.
-  std::vector<T> dy_, dxp_, da_, dh1_, dh3_, dgate_, dgate_prim_, ds_, dp_, dz_, dhn_;
-  std::vector<T> dsy_, dxs_;
 
-  std::vector<int> expert_order_;  // [E] experts by descending rows (parallel schedule)
+  // Forward state; backward scratch.
+  std::vector<T> x_, noise_, hn_, xp_, y_;
+  std::vector<T> dy_, dxp_, dgate_, dhn_;
+  // Expert parallelism: local logits, the received rows [R, d], the global gate gradients.
+  std::vector<T> zl_, xr_, yr_, dyr_, dxr_, dgate_global_;
+  std::vector<int64_t> rank_tokens_;  // [world]
+  std::vector<uint8_t> mask_l_, mask_g_;
+  RoutingPlan local_plan_;
+  ExpertParallelStats stats_;
+
   LayerTimings* timings_ = nullptr;
-  int expert_parallel_ = -1;
 };
 
 }  // namespace moe

@@ -57,23 +57,6 @@ void routing_backward(const MoeConfig& c, const RoutingPlan& plan, const T* z, c
                       const int64_t* counts, const T* dgate, double aux_scale, T* dgate_prim, T* ds,
                       T* dp, T* dz);
 
-struct MoeMetrics {
-  std::vector<int64_t> primary_per_expert;  // router demand, before capacity
-  std::vector<int64_t> kept_per_expert;     // tokens each expert actually ran
-  int64_t tokens = 0;                       // valid tokens
-  int64_t assignments = 0;                  // tokens * k
-  int64_t dropped = 0, rerouted = 0;
-  int64_t capacity = -1;  // -1 = dropless
-  double dropped_fraction = 0;
-  double load_balance_loss = 0, importance_loss = 0, z_loss = 0;
-  double router_entropy = 0;  // mean over tokens of -sum p log p (nats)
-  double load_cv = 0;         // std / mean of primary_per_expert
-  double load_max_over_mean = 0;
-
-  // load_cv and load_max_over_mean from primary_per_expert.
-  void set_load_spread();
-};
-
 template <class T>
 void fill_metrics(const MoeConfig& c, const RoutingPlan& plan, const T* p, const int64_t* counts,
                   MoeMetrics& m);

@@ -1,7 +1,9 @@
 // The router of an MoE layer, step by step as in docs/moe-layer.md, each step a function
-// with its backward beside it. Router math runs in T = float or double, never lower.
+// with its backward beside it, and Router, the one object that runs the whole sequence (used
+// by MoeLayer, expert parallelism and inference). Router math runs in T = float or double.
 //   logits z [T, E] -> scores s [T, E] -> selection key u = s + b (masked) [T, E]
 //   -> primary top-k experts [T, k] -> gates [T, k] -> capacity (drop / reroute)
+//   -> final gates [T, k] -> losses (moe_losses.h) and metrics
 #pragma once
 
 #include <cstdint>
@@ -32,6 +34,23 @@ struct RoutingPlan {
   std::vector<int> scratch_order;
 
   void resize(int64_t T, int k_, int E);
+};
+
+struct MoeMetrics {
+  std::vector<int64_t> primary_per_expert;  // router demand, before capacity
+  std::vector<int64_t> kept_per_expert;     // tokens each expert actually ran
+  int64_t tokens = 0;                       // valid tokens
+  int64_t assignments = 0;                  // tokens * k
+  int64_t dropped = 0, rerouted = 0;
+  int64_t capacity = -1;  // -1 = dropless
+  double dropped_fraction = 0;
+  double load_balance_loss = 0, importance_loss = 0, z_loss = 0;
+  double router_entropy = 0;  // mean over tokens of -sum p log p (nats)
+  double load_cv = 0;         // std / mean of primary_per_expert
+  double load_max_over_mean = 0;
+
+  // load_cv and load_max_over_mean from primary_per_expert.
+  void set_load_spread();
 };
 
 // z = x Wr^T; with noise (training, noisy_gating): hn = x Wn^T, z += noise * softplus(hn).
@@ -84,5 +103,58 @@ void expert_dropout_mask(int E, int k, double p, const double* uniforms, uint8_t
 template <class T>
 void update_selection_bias(int E, double rate, const int64_t* primary_counts, int64_t valid_tokens,
                            int k, T* bias);
+
+// The whole routing sequence of one MoE layer on a batch whose logits the caller computed (the
+// layer from its router weights; expert parallelism all-gathered from every rank), and its
+// backward from the final-gate gradients to the logit gradients. Owns the routing workspaces
+// (grown to the largest batch, then reused: a steady-state step does not allocate) and the
+// selection bias of aux-loss-free balancing (state, not a parameter).
+template <class T>
+class Router {
+ public:
+  struct Inputs {
+    const uint8_t* token_mask = nullptr;   // [T] 0 = padding; null = every token is real
+    const uint8_t* expert_mask = nullptr;  // [E] 0 = dropped out; null = every expert
+    const RoutingPlan* replay = nullptr;   // holds the selection of an earlier call fixed
+  };
+
+  explicit Router(const MoeConfig& c);
+
+  // The logits buffer z [T, E] of a batch of T tokens: fill it, then call forward(T, ...).
+  T* logits(int64_t tokens);
+  // Scores, top-k of s + b, primary gates, capacity, final gates, losses and metrics.
+  void forward(int64_t tokens, const Inputs& in = {});
+  // dgate [T, k] of the final gates -> dz [T, E] (owned by the router), the loss terms
+  // scaled by aux_scale.
+  const T* backward(const T* dgate, double aux_scale);
+  // Aux-loss-free balancing: b_i += rate * sign(mean_load - load_i) from the last forward.
+  void update_selection_bias();
+
+  const MoeConfig& config() const { return cfg_; }
+  int64_t tokens() const { return plan_.tokens; }
+  const RoutingPlan& plan() const { return plan_; }
+  const MoeMetrics& metrics() const { return metrics_; }
+  double aux_loss() const {
+    return metrics_.load_balance_loss + metrics_.importance_loss + metrics_.z_loss;
+  }
+  // Final gates [T, k] (0 where dropped), scores [T, E], logits [T, E] of the last forward.
+  const std::vector<T>& gates() const { return gate_; }
+  std::vector<T>& gates() { return gate_; }
+  const std::vector<T>& scores() const { return s_; }
+  const std::vector<T>& logits() const { return z_; }
+  std::vector<T>& selection_bias() { return bias_; }
+  const std::vector<T>& selection_bias() const { return bias_; }
+
+ private:
+  MoeConfig cfg_;
+  int E_, k_;
+  RoutingPlan plan_;
+  MoeMetrics metrics_;
+  std::vector<T> bias_;          // [E]
+  std::vector<int64_t> counts_;  // [E] primary assignments
+  std::vector<double> importance_, mean_prob_;
+  std::vector<T> z_, s_, lse_, u_, p_, norm_, gate_prim_, gate_;  // forward, saved
+  std::vector<T> dgate_prim_, ds_, dp_, dz_;                      // backward scratch
+};
 
 }  // namespace moe

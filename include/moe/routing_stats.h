@@ -1,5 +1,7 @@
 // Routing statistics as pure functions over counts and routings, so each one can be checked on
-// hand-built routings with known answers (tests/test_analysis.cpp). Everything is in bits.
+// hand-built routings with known answers (tests/test_analysis.cpp). Everything is in bits. They
+// live in nn, below the layers and the trainer that report them; token classes, which only the
+// analysis needs, are in token_class.h.
 //
 // Two router entropies, which answer different questions:
 //   mean_token_entropy_bits  mean over tokens of H(p_t): how undecided the router is per token
@@ -18,8 +20,6 @@
 #pragma once
 
 #include <cstdint>
-#include <string>
-#include <string_view>
 #include <vector>
 
 namespace moe {
@@ -51,32 +51,5 @@ double max_mutual_information_bits(int E, int D);
 // experts[t*k .. t*k+k) (entries < 0 ignored), adds 1 to counts[a][b] and counts[b][a] for each
 // unordered pair a != b, and 1 to counts[a][a] for each chosen expert. counts is [E, E].
 void add_coactivation(const int32_t* experts, int64_t tokens, int k, int E, int64_t* counts);
-
-// Token classes, from a token's decoded UTF-8 text:
-//   special  decodes to nothing (BOS, EOS, control ids)
-//   byte     not valid UTF-8 on its own (a byte-fallback piece or a lone byte of a character),
-//            or holding U+FFFD (what sentencepiece decodes such a piece to)
-//   letters_latin / letters_cyrillic / letters_han / letters_other  holds letters: the script
-//            of most of its letters (ties go to the earlier script in this list)
-//   digits   no letters, some digit
-//   code     no letters or digits, some of {}[]()<>=+-*/_;:#@$%^&|\~`
-//   punct    no letters, digits or code symbols, some other punctuation or symbol
-//   space    whitespace only
-// The order decides mixed tokens: " the" is letters_latin, " 42" digits, "();" code.
-enum class TokenClass {
-  Special,
-  Byte,
-  LettersLatin,
-  LettersCyrillic,
-  LettersHan,
-  LettersOther,
-  Digits,
-  Code,
-  Punct,
-  Space,
-};
-inline constexpr int kNumTokenClasses = 10;
-const char* token_class_name(TokenClass c);
-TokenClass classify_token_text(std::string_view utf8);
 
 }  // namespace moe

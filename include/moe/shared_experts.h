@@ -1,12 +1,14 @@
 // The shared experts of an MoE layer (DeepSeek/Qwen-MoE): one SwiGLU (or GELU) FFN of width
 // shared_hidden() on every token, optionally behind Qwen2-MoE's sigmoid gate:
 //   out += g * ffn(x),  g = sigmoid(x . wg) when shared_expert_gate, else 1.
-// Used by MoeLayer and by its expert-parallel twin. Shapes: x, y, out [n, d]; w1/w3 [Hs, d],
-// w2 [d, Hs], wg [d] (null without the gate); h1, h3, a [n, Hs]; gate [n].
+// Parameters: shared.w1/w3 [Hs, d], shared.w2 [d, Hs], shared.gate [1, d] (with the gate).
+// Saved for the backward: h1, h3, a [n, Hs]; y [n, d]; gate [n].
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
+#include "moe/grouped_experts.h"
 #include "moe/moe_config.h"
 #include "moe/params.h"
 
@@ -17,16 +19,26 @@ namespace moe {
 template <class T>
 void declare_shared_expert_weights(ParamSet<T>& params, const MoeConfig& c);
 
-// Saves h1, h3, a, y and gate for the backward; adds into out.
 template <class T>
-void shared_experts_forward(const MoeConfig& c, int64_t n, const T* x, const T* w1, const T* w3,
-                            const T* w2, const T* wg, T* h1, T* h3, T* a, T* y, T* gate, T* out);
+class SharedExperts {
+ public:
+  explicit SharedExperts(const MoeConfig& c);
+  int64_t hidden() const { return shape_.F; }  // Hs; 0 = no shared experts
+  // Resolves the weight offsets (after params.allocate()).
+  void bind(const ParamSet<T>& params);
+  void reserve(int64_t tokens);
+  // out += g * ffn(x) over n tokens.
+  void forward(const ParamSet<T>& params, int64_t n, const T* x, T* out);
+  // dx (+=) and the weight gradients (+=); scratch [n, Hs] (e.g. GroupedExperts::scratch()).
+  void backward(ParamSet<T>& params, int64_t n, const T* x, const T* dout, T* dx,
+                const FfnRows<T>& scratch);
 
-// dx (+=) and the weight gradients (+=). dy, dxs [n, d] and da, dh1, dh3 [n, Hs] are scratch.
-template <class T>
-void shared_experts_backward(const MoeConfig& c, int64_t n, const T* x, const T* w1, const T* w3,
-                             const T* w2, const T* wg, const T* h1, const T* h3, const T* a,
-                             const T* y, const T* gate, const T* dout, T* dx, T* dw1, T* dw3,
-                             T* dw2, T* dwg, T* dy, T* dxs, T* da, T* dh1, T* dh3);
+ private:
+  FfnShape shape_;
+  bool gated_;
+  int64_t w1_ = -1, w3_ = -1, w2_ = -1, wg_ = -1;
+  std::vector<T> h1_, h3_, a_, y_, gate_;  // forward, saved
+  std::vector<T> dy_, dxs_;                // backward scratch [n, d]
+};
 
 }  // namespace moe

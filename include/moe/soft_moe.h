@@ -7,8 +7,8 @@
 //   D = softmax over tokens of L    [m, S]   dispatch weights (each column sums to 1)
 //   C = softmax over slots of L     [m, S]   combine weights (each row sums to 1)
 //   Xs = D^T X                      [S, d]   slot inputs; slot s belongs to expert s / p
-//   Ys[s] = FFN_{s/p}(Xs[s])        [S, d]   existing ffn_forward kernels, one call per expert
-//                                            over its p slots of every group (expert-major)
+//   Ys[s] = FFN_{s/p}(Xs[s])        [S, d]   GroupedExperts, expert e on its p slots of every
+//                                            group (expert-major)
 //   Y = C Ys                        [m, d]
 // The paper's optional l2 normalization of X and Phi (with a learned scale) is left out: the
 // encoder feeds this layer RMS-normalized inputs and at our widths the logits stay small.
@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "moe/feed_forward.h"
+#include "moe/grouped_experts.h"
 #include "moe/moe_config.h"
 
 namespace moe {
@@ -49,10 +50,12 @@ class SoftMoe final : public FeedForward<T> {
   Activation act_;
   int group_ = 0;
   ParamSet<T> params_;
+  GroupedExperts<T> experts_;
+  std::vector<int64_t> offsets_;  // [E+1] expert e owns slot rows [e*G*p, (e+1)*G*p)
   int64_t tokens_ = 0, groups_ = 0, m_ = 0;
-  std::vector<T> x_, L_, D_, C_;          // [T, d], [T, S] x3
-  std::vector<T> xs_, h1_, h3_, a_, ys_;  // expert-major [E, G*p, d] / [E*G*p, F]
-  std::vector<T> dys_, dxs_, da_, dh1_, dh3_, dC_, dD_, dL_, gs_;  // backward scratch
+  std::vector<T> x_, L_, D_, C_;                  // [T, d], [T, S] x3
+  std::vector<T> xs_, ys_;                        // expert-major [E, G*p, d]
+  std::vector<T> dys_, dxs_, dC_, dD_, dL_, gs_;  // backward scratch
 };
 
 }  // namespace moe

@@ -20,8 +20,6 @@ namespace moe {
 
 class SafeTensorsFile;
 class SafeTensorsWriter;
-template <class T>
-class ExpertParallelMoe;
 
 template <class T>
 class Transformer {
@@ -77,9 +75,10 @@ class Transformer {
   // parallelism), or null for a dense block.
   const MoeMetrics* moe_metrics(int l) const;
 
-  // Expert parallelism (expert_parallel.h): every MoE layer becomes an ExpertParallelMoe with
-  // this rank's experts, copied from the current weights; parameters() then lists the local
-  // shards (expert tensors [E/P, ...]). The full layers are kept for gather_full_weights().
+  // Expert parallelism (moe_layer.h): every MoE layer becomes a MoeLayer with the all-to-all
+  // dispatcher and this rank's experts, copied from the current weights; parameters() then lists
+  // the local shards (expert tensors [E/P, ...]). The full layers are kept for
+  // gather_full_weights().
   void enable_expert_parallel(ParallelGroups& groups);
   bool expert_parallel() const { return groups_ != nullptr; }
   ParallelGroups* parallel_groups() { return groups_; }
@@ -90,7 +89,7 @@ class Transformer {
   // Copies the shards back into the full layers on every rank (experts allgathered over the
   // expert group), so save_weights() writes the whole model. Collective.
   void gather_full_weights();
-  const ExpertParallelMoe<T>* expert_parallel_layer(int l) const;
+  const MoeLayer<T>* expert_parallel_layer(int l) const;  // the shard layer
 
   // Weights (and selection biases as "state.selection_bias.<l>") as named in docs/model.md.
   void save_weights(SafeTensorsWriter& w, DType dtype) const;

@@ -15,6 +15,10 @@ bool is_valid_utf8(std::string_view s);
 // Length of the well-formed UTF-8 sequence starting at s[i], else 0.
 size_t utf8_sequence_length(std::string_view s, size_t i);
 
+// The code point at s[i], advancing i past it; an ill-formed byte gives U+FFFD and advances
+// by one.
+char32_t utf8_decode(std::string_view s, size_t& i);
+
 // The UTF-8 bytes of one code point (at most U+10FFFF).
 std::string utf8_encode(char32_t cp);
 

@@ -44,24 +44,6 @@ struct TrainArgs {
   int expert_parallel = 0;  // 0: one process, or every rank all experts under mpirun
 };
 
-// Under mpirun: the world and the expert-parallel groups. A wrong launch is decided from
-// values every rank shares, so every rank stops the same way (rank 0 prints the error).
-std::unique_ptr<ParallelGroups> parallel_groups(const TrainArgs& a, const ModelConfig& cfg) {
-  const bool mpi = launched_by_mpirun();
-  if (!mpi) {
-    MOE_REQUIRE(a.expert_parallel <= 1,
-                "--expert-parallel {} needs several processes: launch with mpirun -np N (N a "
-                "multiple of {})",
-                a.expert_parallel, a.expert_parallel);
-    return nullptr;
-  }
-  auto world = make_mpi_communicator();
-  const int P = std::max(a.expert_parallel, 1);
-  const std::string bad = ParallelLayout::check(world->size(), P, cfg.num_local_experts);
-  MOE_REQUIRE(bad.empty(), "{}", bad);
-  return std::make_unique<ParallelGroups>(make_parallel_groups(std::move(world), P));
-}
-
 // Whether the config file itself sets training.data_dir (then relative to the file).
 bool config_sets_data_dir(const std::string& path) {
   std::ifstream in(path);
@@ -140,32 +122,21 @@ int run_train(const TrainArgs& a) {
   // Every refusal of the config before the corpus is read or a tokenizer trained (checked again
   // once the tokenizer has fixed vocab_size).
   cfg.validate(a.config_path.empty() ? "default config" : a.config_path);
-  std::unique_ptr<ParallelGroups> par = parallel_groups(a, cfg);
+  std::unique_ptr<ParallelGroups> par =
+      parallel_groups_of_launch(a.expert_parallel, cfg.num_local_experts);
   const int rank = par ? par->layout.rank : 0;
   if (!par) check_run_directory(a.out, a.resume);  // before the corpus is read
   const DataOptions d = data_options(cfg.training, cfg.vocab_size);
   PreparedData data;
-  if (par) {
-    // Rank 0 builds the corpus and tokenizer; the others read what it wrote. A failure on
-    // rank 0 is shared first, so no rank waits for a peer that has stopped.
-    std::string failure;
-    if (rank == 0) {
-      try {
-        data = prepare_data(d, log_line);
-      } catch (const Error& e) {
-        failure = e.what();
-      }
-    }
-    int64_t failed = failure.empty() ? 0 : 1;
-    par->world->allreduce_sum(&failed, 1);
-    if (failed) {
-      MOE_REQUIRE(rank != 0, "{}", failure);
-      return 1;  // rank 0 reports it
-    }
-    if (rank != 0) data = prepare_data(d, [](const std::string&) {});
-  } else {
-    data = prepare_data(d, log_line);
-  }
+  // Under MPI rank 0 builds the corpus and tokenizer; the others read what it wrote.
+  const auto prepare = [&](bool log) {
+    data = prepare_data(
+        d, log ? log_line : [](const std::string&) {});
+  };
+  if (!par)
+    prepare(true);
+  else if (!rank0_first(*par->world, prepare))
+    return 1;  // rank 0 reports the failure
   if (data.tokenizer->vocab_size() != cfg.vocab_size) {
     log_line(fmt::format("vocab_size {} -> {} to match the {} tokenizer", cfg.vocab_size,
                          data.tokenizer->vocab_size(), cfg.training.tokenizer));

@@ -41,6 +41,20 @@ bool is_valid_utf8(std::string_view s) {
   return true;
 }
 
+char32_t utf8_decode(std::string_view s, size_t& i) {
+  const size_t n = utf8_sequence_length(s, i);
+  if (n == 0) {
+    ++i;
+    return U'\uFFFD';
+  }
+  const auto b = [&](size_t k) { return static_cast<unsigned char>(s[i + k]); };
+  static constexpr unsigned char kLeadMask[5] = {0, 0x7F, 0x1F, 0x0F, 0x07};
+  char32_t cp = b(0) & kLeadMask[n];
+  for (size_t k = 1; k < n; ++k) cp = (cp << 6) | (b(k) & 0x3F);
+  i += n;
+  return cp;
+}
+
 std::string utf8_encode(char32_t cp) {
   std::string s;
   if (cp < 0x80) {

@@ -1,4 +1,4 @@
-// CudaMoeLayer (include/moe/cuda_moe.h): the layer's orchestration on the host, compiled by
+// CudaMoeLayer (include/moe/cuda_moe_layer.h): the layer's orchestration on the host, compiled by
 // the C++ compiler (nvcc cannot compile the fmt-based moe headers, docs/cuda.md); the kernels
 // are in router.cu, permute.cu, expert_ffn.cu, shared_experts.cu and losses.cu.
 //
@@ -29,8 +29,8 @@
 #include "cuda/router_params.h"
 #include "cuda/routing_math.h"
 #include "cuda/shared_experts.cuh"
-#include "moe/cuda_moe.h"
-#include "moe/ffn.h"
+#include "moe/cuda_moe_layer.h"
+#include "moe/grouped_experts.h"
 #include "moe/moe_layer.h"
 #include "moe/router.h"
 #include "moe/shared_experts.h"

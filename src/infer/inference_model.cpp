@@ -273,24 +273,15 @@ void InferenceModel::moe_block(const Layer& L, int64_t rows) {
   const MoeConfig& mc = cfg_.moe;
   const int64_t d = cfg_.hidden_size, E = cfg_.num_local_experts;
   const int k = mc.num_experts_per_tok;
-  grow(z_, static_cast<size_t>(rows * E));
-  grow(s_, static_cast<size_t>(rows * E));
-  grow(u_, static_cast<size_t>(rows * E));
-  grow(lse_, static_cast<size_t>(rows));
-  grow(norm_, static_cast<size_t>(rows));
-  grow(gate_, static_cast<size_t>(rows * k));
+  if (!router_) router_.emplace(mc);
   gemm<float>(Trans::No, Trans::Yes, rows, E, d, 1.0f, x_.data(), d, L.router.data(), d, 0.0f,
-              z_.data(), E);
-  router_scores_forward<float>(mc.scoring_func, rows, E, z_.data(), s_.data(), lse_.data());
-  plan_.resize(rows, k, static_cast<int>(E));
-  select_top_k<float>(mc, s_.data(), nullptr, plan_, u_.data());
-  primary_gates<float>(mc, plan_, s_.data(), norm_.data(), gate_.data());
-  apply_capacity<float>(mc, gate_.data(), u_.data(), plan_);  // dropless: keeps every slot
-  final_gates<float>(mc, plan_, s_.data(), norm_.data(), gate_.data());
+              router_->logits(rows), E);
+  router_->forward(rows);  // dropless: keeps every slot
+  std::vector<float>& gate = router_->gates();
   // Hugging Face renormalizes a single gate to 1 as well; our k = 1 gate is the raw score.
-  if (mc.norm_topk_prob && k == 1) std::fill_n(gate_.data(), rows, 1.0f);
+  if (mc.norm_topk_prob && k == 1) std::fill_n(gate.data(), rows, 1.0f);
 
-  build_permutation(plan_, perm_);
+  build_permutation(router_->plan(), perm_);
   const int64_t N = perm_.rows();
   grow(xp_, static_cast<size_t>(N * d));
   grow(yp_, static_cast<size_t>(N * d));
@@ -300,7 +291,7 @@ void InferenceModel::moe_block(const Layer& L, int64_t rows) {
     if (n > 0) swiglu(L.experts[e], xp_.data() + r0 * d, n, yp_.data() + r0 * d, false);
   }
   grow(tmp_, static_cast<size_t>(rows * d));
-  scatter_gated<float>(perm_, rows, k, d, yp_.data(), gate_.data(), tmp_.data());
+  scatter_gated<float>(perm_, rows, k, d, yp_.data(), gate.data(), tmp_.data());
   for (int64_t i = 0; i < rows * d; ++i) h_[i] += tmp_[i];
 
   if (!L.has_shared) return;

@@ -13,7 +13,6 @@
 #include "moe/checkpoint.h"
 #include "moe/communicator.h"
 #include "moe/error.h"
-#include "moe/expert_parallel.h"
 #include "moe/hf_tokenizer.h"
 #include "moe/routing_stats.h"
 #include "moe/safetensors.h"

@@ -7,7 +7,6 @@
 #include "moe/dense_ffn.h"
 #include "moe/embedding.h"
 #include "moe/error.h"
-#include "moe/expert_parallel.h"
 #include "moe/gemm.h"
 #include "moe/rmsnorm.h"
 #include "moe/safetensors.h"
@@ -111,9 +110,9 @@ const MoeLayer<T>* Transformer<T>::moe_layer(int l) const {
 }
 
 template <class T>
-const ExpertParallelMoe<T>* Transformer<T>::expert_parallel_layer(int l) const {
+const MoeLayer<T>* Transformer<T>::expert_parallel_layer(int l) const {
   if (!groups_ || !cfg_.is_moe_layer(l)) return nullptr;
-  return static_cast<const ExpertParallelMoe<T>*>(ffn_[l].get());
+  return static_cast<const MoeLayer<T>*>(ffn_[l].get());
 }
 
 template <class T>
@@ -140,7 +139,7 @@ void Transformer<T>::enable_expert_parallel(ParallelGroups& groups) {
   for (int l = 0; l < L_; ++l) {
     if (!cfg_.is_moe_layer(l)) continue;
     auto* full = static_cast<MoeLayer<T>*>(ffn_[l].get());
-    auto ep = std::make_unique<ExpertParallelMoe<T>>(cfg_.moe, groups);
+    auto ep = std::make_unique<MoeLayer<T>>(cfg_.moe, &groups);
     ep->copy_from(*full);
     ParamSet<T>& set = ep->params();
     for (const auto& s : set.specs())
@@ -166,7 +165,7 @@ void Transformer<T>::gather_full_weights() {
   Communicator& group = *groups_->expert_group;
   for (int l = 0; l < L_; ++l) {
     if (!cfg_.is_moe_layer(l)) continue;
-    auto* ep = static_cast<ExpertParallelMoe<T>*>(ffn_[l].get());
+    auto* ep = static_cast<MoeLayer<T>*>(ffn_[l].get());
     auto* full = static_cast<MoeLayer<T>*>(full_ffn_[l].get());
     ep->copy_into(*full);
     for (const char* name : {"experts.w1", "experts.w3", "experts.w2"}) {
@@ -381,11 +380,8 @@ void Transformer<T>::forward_cached(const int32_t* tokens, int B, int n,
 template <class T>
 void Transformer<T>::update_selection_bias() {
   for (int l = 0; l < L_; ++l) {
-    if (!cfg_.is_moe_layer(l)) continue;
-    if (groups_)
-      static_cast<ExpertParallelMoe<T>*>(ffn_[l].get())->update_selection_bias();
-    else
-      moe_layer(l)->update_selection_bias();
+    // The layer in use: the shard under expert parallelism.
+    if (cfg_.is_moe_layer(l)) static_cast<MoeLayer<T>*>(ffn_[l].get())->update_selection_bias();
   }
 }
 
@@ -418,8 +414,7 @@ void Transformer<T>::load_weights(const SafeTensorsFile& f) {
   }
   if (groups_)
     for (int l = 0; l < L_; ++l)
-      if (cfg_.is_moe_layer(l))
-        static_cast<ExpertParallelMoe<T>*>(ffn_[l].get())->copy_from(*moe_layer(l));
+      if (cfg_.is_moe_layer(l)) static_cast<MoeLayer<T>*>(ffn_[l].get())->copy_from(*moe_layer(l));
 }
 
 template class Transformer<float>;

@@ -2,8 +2,6 @@
 
 #include <algorithm>
 
-#include "moe/ffn.h"
-
 namespace moe {
 
 template <class T>
@@ -29,6 +27,13 @@ double DenseFfn<T>::active_macs_per_token() const {
 }
 
 template <class T>
+FfnWeights<const T> DenseFfn<T>::weights() {
+  const bool glu = act_ == Activation::SwiGLU;
+  return {params_.value("ffn.w1"), glu ? params_.value("ffn.w3") : nullptr,
+          params_.value("ffn.w2")};
+}
+
+template <class T>
 void DenseFfn<T>::forward(View<const T> x, View<T> out, const ForwardOptions<T>& opt) {
   MOE_CHECK(x.ndim() == 2 && x.size(1) == d_ && x.contiguous(),
             "DenseFfn::forward: x has shape {}, expected [T,{}]", x.shape.str(), d_);
@@ -40,10 +45,8 @@ void DenseFfn<T>::forward(View<const T> x, View<T> out, const ForwardOptions<T>&
   h1_.resize(n * F_);
   a_.resize(n * F_);
   if (act_ == Activation::SwiGLU) h3_.resize(n * F_);
-  const bool glu = act_ == Activation::SwiGLU;
-  ffn_forward<T>(act_, tokens_, d_, F_, x_.data(), params_.value("ffn.w1"),
-                 glu ? params_.value("ffn.w3") : nullptr, params_.value("ffn.w2"), h1_.data(),
-                 h3_.data(), a_.data(), out.data);
+  ffn_forward<T>(shape(), tokens_, x_.data(), weights(), {h1_.data(), h3_.data(), a_.data()},
+                 out.data);
 }
 
 template <class T>
@@ -55,11 +58,10 @@ void DenseFfn<T>::backward(View<const T> dout, View<T> dx, double) {
   dh1_.resize(n * F_);
   dh3_.resize(n * F_);
   const bool glu = act_ == Activation::SwiGLU;
-  ffn_backward<T>(act_, tokens_, d_, F_, x_.data(), params_.value("ffn.w1"),
-                  glu ? params_.value("ffn.w3") : nullptr, params_.value("ffn.w2"), h1_.data(),
-                  h3_.data(), a_.data(), dout.data, dx.data, params_.grad("ffn.w1"),
-                  glu ? params_.grad("ffn.w3") : nullptr, params_.grad("ffn.w2"), da_.data(),
-                  dh1_.data(), dh3_.data());
+  const FfnWeights<T> grad{params_.grad("ffn.w1"), glu ? params_.grad("ffn.w3") : nullptr,
+                           params_.grad("ffn.w2")};
+  ffn_backward<T>(shape(), tokens_, x_.data(), weights(), {h1_.data(), h3_.data(), a_.data()},
+                  dout.data, dx.data, grad, {dh1_.data(), dh3_.data(), da_.data()});
 }
 
 template class DenseFfn<float>;

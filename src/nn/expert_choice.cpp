@@ -5,7 +5,6 @@
 #include <cmath>
 #include <numeric>
 
-#include "moe/ffn.h"
 #include "moe/gemm.h"
 
 namespace moe {
@@ -23,7 +22,9 @@ ExpertChoice<T>::ExpertChoice(const MoeConfig& c)
       F_(c.moe_intermediate_size),
       E_(c.num_experts),
       cf_(c.capacity_factor),
-      act_(c.hidden_act) {
+      act_(c.hidden_act),
+      experts_({c.hidden_act, c.hidden_size, c.moe_intermediate_size}, c.num_experts),
+      offsets_(static_cast<size_t>(c.num_experts + 1), 0) {
   MOE_CHECK(d_ > 0 && F_ > 0 && E_ > 0,
             "ExpertChoice: hidden_size, moe_intermediate_size and num_experts must be positive");
   MOE_CHECK(cf_ > 0, "ExpertChoice: capacity_factor must be positive (experts per token), got {}",
@@ -31,6 +32,7 @@ ExpertChoice<T>::ExpertChoice(const MoeConfig& c)
   params_.declare("router.weight", {E_, d_});
   declare_expert_weights(params_, E_, F_, d_, act_);
   params_.allocate();
+  experts_.bind(params_);
 }
 
 template <class T>
@@ -67,9 +69,7 @@ void ExpertChoice<T>::forward(View<const T> x, View<T> out, const ForwardOptions
   grow(idx_, rows);
   grow(xp_, rows * d);
   grow(y_, rows * d);
-  grow(h1_, rows * F_);
-  grow(h3_, rows * F_);
-  grow(a_, rows * F_);
+  experts_.reserve(rows);
   grow(order_, m);
   taken_.assign(static_cast<size_t>(T_), 0);
 
@@ -100,15 +100,8 @@ void ExpertChoice<T>::forward(View<const T> x, View<T> out, const ForwardOptions
       }
     }
 
-  const bool glu = act_ == Activation::SwiGLU;
-  const int64_t n = G * C;
-  for (int e = 0; e < E_; ++e) {
-    const int64_t r0 = e * n;
-    ffn_forward<T>(act_, n, d, F_, xp_.data() + r0 * d, params_.value("experts.w1") + e * F_ * d,
-                   glu ? params_.value("experts.w3") + e * F_ * d : nullptr,
-                   params_.value("experts.w2") + e * d * F_, h1_.data() + r0 * F_,
-                   h3_.data() + r0 * F_, a_.data() + r0 * F_, y_.data() + r0 * d);
-  }
+  for (int e = 0; e <= E_; ++e) offsets_[e] = e * G * C;
+  experts_.forward(params_, offsets_.data(), xp_.data(), y_.data());
   // Combine in row order (expert-major), so every token's sum runs in a fixed order.
   std::fill(out.data, out.data + T_ * d, T(0));
   for (int64_t r = 0; r < rows; ++r) {
@@ -127,9 +120,6 @@ void ExpertChoice<T>::backward(View<const T> dout, View<T> dx, double) {
   const int64_t T_ = tokens_, d = d_, E = E_, G = groups_, C = C_, rows = E * G * C;
   grow(dy_, rows * d);
   grow(dxp_, rows * d);
-  grow(da_, rows * F_);
-  grow(dh1_, rows * F_);
-  grow(dh3_, rows * F_);
   ds_.assign(static_cast<size_t>(T_ * E), T(0));
   grow(dz_, T_ * E);
   // out[t] += g * y: dy = g * dout[t], dg = dout[t] . y (each (t, e) is one row at most).
@@ -144,19 +134,7 @@ void ExpertChoice<T>::backward(View<const T> dout, View<T> dx, double) {
     }
     ds_[t * E + e] += static_cast<T>(dot);
   }
-  const bool glu = act_ == Activation::SwiGLU;
-  const int64_t n = G * C;
-  for (int e = 0; e < E_; ++e) {
-    const int64_t r0 = e * n;
-    ffn_backward<T>(act_, n, d, F_, xp_.data() + r0 * d, params_.value("experts.w1") + e * F_ * d,
-                    glu ? params_.value("experts.w3") + e * F_ * d : nullptr,
-                    params_.value("experts.w2") + e * d * F_, h1_.data() + r0 * F_,
-                    h3_.data() + r0 * F_, a_.data() + r0 * F_, dy_.data() + r0 * d,
-                    dxp_.data() + r0 * d, params_.grad("experts.w1") + e * F_ * d,
-                    glu ? params_.grad("experts.w3") + e * F_ * d : nullptr,
-                    params_.grad("experts.w2") + e * d * F_, da_.data() + r0 * F_,
-                    dh1_.data() + r0 * F_, dh3_.data() + r0 * F_);
-  }
+  experts_.backward(params_, offsets_.data(), xp_.data(), dy_.data(), dxp_.data());
   std::fill(dx.data, dx.data + T_ * d, T(0));
   for (int64_t r = 0; r < rows; ++r) {
     T* o = dx.data + idx_[r] * d;

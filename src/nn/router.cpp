@@ -6,6 +6,7 @@
 
 #include "moe/error.h"
 #include "moe/gemm.h"
+#include "moe/moe_losses.h"
 
 namespace moe {
 
@@ -290,5 +291,94 @@ void update_selection_bias(int E, double rate, const int64_t* primary_counts, in
 MOE_INSTANTIATE(float)
 MOE_INSTANTIATE(double)
 #undef MOE_INSTANTIATE
+
+namespace {
+template <class V>
+void grow(std::vector<V>& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+}
+}  // namespace
+
+template <class T>
+Router<T>::Router(const MoeConfig& c) : cfg_(c), E_(c.num_experts), k_(c.num_experts_per_tok) {
+  bias_.assign(E_, T(0));
+  counts_.assign(E_, 0);
+  importance_.assign(E_, 0.0);
+  mean_prob_.assign(E_, 0.0);
+}
+
+template <class T>
+T* Router<T>::logits(int64_t tokens) {
+  const int64_t TE = tokens * E_, Tk = tokens * k_;
+  for (auto* v : {&z_, &s_, &u_, &p_, &ds_, &dp_, &dz_}) grow(*v, TE);
+  for (auto* v : {&lse_, &norm_}) grow(*v, tokens);
+  for (auto* v : {&gate_prim_, &gate_, &dgate_prim_}) grow(*v, Tk);
+  return z_.data();
+}
+
+template <class T>
+void Router<T>::forward(int64_t T_, const Inputs& in) {
+  MOE_CHECK(static_cast<int64_t>(z_.size()) >= T_ * E_,
+            "Router::forward: logits(tokens) not filled for {} tokens", T_);
+  // Masks: padding tokens, and experts dropped out for this batch.
+  if (plan_.tokens != T_ || plan_.k != k_) plan_.resize(T_, k_, E_);
+  for (int64_t t = 0; t < T_; ++t) plan_.token_mask[t] = in.token_mask ? in.token_mask[t] != 0 : 1;
+  if (in.replay)
+    plan_.expert_mask = in.replay->expert_mask;
+  else if (in.expert_mask)
+    std::copy_n(in.expert_mask, E_, plan_.expert_mask.data());
+  else
+    std::fill(plan_.expert_mask.begin(), plan_.expert_mask.end(), 1);
+
+  // Scores; selection (or the replayed one), gates, capacity.
+  router_scores_forward<T>(cfg_.scoring_func, T_, E_, z_.data(), s_.data(), lse_.data());
+  if (in.replay) {
+    const RoutingPlan& r = *in.replay;
+    MOE_CHECK(r.tokens == T_ && r.k == k_ && r.num_experts == E_,
+              "MoeLayer::forward: replayed plan is for T={} k={} E={}, not T={} k={} E={}",
+              r.tokens, r.k, r.num_experts, T_, k_, E_);
+    plan_.primary = r.primary;
+    plan_.expert = r.expert;
+    plan_.rerouted = r.rerouted;
+    plan_.capacity = r.capacity;
+    plan_.valid_tokens = r.valid_tokens;
+    plan_.dropped = r.dropped;
+    plan_.rerouted_count = r.rerouted_count;
+    primary_gates<T>(cfg_, plan_, s_.data(), norm_.data(), gate_prim_.data());
+  } else {
+    const T* bias = cfg_.use_selection_bias ? bias_.data() : nullptr;
+    select_top_k<T>(cfg_, s_.data(), bias, plan_, u_.data());
+    primary_gates<T>(cfg_, plan_, s_.data(), norm_.data(), gate_prim_.data());
+    apply_capacity<T>(cfg_, gate_prim_.data(), u_.data(), plan_);
+  }
+  final_gates<T>(cfg_, plan_, s_.data(), norm_.data(), gate_.data());
+
+  // Losses and metrics.
+  routing_probs<T>(cfg_.scoring_func, T_, E_, s_.data(), p_.data());
+  primary_counts(plan_, counts_.data());
+  metrics_.load_balance_loss =
+      load_balance_loss<T>(cfg_, plan_, p_.data(), counts_.data(), mean_prob_.data());
+  metrics_.importance_loss = importance_loss<T>(cfg_, plan_, gate_prim_.data(), importance_.data());
+  metrics_.z_loss = z_loss<T>(cfg_, plan_, lse_.data());
+  fill_metrics<T>(cfg_, plan_, p_.data(), counts_.data(), metrics_);
+}
+
+template <class T>
+const T* Router<T>::backward(const T* dgate, double aux_scale) {
+  routing_backward<T>(cfg_, plan_, z_.data(), s_.data(), p_.data(), norm_.data(), lse_.data(),
+                      importance_.data(), counts_.data(), dgate, aux_scale, dgate_prim_.data(),
+                      ds_.data(), dp_.data(), dz_.data());
+  return dz_.data();
+}
+
+template <class T>
+void Router<T>::update_selection_bias() {
+  if (!cfg_.use_selection_bias) return;
+  moe::update_selection_bias<T>(E_, cfg_.bias_update_rate, counts_.data(), plan_.valid_tokens, k_,
+                                bias_.data());
+}
+
+template class Router<float>;
+template class Router<double>;
 
 }  // namespace moe

@@ -2,43 +2,77 @@
 
 #include <cmath>
 
-#include "moe/ffn.h"
 #include "moe/gemm.h"
 
 namespace moe {
 
+namespace {
+template <class V>
+void grow(std::vector<V>& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+}
+}  // namespace
+
 template <class T>
-void shared_experts_forward(const MoeConfig& c, int64_t n, const T* x, const T* w1, const T* w3,
-                            const T* w2, const T* wg, T* h1, T* h3, T* a, T* y, T* gate, T* out) {
-  const int64_t d = c.hidden_size;
-  ffn_forward<T>(c.hidden_act, n, d, c.shared_hidden(), x, w1, w3, w2, h1, h3, a, y,
-                 c.compute_dtype);
-  if (c.shared_expert_gate) {
-    gemm<T>(Trans::No, Trans::Yes, n, 1, d, T(1), x, d, wg, d, T(0), gate, 1);
+SharedExperts<T>::SharedExperts(const MoeConfig& c)
+    : shape_{c.hidden_act, c.hidden_size, c.shared_hidden(), c.compute_dtype},
+      gated_(c.shared_expert_gate) {}
+
+template <class T>
+void SharedExperts<T>::bind(const ParamSet<T>& params) {
+  w1_ = params.offset_or_none("shared.w1");
+  w3_ = params.offset_or_none("shared.w3");
+  w2_ = params.offset_or_none("shared.w2");
+  wg_ = params.offset_or_none("shared.gate");
+}
+
+template <class T>
+void SharedExperts<T>::reserve(int64_t n) {
+  if (shape_.F <= 0) return;
+  for (auto* v : {&h1_, &h3_, &a_}) grow(*v, n * shape_.F);
+  for (auto* v : {&y_, &dy_, &dxs_}) grow(*v, n * shape_.d);
+  grow(gate_, n);
+}
+
+template <class T>
+void SharedExperts<T>::forward(const ParamSet<T>& params, int64_t n, const T* x, T* out) {
+  const T* v = params.values().data();
+  const int64_t d = shape_.d;
+  const FfnWeights<const T> w{v + w1_, shape_.glu() ? v + w3_ : nullptr, v + w2_};
+  ffn_forward<T>(shape_, n, x, w, {h1_.data(), h3_.data(), a_.data()}, y_.data());
+  T* gate = gate_.data();
+  if (gated_) {
+    gemm<T>(Trans::No, Trans::Yes, n, 1, d, T(1), x, d, v + wg_, d, T(0), gate, 1);
     for (int64_t t = 0; t < n; ++t) gate[t] = T(1) / (T(1) + std::exp(-gate[t]));
   }
+  const T* y = y_.data();
   for (int64_t t = 0; t < n; ++t) {
-    const T g = c.shared_expert_gate ? gate[t] : T(1);
+    const T g = gated_ ? gate[t] : T(1);
     for (int64_t j = 0; j < d; ++j) out[t * d + j] += g * y[t * d + j];
   }
 }
 
 template <class T>
-void shared_experts_backward(const MoeConfig& c, int64_t n, const T* x, const T* w1, const T* w3,
-                             const T* w2, const T* wg, const T* h1, const T* h3, const T* a,
-                             const T* y, const T* gate, const T* dout, T* dx, T* dw1, T* dw3,
-                             T* dw2, T* dwg, T* dy, T* dxs, T* da, T* dh1, T* dh3) {
-  const int64_t d = c.hidden_size;
+void SharedExperts<T>::backward(ParamSet<T>& params, int64_t n, const T* x, const T* dout, T* dx,
+                                const FfnRows<T>& scratch) {
+  const T* v = params.values().data();
+  T* g = params.grads().data();
+  const int64_t d = shape_.d;
+  const bool glu = shape_.glu();
+  const T* y = y_.data();
   const T* dys = dout;
-  if (c.shared_expert_gate) {
+  if (gated_) {
+    const T* wg = v + wg_;
+    T* dwg = g + wg_;
+    T* dy = dy_.data();
     for (int64_t t = 0; t < n; ++t) {
-      const T g = gate[t];
+      const T gt = gate_[t];
       T dg = 0;
       for (int64_t j = 0; j < d; ++j) {
         dg += dout[t * d + j] * y[t * d + j];
-        dy[t * d + j] = g * dout[t * d + j];
+        dy[t * d + j] = gt * dout[t * d + j];
       }
-      const T dpre = dg * g * (T(1) - g);
+      const T dpre = dg * gt * (T(1) - gt);
       for (int64_t j = 0; j < d; ++j) {
         dwg[j] += dpre * x[t * d + j];
         dx[t * d + j] += dpre * wg[j];
@@ -46,8 +80,10 @@ void shared_experts_backward(const MoeConfig& c, int64_t n, const T* x, const T*
     }
     dys = dy;
   }
-  ffn_backward<T>(c.hidden_act, n, d, c.shared_hidden(), x, w1, w3, w2, h1, h3, a, dys, dxs, dw1,
-                  dw3, dw2, da, dh1, dh3, c.compute_dtype);
+  const FfnWeights<const T> w{v + w1_, glu ? v + w3_ : nullptr, v + w2_};
+  const FfnWeights<T> dw{g + w1_, glu ? g + w3_ : nullptr, g + w2_};
+  T* dxs = dxs_.data();
+  ffn_backward<T>(shape_, n, x, w, {h1_.data(), h3_.data(), a_.data()}, dys, dxs, dw, scratch);
   for (int64_t i = 0; i < n * d; ++i) dx[i] += dxs[i];
 }
 
@@ -61,15 +97,9 @@ void declare_shared_expert_weights(ParamSet<T>& params, const MoeConfig& c) {
   if (c.shared_expert_gate) params.declare("shared.gate", {1, d});
 }
 
-#define MOE_SHARED_EXPERTS(T)                                                                      \
-  template void shared_experts_forward<T>(const MoeConfig&, int64_t, const T*, const T*, const T*, \
-                                          const T*, const T*, T*, T*, T*, T*, T*, T*);             \
-  template void shared_experts_backward<T>(                                                        \
-      const MoeConfig&, int64_t, const T*, const T*, const T*, const T*, const T*, const T*,       \
-      const T*, const T*, const T*, const T*, const T*, T*, T*, T*, T*, T*, T*, T*, T*, T*, T*);   \
-  template void declare_shared_expert_weights<T>(ParamSet<T>&, const MoeConfig&);
-MOE_SHARED_EXPERTS(float)
-MOE_SHARED_EXPERTS(double)
-#undef MOE_SHARED_EXPERTS
+template class SharedExperts<float>;
+template class SharedExperts<double>;
+template void declare_shared_expert_weights<float>(ParamSet<float>&, const MoeConfig&);
+template void declare_shared_expert_weights<double>(ParamSet<double>&, const MoeConfig&);
 
 }  // namespace moe

@@ -1,12 +1,11 @@
 // Soft MoE forward and backward (soft_moe.h has the math). Slot rows live expert-major,
-// row (e * G + g) * p + j for slot j of expert e in group g, so each expert runs one
-// ffn_forward over its contiguous G*p rows, exactly as the sparse layer runs its kept rows.
+// row (e * G + g) * p + j for slot j of expert e in group g, so the GroupedExperts run each
+// expert over its contiguous G*p rows, exactly as the sparse layer runs its kept rows.
 #include "moe/soft_moe.h"
 
 #include <algorithm>
 #include <cmath>
 
-#include "moe/ffn.h"
 #include "moe/gemm.h"
 
 namespace moe {
@@ -25,13 +24,16 @@ SoftMoe<T>::SoftMoe(const MoeConfig& c, int slots_per_expert)
       E_(c.num_experts),
       p_(slots_per_expert),
       S_(c.num_experts * slots_per_expert),
-      act_(c.hidden_act) {
+      act_(c.hidden_act),
+      experts_({c.hidden_act, c.hidden_size, c.moe_intermediate_size}, c.num_experts),
+      offsets_(static_cast<size_t>(c.num_experts + 1), 0) {
   MOE_CHECK(d_ > 0 && F_ > 0 && E_ > 0,
             "SoftMoe: hidden_size, moe_intermediate_size and num_experts must be positive");
   MOE_CHECK(p_ > 0, "SoftMoe: slots_per_expert must be positive, got {}", p_);
   params_.declare("router.phi", {d_, S_});
   declare_expert_weights(params_, E_, F_, d_, act_);
   params_.allocate();
+  experts_.bind(params_);
 }
 
 template <class T>
@@ -64,9 +66,7 @@ void SoftMoe<T>::forward(View<const T> x, View<T> out, const ForwardOptions<T>& 
   grow(C_, T_ * S);
   grow(xs_, rows * d);
   grow(ys_, rows * d);
-  grow(h1_, rows * F_);
-  grow(h3_, rows * F_);
-  grow(a_, rows * F_);
+  experts_.reserve(rows);
   grow(gs_, 2 * S * d);
   const T* phi = params_.value("router.phi");
   auto slot_row = [&](int64_t g, int64_t s) { return ((s / p_) * G + g) * p_ + s % p_; };
@@ -101,15 +101,8 @@ void SoftMoe<T>::forward(View<const T> x, View<T> out, const ForwardOptions<T>& 
       std::copy_n(gs_.data() + s * d, d, xs_.data() + slot_row(g, s) * d);
   }
 
-  const bool glu = act_ == Activation::SwiGLU;
-  const int64_t n = G * p_;  // rows per expert
-  for (int e = 0; e < E_; ++e) {
-    const int64_t r0 = e * n;
-    ffn_forward<T>(act_, n, d, F_, xs_.data() + r0 * d, params_.value("experts.w1") + e * F_ * d,
-                   glu ? params_.value("experts.w3") + e * F_ * d : nullptr,
-                   params_.value("experts.w2") + e * d * F_, h1_.data() + r0 * F_,
-                   h3_.data() + r0 * F_, a_.data() + r0 * F_, ys_.data() + r0 * d);
-  }
+  for (int e = 0; e <= E_; ++e) offsets_[e] = e * G * p_;
+  experts_.forward(params_, offsets_.data(), xs_.data(), ys_.data());
 
   for (int64_t g = 0; g < G; ++g) {
     for (int64_t s = 0; s < S; ++s)
@@ -127,9 +120,6 @@ void SoftMoe<T>::backward(View<const T> dout, View<T> dx, double) {
   const int64_t m = m_, S = S_, d = d_, G = groups_, rows = G * S;
   grow(dys_, rows * d);
   grow(dxs_, rows * d);
-  grow(da_, rows * F_);
-  grow(dh1_, rows * F_);
-  grow(dh3_, rows * F_);
   grow(dC_, m * S);
   grow(dD_, m * S);
   grow(dL_, m * S);
@@ -145,19 +135,7 @@ void SoftMoe<T>::backward(View<const T> dout, View<T> dx, double) {
             d, T(0), gs, d);
     for (int64_t s = 0; s < S; ++s) std::copy_n(gs + s * d, d, dys_.data() + slot_row(g, s) * d);
   }
-  const bool glu = act_ == Activation::SwiGLU;
-  const int64_t n = G * p_;
-  for (int e = 0; e < E_; ++e) {
-    const int64_t r0 = e * n;
-    ffn_backward<T>(act_, n, d, F_, xs_.data() + r0 * d, params_.value("experts.w1") + e * F_ * d,
-                    glu ? params_.value("experts.w3") + e * F_ * d : nullptr,
-                    params_.value("experts.w2") + e * d * F_, h1_.data() + r0 * F_,
-                    h3_.data() + r0 * F_, a_.data() + r0 * F_, dys_.data() + r0 * d,
-                    dxs_.data() + r0 * d, params_.grad("experts.w1") + e * F_ * d,
-                    glu ? params_.grad("experts.w3") + e * F_ * d : nullptr,
-                    params_.grad("experts.w2") + e * d * F_, da_.data() + r0 * F_,
-                    dh1_.data() + r0 * F_, dh3_.data() + r0 * F_);
-  }
+  experts_.backward(params_, offsets_.data(), xs_.data(), dys_.data(), dxs_.data());
 
   for (int64_t g = 0; g < G; ++g) {
     const T* X = x_.data() + g * m * d;

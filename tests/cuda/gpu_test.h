@@ -7,7 +7,7 @@
 
 #include <cstdlib>
 
-#include "moe/cuda_moe.h"
+#include "moe/cuda_moe_layer.h"
 
 #define SKIP_WITHOUT_GPU()                                                                     \
   if (!::moe::cuda_available()) {                                                              \

@@ -22,7 +22,7 @@
 
 #include "gpu_test.h"
 #include "layer_fixture.h"
-#include "moe/cuda_moe.h"
+#include "moe/cuda_moe_layer.h"
 #include "moe/moe_layer.h"
 #include "moe/safetensors.h"
 #include "test_util.h"

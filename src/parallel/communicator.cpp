@@ -4,6 +4,7 @@
 
 #include <fmt/core.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -85,6 +86,41 @@ ParallelGroups make_parallel_groups(std::unique_ptr<Communicator> world, int exp
   g.expert_replicas = world->split(g.layout.ep_rank(), g.layout.dp_group());
   g.world = std::move(world);
   return g;
+}
+
+std::unique_ptr<ParallelGroups> parallel_groups_of_launch(int expert_parallel, int num_experts) {
+  if (!launched_by_mpirun()) {
+    MOE_REQUIRE(expert_parallel <= 1,
+                "--expert-parallel {} needs several processes: launch with mpirun -np N (N a "
+                "multiple of {})",
+                expert_parallel, expert_parallel);
+    return nullptr;
+  }
+  auto world = make_mpi_communicator();
+  const int P = std::max(expert_parallel, 1);
+  const std::string bad = ParallelLayout::check(world->size(), P, num_experts);
+  MOE_REQUIRE(bad.empty(), "{}", bad);
+  return std::make_unique<ParallelGroups>(make_parallel_groups(std::move(world), P));
+}
+
+bool rank0_first(Communicator& world, const std::function<void(bool rank0)>& work) {
+  const bool rank0 = world.rank() == 0;
+  std::string failure;
+  if (rank0) {
+    try {
+      work(true);
+    } catch (const Error& e) {
+      failure = e.what();
+    }
+  }
+  int64_t failed = failure.empty() ? 0 : 1;
+  world.allreduce_sum(&failed, 1);
+  if (failed) {
+    MOE_REQUIRE(!rank0, "{}", failure);
+    return false;
+  }
+  if (!rank0) work(false);
+  return true;
 }
 
 }  // namespace moe

@@ -1,0 +1,108 @@
+// The expert FFNs of an MoE layer over contiguous expert-major row blocks, and the one FFN
+// kernel behind them, the shared experts and the dense baseline:
+//   SwiGLU: h1 = x W1^T, h3 = x W3^T, a = silu(h1) * h3, y = a W2^T  (Mixtral w1/w3/w2)
+//   GELU:   h1 = x W1^T,               a = gelu(h1),     y = a W2^T  (exact erf GELU)
+// Shapes: x [n, d], W1/W3 [F, d], W2 [d, F], h1/h3/a [n, F], y [n, d].
+// The forward saves h1, h3 and a for the backward. The backward writes dx (=) and
+// accumulates parameter gradients (+=), as in llm.c.
+// With ComputeDtype::BFloat16 (float only) every GEMM rounds its operands to bf16 and
+// accumulates in fp32 (gemm_bf16.h); the activation and its gradient stay fp32.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "moe/moe_config.h"
+#include "moe/params.h"
+
+namespace moe {
+
+// What one FFN computes: activation, sizes and the GEMMs' dtype.
+struct FfnShape {
+  Activation act = Activation::SwiGLU;
+  int64_t d = 0, F = 0;
+  ComputeDtype dtype = ComputeDtype::Float32;
+  bool glu() const { return act == Activation::SwiGLU; }
+};
+
+// One FFN's weights (P = const T) or their gradients (P = T): w1/w3 [F, d], w2 [d, F];
+// w3 null for GELU.
+template <class P>
+struct FfnWeights {
+  P* w1 = nullptr;
+  P* w3 = nullptr;
+  P* w2 = nullptr;
+};
+
+// Row buffers [n, F]: the forward's h1, h3, a; the backward's scratch dh1, dh3, da.
+template <class T>
+struct FfnRows {
+  T* h1 = nullptr;
+  T* h3 = nullptr;
+  T* a = nullptr;
+  FfnRows at(int64_t row, int64_t F) const {
+    return {h1 + row * F, h3 ? h3 + row * F : nullptr, a + row * F};
+  }
+};
+
+template <class T>
+void ffn_forward(const FfnShape& f, int64_t n, const T* x, const FfnWeights<const T>& w,
+                 const FfnRows<T>& saved, T* y);
+// dx (=); grad (+=); scratch [n, F] (h3 unused for GELU).
+template <class T>
+void ffn_backward(const FfnShape& f, int64_t n, const T* x, const FfnWeights<const T>& w,
+                  const FfnRows<T>& saved, const T* dy, T* dx, const FfnWeights<T>& grad,
+                  const FfnRows<T>& scratch);
+
+// Declares a bank of `experts` expert FFNs in the layout of GroupedExperts.
+template <class T>
+void declare_expert_weights(ParamSet<T>& params, int64_t experts, int64_t F, int64_t d,
+                            Activation act);
+
+// E expert FFNs in the layout every MoE variant shares (Mixtral's, stacked): experts.w1
+// [E, F, d], experts.w3 [E, F, d] (SwiGLU only), experts.w2 [E, d, F]. Expert e runs rows
+// [offsets[e], offsets[e+1]) of x. Weight offsets are resolved once (bind); the ParamSet is
+// passed per call so that a layer holding one stays copyable.
+//
+// Scheduling: one expert per thread, largest first, each GEMM single-threaded, when enough
+// experts are busy to balance the threads; otherwise one after another with each GEMM using
+// all threads. Every expert writes only its own rows and weight gradients and its sums run in
+// a fixed order, so the schedule does not change results.
+template <class T>
+class GroupedExperts {
+ public:
+  GroupedExperts(const FfnShape& shape, int experts);
+
+  // Resolves the weight offsets (after params.allocate()).
+  void bind(const ParamSet<T>& params);
+  // Grows the saved rows to `rows` and the backward scratch to max(rows * F, scratch_elems).
+  void reserve(int64_t rows, int64_t scratch_elems = 0);
+
+  void forward(const ParamSet<T>& params, const int64_t* offsets, const T* x, T* y);
+  // dx (=) per row; expert weight gradients (+=).
+  void backward(ParamSet<T>& params, const int64_t* offsets, const T* x, const T* dy, T* dx);
+
+  // -1 (default) decides per call, 0 one expert after another with threaded GEMMs, 1 experts
+  // in parallel. Results are identical either way.
+  void set_schedule(int mode) { schedule_ = mode; }
+  // Backward scratch of reserve()'s size, free between calls (the shared experts borrow it).
+  FfnRows<T> scratch() { return {dh1_.data(), dh3_.data(), da_.data()}; }
+  const FfnShape& shape() const { return shape_; }
+  int experts() const { return E_; }
+
+ private:
+  bool in_parallel(const int64_t* offsets) const;
+  // Calls run(e) for every expert with rows, in the schedule above.
+  template <class Fn>
+  void for_each_expert(const int64_t* offsets, const Fn& run);
+
+  FfnShape shape_;
+  int E_;
+  int64_t w1_ = -1, w3_ = -1, w2_ = -1;  // arena offsets
+  int schedule_ = -1;
+  std::vector<T> h1_, h3_, a_;     // [rows, F] saved for backward
+  std::vector<T> da_, dh1_, dh3_;  // backward scratch
+  std::vector<int> order_;         // [E] experts by descending rows
+};
+
+}  // namespace moe
