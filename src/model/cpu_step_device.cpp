@@ -2,8 +2,8 @@
 // also under expert parallelism over MPI (each rank runs its share of every micro-batch).
 #include <cmath>
 
+#include "moe/communicator.h"
 #include "moe/error.h"
-#include "moe/expert_parallel.h"
 #include "moe/trainer.h"
 
 namespace moe {

@@ -8,7 +8,6 @@
 
 #include "moe/communicator.h"
 #include "moe/error.h"
-#include "moe/expert_parallel.h"
 #include "moe/routing_stats.h"
 #include "moe/safetensors.h"
 
