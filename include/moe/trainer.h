@@ -26,14 +26,17 @@ namespace moe {
 struct DeviceStepStats {
   double loss = 0;  // mean over the micro-batches of ce + aux
   double ce = 0, aux = 0;
-  double grad_norm = 0;  // global norm before clipping (NaN or inf when a gradient is not finite)
+  double grad_norm = 0;  // global norm before clipping
   double lr = 0;
+  // Not empty when a loss or gradient was NaN or inf: what and where (layer or tensor). The
+  // trainer then stops and keeps its last checkpoint.
+  std::string nonfinite;
 };
 
-// A training step that runs elsewhere than on the CPU model: the CUDA backend behind
-// `moe train --device cuda` (cuda_transformer.h, make_cuda_step_device). The CPU Transformer
-// and AdamW stay the checkpoint format and evaluate the validation set: the trainer calls
-// load() once they are initialized or resumed, and store() before every evaluation and
+// Where the training steps run: the CPU model (make_cpu_step_device) or the CUDA backend
+// behind `moe train --device cuda` (cuda_transformer.h, make_cuda_step_device). The CPU
+// Transformer and AdamW stay the checkpoint format and evaluate the validation set: the trainer
+// calls load() once they are initialized or resumed, and store() before every evaluation and
 // checkpoint, so run directories are the same whichever device trained them.
 class StepDevice {
  public:
@@ -51,6 +54,12 @@ class StepDevice {
   virtual const MoeMetrics* moe_metrics(int layer) const = 0;
 };
 
+// The steps on the trainer's own model and optimizer (load and store copy nothing); under
+// expert parallelism (model.parallel_groups()) each rank runs its B / W sequences of every
+// micro-batch and the step is collective. rng: noisy routing and expert dropout.
+std::unique_ptr<StepDevice> make_cpu_step_device(Transformer<float>& model, AdamW<float>& adam,
+                                                 Rng& rng);
+
 struct TrainOptions {
   std::string out_dir = "runs/default";
   bool resume = false;   // continue from out_dir/checkpoint.safetensors (refused when no step
@@ -65,7 +74,7 @@ struct TrainOptions {
   // and data; each takes batch_size / W sequences of every batch. Rank 0 writes the run
   // directory (model.safetensors whole) and each rank its own checkpoint-rank<r>-of-<W>.
   ParallelGroups* parallel = nullptr;
-  // Builds the device that runs each step (null: the CPU model does); called once the config
+  // Builds the device that runs each step (null: make_cpu_step_device); called once the config
   // is final. Not with expert parallelism.
   std::function<std::unique_ptr<StepDevice>(const ModelConfig&)> device;
 };

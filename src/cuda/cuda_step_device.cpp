@@ -3,6 +3,8 @@
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 
+#include <cmath>
+
 #include "moe/cuda_transformer.h"
 #include "moe/trainer.h"
 #include "moe/transformer.h"
@@ -35,7 +37,13 @@ class CudaStepDevice final : public StepDevice {
   DeviceStepStats step(const int32_t* inputs, const int32_t* targets, int B, int S,
                        int step) override {
     const CudaStepStats s = gpu_.train_step(inputs, targets, B, S, step);
-    return {s.loss, s.ce, s.aux, s.grad_norm, s.lr};
+    DeviceStepStats st{s.loss, s.ce, s.aux, s.grad_norm, s.lr, {}};
+    if (!std::isfinite(s.loss))
+      st.nonfinite = fmt::format("loss is {} on {}", s.loss, name_);
+    else if (!std::isfinite(s.grad_norm))
+      st.nonfinite =
+          fmt::format("a gradient holds NaN or inf (global norm {}) on {}", s.grad_norm, name_);
+    return st;
   }
 
   const MoeMetrics* moe_metrics(int layer) const override { return gpu_.moe_metrics(layer); }

@@ -11,9 +11,11 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "moe/checkpoint.h"
 #include "moe/error.h"
 #include "moe/optimizer.h"
 #include "moe/safetensors.h"
+#include "moe/train_metrics.h"
 
 namespace moe {
 
@@ -147,12 +149,11 @@ VitRunResult train_vit(const VitConfig& config, const VitTrainOptions& opt) {
   std::vector<float> images(static_cast<size_t>(B * pix));
   std::vector<int32_t> labels(static_cast<size_t>(B));
   Rng data_rng(tc.seed ^ 0xda7a5eedULL);
-  std::string metrics;
+  MetricsWriter metrics(opt.out_dir);
   const auto t0 = std::chrono::steady_clock::now();
   auto elapsed = [&] {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   };
-  auto flush_metrics = [&] { write_text(opt.out_dir + "/metrics.jsonl", metrics); };
   VitRunResult res;
   for (int step = 0; step < tc.max_steps; ++step) {
     for (int b = 0; b < B; ++b) {
@@ -233,22 +234,18 @@ VitRunResult train_vit(const VitConfig& config, const VitTrainOptions& opt) {
         write_text(opt.out_dir + "/expert_classes.txt", txt);
       }
     }
-    metrics += line.dump() + "\n";
-    if (step % 50 == 0 && !last) {
-      flush_metrics();
+    metrics.write(line);
+    if (step % 50 == 0 && !last)
       log(fmt::format(
           "step {:5d}  loss {:.4f}  train_acc {:.3f}  dropped {:.3f}  lr {:.2e}  {:.1f} s",
           step + 1, loss, static_cast<double>(correct) / B, dropped, lr, elapsed()));
-    }
   }
-  flush_metrics();
   res.train_seconds = elapsed();
   res.steps = tc.max_steps;
   res.parameters = model.num_parameters();
   SafeTensorsWriter w;
   model.save_weights(w);
-  w.set_metadata("format", "moe-vit");
-  w.write(opt.out_dir + "/model.safetensors");
+  Checkpointer(opt.out_dir).save_model(w, "moe-vit");
   // Kept vs dropped patches of the first MoE block, when its routing can skip patches.
   const bool can_drop = (config.router_type == VitRouter::TopK && config.moe.capacity_factor > 0) ||
                         config.router_type == VitRouter::ExpertChoice;
@@ -291,7 +288,7 @@ VitRunResult train_vit(const VitConfig& config, const VitTrainOptions& opt) {
                             {"parameters", res.parameters},
                             {"train_seconds", res.train_seconds}};
   if (!sweep.empty()) summary["capacity_sweep"] = sweep;
-  write_text(opt.out_dir + "/summary.json", summary.dump(2) + "\n");
+  write_summary(opt.out_dir, summary);
   return res;
 }
 

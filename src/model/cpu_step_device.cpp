@@ -1,0 +1,107 @@
+// make_cpu_step_device (trainer.h): the trainer's StepDevice on its own Transformer and AdamW,
+// also under expert parallelism over MPI (each rank runs its share of every micro-batch).
+#include <cmath>
+
+#include "moe/communicator.h"
+#include "moe/error.h"
+#include "moe/trainer.h"
+
+namespace moe {
+
+namespace {
+
+// Global gradient norm under expert parallelism, and clipping by it (torch
+// clip_grad_norm_ semantics): after allreduce_gradients the replicated tensors are equal on
+// every rank and each expert shard lives once per expert group.
+double clip_parallel(Transformer<float>& model, double max_norm) {
+  double sq[2] = {0, 0};  // replicated, expert shards
+  for (const auto& p : model.parameters()) {
+    double s = 0;
+    const int64_t n = p.shape.numel();
+    for (int64_t i = 0; i < n; ++i) s += static_cast<double>(p.grad[i]) * p.grad[i];
+    sq[Transformer<float>::is_expert_param(p.name) ? 1 : 0] += s;
+  }
+  model.parallel_groups()->expert_group->allreduce_sum(&sq[1], 1);
+  const double norm = std::sqrt(sq[0] + sq[1]);
+  const double coef = max_norm / (norm + 1e-6);
+  if (max_norm > 0 && coef < 1.0) {
+    const float c = static_cast<float>(coef);
+    for (auto& p : model.parameters())
+      for (int64_t i = 0, n = p.shape.numel(); i < n; ++i) p.grad[i] *= c;
+  }
+  return norm;
+}
+
+class CpuStepDevice final : public StepDevice {
+ public:
+  CpuStepDevice(Transformer<float>& model, AdamW<float>& adam, Rng& rng)
+      : model_(model), adam_(adam), rng_(rng) {}
+
+  std::string describe() const override { return "cpu"; }
+  // The trainer's model and optimizer are this device's: nothing to copy.
+  void load(Transformer<float>&, const AdamW<float>&) override {}
+  void store(Transformer<float>&, AdamW<float>&) override {}
+  DeviceStepStats step(const int32_t* inputs, const int32_t* targets, int B, int S,
+                       int step) override {
+    const TrainConfig& t = model_.config().training;
+    ParallelGroups* par = model_.parallel_groups();
+    const int W = par ? par->layout.world : 1, A = t.grad_accum_steps;
+    // Under expert parallelism this rank's sequences of every batch: rows [b0, b0 + Bl).
+    const int Bl = B / W, b0 = (par ? par->layout.rank : 0) * Bl;
+    DeviceStepStats st;
+    model_.zero_grad();
+    for (int a = 0; a < A; ++a) {
+      const int64_t off = (static_cast<int64_t>(a) * B + b0) * S;
+      double l = model_.forward(inputs + off, targets + off, Bl, S, true, &rng_);
+      double ce_scale = 1.0;
+      if (W > 1) {
+        // One mean over the whole batch: the ranks' cross-entropy sums over all their targets.
+        double sums[2] = {model_.ce_loss() * model_.counted_targets(),
+                          static_cast<double>(model_.counted_targets())};
+        par->world->allreduce_sum(sums, 2);
+        ce_scale = sums[1] > 0 ? model_.counted_targets() / sums[1] : 0.0;
+        l = (sums[1] > 0 ? sums[0] / sums[1] : 0.0) + model_.aux_loss();
+      }
+      if (!std::isfinite(l)) {  // the same on every rank
+        st.nonfinite = fmt::format("loss is {} (first non-finite values: {})", l,
+                                   model_.first_nonfinite_activation());
+        return st;
+      }
+      model_.backward(ce_scale / A, 1.0 / A);
+      st.loss += l / A;
+      st.ce += (l - model_.aux_loss()) / A;
+      st.aux += model_.aux_loss() / A;
+    }
+    model_.allreduce_gradients();
+    const auto* bad = first_nonfinite_grad(model_.parameters());
+    int64_t bad_ranks = bad ? 1 : 0;
+    if (W > 1) par->world->allreduce_sum(&bad_ranks, 1);
+    if (bad_ranks > 0) {
+      st.nonfinite = bad ? fmt::format("the gradient of {} holds NaN or inf", bad->name)
+                         : std::string("a gradient on another rank holds NaN or inf");
+      return st;
+    }
+    st.grad_norm = W > 1             ? clip_parallel(model_, t.grad_clip)
+                   : t.grad_clip > 0 ? clip_grad_norm(model_.parameters(), t.grad_clip)
+                                     : global_grad_norm(model_.parameters());
+    st.lr = learning_rate_at(t, step);
+    adam_.step(st.lr);
+    model_.update_selection_bias();
+    return st;
+  }
+  const MoeMetrics* moe_metrics(int layer) const override { return model_.moe_metrics(layer); }
+
+ private:
+  Transformer<float>& model_;
+  AdamW<float>& adam_;
+  Rng& rng_;  // noisy routing and expert dropout
+};
+
+}  // namespace
+
+std::unique_ptr<StepDevice> make_cpu_step_device(Transformer<float>& model, AdamW<float>& adam,
+                                                 Rng& rng) {
+  return std::make_unique<CpuStepDevice>(model, adam, rng);
+}
+
+}  // namespace moe
