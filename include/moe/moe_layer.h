@@ -146,6 +146,9 @@ class MoeLayer final : public FeedForward<T> {
   // (router/shared and this rank's experts; the caller gathers the other experts).
   void copy_from(MoeLayer& full);
   void copy_into(MoeLayer& full);
+  // copy_into, then the expert shards of the whole expert group gathered into full (collective
+  // over the group: every rank ends with the whole layer).
+  void gather_into(MoeLayer& full);
 
  private:
   void reserve(int64_t tokens);

@@ -79,10 +79,8 @@ class Transformer {
   ParallelGroups* parallel_groups() { return groups_; }
   // Whether parameter p is an expert shard (summed over replicas, not over all ranks).
   static bool is_expert_param(const std::string& name);
-  // Sums the gradients over ranks: expert shards over their replicas, the rest over all ranks.
-  void allreduce_gradients();
-  // Copies the shards back into the full layers on every rank (experts allgathered over the
-  // expert group), so save_weights() writes the whole model. Collective.
+  // Copies the shards back into the full layers on every rank (MoeLayer::gather_into), so
+  // save_weights() writes the whole model. Collective.
   void gather_full_weights();
   const MoeLayer<T>* expert_parallel_layer(int l) const;  // the shard layer
 

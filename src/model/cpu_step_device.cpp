@@ -10,6 +10,18 @@ namespace moe {
 
 namespace {
 
+// Sums the gradients over ranks (data parallelism): expert shards over the replicas of the
+// shard, every other tensor over all ranks.
+void allreduce_gradients(Transformer<float>& model) {
+  ParallelGroups* par = model.parallel_groups();
+  if (!par) return;
+  for (auto& p : model.parameters()) {
+    Communicator& c =
+        Transformer<float>::is_expert_param(p.name) ? *par->expert_replicas : *par->world;
+    if (c.size() > 1) c.allreduce_sum(p.grad, p.shape.numel());
+  }
+}
+
 // Global gradient norm under expert parallelism, and clipping by it (torch
 // clip_grad_norm_ semantics): after allreduce_gradients the replicated tensors are equal on
 // every rank and each expert shard lives once per expert group.
@@ -72,7 +84,7 @@ class CpuStepDevice final : public StepDevice {
       st.ce += (l - model_.aux_loss()) / A;
       st.aux += model_.aux_loss() / A;
     }
-    model_.allreduce_gradients();
+    allreduce_gradients(model_);
     const auto* bad = first_nonfinite_grad(model_.parameters());
     int64_t bad_ranks = bad ? 1 : 0;
     if (W > 1) par->world->allreduce_sum(&bad_ranks, 1);

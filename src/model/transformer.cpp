@@ -151,31 +151,12 @@ void Transformer<T>::enable_expert_parallel(ParallelGroups& groups) {
 }
 
 template <class T>
-void Transformer<T>::allreduce_gradients() {
-  if (!groups_) return;
-  for (auto& p : params_) {
-    Communicator& c = is_expert_param(p.name) ? *groups_->expert_replicas : *groups_->world;
-    if (c.size() > 1) c.allreduce_sum(p.grad, p.shape.numel());
-  }
-}
-
-template <class T>
 void Transformer<T>::gather_full_weights() {
   if (!groups_) return;
-  Communicator& group = *groups_->expert_group;
-  for (int l = 0; l < L_; ++l) {
-    if (!cfg_.is_moe_layer(l)) continue;
-    auto* ep = static_cast<MoeLayer<T>*>(ffn_[l].get());
-    auto* full = static_cast<MoeLayer<T>*>(full_ffn_[l].get());
-    ep->copy_into(*full);
-    for (const char* name : {"experts.w1", "experts.w3", "experts.w2"}) {
-      if (!full->params().has(name)) continue;
-      T* all = full->params().value(name);
-      const int64_t n = ep->params().spec(name).shape.numel();  // this rank's shard
-      std::vector<T> mine(ep->params().value(name), ep->params().value(name) + n);
-      group.allgather(mine.data(), n * static_cast<int64_t>(sizeof(T)), all);
-    }
-  }
+  for (int l = 0; l < L_; ++l)
+    if (cfg_.is_moe_layer(l))
+      static_cast<MoeLayer<T>*>(ffn_[l].get())
+          ->gather_into(*static_cast<MoeLayer<T>*>(full_ffn_[l].get()));
 }
 
 template <class T>

@@ -287,6 +287,19 @@ void MoeLayer<T>::copy_into(MoeLayer& full) {
 }
 
 template <class T>
+void MoeLayer<T>::gather_into(MoeLayer& full) {
+  MOE_CHECK(groups_ != nullptr, "MoeLayer::gather_into: not an expert-parallel shard");
+  copy_into(full);
+  for (const char* name : {"experts.w1", "experts.w3", "experts.w2"}) {
+    if (!full.params().has(name)) continue;
+    const int64_t n = params_.spec(name).shape.numel();  // this rank's shard
+    std::vector<T> mine(params_.value(name), params_.value(name) + n);
+    groups_->expert_group->allgather(mine.data(), n * static_cast<int64_t>(sizeof(T)),
+                                     full.params().value(name));
+  }
+}
+
+template <class T>
 double MoeLayer<T>::aux_loss() const {
   return router_.aux_loss();
 }
