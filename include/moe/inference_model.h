@@ -36,11 +36,8 @@ class InferenceModel : public Decoder {
   DType weight_dtype() const { return dtype_; }
 
  private:
-  // What Decoder's AttentionWeights point to, and the FFN.
+  // A layer's FFN (its attention weights are Decoder's attn_).
   struct Layer {
-    std::vector<float> input_norm, post_norm;   // [d]
-    std::vector<float> q_bias, k_bias, v_bias;  // [H*hd], [G*hd] (empty without bias)
-    std::vector<float> q_norm, k_norm;          // [hd] or [H*hd]/[G*hd] (empty without)
     bool moe = false;
     std::vector<float> router;  // [E, d] fp32
     std::vector<FfnViews> experts;

@@ -1,10 +1,7 @@
 #include "moe/inference_model.h"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 
 #include "moe/error.h"
 #include "moe/gemm.h"
@@ -12,15 +9,6 @@
 #include "moe/router.h"
 
 namespace moe {
-
-namespace {
-
-template <class V>
-void grow(V& v, size_t n) {
-  if (v.size() < n) v.resize(n);
-}
-
-}  // namespace
 
 WeightView InferenceModel::matrix(const std::string& name, int64_t rows, int64_t cols) const {
   const SafeTensorsFile& f = weights_.file_of(name);
@@ -135,11 +123,11 @@ void InferenceModel::moe_block(const Layer& L, int64_t rows) {
 
   build_permutation(router_->plan(), perm_);
   const int64_t N = perm_.rows();
-  grow(xp_, static_cast<size_t>(N * d));
-  grow(yp_, static_cast<size_t>(N * d));
+  grow_to(xp_, N * d);
+  grow_to(yp_, N * d);
   gather_rows<float>(perm_, k, d, x_.data(), xp_.data());
   experts_->forward(L.experts.data(), perm_.offsets.data(), xp_.data(), yp_.data());
-  grow(tmp_, static_cast<size_t>(rows * d));
+  grow_to(tmp_, rows * d);
   scatter_gated<float>(perm_, rows, k, d, yp_.data(), gate.data(), tmp_.data());
   for (int64_t i = 0; i < rows * d; ++i) h_[i] += tmp_[i];
 

@@ -8,13 +8,6 @@
 
 namespace moe {
 
-namespace {
-template <class V>
-void grow(V& v, size_t n) {
-  if (v.size() < n) v.resize(n);
-}
-}  // namespace
-
 std::vector<KvCache<float>> Decoder::new_caches(int batch, int capacity) const {
   MOE_REQUIRE(capacity <= cfg_.max_position_embeddings,
               "a KV cache of {} positions exceeds max_position_embeddings = {}", capacity,
@@ -37,11 +30,11 @@ void Decoder::attention(const AttentionWeights& w, int B, int n, KvCache<float>&
   MOE_REQUIRE(start + n <= c.max_position_embeddings,
               "position {} is beyond max_position_embeddings = {}", start + n - 1,
               c.max_position_embeddings);
-  grow(q_, static_cast<size_t>(rows * qd));
-  grow(k_, static_cast<size_t>(rows * kvd));
-  grow(v_, static_cast<size_t>(rows * kvd));
-  grow(o_, static_cast<size_t>(rows * qd));
-  grow(rstd_, static_cast<size_t>(rows * H));
+  grow_to(q_, rows * qd);
+  grow_to(k_, rows * kvd);
+  grow_to(v_, rows * kvd);
+  grow_to(o_, rows * qd);
+  grow_to(rstd_, rows * H);
   linear_forward(x_.data(), rows, w.q, q_.data());
   linear_forward(x_.data(), rows, w.k, k_.data());
   linear_forward(x_.data(), rows, w.v, v_.data());
@@ -75,9 +68,9 @@ void Decoder::forward(const int32_t* tokens, int B, int n, std::vector<KvCache<f
   MOE_CHECK(caches.size() == attn_.size(), "Decoder::forward: {} caches for {} layers",
             caches.size(), attn_.size());
   const int64_t rows = static_cast<int64_t>(B) * n, d = c.hidden_size, V = c.vocab_size;
-  grow(h_, static_cast<size_t>(rows * d));
-  grow(x_, static_cast<size_t>(rows * d));
-  grow(rstd_, static_cast<size_t>(rows));
+  grow_to(h_, rows * d);
+  grow_to(x_, rows * d);
+  grow_to(rstd_, rows);
   const int64_t esize = dtype_size(embed_.dtype);
   for (int64_t r = 0; r < rows; ++r) {
     const int32_t t = tokens[r];

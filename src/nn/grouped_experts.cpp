@@ -117,13 +117,6 @@ void declare_expert_weights(ParamSet<T>& params, int64_t experts, int64_t F, int
   params.declare("experts.w2", {experts, d, F});
 }
 
-namespace {
-template <class V>
-void grow(std::vector<V>& v, int64_t n) {
-  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
-}
-}  // namespace
-
 template <class T>
 GroupedExperts<T>::GroupedExperts(const FfnShape& shape, int experts)
     : shape_(shape), E_(experts), order_(static_cast<size_t>(experts)) {}
@@ -139,8 +132,8 @@ void GroupedExperts<T>::bind(const ParamSet<T>& params) {
 
 template <class T>
 void GroupedExperts<T>::reserve(int64_t rows, int64_t scratch_elems) {
-  for (auto* v : {&h1_, &h3_, &a_}) grow(*v, rows * shape_.F);
-  for (auto* v : {&da_, &dh1_, &dh3_}) grow(*v, std::max(rows * shape_.F, scratch_elems));
+  for (auto* v : {&h1_, &h3_, &a_}) grow_to(*v, rows * shape_.F);
+  for (auto* v : {&da_, &dh1_, &dh3_}) grow_to(*v, std::max(rows * shape_.F, scratch_elems));
 }
 
 template <class T>
@@ -198,8 +191,8 @@ template <class T>
 void GroupedExperts<T>::forward(const FfnViews* w, const int64_t* offsets, const float* x, float* y,
                                 bool accumulate) requires std::is_same_v<T, float> {
   const int64_t d = shape_.d, F = shape_.F;
-  grow(h1_, offsets[E_] * F);
-  grow(h3_, offsets[E_] * F);
+  grow_to(h1_, offsets[E_] * F);
+  grow_to(h3_, offsets[E_] * F);
   for_each_expert(offsets, [&](int e) {
     const int64_t r0 = offsets[e], n = offsets[e + 1] - r0, nf = n * F;
     float* h1 = h1_.data() + r0 * F;
