@@ -10,8 +10,10 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
+#include "moe/linear.h"
 #include "moe/moe_config.h"
 #include "moe/params.h"
 
@@ -32,6 +34,12 @@ struct FfnWeights {
   P* w1 = nullptr;
   P* w3 = nullptr;
   P* w2 = nullptr;
+};
+
+// One SwiGLU FFN's weights in their stored format (a checkpoint's; linear.h), forward only:
+// w1 (gate) / w3 (up) [F, d], w2 (down) [d, F].
+struct FfnViews {
+  WeightView w1, w3, w2;
 };
 
 // Row buffers [n, F]: the forward's h1, h3, a; the backward's scratch dh1, dh3, da.
@@ -79,6 +87,11 @@ class GroupedExperts {
   void reserve(int64_t rows, int64_t scratch_elems = 0);
 
   void forward(const ParamSet<T>& params, const int64_t* offsets, const T* x, T* y);
+  // The same over weights in their stored format, w[E], for inference: nothing saved, y (=, or
+  // += when accumulate). Its SwiGLU is silu(h1) * h3 as h1 / (1 + exp(-h1)) * h3, the
+  // checkpoint path's rounding (the training kernel's h1 * sigmoid(h1) differs in the last bit).
+  void forward(const FfnViews* w, const int64_t* offsets, const float* x, float* y,
+               bool accumulate = false) requires std::is_same_v<T, float>;
   // dx (=) per row; expert weight gradients (+=).
   void backward(ParamSet<T>& params, const int64_t* offsets, const T* x, const T* dy, T* dx);
 

@@ -17,6 +17,7 @@
 
 #include "moe/decoder.h"
 #include "moe/generate.h"
+#include "moe/grouped_experts.h"
 #include "moe/hf_checkpoint.h"
 #include "moe/permute.h"
 #include "moe/router.h"
@@ -35,18 +36,12 @@ class InferenceModel : public Decoder {
   DType weight_dtype() const { return dtype_; }
 
  private:
-  struct Expert {
-    WeightView gate, up, down;
-  };
-  // What Decoder's AttentionWeights point to, and the FFN.
+  // A layer's FFN (its attention weights are Decoder's attn_).
   struct Layer {
-    std::vector<float> input_norm, post_norm;   // [d]
-    std::vector<float> q_bias, k_bias, v_bias;  // [H*hd], [G*hd] (empty without bias)
-    std::vector<float> q_norm, k_norm;          // [hd] or [H*hd]/[G*hd] (empty without)
     bool moe = false;
     std::vector<float> router;  // [E, d] fp32
-    std::vector<Expert> experts;
-    Expert shared;  // the shared expert (qwen2_moe) or the dense SwiGLU
+    std::vector<FfnViews> experts;
+    FfnViews shared;  // the shared expert (qwen2_moe) or the dense SwiGLU
     bool has_shared = false;
     std::vector<float> shared_gate;  // [d] (empty: ungated)
   };
@@ -57,7 +52,6 @@ class InferenceModel : public Decoder {
   const float* vector(const std::string& name, int64_t size);
   void ffn(int l, int64_t rows) override;
   void moe_block(const Layer& L, int64_t rows);
-  void swiglu(const Expert& e, const float* x, int64_t rows, float* y, bool accumulate);
 
   HfWeights weights_;
   DType dtype_ = DType::F32;
@@ -66,7 +60,9 @@ class InferenceModel : public Decoder {
 
   // Workspaces, grown to the largest call.
   std::vector<float> tmp_;
-  std::vector<float> xp_, yp_, h1_, h3_;
+  std::vector<float> xp_, yp_;
+  // The FFNs: the routed experts, the shared expert, the dense layers (made by load() as needed).
+  std::optional<GroupedExperts<float>> experts_, shared_, dense_;
   std::optional<Router<float>> router_;  // made by the first moe_block
   Permutation perm_;
 };

@@ -137,4 +137,10 @@ void check_shape(const View<T>& v, const Shape& expected, const char* what) {
   MOE_CHECK(v.contiguous(), "{}: must be a contiguous tensor", what);
 }
 
+// A workspace grown to the largest call: v holds at least n elements.
+template <class V>
+void grow_to(std::vector<V>& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+}
+
 }  // namespace moe

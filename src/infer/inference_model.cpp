@@ -1,10 +1,7 @@
 #include "moe/inference_model.h"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 
 #include "moe/error.h"
 #include "moe/gemm.h"
@@ -12,19 +9,6 @@
 #include "moe/router.h"
 
 namespace moe {
-
-namespace {
-
-float silu(float v) {
-  return v / (1.0f + std::exp(-v));
-}
-
-template <class V>
-void grow(V& v, size_t n) {
-  if (v.size() < n) v.resize(n);
-}
-
-}  // namespace
 
 WeightView InferenceModel::matrix(const std::string& name, int64_t rows, int64_t cols) const {
   const SafeTensorsFile& f = weights_.file_of(name);
@@ -87,9 +71,11 @@ std::unique_ptr<InferenceModel> InferenceModel::load(const std::string& dir) {
                   m->matrix(name(HfTensor::DenseUp), Fd, d),
                   m->matrix(name(HfTensor::DenseDown), d, Fd)};
       L.has_shared = true;
+      if (!m->dense_) m->dense_.emplace(FfnShape{Activation::SwiGLU, d, Fd}, 1);
       continue;
     }
     const int E = c.num_local_experts;
+    if (!m->experts_) m->experts_.emplace(FfnShape{Activation::SwiGLU, d, F}, E);
     const std::string router = name(HfTensor::Router);
     L.router.resize(static_cast<size_t>(E * d));
     m->weights_.file_of(router).read_into<float>(router, Shape{E, d}, L.router.data());
@@ -103,6 +89,7 @@ std::unique_ptr<InferenceModel> InferenceModel::load(const std::string& dir) {
                   m->matrix(name(HfTensor::SharedUp), S, d),
                   m->matrix(name(HfTensor::SharedDown), d, S)};
       L.has_shared = true;
+      if (!m->shared_) m->shared_.emplace(FfnShape{Activation::SwiGLU, d, S}, 1);
       if (c.moe.shared_expert_gate) {
         const std::string g = name(HfTensor::SharedExpertGate);
         L.shared_gate.resize(static_cast<size_t>(d));
@@ -113,25 +100,13 @@ std::unique_ptr<InferenceModel> InferenceModel::load(const std::string& dir) {
   return m;
 }
 
-void InferenceModel::swiglu(const Expert& e, const float* x, int64_t rows, float* y,
-                            bool accumulate) {
-  const int64_t F = e.gate.rows;
-  grow(h1_, static_cast<size_t>(rows * F));
-  grow(h3_, static_cast<size_t>(rows * F));
-  linear_forward(x, rows, e.gate, h1_.data());
-  linear_forward(x, rows, e.up, h3_.data());
-  const int64_t n = rows * F;
-#pragma omp parallel for if (n > (1 << 16))
-  for (int64_t i = 0; i < n; ++i) h1_[i] = silu(h1_[i]) * h3_[i];
-  linear_forward(h1_.data(), rows, e.down, y, accumulate);
-}
-
 void InferenceModel::ffn(int l, int64_t rows) {
   const Layer& L = layers_[static_cast<size_t>(l)];
+  const int64_t all_rows[2] = {0, rows};  // the dense layer as a group of one
   if (L.moe)
     moe_block(L, rows);
   else
-    swiglu(L.shared, x_.data(), rows, h_.data(), /*accumulate=*/true);
+    dense_->forward(&L.shared, all_rows, x_.data(), h_.data(), /*accumulate=*/true);
 }
 
 void InferenceModel::moe_block(const Layer& L, int64_t rows) {
@@ -148,19 +123,19 @@ void InferenceModel::moe_block(const Layer& L, int64_t rows) {
 
   build_permutation(router_->plan(), perm_);
   const int64_t N = perm_.rows();
-  grow(xp_, static_cast<size_t>(N * d));
-  grow(yp_, static_cast<size_t>(N * d));
+  grow_to(xp_, N * d);
+  grow_to(yp_, N * d);
   gather_rows<float>(perm_, k, d, x_.data(), xp_.data());
-  for (int e = 0; e < E; ++e) {
-    const int64_t r0 = perm_.offsets[e], n = perm_.rows_of(e);
-    if (n > 0) swiglu(L.experts[e], xp_.data() + r0 * d, n, yp_.data() + r0 * d, false);
-  }
-  grow(tmp_, static_cast<size_t>(rows * d));
+  experts_->forward(L.experts.data(), perm_.offsets.data(), xp_.data(), yp_.data());
+  grow_to(tmp_, rows * d);
   scatter_gated<float>(perm_, rows, k, d, yp_.data(), gate.data(), tmp_.data());
   for (int64_t i = 0; i < rows * d; ++i) h_[i] += tmp_[i];
 
   if (!L.has_shared) return;
-  swiglu(L.shared, x_.data(), rows, tmp_.data(), false);
+  // The gate's dot product in double: SharedExperts (fp32 parameters, saved for the backward)
+  // takes it in float.
+  const int64_t all_rows[2] = {0, rows};
+  shared_->forward(&L.shared, all_rows, x_.data(), tmp_.data());
   for (int64_t r = 0; r < rows; ++r) {
     float g = 1.0f;
     if (!L.shared_gate.empty()) {

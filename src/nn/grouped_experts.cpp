@@ -117,13 +117,6 @@ void declare_expert_weights(ParamSet<T>& params, int64_t experts, int64_t F, int
   params.declare("experts.w2", {experts, d, F});
 }
 
-namespace {
-template <class V>
-void grow(std::vector<V>& v, int64_t n) {
-  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
-}
-}  // namespace
-
 template <class T>
 GroupedExperts<T>::GroupedExperts(const FfnShape& shape, int experts)
     : shape_(shape), E_(experts), order_(static_cast<size_t>(experts)) {}
@@ -139,8 +132,8 @@ void GroupedExperts<T>::bind(const ParamSet<T>& params) {
 
 template <class T>
 void GroupedExperts<T>::reserve(int64_t rows, int64_t scratch_elems) {
-  for (auto* v : {&h1_, &h3_, &a_}) grow(*v, rows * shape_.F);
-  for (auto* v : {&da_, &dh1_, &dh3_}) grow(*v, std::max(rows * shape_.F, scratch_elems));
+  for (auto* v : {&h1_, &h3_, &a_}) grow_to(*v, rows * shape_.F);
+  for (auto* v : {&da_, &dh1_, &dh3_}) grow_to(*v, std::max(rows * shape_.F, scratch_elems));
 }
 
 template <class T>
@@ -191,6 +184,24 @@ void GroupedExperts<T>::forward(const ParamSet<T>& params, const int64_t* offset
     const FfnWeights<const T> w{v + w1_ + e * wsz, shape_.glu() ? v + w3_ + e * wsz : nullptr,
                                 v + w2_ + e * wsz};
     ffn_forward<T>(shape_, offsets[e + 1] - r0, x + r0 * d, w, saved.at(r0, shape_.F), y + r0 * d);
+  });
+}
+
+template <class T>
+void GroupedExperts<T>::forward(const FfnViews* w, const int64_t* offsets, const float* x, float* y,
+                                bool accumulate) requires std::is_same_v<T, float> {
+  const int64_t d = shape_.d, F = shape_.F;
+  grow_to(h1_, offsets[E_] * F);
+  grow_to(h3_, offsets[E_] * F);
+  for_each_expert(offsets, [&](int e) {
+    const int64_t r0 = offsets[e], n = offsets[e + 1] - r0, nf = n * F;
+    float* h1 = h1_.data() + r0 * F;
+    float* h3 = h3_.data() + r0 * F;
+    linear_forward(x + r0 * d, n, w[e].w1, h1);
+    linear_forward(x + r0 * d, n, w[e].w3, h3);
+#pragma omp parallel for if (nf > (1 << 16))
+    for (int64_t i = 0; i < nf; ++i) h1[i] = h1[i] / (1.0f + std::exp(-h1[i])) * h3[i];
+    linear_forward(h1, n, w[e].w2, y + r0 * d, accumulate);
   });
 }
 

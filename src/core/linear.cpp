@@ -1,0 +1,107 @@
+#include "moe/linear.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "moe/gemm.h"
+
+namespace moe {
+
+// bf16 is the top half of an fp32, so widening it is a shift the compiler vectorizes.
+void widen_to_float(const uint8_t* src, DType t, int64_t n, float* dst) {
+  const auto* h = reinterpret_cast<const uint16_t*>(src);
+  if (t == DType::BF16) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      const uint32_t bits = static_cast<uint32_t>(h[i]) << 16;
+      std::memcpy(dst + i, &bits, 4);
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i] = f16_to_float(h[i]);
+  }
+}
+
+namespace {
+
+// Few rows (decoding): one pass over the weights, each weight row dotted with every input row
+// while it is in cache. A GEMM would first pack (copy) the whole weight matrix, tripling the
+// memory traffic of a step that is bound by it.
+template <int kMaxRows>
+void linear_few_rows(const float* x, int64_t n, const WeightView& w, float* y, bool accumulate) {
+  const int64_t K = w.cols;
+#pragma omp parallel for schedule(static) if (w.rows * K > (1 << 15))
+  for (int64_t r = 0; r < w.rows; ++r) {
+    float acc[kMaxRows] = {};
+    if (w.dtype == DType::F32) {
+      const float* wr = reinterpret_cast<const float*>(w.data) + r * K;
+      for (int64_t i = 0; i < n; ++i) {
+        const float* xi = x + i * K;
+        float s = 0;
+#pragma omp simd reduction(+ : s)
+        for (int64_t j = 0; j < K; ++j) s += wr[j] * xi[j];
+        acc[i] = s;
+      }
+    } else if (w.dtype == DType::BF16) {
+      const uint16_t* wr = reinterpret_cast<const uint16_t*>(w.data) + r * K;
+      for (int64_t i = 0; i < n; ++i) {
+        const float* xi = x + i * K;
+        float s = 0;
+#pragma omp simd reduction(+ : s)
+        for (int64_t j = 0; j < K; ++j) {
+          const uint32_t bits = static_cast<uint32_t>(wr[j]) << 16;
+          float wv;
+          std::memcpy(&wv, &bits, 4);
+          s += wv * xi[j];
+        }
+        acc[i] = s;
+      }
+    } else {
+      float row[1024];  // F16: widen a chunk at a time, then dot
+      for (int64_t j0 = 0; j0 < K; j0 += 1024) {
+        const int64_t len = std::min<int64_t>(1024, K - j0);
+        widen_to_float(w.data + (r * K + j0) * 2, w.dtype, len, row);
+        for (int64_t i = 0; i < n; ++i) {
+          float s = 0;
+          for (int64_t j = 0; j < len; ++j) s += row[j] * x[i * K + j0 + j];
+          acc[i] += s;
+        }
+      }
+    }
+    for (int64_t i = 0; i < n; ++i)
+      y[i * w.rows + r] = accumulate ? y[i * w.rows + r] + acc[i] : acc[i];
+  }
+}
+
+}  // namespace
+
+void linear_forward(const float* x, int64_t n, const WeightView& w, float* y, bool accumulate) {
+  const float beta = accumulate ? 1.0f : 0.0f;
+  if (n == 0 || w.rows == 0) return;
+  constexpr int kFewRows = 4;
+  if (n <= kFewRows) {
+    linear_few_rows<kFewRows>(x, n, w, y, accumulate);
+    return;
+  }
+  if (w.dtype == DType::F32) {
+    gemm<float>(Trans::No, Trans::Yes, n, w.rows, w.cols, 1.0f, x, w.cols,
+                reinterpret_cast<const float*>(w.data), w.cols, beta, y, w.rows);
+    return;
+  }
+  // Blocks of rows small enough that the widened tile stays in L2 (~128 KB).
+  const int64_t block = std::max<int64_t>(8, (int64_t{32} << 10) / std::max<int64_t>(w.cols, 1));
+  const int64_t blocks = (w.rows + block - 1) / block;
+  const int64_t esize = dtype_size(w.dtype);
+#pragma omp parallel if (blocks > 1 && n * w.rows * w.cols > (1 << 16))
+  {
+    std::vector<float> tile(static_cast<size_t>(block * w.cols));
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t r0 = b * block, rb = std::min(block, w.rows - r0);
+      widen_to_float(w.data + r0 * w.cols * esize, w.dtype, rb * w.cols, tile.data());
+      gemm<float>(Trans::No, Trans::Yes, n, rb, w.cols, 1.0f, x, w.cols, tile.data(), w.cols, beta,
+                  y + r0, w.rows);
+    }
+  }
+}
+
+}  // namespace moe
