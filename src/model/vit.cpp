@@ -311,22 +311,19 @@ double VitModel<T>::forward(const float* images, const int32_t* labels, int B, b
   const int64_t n = static_cast<int64_t>(B) * S_, nd = n * d_, pp = int64_t{P_} * P_;
   const int64_t np = static_cast<int64_t>(B) * N_, g = pix_ / P_;
   n_ = n;
-  auto grow = [](std::vector<T>& v, int64_t size) {
-    if (static_cast<int64_t>(v.size()) < size) v.resize(static_cast<size_t>(size));
-  };
-  grow(patches_, np * pp);
-  grow(h_, (L_ + 1) * nd);
-  grow(hmid_, L_ * nd);
-  grow(xa_, L_ * nd);
-  grow(xm_, L_ * nd);
-  grow(rstd_a_, L_ * n);
-  grow(rstd_m_, L_ * n);
-  grow(hf_, nd);
-  grow(rstd_f_, n);
-  grow(tmp_, nd);
-  grow(pooled_, int64_t{B} * d_);
-  grow(logits_, int64_t{B} * K_);
-  grow(row_loss_, B);
+  grow_to(patches_, np * pp);
+  grow_to(h_, (L_ + 1) * nd);
+  grow_to(hmid_, L_ * nd);
+  grow_to(xa_, L_ * nd);
+  grow_to(xm_, L_ * nd);
+  grow_to(rstd_a_, L_ * n);
+  grow_to(rstd_m_, L_ * n);
+  grow_to(hf_, nd);
+  grow_to(rstd_f_, n);
+  grow_to(tmp_, nd);
+  grow_to(pooled_, int64_t{B} * d_);
+  grow_to(logits_, int64_t{B} * K_);
+  grow_to(row_loss_, B);
   // Patchify: patch (py, px) of image b is row b*N + py*g + px, pixels in raster order.
   for (int64_t b = 0; b < B; ++b)
     for (int64_t py = 0; py < g; ++py)
@@ -412,14 +409,11 @@ void VitModel<T>::backward(double scale) {
   MOE_CHECK(n_ > 0 && has_labels_, "VitModel::backward: needs a forward with labels");
   const int B = B_;
   const int64_t n = n_, nd = n * d_, pp = int64_t{P_} * P_, np = int64_t{B} * N_;
-  auto grow = [](std::vector<T>& v, int64_t size) {
-    if (static_cast<int64_t>(v.size()) < size) v.resize(static_cast<size_t>(size));
-  };
-  grow(dlogits_, int64_t{B} * K_);
-  grow(dpooled_, int64_t{B} * d_);
-  grow(dh_, nd);
-  grow(dtmp_, nd);
-  grow(dhf_, nd);
+  grow_to(dlogits_, int64_t{B} * K_);
+  grow_to(dpooled_, int64_t{B} * d_);
+  grow_to(dh_, nd);
+  grow_to(dtmp_, nd);
+  grow_to(dhf_, nd);
   auto grad = [&](const std::string& name) { return base_.grad(name); };
   cross_entropy_backward(dlogits_.data(), logits_.data(), labels_.data(), B, K_, scale / B);
   gemm<T>(Trans::Yes, Trans::No, K_, d_, B, T(1), dlogits_.data(), K_, pooled_.data(), d_, T(1),

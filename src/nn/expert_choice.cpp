@@ -9,13 +9,6 @@
 
 namespace moe {
 
-namespace {
-template <class T>
-void grow(std::vector<T>& v, int64_t n) {
-  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
-}
-}  // namespace
-
 template <class T>
 ExpertChoice<T>::ExpertChoice(const MoeConfig& c)
     : d_(c.hidden_size),
@@ -63,14 +56,14 @@ void ExpertChoice<T>::forward(View<const T> x, View<T> out, const ForwardOptions
   C_ = std::clamp<int64_t>(C_, 1, m_);
   const int64_t T_ = tokens_, d = d_, E = E_, G = groups_, m = m_, C = C_, rows = E * G * C;
   x_.assign(x.data, x.data + T_ * d);
-  grow(z_, T_ * E);
-  grow(s_, T_ * E);
-  grow(gate_, rows);
-  grow(idx_, rows);
-  grow(xp_, rows * d);
-  grow(y_, rows * d);
+  grow_to(z_, T_ * E);
+  grow_to(s_, T_ * E);
+  grow_to(gate_, rows);
+  grow_to(idx_, rows);
+  grow_to(xp_, rows * d);
+  grow_to(y_, rows * d);
   experts_.reserve(rows);
-  grow(order_, m);
+  grow_to(order_, m);
   taken_.assign(static_cast<size_t>(T_), 0);
 
   gemm<T>(Trans::No, Trans::Yes, T_, E, d, T(1), x_.data(), d, params_.value("router.weight"), d,
@@ -118,10 +111,10 @@ void ExpertChoice<T>::backward(View<const T> dout, View<T> dx, double) {
   check_shape(dout, {tokens_, d_}, "ExpertChoice::backward: dout");
   check_shape(dx, {tokens_, d_}, "ExpertChoice::backward: dx");
   const int64_t T_ = tokens_, d = d_, E = E_, G = groups_, C = C_, rows = E * G * C;
-  grow(dy_, rows * d);
-  grow(dxp_, rows * d);
+  grow_to(dy_, rows * d);
+  grow_to(dxp_, rows * d);
   ds_.assign(static_cast<size_t>(T_ * E), T(0));
-  grow(dz_, T_ * E);
+  grow_to(dz_, T_ * E);
   // out[t] += g * y: dy = g * dout[t], dg = dout[t] . y (each (t, e) is one row at most).
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t t = idx_[r], e = r / (G * C);

@@ -7,11 +7,6 @@
 namespace moe {
 
 namespace {
-template <class T>
-void grow(std::vector<T>& v, int64_t n) {
-  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
-}
-
 // Adds the time since the previous lap to one field of a LayerTimings pass, and the whole
 // span to its total; without a pass it reads no clock.
 class Laps {
@@ -105,13 +100,13 @@ double MoeLayer<T>::last_forward_macs() const {
 template <class T>
 void MoeLayer<T>::reserve(int64_t T_) {
   const int64_t TE = T_ * E_, Tk = T_ * k_;
-  grow(x_, T_ * d_);
-  for (auto* v : {&noise_, &hn_, &dhn_}) grow(*v, TE);
-  if (groups_) grow(zl_, TE);
-  grow(dgate_, Tk);
+  grow_to(x_, T_ * d_);
+  for (auto* v : {&noise_, &hn_, &dhn_}) grow_to(*v, TE);
+  if (groups_) grow_to(zl_, TE);
+  grow_to(dgate_, Tk);
   // Expert buffers are sized for the dropless worst case, N = T*k rows; the shared backward
   // borrows the experts' scratch, which must then hold T*Hs.
-  for (auto* v : {&xp_, &y_, &dy_, &dxp_}) grow(*v, Tk * d_);
+  for (auto* v : {&xp_, &y_, &dy_, &dxp_}) grow_to(*v, Tk * d_);
   experts_.reserve(Tk, T_ * Hs_);
   shared_.reserve(T_);
 }
@@ -171,7 +166,7 @@ void MoeLayer<T>::forward(View<const T> x, View<T> out, const ForwardOptions<T>&
     AllToAllDispatcher<T>& a2a = *all_to_all_;
     a2a.exchange_counts(perm_);
     const int64_t R = a2a.received_rows();
-    for (auto* v : {&xr_, &yr_, &dyr_, &dxr_}) grow(*v, R * d_);
+    for (auto* v : {&xr_, &yr_, &dyr_, &dxr_}) grow_to(*v, R * d_);
     experts_.reserve(R, T_ * Hs_);
     a2a.dispatch(xp_.data(), xr_.data());
     experts_.forward(params_, a2a.block_offsets(), xr_.data(), yr_.data());
@@ -251,7 +246,7 @@ void MoeLayer<T>::backward(View<const T> dout, View<T> dx, double aux_scale) {
   // the gate gradients of every token, the backward on the global batch, this rank's rows.
   const T* dgate = dgate_.data();
   if (groups_) {
-    grow(dgate_global_, router_.tokens() * k_);
+    grow_to(dgate_global_, router_.tokens() * k_);
     groups_->world->allgather(dgate_.data(), T_ * k_ * static_cast<int64_t>(sizeof(T)),
                               dgate_global_.data());
     dgate = dgate_global_.data();

@@ -7,6 +7,7 @@
 #include "moe/error.h"
 #include "moe/gemm.h"
 #include "moe/moe_losses.h"
+#include "moe/tensor.h"
 
 namespace moe {
 
@@ -292,13 +293,6 @@ MOE_INSTANTIATE(float)
 MOE_INSTANTIATE(double)
 #undef MOE_INSTANTIATE
 
-namespace {
-template <class V>
-void grow(std::vector<V>& v, int64_t n) {
-  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
-}
-}  // namespace
-
 template <class T>
 Router<T>::Router(const MoeConfig& c) : cfg_(c), E_(c.num_experts), k_(c.num_experts_per_tok) {
   bias_.assign(E_, T(0));
@@ -310,9 +304,9 @@ Router<T>::Router(const MoeConfig& c) : cfg_(c), E_(c.num_experts), k_(c.num_exp
 template <class T>
 T* Router<T>::logits(int64_t tokens) {
   const int64_t TE = tokens * E_, Tk = tokens * k_;
-  for (auto* v : {&z_, &s_, &u_, &p_, &ds_, &dp_, &dz_}) grow(*v, TE);
-  for (auto* v : {&lse_, &norm_}) grow(*v, tokens);
-  for (auto* v : {&gate_prim_, &gate_, &dgate_prim_}) grow(*v, Tk);
+  for (auto* v : {&z_, &s_, &u_, &p_, &ds_, &dp_, &dz_}) grow_to(*v, TE);
+  for (auto* v : {&lse_, &norm_}) grow_to(*v, tokens);
+  for (auto* v : {&gate_prim_, &gate_, &dgate_prim_}) grow_to(*v, Tk);
   return z_.data();
 }
 

@@ -6,13 +6,6 @@
 
 namespace moe {
 
-namespace {
-template <class V>
-void grow(std::vector<V>& v, int64_t n) {
-  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
-}
-}  // namespace
-
 template <class T>
 SharedExperts<T>::SharedExperts(const MoeConfig& c)
     : shape_{c.hidden_act, c.hidden_size, c.shared_hidden(), c.compute_dtype},
@@ -29,9 +22,9 @@ void SharedExperts<T>::bind(const ParamSet<T>& params) {
 template <class T>
 void SharedExperts<T>::reserve(int64_t n) {
   if (shape_.F <= 0) return;
-  for (auto* v : {&h1_, &h3_, &a_}) grow(*v, n * shape_.F);
-  for (auto* v : {&y_, &dy_, &dxs_}) grow(*v, n * shape_.d);
-  grow(gate_, n);
+  for (auto* v : {&h1_, &h3_, &a_}) grow_to(*v, n * shape_.F);
+  for (auto* v : {&y_, &dy_, &dxs_}) grow_to(*v, n * shape_.d);
+  grow_to(gate_, n);
 }
 
 template <class T>

@@ -10,13 +10,6 @@
 
 namespace moe {
 
-namespace {
-template <class T>
-void grow(std::vector<T>& v, int64_t n) {
-  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
-}
-}  // namespace
-
 template <class T>
 SoftMoe<T>::SoftMoe(const MoeConfig& c, int slots_per_expert)
     : d_(c.hidden_size),
@@ -61,13 +54,13 @@ void SoftMoe<T>::forward(View<const T> x, View<T> out, const ForwardOptions<T>& 
   groups_ = tokens_ / m_;
   const int64_t T_ = tokens_, m = m_, S = S_, d = d_, G = groups_, rows = G * S;
   x_.assign(x.data, x.data + T_ * d);
-  grow(L_, T_ * S);
-  grow(D_, T_ * S);
-  grow(C_, T_ * S);
-  grow(xs_, rows * d);
-  grow(ys_, rows * d);
+  grow_to(L_, T_ * S);
+  grow_to(D_, T_ * S);
+  grow_to(C_, T_ * S);
+  grow_to(xs_, rows * d);
+  grow_to(ys_, rows * d);
   experts_.reserve(rows);
-  grow(gs_, 2 * S * d);
+  grow_to(gs_, 2 * S * d);
   const T* phi = params_.value("router.phi");
   auto slot_row = [&](int64_t g, int64_t s) { return ((s / p_) * G + g) * p_ + s % p_; };
 
@@ -118,11 +111,11 @@ void SoftMoe<T>::backward(View<const T> dout, View<T> dx, double) {
   check_shape(dout, {tokens_, d_}, "SoftMoe::backward: dout");
   check_shape(dx, {tokens_, d_}, "SoftMoe::backward: dx");
   const int64_t m = m_, S = S_, d = d_, G = groups_, rows = G * S;
-  grow(dys_, rows * d);
-  grow(dxs_, rows * d);
-  grow(dC_, m * S);
-  grow(dD_, m * S);
-  grow(dL_, m * S);
+  grow_to(dys_, rows * d);
+  grow_to(dxs_, rows * d);
+  grow_to(dC_, m * S);
+  grow_to(dD_, m * S);
+  grow_to(dL_, m * S);
   const T* phi = params_.value("router.phi");
   T* dphi = params_.grad("router.phi");
   T* gs = gs_.data();
