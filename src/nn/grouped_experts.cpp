@@ -190,19 +190,22 @@ void GroupedExperts<T>::forward(const ParamSet<T>& params, const int64_t* offset
 template <class T>
 void GroupedExperts<T>::forward(const FfnViews* w, const int64_t* offsets, const float* x, float* y,
                                 bool accumulate) requires std::is_same_v<T, float> {
-  const int64_t d = shape_.d, F = shape_.F;
-  grow_to(h1_, offsets[E_] * F);
-  grow_to(h3_, offsets[E_] * F);
-  for_each_expert(offsets, [&](int e) {
-    const int64_t r0 = offsets[e], n = offsets[e + 1] - r0, nf = n * F;
-    float* h1 = h1_.data() + r0 * F;
-    float* h3 = h3_.data() + r0 * F;
-    linear_forward(x + r0 * d, n, w[e].w1, h1);
-    linear_forward(x + r0 * d, n, w[e].w3, h3);
+  // if constexpr as well: clang 14 still instantiates this body for T = double with the class.
+  if constexpr (std::is_same_v<T, float>) {
+    const int64_t d = shape_.d, F = shape_.F;
+    grow_to(h1_, offsets[E_] * F);
+    grow_to(h3_, offsets[E_] * F);
+    for_each_expert(offsets, [&](int e) {
+      const int64_t r0 = offsets[e], n = offsets[e + 1] - r0, nf = n * F;
+      float* h1 = h1_.data() + r0 * F;
+      float* h3 = h3_.data() + r0 * F;
+      linear_forward(x + r0 * d, n, w[e].w1, h1);
+      linear_forward(x + r0 * d, n, w[e].w3, h3);
 #pragma omp parallel for if (nf > (1 << 16))
-    for (int64_t i = 0; i < nf; ++i) h1[i] = h1[i] / (1.0f + std::exp(-h1[i])) * h3[i];
-    linear_forward(h1, n, w[e].w2, y + r0 * d, accumulate);
-  });
+      for (int64_t i = 0; i < nf; ++i) h1[i] = h1[i] / (1.0f + std::exp(-h1[i])) * h3[i];
+      linear_forward(h1, n, w[e].w2, y + r0 * d, accumulate);
+    });
+  }
 }
 
 template <class T>
