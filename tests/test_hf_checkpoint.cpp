@@ -202,7 +202,7 @@ TEST(HfCheckpoint, RoundTripOfATrainedMixtral) {
                 .dtype,
             DType::BF16);
   auto infer16 = InferenceModel::load(tmp16.str());
-  EXPECT_EQ(infer16->weight_dtype(), DType::BF16);
+  EXPECT_EQ(infer16->weight_type(), GgmlType::BF16);
   const auto l16 = logits_of(*infer16, x);
   EXPECT_LT(normalized_error(l16.data(), ours.data(), ours.size()), 2e-2);
   Transformer<float> loaded16(load_hf_config(tmp16.file("config.json")));

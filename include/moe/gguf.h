@@ -16,6 +16,8 @@
 #include <utility>
 #include <vector>
 
+#include "moe/quant.h"
+
 namespace moe {
 
 class MappedFile;
@@ -37,11 +39,6 @@ enum class GgufType : uint32_t {
 };
 const char* gguf_type_name(GgufType t);
 
-// ggml tensor types. The writer produces F32, F16 and BF16; the reader also knows the sizes of
-// the common integer and quantized types, so it can validate (and list) llama.cpp's own files.
-enum class GgmlType : uint32_t { F32 = 0, F16 = 1, BF16 = 30 };
-// "F32", "Q4_K", ... or "type N" for a type this code does not know.
-std::string ggml_type_name(uint32_t type);
 
 // One metadata value: a scalar, a string, or an array of scalars or strings (nested arrays are
 // not used by llama.cpp and are rejected).

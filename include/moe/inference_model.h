@@ -32,8 +32,8 @@ class InferenceModel : public Decoder {
 
   ParameterCount parameters() const { return count_parameters(cfg_); }
   int64_t weight_bytes() const { return weights_.data_bytes(); }
-  // The dtype most of the matrices are stored in (for the summary line).
-  DType weight_dtype() const { return dtype_; }
+  // The type most of the matrices are stored in (for the summary line).
+  GgmlType weight_type() const { return weight_type_; }
 
  private:
   // A layer's FFN (its attention weights are Decoder's attn_).
@@ -54,7 +54,7 @@ class InferenceModel : public Decoder {
   void moe_block(const Layer& L, int64_t rows);
 
   HfWeights weights_;
-  DType dtype_ = DType::F32;
+  GgmlType weight_type_ = GgmlType::F32;
   std::vector<Layer> layers_;
   std::deque<std::vector<float>> fp32_;  // what vector() read
 

@@ -352,7 +352,7 @@ int run_generate_checkpoint(const GenerateArgs& a) {
              "token; weights {} ({:.1f} MB), loaded in {:.2f} s\n",
              a.model, c.model_type, c.num_hidden_layers, c.num_local_experts,
              c.moe.num_experts_per_tok, count_text(n.total), count_text(n.active),
-             dtype_name(model->weight_dtype()), model->weight_bytes() / 1e6, load_s);
+             ggml_type_name(static_cast<uint32_t>(model->weight_type())), model->weight_bytes() / 1e6, load_s);
   std::unique_ptr<Tokenizer> tok;
   std::vector<int32_t> prompt = prompt_ids_of(a, a.model, c.vocab_size);
   if (a.prompt_ids.empty()) {

@@ -44,55 +44,6 @@ bool known_type(uint32_t t) {
   return t <= static_cast<uint32_t>(GgufType::F64);
 }
 
-// Block size (elements) and bytes per block of the ggml types we can size; {0, 0} if unknown.
-// Quantized sizes from ggml-common.h's block structs.
-std::pair<int64_t, int64_t> ggml_block(uint32_t type) {
-  switch (type) {
-    case 0:
-      return {1, 4};  // F32
-    case 1:
-      return {1, 2};  // F16
-    case 2:
-      return {32, 18};  // Q4_0
-    case 3:
-      return {32, 20};  // Q4_1
-    case 6:
-      return {32, 22};  // Q5_0
-    case 7:
-      return {32, 24};  // Q5_1
-    case 8:
-      return {32, 34};  // Q8_0
-    case 9:
-      return {32, 36};  // Q8_1
-    case 10:
-      return {256, 84};  // Q2_K
-    case 11:
-      return {256, 110};  // Q3_K
-    case 12:
-      return {256, 144};  // Q4_K
-    case 13:
-      return {256, 176};  // Q5_K
-    case 14:
-      return {256, 210};  // Q6_K
-    case 15:
-      return {256, 292};  // Q8_K
-    case 24:
-      return {1, 1};  // I8
-    case 25:
-      return {1, 2};  // I16
-    case 26:
-      return {1, 4};  // I32
-    case 27:
-      return {1, 8};  // I64
-    case 28:
-      return {1, 8};  // F64
-    case 30:
-      return {1, 2};  // BF16
-    default:
-      return {0, 0};
-  }
-}
-
 uint64_t align_up(uint64_t x, uint64_t a) {
   return (x + a - 1) / a * a;
 }
@@ -141,16 +92,6 @@ const char* gguf_type_name(GgufType t) {
       return "float64";
   }
   return "unknown";
-}
-
-std::string ggml_type_name(uint32_t type) {
-  static const std::map<uint32_t, const char*> names = {
-      {0, "F32"},   {1, "F16"},   {2, "Q4_0"},  {3, "Q4_1"},  {6, "Q5_0"},
-      {7, "Q5_1"},  {8, "Q8_0"},  {9, "Q8_1"},  {10, "Q2_K"}, {11, "Q3_K"},
-      {12, "Q4_K"}, {13, "Q5_K"}, {14, "Q6_K"}, {15, "Q8_K"}, {24, "I8"},
-      {25, "I16"},  {26, "I32"},  {27, "I64"},  {28, "F64"},  {30, "BF16"}};
-  const auto it = names.find(type);
-  return it != names.end() ? it->second : fmt::format("type {}", type);
 }
 
 // ---- GgufValue ------------------------------------------------------------------------------
@@ -440,7 +381,7 @@ void GgufWriter::write(const std::string& path) const {
     data_size = align_up(data_size, alignment_);
     offsets.push_back(data_size);
     sizes.push_back(static_cast<uint64_t>(n) *
-                    static_cast<uint64_t>(ggml_block(static_cast<uint32_t>(t.type)).second));
+                    static_cast<uint64_t>(ggml_block(static_cast<uint32_t>(t.type)).bytes));
     data_size += sizes.back();
   }
 
@@ -478,7 +419,7 @@ void GgufWriter::write(const std::string& path) const {
     const auto& t = tensors_[i];
     if (offsets[i] > pos) out.write(zeros.data(), offsets[i] - pos);
     const int64_t n =
-        static_cast<int64_t>(sizes[i] / ggml_block(static_cast<uint32_t>(t.type)).second);
+        static_cast<int64_t>(sizes[i] / ggml_block(static_cast<uint32_t>(t.type)).bytes);
     t.fill(values.data());
     const void* src = values.data();
     if (t.type != GgmlType::F32) {

@@ -3,21 +3,21 @@
 #include <algorithm>
 #include <cstring>
 
+#include "moe/error.h"
 #include "moe/gemm.h"
 
 namespace moe {
 
-// bf16 is the top half of an fp32, so widening it is a shift the compiler vectorizes.
-void widen_to_float(const uint8_t* src, DType t, int64_t n, float* dst) {
-  const auto* h = reinterpret_cast<const uint16_t*>(src);
-  if (t == DType::BF16) {
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) {
-      const uint32_t bits = static_cast<uint32_t>(h[i]) << 16;
-      std::memcpy(dst + i, &bits, 4);
-    }
-  } else {
-    for (int64_t i = 0; i < n; ++i) dst[i] = f16_to_float(h[i]);
+GgmlType ggml_type_of(DType t) {
+  switch (t) {
+    case DType::F32:
+      return GgmlType::F32;
+    case DType::F16:
+      return GgmlType::F16;
+    case DType::BF16:
+      return GgmlType::BF16;
+    default:
+      MOE_CHECK(false, "no ggml type for dtype {}", dtype_name(t));
   }
 }
 
@@ -32,7 +32,7 @@ void linear_few_rows(const float* x, int64_t n, const WeightView& w, float* y, b
 #pragma omp parallel for schedule(static) if (w.rows * K > (1 << 15))
   for (int64_t r = 0; r < w.rows; ++r) {
     float acc[kMaxRows] = {};
-    if (w.dtype == DType::F32) {
+    if (w.type == GgmlType::F32) {
       const float* wr = reinterpret_cast<const float*>(w.data) + r * K;
       for (int64_t i = 0; i < n; ++i) {
         const float* xi = x + i * K;
@@ -41,7 +41,7 @@ void linear_few_rows(const float* x, int64_t n, const WeightView& w, float* y, b
         for (int64_t j = 0; j < K; ++j) s += wr[j] * xi[j];
         acc[i] = s;
       }
-    } else if (w.dtype == DType::BF16) {
+    } else if (w.type == GgmlType::BF16) {
       const uint16_t* wr = reinterpret_cast<const uint16_t*>(w.data) + r * K;
       for (int64_t i = 0; i < n; ++i) {
         const float* xi = x + i * K;
@@ -59,7 +59,7 @@ void linear_few_rows(const float* x, int64_t n, const WeightView& w, float* y, b
       float row[1024];  // F16: widen a chunk at a time, then dot
       for (int64_t j0 = 0; j0 < K; j0 += 1024) {
         const int64_t len = std::min<int64_t>(1024, K - j0);
-        widen_to_float(w.data + (r * K + j0) * 2, w.dtype, len, row);
+        dequantize_row(w.type, w.data + (r * K + j0) * 2, row, len);
         for (int64_t i = 0; i < n; ++i) {
           float s = 0;
           for (int64_t j = 0; j < len; ++j) s += row[j] * x[i * K + j0 + j];
@@ -82,7 +82,7 @@ void linear_forward(const float* x, int64_t n, const WeightView& w, float* y, bo
     linear_few_rows<kFewRows>(x, n, w, y, accumulate);
     return;
   }
-  if (w.dtype == DType::F32) {
+  if (w.type == GgmlType::F32) {
     gemm<float>(Trans::No, Trans::Yes, n, w.rows, w.cols, 1.0f, x, w.cols,
                 reinterpret_cast<const float*>(w.data), w.cols, beta, y, w.rows);
     return;
@@ -90,14 +90,14 @@ void linear_forward(const float* x, int64_t n, const WeightView& w, float* y, bo
   // Blocks of rows small enough that the widened tile stays in L2 (~128 KB).
   const int64_t block = std::max<int64_t>(8, (int64_t{32} << 10) / std::max<int64_t>(w.cols, 1));
   const int64_t blocks = (w.rows + block - 1) / block;
-  const int64_t esize = dtype_size(w.dtype);
 #pragma omp parallel if (blocks > 1 && n * w.rows * w.cols > (1 << 16))
   {
     std::vector<float> tile(static_cast<size_t>(block * w.cols));
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t r0 = b * block, rb = std::min(block, w.rows - r0);
-      widen_to_float(w.data + r0 * w.cols * esize, w.dtype, rb * w.cols, tile.data());
+      for (int64_t r = 0; r < rb; ++r)
+        dequantize_row(w.type, w.row(r0 + r), tile.data() + r * w.cols, w.cols);
       gemm<float>(Trans::No, Trans::Yes, n, rb, w.cols, 1.0f, x, w.cols, tile.data(), w.cols, beta,
                   y + r0, w.rows);
     }

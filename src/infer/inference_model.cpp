@@ -19,7 +19,7 @@ WeightView InferenceModel::matrix(const std::string& name, int64_t rows, int64_t
   MOE_REQUIRE(e.shape == std::vector<int64_t>({rows, cols}),
               "{}: tensor {} has shape {}, expected [{}, {}]", f.path(), name,
               fmt::format("[{}]", fmt::join(e.shape, ", ")), rows, cols);
-  return WeightView{f.raw(e), e.dtype, rows, cols};
+  return WeightView{f.raw(e), ggml_type_of(e.dtype), rows, cols};
 }
 
 const float* InferenceModel::vector(const std::string& name, int64_t size) {
@@ -39,7 +39,7 @@ std::unique_ptr<InferenceModel> InferenceModel::load(const std::string& dir) {
   m->embed_ = m->matrix("model.embed_tokens.weight", V, d);
   m->head_ = c.tie_word_embeddings ? m->embed_ : m->matrix("lm_head.weight", V, d);
   m->final_norm_ = m->vector("model.norm.weight", d);
-  m->dtype_ = m->embed_.dtype;
+  m->weight_type_ = m->embed_.type;
   m->layers_.resize(static_cast<size_t>(c.num_hidden_layers));
   m->attn_.resize(m->layers_.size());
   for (int l = 0; l < c.num_hidden_layers; ++l) {

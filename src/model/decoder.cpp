@@ -71,15 +71,10 @@ void Decoder::forward(const int32_t* tokens, int B, int n, std::vector<KvCache<f
   grow_to(h_, rows * d);
   grow_to(x_, rows * d);
   grow_to(rstd_, rows);
-  const int64_t esize = dtype_size(embed_.dtype);
   for (int64_t r = 0; r < rows; ++r) {
     const int32_t t = tokens[r];
     MOE_REQUIRE(t >= 0 && t < V, "token id {} is outside the vocabulary [0, {})", t, V);
-    const uint8_t* src = embed_.data + t * d * esize;
-    if (embed_.dtype == DType::F32)
-      std::memcpy(h_.data() + r * d, src, static_cast<size_t>(d) * 4);
-    else
-      widen_to_float(src, embed_.dtype, d, h_.data() + r * d);
+    dequantize_row(embed_.type, embed_.row(t), h_.data() + r * d, d);
   }
   const double eps = c.rms_norm_eps;
   for (size_t l = 0; l < attn_.size(); ++l) {

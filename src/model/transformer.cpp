@@ -366,7 +366,7 @@ template class Transformer<double>;
 TransformerLm::TransformerLm(Transformer<float>& model) : Decoder(model.config()), model_(model) {
   auto view = [](ParamSet<float>& set, const std::string& name) {  // a matrix [out, in]
     const Shape& s = set.spec(name).shape;
-    return WeightView{reinterpret_cast<const uint8_t*>(set.value(name)), DType::F32, s[0], s[1]};
+    return WeightView{reinterpret_cast<const uint8_t*>(set.value(name)), GgmlType::F32, s[0], s[1]};
   };
   ParamSet<float>& base = model.base_;
   embed_ = view(base, "model.embed_tokens.weight");
