@@ -1,0 +1,3 @@
+#include "moe/gguf_tokenizer.h"
+
+// Implemented on branch gguf-tokenizer (issue 19).
