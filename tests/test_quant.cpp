@@ -2,7 +2,8 @@
 // independent numpy decoder (tools/reference/gguf_quants.py, fixtures in tests/fixtures/quant/
 // written by make_quant_fixtures.py), quantize_row's round-trip error on gaussian rows and rows
 // with outliers, zero rows, the Q8_0 / Q8_K contracts with the SIMD activation quantizers on
-// hand-worked blocks, and Q8_0's fixed point.
+// hand-worked blocks, Q8_0's fixed point, and quantize_row's bytes against llama.cpp's own
+// reference quantizers (tests/fixtures/quant/llama/, make_llama_quant_fixtures.py).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -58,6 +59,33 @@ TEST(Quant, DequantizeMatchesNumpyReferenceBitForBit) {
                       << " != " << want[i];
         ++shown;
       }
+  }
+}
+
+TEST(Quant, QuantizeMatchesLlamaCppBytes) {
+  // tests/fixtures/quant/llama/quantized.safetensors: rows and the bytes llama.cpp's reference
+  // quantizers made of them (tools/reference/make_llama_quant_fixtures.py). Same bytes means
+  // the files written here are the files llama-quantize writes (and it pins the rounding:
+  // a contracted FMA in the scale searches changes some blocks).
+  const auto f = SafeTensorsFile::open(test::fixture_dir() + "/quant/llama/quantized.safetensors");
+  const TensorEntry& in = f.entry("input");
+  ASSERT_EQ(in.shape.size(), 2u);
+  const int64_t rows = in.shape[0], cols = in.shape[1];
+  const float* x = reinterpret_cast<const float*>(f.raw(in));
+  for (const GgmlType t : kQuantTypes) {
+    SCOPED_TRACE(type_name(t));
+    const TensorEntry& want = f.entry(lower(type_name(t)));
+    const int64_t rb = row_bytes(t, cols);
+    ASSERT_EQ(want.end - want.begin, rows * rb);
+    const GgmlBlock b = ggml_block(static_cast<uint32_t>(t));
+    std::vector<uint8_t> got(static_cast<size_t>(rb));
+    for (int64_t r = 0; r < rows; ++r) {
+      quantize_row(t, x + r * cols, got.data(), cols);
+      const uint8_t* w = f.raw(want) + r * rb;
+      for (int64_t k = 0; k < cols / b.values; ++k)
+        EXPECT_EQ(std::memcmp(got.data() + k * b.bytes, w + k * b.bytes, b.bytes), 0)
+            << "row " << r << " block " << k;
+    }
   }
 }
 
