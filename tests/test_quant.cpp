@@ -10,6 +10,7 @@
 #include <cstring>
 #include <vector>
 
+#include "core/dequant_avx512.h"
 #include "moe/quant.h"
 #include "moe/safetensors.h"
 #include "test_util.h"
@@ -85,6 +86,26 @@ TEST(Quant, QuantizeMatchesLlamaCppBytes) {
       for (int64_t k = 0; k < cols / b.values; ++k)
         EXPECT_EQ(std::memcmp(got.data() + k * b.bytes, w + k * b.bytes, b.bytes), 0)
             << "row " << r << " block " << k;
+    }
+  }
+}
+
+TEST(Quant, SimdDequantizeEqualsScalar) {
+  // Every bit pattern of the blocks, scales included (inf and NaN too: NaN must stay NaN).
+  std::printf("dequantize_row: %s\n", dequant_avx512_usable() ? "AVX-512" : "scalar only");
+  Rng rng(5);
+  for (const GgmlType t : kQuantTypes) {
+    const GgmlBlock b = ggml_block(static_cast<uint32_t>(t));
+    const int64_t nb = 96, n = nb * b.values;
+    std::vector<uint8_t> raw(static_cast<size_t>(nb * b.bytes));
+    for (auto& v : raw) v = static_cast<uint8_t>(rng.below(256));
+    std::vector<float> fast(n), slow(n);
+    dequantize_row(t, raw.data(), fast.data(), n);
+    dequantize_row_scalar(t, raw.data(), slow.data(), n);
+    for (int64_t i = 0; i < n; ++i) {
+      const bool same =
+          std::memcmp(&fast[i], &slow[i], 4) == 0 || (std::isnan(fast[i]) && std::isnan(slow[i]));
+      ASSERT_TRUE(same) << type_name(t) << " value " << i << ": " << fast[i] << " vs " << slow[i];
     }
   }
 }

@@ -697,15 +697,17 @@ std::vector<float> GgufFile::read_f32(const std::string& name) const {
   const uint8_t* p = data(t);
   // The block structs want 4-byte alignment (Q8_K's fp32 scale), which a file with a small
   // general.alignment need not give: such rows go through an aligned copy.
-  std::vector<uint32_t> aligned;
+  if (reinterpret_cast<uintptr_t>(p) % alignof(float) == 0 && rb % alignof(float) == 0) {
+#pragma omp parallel for schedule(static) if (n >= (1 << 20))
+    for (int64_t r = 0; r < rows; ++r)
+      dequantize_row(type, p + r * rb, out.data() + r * cols, cols);
+    return out;
+  }
+  std::vector<uint32_t> aligned(static_cast<size_t>((rb + 3) / 4));
   for (int64_t r = 0; r < rows; ++r) {
-    const uint8_t* row = p + r * rb;
-    if (reinterpret_cast<uintptr_t>(row) % alignof(float) != 0) {
-      aligned.resize(static_cast<size_t>((rb + 3) / 4));
-      std::memcpy(aligned.data(), row, static_cast<size_t>(rb));
-      row = reinterpret_cast<const uint8_t*>(aligned.data());
-    }
-    dequantize_row(type, row, out.data() + r * cols, cols);
+    std::memcpy(aligned.data(), p + r * rb, static_cast<size_t>(rb));
+    dequantize_row(type, reinterpret_cast<const uint8_t*>(aligned.data()), out.data() + r * cols,
+                   cols);
   }
   return out;
 }

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <map>
 
+#include "core/dequant_avx512.h"
 #include "moe/error.h"
 #include "moe/safetensors.h"
 
@@ -545,6 +546,13 @@ int64_t whole_blocks(GgmlType type, int64_t n, const char* what) {
 }  // namespace
 
 void dequantize_row(GgmlType type, const uint8_t* src, float* dst, int64_t n) {
+  static const bool simd = dequant_avx512_usable();
+  const int64_t block = ggml_block(static_cast<uint32_t>(type)).values;
+  if (simd && block > 1 && n % block == 0 && dequantize_row_avx512(type, src, dst, n)) return;
+  dequantize_row_scalar(type, src, dst, n);
+}
+
+void dequantize_row_scalar(GgmlType type, const uint8_t* src, float* dst, int64_t n) {
   const auto* h = reinterpret_cast<const uint16_t*>(src);
   const int64_t nb = whole_blocks(type, n, "dequantize_row");
   switch (type) {
