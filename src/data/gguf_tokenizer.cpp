@@ -517,22 +517,33 @@ json read_json_if_present(const std::string& path) {
 // is what that hash tells apart (names with identical regexes differ only by model family).
 std::string pre_name_of(const ByteLevelBpeSpec& s, const std::string& model_type,
                         const std::string& json_path) {
-  const std::string family = model_type.rfind("olmo", 0) == 0 ? "olmo" : "gpt-2";
-  if (s.splits.empty() && s.gpt2_regex && !s.add_prefix_space) return family;
-  if (s.splits.size() == 1 && !s.gpt2_regex && !s.add_prefix_space && !s.splits[0].literal) {
+  std::string name;
+  if (s.splits.empty() && s.gpt2_regex && !s.add_prefix_space) {
+    name = model_type.rfind("olmo", 0) == 0 ? "olmo" : "gpt-2";
+  } else if (s.splits.size() == 1 && !s.gpt2_regex && !s.add_prefix_space && !s.splits[0].literal) {
     // The patterns as tokenizer.json spells them (llama.cpp rewrites (?i:...) by hand).
     const std::string& p = s.splits[0].pattern;
     const std::string contractions = R"((?i:'s|'t|'re|'ve|'m|'ll|'d))";
     const std::string tail = R"( ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
-    if (p == contractions + R"(|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|)" + tail) return "qwen2";
-    if (p == contractions + R"(|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|)" + tail)
-      return model_type == "dbrx" ? "dbrx" : "llama-bpe";
+    if (p == contractions + R"(|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|)" + tail) {
+      name = "qwen2";
+    } else if (p == contractions + R"(|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|)" + tail) {
+      // Llama 3 takes whole-word tokens as is (ignore_merges); DBRX's tokenizer does not.
+      name = s.ignore_merges ? "llama-bpe" : model_type == "dbrx" ? "dbrx" : "smaug-bpe";
+    }
   }
-  throw Error(fmt::format(
-      "{}: pre_tokenizer: matches none of llama.cpp's pre-tokenizers (tokenizer.ggml.pre); "
-      "supported here: ByteLevel with the GPT-2 regex, or one Split with the Qwen2 or Llama 3 "
-      "regex before ByteLevel",
-      json_path));
+  if (name.empty())
+    throw Error(fmt::format(
+        "{}: pre_tokenizer: matches none of llama.cpp's pre-tokenizers (tokenizer.ggml.pre); "
+        "supported here: ByteLevel with the GPT-2 regex, or one Split with the Qwen2 or Llama 3 "
+        "regex before ByteLevel",
+        json_path));
+  if (s.ignore_merges && !find_pre_tokenizer(name)->ignore_merges)
+    throw Error(fmt::format(
+        "{}: model.ignore_merges: true, but llama.cpp's pre-tokenizer \"{}\" applies the merges "
+        "to every word, so its ids would differ",
+        json_path, name));
+  return name;
 }
 
 int32_t write_hf_bpe_vocab(GgufWriter& w, const std::string& json_path, const json& config,
