@@ -415,5 +415,20 @@ TEST(GgufTokenizer, BadMetadataNamesFileAndKey) {
   EXPECT_MOE_ERROR(add_gguf_tokenizer_of_run(w, d2.file("missing.model")), "missing.model");
 }
 
+// The fuzz seeds are working tokenizers, so fuzzing starts from files that get past the checks.
+TEST(GgufTokenizer, FuzzSeedsLoad) {
+  const std::string seeds =
+      fs::path(kFixtures).parent_path().string() + "/fuzz/seeds/gguf_tokenizer";
+  const auto gpt2 = load_gguf_tokenizer(GgufFile::open(seeds + "/gpt2.gguf"));
+  EXPECT_EQ(gpt2->encode(" the<|endoftext|>"), (std::vector<int32_t>{260, 261}));
+  EXPECT_EQ(gpt2->chat_template(), "{{ messages }}");
+  const auto llama = load_gguf_tokenizer(GgufFile::open(seeds + "/llama.gguf"));
+  EXPECT_EQ(llama->encode("the"), std::vector<int32_t>{265});
+  EXPECT_EQ(llama->encode("\n"), (std::vector<int32_t>{259, 3 + '\n'}));  // byte fallback
+  EXPECT_EQ(llama->decode({1, 265, 2}), "the");
+  const auto byte = load_gguf_tokenizer(GgufFile::open(seeds + "/byte.gguf"));
+  EXPECT_EQ(byte->encode("ab"), (std::vector<int32_t>{'a', 'b'}));
+}
+
 }  // namespace
 }  // namespace moe
