@@ -312,6 +312,61 @@ TEST(GgufTokenizer, ByteTokenizerRoundTrip) {
   EXPECT_TRUE(gguf_adds_bos(f, *gg));
 }
 
+// Every tokenizer.ggml.pre llama.cpp knows (llama-vocab.cpp) compiles and splits text into
+// pieces that cover it: with the byte vocabulary (no merges) the ids are the text's bytes.
+TEST(GgufTokenizer, EveryPreTokenizerCompiles) {
+  test::TempDir d("gguf_tok_pre");
+  const auto byte = make_byte_tokenizer();
+  for (const char* pre : {"default",
+                          "llama3",
+                          "llama-v3",
+                          "llama-bpe",
+                          "falcon3",
+                          "dbrx",
+                          "smaug-bpe",
+                          "chatglm-bpe",
+                          "gpt-2",
+                          "phi-2",
+                          "jina-es",
+                          "jina-de",
+                          "gigachat",
+                          "jina-v1-en",
+                          "jina-v2-es",
+                          "jina-v2-de",
+                          "jina-v2-code",
+                          "roberta-bpe",
+                          "mpt",
+                          "olmo",
+                          "jais",
+                          "qwen2",
+                          "deepseek-r1-qwen",
+                          "megrez",
+                          "stablelm2",
+                          "starcoder",
+                          "refact",
+                          "command-r",
+                          "smollm",
+                          "codeshell",
+                          "exaone",
+                          "minerva-7b",
+                          "deepseek-v3",
+                          "tekken",
+                          "falcon",
+                          "deepseek-coder",
+                          "poro-chat",
+                          "bloom",
+                          "gpt3-finnish",
+                          "viking"}) {
+    SCOPED_TRACE(pre);
+    const std::string path = write_gguf(d, std::string(pre) + ".gguf", [&](GgufWriter& w) {
+      add_gguf_tokenizer_of_run(w, "");
+      w.set("tokenizer.ggml.pre", GgufValue::string(pre));
+    });
+    const auto t = load_gguf_tokenizer(GgufFile::open(path));
+    for (const std::string& s : texts()) EXPECT_EQ(t->encode(s), byte->encode(s)) << s;
+  }
+}
+
 // Every bad file is one line naming the file and the key.
 void expect_bad(const std::string& path, const std::string& key, const std::string& what = "") {
   const std::string msg = test::error_of([&] { load_gguf_tokenizer(GgufFile::open(path)); });

@@ -67,6 +67,13 @@ const std::vector<PreTokenizer>& pre_tokenizers() {
       {{"starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva-7b"},
        {R"(\p{N})", kGpt2Regex},
        false},
+      {{"deepseek-v3"},
+       {R"(\p{N}{1,3})", "[\u4E00-\u9FA5\u3040-\u309F\u30A0-\u30FF]+",
+        R"([!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)"},
+       false},
+      {{"tekken"},
+       {R"([^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+)"},
+       true},
       {{"falcon"}, {R"([\p{P}\$\+<=>\^~\|`]+)", kGpt2Regex, "[0-9][0-9][0-9]"}, false},
       {{"deepseek-coder"},
        {"[\r\n]", R"(\s?\p{L}+)", R"(\s?\p{P}+)", "[\u4E00-\u9FA5\u0800-\u4E00\uAC00-\uD7FF]+",
@@ -120,9 +127,11 @@ std::vector<int32_t> token_types(const GgufFile& f, size_t n_tokens) {
   std::vector<int32_t> types = f.i32s(key);
   if (types.size() != n_tokens)
     fail(f, key, fmt::format("has {} entries for {} tokens", types.size(), n_tokens));
-  for (size_t i = 0; i < types.size(); ++i)
+  for (size_t i = 0; i < types.size(); ++i) {
+    if (types[i] == 0) types[i] = kNormal;  // UNDEFINED in llama.cpp, treated as a plain token
     if (types[i] < kNormal || types[i] > kByte)
       fail(f, fmt::format("{}[{}]", key, i), fmt::format("unknown token type {}", types[i]));
+  }
   return types;
 }
 
