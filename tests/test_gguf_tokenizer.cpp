@@ -454,6 +454,21 @@ TEST(GgufTokenizer, BadMetadataNamesFileAndKey) {
   const auto t = load_gguf_tokenizer(
       GgufFile::open(spm("min.gguf", {"<unk>", "\xE2\x96\x81", "a"}, {2, 1, 1})));
   EXPECT_EQ(t->encode("a a"), (std::vector<int32_t>{1, 2, 1, 2}));
+  // An out-of-range padding id is dropped (llama.cpp does the same; published files have
+  // them); a bad bos id is an error.
+  auto min_with = [&](const std::string& name, const char* key) {
+    return write_gguf(d, name, [&](GgufWriter& w) {
+      w.set("tokenizer.ggml.model", GgufValue::string("llama"));
+      w.set("tokenizer.ggml.tokens", GgufValue::strings({"<unk>", "\xE2\x96\x81", "a"}));
+      w.set("tokenizer.ggml.token_type", GgufValue::i32s({2, 1, 1}));
+      w.set(key, GgufValue::u32(3));
+    });
+  };
+  EXPECT_EQ(
+      load_gguf_tokenizer(GgufFile::open(min_with("pad.gguf", "tokenizer.ggml.padding_token_id")))
+          ->encode("a"),
+      (std::vector<int32_t>{1, 2}));
+  expect_bad(min_with("badbos.gguf", "tokenizer.ggml.bos_token_id"), "tokenizer.ggml.bos_token_id");
 
   // Writing: a tokenizer.json whose pre-tokenizer llama.cpp has no name for.
   test::TempDir d2("gguf_tok_bad_pre");

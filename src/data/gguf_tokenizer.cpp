@@ -314,7 +314,17 @@ class GgufSentencePiece final : public Tokenizer {
     s.unk_id = optional_id(f, "tokenizer.ggml.unknown_token_id", n);
     s.bos_id = optional_id(f, "tokenizer.ggml.bos_token_id", n);
     s.eos_id = optional_id(f, "tokenizer.ggml.eos_token_id", n);
-    s.pad_id = optional_id(f, "tokenizer.ggml.padding_token_id", n);
+    // The padding id is only recorded; an out-of-range one is dropped as llama.cpp drops it
+    // (published files have them), where a bad bos/eos/unk id is an error.
+    if (f.has("tokenizer.ggml.padding_token_id")) {
+      int64_t v = -1;
+      try {
+        v = f.value("tokenizer.ggml.padding_token_id").as_int();
+      } catch (const Error&) {
+        // not an integer: dropped like an out-of-range one
+      }
+      s.pad_id = v >= 0 && static_cast<uint64_t>(v) < n ? static_cast<int32_t>(v) : -1;
+    }
     if (s.unk_id >= 0) types[static_cast<size_t>(s.unk_id)] = kUnknown;
     int n_unknown = 0, n_byte = 0;
     for (size_t i = 0; i < n; ++i) {
