@@ -31,11 +31,11 @@ echo "fuzz: build of the fuzz targets took $(($(date +%s) - start)) s"
 
 # Longest input per target (seeds above it are not copied) and the JSON dictionary for the
 # targets that read JSON.
-declare -A max_len=([safetensors]=65536 [safetensors_index]=16384 [gguf]=16384 [config]=8192
+declare -A max_len=([safetensors]=65536 [safetensors_index]=16384 [gguf]=16384 [gguf_tokenizer]=65536 [config]=8192
                     [hf_tokenizer]=65536 [sentencepiece]=65536 [corpus_jsonl]=8192)
 declare -A dict=([safetensors]=json [safetensors_index]=json [config]=json [hf_tokenizer]=json
                  [corpus_jsonl]=json)
-targets=(safetensors safetensors_index gguf config hf_tokenizer sentencepiece corpus_jsonl)
+targets=(safetensors safetensors_index gguf gguf_tokenizer config hf_tokenizer sentencepiece corpus_jsonl)
 [[ $# -gt 0 ]] && targets=("$@")
 
 export OMP_NUM_THREADS=1

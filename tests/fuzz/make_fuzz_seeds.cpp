@@ -1,6 +1,6 @@
 // Writes the seeds of the fuzz targets whose format has no committed fixture (GGUF, a
 // sentencepiece model) or lacks a case the fixtures miss (safetensors dtypes and metadata):
-//   make_fuzz_seeds OUT_DIR   ->  OUT_DIR/{gguf,sentencepiece,safetensors}/...
+//   make_fuzz_seeds OUT_DIR   ->  OUT_DIR/{gguf,gguf_tokenizer,sentencepiece,safetensors}/...
 // Its output is committed as tests/fuzz/seeds/ (docs/reliability.md "Fuzzing"); the writers are
 // deterministic, so rerunning it reproduces those files.
 #include <cstdint>
@@ -12,6 +12,7 @@
 #include "moe/corpus.h"
 #include "moe/error.h"
 #include "moe/gguf.h"
+#include "moe/gguf_tokenizer.h"
 #include "moe/safetensors.h"
 #include "moe/tokenizer.h"
 
@@ -57,6 +58,54 @@ void write_gguf(const std::filesystem::path& dir) {
   minimal.write((dir / "minimal.gguf").string());
 }
 
+// Tokenizer metadata: a "gpt2" vocabulary (byte alphabet, a few merges, a control token) and a
+// "llama" one (sentencepiece pieces with scores and byte fallback).
+void write_gguf_tokenizer(const std::filesystem::path& dir) {
+  moe::GgufWriter bpe;
+  moe::add_gguf_tokenizer_of_run(bpe, "");  // the byte alphabet, <s>, </s>
+  bpe.write((dir / "byte.gguf").string());
+  const moe::GgufFile byte = moe::GgufFile::open((dir / "byte.gguf").string());
+  std::vector<std::string> tokens = byte.strings("tokenizer.ggml.tokens");
+  std::vector<int32_t> types = byte.i32s("tokenizer.ggml.token_type");
+  for (const char* t : {"\xC4\xA0t", "he", "\xC4\xA0the", "<|endoftext|>"}) {
+    tokens.push_back(t);
+    types.push_back(tokens.back()[0] == '<' ? 3 : 1);
+  }
+  bpe.set("tokenizer.ggml.pre", moe::GgufValue::string("qwen2"));
+  bpe.set("tokenizer.ggml.tokens", moe::GgufValue::strings(tokens));
+  bpe.set("tokenizer.ggml.token_type", moe::GgufValue::i32s(types));
+  bpe.set("tokenizer.ggml.merges", moe::GgufValue::strings({"\xC4\xA0 t", "h e", "\xC4\xA0t he"}));
+  bpe.set("tokenizer.chat_template", moe::GgufValue::string("{{ messages }}"));
+  bpe.write((dir / "gpt2.gguf").string());
+
+  std::vector<std::string> pieces = {"<unk>", "<s>", "</s>"};
+  std::vector<int32_t> ptypes = {2, 3, 3};
+  std::vector<float> scores = {0, 0, 0};
+  for (int b = 0; b < 256; ++b) {
+    char name[8];
+    std::snprintf(name, sizeof name, "<0x%02X>", b);
+    pieces.push_back(name);
+    ptypes.push_back(6);
+    scores.push_back(0);
+  }
+  const char* normal[] = {"\xE2\x96\x81", "t", "h", "e", "\xE2\x96\x81t", "he", "\xE2\x96\x81the"};
+  for (int i = 0; i < 7; ++i) {
+    pieces.push_back(normal[i]);
+    ptypes.push_back(1);
+    scores.push_back(-static_cast<float>(i));
+  }
+  moe::GgufWriter spm;
+  spm.set("tokenizer.ggml.model", moe::GgufValue::string("llama"));
+  spm.set("tokenizer.ggml.tokens", moe::GgufValue::strings(pieces));
+  spm.set("tokenizer.ggml.scores", moe::GgufValue::f32s(scores));
+  spm.set("tokenizer.ggml.token_type", moe::GgufValue::i32s(ptypes));
+  spm.set("tokenizer.ggml.bos_token_id", moe::GgufValue::u32(1));
+  spm.set("tokenizer.ggml.eos_token_id", moe::GgufValue::u32(2));
+  spm.set("tokenizer.ggml.unknown_token_id", moe::GgufValue::u32(0));
+  spm.set("tokenizer.ggml.add_space_prefix", moe::GgufValue::boolean(true));
+  spm.write((dir / "llama.gguf").string());
+}
+
 void write_safetensors(const std::filesystem::path& dir) {
   const std::vector<float> w = ramp(3 * 5);
   const std::vector<int32_t> ids = {0, 1, -2, 2147483647};
@@ -92,9 +141,10 @@ int main(int argc, char** argv) {
   }
   try {
     const std::filesystem::path out = argv[1];
-    for (const char* sub : {"gguf", "safetensors", "sentencepiece"})
+    for (const char* sub : {"gguf", "gguf_tokenizer", "safetensors", "sentencepiece"})
       std::filesystem::create_directories(out / sub);
     write_gguf(out / "gguf");
+    write_gguf_tokenizer(out / "gguf_tokenizer");
     write_safetensors(out / "safetensors");
     write_sentencepiece(out / "sentencepiece");
   } catch (const moe::Error& e) {
