@@ -113,6 +113,10 @@ class GgufWriter {
   // The same from memory that must stay valid until write().
   void add_tensor(const std::string& name, const std::vector<int64_t>& shape, GgmlType type,
                   const float* data);
+  // A tensor whose stored bytes (row_bytes(type, cols) per row) are already at `data`, which must
+  // stay valid until write(): copied byte for byte.
+  void add_tensor_raw(const std::string& name, const std::vector<int64_t>& shape, GgmlType type,
+                      const uint8_t* data);
   // Writes atomically: `path` is either the old file or the complete new one.
   void write(const std::string& path) const;
 
@@ -122,6 +126,7 @@ class GgufWriter {
     std::vector<int64_t> dims;  // ggml order
     GgmlType type;
     Fill fill;
+    const uint8_t* raw = nullptr;  // add_tensor_raw
   };
   uint32_t alignment_;
   std::vector<std::pair<std::string, GgufValue>> kvs_;

@@ -369,6 +369,12 @@ void GgufWriter::add_tensor(const std::string& name, const std::vector<int64_t>&
   add_tensor(name, shape, type, [data, n](float* out) { std::copy_n(data, n, out); });
 }
 
+void GgufWriter::add_tensor_raw(const std::string& name, const std::vector<int64_t>& shape,
+                                GgmlType type, const uint8_t* data) {
+  add_tensor(name, shape, type, Fill{});
+  tensors_.back().raw = data;
+}
+
 void GgufWriter::write(const std::string& path) const {
   // Layout first: offsets of every tensor in the data section.
   std::vector<uint64_t> offsets, sizes;
@@ -377,11 +383,14 @@ void GgufWriter::write(const std::string& path) const {
   for (const auto& t : tensors_) {
     int64_t n = 1;
     for (int64_t d : t.dims) n *= d;
-    max_numel = std::max(max_numel, n);
+    if (!t.raw) max_numel = std::max(max_numel, n);
     data_size = align_up(data_size, alignment_);
     offsets.push_back(data_size);
-    sizes.push_back(static_cast<uint64_t>(n) *
-                    static_cast<uint64_t>(ggml_block(static_cast<uint32_t>(t.type)).bytes));
+    const GgmlBlock b = ggml_block(static_cast<uint32_t>(t.type));
+    MOE_CHECK(b.values > 0 && t.dims[0] % b.values == 0,
+              "GgufWriter: tensor {} has rows of {} values, not whole {} blocks", t.name, t.dims[0],
+              ggml_type_name(static_cast<uint32_t>(t.type)));
+    sizes.push_back(static_cast<uint64_t>(n / b.values) * static_cast<uint64_t>(b.bytes));
     data_size += sizes.back();
   }
 
@@ -418,8 +427,13 @@ void GgufWriter::write(const std::string& path) const {
   for (size_t i = 0; i < tensors_.size(); ++i) {
     const auto& t = tensors_[i];
     if (offsets[i] > pos) out.write(zeros.data(), offsets[i] - pos);
-    const int64_t n =
-        static_cast<int64_t>(sizes[i] / ggml_block(static_cast<uint32_t>(t.type)).bytes);
+    if (t.raw) {
+      out.write(t.raw, sizes[i]);
+      pos = offsets[i] + sizes[i];
+      continue;
+    }
+    int64_t n = 1;
+    for (int64_t d : t.dims) n *= d;
     t.fill(values.data());
     const void* src = values.data();
     if (t.type != GgmlType::F32) {
