@@ -1,12 +1,11 @@
 #include "moe/gguf_export.h"
 
-#include <sentencepiece_processor.h>
-
 #include <filesystem>
 
 #include "moe/error.h"
 #include "moe/gguf.h"
 #include "moe/gguf_model.h"
+#include "moe/gguf_tokenizer.h"
 #include "moe/utf8.h"
 
 namespace moe {
@@ -28,57 +27,6 @@ GgmlType ggml_type(DType d) {
       break;
   }
   throw Error(fmt::format("export_gguf: dtype {} is not one of F32, F16, BF16", dtype_name(d)));
-}
-
-// The sentencepiece model as llama.cpp's SPM vocabulary ("llama"): same pieces, scores and
-// types, so llama.cpp's score-driven merges and byte fallback give sentencepiece's ids.
-void sentencepiece_vocab(GgufWriter& w, const std::string& path, int vocab_size) {
-  sentencepiece::SentencePieceProcessor sp;
-  const auto status = sp.Load(path);
-  if (!status.ok())
-    throw Error(
-        fmt::format("{}: cannot load the sentencepiece model: {}", path, status.ToString()));
-  const int n = sp.GetPieceSize();
-  if (n != vocab_size)
-    throw Error(
-        fmt::format("{}: has {} pieces but the model's vocab_size is {}", path, n, vocab_size));
-  std::vector<std::string> tokens(n);
-  std::vector<float> scores(n);
-  std::vector<int32_t> types(n);
-  for (int i = 0; i < n; ++i) {
-    tokens[i] = sp.IdToPiece(i);
-    scores[i] = sp.GetScore(i);
-    types[i] = sp.IsUnknown(i)   ? kUnknown
-               : sp.IsControl(i) ? kControl
-               : sp.IsUnused(i)  ? kUnused
-               : sp.IsByte(i)    ? kByte
-                                 : kNormal;
-  }
-  w.set("tokenizer.ggml.model", GgufValue::string("llama"));
-  w.set("tokenizer.ggml.tokens", GgufValue::strings(std::move(tokens)));
-  w.set("tokenizer.ggml.scores", GgufValue::f32s(scores));
-  w.set("tokenizer.ggml.token_type", GgufValue::i32s(types));
-  w.set("tokenizer.ggml.bos_token_id", GgufValue::u32(static_cast<uint32_t>(sp.bos_id())));
-  w.set("tokenizer.ggml.eos_token_id", GgufValue::u32(static_cast<uint32_t>(sp.eos_id())));
-  if (sp.unk_id() >= 0)
-    w.set("tokenizer.ggml.unknown_token_id", GgufValue::u32(static_cast<uint32_t>(sp.unk_id())));
-  // train_sentencepiece: no dummy prefix, no whitespace folding (llama.cpp's SPM default adds
-  // the prefix).
-  w.set("tokenizer.ggml.add_space_prefix", GgufValue::boolean(false));
-  w.set("tokenizer.ggml.remove_extra_whitespaces", GgufValue::boolean(false));
-}
-
-// The byte tokenizer (ids 0..255 the bytes, 256 BOS, 257 EOS) as a GPT-2 byte-level BPE
-// vocabulary ("gpt2") with no merges: every byte is its own token. Not the "llama" SPM type:
-// llama.cpp's SPM path rewrites ' ' as U+2581 before lookup, which would give the three bytes
-// of U+2581 instead of byte 0x20.
-void byte_vocab(GgufWriter& w, int vocab_size) {
-  if (vocab_size != 258)
-    throw Error(fmt::format(
-        "export_gguf: vocab_size = {}, but the byte tokenizer has 258 tokens (pass the run's "
-        "tokenizer.model for a sentencepiece model)",
-        vocab_size));
-  add_padded_byte_vocab(w, 258);
 }
 
 }  // namespace
@@ -172,13 +120,15 @@ void export_gguf(const Transformer<float>& model, const std::string& tokenizer_m
   opt.note = note;
   opt.name = std::filesystem::path(out_path).stem().string();
   opt.add_tokenizer = [&](GgufWriter& w) {
+    const int32_t n_tokens = add_gguf_tokenizer_of_run(w, tokenizer_model_path);
+    if (n_tokens == c.vocab_size) return;
     if (tokenizer_model_path.empty())
-      byte_vocab(w, c.vocab_size);
-    else
-      sentencepiece_vocab(w, tokenizer_model_path, c.vocab_size);
-    // Training documents are BOS + text + EOS and `moe generate` starts from BOS.
-    w.set("tokenizer.ggml.add_bos_token", GgufValue::boolean(true));
-    w.set("tokenizer.ggml.add_eos_token", GgufValue::boolean(false));
+      throw Error(fmt::format(
+          "export_gguf: vocab_size = {}, but the byte tokenizer has 258 tokens (pass the run's "
+          "tokenizer.model for a sentencepiece model)",
+          c.vocab_size));
+    throw Error(fmt::format("{}: has {} pieces but the model's vocab_size is {}",
+                            tokenizer_model_path, n_tokens, c.vocab_size));
   };
   // A trained run is the Mixtral family whatever its config file calls it.
   ModelConfig mixtral = c;

@@ -32,6 +32,12 @@ uint32_t file_type(const TypeScheme& s) {
   }
 }
 
+int64_t numel_of(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
 std::string shape_text(const std::vector<int64_t>& s) {
   return fmt::format("[{}]", fmt::join(s, ", "));
 }
@@ -451,7 +457,10 @@ void write_gguf_model(const ModelConfig& c, const GgufModelSource& src, const st
     const GgmlType type = gguf_tensor_type(c, t, opt.types, &why);
     if (!why.empty()) note(why);
     if (const uint8_t* raw = src.raw(t, type)) {
-      w.add_tensor_raw(t.name, t.shape, type, raw);
+      const int64_t bytes = t.shape.back() == 0 ? 0
+                            : row_bytes(type, t.shape.back()) * (numel_of(t.shape) / t.shape.back());
+      w.add_raw_tensor(t.name, t.shape, type,
+                       [raw, bytes](uint8_t* out) { std::copy_n(raw, bytes, out); });
       continue;
     }
     const bool q = t.name.ends_with("attn_q.weight"), k = t.name.ends_with("attn_k.weight");
