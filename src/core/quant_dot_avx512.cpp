@@ -13,6 +13,9 @@ namespace moe::QD_NS {
 QD_TARGET inline __m256i dp_u8s8(__m256i acc, __m256i u, __m256i s) {
   return _mm256_dpbusd_epi32(acc, u, s);
 }
+QD_TARGET inline __m256i dp_s16(__m256i acc, __m256i p, __m256i s) {
+  return _mm256_dpwssd_epi32(acc, p, s);
+}
 }  // namespace moe::QD_NS
 
 #include "core/quant_dot_simd.h"

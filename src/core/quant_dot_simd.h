@@ -4,7 +4,9 @@
 //   QD_NS      the namespace that keeps the two copies apart,
 //   dp_u8s8    acc + the sums of each 4 products of unsigned x signed bytes (int32 lanes):
 //              vpmaddubsw + vpmaddwd on AVX2 (the int16 pair sums cannot saturate: unsigned
-//              operands are at most 128 and activations are within +-127), vpdpbusd on VNNI.
+//              operands are at most 128 and activations are within +-127), vpdpbusd on VNNI;
+//   dp_s16     acc + the sums of each 2 products of int16 lanes: vpmaddwd + vpaddd on AVX2,
+//              vpdpwssd on VNNI (applies a sub-block's scale to its int16 pair sums).
 // Every kernel forms each block's integer sums exactly as the scalar oracle does; the float
 // scaling then runs in 8 lanes per activation row, summed across lanes at the end.
 #include <immintrin.h>
@@ -29,64 +31,101 @@ QD_TARGET inline __m256i dp_s8s8(__m256i acc, __m256i w, __m256i a) {
   return dp_u8s8(acc, _mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
 }
 
-template <int NA>
-QD_TARGET void dot_q8_0(const uint8_t* w, const uint8_t* act, int64_t stride, int64_t nb,
-                        float* out) {
-  const auto* wb = reinterpret_cast<const BlockQ8_0*>(w);
-  __m256 acc[NA];
-  for (int i = 0; i < NA; ++i) acc[i] = _mm256_setzero_ps();
-  for (int64_t b = 0; b < nb; ++b) {
-    const __m256i wq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb[b].qs));
-    const __m256i wabs = _mm256_sign_epi8(wq, wq);
-    const float dw = fp16(wb[b].d);
-    for (int i = 0; i < NA; ++i) {
-      const auto& ab = reinterpret_cast<const BlockQ8_0*>(act + i * stride)[b];
-      const __m256i aq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab.qs));
-      const __m256i s = dp_u8s8(_mm256_setzero_si256(), wabs, _mm256_sign_epi8(aq, wq));
-      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(dw * fp16(ab.d)), acc[i]);
-    }
-  }
-  for (int i = 0; i < NA; ++i) out[i] = hsum(acc[i]);
+#define QD_INLINE QD_TARGET inline __attribute__((always_inline))
+
+// Independent accumulators per activation row, so the fp32 add latency of one block's term does
+// not serialize the loop over 32-value blocks (one row: 4 chains, 2 rows: 2 each).
+constexpr int chains_for(int na) {
+  return na == 1 ? 4 : na == 2 ? 2 : 1;
 }
 
-template <int NA>
-QD_TARGET void dot_q4_0(const uint8_t* w, const uint8_t* act, int64_t stride, int64_t nb,
-                        float* out) {
-  const auto* wb = reinterpret_cast<const BlockQ4_0*>(w);
-  const __m256i low4 = _mm256_set1_epi8(0xF), eight = _mm256_set1_epi8(8);
-  __m256 acc[NA];
-  for (int i = 0; i < NA; ++i) acc[i] = _mm256_setzero_ps();
-  for (int64_t b = 0; b < nb; ++b) {
-    // Low nibbles are values 0-15, high nibbles 16-31: the two halves of the ymm.
-    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wb[b].qs));
-    const __m256i both = _mm256_set_m128i(_mm_srli_epi16(bytes, 4), bytes);
-    const __m256i wq = _mm256_sub_epi8(_mm256_and_si256(both, low4), eight);
-    const __m256i wabs = _mm256_sign_epi8(wq, wq);
-    const float dw = fp16(wb[b].d);
-    for (int i = 0; i < NA; ++i) {
-      const auto& ab = reinterpret_cast<const BlockQ8_0*>(act + i * stride)[b];
-      const __m256i aq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab.qs));
-      const __m256i s = dp_u8s8(_mm256_setzero_si256(), wabs, _mm256_sign_epi8(aq, wq));
-      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(dw * fp16(ab.d)), acc[i]);
+// One 32-value block against row i: acc += dw * da * sum(w a), w given as |w| and itself.
+QD_INLINE void block_q8(__m256& acc, __m256i wabs, __m256i wq, float dw, const BlockQ8_0& ab) {
+  const __m256i aq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab.qs));
+  const __m256i s = dp_u8s8(_mm256_setzero_si256(), wabs, _mm256_sign_epi8(aq, wq));
+  acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(dw * fp16(ab.d)), acc);
+}
+
+QD_INLINE __m256i load_block(const BlockQ8_0& b) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs));
+}
+
+// Low nibbles are values 0-15, high nibbles 16-31: the two halves of the ymm, minus 8.
+QD_INLINE __m256i load_block(const BlockQ4_0& b) {
+  const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs));
+  const __m256i both = _mm256_set_m128i(_mm_srli_epi16(bytes, 4), bytes);
+  return _mm256_sub_epi8(_mm256_and_si256(both, _mm256_set1_epi8(0xF)), _mm256_set1_epi8(8));
+}
+
+template <int NA, typename Block>
+QD_TARGET void dot_q32(const uint8_t* w, const uint8_t* act, int64_t stride, int64_t nb,
+                       float* out) {
+  constexpr int C = chains_for(NA);
+  const auto* wb = reinterpret_cast<const Block*>(w);
+  __m256 acc[NA][C];
+  for (int i = 0; i < NA; ++i)
+    for (int u = 0; u < C; ++u) acc[i][u] = _mm256_setzero_ps();
+  int64_t b = 0;
+  for (; b + C <= nb; b += C) {
+#pragma GCC unroll 4
+    for (int u = 0; u < C; ++u) {
+      const __m256i wq = load_block(wb[b + u]);
+      const __m256i wabs = _mm256_sign_epi8(wq, wq);
+      const float dw = fp16(wb[b + u].d);
+#pragma GCC unroll 4
+      for (int i = 0; i < NA; ++i)
+        block_q8(acc[i][u], wabs, wq, dw,
+                 reinterpret_cast<const BlockQ8_0*>(act + i * stride)[b + u]);
     }
   }
-  for (int i = 0; i < NA; ++i) out[i] = hsum(acc[i]);
+  for (; b < nb; ++b) {
+    const __m256i wq = load_block(wb[b]);
+    const __m256i wabs = _mm256_sign_epi8(wq, wq);
+    const float dw = fp16(wb[b].d);
+    for (int i = 0; i < NA; ++i)
+      block_q8(acc[i][0], wabs, wq, dw, reinterpret_cast<const BlockQ8_0*>(act + i * stride)[b]);
+  }
+  for (int i = 0; i < NA; ++i) {
+    __m256 s = acc[i][0];
+    for (int u = 1; u < C; ++u) s = _mm256_add_ps(s, acc[i][u]);
+    out[i] = hsum(s);
+  }
+}
+
+// The int16 scale of sub-block s (of 8 int16 in each 128-bit half) in every int16 lane.
+QD_INLINE __m256i pick_word(__m256i words, int lo_word, int hi_word) {
+  const __m256i sel =
+      _mm256_set_m128i(_mm_set1_epi16(static_cast<int16_t>(0x0100 + 0x0202 * hi_word)),
+                       _mm_set1_epi16(static_cast<int16_t>(0x0100 + 0x0202 * lo_word)));
+  return _mm256_shuffle_epi8(words, sel);
 }
 
 // Q4_K and Q5_K: per 64 values, the low nibbles (plus qh bit 2c) are sub-block 2c and the high
-// nibbles (plus qh bit 2c + 1) sub-block 2c + 1; each sub-block's sum is scaled by its 6-bit
-// scale in int32 (exact), the mins enter through the activations' bsums.
+// nibbles (plus qh bit 2c + 1) sub-block 2c + 1. Byte products go to int16 pairs (vpmaddubsw:
+// at most 2 x 31 x 127, no saturation), which the sub-block's 6-bit scale multiplies into int32
+// (dp_s16); the mins enter through the activations' bsums. All of a super-block's integers are
+// exact before its one fp32 scaling.
 template <int NA, typename Block, bool q5>
 QD_TARGET void dot_qk(const uint8_t* w, const uint8_t* act, int64_t stride, int64_t nb,
                       float* out) {
   const auto* wb = reinterpret_cast<const Block*>(w);
   const __m256i low4 = _mm256_set1_epi8(0xF), one = _mm256_set1_epi8(1);
-  __m256 acc[NA];
-  float mins[NA] = {};
-  for (int i = 0; i < NA; ++i) acc[i] = _mm256_setzero_ps();
+  __m256 acc[NA], macc[NA];
+  for (int i = 0; i < NA; ++i) acc[i] = macc[i] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
-    uint8_t sc[8], m[8];
-    unpack_k_scales(wb[b].scales, sc, m);
+    // Scales to bytes 0-7, mins to bytes 8-15 (the layout of unpack_k_scales, on 32-bit words).
+    uint32_t u[3];
+    std::memcpy(u, wb[b].scales, 12);
+    const uint32_t lo6 = 0x3F3F3F3F, lo4 = 0x0F0F0F0F, top2 = 0x03030303;
+    const __m128i sm = _mm_setr_epi32(
+        static_cast<int>(u[0] & lo6), static_cast<int>((u[2] & lo4) | (((u[0] >> 6) & top2) << 4)),
+        static_cast<int>(u[1] & lo6),
+        static_cast<int>(((u[2] >> 4) & lo4) | (((u[1] >> 6) & top2) << 4)));
+    const __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
+    const __m128i m16 = _mm_cvtepu8_epi16(_mm_srli_si128(sm, 8));
+    // Each min twice: lane pairs of the 16 bsums (2 per sub-block of 32).
+    const __m256i mins2 =
+        _mm256_set_m128i(_mm_unpackhi_epi16(m16, m16), _mm_unpacklo_epi16(m16, m16));
     const float d = fp16(wb[b].d), dmin = fp16(wb[b].dmin);
     __m256i isum[NA];
     for (int i = 0; i < NA; ++i) isum[i] = _mm256_setzero_si256();
@@ -102,32 +141,30 @@ QD_TARGET void dot_qk(const uint8_t* w, const uint8_t* act, int64_t stride, int6
             hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 1), one), 4));
         hbits = _mm256_srli_epi16(hbits, 2);
       }
-      const __m256i sc_lo = _mm256_set1_epi32(sc[2 * c]), sc_hi = _mm256_set1_epi32(sc[2 * c + 1]);
+      const __m256i sc_lo = pick_word(sc16, 2 * c, 2 * c),
+                    sc_hi = pick_word(sc16, 2 * c + 1, 2 * c + 1);
       for (int i = 0; i < NA; ++i) {
-        const auto& ab = reinterpret_cast<const BlockQ8_K*>(act + i * stride)[b];
-        const int8_t* aq = ab.qs + 64 * c;
+        const int8_t* aq = reinterpret_cast<const BlockQ8_K*>(act + i * stride)[b].qs + 64 * c;
         const __m256i a_lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(aq));
         const __m256i a_hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(aq + 32));
-        const __m256i p_lo = dp_u8s8(_mm256_setzero_si256(), lo, a_lo);
-        const __m256i p_hi = dp_u8s8(_mm256_setzero_si256(), hi, a_hi);
-        isum[i] = _mm256_add_epi32(isum[i], _mm256_mullo_epi32(p_lo, sc_lo));
-        isum[i] = _mm256_add_epi32(isum[i], _mm256_mullo_epi32(p_hi, sc_hi));
+        isum[i] = dp_s16(isum[i], _mm256_maddubs_epi16(lo, a_lo), sc_lo);
+        isum[i] = dp_s16(isum[i], _mm256_maddubs_epi16(hi, a_hi), sc_hi);
       }
     }
     for (int i = 0; i < NA; ++i) {
       const auto& ab = reinterpret_cast<const BlockQ8_K*>(act + i * stride)[b];
-      int msum = 0;
-      for (int s = 0; s < 8; ++s) msum += m[s] * (ab.bsums[2 * s] + ab.bsums[2 * s + 1]);
+      const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab.bsums));
+      const __m256i msum = _mm256_madd_epi16(bs, mins2);
       acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), _mm256_set1_ps(ab.d * d), acc[i]);
-      mins[i] += ab.d * dmin * static_cast<float>(msum);
+      macc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_set1_ps(ab.d * dmin), macc[i]);
     }
   }
-  for (int i = 0; i < NA; ++i) out[i] = hsum(acc[i]) - mins[i];
+  for (int i = 0; i < NA; ++i) out[i] = hsum(acc[i]) - hsum(macc[i]);
 }
 
 // Q6_K: 6-bit values 0-63 from a nibble of ql and 2 bits of qh; one int8 scale per 16 values,
-// so a 32-value product vector carries two scales (lanes 0-3 and 4-7); the -32 offset is taken
-// out with the bsums.
+// so a 32-value chunk carries two scales (the ymm halves); the -32 offset is taken out with the
+// bsums (sum of sc x bsum) before the block's integer is scaled.
 template <int NA>
 QD_TARGET void dot_q6_k(const uint8_t* w, const uint8_t* act, int64_t stride, int64_t nb,
                         float* out) {
@@ -138,13 +175,15 @@ QD_TARGET void dot_q6_k(const uint8_t* w, const uint8_t* act, int64_t stride, in
   for (int64_t b = 0; b < nb; ++b) {
     const BlockQ6_K& blk = wb[b];
     const float d = fp16(blk.d);
+    const __m128i sc8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk.scales));
     __m256i isum[NA];
-    for (int i = 0; i < NA; ++i) isum[i] = _mm256_setzero_si256();
-    // Per activation row: sum_s sc_s * bsum_s, for the offset.
-    int offset[NA] = {};
     for (int i = 0; i < NA; ++i) {
+      // -32 x sum over sub-blocks of sc x bsum.
       const auto& ab = reinterpret_cast<const BlockQ8_K*>(act + i * stride)[b];
-      for (int s = 0; s < 16; ++s) offset[i] += blk.scales[s] * ab.bsums[s];
+      const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab.bsums));
+      isum[i] =
+          _mm256_sub_epi32(_mm256_setzero_si256(),
+                           _mm256_slli_epi32(_mm256_madd_epi16(bs, _mm256_cvtepi8_epi16(sc8)), 5));
     }
     for (int h = 0; h < 2; ++h) {
       const __m256i ql0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.ql + 64 * h));
@@ -163,26 +202,22 @@ QD_TARGET void dot_q6_k(const uint8_t* w, const uint8_t* act, int64_t stride, in
       q[3] = _mm256_or_si256(
           _mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4),
           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), two_bits), 4));
-      const int8_t* sc = blk.scales + 8 * h;
+      // The 8 scales of this half as int16, in both 128-bit halves.
+      const __m256i sc16 = _mm256_broadcastsi128_si256(
+          _mm_cvtepi8_epi16(h == 0 ? sc8 : _mm_unpackhi_epi64(sc8, sc8)));
       for (int t = 0; t < 4; ++t) {
-        const __m256i scv =
-            _mm256_set_m128i(_mm_set1_epi32(sc[2 * t + 1]), _mm_set1_epi32(sc[2 * t]));
+        const __m256i scv = pick_word(sc16, 2 * t, 2 * t + 1);
         for (int i = 0; i < NA; ++i) {
           const auto& ab = reinterpret_cast<const BlockQ8_K*>(act + i * stride)[b];
           const __m256i aq =
               _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab.qs + 128 * h + 32 * t));
-          const __m256i p = dp_u8s8(_mm256_setzero_si256(), q[t], aq);
-          isum[i] = _mm256_add_epi32(isum[i], _mm256_mullo_epi32(p, scv));
+          isum[i] = dp_s16(isum[i], _mm256_maddubs_epi16(q[t], aq), scv);
         }
       }
     }
     for (int i = 0; i < NA; ++i) {
       const auto& ab = reinterpret_cast<const BlockQ8_K*>(act + i * stride)[b];
-      // The offset (an int of the same exact sum) goes into lane 0 so the block's integer is
-      // whole before it is scaled.
-      const __m256i total =
-          _mm256_sub_epi32(isum[i], _mm256_setr_epi32(32 * offset[i], 0, 0, 0, 0, 0, 0, 0));
-      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), _mm256_set1_ps(ab.d * d), acc[i]);
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), _mm256_set1_ps(ab.d * d), acc[i]);
     }
   }
   for (int i = 0; i < NA; ++i) out[i] = hsum(acc[i]);
@@ -208,8 +243,10 @@ QD_TARGET void by_rows(const uint8_t* w, const uint8_t* act, int64_t stride, int
 }
 
 const QuantDotTable kTable = {
-    by_rows<dot_q8_0<1>, dot_q8_0<2>, dot_q8_0<3>, dot_q8_0<4>>,
-    by_rows<dot_q4_0<1>, dot_q4_0<2>, dot_q4_0<3>, dot_q4_0<4>>,
+    by_rows<dot_q32<1, BlockQ8_0>, dot_q32<2, BlockQ8_0>, dot_q32<3, BlockQ8_0>,
+            dot_q32<4, BlockQ8_0>>,
+    by_rows<dot_q32<1, BlockQ4_0>, dot_q32<2, BlockQ4_0>, dot_q32<3, BlockQ4_0>,
+            dot_q32<4, BlockQ4_0>>,
     by_rows<dot_qk<1, BlockQ4_K, false>, dot_qk<2, BlockQ4_K, false>, dot_qk<3, BlockQ4_K, false>,
             dot_qk<4, BlockQ4_K, false>>,
     by_rows<dot_qk<1, BlockQ5_K, true>, dot_qk<2, BlockQ5_K, true>, dot_qk<3, BlockQ5_K, true>,
