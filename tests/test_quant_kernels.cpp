@@ -265,6 +265,42 @@ TEST(QuantDot, ActivationQuantizersFollowTheRules) {
   for (auto s : zk.bsums) EXPECT_EQ(s, 0);
 }
 
+// The SIMD activation quantizers give the scalar quantizer's bytes: random rows at several
+// magnitudes, exact ties (x / d = k + 0.5), zero blocks, and +-max in one block (the first wins).
+TEST(QuantDot, SimdActivationQuantizersMatchScalar) {
+  const auto kernels = simd_kernels();
+  if (kernels.empty()) GTEST_SKIP() << "no SIMD kernels on this CPU";
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  const int64_t n = 4 * kQKK;
+  for (int trial = 0; trial < 20; ++trial) {
+    std::vector<float> x(static_cast<size_t>(n));
+    const float scale = std::pow(10.f, static_cast<float>(trial % 7) - 3);
+    for (auto& v : x) v = normal(rng) * scale;
+    if (trial % 4 == 1) std::fill(x.begin() + kQKK, x.begin() + 2 * kQKK, 0.f);
+    if (trial % 4 == 2) {
+      // Halves: 127 sets d = 1 (Q8_0) and iscale = -1 (Q8_K), so v + 0.5 values are ties.
+      for (int64_t j = 0; j < n; ++j)
+        x[j] = static_cast<float>(static_cast<int>(rng() % 255) - 127) + 0.5f;
+      for (int64_t b = 0; b < n; b += kQK) x[b] = 127.f;
+    }
+    if (trial % 4 == 3) {
+      x[2 * kQKK + 5] = -50.f;
+      x[2 * kQKK + 9] = 50.f;
+    }
+    for (GgmlType at : {GgmlType::Q8_0, GgmlType::Q8_K}) {
+      std::vector<uint8_t> want(static_cast<size_t>(row_bytes(at, n))), got(want.size());
+      quantize_activation_row(at, x.data(), want.data(), n, QuantKernel::Scalar);
+      for (QuantKernel k : kernels) {
+        std::fill(got.begin(), got.end(), 0xAB);
+        quantize_activation_row(at, x.data(), got.data(), n, k);
+        EXPECT_EQ(got, want) << ggml_type_name(static_cast<uint32_t>(at)) << " "
+                             << quant_kernel_name(k) << " trial " << trial;
+      }
+    }
+  }
+}
+
 // The values of one block, from the format definitions in quant.h (an independent reading of
 // the layouts, not the kernels' code paths).
 void dequantize_block(GgmlType t, const uint8_t* p, double* out) {

@@ -141,24 +141,6 @@ void dot_q6_k_scalar(const uint8_t* w, const uint8_t* act, int64_t stride, int n
   }
 }
 
-constexpr QuantDotTable kScalarTable = {dot_q8_0_scalar, dot_q4_0_scalar,
-                                        dot_qk_scalar<BlockQ4_K, false>,
-                                        dot_qk_scalar<BlockQ5_K, true>, dot_q6_k_scalar};
-
-const QuantDotTable* table_of(QuantKernel k) {
-  switch (k) {
-    case QuantKernel::Scalar:
-      return &kScalarTable;
-    case QuantKernel::Avx2:
-      return quant_dot_avx2_table();
-    case QuantKernel::Avx512:
-      return quant_dot_avx512_table();
-    case QuantKernel::Auto:
-      break;
-  }
-  return table_of(quant_kernel());
-}
-
 // Q8_0: d = amax / 127, q = round(x / d) half away from zero, d stored as fp16.
 void quantize_q8_0(const float* x, BlockQ8_0* y, int64_t nb) {
   for (int64_t b = 0; b < nb; ++b, x += kQK) {
@@ -198,6 +180,28 @@ void quantize_q8_k(const float* x, BlockQ8_K* y, int64_t nb) {
     }
     y[b].d = 1 / iscale;
   }
+}
+
+constexpr QuantDotTable kScalarTable = {dot_q8_0_scalar,
+                                        dot_q4_0_scalar,
+                                        dot_qk_scalar<BlockQ4_K, false>,
+                                        dot_qk_scalar<BlockQ5_K, true>,
+                                        dot_q6_k_scalar,
+                                        quantize_q8_0,
+                                        quantize_q8_k};
+
+const QuantDotTable* table_of(QuantKernel k) {
+  switch (k) {
+    case QuantKernel::Scalar:
+      return &kScalarTable;
+    case QuantKernel::Avx2:
+      return quant_dot_avx2_table();
+    case QuantKernel::Avx512:
+      return quant_dot_avx512_table();
+    case QuantKernel::Auto:
+      break;
+  }
+  return table_of(quant_kernel());
 }
 
 }  // namespace
@@ -279,15 +283,18 @@ QuantDotFn quant_dot_fn(GgmlType weight, QuantKernel k) {
   }
 }
 
-void quantize_activation_row(GgmlType act, const float* x, uint8_t* dst, int64_t n) {
+void quantize_activation_row(GgmlType act, const float* x, uint8_t* dst, int64_t n, QuantKernel k) {
+  const QuantDotTable* t = table_of(k);
+  MOE_CHECK(t != nullptr, "quantize_activation_row: no {} kernels in this build",
+            quant_kernel_name(k));
   if (act == GgmlType::Q8_0) {
     MOE_CHECK(n % kQK == 0, "quantize_activation_row: {} values are not whole blocks", n);
-    quantize_q8_0(x, reinterpret_cast<BlockQ8_0*>(dst), n / kQK);
+    t->quantize_q8_0(x, reinterpret_cast<BlockQ8_0*>(dst), n / kQK);
   } else {
     MOE_CHECK(act == GgmlType::Q8_K && n % kQKK == 0,
               "quantize_activation_row: {} values of {} are not whole blocks", n,
               ggml_type_name(static_cast<uint32_t>(act)));
-    quantize_q8_k(x, reinterpret_cast<BlockQ8_K*>(dst), n / kQKK);
+    t->quantize_q8_k(x, reinterpret_cast<BlockQ8_K*>(dst), n / kQKK);
   }
 }
 

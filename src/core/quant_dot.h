@@ -41,8 +41,9 @@ GgmlType quant_dot_activation_type(GgmlType weight);
 QuantDotFn quant_dot_fn(GgmlType weight, QuantKernel k = QuantKernel::Auto);
 
 // One activation row of n values (a multiple of the block) to Q8_0 or Q8_K; the rounding rules
-// are those of quantize_row (quant.h), so the bytes are the same.
-void quantize_activation_row(GgmlType act, const float* x, uint8_t* dst, int64_t n);
+// are those of quantize_row (quant.h), so the bytes are the same in every implementation.
+void quantize_activation_row(GgmlType act, const float* x, uint8_t* dst, int64_t n,
+                             QuantKernel k = QuantKernel::Auto);
 
 // Sum over the blocks of |each block's float term| of the scalar kernel for one activation row:
 // the scale that bounds how far the float accumulation of two implementations may differ.
@@ -64,6 +65,8 @@ inline void unpack_k_scales(const uint8_t* s, uint8_t* sc, uint8_t* m) {
 // build has no such code (not x86-64).
 struct QuantDotTable {
   QuantDotFn q8_0, q4_0, q4_k, q5_k, q6_k;
+  void (*quantize_q8_0)(const float* x, BlockQ8_0* y, int64_t nblocks);
+  void (*quantize_q8_k)(const float* x, BlockQ8_K* y, int64_t nblocks);
 };
 const QuantDotTable* quant_dot_avx2_table();
 const QuantDotTable* quant_dot_avx512_table();

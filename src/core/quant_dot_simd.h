@@ -11,7 +11,10 @@
 // scaling then runs in 8 lanes per activation row, summed across lanes at the end.
 #include <immintrin.h>
 
+#include <cmath>
 #include <cstring>
+
+#include "moe/safetensors.h"
 
 namespace moe::QD_NS {
 
@@ -223,6 +226,85 @@ QD_TARGET void dot_q6_k(const uint8_t* w, const uint8_t* act, int64_t stride, in
   for (int i = 0; i < NA; ++i) out[i] = hsum(acc[i]);
 }
 
+QD_INLINE float hmax(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
+
+// 4 x 8 int32 (values in int8 range) to 32 int8 in order.
+QD_INLINE __m256i pack_i8(__m256i a, __m256i b, __m256i c, __m256i d) {
+  const __m256i ab = _mm256_packs_epi32(a, b), cd = _mm256_packs_epi32(c, d);
+  // packs works per 128-bit half: bytes come out as 4-value groups in the order 0 2 4 6 1 3 5 7.
+  return _mm256_permutevar8x32_epi32(_mm256_packs_epi16(ab, cd),
+                                     _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+// The Q8_0 rules of quantize_q8_0 (quant_dot.cpp) in 8 lanes: the same fp32 products, and
+// roundf's half away from zero as trunc(|v|) + (fraction >= 0.5) with the sign put back.
+QD_TARGET void quant_q8_0(const float* x, BlockQ8_0* y, int64_t nb) {
+  const __m256 sign = _mm256_set1_ps(-0.0f), half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1);
+  for (int64_t b = 0; b < nb; ++b, x += kQK) {
+    __m256 v[4], amax = _mm256_setzero_ps();
+    for (int k = 0; k < 4; ++k) {
+      v[k] = _mm256_loadu_ps(x + 8 * k);
+      amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[k]));
+    }
+    const float d = hmax(amax) / 127;
+    const float id = d != 0 ? 1 / d : 0;
+    y[b].d = float_to_f16(d);
+    __m256i q[4];
+    for (int k = 0; k < 4; ++k) {
+      const __m256 s = _mm256_mul_ps(v[k], _mm256_set1_ps(id));
+      const __m256 a = _mm256_andnot_ps(sign, s);
+      const __m256 t = _mm256_round_ps(a, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+      const __m256 up = _mm256_and_ps(_mm256_cmp_ps(_mm256_sub_ps(a, t), half, _CMP_GE_OQ), one);
+      const __m256 r = _mm256_or_ps(_mm256_add_ps(t, up), _mm256_and_ps(s, sign));
+      q[k] = _mm256_cvttps_epi32(r);
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y[b].qs), pack_i8(q[0], q[1], q[2], q[3]));
+  }
+}
+
+// The Q8_K rules of quantize_q8_k: the first value of the largest magnitude sets the scale;
+// rounding half to even (the default rounding mode), clamped at 127.
+QD_TARGET void quant_q8_k(const float* x, BlockQ8_K* y, int64_t nb) {
+  const __m256 sign = _mm256_set1_ps(-0.0f), top = _mm256_set1_ps(127);
+  for (int64_t b = 0; b < nb; ++b, x += kQKK) {
+    __m256 amax = _mm256_setzero_ps();
+    for (int k = 0; k < kQKK / 8; ++k)
+      amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + 8 * k)));
+    const float am = hmax(amax);
+    if (am == 0) {
+      y[b] = BlockQ8_K{};
+      continue;
+    }
+    int first = 0;
+    while (std::fabs(x[first]) != am) ++first;
+    const float iscale = -127.f / x[first];
+    const __m256 vs = _mm256_set1_ps(iscale);
+    for (int k = 0; k < kQKK / 32; ++k) {
+      __m256i q[4];
+      for (int j = 0; j < 4; ++j) {
+        const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + 32 * k + 8 * j), vs);
+        const __m256 r = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        q[j] = _mm256_cvtps_epi32(_mm256_min_ps(r, top));
+      }
+      const __m256i packed = pack_i8(q[0], q[1], q[2], q[3]);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(y[b].qs + 32 * k), packed);
+      // Sums of each 16: int16 pair sums, then pairs to int32, then within each 128-bit half.
+      const __m256i s32 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), packed),
+                                            _mm256_set1_epi16(1));
+      const __m256i s64 = _mm256_add_epi32(s32, _mm256_shuffle_epi32(s32, 0x4E));
+      const __m256i s128 = _mm256_add_epi32(s64, _mm256_shuffle_epi32(s64, 0xB1));
+      y[b].bsums[2 * k] = static_cast<int16_t>(_mm256_extract_epi32(s128, 0));
+      y[b].bsums[2 * k + 1] = static_cast<int16_t>(_mm256_extract_epi32(s128, 4));
+    }
+    y[b].d = 1 / iscale;
+  }
+}
+
 // Dispatch on the number of activation rows, so each count has its registers unrolled.
 template <void (*K1)(const uint8_t*, const uint8_t*, int64_t, int64_t, float*),
           void (*K2)(const uint8_t*, const uint8_t*, int64_t, int64_t, float*),
@@ -252,6 +334,8 @@ const QuantDotTable kTable = {
     by_rows<dot_qk<1, BlockQ5_K, true>, dot_qk<2, BlockQ5_K, true>, dot_qk<3, BlockQ5_K, true>,
             dot_qk<4, BlockQ5_K, true>>,
     by_rows<dot_q6_k<1>, dot_q6_k<2>, dot_q6_k<3>, dot_q6_k<4>>,
+    quant_q8_0,
+    quant_q8_k,
 };
 
 }  // namespace moe::QD_NS
