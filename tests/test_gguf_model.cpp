@@ -23,7 +23,9 @@ namespace {
 namespace fs = std::filesystem;
 using test::TempDir;
 
-std::string fixture(const std::string& name) { return test::fixture_dir() + "/hf/" + name; }
+std::string fixture(const std::string& name) {
+  return test::fixture_dir() + "/hf/" + name;
+}
 
 double normalized_error(const std::vector<float>& a, const std::vector<float>& b) {
   double diff = 0, scale = 0;

@@ -7,7 +7,6 @@
 #include <string>
 
 #include "moe/gguf.h"
-
 #include "moe/model_config.h"
 #include "moe/safetensors.h"
 #include "moe/transformer.h"

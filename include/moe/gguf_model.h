@@ -48,7 +48,7 @@ struct GgufModelTensor {
   std::string name;            // GGUF name, e.g. "blk.3.ffn_down_exps.weight"
   std::vector<int64_t> shape;  // row-major
   GgufRole role = GgufRole::Matrix;
-  int layer = -1;  // -1: token_embd, output_norm, output
+  int layer = -1;               // -1: token_embd, output_norm, output
   HfTensor kind = HfTensor::Q;  // what it is in a block (layer >= 0)
 };
 // Every tensor of config c in the order the writer stores them.

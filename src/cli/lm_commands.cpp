@@ -14,8 +14,8 @@
 #include "moe/dataset.h"
 #include "moe/error.h"
 #include "moe/generate.h"
-#include "moe/hf_tokenizer.h"
 #include "moe/gguf_tokenizer.h"
+#include "moe/hf_tokenizer.h"
 #include "moe/inference_model.h"
 #include "moe/parallel.h"
 #include "moe/report.h"
@@ -473,9 +473,10 @@ std::function<int()> add_generate_command(CLI::App& app) {
   auto* c = app.add_subcommand(
       "generate", "Sample text from a trained run or a Hugging Face checkpoint (--model)");
   c->add_option("run", a->run, "run directory");
-  c->add_option("--model", a->model,
-                "a Hugging Face checkpoint directory (mixtral, qwen2_moe, qwen3_moe, olmoe) or a GGUF "
-                "file (llama, qwen2moe, qwen3moe, olmoe)");
+  c->add_option(
+      "--model", a->model,
+      "a Hugging Face checkpoint directory (mixtral, qwen2_moe, qwen3_moe, olmoe) or a GGUF "
+      "file (llama, qwen2moe, qwen3moe, olmoe)");
   c->add_option("--prompt", a->prompt, "text to continue");
   c->add_option("--prompt-ids", a->prompt_ids,
                 "token ids to continue instead of --prompt (e.g. \"1,15,7\"; a run's prompt gets "

@@ -131,8 +131,7 @@ int run_quantize(const QuantizeArgs& a) {
     fmt::print("wrote {} ({:.1f} MB, {} from {}, {})\n", a.out, fs::file_size(a.out) / 1e6,
                gguf_arch_of(c), a.in, a.type);
   }
-  const double s =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   fmt::print(stderr, "quantize: {:.1f} s\n", s);
   return 0;
 }

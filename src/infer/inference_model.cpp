@@ -104,7 +104,7 @@ class InferenceModel::GgufSource : public InferenceModel::Source {
 
  private:
   const GgufTensorInfo& tensor(int layer, HfTensor t, const std::vector<int64_t>& dims) const {
-    const std::string name = layer >= 0          ? gguf_tensor_name(layer, t)
+    const std::string name = layer >= 0         ? gguf_tensor_name(layer, t)
                              : t == HfTensor::Q ? "token_embd.weight"
                              : t == HfTensor::O ? "output.weight"
                                                 : "output_norm.weight";
@@ -228,8 +228,7 @@ std::unique_ptr<InferenceModel> InferenceModel::build(const ModelConfig& cfg, So
     const auto gate = src.experts(l, HfTensor::ExpertGate, E, F, d);
     const auto up = src.experts(l, HfTensor::ExpertUp, E, F, d);
     const auto down = src.experts(l, HfTensor::ExpertDown, E, d, F);
-    for (int e = 0; e < E; ++e)
-      L.experts.push_back({count(gate[e]), count(up[e]), count(down[e])});
+    for (int e = 0; e < E; ++e) L.experts.push_back({count(gate[e]), count(up[e]), count(down[e])});
     m->weight_type_ = gate[0].type;
     if (c.moe.n_shared_experts > 0) {
       const int64_t S = c.moe.shared_hidden();

@@ -67,12 +67,15 @@ std::string gguf_arch_of(const ModelConfig& c) {
   if (c.model_type == "qwen2_moe") return "qwen2moe";
   if (c.model_type == "qwen3_moe") return "qwen3moe";
   if (c.model_type == "olmoe") return "olmoe";
-  throw Error(fmt::format("model_type \"{}\" has no GGUF architecture here (expected mixtral, "
-                          "qwen2_moe, qwen3_moe or olmoe)",
-                          c.model_type));
+  throw Error(
+      fmt::format("model_type \"{}\" has no GGUF architecture here (expected mixtral, "
+                  "qwen2_moe, qwen3_moe or olmoe)",
+                  c.model_type));
 }
 
-bool gguf_rope_interleaved(const ModelConfig& c) { return c.model_type == "mixtral"; }
+bool gguf_rope_interleaved(const ModelConfig& c) {
+  return c.model_type == "mixtral";
+}
 
 void unpermute_rope_rows(const float* src, float* dst, int n_heads, int head_dim, int64_t cols) {
   MOE_CHECK(head_dim % 2 == 0, "unpermute_rope_rows: head_dim {} is odd", head_dim);
@@ -88,28 +91,72 @@ void unpermute_rope_rows(const float* src, float* dst, int n_heads, int head_dim
 std::string gguf_tensor_name(int layer, HfTensor t) {
   const char* n = "";
   switch (t) {
-    case HfTensor::InputNorm: n = "attn_norm.weight"; break;
-    case HfTensor::PostAttentionNorm: n = "ffn_norm.weight"; break;
-    case HfTensor::Q: n = "attn_q.weight"; break;
-    case HfTensor::K: n = "attn_k.weight"; break;
-    case HfTensor::V: n = "attn_v.weight"; break;
-    case HfTensor::O: n = "attn_output.weight"; break;
-    case HfTensor::QBias: n = "attn_q.bias"; break;
-    case HfTensor::KBias: n = "attn_k.bias"; break;
-    case HfTensor::VBias: n = "attn_v.bias"; break;
-    case HfTensor::QNorm: n = "attn_q_norm.weight"; break;
-    case HfTensor::KNorm: n = "attn_k_norm.weight"; break;
-    case HfTensor::Router: n = "ffn_gate_inp.weight"; break;
-    case HfTensor::ExpertGate: n = "ffn_gate_exps.weight"; break;
-    case HfTensor::ExpertUp: n = "ffn_up_exps.weight"; break;
-    case HfTensor::ExpertDown: n = "ffn_down_exps.weight"; break;
-    case HfTensor::SharedGate: n = "ffn_gate_shexp.weight"; break;
-    case HfTensor::SharedUp: n = "ffn_up_shexp.weight"; break;
-    case HfTensor::SharedDown: n = "ffn_down_shexp.weight"; break;
-    case HfTensor::SharedExpertGate: n = "ffn_gate_inp_shexp.weight"; break;
-    case HfTensor::DenseGate: n = "ffn_gate.weight"; break;
-    case HfTensor::DenseUp: n = "ffn_up.weight"; break;
-    case HfTensor::DenseDown: n = "ffn_down.weight"; break;
+    case HfTensor::InputNorm:
+      n = "attn_norm.weight";
+      break;
+    case HfTensor::PostAttentionNorm:
+      n = "ffn_norm.weight";
+      break;
+    case HfTensor::Q:
+      n = "attn_q.weight";
+      break;
+    case HfTensor::K:
+      n = "attn_k.weight";
+      break;
+    case HfTensor::V:
+      n = "attn_v.weight";
+      break;
+    case HfTensor::O:
+      n = "attn_output.weight";
+      break;
+    case HfTensor::QBias:
+      n = "attn_q.bias";
+      break;
+    case HfTensor::KBias:
+      n = "attn_k.bias";
+      break;
+    case HfTensor::VBias:
+      n = "attn_v.bias";
+      break;
+    case HfTensor::QNorm:
+      n = "attn_q_norm.weight";
+      break;
+    case HfTensor::KNorm:
+      n = "attn_k_norm.weight";
+      break;
+    case HfTensor::Router:
+      n = "ffn_gate_inp.weight";
+      break;
+    case HfTensor::ExpertGate:
+      n = "ffn_gate_exps.weight";
+      break;
+    case HfTensor::ExpertUp:
+      n = "ffn_up_exps.weight";
+      break;
+    case HfTensor::ExpertDown:
+      n = "ffn_down_exps.weight";
+      break;
+    case HfTensor::SharedGate:
+      n = "ffn_gate_shexp.weight";
+      break;
+    case HfTensor::SharedUp:
+      n = "ffn_up_shexp.weight";
+      break;
+    case HfTensor::SharedDown:
+      n = "ffn_down_shexp.weight";
+      break;
+    case HfTensor::SharedExpertGate:
+      n = "ffn_gate_inp_shexp.weight";
+      break;
+    case HfTensor::DenseGate:
+      n = "ffn_gate.weight";
+      break;
+    case HfTensor::DenseUp:
+      n = "ffn_up.weight";
+      break;
+    case HfTensor::DenseDown:
+      n = "ffn_down.weight";
+      break;
   }
   return fmt::format("blk.{}.{}", layer, n);
 }
@@ -129,9 +176,10 @@ ModelConfig model_config_from_gguf(const GgufFile& f) {
   else if (arch == "olmoe")
     type = "olmoe";
   else
-    throw Error(fmt::format("{}: general.architecture \"{}\" is not supported (expected llama, "
-                            "qwen2moe, qwen3moe or olmoe)",
-                            path, arch));
+    throw Error(
+        fmt::format("{}: general.architecture \"{}\" is not supported (expected llama, "
+                    "qwen2moe, qwen3moe or olmoe)",
+                    path, arch));
   auto key = [&](const char* k) { return arch + "." + k; };
   auto integer = [&](const std::string& k) -> int64_t {
     try {
@@ -158,8 +206,8 @@ ModelConfig model_config_from_gguf(const GgufFile& f) {
   // A dimension of a tensor (ggml order), the tensor required.
   auto dim = [&](const std::string& tensor, size_t i) {
     const GgufTensorInfo& t = f.tensor(tensor);
-    MOE_REQUIRE(t.dims.size() > i, "{}: tensor {} has {} dims, expected more than {}", path,
-                tensor, t.dims.size(), i);
+    MOE_REQUIRE(t.dims.size() > i, "{}: tensor {} has {} dims, expected more than {}", path, tensor,
+                t.dims.size(), i);
     return t.dims[i];
   };
   // A metadata value must agree with the tensor that has it as a dimension.
@@ -188,11 +236,10 @@ ModelConfig model_config_from_gguf(const GgufFile& f) {
       f.has(key("attention.head_count_kv")) ? positive(key("attention.head_count_kv")) : H;
   if (f.has(key("attention.key_length"))) {
     const int hd = positive(key("attention.key_length"));
-    MOE_REQUIRE(!f.has(key("attention.value_length")) ||
-                    integer(key("attention.value_length")) == hd,
-                "{}: {} = {} differs from {} = {} (not supported)", path,
-                key("attention.value_length"), integer(key("attention.value_length")),
-                key("attention.key_length"), hd);
+    MOE_REQUIRE(
+        !f.has(key("attention.value_length")) || integer(key("attention.value_length")) == hd,
+        "{}: {} = {} differs from {} = {} (not supported)", path, key("attention.value_length"),
+        integer(key("attention.value_length")), key("attention.key_length"), hd);
     j["head_dim"] = hd;
   }
   if (f.has(key("rope.dimension_count"))) {
@@ -205,7 +252,8 @@ ModelConfig model_config_from_gguf(const GgufFile& f) {
   j["rope_theta"] = f.has(key("rope.freq_base")) ? real(key("rope.freq_base")) : 10000.0;
   j["rms_norm_eps"] = real(key("attention.layer_norm_rms_epsilon"));
   const int64_t V = dim("token_embd.weight", 1);
-  if (f.has(key("vocab_size"))) agree(key("vocab_size"), integer(key("vocab_size")), "token_embd.weight", 1);
+  if (f.has(key("vocab_size")))
+    agree(key("vocab_size"), integer(key("vocab_size")), "token_embd.weight", 1);
   agree(key("embedding_length"), d, "token_embd.weight", 0);
   j["vocab_size"] = V;
   j["tie_word_embeddings"] = !f.has_tensor("output.weight");
@@ -377,9 +425,7 @@ GgmlType gguf_tensor_type(const ModelConfig& c, const GgufModelTensor& t, const 
     if (head || (c.tie_word_embeddings && t.name == "token_embd.weight"))
       type = GgmlType::Q6_K;
     else if (ends_with("attn_v.weight"))
-      type = eight_experts ? GgmlType::Q8_0
-             : use_more_bits(t.layer, L) ? GgmlType::Q6_K
-                                         : type;
+      type = eight_experts ? GgmlType::Q8_0 : use_more_bits(t.layer, L) ? GgmlType::Q6_K : type;
     else if (ends_with("attn_k.weight") && eight_experts)
       type = GgmlType::Q8_0;
     else if (ends_with("attn_output.weight") && eight_experts && s.base == GgmlType::Q4_K)
@@ -415,9 +461,10 @@ void write_gguf_model(const ModelConfig& c, const GgufModelSource& src, const st
   int dense_layers = 0;
   for (int l = 0; l < L; ++l) dense_layers += c.is_moe_layer(l) ? 0 : 1;
   if (moe && dense_layers > 0)
-    note(fmt::format("{}: {} of {} layers are dense: moe reads them, llama.cpp's {} "
-                     "architecture does not (it expects experts in every layer)",
-                     out_path, dense_layers, L, arch));
+    note(
+        fmt::format("{}: {} of {} layers are dense: moe reads them, llama.cpp's {} "
+                    "architecture does not (it expects experts in every layer)",
+                    out_path, dense_layers, L, arch));
 
   GgufWriter w;
   auto key = [&](const char* k) { return arch + "." + k; };
@@ -431,8 +478,7 @@ void write_gguf_model(const ModelConfig& c, const GgufModelSource& src, const st
   w.set(key("block_count"), u32(L));
   // llama and olmoe: the expert width (a dense llama: its FFN width); qwen: the dense width.
   const bool qwen = arch == "qwen2moe" || arch == "qwen3moe";
-  w.set(key("feed_forward_length"),
-        u32(qwen || !moe ? c.dense_width() : c.intermediate_size));
+  w.set(key("feed_forward_length"), u32(qwen || !moe ? c.dense_width() : c.intermediate_size));
   w.set(key("attention.head_count"), u32(H));
   w.set(key("attention.head_count_kv"), u32(G));
   // llama.cpp assumes head_dim = hidden_size / heads unless told.
@@ -458,7 +504,8 @@ void write_gguf_model(const ModelConfig& c, const GgufModelSource& src, const st
     if (!why.empty()) note(why);
     if (const uint8_t* raw = src.raw(t, type)) {
       const int64_t bytes = t.shape.back() == 0 ? 0
-                            : row_bytes(type, t.shape.back()) * (numel_of(t.shape) / t.shape.back());
+                                                : row_bytes(type, t.shape.back()) *
+                                                      (numel_of(t.shape) / t.shape.back());
       w.add_raw_tensor(t.name, t.shape, type,
                        [raw, bytes](uint8_t* out) { std::copy_n(raw, bytes, out); });
       continue;

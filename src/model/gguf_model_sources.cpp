@@ -94,8 +94,8 @@ class RunSource : public GgufModelSource {
   }
   void fill(const GgufModelTensor& t, float* out) const override {
     const ParamRef<float>& p = param(ours(t));
-    MOE_CHECK(p.shape.numel() == numel(t.shape), "RunSource: {} has {} values, expected {}",
-              p.name, p.shape.numel(), numel(t.shape));
+    MOE_CHECK(p.shape.numel() == numel(t.shape), "RunSource: {} has {} values, expected {}", p.name,
+              p.shape.numel(), numel(t.shape));
     std::copy_n(p.value, p.shape.numel(), out);
   }
 
