@@ -200,6 +200,36 @@ TEST(GgufModelTypes, KMixesFollowLlamaCpp) {
   EXPECT_FALSE(parse_type_scheme("q8_k", &s)) << "Q8_K is not a weight type";
 }
 
+// --random draws quantized blocks directly: every type's values have mean ~0 and std ~0.02, and
+// the model runs to finite logits.
+TEST(GgufModelRandom, BlocksAreSaneInEveryType) {
+  TempDir dir;
+  const ModelConfig c = mixtral_config(1);
+  for (const char* type : {"q8_0", "q4_0", "q4_k", "q5_k", "q6_k"}) {
+    SCOPED_TRACE(type);
+    GgufModelWriteOptions opt;
+    ASSERT_TRUE(parse_type_scheme(type, &opt.types));
+    opt.types.has_expert_type = true;  // rows of 96: the experts in Q8_0 for every type
+    opt.types.expert_type = GgmlType::Q8_0;
+    const std::string path = dir.file(std::string(type) + ".gguf");
+    write_gguf_model(c, *gguf_source_random(3), path, opt);
+    const GgufFile f = GgufFile::open(path);
+    const GgufTensorInfo& t = f.tensor("blk.0.attn_q.weight");
+    EXPECT_EQ(ggml_type_name(t.type), ggml_type_name(static_cast<uint32_t>(opt.types.base)));
+    std::vector<float> v(static_cast<size_t>(t.numel()));
+    const int64_t cols = t.dims[0], rb = row_bytes(static_cast<GgmlType>(t.type), cols);
+    for (int64_t r = 0; r < t.numel() / cols; ++r)
+      dequantize_row(static_cast<GgmlType>(t.type), f.data(t) + r * rb, &v[r * cols], cols);
+    double sum = 0, sq = 0;
+    for (float x : v) sum += x, sq += static_cast<double>(x) * x;
+    const double mean = sum / v.size(), sd = std::sqrt(sq / v.size() - mean * mean);
+    EXPECT_LT(std::abs(mean), 0.002);
+    EXPECT_NEAR(sd, 0.02, 0.004);
+    auto m = InferenceModel::load(path);
+    for (float x : logits_of(*m)) ASSERT_TRUE(std::isfinite(x));
+  }
+}
+
 // q8_0 -> q8_0 keeps every stored block; q8_0 -> f32 gives the dequantized values (the llama
 // architecture's Q/K rows permuted back and forth: the file is the same).
 TEST(GgufModelRoundTrip, KeepsBlocksWhenTheTypeStays) {

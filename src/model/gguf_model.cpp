@@ -510,8 +510,13 @@ void write_gguf_model(const ModelConfig& c, const GgufModelSource& src, const st
                        [raw, bytes](uint8_t* out) { std::copy_n(raw, bytes, out); });
       continue;
     }
-    const bool q = t.name.ends_with("attn_q.weight"), k = t.name.ends_with("attn_k.weight");
     const GgufModelSource* s = &src;
+    if (src.fills_raw(t, type)) {
+      w.add_raw_tensor(t.name, t.shape, type,
+                       [s, t, type](uint8_t* out) { s->fill_raw(t, type, out); });
+      continue;
+    }
+    const bool q = t.name.ends_with("attn_q.weight"), k = t.name.ends_with("attn_k.weight");
     if (permute && (q || k)) {
       const int heads = q ? H : G;
       w.add_tensor(t.name, t.shape, type, [s, t, heads, hd, d](float* out) {

@@ -1,6 +1,8 @@
 // Where write_gguf_model's tensors come from (gguf_model.h): a Hugging Face checkpoint, a GGUF
 // file, a trained run, or random weights. Each fills one tensor at a time in Hugging Face row
 // order, so the writer's memory is bounded by the largest tensor.
+#include <algorithm>
+#include <cstring>
 #include <map>
 
 #include "moe/error.h"
@@ -147,9 +149,90 @@ class RunSource : public GgufModelSource {
   std::map<std::string, const ParamRef<float>*> params_;
 };
 
+// A block of `type` with uniform random quants and scales chosen so the values have a standard
+// deviation near 0.02 and mean near 0 (uniform q in [0, 2^b) has std 2^b / sqrt(12)).
+void random_block(GgmlType type, Rng& rng, uint8_t* out) {
+  auto bytes = [&](uint8_t* p, int n) {
+    for (int i = 0; i < n; i += 8) {
+      const uint64_t r = rng.next_u64();
+      std::memcpy(p + i, &r, static_cast<size_t>(std::min(8, n - i)));
+    }
+  };
+  constexpr float kStd = 0.02f;
+  switch (type) {
+    case GgmlType::Q8_0: {  // int8 uniform in [-127, 127]: std 73
+      auto* b = reinterpret_cast<BlockQ8_0*>(out);
+      b->d = float_to_f16(kStd / 73.0f);
+      bytes(reinterpret_cast<uint8_t*>(b->qs), kQK);
+      for (auto& q : b->qs) q = static_cast<int8_t>(q == -128 ? -127 : q);
+      break;
+    }
+    case GgmlType::Q4_0: {  // q - 8, q uniform in [0, 16): std 4.6
+      auto* b = reinterpret_cast<BlockQ4_0*>(out);
+      b->d = float_to_f16(kStd / 4.6f);
+      bytes(b->qs, kQK / 2);
+      break;
+    }
+    case GgmlType::Q4_K:
+    case GgmlType::Q5_K: {  // every sub-block scale and min 15: x = d*15*q - dmin*15
+      const bool five = type == GgmlType::Q5_K;
+      const float spread = five ? 9.2f : 4.6f, mean = five ? 15.5f : 7.5f;
+      const uint16_t d = float_to_f16(kStd / spread / 15.0f);
+      const uint16_t dmin = float_to_f16(kStd / spread / 15.0f * mean);
+      // 6-bit scales and mins of 15 pack as 15 in bytes 0..7 and 0xFF in bytes 8..11.
+      const uint8_t scales[kKScaleBytes] = {15, 15, 15, 15, 15, 15, 15, 15, 255, 255, 255, 255};
+      if (five) {
+        auto* b = reinterpret_cast<BlockQ5_K*>(out);
+        b->d = d, b->dmin = dmin;
+        std::memcpy(b->scales, scales, kKScaleBytes);
+        bytes(b->qh, kQKK / 8);
+        bytes(b->qs, kQKK / 2);
+      } else {
+        auto* b = reinterpret_cast<BlockQ4_K*>(out);
+        b->d = d, b->dmin = dmin;
+        std::memcpy(b->scales, scales, kKScaleBytes);
+        bytes(b->qs, kQKK / 2);
+      }
+      break;
+    }
+    case GgmlType::Q6_K: {  // q - 32, q uniform in [0, 64): std 18.5; sub-block scales 16
+      auto* b = reinterpret_cast<BlockQ6_K*>(out);
+      bytes(b->ql, kQKK / 2);
+      bytes(b->qh, kQKK / 4);
+      for (auto& sc : b->scales) sc = 16;
+      b->d = float_to_f16(kStd / 18.5f / 16.0f);
+      break;
+    }
+    default:
+      MOE_CHECK(false, "random_block: {} is not a block-quantized weight type",
+                ggml_type_name(static_cast<uint32_t>(type)));
+  }
+}
+
+bool is_block_type(GgmlType t) {
+  return t == GgmlType::Q8_0 || t == GgmlType::Q4_0 || t == GgmlType::Q4_K || t == GgmlType::Q5_K ||
+         t == GgmlType::Q6_K;
+}
+
 class RandomSource : public GgufModelSource {
  public:
   explicit RandomSource(uint64_t seed) : seed_(seed) {}
+  bool fills_raw(const GgufModelTensor& t, GgmlType type) const override {
+    return (t.role == GgufRole::Matrix || t.role == GgufRole::Experts) && is_block_type(type);
+  }
+  void fill_raw(const GgufModelTensor& t, GgmlType type, uint8_t* out) const override {
+    const GgmlBlock blk = ggml_block(static_cast<uint32_t>(type));
+    const int64_t blocks = numel(t.shape) / blk.values;
+    constexpr int64_t kChunk = 4096;  // blocks per random stream
+    const int64_t chunks = (blocks + kChunk - 1) / kChunk;
+    const uint64_t h = stream_of(t);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < chunks; ++i) {
+      Rng rng(h + static_cast<uint64_t>(i) * 0xD1B54A32D192ED03ull);
+      for (int64_t b = i * kChunk; b < std::min(blocks, (i + 1) * kChunk); ++b)
+        random_block(type, rng, out + b * blk.bytes);
+    }
+  }
   void fill(const GgufModelTensor& t, float* out) const override {
     const int64_t n = numel(t.shape);
     const bool bias = t.layer >= 0 && (t.kind == HfTensor::QBias || t.kind == HfTensor::KBias ||
@@ -163,8 +246,7 @@ class RandomSource : public GgufModelSource {
       return;
     }
     // Chunks with their own streams, so threads can draw them in any order.
-    uint64_t h = seed_ ^ 0x9E3779B97F4A7C15ull;
-    for (char ch : t.name) h = (h ^ static_cast<unsigned char>(ch)) * 0x100000001B3ull;
+    const uint64_t h = stream_of(t);
     constexpr int64_t kChunk = int64_t{1} << 16;
     const int64_t chunks = (n + kChunk - 1) / kChunk;
 #pragma omp parallel for schedule(static)
@@ -175,6 +257,11 @@ class RandomSource : public GgufModelSource {
   }
 
  private:
+  uint64_t stream_of(const GgufModelTensor& t) const {
+    uint64_t h = seed_ ^ 0x9E3779B97F4A7C15ull;
+    for (char ch : t.name) h = (h ^ static_cast<unsigned char>(ch)) * 0x100000001B3ull;
+    return h;
+  }
   uint64_t seed_;
 };
 
