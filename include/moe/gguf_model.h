@@ -113,8 +113,9 @@ std::unique_ptr<GgufModelSource> gguf_source_of_hf(const ModelConfig& c, const H
 std::unique_ptr<GgufModelSource> gguf_source_of_gguf(const ModelConfig& c, const GgufFile& f);
 // A trained run's fp32 parameters (the Mixtral family; gguf_unsupported_reason() empty).
 std::unique_ptr<GgufModelSource> gguf_source_of_run(const Transformer<float>& m);
-// Random weights of any shape: matrices and experts ~ N(0, 0.02), norms 1, biases 0, the
-// shared expert's gate 0; each tensor's values fixed by the seed and its name. Quantized
+// Random weights of any shape: matrices, experts, routers and the shared expert's gate
+// ~ N(0, 0.02) (a gate of exactly 0 is NaN in llama.cpp, whose sigmoid is silu(x) / x), norms 1,
+// biases 0; each tensor's values fixed by the seed and its name. Quantized
 // matrices are drawn directly as valid blocks (uniform quants, fixed scales giving a standard
 // deviation of about 0.02), which is fast enough for a 30B-parameter model.
 std::unique_ptr<GgufModelSource> gguf_source_random(uint64_t seed);

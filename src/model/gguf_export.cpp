@@ -13,7 +13,7 @@ namespace moe {
 namespace {
 
 // llama.cpp's token types (gguf-py TokenType).
-enum TokenType : int32_t { kNormal = 1, kUnknown = 2, kControl = 3, kUnused = 5, kByte = 6 };
+enum TokenType : int32_t { kNormal = 1, kControl = 3 };
 
 GgmlType ggml_type(DType d) {
   switch (d) {
@@ -39,10 +39,9 @@ void add_padded_byte_vocab(GgufWriter& w, int vocab_size) {
   tokens[257] = "</s>";
   std::vector<int32_t> types(static_cast<size_t>(vocab_size), kNormal);
   types[256] = types[257] = kControl;
-  for (int i = 258; i < vocab_size; ++i) {
-    tokens[i] = fmt::format("<unused{}>", i - 258);
-    types[i] = kUnused;
-  }
+  // Printable fillers (normal tokens, never produced by tokenizing text) so that generated ids
+  // show in llama.cpp's and moe's output alike.
+  for (int i = 258; i < vocab_size; ++i) tokens[i] = fmt::format("<t{}>", i);
   w.set("tokenizer.ggml.model", GgufValue::string("gpt2"));
   w.set("tokenizer.ggml.pre", GgufValue::string("default"));
   w.set("tokenizer.ggml.tokens", GgufValue::strings(std::move(tokens)));
@@ -50,6 +49,7 @@ void add_padded_byte_vocab(GgufWriter& w, int vocab_size) {
   w.set("tokenizer.ggml.merges", GgufValue::strings({}));
   w.set("tokenizer.ggml.bos_token_id", GgufValue::u32(256));
   w.set("tokenizer.ggml.eos_token_id", GgufValue::u32(257));
+  w.set("tokenizer.ggml.add_bos_token", GgufValue::boolean(true));
 }
 
 std::string gguf_unsupported_reason(const ModelConfig& c) {

@@ -241,10 +241,6 @@ class RandomSource : public GgufModelSource {
       std::fill_n(out, n, bias ? 0.0f : 1.0f);
       return;
     }
-    if (t.layer >= 0 && t.kind == HfTensor::SharedExpertGate) {
-      std::fill_n(out, n, 0.0f);  // sigmoid(0): the shared expert at half weight
-      return;
-    }
     // Chunks with their own streams, so threads can draw them in any order.
     const uint64_t h = stream_of(t);
     constexpr int64_t kChunk = int64_t{1} << 16;
