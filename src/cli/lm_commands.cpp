@@ -354,9 +354,10 @@ int run_generate_checkpoint(const GenerateArgs& a) {
       gguf ? fmt::format("GGUF {}", gguf->string("general.architecture")) : "Hugging Face";
   fmt::print(stderr,
              "{}: {} ({}) with {} layers, {} experts (top-{}); parameters {} total, {} active per "
-             "token; weights {:.1f} MB ({}), loaded in {:.2f} s\n",
+             "token; weights {} ({:.1f} MB: {}), loaded in {:.2f} s\n",
              a.model, c.model_type, format, c.num_hidden_layers, c.num_local_experts,
              c.moe.num_experts_per_tok, count_text(n.total), count_text(n.active),
+             ggml_type_name(static_cast<uint32_t>(model->weight_type())),
              model->weight_bytes() / 1e6, model->weight_types(), load_s);
   std::unique_ptr<Tokenizer> tok;
   std::vector<int32_t> prompt = prompt_ids_of(a, a.model, c.vocab_size);

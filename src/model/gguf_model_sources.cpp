@@ -167,9 +167,10 @@ void random_block(GgmlType type, Rng& rng, uint8_t* out) {
       for (auto& q : b->qs) q = static_cast<int8_t>(q == -128 ? -127 : q);
       break;
     }
-    case GgmlType::Q4_0: {  // q - 8, q uniform in [0, 16): std 4.6
+    case GgmlType::Q4_0: {  // q - 8, q uniform in [0, 16): std 4.6, mean -0.5
       auto* b = reinterpret_cast<BlockQ4_0*>(out);
-      b->d = float_to_f16(kStd / 4.6f);
+      // A random sign per block takes the mean to 0.
+      b->d = float_to_f16((rng.next_u64() & 1 ? 1.0f : -1.0f) * kStd / 4.6f);
       bytes(b->qs, kQK / 2);
       break;
     }
