@@ -14,6 +14,7 @@
 #include "moe/dataset.h"
 #include "moe/error.h"
 #include "moe/generate.h"
+#include "moe/gguf_tokenizer.h"
 #include "moe/hf_tokenizer.h"
 #include "moe/inference_model.h"
 #include "moe/parallel.h"
@@ -340,24 +341,30 @@ std::string count_text(int64_t n) {
   return fmt::format("{}", n);
 }
 
-// `moe generate --model DIR`: a Hugging Face checkpoint through the inference model.
+// `moe generate --model DIR|FILE.gguf`: a Hugging Face checkpoint or a GGUF file through the
+// inference model; the tokenizer is the directory's or the GGUF metadata's.
 int run_generate_checkpoint(const GenerateArgs& a) {
   const auto t0 = std::chrono::steady_clock::now();
   auto model = InferenceModel::load(a.model);
   const ModelConfig& c = model->config();
   const ParameterCount n = model->parameters();
   const double load_s = seconds_since(t0);
+  const GgufFile* gguf = model->gguf();
+  const std::string format =
+      gguf ? fmt::format("GGUF {}", gguf->string("general.architecture")) : "Hugging Face";
   fmt::print(stderr,
-             "{}: {} with {} layers, {} experts (top-{}); parameters {} total, {} active per "
-             "token; weights {} ({:.1f} MB), loaded in {:.2f} s\n",
-             a.model, c.model_type, c.num_hidden_layers, c.num_local_experts,
+             "{}: {} ({}) with {} layers, {} experts (top-{}); parameters {} total, {} active per "
+             "token; weights {} ({:.1f} MB: {}), loaded in {:.2f} s\n",
+             a.model, c.model_type, format, c.num_hidden_layers, c.num_local_experts,
              c.moe.num_experts_per_tok, count_text(n.total), count_text(n.active),
-             ggml_type_name(static_cast<uint32_t>(model->weight_type())), model->weight_bytes() / 1e6, load_s);
+             ggml_type_name(static_cast<uint32_t>(model->weight_type())),
+             model->weight_bytes() / 1e6, model->weight_types(), load_s);
   std::unique_ptr<Tokenizer> tok;
   std::vector<int32_t> prompt = prompt_ids_of(a, a.model, c.vocab_size);
   if (a.prompt_ids.empty()) {
-    tok = load_tokenizer_dir(a.model);
-    if (checkpoint_adds_bos(a.model, *tok)) prompt.push_back(tok->bos_id());
+    tok = gguf ? load_gguf_tokenizer(*gguf) : load_tokenizer_dir(a.model);
+    if (gguf ? gguf_adds_bos(*gguf, *tok) : checkpoint_adds_bos(a.model, *tok))
+      prompt.push_back(tok->bos_id());
     const auto ids = tok->encode(a.prompt);
     prompt.insert(prompt.end(), ids.begin(), ids.end());
   }
@@ -376,7 +383,7 @@ int run_generate_checkpoint(const GenerateArgs& a) {
 int run_generate(const GenerateArgs& a) {
   set_num_threads(a.threads);
   MOE_REQUIRE(a.run.empty() != a.model.empty(),
-              "generate: give either a run directory or --model DIR, not {}",
+              "generate: give either a run directory or --model DIR|FILE.gguf, not {}",
               a.run.empty() ? "neither" : "both");
   MOE_REQUIRE(a.prompt.empty() || a.prompt_ids.empty(),
               "generate: give --prompt or --prompt-ids, not both");
@@ -467,8 +474,10 @@ std::function<int()> add_generate_command(CLI::App& app) {
   auto* c = app.add_subcommand(
       "generate", "Sample text from a trained run or a Hugging Face checkpoint (--model)");
   c->add_option("run", a->run, "run directory");
-  c->add_option("--model", a->model,
-                "Hugging Face checkpoint directory (mixtral, qwen2_moe, qwen3_moe, olmoe)");
+  c->add_option(
+      "--model", a->model,
+      "a Hugging Face checkpoint directory (mixtral, qwen2_moe, qwen3_moe, olmoe) or a GGUF "
+      "file (llama, qwen2moe, qwen3moe, olmoe)");
   c->add_option("--prompt", a->prompt, "text to continue");
   c->add_option("--prompt-ids", a->prompt_ids,
                 "token ids to continue instead of --prompt (e.g. \"1,15,7\"; a run's prompt gets "

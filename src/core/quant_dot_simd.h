@@ -1,0 +1,341 @@
+// The bodies of the SIMD int8 kernels (quant_dot.h), written once on ymm registers and compiled
+// twice: quant_dot_avx2.cpp and quant_dot_avx512.cpp define, before including this file,
+//   QD_TARGET  the function target attribute of every function here,
+//   QD_NS      the namespace that keeps the two copies apart,
+//   dp_u8s8    acc + the sums of each 4 products of unsigned x signed bytes (int32 lanes):
+//              vpmaddubsw + vpmaddwd on AVX2 (the int16 pair sums cannot saturate: unsigned
+//              operands are at most 128 and activations are within +-127), vpdpbusd on VNNI;
+//   dp_s16     acc + the sums of each 2 products of int16 lanes: vpmaddwd + vpaddd on AVX2,
+//              vpdpwssd on VNNI (applies a sub-block's scale to its int16 pair sums).
+// Every kernel forms each block's integer sums exactly as the scalar oracle does; the float
+// scaling then runs in 8 lanes per activation row, summed across lanes at the end.
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "moe/safetensors.h"
+
+namespace moe::QD_NS {
+
+QD_TARGET inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+QD_TARGET inline float fp16(uint16_t h) {
+  return _cvtsh_ss(h);
+}
+
+// Signed x signed bytes through the unsigned x signed product: |w| x (a with w's sign).
+QD_TARGET inline __m256i dp_s8s8(__m256i acc, __m256i w, __m256i a) {
+  return dp_u8s8(acc, _mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
+}
+
+#define QD_INLINE QD_TARGET inline __attribute__((always_inline))
+
+// Independent accumulators per activation row, so the fp32 add latency of one block's term does
+// not serialize the loop over 32-value blocks (one row: 4 chains, 2 rows: 2 each).
+constexpr int chains_for(int na) {
+  return na == 1 ? 4 : na == 2 ? 2 : 1;
+}
+
+// One 32-value block against row i: acc += dw * da * sum(w a), w given as |w| and itself.
+QD_INLINE void block_q8(__m256& acc, __m256i wabs, __m256i wq, float dw, const BlockQ8_0& ab) {
+  const __m256i aq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab.qs));
+  const __m256i s = dp_u8s8(_mm256_setzero_si256(), wabs, _mm256_sign_epi8(aq, wq));
+  acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(dw * fp16(ab.d)), acc);
+}
+
+QD_INLINE __m256i load_block(const BlockQ8_0& b) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs));
+}
+
+// Low nibbles are values 0-15, high nibbles 16-31: the two halves of the ymm, minus 8.
+QD_INLINE __m256i load_block(const BlockQ4_0& b) {
+  const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs));
+  const __m256i both = _mm256_set_m128i(_mm_srli_epi16(bytes, 4), bytes);
+  return _mm256_sub_epi8(_mm256_and_si256(both, _mm256_set1_epi8(0xF)), _mm256_set1_epi8(8));
+}
+
+template <int NA, typename Block>
+QD_TARGET void dot_q32(const uint8_t* w, const uint8_t* act, int64_t stride, int64_t nb,
+                       float* out) {
+  constexpr int C = chains_for(NA);
+  const auto* wb = reinterpret_cast<const Block*>(w);
+  __m256 acc[NA][C];
+  for (int i = 0; i < NA; ++i)
+    for (int u = 0; u < C; ++u) acc[i][u] = _mm256_setzero_ps();
+  int64_t b = 0;
+  for (; b + C <= nb; b += C) {
+#pragma GCC unroll 4
+    for (int u = 0; u < C; ++u) {
+      const __m256i wq = load_block(wb[b + u]);
+      const __m256i wabs = _mm256_sign_epi8(wq, wq);
+      const float dw = fp16(wb[b + u].d);
+#pragma GCC unroll 4
+      for (int i = 0; i < NA; ++i)
+        block_q8(acc[i][u], wabs, wq, dw,
+                 reinterpret_cast<const BlockQ8_0*>(act + i * stride)[b + u]);
+    }
+  }
+  for (; b < nb; ++b) {
+    const __m256i wq = load_block(wb[b]);
+    const __m256i wabs = _mm256_sign_epi8(wq, wq);
+    const float dw = fp16(wb[b].d);
+    for (int i = 0; i < NA; ++i)
+      block_q8(acc[i][0], wabs, wq, dw, reinterpret_cast<const BlockQ8_0*>(act + i * stride)[b]);
+  }
+  for (int i = 0; i < NA; ++i) {
+    __m256 s = acc[i][0];
+    for (int u = 1; u < C; ++u) s = _mm256_add_ps(s, acc[i][u]);
+    out[i] = hsum(s);
+  }
+}
+
+// The int16 scale of sub-block s (of 8 int16 in each 128-bit half) in every int16 lane.
+QD_INLINE __m256i pick_word(__m256i words, int lo_word, int hi_word) {
+  const __m256i sel =
+      _mm256_set_m128i(_mm_set1_epi16(static_cast<int16_t>(0x0100 + 0x0202 * hi_word)),
+                       _mm_set1_epi16(static_cast<int16_t>(0x0100 + 0x0202 * lo_word)));
+  return _mm256_shuffle_epi8(words, sel);
+}
+
+// Q4_K and Q5_K: per 64 values, the low nibbles (plus qh bit 2c) are sub-block 2c and the high
+// nibbles (plus qh bit 2c + 1) sub-block 2c + 1. Byte products go to int16 pairs (vpmaddubsw:
+// at most 2 x 31 x 127, no saturation), which the sub-block's 6-bit scale multiplies into int32
+// (dp_s16); the mins enter through the activations' bsums. All of a super-block's integers are
+// exact before its one fp32 scaling.
+template <int NA, typename Block, bool q5>
+QD_TARGET void dot_qk(const uint8_t* w, const uint8_t* act, int64_t stride, int64_t nb,
+                      float* out) {
+  const auto* wb = reinterpret_cast<const Block*>(w);
+  const __m256i low4 = _mm256_set1_epi8(0xF), one = _mm256_set1_epi8(1);
+  __m256 acc[NA], macc[NA];
+  for (int i = 0; i < NA; ++i) acc[i] = macc[i] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    // Scales to bytes 0-7, mins to bytes 8-15 (the layout of unpack_k_scales, on 32-bit words).
+    uint32_t u[3];
+    std::memcpy(u, wb[b].scales, 12);
+    const uint32_t lo6 = 0x3F3F3F3F, lo4 = 0x0F0F0F0F, top2 = 0x03030303;
+    const __m128i sm = _mm_setr_epi32(
+        static_cast<int>(u[0] & lo6), static_cast<int>((u[2] & lo4) | (((u[0] >> 6) & top2) << 4)),
+        static_cast<int>(u[1] & lo6),
+        static_cast<int>(((u[2] >> 4) & lo4) | (((u[1] >> 6) & top2) << 4)));
+    const __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
+    const __m128i m16 = _mm_cvtepu8_epi16(_mm_srli_si128(sm, 8));
+    // Each min twice: lane pairs of the 16 bsums (2 per sub-block of 32).
+    const __m256i mins2 =
+        _mm256_set_m128i(_mm_unpackhi_epi16(m16, m16), _mm_unpacklo_epi16(m16, m16));
+    const float d = fp16(wb[b].d), dmin = fp16(wb[b].dmin);
+    __m256i isum[NA];
+    for (int i = 0; i < NA; ++i) isum[i] = _mm256_setzero_si256();
+    __m256i hbits = _mm256_setzero_si256();
+    if constexpr (q5) hbits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb[b].qh));
+    for (int c = 0; c < 4; ++c) {
+      const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb[b].qs + 32 * c));
+      __m256i lo = _mm256_and_si256(bytes, low4);
+      __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4);
+      if constexpr (q5) {
+        lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(hbits, one), 4));
+        hi = _mm256_or_si256(
+            hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 1), one), 4));
+        hbits = _mm256_srli_epi16(hbits, 2);
+      }
+      const __m256i sc_lo = pick_word(sc16, 2 * c, 2 * c),
+                    sc_hi = pick_word(sc16, 2 * c + 1, 2 * c + 1);
+      for (int i = 0; i < NA; ++i) {
+        const int8_t* aq = reinterpret_cast<const BlockQ8_K*>(act + i * stride)[b].qs + 64 * c;
+        const __m256i a_lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(aq));
+        const __m256i a_hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(aq + 32));
+        isum[i] = dp_s16(isum[i], _mm256_maddubs_epi16(lo, a_lo), sc_lo);
+        isum[i] = dp_s16(isum[i], _mm256_maddubs_epi16(hi, a_hi), sc_hi);
+      }
+    }
+    for (int i = 0; i < NA; ++i) {
+      const auto& ab = reinterpret_cast<const BlockQ8_K*>(act + i * stride)[b];
+      const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab.bsums));
+      const __m256i msum = _mm256_madd_epi16(bs, mins2);
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), _mm256_set1_ps(ab.d * d), acc[i]);
+      macc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_set1_ps(ab.d * dmin), macc[i]);
+    }
+  }
+  for (int i = 0; i < NA; ++i) out[i] = hsum(acc[i]) - hsum(macc[i]);
+}
+
+// Q6_K: 6-bit values 0-63 from a nibble of ql and 2 bits of qh; one int8 scale per 16 values,
+// so a 32-value chunk carries two scales (the ymm halves); the -32 offset is taken out with the
+// bsums (sum of sc x bsum) before the block's integer is scaled.
+template <int NA>
+QD_TARGET void dot_q6_k(const uint8_t* w, const uint8_t* act, int64_t stride, int64_t nb,
+                        float* out) {
+  const auto* wb = reinterpret_cast<const BlockQ6_K*>(w);
+  const __m256i low4 = _mm256_set1_epi8(0xF), two_bits = _mm256_set1_epi8(3);
+  __m256 acc[NA];
+  for (int i = 0; i < NA; ++i) acc[i] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const BlockQ6_K& blk = wb[b];
+    const float d = fp16(blk.d);
+    const __m128i sc8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk.scales));
+    __m256i isum[NA];
+    for (int i = 0; i < NA; ++i) {
+      // -32 x sum over sub-blocks of sc x bsum.
+      const auto& ab = reinterpret_cast<const BlockQ8_K*>(act + i * stride)[b];
+      const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab.bsums));
+      isum[i] =
+          _mm256_sub_epi32(_mm256_setzero_si256(),
+                           _mm256_slli_epi32(_mm256_madd_epi16(bs, _mm256_cvtepi8_epi16(sc8)), 5));
+    }
+    for (int h = 0; h < 2; ++h) {
+      const __m256i ql0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.ql + 64 * h));
+      const __m256i ql1 =
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.ql + 64 * h + 32));
+      const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.qh + 32 * h));
+      __m256i q[4];
+      q[0] = _mm256_or_si256(_mm256_and_si256(ql0, low4),
+                             _mm256_slli_epi16(_mm256_and_si256(qh, two_bits), 4));
+      q[1] = _mm256_or_si256(
+          _mm256_and_si256(ql1, low4),
+          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), two_bits), 4));
+      q[2] = _mm256_or_si256(
+          _mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4),
+          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), two_bits), 4));
+      q[3] = _mm256_or_si256(
+          _mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4),
+          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), two_bits), 4));
+      // The 8 scales of this half as int16, in both 128-bit halves.
+      const __m256i sc16 = _mm256_broadcastsi128_si256(
+          _mm_cvtepi8_epi16(h == 0 ? sc8 : _mm_unpackhi_epi64(sc8, sc8)));
+      for (int t = 0; t < 4; ++t) {
+        const __m256i scv = pick_word(sc16, 2 * t, 2 * t + 1);
+        for (int i = 0; i < NA; ++i) {
+          const auto& ab = reinterpret_cast<const BlockQ8_K*>(act + i * stride)[b];
+          const __m256i aq =
+              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab.qs + 128 * h + 32 * t));
+          isum[i] = dp_s16(isum[i], _mm256_maddubs_epi16(q[t], aq), scv);
+        }
+      }
+    }
+    for (int i = 0; i < NA; ++i) {
+      const auto& ab = reinterpret_cast<const BlockQ8_K*>(act + i * stride)[b];
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), _mm256_set1_ps(ab.d * d), acc[i]);
+    }
+  }
+  for (int i = 0; i < NA; ++i) out[i] = hsum(acc[i]);
+}
+
+QD_INLINE float hmax(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
+
+// 4 x 8 int32 (values in int8 range) to 32 int8 in order.
+QD_INLINE __m256i pack_i8(__m256i a, __m256i b, __m256i c, __m256i d) {
+  const __m256i ab = _mm256_packs_epi32(a, b), cd = _mm256_packs_epi32(c, d);
+  // packs works per 128-bit half: bytes come out as 4-value groups in the order 0 2 4 6 1 3 5 7.
+  return _mm256_permutevar8x32_epi32(_mm256_packs_epi16(ab, cd),
+                                     _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+// The Q8_0 rules of quantize_q8_0 (quant_dot.cpp) in 8 lanes: the same fp32 products, and
+// roundf's half away from zero as trunc(|v|) + (fraction >= 0.5) with the sign put back.
+QD_TARGET void quant_q8_0(const float* x, BlockQ8_0* y, int64_t nb) {
+  const __m256 sign = _mm256_set1_ps(-0.0f), half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1);
+  for (int64_t b = 0; b < nb; ++b, x += kQK) {
+    __m256 v[4], amax = _mm256_setzero_ps();
+    for (int k = 0; k < 4; ++k) {
+      v[k] = _mm256_loadu_ps(x + 8 * k);
+      amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[k]));
+    }
+    const float d = hmax(amax) / 127;
+    const float id = d != 0 ? 1 / d : 0;
+    y[b].d = float_to_f16(d);
+    __m256i q[4];
+    for (int k = 0; k < 4; ++k) {
+      const __m256 s = _mm256_mul_ps(v[k], _mm256_set1_ps(id));
+      const __m256 a = _mm256_andnot_ps(sign, s);
+      const __m256 t = _mm256_round_ps(a, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+      const __m256 up = _mm256_and_ps(_mm256_cmp_ps(_mm256_sub_ps(a, t), half, _CMP_GE_OQ), one);
+      const __m256 r = _mm256_or_ps(_mm256_add_ps(t, up), _mm256_and_ps(s, sign));
+      q[k] = _mm256_cvttps_epi32(r);
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y[b].qs), pack_i8(q[0], q[1], q[2], q[3]));
+  }
+}
+
+// The Q8_K rules of quantize_q8_k: the first value of the largest magnitude sets the scale;
+// rounding half to even (the default rounding mode), clamped at 127.
+QD_TARGET void quant_q8_k(const float* x, BlockQ8_K* y, int64_t nb) {
+  const __m256 sign = _mm256_set1_ps(-0.0f), top = _mm256_set1_ps(127);
+  for (int64_t b = 0; b < nb; ++b, x += kQKK) {
+    __m256 amax = _mm256_setzero_ps();
+    for (int k = 0; k < kQKK / 8; ++k)
+      amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + 8 * k)));
+    const float am = hmax(amax);
+    if (am == 0) {
+      y[b] = BlockQ8_K{};
+      continue;
+    }
+    int first = 0;
+    while (std::fabs(x[first]) != am) ++first;
+    const float iscale = -127.f / x[first];
+    const __m256 vs = _mm256_set1_ps(iscale);
+    for (int k = 0; k < kQKK / 32; ++k) {
+      __m256i q[4];
+      for (int j = 0; j < 4; ++j) {
+        const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + 32 * k + 8 * j), vs);
+        const __m256 r = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        q[j] = _mm256_cvtps_epi32(_mm256_min_ps(r, top));
+      }
+      const __m256i packed = pack_i8(q[0], q[1], q[2], q[3]);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(y[b].qs + 32 * k), packed);
+      // Sums of each 16: int16 pair sums, then pairs to int32, then within each 128-bit half.
+      const __m256i s32 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), packed),
+                                            _mm256_set1_epi16(1));
+      const __m256i s64 = _mm256_add_epi32(s32, _mm256_shuffle_epi32(s32, 0x4E));
+      const __m256i s128 = _mm256_add_epi32(s64, _mm256_shuffle_epi32(s64, 0xB1));
+      y[b].bsums[2 * k] = static_cast<int16_t>(_mm256_extract_epi32(s128, 0));
+      y[b].bsums[2 * k + 1] = static_cast<int16_t>(_mm256_extract_epi32(s128, 4));
+    }
+    y[b].d = 1 / iscale;
+  }
+}
+
+// Dispatch on the number of activation rows, so each count has its registers unrolled.
+template <void (*K1)(const uint8_t*, const uint8_t*, int64_t, int64_t, float*),
+          void (*K2)(const uint8_t*, const uint8_t*, int64_t, int64_t, float*),
+          void (*K3)(const uint8_t*, const uint8_t*, int64_t, int64_t, float*),
+          void (*K4)(const uint8_t*, const uint8_t*, int64_t, int64_t, float*)>
+QD_TARGET void by_rows(const uint8_t* w, const uint8_t* act, int64_t stride, int nact, int64_t nb,
+                       float* out) {
+  switch (nact) {
+    case 1:
+      return K1(w, act, stride, nb, out);
+    case 2:
+      return K2(w, act, stride, nb, out);
+    case 3:
+      return K3(w, act, stride, nb, out);
+    default:
+      return K4(w, act, stride, nb, out);
+  }
+}
+
+const QuantDotTable kTable = {
+    by_rows<dot_q32<1, BlockQ8_0>, dot_q32<2, BlockQ8_0>, dot_q32<3, BlockQ8_0>,
+            dot_q32<4, BlockQ8_0>>,
+    by_rows<dot_q32<1, BlockQ4_0>, dot_q32<2, BlockQ4_0>, dot_q32<3, BlockQ4_0>,
+            dot_q32<4, BlockQ4_0>>,
+    by_rows<dot_qk<1, BlockQ4_K, false>, dot_qk<2, BlockQ4_K, false>, dot_qk<3, BlockQ4_K, false>,
+            dot_qk<4, BlockQ4_K, false>>,
+    by_rows<dot_qk<1, BlockQ5_K, true>, dot_qk<2, BlockQ5_K, true>, dot_qk<3, BlockQ5_K, true>,
+            dot_qk<4, BlockQ5_K, true>>,
+    by_rows<dot_q6_k<1>, dot_q6_k<2>, dot_q6_k<3>, dot_q6_k<4>>,
+    quant_q8_0,
+    quant_q8_k,
+};
+
+}  // namespace moe::QD_NS

@@ -1,0 +1,280 @@
+// Where write_gguf_model's tensors come from (gguf_model.h): a Hugging Face checkpoint, a GGUF
+// file, a trained run, or random weights. Each fills one tensor at a time in Hugging Face row
+// order, so the writer's memory is bounded by the largest tensor.
+#include <algorithm>
+#include <cstring>
+#include <map>
+
+#include "moe/error.h"
+#include "moe/gguf_export.h"
+#include "moe/gguf_model.h"
+#include "moe/rng.h"
+
+namespace moe {
+
+namespace {
+
+int64_t numel(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+class HfSource : public GgufModelSource {
+ public:
+  HfSource(const ModelConfig& c, const HfWeights& w) : c_(c), w_(w) {}
+  void fill(const GgufModelTensor& t, float* out) const override {
+    if (t.role == GgufRole::Experts) {
+      const int64_t per = t.shape[1] * t.shape[2];
+      for (int e = 0; e < t.shape[0]; ++e)
+        read(hf_tensor_name(c_, t.layer, t.kind, e), {t.shape[1], t.shape[2]}, out + e * per);
+      return;
+    }
+    std::string name;
+    if (t.layer >= 0)
+      name = hf_tensor_name(c_, t.layer, t.kind);
+    else
+      name = t.name == "token_embd.weight" ? "model.embed_tokens.weight"
+             : t.name == "output.weight"   ? "lm_head.weight"
+                                           : "model.norm.weight";
+    // The shared expert's gate is [1, d] in Hugging Face checkpoints.
+    if (t.layer >= 0 && t.kind == HfTensor::SharedExpertGate)
+      read(name, {1, t.shape[0]}, out);
+    else
+      read(name, t.shape, out);
+  }
+
+ private:
+  void read(const std::string& name, const std::vector<int64_t>& shape, float* out) const {
+    w_.file_of(name).read_into<float>(name, Shape::from(shape), out);
+  }
+  const ModelConfig& c_;
+  const HfWeights& w_;
+};
+
+class GgufSource : public GgufModelSource {
+ public:
+  GgufSource(const ModelConfig& c, const GgufFile& f) : c_(c), f_(f) {}
+  void fill(const GgufModelTensor& t, float* out) const override {
+    const GgufTensorInfo& info = checked(t);
+    const auto type = static_cast<GgmlType>(info.type);
+    MOE_REQUIRE(is_weight_type(type), "{}: tensor {} has type {}, which cannot be read", f_.path(),
+                t.name, ggml_type_name(info.type));
+    const int64_t cols = info.dims[0], rows = info.numel() / cols, rb = row_bytes(type, cols);
+    const uint8_t* p = f_.data(info);
+    const bool q = t.layer >= 0 && t.kind == HfTensor::Q, k = t.layer >= 0 && t.kind == HfTensor::K;
+    if (gguf_rope_interleaved(c_) && (q || k)) {  // back to Hugging Face's row order
+      std::vector<float> stored(static_cast<size_t>(rows * cols));
+      for (int64_t r = 0; r < rows; ++r) dequantize_row(type, p + r * rb, &stored[r * cols], cols);
+      unpermute_rope_rows(stored.data(), out, q ? c_.num_attention_heads : c_.num_key_value_heads,
+                          c_.head_size(), cols);
+      return;
+    }
+    for (int64_t r = 0; r < rows; ++r) dequantize_row(type, p + r * rb, out + r * cols, cols);
+  }
+  const uint8_t* raw(const GgufModelTensor& t, GgmlType type) const override {
+    const GgufTensorInfo& info = checked(t);
+    return info.type == static_cast<uint32_t>(type) ? f_.data(info) : nullptr;
+  }
+
+ private:
+  const GgufTensorInfo& checked(const GgufModelTensor& t) const {
+    const GgufTensorInfo& info = f_.tensor(t.name);
+    MOE_REQUIRE(info.shape() == t.shape, "{}: tensor {} has shape [{}], expected [{}]", f_.path(),
+                t.name, fmt::join(info.shape(), ", "), fmt::join(t.shape, ", "));
+    return info;
+  }
+  const ModelConfig& c_;
+  const GgufFile& f_;
+};
+
+class RunSource : public GgufModelSource {
+ public:
+  explicit RunSource(const Transformer<float>& m) {
+    // parameters() is non-const only because it hands out gradient pointers too; we only read.
+    for (const auto& p : const_cast<Transformer<float>&>(m).parameters()) params_[p.name] = &p;
+  }
+  void fill(const GgufModelTensor& t, float* out) const override {
+    const ParamRef<float>& p = param(ours(t));
+    MOE_CHECK(p.shape.numel() == numel(t.shape), "RunSource: {} has {} values, expected {}", p.name,
+              p.shape.numel(), numel(t.shape));
+    std::copy_n(p.value, p.shape.numel(), out);
+  }
+
+ private:
+  static std::string ours(const GgufModelTensor& t) {
+    if (t.layer < 0)
+      return t.name == "token_embd.weight" ? "model.embed_tokens.weight"
+             : t.name == "output.weight"   ? "lm_head.weight"
+                                           : "model.norm.weight";
+    const std::string ml = fmt::format("model.layers.{}.", t.layer);
+    const std::string e = ml + "block_sparse_moe.";
+    switch (t.kind) {
+      case HfTensor::InputNorm:
+        return ml + "input_layernorm.weight";
+      case HfTensor::PostAttentionNorm:
+        return ml + "post_attention_layernorm.weight";
+      case HfTensor::Q:
+        return ml + "self_attn.q_proj.weight";
+      case HfTensor::K:
+        return ml + "self_attn.k_proj.weight";
+      case HfTensor::V:
+        return ml + "self_attn.v_proj.weight";
+      case HfTensor::O:
+        return ml + "self_attn.o_proj.weight";
+      case HfTensor::Router:
+        return e + "router.weight";
+      case HfTensor::ExpertGate:  // stored stacked [E, F, d] as llama.cpp's *_exps
+        return e + "experts.w1";
+      case HfTensor::ExpertUp:
+        return e + "experts.w3";
+      case HfTensor::ExpertDown:
+        return e + "experts.w2";
+      case HfTensor::DenseGate:
+        return ml + "mlp.ffn.w1";
+      case HfTensor::DenseUp:
+        return ml + "mlp.ffn.w3";
+      case HfTensor::DenseDown:
+        return ml + "mlp.ffn.w2";
+      default:
+        break;
+    }
+    MOE_CHECK(false, "RunSource: a trained run has no tensor {}", t.name);
+  }
+  const ParamRef<float>& param(const std::string& name) const {
+    const auto it = params_.find(name);
+    MOE_CHECK(it != params_.end(), "RunSource: the model has no parameter {}", name);
+    return *it->second;
+  }
+  std::map<std::string, const ParamRef<float>*> params_;
+};
+
+// A block of `type` with uniform random quants and scales chosen so the values have a standard
+// deviation near 0.02 and mean near 0 (uniform q in [0, 2^b) has std 2^b / sqrt(12)).
+void random_block(GgmlType type, Rng& rng, uint8_t* out) {
+  auto bytes = [&](uint8_t* p, int n) {
+    for (int i = 0; i < n; i += 8) {
+      const uint64_t r = rng.next_u64();
+      std::memcpy(p + i, &r, static_cast<size_t>(std::min(8, n - i)));
+    }
+  };
+  constexpr float kStd = 0.02f;
+  switch (type) {
+    case GgmlType::Q8_0: {  // int8 uniform in [-127, 127]: std 73
+      auto* b = reinterpret_cast<BlockQ8_0*>(out);
+      b->d = float_to_f16(kStd / 73.0f);
+      bytes(reinterpret_cast<uint8_t*>(b->qs), kQK);
+      for (auto& q : b->qs) q = static_cast<int8_t>(q == -128 ? -127 : q);
+      break;
+    }
+    case GgmlType::Q4_0: {  // q - 8, q uniform in [0, 16): std 4.6, mean -0.5
+      auto* b = reinterpret_cast<BlockQ4_0*>(out);
+      // A random sign per block takes the mean to 0.
+      b->d = float_to_f16((rng.next_u64() & 1 ? 1.0f : -1.0f) * kStd / 4.6f);
+      bytes(b->qs, kQK / 2);
+      break;
+    }
+    case GgmlType::Q4_K:
+    case GgmlType::Q5_K: {  // every sub-block scale and min 15: x = d*15*q - dmin*15
+      const bool five = type == GgmlType::Q5_K;
+      const float spread = five ? 9.2f : 4.6f, mean = five ? 15.5f : 7.5f;
+      const uint16_t d = float_to_f16(kStd / spread / 15.0f);
+      const uint16_t dmin = float_to_f16(kStd / spread / 15.0f * mean);
+      // 6-bit scales and mins of 15 pack as 15 in bytes 0..7 and 0xFF in bytes 8..11.
+      const uint8_t scales[kKScaleBytes] = {15, 15, 15, 15, 15, 15, 15, 15, 255, 255, 255, 255};
+      if (five) {
+        auto* b = reinterpret_cast<BlockQ5_K*>(out);
+        b->d = d, b->dmin = dmin;
+        std::memcpy(b->scales, scales, kKScaleBytes);
+        bytes(b->qh, kQKK / 8);
+        bytes(b->qs, kQKK / 2);
+      } else {
+        auto* b = reinterpret_cast<BlockQ4_K*>(out);
+        b->d = d, b->dmin = dmin;
+        std::memcpy(b->scales, scales, kKScaleBytes);
+        bytes(b->qs, kQKK / 2);
+      }
+      break;
+    }
+    case GgmlType::Q6_K: {  // q - 32, q uniform in [0, 64): std 18.5; sub-block scales 16
+      auto* b = reinterpret_cast<BlockQ6_K*>(out);
+      bytes(b->ql, kQKK / 2);
+      bytes(b->qh, kQKK / 4);
+      for (auto& sc : b->scales) sc = 16;
+      b->d = float_to_f16(kStd / 18.5f / 16.0f);
+      break;
+    }
+    default:
+      MOE_CHECK(false, "random_block: {} is not a block-quantized weight type",
+                ggml_type_name(static_cast<uint32_t>(type)));
+  }
+}
+
+bool is_block_type(GgmlType t) {
+  return t == GgmlType::Q8_0 || t == GgmlType::Q4_0 || t == GgmlType::Q4_K || t == GgmlType::Q5_K ||
+         t == GgmlType::Q6_K;
+}
+
+class RandomSource : public GgufModelSource {
+ public:
+  explicit RandomSource(uint64_t seed) : seed_(seed) {}
+  bool fills_raw(const GgufModelTensor& t, GgmlType type) const override {
+    return (t.role == GgufRole::Matrix || t.role == GgufRole::Experts) && is_block_type(type);
+  }
+  void fill_raw(const GgufModelTensor& t, GgmlType type, uint8_t* out) const override {
+    const GgmlBlock blk = ggml_block(static_cast<uint32_t>(type));
+    const int64_t blocks = numel(t.shape) / blk.values;
+    constexpr int64_t kChunk = 4096;  // blocks per random stream
+    const int64_t chunks = (blocks + kChunk - 1) / kChunk;
+    const uint64_t h = stream_of(t);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < chunks; ++i) {
+      Rng rng(h + static_cast<uint64_t>(i) * 0xD1B54A32D192ED03ull);
+      for (int64_t b = i * kChunk; b < std::min(blocks, (i + 1) * kChunk); ++b)
+        random_block(type, rng, out + b * blk.bytes);
+    }
+  }
+  void fill(const GgufModelTensor& t, float* out) const override {
+    const int64_t n = numel(t.shape);
+    const bool bias = t.layer >= 0 && (t.kind == HfTensor::QBias || t.kind == HfTensor::KBias ||
+                                       t.kind == HfTensor::VBias);
+    if (t.role == GgufRole::Vector) {
+      std::fill_n(out, n, bias ? 0.0f : 1.0f);
+      return;
+    }
+    // Chunks with their own streams, so threads can draw them in any order.
+    const uint64_t h = stream_of(t);
+    constexpr int64_t kChunk = int64_t{1} << 16;
+    const int64_t chunks = (n + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < chunks; ++i) {
+      Rng rng(h + static_cast<uint64_t>(i) * 0xD1B54A32D192ED03ull);
+      rng.fill_normal(out + i * kChunk, std::min(kChunk, n - i * kChunk), 0.0, 0.02);
+    }
+  }
+
+ private:
+  uint64_t stream_of(const GgufModelTensor& t) const {
+    uint64_t h = seed_ ^ 0x9E3779B97F4A7C15ull;
+    for (char ch : t.name) h = (h ^ static_cast<unsigned char>(ch)) * 0x100000001B3ull;
+    return h;
+  }
+  uint64_t seed_;
+};
+
+}  // namespace
+
+std::unique_ptr<GgufModelSource> gguf_source_of_hf(const ModelConfig& c, const HfWeights& w) {
+  return std::make_unique<HfSource>(c, w);
+}
+std::unique_ptr<GgufModelSource> gguf_source_of_gguf(const ModelConfig& c, const GgufFile& f) {
+  return std::make_unique<GgufSource>(c, f);
+}
+std::unique_ptr<GgufModelSource> gguf_source_of_run(const Transformer<float>& m) {
+  return std::make_unique<RunSource>(m);
+}
+std::unique_ptr<GgufModelSource> gguf_source_random(uint64_t seed) {
+  return std::make_unique<RandomSource>(seed);
+}
+
+}  // namespace moe
