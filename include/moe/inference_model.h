@@ -27,8 +27,12 @@ namespace moe {
 class InferenceModel : public Decoder {
  public:
   // Reads dir/config.json and the weights; every tensor is checked for presence, dtype (F32,
-  // BF16, F16) and shape, and an error names the file and the tensor.
-  static std::unique_ptr<InferenceModel> load(const std::string& dir);
+  // BF16, F16) and shape, and an error names the file and the tensor. With `quantize` other
+  // than F32, every matrix (attention, experts, shared and dense FFNs, LM head; not the
+  // router, norms, biases or embedding table) is quantized once to that type into memory the
+  // model owns (Decoder::quantized); the checkpoint stays mapped.
+  static std::unique_ptr<InferenceModel> load(const std::string& dir,
+                                              GgmlType quantize = GgmlType::F32);
 
   ParameterCount parameters() const { return count_parameters(cfg_); }
   int64_t weight_bytes() const { return weights_.data_bytes(); }
@@ -52,6 +56,7 @@ class InferenceModel : public Decoder {
   const float* vector(const std::string& name, int64_t size);
   void ffn(int l, int64_t rows) override;
   void moe_block(const Layer& L, int64_t rows);
+  void quantize_matrices(GgmlType type);
 
   HfWeights weights_;
   GgmlType weight_type_ = GgmlType::F32;

@@ -28,7 +28,18 @@ const float* InferenceModel::vector(const std::string& name, int64_t size) {
   return v.data();
 }
 
-std::unique_ptr<InferenceModel> InferenceModel::load(const std::string& dir) {
+void InferenceModel::quantize_matrices(GgmlType type) {
+  quantize_attention_and_head(type);
+  for (Layer& L : layers_) {
+    for (FfnViews& f : L.experts)
+      for (WeightView* w : {&f.w1, &f.w3, &f.w2}) *w = quantized(*w, type);
+    if (L.has_shared)
+      for (WeightView* w : {&L.shared.w1, &L.shared.w3, &L.shared.w2}) *w = quantized(*w, type);
+  }
+  weight_type_ = type;
+}
+
+std::unique_ptr<InferenceModel> InferenceModel::load(const std::string& dir, GgmlType quantize) {
   std::unique_ptr<InferenceModel> m(new InferenceModel(load_hf_config(dir + "/config.json")));
   m->weights_ = HfWeights::open(dir);
   const ModelConfig& c = m->cfg_;
@@ -97,6 +108,7 @@ std::unique_ptr<InferenceModel> InferenceModel::load(const std::string& dir) {
       }
     }
   }
+  if (quantize != GgmlType::F32) m->quantize_matrices(quantize);
   return m;
 }
 
