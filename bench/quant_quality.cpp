@@ -6,6 +6,8 @@
 //
 //   quant_quality [RUN=runs/default] [--types q8_0,q6_k,...] [--ctx N] [--windows N]
 //                 [--data-dir DIR] [--threads N]
+#include "moe/quant_quality.h"
+
 #include <fmt/core.h>
 
 #include <CLI/CLI.hpp>
@@ -18,7 +20,6 @@
 #include "moe/data.h"
 #include "moe/error.h"
 #include "moe/parallel.h"
-#include "moe/quant_quality.h"
 #include "moe/trainer.h"
 
 namespace {
@@ -81,9 +82,8 @@ int main(int argc, char** argv) try {
     MOE_REQUIRE(moe::parse_ggml_type(name, &t) && moe::is_weight_type(t) && t != moe::GgmlType::F32,
                 "--types: \"{}\" is not a quantized weight type", name);
     moe::TransformerLm test(*run.model, t);
-    const moe::ModelComparison c =
-        moe::compare_models(base, test, tokens.data(), static_cast<int64_t>(tokens.size()), ctx,
-                            windows);
+    const moe::ModelComparison c = moe::compare_models(
+        base, test, tokens.data(), static_cast<int64_t>(tokens.size()), ctx, windows);
     if (first_row) {
       fmt::print("| f32 | 32.00 | {:.4f} | | | | |\n", c.base_ppl());
       first_row = false;

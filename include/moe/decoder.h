@@ -61,7 +61,7 @@ class Decoder {
 
   std::deque<std::vector<uint8_t>> quantized_;  // what quantized() made
   int64_t quantized_values_ = 0;
-  std::vector<float> cos_, sin_;                // RoPE tables [max_positions, hd/2]
+  std::vector<float> cos_, sin_;  // RoPE tables [max_positions, hd/2]
   std::vector<float> rstd_, q_, k_, v_, o_, scores_;
 };
 

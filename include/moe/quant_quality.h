@@ -16,8 +16,8 @@
 namespace moe {
 
 struct ModelComparison {
-  int64_t windows = 0;  // windows run
-  int64_t scored = 0;   // tokens scored (windows * (ctx - 1 - ctx / 2))
+  int64_t windows = 0;                // windows run
+  int64_t scored = 0;                 // tokens scored (windows * (ctx - 1 - ctx / 2))
   double base_nll = 0, test_nll = 0;  // mean negative log-likelihood (nats)
   double mean_kl = 0;                 // mean KL(base || test) (nats)
   double max_kl = 0;                  // the largest per-token KL

@@ -147,8 +147,8 @@ class TransformerLm : public Decoder {
   void ffn(int l, int64_t rows) override;
 
   Transformer<float>& model_;
-  std::vector<float> y_;              // [rows, d] FFN output
-  std::vector<QuantizedFfn> qffn_;    // [L] with quantize, else empty
+  std::vector<float> y_;                        // [rows, d] FFN output
+  std::vector<QuantizedFfn> qffn_;              // [L] with quantize, else empty
   std::optional<GroupedExperts<float>> dense_;  // runs the quantized dense FFNs
 };
 

@@ -265,8 +265,8 @@ class GenerateTimer {
     fmt::print(stderr, "prompt: {} tokens in {:.3f} s ({:.2f} tokens/s)\n", prompt_len, prompt_s,
                static_cast<double>(prompt_len) / prompt_s);
     if (tokens_ > 1)
-      fmt::print(stderr, "decode: {} tokens in {:.3f} s ({:.2f} tokens/s)\n", tokens_ - 1,
-                 decode_s, static_cast<double>(tokens_ - 1) / decode_s);
+      fmt::print(stderr, "decode: {} tokens in {:.3f} s ({:.2f} tokens/s)\n", tokens_ - 1, decode_s,
+                 static_cast<double>(tokens_ - 1) / decode_s);
   }
 
  private:
@@ -386,14 +386,15 @@ int run_generate_checkpoint(const GenerateArgs& a) {
   const ModelConfig& c = model->config();
   const ParameterCount n = model->parameters();
   const double load_s = seconds_since(t0);
+  // With --quantize the weights computed with are the quantized copies.
+  const int64_t weight_bytes =
+      model->quantized_bytes() > 0 ? model->quantized_bytes() : model->weight_bytes();
   fmt::print(stderr,
              "{}: {} with {} layers, {} experts (top-{}); parameters {} total, {} active per "
              "token; weights {} ({:.1f} MB), loaded in {:.2f} s\n",
              a.model, c.model_type, c.num_hidden_layers, c.num_local_experts,
              c.moe.num_experts_per_tok, count_text(n.total), count_text(n.active),
-             ggml_type_name(static_cast<uint32_t>(model->weight_type())),
-             (model->quantized_bytes() > 0 ? model->quantized_bytes() : model->weight_bytes()) / 1e6,
-             load_s);
+             ggml_type_name(static_cast<uint32_t>(model->weight_type())), weight_bytes / 1e6, load_s);
   std::unique_ptr<Tokenizer> tok;
   std::vector<int32_t> prompt = prompt_ids_of(a, a.model, c.vocab_size);
   if (a.prompt_ids.empty()) {

@@ -9,8 +9,12 @@
 
 namespace moe {
 
-double ModelComparison::base_ppl() const { return std::exp(base_nll); }
-double ModelComparison::test_ppl() const { return std::exp(test_nll); }
+double ModelComparison::base_ppl() const {
+  return std::exp(base_nll);
+}
+double ModelComparison::test_ppl() const {
+  return std::exp(test_nll);
+}
 
 namespace {
 
@@ -25,7 +29,9 @@ void log_softmax(const float* z, int64_t V, double* out) {
 }
 
 // The first index of the largest value (llama.cpp's top-1 takes the first on ties as well).
-int64_t argmax(const float* z, int64_t V) { return std::max_element(z, z + V) - z; }
+int64_t argmax(const float* z, int64_t V) {
+  return std::max_element(z, z + V) - z;
+}
 
 }  // namespace
 
