@@ -23,6 +23,9 @@ struct WeightView {
 // y [n, W.rows] = x [n, W.cols] W^T (+ y when accumulate), in fp32 with the 16-bit weights
 // widened exactly. Up to 4 rows (decoding) take one pass over the weights with the widening in
 // registers; more rows (prefill) widen a block of weight rows at a time and run a GEMM on it.
+// Block-quantized weights (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K) take int8 dot products instead: x's
+// rows are quantized per block (Q8_0 or Q8_K, as llama.cpp does) once per call, so the result
+// carries that rounding of the activations too.
 // The storage type of a safetensors dtype that weights may have (F32, F16, BF16).
 GgmlType ggml_type_of(DType t);
 

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
+#include "core/quant_dot.h"
 #include "moe/error.h"
 #include "moe/gemm.h"
 
@@ -72,11 +74,79 @@ void linear_few_rows(const float* x, int64_t n, const WeightView& w, float* y, b
   }
 }
 
+// The activation rows of one call in Q8_0 / Q8_K, in a buffer of the calling thread that only
+// grows: a steady state of decoding or prefill allocates nothing.
+uint8_t* activation_scratch(size_t bytes) {
+  thread_local std::vector<uint8_t> scratch;
+  if (scratch.size() < bytes) scratch.resize(bytes);
+  return scratch.data();
+}
+
+// Quantized weights: x's rows are quantized once per call (per block, the format the weight
+// type's int8 kernel takes), then every weight row is dotted with them by quant_dot.h kernels,
+// up to kMaxDotRows activation rows per call so a weight block is unpacked once for all of them.
+void linear_quantized(const float* x, int64_t n, const WeightView& w, float* y, bool accumulate) {
+  const GgmlType act_type = quant_dot_activation_type(w.type);
+  const QuantDotFn dot = quant_dot_fn(w.type);
+  const int64_t K = w.cols;
+  const int64_t act_bytes = row_bytes(act_type, K), w_bytes = row_bytes(w.type, K);
+  const int64_t nb = K / ggml_block(static_cast<uint32_t>(w.type)).values;
+  uint8_t* act = activation_scratch(static_cast<size_t>(n * act_bytes));
+#pragma omp parallel for schedule(static) if (n * K > (1 << 16))
+  for (int64_t i = 0; i < n; ++i)
+    quantize_activation_row(act_type, x + i * K, act + i * act_bytes, K);
+
+  const auto store = [&](int64_t i0, int64_t r, int nact, const float* out) {
+    for (int i = 0; i < nact; ++i) {
+      float& dst = y[(i0 + i) * w.rows + r];
+      dst = accumulate ? dst + out[i] : out[i];
+    }
+  };
+  if (n <= kMaxDotRows) {
+    // Decoding: one streaming pass over the weights.
+#pragma omp parallel for schedule(static) if (w.rows * K > (1 << 15))
+    for (int64_t r = 0; r < w.rows; ++r) {
+      float out[kMaxDotRows];
+      dot(w.data + r * w_bytes, act, act_bytes, static_cast<int>(n), nb, out);
+      store(0, r, static_cast<int>(n), out);
+    }
+    return;
+  }
+  // Prefill: blocks of weight rows small enough to stay in L1/L2 while every tile of
+  // kMaxDotRows activation rows passes over them; the activations (n rows, ~1.06 bytes a value)
+  // stay in L2.
+  const int64_t block = std::max<int64_t>(4, (int64_t{24} << 10) / std::max<int64_t>(w_bytes, 1));
+  const int64_t blocks = (w.rows + block - 1) / block;
+#pragma omp parallel for schedule(static) if (blocks > 1 && n * w.rows * K > (1 << 16))
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t r0 = b * block, r1 = std::min(w.rows, r0 + block);
+    for (int64_t i0 = 0; i0 < n; i0 += kMaxDotRows) {
+      const int nact = static_cast<int>(std::min<int64_t>(kMaxDotRows, n - i0));
+      for (int64_t r = r0; r < r1; ++r) {
+        float out[kMaxDotRows];
+        dot(w.data + r * w_bytes, act + i0 * act_bytes, act_bytes, nact, nb, out);
+        store(i0, r, nact, out);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 void linear_forward(const float* x, int64_t n, const WeightView& w, float* y, bool accumulate) {
   const float beta = accumulate ? 1.0f : 0.0f;
   if (n == 0 || w.rows == 0) return;
+  switch (w.type) {
+    case GgmlType::Q8_0:
+    case GgmlType::Q4_0:
+    case GgmlType::Q4_K:
+    case GgmlType::Q5_K:
+    case GgmlType::Q6_K:
+      linear_quantized(x, n, w, y, accumulate);
+      return;
+    default:
+      break;
+  }
   constexpr int kFewRows = 4;
   if (n <= kFewRows) {
     linear_few_rows<kFewRows>(x, n, w, y, accumulate);

@@ -1,0 +1,71 @@
+// Int8 dot products of block-quantized weight rows (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K) with
+// activation rows quantized per block (Q8_0 for Q8_0/Q4_0 weights, Q8_K for the k-quants), as
+// linear_forward runs quantized weights. Within a block every product is an exact integer sum;
+// only the per-block scaling (weight scale x activation scale) and the sum over blocks are
+// float. Three implementations of each kernel, chosen at run time (cpu_features()):
+//   Scalar: plain C++, the oracle the others are tested against;
+//   Avx2:   vpmaddubsw / vpmaddwd on ymm;
+//   Avx512: vpdpbusd (AVX-512 VNNI, VL encoding on ymm: decode is bound by memory, and 32-value
+//           blocks map onto ymm one to one).
+// A kernel takes one weight row and up to kMaxDotRows activation rows, so a weight block is
+// unpacked once and used for several tokens (prefill).
+#pragma once
+
+#include <cstdint>
+
+#include "moe/quant.h"
+
+namespace moe {
+
+enum class QuantKernel { Auto, Scalar, Avx2, Avx512 };
+
+// Auto (default) picks Avx512, else Avx2, else Scalar by what the CPU has. Forcing one the CPU
+// lacks is an error. Process-wide; for tests and benchmarks.
+void set_quant_kernel(QuantKernel k);
+// The implementation in use (never Auto).
+QuantKernel quant_kernel();
+bool quant_kernel_supported(QuantKernel k);
+const char* quant_kernel_name(QuantKernel k);
+
+constexpr int kMaxDotRows = 4;
+
+// out[i] = sum over the row of weight x activation i, for i < nact (1..kMaxDotRows); activation
+// row i starts at act + i * act_stride bytes; the row is nblocks blocks of the weight type.
+using QuantDotFn = void (*)(const uint8_t* w, const uint8_t* act, int64_t act_stride, int nact,
+                            int64_t nblocks, float* out);
+
+// The activation format a weight type is multiplied with (Q8_0 or Q8_K); an error for a type
+// that has no int8 kernel.
+GgmlType quant_dot_activation_type(GgmlType weight);
+// The kernel of `weight` in implementation k (Auto: quant_kernel()).
+QuantDotFn quant_dot_fn(GgmlType weight, QuantKernel k = QuantKernel::Auto);
+
+// One activation row of n values (a multiple of the block) to Q8_0 or Q8_K; the rounding rules
+// are those of quantize_row (quant.h), so the bytes are the same.
+void quantize_activation_row(GgmlType act, const float* x, uint8_t* dst, int64_t n);
+
+// Sum over the blocks of |each block's float term| of the scalar kernel for one activation row:
+// the scale that bounds how far the float accumulation of two implementations may differ.
+double quant_dot_magnitude(GgmlType weight, const uint8_t* w, const uint8_t* act, int64_t nblocks);
+
+// The 8 six-bit scales and 8 six-bit mins of a Q4_K / Q5_K super-block, one per 32 values,
+// from their 12 packed bytes: sub-blocks 0-3 in the low 6 bits of bytes 0-3 (scales) and 4-7
+// (mins); sub-blocks 4-7 in the nibbles of bytes 8-11 plus the top 2 bits of bytes 0-3 / 4-7.
+inline void unpack_k_scales(const uint8_t* s, uint8_t* sc, uint8_t* m) {
+  for (int j = 0; j < 4; ++j) {
+    sc[j] = s[j] & 63;
+    m[j] = s[j + 4] & 63;
+    sc[j + 4] = static_cast<uint8_t>((s[j + 8] & 0xF) | ((s[j] >> 6) << 4));
+    m[j + 4] = static_cast<uint8_t>((s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4));
+  }
+}
+
+// The implementations, one per file (quant_dot_avx2.cpp, quant_dot_avx512.cpp); null where the
+// build has no such code (not x86-64).
+struct QuantDotTable {
+  QuantDotFn q8_0, q4_0, q4_k, q5_k, q6_k;
+};
+const QuantDotTable* quant_dot_avx2_table();
+const QuantDotTable* quant_dot_avx512_table();
+
+}  // namespace moe

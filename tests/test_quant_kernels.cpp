@@ -1,0 +1,417 @@
+// The int8 kernels of quantized weights (core/quant_dot.h): every SIMD implementation the CPU
+// can run (AVX2 is forced on AVX-512 machines too) against the scalar oracle on random blocks,
+// the activation quantizers against the rounding rules written out here, and linear_forward on
+// each type against dequantized weights in double.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "core/quant_dot.h"
+#include "moe/linear.h"
+#include "moe/quant.h"
+#include "moe/safetensors.h"
+
+namespace moe {
+namespace {
+
+constexpr GgmlType kWeightTypes[] = {GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_K, GgmlType::Q5_K,
+                                     GgmlType::Q6_K};
+
+struct KernelGuard {
+  ~KernelGuard() { set_quant_kernel(QuantKernel::Auto); }
+};
+
+std::vector<QuantKernel> simd_kernels() {
+  std::vector<QuantKernel> ks;
+  for (QuantKernel k : {QuantKernel::Avx2, QuantKernel::Avx512})
+    if (quant_kernel_supported(k)) ks.push_back(k);
+  return ks;
+}
+
+int64_t block_values(GgmlType t) {
+  return ggml_block(static_cast<uint32_t>(t)).values;
+}
+int64_t block_bytes(GgmlType t) {
+  return ggml_block(static_cast<uint32_t>(t)).bytes;
+}
+
+// A sane fp16 scale: magnitude 1e-3 to 1e-1, either sign.
+uint16_t random_scale(std::mt19937& rng) {
+  std::uniform_real_distribution<float> mag(1e-3f, 1e-1f);
+  return float_to_f16(rng() % 2 ? mag(rng) : -mag(rng));
+}
+
+// Random blocks of a weight type: every byte random, then the fp16 scales made sane. Block
+// `zero_block` (if in range) is all zero bytes.
+std::vector<uint8_t> random_weights(GgmlType t, int64_t nblocks, std::mt19937& rng,
+                                    int64_t zero_block = -1) {
+  const int64_t bb = block_bytes(t);
+  std::vector<uint8_t> buf(static_cast<size_t>(nblocks * bb));
+  for (auto& byte : buf) byte = static_cast<uint8_t>(rng());
+  for (int64_t b = 0; b < nblocks; ++b) {
+    uint8_t* p = buf.data() + b * bb;
+    if (b == zero_block) {
+      std::memset(p, 0, static_cast<size_t>(bb));
+      continue;
+    }
+    switch (t) {
+      case GgmlType::Q8_0:
+        reinterpret_cast<BlockQ8_0*>(p)->d = random_scale(rng);
+        break;
+      case GgmlType::Q4_0:
+        reinterpret_cast<BlockQ4_0*>(p)->d = random_scale(rng);
+        break;
+      case GgmlType::Q4_K:
+        reinterpret_cast<BlockQ4_K*>(p)->d = random_scale(rng);
+        reinterpret_cast<BlockQ4_K*>(p)->dmin = random_scale(rng);
+        break;
+      case GgmlType::Q5_K:
+        reinterpret_cast<BlockQ5_K*>(p)->d = random_scale(rng);
+        reinterpret_cast<BlockQ5_K*>(p)->dmin = random_scale(rng);
+        break;
+      case GgmlType::Q6_K:
+        reinterpret_cast<BlockQ6_K*>(p)->d = random_scale(rng);
+        break;
+      default:
+        ADD_FAILURE() << "not a weight type";
+    }
+  }
+  return buf;
+}
+
+// Random activation blocks as the quantizers make them: q within +-127, bsums consistent.
+std::vector<uint8_t> random_activations(GgmlType act, int64_t nblocks, std::mt19937& rng,
+                                        int64_t zero_block = -1) {
+  const int64_t bb = block_bytes(act);
+  std::vector<uint8_t> buf(static_cast<size_t>(nblocks * bb), 0);
+  std::uniform_int_distribution<int> q(-127, 127);
+  for (int64_t b = 0; b < nblocks; ++b) {
+    if (b == zero_block) continue;
+    if (act == GgmlType::Q8_0) {
+      auto* blk = reinterpret_cast<BlockQ8_0*>(buf.data() + b * bb);
+      blk->d = random_scale(rng);
+      for (auto& v : blk->qs) v = static_cast<int8_t>(q(rng));
+    } else {
+      auto* blk = reinterpret_cast<BlockQ8_K*>(buf.data() + b * bb);
+      blk->d = std::uniform_real_distribution<float>(-0.05f, 0.05f)(rng);
+      for (int g = 0; g < kQKK / 16; ++g) {
+        int s = 0;
+        for (int j = 0; j < 16; ++j) s += blk->qs[16 * g + j] = static_cast<int8_t>(q(rng));
+        blk->bsums[g] = static_cast<int16_t>(s);
+      }
+    }
+  }
+  return buf;
+}
+
+// Tolerance of two float accumulations of the same exact integers: each partial sum is bounded
+// by the dot of absolute values (quant_dot_magnitude); a path has at most nb additions across
+// blocks, 3 across lanes and a few roundings per block term (scale product, int -> float, the
+// product and the mins), so (2 nb + 16) roundings of 2^-24 bound it.
+double tolerance(GgmlType t, const uint8_t* w, const uint8_t* act, int64_t nb) {
+  return (2.0 * static_cast<double>(nb) + 16) * 0x1p-24 * quant_dot_magnitude(t, w, act, nb) +
+         1e-30;
+}
+
+TEST(QuantDot, SimdKernelsMatchScalarOracle) {
+  const auto kernels = simd_kernels();
+  if (kernels.empty()) GTEST_SKIP() << "no SIMD kernels on this CPU";
+  std::mt19937 rng(19);
+  for (GgmlType t : kWeightTypes) {
+    const GgmlType at = quant_dot_activation_type(t);
+    const QuantDotFn oracle = quant_dot_fn(t, QuantKernel::Scalar);
+    for (int64_t nb : {1, 2, 3, 7, 12}) {
+      for (int trial = 0; trial < 6; ++trial) {
+        // Trial 1 has a zero weight block, trial 2 a zero activation block.
+        const auto w = random_weights(t, nb, rng, trial == 1 ? nb / 2 : -1);
+        const int64_t stride = nb * block_bytes(at);
+        std::vector<uint8_t> acts;
+        for (int i = 0; i < kMaxDotRows; ++i) {
+          const auto a = random_activations(at, nb, rng, trial == 2 ? i % nb : -1);
+          acts.insert(acts.end(), a.begin(), a.end());
+        }
+        for (int nact = 1; nact <= kMaxDotRows; ++nact) {
+          float want[kMaxDotRows], got[kMaxDotRows];
+          oracle(w.data(), acts.data(), stride, nact, nb, want);
+          for (QuantKernel k : kernels) {
+            quant_dot_fn(t, k)(w.data(), acts.data(), stride, nact, nb, got);
+            for (int i = 0; i < nact; ++i) {
+              const double tol = tolerance(t, w.data(), acts.data() + i * stride, nb);
+              EXPECT_NEAR(got[i], want[i], tol)
+                  << ggml_type_name(static_cast<uint32_t>(t)) << " " << quant_kernel_name(k)
+                  << " blocks " << nb << " rows " << nact << " row " << i << " trial " << trial;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// Blocks whose integer sums are large (every weight and activation at its extreme): the int16
+// pair sums of AVX2 must not saturate (an error of 1 in 32767 per pair, far above the bound).
+TEST(QuantDot, ExtremeValuesAreExact) {
+  const auto kernels = simd_kernels();
+  if (kernels.empty()) GTEST_SKIP() << "no SIMD kernels on this CPU";
+  for (GgmlType t : kWeightTypes) {
+    const GgmlType at = quant_dot_activation_type(t);
+    for (int sign : {1, -1}) {
+      std::vector<uint8_t> w(static_cast<size_t>(block_bytes(t)), 0xFF);
+      std::vector<uint8_t> a(static_cast<size_t>(block_bytes(at)), 0);
+      // fp16 1.0 scales (0x3C00); Q8_0 weights -128 (0x80) are the largest magnitude.
+      if (t == GgmlType::Q8_0) {
+        auto* b = reinterpret_cast<BlockQ8_0*>(w.data());
+        std::memset(b->qs, 0x80, sizeof b->qs);
+        b->d = 0x3C00;
+      } else if (t == GgmlType::Q4_0) {
+        reinterpret_cast<BlockQ4_0*>(w.data())->d = 0x3C00;
+      } else if (t == GgmlType::Q6_K) {
+        auto* b = reinterpret_cast<BlockQ6_K*>(w.data());
+        std::memset(b->scales, 0x7F, sizeof b->scales);
+        b->d = 0x3C00;
+      } else {
+        auto* b = reinterpret_cast<BlockQ4_K*>(w.data());  // Q5_K starts the same way
+        b->d = 0x3C00;
+        b->dmin = 0x3C00;
+      }
+      if (at == GgmlType::Q8_0) {
+        auto* b = reinterpret_cast<BlockQ8_0*>(a.data());
+        b->d = 0x3C00;
+        for (auto& q : b->qs) q = static_cast<int8_t>(127 * sign);
+      } else {
+        auto* b = reinterpret_cast<BlockQ8_K*>(a.data());
+        b->d = 1;
+        for (auto& q : b->qs) q = static_cast<int8_t>(127 * sign);
+        for (auto& s : b->bsums) s = static_cast<int16_t>(16 * 127 * sign);
+      }
+      float want = 0, got = 0;
+      quant_dot_fn(t, QuantKernel::Scalar)(w.data(), a.data(), 0, 1, 1, &want);
+      for (QuantKernel k : kernels) {
+        quant_dot_fn(t, k)(w.data(), a.data(), 0, 1, 1, &got);
+        EXPECT_NEAR(got, want, tolerance(t, w.data(), a.data(), 1))
+            << ggml_type_name(static_cast<uint32_t>(t)) << " " << quant_kernel_name(k) << " sign "
+            << sign;
+      }
+    }
+  }
+}
+
+// The activation rounding rules (the contract with quantize_row), written out independently.
+TEST(QuantDot, ActivationQuantizersFollowTheRules) {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  std::vector<float> x(2 * kQKK);
+  for (auto& v : x) v = normal(rng);
+  x[3] = -4.5f;  // the largest magnitude of the first Q8_K block is negative
+  x[kQKK + 10] = 5.0f;
+  // Q8_0
+  std::vector<uint8_t> q0(static_cast<size_t>(row_bytes(GgmlType::Q8_0, 2 * kQKK)));
+  quantize_activation_row(GgmlType::Q8_0, x.data(), q0.data(), 2 * kQKK);
+  for (int b = 0; b < 2 * kQKK / kQK; ++b) {
+    const auto& blk = reinterpret_cast<const BlockQ8_0*>(q0.data())[b];
+    float amax = 0;
+    for (int j = 0; j < kQK; ++j) amax = std::max(amax, std::fabs(x[b * kQK + j]));
+    const float d = amax / 127;
+    EXPECT_EQ(blk.d, float_to_f16(d));
+    for (int j = 0; j < kQK; ++j) {
+      const float v = x[b * kQK + j] / d;  // half away from zero
+      const int want = static_cast<int>(v < 0 ? std::ceil(v - 0.5f) : std::floor(v + 0.5f));
+      EXPECT_NEAR(blk.qs[j], want, 1) << b << " " << j;  // x * (1/d) vs x / d may differ by 1 ulp
+    }
+  }
+  // Q8_K
+  std::vector<uint8_t> qk(static_cast<size_t>(row_bytes(GgmlType::Q8_K, 2 * kQKK)));
+  quantize_activation_row(GgmlType::Q8_K, x.data(), qk.data(), 2 * kQKK);
+  const float maxes[2] = {-4.5f, 5.0f};
+  for (int b = 0; b < 2; ++b) {
+    const auto& blk = reinterpret_cast<const BlockQ8_K*>(qk.data())[b];
+    const float iscale = -127.f / maxes[b];
+    EXPECT_EQ(blk.d, 1 / iscale);
+    for (int j = 0; j < kQKK; ++j) {
+      const float v = iscale * x[b * kQKK + j];
+      EXPECT_EQ(blk.qs[j], std::min(127, static_cast<int>(std::nearbyint(v))));
+    }
+    for (int g = 0; g < 16; ++g) {
+      int s = 0;
+      for (int j = 0; j < 16; ++j) s += blk.qs[16 * g + j];
+      EXPECT_EQ(blk.bsums[g], s);
+    }
+    // The value of largest magnitude maps to -127 exactly.
+    EXPECT_EQ(blk.qs[b == 0 ? 3 : 10], -127);
+  }
+  // Ties: Q8_0 rounds 0.5 away from zero; Q8_K rounds half to even.
+  std::vector<float> tie(kQKK, 0.f);
+  tie[0] = 127.f;  // d = 1 (Q8_0) and iscale = -1 (Q8_K)
+  tie[1] = 2.5f;
+  tie[2] = -0.5f;
+  quantize_activation_row(GgmlType::Q8_0, tie.data(), q0.data(), kQK);
+  EXPECT_EQ(reinterpret_cast<const BlockQ8_0*>(q0.data())->qs[1], 3);
+  EXPECT_EQ(reinterpret_cast<const BlockQ8_0*>(q0.data())->qs[2], -1);
+  quantize_activation_row(GgmlType::Q8_K, tie.data(), qk.data(), kQKK);
+  EXPECT_EQ(reinterpret_cast<const BlockQ8_K*>(qk.data())->qs[1], -2);
+  EXPECT_EQ(reinterpret_cast<const BlockQ8_K*>(qk.data())->qs[2], 0);
+  // A zero block: d = 0 and q = 0 in both.
+  std::vector<float> zero(kQKK, 0.f);
+  quantize_activation_row(GgmlType::Q8_0, zero.data(), q0.data(), kQK);
+  EXPECT_EQ(reinterpret_cast<const BlockQ8_0*>(q0.data())->d, 0);
+  for (auto q : reinterpret_cast<const BlockQ8_0*>(q0.data())->qs) EXPECT_EQ(q, 0);
+  quantize_activation_row(GgmlType::Q8_K, zero.data(), qk.data(), kQKK);
+  const auto& zk = *reinterpret_cast<const BlockQ8_K*>(qk.data());
+  EXPECT_EQ(zk.d, 0.f);
+  for (auto q : zk.qs) EXPECT_EQ(q, 0);
+  for (auto s : zk.bsums) EXPECT_EQ(s, 0);
+}
+
+// The values of one block, from the format definitions in quant.h (an independent reading of
+// the layouts, not the kernels' code paths).
+void dequantize_block(GgmlType t, const uint8_t* p, double* out) {
+  switch (t) {
+    case GgmlType::Q8_0: {
+      const auto& b = *reinterpret_cast<const BlockQ8_0*>(p);
+      for (int j = 0; j < 32; ++j) out[j] = f16_to_float(b.d) * b.qs[j];
+      return;
+    }
+    case GgmlType::Q4_0: {
+      const auto& b = *reinterpret_cast<const BlockQ4_0*>(p);
+      for (int j = 0; j < 16; ++j) {
+        out[j] = f16_to_float(b.d) * ((b.qs[j] & 0xF) - 8);
+        out[j + 16] = f16_to_float(b.d) * ((b.qs[j] >> 4) - 8);
+      }
+      return;
+    }
+    case GgmlType::Q8_K: {
+      const auto& b = *reinterpret_cast<const BlockQ8_K*>(p);
+      for (int j = 0; j < 256; ++j) out[j] = static_cast<double>(b.d) * b.qs[j];
+      return;
+    }
+    case GgmlType::Q4_K:
+    case GgmlType::Q5_K: {
+      const bool q5 = t == GgmlType::Q5_K;
+      const auto& b4 = *reinterpret_cast<const BlockQ4_K*>(p);
+      const auto& b5 = *reinterpret_cast<const BlockQ5_K*>(p);
+      const uint8_t* s = q5 ? b5.scales : b4.scales;
+      const uint8_t* qs = q5 ? b5.qs : b4.qs;
+      for (int sub = 0; sub < 8; ++sub) {
+        int sc, m;
+        if (sub < 4) {
+          sc = s[sub] & 63;
+          m = s[sub + 4] & 63;
+        } else {
+          sc = (s[sub + 4] & 0xF) | ((s[sub - 4] >> 6) << 4);
+          m = (s[sub + 4] >> 4) | ((s[sub] >> 6) << 4);
+        }
+        for (int l = 0; l < 32; ++l) {
+          const uint8_t byte = qs[32 * (sub / 2) + l];
+          int q = sub % 2 ? byte >> 4 : byte & 0xF;
+          if (q5) q |= ((b5.qh[l] >> sub) & 1) << 4;
+          out[32 * sub + l] =
+              static_cast<double>(f16_to_float(b4.d)) * sc * q - f16_to_float(b4.dmin) * m;
+        }
+      }
+      return;
+    }
+    case GgmlType::Q6_K: {
+      const auto& b = *reinterpret_cast<const BlockQ6_K*>(p);
+      for (int v = 0; v < 256; ++v) {
+        const int h = v / 128, t4 = (v % 128) / 32, l = v % 32;
+        const uint8_t byte = b.ql[64 * h + (t4 % 2) * 32 + l];
+        const int low = t4 < 2 ? byte & 0xF : byte >> 4;
+        const int high = (b.qh[32 * h + l] >> (2 * t4)) & 3;
+        out[v] =
+            static_cast<double>(f16_to_float(b.d)) * b.scales[v / 16] * ((low | high << 4) - 32);
+      }
+      return;
+    }
+    default:
+      ADD_FAILURE() << "dequantize_block: type";
+  }
+}
+
+std::vector<double> dequantize(GgmlType t, const uint8_t* p, int64_t n) {
+  std::vector<double> out(static_cast<size_t>(n));
+  const int64_t bv = block_values(t), bb = block_bytes(t);
+  for (int64_t b = 0; b < n / bv; ++b) dequantize_block(t, p + b * bb, out.data() + b * bv);
+  return out;
+}
+
+// linear_forward on quantized weights, every implementation, decode and prefill row counts:
+//  - against dequantized weights x dequantized (quantized) activations in double, within the
+//    float accumulation bound;
+//  - against dequantized weights x the fp32 activations, within the activation rounding error
+//    (sum |w| |x - x_q|) plus that bound.
+TEST(QuantLinear, MatchesDequantizedWeights) {
+  KernelGuard guard;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  std::vector<QuantKernel> kernels = simd_kernels();
+  kernels.push_back(QuantKernel::Scalar);
+  for (GgmlType t : kWeightTypes) {
+    const GgmlType at = quant_dot_activation_type(t);
+    const int64_t K = 3 * kQKK, rows = 37;
+    const auto wbytes = random_weights(t, rows * K / block_values(t), rng, 5);
+    const WeightView w{wbytes.data(), t, rows, K};
+    std::vector<double> wd(static_cast<size_t>(rows * K));
+    for (int64_t r = 0; r < rows; ++r) {
+      const auto row = dequantize(t, w.row(r), K);
+      std::copy(row.begin(), row.end(), wd.begin() + r * K);
+    }
+    for (int64_t n : {1, 3, 4, 5, 13}) {
+      std::vector<float> x(static_cast<size_t>(n * K));
+      for (auto& v : x) v = normal(rng);
+      std::vector<uint8_t> xq(static_cast<size_t>(row_bytes(at, K)));
+      std::vector<double> want_q(static_cast<size_t>(n * rows)), want_x(want_q.size()),
+          bound_q(want_q.size()), bound_x(want_q.size());
+      for (int64_t i = 0; i < n; ++i) {
+        quantize_activation_row(at, x.data() + i * K, xq.data(), K);
+        const auto xd = dequantize(at, xq.data(), K);
+        for (int64_t r = 0; r < rows; ++r) {
+          double sq = 0, sx = 0, mag = 0, aerr = 0;
+          for (int64_t j = 0; j < K; ++j) {
+            const double wv = wd[r * K + j];
+            sq += wv * xd[j];
+            sx += wv * x[i * K + j];
+            aerr += std::fabs(wv) * std::fabs(x[i * K + j] - xd[j]);
+            mag += std::fabs(wv) * std::fabs(xd[j]);
+          }
+          // Dequantized products (w = d sc q - dmin m) bound the partial sums only up to the
+          // split into the scale and min parts; 1e-5 relative covers that and fp16 scales.
+          const double tol =
+              1e-5 * mag + (2.0 * K / 32 + 16) * 0x1p-24 *
+                               quant_dot_magnitude(t, w.row(r), xq.data(), K / block_values(t));
+          want_q[i * rows + r] = sq;
+          bound_q[i * rows + r] = tol;
+          want_x[i * rows + r] = sx;
+          bound_x[i * rows + r] = tol + aerr * 1.0001;
+        }
+      }
+      for (QuantKernel k : kernels) {
+        set_quant_kernel(k);
+        std::vector<float> y(static_cast<size_t>(n * rows), 1.0f);
+        linear_forward(x.data(), n, w, y.data(), /*accumulate=*/true);
+        for (size_t e = 0; e < y.size(); ++e) {
+          EXPECT_NEAR(y[e] - 1.0, want_q[e], bound_q[e] + 1e-6)
+              << ggml_type_name(static_cast<uint32_t>(t)) << " " << quant_kernel_name(k) << " n "
+              << n << " element " << e;
+          EXPECT_NEAR(y[e] - 1.0, want_x[e], bound_x[e] + 1e-6);
+        }
+        std::vector<float> y2(y.size());
+        linear_forward(x.data(), n, w, y2.data());
+        for (size_t e = 0; e < y.size(); ++e)
+          EXPECT_NEAR(y2[e], y[e] - 1.0f, 1e-6 + 1e-6 * std::fabs(y2[e]));
+      }
+    }
+  }
+}
+
+TEST(QuantDot, RefusesTypesWithoutKernels) {
+  EXPECT_THROW(quant_dot_activation_type(GgmlType::F32), std::exception);
+  EXPECT_THROW(quant_dot_fn(GgmlType::BF16), std::exception);
+  EXPECT_EQ(quant_dot_activation_type(GgmlType::Q4_0), GgmlType::Q8_0);
+  EXPECT_EQ(quant_dot_activation_type(GgmlType::Q6_K), GgmlType::Q8_K);
+}
+
+}  // namespace
+}  // namespace moe
