@@ -53,6 +53,9 @@ class Decoder {
   WeightView embed_, head_;             // [V, d]
   const float* final_norm_ = nullptr;   // [d]
   std::vector<AttentionWeights> attn_;  // [L]
+  // Q/K rows stored for interleaved RoPE (pairs 2i, 2i+1: llama.cpp's llama architecture)
+  // instead of rotate_half (pairs i, i + hd/2).
+  bool rope_interleaved_ = false;
   // Workspaces, grown to the largest call: h_ the residual stream, x_ a sub-layer's input.
   std::vector<float> h_, x_;
 

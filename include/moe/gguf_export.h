@@ -3,7 +3,10 @@
 // `moe train` trained. Names, keys and the Q/K row permutation follow convert_hf_to_gguf.py.
 #pragma once
 
+#include <functional>
 #include <string>
+
+#include "moe/gguf.h"
 
 #include "moe/model_config.h"
 #include "moe/safetensors.h"
@@ -21,6 +24,16 @@ std::string gguf_unsupported_reason(const ModelConfig& c);
 // gguf_unsupported_reason() is not empty, and naming the file for tokenizer problems.
 void export_gguf(const Transformer<float>& model, const std::string& tokenizer_model_path,
                  const std::string& out_path, DType dtype);
+
+// The same with each tensor's type from `types` (gguf_model.h); `note` gets the writer's notes.
+struct TypeScheme;
+void export_gguf(const Transformer<float>& model, const std::string& tokenizer_model_path,
+                 const std::string& out_path, const TypeScheme& types,
+                 const std::function<void(const std::string&)>& note);
+
+// The byte tokenizer's metadata (ids 0..255 the bytes, BOS 256, EOS 257) padded with unused
+// tokens to vocab_size (>= 258): the vocabulary of a random-weight model.
+void add_padded_byte_vocab(GgufWriter& w, int vocab_size);
 
 // Reorders the rows of a Q or K projection ([n_heads * head_dim, cols], row-major) from the
 // Hugging Face rotate_half RoPE layout (pairs i, i + head_dim/2) to the interleaved layout

@@ -1,8 +1,10 @@
-// Runs a Hugging Face checkpoint of the four MoE families (hf_checkpoint.h) for generation.
-// Weights stay where the checkpoint maps them, in their stored dtype (F32, BF16 or F16): a bf16
-// checkpoint costs its file size in memory, not twice that. Matrices in 16 bits are widened
-// to fp32 a block of rows at a time inside the matrix product; norms, biases and the router
-// are copied to fp32 (the router is never run in low precision).
+// Runs a model of the four MoE families for generation: a Hugging Face checkpoint directory
+// (hf_checkpoint.h) or a GGUF file of the matching llama.cpp architecture (gguf_model.h). Both
+// become the same weight views, and everything after that is shared. Weights stay where the
+// file maps them, in their stored type (F32, BF16, F16, or GGUF's block-quantized types, one
+// view per expert into the stacked tensors): a model costs its file size in memory, not more.
+// Norms, biases and the router are copied to fp32 (the router is never run in low precision).
+// The llama architecture's Q/K rows stay permuted: the Decoder rotates them interleaved.
 // Math per family as in hf_checkpoint.h: attention with optional q/k/v bias and q/k RMSNorm,
 // RoPE (rotate_half), GQA; softmax router, top-k (renormalized when norm_topk_prob), grouped
 // expert SwiGLUs; the optional sigmoid-gated shared expert; dense SwiGLU layers.
@@ -10,6 +12,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -17,6 +20,7 @@
 
 #include "moe/decoder.h"
 #include "moe/generate.h"
+#include "moe/gguf.h"
 #include "moe/grouped_experts.h"
 #include "moe/hf_checkpoint.h"
 #include "moe/permute.h"
@@ -26,18 +30,23 @@ namespace moe {
 
 class InferenceModel : public Decoder {
  public:
-  // Reads dir/config.json and the weights; every tensor is checked for presence, dtype (F32,
-  // BF16, F16) and shape, and an error names the file and the tensor. With `quantize` other
-  // than F32, every matrix (attention, experts, shared and dense FFNs, LM head; not the
-  // router, norms, biases or embedding table) is quantized once to that type into memory the
-  // model owns (Decoder::quantized); the checkpoint stays mapped.
-  static std::unique_ptr<InferenceModel> load(const std::string& dir,
+  // A GGUF file (a regular file) or a Hugging Face directory (dir/config.json and the
+  // weights); every tensor is checked for presence, type and shape, and an error names the
+  // file and the tensor. With `quantize` other than F32, every matrix (attention, experts,
+  // shared and dense FFNs, LM head; not the router, norms, biases or embedding table) is
+  // quantized once to that type into memory the model owns (Decoder::quantized); the file
+  // stays mapped.
+  static std::unique_ptr<InferenceModel> load(const std::string& path,
                                               GgmlType quantize = GgmlType::F32);
 
   ParameterCount parameters() const { return count_parameters(cfg_); }
-  int64_t weight_bytes() const { return weights_.data_bytes(); }
-  // The type most of the matrices are stored in (for the summary line).
+  int64_t weight_bytes() const { return weight_bytes_; }
+  // The type most of the matrices are stored in (for the summary line): the experts' type.
   GgmlType weight_type() const { return weight_type_; }
+  // The types of the matrices and their bytes, e.g. "Q4_K 15.2 GB, Q6_K 2.1 GB, F32 0.1 GB".
+  std::string weight_types() const;
+  // The GGUF file, or nullptr for a Hugging Face directory.
+  const GgufFile* gguf() const { return gguf_ ? &*gguf_ : nullptr; }
 
  private:
   // A layer's FFN (its attention weights are Decoder's attn_).
@@ -50,16 +59,22 @@ class InferenceModel : public Decoder {
     std::vector<float> shared_gate;  // [d] (empty: ungated)
   };
 
+  class Source;  // where the weight views come from (inference_model.cpp)
+  class HfSource;
+  class GgufSource;
+
   explicit InferenceModel(const ModelConfig& cfg) : Decoder(cfg) {}
-  WeightView matrix(const std::string& name, int64_t rows, int64_t cols) const;
-  // A small tensor (norm, bias) as fp32, kept in fp32_.
-  const float* vector(const std::string& name, int64_t size);
+  static std::unique_ptr<InferenceModel> open(const std::string& path);  // load, as stored
+  static std::unique_ptr<InferenceModel> build(const ModelConfig& cfg, Source& src);
   void ffn(int l, int64_t rows) override;
   void moe_block(const Layer& L, int64_t rows);
   void quantize_matrices(GgmlType type);
 
-  HfWeights weights_;
+  std::optional<HfWeights> hf_;
+  std::optional<GgufFile> gguf_;
+  int64_t weight_bytes_ = 0;
   GgmlType weight_type_ = GgmlType::F32;
+  std::map<GgmlType, int64_t> bytes_of_type_;
   std::vector<Layer> layers_;
   std::deque<std::vector<float>> fp32_;  // what vector() read
 

@@ -24,6 +24,9 @@ class Tokenizer {
   virtual int32_t eos_id() const = 0;
   // e.g. "sentencepiece bpe 4096 (data/tokenizer.model)" or "byte"
   virtual std::string description() const = 0;
+  // The Jinja chat template that came with the tokenizer (tokenizer_config.json's or GGUF's
+  // tokenizer.chat_template); empty when there is none. Kept, not rendered.
+  virtual std::string chat_template() const { return ""; }
 };
 
 // Ids 0..255 are the bytes, 256 is BOS, 257 is EOS (vocab 258).

@@ -12,6 +12,7 @@ std::function<int()> add_train_command(CLI::App& app);
 std::function<int()> add_eval_command(CLI::App& app);
 std::function<int()> add_generate_command(CLI::App& app);
 std::function<int()> add_convert_command(CLI::App& app);
+std::function<int()> add_quantize_command(CLI::App& app);
 std::function<int()> add_analyze_command(CLI::App& app);
 std::function<int()> add_report_command(CLI::App& app);
 std::function<int()> add_route_command(CLI::App& app);

@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   auto run_eval = moe::cli::add_eval_command(app);
   auto run_generate = moe::cli::add_generate_command(app);
   auto run_convert = moe::cli::add_convert_command(app);
+  auto run_quantize = moe::cli::add_quantize_command(app);
   auto run_layer = moe::cli::add_layer_command(app);
   auto run_analyze = moe::cli::add_analyze_command(app);
   auto run_report = moe::cli::add_report_command(app);
@@ -35,6 +36,7 @@ int main(int argc, char** argv) {
     if (app.got_subcommand("eval")) return run_eval();
     if (app.got_subcommand("generate")) return run_generate();
     if (app.got_subcommand("convert")) return run_convert();
+    if (app.got_subcommand("quantize")) return run_quantize();
     if (app.got_subcommand("layer")) return run_layer();
     if (app.got_subcommand("analyze")) return run_analyze();
     if (app.got_subcommand("report")) return run_report();

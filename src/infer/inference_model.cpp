@@ -2,113 +2,273 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 
 #include "moe/error.h"
 #include "moe/gemm.h"
+#include "moe/gguf_model.h"
 #include "moe/rmsnorm.h"
 #include "moe/router.h"
 
 namespace moe {
 
-WeightView InferenceModel::matrix(const std::string& name, int64_t rows, int64_t cols) const {
-  const SafeTensorsFile& f = weights_.file_of(name);
-  const TensorEntry& e = f.entry(name);
-  MOE_REQUIRE(e.dtype == DType::F32 || e.dtype == DType::BF16 || e.dtype == DType::F16,
-              "{}: tensor {} has dtype {}, expected F32, BF16 or F16", f.path(), name,
-              dtype_name(e.dtype));
-  MOE_REQUIRE(e.shape == std::vector<int64_t>({rows, cols}),
-              "{}: tensor {} has shape {}, expected [{}, {}]", f.path(), name,
-              fmt::format("[{}]", fmt::join(e.shape, ", ")), rows, cols);
-  return WeightView{f.raw(e), ggml_type_of(e.dtype), rows, cols};
-}
+namespace fs = std::filesystem;
 
-const float* InferenceModel::vector(const std::string& name, int64_t size) {
-  std::vector<float>& v = fp32_.emplace_back(static_cast<size_t>(size));
-  weights_.file_of(name).read_into<float>(name, Shape{size}, v.data());
-  return v.data();
-}
+// The tensors of a model as views (matrices) and fp32 copies (vectors, the router), whatever
+// file holds them. Globals are asked for with layer -1 and kind Q (embedding), O (head) or
+// InputNorm (final norm).
+class InferenceModel::Source {
+ public:
+  virtual ~Source() = default;
+  virtual bool has_head() const = 0;
+  virtual WeightView matrix(int layer, HfTensor t, int64_t rows, int64_t cols) = 0;
+  // The E experts' matrices [rows, cols] of one kind.
+  virtual std::vector<WeightView> experts(int layer, HfTensor t, int E, int64_t rows,
+                                          int64_t cols) = 0;
+  virtual void vector(int layer, HfTensor t, int64_t n, float* out) = 0;
+  // The router [E, d] in fp32.
+  virtual void router(int layer, int64_t E, int64_t d, float* out) = 0;
+};
+
+class InferenceModel::HfSource : public InferenceModel::Source {
+ public:
+  HfSource(const ModelConfig& c, const HfWeights& w) : c_(c), w_(w) {}
+  bool has_head() const override { return w_.has("lm_head.weight"); }
+  WeightView matrix(int layer, HfTensor t, int64_t rows, int64_t cols) override {
+    return view(name(layer, t), rows, cols);
+  }
+  std::vector<WeightView> experts(int layer, HfTensor t, int E, int64_t rows,
+                                  int64_t cols) override {
+    std::vector<WeightView> out;
+    for (int e = 0; e < E; ++e) out.push_back(view(hf_tensor_name(c_, layer, t, e), rows, cols));
+    return out;
+  }
+  void vector(int layer, HfTensor t, int64_t n, float* out) override {
+    const std::string nm = name(layer, t);
+    // The shared expert's gate is [1, d] in Hugging Face checkpoints.
+    if (t == HfTensor::SharedExpertGate)
+      w_.file_of(nm).read_into<float>(nm, Shape{1, n}, out);
+    else
+      w_.file_of(nm).read_into<float>(nm, Shape{n}, out);
+  }
+  void router(int layer, int64_t E, int64_t d, float* out) override {
+    const std::string nm = name(layer, HfTensor::Router);
+    w_.file_of(nm).read_into<float>(nm, Shape{E, d}, out);
+  }
+
+ private:
+  std::string name(int layer, HfTensor t) const {
+    if (layer >= 0) return hf_tensor_name(c_, layer, t);
+    return t == HfTensor::Q   ? "model.embed_tokens.weight"
+           : t == HfTensor::O ? "lm_head.weight"
+                              : "model.norm.weight";
+  }
+  WeightView view(const std::string& name, int64_t rows, int64_t cols) const {
+    const SafeTensorsFile& f = w_.file_of(name);
+    const TensorEntry& e = f.entry(name);
+    MOE_REQUIRE(e.dtype == DType::F32 || e.dtype == DType::BF16 || e.dtype == DType::F16,
+                "{}: tensor {} has dtype {}, expected F32, BF16 or F16", f.path(), name,
+                dtype_name(e.dtype));
+    MOE_REQUIRE(e.shape == std::vector<int64_t>({rows, cols}),
+                "{}: tensor {} has shape {}, expected [{}, {}]", f.path(), name,
+                fmt::format("[{}]", fmt::join(e.shape, ", ")), rows, cols);
+    return WeightView{f.raw(e), ggml_type_of(e.dtype), rows, cols};
+  }
+  const ModelConfig& c_;
+  const HfWeights& w_;
+};
+
+class InferenceModel::GgufSource : public InferenceModel::Source {
+ public:
+  explicit GgufSource(const GgufFile& f) : f_(f) {}
+  bool has_head() const override { return f_.has_tensor("output.weight"); }
+  WeightView matrix(int layer, HfTensor t, int64_t rows, int64_t cols) override {
+    const GgufTensorInfo& info = tensor(layer, t, {cols, rows});
+    return WeightView{f_.data(info), type_of(info), rows, cols};
+  }
+  std::vector<WeightView> experts(int layer, HfTensor t, int E, int64_t rows,
+                                  int64_t cols) override {
+    const GgufTensorInfo& info = tensor(layer, t, {cols, rows, E});
+    const GgmlType type = type_of(info);
+    const int64_t stride = rows * row_bytes(type, cols);  // one expert's matrix
+    std::vector<WeightView> out;
+    for (int e = 0; e < E; ++e) out.push_back({f_.data(info) + e * stride, type, rows, cols});
+    return out;
+  }
+  void vector(int layer, HfTensor t, int64_t n, float* out) override {
+    read(tensor(layer, t, {n}), out);
+  }
+  void router(int layer, int64_t E, int64_t d, float* out) override {
+    read(tensor(layer, HfTensor::Router, {d, E}), out);
+  }
+
+ private:
+  const GgufTensorInfo& tensor(int layer, HfTensor t, const std::vector<int64_t>& dims) const {
+    const std::string name = layer >= 0          ? gguf_tensor_name(layer, t)
+                             : t == HfTensor::Q ? "token_embd.weight"
+                             : t == HfTensor::O ? "output.weight"
+                                                : "output_norm.weight";
+    const GgufTensorInfo& info = f_.tensor(name);
+    MOE_REQUIRE(info.dims == dims,
+                "{}: tensor {} has dims [{}] (ggml order), but the metadata gives [{}]", f_.path(),
+                name, fmt::join(info.dims, ", "), fmt::join(dims, ", "));
+    return info;
+  }
+  GgmlType type_of(const GgufTensorInfo& info) const {
+    const auto type = static_cast<GgmlType>(info.type);
+    MOE_REQUIRE(ggml_block(info.type).values > 0 && is_weight_type(type),
+                "{}: tensor {} has type {}, which is not one of F32 F16 BF16 Q8_0 Q4_0 Q4_K Q5_K "
+                "Q6_K",
+                f_.path(), info.name, ggml_type_name(info.type));
+    return type;
+  }
+  // Any weight type widened to fp32, row by row (norms and routers are small).
+  void read(const GgufTensorInfo& info, float* out) const {
+    const GgmlType type = type_of(info);
+    const int64_t cols = info.dims[0], rows = info.numel() / cols;
+    const uint8_t* p = f_.data(info);
+    for (int64_t r = 0; r < rows; ++r)
+      dequantize_row(type, p + r * row_bytes(type, cols), out + r * cols, cols);
+  }
+  const GgufFile& f_;
+};
 
 void InferenceModel::quantize_matrices(GgmlType type) {
   quantize_attention_and_head(type);
+  bytes_of_type_.clear();
+  auto count = [&](const WeightView& w) {
+    bytes_of_type_[w.type] += w.rows * row_bytes(w.type, w.cols);
+  };
+  count(embed_);
+  count(head_);
+  for (AttentionWeights& a : attn_)
+    for (const WeightView* w : {&a.q, &a.k, &a.v, &a.o}) count(*w);
   for (Layer& L : layers_) {
     for (FfnViews& f : L.experts)
-      for (WeightView* w : {&f.w1, &f.w3, &f.w2}) *w = quantized(*w, type);
+      for (WeightView* w : {&f.w1, &f.w3, &f.w2}) count(*w = quantized(*w, type));
     if (L.has_shared)
-      for (WeightView* w : {&L.shared.w1, &L.shared.w3, &L.shared.w2}) *w = quantized(*w, type);
+      for (WeightView* w : {&L.shared.w1, &L.shared.w3, &L.shared.w2})
+        count(*w = quantized(*w, type));
   }
   weight_type_ = type;
 }
 
-std::unique_ptr<InferenceModel> InferenceModel::load(const std::string& dir, GgmlType quantize) {
-  std::unique_ptr<InferenceModel> m(new InferenceModel(load_hf_config(dir + "/config.json")));
-  m->weights_ = HfWeights::open(dir);
+std::unique_ptr<InferenceModel> InferenceModel::load(const std::string& path, GgmlType quantize) {
+  std::unique_ptr<InferenceModel> m = open(path);
+  if (quantize != GgmlType::F32) m->quantize_matrices(quantize);
+  return m;
+}
+
+std::unique_ptr<InferenceModel> InferenceModel::open(const std::string& path) {
+  if (fs::is_regular_file(path)) {
+    GgufFile f = GgufFile::open(path);
+    const ModelConfig c = model_config_from_gguf(f);
+    GgufSource src(f);
+    std::unique_ptr<InferenceModel> m = build(c, src);
+    m->gguf_.emplace(std::move(f));  // the mapping moves with it: the views stay valid
+    m->rope_interleaved_ = gguf_rope_interleaved(c);
+    int64_t bytes = 0;
+    for (const GgufTensorInfo& t : m->gguf_->tensors()) bytes += static_cast<int64_t>(t.nbytes);
+    m->weight_bytes_ = bytes;
+    return m;
+  }
+  const ModelConfig c = load_hf_config(path + "/config.json");
+  HfWeights w = HfWeights::open(path);
+  HfSource src(c, w);
+  std::unique_ptr<InferenceModel> m = build(c, src);
+  m->weight_bytes_ = w.data_bytes();
+  m->hf_.emplace(std::move(w));
+  return m;
+}
+
+std::string InferenceModel::weight_types() const {
+  std::vector<std::pair<int64_t, GgmlType>> by_size;
+  for (const auto& [t, b] : bytes_of_type_) by_size.emplace_back(b, t);
+  std::sort(by_size.rbegin(), by_size.rend());
+  std::string out;
+  for (const auto& [b, t] : by_size)
+    out += fmt::format("{}{} {:.1f} MB", out.empty() ? "" : ", ",
+                       ggml_type_name(static_cast<uint32_t>(t)), b / 1e6);
+  return out;
+}
+
+std::unique_ptr<InferenceModel> InferenceModel::build(const ModelConfig& cfg, Source& src) {
+  std::unique_ptr<InferenceModel> m(new InferenceModel(cfg));
   const ModelConfig& c = m->cfg_;
   const int64_t d = c.hidden_size, V = c.vocab_size, hd = c.head_size();
   const int64_t qd = c.num_attention_heads * hd, kvd = c.num_key_value_heads * hd;
   const int64_t F = c.intermediate_size;
+  auto count = [&](const WeightView& w) {
+    m->bytes_of_type_[w.type] += w.rows * row_bytes(w.type, w.cols);
+    return w;
+  };
+  auto matrix = [&](int l, HfTensor t, int64_t rows, int64_t cols) {
+    return count(src.matrix(l, t, rows, cols));
+  };
+  auto vector = [&](int l, HfTensor t, int64_t size) -> const float* {
+    std::vector<float>& v = m->fp32_.emplace_back(static_cast<size_t>(size));
+    src.vector(l, t, size, v.data());
+    return v.data();
+  };
 
-  m->embed_ = m->matrix("model.embed_tokens.weight", V, d);
-  m->head_ = c.tie_word_embeddings ? m->embed_ : m->matrix("lm_head.weight", V, d);
-  m->final_norm_ = m->vector("model.norm.weight", d);
+  m->embed_ = matrix(-1, HfTensor::Q, V, d);
+  m->head_ = c.tie_word_embeddings ? m->embed_ : matrix(-1, HfTensor::O, V, d);
+  m->final_norm_ = vector(-1, HfTensor::InputNorm, d);
   m->weight_type_ = m->embed_.type;
   m->layers_.resize(static_cast<size_t>(c.num_hidden_layers));
   m->attn_.resize(m->layers_.size());
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     Layer& L = m->layers_[static_cast<size_t>(l)];
     AttentionWeights& A = m->attn_[static_cast<size_t>(l)];
-    auto name = [&](HfTensor t, int e = -1) { return hf_tensor_name(c, l, t, e); };
-    A.input_norm = m->vector(name(HfTensor::InputNorm), d);
-    A.post_norm = m->vector(name(HfTensor::PostAttentionNorm), d);
-    A.q = m->matrix(name(HfTensor::Q), qd, d);
-    A.k = m->matrix(name(HfTensor::K), kvd, d);
-    A.v = m->matrix(name(HfTensor::V), kvd, d);
-    A.o = m->matrix(name(HfTensor::O), d, qd);
+    A.input_norm = vector(l, HfTensor::InputNorm, d);
+    A.post_norm = vector(l, HfTensor::PostAttentionNorm, d);
+    A.q = matrix(l, HfTensor::Q, qd, d);
+    A.k = matrix(l, HfTensor::K, kvd, d);
+    A.v = matrix(l, HfTensor::V, kvd, d);
+    A.o = matrix(l, HfTensor::O, d, qd);
     if (c.attention_bias) {
-      A.q_bias = m->vector(name(HfTensor::QBias), qd);
-      A.k_bias = m->vector(name(HfTensor::KBias), kvd);
-      A.v_bias = m->vector(name(HfTensor::VBias), kvd);
+      A.q_bias = vector(l, HfTensor::QBias, qd);
+      A.k_bias = vector(l, HfTensor::KBias, kvd);
+      A.v_bias = vector(l, HfTensor::VBias, kvd);
     }
     if (c.qk_norm == QkNorm::PerHead) {
-      A.q_norm = m->vector(name(HfTensor::QNorm), hd);
-      A.k_norm = m->vector(name(HfTensor::KNorm), hd);
+      A.q_norm = vector(l, HfTensor::QNorm, hd);
+      A.k_norm = vector(l, HfTensor::KNorm, hd);
     } else if (c.qk_norm == QkNorm::Full) {
-      A.q_norm = m->vector(name(HfTensor::QNorm), qd);
-      A.k_norm = m->vector(name(HfTensor::KNorm), kvd);
+      A.q_norm = vector(l, HfTensor::QNorm, qd);
+      A.k_norm = vector(l, HfTensor::KNorm, kvd);
     }
     L.moe = c.is_moe_layer(l);
     if (!L.moe) {
       const int64_t Fd = c.dense_width();
-      L.shared = {m->matrix(name(HfTensor::DenseGate), Fd, d),
-                  m->matrix(name(HfTensor::DenseUp), Fd, d),
-                  m->matrix(name(HfTensor::DenseDown), d, Fd)};
+      L.shared = {matrix(l, HfTensor::DenseGate, Fd, d), matrix(l, HfTensor::DenseUp, Fd, d),
+                  matrix(l, HfTensor::DenseDown, d, Fd)};
       L.has_shared = true;
       if (!m->dense_) m->dense_.emplace(FfnShape{Activation::SwiGLU, d, Fd}, 1);
       continue;
     }
     const int E = c.num_local_experts;
     if (!m->experts_) m->experts_.emplace(FfnShape{Activation::SwiGLU, d, F}, E);
-    const std::string router = name(HfTensor::Router);
     L.router.resize(static_cast<size_t>(E * d));
-    m->weights_.file_of(router).read_into<float>(router, Shape{E, d}, L.router.data());
+    src.router(l, E, d, L.router.data());
+    const auto gate = src.experts(l, HfTensor::ExpertGate, E, F, d);
+    const auto up = src.experts(l, HfTensor::ExpertUp, E, F, d);
+    const auto down = src.experts(l, HfTensor::ExpertDown, E, d, F);
     for (int e = 0; e < E; ++e)
-      L.experts.push_back({m->matrix(name(HfTensor::ExpertGate, e), F, d),
-                           m->matrix(name(HfTensor::ExpertUp, e), F, d),
-                           m->matrix(name(HfTensor::ExpertDown, e), d, F)});
+      L.experts.push_back({count(gate[e]), count(up[e]), count(down[e])});
+    m->weight_type_ = gate[0].type;
     if (c.moe.n_shared_experts > 0) {
       const int64_t S = c.moe.shared_hidden();
-      L.shared = {m->matrix(name(HfTensor::SharedGate), S, d),
-                  m->matrix(name(HfTensor::SharedUp), S, d),
-                  m->matrix(name(HfTensor::SharedDown), d, S)};
+      L.shared = {matrix(l, HfTensor::SharedGate, S, d), matrix(l, HfTensor::SharedUp, S, d),
+                  matrix(l, HfTensor::SharedDown, d, S)};
       L.has_shared = true;
       if (!m->shared_) m->shared_.emplace(FfnShape{Activation::SwiGLU, d, S}, 1);
       if (c.moe.shared_expert_gate) {
-        const std::string g = name(HfTensor::SharedExpertGate);
         L.shared_gate.resize(static_cast<size_t>(d));
-        m->weights_.file_of(g).read_into<float>(g, Shape{1, d}, L.shared_gate.data());
+        src.vector(l, HfTensor::SharedExpertGate, d, L.shared_gate.data());
       }
     }
   }
-  if (quantize != GgmlType::F32) m->quantize_matrices(quantize);
   return m;
 }
 

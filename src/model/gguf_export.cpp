@@ -1,12 +1,11 @@
 #include "moe/gguf_export.h"
 
-#include <sentencepiece_processor.h>
-
 #include <filesystem>
-#include <map>
 
 #include "moe/error.h"
 #include "moe/gguf.h"
+#include "moe/gguf_model.h"
+#include "moe/gguf_tokenizer.h"
 #include "moe/utf8.h"
 
 namespace moe {
@@ -15,11 +14,6 @@ namespace {
 
 // llama.cpp's token types (gguf-py TokenType).
 enum TokenType : int32_t { kNormal = 1, kUnknown = 2, kControl = 3, kUnused = 5, kByte = 6 };
-
-// llama.cpp's general.file_type (LlamaFileType): all F32, mostly F16, mostly BF16.
-uint32_t file_type(DType d) {
-  return d == DType::F16 ? 1 : d == DType::BF16 ? 32 : 0;
-}
 
 GgmlType ggml_type(DType d) {
   switch (d) {
@@ -35,60 +29,20 @@ GgmlType ggml_type(DType d) {
   throw Error(fmt::format("export_gguf: dtype {} is not one of F32, F16, BF16", dtype_name(d)));
 }
 
-// The sentencepiece model as llama.cpp's SPM vocabulary ("llama"): same pieces, scores and
-// types, so llama.cpp's score-driven merges and byte fallback give sentencepiece's ids.
-void sentencepiece_vocab(GgufWriter& w, const std::string& path, int vocab_size) {
-  sentencepiece::SentencePieceProcessor sp;
-  const auto status = sp.Load(path);
-  if (!status.ok())
-    throw Error(
-        fmt::format("{}: cannot load the sentencepiece model: {}", path, status.ToString()));
-  const int n = sp.GetPieceSize();
-  if (n != vocab_size)
-    throw Error(
-        fmt::format("{}: has {} pieces but the model's vocab_size is {}", path, n, vocab_size));
-  std::vector<std::string> tokens(n);
-  std::vector<float> scores(n);
-  std::vector<int32_t> types(n);
-  for (int i = 0; i < n; ++i) {
-    tokens[i] = sp.IdToPiece(i);
-    scores[i] = sp.GetScore(i);
-    types[i] = sp.IsUnknown(i)   ? kUnknown
-               : sp.IsControl(i) ? kControl
-               : sp.IsUnused(i)  ? kUnused
-               : sp.IsByte(i)    ? kByte
-                                 : kNormal;
-  }
-  w.set("tokenizer.ggml.model", GgufValue::string("llama"));
-  w.set("tokenizer.ggml.tokens", GgufValue::strings(std::move(tokens)));
-  w.set("tokenizer.ggml.scores", GgufValue::f32s(scores));
-  w.set("tokenizer.ggml.token_type", GgufValue::i32s(types));
-  w.set("tokenizer.ggml.bos_token_id", GgufValue::u32(static_cast<uint32_t>(sp.bos_id())));
-  w.set("tokenizer.ggml.eos_token_id", GgufValue::u32(static_cast<uint32_t>(sp.eos_id())));
-  if (sp.unk_id() >= 0)
-    w.set("tokenizer.ggml.unknown_token_id", GgufValue::u32(static_cast<uint32_t>(sp.unk_id())));
-  // train_sentencepiece: no dummy prefix, no whitespace folding (llama.cpp's SPM default adds
-  // the prefix).
-  w.set("tokenizer.ggml.add_space_prefix", GgufValue::boolean(false));
-  w.set("tokenizer.ggml.remove_extra_whitespaces", GgufValue::boolean(false));
-}
+}  // namespace
 
-// The byte tokenizer (ids 0..255 the bytes, 256 BOS, 257 EOS) as a GPT-2 byte-level BPE
-// vocabulary ("gpt2") with no merges: every byte is its own token. Not the "llama" SPM type:
-// llama.cpp's SPM path rewrites ' ' as U+2581 before lookup, which would give the three bytes
-// of U+2581 instead of byte 0x20.
-void byte_vocab(GgufWriter& w, int vocab_size) {
-  if (vocab_size != 258)
-    throw Error(fmt::format(
-        "export_gguf: vocab_size = {}, but the byte tokenizer has 258 tokens (pass the run's "
-        "tokenizer.model for a sentencepiece model)",
-        vocab_size));
-  std::vector<std::string> tokens(258);
+void add_padded_byte_vocab(GgufWriter& w, int vocab_size) {
+  MOE_CHECK(vocab_size >= 258, "add_padded_byte_vocab: vocab_size {} < 258", vocab_size);
+  std::vector<std::string> tokens(static_cast<size_t>(vocab_size));
   for (int b = 0; b < 256; ++b) tokens[b] = utf8_encode(gpt2_byte_chars()[b]);
   tokens[256] = "<s>";
   tokens[257] = "</s>";
-  std::vector<int32_t> types(258, kNormal);
+  std::vector<int32_t> types(static_cast<size_t>(vocab_size), kNormal);
   types[256] = types[257] = kControl;
+  for (int i = 258; i < vocab_size; ++i) {
+    tokens[i] = fmt::format("<unused{}>", i - 258);
+    types[i] = kUnused;
+  }
   w.set("tokenizer.ggml.model", GgufValue::string("gpt2"));
   w.set("tokenizer.ggml.pre", GgufValue::string("default"));
   w.set("tokenizer.ggml.tokens", GgufValue::strings(std::move(tokens)));
@@ -97,8 +51,6 @@ void byte_vocab(GgufWriter& w, int vocab_size) {
   w.set("tokenizer.ggml.bos_token_id", GgufValue::u32(256));
   w.set("tokenizer.ggml.eos_token_id", GgufValue::u32(257));
 }
-
-}  // namespace
 
 std::string gguf_unsupported_reason(const ModelConfig& c) {
   const MoeConfig& m = c.moe;
@@ -152,97 +104,36 @@ void permute_rope_rows(const float* src, float* dst, int n_heads, int head_dim, 
 
 void export_gguf(const Transformer<float>& model, const std::string& tokenizer_model_path,
                  const std::string& out_path, DType dtype) {
+  TypeScheme types;
+  types.base = ggml_type(dtype);
+  export_gguf(model, tokenizer_model_path, out_path, types, nullptr);
+}
+
+void export_gguf(const Transformer<float>& model, const std::string& tokenizer_model_path,
+                 const std::string& out_path, const TypeScheme& types,
+                 const std::function<void(const std::string&)>& note) {
   const ModelConfig& c = model.config();
   if (const std::string why = gguf_unsupported_reason(c); !why.empty())
     throw Error(fmt::format("{}: cannot export to GGUF: {}", out_path, why));
-  const GgmlType mat = ggml_type(dtype);
-  const int d = c.hidden_size, H = c.num_attention_heads, G = c.num_key_value_heads;
-  const int hd = c.head_size(), L = c.num_hidden_layers;
-  const bool moe = c.num_local_experts > 0;
-
-  // parameters() is non-const only because it hands out gradient pointers too; we only read.
-  std::map<std::string, const ParamRef<float>*> params;
-  for (const auto& p : const_cast<Transformer<float>&>(model).parameters()) params[p.name] = &p;
-  auto param = [&](const std::string& name) -> const ParamRef<float>& {
-    const auto it = params.find(name);
-    MOE_CHECK(it != params.end(), "export_gguf: the model has no parameter {}", name);
-    return *it->second;
+  GgufModelWriteOptions opt;
+  opt.types = types;
+  opt.note = note;
+  opt.name = std::filesystem::path(out_path).stem().string();
+  opt.add_tokenizer = [&](GgufWriter& w) {
+    const int32_t n_tokens = add_gguf_tokenizer_of_run(w, tokenizer_model_path);
+    if (n_tokens == c.vocab_size) return;
+    if (tokenizer_model_path.empty())
+      throw Error(fmt::format(
+          "export_gguf: vocab_size = {}, but the byte tokenizer has 258 tokens (pass the run's "
+          "tokenizer.model for a sentencepiece model)",
+          c.vocab_size));
+    throw Error(fmt::format("{}: has {} pieces but the model's vocab_size is {}",
+                            tokenizer_model_path, n_tokens, c.vocab_size));
   };
-
-  GgufWriter w;
-  const std::string arch = "llama";
-  auto key = [&](const char* k) { return arch + "." + k; };
-  w.set("general.architecture", GgufValue::string(arch));
-  w.set("general.name", GgufValue::string(std::filesystem::path(out_path).stem().string()));
-  w.set("general.file_type", GgufValue::u32(file_type(dtype)));
-  w.set(key("vocab_size"), GgufValue::u32(static_cast<uint32_t>(c.vocab_size)));
-  w.set(key("context_length"), GgufValue::u32(static_cast<uint32_t>(c.max_position_embeddings)));
-  w.set(key("embedding_length"), GgufValue::u32(static_cast<uint32_t>(d)));
-  w.set(key("block_count"), GgufValue::u32(static_cast<uint32_t>(L)));
-  w.set(key("feed_forward_length"),
-        GgufValue::u32(static_cast<uint32_t>(moe ? c.intermediate_size : c.dense_width())));
-  w.set(key("attention.head_count"), GgufValue::u32(static_cast<uint32_t>(H)));
-  w.set(key("attention.head_count_kv"), GgufValue::u32(static_cast<uint32_t>(G)));
-  // llama.cpp assumes head_dim = hidden_size / heads unless told.
-  w.set(key("attention.key_length"), GgufValue::u32(static_cast<uint32_t>(hd)));
-  w.set(key("attention.value_length"), GgufValue::u32(static_cast<uint32_t>(hd)));
-  w.set(key("rope.dimension_count"), GgufValue::u32(static_cast<uint32_t>(hd)));
-  w.set(key("rope.freq_base"), GgufValue::f32(static_cast<float>(c.rope_theta)));
-  w.set(key("attention.layer_norm_rms_epsilon"),
-        GgufValue::f32(static_cast<float>(c.rms_norm_eps)));
-  if (moe) {
-    w.set(key("expert_count"), GgufValue::u32(static_cast<uint32_t>(c.num_local_experts)));
-    w.set(key("expert_used_count"),
-          GgufValue::u32(static_cast<uint32_t>(c.moe.num_experts_per_tok)));
-  }
-
-  if (tokenizer_model_path.empty())
-    byte_vocab(w, c.vocab_size);
-  else
-    sentencepiece_vocab(w, tokenizer_model_path, c.vocab_size);
-  // Training documents are BOS + text + EOS and `moe generate` starts from BOS.
-  w.set("tokenizer.ggml.add_bos_token", GgufValue::boolean(true));
-  w.set("tokenizer.ggml.add_eos_token", GgufValue::boolean(false));
-
-  auto add = [&](const std::string& name, const std::string& ours, GgmlType type) {
-    const ParamRef<float>& p = param(ours);
-    const std::vector<int64_t> shape(p.shape.dims.begin(), p.shape.dims.begin() + p.shape.ndim);
-    w.add_tensor(name, shape, type, p.value);
-  };
-  auto add_rope = [&](const std::string& name, const std::string& ours, int heads) {
-    const ParamRef<float>& p = param(ours);
-    const float* src = p.value;
-    w.add_tensor(name, {p.shape[0], p.shape[1]}, mat,
-                 [src, heads, hd, d](float* out) { permute_rope_rows(src, out, heads, hd, d); });
-  };
-
-  add("token_embd.weight", "model.embed_tokens.weight", mat);
-  for (int l = 0; l < L; ++l) {
-    const std::string blk = fmt::format("blk.{}.", l);
-    const std::string ml = fmt::format("model.layers.{}.", l);
-    add(blk + "attn_norm.weight", ml + "input_layernorm.weight", GgmlType::F32);
-    add_rope(blk + "attn_q.weight", ml + "self_attn.q_proj.weight", H);
-    add_rope(blk + "attn_k.weight", ml + "self_attn.k_proj.weight", G);
-    add(blk + "attn_v.weight", ml + "self_attn.v_proj.weight", mat);
-    add(blk + "attn_output.weight", ml + "self_attn.o_proj.weight", mat);
-    add(blk + "ffn_norm.weight", ml + "post_attention_layernorm.weight", GgmlType::F32);
-    if (moe) {
-      // Our experts are stored stacked [E, F, d] / [E, d, F]: exactly llama.cpp's *_exps.
-      const std::string e = ml + "block_sparse_moe.";
-      add(blk + "ffn_gate_inp.weight", e + "router.weight", GgmlType::F32);
-      add(blk + "ffn_gate_exps.weight", e + "experts.w1", mat);
-      add(blk + "ffn_up_exps.weight", e + "experts.w3", mat);
-      add(blk + "ffn_down_exps.weight", e + "experts.w2", mat);
-    } else {
-      add(blk + "ffn_gate.weight", ml + "mlp.ffn.w1", mat);
-      add(blk + "ffn_up.weight", ml + "mlp.ffn.w3", mat);
-      add(blk + "ffn_down.weight", ml + "mlp.ffn.w2", mat);
-    }
-  }
-  add("output_norm.weight", "model.norm.weight", GgmlType::F32);
-  // Tied: no output tensor; llama.cpp then uses token_embd as the LM head.
-  if (!c.tie_word_embeddings) add("output.weight", "lm_head.weight", mat);
-  w.write(out_path);
+  // A trained run is the Mixtral family whatever its config file calls it.
+  ModelConfig mixtral = c;
+  mixtral.model_type = "mixtral";
+  write_gguf_model(mixtral, *gguf_source_of_run(model), out_path, opt);
 }
 
 }  // namespace moe

@@ -1,0 +1,117 @@
+// GGUF models of llama.cpp's MoE architectures, both ways. Each maps to one Hugging Face family
+// of hf_checkpoint.h and back:
+//   llama     (Mixtral)  Q/K rows permuted for llama.cpp's interleaved RoPE, renormalized top-k
+//   qwen2moe  q/k/v biases, a sigmoid-gated shared expert (ffn_*_shexp, ffn_gate_inp_shexp)
+//   qwen3moe  per-head q/k RMSNorm (attn_q_norm / attn_k_norm [head_dim]), renormalized top-k
+//   olmoe     q/k RMSNorm over the whole projection, top-k not renormalized
+// Tensors are blk.N.<name>.weight with the experts stacked [E, rows, cols] (ffn_gate_exps,
+// ffn_up_exps, ffn_down_exps) and the router ffn_gate_inp [E, d]. A dense layer (Qwen's
+// mlp_only_layers / decoder_sparse_step) is ffn_gate / ffn_up / ffn_down of width
+// feed_forward_length and no router; llama.cpp itself only loads these architectures with every
+// layer MoE, so the writer says so when it writes one.
+// The writer streams tensor by tensor through GgufWriter; the type of each matrix follows a
+// TypeScheme (llama.cpp's --type plus the Q4_K_M / Q5_K_M mixes and the MoE overrides); router,
+// norms and biases stay F32.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "moe/gguf.h"
+#include "moe/hf_checkpoint.h"
+#include "moe/model_config.h"
+#include "moe/transformer.h"
+
+namespace moe {
+
+// "llama", "qwen2moe", "qwen3moe", "olmoe" for a config's model_type; an error naming it when
+// there is none.
+std::string gguf_arch_of(const ModelConfig& c);
+// Whether the architecture stores Q/K rows for interleaved RoPE (llama.cpp's "norm" RoPE).
+bool gguf_rope_interleaved(const ModelConfig& c);
+
+// The config a GGUF file's metadata describes, checked against the tensors it holds: a missing
+// key, a key that contradicts a tensor's shape or an architecture not supported is one
+// moe::Error naming the file and the key.
+ModelConfig model_config_from_gguf(const GgufFile& f);
+
+// The GGUF name of a block tensor: "blk.N.attn_q.weight", the experts' stacked
+// "blk.N.ffn_gate_exps.weight", ...
+std::string gguf_tensor_name(int layer, HfTensor t);
+
+// What one stored tensor of a model is. Matrices are [rows, cols]; experts [E, rows, cols].
+enum class GgufRole { Vector, Router, Matrix, Experts };
+struct GgufModelTensor {
+  std::string name;            // GGUF name, e.g. "blk.3.ffn_down_exps.weight"
+  std::vector<int64_t> shape;  // row-major
+  GgufRole role = GgufRole::Matrix;
+  int layer = -1;  // -1: token_embd, output_norm, output
+  HfTensor kind = HfTensor::Q;  // what it is in a block (layer >= 0)
+};
+// Every tensor of config c in the order the writer stores them.
+std::vector<GgufModelTensor> gguf_model_tensors(const ModelConfig& c);
+
+// The storage type of every tensor: `--type` and its overrides.
+struct TypeScheme {
+  GgmlType base = GgmlType::F32;
+  // llama.cpp's Q4_K_M / Q5_K_M: output, and attn_v / ffn_down(_exps) of some layers, in Q6_K.
+  bool k_mix = false;
+  bool has_expert_type = false, has_other_type = false;
+  GgmlType expert_type = GgmlType::F32, other_type = GgmlType::F32;
+};
+// "f32 f16 bf16 q8_0 q4_0 q4_k q5_k q6_k q4_k_m q5_k_m"; false for anything else.
+bool parse_type_scheme(const std::string& name, TypeScheme* out);
+// The type tensor t of config c gets: the scheme's choice, then, when a row is not whole blocks
+// of it, the fallback llama.cpp takes (Q4_K -> Q4_0 ... -> F16; `fallback` says so when it is
+// not null).
+GgmlType gguf_tensor_type(const ModelConfig& c, const GgufModelTensor& t, const TypeScheme& s,
+                          std::string* fallback = nullptr);
+
+// Where the writer's tensor values come from, one tensor at a time.
+class GgufModelSource {
+ public:
+  virtual ~GgufModelSource() = default;
+  // The values of t in Hugging Face row order (Q and K not permuted), numel floats.
+  virtual void fill(const GgufModelTensor& t, float* out) const = 0;
+  // The stored blocks of t when the source holds t as `type` in GGUF layout already (kept
+  // byte for byte), else nullptr.
+  virtual const uint8_t* raw(const GgufModelTensor& t, GgmlType type) const {
+    (void)t;
+    (void)type;
+    return nullptr;
+  }
+};
+
+struct GgufModelWriteOptions {
+  TypeScheme types;
+  std::string name;  // general.name
+  // Writes the tokenizer.* keys.
+  std::function<void(GgufWriter&)> add_tokenizer;
+  // Receives one line per note (type fallbacks, layers llama.cpp cannot load).
+  std::function<void(const std::string&)> note;
+};
+
+// The sources (gguf_model_sources.cpp). Each reads its input only; the input must outlive it.
+// A Hugging Face checkpoint (per-expert tensors stacked as they are read).
+std::unique_ptr<GgufModelSource> gguf_source_of_hf(const ModelConfig& c, const HfWeights& w);
+// A GGUF file of config c (model_config_from_gguf): tensors whose type is kept are copied as
+// stored; the others are widened to fp32 (and the llama architecture's Q/K un-permuted).
+std::unique_ptr<GgufModelSource> gguf_source_of_gguf(const ModelConfig& c, const GgufFile& f);
+// A trained run's fp32 parameters (the Mixtral family; gguf_unsupported_reason() empty).
+std::unique_ptr<GgufModelSource> gguf_source_of_run(const Transformer<float>& m);
+// Random weights of any shape: matrices and experts ~ N(0, 0.02), norms 1, biases 0, the
+// shared expert's gate 0; each tensor's values fixed by the seed and its name.
+std::unique_ptr<GgufModelSource> gguf_source_random(uint64_t seed);
+
+// Writes config c from `src` to `out_path` (atomically), tensor by tensor.
+void write_gguf_model(const ModelConfig& c, const GgufModelSource& src, const std::string& out_path,
+                      const GgufModelWriteOptions& opt);
+
+// The inverse of permute_rope_rows (gguf_export.h): llama.cpp's interleaved rows back to the
+// rotate_half layout.
+void unpermute_rope_rows(const float* src, float* dst, int n_heads, int head_dim, int64_t cols);
+
+}  // namespace moe

@@ -1,0 +1,482 @@
+#include "moe/gguf_model.h"
+
+#include <algorithm>
+#include <nlohmann/json.hpp>
+
+#include "moe/error.h"
+#include "moe/gguf_export.h"
+
+namespace moe {
+
+namespace {
+
+// llama.cpp's general.file_type (LlamaFileType) of a scheme.
+uint32_t file_type(const TypeScheme& s) {
+  switch (s.base) {
+    case GgmlType::F16:
+      return 1;
+    case GgmlType::Q4_0:
+      return 2;
+    case GgmlType::Q8_0:
+      return 7;
+    case GgmlType::Q4_K:
+      return s.k_mix ? 15 : 14;  // Q4_K_M, Q4_K_S
+    case GgmlType::Q5_K:
+      return s.k_mix ? 17 : 16;  // Q5_K_M, Q5_K_S
+    case GgmlType::Q6_K:
+      return 18;
+    case GgmlType::BF16:
+      return 32;
+    default:
+      return 0;
+  }
+}
+
+int64_t numel_of(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+std::string shape_text(const std::vector<int64_t>& s) {
+  return fmt::format("[{}]", fmt::join(s, ", "));
+}
+
+// llama.cpp's rule for the layers whose attn_v / ffn_down get more bits in the _M mixes.
+bool use_more_bits(int layer, int n_layers) {
+  return layer < n_layers / 8 || layer >= 7 * n_layers / 8 || (layer - n_layers / 8) % 3 == 2;
+}
+
+// The next type llama.cpp falls back to when a row is not whole blocks of `t`.
+GgmlType fallback_of(GgmlType t) {
+  switch (t) {
+    case GgmlType::Q4_K:
+      return GgmlType::Q4_0;  // llama.cpp takes Q5_0, a type this code does not compute with
+    case GgmlType::Q5_K:
+    case GgmlType::Q6_K:
+      return GgmlType::Q8_0;  // llama.cpp: Q5_1 for Q5_K, Q8_0 for Q6_K
+    default:
+      return GgmlType::F16;
+  }
+}
+
+}  // namespace
+
+std::string gguf_arch_of(const ModelConfig& c) {
+  if (c.model_type == "mixtral") return "llama";
+  if (c.model_type == "qwen2_moe") return "qwen2moe";
+  if (c.model_type == "qwen3_moe") return "qwen3moe";
+  if (c.model_type == "olmoe") return "olmoe";
+  throw Error(fmt::format("model_type \"{}\" has no GGUF architecture here (expected mixtral, "
+                          "qwen2_moe, qwen3_moe or olmoe)",
+                          c.model_type));
+}
+
+bool gguf_rope_interleaved(const ModelConfig& c) { return c.model_type == "mixtral"; }
+
+void unpermute_rope_rows(const float* src, float* dst, int n_heads, int head_dim, int64_t cols) {
+  MOE_CHECK(head_dim % 2 == 0, "unpermute_rope_rows: head_dim {} is odd", head_dim);
+  const int half = head_dim / 2;
+  for (int h = 0; h < n_heads; ++h)
+    for (int i = 0; i < half; ++i)
+      for (int j = 0; j < 2; ++j) {
+        const float* s = src + (static_cast<int64_t>(h) * head_dim + 2 * i + j) * cols;
+        std::copy_n(s, cols, dst + (static_cast<int64_t>(h) * head_dim + i + j * half) * cols);
+      }
+}
+
+std::string gguf_tensor_name(int layer, HfTensor t) {
+  const char* n = "";
+  switch (t) {
+    case HfTensor::InputNorm: n = "attn_norm.weight"; break;
+    case HfTensor::PostAttentionNorm: n = "ffn_norm.weight"; break;
+    case HfTensor::Q: n = "attn_q.weight"; break;
+    case HfTensor::K: n = "attn_k.weight"; break;
+    case HfTensor::V: n = "attn_v.weight"; break;
+    case HfTensor::O: n = "attn_output.weight"; break;
+    case HfTensor::QBias: n = "attn_q.bias"; break;
+    case HfTensor::KBias: n = "attn_k.bias"; break;
+    case HfTensor::VBias: n = "attn_v.bias"; break;
+    case HfTensor::QNorm: n = "attn_q_norm.weight"; break;
+    case HfTensor::KNorm: n = "attn_k_norm.weight"; break;
+    case HfTensor::Router: n = "ffn_gate_inp.weight"; break;
+    case HfTensor::ExpertGate: n = "ffn_gate_exps.weight"; break;
+    case HfTensor::ExpertUp: n = "ffn_up_exps.weight"; break;
+    case HfTensor::ExpertDown: n = "ffn_down_exps.weight"; break;
+    case HfTensor::SharedGate: n = "ffn_gate_shexp.weight"; break;
+    case HfTensor::SharedUp: n = "ffn_up_shexp.weight"; break;
+    case HfTensor::SharedDown: n = "ffn_down_shexp.weight"; break;
+    case HfTensor::SharedExpertGate: n = "ffn_gate_inp_shexp.weight"; break;
+    case HfTensor::DenseGate: n = "ffn_gate.weight"; break;
+    case HfTensor::DenseUp: n = "ffn_up.weight"; break;
+    case HfTensor::DenseDown: n = "ffn_down.weight"; break;
+  }
+  return fmt::format("blk.{}.{}", layer, n);
+}
+
+// ---- reading the config -----------------------------------------------------------------------
+
+ModelConfig model_config_from_gguf(const GgufFile& f) {
+  const std::string& path = f.path();
+  const std::string arch = f.string("general.architecture");
+  std::string type;
+  if (arch == "llama")
+    type = "mixtral";
+  else if (arch == "qwen2moe")
+    type = "qwen2_moe";
+  else if (arch == "qwen3moe")
+    type = "qwen3_moe";
+  else if (arch == "olmoe")
+    type = "olmoe";
+  else
+    throw Error(fmt::format("{}: general.architecture \"{}\" is not supported (expected llama, "
+                            "qwen2moe, qwen3moe or olmoe)",
+                            path, arch));
+  auto key = [&](const char* k) { return arch + "." + k; };
+  auto integer = [&](const std::string& k) -> int64_t {
+    try {
+      return f.value(k).as_int();
+    } catch (const Error& e) {
+      throw Error(fmt::format("{}: {}: {}", path, k, e.what()));
+    }
+  };
+  auto real = [&](const std::string& k) -> double {
+    const GgufValue& v = f.value(k);
+    if (v.type() == GgufType::F32) return v.as_f32();
+    try {
+      return static_cast<double>(v.as_int());
+    } catch (const Error& e) {
+      throw Error(fmt::format("{}: {}: {}", path, k, e.what()));
+    }
+  };
+  auto positive = [&](const std::string& k) {
+    const int64_t v = integer(k);
+    MOE_REQUIRE(v > 0 && v <= (int64_t{1} << 30), "{}: {} = {} is not a positive count", path, k,
+                v);
+    return static_cast<int>(v);
+  };
+  // A dimension of a tensor (ggml order), the tensor required.
+  auto dim = [&](const std::string& tensor, size_t i) {
+    const GgufTensorInfo& t = f.tensor(tensor);
+    MOE_REQUIRE(t.dims.size() > i, "{}: tensor {} has {} dims, expected more than {}", path,
+                tensor, t.dims.size(), i);
+    return t.dims[i];
+  };
+  // A metadata value must agree with the tensor that has it as a dimension.
+  auto agree = [&](const std::string& k, int64_t value, const std::string& tensor, size_t i) {
+    const int64_t got = dim(tensor, i);
+    MOE_REQUIRE(got == value, "{}: {} = {} contradicts tensor {} of shape {}", path, k, value,
+                tensor, shape_text(f.tensor(tensor).shape()));
+  };
+  for (const char* unsupported : {"rope.scaling.type", "attention.sliding_window"}) {
+    if (!f.has(key(unsupported))) continue;
+    const GgufValue& v = f.value(key(unsupported));
+    const bool none = v.type() == GgufType::String && v.as_string() == "none";
+    MOE_REQUIRE(none, "{}: {} = {} is not supported (plain RoPE, full attention only)", path,
+                key(unsupported), v.to_string());
+  }
+
+  nlohmann::json j;
+  j["model_type"] = type;
+  const int L = positive(key("block_count"));
+  const int d = positive(key("embedding_length"));
+  const int H = positive(key("attention.head_count"));
+  j["num_hidden_layers"] = L;
+  j["hidden_size"] = d;
+  j["num_attention_heads"] = H;
+  j["num_key_value_heads"] =
+      f.has(key("attention.head_count_kv")) ? positive(key("attention.head_count_kv")) : H;
+  if (f.has(key("attention.key_length"))) {
+    const int hd = positive(key("attention.key_length"));
+    MOE_REQUIRE(!f.has(key("attention.value_length")) ||
+                    integer(key("attention.value_length")) == hd,
+                "{}: {} = {} differs from {} = {} (not supported)", path,
+                key("attention.value_length"), integer(key("attention.value_length")),
+                key("attention.key_length"), hd);
+    j["head_dim"] = hd;
+  }
+  if (f.has(key("rope.dimension_count"))) {
+    const int64_t rd = integer(key("rope.dimension_count"));
+    const int hd = j.contains("head_dim") ? j["head_dim"].get<int>() : d / H;
+    MOE_REQUIRE(rd == hd, "{}: {} = {} is not the head size {} (partial RoPE is not supported)",
+                path, key("rope.dimension_count"), rd, hd);
+  }
+  j["max_position_embeddings"] = positive(key("context_length"));
+  j["rope_theta"] = f.has(key("rope.freq_base")) ? real(key("rope.freq_base")) : 10000.0;
+  j["rms_norm_eps"] = real(key("attention.layer_norm_rms_epsilon"));
+  const int64_t V = dim("token_embd.weight", 1);
+  if (f.has(key("vocab_size"))) agree(key("vocab_size"), integer(key("vocab_size")), "token_embd.weight", 1);
+  agree(key("embedding_length"), d, "token_embd.weight", 0);
+  j["vocab_size"] = V;
+  j["tie_word_embeddings"] = !f.has_tensor("output.weight");
+
+  const int E = f.has(key("expert_count")) ? static_cast<int>(integer(key("expert_count"))) : 0;
+  MOE_REQUIRE(E >= 0 && E <= (1 << 16), "{}: {} = {} is out of range", path, key("expert_count"),
+              E);
+  MOE_REQUIRE(E > 0 || arch == "llama", "{}: {} is missing ({} is a mixture of experts)", path,
+              key("expert_count"), arch);
+  std::vector<int> dense_layers;
+  int moe_layer = -1;  // a layer with experts, whose tensors fix the widths
+  for (int l = 0; l < L; ++l) {
+    if (E > 0 && f.has_tensor(fmt::format("blk.{}.ffn_gate_inp.weight", l)))
+      moe_layer = moe_layer < 0 ? l : moe_layer;
+    else
+      dense_layers.push_back(l);
+  }
+  MOE_REQUIRE(E == 0 || moe_layer >= 0, "{}: {} = {} but no layer has a router (ffn_gate_inp)",
+              path, key("expert_count"), E);
+  const int k = E > 0 ? positive(key("expert_used_count")) : 0;
+  if (E > 0) {
+    j["num_experts_per_tok"] = k;
+    agree(key("expert_count"), E, fmt::format("blk.{}.ffn_gate_inp.weight", moe_layer), 1);
+  }
+  const std::string exps = fmt::format("blk.{}.ffn_gate_exps.weight", moe_layer);
+  // The expert width: the metadata's when present (checked against the tensor), else the tensor's.
+  auto expert_width = [&](const std::string& k1) -> int64_t {
+    if (f.has(k1)) {
+      agree(k1, integer(k1), exps, 1);
+      return integer(k1);
+    }
+    return dim(exps, 1);
+  };
+  const int ff = f.has(key("feed_forward_length")) ? positive(key("feed_forward_length")) : 0;
+  if (type == "mixtral") {
+    MOE_REQUIRE(ff > 0, "{}: {} is missing", path, key("feed_forward_length"));
+    if (E > 0) {
+      MOE_REQUIRE(dense_layers.empty(),
+                  "{}: layer {} has no router (ffn_gate_inp) though {} = {}: the llama "
+                  "architecture has experts in every layer or none",
+                  path, dense_layers.front(), key("expert_count"), E);
+      agree(key("feed_forward_length"), ff, exps, 1);
+    }
+    j["intermediate_size"] = ff;
+    j["num_local_experts"] = E;
+  } else if (type == "olmoe") {
+    MOE_REQUIRE(dense_layers.empty(), "{}: layer {} has no router (ffn_gate_inp)", path,
+                dense_layers.empty() ? 0 : dense_layers.front());
+    j["intermediate_size"] = ff > 0 ? ff : dim(exps, 1);
+    if (ff > 0) agree(key("feed_forward_length"), ff, exps, 1);
+    j["num_experts"] = E;
+    j["norm_topk_prob"] = false;
+  } else {
+    const int64_t F = expert_width(key("expert_feed_forward_length"));
+    j["moe_intermediate_size"] = F;
+    j["num_experts"] = E;
+    j["intermediate_size"] = ff > 0 ? ff : F;
+    if (!dense_layers.empty() && ff > 0)
+      agree(key("feed_forward_length"), j["intermediate_size"].get<int64_t>(),
+            fmt::format("blk.{}.ffn_gate.weight", dense_layers.front()), 1);
+    j["mlp_only_layers"] = dense_layers;
+    // llama.cpp: qwen2moe does not renormalize the top-k gates, qwen3moe does.
+    j["norm_topk_prob"] = type == "qwen3_moe";
+    if (type == "qwen2_moe") {
+      const std::string sh = fmt::format("blk.{}.ffn_gate_shexp.weight", moe_layer);
+      int64_t S = 0;
+      if (f.has_tensor(sh)) {
+        S = dim(sh, 1);
+        if (f.has(key("expert_shared_feed_forward_length")))
+          agree(key("expert_shared_feed_forward_length"),
+                integer(key("expert_shared_feed_forward_length")), sh, 1);
+      }
+      j["shared_expert_intermediate_size"] = S;
+      j["qkv_bias"] = f.has_tensor("blk.0.attn_q.bias");
+    }
+  }
+  ModelConfig c = model_config_from_hf(j, path + " (GGUF metadata)");
+  if (type == "qwen2_moe" && c.moe.n_shared_experts == 0) c.moe.shared_expert_gate = false;
+  return c;
+}
+
+// ---- the tensors of a model -------------------------------------------------------------------
+
+std::vector<GgufModelTensor> gguf_model_tensors(const ModelConfig& c) {
+  const int64_t d = c.hidden_size, V = c.vocab_size, hd = c.head_size();
+  const int64_t qd = c.num_attention_heads * hd, kvd = c.num_key_value_heads * hd;
+  std::vector<GgufModelTensor> out;
+  auto global = [&](const char* name, std::vector<int64_t> shape, GgufRole role) {
+    out.push_back({name, std::move(shape), role, -1});
+  };
+  int l = 0;
+  auto add = [&](HfTensor kind, std::vector<int64_t> shape, GgufRole role) {
+    out.push_back({gguf_tensor_name(l, kind), std::move(shape), role, l, kind});
+  };
+  using T = HfTensor;
+  global("token_embd.weight", {V, d}, GgufRole::Matrix);
+  for (; l < c.num_hidden_layers; ++l) {
+    add(T::InputNorm, {d}, GgufRole::Vector);
+    add(T::Q, {qd, d}, GgufRole::Matrix);
+    add(T::K, {kvd, d}, GgufRole::Matrix);
+    add(T::V, {kvd, d}, GgufRole::Matrix);
+    add(T::O, {d, qd}, GgufRole::Matrix);
+    if (c.attention_bias) {
+      add(T::QBias, {qd}, GgufRole::Vector);
+      add(T::KBias, {kvd}, GgufRole::Vector);
+      add(T::VBias, {kvd}, GgufRole::Vector);
+    }
+    if (c.qk_norm != QkNorm::None) {
+      const bool full = c.qk_norm == QkNorm::Full;
+      add(T::QNorm, {full ? qd : hd}, GgufRole::Vector);
+      add(T::KNorm, {full ? kvd : hd}, GgufRole::Vector);
+    }
+    add(T::PostAttentionNorm, {d}, GgufRole::Vector);
+    if (!c.is_moe_layer(l)) {
+      const int64_t F = c.dense_width();
+      add(T::DenseGate, {F, d}, GgufRole::Matrix);
+      add(T::DenseUp, {F, d}, GgufRole::Matrix);
+      add(T::DenseDown, {d, F}, GgufRole::Matrix);
+      continue;
+    }
+    const int64_t E = c.num_local_experts, F = c.intermediate_size;
+    add(T::Router, {E, d}, GgufRole::Router);
+    add(T::ExpertGate, {E, F, d}, GgufRole::Experts);
+    add(T::ExpertUp, {E, F, d}, GgufRole::Experts);
+    add(T::ExpertDown, {E, d, F}, GgufRole::Experts);
+    if (c.moe.n_shared_experts > 0) {
+      const int64_t S = c.moe.shared_hidden();
+      if (c.moe.shared_expert_gate) add(T::SharedExpertGate, {d}, GgufRole::Router);
+      add(T::SharedGate, {S, d}, GgufRole::Matrix);
+      add(T::SharedUp, {S, d}, GgufRole::Matrix);
+      add(T::SharedDown, {d, S}, GgufRole::Matrix);
+    }
+  }
+  global("output_norm.weight", {d}, GgufRole::Vector);
+  if (!c.tie_word_embeddings) global("output.weight", {V, d}, GgufRole::Matrix);
+  return out;
+}
+
+// ---- types ------------------------------------------------------------------------------------
+
+bool parse_type_scheme(const std::string& name, TypeScheme* out) {
+  TypeScheme s;
+  std::string base = name;
+  for (auto& ch : base) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  if (base == "q4_k_m" || base == "q5_k_m") {
+    s.k_mix = true;
+    base = base.substr(0, 4);
+  }
+  GgmlType t;
+  if (!parse_ggml_type(base, &t) || !is_weight_type(t)) return false;
+  s.base = t;
+  *out = s;
+  return true;
+}
+
+GgmlType gguf_tensor_type(const ModelConfig& c, const GgufModelTensor& t, const TypeScheme& s,
+                          std::string* fallback) {
+  if (t.role == GgufRole::Vector || t.role == GgufRole::Router) return GgmlType::F32;
+  const bool expert = t.role == GgufRole::Experts;
+  GgmlType type = s.base;
+  auto ends_with = [&](const char* suffix) {
+    const std::string x = suffix;
+    return t.name.size() >= x.size() && t.name.compare(t.name.size() - x.size(), x.size(), x) == 0;
+  };
+  const bool head = ends_with("output.weight") && t.layer < 0;
+  if (s.k_mix) {  // llama.cpp's Q4_K_M / Q5_K_M (llama-quant.cpp)
+    const int L = c.num_hidden_layers;
+    const bool eight_experts = c.num_local_experts == 8;
+    if (head || (c.tie_word_embeddings && t.name == "token_embd.weight"))
+      type = GgmlType::Q6_K;
+    else if (ends_with("attn_v.weight"))
+      type = eight_experts ? GgmlType::Q8_0
+             : use_more_bits(t.layer, L) ? GgmlType::Q6_K
+                                         : type;
+    else if (ends_with("attn_k.weight") && eight_experts)
+      type = GgmlType::Q8_0;
+    else if (ends_with("attn_output.weight") && eight_experts && s.base == GgmlType::Q4_K)
+      type = GgmlType::Q5_K;
+    else if ((ends_with("ffn_down.weight") || ends_with("ffn_down_exps.weight") ||
+              ends_with("ffn_down_shexp.weight")) &&
+             use_more_bits(t.layer, L))
+      type = GgmlType::Q6_K;
+  }
+  if (expert && s.has_expert_type) type = s.expert_type;
+  if (!expert && s.has_other_type) type = s.other_type;
+  const int64_t cols = t.shape.back();
+  const GgmlType chosen = type;
+  while (cols % ggml_block(static_cast<uint32_t>(type)).values != 0) type = fallback_of(type);
+  if (type != chosen && fallback)
+    *fallback = fmt::format("{}: rows of {} values are not whole {} blocks, stored as {}", t.name,
+                            cols, ggml_type_name(static_cast<uint32_t>(chosen)),
+                            ggml_type_name(static_cast<uint32_t>(type)));
+  return type;
+}
+
+// ---- writing ----------------------------------------------------------------------------------
+
+void write_gguf_model(const ModelConfig& c, const GgufModelSource& src, const std::string& out_path,
+                      const GgufModelWriteOptions& opt) {
+  const std::string arch = gguf_arch_of(c);
+  const bool moe = c.num_local_experts > 0;
+  auto note = [&](const std::string& line) {
+    if (opt.note) opt.note(line);
+  };
+  const int d = c.hidden_size, H = c.num_attention_heads, G = c.num_key_value_heads;
+  const int hd = c.head_size(), L = c.num_hidden_layers;
+  int dense_layers = 0;
+  for (int l = 0; l < L; ++l) dense_layers += c.is_moe_layer(l) ? 0 : 1;
+  if (moe && dense_layers > 0)
+    note(fmt::format("{}: {} of {} layers are dense: moe reads them, llama.cpp's {} "
+                     "architecture does not (it expects experts in every layer)",
+                     out_path, dense_layers, L, arch));
+
+  GgufWriter w;
+  auto key = [&](const char* k) { return arch + "." + k; };
+  auto u32 = [](int64_t v) { return GgufValue::u32(static_cast<uint32_t>(v)); };
+  w.set("general.architecture", GgufValue::string(arch));
+  w.set("general.name", GgufValue::string(opt.name));
+  w.set("general.file_type", GgufValue::u32(file_type(opt.types)));
+  w.set(key("vocab_size"), u32(c.vocab_size));
+  w.set(key("context_length"), u32(c.max_position_embeddings));
+  w.set(key("embedding_length"), u32(d));
+  w.set(key("block_count"), u32(L));
+  // llama and olmoe: the expert width (a dense llama: its FFN width); qwen: the dense width.
+  const bool qwen = arch == "qwen2moe" || arch == "qwen3moe";
+  w.set(key("feed_forward_length"),
+        u32(qwen || !moe ? c.dense_width() : c.intermediate_size));
+  w.set(key("attention.head_count"), u32(H));
+  w.set(key("attention.head_count_kv"), u32(G));
+  // llama.cpp assumes head_dim = hidden_size / heads unless told.
+  w.set(key("attention.key_length"), u32(hd));
+  w.set(key("attention.value_length"), u32(hd));
+  w.set(key("rope.dimension_count"), u32(hd));
+  w.set(key("rope.freq_base"), GgufValue::f32(static_cast<float>(c.rope_theta)));
+  w.set(key("attention.layer_norm_rms_epsilon"),
+        GgufValue::f32(static_cast<float>(c.rms_norm_eps)));
+  if (moe) {
+    w.set(key("expert_count"), u32(c.num_local_experts));
+    w.set(key("expert_used_count"), u32(c.moe.num_experts_per_tok));
+    if (qwen) w.set(key("expert_feed_forward_length"), u32(c.intermediate_size));
+    if (arch == "qwen2moe" && c.moe.n_shared_experts > 0)
+      w.set(key("expert_shared_feed_forward_length"), u32(c.moe.shared_hidden()));
+  }
+  if (opt.add_tokenizer) opt.add_tokenizer(w);
+
+  const bool permute = gguf_rope_interleaved(c);
+  for (const GgufModelTensor& t : gguf_model_tensors(c)) {
+    std::string why;
+    const GgmlType type = gguf_tensor_type(c, t, opt.types, &why);
+    if (!why.empty()) note(why);
+    if (const uint8_t* raw = src.raw(t, type)) {
+      const int64_t bytes = t.shape.back() == 0 ? 0
+                            : row_bytes(type, t.shape.back()) * (numel_of(t.shape) / t.shape.back());
+      w.add_raw_tensor(t.name, t.shape, type,
+                       [raw, bytes](uint8_t* out) { std::copy_n(raw, bytes, out); });
+      continue;
+    }
+    const bool q = t.name.ends_with("attn_q.weight"), k = t.name.ends_with("attn_k.weight");
+    const GgufModelSource* s = &src;
+    if (permute && (q || k)) {
+      const int heads = q ? H : G;
+      w.add_tensor(t.name, t.shape, type, [s, t, heads, hd, d](float* out) {
+        std::vector<float> hf(static_cast<size_t>(t.shape[0] * t.shape[1]));
+        s->fill(t, hf.data());
+        permute_rope_rows(hf.data(), out, heads, hd, d);
+      });
+    } else {
+      w.add_tensor(t.name, t.shape, type, [s, t](float* out) { s->fill(t, out); });
+    }
+  }
+  w.write(out_path);
+}
+
+}  // namespace moe
