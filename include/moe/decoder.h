@@ -27,7 +27,7 @@ class Decoder {
   // to the caches. logits: [B*n, V] when all_logits, else [B, V] of each sequence's last token.
   void forward(const int32_t* tokens, int B, int n, std::vector<KvCache<float>>& caches,
                float* logits, bool all_logits = false);
-  // Bytes and values of the matrices quantized at load (0 without --quantize).
+  // Bytes and values of the quantized copies made at load (0 without --quantize).
   int64_t quantized_bytes() const;
   int64_t quantized_values() const { return quantized_values_; }
 
@@ -43,7 +43,8 @@ class Decoder {
   // h_ [rows, d] += the FFN of layer l applied to x_ [rows, d] (post-attention normalized).
   virtual void ffn(int l, int64_t rows) = 0;
 
-  // Load-time quantization: a copy of `w` in `type` (quantize_view) that this decoder owns.
+  // Load-time quantization: a copy of `w` in `type` (quantize_view) that this decoder owns, or
+  // `w` itself when it is stored in that type already.
   WeightView quantized(const WeightView& w, GgmlType type);
   // Replaces every layer's attention matrices and the LM head by quantized copies (the
   // embedding table stays: a lookup reads one row per token).

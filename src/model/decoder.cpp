@@ -48,6 +48,8 @@ Decoder::Decoder(const ModelConfig& cfg) : cfg_(cfg) {
 }
 
 WeightView Decoder::quantized(const WeightView& w, GgmlType type) {
+  // Already stored so (a GGUF file's tensor): no copy, and no second rounding.
+  if (w.type == quantizable_type(type, w.cols)) return w;
   quantized_values_ += w.rows * w.cols;
   return quantize_view(w, type, quantized_.emplace_back());
 }
