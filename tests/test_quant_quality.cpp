@@ -220,13 +220,15 @@ void expect_quantized_equals_rounded(GgmlType type, double tol) {
   f.forward(tokens.data(), 1, S, cf, zf.data(), true);
   const double to_f32 = test::normalized_error(zq.data(), zf.data(), S * V);
   EXPECT_GT(to_f32, 1e-6);
-  if (tol > 1e-5) EXPECT_LT(test::normalized_error(zq.data(), zr.data(), S * V), 0.25 * to_f32);
+  if (tol > 1e-5) {
+    EXPECT_LT(test::normalized_error(zq.data(), zr.data(), S * V), 0.25 * to_f32);
+  }
 }
 
 TEST(QuantQuality, LoadTimeQuantizationEqualsRoundedWeights) {
   expect_quantized_equals_rounded(GgmlType::BF16, 1e-5);
   expect_quantized_equals_rounded(GgmlType::F16, 1e-5);
-  expect_quantized_equals_rounded(GgmlType::Q4_0, 2e-2);
+  expect_quantized_equals_rounded(GgmlType::Q4_0, 5e-2);
 }
 
 TEST(QuantQuality, RowsThatAreNotWholeBlocksFallBack) {
