@@ -10,7 +10,7 @@ d=1024, 4 layers, 16/4 heads, 8 experts of 2816, top-2, vocab 32000) with
 and prints one table: decode and 128-token prompt tokens/s of both and the ratios, the weight
 bytes a decoded token reads (from the file's tensor table: every non-expert matrix, top-k of E
 of each expert tensor, one embedding row) times tokens/s against the host's read bandwidth
-(build/read_bandwidth), and peak resident memory (/usr/bin/time -f %M) against the file size.
+(build/bench/read_bandwidth), and peak resident memory (/usr/bin/time -f %M) against the file size.
 --qwen3 adds the Qwen3-30B-A3B shapes at Q4_K (an 17 GB file).
 
   bench/quant_vs_llamacpp.py [LLAMA_BIN_DIR] [--types f32,bf16,...] [--reps 3] [--qwen3]
@@ -145,7 +145,7 @@ def bench_llama(bin_dir, path, reps, threads):
 
 
 def read_bandwidth(threads):
-    tool = os.path.join(ROOT, "build", "read_bandwidth")
+    tool = os.path.join(ROOT, "build", "bench", "read_bandwidth")
     if not os.path.exists(tool):
         return None
     r = subprocess.run([tool, "2048", "5"], capture_output=True, text=True,
