@@ -173,7 +173,7 @@ def main():
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     bw = read_bandwidth(a.threads)
-    print(f"host read bandwidth: {fmt(bw, '.1f')} GB/s ({a.threads} threads, build/read_bandwidth)")
+    print(f"host read bandwidth: {fmt(bw, '.1f')} GB/s ({a.threads} threads, build/bench/read_bandwidth)")
     runs = [("mixtral-random", t) for t in a.types.split(",")]
     if a.qwen3:
         runs.append(("qwen3-30b-a3b-random", "q4_k"))
