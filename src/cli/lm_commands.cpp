@@ -426,6 +426,7 @@ int run_generate(const GenerateArgs& a) {
               a.run.empty() ? "neither" : "both");
   MOE_REQUIRE(a.prompt.empty() || a.prompt_ids.empty(),
               "generate: give --prompt or --prompt-ids, not both");
+  const GgmlType quantize = quantize_type(a);  // checked before anything loads
   if (!a.model.empty()) return run_generate_checkpoint(a);
   LoadedRun run = load_run(a.run);
   const Tokenizer* tok = a.prompt_ids.empty() ? run.tokenizer.get() : nullptr;
@@ -441,7 +442,6 @@ int run_generate(const GenerateArgs& a) {
   StreamPrinter printer(tok, prompt.size());
   const GenerateOptions opt = generate_options(a);
   const int32_t eos = run.tokenizer->eos_id();
-  const GgmlType quantize = quantize_type(a);
   TransformerLm lm(*run.model, quantize);
   if (quantize != GgmlType::F32)
     fmt::print(stderr, "{}: matrices quantized to {} at load ({:.1f} MB)\n", a.run,
