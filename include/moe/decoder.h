@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <vector>
 
 #include "moe/attention.h"
@@ -26,6 +27,9 @@ class Decoder {
   // to the caches. logits: [B*n, V] when all_logits, else [B, V] of each sequence's last token.
   void forward(const int32_t* tokens, int B, int n, std::vector<KvCache<float>>& caches,
                float* logits, bool all_logits = false);
+  // Bytes and values of the quantized copies made at load (0 without --quantize).
+  int64_t quantized_bytes() const;
+  int64_t quantized_values() const { return quantized_values_; }
 
  protected:
   struct AttentionWeights {             // views into the owner's memory
@@ -38,6 +42,13 @@ class Decoder {
 
   // h_ [rows, d] += the FFN of layer l applied to x_ [rows, d] (post-attention normalized).
   virtual void ffn(int l, int64_t rows) = 0;
+
+  // Load-time quantization: a copy of `w` in `type` (quantize_view) that this decoder owns, or
+  // `w` itself when it is stored in that type already.
+  WeightView quantized(const WeightView& w, GgmlType type);
+  // Replaces every layer's attention matrices and the LM head by quantized copies (the
+  // embedding table stays: a lookup reads one row per token).
+  void quantize_attention_and_head(GgmlType type);
 
   ModelConfig cfg_;
   WeightView embed_, head_;             // [V, d]
@@ -52,6 +63,8 @@ class Decoder {
  private:
   void attention(const AttentionWeights& w, int B, int n, KvCache<float>& cache);
 
+  std::deque<std::vector<uint8_t>> quantized_;  // what quantized() made
+  int64_t quantized_values_ = 0;
   std::vector<float> cos_, sin_;  // RoPE tables [max_positions, hd/2]
   std::vector<float> rstd_, q_, k_, v_, o_, scores_;
 };

@@ -12,6 +12,8 @@
 
 namespace moe {
 
+struct FfnViews;  // grouped_experts.h
+
 template <class T>
 struct ForwardOptions {
   bool training = false;
@@ -21,6 +23,11 @@ struct ForwardOptions {
   const uint8_t* expert_mask = nullptr;  // [E] injected expert-dropout mask (overrides rng)
   const RoutingPlan* replay = nullptr;   // reuse these routing decisions (gradient checks)
   bool check_finite = false;             // NaN or inf in x is an error naming the position
+  // Inference over other copies of the expert weights (load-time quantization; float only,
+  // SwiGLU, no expert parallelism): [E] routed experts and the shared expert, instead of the
+  // layer's parameters. The router, its gate and the shared gate still use the parameters.
+  const FfnViews* expert_views = nullptr;
+  const FfnViews* shared_views = nullptr;
 };
 
 template <class T>

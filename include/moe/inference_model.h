@@ -32,8 +32,12 @@ class InferenceModel : public Decoder {
  public:
   // A GGUF file (a regular file) or a Hugging Face directory (dir/config.json and the
   // weights); every tensor is checked for presence, type and shape, and an error names the
-  // file and the tensor.
-  static std::unique_ptr<InferenceModel> load(const std::string& path);
+  // file and the tensor. With `quantize` other than F32, every matrix (attention, experts,
+  // shared and dense FFNs, LM head; not the router, norms, biases or embedding table) is
+  // quantized once to that type into memory the model owns (Decoder::quantized); the file
+  // stays mapped.
+  static std::unique_ptr<InferenceModel> load(const std::string& path,
+                                              GgmlType quantize = GgmlType::F32);
 
   ParameterCount parameters() const { return count_parameters(cfg_); }
   int64_t weight_bytes() const { return weight_bytes_; }
@@ -60,9 +64,11 @@ class InferenceModel : public Decoder {
   class GgufSource;
 
   explicit InferenceModel(const ModelConfig& cfg) : Decoder(cfg) {}
+  static std::unique_ptr<InferenceModel> open(const std::string& path);  // load, as stored
   static std::unique_ptr<InferenceModel> build(const ModelConfig& cfg, Source& src);
   void ffn(int l, int64_t rows) override;
   void moe_block(const Layer& L, int64_t rows);
+  void quantize_matrices(GgmlType type);
 
   std::optional<HfWeights> hf_;
   std::optional<GgufFile> gguf_;

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "moe/quant.h"
 #include "moe/safetensors.h"
@@ -30,5 +31,15 @@ GgmlType ggml_type_of(DType t);
 
 void linear_forward(const float* x, int64_t n, const WeightView& w, float* y,
                     bool accumulate = false);
+
+// The type a matrix of `cols` columns is quantized to when `type` is asked for: `type` itself,
+// or, as llama.cpp's quantizer does for rows that are not whole blocks, Q8_0 for a k-quant
+// whose rows are whole 32-blocks, else F16.
+GgmlType quantizable_type(GgmlType type, int64_t cols);
+
+// Load-time quantization: `src` (any weight type) widened row by row and rounded with
+// quantize_row to quantizable_type(type, cols) into `storage` (resized; the caller owns it and
+// keeps it as long as the view), in parallel over rows. Returns the view of `storage`.
+WeightView quantize_view(const WeightView& src, GgmlType type, std::vector<uint8_t>& storage);
 
 }  // namespace moe

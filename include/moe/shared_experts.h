@@ -27,8 +27,10 @@ class SharedExperts {
   // Resolves the weight offsets (after params.allocate()).
   void bind(const ParamSet<T>& params);
   void reserve(int64_t tokens);
-  // out += g * ffn(x) over n tokens.
-  void forward(const ParamSet<T>& params, int64_t n, const T* x, T* out);
+  // out += g * ffn(x) over n tokens; the FFN over `views` when given (float, SwiGLU; inference
+  // only: nothing is saved for the backward).
+  void forward(const ParamSet<T>& params, int64_t n, const T* x, T* out,
+               const FfnViews* views = nullptr);
   // dx (+=) and the weight gradients (+=); scratch [n, Hs] (e.g. GroupedExperts::scratch()).
   void backward(ParamSet<T>& params, int64_t n, const T* x, const T* dout, T* dx,
                 const FfnRows<T>& scratch);

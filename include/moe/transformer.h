@@ -6,6 +6,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -127,14 +128,28 @@ class Transformer {
 
 // A trained model for generation (generate.h): the one cached decoder forward over F32 views of
 // its parameters (no copy) with its FeedForward layers as the FFNs. The model must outlive it.
+// With `quantize` other than F32 every matrix (attention, experts, shared expert, dense FFN, LM
+// head; not the router or the embedding table) is quantized once to that type (SwiGLU FFNs
+// only) and the FFNs run over those copies: the MoE layers route with their own router and
+// take the expert weights as views (ForwardOptions::expert_views).
 class TransformerLm : public Decoder {
  public:
-  explicit TransformerLm(Transformer<float>& model);
+  explicit TransformerLm(Transformer<float>& model, GgmlType quantize = GgmlType::F32);
 
  private:
+  // A layer's FFN weights in the quantized type.
+  struct QuantizedFfn {
+    std::vector<FfnViews> experts;  // [E] (MoE layers)
+    FfnViews shared;                // the shared expert, or the dense FFN
+    bool has_shared = false;
+  };
+  void quantize_ffns(GgmlType type);
   void ffn(int l, int64_t rows) override;
+
   Transformer<float>& model_;
-  std::vector<float> y_;  // [rows, d] FFN output
+  std::vector<float> y_;                        // [rows, d] FFN output
+  std::vector<QuantizedFfn> qffn_;              // [L] with quantize, else empty
+  std::optional<GroupedExperts<float>> dense_;  // runs the quantized dense FFNs
 };
 
 }  // namespace moe

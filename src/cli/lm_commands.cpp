@@ -219,7 +219,8 @@ int run_eval(const EvalArgs& a) {
 }
 
 struct GenerateArgs {
-  std::string run, model, prompt, prompt_ids;
+  std::string run, model, prompt, prompt_ids, quantize;
+  bool ignore_eos = false;
   int max_new_tokens = 200, threads = 0;
   double temperature = 0.8, top_p = 0.95;
   int top_k = 50;
@@ -233,8 +234,46 @@ GenerateOptions generate_options(const GenerateArgs& a) {
   g.sampling.top_k = a.top_k;
   g.sampling.top_p = a.top_p;
   g.seed = a.seed;
+  g.stop_at_eos = !a.ignore_eos;
   return g;
 }
+
+// --quantize's type (F32 without it: the weights as stored).
+GgmlType quantize_type(const GenerateArgs& a) {
+  if (a.quantize.empty()) return GgmlType::F32;
+  GgmlType t = GgmlType::F32;
+  MOE_REQUIRE(parse_ggml_type(a.quantize, &t) && is_weight_type(t),
+              "--quantize: \"{}\" is not a weight type (f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, "
+              "q6_k)",
+              a.quantize);
+  return t;
+}
+
+// Prompt and decode speed of one generate() call, as llama-bench separates them: the prompt
+// runs until the first token is drawn; each later token is one decode step.
+class GenerateTimer {
+ public:
+  GenerateTimer() : start_(std::chrono::steady_clock::now()) {}
+  void token() {
+    const auto now = std::chrono::steady_clock::now();
+    if (tokens_++ == 0) first_ = now;
+    last_ = now;
+  }
+  void print(size_t prompt_len) const {
+    if (tokens_ == 0) return;
+    const double prompt_s = std::chrono::duration<double>(first_ - start_).count();
+    const double decode_s = std::chrono::duration<double>(last_ - first_).count();
+    fmt::print(stderr, "prompt: {} tokens in {:.3f} s ({:.2f} tokens/s)\n", prompt_len, prompt_s,
+               static_cast<double>(prompt_len) / prompt_s);
+    if (tokens_ > 1)
+      fmt::print(stderr, "decode: {} tokens in {:.3f} s ({:.2f} tokens/s)\n", tokens_ - 1, decode_s,
+                 static_cast<double>(tokens_ - 1) / decode_s);
+  }
+
+ private:
+  std::chrono::steady_clock::time_point start_, first_, last_;
+  int64_t tokens_ = 0;
+};
 
 // Prints a continuation as it is drawn. The whole continuation is decoded each time: a
 // multi-byte character can span tokens, so only complete characters are printed.
@@ -345,20 +384,23 @@ std::string count_text(int64_t n) {
 // inference model; the tokenizer is the directory's or the GGUF metadata's.
 int run_generate_checkpoint(const GenerateArgs& a) {
   const auto t0 = std::chrono::steady_clock::now();
-  auto model = InferenceModel::load(a.model);
+  auto model = InferenceModel::load(a.model, quantize_type(a));
   const ModelConfig& c = model->config();
   const ParameterCount n = model->parameters();
   const double load_s = seconds_since(t0);
   const GgufFile* gguf = model->gguf();
   const std::string format =
       gguf ? fmt::format("GGUF {}", gguf->string("general.architecture")) : "Hugging Face";
+  // With --quantize the weights computed with are the quantized copies.
+  const int64_t weight_bytes =
+      model->quantized_bytes() > 0 ? model->quantized_bytes() : model->weight_bytes();
   fmt::print(stderr,
              "{}: {} ({}) with {} layers, {} experts (top-{}); parameters {} total, {} active per "
              "token; weights {} ({:.1f} MB: {}), loaded in {:.2f} s\n",
              a.model, c.model_type, format, c.num_hidden_layers, c.num_local_experts,
              c.moe.num_experts_per_tok, count_text(n.total), count_text(n.active),
              ggml_type_name(static_cast<uint32_t>(model->weight_type())),
-             model->weight_bytes() / 1e6, model->weight_types(), load_s);
+             weight_bytes / 1e6, model->weight_types(), load_s);
   std::unique_ptr<Tokenizer> tok;
   std::vector<int32_t> prompt = prompt_ids_of(a, a.model, c.vocab_size);
   if (a.prompt_ids.empty()) {
@@ -372,9 +414,13 @@ int run_generate_checkpoint(const GenerateArgs& a) {
   note_context_limit(a, prompt.size(), c.max_position_embeddings);
   if (tok) fmt::print("{}", a.prompt);
   StreamPrinter printer(tok.get(), prompt.size());
-  generate(*model, {prompt}, generate_options(a), tok ? tok->eos_id() : -1,
-           [&](int, int32_t id) { printer.add(id); });
+  GenerateTimer timer;
+  generate(*model, {prompt}, generate_options(a), tok ? tok->eos_id() : -1, [&](int, int32_t id) {
+    timer.token();
+    printer.add(id);
+  });
   printer.finish();
+  timer.print(prompt.size());
   fmt::print(stderr, "peak resident memory {:.1f} MB (weights {:.1f} MB)\n",
              peak_resident_bytes() / 1e6, model->weight_bytes() / 1e6);
   return 0;
@@ -387,6 +433,7 @@ int run_generate(const GenerateArgs& a) {
               a.run.empty() ? "neither" : "both");
   MOE_REQUIRE(a.prompt.empty() || a.prompt_ids.empty(),
               "generate: give --prompt or --prompt-ids, not both");
+  const GgmlType quantize = quantize_type(a);  // checked before anything loads
   if (!a.model.empty()) return run_generate_checkpoint(a);
   LoadedRun run = load_run(a.run);
   const Tokenizer* tok = a.prompt_ids.empty() ? run.tokenizer.get() : nullptr;
@@ -402,11 +449,17 @@ int run_generate(const GenerateArgs& a) {
   StreamPrinter printer(tok, prompt.size());
   const GenerateOptions opt = generate_options(a);
   const int32_t eos = run.tokenizer->eos_id();
-  TransformerLm lm(*run.model);
+  TransformerLm lm(*run.model, quantize);
+  if (quantize != GgmlType::F32)
+    fmt::print(stderr, "{}: matrices quantized to {} at load ({:.1f} MB)\n", a.run,
+               ggml_type_name(static_cast<uint32_t>(quantize)), lm.quantized_bytes() / 1e6);
+  GenerateTimer timer;
   generate(lm, {prompt}, opt, eos, [&](int, int32_t id) {
+    timer.token();
     if (!opt.stop_at_eos || id != eos) printer.add(id);  // a run's continuation ends before eos
   });
   printer.finish();
+  timer.print(prompt.size());
   return 0;
 }
 
@@ -503,6 +556,11 @@ std::function<int()> add_generate_command(CLI::App& app) {
           },
           "(0, 1]"));
   c->add_option("--seed", a->seed, "sampling seed")->capture_default_str();
+  c->add_option("--quantize", a->quantize,
+                "quantize every matrix at load (q8_0, q4_0, q4_k, q5_k, q6_k, bf16, f16); the "
+                "router, norms and embedding table stay as stored");
+  c->add_flag("--ignore-eos", a->ignore_eos,
+              "keep generating after the end-of-text token (for timing)");
   add_threads_option(c, a->threads);
   return [a] { return run_generate(*a); };
 }

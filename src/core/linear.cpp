@@ -174,4 +174,32 @@ void linear_forward(const float* x, int64_t n, const WeightView& w, float* y, bo
   }
 }
 
+GgmlType quantizable_type(GgmlType type, int64_t cols) {
+  if (cols % ggml_block(static_cast<uint32_t>(type)).values == 0) return type;
+  return cols % kQK == 0 ? GgmlType::Q8_0 : GgmlType::F16;
+}
+
+WeightView quantize_view(const WeightView& src, GgmlType type, std::vector<uint8_t>& storage) {
+  MOE_CHECK(is_weight_type(type), "quantize_view: {} is not a weight type",
+            ggml_type_name(static_cast<uint32_t>(type)));
+  const GgmlType t = quantizable_type(type, src.cols);
+  const int64_t out_row = row_bytes(t, src.cols);
+  storage.resize(static_cast<size_t>(src.rows * out_row));
+  const WeightView out{storage.data(), t, src.rows, src.cols};
+#pragma omp parallel
+  {
+    std::vector<float> wide(src.type == GgmlType::F32 ? 0 : static_cast<size_t>(src.cols));
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < src.rows; ++r) {
+      const float* row = reinterpret_cast<const float*>(src.row(r));
+      if (src.type != GgmlType::F32) {
+        dequantize_row(src.type, src.row(r), wide.data(), src.cols);
+        row = wide.data();
+      }
+      quantize_row(t, row, storage.data() + r * out_row, src.cols);
+    }
+  }
+  return out;
+}
+
 }  // namespace moe

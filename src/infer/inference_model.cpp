@@ -133,7 +133,33 @@ class InferenceModel::GgufSource : public InferenceModel::Source {
   const GgufFile& f_;
 };
 
-std::unique_ptr<InferenceModel> InferenceModel::load(const std::string& path) {
+void InferenceModel::quantize_matrices(GgmlType type) {
+  quantize_attention_and_head(type);
+  bytes_of_type_.clear();
+  auto count = [&](const WeightView& w) {
+    bytes_of_type_[w.type] += w.rows * row_bytes(w.type, w.cols);
+  };
+  count(embed_);
+  count(head_);
+  for (AttentionWeights& a : attn_)
+    for (const WeightView* w : {&a.q, &a.k, &a.v, &a.o}) count(*w);
+  for (Layer& L : layers_) {
+    for (FfnViews& f : L.experts)
+      for (WeightView* w : {&f.w1, &f.w3, &f.w2}) count(*w = quantized(*w, type));
+    if (L.has_shared)
+      for (WeightView* w : {&L.shared.w1, &L.shared.w3, &L.shared.w2})
+        count(*w = quantized(*w, type));
+  }
+  weight_type_ = type;
+}
+
+std::unique_ptr<InferenceModel> InferenceModel::load(const std::string& path, GgmlType quantize) {
+  std::unique_ptr<InferenceModel> m = open(path);
+  if (quantize != GgmlType::F32) m->quantize_matrices(quantize);
+  return m;
+}
+
+std::unique_ptr<InferenceModel> InferenceModel::open(const std::string& path) {
   if (fs::is_regular_file(path)) {
     GgufFile f = GgufFile::open(path);
     const ModelConfig c = model_config_from_gguf(f);

@@ -47,6 +47,25 @@ Decoder::Decoder(const ModelConfig& cfg) : cfg_(cfg) {
   rope_tables(cos_, sin_, cfg_.max_position_embeddings, cfg_.head_size(), cfg_.rope_theta);
 }
 
+WeightView Decoder::quantized(const WeightView& w, GgmlType type) {
+  // Already stored so (a GGUF file's tensor): no copy, and no second rounding.
+  if (w.type == quantizable_type(type, w.cols)) return w;
+  quantized_values_ += w.rows * w.cols;
+  return quantize_view(w, type, quantized_.emplace_back());
+}
+
+void Decoder::quantize_attention_and_head(GgmlType type) {
+  for (AttentionWeights& a : attn_)
+    for (WeightView* w : {&a.q, &a.k, &a.v, &a.o}) *w = quantized(*w, type);
+  head_ = quantized(head_, type);
+}
+
+int64_t Decoder::quantized_bytes() const {
+  int64_t bytes = 0;
+  for (const auto& q : quantized_) bytes += static_cast<int64_t>(q.size());
+  return bytes;
+}
+
 // h_ += attention of x_ through the cache.
 void Decoder::attention(const AttentionWeights& w, int B, int n, KvCache<float>& cache) {
   const ModelConfig& c = cfg_;

@@ -363,7 +363,8 @@ void Transformer<T>::load_weights(const SafeTensorsFile& f) {
 template class Transformer<float>;
 template class Transformer<double>;
 
-TransformerLm::TransformerLm(Transformer<float>& model) : Decoder(model.config()), model_(model) {
+TransformerLm::TransformerLm(Transformer<float>& model, GgmlType quantize)
+    : Decoder(model.config()), model_(model) {
   auto view = [](ParamSet<float>& set, const std::string& name) {  // a matrix [out, in]
     const Shape& s = set.spec(name).shape;
     return WeightView{reinterpret_cast<const uint8_t*>(set.value(name)), GgmlType::F32, s[0], s[1]};
@@ -379,13 +380,66 @@ TransformerLm::TransformerLm(Transformer<float>& model) : Decoder(model.config()
                      view(a, "q_proj.weight"), view(a, "k_proj.weight"), view(a, "v_proj.weight"),
                      view(a, "o_proj.weight")});
   }
+  if (quantize != GgmlType::F32) {
+    quantize_attention_and_head(quantize);
+    quantize_ffns(quantize);
+  }
+}
+
+void TransformerLm::quantize_ffns(GgmlType type) {
+  // w[e] of a stacked [E, rows, cols] parameter as a quantized matrix.
+  auto matrix = [&](ParamSet<float>& set, const std::string& name, int64_t e = 0) {
+    const Shape& s = set.spec(name).shape;
+    const int64_t rows = s[s.ndim - 2], cols = s[s.ndim - 1];
+    const float* w = set.value(name) + e * rows * cols;
+    return quantized(WeightView{reinterpret_cast<const uint8_t*>(w), GgmlType::F32, rows, cols},
+                     type);
+  };
+  auto ffn_views = [&](ParamSet<float>& set, const std::string& prefix, int64_t e = 0) {
+    return FfnViews{matrix(set, prefix + ".w1", e), matrix(set, prefix + ".w3", e),
+                    matrix(set, prefix + ".w2", e)};
+  };
+  qffn_.resize(static_cast<size_t>(model_.L_));
+  for (int l = 0; l < model_.L_; ++l) {
+    QuantizedFfn& q = qffn_[static_cast<size_t>(l)];
+    FeedForward<float>* f = model_.ffn_[l].get();
+    if (auto* moe = dynamic_cast<MoeLayer<float>*>(f)) {
+      const MoeConfig& mc = moe->config();
+      MOE_REQUIRE(mc.hidden_act == Activation::SwiGLU && !moe->expert_parallel(),
+                  "--quantize: layer {} has GELU experts or is expert parallel (SwiGLU only)", l);
+      for (int e = 0; e < moe->local_experts(); ++e)
+        q.experts.push_back(ffn_views(moe->params(), "experts", e));
+      q.has_shared = mc.n_shared_experts > 0;
+      if (q.has_shared) q.shared = ffn_views(moe->params(), "shared");
+    } else if (auto* dense = dynamic_cast<DenseFfn<float>*>(f)) {
+      MOE_REQUIRE(dense->params().offset_or_none("ffn.w3") >= 0,
+                  "--quantize: layer {} is a GELU FFN (SwiGLU only)", l);
+      q.shared = ffn_views(dense->params(), "ffn");
+      q.has_shared = true;
+      const Shape& s = dense->params().spec("ffn.w1").shape;
+      if (!dense_) dense_.emplace(FfnShape{Activation::SwiGLU, cfg_.hidden_size, s[0]}, 1);
+    } else {
+      MOE_REQUIRE(false, "--quantize: layer {} is neither an MoE layer nor a dense FFN", l);
+    }
+  }
 }
 
 void TransformerLm::ffn(int l, int64_t rows) {
   const int64_t d = cfg_.hidden_size, nd = rows * d;
   if (y_.size() < static_cast<size_t>(nd)) y_.resize(static_cast<size_t>(nd));
+  ForwardOptions<float> opt;
+  if (!qffn_.empty()) {
+    const QuantizedFfn& q = qffn_[static_cast<size_t>(l)];
+    if (q.experts.empty()) {  // a dense layer: one FFN over all rows
+      const int64_t all_rows[2] = {0, rows};
+      dense_->forward(&q.shared, all_rows, x_.data(), h_.data(), /*accumulate=*/true);
+      return;
+    }
+    opt.expert_views = q.experts.data();
+    if (q.has_shared) opt.shared_views = &q.shared;
+  }
   model_.ffn_[l]->forward(View<const float>(x_.data(), {rows, d}),
-                          View<float>(y_.data(), {rows, d}));
+                          View<float>(y_.data(), {rows, d}), opt);
   add_into(h_.data(), h_.data(), y_.data(), nd);
 }
 

@@ -122,6 +122,9 @@ void MoeLayer<T>::forward(View<const T> x, View<T> out, const ForwardOptions<T>&
       !groups_ || (opt.replay == nullptr && opt.noise == nullptr && opt.expert_mask == nullptr),
       "MoeLayer::forward: replay, noise and expert masks are not supported with expert "
       "parallelism");
+  MOE_CHECK(!opt.expert_views || (!groups_ && cfg_.hidden_act == Activation::SwiGLU),
+            "MoeLayer::forward: expert weight views need SwiGLU experts and no expert "
+            "parallelism");
   Laps laps(timings_ ? &timings_->forward : nullptr);
   if (timings_) ++timings_->forward_calls;
   tokens_ = T_;
@@ -172,6 +175,11 @@ void MoeLayer<T>::forward(View<const T> x, View<T> out, const ForwardOptions<T>&
     experts_.forward(params_, a2a.block_offsets(), xr_.data(), yr_.data());
     a2a.undispatch(yr_.data(), y_.data());
     stats_ = {a2a.rows_sent(), a2a.rows_received()};
+  } else if (opt.expert_views) {
+    if constexpr (std::is_same_v<T, float>)
+      experts_.forward(opt.expert_views, perm_.offsets.data(), xp_.data(), y_.data());
+    else
+      MOE_CHECK(false, "MoeLayer::forward: expert weight views need float");
   } else {
     experts_.forward(params_, perm_.offsets.data(), xp_.data(), y_.data());
   }
@@ -181,7 +189,7 @@ void MoeLayer<T>::forward(View<const T> x, View<T> out, const ForwardOptions<T>&
 
   // 8. Shared experts on every token, optionally gated.
   if (Hs_ > 0) {
-    shared_.forward(params_, T_, x_.data(), out.data);
+    shared_.forward(params_, T_, x_.data(), out.data, opt.shared_views);
     laps.lap(&Pass::shared);
   }
 }

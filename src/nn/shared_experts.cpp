@@ -1,7 +1,9 @@
 #include "moe/shared_experts.h"
 
 #include <cmath>
+#include <type_traits>
 
+#include "moe/error.h"
 #include "moe/gemm.h"
 
 namespace moe {
@@ -28,11 +30,26 @@ void SharedExperts<T>::reserve(int64_t n) {
 }
 
 template <class T>
-void SharedExperts<T>::forward(const ParamSet<T>& params, int64_t n, const T* x, T* out) {
+void SharedExperts<T>::forward(const ParamSet<T>& params, int64_t n, const T* x, T* out,
+                               const FfnViews* views) {
   const T* v = params.values().data();
   const int64_t d = shape_.d;
-  const FfnWeights<const T> w{v + w1_, shape_.glu() ? v + w3_ : nullptr, v + w2_};
-  ffn_forward<T>(shape_, n, x, w, {h1_.data(), h3_.data(), a_.data()}, y_.data());
+  if (views) {
+    // if constexpr: the views hold float weights; the double instantiation never gets them.
+    if constexpr (std::is_same_v<T, float>) {
+      MOE_CHECK(shape_.glu(), "SharedExperts::forward: weight views need SwiGLU");
+      const int64_t nf = n * shape_.F;
+      linear_forward(x, n, views->w1, h1_.data());
+      linear_forward(x, n, views->w3, h3_.data());
+      for (int64_t i = 0; i < nf; ++i) a_[i] = h1_[i] / (1.0f + std::exp(-h1_[i])) * h3_[i];
+      linear_forward(a_.data(), n, views->w2, y_.data());
+    } else {
+      MOE_CHECK(false, "SharedExperts::forward: weight views need float");
+    }
+  } else {
+    const FfnWeights<const T> w{v + w1_, shape_.glu() ? v + w3_ : nullptr, v + w2_};
+    ffn_forward<T>(shape_, n, x, w, {h1_.data(), h3_.data(), a_.data()}, y_.data());
+  }
   T* gate = gate_.data();
   if (gated_) {
     gemm<T>(Trans::No, Trans::Yes, n, 1, d, T(1), x, d, v + wg_, d, T(0), gate, 1);
