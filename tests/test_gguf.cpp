@@ -7,6 +7,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <map>
 
 #include "moe/gguf.h"
 #include "moe/gguf_export.h"
@@ -105,6 +106,83 @@ TEST(Gguf, RoundTripsEveryValueAndTensorType) {
   }
   EXPECT_EQ(f.data_offset() % 32, 0u);
   EXPECT_EQ(f.file_size(), f.data_offset() + f.tensor("c").offset + f.tensor("c").nbytes);
+}
+
+// Quantized tensors: the writer rounds the Fill's floats row by row with quantize_row, the
+// reader hands back exactly those bytes and read_f32 their dequantize_row; raw tensors copy a
+// file's bytes without rounding twice. Alignment 2 puts some rows off 4-byte boundaries.
+TEST(Gguf, QuantizedTensorsRoundTripAndCopyRaw) {
+  TempDir dir;
+  struct Case {
+    const char* name;
+    GgmlType type;
+    int64_t rows, cols;
+  };
+  const Case cases[] = {{"q8_0", GgmlType::Q8_0, 3, 64},  {"odd", GgmlType::F16, 1, 1},
+                        {"q4_0", GgmlType::Q4_0, 2, 96},  {"q4_k", GgmlType::Q4_K, 3, 512},
+                        {"q5_k", GgmlType::Q5_K, 2, 256}, {"q6_k", GgmlType::Q6_K, 2, 512},
+                        {"q8_k", GgmlType::Q8_K, 1, 256}, {"f32", GgmlType::F32, 2, 7},
+                        {"bf16", GgmlType::BF16, 2, 10}};
+  Rng rng(19);
+  std::map<std::string, std::vector<float>> values;
+  for (const Case& c : cases) values[c.name] = test::random_vector<float>(rng, c.rows * c.cols);
+  for (const uint32_t alignment : {32u, 2u}) {
+    SCOPED_TRACE(alignment);
+    const std::string path = dir.file("q" + std::to_string(alignment) + ".gguf");
+    GgufWriter w(alignment);
+    for (const Case& c : cases) {
+      const auto& v = values[c.name];
+      if (c.rows == 1)
+        w.add_tensor(c.name, {c.cols}, c.type, v.data());
+      else
+        w.add_tensor(c.name, {c.rows, c.cols}, c.type,
+                     [&v](float* out) { std::copy(v.begin(), v.end(), out); });
+    }
+    w.write(path);
+
+    const GgufFile f = GgufFile::open(path);
+    GgufWriter copy(alignment);
+    for (const Case& c : cases) {
+      SCOPED_TRACE(c.name);
+      const GgufTensorInfo& t = f.tensor(c.name);
+      EXPECT_EQ(t.type, static_cast<uint32_t>(c.type));
+      EXPECT_EQ(t.dims[0], c.cols);
+      const int64_t rb = row_bytes(c.type, c.cols);
+      ASSERT_EQ(t.nbytes, static_cast<uint64_t>(c.rows * rb));
+      std::vector<uint8_t> want(t.nbytes);
+      std::vector<float> want_values(values[c.name].size());
+      for (int64_t r = 0; r < c.rows; ++r) {
+        quantize_row(c.type, values[c.name].data() + r * c.cols, want.data() + r * rb, c.cols);
+        dequantize_row(c.type, want.data() + r * rb, want_values.data() + r * c.cols, c.cols);
+      }
+      EXPECT_EQ(std::memcmp(f.data(t), want.data(), want.size()), 0);
+      EXPECT_EQ(f.read_f32(c.name), want_values);
+      copy.add_raw_tensor(c.name, t.shape(), c.type,
+                          [&f, &t](uint8_t* out) { std::memcpy(out, f.data(t), t.nbytes); });
+    }
+    const std::string copied = dir.file("copy" + std::to_string(alignment) + ".gguf");
+    copy.write(copied);
+    EXPECT_EQ(read_bytes(copied), read_bytes(path));  // same header, same bytes
+  }
+}
+
+TEST(Gguf, TypesThatCannotHoldARowAreRefused) {
+  GgufWriter w;
+  const std::vector<float> v(200);
+  const std::string msg = test::error_of([&] {
+    w.add_tensor("blk.0.ffn_down.weight", {2, 100}, GgmlType::Q4_K, v.data());
+  });
+  EXPECT_EQ(msg,
+            "GgufWriter: tensor blk.0.ffn_down.weight: rows of 100 values cannot be stored as Q4_K "
+            "(blocks of 256)");
+  EXPECT_NE(test::error_of([&] {
+              w.add_raw_tensor("x", {2, 100}, GgmlType::Q8_0, [](uint8_t*) {});
+            }).find("blocks of 32"),
+            std::string::npos);
+  EXPECT_NE(test::error_of([&] {
+              w.add_tensor("y", {4}, static_cast<GgmlType>(3), v.data());
+            }).find("cannot store Q4_1"),
+            std::string::npos);
 }
 
 TEST(Gguf, TypedAccessNamesFileAndKey) {

@@ -39,7 +39,6 @@ enum class GgufType : uint32_t {
 };
 const char* gguf_type_name(GgufType t);
 
-
 // One metadata value: a scalar, a string, or an array of scalars or strings (nested arrays are
 // not used by llama.cpp and are rejected).
 class GgufValue {
@@ -105,14 +104,22 @@ class GgufWriter {
 
   // Sets (or replaces, keeping its place) a key. general.alignment is written by write().
   void set(const std::string& key, GgufValue v);
-  // A tensor of row-major `shape`, stored as `type`. `fill` writes its numel() float values
-  // when write() reaches it, so conversion and permutation happen one tensor at a time.
+  // A tensor of row-major `shape`, stored as `type` (a weight type, is_weight_type, or Q8_K).
+  // `fill` writes its numel() float values when write() reaches it, so conversion and
+  // permutation happen one tensor at a time; the writer then rounds them to `type` row by row
+  // (quantize_row; a row is the last dim, which must be whole blocks of the type).
   using Fill = std::function<void(float* out)>;
   void add_tensor(const std::string& name, const std::vector<int64_t>& shape, GgmlType type,
                   Fill fill);
   // The same from memory that must stay valid until write().
   void add_tensor(const std::string& name, const std::vector<int64_t>& shape, GgmlType type,
                   const float* data);
+  // A tensor whose bytes are already in `type` (copied from another GGUF file, say, without
+  // rounding twice): `fill` writes exactly row_bytes(type, shape.back()) * rows bytes, the
+  // layout GgufFile::data() hands out.
+  using RawFill = std::function<void(uint8_t* out)>;
+  void add_raw_tensor(const std::string& name, const std::vector<int64_t>& shape, GgmlType type,
+                      RawFill fill);
   // Writes atomically: `path` is either the old file or the complete new one.
   void write(const std::string& path) const;
 
@@ -121,8 +128,11 @@ class GgufWriter {
     std::string name;
     std::vector<int64_t> dims;  // ggml order
     GgmlType type;
-    Fill fill;
+    Fill fill;         // floats to round to `type`
+    RawFill raw_fill;  // or the bytes themselves
   };
+  void check_new_tensor(const std::string& name, const std::vector<int64_t>& shape,
+                        GgmlType type) const;
   uint32_t alignment_;
   std::vector<std::pair<std::string, GgufValue>> kvs_;
   std::vector<Pending> tensors_;
@@ -158,8 +168,9 @@ class GgufFile {
   bool has_tensor(const std::string& name) const { return tensor_index_.count(name) != 0; }
   const GgufTensorInfo& tensor(const std::string& name) const;  // throws naming file and tensor
   const uint8_t* data(const GgufTensorInfo& t) const { return base_ + data_offset_ + t.offset; }
-  // Tensor `name` (F32, F16 or BF16) converted to float, numel() values in ggml order (which
-  // is the row-major order of shape()).
+  // Tensor `name` (any type dequantize_row reads: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K,
+  // Q6_K, Q8_K) converted to float, numel() values in ggml order (which is the row-major order
+  // of shape()).
   std::vector<float> read_f32(const std::string& name) const;
 
  private:

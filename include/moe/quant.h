@@ -85,9 +85,11 @@ bool parse_ggml_type(const std::string& name, GgmlType* out);
 bool is_weight_type(GgmlType type);
 int64_t row_bytes(GgmlType type, int64_t cols);
 
-// Scalar reference conversions of one row of n values (n a multiple of the block size). These
-// are the definitions the kernels are tested against.
+// Conversions of one row of n values (n a multiple of the block size). dequantize_row uses
+// AVX-512 where cpu_features() has it and gives the bits of dequantize_row_scalar, the plain
+// definition the kernels are tested against.
 void dequantize_row(GgmlType type, const uint8_t* src, float* dst, int64_t n);
+void dequantize_row_scalar(GgmlType type, const uint8_t* src, float* dst, int64_t n);
 // Rounds n values to `type` (any weight type, and Q8_K): per block the scale that minimizes the
 // error as llama.cpp's reference quantizers choose it, so the files it writes read the same in
 // llama.cpp.

@@ -352,14 +352,33 @@ void GgufWriter::set(const std::string& key, GgufValue v) {
   kvs_.emplace_back(key, std::move(v));
 }
 
-void GgufWriter::add_tensor(const std::string& name, const std::vector<int64_t>& shape,
-                            GgmlType type, Fill fill) {
+void GgufWriter::check_new_tensor(const std::string& name, const std::vector<int64_t>& shape,
+                                  GgmlType type) const {
   MOE_CHECK(!shape.empty() && shape.size() <= kGgmlMaxDims, "GgufWriter: tensor {} has {} dims",
             name, shape.size());
   for (int64_t d : shape) MOE_CHECK(d > 0, "GgufWriter: tensor {} has a dim of {}", name, d);
   for (const auto& t : tensors_)
     MOE_CHECK(t.name != name, "GgufWriter: tensor {} added twice", name);
-  tensors_.push_back({name, {shape.rbegin(), shape.rend()}, type, std::move(fill)});
+  const auto tname = ggml_type_name(static_cast<uint32_t>(type));
+  MOE_REQUIRE(is_weight_type(type) || type == GgmlType::Q8_K,
+              "GgufWriter: tensor {}: cannot store {}", name, tname);
+  // A row of a block type is whole blocks (ggml's dims[0]); say so before any byte is written.
+  const int64_t block = ggml_block(static_cast<uint32_t>(type)).values;
+  MOE_REQUIRE(shape.back() % block == 0,
+              "GgufWriter: tensor {}: rows of {} values cannot be stored as {} (blocks of {})",
+              name, shape.back(), tname, block);
+}
+
+void GgufWriter::add_tensor(const std::string& name, const std::vector<int64_t>& shape,
+                            GgmlType type, Fill fill) {
+  check_new_tensor(name, shape, type);
+  tensors_.push_back({name, {shape.rbegin(), shape.rend()}, type, std::move(fill), nullptr});
+}
+
+void GgufWriter::add_raw_tensor(const std::string& name, const std::vector<int64_t>& shape,
+                                GgmlType type, RawFill fill) {
+  check_new_tensor(name, shape, type);
+  tensors_.push_back({name, {shape.rbegin(), shape.rend()}, type, nullptr, std::move(fill)});
 }
 
 void GgufWriter::add_tensor(const std::string& name, const std::vector<int64_t>& shape,
@@ -372,16 +391,16 @@ void GgufWriter::add_tensor(const std::string& name, const std::vector<int64_t>&
 void GgufWriter::write(const std::string& path) const {
   // Layout first: offsets of every tensor in the data section.
   std::vector<uint64_t> offsets, sizes;
-  uint64_t data_size = 0;
+  uint64_t data_size = 0, max_bytes = 0;
   int64_t max_numel = 0;
   for (const auto& t : tensors_) {
     int64_t n = 1;
     for (int64_t d : t.dims) n *= d;
-    max_numel = std::max(max_numel, n);
+    if (t.fill) max_numel = std::max(max_numel, n);
     data_size = align_up(data_size, alignment_);
     offsets.push_back(data_size);
-    sizes.push_back(static_cast<uint64_t>(n) *
-                    static_cast<uint64_t>(ggml_block(static_cast<uint32_t>(t.type)).bytes));
+    sizes.push_back(static_cast<uint64_t>(n / t.dims[0] * row_bytes(t.type, t.dims[0])));
+    if (t.raw_fill || t.type != GgmlType::F32) max_bytes = std::max(max_bytes, sizes.back());
     data_size += sizes.back();
   }
 
@@ -411,22 +430,30 @@ void GgufWriter::write(const std::string& path) const {
   // Streamed tensor by tensor into an atomic file (removed again if anything throws).
   AtomicFileWriter out(path);
   out.write(head.data(), head.size());
+  // One tensor's floats and one tensor's stored bytes at a time.
   std::vector<float> values(static_cast<size_t>(max_numel));
-  std::vector<uint16_t> halves;
+  std::vector<uint8_t> stored(static_cast<size_t>(max_bytes));
   const std::vector<uint8_t> zeros(alignment_, 0);
   uint64_t pos = 0;
   for (size_t i = 0; i < tensors_.size(); ++i) {
     const auto& t = tensors_[i];
     if (offsets[i] > pos) out.write(zeros.data(), offsets[i] - pos);
-    const int64_t n =
-        static_cast<int64_t>(sizes[i] / ggml_block(static_cast<uint32_t>(t.type)).bytes);
-    t.fill(values.data());
-    const void* src = values.data();
-    if (t.type != GgmlType::F32) {
-      halves.resize(static_cast<size_t>(n));
-      for (int64_t j = 0; j < n; ++j)
-        halves[j] = t.type == GgmlType::F16 ? float_to_f16(values[j]) : float_to_bf16(values[j]);
-      src = halves.data();
+    const void* src = stored.data();
+    if (t.raw_fill) {
+      t.raw_fill(stored.data());
+    } else {
+      t.fill(values.data());
+      const int64_t cols = t.dims[0],
+                    rows = static_cast<int64_t>(sizes[i]) / row_bytes(t.type, cols);
+      if (t.type == GgmlType::F32) {
+        src = values.data();
+      } else {
+        const int64_t rb = row_bytes(t.type, cols);
+        // Rows are independent; the k-quant scale searches make this the slow part of a write.
+#pragma omp parallel for schedule(static) if (rows * cols >= (1 << 16))
+        for (int64_t r = 0; r < rows; ++r)
+          quantize_row(t.type, values.data() + r * cols, stored.data() + r * rb, cols);
+      }
     }
     out.write(src, sizes[i]);
     pos = offsets[i] + sizes[i];
@@ -660,22 +687,27 @@ const GgufTensorInfo& GgufFile::tensor(const std::string& name) const {
 
 std::vector<float> GgufFile::read_f32(const std::string& name) const {
   const GgufTensorInfo& t = tensor(name);
-  const int64_t n = t.numel();
+  const auto type = static_cast<GgmlType>(t.type);
+  if (!is_weight_type(type) && type != GgmlType::Q8_K)
+    throw Error(fmt::format("{}: tensor {} is {}, which cannot be read as float", path_, name,
+                            ggml_type_name(t.type)));
+  const int64_t n = t.numel(), cols = t.dims[0], rows = n / cols;
+  const int64_t rb = row_bytes(type, cols);
   std::vector<float> out(static_cast<size_t>(n));
   const uint8_t* p = data(t);
-  switch (t.type) {
-    case static_cast<uint32_t>(GgmlType::F32):
-      std::memcpy(out.data(), p, static_cast<size_t>(n) * 4);
-      break;
-    case static_cast<uint32_t>(GgmlType::F16):
-      for (int64_t i = 0; i < n; ++i) out[i] = f16_to_float(load<uint16_t>(p + 2 * i));
-      break;
-    case static_cast<uint32_t>(GgmlType::BF16):
-      for (int64_t i = 0; i < n; ++i) out[i] = bf16_to_float(load<uint16_t>(p + 2 * i));
-      break;
-    default:
-      throw Error(fmt::format("{}: tensor {} is {}; only F32, F16 and BF16 can be read", path_,
-                              name, ggml_type_name(t.type)));
+  // The block structs want 4-byte alignment (Q8_K's fp32 scale), which a file with a small
+  // general.alignment need not give: such rows go through an aligned copy.
+  if (reinterpret_cast<uintptr_t>(p) % alignof(float) == 0 && rb % alignof(float) == 0) {
+#pragma omp parallel for schedule(static) if (n >= (1 << 20))
+    for (int64_t r = 0; r < rows; ++r)
+      dequantize_row(type, p + r * rb, out.data() + r * cols, cols);
+    return out;
+  }
+  std::vector<uint32_t> aligned(static_cast<size_t>((rb + 3) / 4));
+  for (int64_t r = 0; r < rows; ++r) {
+    std::memcpy(aligned.data(), p + r * rb, static_cast<size_t>(rb));
+    dequantize_row(type, reinterpret_cast<const uint8_t*>(aligned.data()), out.data() + r * cols,
+                   cols);
   }
   return out;
 }

@@ -43,6 +43,14 @@ void write_gguf(const std::filesystem::path& dir) {
   all.add_tensor("w.bf16", {4, 6}, moe::GgmlType::BF16, w.data());
   all.add_tensor("b", {6}, moe::GgmlType::F32, b.data());
   all.write((dir / "all_types.gguf").string());
+  // One tensor of each quantized type, for read_f32's block decoders.
+  const std::vector<float> q = ramp(2 * 256);
+  moe::GgufWriter quant(32);
+  quant.set("general.architecture", moe::GgufValue::string("llama"));
+  for (const moe::GgmlType t : {moe::GgmlType::Q8_0, moe::GgmlType::Q4_0, moe::GgmlType::Q4_K,
+                                moe::GgmlType::Q5_K, moe::GgmlType::Q6_K, moe::GgmlType::Q8_K})
+    quant.add_tensor("w." + moe::ggml_type_name(static_cast<uint32_t>(t)), {2, 256}, t, q.data());
+  quant.write((dir / "quant_types.gguf").string());
   // A minimal file: no tensors, one key, a larger alignment.
   moe::GgufWriter minimal(64);
   minimal.set("general.architecture", moe::GgufValue::string("llama"));

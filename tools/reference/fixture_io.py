@@ -47,8 +47,11 @@ ATOL = 1e-12
 _DTYPES = {torch.float64: ("F64", "<f8"), torch.int64: ("I64", "<i8"),
            # used by the Hugging Face checkpoint fixtures (make_hf_fixtures.py)
            torch.float32: ("F32", "<f4"), torch.float16: ("F16", "<f2"), torch.int32: ("I32", "<i4"),
-           torch.bfloat16: ("BF16", "<i2")}
-_NUMPY = {"F64": "<f8", "I64": "<i8", "F32": "<f4", "F16": "<f2", "I32": "<i4", "BF16": "<i2"}
+           torch.bfloat16: ("BF16", "<i2"),
+           # raw quantized blocks (make_quant_fixtures.py)
+           torch.uint8: ("U8", "<u1")}
+_NUMPY = {"F64": "<f8", "I64": "<i8", "F32": "<f4", "F16": "<f2", "I32": "<i4", "BF16": "<i2",
+          "U8": "<u1"}
 
 # Mantissa bits of the narrow float types: a value rounded from float64 to one of them
 # moves by at most 2^-bits of its magnitude (see compare_tensor_rounded).

@@ -1,0 +1,81 @@
+"""Writes tests/fixtures/quant/<type>.safetensors: random raw blocks of each GGUF quantized
+type and their values as gguf_quants.py decodes them, for test_quant's bit-exact check of the
+C++ dequantize_row.  `--check` regenerates into a temporary directory and compares (the
+generation is integer-exact numpy, so the bytes must be identical).
+
+Each block's bytes are uniform random except its scales, which run through the cases that
+break a careless decoder: zero, fp16 subnormals (smallest and largest), the smallest normal,
+ordinary values of both signs, and the largest finite fp16 (65504), for d and, independently,
+dmin (Q8_K's fp32 d: zero, fp32 subnormal, ordinary, 1e30, both signs).  See
+tools/reference/README.md.
+"""
+
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fixture_io  # noqa: E402
+import gguf_quants  # noqa: E402
+
+FIXTURE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests",
+                           "fixtures", "quant")
+
+# fp16 bit patterns: 0, -0, smallest and largest subnormal, smallest normal, 1, -0.0123,
+# 0.5, -3.75e-4, 65504, -65504.
+F16_SCALES = [0x0000, 0x8000, 0x0001, 0x03FF, 0x0400, 0x3C00, 0xA24C, 0x3800, 0x8E25, 0x7BFF,
+              0xFBFF]
+F32_SCALES = [0.0, -0.0, 1e-40, -3e-39, 1.17549435e-38, 0.0123, -0.5, 3.0, 1e30, -1e30]
+
+# type -> (blocks, fp16 scale fields as (byte offset), fp32 scale field offset or None)
+CASES = [
+    ("Q8_0", 24, [0], None),
+    ("Q4_0", 24, [0], None),
+    ("Q4_K", 12, [0, 2], None),
+    ("Q5_K", 12, [0, 2], None),
+    ("Q6_K", 12, [208], None),
+    ("Q8_K", 10, [], 0),
+]
+SEED = 19
+
+
+def make_blocks(name, nb, f16_fields, f32_field, rng):
+    _, _, nbytes = gguf_quants.TYPES[gguf_quants.ID[name]]
+    blocks = rng.integers(0, 256, size=(nb, nbytes), dtype=np.uint8)
+    for i in range(nb):
+        for k, off in enumerate(f16_fields):
+            # Walk the list at a different pace per field so d and dmin meet in many pairs.
+            pattern = F16_SCALES[(i * (k + 1) + 3 * k) % len(F16_SCALES)]
+            blocks[i, off:off + 2] = np.frombuffer(np.uint16(pattern).tobytes(), np.uint8)
+        if f32_field is not None:
+            v = np.array([F32_SCALES[i % len(F32_SCALES)]], "<f4")
+            blocks[i, f32_field:f32_field + 4] = np.frombuffer(v.tobytes(), np.uint8)
+    if name == "Q4_K" or name == "Q5_K":
+        blocks[1, 4:16] = 0xFF      # every 6-bit scale and min 63, all top bits set
+        blocks[2, 4:16] = 0         # every scale 0: the block reads as -dmin * 0 = 0
+    if name == "Q6_K":
+        blocks[1, 192:208] = np.frombuffer(np.array([-128, 127] * 8, np.int8).tobytes(), np.uint8)
+    return blocks
+
+
+def write_all(out_dir, verbose=True):
+    os.makedirs(out_dir, exist_ok=True)
+    rng = np.random.default_rng(SEED)
+    for name, nb, f16_fields, f32_field in CASES:
+        blocks = make_blocks(name, nb, f16_fields, f32_field, rng)
+        values = gguf_quants.dequantize(name, blocks.tobytes())
+        assert np.all(np.isfinite(values)), name
+        tensors = [("blocks", torch.from_numpy(blocks.copy())),
+                   ("values", torch.from_numpy(values.copy()))]
+        meta = {"type": name, "ggml_type": str(gguf_quants.ID[name]), "seed": str(SEED)}
+        path = os.path.join(out_dir, "%s.safetensors" % name.lower())
+        with open(path, "wb") as f:
+            f.write(fixture_io.encode_safetensors(tensors, meta))
+        if verbose:
+            print("wrote %s (%d blocks, %d bytes)" % (path, nb, os.path.getsize(path)))
+
+
+if __name__ == "__main__":
+    fixture_io.main(__doc__, FIXTURE_DIR, write_all)
