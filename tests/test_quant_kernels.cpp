@@ -378,6 +378,74 @@ std::vector<double> dequantize(GgmlType t, const uint8_t* p, int64_t n) {
 //    float accumulation bound;
 //  - against dequantized weights x the fp32 activations, within the activation rounding error
 //    (sum |w| |x - x_q|) plus that bound.
+// The activation quantizers and quantize_row (the file writer's quantizer, quant.h) are one
+// rounding rule: the same bytes for Q8_0 and Q8_K, in every implementation, on random rows at
+// several magnitudes, rows with exact ties, zero blocks and +-max in one block.
+TEST(QuantDot, ActivationQuantizersMatchQuantizeRow) {
+  std::mt19937 rng(23);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  const int64_t n = 4 * kQKK;
+  std::vector<QuantKernel> kernels = simd_kernels();
+  kernels.push_back(QuantKernel::Scalar);
+  for (int trial = 0; trial < 16; ++trial) {
+    std::vector<float> x(static_cast<size_t>(n));
+    const float scale = std::pow(10.f, static_cast<float>(trial % 9) - 4);
+    for (auto& v : x) v = normal(rng) * scale;
+    if (trial % 4 == 1) std::fill(x.begin(), x.begin() + kQKK, 0.f);
+    if (trial % 4 == 2) {
+      for (int64_t j = 0; j < n; ++j)
+        x[j] = static_cast<float>(static_cast<int>(rng() % 255) - 127) + 0.5f;
+      for (int64_t b = 0; b < n; b += kQK) x[b] = 127.f;
+    }
+    if (trial % 4 == 3) {
+      x[kQKK + 7] = 60.f * scale;
+      x[kQKK + 3] = -60.f * scale;
+    }
+    for (GgmlType at : {GgmlType::Q8_0, GgmlType::Q8_K}) {
+      std::vector<uint8_t> want(static_cast<size_t>(row_bytes(at, n))), got(want.size());
+      quantize_row(at, x.data(), want.data(), n);
+      for (QuantKernel k : kernels) {
+        std::fill(got.begin(), got.end(), 0xCD);
+        quantize_activation_row(at, x.data(), got.data(), n, k);
+        EXPECT_EQ(got, want) << ggml_type_name(static_cast<uint32_t>(at)) << " "
+                             << quant_kernel_name(k) << " trial " << trial;
+      }
+    }
+  }
+}
+
+// The test's own dequantizer (above, in double) and dequantize_row (quant.h, the formats'
+// decoder) are two independent readings of the layouts: they agree on random blocks of every
+// weight type to fp32 rounding of the decoder's few float operations (d x sc, x q, dmin x m, -:
+// at most 4 roundings of terms no larger than the block's largest term).
+TEST(QuantDot, TestDequantizerAgreesWithDequantizeRow) {
+  std::mt19937 rng(29);
+  const int64_t nblocks = 16;
+  for (GgmlType t : kWeightTypes) {
+    const int64_t bv = block_values(t), n = nblocks * bv;
+    const auto w = random_weights(t, nblocks, rng, 3);
+    const auto want = dequantize(t, w.data(), n);
+    std::vector<float> got(static_cast<size_t>(n));
+    dequantize_row(t, w.data(), got.data(), n);
+    for (int64_t b = 0; b < nblocks; ++b) {
+      // Largest term of the block: |d| x 63 x 63 bounds d x sc x q and dmin x m of every type.
+      double dmax = 0;
+      const uint8_t* p = w.data() + b * block_bytes(t);
+      const uint16_t* halves = reinterpret_cast<const uint16_t*>(p);
+      if (t == GgmlType::Q4_K || t == GgmlType::Q5_K)
+        dmax = std::max(std::fabs(f16_to_float(halves[0])), std::fabs(f16_to_float(halves[1])));
+      else if (t == GgmlType::Q6_K)
+        dmax = std::fabs(f16_to_float(reinterpret_cast<const BlockQ6_K*>(p)->d));
+      else
+        dmax = std::fabs(f16_to_float(halves[0]));
+      const double tol = 4 * std::ldexp(dmax * 128 * 64, -24);
+      for (int64_t j = b * bv; j < (b + 1) * bv; ++j)
+        ASSERT_NEAR(got[static_cast<size_t>(j)], want[static_cast<size_t>(j)], tol)
+            << ggml_type_name(static_cast<uint32_t>(t)) << " value " << j;
+    }
+  }
+}
+
 TEST(QuantLinear, MatchesDequantizedWeights) {
   KernelGuard guard;
   std::mt19937 rng(3);
