@@ -10,6 +10,8 @@
 #include <vector>
 
 #include "core/quant_dot.h"
+#include "moe/cpu_features.h"
+#include "moe/gemm_bf16.h"
 #include "moe/linear.h"
 #include "moe/quant.h"
 #include "moe/safetensors.h"
@@ -508,6 +510,63 @@ TEST(QuantLinear, MatchesDequantizedWeights) {
       }
     }
   }
+}
+
+// BF16 weights with more than 4 rows of x (set_bf16_activations, linear.h). The default is the
+// bf16 GEMM where the CPU has it. Exact mode: x stays fp32, so the result is the fp32 sum of
+// exact products (within K x 2^-24 of sum |w x|). bf16 mode: x is rounded to bf16 (round to
+// nearest even: |x^ - x| <= 2^-8 |x| per element), so |y - sum w x| <= 2^-8 sum |w x| plus the
+// same fp32 accumulation term; with x already bf16 values that rounding is the identity, and
+// the bf16 result must then be as close as the exact one.
+TEST(Bf16Linear, Bf16GemmPathWithinTheRoundingOfX) {
+  EXPECT_EQ(bf16_activations(), cpu_features().bf16_gemm());  // not yet set in this process
+  struct Restore {
+    ~Restore() { set_bf16_activations(cpu_features().bf16_gemm()); }
+  } restore;
+  std::mt19937 rng(41);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  const int64_t K = 512, rows = 300, n = 37;  // two tiles of rows in the bf16 path
+  std::vector<uint16_t> wbits(static_cast<size_t>(rows * K));
+  for (auto& b : wbits) b = bf16_bits(normal(rng) * 0.05f);
+  const WeightView w{reinterpret_cast<const uint8_t*>(wbits.data()), GgmlType::BF16, rows, K};
+  std::vector<float> x(static_cast<size_t>(n * K)), xr(x.size());
+  for (size_t e = 0; e < x.size(); ++e) {
+    x[e] = normal(rng);
+    xr[e] = round_bf16(x[e]);
+  }
+  // In double: sum w x, sum w x^ (x^ = bf16(x)) and sum |w x|.
+  std::vector<double> ref(static_cast<size_t>(n * rows)), ref_r(ref.size()), mag(ref.size());
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t r = 0; r < rows; ++r) {
+      double s = 0, sr = 0, m = 0;
+      for (int64_t j = 0; j < K; ++j) {
+        const double wv = bf16_value(wbits[r * K + j]);
+        s += wv * x[i * K + j];
+        sr += wv * xr[i * K + j];
+        m += std::fabs(wv * x[i * K + j]);
+      }
+      ref[i * rows + r] = s;
+      ref_r[i * rows + r] = sr;
+      mag[i * rows + r] = m;
+    }
+  const double accumulation = K * 0x1p-23, rounding = 0x1p-8;
+  std::vector<float> exact(ref.size()), fast(ref.size()), fast_r(ref.size());
+  set_bf16_activations(false);
+  EXPECT_FALSE(bf16_activations());
+  linear_forward(x.data(), n, w, exact.data());
+  set_bf16_activations(true);
+  EXPECT_TRUE(bf16_activations());
+  linear_forward(x.data(), n, w, fast.data());
+  linear_forward(xr.data(), n, w, fast_r.data());
+  int differ = 0;
+  for (size_t e = 0; e < ref.size(); ++e) {
+    EXPECT_NEAR(exact[e], ref[e], accumulation * mag[e]) << e;
+    EXPECT_NEAR(fast[e], ref[e], (rounding + accumulation) * mag[e]) << e;
+    EXPECT_NEAR(fast_r[e], ref_r[e], accumulation * mag[e]) << e;
+    differ += fast[e] != exact[e];
+  }
+  // The bf16 path really rounded x (and is not the exact path under another name).
+  EXPECT_GT(differ, static_cast<int>(ref.size() / 2));
 }
 
 TEST(QuantDot, RefusesTypesWithoutKernels) {
