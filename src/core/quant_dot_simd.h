@@ -13,6 +13,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <utility>
 
 #include "moe/safetensors.h"
 
@@ -305,37 +306,57 @@ QD_TARGET void quant_q8_k(const float* x, BlockQ8_K* y, int64_t nb) {
   }
 }
 
-// Dispatch on the number of activation rows, so each count has its registers unrolled.
-template <void (*K1)(const uint8_t*, const uint8_t*, int64_t, int64_t, float*),
-          void (*K2)(const uint8_t*, const uint8_t*, int64_t, int64_t, float*),
-          void (*K3)(const uint8_t*, const uint8_t*, int64_t, int64_t, float*),
-          void (*K4)(const uint8_t*, const uint8_t*, int64_t, int64_t, float*)>
+// The kernels of one weight type as a family over the number of activation rows.
+struct Q8_0Rows {
+  template <int NA>
+  QD_TARGET static void run(const uint8_t* w, const uint8_t* a, int64_t st, int64_t nb, float* o) {
+    dot_q32<NA, BlockQ8_0>(w, a, st, nb, o);
+  }
+};
+struct Q4_0Rows {
+  template <int NA>
+  QD_TARGET static void run(const uint8_t* w, const uint8_t* a, int64_t st, int64_t nb, float* o) {
+    dot_q32<NA, BlockQ4_0>(w, a, st, nb, o);
+  }
+};
+struct Q4_KRows {
+  template <int NA>
+  QD_TARGET static void run(const uint8_t* w, const uint8_t* a, int64_t st, int64_t nb, float* o) {
+    dot_qk<NA, BlockQ4_K, false>(w, a, st, nb, o);
+  }
+};
+struct Q5_KRows {
+  template <int NA>
+  QD_TARGET static void run(const uint8_t* w, const uint8_t* a, int64_t st, int64_t nb, float* o) {
+    dot_qk<NA, BlockQ5_K, true>(w, a, st, nb, o);
+  }
+};
+struct Q6_KRows {
+  template <int NA>
+  QD_TARGET static void run(const uint8_t* w, const uint8_t* a, int64_t st, int64_t nb, float* o) {
+    dot_q6_k<NA>(w, a, st, nb, o);
+  }
+};
+
+// Dispatch on the number of activation rows (1..kMaxDotRows), so each count has its registers
+// unrolled.
+template <typename Family, int... N>
+QD_TARGET void dispatch_rows(std::integer_sequence<int, N...>, const uint8_t* w, const uint8_t* act,
+                             int64_t stride, int nact, int64_t nb, float* out) {
+  (void)((nact == N + 1 ? (Family::template run<N + 1>(w, act, stride, nb, out), true) : false) ||
+         ...);
+}
+
+template <typename Family>
 QD_TARGET void by_rows(const uint8_t* w, const uint8_t* act, int64_t stride, int nact, int64_t nb,
                        float* out) {
-  switch (nact) {
-    case 1:
-      return K1(w, act, stride, nb, out);
-    case 2:
-      return K2(w, act, stride, nb, out);
-    case 3:
-      return K3(w, act, stride, nb, out);
-    default:
-      return K4(w, act, stride, nb, out);
-  }
+  dispatch_rows<Family>(std::make_integer_sequence<int, kMaxDotRows>{}, w, act, stride, nact, nb,
+                        out);
 }
 
 const QuantDotTable kTable = {
-    by_rows<dot_q32<1, BlockQ8_0>, dot_q32<2, BlockQ8_0>, dot_q32<3, BlockQ8_0>,
-            dot_q32<4, BlockQ8_0>>,
-    by_rows<dot_q32<1, BlockQ4_0>, dot_q32<2, BlockQ4_0>, dot_q32<3, BlockQ4_0>,
-            dot_q32<4, BlockQ4_0>>,
-    by_rows<dot_qk<1, BlockQ4_K, false>, dot_qk<2, BlockQ4_K, false>, dot_qk<3, BlockQ4_K, false>,
-            dot_qk<4, BlockQ4_K, false>>,
-    by_rows<dot_qk<1, BlockQ5_K, true>, dot_qk<2, BlockQ5_K, true>, dot_qk<3, BlockQ5_K, true>,
-            dot_qk<4, BlockQ5_K, true>>,
-    by_rows<dot_q6_k<1>, dot_q6_k<2>, dot_q6_k<3>, dot_q6_k<4>>,
-    quant_q8_0,
-    quant_q8_k,
+    by_rows<Q8_0Rows>, by_rows<Q4_0Rows>, by_rows<Q4_KRows>, by_rows<Q5_KRows>,
+    by_rows<Q6_KRows>, quant_q8_0,        quant_q8_k,
 };
 
 }  // namespace moe::QD_NS
