@@ -403,6 +403,11 @@ TEST(QuantDot, ActivationQuantizersMatchQuantizeRow) {
       x[kQKK + 7] = 60.f * scale;
       x[kQKK + 3] = -60.f * scale;
     }
+    if (trial == 5) {
+      // A block so small that 1 / d overflows (Q8_0's clamp), with a zero in it (0 x inf).
+      for (int j = 0; j < kQK; ++j) x[static_cast<size_t>(2 * kQKK + j)] = normal(rng) * 1e-38f;
+      x[2 * kQKK + 4] = 0.f;
+    }
     for (GgmlType at : {GgmlType::Q8_0, GgmlType::Q8_K}) {
       std::vector<uint8_t> want(static_cast<size_t>(row_bytes(at, n))), got(want.size());
       quantize_row(at, x.data(), want.data(), n);

@@ -246,6 +246,7 @@ QD_INLINE __m256i pack_i8(__m256i a, __m256i b, __m256i c, __m256i d) {
 // roundf's half away from zero as trunc(|v|) + (fraction >= 0.5) with the sign put back.
 QD_TARGET void quant_q8_0(const float* x, BlockQ8_0* y, int64_t nb) {
   const __m256 sign = _mm256_set1_ps(-0.0f), half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1);
+  const __m256 lim = _mm256_set1_ps(127), zero = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b, x += kQK) {
     __m256 v[4], amax = _mm256_setzero_ps();
     for (int k = 0; k < 4; ++k) {
@@ -262,7 +263,8 @@ QD_TARGET void quant_q8_0(const float* x, BlockQ8_0* y, int64_t nb) {
       const __m256 t = _mm256_round_ps(a, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
       const __m256 up = _mm256_and_ps(_mm256_cmp_ps(_mm256_sub_ps(a, t), half, _CMP_GE_OQ), one);
       const __m256 r = _mm256_or_ps(_mm256_add_ps(t, up), _mm256_and_ps(s, sign));
-      q[k] = _mm256_cvttps_epi32(r);
+      // The scalar rule's clamp (min with r first: a NaN of 0 x inf becomes 127, as fmin does).
+      q[k] = _mm256_cvttps_epi32(_mm256_max_ps(_mm256_min_ps(r, lim), _mm256_sub_ps(zero, lim)));
     }
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(y[b].qs), pack_i8(q[0], q[1], q[2], q[3]));
   }
