@@ -10,6 +10,8 @@
 #include <vector>
 
 #include "core/quant_dot.h"
+#include "moe/cpu_features.h"
+#include "moe/gemm_bf16.h"
 #include "moe/linear.h"
 #include "moe/quant.h"
 #include "moe/safetensors.h"
@@ -378,6 +380,79 @@ std::vector<double> dequantize(GgmlType t, const uint8_t* p, int64_t n) {
 //    float accumulation bound;
 //  - against dequantized weights x the fp32 activations, within the activation rounding error
 //    (sum |w| |x - x_q|) plus that bound.
+// The activation quantizers and quantize_row (the file writer's quantizer, quant.h) are one
+// rounding rule: the same bytes for Q8_0 and Q8_K, in every implementation, on random rows at
+// several magnitudes, rows with exact ties, zero blocks and +-max in one block.
+TEST(QuantDot, ActivationQuantizersMatchQuantizeRow) {
+  std::mt19937 rng(23);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  const int64_t n = 4 * kQKK;
+  std::vector<QuantKernel> kernels = simd_kernels();
+  kernels.push_back(QuantKernel::Scalar);
+  for (int trial = 0; trial < 16; ++trial) {
+    std::vector<float> x(static_cast<size_t>(n));
+    const float scale = std::pow(10.f, static_cast<float>(trial % 9) - 4);
+    for (auto& v : x) v = normal(rng) * scale;
+    if (trial % 4 == 1) std::fill(x.begin(), x.begin() + kQKK, 0.f);
+    if (trial % 4 == 2) {
+      for (int64_t j = 0; j < n; ++j)
+        x[j] = static_cast<float>(static_cast<int>(rng() % 255) - 127) + 0.5f;
+      for (int64_t b = 0; b < n; b += kQK) x[b] = 127.f;
+    }
+    if (trial % 4 == 3) {
+      x[kQKK + 7] = 60.f * scale;
+      x[kQKK + 3] = -60.f * scale;
+    }
+    if (trial == 5) {
+      // A block so small that 1 / d overflows (Q8_0's clamp), with a zero in it (0 x inf).
+      for (int j = 0; j < kQK; ++j) x[static_cast<size_t>(2 * kQKK + j)] = normal(rng) * 1e-38f;
+      x[2 * kQKK + 4] = 0.f;
+    }
+    for (GgmlType at : {GgmlType::Q8_0, GgmlType::Q8_K}) {
+      std::vector<uint8_t> want(static_cast<size_t>(row_bytes(at, n))), got(want.size());
+      quantize_row(at, x.data(), want.data(), n);
+      for (QuantKernel k : kernels) {
+        std::fill(got.begin(), got.end(), 0xCD);
+        quantize_activation_row(at, x.data(), got.data(), n, k);
+        EXPECT_EQ(got, want) << ggml_type_name(static_cast<uint32_t>(at)) << " "
+                             << quant_kernel_name(k) << " trial " << trial;
+      }
+    }
+  }
+}
+
+// The test's own dequantizer (above, in double) and dequantize_row (quant.h, the formats'
+// decoder) are two independent readings of the layouts: they agree on random blocks of every
+// weight type to fp32 rounding of the decoder's few float operations (d x sc, x q, dmin x m, -:
+// at most 4 roundings of terms no larger than the block's largest term).
+TEST(QuantDot, TestDequantizerAgreesWithDequantizeRow) {
+  std::mt19937 rng(29);
+  const int64_t nblocks = 16;
+  for (GgmlType t : kWeightTypes) {
+    const int64_t bv = block_values(t), n = nblocks * bv;
+    const auto w = random_weights(t, nblocks, rng, 3);
+    const auto want = dequantize(t, w.data(), n);
+    std::vector<float> got(static_cast<size_t>(n));
+    dequantize_row(t, w.data(), got.data(), n);
+    for (int64_t b = 0; b < nblocks; ++b) {
+      // Largest term of the block: |d| x 63 x 63 bounds d x sc x q and dmin x m of every type.
+      double dmax = 0;
+      const uint8_t* p = w.data() + b * block_bytes(t);
+      const uint16_t* halves = reinterpret_cast<const uint16_t*>(p);
+      if (t == GgmlType::Q4_K || t == GgmlType::Q5_K)
+        dmax = std::max(std::fabs(f16_to_float(halves[0])), std::fabs(f16_to_float(halves[1])));
+      else if (t == GgmlType::Q6_K)
+        dmax = std::fabs(f16_to_float(reinterpret_cast<const BlockQ6_K*>(p)->d));
+      else
+        dmax = std::fabs(f16_to_float(halves[0]));
+      const double tol = 4 * std::ldexp(dmax * 128 * 64, -24);
+      for (int64_t j = b * bv; j < (b + 1) * bv; ++j)
+        ASSERT_NEAR(got[static_cast<size_t>(j)], want[static_cast<size_t>(j)], tol)
+            << ggml_type_name(static_cast<uint32_t>(t)) << " value " << j;
+    }
+  }
+}
+
 TEST(QuantLinear, MatchesDequantizedWeights) {
   KernelGuard guard;
   std::mt19937 rng(3);
@@ -440,6 +515,63 @@ TEST(QuantLinear, MatchesDequantizedWeights) {
       }
     }
   }
+}
+
+// BF16 weights with more than 4 rows of x (set_bf16_activations, linear.h). The default is the
+// bf16 GEMM where the CPU has it. Exact mode: x stays fp32, so the result is the fp32 sum of
+// exact products (within K x 2^-24 of sum |w x|). bf16 mode: x is rounded to bf16 (round to
+// nearest even: |x^ - x| <= 2^-8 |x| per element), so |y - sum w x| <= 2^-8 sum |w x| plus the
+// same fp32 accumulation term; with x already bf16 values that rounding is the identity, and
+// the bf16 result must then be as close as the exact one.
+TEST(Bf16Linear, Bf16GemmPathWithinTheRoundingOfX) {
+  EXPECT_EQ(bf16_activations(), cpu_features().bf16_gemm());  // not yet set in this process
+  struct Restore {
+    ~Restore() { set_bf16_activations(cpu_features().bf16_gemm()); }
+  } restore;
+  std::mt19937 rng(41);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  const int64_t K = 512, rows = 300, n = 37;  // two tiles of rows in the bf16 path
+  std::vector<uint16_t> wbits(static_cast<size_t>(rows * K));
+  for (auto& b : wbits) b = bf16_bits(normal(rng) * 0.05f);
+  const WeightView w{reinterpret_cast<const uint8_t*>(wbits.data()), GgmlType::BF16, rows, K};
+  std::vector<float> x(static_cast<size_t>(n * K)), xr(x.size());
+  for (size_t e = 0; e < x.size(); ++e) {
+    x[e] = normal(rng);
+    xr[e] = round_bf16(x[e]);
+  }
+  // In double: sum w x, sum w x^ (x^ = bf16(x)) and sum |w x|.
+  std::vector<double> ref(static_cast<size_t>(n * rows)), ref_r(ref.size()), mag(ref.size());
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t r = 0; r < rows; ++r) {
+      double s = 0, sr = 0, m = 0;
+      for (int64_t j = 0; j < K; ++j) {
+        const double wv = bf16_value(wbits[r * K + j]);
+        s += wv * x[i * K + j];
+        sr += wv * xr[i * K + j];
+        m += std::fabs(wv * x[i * K + j]);
+      }
+      ref[i * rows + r] = s;
+      ref_r[i * rows + r] = sr;
+      mag[i * rows + r] = m;
+    }
+  const double accumulation = K * 0x1p-23, rounding = 0x1p-8;
+  std::vector<float> exact(ref.size()), fast(ref.size()), fast_r(ref.size());
+  set_bf16_activations(false);
+  EXPECT_FALSE(bf16_activations());
+  linear_forward(x.data(), n, w, exact.data());
+  set_bf16_activations(true);
+  EXPECT_TRUE(bf16_activations());
+  linear_forward(x.data(), n, w, fast.data());
+  linear_forward(xr.data(), n, w, fast_r.data());
+  int differ = 0;
+  for (size_t e = 0; e < ref.size(); ++e) {
+    EXPECT_NEAR(exact[e], ref[e], accumulation * mag[e]) << e;
+    EXPECT_NEAR(fast[e], ref[e], (rounding + accumulation) * mag[e]) << e;
+    EXPECT_NEAR(fast_r[e], ref_r[e], accumulation * mag[e]) << e;
+    differ += fast[e] != exact[e];
+  }
+  // The bf16 path really rounded x (and is not the exact path under another name).
+  EXPECT_GT(differ, static_cast<int>(ref.size() / 2));
 }
 
 TEST(QuantDot, RefusesTypesWithoutKernels) {

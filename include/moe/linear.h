@@ -22,7 +22,8 @@ struct WeightView {
 
 // y [n, W.rows] = x [n, W.cols] W^T (+ y when accumulate), in fp32 with the 16-bit weights
 // widened exactly. Up to 4 rows (decoding) take one pass over the weights with the widening in
-// registers; more rows (prefill) widen a block of weight rows at a time and run a GEMM on it.
+// registers; more rows (prefill) widen a block of weight rows at a time and run a GEMM on it
+// (for BF16 weights the bf16 GEMM by default, which rounds x to bf16: set_bf16_activations).
 // Block-quantized weights (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K) take int8 dot products instead: x's
 // rows are quantized per block (Q8_0 or Q8_K, as llama.cpp does) once per call, so the result
 // carries that rounding of the activations too.
@@ -41,5 +42,14 @@ GgmlType quantizable_type(GgmlType type, int64_t cols);
 // quantize_row to quantizable_type(type, cols) into `storage` (resized; the caller owns it and
 // keeps it as long as the view), in parallel over rows. Returns the view of `storage`.
 WeightView quantize_view(const WeightView& src, GgmlType type, std::vector<uint8_t>& storage);
+
+// How BF16 weights meet more than 4 rows of x (prefill). On (the default where
+// cpu_features().bf16_gemm()): x is rounded to bf16 (round to nearest even, a relative error of
+// at most 2^-8 per element) and the block runs on the AVX-512 BF16 GEMM (gemm_bf16.h), whose
+// bf16 x bf16 products are exact and summed in fp32. Off: the exact path, x stays fp32 and the
+// widened weights go through the fp32 GEMM (what a comparison with an fp32 reference needs).
+// Decoding (up to 4 rows) and every other weight type are the same either way. Process-wide.
+void set_bf16_activations(bool on);
+bool bf16_activations();
 
 }  // namespace moe

@@ -1,12 +1,15 @@
 #include "moe/linear.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <vector>
 
 #include "core/quant_dot.h"
+#include "moe/cpu_features.h"
 #include "moe/error.h"
 #include "moe/gemm.h"
+#include "moe/gemm_bf16.h"
 
 namespace moe {
 
@@ -24,6 +27,9 @@ GgmlType ggml_type_of(DType t) {
 }
 
 namespace {
+
+// -1: not set, the CPU decides (on with the AVX-512 BF16 GEMM); 0 / 1: set.
+std::atomic<int> g_bf16_activations{-1};
 
 // Few rows (decoding): one pass over the weights, each weight row dotted with every input row
 // while it is in cache. A GEMM would first pack (copy) the whole weight matrix, tripling the
@@ -133,6 +139,15 @@ void linear_quantized(const float* x, int64_t n, const WeightView& w, float* y, 
 
 }  // namespace
 
+void set_bf16_activations(bool on) {
+  g_bf16_activations.store(on ? 1 : 0);
+}
+
+bool bf16_activations() {
+  const int v = g_bf16_activations.load();
+  return v < 0 ? cpu_features().bf16_gemm() : v == 1;
+}
+
 void linear_forward(const float* x, int64_t n, const WeightView& w, float* y, bool accumulate) {
   const float beta = accumulate ? 1.0f : 0.0f;
   if (n == 0 || w.rows == 0) return;
@@ -157,8 +172,13 @@ void linear_forward(const float* x, int64_t n, const WeightView& w, float* y, bo
                 reinterpret_cast<const float*>(w.data), w.cols, beta, y, w.rows);
     return;
   }
+  // BF16 weights on the bf16 GEMM: widening is exact and gemm_bf16's rounding of the tile back
+  // to bf16 gives the stored bits; x is rounded once per tile as gemm_bf16 packs it, so the
+  // tiles are larger (~512 KB, half of L2) to pack x fewer times.
+  const bool bf16_gemm = w.type == GgmlType::BF16 && bf16_activations();
   // Blocks of rows small enough that the widened tile stays in L2 (~128 KB).
-  const int64_t block = std::max<int64_t>(8, (int64_t{32} << 10) / std::max<int64_t>(w.cols, 1));
+  const int64_t tile_floats = bf16_gemm ? (int64_t{128} << 10) : (int64_t{32} << 10);
+  const int64_t block = std::max<int64_t>(8, tile_floats / std::max<int64_t>(w.cols, 1));
   const int64_t blocks = (w.rows + block - 1) / block;
 #pragma omp parallel if (blocks > 1 && n * w.rows * w.cols > (1 << 16))
   {
@@ -168,8 +188,12 @@ void linear_forward(const float* x, int64_t n, const WeightView& w, float* y, bo
       const int64_t r0 = b * block, rb = std::min(block, w.rows - r0);
       for (int64_t r = 0; r < rb; ++r)
         dequantize_row(w.type, w.row(r0 + r), tile.data() + r * w.cols, w.cols);
-      gemm<float>(Trans::No, Trans::Yes, n, rb, w.cols, 1.0f, x, w.cols, tile.data(), w.cols, beta,
+      if (bf16_gemm)
+        gemm_bf16(Trans::No, Trans::Yes, n, rb, w.cols, 1.0f, x, w.cols, tile.data(), w.cols, beta,
                   y + r0, w.rows);
+      else
+        gemm<float>(Trans::No, Trans::Yes, n, rb, w.cols, 1.0f, x, w.cols, tile.data(), w.cols,
+                    beta, y + r0, w.rows);
     }
   }
 }

@@ -149,7 +149,10 @@ void quantize_q8_0(const float* x, BlockQ8_0* y, int64_t nb) {
     const float d = amax / 127;
     const float id = d != 0 ? 1 / d : 0;
     y[b].d = float_to_f16(d);
-    for (int j = 0; j < kQK; ++j) y[b].qs[j] = static_cast<int8_t>(std::roundf(x[j] * id));
+    // The clamp only matters where 1 / d overflows (amax below ~4e-37, d is 0 in fp16): it keeps
+    // that case defined and gives quantize_row's bytes (fmin takes 127 over a NaN of 0 x inf).
+    for (int j = 0; j < kQK; ++j)
+      y[b].qs[j] = static_cast<int8_t>(std::fmax(-127.f, std::fmin(127.f, std::roundf(x[j] * id))));
   }
 }
 

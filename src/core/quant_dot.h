@@ -27,7 +27,7 @@ QuantKernel quant_kernel();
 bool quant_kernel_supported(QuantKernel k);
 const char* quant_kernel_name(QuantKernel k);
 
-constexpr int kMaxDotRows = 4;
+constexpr int kMaxDotRows = 8;
 
 // out[i] = sum over the row of weight x activation i, for i < nact (1..kMaxDotRows); activation
 // row i starts at act + i * act_stride bytes; the row is nblocks blocks of the weight type.

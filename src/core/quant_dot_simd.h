@@ -13,6 +13,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <utility>
 
 #include "moe/safetensors.h"
 
@@ -245,6 +246,7 @@ QD_INLINE __m256i pack_i8(__m256i a, __m256i b, __m256i c, __m256i d) {
 // roundf's half away from zero as trunc(|v|) + (fraction >= 0.5) with the sign put back.
 QD_TARGET void quant_q8_0(const float* x, BlockQ8_0* y, int64_t nb) {
   const __m256 sign = _mm256_set1_ps(-0.0f), half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1);
+  const __m256 lim = _mm256_set1_ps(127), zero = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b, x += kQK) {
     __m256 v[4], amax = _mm256_setzero_ps();
     for (int k = 0; k < 4; ++k) {
@@ -261,7 +263,8 @@ QD_TARGET void quant_q8_0(const float* x, BlockQ8_0* y, int64_t nb) {
       const __m256 t = _mm256_round_ps(a, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
       const __m256 up = _mm256_and_ps(_mm256_cmp_ps(_mm256_sub_ps(a, t), half, _CMP_GE_OQ), one);
       const __m256 r = _mm256_or_ps(_mm256_add_ps(t, up), _mm256_and_ps(s, sign));
-      q[k] = _mm256_cvttps_epi32(r);
+      // The scalar rule's clamp (min with r first: a NaN of 0 x inf becomes 127, as fmin does).
+      q[k] = _mm256_cvttps_epi32(_mm256_max_ps(_mm256_min_ps(r, lim), _mm256_sub_ps(zero, lim)));
     }
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(y[b].qs), pack_i8(q[0], q[1], q[2], q[3]));
   }
@@ -305,37 +308,57 @@ QD_TARGET void quant_q8_k(const float* x, BlockQ8_K* y, int64_t nb) {
   }
 }
 
-// Dispatch on the number of activation rows, so each count has its registers unrolled.
-template <void (*K1)(const uint8_t*, const uint8_t*, int64_t, int64_t, float*),
-          void (*K2)(const uint8_t*, const uint8_t*, int64_t, int64_t, float*),
-          void (*K3)(const uint8_t*, const uint8_t*, int64_t, int64_t, float*),
-          void (*K4)(const uint8_t*, const uint8_t*, int64_t, int64_t, float*)>
+// The kernels of one weight type as a family over the number of activation rows.
+struct Q8_0Rows {
+  template <int NA>
+  QD_TARGET static void run(const uint8_t* w, const uint8_t* a, int64_t st, int64_t nb, float* o) {
+    dot_q32<NA, BlockQ8_0>(w, a, st, nb, o);
+  }
+};
+struct Q4_0Rows {
+  template <int NA>
+  QD_TARGET static void run(const uint8_t* w, const uint8_t* a, int64_t st, int64_t nb, float* o) {
+    dot_q32<NA, BlockQ4_0>(w, a, st, nb, o);
+  }
+};
+struct Q4_KRows {
+  template <int NA>
+  QD_TARGET static void run(const uint8_t* w, const uint8_t* a, int64_t st, int64_t nb, float* o) {
+    dot_qk<NA, BlockQ4_K, false>(w, a, st, nb, o);
+  }
+};
+struct Q5_KRows {
+  template <int NA>
+  QD_TARGET static void run(const uint8_t* w, const uint8_t* a, int64_t st, int64_t nb, float* o) {
+    dot_qk<NA, BlockQ5_K, true>(w, a, st, nb, o);
+  }
+};
+struct Q6_KRows {
+  template <int NA>
+  QD_TARGET static void run(const uint8_t* w, const uint8_t* a, int64_t st, int64_t nb, float* o) {
+    dot_q6_k<NA>(w, a, st, nb, o);
+  }
+};
+
+// Dispatch on the number of activation rows (1..kMaxDotRows), so each count has its registers
+// unrolled.
+template <typename Family, int... N>
+QD_TARGET void dispatch_rows(std::integer_sequence<int, N...>, const uint8_t* w, const uint8_t* act,
+                             int64_t stride, int nact, int64_t nb, float* out) {
+  (void)((nact == N + 1 ? (Family::template run<N + 1>(w, act, stride, nb, out), true) : false) ||
+         ...);
+}
+
+template <typename Family>
 QD_TARGET void by_rows(const uint8_t* w, const uint8_t* act, int64_t stride, int nact, int64_t nb,
                        float* out) {
-  switch (nact) {
-    case 1:
-      return K1(w, act, stride, nb, out);
-    case 2:
-      return K2(w, act, stride, nb, out);
-    case 3:
-      return K3(w, act, stride, nb, out);
-    default:
-      return K4(w, act, stride, nb, out);
-  }
+  dispatch_rows<Family>(std::make_integer_sequence<int, kMaxDotRows>{}, w, act, stride, nact, nb,
+                        out);
 }
 
 const QuantDotTable kTable = {
-    by_rows<dot_q32<1, BlockQ8_0>, dot_q32<2, BlockQ8_0>, dot_q32<3, BlockQ8_0>,
-            dot_q32<4, BlockQ8_0>>,
-    by_rows<dot_q32<1, BlockQ4_0>, dot_q32<2, BlockQ4_0>, dot_q32<3, BlockQ4_0>,
-            dot_q32<4, BlockQ4_0>>,
-    by_rows<dot_qk<1, BlockQ4_K, false>, dot_qk<2, BlockQ4_K, false>, dot_qk<3, BlockQ4_K, false>,
-            dot_qk<4, BlockQ4_K, false>>,
-    by_rows<dot_qk<1, BlockQ5_K, true>, dot_qk<2, BlockQ5_K, true>, dot_qk<3, BlockQ5_K, true>,
-            dot_qk<4, BlockQ5_K, true>>,
-    by_rows<dot_q6_k<1>, dot_q6_k<2>, dot_q6_k<3>, dot_q6_k<4>>,
-    quant_q8_0,
-    quant_q8_k,
+    by_rows<Q8_0Rows>, by_rows<Q4_0Rows>, by_rows<Q4_KRows>, by_rows<Q5_KRows>,
+    by_rows<Q6_KRows>, quant_q8_0,        quant_q8_k,
 };
 
 }  // namespace moe::QD_NS
