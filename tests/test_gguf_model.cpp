@@ -73,6 +73,7 @@ std::string bytes_of(const std::string& path) {
 class GgufFamily : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(GgufFamily, F32GivesTheLogitsOfTheDirectory) {
+  test::ExactBf16Path exact;  // the bf16 directory against its f32 copy: no rounding of x
   TempDir dir;
   const std::string hf = fixture(GetParam());
   const std::string before = bytes_of(hf + "/config.json");

@@ -38,17 +38,10 @@ double normalized_error(const float* a, const float* b, int64_t n) {
 
 class HfFamily : public ::testing::TestWithParam<const char*> {};
 
-// The comparisons with fp32 references run BF16 weights on the exact path (x kept in fp32,
-// linear.h); the bf16-GEMM path is tested against its own bound in test_quant_kernels.
-struct ExactBf16Path {
-  ExactBf16Path() { set_bf16_activations(false); }
-  ~ExactBf16Path() { set_bf16_activations(cpu_features().bf16_gemm()); }
-};
-
 // Logits of the whole prompt batch, then greedy generation token for token, then the same
 // logits again when the prompt is fed one token at a time through the cache.
 TEST_P(HfFamily, MatchesPyTorchReference) {
-  ExactBf16Path exact;
+  test::ExactBf16Path exact;
   const std::string dir = fixture(GetParam());
   auto model = InferenceModel::load(dir);
   const auto expected = SafeTensorsFile::open(dir + "/expected.safetensors");
@@ -186,7 +179,7 @@ std::vector<float> logits_of(InferenceModel& m, const std::vector<int32_t>& x) {
 }
 
 TEST(HfCheckpoint, RoundTripOfATrainedMixtral) {
-  ExactBf16Path exact;
+  test::ExactBf16Path exact;
   Rng rng(7);
   Transformer<float> model(small_config(false, 1));
   model.init_weights(rng);

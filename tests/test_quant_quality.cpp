@@ -192,6 +192,7 @@ TEST(QuantQuality, Errors) {
 // far nearer to it than to the f32 model's.
 void expect_quantized_equals_rounded(GgmlType type, double tol) {
   SCOPED_TRACE(ggml_type_name(static_cast<uint32_t>(type)));
+  test::ExactBf16Path exact;  // the rounding of the weights only, not of x
   const ModelConfig cfg = config();
   Transformer<float> model(cfg), rounded(cfg);
   Rng rng(7);

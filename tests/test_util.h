@@ -20,10 +20,19 @@
 #include <system_error>
 #include <vector>
 
+#include "moe/cpu_features.h"
 #include "moe/error.h"
+#include "moe/linear.h"
 #include "moe/rng.h"
 
 namespace moe::test {
+
+// The comparisons with fp32 references run BF16 weights on the exact path (x kept in fp32,
+// linear.h); the bf16-GEMM path is tested against its own bound in test_quant_kernels.
+struct ExactBf16Path {
+  ExactBf16Path() { set_bf16_activations(false); }
+  ~ExactBf16Path() { set_bf16_activations(cpu_features().bf16_gemm()); }
+};
 
 #ifdef MOE_FIXTURE_DIR
 // tests/fixtures: the MOE_FIXTURE_DIR environment variable when set (a test binary run from
