@@ -123,10 +123,12 @@ def bench_moe(moe, path, vocab, reps, threads):
         _, err, kb = timed([moe, "generate", "--model", path, "--prompt-ids", ids,
                             "--max-new-tokens", "65", "--ignore-eos", "--temperature", "0",
                             "--threads", str(threads)], env)
-        prompt.append(float(re.search(r"prompt: 128 tokens in [\d.]+ s \(([\d.]+) tokens/s\)",
-                                      err).group(1)))
-        decode.append(float(re.search(r"decode: 64 tokens in [\d.]+ s \(([\d.]+) tokens/s\)",
-                                      err).group(1)))
+        # "... prompt of 128 tokens + first token T s (P prompt tokens/s), then 64 tokens at D
+        # tokens/s": the prompt until the first token is drawn, then the single-token steps.
+        m = re.search(r"prompt of 128 tokens \+ first token [\d.]+ s \(([\d.]+) prompt tokens/s\), "
+                      r"then 64 tokens at ([\d.]+) tokens/s", err)
+        prompt.append(float(m.group(1)))
+        decode.append(float(m.group(2)))
         rss = max(rss, kb)
     return statistics.median(prompt), statistics.median(decode), rss * 1024
 

@@ -249,32 +249,6 @@ GgmlType quantize_type(const GenerateArgs& a) {
   return t;
 }
 
-// Prompt and decode speed of one generate() call, as llama-bench separates them: the prompt
-// runs until the first token is drawn; each later token is one decode step.
-class GenerateTimer {
- public:
-  GenerateTimer() : start_(std::chrono::steady_clock::now()) {}
-  void token() {
-    const auto now = std::chrono::steady_clock::now();
-    if (tokens_++ == 0) first_ = now;
-    last_ = now;
-  }
-  void print(size_t prompt_len) const {
-    if (tokens_ == 0) return;
-    const double prompt_s = std::chrono::duration<double>(first_ - start_).count();
-    const double decode_s = std::chrono::duration<double>(last_ - first_).count();
-    fmt::print(stderr, "prompt: {} tokens in {:.3f} s ({:.2f} tokens/s)\n", prompt_len, prompt_s,
-               static_cast<double>(prompt_len) / prompt_s);
-    if (tokens_ > 1)
-      fmt::print(stderr, "decode: {} tokens in {:.3f} s ({:.2f} tokens/s)\n", tokens_ - 1, decode_s,
-                 static_cast<double>(tokens_ - 1) / decode_s);
-  }
-
- private:
-  std::chrono::steady_clock::time_point start_, first_, last_;
-  int64_t tokens_ = 0;
-};
-
 // Prints a continuation as it is drawn. The whole continuation is decoded each time: a
 // multi-byte character can span tokens, so only complete characters are printed.
 class StreamPrinter {
@@ -414,13 +388,9 @@ int run_generate_checkpoint(const GenerateArgs& a) {
   note_context_limit(a, prompt.size(), c.max_position_embeddings);
   if (tok) fmt::print("{}", a.prompt);
   StreamPrinter printer(tok.get(), prompt.size());
-  GenerateTimer timer;
-  generate(*model, {prompt}, generate_options(a), tok ? tok->eos_id() : -1, [&](int, int32_t id) {
-    timer.token();
-    printer.add(id);
-  });
+  generate(*model, {prompt}, generate_options(a), tok ? tok->eos_id() : -1,
+           [&](int, int32_t id) { printer.add(id); });
   printer.finish();
-  timer.print(prompt.size());
   fmt::print(stderr, "peak resident memory {:.1f} MB (weights {:.1f} MB)\n",
              peak_resident_bytes() / 1e6, model->weight_bytes() / 1e6);
   return 0;
@@ -446,20 +416,17 @@ int run_generate(const GenerateArgs& a) {
   }
   MOE_REQUIRE(!prompt.empty(), "{}: the prompt is empty (give --prompt or --prompt-ids)", a.run);
   note_context_limit(a, prompt.size(), run.config.max_position_embeddings);
-  StreamPrinter printer(tok, prompt.size());
   const GenerateOptions opt = generate_options(a);
   const int32_t eos = run.tokenizer->eos_id();
   TransformerLm lm(*run.model, quantize);
   if (quantize != GgmlType::F32)
     fmt::print(stderr, "{}: matrices quantized to {} at load ({:.1f} MB)\n", a.run,
                ggml_type_name(static_cast<uint32_t>(quantize)), lm.quantized_bytes() / 1e6);
-  GenerateTimer timer;
+  StreamPrinter printer(tok, prompt.size());  // after the load: the prompt time is the prompt's
   generate(lm, {prompt}, opt, eos, [&](int, int32_t id) {
-    timer.token();
     if (!opt.stop_at_eos || id != eos) printer.add(id);  // a run's continuation ends before eos
   });
   printer.finish();
-  timer.print(prompt.size());
   return 0;
 }
 
