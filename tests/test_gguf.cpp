@@ -128,7 +128,7 @@ TEST(Gguf, QuantizedTensorsRoundTripAndCopyRaw) {
   for (const Case& c : cases) values[c.name] = test::random_vector<float>(rng, c.rows * c.cols);
   for (const uint32_t alignment : {32u, 2u}) {
     SCOPED_TRACE(alignment);
-    const std::string path = dir.file("q" + std::to_string(alignment) + ".gguf");
+    const std::string path = dir.file(fmt::format("q{}.gguf", alignment));
     GgufWriter w(alignment);
     for (const Case& c : cases) {
       const auto& v = values[c.name];

@@ -30,10 +30,6 @@ void export_gguf(const Transformer<float>& model, const std::string& tokenizer_m
                  const std::string& out_path, const TypeScheme& types,
                  const std::function<void(const std::string&)>& note);
 
-// The byte tokenizer's metadata (ids 0..255 the bytes, BOS 256, EOS 257, add_bos_token) padded
-// with filler tokens "<tN>" to vocab_size (>= 258): the vocabulary of a random-weight model.
-void add_padded_byte_vocab(GgufWriter& w, int vocab_size);
-
 // Reorders the rows of a Q or K projection ([n_heads * head_dim, cols], row-major) from the
 // Hugging Face rotate_half RoPE layout (pairs i, i + head_dim/2) to the interleaved layout
 // llama.cpp's "llama" RoPE rotates (pairs 2i, 2i+1): dst row 2i+j of a head = src row

@@ -39,5 +39,8 @@ bool gguf_adds_bos(const GgufFile& f, const Tokenizer& tok);
 // Reads the sources only; errors name the file and field.
 int32_t add_gguf_tokenizer_of_hf_dir(GgufWriter& w, const std::string& dir);
 int32_t add_gguf_tokenizer_of_run(GgufWriter& w, const std::string& tokenizer_model_path);
+// The byte tokenizer padded with filler tokens "<tN>" to vocab_size (>= 258): the vocabulary of
+// a random-weight model.
+void add_gguf_byte_tokenizer(GgufWriter& w, int vocab_size);
 
 }  // namespace moe

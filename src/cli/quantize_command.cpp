@@ -93,7 +93,10 @@ int run_quantize(const QuantizeArgs& a) {
     MOE_REQUIRE(!j.is_discarded() && j.is_object(), "{}: not a JSON object", a.random);
     c = j.contains("training") ? load_model_config(a.random) : model_config_from_hf(j, a.random);
     opt.name = fs::path(out).stem().string();
-    opt.add_tokenizer = [&](GgufWriter& w) { add_padded_byte_vocab(w, c.vocab_size); };
+    opt.add_tokenizer = [&](GgufWriter& w) {
+      add_gguf_byte_tokenizer(w, c.vocab_size);
+      w.set("tokenizer.ggml.add_bos_token", GgufValue::boolean(true));
+    };
     write_gguf_model(c, *gguf_source_random(a.seed), out, opt);
     from = "random weights of " + a.random;
     fmt::print("wrote {} ({:.1f} MB, {} of {}, {})\n", out, fs::file_size(out) / 1e6,

@@ -509,12 +509,16 @@ int32_t write_sentencepiece_vocab(GgufWriter& w, const std::string& path, int32_
 // vocabulary ("gpt2") with no merges: every byte is its own token. Not the "llama" SPM type:
 // llama.cpp's SPM path rewrites ' ' as U+2581 before lookup, which would give the three bytes
 // of U+2581 instead of byte 0x20.
-int32_t write_byte_vocab(GgufWriter& w) {
-  std::vector<std::string> tokens(258);
+// Ids past 257 (a random-weight model's larger vocabulary) are printable fillers "<tN>": normal
+// tokens that text never tokenizes to, so generated ids show in llama.cpp's and moe's output alike.
+int32_t write_byte_vocab(GgufWriter& w, int vocab_size = 258) {
+  MOE_CHECK(vocab_size >= 258, "byte vocabulary of {} < 258 tokens", vocab_size);
+  std::vector<std::string> tokens(static_cast<size_t>(vocab_size));
   for (int b = 0; b < 256; ++b) tokens[b] = utf8_encode(gpt2_byte_chars()[b]);
   tokens[256] = "<s>";
   tokens[257] = "</s>";
-  std::vector<int32_t> types(258, kNormal);
+  for (int i = 258; i < vocab_size; ++i) tokens[i] = fmt::format("<t{}>", i);
+  std::vector<int32_t> types(static_cast<size_t>(vocab_size), kNormal);
   types[256] = types[257] = kControl;
   w.set("tokenizer.ggml.model", GgufValue::string("gpt2"));
   w.set("tokenizer.ggml.pre", GgufValue::string("default"));
@@ -523,7 +527,7 @@ int32_t write_byte_vocab(GgufWriter& w) {
   w.set("tokenizer.ggml.merges", GgufValue::strings({}));
   w.set("tokenizer.ggml.bos_token_id", GgufValue::u32(256));
   w.set("tokenizer.ggml.eos_token_id", GgufValue::u32(257));
-  return 258;
+  return vocab_size;
 }
 
 json read_json_if_present(const std::string& path) {
@@ -688,6 +692,10 @@ int32_t add_gguf_tokenizer_of_run(GgufWriter& w, const std::string& tokenizer_mo
   w.set("tokenizer.ggml.add_bos_token", GgufValue::boolean(true));
   w.set("tokenizer.ggml.add_eos_token", GgufValue::boolean(false));
   return n;
+}
+
+void add_gguf_byte_tokenizer(GgufWriter& w, int vocab_size) {
+  write_byte_vocab(w, vocab_size);
 }
 
 }  // namespace moe

@@ -6,51 +6,10 @@
 #include "moe/gguf.h"
 #include "moe/gguf_model.h"
 #include "moe/gguf_tokenizer.h"
-#include "moe/utf8.h"
 
 namespace moe {
 
-namespace {
-
-// llama.cpp's token types (gguf-py TokenType).
-enum TokenType : int32_t { kNormal = 1, kControl = 3 };
-
-GgmlType ggml_type(DType d) {
-  switch (d) {
-    case DType::F32:
-      return GgmlType::F32;
-    case DType::F16:
-      return GgmlType::F16;
-    case DType::BF16:
-      return GgmlType::BF16;
-    default:
-      break;
-  }
-  throw Error(fmt::format("export_gguf: dtype {} is not one of F32, F16, BF16", dtype_name(d)));
-}
-
-}  // namespace
-
-void add_padded_byte_vocab(GgufWriter& w, int vocab_size) {
-  MOE_CHECK(vocab_size >= 258, "add_padded_byte_vocab: vocab_size {} < 258", vocab_size);
-  std::vector<std::string> tokens(static_cast<size_t>(vocab_size));
-  for (int b = 0; b < 256; ++b) tokens[b] = utf8_encode(gpt2_byte_chars()[b]);
-  tokens[256] = "<s>";
-  tokens[257] = "</s>";
-  std::vector<int32_t> types(static_cast<size_t>(vocab_size), kNormal);
-  types[256] = types[257] = kControl;
-  // Printable fillers (normal tokens, never produced by tokenizing text) so that generated ids
-  // show in llama.cpp's and moe's output alike.
-  for (int i = 258; i < vocab_size; ++i) tokens[i] = fmt::format("<t{}>", i);
-  w.set("tokenizer.ggml.model", GgufValue::string("gpt2"));
-  w.set("tokenizer.ggml.pre", GgufValue::string("default"));
-  w.set("tokenizer.ggml.tokens", GgufValue::strings(std::move(tokens)));
-  w.set("tokenizer.ggml.token_type", GgufValue::i32s(types));
-  w.set("tokenizer.ggml.merges", GgufValue::strings({}));
-  w.set("tokenizer.ggml.bos_token_id", GgufValue::u32(256));
-  w.set("tokenizer.ggml.eos_token_id", GgufValue::u32(257));
-  w.set("tokenizer.ggml.add_bos_token", GgufValue::boolean(true));
-}
+namespace {}  // namespace
 
 std::string gguf_unsupported_reason(const ModelConfig& c) {
   const MoeConfig& m = c.moe;
@@ -105,7 +64,9 @@ void permute_rope_rows(const float* src, float* dst, int n_heads, int head_dim, 
 void export_gguf(const Transformer<float>& model, const std::string& tokenizer_model_path,
                  const std::string& out_path, DType dtype) {
   TypeScheme types;
-  types.base = ggml_type(dtype);
+  MOE_REQUIRE(dtype == DType::F32 || dtype == DType::F16 || dtype == DType::BF16,
+              "export_gguf: dtype {} is not one of F32, F16, BF16", dtype_name(dtype));
+  types.base = ggml_type_of(dtype);
   export_gguf(model, tokenizer_model_path, out_path, types, nullptr);
 }
 
