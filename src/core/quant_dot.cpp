@@ -141,48 +141,13 @@ void dot_q6_k_scalar(const uint8_t* w, const uint8_t* act, int64_t stride, int n
   }
 }
 
-// Q8_0: d = amax / 127, q = round(x / d) half away from zero, d stored as fp16.
+// The scalar activation quantizers are quantize_row's (quant.cpp): the definition the SIMD ones
+// must reproduce byte for byte.
 void quantize_q8_0(const float* x, BlockQ8_0* y, int64_t nb) {
-  for (int64_t b = 0; b < nb; ++b, x += kQK) {
-    float amax = 0;
-    for (int j = 0; j < kQK; ++j) amax = std::max(amax, std::fabs(x[j]));
-    const float d = amax / 127;
-    const float id = d != 0 ? 1 / d : 0;
-    y[b].d = float_to_f16(d);
-    // The clamp only matters where 1 / d overflows (amax below ~4e-37, d is 0 in fp16): it keeps
-    // that case defined and gives quantize_row's bytes (fmin takes 127 over a NaN of 0 x inf).
-    for (int j = 0; j < kQK; ++j)
-      y[b].qs[j] = static_cast<int8_t>(std::fmax(-127.f, std::fmin(127.f, std::roundf(x[j] * id))));
-  }
+  quantize_row(GgmlType::Q8_0, x, reinterpret_cast<uint8_t*>(y), nb * kQK);
 }
-
-// Q8_K: the scale maps the value of largest magnitude to -127 (sign kept: the first such value
-// in the block), q rounded half to even and clamped at 127, bsums the sums of each 16 q.
 void quantize_q8_k(const float* x, BlockQ8_K* y, int64_t nb) {
-  for (int64_t b = 0; b < nb; ++b, x += kQKK) {
-    float amax = 0, max = 0;
-    for (int j = 0; j < kQKK; ++j) {
-      if (std::fabs(x[j]) > amax) {
-        amax = std::fabs(x[j]);
-        max = x[j];
-      }
-    }
-    if (amax == 0) {
-      y[b] = BlockQ8_K{};
-      continue;
-    }
-    const float iscale = -127.f / max;
-    for (int j = 0; j < kQKK; ++j) {
-      const int v = static_cast<int>(std::nearbyintf(iscale * x[j]));
-      y[b].qs[j] = static_cast<int8_t>(std::min(127, v));
-    }
-    for (int g = 0; g < kQKK / 16; ++g) {
-      int s = 0;
-      for (int j = 0; j < 16; ++j) s += y[b].qs[16 * g + j];
-      y[b].bsums[g] = static_cast<int16_t>(s);
-    }
-    y[b].d = 1 / iscale;
-  }
+  quantize_row(GgmlType::Q8_K, x, reinterpret_cast<uint8_t*>(y), nb * kQKK);
 }
 
 constexpr QuantDotTable kScalarTable = {dot_q8_0_scalar,
