@@ -49,11 +49,13 @@ struct KvCache {
 template <class T>
 void rope_tables(std::vector<T>& cos, std::vector<T>& sin, int max_positions, int head_dim,
                  double theta);
-// Rotates every head of x [n, heads*hd] in place, HF rotate_half layout; row r is at position
-// start + r % seq_len. rope_backward applies the inverse (transposed) rotation to a gradient.
+// Rotates every head of x [n, heads*hd] in place, HF rotate_half layout (pairs i, i + hd/2), or
+// with `interleaved` llama.cpp's layout of GGUF `llama` files (pairs 2i, 2i+1: the rows after
+// permute_rope_rows); row r is at position start + r % seq_len. rope_backward applies the
+// inverse (transposed) rotation to a gradient, rotate_half layout.
 template <class T>
 void rope_forward(T* x, const T* cos, const T* sin, int64_t n, int heads, int head_dim,
-                  int64_t seq_len, int64_t start);
+                  int64_t seq_len, int64_t start, bool interleaved = false);
 template <class T>
 void rope_backward(T* dx, const T* cos, const T* sin, int64_t n, int heads, int head_dim,
                    int64_t seq_len, int64_t start);

@@ -8,32 +8,6 @@
 
 namespace moe {
 
-namespace {
-
-// RoPE on rows stored interleaved: pair (2i, 2i+1) turns by the angle of frequency i, which is
-// rotate_half's pair (i, i + hd/2) after permute_rope_rows (gguf_export.h). Row r of x
-// [n, heads*hd] is at position start + r % seq_len.
-void rope_interleaved(float* x, const float* cos, const float* sin, int64_t n, int heads,
-                      int head_dim, int64_t seq_len, int64_t start) {
-  const int half = head_dim / 2;
-  const int64_t width = static_cast<int64_t>(heads) * head_dim;
-  for (int64_t r = 0; r < n; ++r) {
-    const int64_t p = start + r % seq_len;
-    const float* c = cos + p * half;
-    const float* s = sin + p * half;
-    for (int h = 0; h < heads; ++h) {
-      float* y = x + r * width + static_cast<int64_t>(h) * head_dim;
-      for (int i = 0; i < half; ++i) {
-        const float a = y[2 * i], b = y[2 * i + 1];
-        y[2 * i] = a * c[i] - b * s[i];
-        y[2 * i + 1] = b * c[i] + a * s[i];
-      }
-    }
-  }
-}
-
-}  // namespace
-
 std::vector<KvCache<float>> Decoder::new_caches(int batch, int capacity) const {
   MOE_REQUIRE(capacity <= cfg_.max_position_embeddings,
               "a KV cache of {} positions exceeds max_position_embeddings = {}", capacity,
@@ -99,9 +73,10 @@ void Decoder::attention(const AttentionWeights& w, int B, int n, KvCache<float>&
     rmsnorm_forward(q_.data(), rstd_.data(), q_.data(), w.q_norm, rows, qd, eps);
     rmsnorm_forward(k_.data(), rstd_.data(), k_.data(), w.k_norm, rows, kvd, eps);
   }
-  auto rope = rope_interleaved_ ? rope_interleaved : rope_forward<float>;
-  rope(q_.data(), cos_.data(), sin_.data(), rows, H, static_cast<int>(hd), n, start);
-  rope(k_.data(), cos_.data(), sin_.data(), rows, G, static_cast<int>(hd), n, start);
+  rope_forward(q_.data(), cos_.data(), sin_.data(), rows, H, static_cast<int>(hd), n, start,
+               rope_interleaved_);
+  rope_forward(k_.data(), cos_.data(), sin_.data(), rows, G, static_cast<int>(hd), n, start,
+               rope_interleaved_);
   cached_attention(q_.data(), k_.data(), v_.data(), B, n, H, G, static_cast<int>(hd), cache,
                    o_.data(), scores_);
   linear_forward(o_.data(), rows, w.o, h_.data(), /*accumulate=*/true);

@@ -141,8 +141,9 @@ void rope_tables(std::vector<T>& cos, std::vector<T>& sin, int max_positions, in
 
 namespace {
 // y[i] = x[i] c - x[i+h] s', y[i+h] = x[i+h] c + x[i] s' with s' = sign * s: sign +1 rotates
-// by the position's angle (forward), -1 by its negative, the transpose (backward).
-template <class T>
+// by the position's angle (forward), -1 by its negative, the transpose (backward). Interleaved:
+// the pair of frequency i is (2i, 2i+1) instead of (i, i+h).
+template <bool kInterleaved, class T>
 void rope_rotate(T* x, const T* cos, const T* sin, int64_t n, int heads, int head_dim,
                  int64_t seq_len, int64_t start, T sign) {
   const int half = head_dim / 2;
@@ -156,9 +157,10 @@ void rope_rotate(T* x, const T* cos, const T* sin, int64_t n, int heads, int hea
       T* y = x + r * width + static_cast<int64_t>(h) * head_dim;
 #pragma omp simd
       for (int i = 0; i < half; ++i) {
-        const T a = y[i], b = y[i + half], si = sign * s[i];
-        y[i] = a * c[i] - b * si;
-        y[i + half] = b * c[i] + a * si;
+        const int64_t ia = kInterleaved ? 2 * i : i, ib = kInterleaved ? 2 * i + 1 : i + half;
+        const T a = y[ia], b = y[ib], si = sign * s[i];
+        y[ia] = a * c[i] - b * si;
+        y[ib] = b * c[i] + a * si;
       }
     }
   }
@@ -167,14 +169,17 @@ void rope_rotate(T* x, const T* cos, const T* sin, int64_t n, int heads, int hea
 
 template <class T>
 void rope_forward(T* x, const T* cos, const T* sin, int64_t n, int heads, int head_dim,
-                  int64_t seq_len, int64_t start) {
-  rope_rotate(x, cos, sin, n, heads, head_dim, seq_len, start, T(1));
+                  int64_t seq_len, int64_t start, bool interleaved) {
+  if (interleaved)
+    rope_rotate<true>(x, cos, sin, n, heads, head_dim, seq_len, start, T(1));
+  else
+    rope_rotate<false>(x, cos, sin, n, heads, head_dim, seq_len, start, T(1));
 }
 
 template <class T>
 void rope_backward(T* dx, const T* cos, const T* sin, int64_t n, int heads, int head_dim,
                    int64_t seq_len, int64_t start) {
-  rope_rotate(dx, cos, sin, n, heads, head_dim, seq_len, start, T(-1));
+  rope_rotate<false>(dx, cos, sin, n, heads, head_dim, seq_len, start, T(-1));
 }
 
 template <class T>
@@ -400,9 +405,9 @@ template void cached_attention<double>(const double*, const double*, const doubl
 template void rope_tables<float>(std::vector<float>&, std::vector<float>&, int, int, double);
 template void rope_tables<double>(std::vector<double>&, std::vector<double>&, int, int, double);
 template void rope_forward<float>(float*, const float*, const float*, int64_t, int, int, int64_t,
-                                  int64_t);
+                                  int64_t, bool);
 template void rope_forward<double>(double*, const double*, const double*, int64_t, int, int,
-                                   int64_t, int64_t);
+                                   int64_t, int64_t, bool);
 template void rope_backward<float>(float*, const float*, const float*, int64_t, int, int, int64_t,
                                    int64_t);
 template void rope_backward<double>(double*, const double*, const double*, int64_t, int, int,
