@@ -16,6 +16,7 @@
 #include "moe/gguf_tokenizer.h"
 #include "moe/hf_checkpoint.h"
 #include "moe/model_config.h"
+#include "moe/model_path.h"
 #include "moe/parallel.h"
 #include "moe/trainer.h"
 
@@ -62,19 +63,6 @@ void check_not_input(const std::string& in, const std::string& out) {
               "quantize: the output {} is the input; write to another file", out);
 }
 
-// Which of the three inputs `in` is.
-enum class Input { Gguf, Run, HfDir };
-Input input_kind(const std::string& in) {
-  MOE_REQUIRE(fs::exists(in), "{}: no such file or directory", in);
-  if (fs::is_regular_file(in)) return Input::Gguf;
-  const std::string config = in + "/config.json";
-  MOE_REQUIRE(fs::exists(config), "{}: neither a GGUF file nor a directory with config.json", in);
-  // A run's config holds its training settings; a Hugging Face config does not.
-  const nlohmann::json j = nlohmann::json::parse(std::ifstream(config), nullptr, false);
-  MOE_REQUIRE(!j.is_discarded() && j.is_object(), "{}: not a JSON object", config);
-  return j.contains("training") ? Input::Run : Input::HfDir;
-}
-
 int run_quantize(const QuantizeArgs& a) {
   set_num_threads(a.threads);
   const auto t0 = std::chrono::steady_clock::now();
@@ -104,8 +92,8 @@ int run_quantize(const QuantizeArgs& a) {
   } else {
     MOE_REQUIRE(!a.in.empty() && !a.out.empty(), "quantize: give IN and OUT.gguf");
     check_not_input(a.in, a.out);
-    switch (input_kind(a.in)) {
-      case Input::Gguf: {
+    switch (model_format_of(a.in)) {
+      case ModelFormat::Gguf: {
         const GgufFile f = GgufFile::open(a.in);
         c = model_config_from_gguf(f);
         opt.add_tokenizer = [&](GgufWriter& w) {  // the vocabulary and chat template as they are
@@ -115,7 +103,7 @@ int run_quantize(const QuantizeArgs& a) {
         write_gguf_model(c, *gguf_source_of_gguf(c, f), a.out, opt);
         break;
       }
-      case Input::Run: {
+      case ModelFormat::Run: {
         LoadedRun run = load_run(a.in);
         c = run.config;
         c.model_type = "mixtral";
@@ -123,7 +111,7 @@ int run_quantize(const QuantizeArgs& a) {
         export_gguf(*run.model, sp ? a.in + "/tokenizer.model" : "", a.out, types, opt.note);
         break;
       }
-      case Input::HfDir: {
+      case ModelFormat::HuggingFace: {
         c = load_hf_config(a.in + "/config.json");
         const HfWeights w = HfWeights::open(a.in);
         opt.add_tokenizer = [&](GgufWriter& gw) { add_gguf_tokenizer_of_hf_dir(gw, a.in); };
