@@ -17,6 +17,7 @@
 
 #include "core/input_file.h"
 #include "data/byte_level_bpe.h"
+#include "data/sentencepiece_file.h"
 #include "moe/error.h"
 #include "moe/hf_tokenizer.h"
 #include "moe/utf8.h"
@@ -455,18 +456,8 @@ void set_id(GgufWriter& w, const char* key, int32_t id) {
 // too). Padded with UNUSED "[PAD<i>]" tokens up to min_tokens, as convert_hf_to_gguf.py does.
 // Returns the token count.
 int32_t write_sentencepiece_vocab(GgufWriter& w, const std::string& path, int32_t min_tokens) {
-  std::error_code ec;
-  if (!fs::is_regular_file(path, ec))
-    throw Error(fmt::format("{}: tokenizer model not found", path));
   sentencepiece::SentencePieceProcessor sp;
-  sentencepiece::util::Status status;
-  try {
-    status = sp.Load(path);
-  } catch (const std::exception& e) {
-    throw Error(fmt::format("{}: not a valid sentencepiece model: {}", path, e.what()));
-  }
-  if (!status.ok())
-    throw Error(fmt::format("{}: not a valid sentencepiece model: {}", path, status.ToString()));
+  load_sentencepiece_file(sp, path);
   const int n = sp.GetPieceSize();
   const int total = std::max(n, min_tokens);
   std::vector<std::string> tokens(total);

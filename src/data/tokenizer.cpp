@@ -9,11 +9,29 @@
 #include <string>
 #include <unordered_map>
 
+#include "data/sentencepiece_file.h"
 #include "moe/error.h"
 #include "moe/hf_tokenizer.h"
 #include "moe/safetensors.h"
 
 namespace moe {
+
+void load_sentencepiece_file(sentencepiece::SentencePieceProcessor& sp, const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec))
+    throw Error(fmt::format("{}: tokenizer model not found", path));
+  sentencepiece::util::Status status;
+  try {
+    status = sp.Load(path);
+  } catch (const std::exception& e) {
+    // sentencepiece's trie builder (darts-clone) throws on some malformed models, e.g. an
+    // empty piece (a fuzz finding): that is the file's fault, like a bad status.
+    throw Error(fmt::format("{}: not a valid sentencepiece model: {}", path, e.what()));
+  }
+  if (!status.ok())
+    throw Error(fmt::format("{}: not a valid sentencepiece model: {}", path, status.ToString()));
+}
+
 namespace {
 
 class ByteTokenizer final : public Tokenizer {
@@ -47,19 +65,7 @@ class SentencePieceTokenizer final : public Tokenizer {
  public:
   SentencePieceTokenizer(const std::string& path, bool trained_here)
       : path_(path), kind_(trained_here ? "sentencepiece bpe" : "sentencepiece") {
-    std::error_code ec;
-    if (!std::filesystem::is_regular_file(path, ec))
-      throw Error(fmt::format("{}: tokenizer model not found", path));
-    sentencepiece::util::Status status;
-    try {
-      status = sp_.Load(path);
-    } catch (const std::exception& e) {
-      // sentencepiece's trie builder (darts-clone) throws on some malformed models, e.g. an
-      // empty piece (a fuzz finding): that is the file's fault, like a bad status.
-      throw Error(fmt::format("{}: not a valid sentencepiece model: {}", path, e.what()));
-    }
-    if (!status.ok())
-      throw Error(fmt::format("{}: not a valid sentencepiece model: {}", path, status.ToString()));
+    load_sentencepiece_file(sp_, path);
     if (trained_here && (sp_.bos_id() < 0 || sp_.eos_id() < 0))
       throw Error(fmt::format("{}: the sentencepiece model has no BOS/EOS pieces", path));
   }
