@@ -10,6 +10,7 @@
 #include "moe/error.h"
 #include "moe/generate.h"
 #include "moe/safetensors.h"
+#include "moe/train_metrics.h"
 #include "moe/trainer.h"
 #include "test_util.h"
 #include "tiny_run.h"
@@ -220,6 +221,20 @@ TEST(Trainer, TheLastCheckpointFollowsTheWeightsAndTheReport) {
   EXPECT_EQ(SafeTensorsFile::open(ckpt).metadata("step"), "4");
   EXPECT_EQ(nlohmann::json::parse(file_bytes(dir.str() + "/summary.json"))["steps"], 4);
   EXPECT_TRUE(fs::exists(dir.path() / "model.safetensors"));
+}
+
+// A metrics line that cannot be written (the disk is full: /dev/full fails every write) is one
+// error naming the file, not a run that trains on with a silently truncated record.
+TEST(Trainer, AMetricsLineThatCannotBeWrittenIsAnError) {
+  if (!std::filesystem::exists("/dev/full")) GTEST_SKIP() << "no /dev/full";
+  TempDir dir("moe_trainer_full_disk");
+  std::filesystem::create_symlink("/dev/full", dir.file("metrics.jsonl"));
+  MetricsWriter w(dir.str());
+  test::expect_error(
+      [&] {
+        w.write(nlohmann::json{{"step", 1}});
+      },
+      {"metrics.jsonl", "cannot write"});
 }
 
 }  // namespace

@@ -25,9 +25,12 @@ class MetricsWriter {
   // steps <= resume_step (a resumed run rewrites what came after; a torn last line is dropped).
   // Not enabled: writes nothing (the ranks other than 0).
   explicit MetricsWriter(const std::string& dir, int resume_step = -1, bool enabled = true);
+  // A line that cannot be written (a full disk) is an error naming the file: the run stops
+  // with its last checkpoint rather than train on with a silently truncated record.
   void write(const nlohmann::json& line);
 
  private:
+  std::string path_;
   std::ofstream out_;
 };
 

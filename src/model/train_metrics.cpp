@@ -60,14 +60,16 @@ double mean_of(const std::vector<double>& v) {
 
 MetricsWriter::MetricsWriter(const std::string& dir, int resume_step, bool enabled) {
   if (!enabled) return;
-  const std::string path = dir + "/metrics.jsonl";
-  if (resume_step >= 0) truncate_metrics(path, resume_step);
-  out_.open(path, resume_step >= 0 ? std::ios::app : std::ios::trunc);
-  MOE_REQUIRE(out_.good(), "{}: cannot open for writing", path);
+  path_ = dir + "/metrics.jsonl";
+  if (resume_step >= 0) truncate_metrics(path_, resume_step);
+  out_.open(path_, resume_step >= 0 ? std::ios::app : std::ios::trunc);
+  MOE_REQUIRE(out_.good(), "{}: cannot open for writing", path_);
 }
 
 void MetricsWriter::write(const nlohmann::json& line) {
-  if (out_.is_open()) out_ << line.dump() << "\n" << std::flush;
+  if (!out_.is_open()) return;
+  out_ << line.dump() << "\n" << std::flush;
+  MOE_REQUIRE(out_.good(), "{}: cannot write (disk full?); the last checkpoint stays", path_);
 }
 
 nlohmann::json step_metrics(int step, const DeviceStepStats& st, int64_t tokens,
