@@ -68,13 +68,13 @@ void print_analysis(const RoutingAnalysis& r, const RoutingAnalysis* base) {
              r.max_mi_domain_bits, r.max_mi_class_bits);
   fmt::print("{:<7} {:>10} {:>10} {:>8} {:>9} {:>12} {:>9}{}\n", "layer", "MI domain", "MI class",
              "load CV", "max/mean", "entropy/tok", "dropped",
-             base ? fmt::format(" {:>14} {:>14}", "random: domain", "random: class") : "");
+             base ? fmt::format("  {:>15} {:>14}", "baseline domain", "baseline class") : "");
   for (size_t i = 0; i < r.layers.size(); ++i) {
     const LayerAnalysis& la = r.layers[i];
     fmt::print("{:<7} {:>10.3f} {:>10.3f} {:>8.3f} {:>9.2f} {:>12.2f} {:>9.4f}{}\n", la.layer,
                la.mi_domain_bits, la.mi_class_bits, la.load_cv, la.load_max_over_mean,
                la.token_entropy_bits, la.dropped_fraction,
-               base ? fmt::format(" {:>14.3f} {:>14.3f}", base->layers[i].mi_domain_bits,
+               base ? fmt::format("  {:>15.3f} {:>14.3f}", base->layers[i].mi_domain_bits,
                                   base->layers[i].mi_class_bits)
                     : "");
   }
