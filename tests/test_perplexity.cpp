@@ -2,7 +2,7 @@
 // once with the most context; `moe eval`'s path (Transformer::forward, evaluate) and the
 // Decoder's (perplexity over TransformerLm) give the same loss on the same windows; every
 // Hugging Face fixture family's perplexity matches the float64 PyTorch reference
-// (tools/reference/make_perplexity_fixture.py, tests/fixtures/hf/perplexity.json); the routing
+// (tools/reference/make_perplexity_fixture.py, tests/fixtures/perplexity/hf.json); the routing
 // observer reports every MoE layer of a checkpoint, and the random router is seeded.
 #include <gtest/gtest.h>
 
@@ -138,7 +138,7 @@ nlohmann::json read_json(const std::string& path) {
 
 TEST(Perplexity, HuggingFaceFamiliesMatchThePyTorchReference) {
   test::ExactBf16Path exact;  // BF16 weights times fp32 activations, as the reference
-  const nlohmann::json j = read_json(test::fixture_dir() + "/hf/perplexity.json");
+  const nlohmann::json j = read_json(test::fixture_dir() + "/perplexity/hf.json");
   TokenStream s;
   s.tokens = j["tokens"].get<std::vector<int32_t>>();
   s.domain.assign(s.tokens.size(), 0);

@@ -1,4 +1,4 @@
-"""Writes tests/fixtures/hf/perplexity.json: the float64 reference perplexity
+"""Writes tests/fixtures/perplexity/hf.json: the float64 reference perplexity
 (tools/reference/hf_reference.py `perplexity`) of every Hugging Face fixture under
 tests/fixtures/hf/ on one fixed token sequence, for several window settings, which
 tests/test_perplexity.cpp checks `moe::perplexity` on the loaded checkpoints against (1e-5).
@@ -26,7 +26,7 @@ import fixture_io  # noqa: E402
 import hf_reference as hf  # noqa: E402
 
 HF_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "fixtures", "hf")
-OUT = os.path.join(HF_DIR, "perplexity.json")
+OUT = os.path.join(HF_DIR, "..", "perplexity", "hf.json")  # not in hf/: only checkpoints there
 SETTINGS = [(60, 60), (16, 16), (16, 5), (24, 1), (1, 1)]
 ROUTER_GAP = 1e-4
 
