@@ -16,8 +16,6 @@
 #include "moe/dataset.h"
 #include "moe/error.h"
 #include "moe/generate.h"
-#include "moe/gguf_tokenizer.h"
-#include "moe/hf_tokenizer.h"
 #include "moe/inference_model.h"
 #include "moe/parallel.h"
 #include "moe/perplexity.h"
