@@ -1,9 +1,14 @@
-// Expert specialization of a trained run over the validation split (`moe analyze`): for every
-// MoE layer, which experts the router picks for which domains (from the corpus's tags), token
-// classes (routing_stats.h) and tokens, which experts are picked together, and how much the
-// choice says about the domain (mutual information, bits).
+// Expert specialization of any model (a Decoder: a run, a Hugging Face checkpoint, a GGUF file)
+// over windows of a token stream (`moe analyze`): for every MoE layer, which experts the router
+// picks for which domains (from the corpus's tags), token classes (routing_stats.h) and tokens,
+// which experts are picked together, and how much the choice says about the domain (mutual
+// information, bits).
 //
-// Counting: every one of a token's k router choices (MoeLayer's plan().primary: the router's
+// The choices come from the Decoder's routing observer, which every MoE layer of both decoders
+// calls in each forward (TransformerLm: MoeLayer's plan; InferenceModel: its Router's plan), so
+// every family's routing is what is counted: softmax or sigmoid scores, renormalized or not;
+// shared experts run on every token and are not routed, so they are not counted.
+// Counting: every one of a token's k router choices (plan.primary: the router's
 // top-k before capacity, so what the router wants even where capacity later drops it) counts
 // once, so each matrix sums to tokens * k. A token's domain is the tag of the input position
 // (BOS and EOS belong to their document). Dropped assignments are counted apart.
@@ -78,7 +83,11 @@ struct RoutingAnalysis {
   double max_mi_class_bits = 0;        // log2(min(E, C))
 };
 
-// Runs `model` (inference mode) over validation windows of `valid` and fills the matrices.
+// Runs `model` over windows of seq_len tokens of `valid` (validation_windows) and fills the
+// matrices. The model's routing observer is set during the call and cleared after it.
+RoutingAnalysis analyze_routing(Decoder& model, const Tokenizer& tok, const TokenStream& valid,
+                                const AnalysisOptions& opt);
+// The same through a TransformerLm over a run's model.
 RoutingAnalysis analyze_routing(Transformer<float>& model, const Tokenizer& tok,
                                 const TokenStream& valid, const AnalysisOptions& opt);
 

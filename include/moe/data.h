@@ -85,6 +85,14 @@ TokenStream validation_stream(const DataOptions& opt, const Tokenizer& tok,
                               const std::string& tokenizer_file,
                               const std::function<void(const std::string&)>& log);
 
+// All of the user's text `input` (a file, a directory or JSONL, read as prepare_data reads it:
+// documents of about document_bytes, domains from subfolders or the JSONL "domain" field),
+// tokenized with `tok` in memory in input order, each document framed as in training (BOS,
+// tokens, EOS: document_frame), for measuring a model on it (`moe perplexity`, `moe analyze
+// --data`): no split, no cache. Logs one line through `log` (may be empty).
+TokenStream read_text_tokens(const std::string& input, const Tokenizer& tok, int64_t document_bytes,
+                             const std::function<void(const std::string&)>& log);
+
 // The tokenizer a spec names when it is a file (not "sentencepiece" or "byte"): a .json is a
 // Hugging Face tokenizer.json, anything else a sentencepiece model. Missing: an error.
 std::unique_ptr<Tokenizer> load_tokenizer_file(const std::string& path);

@@ -7,13 +7,30 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <vector>
 
 #include "moe/attention.h"
 #include "moe/linear.h"
 #include "moe/model_config.h"
+#include "moe/rng.h"
+#include "moe/router.h"
 
 namespace moe {
+
+// What one MoE layer's router chose in a Decoder::forward, for the routing observer (routing
+// analysis, `moe route`): views valid during the call only.
+struct RoutingChoice {
+  int layer = 0;     // block index
+  int64_t rows = 0;  // tokens of the call, sequence-major [B*n]
+  int k = 0, num_experts = 0;
+  const int32_t* experts = nullptr;  // [rows, k] the primary top-k (before capacity)
+  const float* gates = nullptr;      // [rows, k] final gates (0 where capacity dropped a slot)
+  const float* scores = nullptr;     // [rows, E] softmax or sigmoid scores
+  ScoreFunc scoring = ScoreFunc::Softmax;
+  int64_t dropped = 0;  // slots capacity dropped (0 when dropless)
+};
+using RoutingObserver = std::function<void(const RoutingChoice&)>;
 
 class Decoder {
  public:
@@ -30,6 +47,11 @@ class Decoder {
   // Bytes and values of the quantized copies made at load (0 without --quantize).
   int64_t quantized_bytes() const;
   int64_t quantized_values() const { return quantized_values_; }
+  // Called by every MoE layer in each forward with its routing (empty: nobody listens).
+  void set_routing_observer(RoutingObserver observer) { observer_ = std::move(observer); }
+  // The random-router baseline: every MoE layer's router weights redrawn ~ N(0, std) from rng,
+  // layer by layer (the experts, attention and selection biases stay).
+  virtual void randomize_routers(Rng& rng, double std) = 0;
 
  protected:
   struct AttentionWeights {             // views into the owner's memory
@@ -39,6 +61,10 @@ class Decoder {
     const float *q_bias = nullptr, *k_bias = nullptr, *v_bias = nullptr;  // [H*hd], [G*hd]
     const float *q_norm = nullptr, *k_norm = nullptr;  // per cfg_.qk_norm: [hd] or [H*hd]/[G*hd]
   };
+
+  // Hands layer l's routing of the current call to the observer, if any.
+  void observe_routing(int l, const RoutingPlan& plan, const float* gates, const float* scores,
+                       ScoreFunc scoring) const;
 
   // h_ [rows, d] += the FFN of layer l applied to x_ [rows, d] (post-attention normalized).
   virtual void ffn(int l, int64_t rows) = 0;
@@ -63,6 +89,7 @@ class Decoder {
  private:
   void attention(const AttentionWeights& w, int B, int n, KvCache<float>& cache);
 
+  RoutingObserver observer_;
   std::deque<std::vector<uint8_t>> quantized_;  // what quantized() made
   int64_t quantized_values_ = 0;
   std::vector<float> cos_, sin_;  // RoPE tables [max_positions, hd/2]

@@ -47,10 +47,12 @@ class InferenceModel : public Decoder {
   std::string weight_types() const;
   // The GGUF file, or nullptr for a Hugging Face directory.
   const GgufFile* gguf() const { return gguf_ ? &*gguf_ : nullptr; }
+  void randomize_routers(Rng& rng, double std) override;
 
  private:
   // A layer's FFN (its attention weights are Decoder's attn_).
   struct Layer {
+    int index = 0;  // block index
     bool moe = false;
     std::vector<float> router;  // [E, d] fp32
     std::vector<FfnViews> experts;

@@ -2,12 +2,15 @@
 // charts drawn as inline SVG generated here: no script, no stylesheet or font from elsewhere,
 // so it opens offline and the same inputs give the same bytes.
 //
-// Inputs, all from the run directory (missing ones leave their sections out):
+// Inputs, all from the run directory, or from an analysis directory of a checkpoint (`moe analyze
+// MODEL --out DIR`: analysis files only); missing ones leave their sections out:
 //   metrics.jsonl           loss curves (task, load-balance, z), per-layer load heatmaps over
 //                           training, dropped fraction, router entropy, load CV
 //   analysis.json           `moe analyze`: expert x domain / token-class / co-activation
 //                           heatmaps, mutual information per layer, top tokens per expert
-//   analysis_untrained.json `moe analyze --untrained`: the random-router baseline of the MI
+//   analysis_random_router.json  `moe analyze`: the baseline of the MI, the same model with its
+//                           router weights redrawn (preferred when present)
+//   analysis_untrained.json `moe analyze --untrained`: a run's initial weights as the baseline
 //   summary.json            the run's outcome, routing settings and final balance (at the top)
 //   config.json             the run's config (top-k, when summary.json is missing)
 //
@@ -29,7 +32,8 @@ struct ReportInputs {
   const nlohmann::json* summary = nullptr;
   const nlohmann::json* config = nullptr;  // config.json: top-k for the max/mean ceiling
   const nlohmann::json* analysis = nullptr;
-  const nlohmann::json* baseline = nullptr;  // untrained-router analysis
+  const nlohmann::json* baseline = nullptr;  // the baseline analysis
+  bool baseline_untrained = false;  // the baseline is the initial weights, not a random router
 };
 
 std::string render_report_html(const ReportInputs& in);
@@ -38,7 +42,8 @@ std::string render_report_html(const ReportInputs& in);
 // does. A missing file is an error naming it.
 std::vector<nlohmann::json> read_metrics(const std::string& path);
 
-// Reads the run directory's files and writes <run_dir>/report.html (atomically). Returns the
+// Reads the run directory's files and writes <run_dir>/report.html (atomically). A directory
+// without metrics.jsonl must hold analysis.json (a checkpoint's analysis directory). Returns the
 // path written and the number of charts drawn through `charts` (may be null).
 std::string write_report_html(const std::string& run_dir, int* charts = nullptr);
 

@@ -135,6 +135,8 @@ class Transformer {
 class TransformerLm : public Decoder {
  public:
   explicit TransformerLm(Transformer<float>& model, GgmlType quantize = GgmlType::F32);
+  // Redraws the routers of the model itself (the views see it).
+  void randomize_routers(Rng& rng, double std) override;
 
  private:
   // A layer's FFN weights in the quantized type.

@@ -81,16 +81,19 @@ void write_text(const std::string& path, const std::string& text) {
 
 }  // namespace
 
-RoutingAnalysis analyze_routing(Transformer<float>& model, const Tokenizer& tok,
-                                const TokenStream& valid, const AnalysisOptions& opt) {
+RoutingAnalysis analyze_routing(Decoder& model, const Tokenizer& tok, const TokenStream& valid,
+                                const AnalysisOptions& opt) {
   const ModelConfig& cfg = model.config();
   MOE_REQUIRE(cfg.num_local_experts > 0, "analyze: the model is dense (no experts to analyze)");
   const int E = cfg.num_local_experts, k = cfg.moe.num_experts_per_tok;
   const int D = static_cast<int>(valid.domain_names.size()), C = kNumTokenClasses;
   const int V = cfg.vocab_size, S = opt.seq_len;
+  MOE_REQUIRE(S <= cfg.max_position_embeddings,
+              "analyze: windows of {} tokens exceed the model's context "
+              "(max_position_embeddings = {})",
+              S, cfg.max_position_embeddings);
   const std::vector<int64_t> starts = validation_windows(valid, S, opt.max_windows);
-  MOE_REQUIRE(!starts.empty(), "analyze: the validation split is shorter than one window of {}",
-              S + 1);
+  MOE_REQUIRE(!starts.empty(), "analyze: the text is shorter than one window of {} tokens", S + 1);
 
   RoutingAnalysis a;
   a.num_experts = E;
@@ -110,17 +113,17 @@ RoutingAnalysis analyze_routing(Transformer<float>& model, const Tokenizer& tok,
     texts[v] = display_text(s);
   }
 
-  std::vector<int> moe_layers;
-  for (int l = 0; l < model.num_layers(); ++l)
-    if (model.moe_layer(l)) moe_layers.push_back(l);
-  const size_t L = moe_layers.size();
-  a.layers.resize(L);
+  std::vector<int> slot_of_layer(static_cast<size_t>(cfg.num_hidden_layers), -1);
+  for (int l = 0; l < cfg.num_hidden_layers; ++l)
+    if (cfg.is_moe_layer(l)) {
+      slot_of_layer[l] = static_cast<int>(a.layers.size());
+      a.layers.emplace_back().layer = l;
+    }
+  const size_t L = a.layers.size();
   std::vector<std::vector<int64_t>> token_counts(L, std::vector<int64_t>(size_t(E) * V, 0));
   std::vector<double> token_entropy(L, 0.0);
   std::vector<std::vector<double>> prob_sum(L, std::vector<double>(E, 0.0));
-  for (size_t i = 0; i < L; ++i) {
-    LayerAnalysis& la = a.layers[i];
-    la.layer = moe_layers[i];
+  for (LayerAnalysis& la : a.layers) {
     la.load.assign(E, 0);
     la.domain_counts.assign(size_t(E) * D, 0);
     la.class_counts.assign(size_t(E) * C, 0);
@@ -130,44 +133,53 @@ RoutingAnalysis analyze_routing(Transformer<float>& model, const Tokenizer& tok,
   const int B = std::max(1, opt.batch);
   std::vector<int32_t> inputs(static_cast<size_t>(B) * S);
   std::vector<uint8_t> domains(inputs.size());  // [B, S] domain of each input token
-  std::vector<float> p;
+  std::vector<float> p, logits(static_cast<size_t>(B) * V);
+  // Every MoE layer of the forward hands its choices here: counted as they are made.
+  model.set_routing_observer([&](const RoutingChoice& rc) {
+    MOE_CHECK(rc.layer >= 0 && rc.layer < cfg.num_hidden_layers && slot_of_layer[rc.layer] >= 0,
+              "analyze: routing of layer {}, not an MoE layer", rc.layer);
+    MOE_CHECK(rc.k == k && rc.num_experts == E, "analyze: layer {} routes top-{} of {}", rc.layer,
+              rc.k, rc.num_experts);
+    const size_t i = static_cast<size_t>(slot_of_layer[rc.layer]);
+    LayerAnalysis& la = a.layers[i];
+    const int64_t T = rc.rows;
+    for (int64_t t = 0; t < T; ++t) {
+      const int32_t v = inputs[t];
+      const int d = domains[t];
+      for (int j = 0; j < k; ++j) {
+        const int e = rc.experts[t * k + j];
+        if (e < 0) continue;
+        ++la.load[e];
+        ++la.domain_counts[size_t(e) * D + d];
+        ++la.class_counts[size_t(e) * C + token_class[v]];
+        ++token_counts[i][size_t(e) * V + v];
+      }
+    }
+    add_coactivation(rc.experts, T, k, E, la.coactivation.data());
+    la.dropped += rc.dropped;
+    la.assignments += T * k;
+    // Router probabilities (softmax scores, or sigmoid scores normalized per token).
+    p.resize(static_cast<size_t>(T) * E);
+    routing_probs<float>(rc.scoring, T, E, rc.scores, p.data());
+    token_entropy[i] += mean_token_entropy_bits(p.data(), T, E) * static_cast<double>(T);
+    for (int64_t t = 0; t < T; ++t)
+      for (int e = 0; e < E; ++e) prob_sum[i][e] += p[size_t(t) * E + e];
+  });
+  struct Detach {  // the observer captures locals: never let it outlive them
+    Decoder& m;
+    ~Detach() { m.set_routing_observer({}); }
+  } detach{model};
   for (size_t w0 = 0; w0 < starts.size(); w0 += B) {
     const int nb = static_cast<int>(std::min<size_t>(B, starts.size() - w0));
     for (int b = 0; b < nb; ++b)
       valid.read(starts[w0 + b], S, inputs.data() + size_t(b) * S, domains.data() + size_t(b) * S);
-    model.forward(inputs.data(), nullptr, nb, S, false);
+    auto caches = model.new_caches(nb, S);
+    model.forward(inputs.data(), nb, S, caches, logits.data());
     if (opt.progress)
       opt.progress(static_cast<int64_t>(w0 + nb), static_cast<int64_t>(starts.size()));
-    const int64_t T = int64_t(nb) * S;
-    a.tokens += T;
+    a.tokens += int64_t(nb) * S;
     for (int b = 0; b < nb; ++b)
       for (int s = 0; s < S; ++s) ++a.domain_tokens[domains[size_t(b) * S + s]];
-    for (size_t i = 0; i < L; ++i) {
-      const MoeLayer<float>& layer = *model.moe_layer(moe_layers[i]);
-      const RoutingPlan& plan = layer.plan();
-      LayerAnalysis& la = a.layers[i];
-      for (int64_t t = 0; t < T; ++t) {
-        const int32_t v = inputs[t];
-        const int d = domains[t];
-        for (int j = 0; j < k; ++j) {
-          const int e = plan.primary[t * k + j];
-          if (e < 0) continue;
-          ++la.load[e];
-          ++la.domain_counts[size_t(e) * D + d];
-          ++la.class_counts[size_t(e) * C + token_class[v]];
-          ++token_counts[i][size_t(e) * V + v];
-        }
-      }
-      add_coactivation(plan.primary.data(), T, k, E, la.coactivation.data());
-      la.dropped += plan.dropped;
-      la.assignments += plan.valid_tokens * k;
-      // Router probabilities (softmax scores, or sigmoid scores normalized per token).
-      p.resize(static_cast<size_t>(T) * E);
-      routing_probs<float>(layer.config().scoring_func, T, E, layer.scores().data(), p.data());
-      token_entropy[i] += mean_token_entropy_bits(p.data(), T, E) * static_cast<double>(T);
-      for (int64_t t = 0; t < T; ++t)
-        for (int e = 0; e < E; ++e) prob_sum[i][e] += p[size_t(t) * E + e];
-    }
   }
   for (size_t i = 0; i < L; ++i) {
     LayerAnalysis& la = a.layers[i];
@@ -181,6 +193,12 @@ RoutingAnalysis analyze_routing(Transformer<float>& model, const Tokenizer& tok,
     rank_tokens(token_counts[i], E, V, k, texts, opt, la);
   }
   return a;
+}
+
+RoutingAnalysis analyze_routing(Transformer<float>& model, const Tokenizer& tok,
+                                const TokenStream& valid, const AnalysisOptions& opt) {
+  TransformerLm lm(model);
+  return analyze_routing(lm, tok, valid, opt);
 }
 
 nlohmann::json analysis_to_json(const RoutingAnalysis& a) {

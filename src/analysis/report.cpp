@@ -228,7 +228,7 @@ void share_heatmap(Page& p, const std::string& id, const std::string& title, con
   p.heatmap(id, title, rows, cols, v, tips, true, "", &scale);
 }
 
-void specialization_section(Page& p, const json& a, const json* base) {
+void specialization_section(Page& p, const json& a, const json* base, bool untrained) {
   const auto domains = a["domains"].get<std::vector<std::string>>();
   const auto classes = a["classes"].get<std::vector<std::string>>();
   const int E = a["num_experts"].get<int>();
@@ -243,12 +243,16 @@ void specialization_section(Page& p, const json& a, const json* base) {
       "{:.2f}).{}</p>",
       a["tokens"].get<int64_t>(), E, a["k"].get<int>(), a["max_mi_domain_bits"].get<double>(),
       a["max_mi_class_bits"].get<double>(),
-      base ? " The baseline is the same model with its freshly initialized weights (the "
-             "router before training)."
-           : "");
+      !base       ? ""
+      : untrained ? " The baseline is the same model with its freshly initialized weights (the "
+                    "router before training)."
+                  : " The baseline is the same model with its router weights redrawn at random "
+                    "(N(0, initializer_range)): the specialization the rest of the model alone "
+                    "gives.");
+  const std::string bname = untrained ? "untrained" : "random router";
   std::vector<std::string> groups;
   Series mi{"I(expert; domain), trained", {}}, mic{"I(expert; class), trained", {}};
-  Series bmi{"I(expert; domain), untrained", {}}, bmic{"I(expert; class), untrained", {}};
+  Series bmi{"I(expert; domain), " + bname, {}}, bmic{"I(expert; class), " + bname, {}};
   for (size_t l = 0; l < a["layers"].size(); ++l) {
     const json& la = a["layers"][l];
     groups.push_back(fmt::format("layer {}", la["layer"].get<int>()));
@@ -382,7 +386,7 @@ std::string render_report_html(const ReportInputs& in) {
   routing_section(p, steps, in.analysis, k);
   selection_bias_section(p, evals);
   if (in.analysis)
-    specialization_section(p, *in.analysis, in.baseline);
+    specialization_section(p, *in.analysis, in.baseline, in.baseline_untrained);
   else
     p.body +=
         "<p>No analysis.json in the run: <code>moe analyze RUN</code> adds the expert "
@@ -410,9 +414,12 @@ std::string write_report_html(const std::string& run_dir, int* charts) {
   ReportInputs in;
   in.title = run_dir;
   const std::string metrics_path = run_dir + "/metrics.jsonl";
-  MOE_REQUIRE(std::ifstream(metrics_path).good(), "{}: cannot open (is {} a run directory?)",
+  const bool has_metrics = std::ifstream(metrics_path).good();
+  MOE_REQUIRE(has_metrics || std::ifstream(run_dir + "/analysis.json").good(),
+              "{}: cannot open (is {} a run directory, or an analysis directory of `moe analyze "
+              "MODEL --out`?)",
               metrics_path, run_dir);
-  in.metrics = read_metrics(metrics_path);
+  if (has_metrics) in.metrics = read_metrics(metrics_path);
   auto read_json = [&](const std::string& name, json& out) -> const json* {
     const std::string path = run_dir + "/" + name;
     std::ifstream f(path);
@@ -431,7 +438,13 @@ std::string write_report_html(const std::string& run_dir, int* charts) {
   in.summary = read_json("summary.json", summary);
   in.config = read_json("config.json", config);
   in.analysis = read_json("analysis.json", analysis);
-  in.baseline = in.analysis ? read_json("analysis_untrained.json", baseline) : nullptr;
+  if (in.analysis) {
+    in.baseline = read_json("analysis_random_router.json", baseline);
+    if (!in.baseline) {
+      in.baseline = read_json("analysis_untrained.json", baseline);
+      in.baseline_untrained = in.baseline != nullptr;
+    }
+  }
   std::string html;
   try {
     html = render_report_html(in);

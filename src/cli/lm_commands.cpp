@@ -1,5 +1,6 @@
-// `moe train`, `moe eval`, `moe generate`: the language-model jobs. Parsing and printing only;
-// the library (trainer.h, data.h, generate.h, inference_model.h) does the work.
+// `moe train`, `moe eval`, `moe perplexity`, `moe generate`: the language-model jobs. Parsing
+// and printing only; the library (trainer.h, data.h, any_model.h, perplexity.h, generate.h)
+// does the work.
 #include <fmt/core.h>
 
 #include <chrono>
@@ -9,16 +10,17 @@
 #include <sstream>
 
 #include "commands.h"
+#include "moe/any_model.h"
 #include "moe/communicator.h"
 #include "moe/data.h"
 #include "moe/dataset.h"
 #include "moe/error.h"
 #include "moe/generate.h"
-#include "moe/gguf_tokenizer.h"
-#include "moe/hf_tokenizer.h"
 #include "moe/inference_model.h"
 #include "moe/parallel.h"
+#include "moe/perplexity.h"
 #include "moe/report.h"
+#include "moe/safetensors.h"
 #include "moe/trainer.h"
 #include "moe/vit.h"
 #include "vit_commands.h"
@@ -184,37 +186,103 @@ int run_train(const TrainArgs& a) {
   return 0;
 }
 
-// The run's copy of its tokenizer (what validation_stream keys token caches by).
-std::string run_tokenizer_file(const std::string& run, const TrainConfig& t) {
-  if (t.tokenizer == "byte") return "";
-  const std::string json = run + "/tokenizer.json";
-  if (t.tokenizer != "sentencepiece" && std::filesystem::exists(json)) return json;
-  return run + "/tokenizer.model";
+// The window length of a model when the user gives none: a run's seq_len, else the model's
+// context up to 512.
+int default_ctx(const AnyModel& m) {
+  return m.run ? m.config.training.seq_len : std::min(m.config.max_position_embeddings, 512);
+}
+
+// "NAME: loss 2.3456, perplexity 10.44 over N tokens" ("validation loss" for a run's split),
+// then a line per domain.
+void print_perplexity(const std::string& name, const char* loss, const PerplexityResult& r) {
+  fmt::print("{}: {} {:.4f}, perplexity {:.2f} over {} tokens\n", name, loss, r.loss, r.perplexity,
+             r.tokens);
+  fmt::print("{:<10} {:>8} {:>11} {:>9}\n", "domain", "loss", "perplexity", "tokens");
+  for (const DomainLoss& d : r.per_domain)
+    fmt::print("{:<10} {:>8.4f} {:>11.2f} {:>9}\n", d.domain, d.loss, std::exp(d.loss), d.tokens);
 }
 
 struct EvalArgs {
-  std::string run, data_dir;
-  int batches = 0, threads = 0;
+  std::string model, data_dir, data, quantize;
+  int batches = 0, threads = 0, ctx = 0;
 };
 
+// `moe eval`: a run's validation split (the data it trained on) in its seq_len windows, or any
+// model on --data in disjoint windows of --ctx: perplexity() with stride = ctx.
 int run_eval(const EvalArgs& a) {
   set_num_threads(a.threads);
-  LoadedRun run = load_run(a.run);
-  const TrainConfig& t = run.config.training;
-  // The run's own tokenizer on the validation split of the data it trained on (the bundled
-  // corpus or the user's text that config.json records); domain indices as in training.
-  DataOptions d = data_options(t, run.config.vocab_size);
-  if (!a.data_dir.empty()) d.dir = a.data_dir;
-  const TokenStream valid =
-      validation_stream(d, *run.tokenizer, run_tokenizer_file(a.run, t), log_line);
-  const EvalResult e = evaluate(*run.model, valid, t.batch_size, t.seq_len,
-                                a.batches > 0 ? static_cast<int64_t>(a.batches) * t.batch_size : 0,
-                                window_progress("eval"));
-  fmt::print("{}: validation loss {:.4f}, perplexity {:.2f} over {} tokens\n", a.run, e.loss,
-             std::exp(e.loss), e.tokens);
-  fmt::print("{:<10} {:>8} {:>11} {:>9}\n", "domain", "loss", "perplexity", "tokens");
-  for (const auto& [name, v] : e.per_domain)
-    fmt::print("{:<10} {:>8.4f} {:>11.2f} {:>9}\n", name, v.first, std::exp(v.first), v.second);
+  const GgmlType quantize = quantize_type(a.quantize);
+  AnyModel m = load_any_model(a.model, quantize);
+  MOE_REQUIRE(m.run || !a.data.empty(),
+              "eval: {} is a {}: give --data PATH (its validation split is a run's)", a.model,
+              model_format_name(m.format));
+  const int ctx = a.ctx > 0 ? a.ctx : default_ctx(m);
+  TokenStream stream;
+  std::vector<ScoredWindow> windows;
+  const int batch = m.run ? m.config.training.batch_size : 4;
+  if (a.data.empty()) {
+    // The run's own tokenizer on the validation split of the data it trained on (the bundled
+    // corpus or the user's text that config.json records); domain indices as in training.
+    const TrainConfig& t = m.config.training;
+    DataOptions d = data_options(t, m.config.vocab_size);
+    if (!a.data_dir.empty()) d.dir = a.data_dir;
+    stream = validation_stream(d, m.text_tokenizer(), m.tokenizer_file, log_line);
+    const std::vector<int64_t> starts =
+        validation_windows(stream, ctx, a.batches > 0 ? int64_t{a.batches} * batch : 0);
+    MOE_REQUIRE(!starts.empty(), "eval: the validation split is shorter than one window of {}",
+                ctx + 1);
+    windows = full_windows(starts, ctx);
+  } else {
+    stream = read_text_tokens(a.data, m.text_tokenizer(), DataOptions{}.document_bytes, log_line);
+    windows = sliding_windows(stream.size(), ctx, ctx);
+    if (a.batches > 0 && static_cast<int64_t>(windows.size()) > int64_t{a.batches} * batch)
+      windows.resize(static_cast<size_t>(a.batches) * batch);
+  }
+  PerplexityOptions o;
+  o.batch = batch;
+  o.progress = window_progress("eval");
+  const PerplexityResult r = perplexity(*m.decoder, stream, windows, o);
+  print_perplexity(a.model, a.data.empty() ? "validation loss" : "loss", r);
+  return 0;
+}
+
+struct PerplexityArgs {
+  std::string model, data, json, quantize;
+  int ctx = 0, stride = 0, batch = 4, threads = 0;
+  bool no_progress = false;
+};
+
+int run_perplexity(const PerplexityArgs& a) {
+  set_num_threads(a.threads);
+  const GgmlType quantize = quantize_type(a.quantize);
+  AnyModel m = load_any_model(a.model, quantize);
+  const int ctx = a.ctx > 0 ? a.ctx : default_ctx(m);
+  const int stride = a.stride > 0 ? a.stride : std::max(1, ctx / 2);
+  MOE_REQUIRE(ctx <= m.config.max_position_embeddings,
+              "--ctx {} exceeds the context of {} (max_position_embeddings = {})", ctx, a.model,
+              m.config.max_position_embeddings);
+  const TokenStream stream =
+      read_text_tokens(a.data, m.text_tokenizer(), DataOptions{}.document_bytes, log_line);
+  const std::vector<ScoredWindow> windows = sliding_windows(stream.size(), ctx, stride);
+  log_line(fmt::format("perplexity: {}, {} tokens in {} windows of {} every {} tokens",
+                       m.description(), stream.size(), windows.size(), ctx, stride));
+  PerplexityOptions o;
+  o.batch = a.batch;
+  if (!a.no_progress) o.progress = window_progress("perplexity");
+  const PerplexityResult r = perplexity(*m.decoder, stream, windows, o);
+  print_perplexity(a.data, "loss", r);
+  fmt::print("{} windows of {} tokens every {} in {:.1f} s ({:.0f} tokens/s)\n", r.windows, ctx,
+             stride, r.seconds, r.windows * static_cast<double>(ctx) / std::max(r.seconds, 1e-9));
+  if (!a.json.empty()) {
+    nlohmann::json j = perplexity_to_json(r);
+    j["model"] = a.model;
+    j["data"] = a.data;
+    j["ctx"] = ctx;
+    j["stride"] = stride;
+    const std::string text = j.dump(2) + "\n";
+    write_file_atomic(a.json, text.data(), text.size());
+    fmt::print("wrote {}\n", a.json);
+  }
   return 0;
 }
 
@@ -236,17 +304,6 @@ GenerateOptions generate_options(const GenerateArgs& a) {
   g.seed = a.seed;
   g.stop_at_eos = !a.ignore_eos;
   return g;
-}
-
-// --quantize's type (F32 without it: the weights as stored).
-GgmlType quantize_type(const GenerateArgs& a) {
-  if (a.quantize.empty()) return GgmlType::F32;
-  GgmlType t = GgmlType::F32;
-  MOE_REQUIRE(parse_ggml_type(a.quantize, &t) && is_weight_type(t),
-              "--quantize: \"{}\" is not a weight type (f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, "
-              "q6_k)",
-              a.quantize);
-  return t;
 }
 
 // Prints a continuation as it is drawn. The whole continuation is decoded each time: a
@@ -354,79 +411,61 @@ std::string count_text(int64_t n) {
   return fmt::format("{}", n);
 }
 
-// `moe generate --model DIR|FILE.gguf`: a Hugging Face checkpoint or a GGUF file through the
-// inference model; the tokenizer is the directory's or the GGUF metadata's.
-int run_generate_checkpoint(const GenerateArgs& a) {
-  const auto t0 = std::chrono::steady_clock::now();
-  auto model = InferenceModel::load(a.model, quantize_type(a));
-  const ModelConfig& c = model->config();
-  const ParameterCount n = model->parameters();
-  const double load_s = seconds_since(t0);
-  const GgufFile* gguf = model->gguf();
-  const std::string format =
-      gguf ? fmt::format("GGUF {}", gguf->string("general.architecture")) : "Hugging Face";
-  // With --quantize the weights computed with are the quantized copies.
-  const int64_t weight_bytes =
-      model->quantized_bytes() > 0 ? model->quantized_bytes() : model->weight_bytes();
-  fmt::print(stderr,
-             "{}: {} ({}) with {} layers, {} experts (top-{}); parameters {} total, {} active per "
-             "token; weights {} ({:.1f} MB: {}), loaded in {:.2f} s\n",
-             a.model, c.model_type, format, c.num_hidden_layers, c.num_local_experts,
-             c.moe.num_experts_per_tok, count_text(n.total), count_text(n.active),
-             ggml_type_name(static_cast<uint32_t>(model->weight_type())),
-             weight_bytes / 1e6, model->weight_types(), load_s);
-  std::unique_ptr<Tokenizer> tok;
-  std::vector<int32_t> prompt = prompt_ids_of(a, a.model, c.vocab_size);
-  if (a.prompt_ids.empty()) {
-    tok = gguf ? load_gguf_tokenizer(*gguf) : load_tokenizer_dir(a.model);
-    if (gguf ? gguf_adds_bos(*gguf, *tok) : checkpoint_adds_bos(a.model, *tok))
-      prompt.push_back(tok->bos_id());
-    const auto ids = tok->encode(a.prompt);
-    prompt.insert(prompt.end(), ids.begin(), ids.end());
-  }
-  MOE_REQUIRE(!prompt.empty(), "{}: the prompt is empty (give --prompt or --prompt-ids)", a.model);
-  note_context_limit(a, prompt.size(), c.max_position_embeddings);
-  if (tok) fmt::print("{}", a.prompt);
-  StreamPrinter printer(tok.get(), prompt.size());
-  generate(*model, {prompt}, generate_options(a), tok ? tok->eos_id() : -1,
-           [&](int, int32_t id) { printer.add(id); });
-  printer.finish();
-  fmt::print(stderr, "peak resident memory {:.1f} MB (weights {:.1f} MB)\n",
-             peak_resident_bytes() / 1e6, model->weight_bytes() / 1e6);
-  return 0;
-}
-
+// `moe generate MODEL`: a run, a Hugging Face checkpoint or a GGUF file through the one loader;
+// the tokenizer is the run's, the directory's or the GGUF metadata's.
 int run_generate(const GenerateArgs& a) {
   set_num_threads(a.threads);
   MOE_REQUIRE(a.run.empty() != a.model.empty(),
-              "generate: give either a run directory or --model DIR|FILE.gguf, not {}",
+              "generate: give a model (a run directory, a Hugging Face checkpoint directory or a "
+              "GGUF file) or --model, not {}",
               a.run.empty() ? "neither" : "both");
   MOE_REQUIRE(a.prompt.empty() || a.prompt_ids.empty(),
               "generate: give --prompt or --prompt-ids, not both");
-  const GgmlType quantize = quantize_type(a);  // checked before anything loads
-  if (!a.model.empty()) return run_generate_checkpoint(a);
-  LoadedRun run = load_run(a.run);
-  const Tokenizer* tok = a.prompt_ids.empty() ? run.tokenizer.get() : nullptr;
-  std::vector<int32_t> prompt = prompt_ids_of(a, a.run, run.config.vocab_size);
-  if (tok) {  // a document starts as in training: BOS, or EOS for a tokenizer without one
-    prompt.push_back(document_frame(*tok).first);
+  const GgmlType quantize = quantize_type(a.quantize);  // checked before anything loads
+  const std::string& path = a.model.empty() ? a.run : a.model;
+  const auto t0 = std::chrono::steady_clock::now();
+  AnyModel m = load_any_model(path, quantize);
+  const ModelConfig& c = m.config;
+  if (const InferenceModel* im = m.checkpoint) {
+    const ParameterCount n = im->parameters();
+    const GgufFile* gguf = im->gguf();
+    const std::string format =
+        gguf ? fmt::format("GGUF {}", gguf->string("general.architecture")) : "Hugging Face";
+    // With --quantize the weights computed with are the quantized copies.
+    const int64_t weight_bytes =
+        im->quantized_bytes() > 0 ? im->quantized_bytes() : im->weight_bytes();
+    fmt::print(stderr,
+               "{}: {} ({}) with {} layers, {} experts (top-{}); parameters {} total, {} active "
+               "per token; weights {} ({:.1f} MB: {}), loaded in {:.2f} s\n",
+               path, c.model_type, format, c.num_hidden_layers, c.num_local_experts,
+               c.moe.num_experts_per_tok, count_text(n.total), count_text(n.active),
+               ggml_type_name(static_cast<uint32_t>(im->weight_type())), weight_bytes / 1e6,
+               im->weight_types(), seconds_since(t0));
+  } else if (quantize != GgmlType::F32) {
+    fmt::print(stderr, "{}: matrices quantized to {} at load ({:.1f} MB)\n", path,
+               ggml_type_name(static_cast<uint32_t>(quantize)), m.decoder->quantized_bytes() / 1e6);
+  }
+  const Tokenizer* tok = a.prompt_ids.empty() ? &m.text_tokenizer() : nullptr;
+  std::vector<int32_t> prompt = prompt_ids_of(a, path, c.vocab_size);
+  if (tok) {  // a text starts as the model's documents do (BOS, or EOS for a run without BOS)
+    if (m.start_token >= 0) prompt.push_back(m.start_token);
     const auto ids = tok->encode(a.prompt);
     prompt.insert(prompt.end(), ids.begin(), ids.end());
-    fmt::print("{}", a.prompt);
   }
-  MOE_REQUIRE(!prompt.empty(), "{}: the prompt is empty (give --prompt or --prompt-ids)", a.run);
-  note_context_limit(a, prompt.size(), run.config.max_position_embeddings);
+  MOE_REQUIRE(!prompt.empty(), "{}: the prompt is empty (give --prompt or --prompt-ids)", path);
+  note_context_limit(a, prompt.size(), c.max_position_embeddings);
+  if (tok) fmt::print("{}", a.prompt);
   const GenerateOptions opt = generate_options(a);
-  const int32_t eos = run.tokenizer->eos_id();
-  TransformerLm lm(*run.model, quantize);
-  if (quantize != GgmlType::F32)
-    fmt::print(stderr, "{}: matrices quantized to {} at load ({:.1f} MB)\n", a.run,
-               ggml_type_name(static_cast<uint32_t>(quantize)), lm.quantized_bytes() / 1e6);
+  // A checkpoint's eos without a tokenizer (--prompt-ids) is unknown: generation runs on.
+  const int32_t eos = tok || m.run ? m.tokenizer->eos_id() : -1;
   StreamPrinter printer(tok, prompt.size());  // after the load: the prompt time is the prompt's
-  generate(lm, {prompt}, opt, eos, [&](int, int32_t id) {
-    if (!opt.stop_at_eos || id != eos) printer.add(id);  // a run's continuation ends before eos
+  generate(*m.decoder, {prompt}, opt, eos, [&](int, int32_t id) {
+    if (!opt.stop_at_eos || id != eos) printer.add(id);  // the continuation ends before eos
   });
   printer.finish();
+  if (m.checkpoint)
+    fmt::print(stderr, "peak resident memory {:.1f} MB (weights {:.1f} MB)\n",
+               peak_resident_bytes() / 1e6, m.checkpoint->weight_bytes() / 1e6);
   return 0;
 }
 
@@ -477,27 +516,63 @@ std::function<int()> add_train_command(CLI::App& app) {
   return [a] { return run_train(*a); };
 }
 
+// The MODEL argument of every command that takes one.
+constexpr const char* kModelHelp =
+    "a run directory, a Hugging Face checkpoint directory (mixtral, qwen2_moe, qwen3_moe, olmoe) "
+    "or a GGUF file (llama, qwen2moe, qwen3moe, olmoe)";
+
 std::function<int()> add_eval_command(CLI::App& app) {
   auto a = std::make_shared<EvalArgs>();
-  auto* c = app.add_subcommand("eval", "Validation loss and perplexity of a run, per domain");
-  c->add_option("run", a->run, "run directory")->required();
+  auto* c = app.add_subcommand(
+      "eval",
+      "Loss and perplexity per domain: a run on its validation split, or any model on --data");
+  c->add_option("model", a->model, kModelHelp)->required();
   c->add_option("--data-dir", a->data_dir,
                 "moe's data cache (default: the run's training.data_dir); the data is the run's");
-  c->add_option("--batches", a->batches, "validation batches (0: the whole split)")
+  c->add_option("--data", a->data,
+                "your text instead (a file, a directory or JSONL), in disjoint windows of --ctx");
+  c->add_option("--ctx", a->ctx, "window length (default: a run's seq_len, else up to 512)")
+      ->check(CLI::PositiveNumber);
+  c->add_option("--batches", a->batches, "batches of windows (0: all)")
       ->check(CLI::NonNegativeNumber);
+  c->add_option("--quantize", a->quantize, "quantize every matrix at load (as generate)");
   add_threads_option(c, a->threads);
   return [a] { return run_eval(*a); };
 }
 
+std::function<int()> add_perplexity_command(CLI::App& app) {
+  auto a = std::make_shared<PerplexityArgs>();
+  auto* c = app.add_subcommand("perplexity",
+                               "Sliding-window perplexity of any model on your text, per domain");
+  c->add_option("model", a->model, kModelHelp)->required();
+  c->add_option("--data", a->data,
+                "your text: a .txt/.md file, a .jsonl file ({\"text\", \"domain\"} per line) or "
+                "a directory of them (subfolder = domain); read-only")
+      ->required();
+  c->add_option("--ctx", a->ctx,
+                "tokens of context per window (default: a run's seq_len, else the model's "
+                "context up to 512)")
+      ->check(CLI::PositiveNumber);
+  c->add_option("--stride", a->stride,
+                "a window every S tokens, each token scored once by the window that gives it "
+                "the most context (default ctx/2; = ctx: disjoint windows)")
+      ->check(CLI::PositiveNumber);
+  c->add_option("--batch", a->batch, "windows per forward")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  c->add_option("--json", a->json, "also write the result as JSON to this file");
+  c->add_option("--quantize", a->quantize, "quantize every matrix at load (as generate)");
+  c->add_flag("--no-progress", a->no_progress, "no progress bar");
+  add_threads_option(c, a->threads);
+  return [a] { return run_perplexity(*a); };
+}
+
 std::function<int()> add_generate_command(CLI::App& app) {
   auto a = std::make_shared<GenerateArgs>();
-  auto* c = app.add_subcommand(
-      "generate", "Sample text from a trained run or a Hugging Face checkpoint (--model)");
-  c->add_option("run", a->run, "run directory");
-  c->add_option(
-      "--model", a->model,
-      "a Hugging Face checkpoint directory (mixtral, qwen2_moe, qwen3_moe, olmoe) or a GGUF "
-      "file (llama, qwen2moe, qwen3moe, olmoe)");
+  auto* c = app.add_subcommand("generate",
+                               "Sample text from a run, a Hugging Face checkpoint or a GGUF file");
+  c->add_option("model", a->run, kModelHelp);
+  c->add_option("--model", a->model, "the model, as the positional argument");
   c->add_option("--prompt", a->prompt, "text to continue");
   c->add_option("--prompt-ids", a->prompt_ids,
                 "token ids to continue instead of --prompt (e.g. \"1,15,7\"; a run's prompt gets "

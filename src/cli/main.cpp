@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "moe " MOE_VERSION);
   auto run_train = moe::cli::add_train_command(app);
   auto run_eval = moe::cli::add_eval_command(app);
+  auto run_perplexity = moe::cli::add_perplexity_command(app);
   auto run_generate = moe::cli::add_generate_command(app);
   auto run_convert = moe::cli::add_convert_command(app);
   auto run_quantize = moe::cli::add_quantize_command(app);
@@ -34,6 +35,7 @@ int main(int argc, char** argv) {
   try {
     if (app.got_subcommand("train")) return run_train();
     if (app.got_subcommand("eval")) return run_eval();
+    if (app.got_subcommand("perplexity")) return run_perplexity();
     if (app.got_subcommand("generate")) return run_generate();
     if (app.got_subcommand("convert")) return run_convert();
     if (app.got_subcommand("quantize")) return run_quantize();

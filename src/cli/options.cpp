@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "commands.h"
+#include "moe/error.h"
 #include "moe/parallel.h"
 
 namespace moe::cli {
@@ -16,6 +17,16 @@ CLI::Option* add_threads_option(CLI::App* c, int& threads) {
       ->add_option("--threads", threads,
                    fmt::format("threads, 0 to {} (0: OMP_NUM_THREADS or all cores)", cores))
       ->check(CLI::Range(0, cores));
+}
+
+GgmlType quantize_type(const std::string& name) {
+  if (name.empty()) return GgmlType::F32;
+  GgmlType t = GgmlType::F32;
+  MOE_REQUIRE(parse_ggml_type(name, &t) && is_weight_type(t),
+              "--quantize: \"{}\" is not a weight type (f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, "
+              "q6_k)",
+              name);
+  return t;
 }
 
 std::function<void(int64_t, int64_t)> window_progress(const std::string& what) {

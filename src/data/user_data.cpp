@@ -626,6 +626,28 @@ PreparedData prepare_user_data(const DataOptions& opt, const Log& log) {
   return out;
 }
 
+TokenStream read_text_tokens(const std::string& input, const Tokenizer& tok, int64_t document_bytes,
+                             const Log& log) {
+  Stopwatch t;
+  const Input in = list_input(input);
+  std::vector<Document> docs;
+  int64_t bytes = 0;
+  for_each_document(in, document_bytes, [&](const std::string& domain, std::string&& text) {
+    bytes += static_cast<int64_t>(text.size());
+    docs.push_back({domain, std::move(text)});
+  });
+  MOE_REQUIRE(!docs.empty(), "{}: holds no text", input);
+  TokenStream s = tokenize_documents(docs, tok, domain_names_of({&docs}));
+  if (log)
+    log(
+        fmt::format("data: {}: {} {}, {} documents ({:.2f} MB), {} domains [{}] -> {} tokens "
+                    "({}) in {:.2f} s",
+                    input, in.files.size(), in.files.size() == 1 ? "file" : "files", docs.size(),
+                    bytes / 1e6, s.domain_names.size(), names_text(s.domain_names), s.size(),
+                    tok.description(), t.seconds()));
+  return s;
+}
+
 TokenStream user_validation_stream(const DataOptions& opt, const Tokenizer& tok,
                                    const std::string& tokenizer_file, const Log& log) {
   UserCache cache(opt, log);

@@ -238,6 +238,7 @@ std::unique_ptr<InferenceModel> InferenceModel::build(const ModelConfig& cfg, So
       A.q_norm = vector(l, HfTensor::QNorm, qd);
       A.k_norm = vector(l, HfTensor::KNorm, kvd);
     }
+    L.index = l;
     L.moe = c.is_moe_layer(l);
     if (!L.moe) {
       const int64_t Fd = c.dense_width();
@@ -271,6 +272,11 @@ std::unique_ptr<InferenceModel> InferenceModel::build(const ModelConfig& cfg, So
   return m;
 }
 
+void InferenceModel::randomize_routers(Rng& rng, double std) {
+  for (Layer& L : layers_)
+    if (L.moe) rng.fill_normal(L.router.data(), static_cast<int64_t>(L.router.size()), 0.0, std);
+}
+
 void InferenceModel::ffn(int l, int64_t rows) {
   const Layer& L = layers_[static_cast<size_t>(l)];
   const int64_t all_rows[2] = {0, rows};  // the dense layer as a group of one
@@ -291,6 +297,7 @@ void InferenceModel::moe_block(const Layer& L, int64_t rows) {
   std::vector<float>& gate = router_->gates();
   // Hugging Face renormalizes a single gate to 1 as well; our k = 1 gate is the raw score.
   if (mc.norm_topk_prob && k == 1) std::fill_n(gate.data(), rows, 1.0f);
+  observe_routing(L.index, router_->plan(), gate.data(), router_->scores().data(), mc.scoring_func);
 
   build_permutation(router_->plan(), perm_);
   const int64_t N = perm_.rows();

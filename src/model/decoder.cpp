@@ -34,6 +34,22 @@ void Decoder::quantize_attention_and_head(GgmlType type) {
   head_ = quantized(head_, type);
 }
 
+void Decoder::observe_routing(int l, const RoutingPlan& plan, const float* gates,
+                              const float* scores, ScoreFunc scoring) const {
+  if (!observer_) return;
+  RoutingChoice c;
+  c.layer = l;
+  c.rows = plan.tokens;
+  c.k = plan.k;
+  c.num_experts = plan.num_experts;
+  c.experts = plan.primary.data();
+  c.gates = gates;
+  c.scores = scores;
+  c.scoring = scoring;
+  c.dropped = plan.dropped;
+  observer_(c);
+}
+
 int64_t Decoder::quantized_bytes() const {
   int64_t bytes = 0;
   for (const auto& q : quantized_) bytes += static_cast<int64_t>(q.size());

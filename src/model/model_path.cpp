@@ -15,9 +15,9 @@ ModelFormat model_format_of(const std::string& path) {
   if (fs::is_regular_file(path)) return ModelFormat::Gguf;
   const std::string config = path + "/config.json";
   MOE_REQUIRE(fs::exists(config),
-              "{}: not a model: neither a GGUF file nor a directory with config.json (a run or a "
-              "Hugging Face checkpoint)",
-              path);
+              "{}: cannot open: {} is not a model (neither a GGUF file nor a directory with "
+              "config.json: a run or a Hugging Face checkpoint)",
+              config, path);
   // A run's config holds its training settings; a Hugging Face config does not.
   const nlohmann::json j = nlohmann::json::parse(std::ifstream(config), nullptr, false);
   MOE_REQUIRE(!j.is_discarded() && j.is_object(), "{}: not a JSON object", config);

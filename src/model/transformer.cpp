@@ -441,6 +441,20 @@ void TransformerLm::ffn(int l, int64_t rows) {
   model_.ffn_[l]->forward(View<const float>(x_.data(), {rows, d}),
                           View<float>(y_.data(), {rows, d}), opt);
   add_into(h_.data(), h_.data(), y_.data(), nd);
+  if (!cfg_.is_moe_layer(l)) return;
+  // The layer that ran (under expert parallelism the shard, whose plan is the global batch's).
+  const auto* moe = static_cast<const MoeLayer<float>*>(model_.ffn_[l].get());
+  observe_routing(l, moe->plan(), moe->gates().data(), moe->scores().data(),
+                  moe->config().scoring_func);
+}
+
+void TransformerLm::randomize_routers(Rng& rng, double std) {
+  for (int l = 0; l < model_.L_; ++l)
+    if (MoeLayer<float>* moe = model_.moe_layer(l)) {
+      ParamSet<float>& p = moe->params();
+      const Shape& s = p.spec("router.weight").shape;
+      rng.fill_normal(p.value("router.weight"), s[0] * s[1], 0.0, std);
+    }
 }
 
 }  // namespace moe

@@ -20,7 +20,7 @@ What differs between the four (all else is the shared Llama-style decoder):
                per-head reshape and RoPE; expert width intermediate_size; every
                layer MoE; norm_topk_prob
 
-Public: ARCHS, head_dim, layer_is_sparse, weight_shapes, forward, greedy, and the
+Public: ARCHS, head_dim, layer_is_sparse, weight_shapes, forward, greedy, perplexity, and the
 pieces (rms_norm, apply_rope, attention, moe_block, swiglu, route) for the tests.
 """
 
@@ -314,3 +314,28 @@ def greedy(cfg, weights, input_ids, n, trace=None):
         out.append(nxt)
         seq = torch.cat([seq, nxt[:, None]], dim=1)
     return torch.stack(out, dim=1)
+
+
+def perplexity(cfg, weights, ids, ctx, stride, trace=None):
+    """(sum of -log p(token), tokens scored) of the 1-D token sequence ids, float64.
+
+    The sliding-window definition of include/moe/perplexity.h, written here as a loop over
+    targets: every token t >= 1 is scored once, by the first window that reaches it; window w
+    feeds ids[w*stride : w*stride + ctx] (clipped to the sequence) as positions 0.. and
+    predicts each next token.  Each window is a fresh full forward (no cache).  trace: as
+    forward's, over all windows."""
+    n = len(ids)
+    if not (1 <= stride <= ctx) or n < 2:
+        raise ValueError("need 1 <= stride <= ctx and at least 2 tokens")
+    seq = torch.as_tensor(ids).long()
+    nll, count, scored_to, begin = 0.0, 0, 0, 0
+    while True:
+        end = min(begin + ctx, n - 1)
+        logp = torch.log_softmax(forward(cfg, weights, seq[None, begin:end], trace)[0], dim=-1)
+        for t in range(scored_to + 1, end + 1):
+            nll -= float(logp[t - 1 - begin, seq[t]])
+            count += 1
+        scored_to = end
+        if end == n - 1:
+            return nll, count
+        begin += stride
