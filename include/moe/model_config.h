@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "moe/attention.h"  // QkNorm
 #include "moe/moe_config.h"
 
 namespace moe {
@@ -45,13 +46,6 @@ struct TrainConfig {
   void validate(const std::string& where) const;
 };
 
-// RMSNorm on the attention queries and keys before RoPE, as the loaded families differ.
-enum class QkNorm {
-  None,
-  PerHead,  // qwen3_moe: one weight [head_dim] applied to every head
-  Full,     // olmoe: one weight over the whole projection, [H*hd] for q and [G*hd] for k
-};
-
 // The defaults are the default small MoE `moe train` trains (configs/default.json holds the same).
 struct ModelConfig {
   std::string model_type = "mixtral";
@@ -71,8 +65,7 @@ struct ModelConfig {
   int moe_every = 1;                // layer l is MoE iff (l + 1) % moe_every == 0
   int dense_intermediate_size = 0;  // width of the dense layers; 0: intermediate_size
   MoeConfig moe;                    // routing keys; hidden_size/width/experts mirror the above
-  // Variants of the Hugging Face families the inference model runs (hf_checkpoint.h); the
-  // trainable Transformer implements the mixtral family only, where these keep their defaults.
+  // Variants of the Hugging Face families (hf_checkpoint.h), trained and run alike.
   bool attention_bias = false;       // q/k/v projections carry a bias (qwen2_moe)
   QkNorm qk_norm = QkNorm::None;     // qwen3_moe: PerHead, olmoe: Full
   std::vector<int> mlp_only_layers;  // dense layers whatever moe_every says (qwen2/3_moe)

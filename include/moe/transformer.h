@@ -1,8 +1,11 @@
-// The Mixtral-shaped decoder LM of docs/model.md: token embedding, L pre-norm blocks (RMSNorm,
-// grouped-query causal attention with RoPE, RMSNorm, MoE or dense SwiGLU FFN), final RMSNorm,
-// LM head (tied optional). forward() saves every activation the backward needs; backward()
-// accumulates parameter gradients (+=) of scale * loss. Buffers grow to the largest batch seen
-// and are reused, so steady-state training steps do not reallocate them.
+// The decoder LM of docs/model.md: token embedding, L pre-norm blocks (RMSNorm, grouped-query
+// causal attention with RoPE, RMSNorm, MoE or dense SwiGLU FFN), final RMSNorm, LM head (tied
+// optional); with the pieces of the Hugging Face MoE families (hf_checkpoint.h): q/k/v biases,
+// q/k RMSNorm per head or over the projection, explicit head_dim, dense layers by moe_every and
+// mlp_only_layers, the gated shared expert, gates renormalized or not. forward() saves every
+// activation the backward needs; backward() accumulates parameter gradients (+=) of scale * loss.
+// Buffers grow to the largest batch seen and are reused, so steady-state training steps do not
+// reallocate them.
 #pragma once
 
 #include <memory>

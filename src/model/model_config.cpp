@@ -1,6 +1,7 @@
 #include "moe/model_config.h"
 
 #include <fstream>
+#include <initializer_list>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -52,6 +53,30 @@ void visit_model_keys(ModelConfig& c, V&& v) {
   v("num_local_experts", c.num_local_experts);
   v("moe_every", c.moe_every);
   v("dense_intermediate_size", c.dense_intermediate_size);
+  v("attention_bias", c.attention_bias);
+  v("mlp_only_layers", c.mlp_only_layers);
+}
+
+const std::initializer_list<std::pair<const char*, QkNorm>> kQkNorm = {
+    {"none", QkNorm::None}, {"per_head", QkNorm::PerHead}, {"full", QkNorm::Full}};
+
+void read_qk_norm(const nlohmann::json& j, const std::string& where, QkNorm& out) {
+  auto it = j.find("qk_norm");
+  if (it == j.end() || it->is_null()) return;
+  for (const auto& [name, value] : kQkNorm)
+    if (it->is_string() && it->get<std::string>() == name) {
+      out = value;
+      return;
+    }
+  throw Error(fmt::format(
+      "{}: qk_norm has value {}, expected \"none\", \"per_head\" (qwen3_moe) or \"full\" (olmoe)",
+      where, it->dump()));
+}
+
+const char* qk_norm_name(QkNorm q) {
+  for (const auto& [name, value] : kQkNorm)
+    if (value == q) return name;
+  return "none";
 }
 
 void check_known_keys(const nlohmann::json& j, const std::set<std::string>& known,
@@ -123,11 +148,12 @@ void ModelConfig::validate(const std::string& where) const {
   auto fail = [&](const char* key, const std::string& why) {
     throw Error(fmt::format("{}: {} {}", where, key, why));
   };
-  if (model_type != "mixtral")
-    fail("model_type", fmt::format("has value \"{}\"; training supports \"mixtral\"", model_type));
-  if (attention_bias) fail("attention_bias", "is not supported in training");
-  if (qk_norm != QkNorm::None) fail("qk_norm", "is not supported in training");
-  if (!mlp_only_layers.empty()) fail("mlp_only_layers", "is not supported in training");
+  // The family names how the model is exported (hf_checkpoint.h); the pieces are flags.
+  if (model_type != "mixtral" && model_type != "qwen2_moe" && model_type != "qwen3_moe" &&
+      model_type != "olmoe")
+    fail("model_type", fmt::format("has value \"{}\", expected mixtral, qwen2_moe, qwen3_moe or "
+                                   "olmoe",
+                                   model_type));
   validate_shape(where);
   training.validate(where);
   // Training sentencepiece on a vocabulary far beyond what a corpus of this scale can fill
@@ -195,9 +221,11 @@ ModelConfig model_config_from_json(const nlohmann::json& j, const std::string& w
   MOE_REQUIRE(j.is_object(), "{}: expected a JSON object", where);
   ModelConfig c;
   visit_model_keys(c, JsonKeyReader{j, where});
+  read_qk_norm(j, where, c.qk_norm);
 
   std::set<std::string> known = kIgnoredHfKeys;
   visit_model_keys(c, JsonKeyCollector{known});
+  known.insert("qk_norm");
   nlohmann::json moe_keys;
   moe_config_to_json(MoeConfig{}, moe_keys);
   for (auto it = moe_keys.begin(); it != moe_keys.end(); ++it) known.insert(it.key());
@@ -243,6 +271,7 @@ nlohmann::json model_config_to_json(const ModelConfig& c) {
     j.erase("moe_intermediate_size");
   }
   visit_model_keys(copy, JsonKeyWriter{j});
+  j["qk_norm"] = qk_norm_name(c.qk_norm);
   nlohmann::json t;
   visit_train_keys(copy.training, JsonKeyWriter{t});
   j["training"] = t;

@@ -56,6 +56,9 @@ Transformer<T>::Transformer(const ModelConfig& config)
   ac.head_dim = cfg_.head_size();
   ac.rope_theta = cfg_.rope_theta;
   ac.max_positions = cfg_.max_position_embeddings;
+  ac.qkv_bias = cfg_.attention_bias;
+  ac.qk_norm = cfg_.qk_norm;
+  ac.norm_eps = cfg_.rms_norm_eps;
   for (int l = 0; l < L_; ++l) {
     attn_.push_back(std::make_unique<Attention<T>>(ac));
     if (cfg_.is_moe_layer(l))
@@ -375,10 +378,22 @@ TransformerLm::TransformerLm(Transformer<float>& model, GgmlType quantize)
   final_norm_ = base.value("model.norm.weight");
   for (int l = 0; l < model.L_; ++l) {
     ParamSet<float>& a = model.attn_[l]->params();
-    attn_.push_back({base.value(model.layer_name(l, "input_layernorm.weight")),
-                     base.value(model.layer_name(l, "post_attention_layernorm.weight")),
-                     view(a, "q_proj.weight"), view(a, "k_proj.weight"), view(a, "v_proj.weight"),
-                     view(a, "o_proj.weight")});
+    AttentionWeights w{base.value(model.layer_name(l, "input_layernorm.weight")),
+                       base.value(model.layer_name(l, "post_attention_layernorm.weight")),
+                       view(a, "q_proj.weight"),
+                       view(a, "k_proj.weight"),
+                       view(a, "v_proj.weight"),
+                       view(a, "o_proj.weight")};
+    if (cfg_.attention_bias) {
+      w.q_bias = a.value("q_proj.bias");
+      w.k_bias = a.value("k_proj.bias");
+      w.v_bias = a.value("v_proj.bias");
+    }
+    if (cfg_.qk_norm != QkNorm::None) {
+      w.q_norm = a.value("q_norm.weight");
+      w.k_norm = a.value("k_norm.weight");
+    }
+    attn_.push_back(w);
   }
   if (quantize != GgmlType::F32) {
     quantize_attention_and_head(quantize);
