@@ -240,6 +240,49 @@ TEST(ModelConfig, FamilyKeysRoundTrip) {
   expect_error([&] { model_config_from_json(j, "c.json"); }, {"c.json: qk_norm"});
 }
 
+// --train PARTS: the frozen parameters keep their values through AdamW steps (no update, no
+// decay) and stay out of the gradient norm; the trainable ones move.
+TEST(Transformer, FrozenPartsDoNotChange) {
+  ModelConfig c = qwen2_moe_like();
+  c.training.trainable = "routers,attention";
+  c.validate();
+  Transformer<float> model(c);
+  Rng rng(4);
+  model.init_weights(rng);
+  std::vector<std::vector<float>> before;
+  for (auto& p : model.parameters()) before.emplace_back(p.value, p.value + p.shape.numel());
+  AdamW<float> opt(model.parameters(), c.training);
+  auto inputs = random_tokens(rng, 12, c.vocab_size),
+       targets = random_tokens(rng, 12, c.vocab_size);
+  double frozen_norm = 0;
+  for (int step = 0; step < 3; ++step) {
+    model.zero_grad();
+    model.forward(inputs.data(), targets.data(), 2, 6, true, &rng);
+    model.backward();
+    frozen_norm = 0;
+    for (const auto& p : model.parameters())
+      if (p.frozen)
+        for (int64_t i = 0; i < p.shape.numel(); ++i) frozen_norm += double(p.grad[i]) * p.grad[i];
+    clip_grad_norm(model.parameters(), 1.0);
+    opt.step(1e-2);
+  }
+  EXPECT_GT(frozen_norm, 0);  // their gradients exist; they are not applied
+  int frozen = 0, trained = 0;
+  for (size_t k = 0; k < model.parameters().size(); ++k) {
+    const auto& p = model.parameters()[k];
+    const bool same = std::equal(before[k].begin(), before[k].end(), p.value);
+    const std::string part = parameter_part(p.name);
+    EXPECT_EQ(p.frozen, part != "routers" && part != "attention") << p.name;
+    EXPECT_EQ(same, p.frozen) << p.name;
+    (p.frozen ? frozen : trained)++;
+  }
+  EXPECT_GT(frozen, 0);
+  EXPECT_GT(trained, 0);
+  EXPECT_LT(model.trainable_parameters(), model.num_parameters());
+  c.training.trainable = "routers,gates";
+  expect_error([&] { c.validate("c.json"); }, {"c.json: training.trainable", "gates"});
+}
+
 TEST(Transformer, BackwardScaleIsLinear) {
   const ModelConfig cfg = tiny_config(2);
   Transformer<double> model(cfg);

@@ -57,6 +57,10 @@ inline void cuda_transformer_check_supported(const ModelConfig& c) {
     throw Error(
         "CudaTransformer: qk_norm (qwen3_moe, olmoe) is not supported by the CUDA backend "
         "(docs/cuda.md); train on the CPU");
+  if (c.training.trainable != "all")
+    throw Error(
+        "CudaTransformer: training.trainable (--train) other than all is not supported by the "
+        "CUDA backend (docs/cuda.md); train on the CPU");
   bool has_moe = false;
   for (int l = 0; l < c.num_hidden_layers; ++l) has_moe |= c.is_moe_layer(l);
   if (has_moe) cuda_check_supported(c.moe, "CudaTransformer");

@@ -42,6 +42,9 @@ struct TrainConfig {
   std::string data_dir = "data";  // moe's data cache (data.h); relative: to the config file
   std::string data;               // the user's text (file or directory); "": the bundled corpus
   double valid_fraction = 0.05;   // held-out share of the user's documents (data.h)
+  // The parts that train (comma list of routers, experts, shared, dense, attention, embeddings,
+  // norms, head, all); the others are frozen: no AdamW update, no weight decay.
+  std::string trainable = "all";
 
   void validate(const std::string& where) const;
 };
@@ -86,6 +89,14 @@ struct ModelConfig {
   // intermediate_size plus the shared experts (the router's E*d is left out: under 1%).
   int matched_dense_width() const;
 };
+
+// "a,b" -> {"a", "b"}.
+std::vector<std::string> split_parts(const std::string& list);
+// Which part of TrainConfig::trainable a parameter (docs/model.md names) belongs to.
+std::string parameter_part(const std::string& name);
+// Whether parameter `name` trains under `trainable` (with tied embeddings "head" trains the
+// shared embedding too).
+bool is_trainable(const std::string& name, const std::string& trainable, bool tied);
 
 ModelConfig model_config_from_json(const nlohmann::json& j, const std::string& where);
 nlohmann::json model_config_to_json(const ModelConfig& c);

@@ -48,6 +48,11 @@ class Transformer {
   const ModelConfig& config() const { return cfg_; }
   std::vector<ParamRef<T>>& parameters() { return params_; }
   int64_t num_parameters() const;
+  // Parameters that train (not frozen by training.trainable).
+  int64_t trainable_parameters() const;
+  // Bytes of activations forward() saves for the backward of a [B, S] micro-batch (estimate
+  // from the buffers' shapes, for the memory check before training).
+  int64_t activation_bytes(int B, int S) const;
   // Parameters a token actually uses (experts counted k of E), for FLOP accounting.
   int64_t active_parameters() const;
   // Forward multiply-adds per token at sequence length S (matrices + attention scores).

@@ -1,5 +1,6 @@
 #include "moe/model_config.h"
 
+#include <algorithm>
 #include <fstream>
 #include <initializer_list>
 #include <nlohmann/json.hpp>
@@ -14,6 +15,9 @@
 namespace moe {
 
 namespace {
+
+const std::vector<std::string> kTrainableParts = {
+    "routers", "experts", "shared", "dense", "attention", "embeddings", "norms", "head", "all"};
 
 // Hugging Face keys a config.json may carry that describe nothing we compute.
 const std::set<std::string> kIgnoredHfKeys = {
@@ -33,6 +37,7 @@ void visit_train_keys(TrainConfig& c, V&& v) {
   v("data_dir", c.data_dir);
   v("data", c.data);
   v("valid_fraction", c.valid_fraction);
+  v("trainable", c.trainable);
 }
 
 template <class V>
@@ -89,6 +94,35 @@ void check_known_keys(const nlohmann::json& j, const std::set<std::string>& know
 
 }  // namespace
 
+std::vector<std::string> split_parts(const std::string& list) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= list.size()) {
+    const size_t comma = std::min(list.find(',', start), list.size());
+    out.push_back(list.substr(start, comma - start));
+    start = comma + 1;
+  }
+  return out;
+}
+
+std::string parameter_part(const std::string& name) {
+  if (name == "model.embed_tokens.weight") return "embeddings";
+  if (name == "lm_head.weight") return "head";
+  if (name.ends_with("norm.weight")) return "norms";  // block, final and q/k norms
+  if (name.find(".self_attn.") != std::string::npos) return "attention";
+  if (name.find(".router.") != std::string::npos) return "routers";
+  if (name.find(".experts.") != std::string::npos) return "experts";
+  if (name.find(".shared.") != std::string::npos) return "shared";
+  return "dense";  // the dense FFN layers
+}
+
+bool is_trainable(const std::string& name, const std::string& trainable, bool tied) {
+  const std::string part = parameter_part(name);
+  for (const std::string& p : split_parts(trainable))
+    if (p == "all" || p == part || (tied && p == "head" && part == "embeddings")) return true;
+  return false;
+}
+
 void TrainConfig::validate(const std::string& where) const {
   auto fail = [&](const char* key, const std::string& why) {
     throw Error(fmt::format("{}: training.{} {}", where, key, why));
@@ -122,6 +156,11 @@ void TrainConfig::validate(const std::string& where) const {
     fail("tokenizer", fmt::format("has value \"{}\", expected \"sentencepiece\", \"byte\" or a "
                                   "tokenizer file (.model or tokenizer.json)",
                                   tokenizer));
+  for (const std::string& part : split_parts(trainable))
+    if (std::find(kTrainableParts.begin(), kTrainableParts.end(), part) == kTrainableParts.end())
+      fail("trainable", fmt::format("names \"{}\"; the parts are routers, experts, shared, "
+                                    "dense, attention, embeddings, norms, head and all",
+                                    part));
   if (!(valid_fraction > 0 && valid_fraction < 1))
     fail("valid_fraction", fmt::format("must be in (0, 1), got {}", valid_fraction));
 }

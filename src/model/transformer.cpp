@@ -77,6 +77,37 @@ Transformer<T>::Transformer(const ModelConfig& config)
     add(layer_name(l, "self_attn."), attn_[l]->params());
     add(layer_name(l, cfg_.is_moe_layer(l) ? "block_sparse_moe." : "mlp."), ffn_[l]->params());
   }
+  for (auto& p : params_)
+    p.frozen = !is_trainable(p.name, cfg_.training.trainable, cfg_.tie_word_embeddings);
+}
+
+template <class T>
+int64_t Transformer<T>::trainable_parameters() const {
+  int64_t n = 0;
+  for (const auto& p : params_)
+    if (!p.frozen) n += p.shape.numel();
+  return n;
+}
+
+template <class T>
+int64_t Transformer<T>::activation_bytes(int B, int S) const {
+  // What forward() keeps for backward() of one micro-batch, from the buffers' shapes: the
+  // residual stream and normalized inputs per block, each attention's projections and
+  // probabilities, each FFN's hidden activations (k assignments per token in an MoE layer),
+  // the logits and their gradient.
+  const int64_t n = int64_t(B) * S, d = d_, hd = cfg_.head_size();
+  const int64_t qd = cfg_.num_attention_heads * hd, kvd = cfg_.num_key_value_heads * hd;
+  int64_t values = 2 * n * V_ + 6 * n * d;
+  for (int l = 0; l < L_; ++l) {
+    values += 4 * n * d;                                      // h, hmid, xa, xm
+    values += n * (d + 3 * qd + 4 * kvd);                     // x, q, k, v, o and gradients
+    values += int64_t(B) * cfg_.num_attention_heads * S * S;  // probabilities
+    if (cfg_.qk_norm != QkNorm::None) values += 2 * n * (qd + kvd);
+    const int64_t rows = cfg_.is_moe_layer(l) ? n * cfg_.moe.num_experts_per_tok : n;
+    const int64_t width = cfg_.is_moe_layer(l) ? cfg_.intermediate_size : cfg_.dense_width();
+    values += rows * (3 * width + 2 * d) + n * 3 * cfg_.moe.shared_hidden();
+  }
+  return values * static_cast<int64_t>(sizeof(T));
 }
 
 template <class T>
@@ -151,6 +182,8 @@ void Transformer<T>::enable_expert_parallel(ParallelGroups& groups) {
     full_ffn_[l] = std::move(ffn_[l]);
     ffn_[l] = std::move(ep);
   }
+  for (auto& p : params_)
+    p.frozen = !is_trainable(p.name, cfg_.training.trainable, cfg_.tie_word_embeddings);
 }
 
 template <class T>
