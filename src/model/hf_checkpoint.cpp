@@ -333,7 +333,10 @@ std::string hf_family_for(const ModelConfig& c) {
   if (c.num_local_experts == 0) return "qwen2_moe";  // dense: every layer in mlp_only_layers
   // Mixtral always renormalizes; we renormalize only when k > 1 (a k = 1 gate is the raw
   // probability, the Switch gate), which qwen2_moe with norm_topk_prob false reproduces.
-  if (all_moe && !shared && !c.attention_bias && m.norm_topk_prob && m.num_experts_per_tok > 1)
+  // A qwen2_moe model stays one (its config keys, its tensor names) even when mixtral could
+  // hold it too.
+  if (c.model_type != "qwen2_moe" && all_moe && !shared && !c.attention_bias && m.norm_topk_prob &&
+      m.num_experts_per_tok > 1)
     return "mixtral";
   return "qwen2_moe";
 }
