@@ -19,7 +19,7 @@ using test::expect_error;
 
 ModelConfig small_mixtral() {
   ModelConfig c;
-  c.vocab_size = 40;
+  c.vocab_size = 258;  // the byte tokenizer's, which the GGUF export writes
   c.hidden_size = 32;
   c.intermediate_size = 16;
   c.num_hidden_layers = 2;

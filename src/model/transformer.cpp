@@ -318,10 +318,15 @@ void Transformer<T>::backward(double scale, double aux_scale) {
   const T* head = tied ? base("model.embed_tokens.weight") : base("lm_head.weight");
   T* dhead = tied ? base_grad("model.embed_tokens.weight") : base_grad("lm_head.weight");
 
+  // A frozen head or embedding (training.trainable) skips its weight-gradient work.
+  const std::string& parts = cfg_.training.trainable;
+  const bool embed_trains = is_trainable("model.embed_tokens.weight", parts, tied);
+  const bool head_trains = tied ? embed_trains : is_trainable("lm_head.weight", parts, tied);
   cross_entropy_backward(dlogits_.data(), logits_.data(), targets_.data(), n, V_,
                          counted_ > 0 ? scale / counted_ : 0.0);
-  gemm<T>(Trans::Yes, Trans::No, V_, d_, n, T(1), dlogits_.data(), V_, hf_.data(), d_, T(1), dhead,
-          d_);
+  if (head_trains)
+    gemm<T>(Trans::Yes, Trans::No, V_, d_, n, T(1), dlogits_.data(), V_, hf_.data(), d_, T(1),
+            dhead, d_);
   gemm<T>(Trans::No, Trans::No, n, d_, V_, T(1), dlogits_.data(), V_, head, d_, T(0), dhf_.data(),
           d_);
   std::fill(dh_.begin(), dh_.begin() + nd, T(0));
@@ -339,7 +344,8 @@ void Transformer<T>::backward(double scale, double aux_scale) {
     rmsnorm_backward(dh_.data(), base_grad(in), dtmp_.data(), h_.data() + l * nd, base(in),
                      rstd_a_.data() + l * n, n, d_);
   }
-  embedding_backward(base_grad("model.embed_tokens.weight"), dh_.data(), inputs_.data(), n, d_);
+  if (embed_trains)
+    embedding_backward(base_grad("model.embed_tokens.weight"), dh_.data(), inputs_.data(), n, d_);
 }
 
 template <class T>
