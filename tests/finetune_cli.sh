@@ -66,7 +66,16 @@ for fam in mixtral qwen2_moe qwen3_moe olmoe; do
   grep -q "^the cat" "$dir/gen" || fail "$fam: no continuation: $(cat "$dir/gen")"
 done
 
-# --train routers: the experts of the result equal the starting model's.
+# A run as the starting point: its config, weights and tokenizer copy; training goes on.
+"$moe" train --init-from "$dir/run_olmoe" --data "$dir/text" --config "$dir/ft.json" --steps 4 \
+  --out "$dir/run_again" --no-progress > "$dir/out" 2> "$dir/log" ||
+  fail "--init-from a run failed: $(cat "$dir/log")"
+read -r l0 l1 <<< "$(first_last_loss "$dir/run_again/metrics.jsonl" | tr '\n' ' ')"
+read -r f0 f1 <<< "$(first_last_loss "$dir/run_olmoe/metrics.jsonl" | tr '\n' ' ')"
+awk -v a="$l0" -v b="$f0" 'BEGIN { exit !(a < b - 1) }' ||
+  fail "--init-from a run did not start from its weights: $l0 vs a fresh start's $f0"
+
+# --train routers: recorded in the run's config, the trainable count printed.
 "$moe" train --init-from "$dir/qwen2_moe" --data "$dir/text" --config "$dir/ft.json" \
   --train routers --out "$dir/run_routers" --no-progress > "$dir/out" 2> "$dir/log" ||
   fail "--train routers failed: $(cat "$dir/log")"

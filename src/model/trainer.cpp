@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <utility>
 
+#include "core/input_file.h"
 #include "moe/checkpoint.h"
 #include "moe/communicator.h"
 #include "moe/error.h"
@@ -160,7 +161,21 @@ int resume_from(const Checkpointer& ckpt, const ModelConfig& cfg, const TrainOpt
 // config.json and the copy of the tokenizer file. A Hugging Face tokenizer.json stays one; any
 // other tokenizer file is a sentencepiece model.
 void write_run_setup(const ModelConfig& cfg, const TrainOptions& opt) {
-  save_model_config(cfg, opt.out_dir + "/config.json");
+  // A checkpoint's tokenizer.json without a tokenizer_config.json takes its BOS/EOS ids from
+  // the config.json beside it (hf_tokenizer.h): the run's config.json carries them on (keys
+  // our config reader accepts and ignores).
+  const fs::path source_dir = fs::path(opt.tokenizer_path).parent_path();
+  if (opt.tokenizer_path.ends_with(".json") && !fs::exists(source_dir / "tokenizer_config.json") &&
+      fs::exists(source_dir / "config.json")) {
+    const nlohmann::json source = read_json_file((source_dir / "config.json").string());
+    nlohmann::json j = model_config_to_json(cfg);
+    for (const char* key : {"bos_token_id", "eos_token_id"})
+      if (source.is_object() && source.contains(key)) j[key] = source[key];
+    const std::string text = j.dump(2) + "\n";
+    write_file_atomic(opt.out_dir + "/config.json", text.data(), text.size());
+  } else {
+    save_model_config(cfg, opt.out_dir + "/config.json");
+  }
   const std::string tokenizer_copy =
       opt.out_dir +
       (opt.tokenizer_path.ends_with(".json") ? "/tokenizer.json" : "/tokenizer.model");
