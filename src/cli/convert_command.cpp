@@ -87,9 +87,20 @@ int run_convert(const ConvertArgs& a) {
   save_hf_checkpoint(*run.model, out, dtype);
   // tokenizer_config.json: our runs train with a BOS before every document.
   nlohmann::json tc = {{"add_bos_token", true}, {"add_eos_token", false}};
-  if (sentencepiece) {
-    fs::copy_file(sp_model, out + "/tokenizer.model.tmp", fs::copy_options::overwrite_existing);
-    fs::rename(out + "/tokenizer.model.tmp", out + "/tokenizer.model");
+  auto copy_into_out = [&](const std::string& file) {
+    const std::string name = fs::path(file).filename().string();
+    fs::copy_file(file, out + "/" + name + ".tmp", fs::copy_options::overwrite_existing);
+    fs::rename(out + "/" + name + ".tmp", out + "/" + name);
+  };
+  const std::string& tok = run.config.training.tokenizer;
+  const std::string own_json = a.run + "/tokenizer.json";
+  if (tok != "sentencepiece" && tok != "byte") {
+    // A model's own tokenizer (a fine-tuned checkpoint's): the run's copy goes along as is.
+    const bool json = fs::exists(own_json);
+    copy_into_out(json ? own_json : sp_model);
+    tc["tokenizer_class"] = json ? "PreTrainedTokenizerFast" : "LlamaTokenizer";
+  } else if (sentencepiece) {
+    copy_into_out(sp_model);
     tc["tokenizer_class"] = "LlamaTokenizer";
     tc["bos_token"] = "<s>";
     tc["eos_token"] = "</s>";
