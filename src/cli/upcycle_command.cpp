@@ -27,17 +27,22 @@ int run_upcycle(const UpcycleArgs& a) {
       a.out, r.family, r.source == "run" ? "the dense run" : r.source, a.dense, a.opt.experts,
       r.expert_width, a.opt.top_k, a.opt.granularity, millions(r.total_parameters),
       millions(r.active_parameters));
-  if (r.starts_dense)
+  const int K = a.opt.top_k, G = a.opt.granularity;
+  if (r.starts_dense && G == 1)
     fmt::print(
-        "it computes the dense model's function (top-{} selects {} whole group{} of the {} "
-        "slices)\n",
-        a.opt.top_k, a.opt.top_k / a.opt.granularity,
-        a.opt.top_k / a.opt.granularity == 1 ? "" : "s", a.opt.granularity);
+        "every expert is a copy of the dense MLP and the top-{} gates sum to 1: it "
+        "computes the dense model's function\n",
+        K);
+  else if (r.starts_dense)
+    fmt::print(
+        "each token's top-{} experts are {} whole cop{} of the MLP's {} slices: it computes "
+        "the dense model's function\n",
+        K, K / G, K / G == 1 ? "y" : "ies", G);
   else
     fmt::print(
-        "note: top-{} is not a multiple of granularity {}: each token sees {} of the {} "
-        "slices, so it does not start from the dense model's function\n",
-        a.opt.top_k, a.opt.granularity, a.opt.top_k, a.opt.granularity);
+        "note: top-{} is not a multiple of granularity {}: each token gets {} of the MLP's "
+        "{} slices, so it does not start from the dense model's function\n",
+        K, G, K, G);
   return 0;
 }
 
