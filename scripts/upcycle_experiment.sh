@@ -79,8 +79,9 @@ train() {  # name, then the arguments of moe train
   fi
   rm -rf "${out:?}/$name"
   echo "== $name: moe train $*"
-  "$moe" train "$@" "${data_args[@]}" --out "$out/$name" --no-progress > "$out/$name.log"
-  tail -n 1 "$out/$name.log"
+  "$moe" train "$@" "${data_args[@]}" --out "$out/$name" --no-progress > "$out/$name.log" 2>&1 ||
+    { tail -n 5 "$out/$name.log"; exit 1; }
+  grep "validation loss" "$out/$name.log" | tail -n 1
 }
 
 phase_config dense "$dense_steps"

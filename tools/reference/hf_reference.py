@@ -8,6 +8,11 @@ a dict of tensors with the checkpoint's Hugging Face names; any stored dtype is 
 to float64 and everything is computed in float64.  Used only to make and check the
 tests/fixtures/hf/ fixtures the C++ checkpoint loader is tested against.
 
+The dense families are the same decoder with a SwiGLU MLP (mlp.{gate,up,down}_proj, width
+intermediate_size) in every layer: llama and mistral plain (llama's attention_bias would put
+a bias on q/k/v/o alike), qwen2 with q/k/v biases, qwen3 with qwen3_moe's per-head q/k norm
+and explicit head_dim.
+
 What differs between the four (all else is the shared Llama-style decoder):
 
     mixtral    MoE in block_sparse_moe (experts.M.w1/w3/w2), top-k gates always
@@ -20,11 +25,6 @@ What differs between the four (all else is the shared Llama-style decoder):
     olmoe      RMSNorm over the whole projected q (H*hd) and k (G*hd) before the
                per-head reshape and RoPE; expert width intermediate_size; every
                layer MoE; norm_topk_prob
-
-The dense families are the same decoder with a SwiGLU MLP (mlp.{gate,up,down}_proj, width
-intermediate_size) in every layer: llama and mistral plain (llama's attention_bias would put
-a bias on q/k/v/o alike), qwen2 with q/k/v biases, qwen3 with qwen3_moe's per-head q/k norm
-and explicit head_dim.
 
 Public: ARCHS, head_dim, layer_is_sparse, weight_shapes, forward, greedy, and the
 pieces (rms_norm, apply_rope, attention, moe_block, swiglu, route) for the tests.
