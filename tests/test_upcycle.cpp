@@ -180,6 +180,34 @@ TEST(Upcycle, TensorsAreSlicesAndGroupedRouters) {
   EXPECT_NE(HfWeights::open(tmp.file("c")).file_of(router0).read<float>(router0).buffer(), a);
 }
 
+// Past max_shard_bytes the weights go to shards cut between layers, with the index, as
+// save_pretrained writes them; the loader reads them and the function is the same.
+TEST(Upcycle, ShardsLikeSavePretrained) {
+  test::ExactBf16Path exact;
+  TempDir tmp("upcycle");
+  UpcycleOptions opt{4, 2, 1, 7};
+  opt.max_shard_bytes = 100'000;  // one layer's experts are 147 KB
+  upcycle(fixture("llama"), tmp.file("moe"), opt);
+  EXPECT_FALSE(fs::exists(tmp.file("moe/model.safetensors")));
+  const nlohmann::json index =
+      nlohmann::json::parse(std::ifstream(tmp.file("moe/model.safetensors.index.json")));
+  const auto& map = index["weight_map"];
+  EXPECT_EQ(map["model.embed_tokens.weight"], "model-00001-of-00002.safetensors");
+  EXPECT_EQ(map["model.layers.0.block_sparse_moe.experts.3.w2.weight"],
+            "model-00001-of-00002.safetensors");
+  EXPECT_EQ(map["model.layers.1.block_sparse_moe.gate.weight"], "model-00002-of-00002.safetensors");
+  int64_t total = 0;
+  for (const char* f : {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"}) {
+    const auto file = SafeTensorsFile::open(tmp.file("moe/") + f);
+    for (const auto& n : file.names()) total += file.entry(n).end - file.entry(n).begin;
+  }
+  EXPECT_EQ(index["metadata"]["total_size"].get<int64_t>(), total);
+  auto dense = InferenceModel::load(fixture("llama"));
+  auto moe = InferenceModel::load(tmp.file("moe"));
+  const auto ids = prompts(dense->config().vocab_size);
+  EXPECT_LT(normalized_error(logits_of(*moe, ids), logits_of(*dense, ids)), 1e-6);
+}
+
 // Tokenizer and generation files travel with the checkpoint, byte for byte.
 TEST(Upcycle, CopiesTheTokenizerFiles) {
   TempDir tmp("upcycle");

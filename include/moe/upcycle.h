@@ -31,7 +31,8 @@
 // The aux-loss coefficient written is moe's default alpha 0.01 (DESIGN.md) in Hugging Face's
 // convention (0.01 / K). The output is written into a temporary sibling directory renamed to
 // `out` at the end: nothing is left behind on failure, and `out` must not exist. The dense model
-// is only read.
+// is only read (mapped, one layer's MLP in fp32 at a time); the weights are written in shards
+// (model.safetensors, or model-0000i-of-0000n.safetensors and the index, as save_pretrained).
 #pragma once
 
 #include <cstdint>
@@ -44,6 +45,9 @@ struct UpcycleOptions {
   int top_k = 2;        // K, at most E
   int granularity = 1;  // G, dividing E and the MLP width
   uint64_t seed = 0;    // the routers' draw
+  // Weights in shards of about this size (save_pretrained's default max_shard_size, 5 GB), cut
+  // between layers; what is written is held in memory up to one shard.
+  int64_t max_shard_bytes = 5'000'000'000;
 };
 
 struct UpcycleResult {

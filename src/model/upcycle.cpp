@@ -140,13 +140,6 @@ nlohmann::json upcycled_config(const nlohmann::json& dense, const std::string& f
   return j;
 }
 
-// Copies the dense model's layer tensors that keep their name, in their stored type.
-void copy_tensor(const DenseTensors& src, SafeTensorsWriter& w, const std::string& name,
-                 const Shape& shape) {
-  const std::vector<float> v = src.read(name, shape);
-  w.add(name, shape, v.data(), src.dtype(name));
-}
-
 // Removes a directory being written unless it was renamed into place.
 struct TempDirGuard {
   fs::path path;
@@ -156,6 +149,74 @@ struct TempDirGuard {
     if (!done) fs::remove_all(path, ec);
   }
 };
+
+// The weights as save_pretrained shards them: tensors collect in memory and go to a shard file
+// once a layer ends past max_bytes, so memory holds about one shard, not the whole model. One
+// shard is model.safetensors; more are model-0000i-of-0000n.safetensors and
+// model.safetensors.index.json (their number is known at the end, so they are renamed then).
+class ShardedWriter {
+ public:
+  ShardedWriter(fs::path dir, int64_t max_bytes, std::map<std::string, std::string> metadata)
+      : dir_(std::move(dir)), max_bytes_(max_bytes), metadata_(std::move(metadata)) {
+    start();
+  }
+  template <class T>
+  void add(const std::string& name, const Shape& shape, const T* data, DType stored) {
+    w_->add(name, shape, data, stored);
+    bytes_ += shape.numel() * dtype_size(stored);
+    total_ += shape.numel() * dtype_size(stored);
+    names_.push_back(name);
+  }
+  // Shards are cut between layers, never inside one.
+  void end_layer() {
+    if (bytes_ >= max_bytes_) flush();
+  }
+  void finish() {
+    if (!names_.empty() || shards_.empty()) flush();
+    const int n = static_cast<int>(shards_.size());
+    if (n == 1) {
+      fs::rename(dir_ / "shard-1", dir_ / "model.safetensors");
+      return;
+    }
+    nlohmann::json map = nlohmann::json::object();
+    for (int i = 0; i < n; ++i) {
+      const std::string file = fmt::format("model-{:05d}-of-{:05d}.safetensors", i + 1, n);
+      fs::rename(dir_ / fmt::format("shard-{}", i + 1), dir_ / file);
+      for (const std::string& name : shards_[i]) map[name] = file;
+    }
+    const nlohmann::json index = {{"metadata", {{"total_size", total_}}}, {"weight_map", map}};
+    const std::string text = index.dump(2) + "\n";
+    write_file_atomic((dir_ / "model.safetensors.index.json").string(), text.data(), text.size());
+  }
+
+ private:
+  void start() {
+    w_.emplace();
+    for (const auto& [k, v] : metadata_) w_->set_metadata(k, v);
+    bytes_ = 0;
+    names_.clear();
+  }
+  void flush() {
+    shards_.push_back(names_);
+    w_->write((dir_ / fmt::format("shard-{}", shards_.size())).string());
+    start();
+  }
+
+  fs::path dir_;
+  int64_t max_bytes_;
+  std::map<std::string, std::string> metadata_;
+  std::optional<SafeTensorsWriter> w_;
+  int64_t bytes_ = 0, total_ = 0;
+  std::vector<std::string> names_;
+  std::vector<std::vector<std::string>> shards_;  // the tensors of each written shard
+};
+
+// Copies the dense model's layer tensors that keep their name, in their stored type.
+void copy_tensor(const DenseTensors& src, ShardedWriter& w, const std::string& name,
+                 const Shape& shape) {
+  const std::vector<float> v = src.read(name, shape);
+  w.add(name, shape, v.data(), src.dtype(name));
+}
 
 // The tokenizer and generation files of a Hugging Face directory, copied as they are.
 void copy_tokenizer_files(const std::string& from, const fs::path& to) {
@@ -234,12 +295,20 @@ UpcycleResult upcycle(const std::string& dense, const std::string& out, const Up
   r.total_parameters = n.total;
   r.active_parameters = n.active;
 
+  // Everything goes into a temporary sibling directory, renamed into place at the end.
+  const fs::path target = fs::absolute(out).lexically_normal();
+  fs::create_directories(target.parent_path());
+  TempDirGuard tmp{target.parent_path() /
+                   fmt::format(".{}.upcycle-{}", target.filename().string(), getpid())};
+  fs::remove_all(tmp.path);
+  fs::create_directory(tmp.path);
+
   // The tensors: what keeps its name, then each layer's MoE block.
-  SafeTensorsWriter w;
-  w.set_metadata("format", "pt");
-  w.set_metadata("upcycled_from", fs::absolute(dense).string());
-  w.set_metadata("upcycle",
-                 fmt::format("experts={} top_k={} granularity={} seed={}", E, K, G, opt.seed));
+  ShardedWriter w(
+      tmp.path, opt.max_shard_bytes,
+      {{"format", "pt"},
+       {"upcycled_from", fs::absolute(dense).string()},
+       {"upcycle", fmt::format("experts={} top_k={} granularity={} seed={}", E, K, G, opt.seed)}});
   const int64_t V = dc.vocab_size, hd = dc.head_size();
   const int64_t qd = dc.num_attention_heads * hd, kvd = dc.num_key_value_heads * hd;
   copy_tensor(*src, w, "model.embed_tokens.weight", {V, d});
@@ -309,16 +378,9 @@ UpcycleResult upcycle(const std::string& dense, const std::string& out, const Up
       w.add(hf_tensor_name(oc, l, HfTensor::SharedDown), {d, W}, zeros.data(), t);
       w.add(hf_tensor_name(oc, l, HfTensor::SharedExpertGate), {1, d}, zeros.data(), DType::F32);
     }
+    w.end_layer();
   }
-
-  // Everything into a temporary sibling, renamed into place at the end.
-  const fs::path target = fs::absolute(out).lexically_normal();
-  fs::create_directories(target.parent_path());
-  TempDirGuard tmp{target.parent_path() /
-                   fmt::format(".{}.upcycle-{}", target.filename().string(), getpid())};
-  fs::remove_all(tmp.path);
-  fs::create_directory(tmp.path);
-  w.write((tmp.path / "model.safetensors").string());
+  w.finish();
   const std::string text = out_json.dump(2) + "\n";
   write_file_atomic((tmp.path / "config.json").string(), text.data(), text.size());
   if (run)
