@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -68,6 +69,25 @@ std::map<std::string, std::string> snapshot(const std::string& dir) {
   return out;
 }
 
+// With MOE_EXPORT_DIR set, keeps a copy of an upcycled checkpoint with the prompts and the
+// *dense* model's logits, for tools/reference/check_hf_export.py: the independent reference
+// run on the upcycled files must give the dense function (and find exactly the family's
+// tensors).
+void keep_upcycled(const std::string& dir, const std::string& name, const std::vector<int32_t>& ids,
+                   const std::vector<float>& dense_logits) {
+  const char* root = std::getenv("MOE_EXPORT_DIR");
+  if (!root || !*root) return;
+  const fs::path out = fs::path(root) / name;
+  fs::create_directories(out);
+  for (const auto& e : fs::directory_iterator(dir))
+    fs::copy_file(e.path(), out / e.path().filename(), fs::copy_options::overwrite_existing);
+  SafeTensorsWriter w;
+  const int64_t V = static_cast<int64_t>(dense_logits.size()) / (kBatch * kLen);
+  w.add<int32_t>("input_ids", {kBatch, kLen}, ids.data(), DType::I32);
+  w.add<float>("logits", {kBatch, kLen, V}, dense_logits.data(), DType::F32);
+  w.write((out / "expected.safetensors").string());
+}
+
 struct Case {
   const char* family;
   int experts, top_k, granularity;
@@ -96,6 +116,7 @@ TEST_P(UpcycleHf, ComputesTheDenseFunction) {
   const auto ids = prompts(dense->config().vocab_size);
   const auto want = logits_of(*dense, ids);
   EXPECT_LT(normalized_error(logits_of(*moe, ids), want), 1e-6);
+  keep_upcycled(out, "upcycled_" + case_name({p, 0}), ids, want);
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, UpcycleHf,
@@ -277,6 +298,7 @@ TEST(Upcycle, DenseRunBecomesMixtral) {
     auto moe = InferenceModel::load(out);
     EXPECT_EQ(moe->config().intermediate_size, 48 / G);
     EXPECT_LT(normalized_error(logits_of(*moe, ids), want), 1e-6);
+    keep_upcycled(out, fmt::format("upcycled_run_E{}_K{}_G{}", E, K, G), ids, want);
   }
 }
 
