@@ -229,6 +229,30 @@ TEST(Upcycle, ShardsLikeSavePretrained) {
   EXPECT_LT(normalized_error(logits_of(*moe, ids), logits_of(*dense, ids)), 1e-6);
 }
 
+// A key the dense config leaves out has the dense class's default, not the MoE class's: the
+// upcycled config says it explicitly (llama: rope_theta 1e4, rms_norm_eps 1e-6; Mixtral's
+// would be 1e6 and 1e-5).
+TEST(Upcycle, AbsentKeysKeepTheDenseDefaults) {
+  test::ExactBf16Path exact;
+  TempDir tmp("upcycle");
+  const std::string src = tmp.file("llama");
+  fs::copy(fixture("llama"), src);
+  nlohmann::json j = nlohmann::json::parse(std::ifstream(src + "/config.json"));
+  j.erase("rope_theta");
+  j.erase("rms_norm_eps");
+  j.erase("max_position_embeddings");
+  std::ofstream(src + "/config.json") << j.dump();
+  upcycle(src, tmp.file("moe"), {4, 2, 1, 0});
+  const ModelConfig c = load_hf_config(tmp.file("moe") + "/config.json");
+  EXPECT_EQ(c.rope_theta, 10000);
+  EXPECT_EQ(c.rms_norm_eps, 1e-6);
+  EXPECT_EQ(c.max_position_embeddings, 2048);
+  auto dense = InferenceModel::load(src);
+  auto moe = InferenceModel::load(tmp.file("moe"));
+  const auto ids = prompts(dense->config().vocab_size);
+  EXPECT_LT(normalized_error(logits_of(*moe, ids), logits_of(*dense, ids)), 1e-6);
+}
+
 // Tokenizer and generation files travel with the checkpoint, byte for byte.
 TEST(Upcycle, CopiesTheTokenizerFiles) {
   TempDir tmp("upcycle");

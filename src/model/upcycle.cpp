@@ -107,9 +107,25 @@ nlohmann::json run_as_llama_config(const ModelConfig& c, const Tokenizer& tok) {
 
 // The MoE family's config.json: the dense config's keys (ids, RoPE, norms, ...) with the
 // family's model type, expert keys and renormalized top-k.
-nlohmann::json upcycled_config(const nlohmann::json& dense, const std::string& family,
-                               const UpcycleOptions& opt, int expert_width) {
+nlohmann::json upcycled_config(const nlohmann::json& dense, const ModelConfig& dc,
+                               const std::string& family, const UpcycleOptions& opt,
+                               int expert_width) {
   nlohmann::json j = dense;
+  // The shape and numerics explicitly: a key the dense config leaves out takes the dense
+  // class's default, which the MoE class may not share (llama's rope_theta 1e4 and
+  // num_key_value_heads = num_attention_heads against Mixtral's 1e6 and 8, ...).
+  j["vocab_size"] = dc.vocab_size;
+  j["hidden_size"] = dc.hidden_size;
+  j["num_hidden_layers"] = dc.num_hidden_layers;
+  j["num_attention_heads"] = dc.num_attention_heads;
+  j["num_key_value_heads"] = dc.num_key_value_heads;
+  j["head_dim"] = dc.head_size();
+  j["max_position_embeddings"] = dc.max_position_embeddings;
+  j["rope_theta"] = dc.rope_theta;
+  j["rms_norm_eps"] = dc.rms_norm_eps;
+  j["tie_word_embeddings"] = dc.tie_word_embeddings;
+  j["initializer_range"] = dc.initializer_range;
+  j["hidden_act"] = "silu";
   // Keys of the dense config classes that the MoE ones do not have (all at values that change
   // nothing: model_config_from_hf refused the others).
   for (const char* key : {"mlp_bias", "pretraining_tp", "layer_types", "_name_or_path"})
@@ -264,6 +280,11 @@ UpcycleResult upcycle(const std::string& dense, const std::string& out, const Up
                 "{}/config.json: num_local_experts = {}: an MoE run already; upcycle takes a "
                 "dense run (num_local_experts 0)",
                 dense, rc.num_local_experts);
+    // Biases and q/k norms of a run would need their family's names and checks here.
+    MOE_REQUIRE(!rc.attention_bias && rc.qk_norm == QkNorm::None,
+                "{}/config.json: a dense run with q/k/v biases or q/k norms cannot be upcycled "
+                "yet (save it with `moe convert --to hf` first)",
+                dense);
     run.emplace(load_run(dense));
     dense_json = run_as_llama_config(run->config, *run->tokenizer);
     src = std::make_unique<RunDenseTensors>(*run);
@@ -289,7 +310,7 @@ UpcycleResult upcycle(const std::string& dense, const std::string& out, const Up
   r.expert_width = static_cast<int>(W);
   r.starts_dense = K % G == 0;
 
-  const nlohmann::json out_json = upcycled_config(dense_json, r.family, opt, r.expert_width);
+  const nlohmann::json out_json = upcycled_config(dense_json, dc, r.family, opt, r.expert_width);
   const ModelConfig oc = model_config_from_hf(out_json, out + "/config.json");
   const ParameterCount n = count_parameters(oc);
   r.total_parameters = n.total;
