@@ -317,7 +317,8 @@ UpcycleResult upcycle(const std::string& dense, const std::string& out, const Up
   r.active_parameters = n.active;
 
   // Everything goes into a temporary sibling directory, renamed into place at the end.
-  const fs::path target = fs::absolute(out).lexically_normal();
+  fs::path target = fs::absolute(out).lexically_normal();
+  if (!target.has_filename()) target = target.parent_path();  // "DIR/"
   fs::create_directories(target.parent_path());
   TempDirGuard tmp{target.parent_path() /
                    fmt::format(".{}.upcycle-{}", target.filename().string(), getpid())};
