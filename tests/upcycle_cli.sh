@@ -41,7 +41,7 @@ cmp -s "$dir/dense.txt" "$dir/moe.txt" ||
 # A Hugging Face dense family, fine-grained: 8 experts of half the width, top-2.
 "$moe" upcycle "$fixtures/hf/qwen3" --experts 8 --top-k 2 --granularity 2 --seed 3 \
   --out "$dir/q3" > "$dir/out"
-grep -q "model_type qwen3_moe from qwen3" "$dir/out" || fail "unexpected output: $(cat "$dir/out")"
+grep -q "model_type qwen3_moe from the qwen3 checkpoint" "$dir/out" || fail "unexpected output: $(cat "$dir/out")"
 "$moe" generate --model "$fixtures/hf/qwen3" --prompt-ids 5,17,33,4 --max-new-tokens 8 \
   --temperature 0 > "$dir/a.txt" 2> /dev/null
 "$moe" generate --model "$dir/q3" --prompt-ids 5,17,33,4 --max-new-tokens 8 --temperature 0 \

@@ -24,9 +24,9 @@ int run_upcycle(const UpcycleArgs& a) {
   fmt::print(
       "wrote {} (model_type {} from {} {}: {} experts of width {}, top-{}, granularity {}; "
       "{} parameters, {} active)\n",
-      a.out, r.family, r.source == "run" ? "the dense run" : r.source, a.dense, a.opt.experts,
-      r.expert_width, a.opt.top_k, a.opt.granularity, millions(r.total_parameters),
-      millions(r.active_parameters));
+      a.out, r.family, r.source == "run" ? "the dense run" : "the " + r.source + " checkpoint",
+      a.dense, a.opt.experts, r.expert_width, a.opt.top_k, a.opt.granularity,
+      millions(r.total_parameters), millions(r.active_parameters));
   const int K = a.opt.top_k, G = a.opt.granularity;
   if (r.starts_dense && G == 1)
     fmt::print(
