@@ -1,9 +1,10 @@
 // The tokenizer files of a run, written into a Hugging Face checkpoint directory made from it
 // (`moe convert --to hf`, `moe upcycle` of a dense run), so that Hugging Face and
 // `moe generate --model` tokenize exactly as training did:
-//   sentencepiece (trained here, or a .model given to --tokenizer)  tokenizer.model
-//   a tokenizer.json given to --tokenizer                            tokenizer.json (and the
-//                                                                    run's tokenizer_config.json)
+//   sentencepiece (trained here)                                     tokenizer.model
+//   a tokenizer file given to --tokenizer, or a fine-tuned model's   the run's copy as it is:
+//                                       tokenizer.json if there is one, else tokenizer.model,
+//                                       with the run's tokenizer_config.json names
 //   byte                                                             tokenizer.json: byte-level
 //                                       BPE without merges (byte b is token b), BOS 256, EOS 257
 // plus tokenizer_config.json (add_bos_token: our runs train with a BOS before every document).

@@ -368,15 +368,12 @@ int run_generate_checkpoint(const GenerateArgs& a) {
   // With --quantize the weights computed with are the quantized copies.
   const int64_t weight_bytes =
       model->quantized_bytes() > 0 ? model->quantized_bytes() : model->weight_bytes();
-  const std::string ffn =
-      c.num_local_experts > 0
-          ? fmt::format("{} experts (top-{})", c.num_local_experts, c.moe.num_experts_per_tok)
-          : std::string("dense MLPs");
   fmt::print(stderr,
-             "{}: {} ({}) with {} layers, {}; parameters {} total, {} active per token; weights "
-             "{} ({:.1f} MB: {}), loaded in {:.2f} s\n",
-             a.model, c.model_type, format, c.num_hidden_layers, ffn, count_text(n.total),
-             count_text(n.active), ggml_type_name(static_cast<uint32_t>(model->weight_type())),
+             "{}: {} ({}) with {} layers, {} experts (top-{}); parameters {} total, {} active per "
+             "token; weights {} ({:.1f} MB: {}), loaded in {:.2f} s\n",
+             a.model, c.model_type, format, c.num_hidden_layers, c.num_local_experts,
+             c.moe.num_experts_per_tok, count_text(n.total), count_text(n.active),
+             ggml_type_name(static_cast<uint32_t>(model->weight_type())),
              weight_bytes / 1e6, model->weight_types(), load_s);
   std::unique_ptr<Tokenizer> tok;
   std::vector<int32_t> prompt = prompt_ids_of(a, a.model, c.vocab_size);

@@ -69,17 +69,19 @@ void write_run_tokenizer_files(const std::string& run_dir, const TrainConfig& t,
     tc["tokenizer_class"] = "PreTrainedTokenizerFast";
     tc["bos_token"] = "<s>";
     tc["eos_token"] = "</s>";
-  } else if (t.tokenizer == "sentencepiece" || !t.tokenizer.ends_with(".json")) {
+  } else if (t.tokenizer == "sentencepiece") {
     copy_atomic(run_dir + "/tokenizer.model", out_dir + "/tokenizer.model");
     tc["tokenizer_class"] = "LlamaTokenizer";
-    if (t.tokenizer == "sentencepiece") {  // the pieces our trained models define
-      tc["bos_token"] = "<s>";
-      tc["eos_token"] = "</s>";
-      tc["unk_token"] = "<unk>";
-    }
+    tc["bos_token"] = "<s>";  // the pieces our trained models define
+    tc["eos_token"] = "</s>";
+    tc["unk_token"] = "<unk>";
   } else {
-    copy_atomic(run_dir + "/tokenizer.json", out_dir + "/tokenizer.json");
-    // Its BOS/EOS names came with it; keep them, and say that prompts start with BOS.
+    // A tokenizer file given to --tokenizer, or a model's own (a fine-tuned checkpoint's): the
+    // run's copy goes along as it is, with the BOS/EOS names of its tokenizer_config.json.
+    const bool json = fs::exists(run_dir + "/tokenizer.json");
+    const std::string file = json ? "/tokenizer.json" : "/tokenizer.model";
+    copy_atomic(run_dir + file, out_dir + file);
+    tc["tokenizer_class"] = json ? "PreTrainedTokenizerFast" : "LlamaTokenizer";
     const std::string sibling = run_dir + "/tokenizer_config.json";
     if (fs::exists(sibling)) {
       const nlohmann::json theirs = read_json_file(sibling);
