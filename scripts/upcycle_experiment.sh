@@ -63,8 +63,13 @@ base, path, steps, every, data_dir, lr, name = sys.argv[1:]
 c = json.load(open(base))
 t = c.setdefault("training", {})
 t.update(max_steps=int(steps), eval_every=int(every), checkpoint_every=0, data_dir=data_dir)
-if lr and name == "continue":
-    t["learning_rate"] = float(lr)
+if name == "continue":
+    # With --init-from the model comes from MODEL: the file holds the training settings and the
+    # z-loss the from-scratch MoE trains with (a loaded Hugging Face family has none).
+    if lr:
+        t["learning_rate"] = float(lr)
+    t.pop("tokenizer", None)  # the model's own
+    c = {"training": t, "router_z_loss_coef": c.get("router_z_loss_coef", 0.001)}
 json.dump(c, open(path, "w"), indent=2)
 PY
 }
