@@ -313,6 +313,48 @@ TEST(HfCheckpoint, UnnormalizedTopKSavesAsQwen2Moe) {
   EXPECT_LT(normalized_error(inferred.data(), ours.data(), ours.size()), 1e-5);
 }
 
+// Every family loads into the trainable model (bf16 widened), which computes the reference's
+// logits; after a few training steps it is saved back in its own family, and the inference
+// model and a reload compute what the trained model does.
+class HfFamilyTraining : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(HfFamilyTraining, LoadsTrainsAndSavesInItsFamily) {
+  test::ExactBf16Path exact;
+  const std::string dir = fixture(GetParam());
+  const ModelConfig cfg = load_hf_config(dir + "/config.json");
+  Transformer<float> model(cfg);
+  load_hf_weights(model, HfWeights::open(dir));
+  const auto expected = SafeTensorsFile::open(dir + "/expected.safetensors");
+  const auto ids = expected.read<int32_t>("input_ids");
+  const auto ref = expected.read<float>("logits");
+  const int64_t S = ids.shape()[1], V = cfg.vocab_size;
+  const std::vector<int32_t> x(ids.data(), ids.data() + S);  // the first sequence
+  const auto loaded_logits = logits_of(model, x);
+  EXPECT_LT(normalized_error(loaded_logits.data(), ref.data(), S * V), 1e-4) << GetParam();
+
+  Rng rng(3);
+  train_a_little(model, rng);
+  const auto ours = logits_of(model, x);
+  TempDir tmp(std::string("hf_family_") + GetParam());
+  save_hf_checkpoint(model, tmp.str(), DType::F32);
+  const ModelConfig back = load_hf_config(tmp.file("config.json"));
+  EXPECT_EQ(back.model_type, cfg.model_type);
+  EXPECT_EQ(back.qk_norm, cfg.qk_norm);
+  EXPECT_EQ(back.attention_bias, cfg.attention_bias);
+  for (int l = 0; l < cfg.num_hidden_layers; ++l)
+    EXPECT_EQ(back.is_moe_layer(l), cfg.is_moe_layer(l));
+  auto infer = InferenceModel::load(tmp.str());
+  const auto inferred = logits_of(*infer, x);
+  EXPECT_LT(normalized_error(inferred.data(), ours.data(), ours.size()), 1e-5) << GetParam();
+  Transformer<float> reloaded(back);
+  load_hf_weights(reloaded, HfWeights::open(tmp.str()));
+  EXPECT_EQ(logits_of(reloaded, x), ours);  // bit for bit
+}
+
+INSTANTIATE_TEST_SUITE_P(Families, HfFamilyTraining,
+                         ::testing::Values("mixtral", "mixtral_bf16", "qwen2_moe", "qwen3_moe",
+                                           "olmoe"));
+
 TEST(HfCheckpoint, RoutingHuggingFaceCannotExpressIsRefused) {
   ModelConfig c = small_config(false, 1);
   c.moe.scoring_func = ScoreFunc::Sigmoid;

@@ -1,6 +1,7 @@
-// The decoder LM: config validation, finite-difference gradients of the whole model, the
-// KV-cache path against the full forward, the optimizer against hand-computed PyTorch
-// semantics, and the golden PyTorch fixtures (tools/reference/make_model_fixtures.py).
+// The decoder LM: config validation, finite-difference gradients of the whole model (each
+// Hugging Face family's pieces included), the KV-cache path against the full forward, the
+// optimizer against hand-computed PyTorch semantics, and the golden PyTorch fixtures
+// (tools/reference/make_model_fixtures.py; family_* from hf_reference.py).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -8,6 +9,7 @@
 
 #include "model_fixture.h"
 #include "moe/error.h"
+#include "moe/hf_checkpoint.h"
 #include "moe/optimizer.h"
 #include "moe/safetensors.h"
 #include "moe/transformer.h"
@@ -157,6 +159,136 @@ TEST(Transformer, GradientsMatchFiniteDifferencesDense) {
   check_model_gradients(c);
 }
 
+// The pieces of the Hugging Face families (hf_checkpoint.h) in the trainable model.
+ModelConfig qwen2_moe_like() {
+  ModelConfig c = tiny_config(1);
+  c.model_type = "qwen2_moe";
+  c.attention_bias = true;
+  c.mlp_only_layers = {0};
+  c.moe.n_shared_experts = 1;
+  c.moe.shared_expert_intermediate_size = 6;
+  c.moe.shared_expert_gate = true;
+  c.moe.norm_topk_prob = false;
+  c.moe.aux_loss_style = AuxLossStyle::HF;
+  c.sync_moe();
+  return c;
+}
+
+ModelConfig qwen3_moe_like() {
+  ModelConfig c = tiny_config(1);
+  c.model_type = "qwen3_moe";
+  c.head_dim = 6;  // H * hd = 24 != hidden_size = 16
+  c.qk_norm = QkNorm::PerHead;
+  c.mlp_only_layers = {1};
+  c.moe.norm_topk_prob = true;
+  c.sync_moe();
+  return c;
+}
+
+ModelConfig olmoe_like() {
+  ModelConfig c = tiny_config(1);
+  c.model_type = "olmoe";
+  c.qk_norm = QkNorm::Full;
+  c.moe.norm_topk_prob = false;
+  c.sync_moe();
+  return c;
+}
+
+TEST(Transformer, GradientsMatchFiniteDifferencesQkvBiasSharedGateDenseLayer) {
+  check_model_gradients(qwen2_moe_like());
+}
+
+TEST(Transformer, GradientsMatchFiniteDifferencesPerHeadQkNormHeadDim) {
+  check_model_gradients(qwen3_moe_like());
+}
+
+TEST(Transformer, GradientsMatchFiniteDifferencesFullQkNorm) {
+  check_model_gradients(olmoe_like());
+}
+
+TEST(Transformer, FamilyPiecesHaveTheirParameters) {
+  Transformer<float> q2(qwen2_moe_like()), q3(qwen3_moe_like()), ol(olmoe_like());
+  auto shape_of = [](Transformer<float>& m, const std::string& name) {
+    for (const auto& p : m.parameters())
+      if (p.name == name) return p.shape.str();
+    return std::string("absent");
+  };
+  EXPECT_EQ(shape_of(q2, "model.layers.0.self_attn.q_proj.bias"), Shape({16}).str());
+  EXPECT_EQ(shape_of(q2, "model.layers.0.self_attn.k_proj.bias"), Shape({8}).str());
+  EXPECT_EQ(shape_of(q2, "model.layers.0.mlp.ffn.w1"), Shape({12, 16}).str());  // dense layer 0
+  EXPECT_EQ(shape_of(q2, "model.layers.1.block_sparse_moe.shared.gate"), Shape({1, 16}).str());
+  EXPECT_EQ(shape_of(q3, "model.layers.0.self_attn.q_proj.weight"), Shape({24, 16}).str());
+  EXPECT_EQ(shape_of(q3, "model.layers.0.self_attn.o_proj.weight"), Shape({16, 24}).str());
+  EXPECT_EQ(shape_of(q3, "model.layers.0.self_attn.q_norm.weight"), Shape({6}).str());
+  EXPECT_EQ(shape_of(q3, "model.layers.1.mlp.ffn.w1"), Shape({12, 16}).str());  // mlp_only_layers
+  EXPECT_EQ(shape_of(ol, "model.layers.0.self_attn.q_norm.weight"), Shape({16}).str());
+  EXPECT_EQ(shape_of(ol, "model.layers.0.self_attn.k_norm.weight"), Shape({8}).str());
+  EXPECT_EQ(shape_of(ol, "model.layers.0.self_attn.q_proj.bias"), "absent");
+}
+
+TEST(ModelConfig, FamilyKeysRoundTrip) {
+  for (const ModelConfig& c : {qwen2_moe_like(), qwen3_moe_like(), olmoe_like()}) {
+    const nlohmann::json j = model_config_to_json(c);
+    const ModelConfig back = model_config_from_json(j, "roundtrip");
+    EXPECT_EQ(back.attention_bias, c.attention_bias);
+    EXPECT_EQ(back.qk_norm, c.qk_norm);
+    EXPECT_EQ(back.mlp_only_layers, c.mlp_only_layers);
+    EXPECT_EQ(model_config_to_json(back), j);
+  }
+  nlohmann::json j = model_config_to_json(olmoe_like());
+  j["qk_norm"] = "per_token";
+  expect_error([&] { model_config_from_json(j, "c.json"); }, {"c.json: qk_norm"});
+}
+
+// --train PARTS: the frozen parameters keep their values through AdamW steps (no update, no
+// decay) and stay out of the gradient norm; the trainable ones move.
+TEST(Transformer, FrozenPartsDoNotChange) {
+  ModelConfig c = qwen2_moe_like();
+  c.training.trainable = "routers,attention";
+  c.validate();
+  Transformer<float> model(c);
+  Rng rng(4);
+  model.init_weights(rng);
+  std::vector<std::vector<float>> before;
+  for (auto& p : model.parameters()) before.emplace_back(p.value, p.value + p.shape.numel());
+  AdamW<float> opt(model.parameters(), c.training);
+  auto inputs = random_tokens(rng, 12, c.vocab_size),
+       targets = random_tokens(rng, 12, c.vocab_size);
+  double frozen_norm = 0;
+  for (int step = 0; step < 3; ++step) {
+    model.zero_grad();
+    model.forward(inputs.data(), targets.data(), 2, 6, true, &rng);
+    model.backward();
+    frozen_norm = 0;
+    for (const auto& p : model.parameters())
+      if (p.frozen)
+        for (int64_t i = 0; i < p.shape.numel(); ++i) frozen_norm += double(p.grad[i]) * p.grad[i];
+    clip_grad_norm(model.parameters(), 1.0);
+    opt.step(1e-2);
+  }
+  EXPECT_GT(frozen_norm, 0);  // their gradients exist (experts, ...); they are not applied
+  for (const auto& p : model.parameters()) {  // the frozen head's gradient is not computed
+    if (p.name != "lm_head.weight" && p.name != "model.embed_tokens.weight") continue;
+    for (int64_t i = 0; i < p.shape.numel(); ++i) {
+      ASSERT_EQ(p.grad[i], 0.0f) << p.name;
+    }
+  }
+  int frozen = 0, trained = 0;
+  for (size_t k = 0; k < model.parameters().size(); ++k) {
+    const auto& p = model.parameters()[k];
+    const bool same = std::equal(before[k].begin(), before[k].end(), p.value);
+    const std::string part = parameter_part(p.name);
+    EXPECT_EQ(p.frozen, part != "routers" && part != "attention") << p.name;
+    EXPECT_EQ(same, p.frozen) << p.name;
+    (p.frozen ? frozen : trained)++;
+  }
+  EXPECT_GT(frozen, 0);
+  EXPECT_GT(trained, 0);
+  EXPECT_LT(model.trainable_parameters(), model.num_parameters());
+  c.training.trainable = "routers,gates";
+  expect_error([&] { c.validate("c.json"); }, {"c.json: training.trainable", "gates"});
+}
+
 TEST(Transformer, BackwardScaleIsLinear) {
   const ModelConfig cfg = tiny_config(2);
   Transformer<double> model(cfg);
@@ -197,6 +329,32 @@ TEST(Transformer, CachedGenerationMatchesFullForward) {
     lm.forward(tokens.data() + s, 1, 1, caches, last.data());
     test::expect_close("step " + std::to_string(s), last.data(), full.data() + s * cfg.vocab_size,
                        cfg.vocab_size, 1e-5);
+  }
+}
+
+TEST(Transformer, CachedGenerationMatchesFullForwardForEachFamily) {
+  for (const ModelConfig& cfg : {qwen2_moe_like(), qwen3_moe_like(), olmoe_like()}) {
+    Transformer<float> model(cfg);
+    Rng rng(12);
+    model.init_weights(rng);
+    for (auto& p : model.parameters())  // biases and norm weights away from 0 and 1
+      if (p.shape.ndim == 1)
+        for (int64_t i = 0; i < p.shape.numel(); ++i) p.value[i] += 0.3f * float(rng.normal());
+    const int S = 7;
+    auto tokens = random_tokens(rng, S, cfg.vocab_size);
+    model.forward(tokens.data(), nullptr, 1, S);
+    std::vector<float> full(model.logits(), model.logits() + S * cfg.vocab_size);
+    TransformerLm lm(model);
+    auto caches = lm.new_caches(1, S);
+    std::vector<float> last(cfg.vocab_size);
+    lm.forward(tokens.data(), 1, 3, caches, last.data());
+    test::expect_close(cfg.model_type + " prompt", last.data(), full.data() + 2 * cfg.vocab_size,
+                       cfg.vocab_size, 1e-5);
+    for (int s = 3; s < S; ++s) {
+      lm.forward(tokens.data() + s, 1, 1, caches, last.data());
+      test::expect_close(cfg.model_type + " step " + std::to_string(s), last.data(),
+                         full.data() + s * cfg.vocab_size, cfg.vocab_size, 1e-5);
+    }
   }
 }
 
@@ -272,8 +430,8 @@ using test::open_golden;
 using test::read_batch;
 
 template <class T>
-void check_golden(const std::string& name, double grad_tol, double loss_tol, double traj_tol) {
-  Golden g = open_golden(name);
+void check_golden_model(Golden& g, const std::string& name, double grad_tol, double loss_tol,
+                        double traj_tol) {
   Transformer<T> model(g.cfg);
   for (auto& p : model.parameters()) g.file.read_into("param." + p.name, p.shape, p.value);
   std::vector<int32_t> in, tg;
@@ -313,6 +471,59 @@ void check_golden(const std::string& name, double grad_tol, double loss_tol, dou
     test::expect_close(name + " final " + p.name, p.value, ref.data(), p.shape.numel(),
                        traj_tol * 10);
   }
+}
+
+template <class T>
+void check_golden(const std::string& name, double grad_tol, double loss_tol, double traj_tol) {
+  Golden g = open_golden(name);
+  check_golden_model<T>(g, name, grad_tol, loss_tol, traj_tol);
+}
+
+// A family fixture: the model config is what model_config_from_hf reads from the checkpoint's
+// config.json, with the recorded training keys.
+Golden open_family_golden(const std::string& name) {
+  const std::string path = test::fixture_dir() + "/model/" + name + ".safetensors";
+  SafeTensorsFile f = SafeTensorsFile::open(path);
+  const ModelConfig hf = model_config_from_hf(nlohmann::json::parse(f.metadata("hf_config")), path);
+  nlohmann::json j = model_config_to_json(hf);
+  const nlohmann::json training = nlohmann::json::parse(f.metadata("training"));
+  for (const auto& [key, value] : training.items()) j["training"][key] = value;
+  ModelConfig cfg = model_config_from_json(j, path);
+  const int steps = std::stoi(f.metadata("steps"));
+  return {std::move(f), cfg, cfg.training.batch_size, cfg.training.seq_len, steps};
+}
+
+template <class T>
+void check_family_golden(const std::string& model_type, double grad_tol, double loss_tol,
+                         double traj_tol) {
+  Golden g = open_family_golden("family_" + model_type);
+  ASSERT_EQ(g.cfg.model_type, model_type);
+  check_golden_model<T>(g, "family_" + model_type, grad_tol, loss_tol, traj_tol);
+}
+
+TEST(GoldenFamily, MixtralFloat) {
+  check_family_golden<float>("mixtral", 1e-4, 1e-5, 1e-5);
+}
+TEST(GoldenFamily, MixtralDouble) {
+  check_family_golden<double>("mixtral", 1e-10, 1e-12, 1e-10);
+}
+TEST(GoldenFamily, Qwen2MoeFloat) {
+  check_family_golden<float>("qwen2_moe", 1e-4, 1e-5, 1e-5);
+}
+TEST(GoldenFamily, Qwen2MoeDouble) {
+  check_family_golden<double>("qwen2_moe", 1e-10, 1e-12, 1e-10);
+}
+TEST(GoldenFamily, Qwen3MoeFloat) {
+  check_family_golden<float>("qwen3_moe", 1e-4, 1e-5, 1e-5);
+}
+TEST(GoldenFamily, Qwen3MoeDouble) {
+  check_family_golden<double>("qwen3_moe", 1e-10, 1e-12, 1e-10);
+}
+TEST(GoldenFamily, OlmoeFloat) {
+  check_family_golden<float>("olmoe", 1e-4, 1e-5, 1e-5);
+}
+TEST(GoldenFamily, OlmoeDouble) {
+  check_family_golden<double>("olmoe", 1e-10, 1e-12, 1e-10);
 }
 
 TEST(Golden, TinyMixedFloat) {

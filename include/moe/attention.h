@@ -1,6 +1,8 @@
 // Grouped-query causal self-attention with RoPE (Mixtral/Llama), forward and backward side by
 // side, plus a cached forward for generation. Exact math: docs/model.md.
-//   q = x Wq^T [n, H*hd], k = x Wk^T, v = x Wv^T [n, G*hd]; RoPE (HF rotate_half) on q and k;
+//   q = x Wq^T (+ bq) [n, H*hd], k = x Wk^T (+ bk), v = x Wv^T (+ bv) [n, G*hd] (biases:
+//   qwen2_moe); optional RMSNorm of q and k (qwen3_moe per head, olmoe over the whole
+//   projection); RoPE (HF rotate_half) on q and k;
 //   query head j reads kv head j / (H/G); P = softmax(q k^T / sqrt(hd)) causal within each
 //   sequence; o = P v [n, H*hd]; out = o Wo^T [n, d].
 // The forward SAVES the softmax probabilities [B, H, S, S] (llm.c style; at the sizes this
@@ -20,6 +22,13 @@
 
 namespace moe {
 
+// RMSNorm on the attention queries and keys before RoPE, as the Hugging Face families differ.
+enum class QkNorm {
+  None,
+  PerHead,  // qwen3_moe: one weight [head_dim] applied to every head
+  Full,     // olmoe: one weight over the whole projection, [H*hd] for q and [G*hd] for k
+};
+
 struct AttentionConfig {
   int hidden_size = 0;   // d
   int num_heads = 0;     // H (num_attention_heads)
@@ -31,6 +40,9 @@ struct AttentionConfig {
   // of RoPE. The defaults are the decoder's. forward_cached requires causal.
   bool causal = true;
   bool rope = true;
+  bool qkv_bias = false;          // q/k/v projections carry a bias (qwen2_moe)
+  QkNorm qk_norm = QkNorm::None;  // RMSNorm of q and k before RoPE (qwen3_moe, olmoe)
+  double norm_eps = 1e-6;         // that RMSNorm's epsilon (the model's rms_norm_eps)
   // Throws moe::Error "where: <HF key name> ..." for the first bad value.
   void validate(const std::string& where) const;
 };
@@ -71,9 +83,11 @@ template <class T>
 class Attention {
  public:
   explicit Attention(const AttentionConfig& c);
-  void init_weights(Rng& rng, double std);  // all four matrices ~ N(0, std)
+  // The four matrices ~ N(0, std), biases 0, q/k norm weights 1.
+  void init_weights(Rng& rng, double std);
   // "q_proj.weight" [H*hd, d], "k_proj.weight" [G*hd, d], "v_proj.weight" [G*hd, d],
-  // "o_proj.weight" [d, H*hd]
+  // "o_proj.weight" [d, H*hd]; with qkv_bias "{q,k,v}_proj.bias" [H*hd], [G*hd], [G*hd]; with
+  // qk_norm "q_norm.weight", "k_norm.weight": [hd] (PerHead) or [H*hd], [G*hd] (Full).
   ParamSet<T>& params() { return params_; }
   // x, out [B*S, d] (row = b*S + s), causal within each sequence, positions 0..S-1.
   void forward(View<const T> x, int B, int S, View<T> out);
@@ -88,20 +102,32 @@ class Attention {
   const std::vector<T>& probabilities() const { return att_; }  // [B, H, S, S] of the last forward
 
  private:
+  // q, k, v of `rows` tokens (positions start + r % seq_len): projections, biases, q/k norm,
+  // RoPE. With `save` the pre-norm q, k and the norms' rstd are kept for backward().
+  void project(const T* x, int64_t rows, int64_t seq_len, int64_t start, T* q, T* k, T* v,
+               bool save);
+  // The norm's rows and width for q (width = qd_) or k (kvd_): per head or whole projection.
+  int64_t norm_rows(int64_t tokens, int heads) const;
+  int64_t norm_width(int64_t projection) const;
+
   AttentionConfig c_;
   int qd_ = 0, kvd_ = 0;  // H*hd, G*hd
   ParamSet<T> params_;
-  std::vector<T> cos_, sin_;  // [max_positions, hd/2]
-  int B_ = 0, S_ = 0;         // shape of the last forward
-  std::vector<T> x_;          // [n, d] input of the last forward
-  std::vector<T> q_;          // [n, H*hd] after RoPE
-  std::vector<T> k_, v_;      // [n, G*hd], k after RoPE
-  std::vector<T> att_;        // [B, H, S, S] probabilities, zero above the diagonal
-  std::vector<T> o_;          // [n, H*hd] attention output before o_proj
-  std::vector<T> do_, dq_;    // [n, H*hd]
-  std::vector<T> dk_, dv_;    // [n, G*hd]
-  std::vector<T> scratch_;    // [threads, S*S] (backward dP) or [threads, n*capacity] (cached)
+  std::vector<T> cos_, sin_;        // [max_positions, hd/2]
+  int B_ = 0, S_ = 0;               // shape of the last forward
+  std::vector<T> x_;                // [n, d] input of the last forward
+  std::vector<T> q_;                // [n, H*hd] after RoPE
+  std::vector<T> k_, v_;            // [n, G*hd], k after RoPE
+  std::vector<T> qraw_, kraw_;      // with qk_norm: q, k before the norm
+  std::vector<T> rstd_q_, rstd_k_;  // with qk_norm: [norm rows]
+  std::vector<T> dqraw_, dkraw_;    // with qk_norm: gradients before the norm
+  std::vector<T> att_;              // [B, H, S, S] probabilities, zero above the diagonal
+  std::vector<T> o_;                // [n, H*hd] attention output before o_proj
+  std::vector<T> do_, dq_;          // [n, H*hd]
+  std::vector<T> dk_, dv_;          // [n, G*hd]
+  std::vector<T> scratch_;  // [threads, S*S] (backward dP) or [threads, n*capacity] (cached)
   std::vector<T> cq_, ck_, cv_, co_;  // forward_cached: [B*n, H*hd], [B*n, G*hd] x2, [B*n, H*hd]
+  std::vector<T> cached_rstd_q_, cached_rstd_k_;  // forward_cached with qk_norm
 };
 
 }  // namespace moe

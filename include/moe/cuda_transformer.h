@@ -9,9 +9,9 @@
 // Precision: every matrix product outside the MoE layers (q/k/v/o projections, attention
 // scores and P V, dense FFN, LM head, and all their gradients) is a cuBLAS fp32 GEMM in the
 // default math mode (no TF32), so those parts follow Transformer<float> to float rounding;
-// the MoE layers run their experts in bf16 with fp32 accumulation (cuda_moe_layer.h). Reductions the
-// CPU does in double (RMSNorm mean square and backward dot, softmax and cross-entropy sums,
-// the gradient norm) are in double here too, over fixed trees: results are deterministic.
+// the MoE layers run their experts in bf16 with fp32 accumulation (cuda_moe_layer.h). Reductions
+// the CPU does in double (RMSNorm mean square and backward dot, softmax and cross-entropy sums, the
+// gradient norm) are in double here too, over fixed trees: results are deterministic.
 //
 // Parameters have the names, shapes and order of Transformer<float>::parameters(), so a CPU
 // model or checkpoint can be copied in, trained here and copied back (copy_from / copy_to,
@@ -49,6 +49,18 @@ inline void cuda_transformer_check_supported(const ModelConfig& c) {
     throw Error(
         "CudaTransformer: hidden_act other than silu (SwiGLU) is not supported by the CUDA "
         "backend (docs/cuda.md)");
+  if (c.attention_bias)
+    throw Error(
+        "CudaTransformer: attention_bias (q/k/v biases, qwen2_moe) is not supported by the CUDA "
+        "backend (docs/cuda.md); train on the CPU");
+  if (c.qk_norm != QkNorm::None)
+    throw Error(
+        "CudaTransformer: qk_norm (qwen3_moe, olmoe) is not supported by the CUDA backend "
+        "(docs/cuda.md); train on the CPU");
+  if (c.training.trainable != "all")
+    throw Error(
+        "CudaTransformer: training.trainable (--train) other than all is not supported by the "
+        "CUDA backend (docs/cuda.md); train on the CPU");
   bool has_moe = false;
   for (int l = 0; l < c.num_hidden_layers; ++l) has_moe |= c.is_moe_layer(l);
   if (has_moe) cuda_check_supported(c.moe, "CudaTransformer");

@@ -90,11 +90,14 @@ class HfWeights {
   std::map<std::string, int> where_;  // tensor -> index into files_
 };
 
-// The Hugging Face family that represents a model trained here exactly: "mixtral" when every
-// layer is MoE and there is no shared expert, else "qwen2_moe" (dense layers through
-// decoder_sparse_step; shared experts merged into its one gated shared expert; zero q/k/v
-// biases). A setting neither family has (sigmoid scoring, a selection bias, group-limited
-// routing, ungated shared experts, GELU experts) is an error naming the key.
+// The Hugging Face family that represents a model trained here exactly: a per-head q/k norm
+// makes it "qwen3_moe" and a whole-projection one "olmoe" (a fine-tuned checkpoint goes back
+// to its own family); else "mixtral" when every layer is MoE and there is no shared expert or
+// bias, else "qwen2_moe" (dense layers through decoder_sparse_step / mlp_only_layers; shared
+// experts merged into its one gated shared expert; zero q/k/v biases when the model has none).
+// A setting the family cannot hold (sigmoid scoring, a selection bias, group-limited routing,
+// ungated shared experts, GELU experts, a shared expert with q/k norms, ...) is an error
+// naming the key.
 std::string hf_family_for(const ModelConfig& c);
 
 // Writes config.json and model.safetensors (matrices in `dtype`: F32, BF16 or F16; norms and
@@ -103,8 +106,9 @@ void save_hf_checkpoint(Transformer<float>& model, const std::string& dir, DType
 // The config.json save_hf_checkpoint writes.
 nlohmann::json hf_config_json(const ModelConfig& c, DType dtype);
 
-// Loads a mixtral-family checkpoint into a trainable model built from load_hf_config(): every
-// tensor must be present with its shape (error names the file and tensor).
+// Loads a checkpoint of any of the four families into a trainable model built from
+// load_hf_config(), BF16/F16 widened to float: every tensor must be present with its shape
+// (error names the file and tensor). Experts stored one tensor per expert.
 void load_hf_weights(Transformer<float>& model, const HfWeights& w);
 
 }  // namespace moe

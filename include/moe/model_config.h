@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "moe/attention.h"  // QkNorm
 #include "moe/moe_config.h"
 
 namespace moe {
@@ -41,15 +42,11 @@ struct TrainConfig {
   std::string data_dir = "data";  // moe's data cache (data.h); relative: to the config file
   std::string data;               // the user's text (file or directory); "": the bundled corpus
   double valid_fraction = 0.05;   // held-out share of the user's documents (data.h)
+  // The parts that train (comma list of routers, experts, shared, dense, attention, embeddings,
+  // norms, head, all); the others are frozen: no AdamW update, no weight decay.
+  std::string trainable = "all";
 
   void validate(const std::string& where) const;
-};
-
-// RMSNorm on the attention queries and keys before RoPE, as the loaded families differ.
-enum class QkNorm {
-  None,
-  PerHead,  // qwen3_moe: one weight [head_dim] applied to every head
-  Full,     // olmoe: one weight over the whole projection, [H*hd] for q and [G*hd] for k
 };
 
 // The defaults are the default small MoE `moe train` trains (configs/default.json holds the same).
@@ -71,8 +68,7 @@ struct ModelConfig {
   int moe_every = 1;                // layer l is MoE iff (l + 1) % moe_every == 0
   int dense_intermediate_size = 0;  // width of the dense layers; 0: intermediate_size
   MoeConfig moe;                    // routing keys; hidden_size/width/experts mirror the above
-  // Variants of the Hugging Face families the inference model runs (hf_checkpoint.h); the
-  // trainable Transformer implements the mixtral family only, where these keep their defaults.
+  // Variants of the Hugging Face families (hf_checkpoint.h), trained and run alike.
   bool attention_bias = false;       // q/k/v projections carry a bias (qwen2_moe)
   QkNorm qk_norm = QkNorm::None;     // qwen3_moe: PerHead, olmoe: Full
   std::vector<int> mlp_only_layers;  // dense layers whatever moe_every says (qwen2/3_moe)
@@ -93,6 +89,14 @@ struct ModelConfig {
   // intermediate_size plus the shared experts (the router's E*d is left out: under 1%).
   int matched_dense_width() const;
 };
+
+// "a,b" -> {"a", "b"}.
+std::vector<std::string> split_parts(const std::string& list);
+// Which part of TrainConfig::trainable a parameter (docs/model.md names) belongs to.
+std::string parameter_part(const std::string& name);
+// Whether parameter `name` trains under `trainable` (with tied embeddings "head" trains the
+// shared embedding too).
+bool is_trainable(const std::string& name, const std::string& trainable, bool tied);
 
 ModelConfig model_config_from_json(const nlohmann::json& j, const std::string& where);
 nlohmann::json model_config_to_json(const ModelConfig& c);

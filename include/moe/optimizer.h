@@ -22,6 +22,9 @@ struct ParamRef {
   T* grad = nullptr;   // [shape]
   Shape shape;
   bool decay = true;  // weight decay applies (not to 1-d tensors: the norms)
+  // Left out of training (TrainConfig::trainable): no AdamW update or moments, no decay, and
+  // not in the gradient norm (torch: requires_grad = false).
+  bool frozen = false;
 };
 
 // Learning rate of optimizer step `step` (0-based).

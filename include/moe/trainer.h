@@ -77,7 +77,20 @@ struct TrainOptions {
   // Builds the device that runs each step (null: make_cpu_step_device); called once the config
   // is final. Not with expert parallelism.
   std::function<std::unique_ptr<StepDevice>(const ModelConfig&)> device;
+  // Fine-tuning (moe train --init-from): sets the initial weights after the random init (a
+  // resumed run then takes its checkpoint's). Null: the random init.
+  std::function<void(Transformer<float>&)> init_weights;
 };
+
+// The memory training needs (bytes): weights, their gradients, the AdamW moments of the
+// trainable part and the activations of one micro-batch.
+struct TrainingMemory {
+  int64_t weights = 0, gradients = 0, moments = 0, activations = 0;
+  int64_t total() const { return weights + gradients + moments + activations; }
+};
+TrainingMemory training_memory(const Transformer<float>& model, int batch, int seq_len);
+// MemAvailable of /proc/meminfo in bytes, or -1 where it cannot be read.
+int64_t available_memory();
 
 struct EvalResult {
   double loss = 0;  // mean cross-entropy over all counted targets

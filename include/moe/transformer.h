@@ -1,8 +1,11 @@
-// The Mixtral-shaped decoder LM of docs/model.md: token embedding, L pre-norm blocks (RMSNorm,
-// grouped-query causal attention with RoPE, RMSNorm, MoE or dense SwiGLU FFN), final RMSNorm,
-// LM head (tied optional). forward() saves every activation the backward needs; backward()
-// accumulates parameter gradients (+=) of scale * loss. Buffers grow to the largest batch seen
-// and are reused, so steady-state training steps do not reallocate them.
+// The decoder LM of docs/model.md: token embedding, L pre-norm blocks (RMSNorm, grouped-query
+// causal attention with RoPE, RMSNorm, MoE or dense SwiGLU FFN), final RMSNorm, LM head (tied
+// optional); with the pieces of the Hugging Face MoE families (hf_checkpoint.h): q/k/v biases,
+// q/k RMSNorm per head or over the projection, explicit head_dim, dense layers by moe_every and
+// mlp_only_layers, the gated shared expert, gates renormalized or not. forward() saves every
+// activation the backward needs; backward() accumulates parameter gradients (+=) of scale * loss.
+// Buffers grow to the largest batch seen and are reused, so steady-state training steps do not
+// reallocate them.
 #pragma once
 
 #include <memory>
@@ -45,6 +48,11 @@ class Transformer {
   const ModelConfig& config() const { return cfg_; }
   std::vector<ParamRef<T>>& parameters() { return params_; }
   int64_t num_parameters() const;
+  // Parameters that train (not frozen by training.trainable).
+  int64_t trainable_parameters() const;
+  // Bytes of activations forward() saves for the backward of a [B, S] micro-batch (estimate
+  // from the buffers' shapes, for the memory check before training).
+  int64_t activation_bytes(int B, int S) const;
   // Parameters a token actually uses (experts counted k of E), for FLOP accounting.
   int64_t active_parameters() const;
   // Forward multiply-adds per token at sequence length S (matrices + attention scores).

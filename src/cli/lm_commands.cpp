@@ -19,6 +19,7 @@
 #include "moe/inference_model.h"
 #include "moe/parallel.h"
 #include "moe/report.h"
+#include "moe/trainable_model.h"
 #include "moe/trainer.h"
 #include "moe/vit.h"
 #include "vit_commands.h"
@@ -36,8 +37,9 @@ void log_line(const std::string& s) {
 
 struct TrainArgs {
   std::string config_path, out = "runs/default", data, data_dir, tokenizer;
-  double valid_fraction = 0;   // 0: training.valid_fraction
-  std::string device = "cpu";  // where the training steps run: cpu or cuda
+  std::string init_from, train_parts;  // fine-tuning: the starting model, the parts that train
+  double valid_fraction = 0;           // 0: training.valid_fraction
+  std::string device = "cpu";          // where the training steps run: cpu or cuda
   int steps = 0, threads = 0, stop_after = 0;
   bool resume = false, dense = false, match_active = false, no_progress = false;
   bool print_config = false;
@@ -77,7 +79,25 @@ int run_train(const TrainArgs& a) {
               "--device cuda: this moe was built without the CUDA backend (configure with "
               "-DMOE_CUDA=ON, docs/cuda.md)");
 #endif
-  ModelConfig cfg = a.config_path.empty() ? ModelConfig{} : load_model_config(a.config_path);
+  // Fine-tuning: the model's config and weights; --config then adds training and routing keys.
+  std::shared_ptr<TrainableModel> init;
+  ModelConfig cfg;
+  if (!a.init_from.empty()) {
+    MOE_REQUIRE(!a.dense, "--dense: a fine-tuned model keeps the experts of --init-from");
+    init = std::make_shared<TrainableModel>(load_trainable_model(a.init_from));
+    cfg = init->config;
+    if (!a.config_path.empty()) cfg = with_training_settings_file(cfg, a.config_path);
+    if (a.tokenizer.empty()) {
+      MOE_REQUIRE(!init->tokenizer.empty(),
+                  "{}: no tokenizer.json or tokenizer.model: give the model's tokenizer with "
+                  "--tokenizer",
+                  a.init_from);
+      cfg.training.tokenizer = init->tokenizer;
+    }
+  } else if (!a.config_path.empty()) {
+    cfg = load_train_config(a.config_path);
+  }
+  if (!a.train_parts.empty()) cfg.training.trainable = a.train_parts;
   if (a.resume && a.config_path.empty() &&
       std::filesystem::exists(a.out + "/config.json"))  // resume keeps the run's own config
     cfg = load_model_config(a.out + "/config.json");
@@ -138,7 +158,11 @@ int run_train(const TrainArgs& a) {
     prepare(true);
   else if (!rank0_first(*par->world, prepare))
     return 1;  // rank 0 reports the failure
-  if (data.tokenizer->vocab_size() != cfg.vocab_size) {
+  if (init) {  // the model's embedding rows stay; the tokenizer must fit in them
+    MOE_REQUIRE(data.tokenizer->vocab_size() <= cfg.vocab_size,
+                "{}: the tokenizer has {} tokens, more than the model's vocab_size = {}",
+                cfg.training.tokenizer, data.tokenizer->vocab_size(), cfg.vocab_size);
+  } else if (data.tokenizer->vocab_size() != cfg.vocab_size) {
     log_line(fmt::format("vocab_size {} -> {} to match the {} tokenizer", cfg.vocab_size,
                          data.tokenizer->vocab_size(), cfg.training.tokenizer));
     cfg.vocab_size = data.tokenizer->vocab_size();
@@ -156,6 +180,11 @@ int run_train(const TrainArgs& a) {
     opt.device = [](const ModelConfig& c) { return make_cuda_step_device(c); };
 #endif
   opt.tokenizer_path = data.tokenizer_file;
+  if (init)
+    opt.init_weights = [init](Transformer<float>& m) {
+      copy_weights(*init->model, m);
+      log_line(fmt::format("weights from {}", init->config.model_type));
+    };
   if (rank == 0)
     log_line(fmt::format("training {} on {} train / {} validation tokens, {} threads -> {}{}",
                          cfg.num_local_experts > 0 ? "MoE" : "dense", data.train.size(),
@@ -373,8 +402,8 @@ int run_generate_checkpoint(const GenerateArgs& a) {
              "token; weights {} ({:.1f} MB: {}), loaded in {:.2f} s\n",
              a.model, c.model_type, format, c.num_hidden_layers, c.num_local_experts,
              c.moe.num_experts_per_tok, count_text(n.total), count_text(n.active),
-             ggml_type_name(static_cast<uint32_t>(model->weight_type())),
-             weight_bytes / 1e6, model->weight_types(), load_s);
+             ggml_type_name(static_cast<uint32_t>(model->weight_type())), weight_bytes / 1e6,
+             model->weight_types(), load_s);
   std::unique_ptr<Tokenizer> tok;
   std::vector<int32_t> prompt = prompt_ids_of(a, a.model, c.vocab_size);
   if (a.prompt_ids.empty()) {
@@ -439,6 +468,12 @@ std::function<int()> add_train_command(CLI::App& app) {
   c->add_option("--config", a->config_path, "config.json (Hugging Face style + \"training\")")
       ->check(CLI::ExistingFile);
   c->add_option("--out", a->out, "run directory")->capture_default_str();
+  c->add_option("--init-from", a->init_from,
+                "fine-tune MODEL: a run or a Hugging Face checkpoint directory (its config, "
+                "weights and tokenizer; --config then holds training and routing keys only)");
+  c->add_option("--train", a->train_parts,
+                "parts that train, comma list of routers, experts, shared, dense, attention, "
+                "embeddings, norms, head, all (default all); the others are frozen");
   c->add_option("--steps", a->steps, "optimizer steps (overrides training.max_steps)")
       ->check(CLI::PositiveNumber);
   c->add_flag("--resume", a->resume, "continue the run in --out from its checkpoint");

@@ -228,7 +228,8 @@ ModelConfig model_config_from_hf(const nlohmann::json& j, const std::string& whe
     m.shared_expert_gate = true;
   }
   m.aux_loss_style = AuxLossStyle::HF;
-  m.capacity_factor = 0;  // Hugging Face's blocks are dropless
+  m.router_z_loss_coef = 0;  // the families' training loss has no router z-loss
+  m.capacity_factor = 0;     // Hugging Face's blocks are dropless
 
   refuse_unsupported_keys(j, get, where, c, qwen ? "use_sliding_window" : nullptr);
   c.sync_moe();
@@ -384,21 +385,42 @@ std::string hf_family_for(const ModelConfig& c) {
   auto refuse = [&](const char* key, const std::string& why) {
     throw Error(fmt::format("cannot save as a Hugging Face checkpoint: {} {}", key, why));
   };
+  if (c.num_local_experts > 0) {
+    if (m.scoring_func != ScoreFunc::Softmax)
+      refuse("scoring_func", "is sigmoid; the Hugging Face families route by softmax");
+    if (m.use_selection_bias)
+      refuse("use_selection_bias", "is true; the families have no selection bias");
+    if (m.n_group > 1) refuse("n_group", "> 1; the families have no group-limited routing");
+    if (m.routed_scaling_factor != 1.0)
+      refuse("routed_scaling_factor", "is not 1; the families have no gate scaling");
+    if (m.hidden_act != Activation::SwiGLU) refuse("hidden_act", "is gelu; the families use silu");
+    if (m.n_shared_experts > 0 && !m.shared_expert_gate)
+      refuse("shared_expert_gate", "is false; Qwen2-MoE's shared expert is always gated");
+  }
+  bool all_moe = c.num_local_experts > 0;
+  for (int l = 0; l < c.num_hidden_layers; ++l) all_moe = all_moe && c.is_moe_layer(l);
+  const bool shared = c.num_local_experts > 0 && m.n_shared_experts > 0;
+  // q/k norms exist in one family each: the model is saved in that family or not at all.
+  if (c.qk_norm == QkNorm::PerHead) {
+    if (shared)
+      refuse("n_shared_experts", "> 0; qwen3_moe (per-head q/k norm) has no shared expert");
+    if (c.attention_bias)
+      refuse("attention_bias", "is true; qwen3_moe's bias would include o_proj, which we lack");
+    return "qwen3_moe";
+  }
+  if (c.qk_norm == QkNorm::Full) {
+    if (shared) refuse("n_shared_experts", "> 0; olmoe (whole-projection q/k norm) has none");
+    if (!all_moe) refuse("mlp_only_layers / moe_every", "make dense layers; olmoe has none");
+    if (c.attention_bias) refuse("attention_bias", "is true; olmoe's bias would include o_proj");
+    return "olmoe";
+  }
   if (c.num_local_experts == 0) return "qwen2_moe";  // dense: every layer in mlp_only_layers
-  if (m.scoring_func != ScoreFunc::Softmax)
-    refuse("scoring_func", "is sigmoid; the Hugging Face families route by softmax");
-  if (m.use_selection_bias)
-    refuse("use_selection_bias", "is true; the families have no selection bias");
-  if (m.n_group > 1) refuse("n_group", "> 1; the families have no group-limited routing");
-  if (m.routed_scaling_factor != 1.0)
-    refuse("routed_scaling_factor", "is not 1; the families have no gate scaling");
-  if (m.hidden_act != Activation::SwiGLU) refuse("hidden_act", "is gelu; the families use silu");
-  if (m.n_shared_experts > 0 && !m.shared_expert_gate)
-    refuse("shared_expert_gate", "is false; Qwen2-MoE's shared expert is always gated");
-  const bool all_moe = c.moe_every == 1;
   // Mixtral always renormalizes; we renormalize only when k > 1 (a k = 1 gate is the raw
   // probability, the Switch gate), which qwen2_moe with norm_topk_prob false reproduces.
-  if (all_moe && m.n_shared_experts == 0 && m.norm_topk_prob && m.num_experts_per_tok > 1)
+  // A qwen2_moe model stays one (its config keys, its tensor names) even when mixtral could
+  // hold it too.
+  if (c.model_type != "qwen2_moe" && all_moe && !shared && !c.attention_bias && m.norm_topk_prob &&
+      m.num_experts_per_tok > 1)
     return "mixtral";
   return "qwen2_moe";
 }
@@ -408,7 +430,10 @@ nlohmann::json hf_config_json(const ModelConfig& c, DType dtype) {
   const MoeConfig& m = c.moe;
   nlohmann::json j;
   j["model_type"] = family;
-  j["architectures"] = {family == "mixtral" ? "MixtralForCausalLM" : "Qwen2MoeForCausalLM"};
+  j["architectures"] = {family == "mixtral"     ? "MixtralForCausalLM"
+                        : family == "qwen3_moe" ? "Qwen3MoeForCausalLM"
+                        : family == "olmoe"     ? "OlmoeForCausalLM"
+                                                : "Qwen2MoeForCausalLM"};
   j["torch_dtype"] = dtype == DType::BF16  ? "bfloat16"
                      : dtype == DType::F16 ? "float16"
                                            : "float32";
@@ -434,27 +459,39 @@ nlohmann::json hf_config_json(const ModelConfig& c, DType dtype) {
   j["use_cache"] = true;
   j["bos_token_id"] = 1;
   j["eos_token_id"] = 2;
+  std::vector<int> dense_layers = c.mlp_only_layers;
+  if (c.num_local_experts == 0) {
+    dense_layers.clear();
+    for (int l = 0; l < c.num_hidden_layers; ++l) dense_layers.push_back(l);
+  }
   if (family == "mixtral") {
     j["intermediate_size"] = c.intermediate_size;
     j["num_local_experts"] = c.num_local_experts;
     j["sliding_window"] = nullptr;
     j["router_jitter_noise"] = 0.0;
+  } else if (family == "olmoe") {
+    j["intermediate_size"] = c.intermediate_size;
+    j["num_experts"] = c.num_local_experts;
+    j["norm_topk_prob"] = m.norm_topk_prob;
+    j["attention_bias"] = false;
+    j["clip_qkv"] = nullptr;
   } else {
     j["intermediate_size"] = c.dense_width();
     j["moe_intermediate_size"] = c.intermediate_size;
     j["num_experts"] = std::max(c.num_local_experts, 1);
     j["norm_topk_prob"] = m.norm_topk_prob;
     j["decoder_sparse_step"] = c.moe_every;
-    std::vector<int> dense_layers;
-    if (c.num_local_experts == 0)
-      for (int l = 0; l < c.num_hidden_layers; ++l) dense_layers.push_back(l);
     j["mlp_only_layers"] = dense_layers;
-    // Without a shared expert we write one of width 1 whose output projection is zero.
-    j["shared_expert_intermediate_size"] = m.n_shared_experts > 0 ? m.shared_hidden() : 1;
     j["use_sliding_window"] = false;
     j["sliding_window"] = nullptr;
     j["max_window_layers"] = c.num_hidden_layers;
-    j["qkv_bias"] = true;
+    if (family == "qwen3_moe") {
+      j["attention_bias"] = false;
+    } else {
+      // Without a shared expert we write one of width 1 whose output projection is zero.
+      j["shared_expert_intermediate_size"] = m.n_shared_experts > 0 ? m.shared_hidden() : 1;
+      j["qkv_bias"] = true;  // zero biases when the model has none
+    }
   }
   return j;
 }
@@ -498,13 +535,21 @@ void save_hf_checkpoint(Transformer<float>& model, const std::string& dir, DType
     copy(name(HfTensor::K), p + "self_attn.k_proj.weight", true);
     copy(name(HfTensor::V), p + "self_attn.v_proj.weight", true);
     copy(name(HfTensor::O), p + "self_attn.o_proj.weight", true);
-    if (qwen2) {
+    if (c.attention_bias) {
+      copy(name(HfTensor::QBias), p + "self_attn.q_proj.bias", false);
+      copy(name(HfTensor::KBias), p + "self_attn.k_proj.bias", false);
+      copy(name(HfTensor::VBias), p + "self_attn.v_proj.bias", false);
+    } else if (qwen2) {
       const int64_t qd = c.num_attention_heads * c.head_size();
       const int64_t kvd = c.num_key_value_heads * c.head_size();
       zeros.assign(std::max(qd, d), 0.0f);
       put(name(HfTensor::QBias), {qd}, zeros.data(), false);
       put(name(HfTensor::KBias), {kvd}, zeros.data(), false);
       put(name(HfTensor::VBias), {kvd}, zeros.data(), false);
+    }
+    if (c.qk_norm != QkNorm::None) {
+      copy(name(HfTensor::QNorm), p + "self_attn.q_norm.weight", false);
+      copy(name(HfTensor::KNorm), p + "self_attn.k_norm.weight", false);
     }
     if (!c.is_moe_layer(l)) {
       copy(name(HfTensor::DenseGate), p + "mlp.ffn.w1", true);
@@ -543,41 +588,58 @@ void save_hf_checkpoint(Transformer<float>& model, const std::string& dir, DType
   write_file_atomic(dir + "/config.json", text.data(), text.size());
 }
 
+namespace {
+
+// The Hugging Face tensor of our parameter `what` of block `layer` (after "model.layers.N."),
+// for the parameters that are not one tensor per expert; "" when the name is the same.
+bool hf_block_tensor(const std::string& what, HfTensor& t) {
+  static const std::map<std::string, HfTensor> kTensors = {
+      {"block_sparse_moe.router.weight", HfTensor::Router},
+      {"block_sparse_moe.shared.w1", HfTensor::SharedGate},
+      {"block_sparse_moe.shared.w3", HfTensor::SharedUp},
+      {"block_sparse_moe.shared.w2", HfTensor::SharedDown},
+      {"block_sparse_moe.shared.gate", HfTensor::SharedExpertGate},
+      {"mlp.ffn.w1", HfTensor::DenseGate},
+      {"mlp.ffn.w3", HfTensor::DenseUp},
+      {"mlp.ffn.w2", HfTensor::DenseDown},
+      {"block_sparse_moe.experts.w1", HfTensor::ExpertGate},
+      {"block_sparse_moe.experts.w3", HfTensor::ExpertUp},
+      {"block_sparse_moe.experts.w2", HfTensor::ExpertDown}};
+  auto it = kTensors.find(what);
+  if (it == kTensors.end()) return false;
+  t = it->second;
+  return true;
+}
+
+}  // namespace
+
 void load_hf_weights(Transformer<float>& model, const HfWeights& w) {
   const ModelConfig& c = model.config();
-  MOE_REQUIRE(c.model_type == "mixtral",
-              "{}: model_type {} loads for inference only (moe generate --model); training "
-              "loads the mixtral family",
-              w.dir(), c.model_type);
-  const int64_t d = c.hidden_size, F = c.intermediate_size;
+  const std::string layers = "model.layers.";
   for (auto& p : model.parameters()) {
     const std::string& n = p.name;
-    const auto moe_pos = n.find("block_sparse_moe.");
-    if (moe_pos == std::string::npos || n.find("router.weight") != std::string::npos) {
-      // The same name in both layouts except the router.
-      std::string hf = n;
-      if (auto r = hf.find("block_sparse_moe.router.weight"); r != std::string::npos)
-        hf.replace(r, std::string("block_sparse_moe.router.weight").size(),
-                   "block_sparse_moe.gate.weight");
+    HfTensor t{};
+    if (!n.starts_with(layers)) {  // embedding, final norm, head: the same names
+      w.file_of(n).read_into(n, p.shape, p.value);
+      continue;
+    }
+    const size_t dot = n.find('.', layers.size());
+    const int layer = std::stoi(n.substr(layers.size(), dot - layers.size()));
+    const std::string what = n.substr(dot + 1);
+    if (!hf_block_tensor(what, t)) {  // norms and attention: the same names
+      w.file_of(n).read_into(n, p.shape, p.value);
+      continue;
+    }
+    if (t != HfTensor::ExpertGate && t != HfTensor::ExpertUp && t != HfTensor::ExpertDown) {
+      const std::string hf = hf_tensor_name(c, layer, t);
       w.file_of(hf).read_into(hf, p.shape, p.value);
       continue;
     }
     // experts.w1 [E, F, d] etc.: one Hugging Face tensor per expert.
-    const int layer = std::stoi(n.substr(std::string("model.layers.").size()));
-    const std::string what = n.substr(moe_pos + std::string("block_sparse_moe.").size());
-    HfTensor t;
-    Shape shape;
-    if (what == "experts.w1")
-      t = HfTensor::ExpertGate, shape = {F, d};
-    else if (what == "experts.w3")
-      t = HfTensor::ExpertUp, shape = {F, d};
-    else if (what == "experts.w2")
-      t = HfTensor::ExpertDown, shape = {d, F};
-    else
-      throw Error(fmt::format("{}: mixtral has no tensor for our parameter {}", w.dir(), n));
+    const Shape one{p.shape[1], p.shape[2]};
     for (int e = 0; e < c.num_local_experts; ++e) {
       const std::string hf = hf_tensor_name(c, layer, t, e);
-      w.file_of(hf).read_into(hf, shape, p.value + e * F * d);
+      w.file_of(hf).read_into(hf, one, p.value + e * one.numel());
     }
   }
 }

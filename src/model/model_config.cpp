@@ -1,6 +1,8 @@
 #include "moe/model_config.h"
 
+#include <algorithm>
 #include <fstream>
+#include <initializer_list>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -13,6 +15,9 @@
 namespace moe {
 
 namespace {
+
+const std::vector<std::string> kTrainableParts = {
+    "routers", "experts", "shared", "dense", "attention", "embeddings", "norms", "head", "all"};
 
 // Hugging Face keys a config.json may carry that describe nothing we compute.
 const std::set<std::string> kIgnoredHfKeys = {
@@ -32,6 +37,7 @@ void visit_train_keys(TrainConfig& c, V&& v) {
   v("data_dir", c.data_dir);
   v("data", c.data);
   v("valid_fraction", c.valid_fraction);
+  v("trainable", c.trainable);
 }
 
 template <class V>
@@ -52,6 +58,30 @@ void visit_model_keys(ModelConfig& c, V&& v) {
   v("num_local_experts", c.num_local_experts);
   v("moe_every", c.moe_every);
   v("dense_intermediate_size", c.dense_intermediate_size);
+  v("attention_bias", c.attention_bias);
+  v("mlp_only_layers", c.mlp_only_layers);
+}
+
+const std::initializer_list<std::pair<const char*, QkNorm>> kQkNorm = {
+    {"none", QkNorm::None}, {"per_head", QkNorm::PerHead}, {"full", QkNorm::Full}};
+
+void read_qk_norm(const nlohmann::json& j, const std::string& where, QkNorm& out) {
+  auto it = j.find("qk_norm");
+  if (it == j.end() || it->is_null()) return;
+  for (const auto& [name, value] : kQkNorm)
+    if (it->is_string() && it->get<std::string>() == name) {
+      out = value;
+      return;
+    }
+  throw Error(fmt::format(
+      "{}: qk_norm has value {}, expected \"none\", \"per_head\" (qwen3_moe) or \"full\" (olmoe)",
+      where, it->dump()));
+}
+
+const char* qk_norm_name(QkNorm q) {
+  for (const auto& [name, value] : kQkNorm)
+    if (value == q) return name;
+  return "none";
 }
 
 void check_known_keys(const nlohmann::json& j, const std::set<std::string>& known,
@@ -63,6 +93,35 @@ void check_known_keys(const nlohmann::json& j, const std::set<std::string>& know
 }
 
 }  // namespace
+
+std::vector<std::string> split_parts(const std::string& list) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= list.size()) {
+    const size_t comma = std::min(list.find(',', start), list.size());
+    out.push_back(list.substr(start, comma - start));
+    start = comma + 1;
+  }
+  return out;
+}
+
+std::string parameter_part(const std::string& name) {
+  if (name == "model.embed_tokens.weight") return "embeddings";
+  if (name == "lm_head.weight") return "head";
+  if (name.ends_with("norm.weight")) return "norms";  // block, final and q/k norms
+  if (name.find(".self_attn.") != std::string::npos) return "attention";
+  if (name.find(".router.") != std::string::npos) return "routers";
+  if (name.find(".experts.") != std::string::npos) return "experts";
+  if (name.find(".shared.") != std::string::npos) return "shared";
+  return "dense";  // the dense FFN layers
+}
+
+bool is_trainable(const std::string& name, const std::string& trainable, bool tied) {
+  const std::string part = parameter_part(name);
+  for (const std::string& p : split_parts(trainable))
+    if (p == "all" || p == part || (tied && p == "head" && part == "embeddings")) return true;
+  return false;
+}
 
 void TrainConfig::validate(const std::string& where) const {
   auto fail = [&](const char* key, const std::string& why) {
@@ -97,6 +156,11 @@ void TrainConfig::validate(const std::string& where) const {
     fail("tokenizer", fmt::format("has value \"{}\", expected \"sentencepiece\", \"byte\" or a "
                                   "tokenizer file (.model or tokenizer.json)",
                                   tokenizer));
+  for (const std::string& part : split_parts(trainable))
+    if (std::find(kTrainableParts.begin(), kTrainableParts.end(), part) == kTrainableParts.end())
+      fail("trainable", fmt::format("names \"{}\"; the parts are routers, experts, shared, "
+                                    "dense, attention, embeddings, norms, head and all",
+                                    part));
   if (!(valid_fraction > 0 && valid_fraction < 1))
     fail("valid_fraction", fmt::format("must be in (0, 1), got {}", valid_fraction));
 }
@@ -123,11 +187,12 @@ void ModelConfig::validate(const std::string& where) const {
   auto fail = [&](const char* key, const std::string& why) {
     throw Error(fmt::format("{}: {} {}", where, key, why));
   };
-  if (model_type != "mixtral")
-    fail("model_type", fmt::format("has value \"{}\"; training supports \"mixtral\"", model_type));
-  if (attention_bias) fail("attention_bias", "is not supported in training");
-  if (qk_norm != QkNorm::None) fail("qk_norm", "is not supported in training");
-  if (!mlp_only_layers.empty()) fail("mlp_only_layers", "is not supported in training");
+  // The family names how the model is exported (hf_checkpoint.h); the pieces are flags.
+  if (model_type != "mixtral" && model_type != "qwen2_moe" && model_type != "qwen3_moe" &&
+      model_type != "olmoe")
+    fail("model_type", fmt::format("has value \"{}\", expected mixtral, qwen2_moe, qwen3_moe or "
+                                   "olmoe",
+                                   model_type));
   validate_shape(where);
   training.validate(where);
   // Training sentencepiece on a vocabulary far beyond what a corpus of this scale can fill
@@ -195,9 +260,11 @@ ModelConfig model_config_from_json(const nlohmann::json& j, const std::string& w
   MOE_REQUIRE(j.is_object(), "{}: expected a JSON object", where);
   ModelConfig c;
   visit_model_keys(c, JsonKeyReader{j, where});
+  read_qk_norm(j, where, c.qk_norm);
 
   std::set<std::string> known = kIgnoredHfKeys;
   visit_model_keys(c, JsonKeyCollector{known});
+  known.insert("qk_norm");
   nlohmann::json moe_keys;
   moe_config_to_json(MoeConfig{}, moe_keys);
   for (auto it = moe_keys.begin(); it != moe_keys.end(); ++it) known.insert(it.key());
@@ -243,6 +310,7 @@ nlohmann::json model_config_to_json(const ModelConfig& c) {
     j.erase("moe_intermediate_size");
   }
   visit_model_keys(copy, JsonKeyWriter{j});
+  j["qk_norm"] = qk_norm_name(c.qk_norm);
   nlohmann::json t;
   visit_train_keys(copy.training, JsonKeyWriter{t});
   j["training"] = t;

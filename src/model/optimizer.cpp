@@ -25,6 +25,7 @@ double global_grad_norm(const std::vector<ParamRef<T>>& params) {
   double total = 0.0;
   std::vector<double> partial;
   for (const auto& p : params) {
+    if (p.frozen) continue;
     const int64_t n = p.shape.numel();
     const int64_t blocks = (n + kBlock - 1) / kBlock;
     partial.assign(blocks, 0.0);
@@ -47,6 +48,7 @@ double clip_grad_norm(const std::vector<ParamRef<T>>& params, double max_norm) {
   if (coef < 1.0) {
     const T c = static_cast<T>(coef);
     for (const auto& p : params) {
+      if (p.frozen) continue;
       const int64_t n = p.shape.numel();
 #pragma omp parallel for schedule(static)
       for (int64_t i = 0; i < n; ++i) p.grad[i] *= c;
@@ -68,9 +70,9 @@ const ParamRef<T>* first_nonfinite_grad(const std::vector<ParamRef<T>>& params) 
 template <class T>
 AdamW<T>::AdamW(const std::vector<ParamRef<T>>& params, const TrainConfig& t)
     : params_(params), b1_(t.adam_beta1), b2_(t.adam_beta2), eps_(t.adam_eps), wd_(t.weight_decay) {
-  for (const auto& p : params_) {
-    m_.emplace_back(p.shape.numel(), T(0));
-    v_.emplace_back(p.shape.numel(), T(0));
+  for (const auto& p : params_) {  // a frozen parameter has no moments
+    m_.emplace_back(p.frozen ? 0 : p.shape.numel(), T(0));
+    v_.emplace_back(p.frozen ? 0 : p.shape.numel(), T(0));
   }
 }
 
@@ -84,6 +86,7 @@ void AdamW<T>::step(double lr) {
   const T eps = static_cast<T>(eps_), inv_bc2 = static_cast<T>(1.0 / bc2_sqrt);
   for (size_t k = 0; k < params_.size(); ++k) {
     const auto& p = params_[k];
+    if (p.frozen) continue;
     const T shrink = static_cast<T>(p.decay ? 1.0 - lr * wd_ : 1.0);
     T* m = m_[k].data();
     T* v = v_[k].data();
@@ -102,6 +105,7 @@ void AdamW<T>::step(double lr) {
 template <class T>
 void AdamW<T>::save(SafeTensorsWriter& w) const {
   for (size_t k = 0; k < params_.size(); ++k) {
+    if (params_[k].frozen) continue;
     const DType dt = std::is_same_v<T, double> ? DType::F64 : DType::F32;
     w.add("adam.m." + params_[k].name, params_[k].shape, m_[k].data(), dt);
     w.add("adam.v." + params_[k].name, params_[k].shape, v_[k].data(), dt);
@@ -112,6 +116,7 @@ void AdamW<T>::save(SafeTensorsWriter& w) const {
 template <class T>
 void AdamW<T>::load(const SafeTensorsFile& f) {
   for (size_t k = 0; k < params_.size(); ++k) {
+    if (params_[k].frozen) continue;
     f.read_into("adam.m." + params_[k].name, params_[k].shape, m_[k].data());
     f.read_into("adam.v." + params_[k].name, params_[k].shape, v_[k].data());
   }

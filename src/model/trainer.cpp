@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <utility>
 
@@ -271,6 +272,7 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
 
   // The device is built (and refuses what it cannot run) before anything is written.
   std::unique_ptr<StepDevice> device = opt.device ? opt.device(cfg) : nullptr;
+  const int64_t available = available_memory();  // before this run's model takes its share
   fs::create_directories(opt.out_dir);
   const Checkpointer ckpt(opt.out_dir, rank, W);
   ckpt.check_resume(opt.resume, par ? par->world.get() : nullptr);
@@ -278,7 +280,25 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
   Transformer<float> model(cfg);
   Rng rng(t.seed);
   model.init_weights(rng);
+  if (opt.init_weights) opt.init_weights(model);
   if (par) model.enable_expert_parallel(*par);
+  {
+    const TrainingMemory mem = training_memory(model, t.batch_size, t.seq_len);
+    const auto mb = [](int64_t b) { return static_cast<double>(b) / (1 << 20); };
+    const std::string need = fmt::format(
+        "{:.1f} MB: weights {:.1f} + gradients {:.1f} + AdamW moments {:.1f} ({:.2f}M of {:.2f}M "
+        "parameters train) + activations {:.1f} (one micro-batch of {} x {})",
+        mb(mem.total()), mb(mem.weights), mb(mem.gradients), mb(mem.moments),
+        model.trainable_parameters() / 1e6, model.num_parameters() / 1e6, mb(mem.activations),
+        t.batch_size, t.seq_len);
+    log(fmt::format(
+        "memory: {}; MemAvailable {}", need,
+        available < 0 ? std::string("unknown") : fmt::format("{:.0f} MB", mb(available))));
+    MOE_REQUIRE(available < 0 || mem.total() <= available,
+                "{}: training needs {}, more than the {:.0f} MB available: lower "
+                "training.batch_size or seq_len, or train fewer parts (--train)",
+                opt.out_dir, need, mb(available));
+  }
   AdamW<float> adam(model.parameters(), t);
   BatchSampler sampler(train_data, t.batch_size, t.seq_len, t.seed);
   int step = opt.resume ? resume_from(ckpt, cfg, opt, model, adam, rng, sampler) : 0;
@@ -359,6 +379,24 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
   // files are complete, and a run killed before it redoes its last steps on --resume.
   if (last_saved != step) save();
   return result;
+}
+
+TrainingMemory training_memory(const Transformer<float>& model, int batch, int seq_len) {
+  TrainingMemory m;
+  m.weights = model.num_parameters() * int64_t{sizeof(float)};
+  m.gradients = m.weights;  // every parameter has its gradient buffer
+  m.moments = 2 * model.trainable_parameters() * int64_t{sizeof(float)};
+  m.activations = model.activation_bytes(batch, seq_len);
+  return m;
+}
+
+int64_t available_memory() {
+  std::ifstream in("/proc/meminfo");
+  std::string key, unit;
+  int64_t kb = 0;
+  while (in >> key >> kb >> unit)
+    if (key == "MemAvailable:") return kb * 1024;
+  return -1;
 }
 
 LoadedRun load_run(const std::string& dir) {

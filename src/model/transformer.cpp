@@ -56,6 +56,9 @@ Transformer<T>::Transformer(const ModelConfig& config)
   ac.head_dim = cfg_.head_size();
   ac.rope_theta = cfg_.rope_theta;
   ac.max_positions = cfg_.max_position_embeddings;
+  ac.qkv_bias = cfg_.attention_bias;
+  ac.qk_norm = cfg_.qk_norm;
+  ac.norm_eps = cfg_.rms_norm_eps;
   for (int l = 0; l < L_; ++l) {
     attn_.push_back(std::make_unique<Attention<T>>(ac));
     if (cfg_.is_moe_layer(l))
@@ -74,6 +77,37 @@ Transformer<T>::Transformer(const ModelConfig& config)
     add(layer_name(l, "self_attn."), attn_[l]->params());
     add(layer_name(l, cfg_.is_moe_layer(l) ? "block_sparse_moe." : "mlp."), ffn_[l]->params());
   }
+  for (auto& p : params_)
+    p.frozen = !is_trainable(p.name, cfg_.training.trainable, cfg_.tie_word_embeddings);
+}
+
+template <class T>
+int64_t Transformer<T>::trainable_parameters() const {
+  int64_t n = 0;
+  for (const auto& p : params_)
+    if (!p.frozen) n += p.shape.numel();
+  return n;
+}
+
+template <class T>
+int64_t Transformer<T>::activation_bytes(int B, int S) const {
+  // What forward() keeps for backward() of one micro-batch, from the buffers' shapes: the
+  // residual stream and normalized inputs per block, each attention's projections and
+  // probabilities, each FFN's hidden activations (k assignments per token in an MoE layer),
+  // the logits and their gradient.
+  const int64_t n = int64_t(B) * S, d = d_, hd = cfg_.head_size();
+  const int64_t qd = cfg_.num_attention_heads * hd, kvd = cfg_.num_key_value_heads * hd;
+  int64_t values = 2 * n * V_ + 6 * n * d;
+  for (int l = 0; l < L_; ++l) {
+    values += 4 * n * d;                                      // h, hmid, xa, xm
+    values += n * (d + 3 * qd + 4 * kvd);                     // x, q, k, v, o and gradients
+    values += int64_t(B) * cfg_.num_attention_heads * S * S;  // probabilities
+    if (cfg_.qk_norm != QkNorm::None) values += 2 * n * (qd + kvd);
+    const int64_t rows = cfg_.is_moe_layer(l) ? n * cfg_.moe.num_experts_per_tok : n;
+    const int64_t width = cfg_.is_moe_layer(l) ? cfg_.intermediate_size : cfg_.dense_width();
+    values += rows * (3 * width + 2 * d) + n * 3 * cfg_.moe.shared_hidden();
+  }
+  return values * static_cast<int64_t>(sizeof(T));
 }
 
 template <class T>
@@ -148,6 +182,8 @@ void Transformer<T>::enable_expert_parallel(ParallelGroups& groups) {
     full_ffn_[l] = std::move(ffn_[l]);
     ffn_[l] = std::move(ep);
   }
+  for (auto& p : params_)
+    p.frozen = !is_trainable(p.name, cfg_.training.trainable, cfg_.tie_word_embeddings);
 }
 
 template <class T>
@@ -282,10 +318,15 @@ void Transformer<T>::backward(double scale, double aux_scale) {
   const T* head = tied ? base("model.embed_tokens.weight") : base("lm_head.weight");
   T* dhead = tied ? base_grad("model.embed_tokens.weight") : base_grad("lm_head.weight");
 
+  // A frozen head or embedding (training.trainable) skips its weight-gradient work.
+  const std::string& parts = cfg_.training.trainable;
+  const bool embed_trains = is_trainable("model.embed_tokens.weight", parts, tied);
+  const bool head_trains = tied ? embed_trains : is_trainable("lm_head.weight", parts, tied);
   cross_entropy_backward(dlogits_.data(), logits_.data(), targets_.data(), n, V_,
                          counted_ > 0 ? scale / counted_ : 0.0);
-  gemm<T>(Trans::Yes, Trans::No, V_, d_, n, T(1), dlogits_.data(), V_, hf_.data(), d_, T(1), dhead,
-          d_);
+  if (head_trains)
+    gemm<T>(Trans::Yes, Trans::No, V_, d_, n, T(1), dlogits_.data(), V_, hf_.data(), d_, T(1),
+            dhead, d_);
   gemm<T>(Trans::No, Trans::No, n, d_, V_, T(1), dlogits_.data(), V_, head, d_, T(0), dhf_.data(),
           d_);
   std::fill(dh_.begin(), dh_.begin() + nd, T(0));
@@ -303,7 +344,8 @@ void Transformer<T>::backward(double scale, double aux_scale) {
     rmsnorm_backward(dh_.data(), base_grad(in), dtmp_.data(), h_.data() + l * nd, base(in),
                      rstd_a_.data() + l * n, n, d_);
   }
-  embedding_backward(base_grad("model.embed_tokens.weight"), dh_.data(), inputs_.data(), n, d_);
+  if (embed_trains)
+    embedding_backward(base_grad("model.embed_tokens.weight"), dh_.data(), inputs_.data(), n, d_);
 }
 
 template <class T>
@@ -375,10 +417,22 @@ TransformerLm::TransformerLm(Transformer<float>& model, GgmlType quantize)
   final_norm_ = base.value("model.norm.weight");
   for (int l = 0; l < model.L_; ++l) {
     ParamSet<float>& a = model.attn_[l]->params();
-    attn_.push_back({base.value(model.layer_name(l, "input_layernorm.weight")),
-                     base.value(model.layer_name(l, "post_attention_layernorm.weight")),
-                     view(a, "q_proj.weight"), view(a, "k_proj.weight"), view(a, "v_proj.weight"),
-                     view(a, "o_proj.weight")});
+    AttentionWeights w{base.value(model.layer_name(l, "input_layernorm.weight")),
+                       base.value(model.layer_name(l, "post_attention_layernorm.weight")),
+                       view(a, "q_proj.weight"),
+                       view(a, "k_proj.weight"),
+                       view(a, "v_proj.weight"),
+                       view(a, "o_proj.weight")};
+    if (cfg_.attention_bias) {
+      w.q_bias = a.value("q_proj.bias");
+      w.k_bias = a.value("k_proj.bias");
+      w.v_bias = a.value("v_proj.bias");
+    }
+    if (cfg_.qk_norm != QkNorm::None) {
+      w.q_norm = a.value("q_norm.weight");
+      w.k_norm = a.value("k_norm.weight");
+    }
+    attn_.push_back(w);
   }
   if (quantize != GgmlType::F32) {
     quantize_attention_and_head(quantize);

@@ -10,6 +10,7 @@
 #include "core/fast_math.h"
 #include "moe/error.h"
 #include "moe/gemm.h"
+#include "moe/rmsnorm.h"
 
 namespace moe {
 
@@ -192,13 +193,106 @@ Attention<T>::Attention(const AttentionConfig& c) : c_(c) {
   params_.declare("k_proj.weight", {kvd_, d});
   params_.declare("v_proj.weight", {kvd_, d});
   params_.declare("o_proj.weight", {d, qd_});
+  if (c_.qkv_bias) {
+    params_.declare("q_proj.bias", {qd_});
+    params_.declare("k_proj.bias", {kvd_});
+    params_.declare("v_proj.bias", {kvd_});
+  }
+  if (c_.qk_norm != QkNorm::None) {
+    params_.declare("q_norm.weight", {norm_width(qd_)});
+    params_.declare("k_norm.weight", {norm_width(kvd_)});
+  }
   params_.allocate();
   rope_tables(cos_, sin_, c_.max_positions, c_.head_dim, c_.rope_theta);
 }
 
 template <class T>
+int64_t Attention<T>::norm_rows(int64_t tokens, int heads) const {
+  return c_.qk_norm == QkNorm::PerHead ? tokens * heads : tokens;
+}
+
+template <class T>
+int64_t Attention<T>::norm_width(int64_t projection) const {
+  return c_.qk_norm == QkNorm::PerHead ? int64_t{c_.head_dim} : projection;
+}
+
+template <class T>
 void Attention<T>::init_weights(Rng& rng, double std) {
-  rng.fill_normal(params_.values().data(), params_.numel(), 0.0, std);
+  for (const auto& s : params_.specs()) {
+    T* v = params_.value(s.name);
+    if (s.shape.ndim >= 2)
+      rng.fill_normal(v, s.shape.numel(), 0.0, std);
+    else  // biases start at 0 (torch's Linear init aside, HF zeroes them), norm weights at 1
+      std::fill(v, v + s.shape.numel(), s.name.ends_with("norm.weight") ? T(1) : T(0));
+  }
+}
+
+namespace {
+// y[r, :] += b for every row of y [rows, width].
+template <class T>
+void add_bias(T* y, const T* b, int64_t rows, int64_t width) {
+#pragma omp parallel for if (rows * width > kParallelMin)
+  for (int64_t r = 0; r < rows; ++r) {
+    T* yr = y + r * width;
+#pragma omp simd
+    for (int64_t j = 0; j < width; ++j) yr[j] += b[j];
+  }
+}
+
+// db += the column sums of dy [rows, width] (threads own column blocks: deterministic).
+template <class T>
+void add_bias_grad(T* db, const T* dy, int64_t rows, int64_t width) {
+  constexpr int64_t kCols = 64;
+  const int64_t blocks = (width + kCols - 1) / kCols;
+#pragma omp parallel for if (rows * width > kParallelMin)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t c0 = blk * kCols, c1 = std::min(width, c0 + kCols);
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* dr = dy + r * width;
+#pragma omp simd
+      for (int64_t j = c0; j < c1; ++j) db[j] += dr[j];
+    }
+  }
+}
+}  // namespace
+
+template <class T>
+void Attention<T>::project(const T* x, int64_t rows, int64_t seq_len, int64_t start, T* q, T* k,
+                           T* v, bool save) {
+  const int64_t d = c_.hidden_size;
+  const int H = c_.num_heads, G = c_.num_kv_heads;
+  gemm<T>(Trans::No, Trans::Yes, rows, qd_, d, T(1), x, d, params_.value("q_proj.weight"), d, T(0),
+          q, qd_);
+  gemm<T>(Trans::No, Trans::Yes, rows, kvd_, d, T(1), x, d, params_.value("k_proj.weight"), d, T(0),
+          k, kvd_);
+  gemm<T>(Trans::No, Trans::Yes, rows, kvd_, d, T(1), x, d, params_.value("v_proj.weight"), d, T(0),
+          v, kvd_);
+  if (c_.qkv_bias) {
+    add_bias(q, params_.value("q_proj.bias"), rows, qd_);
+    add_bias(k, params_.value("k_proj.bias"), rows, kvd_);
+    add_bias(v, params_.value("v_proj.bias"), rows, kvd_);
+  }
+  if (c_.qk_norm != QkNorm::None) {
+    const auto uq = static_cast<size_t>(norm_rows(rows, H)),
+               uk = static_cast<size_t>(norm_rows(rows, G));
+    // The forward keeps the pre-norm values and rstd for the backward; generation does not.
+    if (save) {
+      qraw_.assign(q, q + rows * qd_);
+      kraw_.assign(k, k + rows * kvd_);
+    }
+    std::vector<T>& rq = save ? rstd_q_ : cached_rstd_q_;
+    std::vector<T>& rk = save ? rstd_k_ : cached_rstd_k_;
+    grow_to(rq, uq);
+    grow_to(rk, uk);
+    rmsnorm_forward(q, rq.data(), q, params_.value("q_norm.weight"), norm_rows(rows, H),
+                    norm_width(qd_), c_.norm_eps);
+    rmsnorm_forward(k, rk.data(), k, params_.value("k_norm.weight"), norm_rows(rows, G),
+                    norm_width(kvd_), c_.norm_eps);
+  }
+  if (c_.rope) {
+    rope_forward(q, cos_.data(), sin_.data(), rows, H, c_.head_dim, seq_len, start);
+    rope_forward(k, cos_.data(), sin_.data(), rows, G, c_.head_dim, seq_len, start);
+  }
 }
 
 template <class T>
@@ -221,16 +315,7 @@ void Attention<T>::forward(View<const T> x, int B, int S, View<T> out) {
   o_.resize(un * qd_);
   att_.resize(static_cast<size_t>(B) * H * S * S);
 
-  gemm<T>(Trans::No, Trans::Yes, n, qd_, d, T(1), x_.data(), d, params_.value("q_proj.weight"), d,
-          T(0), q_.data(), qd_);
-  gemm<T>(Trans::No, Trans::Yes, n, kvd_, d, T(1), x_.data(), d, params_.value("k_proj.weight"), d,
-          T(0), k_.data(), kvd_);
-  gemm<T>(Trans::No, Trans::Yes, n, kvd_, d, T(1), x_.data(), d, params_.value("v_proj.weight"), d,
-          T(0), v_.data(), kvd_);
-  if (c_.rope) {
-    rope_forward(q_.data(), cos_.data(), sin_.data(), n, H, c_.head_dim, S, 0);
-    rope_forward(k_.data(), cos_.data(), sin_.data(), n, G, c_.head_dim, S, 0);
-  }
+  project(x_.data(), n, S, 0, q_.data(), k_.data(), v_.data(), /*save=*/true);
 
   const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(hd)));
   const int64_t tasks = static_cast<int64_t>(B) * H;
@@ -298,19 +383,38 @@ void Attention<T>::backward(View<const T> dout, View<T> dx) {
     rope_backward(dq_.data(), cos_.data(), sin_.data(), n, H, c_.head_dim, S, 0);
     rope_backward(dk_.data(), cos_.data(), sin_.data(), n, G, c_.head_dim, S, 0);
   }
+  T* dq = dq_.data();  // the gradient of the projection (before any q/k norm)
+  T* dk = dk_.data();
+  if (c_.qk_norm != QkNorm::None) {
+    dqraw_.assign(un * qd_, T(0));  // rmsnorm_backward accumulates into dx
+    dkraw_.assign(un * kvd_, T(0));
+    rmsnorm_backward(dqraw_.data(), params_.grad("q_norm.weight"), dq_.data(), qraw_.data(),
+                     params_.value("q_norm.weight"), rstd_q_.data(), norm_rows(n, H),
+                     norm_width(qd_));
+    rmsnorm_backward(dkraw_.data(), params_.grad("k_norm.weight"), dk_.data(), kraw_.data(),
+                     params_.value("k_norm.weight"), rstd_k_.data(), norm_rows(n, G),
+                     norm_width(kvd_));
+    dq = dqraw_.data();
+    dk = dkraw_.data();
+  }
+  if (c_.qkv_bias) {
+    add_bias_grad(params_.grad("q_proj.bias"), dq, n, qd_);
+    add_bias_grad(params_.grad("k_proj.bias"), dk, n, kvd_);
+    add_bias_grad(params_.grad("v_proj.bias"), dv_.data(), n, kvd_);
+  }
 
   // q = x Wq^T etc.: dW += dq^T x, dx = dq Wq + dk Wk + dv Wv
   const T* wq = params_.value("q_proj.weight");
   const T* wk = params_.value("k_proj.weight");
   const T* wv = params_.value("v_proj.weight");
-  gemm<T>(Trans::Yes, Trans::No, qd_, d, n, T(1), dq_.data(), qd_, x_.data(), d, T(1),
+  gemm<T>(Trans::Yes, Trans::No, qd_, d, n, T(1), dq, qd_, x_.data(), d, T(1),
           params_.grad("q_proj.weight"), d);
-  gemm<T>(Trans::Yes, Trans::No, kvd_, d, n, T(1), dk_.data(), kvd_, x_.data(), d, T(1),
+  gemm<T>(Trans::Yes, Trans::No, kvd_, d, n, T(1), dk, kvd_, x_.data(), d, T(1),
           params_.grad("k_proj.weight"), d);
   gemm<T>(Trans::Yes, Trans::No, kvd_, d, n, T(1), dv_.data(), kvd_, x_.data(), d, T(1),
           params_.grad("v_proj.weight"), d);
-  gemm<T>(Trans::No, Trans::No, n, d, qd_, T(1), dq_.data(), qd_, wq, d, T(0), dx.data, d);
-  gemm<T>(Trans::No, Trans::No, n, d, kvd_, T(1), dk_.data(), kvd_, wk, d, T(1), dx.data, d);
+  gemm<T>(Trans::No, Trans::No, n, d, qd_, T(1), dq, qd_, wq, d, T(0), dx.data, d);
+  gemm<T>(Trans::No, Trans::No, n, d, kvd_, T(1), dk, kvd_, wk, d, T(1), dx.data, d);
   gemm<T>(Trans::No, Trans::No, n, d, kvd_, T(1), dv_.data(), kvd_, wv, d, T(1), dx.data, d);
 }
 
@@ -380,14 +484,7 @@ void Attention<T>::forward_cached(View<const T> x, int B, int n, KvCache<T>& cac
   ck_.resize(ur * kvd_);
   cv_.resize(ur * kvd_);
   co_.resize(ur * qd_);
-  gemm<T>(Trans::No, Trans::Yes, rows, qd_, d, T(1), x.data, d, params_.value("q_proj.weight"), d,
-          T(0), cq_.data(), qd_);
-  gemm<T>(Trans::No, Trans::Yes, rows, kvd_, d, T(1), x.data, d, params_.value("k_proj.weight"), d,
-          T(0), ck_.data(), kvd_);
-  gemm<T>(Trans::No, Trans::Yes, rows, kvd_, d, T(1), x.data, d, params_.value("v_proj.weight"), d,
-          T(0), cv_.data(), kvd_);
-  rope_forward(cq_.data(), cos_.data(), sin_.data(), rows, H, c_.head_dim, n, L);
-  rope_forward(ck_.data(), cos_.data(), sin_.data(), rows, G, c_.head_dim, n, L);
+  project(x.data, rows, n, L, cq_.data(), ck_.data(), cv_.data(), /*save=*/false);
   cached_attention(cq_.data(), ck_.data(), cv_.data(), B, n, H, G, c_.head_dim, cache, co_.data(),
                    scratch_);
   gemm<T>(Trans::No, Trans::Yes, rows, d, qd_, T(1), co_.data(), qd_,

@@ -26,8 +26,19 @@ What differs between the four (all else is the shared Llama-style decoder):
                per-head reshape and RoPE; expert width intermediate_size; every
                layer MoE; norm_topk_prob
 
-Public: ARCHS, head_dim, layer_is_sparse, weight_shapes, forward, greedy, and the
-pieces (rms_norm, apply_rope, attention, moe_block, swiglu, route) for the tests.
+Training (the family golden fixtures of make_model_fixtures.py): the forward is
+differentiable in the weights, and loss_on_window adds the cross-entropy and the
+load-balancing loss of every MoE layer in Hugging Face's convention
+(load_balancing_loss_func: softmax over all experts, f_i = share of tokens whose top-k
+holds expert i, P_i = mean probability, coef * E * sum_i f_i P_i).  One difference,
+deliberate: Hugging Face pools the router logits of all layers before the product;
+here, as in the engine (docs/moe-layer.md, aux_loss_style "hf"), each MoE layer's loss
+is computed on its own and the layers' losses are summed.  The two agree for one MoE
+layer.
+
+Public: ARCHS, head_dim, layer_is_sparse, weight_shapes, forward, greedy,
+loss_on_window, and the pieces (rms_norm, apply_rope, attention, moe_block, swiglu,
+route) for the tests.
 """
 
 import math
@@ -335,3 +346,34 @@ def greedy(cfg, weights, input_ids, n, trace=None):
         out.append(nxt)
         seq = torch.cat([seq, nxt[:, None]], dim=1)
     return torch.stack(out, dim=1)
+
+
+# --------------------------------------------------------------------------
+# Training loss
+# --------------------------------------------------------------------------
+
+def load_balancing_loss(cfg, router_logits):
+    """E * sum_i f_i P_i of one MoE layer's router logits [T, E] (no coefficient)."""
+    E, k = num_experts(cfg), cfg["num_experts_per_tok"]
+    probs = torch.softmax(router_logits, dim=-1)
+    _, ids = torch.topk(probs, k, dim=-1)
+    mask = torch.nn.functional.one_hot(ids, E).to(probs.dtype)     # [T, k, E]
+    f = mask.mean(dim=0).sum(dim=0)                                # [E]: n_i / T
+    return E * (f * probs.mean(dim=0)).sum()
+
+
+def loss_on_window(cfg, weights, window):
+    """Forward on a [B, S+1] window (inputs window[:, :-1], targets window[:, 1:]).
+
+    Returns logits [B*S, V], ce (mean over tokens), aux (router_aux_loss_coef times the
+    sum over MoE layers of load_balancing_loss), loss = ce + aux, and the router logits."""
+    inputs, targets = window[:, :-1], window[:, 1:]
+    routers = []
+    logits = forward(cfg, weights, inputs, routers)
+    logits = logits.reshape(-1, logits.shape[-1])
+    ce = torch.nn.functional.cross_entropy(logits, targets.reshape(-1))
+    coef = cfg.get("router_aux_loss_coef", 0.0)
+    aux = logits.new_zeros(())
+    for r in routers:
+        aux = aux + coef * load_balancing_loss(cfg, r)
+    return {"logits": logits, "ce": ce, "aux": aux, "loss": ce + aux, "routers": routers}

@@ -2,7 +2,15 @@
 """Write the language-model golden fixtures (tests/fixtures/model/<case>.safetensors).
 
 Every number comes from tools/reference/model_reference.py (float64, autograd
-gradients, torch clip_grad_norm_ + AdamW), which implements docs/model.md.
+gradients, torch clip_grad_norm_ + AdamW), which implements docs/model.md; the
+family_<model_type> cases (one tiny model of each Hugging Face MoE family: q/k/v
+biases, shared expert and a dense layer by decoder_sparse_step for qwen2_moe,
+per-head q/k norm, explicit head_dim and mlp_only_layers for qwen3_moe, the whole-
+projection q/k norm and unnormalized gates for olmoe) from hf_reference.py, which
+is written from the Hugging Face modeling files, trained with model_reference.train.
+A family fixture holds the checkpoint's config.json as metadata "hf_config" and the
+training keys as "training"; its tensors are under the engine's names (experts
+stacked [E, ...]; see engine_name) so the test reads them as the other cases.
 Run with Debian's interpreter:
 
     /usr/bin/python3 tools/reference/make_model_fixtures.py            # (re)write
@@ -25,6 +33,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fixture_io  # noqa: E402
+import hf_reference as href  # noqa: E402
 import model_reference as mref  # noqa: E402
 from fixture_io import decode_safetensors, encode_safetensors  # noqa: E402,F401  (used by the tests)
 
@@ -189,6 +198,147 @@ def fixture_tensors(cfg, res):
 
 
 # --------------------------------------------------------------------------
+# The Hugging Face families (hf_reference.py)
+# --------------------------------------------------------------------------
+
+FAMILY_TRAINING = dict(learning_rate=1e-2, min_lr_ratio=0.1, warmup_steps=1, max_steps=3,
+                       weight_decay=0.1, adam_beta1=0.9, adam_beta2=0.95, adam_eps=1e-8,
+                       grad_clip=2.0, batch_size=2, seq_len=8, grad_accum_steps=1)
+FAMILY_STEPS = 3
+
+
+def _hf_config(model_type, **over):
+    cfg = {"model_type": model_type, "vocab_size": 32, "hidden_size": 16,
+           "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+           "max_position_embeddings": 64, "rope_theta": 10000.0, "rms_norm_eps": 1e-6,
+           "tie_word_embeddings": False, "num_experts_per_tok": 2,
+           "router_aux_loss_coef": 0.02, "hidden_act": "silu"}
+    cfg.update(over)
+    return cfg
+
+
+# name, seed, Hugging Face config.json
+FAMILY_CASES = [
+    ("family_mixtral", 300,
+     _hf_config("mixtral", intermediate_size=8, num_local_experts=4, rms_norm_eps=1e-5)),
+    ("family_qwen2_moe", 400,
+     _hf_config("qwen2_moe", intermediate_size=12, moe_intermediate_size=8, num_experts=4,
+                shared_expert_intermediate_size=8, decoder_sparse_step=2, mlp_only_layers=[],
+                norm_topk_prob=False, qkv_bias=True)),
+    ("family_qwen3_moe", 500,
+     _hf_config("qwen3_moe", intermediate_size=12, moe_intermediate_size=8, num_experts=4,
+                head_dim=6, decoder_sparse_step=1, mlp_only_layers=[1], norm_topk_prob=True,
+                tie_word_embeddings=True)),
+    ("family_olmoe", 600,
+     _hf_config("olmoe", intermediate_size=8, num_experts=4, norm_topk_prob=False)),
+]
+
+
+def engine_name(cfg, name):
+    """(engine parameter name, expert index or None) of a Hugging Face tensor name."""
+    parts = name.split(".")
+    if not name.startswith("model.layers.") or parts[3] == "self_attn" or "layernorm" in name:
+        return name, None
+    pre = ".".join(parts[:3]) + "."
+    rest = ".".join(parts[4:])              # after block_sparse_moe. / mlp.
+    moe = pre + "block_sparse_moe."
+    proj = {"w1": "w1", "w3": "w3", "w2": "w2",
+            "gate_proj": "w1", "up_proj": "w3", "down_proj": "w2"}
+    if rest == "gate.weight":
+        return moe + "router.weight", None
+    if rest.startswith("experts."):
+        _, e, p, _ = rest.split(".")
+        return moe + "experts." + proj[p], int(e)
+    if rest.startswith("shared_expert."):
+        return moe + "shared." + proj[rest.split(".")[1]], None
+    if rest == "shared_expert_gate.weight":
+        return moe + "shared.gate", None
+    return pre + "mlp.ffn." + proj[rest.split(".")[0]], None   # a dense layer
+
+
+def to_engine(cfg, tensors):
+    """{engine name: tensor} with the experts' tensors stacked in expert order."""
+    out, stacks = {}, {}
+    for name, t in tensors.items():
+        ours, e = engine_name(cfg, name)
+        if e is None:
+            out[ours] = t
+        else:
+            stacks.setdefault(ours, {})[e] = t
+    for ours, per in stacks.items():
+        out[ours] = torch.stack([per[e] for e in sorted(per)])
+    return out
+
+
+def family_init(cfg, seed):
+    """Initial weights (Hugging Face names) and the [steps, B, S+1] token windows."""
+    g = torch.Generator().manual_seed(seed)
+    weights = {}
+    for name, shape in href.weight_shapes(cfg).items():
+        if name.endswith("norm.weight"):
+            weights[name] = 1.0 + NORM_STD * torch.randn(*shape, generator=g, dtype=torch.float64)
+        elif len(shape) == 1:   # q/k/v biases
+            weights[name] = MATRIX_STD * torch.randn(*shape, generator=g, dtype=torch.float64)
+        else:
+            router = name.endswith(".gate.weight") or name.endswith("shared_expert_gate.weight")
+            emb = name == "model.embed_tokens.weight"
+            std = ROUTER_STD if router else (0.5 if emb else MATRIX_STD)
+            weights[name] = std * torch.randn(*shape, generator=g, dtype=torch.float64)
+    tr = FAMILY_TRAINING
+    windows = torch.randint(0, cfg["vocab_size"], (FAMILY_STEPS, tr["batch_size"], tr["seq_len"] + 1),
+                            generator=g, dtype=torch.int64)
+    return weights, windows
+
+
+def family_routing_problems(cfg, routers, tag):
+    """Router logits whose k-th and (k+1)-th largest are closer than K_GAP (a float32
+    implementation could select another expert)."""
+    k = cfg["num_experts_per_tok"]
+    problems = []
+    for l, r in enumerate(routers):
+        top = torch.topk(r.detach(), k + 1, dim=-1).values
+        gap = float((top[:, k - 1] - top[:, k]).min())
+        if gap <= K_GAP:
+            problems.append("%s router %d: k-th gap %.3g" % (tag, l, gap))
+    return problems
+
+
+def run_family_case(cfg, seed):
+    weights, windows = family_init(cfg, seed)
+    train_cfg = {"training": FAMILY_TRAINING}
+    loss_fn = lambda _cfg, P, w: href.loss_on_window(cfg, P, w)  # noqa: E731
+    P = {n: t.clone().requires_grad_(True) for n, t in weights.items()}
+    r0 = href.loss_on_window(cfg, P, windows[0])
+    grads = torch.autograd.grad(r0["loss"], list(P.values()))
+    final, log = mref.train(train_cfg, weights, windows, loss_fn=loss_fn)
+    problems = family_routing_problems(cfg, r0["routers"], "step 0")
+    for t, st in enumerate(log):
+        problems += family_routing_problems(cfg, st["result"]["routers"], "step %d" % t)
+    return dict(params=weights, windows=windows, r0=r0, grads=dict(zip(P, grads)),
+                final=final, log=log, problems=problems)
+
+
+def build_family_case(name, seed, cfg):
+    problems = None
+    for attempt in range(MAX_ATTEMPTS):
+        res = run_family_case(cfg, seed + attempt)
+        if not res["problems"]:
+            res["seed"] = seed + attempt
+            return res
+        problems = res["problems"]
+    raise RuntimeError("case %s: no acceptable seed in %d attempts (last: %s)"
+                       % (name, MAX_ATTEMPTS, problems[:3]))
+
+
+def family_fixture_tensors(cfg, res):
+    """As fixture_tensors, under the engine's names."""
+    res = dict(res)
+    for key in ("params", "grads", "final"):
+        res[key] = to_engine(cfg, res[key])
+    return fixture_tensors(cfg, res)
+
+
+# --------------------------------------------------------------------------
 
 def write_all(directory, verbose=True):
     os.makedirs(directory, exist_ok=True)
@@ -214,6 +364,23 @@ def write_all(directory, verbose=True):
                       % (t, st["lr"], st["loss"], st["grad_norm"], "  clipped" if st["clipped"] else ""))
             print("   float32 trajectory: max rel loss diff %.3g, same routing; min k-th u gap %.3g"
                   % (row["f32_max_rel_loss"], row["min_kth_gap"]))
+    for name, seed, cfg in FAMILY_CASES:
+        res = build_family_case(name, seed, cfg)
+        meta = {"hf_config": json.dumps(cfg, separators=(",", ":")),
+                "training": json.dumps(FAMILY_TRAINING, separators=(",", ":")),
+                "steps": str(FAMILY_STEPS), "case": name}
+        blob = encode_safetensors(family_fixture_tensors(cfg, res), meta)
+        with open(os.path.join(directory, name + ".safetensors"), "wb") as fh:
+            fh.write(blob)
+        log = res["log"]
+        summary.append(dict(case=name, seed=res["seed"], bytes=len(blob),
+                            loss=[st["loss"] for st in log]))
+        if verbose:
+            print("%-18s seed=%d %d bytes  ce0=%.9g aux0=%.9g" % (name, res["seed"], len(blob),
+                                                                float(res["r0"]["ce"]), float(res["r0"]["aux"])))
+            for t, st in enumerate(log):
+                print("   step %2d lr=%.6g loss=%.12g grad_norm=%.6g%s"
+                      % (t, st["lr"], st["loss"], st["grad_norm"], "  clipped" if st["clipped"] else ""))
     return summary
 
 

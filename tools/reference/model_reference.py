@@ -263,8 +263,11 @@ def make_optimizer(cfg, P):
         eps=float(tr["adam_eps"]))
 
 
-def train_step(cfg, P, opt, t, window):
+def train_step(cfg, P, opt, t, window, loss_fn=None):
     """One optimizer step t on a [B, S+1] window (grad_accum_steps = 1).
+
+    loss_fn(cfg, P, window) -> dict with loss, ce, aux (default :func:`loss_on_window`;
+    hf_reference.loss_on_window trains the Hugging Face families the same way).
 
     Returns dict: loss, ce, aux (floats, before the update), grad_norm (pre-clip total
     norm), clipped (bool: clip coefficient < 1), lr, result (forward dict).
@@ -275,9 +278,16 @@ def train_step(cfg, P, opt, t, window):
     for g in opt.param_groups:
         g["lr"] = lr
     opt.zero_grad(set_to_none=True)
-    r = loss_on_window(cfg, P, window)
+    r = (loss_fn or loss_on_window)(cfg, P, window)
     r["loss"].backward()
     params = list(P.values())
+    # A tensor the loss does not reach (a per-expert tensor of an expert no token chose, in
+    # the Hugging Face layout) gets a zero gradient, not None: torch's AdamW would skip it
+    # (no decay, no moment update), whereas the engine's stacked expert tensors, like
+    # transformers' fused ones, update every expert with g = 0.
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
     clip = float(tr["grad_clip"])
     if clip > 0:
         norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
@@ -290,8 +300,8 @@ def train_step(cfg, P, opt, t, window):
             "grad_norm": norm, "clipped": clipped, "lr": lr, "result": r}
 
 
-def train(cfg, params, windows, dtype=torch.float64):
-    """Run len(windows) steps from ``params`` (not modified).
+def train(cfg, params, windows, dtype=torch.float64, loss_fn=None):
+    """Run len(windows) steps from ``params`` (not modified); loss_fn as in train_step.
 
     Returns (final params {name: tensor}, list of train_step dicts).
     """
@@ -299,5 +309,5 @@ def train(cfg, params, windows, dtype=torch.float64):
     opt = make_optimizer(cfg, P)
     log = []
     for t, w in enumerate(windows):
-        log.append(train_step(cfg, P, opt, t, w))
+        log.append(train_step(cfg, P, opt, t, w, loss_fn))
     return {n: t.detach().clone() for n, t in P.items()}, log

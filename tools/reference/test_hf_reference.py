@@ -290,6 +290,44 @@ class CrossReference(unittest.TestCase):
             want = mref.forward(mcfg, P, ids)["logits"].view(2, 7, -1)
             self.assertLess(_rel_change(want, hf.forward(cfg, w, ids)), 1e-12, name)
 
+    def test_mixtral_training_loss_equals_model_reference(self):
+        """loss_on_window (cross-entropy + each layer's load-balancing loss) and its gradient
+        equal model_reference's with aux_loss_style "hf" (docs/moe-layer.md)."""
+        import model_reference as mref
+        cfg = dict(_case("mixtral")[2], router_aux_loss_coef=0.05)
+        w = _random_model(cfg, 13)
+        E = cfg["num_local_experts"]
+        P = {n: t for n, t in w.items() if ".block_sparse_moe." not in n}
+        for l in range(cfg["num_hidden_layers"]):
+            p = "model.layers.%d.block_sparse_moe." % l
+            P[p + "router.weight"] = w[p + "gate.weight"]
+            for ours in ("w1", "w2", "w3"):
+                P[p + "experts." + ours] = torch.stack([w[p + "experts.%d.%s.weight" % (e, ours)]
+                                                        for e in range(E)])
+        mcfg = dict(cfg, **mref.MOE_DEFAULTS)
+        mcfg.update(moe_every=1, norm_topk_prob=True, router_aux_loss_coef=0.05,
+                    aux_loss_style="hf")
+        window = torch.tensor([[5, 9, 17, 33, 4, 60, 7, 8], [3, 3, 80, 12, 44, 9, 90, 1]])
+        W = {n: t.clone().requires_grad_(True) for n, t in w.items()}
+        got = hf.loss_on_window(cfg, W, window)
+        want = mref.loss_on_window(mcfg, P, window)
+        self.assertGreater(float(got["aux"]), 0.0)
+        self.assertLess(abs(float(got["aux"]) - float(want["aux"])), 1e-12)
+        self.assertLess(abs(float(got["loss"]) - float(want["loss"])), 1e-12)
+        # The gradient is the autograd of the same expression: check one router against
+        # central differences.
+        name = "model.layers.1.block_sparse_moe.gate.weight"
+        g = torch.autograd.grad(got["loss"], W[name])[0]
+        for idx in [(0, 0), (2, 5), (3, 11)]:
+            plus, minus = dict(w), dict(w)
+            plus[name] = w[name].clone()
+            minus[name] = w[name].clone()
+            plus[name][idx] += 1e-6
+            minus[name][idx] -= 1e-6
+            fd = (float(hf.loss_on_window(cfg, plus, window)["loss"]) -
+                  float(hf.loss_on_window(cfg, minus, window)["loss"])) / 2e-6
+            self.assertLess(abs(fd - float(g[idx])), 1e-6)
+
     def test_qwen2_block_equals_moe_reference(self):
         import moe_reference as moe_ref
         cfg = _case("qwen2_moe")[2]
