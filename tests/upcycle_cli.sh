@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `moe upcycle` end to end: a dense run trained on the bundled corpus and a dense Hugging Face
 # fixture become MoE checkpoints that `moe generate --model` runs and that continue greedily as
-# the dense models do; bad input is one line with exit status 1, and DENSE is never written.
+# the dense models do; upcycled llama, qwen2 and qwen3 fixtures fine-tune with `moe train
+# --init-from`; bad input is one line with exit status 1, and DENSE is never written.
 # Usage: tests/upcycle_cli.sh path/to/moe tests/fixtures
 set -euo pipefail
 moe=$1
@@ -18,7 +19,7 @@ cat > "$dir/tiny.json" <<JSON
               "eval_batches": 2, "checkpoint_every": 0, "tokenizer": "byte",
               "data_dir": "$dir/data"}}
 JSON
-"$moe" train --config "$dir/tiny.json" --dense --out "$dir/dense" --no-progress > /dev/null
+"$moe" train --config "$dir/tiny.json" --dense --out "$dir/dense" --no-progress > /dev/null 2>&1
 sums() { (cd "$1" && find . -type f -exec sha256sum {} + | sort); }
 sums "$dir/dense" > "$dir/dense.sums"
 
@@ -47,6 +48,41 @@ grep -q "model_type qwen3_moe from the qwen3 checkpoint" "$dir/out" || fail "une
 "$moe" generate --model "$dir/q3" --prompt-ids 5,17,33,4 --max-new-tokens 8 --temperature 0 \
   > "$dir/b.txt" 2> /dev/null
 cmp -s "$dir/a.txt" "$dir/b.txt" || fail "qwen3 greedy ids differ: $(cat "$dir/a.txt") vs $(cat "$dir/b.txt")"
+
+# The upcycled Hugging Face families fine-tune with `moe train --init-from` (their tokenizer
+# copied along: a byte-level BPE of 28 single-character tokens that fits the 96-row embeddings).
+vocab='"Ġ": 3, "Ċ": 4, "."'": 5"
+id=6
+for c in a b c d e f g h i j k l m n o p q r s t u v w x y z; do
+  vocab="$vocab, \"$c\": $id"
+  id=$((id + 1))
+done
+tokenizer='{"version": "1.0", "added_tokens": [], "normalizer": null,
+ "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false},
+ "post_processor": null,
+ "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false},
+ "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+           "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+           "ignore_merges": false, "vocab": {'"$vocab"'}, "merges": []}}'
+mkdir "$dir/text"
+for i in $(seq 1 20); do
+  printf 'the cat sat on the mat. the dog ran to the cat.\na bird sang in the tree.\n' > "$dir/text/$i.txt"
+done
+cat > "$dir/ft.json" <<JSON
+{"training": {"max_steps": 4, "batch_size": 2, "seq_len": 16, "warmup_steps": 1,
+              "eval_every": 0, "eval_batches": 1, "checkpoint_every": 0,
+              "data_dir": "$dir/cache", "valid_fraction": 0.1}}
+JSON
+for fam in llama qwen2 qwen3; do
+  cp -r "$fixtures/hf/$fam" "$dir/dense_$fam"
+  echo "$tokenizer" > "$dir/dense_$fam/tokenizer.json"
+  "$moe" upcycle "$dir/dense_$fam" --experts 4 --top-k 2 --granularity 2 --out "$dir/up_$fam" > /dev/null
+  cmp -s "$dir/dense_$fam/tokenizer.json" "$dir/up_$fam/tokenizer.json" || fail "$fam: tokenizer not copied"
+  "$moe" train --init-from "$dir/up_$fam" --data "$dir/text" --config "$dir/ft.json" \
+    --out "$dir/ft_$fam" --no-progress > /dev/null 2> "$dir/log" ||
+    fail "$fam: fine-tuning the upcycled checkpoint failed: $(tail -n 3 "$dir/log")"
+  [[ -s "$dir/ft_$fam/model.safetensors" ]] || fail "$fam: no fine-tuned weights"
+done
 
 # Bad input: one line each, exit status 1, nothing written.
 refused() {
