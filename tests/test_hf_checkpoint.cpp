@@ -1,4 +1,5 @@
-// Hugging Face checkpoints: the four families against tiny checkpoints written by an
+// Hugging Face checkpoints: the four MoE families and the four dense ones against tiny
+// checkpoints written by an
 // independent PyTorch implementation (tools/reference/make_hf_fixtures.py), the round trip of
 // a model trained here, parameter accounting, and one clear error per kind of bad file.
 #include <gtest/gtest.h>
@@ -84,7 +85,7 @@ TEST_P(HfFamily, MatchesPyTorchReference) {
 
 INSTANTIATE_TEST_SUITE_P(Families, HfFamily,
                          ::testing::Values("mixtral", "mixtral_bf16", "qwen2_moe", "qwen3_moe",
-                                           "olmoe"));
+                                           "olmoe", "llama", "mistral", "qwen2", "qwen3"));
 
 TEST(HfCheckpoint, FixtureConfigsAreReadPerFamily) {
   const ModelConfig q2 = load_hf_config(fixture("qwen2_moe") + "/config.json");
@@ -98,6 +99,65 @@ TEST(HfCheckpoint, FixtureConfigsAreReadPerFamily) {
   const ModelConfig ol = load_hf_config(fixture("olmoe") + "/config.json");
   EXPECT_EQ(ol.qk_norm, QkNorm::Full);
   EXPECT_FALSE(ol.moe.norm_topk_prob);
+}
+
+TEST(HfCheckpoint, DenseFamiliesHaveNoExperts) {
+  for (const char* family : {"llama", "mistral", "qwen2", "qwen3"}) {
+    SCOPED_TRACE(family);
+    const ModelConfig c = load_hf_config(fixture(family) + "/config.json");
+    EXPECT_EQ(c.model_type, family);
+    EXPECT_TRUE(is_dense_hf_family(c.model_type));
+    EXPECT_EQ(c.num_local_experts, 0);
+    EXPECT_EQ(c.dense_width(), c.intermediate_size);
+    for (int l = 0; l < c.num_hidden_layers; ++l) EXPECT_FALSE(c.is_moe_layer(l));
+    EXPECT_EQ(hf_tensor_name(c, 1, HfTensor::DenseUp), "model.layers.1.mlp.up_proj.weight");
+  }
+  EXPECT_TRUE(load_hf_config(fixture("qwen2") + "/config.json").attention_bias);
+  const ModelConfig q3 = load_hf_config(fixture("qwen3") + "/config.json");
+  EXPECT_EQ(q3.qk_norm, QkNorm::PerHead);
+  EXPECT_EQ(q3.head_size(), 24);
+  EXPECT_TRUE(q3.tie_word_embeddings);
+  EXPECT_FALSE(is_dense_hf_family("mixtral"));
+}
+
+// Llama-2-7B by its config class's defaults: 6.74B parameters.
+TEST(HfCheckpoint, ParameterAccountingOfLlama2) {
+  const ModelConfig c = model_config_from_hf(nlohmann::json{{"model_type", "llama"}}, "llama");
+  const ParameterCount n = count_parameters(c);
+  EXPECT_EQ(n.total, 6738415616);
+  EXPECT_EQ(n.active, n.total);
+}
+
+// What the dense families' configs may say that we cannot compute exactly: one line each.
+TEST(HfCheckpointErrors, DenseFamilyKeysWeCannotCompute) {
+  auto refused = [](const char* family, nlohmann::json edit) {
+    nlohmann::json j = nlohmann::json::parse(std::ifstream(fixture(family) + "/config.json"));
+    j.update(edit);
+    return [j] { model_config_from_hf(j, "config.json"); };
+  };
+  EXPECT_MOE_ERROR(
+      refused("llama", {{"rope_scaling", {{"rope_type", "llama3"}, {"factor", 8.0}}}})(),
+      "config.json", "rope_scaling", "llama3");
+  EXPECT_MOE_ERROR(refused("llama", {{"attention_bias", true}})(), "config.json", "attention_bias");
+  EXPECT_MOE_ERROR(refused("llama", {{"mlp_bias", true}})(), "config.json", "mlp_bias");
+  EXPECT_MOE_ERROR(refused("qwen3", {{"attention_bias", true}})(), "config.json", "attention_bias");
+  EXPECT_MOE_ERROR(refused("mistral", {{"sliding_window", 16}})(), "config.json",
+                   "sliding_window = 16");
+  EXPECT_MOE_ERROR(refused("qwen2", {{"use_sliding_window", true}, {"sliding_window", 8}})(),
+                   "config.json", "sliding_window = 8");
+  EXPECT_MOE_ERROR(refused("qwen3", {{"layer_types", {"full_attention", "sliding_attention"}}})(),
+                   "config.json", "layer_types[1]", "sliding_attention");
+  EXPECT_MOE_ERROR(refused("qwen2", {{"hidden_act", "gelu"}})(), "config.json", "hidden_act");
+  // A window as long as the context changes nothing; Mistral's default window (4096) without
+  // the key is in use for a longer context.
+  EXPECT_NO_THROW(refused("mistral", {{"sliding_window", 64}})());
+  nlohmann::json mistral =
+      nlohmann::json::parse(std::ifstream(fixture("mistral") + "/config.json"));
+  mistral.erase("sliding_window");
+  mistral["max_position_embeddings"] = 8192;
+  EXPECT_MOE_ERROR(model_config_from_hf(mistral, "config.json"), "config.json", "sliding_window");
+  mistral["max_position_embeddings"] = 4096;
+  EXPECT_NO_THROW(model_config_from_hf(mistral, "config.json"));
 }
 
 // The seeds' Mixtral 8x7B example: 46.7B parameters, about 12.9B used per token.

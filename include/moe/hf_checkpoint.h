@@ -1,6 +1,7 @@
-// Hugging Face checkpoints of the four MoE families: a directory with config.json (model_type
-// "mixtral", "qwen2_moe", "qwen3_moe" or "olmoe") and the weights in model.safetensors, or in
-// shards listed by model.safetensors.index.json, under each family's tensor names:
+// Hugging Face checkpoints of the four MoE families and four dense ones: a directory with
+// config.json (model_type "mixtral", "qwen2_moe", "qwen3_moe", "olmoe"; dense "llama",
+// "mistral", "qwen2", "qwen3") and the weights in model.safetensors, or in shards listed by
+// model.safetensors.index.json, under each family's tensor names:
 //   mixtral  model.layers.N.block_sparse_moe.gate.weight            router [E, d]
 //            model.layers.N.block_sparse_moe.experts.M.w1/w3/w2      gate/up/down of expert M
 //   others   model.layers.N.mlp.gate.weight                          router [E, d]
@@ -8,6 +9,8 @@
 //            model.layers.N.mlp.{gate,up,down}_proj.weight           dense layers (qwen)
 //            model.layers.N.mlp.shared_expert.*, mlp.shared_expert_gate.weight (qwen2_moe)
 //            self_attn.{q,k,v}_proj.bias (qwen2_moe), self_attn.{q,k}_norm.weight (qwen3, olmoe)
+//   dense    model.layers.N.mlp.{gate,up,down}_proj.weight in every layer; q/k/v biases (qwen2),
+//            per-head q/k norms (qwen3)
 // Every problem is a one-line moe::Error naming the file and the key or tensor.
 #pragma once
 
@@ -23,11 +26,15 @@
 
 namespace moe {
 
-// Reads a Hugging Face config.json of one of the four families. A missing key takes the
+// Reads a Hugging Face config.json of one of the eight families. A missing key takes the
 // default of that family's Hugging Face config class; a key we cannot compute exactly
-// (rope_scaling, clip_qkv, an activation other than silu, ...) is an error naming it.
-// The auxiliary-loss coefficient is read in Hugging Face's convention (aux_loss_style "hf").
+// (rope_scaling, clip_qkv, a sliding window shorter than the context, a bias on o_proj or the
+// MLP, an activation other than silu, ...) is an error naming it. A dense family has
+// num_local_experts = 0 and intermediate_size the MLP width. The auxiliary-loss coefficient is
+// read in Hugging Face's convention (aux_loss_style "hf").
 ModelConfig model_config_from_hf(const nlohmann::json& j, const std::string& where);
+// llama, mistral, qwen2 or qwen3.
+bool is_dense_hf_family(const std::string& model_type);
 ModelConfig load_hf_config(const std::string& path);
 
 // What the tensors of one block are called.

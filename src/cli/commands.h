@@ -21,6 +21,7 @@ std::function<int()> add_analyze_command(CLI::App& app);
 std::function<int()> add_report_command(CLI::App& app);
 std::function<int()> add_route_command(CLI::App& app);
 std::function<int()> add_compare_command(CLI::App& app);
+std::function<int()> add_upcycle_command(CLI::App& app);
 
 // --threads N, the same on every subcommand: 0 (OMP_NUM_THREADS or all cores) up to the cores
 // this process may use; more would only oversubscribe them.

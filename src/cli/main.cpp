@@ -24,6 +24,7 @@ int main(int argc, char** argv) {
   auto run_report = moe::cli::add_report_command(app);
   auto run_route = moe::cli::add_route_command(app);
   auto run_compare = moe::cli::add_compare_command(app);
+  auto run_upcycle = moe::cli::add_upcycle_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -44,6 +45,7 @@ int main(int argc, char** argv) {
     if (app.got_subcommand("report")) return run_report();
     if (app.got_subcommand("route")) return run_route();
     if (app.got_subcommand("compare")) return run_compare();
+    if (app.got_subcommand("upcycle")) return run_upcycle();
   } catch (const moe::Error& e) {
     // Under mpirun every rank meets the same error: rank 0 says it once.
     const char* rank = std::getenv("OMPI_COMM_WORLD_RANK");

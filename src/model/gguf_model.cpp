@@ -63,18 +63,21 @@ GgmlType fallback_of(GgmlType t) {
 }  // namespace
 
 std::string gguf_arch_of(const ModelConfig& c) {
-  if (c.model_type == "mixtral") return "llama";
+  // llama.cpp stores Mixtral, Llama and Mistral as its llama architecture.
+  if (c.model_type == "mixtral" || c.model_type == "llama" || c.model_type == "mistral")
+    return "llama";
+  if (c.model_type == "qwen2" || c.model_type == "qwen3") return c.model_type;
   if (c.model_type == "qwen2_moe") return "qwen2moe";
   if (c.model_type == "qwen3_moe") return "qwen3moe";
   if (c.model_type == "olmoe") return "olmoe";
   throw Error(
       fmt::format("model_type \"{}\" has no GGUF architecture here (expected mixtral, "
-                  "qwen2_moe, qwen3_moe or olmoe)",
+                  "qwen2_moe, qwen3_moe, olmoe, llama, mistral, qwen2 or qwen3)",
                   c.model_type));
 }
 
 bool gguf_rope_interleaved(const ModelConfig& c) {
-  return c.model_type == "mixtral";
+  return gguf_arch_of(c) == "llama";
 }
 
 void unpermute_rope_rows(const float* src, float* dst, int n_heads, int head_dim, int64_t cols) {
@@ -175,10 +178,12 @@ ModelConfig model_config_from_gguf(const GgufFile& f) {
     type = "qwen3_moe";
   else if (arch == "olmoe")
     type = "olmoe";
+  else if (arch == "qwen2" || arch == "qwen3")  // dense
+    type = arch;
   else
     throw Error(
         fmt::format("{}: general.architecture \"{}\" is not supported (expected llama, "
-                    "qwen2moe, qwen3moe or olmoe)",
+                    "qwen2moe, qwen3moe, olmoe, qwen2 or qwen3)",
                     path, arch));
   auto key = [&](const char* k) { return arch + "." + k; };
   auto integer = [&](const std::string& k) -> int64_t {
@@ -261,8 +266,13 @@ ModelConfig model_config_from_gguf(const GgufFile& f) {
   const int E = f.has(key("expert_count")) ? static_cast<int>(integer(key("expert_count"))) : 0;
   MOE_REQUIRE(E >= 0 && E <= (1 << 16), "{}: {} = {} is out of range", path, key("expert_count"),
               E);
-  MOE_REQUIRE(E > 0 || arch == "llama", "{}: {} is missing ({} is a mixture of experts)", path,
-              key("expert_count"), arch);
+  const bool dense_arch = arch == "qwen2" || arch == "qwen3";
+  MOE_REQUIRE(E > 0 || arch == "llama" || dense_arch,
+              "{}: {} is missing ({} is a mixture of experts)", path, key("expert_count"), arch);
+  MOE_REQUIRE(E == 0 || !dense_arch, "{}: {} = {} in the dense architecture {}", path,
+              key("expert_count"), E, arch);
+  // A llama file without experts is a dense Llama (or Mistral: llama.cpp stores it as llama).
+  if (arch == "llama" && E == 0) j["model_type"] = type = "llama";
   std::vector<int> dense_layers;
   int moe_layer = -1;  // a layer with experts, whose tensors fix the widths
   for (int l = 0; l < L; ++l) {
@@ -288,7 +298,11 @@ ModelConfig model_config_from_gguf(const GgufFile& f) {
     return dim(exps, 1);
   };
   const int ff = f.has(key("feed_forward_length")) ? positive(key("feed_forward_length")) : 0;
-  if (type == "mixtral") {
+  if (type == "llama" || dense_arch) {
+    MOE_REQUIRE(ff > 0, "{}: {} is missing", path, key("feed_forward_length"));
+    agree(key("feed_forward_length"), ff, "blk.0.ffn_gate.weight", 1);
+    j["intermediate_size"] = ff;
+  } else if (type == "mixtral") {
     MOE_REQUIRE(ff > 0, "{}: {} is missing", path, key("feed_forward_length"));
     if (E > 0) {
       MOE_REQUIRE(dense_layers.empty(),

@@ -21,6 +21,125 @@ bool is_null_or_absent(const nlohmann::json& j, const char* key) {
   return it == j.end() || it->is_null();
 }
 
+constexpr const char* kHfFamilies =
+    "mixtral, qwen2_moe, qwen3_moe, olmoe, or a dense llama, mistral, qwen2 or qwen3";
+
+}  // namespace
+
+bool is_dense_hf_family(const std::string& model_type) {
+  return model_type == "llama" || model_type == "mistral" || model_type == "qwen2" ||
+         model_type == "qwen3";
+}
+
+namespace {
+
+// The keys every family shares, over the defaults already set.
+void read_common_keys(const JsonKeyReader& get, ModelConfig& c) {
+  get("vocab_size", c.vocab_size);
+  get("hidden_size", c.hidden_size);
+  get("num_hidden_layers", c.num_hidden_layers);
+  get("num_attention_heads", c.num_attention_heads);
+  get("num_key_value_heads", c.num_key_value_heads);
+  get("head_dim", c.head_dim);
+  get("max_position_embeddings", c.max_position_embeddings);
+  get("rope_theta", c.rope_theta);
+  get("rms_norm_eps", c.rms_norm_eps);
+  get("tie_word_embeddings", c.tie_word_embeddings);
+  get("initializer_range", c.initializer_range);
+}
+
+// Settings that would change the computation but that we do not implement: refuse them rather
+// than run something else. `window_switch`: the key that turns the sliding window on (Qwen's
+// use_sliding_window), or null where sliding_window alone says it (Mistral, Mixtral).
+void refuse_unsupported_keys(const nlohmann::json& j, const JsonKeyReader& get,
+                             const std::string& where, const ModelConfig& c,
+                             const char* window_switch) {
+  std::string act = "silu";
+  get("hidden_act", act);
+  MOE_REQUIRE(act == "silu", "{}: hidden_act \"{}\" is not supported (expected \"silu\")", where,
+              act);
+  MOE_REQUIRE(is_null_or_absent(j, "rope_scaling"),
+              "{}: rope_scaling {} is not supported (plain RoPE only)", where,
+              j.contains("rope_scaling") ? j["rope_scaling"].dump() : "");
+  MOE_REQUIRE(is_null_or_absent(j, "clip_qkv"), "{}: clip_qkv {} is not supported", where,
+              j.contains("clip_qkv") ? j["clip_qkv"].dump() : "");
+  bool sliding = !window_switch && !is_null_or_absent(j, "sliding_window");
+  if (window_switch) get(window_switch, sliding);
+  if (sliding) {
+    // The window only matters past its length; refuse it rather than attend too far.
+    int window = 0;
+    get("sliding_window", window);
+    MOE_REQUIRE(window >= c.max_position_embeddings,
+                "{}: sliding_window = {} (shorter than max_position_embeddings = {}) is not "
+                "supported",
+                where, window, c.max_position_embeddings);
+  }
+  // Newer Qwen2/Qwen3 configs list each layer's attention kind.
+  std::vector<std::string> layer_types;
+  get("layer_types", layer_types);
+  for (size_t l = 0; l < layer_types.size(); ++l)
+    MOE_REQUIRE(layer_types[l] == "full_attention",
+                "{}: layer_types[{}] = \"{}\" is not supported (full attention only)", where, l,
+                layer_types[l]);
+}
+
+// llama, mistral, qwen2, qwen3: every layer a SwiGLU MLP of intermediate_size
+// (model.layers.N.mlp.{gate,up,down}_proj), num_local_experts = 0. Defaults of each family's
+// Hugging Face config class.
+ModelConfig dense_config_from_hf(const nlohmann::json& j, const std::string& where,
+                                 const std::string& type) {
+  JsonKeyReader get{j, where};
+  ModelConfig c;
+  c.model_type = type;
+  c.head_dim = 0;
+  c.tie_word_embeddings = false;
+  c.initializer_range = 0.02;
+  c.rms_norm_eps = 1e-6;
+  c.rope_theta = 10000;
+  c.num_local_experts = 0;
+  c.moe_every = 1;
+  if (type == "llama" || type == "mistral") {
+    c.vocab_size = 32000, c.hidden_size = 4096, c.num_hidden_layers = 32;
+    c.num_attention_heads = 32;
+    c.intermediate_size = type == "llama" ? 11008 : 14336;
+    c.num_key_value_heads = type == "llama" ? 0 : 8;  // llama: null, i.e. num_attention_heads
+    c.max_position_embeddings = type == "llama" ? 2048 : 4096 * 32;
+  } else {  // qwen2, qwen3
+    c.vocab_size = 151936, c.hidden_size = 4096, c.intermediate_size = 22016;
+    c.num_hidden_layers = 32, c.num_attention_heads = 32, c.num_key_value_heads = 32;
+    c.max_position_embeddings = 32768;
+    c.attention_bias = type == "qwen2";  // Qwen2's q/k/v projections always carry a bias
+    if (type == "qwen3") c.head_dim = 128, c.qk_norm = QkNorm::PerHead;
+  }
+  get("num_attention_heads", c.num_attention_heads);
+  if (c.num_key_value_heads == 0) c.num_key_value_heads = c.num_attention_heads;
+  read_common_keys(get, c);
+  get("intermediate_size", c.intermediate_size);
+  if (type != "qwen2") {
+    // Llama and Qwen3 put attention_bias on o_proj as well, which the decoder has no bias for.
+    bool bias = false;
+    get("attention_bias", bias);
+    MOE_REQUIRE(!bias, "{}: attention_bias = true is not supported for model_type {}", where, type);
+  }
+  bool mlp_bias = false;
+  get("mlp_bias", mlp_bias);
+  MOE_REQUIRE(!mlp_bias, "{}: mlp_bias = true is not supported", where);
+  // Mistral's default window (4096) is in use when the key is absent.
+  if (type == "mistral" && !j.contains("sliding_window"))
+    MOE_REQUIRE(4096 >= c.max_position_embeddings,
+                "{}: sliding_window (default 4096, shorter than max_position_embeddings = {}) is "
+                "not supported",
+                where, c.max_position_embeddings);
+  refuse_unsupported_keys(j, get, where, c,
+                          type == "qwen2" || type == "qwen3" ? "use_sliding_window" : nullptr);
+  c.sync_moe();
+  c.moe.num_experts = 0;  // no router
+  c.training = TrainConfig{};
+  c.training.seq_len = std::min(c.training.seq_len, c.max_position_embeddings);
+  c.validate_shape(where);
+  return c;
+}
+
 }  // namespace
 
 ModelConfig model_config_from_hf(const nlohmann::json& j, const std::string& where) {
@@ -28,15 +147,14 @@ ModelConfig model_config_from_hf(const nlohmann::json& j, const std::string& whe
   // Without model_type nothing says which family's defaults and tensor names apply: an empty or
   // unrelated JSON file must not pass as Mixtral-8x7B and fail later on a tensor shape.
   MOE_REQUIRE(j.contains("model_type") && !j["model_type"].is_null(),
-              "{}: model_type is missing (expected mixtral, qwen2_moe, qwen3_moe or olmoe)", where);
+              "{}: model_type is missing (expected {})", where, kHfFamilies);
   JsonKeyReader get{j, where};
   ModelConfig c;
   get("model_type", c.model_type);
   const std::string& type = c.model_type;
+  if (is_dense_hf_family(type)) return dense_config_from_hf(j, where, type);
   MOE_REQUIRE(type == "mixtral" || type == "qwen2_moe" || type == "qwen3_moe" || type == "olmoe",
-              "{}: model_type \"{}\" is not supported (expected mixtral, qwen2_moe, qwen3_moe or "
-              "olmoe)",
-              where, type);
+              "{}: model_type \"{}\" is not supported (expected {})", where, type, kHfFamilies);
   const bool mixtral = type == "mixtral", qwen2 = type == "qwen2_moe", qwen3 = type == "qwen3_moe";
   const bool qwen = qwen2 || qwen3;
 
@@ -72,18 +190,9 @@ ModelConfig model_config_from_hf(const nlohmann::json& j, const std::string& whe
     m.router_aux_loss_coef = 0.01, c.qk_norm = QkNorm::Full;
   }
 
-  get("vocab_size", c.vocab_size);
-  get("hidden_size", c.hidden_size);
-  get("num_hidden_layers", c.num_hidden_layers);
   get("num_attention_heads", c.num_attention_heads);
   if (!mixtral && c.num_key_value_heads == 0) c.num_key_value_heads = c.num_attention_heads;
-  get("num_key_value_heads", c.num_key_value_heads);
-  get("head_dim", c.head_dim);
-  get("max_position_embeddings", c.max_position_embeddings);
-  get("rope_theta", c.rope_theta);
-  get("rms_norm_eps", c.rms_norm_eps);
-  get("tie_word_embeddings", c.tie_word_embeddings);
-  get("initializer_range", c.initializer_range);
+  read_common_keys(get, c);
   get("num_experts_per_tok", m.num_experts_per_tok);
   get("router_aux_loss_coef", m.router_aux_loss_coef);
   if (!mixtral) get("norm_topk_prob", m.norm_topk_prob);
@@ -105,8 +214,9 @@ ModelConfig model_config_from_hf(const nlohmann::json& j, const std::string& whe
     get("shared_expert_intermediate_size", shared_width);
     get("qkv_bias", c.attention_bias);  // newer Hugging Face versions make the bias optional
   }
-  if (qwen3) get("attention_bias", c.attention_bias);
-  if (!qwen2 && !qwen3) {
+  if (!qwen2) {
+    // Qwen3-MoE and OLMoE put attention_bias on o_proj too, which the decoder has no bias for;
+    // Mixtral has no such key.
     bool bias = false;
     get("attention_bias", bias);
     MOE_REQUIRE(!bias, "{}: attention_bias = true is not supported for model_type {}", where, type);
@@ -121,33 +231,7 @@ ModelConfig model_config_from_hf(const nlohmann::json& j, const std::string& whe
   m.router_z_loss_coef = 0;  // the families' training loss has no router z-loss
   m.capacity_factor = 0;     // Hugging Face's blocks are dropless
 
-  // Settings that would change the computation but that we do not implement: refuse them
-  // rather than run something else.
-  std::string act = "silu";
-  get("hidden_act", act);
-  MOE_REQUIRE(act == "silu", "{}: hidden_act \"{}\" is not supported (expected \"silu\")", where,
-              act);
-  MOE_REQUIRE(is_null_or_absent(j, "rope_scaling"),
-              "{}: rope_scaling {} is not supported (plain RoPE only)", where,
-              j.contains("rope_scaling") ? j["rope_scaling"].dump() : "");
-  MOE_REQUIRE(is_null_or_absent(j, "clip_qkv"), "{}: clip_qkv {} is not supported", where,
-              j.contains("clip_qkv") ? j["clip_qkv"].dump() : "");
-  bool sliding = mixtral && !is_null_or_absent(j, "sliding_window");
-  if (qwen) {
-    bool use = false;
-    get("use_sliding_window", use);
-    sliding = use;
-  }
-  if (sliding) {
-    // The window only matters past its length; refuse it rather than attend too far.
-    int window = 0;
-    get("sliding_window", window);
-    MOE_REQUIRE(window >= c.max_position_embeddings,
-                "{}: sliding_window = {} (shorter than max_position_embeddings = {}) is not "
-                "supported",
-                where, window, c.max_position_embeddings);
-  }
-
+  refuse_unsupported_keys(j, get, where, c, qwen ? "use_sliding_window" : nullptr);
   c.sync_moe();
   c.training = TrainConfig{};
   c.training.seq_len = std::min(c.training.seq_len, c.max_position_embeddings);

@@ -1,11 +1,17 @@
-"""An independent float64 reference of four Hugging Face MoE causal LMs.
+"""An independent float64 reference of Hugging Face causal LMs: four MoE families and four dense.
 
-model_type "mixtral", "qwen2_moe", "qwen3_moe" and "olmoe", written in plain PyTorch
+model_type "mixtral", "qwen2_moe", "qwen3_moe" and "olmoe", and the dense "llama", "mistral",
+"qwen2" and "qwen3", written in plain PyTorch
 from the semantics of transformers' modeling_<type>.py (no transformers import: it is
 not packaged for Debian).  A model is a config dict (the checkpoint's config.json) and
 a dict of tensors with the checkpoint's Hugging Face names; any stored dtype is upcast
 to float64 and everything is computed in float64.  Used only to make and check the
 tests/fixtures/hf/ fixtures the C++ checkpoint loader is tested against.
+
+The dense families are the same decoder with a SwiGLU MLP (mlp.{gate,up,down}_proj, width
+intermediate_size) in every layer: llama and mistral plain (llama's attention_bias would put
+a bias on q/k/v/o alike), qwen2 with q/k/v biases, qwen3 with qwen3_moe's per-head q/k norm
+and explicit head_dim.
 
 What differs between the four (all else is the shared Llama-style decoder):
 
@@ -39,7 +45,9 @@ import math
 
 import torch
 
-ARCHS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
+MOE_ARCHS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
+DENSE_ARCHS = ("llama", "mistral", "qwen2", "qwen3")
+ARCHS = MOE_ARCHS + DENSE_ARCHS
 
 F64 = torch.float64
 
@@ -59,6 +67,8 @@ def num_kv_heads(cfg):
 
 
 def num_experts(cfg):
+    if cfg["model_type"] in DENSE_ARCHS:
+        return 0
     return cfg["num_local_experts"] if cfg["model_type"] == "mixtral" else cfg["num_experts"]
 
 
@@ -78,7 +88,10 @@ def layer_is_sparse(cfg, layer):
     """Whether decoder layer `layer` holds the MoE block (else a dense SwiGLU MLP).
 
     Qwen2/3-MoE (Qwen2MoeDecoderLayer): sparse iff layer not in mlp_only_layers and
-    num_experts > 0 and (layer + 1) % decoder_sparse_step == 0.  Mixtral, OLMoE: all."""
+    num_experts > 0 and (layer + 1) % decoder_sparse_step == 0.  Mixtral, OLMoE: all.
+    The dense families: none."""
+    if cfg["model_type"] in DENSE_ARCHS:
+        return False
     if cfg["model_type"] in ("mixtral", "olmoe"):
         return True
     return layer not in (cfg.get("mlp_only_layers") or []) and cfg["num_experts"] > 0 \
@@ -88,14 +101,22 @@ def layer_is_sparse(cfg, layer):
 def qkv_bias(cfg):
     # Qwen2-MoE: q/k/v biases (hard-wired before transformers v5, config qkv_bias since);
     # Qwen3-MoE and OLMoE (Llama attention) put attention_bias on q/k/v/o alike;
-    # Mixtral's projections never have a bias.
+    # Mixtral's and Mistral's projections never have a bias; Qwen2 (dense) always has q/k/v
+    # biases; Llama and Qwen3 put attention_bias on q/k/v/o alike.
     if cfg["model_type"] == "qwen2_moe":
         return bool(cfg.get("qkv_bias", True))
-    return cfg["model_type"] != "mixtral" and bool(cfg.get("attention_bias", False))
+    if cfg["model_type"] == "qwen2":
+        return True
+    return cfg["model_type"] not in ("mixtral", "mistral") and bool(cfg.get("attention_bias", False))
 
 
 def o_bias(cfg):
-    return cfg["model_type"] in ("qwen3_moe", "olmoe") and bool(cfg.get("attention_bias", False))
+    return cfg["model_type"] in ("qwen3_moe", "olmoe", "llama", "qwen3") and \
+        bool(cfg.get("attention_bias", False))
+
+
+def per_head_qk_norm(cfg):
+    return cfg["model_type"] in ("qwen3_moe", "qwen3")
 
 
 def _moe_prefix(cfg, layer):
@@ -128,7 +149,7 @@ def weight_shapes(cfg):
         out[a + "o_proj.weight"] = [d, H * hd]
         if o_bias(cfg):
             out[a + "o_proj.bias"] = [d]
-        if arch == "qwen3_moe":
+        if per_head_qk_norm(cfg):
             out[a + "q_norm.weight"] = [hd]
             out[a + "k_norm.weight"] = [hd]
         elif arch == "olmoe":
@@ -218,7 +239,7 @@ def attention(cfg, weights, layer, x):
     q = q.view(B, S, H, hd)
     k = k.view(B, S, G, hd)
     v = v.view(B, S, G, hd)
-    if arch == "qwen3_moe":
+    if per_head_qk_norm(cfg):
         # Qwen3 normalises each head separately (RMSNorm over head_dim), before RoPE.
         q = rms_norm(q, weights[a + "q_norm.weight"], eps)
         k = rms_norm(k, weights[a + "k_norm.weight"], eps)

@@ -113,6 +113,47 @@ def olmoe_config(**over):
     return cfg
 
 
+def _dense_common(arch, dtype, **over):
+    # The dense config classes have no routing keys.
+    cfg = _common(arch, dtype, intermediate_size=64)
+    for key in ("num_experts_per_tok", "output_router_logits"):
+        del cfg[key]
+    cfg.update(over)
+    return cfg
+
+
+def llama_config(**over):
+    cfg = _dense_common("llama", "float32", architectures=["LlamaForCausalLM"], rope_theta=10000.0,
+                        rope_scaling=None, attention_bias=False, mlp_bias=False, pretraining_tp=1,
+                        head_dim=12, rms_norm_eps=1e-6, pad_token_id=None)
+    cfg.update(over)
+    return cfg
+
+
+def mistral_config(**over):
+    cfg = _dense_common("mistral", "bfloat16", architectures=["MistralForCausalLM"], rope_theta=1e6,
+                        sliding_window=None, head_dim=None, tie_word_embeddings=True, rms_norm_eps=1e-5)
+    cfg.update(over)
+    return cfg
+
+
+def qwen2_config(**over):
+    cfg = _dense_common("qwen2", "float16", architectures=["Qwen2ForCausalLM"], num_hidden_layers=3,
+                        rope_theta=10000.0, rope_scaling=None, rms_norm_eps=1e-6, use_sliding_window=False,
+                        sliding_window=None, max_window_layers=3)
+    cfg.update(over)
+    return cfg
+
+
+def qwen3_config(**over):
+    cfg = _dense_common("qwen3", "float32", architectures=["Qwen3ForCausalLM"], head_dim=24, intermediate_size=48,
+                        rope_theta=1e6, rope_scaling=None, rms_norm_eps=1e-6, attention_bias=False,
+                        use_sliding_window=False, sliding_window=None, max_window_layers=2,
+                        tie_word_embeddings=True)
+    cfg.update(over)
+    return cfg
+
+
 # name, first seed tried, config, number of weight shards
 CASES = [
     ("mixtral", 1000, mixtral_config(), 1),
@@ -120,6 +161,10 @@ CASES = [
     ("qwen2_moe", 3000, qwen2_moe_config(), 2),
     ("qwen3_moe", 4000, qwen3_moe_config(), 1),
     ("olmoe", 5000, olmoe_config(), 1),
+    ("llama", 6000, llama_config(), 1),
+    ("mistral", 7000, mistral_config(), 1),
+    ("qwen2", 8000, qwen2_config(), 2),
+    ("qwen3", 9000, qwen3_config(), 1),
 ]
 
 
@@ -153,7 +198,7 @@ def make_weights(cfg):
 def decision_problems(cfg, trace):
     """Why a float32 engine could decide differently from the reference on this seed (list)."""
     problems = []
-    k = cfg["num_experts_per_tok"]
+    k = cfg.get("num_experts_per_tok", 0)   # dense families: no router logits
     for step, (last, routers) in enumerate(trace):
         top = torch.topk(last, 2, dim=-1).values
         margin = float((top[:, 0] - top[:, 1]).min())

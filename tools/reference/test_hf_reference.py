@@ -50,9 +50,18 @@ ARCH_KEYS = {
                   "mlp_only_layers", "attention_bias", "use_sliding_window", "sliding_window",
                   "max_window_layers", "rope_scaling"},
     "olmoe": {"num_experts", "norm_topk_prob", "attention_bias", "clip_qkv", "rope_scaling", "pad_token_id"},
+    "llama": {"head_dim", "attention_bias", "mlp_bias", "pretraining_tp", "rope_scaling", "pad_token_id"},
+    "mistral": {"head_dim", "sliding_window"},
+    "qwen2": {"use_sliding_window", "sliding_window", "max_window_layers", "rope_scaling"},
+    "qwen3": {"head_dim", "attention_bias", "use_sliding_window", "sliding_window", "max_window_layers",
+              "rope_scaling"},
 }
+# The dense config classes have no routing keys.
+DENSE_COMMON_KEYS = COMMON_KEYS - {"num_experts_per_tok", "output_router_logits", "router_aux_loss_coef"}
 ARCHITECTURES = {"mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM",
-                 "qwen3_moe": "Qwen3MoeForCausalLM", "olmoe": "OlmoeForCausalLM"}
+                 "qwen3_moe": "Qwen3MoeForCausalLM", "olmoe": "OlmoeForCausalLM",
+                 "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                 "qwen3": "Qwen3ForCausalLM"}
 STORED = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
 MAX_CASE_BYTES = 350 * 1024
 
@@ -141,7 +150,7 @@ class Pieces(unittest.TestCase):
         # OLMoE normalises all heads together: scaling every row changes nothing,
         # scaling one head's rows does.  (eps = 0 makes the invariances exact.)
         ids = torch.tensor([[5, 9, 17, 33, 4]])
-        for name, per_head in (("qwen3_moe", True), ("olmoe", False)):
+        for name, per_head in (("qwen3_moe", True), ("olmoe", False), ("qwen3", True)):
             cfg = dict(_case(name)[2], rms_norm_eps=0.0)
             w = _random_model(cfg, 4)
             base = hf.forward(cfg, w, ids)
@@ -156,6 +165,37 @@ class Pieces(unittest.TestCase):
                     self.assertLess(change, 1e-12, name)
                 else:
                     self.assertGreater(change, 1e-3, name)
+
+    def test_dense_family_is_its_moe_family_with_one_expert(self):
+        # A dense model equals the matching MoE family with E = 1, k = 1 whose expert is the
+        # dense MLP (for qwen2_moe, a shared expert with a zero down projection).
+        ids = torch.tensor([[5, 9, 17, 33, 4], [8, 8, 40, 3, 21]])
+        for dense, moe in (("llama", "mixtral"), ("mistral", "mixtral"), ("qwen2", "qwen2_moe"),
+                           ("qwen3", "qwen3_moe")):
+            cfg = _case(dense)[2]
+            w = _random_model(cfg, 15)
+            I, d = cfg["intermediate_size"], cfg["hidden_size"]
+            mcfg = dict(cfg, model_type=moe, num_experts_per_tok=1, norm_topk_prob=True,
+                        decoder_sparse_step=1, mlp_only_layers=[], moe_intermediate_size=I,
+                        shared_expert_intermediate_size=1)
+            mcfg["num_local_experts" if moe == "mixtral" else "num_experts"] = 1
+            mw = {}
+            for n, t in w.items():
+                if ".mlp." not in n:
+                    mw[n] = t
+            g, u, dn = hf._expert_names(mcfg)
+            for l in range(cfg["num_hidden_layers"]):
+                src, dst = "model.layers.%d.mlp." % l, hf._moe_prefix(mcfg, l)
+                mw[dst + "gate.weight"] = torch.randn(1, d, dtype=F64)
+                for ours, theirs in (("gate_proj", g), ("up_proj", u), ("down_proj", dn)):
+                    mw[dst + "experts.0.%s.weight" % theirs] = w[src + ours + ".weight"]
+                if moe == "qwen2_moe":
+                    mw[dst + "shared_expert.gate_proj.weight"] = torch.randn(1, d, dtype=F64)
+                    mw[dst + "shared_expert.up_proj.weight"] = torch.randn(1, d, dtype=F64)
+                    mw[dst + "shared_expert.down_proj.weight"] = torch.zeros(d, 1, dtype=F64)
+                    mw[dst + "shared_expert_gate.weight"] = torch.randn(1, d, dtype=F64)
+            self.assertEqual(set(mw), set(hf.weight_shapes(mcfg)), dense)
+            self.assertLess(_rel_change(hf.forward(cfg, w, ids), hf.forward(mcfg, mw, ids)), 1e-12, dense)
 
     def test_one_expert_top1_is_dense_swiglu(self):
         for name in ("mixtral", "qwen3_moe", "olmoe"):
@@ -200,7 +240,8 @@ class Pieces(unittest.TestCase):
         self.assertEqual([hf.layer_is_sparse(cfg, l) for l in range(6)], [False, True, False, False, False, True])
         self.assertFalse(hf.layer_is_sparse(dict(cfg, num_experts=0, decoder_sparse_step=1), 0))
         expect = {"mixtral": [True, True], "mixtral_bf16": [True, True], "qwen2_moe": [True, False, True],
-                  "qwen3_moe": [False, True], "olmoe": [True, True]}
+                  "qwen3_moe": [False, True], "olmoe": [True, True], "llama": [False, False],
+                  "mistral": [False, False], "qwen2": [False, False, False], "qwen3": [False, False]}
         for name, want in expect.items():
             cfg = _case(name)[2]
             self.assertEqual([hf.layer_is_sparse(cfg, l) for l in range(cfg["num_hidden_layers"])], want, name)
@@ -362,9 +403,14 @@ class Sensitivity(unittest.TestCase):
         self._assert_moves("qwen2_moe", zero("shared_expert_gate.weight"), "shared expert gate")
         for name in ("qwen2_moe", "qwen3_moe", "olmoe"):
             self._assert_moves(name, flip_norm_topk, "norm_topk_prob")
-        for name in ("qwen3_moe", "olmoe"):
+        for name in ("qwen3_moe", "olmoe", "qwen3"):
             self._assert_moves(name, ones("q_norm.weight"), "q_norm weight")
             self._assert_moves(name, ones("k_norm.weight"), "k_norm weight")
+        self._assert_moves("qwen2", zero("_proj.bias"), "q/k/v biases")
+        self._assert_moves("mistral", untie, "tied lm_head")
+        self._assert_moves("qwen3", untie, "tied lm_head")
+        for name in ("llama", "mistral", "qwen2", "qwen3"):
+            self._assert_moves(name, zero("mlp.down_proj.weight"), "dense MLP")
 
 
 class Fixtures(unittest.TestCase):
@@ -385,7 +431,8 @@ class Fixtures(unittest.TestCase):
             self.assertEqual(cfg, gen_cfg, name)
             arch = cfg["model_type"]
             self.assertEqual(cfg["architectures"], [ARCHITECTURES[arch]], name)
-            missing = (COMMON_KEYS | ARCH_KEYS[arch]) - set(cfg)
+            common = DENSE_COMMON_KEYS if arch in hf.DENSE_ARCHS else COMMON_KEYS
+            missing = (common | ARCH_KEYS[arch]) - set(cfg)
             self.assertEqual(missing, set(), name)
 
             # every weight file: real safetensors layout, HF metadata, one dtype
