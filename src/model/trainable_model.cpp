@@ -149,6 +149,14 @@ TrainableModel load_trainable_model(const std::string& path) {
       break;
     }
   }
+  // Hugging Face's families renormalize a single top-1 gate to 1 (the router then learns from
+  // the auxiliary loss only); the trainable Router keeps the k = 1 gate at the raw score (the
+  // Switch gate) and would train another function than the checkpoint's.
+  MOE_REQUIRE(m.config.moe.num_experts_per_tok > 1 || !m.config.moe.norm_topk_prob ||
+                  model_format_of(path) == ModelFormat::Run,
+              "{}: num_experts_per_tok = 1 with renormalized gates (gate = 1) cannot be "
+              "fine-tuned yet: the trainable router's top-1 gate is the probability",
+              path);
   return m;
 }
 

@@ -44,7 +44,7 @@ def load_checkpoint(d):
 
 
 def min_router_gap(cfg, trace):
-    k, gap = cfg["num_experts_per_tok"], float("inf")
+    k, gap = cfg.get("num_experts_per_tok", 0), float("inf")  # dense: no routers
     for logits in trace:
         if k < logits.shape[-1]:
             s = torch.sort(logits.reshape(-1, logits.shape[-1]), dim=-1, descending=True).values
