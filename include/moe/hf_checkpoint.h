@@ -63,6 +63,12 @@ enum class HfTensor {
   DenseDown,
 };
 std::string hf_tensor_name(const ModelConfig& c, int layer, HfTensor t, int expert = -1);
+// Which HfTensor our parameter of a block is, by its name after "model.layers.N." (docs/model.md:
+// "self_attn.q_proj.weight", "block_sparse_moe.experts.w1", "mlp.ffn.w2", ...); false for a
+// name that is none.
+bool hf_tensor_of_param(const std::string& what, HfTensor& t);
+// The reverse: our name of HfTensor t within a block (after "model.layers.N.").
+const char* param_of_hf_tensor(HfTensor t);
 
 // Parameter counts: total, and the part one token uses (k of E experts per MoE layer).
 struct ParameterCount {

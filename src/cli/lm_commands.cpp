@@ -508,8 +508,9 @@ std::function<int()> add_train_command(CLI::App& app) {
       ->check(CLI::ExistingFile);
   c->add_option("--out", a->out, "run directory")->capture_default_str();
   c->add_option("--init-from", a->init_from,
-                "fine-tune MODEL: a run or a Hugging Face checkpoint directory (its config, "
-                "weights and tokenizer; --config then holds training and routing keys only)");
+                "fine-tune MODEL: a run, a Hugging Face checkpoint directory or a GGUF file (its "
+                "config, weights and tokenizer; --config then holds training and routing keys "
+                "only)");
   c->add_option("--train", a->train_parts,
                 "parts that train, comma list of routers, experts, shared, dense, attention, "
                 "embeddings, norms, head, all (default all); the others are frozen");

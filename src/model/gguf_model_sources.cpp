@@ -107,39 +107,7 @@ class RunSource : public GgufModelSource {
       return t.name == "token_embd.weight" ? "model.embed_tokens.weight"
              : t.name == "output.weight"   ? "lm_head.weight"
                                            : "model.norm.weight";
-    const std::string ml = fmt::format("model.layers.{}.", t.layer);
-    const std::string e = ml + "block_sparse_moe.";
-    switch (t.kind) {
-      case HfTensor::InputNorm:
-        return ml + "input_layernorm.weight";
-      case HfTensor::PostAttentionNorm:
-        return ml + "post_attention_layernorm.weight";
-      case HfTensor::Q:
-        return ml + "self_attn.q_proj.weight";
-      case HfTensor::K:
-        return ml + "self_attn.k_proj.weight";
-      case HfTensor::V:
-        return ml + "self_attn.v_proj.weight";
-      case HfTensor::O:
-        return ml + "self_attn.o_proj.weight";
-      case HfTensor::Router:
-        return e + "router.weight";
-      case HfTensor::ExpertGate:  // stored stacked [E, F, d] as llama.cpp's *_exps
-        return e + "experts.w1";
-      case HfTensor::ExpertUp:
-        return e + "experts.w3";
-      case HfTensor::ExpertDown:
-        return e + "experts.w2";
-      case HfTensor::DenseGate:
-        return ml + "mlp.ffn.w1";
-      case HfTensor::DenseUp:
-        return ml + "mlp.ffn.w3";
-      case HfTensor::DenseDown:
-        return ml + "mlp.ffn.w2";
-      default:
-        break;
-    }
-    MOE_CHECK(false, "RunSource: a trained run has no tensor {}", t.name);
+    return fmt::format("model.layers.{}.{}", t.layer, param_of_hf_tensor(t.kind));
   }
   const ParamRef<float>& param(const std::string& name) const {
     const auto it = params_.find(name);

@@ -590,28 +590,48 @@ void save_hf_checkpoint(Transformer<float>& model, const std::string& dir, DType
 
 namespace {
 
-// The Hugging Face tensor of our parameter `what` of block `layer` (after "model.layers.N."),
-// for the parameters that are not one tensor per expert; "" when the name is the same.
-bool hf_block_tensor(const std::string& what, HfTensor& t) {
-  static const std::map<std::string, HfTensor> kTensors = {
-      {"block_sparse_moe.router.weight", HfTensor::Router},
-      {"block_sparse_moe.shared.w1", HfTensor::SharedGate},
-      {"block_sparse_moe.shared.w3", HfTensor::SharedUp},
-      {"block_sparse_moe.shared.w2", HfTensor::SharedDown},
-      {"block_sparse_moe.shared.gate", HfTensor::SharedExpertGate},
-      {"mlp.ffn.w1", HfTensor::DenseGate},
-      {"mlp.ffn.w3", HfTensor::DenseUp},
-      {"mlp.ffn.w2", HfTensor::DenseDown},
-      {"block_sparse_moe.experts.w1", HfTensor::ExpertGate},
-      {"block_sparse_moe.experts.w3", HfTensor::ExpertUp},
-      {"block_sparse_moe.experts.w2", HfTensor::ExpertDown}};
-  auto it = kTensors.find(what);
-  if (it == kTensors.end()) return false;
-  t = it->second;
-  return true;
-}
+// Our block parameters (docs/model.md) and the HfTensor each one is.
+const std::pair<const char*, HfTensor> kBlockParams[] = {
+    {"input_layernorm.weight", HfTensor::InputNorm},
+    {"post_attention_layernorm.weight", HfTensor::PostAttentionNorm},
+    {"self_attn.q_proj.weight", HfTensor::Q},
+    {"self_attn.k_proj.weight", HfTensor::K},
+    {"self_attn.v_proj.weight", HfTensor::V},
+    {"self_attn.o_proj.weight", HfTensor::O},
+    {"self_attn.q_proj.bias", HfTensor::QBias},
+    {"self_attn.k_proj.bias", HfTensor::KBias},
+    {"self_attn.v_proj.bias", HfTensor::VBias},
+    {"self_attn.q_norm.weight", HfTensor::QNorm},
+    {"self_attn.k_norm.weight", HfTensor::KNorm},
+    {"block_sparse_moe.router.weight", HfTensor::Router},
+    {"block_sparse_moe.experts.w1", HfTensor::ExpertGate},  // stacked [E, F, d]
+    {"block_sparse_moe.experts.w3", HfTensor::ExpertUp},
+    {"block_sparse_moe.experts.w2", HfTensor::ExpertDown},
+    {"block_sparse_moe.shared.w1", HfTensor::SharedGate},
+    {"block_sparse_moe.shared.w3", HfTensor::SharedUp},
+    {"block_sparse_moe.shared.w2", HfTensor::SharedDown},
+    {"block_sparse_moe.shared.gate", HfTensor::SharedExpertGate},
+    {"mlp.ffn.w1", HfTensor::DenseGate},
+    {"mlp.ffn.w3", HfTensor::DenseUp},
+    {"mlp.ffn.w2", HfTensor::DenseDown}};
 
 }  // namespace
+
+bool hf_tensor_of_param(const std::string& what, HfTensor& t) {
+  for (const auto& [name, tensor] : kBlockParams)
+    if (what == name) {
+      t = tensor;
+      return true;
+    }
+  return false;
+}
+
+const char* param_of_hf_tensor(HfTensor t) {
+  for (const auto& [name, tensor] : kBlockParams)
+    if (tensor == t) return name;
+  MOE_CHECK(false, "param_of_hf_tensor: no parameter for HfTensor {}", static_cast<int>(t));
+  return "";
+}
 
 void load_hf_weights(Transformer<float>& model, const HfWeights& w) {
   const ModelConfig& c = model.config();
@@ -626,10 +646,7 @@ void load_hf_weights(Transformer<float>& model, const HfWeights& w) {
     const size_t dot = n.find('.', layers.size());
     const int layer = std::stoi(n.substr(layers.size(), dot - layers.size()));
     const std::string what = n.substr(dot + 1);
-    if (!hf_block_tensor(what, t)) {  // norms and attention: the same names
-      w.file_of(n).read_into(n, p.shape, p.value);
-      continue;
-    }
+    MOE_CHECK(hf_tensor_of_param(what, t), "load_hf_weights: no Hugging Face tensor for {}", n);
     if (t != HfTensor::ExpertGate && t != HfTensor::ExpertUp && t != HfTensor::ExpertDown) {
       const std::string hf = hf_tensor_name(c, layer, t);
       w.file_of(hf).read_into(hf, p.shape, p.value);

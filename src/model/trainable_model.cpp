@@ -42,32 +42,9 @@ const std::set<std::string> kRoutingKeys = {"num_experts_per_tok",
 
 // The HfTensor of our parameter `what` in block `layer` (after "model.layers.N.").
 HfTensor block_tensor(const std::string& what) {
-  static const std::map<std::string, HfTensor> kTensors = {
-      {"input_layernorm.weight", HfTensor::InputNorm},
-      {"post_attention_layernorm.weight", HfTensor::PostAttentionNorm},
-      {"self_attn.q_proj.weight", HfTensor::Q},
-      {"self_attn.k_proj.weight", HfTensor::K},
-      {"self_attn.v_proj.weight", HfTensor::V},
-      {"self_attn.o_proj.weight", HfTensor::O},
-      {"self_attn.q_proj.bias", HfTensor::QBias},
-      {"self_attn.k_proj.bias", HfTensor::KBias},
-      {"self_attn.v_proj.bias", HfTensor::VBias},
-      {"self_attn.q_norm.weight", HfTensor::QNorm},
-      {"self_attn.k_norm.weight", HfTensor::KNorm},
-      {"block_sparse_moe.router.weight", HfTensor::Router},
-      {"block_sparse_moe.experts.w1", HfTensor::ExpertGate},
-      {"block_sparse_moe.experts.w3", HfTensor::ExpertUp},
-      {"block_sparse_moe.experts.w2", HfTensor::ExpertDown},
-      {"block_sparse_moe.shared.w1", HfTensor::SharedGate},
-      {"block_sparse_moe.shared.w3", HfTensor::SharedUp},
-      {"block_sparse_moe.shared.w2", HfTensor::SharedDown},
-      {"block_sparse_moe.shared.gate", HfTensor::SharedExpertGate},
-      {"mlp.ffn.w1", HfTensor::DenseGate},
-      {"mlp.ffn.w3", HfTensor::DenseUp},
-      {"mlp.ffn.w2", HfTensor::DenseDown}};
-  auto it = kTensors.find(what);
-  MOE_CHECK(it != kTensors.end(), "trainable model: no GGUF tensor for parameter {}", what);
-  return it->second;
+  HfTensor t{};
+  MOE_CHECK(hf_tensor_of_param(what, t), "trainable model: no GGUF tensor for parameter {}", what);
+  return t;
 }
 
 // Every parameter from the GGUF file, dequantized; Q/K rows of the llama architecture back from
