@@ -130,6 +130,10 @@ struct LoadedRun {
   ModelConfig config;
   std::unique_ptr<Transformer<float>> model;
   std::unique_ptr<Tokenizer> tokenizer;
+  // The run's copy of its tokenizer file (what token caches are keyed by, what a fine-tune
+  // from the run tokenizes with): dir/tokenizer.model or dir/tokenizer.json; "" for the byte
+  // tokenizer.
+  std::string tokenizer_file;
 };
 LoadedRun load_run(const std::string& dir);
 

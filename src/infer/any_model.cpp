@@ -14,18 +14,6 @@ namespace fs = std::filesystem;
 
 namespace moe {
 
-namespace {
-
-// The run's copy of its tokenizer (what validation_stream keys token caches by).
-std::string run_tokenizer_file(const std::string& run, const TrainConfig& t) {
-  if (t.tokenizer == "byte") return "";
-  const std::string json = run + "/tokenizer.json";
-  if (t.tokenizer != "sentencepiece" && fs::exists(json)) return json;
-  return run + "/tokenizer.model";
-}
-
-}  // namespace
-
 std::string AnyModel::description() const {
   const GgufFile* g = checkpoint ? checkpoint->gguf() : nullptr;
   return g ? fmt::format("{} (GGUF file, {})", config.model_type, g->string("general.architecture"))
@@ -40,7 +28,7 @@ AnyModel load_any_model(const std::string& path, GgmlType quantize) {
     m.run.emplace(load_run(path));
     m.config = m.run->config;
     m.tokenizer = std::move(m.run->tokenizer);
-    m.tokenizer_file = run_tokenizer_file(path, m.config.training);
+    m.tokenizer_file = m.run->tokenizer_file;
     m.start_token = document_frame(*m.tokenizer).first;
     m.decoder = std::make_unique<TransformerLm>(*m.run->model, quantize);
     return m;

@@ -101,11 +101,7 @@ TrainableModel load_trainable_model(const std::string& path) {
       LoadedRun run = load_run(path);
       m.config = run.config;
       m.model = std::move(run.model);
-      const std::string& t = m.config.training.tokenizer;
-      m.tokenizer = t == "byte" ? "byte"
-                    : t == "sentencepiece"
-                        ? path + "/tokenizer.model"
-                        : first_existing(path, {"tokenizer.json", "tokenizer.model"});
+      m.tokenizer = run.tokenizer_file.empty() ? "byte" : run.tokenizer_file;
       break;
     }
     case ModelFormat::HuggingFace: {

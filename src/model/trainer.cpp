@@ -419,12 +419,17 @@ LoadedRun load_run(const std::string& dir) {
   run.config = load_model_config(dir + "/config.json");
   run.model = std::make_unique<Transformer<float>>(run.config);
   run.model->load_weights(SafeTensorsFile::open(dir + "/model.safetensors"));
-  if (run.config.training.tokenizer == "byte") {
+  const std::string& t = run.config.training.tokenizer;
+  if (t == "byte") {
     run.tokenizer = make_byte_tokenizer();
-  } else if (run.config.training.tokenizer == "sentencepiece") {
-    run.tokenizer = load_sentencepiece(dir + "/tokenizer.model");
+  } else if (t == "sentencepiece") {
+    run.tokenizer_file = dir + "/tokenizer.model";
+    run.tokenizer = load_sentencepiece(run.tokenizer_file);
   } else {  // a tokenizer file given to `moe train --tokenizer`: its copy in the run
     run.tokenizer = load_tokenizer_dir(dir);
+    run.tokenizer_file = std::filesystem::exists(dir + "/tokenizer.json")
+                             ? dir + "/tokenizer.json"
+                             : dir + "/tokenizer.model";
   }
   MOE_REQUIRE(run.tokenizer->vocab_size() <= run.config.vocab_size,
               "{}/config.json: vocab_size = {} is smaller than the tokenizer's {} ({})", dir,
