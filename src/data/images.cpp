@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "core/json_keys.h"
 #include "moe/error.h"
 #include "moe/rng.h"
 
@@ -124,15 +125,9 @@ ImageDataConfig image_data_config_from_json(const nlohmann::json& j, const std::
   visit(c, [&](const char* key, auto&) { known.insert(key); });
   for (auto it = j.begin(); it != j.end(); ++it)
     MOE_REQUIRE(known.count(it.key()), "{}: dataset.{} is not a known key", where, it.key());
-  visit(c, [&](const char* key, auto& field) {
-    auto it = j.find(key);
-    if (it == j.end()) return;
-    try {
-      it->get_to(field);
-    } catch (const nlohmann::json::exception&) {
-      throw Error(fmt::format("{}: dataset.{} has the wrong type: {}", where, key, it->dump()));
-    }
-  });
+  // Types and integer ranges checked per key (a float where an int goes is an error, not UB).
+  const std::string in = where + ": dataset";
+  visit(c, JsonKeyReader{j, in});
   c.validate(where);
   return c;
 }
