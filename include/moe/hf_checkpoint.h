@@ -106,6 +106,8 @@ class HfWeights {
 // naming the key.
 std::string hf_family_for(const ModelConfig& c);
 
+// The shape and numeric keys every family's config.json states (vocab_size .. hidden_act), from c.
+void put_hf_shape_keys(nlohmann::json& j, const ModelConfig& c);
 // Writes config.json and model.safetensors (matrices in `dtype`: F32, BF16 or F16; norms and
 // the router always F32) into dir, each file atomically.
 void save_hf_checkpoint(Transformer<float>& model, const std::string& dir, DType dtype);

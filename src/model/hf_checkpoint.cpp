@@ -425,18 +425,7 @@ std::string hf_family_for(const ModelConfig& c) {
   return "qwen2_moe";
 }
 
-nlohmann::json hf_config_json(const ModelConfig& c, DType dtype) {
-  const std::string family = hf_family_for(c);
-  const MoeConfig& m = c.moe;
-  nlohmann::json j;
-  j["model_type"] = family;
-  j["architectures"] = {family == "mixtral"     ? "MixtralForCausalLM"
-                        : family == "qwen3_moe" ? "Qwen3MoeForCausalLM"
-                        : family == "olmoe"     ? "OlmoeForCausalLM"
-                                                : "Qwen2MoeForCausalLM"};
-  j["torch_dtype"] = dtype == DType::BF16  ? "bfloat16"
-                     : dtype == DType::F16 ? "float16"
-                                           : "float32";
+void put_hf_shape_keys(nlohmann::json& j, const ModelConfig& c) {
   j["vocab_size"] = c.vocab_size;
   j["hidden_size"] = c.hidden_size;
   j["num_hidden_layers"] = c.num_hidden_layers;
@@ -449,6 +438,21 @@ nlohmann::json hf_config_json(const ModelConfig& c, DType dtype) {
   j["tie_word_embeddings"] = c.tie_word_embeddings;
   j["initializer_range"] = c.initializer_range;
   j["hidden_act"] = "silu";
+}
+
+nlohmann::json hf_config_json(const ModelConfig& c, DType dtype) {
+  const std::string family = hf_family_for(c);
+  const MoeConfig& m = c.moe;
+  nlohmann::json j;
+  j["model_type"] = family;
+  j["architectures"] = {family == "mixtral"     ? "MixtralForCausalLM"
+                        : family == "qwen3_moe" ? "Qwen3MoeForCausalLM"
+                        : family == "olmoe"     ? "OlmoeForCausalLM"
+                                                : "Qwen2MoeForCausalLM"};
+  j["torch_dtype"] = dtype == DType::BF16  ? "bfloat16"
+                     : dtype == DType::F16 ? "float16"
+                                           : "float32";
+  put_hf_shape_keys(j, c);
   j["attention_dropout"] = 0.0;
   j["num_experts_per_tok"] = c.num_local_experts > 0 ? m.num_experts_per_tok : 1;
   // Hugging Face normalizes the load-balance f by T, not T*k: the same loss needs alpha / k.

@@ -114,18 +114,7 @@ nlohmann::json upcycled_config(const nlohmann::json& dense, const ModelConfig& d
   // The shape and numerics explicitly: a key the dense config leaves out takes the dense
   // class's default, which the MoE class may not share (llama's rope_theta 1e4 and
   // num_key_value_heads = num_attention_heads against Mixtral's 1e6 and 8, ...).
-  j["vocab_size"] = dc.vocab_size;
-  j["hidden_size"] = dc.hidden_size;
-  j["num_hidden_layers"] = dc.num_hidden_layers;
-  j["num_attention_heads"] = dc.num_attention_heads;
-  j["num_key_value_heads"] = dc.num_key_value_heads;
-  j["head_dim"] = dc.head_size();
-  j["max_position_embeddings"] = dc.max_position_embeddings;
-  j["rope_theta"] = dc.rope_theta;
-  j["rms_norm_eps"] = dc.rms_norm_eps;
-  j["tie_word_embeddings"] = dc.tie_word_embeddings;
-  j["initializer_range"] = dc.initializer_range;
-  j["hidden_act"] = "silu";
+  put_hf_shape_keys(j, dc);
   // Keys of the dense config classes that the MoE ones do not have (all at values that change
   // nothing: model_config_from_hf refused the others).
   for (const char* key : {"mlp_bias", "pretraining_tp", "layer_types", "_name_or_path"})
