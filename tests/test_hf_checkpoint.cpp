@@ -15,6 +15,7 @@
 #include "moe/inference_model.h"
 #include "moe/linear.h"
 #include "moe/rng.h"
+#include "moe/trainable_model.h"
 #include "test_util.h"
 
 namespace moe {
@@ -90,6 +91,10 @@ INSTANTIATE_TEST_SUITE_P(Families, HfFamily,
 // RoPE scaling (rope.h): YaRN (v5's rope_parameters; DeepSeek's mscale / mscale_all_dim under
 // the older "type" alias), llama3 and linear, each over an original context shorter than the
 // 7 + 8 positions of the fixture.
+// Granite-MoE: embedding, residual, attention and logits multipliers; experts fused in
+// input_linear / output_linear; softmax over the top-k router logits.
+INSTANTIATE_TEST_SUITE_P(Granite, HfFamily, ::testing::Values("granitemoe"));
+
 // transformers v5's fused expert tensors, written by the reference (2 shards).
 INSTANTIATE_TEST_SUITE_P(FusedExperts, HfFamily, ::testing::Values("qwen3_moe_fused"));
 
@@ -438,6 +443,82 @@ TEST(HfCheckpoint, FusedExpertLayoutIsTheSameModel) {
         b2{std::istreambuf_iterator<char>(f2), {}};
     EXPECT_TRUE(b1 == b2);
   }
+}
+
+// ibm-granite/granite-3.0-1b-a400m's published config.json: 24 layers of d = 1024, 16 heads of
+// 64 (8 kv heads), 32 experts of width 512, top-8, vocabulary 49155, tied embeddings. Per layer:
+// attention 1024 x (2 x 1024 + 2 x 512) = 3145728, two norms 2048, router 32768, experts
+// 32 x 3 x 1024 x 512 = 50331648 (8 of them active: 12582912); plus the embedding 50334720 and
+// the final norm 1024: 1334628352 total (the "1b"), 428658688 active (the "a400m").
+TEST(HfCheckpoint, ParameterAccountingOfGranite3_1bA400m) {
+  const nlohmann::json j = {{"model_type", "granitemoe"},
+                            {"architectures", {"GraniteMoeForCausalLM"}},
+                            {"attention_bias", false},
+                            {"attention_dropout", 0.1},
+                            {"attention_multiplier", 0.015625},
+                            {"bos_token_id", 0},
+                            {"embedding_multiplier", 12.0},
+                            {"eos_token_id", 0},
+                            {"hidden_act", "silu"},
+                            {"hidden_size", 1024},
+                            {"initializer_range", 0.02},
+                            {"intermediate_size", 512},
+                            {"logits_scaling", 6.0},
+                            {"max_position_embeddings", 4096},
+                            {"num_attention_heads", 16},
+                            {"num_experts_per_tok", 8},
+                            {"num_hidden_layers", 24},
+                            {"num_key_value_heads", 8},
+                            {"num_local_experts", 32},
+                            {"output_router_logits", false},
+                            {"pad_token_id", 0},
+                            {"residual_multiplier", 0.22},
+                            {"rms_norm_eps", 1e-6},
+                            {"rope_scaling", nullptr},
+                            {"rope_theta", 10000},
+                            {"router_aux_loss_coef", 0.0},
+                            {"tie_word_embeddings", true},
+                            {"torch_dtype", "bfloat16"},
+                            {"use_cache", true},
+                            {"vocab_size", 49155}};
+  const ModelConfig c = model_config_from_hf(j, "config.json");
+  EXPECT_EQ(c.embedding_multiplier, 12.0);
+  EXPECT_EQ(c.residual_multiplier, 0.22);
+  EXPECT_EQ(c.attention_multiplier, 0.015625);
+  EXPECT_EQ(c.logits_scaling, 6.0);
+  EXPECT_TRUE(c.moe.norm_topk_prob);
+  const ParameterCount n = count_parameters(c);
+  EXPECT_EQ(n.total, 1334628352);
+  EXPECT_EQ(n.active, 428658688);
+  EXPECT_EQ(hf_tensor_name(c, 3, HfTensor::Router),
+            "model.layers.3.block_sparse_moe.router.layer.weight");
+  EXPECT_EQ(hf_fused_experts_name(c, 3, true),
+            "model.layers.3.block_sparse_moe.input_linear.weight");
+}
+
+// Without a multiplier the granitemoe fixture is far from the reference (each one matters), and
+// the trainable model refuses it by name.
+TEST(HfCheckpoint, GraniteMultipliersMatterAndTrainingIsRefused) {
+  const std::string dir = fixture("granitemoe");
+  const auto expected = SafeTensorsFile::open(dir + "/expected.safetensors");
+  const auto ids = expected.read<int32_t>("input_ids");
+  const auto ref = expected.read<float>("logits");
+  const std::vector<int32_t> x(ids.data(), ids.data() + ids.shape()[1]);
+  const int64_t V = ref.shape()[2];
+  for (const char* key :
+       {"embedding_multiplier", "residual_multiplier", "attention_multiplier", "logits_scaling"}) {
+    TempDir d("granite_mult");
+    for (const auto& e : fs::directory_iterator(dir))
+      fs::copy_file(e.path(), d.file(e.path().filename().string()));
+    nlohmann::json j = nlohmann::json::parse(std::ifstream(d.file("config.json")));
+    j.erase(key);
+    std::ofstream(d.file("config.json")) << j.dump(2);
+    auto m = InferenceModel::load(d.str());
+    const auto got = logits_of(*m, x);
+    EXPECT_GT(normalized_error(got.data(), ref.data(), static_cast<int64_t>(x.size()) * V), 1e-3)
+        << key;
+  }
+  EXPECT_MOE_ERROR(load_trainable_model(dir), "granitemoe", "not trainable");
 }
 
 TEST(HfCheckpoint, RoutingHuggingFaceCannotExpressIsRefused) {

@@ -74,6 +74,12 @@ struct ModelConfig {
   bool attention_bias = false;       // q/k/v projections carry a bias (qwen2_moe)
   QkNorm qk_norm = QkNorm::None;     // qwen3_moe: PerHead, olmoe: Full
   std::vector<int> mlp_only_layers;  // dense layers whatever moe_every says (qwen2/3_moe)
+  // Granite-MoE's multipliers (the identity elsewhere): embeddings times embedding_multiplier,
+  // each attention and FFN output times residual_multiplier before its residual add, attention
+  // scores times attention_multiplier instead of 1/sqrt(head_dim) (0: that default), logits
+  // divided by logits_scaling. Read from a granitemoe config.json; inference only.
+  double embedding_multiplier = 1.0, residual_multiplier = 1.0, attention_multiplier = 0.0;
+  double logits_scaling = 1.0;
   TrainConfig training;
 
   // The positions the model runs: max_position_embeddings, longer where rope_scaling says so.
@@ -83,6 +89,11 @@ struct ModelConfig {
     return dense_intermediate_size > 0 ? dense_intermediate_size : intermediate_size;
   }
   bool is_moe_layer(int l) const;
+  // Whether any Granite-MoE multiplier differs from the identity.
+  bool has_multipliers() const {
+    return embedding_multiplier != 1.0 || residual_multiplier != 1.0 ||
+           attention_multiplier != 0.0 || logits_scaling != 1.0;
+  }
   // Mirrors hidden_size, intermediate_size and num_local_experts into `moe`.
   void sync_moe();
   void validate(const std::string& where = "config") const;

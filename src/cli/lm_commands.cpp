@@ -554,7 +554,8 @@ std::function<int()> add_train_command(CLI::App& app) {
 
 // The MODEL argument of every command that takes one.
 constexpr const char* kModelHelp =
-    "a run directory, a Hugging Face checkpoint directory (mixtral, qwen2_moe, qwen3_moe, olmoe) "
+    "a run directory, a Hugging Face checkpoint directory (mixtral, qwen2_moe, qwen3_moe, olmoe, "
+    "granitemoe) "
     "or a GGUF file (llama, qwen2moe, qwen3moe, olmoe)";
 
 std::function<int()> add_eval_command(CLI::App& app) {

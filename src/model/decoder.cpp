@@ -1,6 +1,7 @@
 #include "moe/decoder.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "moe/error.h"
@@ -97,6 +98,11 @@ void Decoder::attention(const AttentionWeights& w, int B, int n, KvCache<float>&
                rope_interleaved_);
   rope_forward(k_.data(), cos_.data(), sin_.data(), rows, G, static_cast<int>(hd), n, start,
                rope_interleaved_);
+  if (c.attention_multiplier > 0) {
+    // cached_attention scales the scores by 1/sqrt(hd); Granite-MoE's multiplier replaces it.
+    const auto q_scale = static_cast<float>(c.attention_multiplier * std::sqrt(double(hd)));
+    for (int64_t i = 0; i < rows * qd; ++i) q_[i] *= q_scale;
+  }
   cached_attention(q_.data(), k_.data(), v_.data(), B, n, H, G, static_cast<int>(hd), cache,
                    o_.data(), scores_);
   linear_forward(o_.data(), rows, w.o, h_.data(), /*accumulate=*/true);
@@ -117,6 +123,24 @@ void Decoder::forward(const int32_t* tokens, int B, int n, std::vector<KvCache<f
     MOE_REQUIRE(t >= 0 && t < V, "token id {} is outside the vocabulary [0, {})", t, V);
     dequantize_row(embed_.type, embed_.row(t), h_.data() + r * d, d);
   }
+  if (c.embedding_multiplier != 1.0) {
+    const auto mul = static_cast<float>(c.embedding_multiplier);
+    for (int64_t i = 0; i < rows * d; ++i) h_[i] *= mul;
+  }
+  // Granite-MoE scales each sub-layer's output before its residual add: the sub-layer then
+  // accumulates into a zeroed h_ and the residual (res_) is added back.
+  const bool scaled = c.residual_multiplier != 1.0;
+  const auto res_mul = static_cast<float>(c.residual_multiplier);
+  if (scaled) grow_to(res_, rows * d);
+  auto begin_sublayer = [&] {
+    if (!scaled) return;
+    std::copy_n(h_.data(), rows * d, res_.data());
+    std::fill_n(h_.data(), rows * d, 0.0f);
+  };
+  auto end_sublayer = [&] {
+    if (!scaled) return;
+    for (int64_t i = 0; i < rows * d; ++i) h_[i] = res_[i] + res_mul * h_[i];
+  };
   // Dynamic NTK follows the length the sequence reaches, as Hugging Face's dynamic_rope_update
   // recomputes its frequencies once the cache grows past max_position_embeddings: this call's
   // positions are rotated with the frequencies of start + n, while the keys already cached keep
@@ -131,9 +155,13 @@ void Decoder::forward(const int32_t* tokens, int B, int n, std::vector<KvCache<f
   for (size_t l = 0; l < attn_.size(); ++l) {
     const AttentionWeights& w = attn_[l];
     rmsnorm_forward(x_.data(), rstd_.data(), h_.data(), w.input_norm, rows, d, eps);
+    begin_sublayer();
     attention(w, B, n, caches[l]);
+    end_sublayer();
     rmsnorm_forward(x_.data(), rstd_.data(), h_.data(), w.post_norm, rows, d, eps);
+    begin_sublayer();
     ffn(static_cast<int>(l), rows);
+    end_sublayer();
   }
   // The head runs on the rows whose logits are wanted only.
   const int64_t out_rows = all_logits ? rows : B;
@@ -143,6 +171,10 @@ void Decoder::forward(const int32_t* tokens, int B, int n, std::vector<KvCache<f
   }
   rmsnorm_forward(x_.data(), rstd_.data(), x_.data(), final_norm_, out_rows, d, eps);
   linear_forward(x_.data(), out_rows, head_, logits);
+  if (c.logits_scaling != 1.0) {
+    const auto div = static_cast<float>(c.logits_scaling);
+    for (int64_t i = 0; i < out_rows * V; ++i) logits[i] /= div;
+  }
 }
 
 }  // namespace moe

@@ -23,7 +23,7 @@ bool is_null_or_absent(const nlohmann::json& j, const char* key) {
 }
 
 constexpr const char* kHfFamilies =
-    "mixtral, qwen2_moe, qwen3_moe, olmoe, or a dense llama, mistral, qwen2 or qwen3";
+    "mixtral, qwen2_moe, qwen3_moe, olmoe, granitemoe, or a dense llama, mistral, qwen2 or qwen3";
 
 }  // namespace
 
@@ -152,9 +152,12 @@ ModelConfig model_config_from_hf(const nlohmann::json& j, const std::string& whe
   get("model_type", c.model_type);
   const std::string& type = c.model_type;
   if (is_dense_hf_family(type)) return dense_config_from_hf(j, where, type);
-  MOE_REQUIRE(type == "mixtral" || type == "qwen2_moe" || type == "qwen3_moe" || type == "olmoe",
+  MOE_REQUIRE(type == "mixtral" || type == "qwen2_moe" || type == "qwen3_moe" || type == "olmoe" ||
+                  type == "granitemoe",
               "{}: model_type \"{}\" is not supported (expected {})", where, type, kHfFamilies);
-  const bool mixtral = type == "mixtral", qwen2 = type == "qwen2_moe", qwen3 = type == "qwen3_moe";
+  const bool granite = type == "granitemoe";
+  const bool mixtral = type == "mixtral" || granite;  // Granite-MoE names its keys as Mixtral
+  const bool qwen2 = type == "qwen2_moe", qwen3 = type == "qwen3_moe";
   const bool qwen = qwen2 || qwen3;
 
   // The defaults of each family's Hugging Face config class.
@@ -163,7 +166,13 @@ ModelConfig model_config_from_hf(const nlohmann::json& j, const std::string& whe
   c.head_dim = 0;
   c.tie_word_embeddings = false;
   c.initializer_range = 0.02;
-  if (mixtral) {
+  if (granite) {  // GraniteMoeConfig
+    c.vocab_size = 32000, c.hidden_size = 4096, c.intermediate_size = 11008;
+    c.num_hidden_layers = 32, c.num_attention_heads = 32, c.num_key_value_heads = 0;
+    c.max_position_embeddings = 2048, c.rms_norm_eps = 1e-6, c.rope_theta = 10000;
+    c.num_local_experts = 8, m.num_experts_per_tok = 2, m.router_aux_loss_coef = 0.001;
+    m.norm_topk_prob = true;  // the softmax over the top-k logits: renormalized top-k
+  } else if (mixtral) {
     c.vocab_size = 32000, c.hidden_size = 4096, c.intermediate_size = 14336;
     c.num_hidden_layers = 32, c.num_attention_heads = 32, c.num_key_value_heads = 8;
     c.max_position_embeddings = 4096 * 32, c.rms_norm_eps = 1e-5, c.rope_theta = 1e6;
@@ -190,7 +199,8 @@ ModelConfig model_config_from_hf(const nlohmann::json& j, const std::string& whe
   }
 
   get("num_attention_heads", c.num_attention_heads);
-  if (!mixtral && c.num_key_value_heads == 0) c.num_key_value_heads = c.num_attention_heads;
+  if ((!mixtral || granite) && c.num_key_value_heads == 0)
+    c.num_key_value_heads = c.num_attention_heads;
   read_common_keys(get, c);
   read_rope_config(j, where, c);
   get("num_experts_per_tok", m.num_experts_per_tok);
@@ -214,9 +224,20 @@ ModelConfig model_config_from_hf(const nlohmann::json& j, const std::string& whe
     get("shared_expert_intermediate_size", shared_width);
     get("qkv_bias", c.attention_bias);  // newer Hugging Face versions make the bias optional
   }
+  if (granite) {
+    get("embedding_multiplier", c.embedding_multiplier);
+    get("residual_multiplier", c.residual_multiplier);
+    get("attention_multiplier", c.attention_multiplier);
+    get("logits_scaling", c.logits_scaling);
+    // A softmax over one logit is 1, which our k = 1 gate (the raw probability) is not.
+    MOE_REQUIRE(m.num_experts_per_tok > 1,
+                "{}: num_experts_per_tok = 1 is not supported for granitemoe (its gate is then "
+                "1)",
+                where);
+  }
   if (!qwen2) {
-    // Qwen3-MoE and OLMoE put attention_bias on o_proj too, which the decoder has no bias for;
-    // Mixtral has no such key.
+    // Qwen3-MoE, OLMoE and Granite-MoE put attention_bias on o_proj too, which the decoder has no
+    // bias for; Mixtral has no such key.
     bool bias = false;
     get("attention_bias", bias);
     MOE_REQUIRE(!bias, "{}: attention_bias = true is not supported for model_type {}", where, type);
@@ -244,7 +265,14 @@ ModelConfig load_hf_config(const std::string& path) {
 }
 
 std::string hf_tensor_name(const ModelConfig& c, int layer, HfTensor t, int expert) {
-  const bool mixtral = c.model_type == "mixtral";
+  if (c.model_type == "granitemoe") {
+    // Its experts exist fused only (input_linear, output_linear); the router is a module.
+    const std::string b = fmt::format("model.layers.{}.block_sparse_moe.", layer);
+    if (t == HfTensor::Router) return b + "router.layer.weight";
+    if (t == HfTensor::ExpertGate || t == HfTensor::ExpertUp || t == HfTensor::ExpertDown)
+      return hf_fused_experts_name(c, layer, t != HfTensor::ExpertDown);
+  }
+  const bool mixtral = c.model_type == "mixtral" || c.model_type == "granitemoe";
   const std::string p = fmt::format("model.layers.{}.", layer);
   const std::string moe = mixtral ? p + "block_sparse_moe." : p + "mlp.";
   const std::string ex = fmt::format("{}experts.{}.", moe, expert);
@@ -308,6 +336,11 @@ bool parse_hf_expert_layout(const std::string& name, HfExpertLayout& out) {
 }
 
 std::string hf_fused_experts_name(const ModelConfig& c, int layer, bool gate_up) {
+  // Granite-MoE's GraniteMoeParallelExperts: input_linear [E, 2F, d] (gate rows, then up
+  // rows, as v5's gate_up_proj) and output_linear [E, d, F].
+  if (c.model_type == "granitemoe")
+    return fmt::format("model.layers.{}.block_sparse_moe.{}.weight", layer,
+                       gate_up ? "input_linear" : "output_linear");
   const std::string block = c.model_type == "mixtral" ? "block_sparse_moe" : "mlp";
   return fmt::format("model.layers.{}.{}.experts.{}", layer, block,
                      gate_up ? "gate_up_proj" : "down_proj");

@@ -1,6 +1,7 @@
 #include "moe/model_config.h"
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <initializer_list>
 #include <nlohmann/json.hpp>
@@ -347,6 +348,15 @@ void ModelConfig::validate_shape(const std::string& where) const {
          fmt::format("must be positive, got {}", max_position_embeddings));
   if (!(rope_theta > 0)) fail("rope_theta", fmt::format("must be positive, got {}", rope_theta));
   rope_scaling.validate(where);
+  for (const auto& [key, value] :
+       {std::pair<const char*, double>{"embedding_multiplier", embedding_multiplier},
+        {"residual_multiplier", residual_multiplier},
+        {"logits_scaling", logits_scaling}})
+    if (!(value > 0) || !std::isfinite(value))
+      fail(key, fmt::format("must be positive and finite, got {}", value));
+  if (!(attention_multiplier >= 0) || !std::isfinite(attention_multiplier))
+    fail("attention_multiplier",
+         fmt::format("must be positive and finite, got {}", attention_multiplier));
   if (rope_scaling.type == RopeType::Dynamic && head_size() <= 2)
     fail("head_dim", "must be more than 2 for dynamic NTK RoPE (its exponent is hd / (hd - 2))");
   if (!(rms_norm_eps > 0))
