@@ -15,6 +15,7 @@
 #include "moe/inference_model.h"
 #include "moe/linear.h"
 #include "moe/rng.h"
+#include "moe/trainable_model.h"
 #include "test_util.h"
 
 namespace moe {
@@ -86,6 +87,44 @@ TEST_P(HfFamily, MatchesPyTorchReference) {
 INSTANTIATE_TEST_SUITE_P(Families, HfFamily,
                          ::testing::Values("mixtral", "mixtral_bf16", "qwen2_moe", "qwen3_moe",
                                            "olmoe", "llama", "mistral", "qwen2", "qwen3"));
+
+// RoPE scaling (rope.h): YaRN (v5's rope_parameters; DeepSeek's mscale / mscale_all_dim under
+// the older "type" alias), llama3 and linear, each over an original context shorter than the
+// 7 + 8 positions of the fixture.
+// Granite-MoE: embedding, residual, attention and logits multipliers; experts fused in
+// input_linear / output_linear; softmax over the top-k router logits.
+INSTANTIATE_TEST_SUITE_P(Granite, HfFamily, ::testing::Values("granitemoe"));
+
+// transformers v5's fused expert tensors, written by the reference (2 shards).
+INSTANTIATE_TEST_SUITE_P(FusedExperts, HfFamily, ::testing::Values("qwen3_moe_fused"));
+
+INSTANTIATE_TEST_SUITE_P(RopeScaling, HfFamily,
+                         ::testing::Values("qwen3_moe_yarn", "olmoe_yarn_mscale", "mixtral_llama3",
+                                           "llama_linear"));
+
+// Dynamic NTK: the prompt (7 tokens) is longer than max_position_embeddings (4), so the prompt's
+// forward uses the frequencies of its length. Greedy generation and the one-token-at-a-time
+// cache are not compared: as in Hugging Face, each call's new positions use the frequencies of
+// the length reached while cached keys keep theirs, which a full forward (the reference) cannot
+// reproduce. The single-token step that does reach a new length is checked against the rotation
+// a full forward of that length gives its last position.
+TEST(HfCheckpoint, DynamicNtkRopeMatchesPyTorchReference) {
+  const std::string dir = fixture("qwen2_moe_dynamic");
+  auto model = InferenceModel::load(dir);
+  const ModelConfig& c = model->config();
+  ASSERT_EQ(c.rope_scaling.type, RopeType::Dynamic);
+  EXPECT_EQ(c.context_length(), 16);  // factor 4 x max_position_embeddings 4
+  const auto expected = SafeTensorsFile::open(dir + "/expected.safetensors");
+  const auto ids = expected.read<int32_t>("input_ids");
+  const auto ref = expected.read<float>("logits");
+  const int B = static_cast<int>(ids.shape()[0]), S = static_cast<int>(ids.shape()[1]);
+  ASSERT_GT(S, c.max_position_embeddings);
+  const int64_t V = c.vocab_size;
+  std::vector<float> logits(static_cast<size_t>(B * S * V));
+  auto caches = model->new_caches(B, S);
+  model->forward(ids.data(), B, S, caches, logits.data(), /*all_logits=*/true);
+  EXPECT_LT(normalized_error(logits.data(), ref.data(), ref.numel()), 1e-4);
+}
 
 TEST(HfCheckpoint, FixtureConfigsAreReadPerFamily) {
   const ModelConfig q2 = load_hf_config(fixture("qwen2_moe") + "/config.json");
@@ -341,6 +380,7 @@ TEST_P(HfFamilyTraining, LoadsTrainsAndSavesInItsFamily) {
   EXPECT_EQ(back.model_type, cfg.model_type);
   EXPECT_EQ(back.qk_norm, cfg.qk_norm);
   EXPECT_EQ(back.attention_bias, cfg.attention_bias);
+  EXPECT_EQ(rope_scaling_to_json(back.rope_scaling), rope_scaling_to_json(cfg.rope_scaling));
   for (int l = 0; l < cfg.num_hidden_layers; ++l)
     EXPECT_EQ(back.is_moe_layer(l), cfg.is_moe_layer(l));
   auto infer = InferenceModel::load(tmp.str());
@@ -354,6 +394,132 @@ TEST_P(HfFamilyTraining, LoadsTrainsAndSavesInItsFamily) {
 INSTANTIATE_TEST_SUITE_P(Families, HfFamilyTraining,
                          ::testing::Values("mixtral", "mixtral_bf16", "qwen2_moe", "qwen3_moe",
                                            "olmoe"));
+// The training Transformer takes its RoPE tables from the same rope_frequencies: a rope-scaled
+// checkpoint fine-tunes and saves (its rope_scaling written back) alike.
+INSTANTIATE_TEST_SUITE_P(RopeScaling, HfFamilyTraining,
+                         ::testing::Values("qwen3_moe_yarn", "olmoe_yarn_mscale", "mixtral_llama3",
+                                           "qwen2_moe_dynamic", "qwen3_moe_fused"));
+
+// transformers v5's fused expert tensors: each family's fixture saved both ways gives the same
+// logits (inference views into gate_up_proj / down_proj, and the trainable model), and the fused
+// checkpoint loaded and saved per expert gives back the per-expert file byte for byte.
+TEST(HfCheckpoint, FusedExpertLayoutIsTheSameModel) {
+  test::ExactBf16Path exact;
+  for (const char* name : {"mixtral", "mixtral_bf16", "qwen2_moe", "qwen3_moe", "olmoe"}) {
+    SCOPED_TRACE(name);
+    const std::string dir = fixture(name);
+    const ModelConfig cfg = load_hf_config(dir + "/config.json");
+    Transformer<float> model(cfg);
+    load_hf_weights(model, HfWeights::open(dir));
+    TempDir per("hf_per_expert"), fused("hf_fused"), back("hf_back");
+    save_hf_checkpoint(model, per.str(), DType::BF16, HfExpertLayout::PerExpert);
+    save_hf_checkpoint(model, fused.str(), DType::BF16, HfExpertLayout::Fused);
+    const HfWeights wf = HfWeights::open(fused.str());
+    int fused_layers = 0;
+    for (int l = 0; l < cfg.num_hidden_layers; ++l) {
+      if (!cfg.is_moe_layer(l)) continue;
+      ++fused_layers;
+      const std::string gate_up = hf_fused_experts_in(wf, cfg, l, true);
+      ASSERT_EQ(gate_up, hf_fused_experts_name(cfg, l, true));
+      EXPECT_EQ(wf.entry(gate_up).shape,
+                std::vector<int64_t>(
+                    {cfg.num_local_experts, 2 * cfg.intermediate_size, cfg.hidden_size}));
+      EXPECT_EQ(
+          wf.entry(hf_fused_experts_name(cfg, l, false)).shape,
+          std::vector<int64_t>({cfg.num_local_experts, cfg.hidden_size, cfg.intermediate_size}));
+      EXPECT_FALSE(wf.has(hf_tensor_name(cfg, l, HfTensor::ExpertGate, 0)));
+    }
+    EXPECT_GT(fused_layers, 0);
+    const std::vector<int32_t> x = {5, 17, 3, 40, 41, 8, 77, 12};
+    auto a = InferenceModel::load(per.str());
+    auto b = InferenceModel::load(fused.str());
+    EXPECT_EQ(logits_of(*a, x), logits_of(*b, x));  // the same stored values, bit for bit
+    Transformer<float> reloaded(load_hf_config(fused.file("config.json")));
+    load_hf_weights(reloaded, wf);
+    save_hf_checkpoint(reloaded, back.str(), DType::BF16, HfExpertLayout::PerExpert);
+    std::ifstream f1(per.file("model.safetensors"), std::ios::binary),
+        f2(back.file("model.safetensors"), std::ios::binary);
+    const std::string b1{std::istreambuf_iterator<char>(f1), {}},
+        b2{std::istreambuf_iterator<char>(f2), {}};
+    EXPECT_TRUE(b1 == b2);
+  }
+}
+
+// ibm-granite/granite-3.0-1b-a400m's published config.json: 24 layers of d = 1024, 16 heads of
+// 64 (8 kv heads), 32 experts of width 512, top-8, vocabulary 49155, tied embeddings. Per layer:
+// attention 1024 x (2 x 1024 + 2 x 512) = 3145728, two norms 2048, router 32768, experts
+// 32 x 3 x 1024 x 512 = 50331648 (8 of them active: 12582912); plus the embedding 50334720 and
+// the final norm 1024: 1334628352 total (the "1b"), 428658688 active (the "a400m").
+TEST(HfCheckpoint, ParameterAccountingOfGranite3_1bA400m) {
+  const nlohmann::json j = {{"model_type", "granitemoe"},
+                            {"architectures", {"GraniteMoeForCausalLM"}},
+                            {"attention_bias", false},
+                            {"attention_dropout", 0.1},
+                            {"attention_multiplier", 0.015625},
+                            {"bos_token_id", 0},
+                            {"embedding_multiplier", 12.0},
+                            {"eos_token_id", 0},
+                            {"hidden_act", "silu"},
+                            {"hidden_size", 1024},
+                            {"initializer_range", 0.02},
+                            {"intermediate_size", 512},
+                            {"logits_scaling", 6.0},
+                            {"max_position_embeddings", 4096},
+                            {"num_attention_heads", 16},
+                            {"num_experts_per_tok", 8},
+                            {"num_hidden_layers", 24},
+                            {"num_key_value_heads", 8},
+                            {"num_local_experts", 32},
+                            {"output_router_logits", false},
+                            {"pad_token_id", 0},
+                            {"residual_multiplier", 0.22},
+                            {"rms_norm_eps", 1e-6},
+                            {"rope_scaling", nullptr},
+                            {"rope_theta", 10000},
+                            {"router_aux_loss_coef", 0.0},
+                            {"tie_word_embeddings", true},
+                            {"torch_dtype", "bfloat16"},
+                            {"use_cache", true},
+                            {"vocab_size", 49155}};
+  const ModelConfig c = model_config_from_hf(j, "config.json");
+  EXPECT_EQ(c.embedding_multiplier, 12.0);
+  EXPECT_EQ(c.residual_multiplier, 0.22);
+  EXPECT_EQ(c.attention_multiplier, 0.015625);
+  EXPECT_EQ(c.logits_scaling, 6.0);
+  EXPECT_TRUE(c.moe.norm_topk_prob);
+  const ParameterCount n = count_parameters(c);
+  EXPECT_EQ(n.total, 1334628352);
+  EXPECT_EQ(n.active, 428658688);
+  EXPECT_EQ(hf_tensor_name(c, 3, HfTensor::Router),
+            "model.layers.3.block_sparse_moe.router.layer.weight");
+  EXPECT_EQ(hf_fused_experts_name(c, 3, true),
+            "model.layers.3.block_sparse_moe.input_linear.weight");
+}
+
+// Without a multiplier the granitemoe fixture is far from the reference (each one matters), and
+// the trainable model refuses it by name.
+TEST(HfCheckpoint, GraniteMultipliersMatterAndTrainingIsRefused) {
+  const std::string dir = fixture("granitemoe");
+  const auto expected = SafeTensorsFile::open(dir + "/expected.safetensors");
+  const auto ids = expected.read<int32_t>("input_ids");
+  const auto ref = expected.read<float>("logits");
+  const std::vector<int32_t> x(ids.data(), ids.data() + ids.shape()[1]);
+  const int64_t V = ref.shape()[2];
+  for (const char* key :
+       {"embedding_multiplier", "residual_multiplier", "attention_multiplier", "logits_scaling"}) {
+    TempDir d("granite_mult");
+    for (const auto& e : fs::directory_iterator(dir))
+      fs::copy_file(e.path(), d.file(e.path().filename().string()));
+    nlohmann::json j = nlohmann::json::parse(std::ifstream(d.file("config.json")));
+    j.erase(key);
+    std::ofstream(d.file("config.json")) << j.dump(2);
+    auto m = InferenceModel::load(d.str());
+    const auto got = logits_of(*m, x);
+    EXPECT_GT(normalized_error(got.data(), ref.data(), static_cast<int64_t>(x.size()) * V), 1e-3)
+        << key;
+  }
+  EXPECT_MOE_ERROR(load_trainable_model(dir), "granitemoe", "not trainable");
+}
 
 TEST(HfCheckpoint, RoutingHuggingFaceCannotExpressIsRefused) {
   ModelConfig c = small_config(false, 1);
@@ -462,6 +628,83 @@ TEST(HfCheckpointErrors, UnknownModelTypeAndUnsupportedKeys) {
     j["hidden_size"] = "wide";
   });
   EXPECT_MOE_ERROR(InferenceModel::load(d.str()), "config.json", "hidden_size");
+}
+
+// Without its rope_scaling a fixture's model is far from the reference: the scaling is what
+// matches (and the fixtures are ones where it matters).
+TEST(HfCheckpoint, RopeScalingIsWhatMatchesTheReference) {
+  for (const char* name : {"qwen3_moe_yarn", "olmoe_yarn_mscale", "mixtral_llama3", "llama_linear",
+                           "qwen2_moe_dynamic"}) {
+    TempDir d("hf_rope");
+    copy_fixture(name, d);
+    edit_config(d, [](nlohmann::json& j) {
+      j.erase("rope_scaling");
+      j.erase("rope_parameters");
+      j["max_position_embeddings"] = 64;
+    });
+    auto model = InferenceModel::load(d.str());
+    const auto expected = SafeTensorsFile::open(d.file("expected.safetensors"));
+    const auto ids = expected.read<int32_t>("input_ids");
+    const auto ref = expected.read<float>("logits");
+    const int B = static_cast<int>(ids.shape()[0]), S = static_cast<int>(ids.shape()[1]);
+    std::vector<float> logits(static_cast<size_t>(ref.numel()));
+    auto caches = model->new_caches(B, S);
+    model->forward(ids.data(), B, S, caches, logits.data(), /*all_logits=*/true);
+    EXPECT_GT(normalized_error(logits.data(), ref.data(), ref.numel()), 1e-3) << name;
+  }
+}
+
+TEST(HfCheckpointErrors, RopeScalingKeys) {
+  TempDir d("hf_bad_rope");
+  copy_fixture("mixtral", d);
+  auto fails = [&](const nlohmann::json& rope, const char* key) {
+    edit_config(d, [&](nlohmann::json& j) { j["rope_scaling"] = rope; });
+    EXPECT_MOE_ERROR(InferenceModel::load(d.str()), "config.json", key);
+  };
+  fails({{"rope_type", "longrope"}, {"factor", 2.0}}, "longrope");
+  fails({{"rope_type", "yarn"}}, "rope_scaling.factor");
+  fails({{"type", "linear"}, {"factor", "two"}}, "rope_scaling.factor");
+  fails({{"type", "linear"}, {"factor", 0.5}}, "rope_scaling.factor");
+  fails({{"rope_type", "llama3"},
+         {"factor", 8.0},
+         {"low_freq_factor", 1.0},
+         {"high_freq_factor", 4.0}},
+        "rope_scaling.original_max_position_embeddings");
+  fails({{"rope_type", "llama3"},
+         {"factor", 8.0},
+         {"low_freq_factor", 4.0},
+         {"high_freq_factor", 1.0},
+         {"original_max_position_embeddings", 16}},
+        "rope_scaling.high_freq_factor");
+  fails({{"rope_type", "yarn"}, {"factor", 4.0}, {"short_factor", {1.0}}},
+        "rope_scaling.short_factor");
+  fails({{"factor", 4.0}}, "rope_scaling.rope_type");
+  fails({{"rope_type", "linear"}, {"factor", 2.0}, {"partial_rotary_factor", 0.5}},
+        "partial_rotary_factor");
+  fails("yarn", "rope_scaling");
+  // The accepted spellings: v5's rope_parameters (which may carry rope_theta) and "default".
+  edit_config(d, [](nlohmann::json& j) {
+    j.erase("rope_scaling");
+    j["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 5e5}};
+  });
+  const ModelConfig c = load_hf_config(d.file("config.json"));
+  EXPECT_FALSE(c.rope_scaling.scaled());
+  EXPECT_EQ(c.rope_theta, 5e5);
+}
+
+// A fused expert tensor of the wrong shape is one error naming it.
+TEST(HfCheckpointErrors, FusedExpertsOfTheWrongShape) {
+  TempDir d("hf_fused_bad");
+  Transformer<float> model(load_hf_config(fixture("mixtral") + "/config.json"));
+  load_hf_weights(model, HfWeights::open(fixture("mixtral")));
+  save_hf_checkpoint(model, d.str(), DType::F32, HfExpertLayout::Fused);
+  edit_config(
+      d, [](nlohmann::json& j) { j["intermediate_size"] = j["intermediate_size"].get<int>() + 2; });
+  EXPECT_MOE_ERROR(InferenceModel::load(d.str()), "model.safetensors", "experts.gate_up_proj",
+                   "shape");
+  Transformer<float> wider(load_hf_config(d.file("config.json")));
+  EXPECT_MOE_ERROR(load_hf_weights(wider, HfWeights::open(d.str())), "model.safetensors",
+                   "gate_up_proj");
 }
 
 TEST(HfCheckpointErrors, ShardIndexProblems) {

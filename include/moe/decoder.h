@@ -94,6 +94,7 @@ class Decoder {
   int64_t quantized_values_ = 0;
   std::vector<float> cos_, sin_;  // RoPE tables [max_positions, hd/2]
   std::vector<float> rstd_, q_, k_, v_, o_, scores_;
+  std::vector<float> res_;  // the residual stream while a scaled sub-layer runs (Granite-MoE)
 };
 
 }  // namespace moe

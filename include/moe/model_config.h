@@ -11,6 +11,7 @@
 
 #include "moe/attention.h"  // QkNorm
 #include "moe/moe_config.h"
+#include "moe/rope.h"
 
 namespace moe {
 
@@ -61,6 +62,7 @@ struct ModelConfig {
   int head_dim = 0;  // 0: hidden_size / num_attention_heads
   int max_position_embeddings = 256;
   double rope_theta = 10000.0;
+  RopeScaling rope_scaling;  // config.json "rope_scaling" / "rope_parameters" (rope.h)
   double rms_norm_eps = 1e-5;
   bool tie_word_embeddings = false;
   double initializer_range = 0.02;
@@ -72,13 +74,26 @@ struct ModelConfig {
   bool attention_bias = false;       // q/k/v projections carry a bias (qwen2_moe)
   QkNorm qk_norm = QkNorm::None;     // qwen3_moe: PerHead, olmoe: Full
   std::vector<int> mlp_only_layers;  // dense layers whatever moe_every says (qwen2/3_moe)
+  // Granite-MoE's multipliers (the identity elsewhere): embeddings times embedding_multiplier,
+  // each attention and FFN output times residual_multiplier before its residual add, attention
+  // scores times attention_multiplier instead of 1/sqrt(head_dim) (0: that default), logits
+  // divided by logits_scaling. Read from a granitemoe config.json; inference only.
+  double embedding_multiplier = 1.0, residual_multiplier = 1.0, attention_multiplier = 0.0;
+  double logits_scaling = 1.0;
   TrainConfig training;
 
+  // The positions the model runs: max_position_embeddings, longer where rope_scaling says so.
+  int context_length() const { return rope_scaling.context_length(max_position_embeddings); }
   int head_size() const { return head_dim > 0 ? head_dim : hidden_size / num_attention_heads; }
   int dense_width() const {
     return dense_intermediate_size > 0 ? dense_intermediate_size : intermediate_size;
   }
   bool is_moe_layer(int l) const;
+  // Whether any Granite-MoE multiplier differs from the identity.
+  bool has_multipliers() const {
+    return embedding_multiplier != 1.0 || residual_multiplier != 1.0 ||
+           attention_multiplier != 0.0 || logits_scaling != 1.0;
+  }
   // Mirrors hidden_size, intermediate_size and num_local_experts into `moe`.
   void sync_moe();
   void validate(const std::string& where = "config") const;
@@ -97,6 +112,15 @@ std::string parameter_part(const std::string& name);
 // Whether parameter `name` trains under `trainable` (with tied embeddings "head" trains the
 // shared embedding too).
 bool is_trainable(const std::string& name, const std::string& trainable, bool tied);
+
+// Reads the RoPE keys of a config.json into c.rope_theta and c.rope_scaling (after
+// max_position_embeddings is read): "rope_scaling" {"rope_type" or its older alias "type", ...}
+// or transformers v5's "rope_parameters" (which may carry rope_theta). An unknown type or key, or
+// a missing required one, is an error naming the file and the key.
+void read_rope_config(const nlohmann::json& j, const std::string& where, ModelConfig& c);
+// The "rope_scaling" object Hugging Face reads (4.x spelling, which v5 reads too); null when
+// unscaled.
+nlohmann::json rope_scaling_to_json(const RopeScaling& s);
 
 ModelConfig model_config_from_json(const nlohmann::json& j, const std::string& where);
 nlohmann::json model_config_to_json(const ModelConfig& c);

@@ -1,6 +1,7 @@
 #include "moe/decoder.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "moe/error.h"
@@ -9,16 +10,19 @@
 namespace moe {
 
 std::vector<KvCache<float>> Decoder::new_caches(int batch, int capacity) const {
-  MOE_REQUIRE(capacity <= cfg_.max_position_embeddings,
-              "a KV cache of {} positions exceeds max_position_embeddings = {}", capacity,
-              cfg_.max_position_embeddings);
+  MOE_REQUIRE(capacity <= cfg_.context_length(),
+              "a KV cache of {} positions exceeds the context of {} positions "
+              "(max_position_embeddings, rope_scaling)",
+              capacity, cfg_.context_length());
   std::vector<KvCache<float>> caches(static_cast<size_t>(cfg_.num_hidden_layers));
   for (auto& c : caches) c.reset(batch, capacity, cfg_.num_key_value_heads * cfg_.head_size());
   return caches;
 }
 
 Decoder::Decoder(const ModelConfig& cfg) : cfg_(cfg) {
-  rope_tables(cos_, sin_, cfg_.max_position_embeddings, cfg_.head_size(), cfg_.rope_theta);
+  rope_table_rows(cos_, sin_,
+                  rope_frequencies(cfg_.head_size(), cfg_.rope_theta, cfg_.rope_scaling), 0,
+                  cfg_.context_length());
 }
 
 WeightView Decoder::quantized(const WeightView& w, GgmlType type) {
@@ -62,9 +66,10 @@ void Decoder::attention(const AttentionWeights& w, int B, int n, KvCache<float>&
   const int64_t rows = static_cast<int64_t>(B) * n, hd = c.head_size();
   const int H = c.num_attention_heads, G = c.num_key_value_heads;
   const int64_t qd = H * hd, kvd = G * hd, start = cache.length;
-  MOE_REQUIRE(start + n <= c.max_position_embeddings,
-              "position {} is beyond max_position_embeddings = {}", start + n - 1,
-              c.max_position_embeddings);
+  MOE_REQUIRE(start + n <= c.context_length(),
+              "position {} is beyond the context of {} positions (max_position_embeddings, "
+              "rope_scaling)",
+              start + n - 1, c.context_length());
   grow_to(q_, rows * qd);
   grow_to(k_, rows * kvd);
   grow_to(v_, rows * kvd);
@@ -93,6 +98,11 @@ void Decoder::attention(const AttentionWeights& w, int B, int n, KvCache<float>&
                rope_interleaved_);
   rope_forward(k_.data(), cos_.data(), sin_.data(), rows, G, static_cast<int>(hd), n, start,
                rope_interleaved_);
+  if (c.attention_multiplier > 0) {
+    // cached_attention scales the scores by 1/sqrt(hd); Granite-MoE's multiplier replaces it.
+    const auto q_scale = static_cast<float>(c.attention_multiplier * std::sqrt(double(hd)));
+    for (int64_t i = 0; i < rows * qd; ++i) q_[i] *= q_scale;
+  }
   cached_attention(q_.data(), k_.data(), v_.data(), B, n, H, G, static_cast<int>(hd), cache,
                    o_.data(), scores_);
   linear_forward(o_.data(), rows, w.o, h_.data(), /*accumulate=*/true);
@@ -113,13 +123,45 @@ void Decoder::forward(const int32_t* tokens, int B, int n, std::vector<KvCache<f
     MOE_REQUIRE(t >= 0 && t < V, "token id {} is outside the vocabulary [0, {})", t, V);
     dequantize_row(embed_.type, embed_.row(t), h_.data() + r * d, d);
   }
+  if (c.embedding_multiplier != 1.0) {
+    const auto mul = static_cast<float>(c.embedding_multiplier);
+    for (int64_t i = 0; i < rows * d; ++i) h_[i] *= mul;
+  }
+  // Granite-MoE scales each sub-layer's output before its residual add: the sub-layer then
+  // accumulates into a zeroed h_ and the residual (res_) is added back.
+  const bool scaled = c.residual_multiplier != 1.0;
+  const auto res_mul = static_cast<float>(c.residual_multiplier);
+  if (scaled) grow_to(res_, rows * d);
+  auto begin_sublayer = [&] {
+    if (!scaled) return;
+    std::copy_n(h_.data(), rows * d, res_.data());
+    std::fill_n(h_.data(), rows * d, 0.0f);
+  };
+  auto end_sublayer = [&] {
+    if (!scaled) return;
+    for (int64_t i = 0; i < rows * d; ++i) h_[i] = res_[i] + res_mul * h_[i];
+  };
+  // Dynamic NTK follows the length the sequence reaches, as Hugging Face's dynamic_rope_update
+  // recomputes its frequencies once the cache grows past max_position_embeddings: this call's
+  // positions are rotated with the frequencies of start + n, while the keys already cached keep
+  // the rotation they were stored with (as in Hugging Face's cache). The other types are fixed.
+  if (c.rope_scaling.type == RopeType::Dynamic) {
+    const int64_t start = caches.front().length;
+    rope_table_rows(cos_, sin_,
+                    rope_frequencies(c.head_size(), c.rope_theta, c.rope_scaling, start + n), start,
+                    n);
+  }
   const double eps = c.rms_norm_eps;
   for (size_t l = 0; l < attn_.size(); ++l) {
     const AttentionWeights& w = attn_[l];
     rmsnorm_forward(x_.data(), rstd_.data(), h_.data(), w.input_norm, rows, d, eps);
+    begin_sublayer();
     attention(w, B, n, caches[l]);
+    end_sublayer();
     rmsnorm_forward(x_.data(), rstd_.data(), h_.data(), w.post_norm, rows, d, eps);
+    begin_sublayer();
     ffn(static_cast<int>(l), rows);
+    end_sublayer();
   }
   // The head runs on the rows whose logits are wanted only.
   const int64_t out_rows = all_logits ? rows : B;
@@ -129,6 +171,10 @@ void Decoder::forward(const int32_t* tokens, int B, int n, std::vector<KvCache<f
   }
   rmsnorm_forward(x_.data(), rstd_.data(), x_.data(), final_norm_, out_rows, d, eps);
   linear_forward(x_.data(), out_rows, head_, logits);
+  if (c.logits_scaling != 1.0) {
+    const auto div = static_cast<float>(c.logits_scaling);
+    for (int64_t i = 0; i < out_rows * V; ++i) logits[i] /= div;
+  }
 }
 
 }  // namespace moe

@@ -106,6 +106,12 @@ TrainableModel load_trainable_model(const std::string& path) {
     }
     case ModelFormat::HuggingFace: {
       m.config = load_hf_config(path + "/config.json");
+      // The multipliers would need their backward in the Transformer; inference runs them.
+      MOE_REQUIRE(m.config.model_type != "granitemoe",
+                  "{}: model_type granitemoe is not trainable here (its embedding, residual, "
+                  "attention and logits multipliers run in generate, eval, perplexity, analyze "
+                  "and route only)",
+                  path);
       m.model = std::make_unique<Transformer<float>>(m.config);
       load_hf_weights(*m.model, HfWeights::open(path));
       m.tokenizer = first_existing(path, {"tokenizer.json", "tokenizer.model"});
