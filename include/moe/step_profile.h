@@ -66,8 +66,8 @@ class StepProfile {
 
   // A table: part, ms per step, % of the step; the unaccounted rest and the step last.
   std::string table() const;
-  // {"steps", "step_ms", "accounted_ms", "unaccounted_ms", "parts": {name: {"ms", "percent"}}}
-  // with ms per step.
+  // {"steps", "step_ms", "accounted_ms", "unaccounted_ms", "parts": {name: {"ms", "percent"}},
+  // "order": [the part names in step order]} with ms per step.
   nlohmann::json to_json() const;
 
  private:

@@ -54,15 +54,18 @@ std::string StepProfile::table() const {
 nlohmann::json StepProfile::to_json() const {
   const double steps = static_cast<double>(std::max<int64_t>(steps_, 1));
   const double step = step_seconds_ > 0 ? step_seconds_ : 1.0;
-  nlohmann::json parts = nlohmann::json::object();
-  for (int p = 0; p < kStepParts; ++p)
-    parts[step_part_name(static_cast<StepPart>(p))] = {{"ms", 1e3 * seconds_[p] / steps},
-                                                       {"percent", 100.0 * seconds_[p] / step}};
+  nlohmann::json parts = nlohmann::json::object(), order = nlohmann::json::array();
+  for (int p = 0; p < kStepParts; ++p) {
+    const char* name = step_part_name(static_cast<StepPart>(p));
+    parts[name] = {{"ms", 1e3 * seconds_[p] / steps}, {"percent", 100.0 * seconds_[p] / step}};
+    order.push_back(name);  // a JSON object's keys come back sorted
+  }
   return {{"steps", steps_},
           {"step_ms", 1e3 * step_seconds_ / steps},
           {"accounted_ms", 1e3 * accounted_seconds() / steps},
           {"unaccounted_ms", 1e3 * (step_seconds_ - accounted_seconds()) / steps},
-          {"parts", parts}};
+          {"parts", parts},
+          {"order", order}};
 }
 
 }  // namespace moe

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "moe/cross_entropy.h"
 #include "moe/dense_ffn.h"
@@ -59,12 +60,20 @@ Transformer<T>::Transformer(const ModelConfig& config)
   ac.qkv_bias = cfg_.attention_bias;
   ac.qk_norm = cfg_.qk_norm;
   ac.norm_eps = cfg_.rms_norm_eps;
+  // compute_dtype bfloat16: every large GEMM (experts, shared and dense FFNs, attention
+  // projections, LM head) in bf16 with fp32 accumulation; weights, gradients, norms, softmax
+  // and the optimizer stay fp32.
+  ac.compute_dtype = cfg_.moe.compute_dtype;
+  MOE_CHECK(
+      (std::is_same_v<T, float>) || ac.compute_dtype == ComputeDtype::Float32,
+      "Transformer: compute_dtype \"bfloat16\" needs Transformer<float> (fp32 master weights)");
   for (int l = 0; l < L_; ++l) {
     attn_.push_back(std::make_unique<Attention<T>>(ac));
     if (cfg_.is_moe_layer(l))
       ffn_.push_back(std::make_unique<MoeLayer<T>>(cfg_.moe));
     else
-      ffn_.push_back(std::make_unique<DenseFfn<T>>(d_, cfg_.dense_width(), cfg_.moe.hidden_act));
+      ffn_.push_back(std::make_unique<DenseFfn<T>>(d_, cfg_.dense_width(), cfg_.moe.hidden_act,
+                                                   cfg_.moe.compute_dtype));
   }
 
   auto add = [&](const std::string& prefix, ParamSet<T>& set) {
@@ -324,8 +333,8 @@ double Transformer<T>::forward(const int32_t* inputs, const int32_t* targets, in
                   eps);
   const T* head =
       cfg_.tie_word_embeddings ? base("model.embed_tokens.weight") : base("lm_head.weight");
-  gemm<T>(Trans::No, Trans::Yes, n, V_, d_, T(1), hf_.data(), d_, head, d_, T(0), logits_.data(),
-          V_);
+  gemm_in<T>(cfg_.moe.compute_dtype, Trans::No, Trans::Yes, n, V_, d_, T(1), hf_.data(), d_, head,
+             d_, T(0), logits_.data(), V_);
 
   ce_ = aux_ = 0;
   counted_ = 0;
@@ -355,10 +364,10 @@ void Transformer<T>::backward(double scale, double aux_scale) {
     cross_entropy_backward(dlogits_.data(), logits_.data(), targets_.data(), n, V_,
                            counted_ > 0 ? scale / counted_ : 0.0);
     if (head_trains)
-      gemm<T>(Trans::Yes, Trans::No, V_, d_, n, T(1), dlogits_.data(), V_, hf_.data(), d_, T(1),
-              dhead, d_);
-    gemm<T>(Trans::No, Trans::No, n, d_, V_, T(1), dlogits_.data(), V_, head, d_, T(0), dhf_.data(),
-            d_);
+      gemm_in<T>(cfg_.moe.compute_dtype, Trans::Yes, Trans::No, V_, d_, n, T(1), dlogits_.data(),
+                 V_, hf_.data(), d_, T(1), dhead, d_);
+    gemm_in<T>(cfg_.moe.compute_dtype, Trans::No, Trans::No, n, d_, V_, T(1), dlogits_.data(), V_,
+               head, d_, T(0), dhf_.data(), d_);
     std::fill(dh_.begin(), dh_.begin() + nd, T(0));
     rmsnorm_backward(dh_.data(), base_grad("model.norm.weight"), dhf_.data(), h_.data() + L_ * nd,
                      base("model.norm.weight"), rstd_f_.data(), n, d_);
