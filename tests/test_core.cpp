@@ -335,6 +335,43 @@ TYPED_TEST(GemmTest, MatchesReferenceForAllTransposesShapesAndStrides) {
       for (const auto& gc : cases) run_gemm_case<TypeParam>(ta, tb, gc, seed++);
 }
 
+// The packed AVX-512 fp32 kernel behind gemm<float>: the same cases, then shapes that cross
+// every block boundary (k blocks of 512, row blocks of 192, column blocks of 1024) and rows
+// split over threads.
+TEST(GemmTest, PackedAvx512KernelMatchesReference) {
+  if (!sgemm_avx512_available()) GTEST_SKIP() << "no AVX-512 on this CPU";
+  struct Restore {
+    ~Restore() { set_sgemm_backend(SgemmBackend::Auto); }
+  } restore;
+  set_sgemm_backend(SgemmBackend::Avx512);
+  const GemmCase cases[] = {
+      {7, 5, 3, 0, 1.0, 0.0},        {65, 33, 17, 3, 0.5, 1.0},   {1, 9, 4, 2, 1.0, 1.0},
+      {9, 1, 4, 2, 1.0, 1.0},        {128, 96, 80, 5, 1.0, 0.5},  {13, 33, 1030, 1, 1.0, 0.0},
+      {200, 40, 530, 0, -0.5, 0.25}, {30, 1060, 70, 2, 1.0, 1.0},
+  };
+  uint64_t seed = 900;
+  for (Trans ta : {Trans::No, Trans::Yes})
+    for (Trans tb : {Trans::No, Trans::Yes})
+      for (const auto& gc : cases) run_gemm_case<float>(ta, tb, gc, seed++);
+}
+
+// Same bits whatever the thread count: each element is summed by one thread in k order.
+TEST(GemmTest, PackedAvx512KernelIsThreadCountInvariant) {
+  if (!sgemm_avx512_available()) GTEST_SKIP() << "no AVX-512 on this CPU";
+  const int64_t M = 150, N = 70, K = 600;
+  Rng rng(5);
+  std::vector<float> A(M * K), B(K * N), C1(M * N), C2(M * N);
+  rng.fill_normal(A.data(), M * K);
+  rng.fill_normal(B.data(), K * N);
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  sgemm_avx512(Trans::No, Trans::Yes, M, N, K, 1.f, A.data(), K, B.data(), K, 0.f, C1.data(), N);
+  omp_set_num_threads(std::max(2, threads));
+  sgemm_avx512(Trans::No, Trans::Yes, M, N, K, 1.f, A.data(), K, B.data(), K, 0.f, C2.data(), N);
+  omp_set_num_threads(threads);
+  EXPECT_EQ(0, std::memcmp(C1.data(), C2.data(), sizeof(float) * M * N));
+}
+
 TYPED_TEST(GemmTest, BetaAccumulatesAcrossCalls) {
   using T = TypeParam;
   const int64_t M = 4, N = 6, K = 5;
@@ -1316,8 +1353,8 @@ TEST(Utf8, EncodeAndGpt2ByteAlphabet) {
   EXPECT_EQ(moe::utf8_encode(U'\u0120'), "\xC4\xA0");
   EXPECT_EQ(moe::utf8_encode(U'\u2581'), "\xE2\x96\x81");
   EXPECT_EQ(moe::utf8_encode(U'\U0001F600'), "\xF0\x9F\x98\x80");
-  for (char32_t cp : {U'\x7F', U'\x80', U'\u07FF', U'\u0800', U'\uFFFF', U'\U00010000',
-                      U'\U0010FFFF'}) {
+  for (char32_t cp :
+       {U'\x7F', U'\x80', U'\u07FF', U'\u0800', U'\uFFFF', U'\U00010000', U'\U0010FFFF'}) {
     const std::string s = moe::utf8_encode(cp);
     EXPECT_TRUE(moe::is_valid_utf8(s)) << static_cast<uint32_t>(cp);
     EXPECT_EQ(moe::utf8_sequence_length(s, 0), s.size());

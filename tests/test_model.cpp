@@ -4,6 +4,7 @@
 // (tools/reference/make_model_fixtures.py; family_* from hf_reference.py).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <nlohmann/json.hpp>
 
@@ -157,6 +158,60 @@ TEST(Transformer, GradientsMatchFiniteDifferencesDense) {
   ModelConfig c = tiny_config(1);
   c.num_local_experts = 0;
   check_model_gradients(c);
+}
+
+// compute_dtype bfloat16 beyond the experts: a dense model (no expert at all) computes its
+// attention projections, dense FFN and LM head in bf16, so its logits and gradients move off
+// the fp32 model's by about bf16's rounding, never more; weights stay fp32.
+TEST(Transformer, Bf16ComputeCoversAttentionDenseFfnAndHead) {
+  ModelConfig c = tiny_config(1);
+  c.num_local_experts = 0;
+  c.hidden_size = 32;
+  c.vocab_size = 64;
+  c.initializer_range = 0.1;
+  c.sync_moe();
+  ModelConfig cb = c;
+  cb.moe.compute_dtype = ComputeDtype::BFloat16;
+  cb.sync_moe();
+  Transformer<float> f32(c), b16(cb);
+  Rng rng(3);
+  f32.init_weights(rng);
+  ASSERT_EQ(f32.parameters().size(), b16.parameters().size());
+  for (size_t i = 0; i < f32.parameters().size(); ++i)
+    std::copy_n(f32.parameters()[i].value, f32.parameters()[i].shape.numel(),
+                b16.parameters()[i].value);
+  const int B = 2, S = 6;
+  const auto inputs = random_tokens(rng, B * S, c.vocab_size);
+  const auto targets = random_tokens(rng, B * S, c.vocab_size);
+  auto rel = [](const float* a, const float* b, int64_t n) {
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+      den += double(a[i]) * a[i];
+    }
+    return std::sqrt(num / den);
+  };
+  f32.zero_grad();
+  b16.zero_grad();
+  f32.forward(inputs.data(), targets.data(), B, S);
+  b16.forward(inputs.data(), targets.data(), B, S);
+  const double logits = rel(f32.logits(), b16.logits(), int64_t(B) * S * c.vocab_size);
+  EXPECT_GT(logits, 1e-5) << "the bf16 model computed its logits in fp32";
+  EXPECT_LT(logits, 3e-2);
+  f32.backward();
+  b16.backward();
+  for (size_t i = 0; i < f32.parameters().size(); ++i) {
+    const auto& p = f32.parameters()[i];
+    if (p.shape.ndim < 2) continue;
+    const double g = rel(p.grad, b16.parameters()[i].grad, p.shape.numel());
+    const bool gemm_weight = p.name.find("proj") != std::string::npos ||
+                             p.name.find("lm_head") != std::string::npos ||
+                             p.name.find("mlp") != std::string::npos;
+    if (gemm_weight) {
+      EXPECT_GT(g, 1e-5) << p.name << ": its GEMMs ran in fp32";
+    }
+    EXPECT_LT(g, 5e-2) << p.name;
+  }
 }
 
 // The pieces of the Hugging Face families (hf_checkpoint.h) in the trainable model.

@@ -78,6 +78,44 @@ TEST(Trainer, ResumeIsBitExact) {
   EXPECT_GE(lines, 8);
 }
 
+// --profile: every part of the step is timed, on every kind of block (MoE with a shared expert,
+// dense), and the parts add up to the measured step (a share, not a timing threshold).
+TEST(Trainer, ProfileHasEveryPartAndSumsToTheStep) {
+  const TokenStream train_data = synthetic_stream(8000, 5), valid = synthetic_stream(600, 6);
+  ModelConfig cfg = test::tiny_lm_config(6);
+  cfg.hidden_size = 64;
+  cfg.intermediate_size = 64;
+  cfg.moe_every = 2;  // layer 0 dense, layer 1 MoE
+  cfg.moe.n_shared_experts = 1;
+  cfg.training.seq_len = 32;
+  cfg.sync_moe();
+  TempDir dir("moe_trainer_profile");
+  TrainOptions o = quiet_options(dir.str());
+  o.profile = true;
+  const TrainResult r = train(cfg, train_data, valid, o);
+  const StepProfile& p = r.profile;
+  EXPECT_EQ(p.steps(), 6);
+  ASSERT_GT(p.step_seconds(), 0);
+  for (int i = 0; i < kStepParts; ++i)
+    EXPECT_GT(p.seconds(static_cast<StepPart>(i)), 0) << step_part_name(static_cast<StepPart>(i));
+  EXPECT_LE(p.accounted_seconds(), p.step_seconds() * (1 + 1e-9));
+  EXPECT_GE(p.accounted_seconds(), 0.9 * p.step_seconds());
+
+  // The same in the run directory's profile.json, in ms per step.
+  std::ifstream in(dir.path() / "profile.json");
+  const nlohmann::json j = nlohmann::json::parse(in);
+  EXPECT_EQ(j.at("steps"), 6);
+  EXPECT_EQ(j.at("parts").size(), static_cast<size_t>(kStepParts));
+  double sum = 0;
+  for (const auto& [name, part] : j.at("parts").items()) sum += part.at("ms").get<double>();
+  EXPECT_NEAR(sum + j.at("unaccounted_ms").get<double>(), j.at("step_ms").get<double>(), 1e-6);
+
+  // Without --profile nothing is timed and no profile.json is written.
+  TempDir plain("moe_trainer_no_profile");
+  EXPECT_EQ(train(cfg, train_data, valid, quiet_options(plain.str())).profile.steps(), 0);
+  EXPECT_FALSE(fs::exists(plain.path() / "profile.json"));
+}
+
 TEST(Trainer, LossFallsAndEvalIsPerDomain) {
   const TokenStream train_data = synthetic_stream(8000, 3), valid = synthetic_stream(1200, 4);
   ModelConfig cfg = small_config(60);

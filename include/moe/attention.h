@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "moe/moe_config.h"
 #include "moe/params.h"
 #include "moe/rng.h"
 #include "moe/rope.h"
@@ -47,6 +48,9 @@ struct AttentionConfig {
   bool qkv_bias = false;          // q/k/v projections carry a bias (qwen2_moe)
   QkNorm qk_norm = QkNorm::None;  // RMSNorm of q and k before RoPE (qwen3_moe, olmoe)
   double norm_eps = 1e-6;         // that RMSNorm's epsilon (the model's rms_norm_eps)
+  // The q/k/v/o projections' GEMMs in bf16 (fp32 accumulation, fp32 master weights; float
+  // only), the model's compute_dtype. Scores and weighted values stay fp32.
+  ComputeDtype compute_dtype = ComputeDtype::Float32;
   // Throws moe::Error "where: <HF key name> ..." for the first bad value.
   void validate(const std::string& where) const;
 };

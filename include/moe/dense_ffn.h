@@ -13,7 +13,9 @@ namespace moe {
 template <class T>
 class DenseFfn final : public FeedForward<T> {
  public:
-  DenseFfn(int hidden_size, int intermediate_size, Activation act);
+  // dtype: the GEMMs' compute dtype (bf16 needs float: fp32 master weights).
+  DenseFfn(int hidden_size, int intermediate_size, Activation act,
+           ComputeDtype dtype = ComputeDtype::Float32);
   void init_weights(Rng& rng, double std = 0.02);
   void forward(View<const T> x, View<T> out, const ForwardOptions<T>& opt = {}) override;
   void backward(View<const T> dout, View<T> dx, double aux_scale = 1.0) override;
@@ -22,11 +24,12 @@ class DenseFfn final : public FeedForward<T> {
   double active_macs_per_token() const override;
 
  private:
-  FfnShape shape() const { return {act_, d_, F_}; }
+  FfnShape shape() const { return {act_, d_, F_, dtype_}; }
   FfnWeights<const T> weights();
 
   int d_, F_;
   Activation act_;
+  ComputeDtype dtype_;
   ParamSet<T> params_;
   int64_t tokens_ = 0;
   std::vector<T> x_, h1_, h3_, a_, da_, dh1_, dh3_;

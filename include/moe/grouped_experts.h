@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "moe/linear.h"
+#include "moe/gemm.h"
 #include "moe/moe_config.h"
 #include "moe/params.h"
 
@@ -52,6 +53,13 @@ struct FfnRows {
     return {h1 + row * F, h3 ? h3 + row * F : nullptr, a + row * F};
   }
 };
+
+// The one GEMM of layers with a compute dtype (the FFNs, attention projections, LM head):
+// gemm<T>, or with BFloat16 gemm_bf16 (operands rounded to bf16 as they are packed, fp32
+// accumulation; float only: fp32 master weights stay as they are).
+template <class T>
+void gemm_in(ComputeDtype dt, Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, T alpha,
+             const T* A, int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
 
 template <class T>
 void ffn_forward(const FfnShape& f, int64_t n, const T* x, const FfnWeights<const T>& w,

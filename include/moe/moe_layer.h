@@ -52,6 +52,7 @@
 #include "moe/permute.h"
 #include "moe/router.h"
 #include "moe/shared_experts.h"
+#include "moe/step_profile.h"
 
 namespace moe {
 
@@ -133,6 +134,8 @@ class MoeLayer final : public FeedForward<T> {
 
   // Attach (or with nullptr detach) a timing record that forward/backward add to.
   void set_timings(LayerTimings* t) { timings_ = t; }
+  // The same laps into a training step's profile (step_profile.h); null: off.
+  void set_profile(StepProfile* p) { profile_ = p; }
   // OpenMP expert scheduling (GroupedExperts::set_schedule): -1 (default) decides per call,
   // 0 one expert after another with threaded GEMMs, 1 experts in parallel. Same results.
   void set_expert_schedule(int mode) { experts_.set_schedule(mode); }
@@ -188,6 +191,7 @@ class MoeLayer final : public FeedForward<T> {
   ExpertParallelStats stats_;
 
   LayerTimings* timings_ = nullptr;
+  StepProfile* profile_ = nullptr;
 };
 
 }  // namespace moe

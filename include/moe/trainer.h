@@ -17,6 +17,7 @@
 #include "moe/dataset.h"
 #include "moe/model_config.h"
 #include "moe/optimizer.h"
+#include "moe/step_profile.h"
 #include "moe/tokenizer.h"
 #include "moe/transformer.h"
 
@@ -52,6 +53,9 @@ class StepDevice {
                                int step) = 0;
   // The routing metrics of block l's last micro-batch, or null for a dense block.
   virtual const MoeMetrics* moe_metrics(int layer) const = 0;
+  // Times the parts of each step() into p (null: off). A device that cannot time its parts
+  // ignores it (the trainer's profile then shows only data and the unaccounted rest).
+  virtual void set_profile(StepProfile* p) { (void)p; }
 };
 
 // The steps on the trainer's own model and optimizer (load and store copy nothing); under
@@ -80,6 +84,9 @@ struct TrainOptions {
   // Fine-tuning (moe train --init-from): sets the initial weights after the random init (a
   // resumed run then takes its checkpoint's). Null: the random init.
   std::function<void(Transformer<float>&)> init_weights;
+  // `moe train --profile`: time the parts of every step (step_profile.h); the table goes to the
+  // log at the end and out_dir/profile.json.
+  bool profile = false;
 };
 
 // The memory training needs (bytes): weights, their gradients, the AdamW moments of the
@@ -108,6 +115,7 @@ struct TrainResult {
   EvalResult final_eval;
   double wall_seconds = 0;
   double tokens_per_second = 0;
+  StepProfile profile;  // with TrainOptions::profile, else empty
 };
 
 // Cross-entropy over the first `max_windows` validation windows (all when <= 0), attributed

@@ -20,6 +20,7 @@
 #include "moe/model_config.h"
 #include "moe/moe_layer.h"
 #include "moe/optimizer.h"
+#include "moe/step_profile.h"
 
 namespace moe {
 
@@ -58,6 +59,9 @@ class Transformer {
   // Forward multiply-adds per token at sequence length S (matrices + attention scores).
   double forward_macs_per_token(int S) const;
   void zero_grad();
+  // Times the parts of forward() and backward() into p (the MoE layers' parts included); null
+  // (the default) turns it off. Not owned.
+  void set_profile(StepProfile* p);
 
   // Of the last forward:
   double ce_loss() const { return ce_; }
@@ -113,6 +117,7 @@ class Transformer {
   std::vector<ParamRef<T>> params_;
   // Expert parallelism: the full parameter list (for saving) and the sharded MoE layers.
   ParallelGroups* groups_ = nullptr;
+  StepProfile* profile_ = nullptr;
   std::vector<ParamRef<T>> full_params_;
   std::vector<std::unique_ptr<FeedForward<T>>> full_ffn_;  // the replaced full MoE layers
 

@@ -44,7 +44,7 @@ struct TrainArgs {
   std::string device = "cpu";          // where the training steps run: cpu or cuda
   int steps = 0, threads = 0, stop_after = 0;
   bool resume = false, dense = false, match_active = false, no_progress = false;
-  bool print_config = false;
+  bool print_config = false, profile = false;
   int64_t seed = -1;
   int expert_parallel = 0;  // 0: one process, or every rank all experts under mpirun
 };
@@ -176,6 +176,7 @@ int run_train(const TrainArgs& a) {
   opt.resume = a.resume;
   opt.stop_after = a.stop_after;
   opt.progress = !a.no_progress;
+  opt.profile = a.profile;
   opt.parallel = par.get();
 #ifdef MOE_HAVE_CUDA
   if (a.device == "cuda")
@@ -521,6 +522,10 @@ std::function<int()> add_train_command(CLI::App& app) {
                 "stop with a checkpoint once this many steps are done, keeping the schedule of "
                 "training.max_steps (resume later with --resume)")
       ->check(CLI::PositiveNumber);
+  c->add_flag("--profile", a->profile,
+              "time the parts of every step (embedding, attention, router, dispatch, experts, "
+              "combine, head and loss, their backwards, optimizer, data); print the table at the "
+              "end and write profile.json into the run");
   c->add_flag("--dense", a->dense, "the dense baseline: same config with zero experts");
   c->add_flag("--match-active-compute", a->match_active,
               "with --dense: FFN width = k * expert width (+ shared), the MoE's active compute");

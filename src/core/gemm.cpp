@@ -31,6 +31,9 @@ void gemm<float>(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alph
                  int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   check_args(ta, tb, M, N, K, lda, ldb, ldc);
   if (M == 0 || N == 0) return;
+  const SgemmBackend b = sgemm_backend_setting();
+  if (b == SgemmBackend::Avx512)
+    return sgemm_avx512(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   cblas_sgemm(CblasRowMajor, cblas_trans(ta), cblas_trans(tb), M, N, K, alpha, A, lda, B, ldb, beta,
               C, ldc);
 }

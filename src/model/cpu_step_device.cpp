@@ -61,7 +61,16 @@ class CpuStepDevice final : public StepDevice {
     // Under expert parallelism this rank's sequences of every batch: rows [b0, b0 + Bl).
     const int Bl = B / W, b0 = (par ? par->layout.rank : 0) * Bl;
     DeviceStepStats st;
-    model_.zero_grad();
+    // The model times its forward and backward parts during the step only (not evaluation).
+    struct ProfileScope {
+      Transformer<float>& m;
+      ProfileScope(Transformer<float>& model, StepProfile* p) : m(model) { m.set_profile(p); }
+      ~ProfileScope() { m.set_profile(nullptr); }
+    } scope(model_, profile_);
+    {
+      ScopedTimer timer(profile_, StepPart::Optimizer);
+      model_.zero_grad();
+    }
     for (int a = 0; a < A; ++a) {
       const int64_t off = (static_cast<int64_t>(a) * B + b0) * S;
       double l = model_.forward(inputs + off, targets + off, Bl, S, true, &rng_);
@@ -84,6 +93,7 @@ class CpuStepDevice final : public StepDevice {
       st.ce += (l - model_.aux_loss()) / A;
       st.aux += model_.aux_loss() / A;
     }
+    ScopedTimer timer(profile_, StepPart::Optimizer);
     allreduce_gradients(model_);
     const auto* bad = first_nonfinite_grad(model_.parameters());
     int64_t bad_ranks = bad ? 1 : 0;
@@ -102,8 +112,10 @@ class CpuStepDevice final : public StepDevice {
     return st;
   }
   const MoeMetrics* moe_metrics(int layer) const override { return model_.moe_metrics(layer); }
+  void set_profile(StepProfile* p) override { profile_ = p; }
 
  private:
+  StepProfile* profile_ = nullptr;
   Transformer<float>& model_;
   AdamW<float>& adam_;
   Rng& rng_;  // noisy routing and expert dropout

@@ -333,6 +333,8 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
   const auto start = Clock::now();
   const int first_step = step;
   TrainResult result;
+  StepProfile* profile = opt.profile ? &result.profile : nullptr;
+  device->set_profile(profile);
   int last_saved = opt.resume ? step : -1;
   // The device's state into the CPU model and AdamW, once per step however many readers follow.
   int device_stored = step;
@@ -357,8 +359,12 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
   while (step < last_step) {
     const CommStats comm0 = comm_totals(par);
     const auto step_start = Clock::now();
-    batch.next(sampler);
+    {
+      ScopedTimer timer(profile, StepPart::Data);
+      batch.next(sampler);
+    }
     const DeviceStepStats st = device->step(batch.inputs.data(), batch.targets.data(), B, S, step);
+    if (profile) profile->add_step(seconds_since(step_start));
     if (!st.nonfinite.empty()) {
       progress.finish();
       throw Error(fmt::format(
@@ -390,6 +396,13 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
   result.tokens_per_second =
       (step - first_step) * tokens_per_step / std::max(result.wall_seconds, 1e-9);
   if (lead) write_run_report(opt.out_dir, cfg, model, result, tokens_per_step, *device);
+  if (profile && lead) {
+    device->set_profile(nullptr);
+    log(fmt::format("profile of {} steps (ms per step, share of the step):\n{}", profile->steps(),
+                    profile->table()));
+    const std::string text = profile->to_json().dump(2) + "\n";
+    write_file_atomic(opt.out_dir + "/profile.json", text.data(), text.size());
+  }
   // The last checkpoint comes after the report: a checkpoint of the last step means the run's
   // files are complete, and a run killed before it redoes its last steps on --resume.
   if (last_saved != step) save();

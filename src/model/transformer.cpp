@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "moe/cross_entropy.h"
 #include "moe/dense_ffn.h"
@@ -60,12 +61,20 @@ Transformer<T>::Transformer(const ModelConfig& config)
   ac.qkv_bias = cfg_.attention_bias;
   ac.qk_norm = cfg_.qk_norm;
   ac.norm_eps = cfg_.rms_norm_eps;
+  // compute_dtype bfloat16: every large GEMM (experts, shared and dense FFNs, attention
+  // projections, LM head) in bf16 with fp32 accumulation; weights, gradients, norms, softmax
+  // and the optimizer stay fp32.
+  ac.compute_dtype = cfg_.moe.compute_dtype;
+  MOE_CHECK(
+      (std::is_same_v<T, float>) || ac.compute_dtype == ComputeDtype::Float32,
+      "Transformer: compute_dtype \"bfloat16\" needs Transformer<float> (fp32 master weights)");
   for (int l = 0; l < L_; ++l) {
     attn_.push_back(std::make_unique<Attention<T>>(ac));
     if (cfg_.is_moe_layer(l))
       ffn_.push_back(std::make_unique<MoeLayer<T>>(cfg_.moe));
     else
-      ffn_.push_back(std::make_unique<DenseFfn<T>>(d_, cfg_.dense_width(), cfg_.moe.hidden_act));
+      ffn_.push_back(std::make_unique<DenseFfn<T>>(d_, cfg_.dense_width(), cfg_.moe.hidden_act,
+                                                   cfg_.moe.compute_dtype));
   }
 
   auto add = [&](const std::string& prefix, ParamSet<T>& set) {
@@ -176,6 +185,7 @@ void Transformer<T>::enable_expert_parallel(ParallelGroups& groups) {
     auto* full = static_cast<MoeLayer<T>*>(ffn_[l].get());
     auto ep = std::make_unique<MoeLayer<T>>(cfg_.moe, &groups);
     ep->copy_from(*full);
+    ep->set_profile(profile_);
     ParamSet<T>& set = ep->params();
     for (const auto& s : set.specs())
       params_.push_back({layer_name(l, "block_sparse_moe.") + s.name, set.value(s.name),
@@ -224,6 +234,13 @@ double Transformer<T>::forward_macs_per_token(int S) const {
     macs += ffn_[l]->active_macs_per_token();
   }
   return macs;
+}
+
+template <class T>
+void Transformer<T>::set_profile(StepProfile* p) {
+  profile_ = p;
+  for (int l = 0; l < L_; ++l)  // the layers in use: the shards under expert parallelism
+    if (cfg_.is_moe_layer(l)) static_cast<MoeLayer<T>*>(ffn_[l].get())->set_profile(p);
 }
 
 template <class T>
@@ -277,7 +294,11 @@ double Transformer<T>::forward(const int32_t* inputs, const int32_t* targets, in
   if (has_targets_) std::copy(targets, targets + n, targets_.begin());
   const T eps = static_cast<T>(cfg_.rms_norm_eps);
 
-  embedding_forward(h_.data(), inputs_.data(), base("model.embed_tokens.weight"), n, V_, d_);
+  StepProfile* const prof = profile_;
+  {
+    ScopedTimer timer(prof, StepPart::Embedding);
+    embedding_forward(h_.data(), inputs_.data(), base("model.embed_tokens.weight"), n, V_, d_);
+  }
   ForwardOptions<T> opt;
   opt.training = training;
   opt.rng = rng;
@@ -286,21 +307,36 @@ double Transformer<T>::forward(const int32_t* inputs, const int32_t* targets, in
     T* xa = xa_.data() + l * nd;
     T* hm = hmid_.data() + l * nd;
     T* xm = xm_.data() + l * nd;
-    rmsnorm_forward(xa, rstd_a_.data() + l * n, h, base(layer_name(l, "input_layernorm.weight")), n,
-                    d_, eps);
-    attn_[l]->forward(View<const T>(xa, {n, d_}), B, S, View<T>(tmp_.data(), {n, d_}));
-    add_into(hm, h, tmp_.data(), nd);
-    rmsnorm_forward(xm, rstd_m_.data() + l * n, hm,
-                    base(layer_name(l, "post_attention_layernorm.weight")), n, d_, eps);
-    ffn_[l]->forward(View<const T>(xm, {n, d_}), View<T>(tmp_.data(), {n, d_}), opt);
+    {
+      ScopedTimer timer(prof, StepPart::Norms);
+      rmsnorm_forward(xa, rstd_a_.data() + l * n, h, base(layer_name(l, "input_layernorm.weight")),
+                      n, d_, eps);
+    }
+    {
+      ScopedTimer timer(prof, StepPart::Attention);
+      attn_[l]->forward(View<const T>(xa, {n, d_}), B, S, View<T>(tmp_.data(), {n, d_}));
+    }
+    {
+      ScopedTimer timer(prof, StepPart::Norms);
+      add_into(hm, h, tmp_.data(), nd);
+      rmsnorm_forward(xm, rstd_m_.data() + l * n, hm,
+                      base(layer_name(l, "post_attention_layernorm.weight")), n, d_, eps);
+    }
+    {
+      // An MoE layer times its own parts (router, dispatch, experts, combine, shared).
+      ScopedTimer timer(cfg_.is_moe_layer(l) ? nullptr : prof, StepPart::DenseFfn);
+      ffn_[l]->forward(View<const T>(xm, {n, d_}), View<T>(tmp_.data(), {n, d_}), opt);
+    }
+    ScopedTimer timer(prof, StepPart::Norms);
     add_into(h_.data() + (l + 1) * nd, hm, tmp_.data(), nd);
   }
+  ScopedTimer timer(prof, StepPart::HeadLoss);
   rmsnorm_forward(hf_.data(), rstd_f_.data(), h_.data() + L_ * nd, base("model.norm.weight"), n, d_,
                   eps);
   const T* head =
       cfg_.tie_word_embeddings ? base("model.embed_tokens.weight") : base("lm_head.weight");
-  gemm<T>(Trans::No, Trans::Yes, n, V_, d_, T(1), hf_.data(), d_, head, d_, T(0), logits_.data(),
-          V_);
+  gemm_in<T>(cfg_.moe.compute_dtype, Trans::No, Trans::Yes, n, V_, d_, T(1), hf_.data(), d_, head,
+             d_, T(0), logits_.data(), V_);
 
   ce_ = aux_ = 0;
   counted_ = 0;
@@ -324,28 +360,43 @@ void Transformer<T>::backward(double scale, double aux_scale) {
   const std::string& parts = cfg_.training.trainable;
   const bool embed_trains = is_trainable("model.embed_tokens.weight", parts, tied);
   const bool head_trains = tied ? embed_trains : is_trainable("lm_head.weight", parts, tied);
-  cross_entropy_backward(dlogits_.data(), logits_.data(), targets_.data(), n, V_,
-                         counted_ > 0 ? scale / counted_ : 0.0);
-  if (head_trains)
-    gemm<T>(Trans::Yes, Trans::No, V_, d_, n, T(1), dlogits_.data(), V_, hf_.data(), d_, T(1),
-            dhead, d_);
-  gemm<T>(Trans::No, Trans::No, n, d_, V_, T(1), dlogits_.data(), V_, head, d_, T(0), dhf_.data(),
-          d_);
-  std::fill(dh_.begin(), dh_.begin() + nd, T(0));
-  rmsnorm_backward(dh_.data(), base_grad("model.norm.weight"), dhf_.data(), h_.data() + L_ * nd,
-                   base("model.norm.weight"), rstd_f_.data(), n, d_);
+  StepProfile* const prof = profile_;
+  {
+    ScopedTimer timer(prof, StepPart::HeadLossBackward);
+    cross_entropy_backward(dlogits_.data(), logits_.data(), targets_.data(), n, V_,
+                           counted_ > 0 ? scale / counted_ : 0.0);
+    if (head_trains)
+      gemm_in<T>(cfg_.moe.compute_dtype, Trans::Yes, Trans::No, V_, d_, n, T(1), dlogits_.data(),
+                 V_, hf_.data(), d_, T(1), dhead, d_);
+    gemm_in<T>(cfg_.moe.compute_dtype, Trans::No, Trans::No, n, d_, V_, T(1), dlogits_.data(), V_,
+               head, d_, T(0), dhf_.data(), d_);
+    std::fill(dh_.begin(), dh_.begin() + nd, T(0));
+    rmsnorm_backward(dh_.data(), base_grad("model.norm.weight"), dhf_.data(), h_.data() + L_ * nd,
+                     base("model.norm.weight"), rstd_f_.data(), n, d_);
+  }
   for (int l = L_ - 1; l >= 0; --l) {
     // dh is the gradient of the block's output; the residual carries it through unchanged.
-    ffn_[l]->backward(View<const T>(dh_.data(), {n, d_}), View<T>(dtmp_.data(), {n, d_}),
-                      aux_scale);
-    const std::string post = layer_name(l, "post_attention_layernorm.weight");
-    rmsnorm_backward(dh_.data(), base_grad(post), dtmp_.data(), hmid_.data() + l * nd, base(post),
-                     rstd_m_.data() + l * n, n, d_);
-    attn_[l]->backward(View<const T>(dh_.data(), {n, d_}), View<T>(dtmp_.data(), {n, d_}));
+    {
+      ScopedTimer timer(cfg_.is_moe_layer(l) ? nullptr : prof, StepPart::DenseFfnBackward);
+      ffn_[l]->backward(View<const T>(dh_.data(), {n, d_}), View<T>(dtmp_.data(), {n, d_}),
+                        aux_scale);
+    }
+    {
+      ScopedTimer timer(prof, StepPart::NormsBackward);
+      const std::string post = layer_name(l, "post_attention_layernorm.weight");
+      rmsnorm_backward(dh_.data(), base_grad(post), dtmp_.data(), hmid_.data() + l * nd, base(post),
+                       rstd_m_.data() + l * n, n, d_);
+    }
+    {
+      ScopedTimer timer(prof, StepPart::AttentionBackward);
+      attn_[l]->backward(View<const T>(dh_.data(), {n, d_}), View<T>(dtmp_.data(), {n, d_}));
+    }
+    ScopedTimer timer(prof, StepPart::NormsBackward);
     const std::string in = layer_name(l, "input_layernorm.weight");
     rmsnorm_backward(dh_.data(), base_grad(in), dtmp_.data(), h_.data() + l * nd, base(in),
                      rstd_a_.data() + l * n, n, d_);
   }
+  ScopedTimer timer(prof, StepPart::EmbeddingBackward);
   if (embed_trains)
     embedding_backward(base_grad("model.embed_tokens.weight"), dh_.data(), inputs_.data(), n, d_);
 }

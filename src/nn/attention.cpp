@@ -10,6 +10,7 @@
 #include "core/fast_math.h"
 #include "moe/error.h"
 #include "moe/gemm.h"
+#include "moe/grouped_experts.h"
 #include "moe/rmsnorm.h"
 
 namespace moe {
@@ -259,12 +260,12 @@ void Attention<T>::project(const T* x, int64_t rows, int64_t seq_len, int64_t st
                            T* v, bool save) {
   const int64_t d = c_.hidden_size;
   const int H = c_.num_heads, G = c_.num_kv_heads;
-  gemm<T>(Trans::No, Trans::Yes, rows, qd_, d, T(1), x, d, params_.value("q_proj.weight"), d, T(0),
-          q, qd_);
-  gemm<T>(Trans::No, Trans::Yes, rows, kvd_, d, T(1), x, d, params_.value("k_proj.weight"), d, T(0),
-          k, kvd_);
-  gemm<T>(Trans::No, Trans::Yes, rows, kvd_, d, T(1), x, d, params_.value("v_proj.weight"), d, T(0),
-          v, kvd_);
+  gemm_in<T>(c_.compute_dtype, Trans::No, Trans::Yes, rows, qd_, d, T(1), x, d,
+             params_.value("q_proj.weight"), d, T(0), q, qd_);
+  gemm_in<T>(c_.compute_dtype, Trans::No, Trans::Yes, rows, kvd_, d, T(1), x, d,
+             params_.value("k_proj.weight"), d, T(0), k, kvd_);
+  gemm_in<T>(c_.compute_dtype, Trans::No, Trans::Yes, rows, kvd_, d, T(1), x, d,
+             params_.value("v_proj.weight"), d, T(0), v, kvd_);
   if (c_.qkv_bias) {
     add_bias(q, params_.value("q_proj.bias"), rows, qd_);
     add_bias(k, params_.value("k_proj.bias"), rows, kvd_);
@@ -334,8 +335,8 @@ void Attention<T>::forward(View<const T> x, int B, int S, View<T> out) {
                    att_.data() + task * S * S, o_.data() + row0 * qd_ + h * hd, int64_t{S}, hd,
                    scale, c_.causal);
   }
-  gemm<T>(Trans::No, Trans::Yes, n, d, qd_, T(1), o_.data(), qd_, params_.value("o_proj.weight"),
-          qd_, T(0), out.data, d);
+  gemm_in<T>(c_.compute_dtype, Trans::No, Trans::Yes, n, d, qd_, T(1), o_.data(), qd_,
+             params_.value("o_proj.weight"), qd_, T(0), out.data, d);
 }
 
 template <class T>
@@ -358,9 +359,10 @@ void Attention<T>::backward(View<const T> dout, View<T> dx) {
 
   // out = o Wo^T: dWo += dout^T o, do = dout Wo
   const T* wo = params_.value("o_proj.weight");
-  gemm<T>(Trans::Yes, Trans::No, d, qd_, n, T(1), dout.data, d, o_.data(), qd_, T(1),
-          params_.grad("o_proj.weight"), qd_);
-  gemm<T>(Trans::No, Trans::No, n, qd_, d, T(1), dout.data, d, wo, qd_, T(0), do_.data(), qd_);
+  gemm_in<T>(c_.compute_dtype, Trans::Yes, Trans::No, d, qd_, n, T(1), dout.data, d, o_.data(), qd_,
+             T(1), params_.grad("o_proj.weight"), qd_);
+  gemm_in<T>(c_.compute_dtype, Trans::No, Trans::No, n, qd_, d, T(1), dout.data, d, wo, qd_, T(0),
+             do_.data(), qd_);
 
   const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(hd)));
   const int64_t tasks = static_cast<int64_t>(B) * G;
@@ -412,15 +414,18 @@ void Attention<T>::backward(View<const T> dout, View<T> dx) {
   const T* wq = params_.value("q_proj.weight");
   const T* wk = params_.value("k_proj.weight");
   const T* wv = params_.value("v_proj.weight");
-  gemm<T>(Trans::Yes, Trans::No, qd_, d, n, T(1), dq, qd_, x_.data(), d, T(1),
-          params_.grad("q_proj.weight"), d);
-  gemm<T>(Trans::Yes, Trans::No, kvd_, d, n, T(1), dk, kvd_, x_.data(), d, T(1),
-          params_.grad("k_proj.weight"), d);
-  gemm<T>(Trans::Yes, Trans::No, kvd_, d, n, T(1), dv_.data(), kvd_, x_.data(), d, T(1),
-          params_.grad("v_proj.weight"), d);
-  gemm<T>(Trans::No, Trans::No, n, d, qd_, T(1), dq, qd_, wq, d, T(0), dx.data, d);
-  gemm<T>(Trans::No, Trans::No, n, d, kvd_, T(1), dk, kvd_, wk, d, T(1), dx.data, d);
-  gemm<T>(Trans::No, Trans::No, n, d, kvd_, T(1), dv_.data(), kvd_, wv, d, T(1), dx.data, d);
+  gemm_in<T>(c_.compute_dtype, Trans::Yes, Trans::No, qd_, d, n, T(1), dq, qd_, x_.data(), d, T(1),
+             params_.grad("q_proj.weight"), d);
+  gemm_in<T>(c_.compute_dtype, Trans::Yes, Trans::No, kvd_, d, n, T(1), dk, kvd_, x_.data(), d,
+             T(1), params_.grad("k_proj.weight"), d);
+  gemm_in<T>(c_.compute_dtype, Trans::Yes, Trans::No, kvd_, d, n, T(1), dv_.data(), kvd_, x_.data(),
+             d, T(1), params_.grad("v_proj.weight"), d);
+  gemm_in<T>(c_.compute_dtype, Trans::No, Trans::No, n, d, qd_, T(1), dq, qd_, wq, d, T(0), dx.data,
+             d);
+  gemm_in<T>(c_.compute_dtype, Trans::No, Trans::No, n, d, kvd_, T(1), dk, kvd_, wk, d, T(1),
+             dx.data, d);
+  gemm_in<T>(c_.compute_dtype, Trans::No, Trans::No, n, d, kvd_, T(1), dv_.data(), kvd_, wv, d,
+             T(1), dx.data, d);
 }
 
 template <class T>
@@ -492,8 +497,8 @@ void Attention<T>::forward_cached(View<const T> x, int B, int n, KvCache<T>& cac
   project(x.data, rows, n, L, cq_.data(), ck_.data(), cv_.data(), /*save=*/false);
   cached_attention(cq_.data(), ck_.data(), cv_.data(), B, n, H, G, c_.head_dim, cache, co_.data(),
                    scratch_);
-  gemm<T>(Trans::No, Trans::Yes, rows, d, qd_, T(1), co_.data(), qd_,
-          params_.value("o_proj.weight"), qd_, T(0), out.data, d);
+  gemm_in<T>(c_.compute_dtype, Trans::No, Trans::Yes, rows, d, qd_, T(1), co_.data(), qd_,
+             params_.value("o_proj.weight"), qd_, T(0), out.data, d);
 }
 
 template struct KvCache<float>;

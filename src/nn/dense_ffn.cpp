@@ -1,12 +1,15 @@
 #include "moe/dense_ffn.h"
 
 #include <algorithm>
+#include <type_traits>
 
 namespace moe {
 
 template <class T>
-DenseFfn<T>::DenseFfn(int hidden_size, int intermediate_size, Activation act)
-    : d_(hidden_size), F_(intermediate_size), act_(act) {
+DenseFfn<T>::DenseFfn(int hidden_size, int intermediate_size, Activation act, ComputeDtype dtype)
+    : d_(hidden_size), F_(intermediate_size), act_(act), dtype_(dtype) {
+  MOE_CHECK((std::is_same_v<T, float>) || dtype == ComputeDtype::Float32,
+            "DenseFfn: compute_dtype \"bfloat16\" needs DenseFfn<float> (fp32 master weights)");
   MOE_CHECK(hidden_size > 0, "DenseFfn: hidden_size must be positive, got {}", hidden_size);
   MOE_CHECK(intermediate_size > 0, "DenseFfn: intermediate_size must be positive, got {}",
             intermediate_size);

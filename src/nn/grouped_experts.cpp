@@ -14,6 +14,25 @@
 
 namespace moe {
 
+template <class T>
+void gemm_in(ComputeDtype dt, Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, T alpha,
+             const T* A, int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  if (dt == ComputeDtype::BFloat16) {
+    if constexpr (std::is_same_v<T, float>) {
+      gemm_bf16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+      return;
+    } else {
+      MOE_CHECK(false, "compute_dtype bfloat16 needs float tensors (fp32 master weights)");
+    }
+  }
+  gemm<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+template void gemm_in<float>(ComputeDtype, Trans, Trans, int64_t, int64_t, int64_t, float,
+                             const float*, int64_t, const float*, int64_t, float, float*, int64_t);
+template void gemm_in<double>(ComputeDtype, Trans, Trans, int64_t, int64_t, int64_t, double,
+                              const double*, int64_t, const double*, int64_t, double, double*,
+                              int64_t);
+
 namespace {
 constexpr int64_t kParallelMin = 1 << 14;  // below this, threading costs more than it saves
 
@@ -34,19 +53,11 @@ T gelu_grad(T z) {
   return cdf + z * pdf;
 }
 
-// The FFN's one GEMM entry point: fp32/fp64 BLAS, or bf16 operands with fp32 accumulation.
+// The FFN's GEMMs: gemm_in with alpha = 1.
 template <class T>
 void mm(ComputeDtype dt, Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, const T* A,
         int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
-  if (dt == ComputeDtype::BFloat16) {
-    if constexpr (std::is_same_v<T, float>) {
-      gemm_bf16(ta, tb, M, N, K, 1.f, A, lda, B, ldb, beta, C, ldc);
-      return;
-    } else {
-      MOE_CHECK(false, "ffn: compute_dtype bfloat16 needs float tensors");
-    }
-  }
-  gemm<T>(ta, tb, M, N, K, T(1), A, lda, B, ldb, beta, C, ldc);
+  gemm_in<T>(dt, ta, tb, M, N, K, T(1), A, lda, B, ldb, beta, C, ldc);
 }
 }  // namespace
 

@@ -7,28 +7,34 @@
 namespace moe {
 
 namespace {
-// Adds the time since the previous lap to one field of a LayerTimings pass, and the whole
-// span to its total; without a pass it reads no clock.
+// Adds the time since the previous lap to one field of a LayerTimings pass (and the whole
+// span to its total) and to the matching part of a StepProfile (the forward part, or its
+// backward); with neither it reads no clock.
 class Laps {
  public:
   using Clock = std::chrono::steady_clock;
-  explicit Laps(LayerTimings::Pass* pass) : pass_(pass) {
-    if (pass_) start_ = last_ = Clock::now();
+  Laps(LayerTimings::Pass* pass, StepProfile* profile, bool backward)
+      : pass_(pass), profile_(profile), backward_(backward) {
+    if (pass_ || profile_) start_ = last_ = Clock::now();
   }
   ~Laps() {
     if (pass_) pass_->total += std::chrono::duration<double>(Clock::now() - start_).count();
   }
   Laps(const Laps&) = delete;
   Laps& operator=(const Laps&) = delete;
-  void lap(double LayerTimings::Pass::*field) {
-    if (!pass_) return;
+  void lap(double LayerTimings::Pass::*field, StepPart part) {
+    if (!pass_ && !profile_) return;
     const auto now = Clock::now();
-    pass_->*field += std::chrono::duration<double>(now - last_).count();
+    const double s = std::chrono::duration<double>(now - last_).count();
+    if (pass_) pass_->*field += s;
+    if (profile_) profile_->add(backward_ ? backward_of(part) : part, s);
     last_ = now;
   }
 
  private:
   LayerTimings::Pass* pass_;
+  StepProfile* profile_;
+  bool backward_;
   Clock::time_point start_, last_;
 };
 using Pass = LayerTimings::Pass;
@@ -125,7 +131,7 @@ void MoeLayer<T>::forward(View<const T> x, View<T> out, const ForwardOptions<T>&
   MOE_CHECK(!opt.expert_views || (!groups_ && cfg_.hidden_act == Activation::SwiGLU),
             "MoeLayer::forward: expert weight views need SwiGLU experts and no expert "
             "parallelism");
-  Laps laps(timings_ ? &timings_->forward : nullptr);
+  Laps laps(timings_ ? &timings_->forward : nullptr, profile_, false);
   if (timings_) ++timings_->forward_calls;
   tokens_ = T_;
   reserve(T_);
@@ -158,12 +164,12 @@ void MoeLayer<T>::forward(View<const T> x, View<T> out, const ForwardOptions<T>&
     route_global(opt.token_mask);
   else
     router_.forward(T_, in);
-  laps.lap(&Pass::routing);
+  laps.lap(&Pass::routing, StepPart::Router);
 
   // 7. Grouped experts: permute, run each expert on its block, combine.
   build_permutation(groups_ ? local_plan_ : router_.plan(), perm_);
   gather_rows<T>(perm_, k_, d_, x_.data(), xp_.data());
-  laps.lap(&Pass::gather);
+  laps.lap(&Pass::gather, StepPart::Dispatch);
   if (all_to_all_) {
     // Rows to the owners of their experts, the local experts on their blocks, and back.
     AllToAllDispatcher<T>& a2a = *all_to_all_;
@@ -183,14 +189,14 @@ void MoeLayer<T>::forward(View<const T> x, View<T> out, const ForwardOptions<T>&
   } else {
     experts_.forward(params_, perm_.offsets.data(), xp_.data(), y_.data());
   }
-  laps.lap(&Pass::experts);
+  laps.lap(&Pass::experts, StepPart::Experts);
   scatter_gated<T>(perm_, T_, k_, d_, y_.data(), router_.gates().data() + t0_ * k_, out.data);
-  laps.lap(&Pass::combine);
+  laps.lap(&Pass::combine, StepPart::Combine);
 
   // 8. Shared experts on every token, optionally gated.
   if (Hs_ > 0) {
     shared_.forward(params_, T_, x_.data(), out.data, opt.shared_views);
-    laps.lap(&Pass::shared);
+    laps.lap(&Pass::shared, StepPart::SharedExperts);
   }
 }
 
@@ -224,13 +230,13 @@ void MoeLayer<T>::backward(View<const T> dout, View<T> dx, double aux_scale) {
   const int64_t T_ = tokens_;
   check_shape(dout, {T_, d_}, "MoeLayer::backward: dout");
   check_shape(dx, {T_, d_}, "MoeLayer::backward: dx");
-  Laps laps(timings_ ? &timings_->backward : nullptr);
+  Laps laps(timings_ ? &timings_->backward : nullptr, profile_, true);
   if (timings_) ++timings_->backward_calls;
 
   // Combine -> experts -> gather, in reverse.
   scatter_gated_backward<T>(perm_, T_, k_, d_, dout.data, y_.data(),
                             router_.gates().data() + t0_ * k_, dy_.data(), dgate_.data());
-  laps.lap(&Pass::combine);
+  laps.lap(&Pass::combine, StepPart::Combine);
   if (all_to_all_) {
     AllToAllDispatcher<T>& a2a = *all_to_all_;
     a2a.dispatch(dy_.data(), dyr_.data());
@@ -239,15 +245,15 @@ void MoeLayer<T>::backward(View<const T> dout, View<T> dx, double aux_scale) {
   } else {
     experts_.backward(params_, perm_.offsets.data(), xp_.data(), dy_.data(), dxp_.data());
   }
-  laps.lap(&Pass::experts);
+  laps.lap(&Pass::experts, StepPart::Experts);
   std::fill(dx.data, dx.data + T_ * d_, T(0));
   gather_rows_backward<T>(perm_, T_, k_, d_, dxp_.data(), dx.data);
-  laps.lap(&Pass::gather);
+  laps.lap(&Pass::gather, StepPart::Dispatch);
 
   // Shared experts and their gate.
   if (Hs_ > 0) {
     shared_.backward(params_, T_, x_.data(), dout.data, dx.data, experts_.scratch());
-    laps.lap(&Pass::shared);
+    laps.lap(&Pass::shared, StepPart::SharedExperts);
   }
 
   // Router: gates and losses -> scores -> logits -> weights and x. Under expert parallelism
@@ -264,7 +270,7 @@ void MoeLayer<T>::backward(View<const T> dout, View<T> dx, double aux_scale) {
   router_logits_backward<T>(T_, d_, E_, x_.data(), value(off_.router), wn, noise_.data(),
                             hn_.data(), dz, dx.data, grad(off_.router),
                             noisy_ ? grad(off_.noise) : nullptr, dhn_.data());
-  laps.lap(&Pass::routing);
+  laps.lap(&Pass::routing, StepPart::Router);
 }
 
 template <class T>
