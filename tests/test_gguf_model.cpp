@@ -134,6 +134,11 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, GgufFamily,
 // RoPE scaling in llama.cpp's keys (<arch>.rope.scaling.type, .factor, .original_context_length,
 // .attn_factor): linear and YaRN (DeepSeek's mscale ratio included, as attn_factor) round trip;
 // llama3 (a rope_freqs tensor in llama.cpp) and dynamic NTK (none there) are refused by name.
+// transformers v5's fused experts and Granite-MoE (llama.cpp's granitemoe architecture with its
+// embedding_scale, residual_scale, attention.scale and logit_scale keys).
+INSTANTIATE_TEST_SUITE_P(FusedAndGranite, GgufFamily,
+                         ::testing::Values("qwen3_moe_fused", "granitemoe"));
+
 INSTANTIATE_TEST_SUITE_P(RopeScaling, GgufFamily,
                          ::testing::Values("qwen3_moe_yarn", "olmoe_yarn_mscale", "llama_linear"));
 

@@ -70,14 +70,17 @@ std::string gguf_arch_of(const ModelConfig& c) {
   if (c.model_type == "qwen2_moe") return "qwen2moe";
   if (c.model_type == "qwen3_moe") return "qwen3moe";
   if (c.model_type == "olmoe") return "olmoe";
+  if (c.model_type == "granitemoe") return "granitemoe";
   throw Error(
       fmt::format("model_type \"{}\" has no GGUF architecture here (expected mixtral, "
-                  "qwen2_moe, qwen3_moe, olmoe, llama, mistral, qwen2 or qwen3)",
+                  "qwen2_moe, qwen3_moe, olmoe, granitemoe, llama, mistral, qwen2 or qwen3)",
                   c.model_type));
 }
 
 bool gguf_rope_interleaved(const ModelConfig& c) {
-  return gguf_arch_of(c) == "llama";
+  // llama.cpp's granite architectures rotate as its llama one (convert_hf_to_gguf permutes).
+  const std::string arch = gguf_arch_of(c);
+  return arch == "llama" || arch == "granitemoe";
 }
 
 void unpermute_rope_rows(const float* src, float* dst, int n_heads, int head_dim, int64_t cols) {
@@ -178,6 +181,8 @@ ModelConfig model_config_from_gguf(const GgufFile& f) {
     type = "qwen3_moe";
   else if (arch == "olmoe")
     type = "olmoe";
+  else if (arch == "granitemoe")
+    type = "granitemoe";
   else if (arch == "qwen2" || arch == "qwen3")  // dense
     type = arch;
   else
@@ -338,7 +343,7 @@ ModelConfig model_config_from_gguf(const GgufFile& f) {
     MOE_REQUIRE(ff > 0, "{}: {} is missing", path, key("feed_forward_length"));
     agree(key("feed_forward_length"), ff, "blk.0.ffn_gate.weight", 1);
     j["intermediate_size"] = ff;
-  } else if (type == "mixtral") {
+  } else if (type == "mixtral" || type == "granitemoe") {
     MOE_REQUIRE(ff > 0, "{}: {} is missing", path, key("feed_forward_length"));
     if (E > 0) {
       MOE_REQUIRE(dense_layers.empty(),
@@ -349,6 +354,15 @@ ModelConfig model_config_from_gguf(const GgufFile& f) {
     }
     j["intermediate_size"] = ff;
     j["num_local_experts"] = E;
+    if (type == "granitemoe") {
+      // llama.cpp's granite keys for Granite-MoE's four multipliers.
+      for (const auto& [gguf_key, hf_key] :
+           {std::pair<const char*, const char*>{"embedding_scale", "embedding_multiplier"},
+            {"residual_scale", "residual_multiplier"},
+            {"attention.scale", "attention_multiplier"},
+            {"logit_scale", "logits_scaling"}})
+        if (f.has(key(gguf_key))) j[hf_key] = real(key(gguf_key));
+    }
   } else if (type == "olmoe") {
     MOE_REQUIRE(dense_layers.empty(), "{}: layer {} has no router (ffn_gate_inp)", path,
                 dense_layers.empty() ? 0 : dense_layers.front());
@@ -536,6 +550,18 @@ void write_gguf_model(const ModelConfig& c, const GgufModelSource& src, const st
   w.set(key("attention.value_length"), u32(hd));
   w.set(key("rope.dimension_count"), u32(hd));
   w.set(key("rope.freq_base"), GgufValue::f32(static_cast<float>(c.rope_theta)));
+  if (arch == "granitemoe") {
+    w.set(key("embedding_scale"), GgufValue::f32(static_cast<float>(c.embedding_multiplier)));
+    w.set(key("residual_scale"), GgufValue::f32(static_cast<float>(c.residual_multiplier)));
+    // 0 (our "1/sqrt(head_dim)") is llama.cpp's default too.
+    w.set(key("attention.scale"), GgufValue::f32(static_cast<float>(c.attention_multiplier)));
+    w.set(key("logit_scale"), GgufValue::f32(static_cast<float>(c.logits_scaling)));
+  } else {
+    MOE_REQUIRE(!c.has_multipliers(),
+                "{}: embedding/residual/attention/logits multipliers exist in GGUF's granitemoe "
+                "architecture only (model_type {})",
+                out_path, c.model_type);
+  }
   if (const RopeScaling& rs = c.rope_scaling; rs.scaled()) {
     MOE_REQUIRE(rs.type == RopeType::Linear || rs.type == RopeType::Yarn,
                 "{}: rope_scaling rope_type {} has no GGUF form here (llama.cpp keeps llama3 "

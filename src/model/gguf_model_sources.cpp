@@ -25,7 +25,21 @@ class HfSource : public GgufModelSource {
   HfSource(const ModelConfig& c, const HfWeights& w) : c_(c), w_(w) {}
   void fill(const GgufModelTensor& t, float* out) const override {
     if (t.role == GgufRole::Experts) {
-      const int64_t per = t.shape[1] * t.shape[2];
+      const int64_t E = t.shape[0], rows = t.shape[1], cols = t.shape[2], per = rows * cols;
+      const std::string fused =
+          hf_fused_experts_in(w_, c_, t.layer, t.kind != HfTensor::ExpertDown);
+      if (!fused.empty() && t.kind == HfTensor::ExpertDown) {  // down_proj [E, d, F] as stacked
+        read(fused, t.shape, out);
+        return;
+      }
+      if (!fused.empty()) {  // gate_up_proj [E, 2F, d]: each expert's gate rows, then its up rows
+        std::vector<float> both(static_cast<size_t>(2 * E * per));
+        read(fused, {E, 2 * rows, cols}, both.data());
+        const int64_t half = t.kind == HfTensor::ExpertGate ? 0 : 1;
+        for (int64_t e = 0; e < E; ++e)
+          std::copy_n(both.data() + (2 * e + half) * per, per, out + e * per);
+        return;
+      }
       for (int e = 0; e < t.shape[0]; ++e)
         read(hf_tensor_name(c_, t.layer, t.kind, e), {t.shape[1], t.shape[2]}, out + e * per);
       return;

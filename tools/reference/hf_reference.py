@@ -1,6 +1,6 @@
-"""An independent float64 reference of Hugging Face causal LMs: four MoE families and four dense.
+"""An independent float64 reference of Hugging Face causal LMs: five MoE families and four dense.
 
-model_type "mixtral", "qwen2_moe", "qwen3_moe" and "olmoe", and the dense "llama", "mistral",
+model_type "mixtral", "qwen2_moe", "qwen3_moe", "olmoe" and "granitemoe", and the dense "llama", "mistral",
 "qwen2" and "qwen3", written in plain PyTorch
 from the semantics of transformers' modeling_<type>.py (no transformers import: it is
 not packaged for Debian).  A model is a config dict (the checkpoint's config.json) and
