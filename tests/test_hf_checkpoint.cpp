@@ -85,7 +85,8 @@ TEST_P(HfFamily, MatchesPyTorchReference) {
 
 INSTANTIATE_TEST_SUITE_P(Families, HfFamily,
                          ::testing::Values("mixtral", "mixtral_bf16", "qwen2_moe", "qwen3_moe",
-                                           "olmoe", "llama", "mistral", "qwen2", "qwen3"));
+                                           "olmoe", "llama", "mistral", "qwen2", "qwen3",
+                                           "deepseek_v2", "deepseek_v3"));
 
 TEST(HfCheckpoint, FixtureConfigsAreReadPerFamily) {
   const ModelConfig q2 = load_hf_config(fixture("qwen2_moe") + "/config.json");

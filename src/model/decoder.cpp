@@ -8,17 +8,28 @@
 
 namespace moe {
 
-std::vector<KvCache<float>> Decoder::new_caches(int batch, int capacity) const {
+std::vector<KvCache<float>> Decoder::new_caches(int batch, int capacity, MlaCache mla) const {
   MOE_REQUIRE(capacity <= cfg_.max_position_embeddings,
               "a KV cache of {} positions exceeds max_position_embeddings = {}", capacity,
               cfg_.max_position_embeddings);
   std::vector<KvCache<float>> caches(static_cast<size_t>(cfg_.num_hidden_layers));
-  for (auto& c : caches) c.reset(batch, capacity, cfg_.num_key_value_heads * cfg_.head_size());
+  for (auto& c : caches)
+    if (mla_)
+      mla_->reset_cache(c, batch, capacity, mla);
+    else
+      c.reset(batch, capacity, cfg_.num_key_value_heads * cfg_.head_size());
   return caches;
 }
 
+int64_t Decoder::cache_bytes_per_token(MlaCache mla) const {
+  return new_caches(1, 1, mla).front().bytes_per_token() * cfg_.num_hidden_layers;
+}
+
 Decoder::Decoder(const ModelConfig& cfg) : cfg_(cfg) {
-  rope_tables(cos_, sin_, cfg_.max_position_embeddings, cfg_.head_size(), cfg_.rope_theta);
+  if (cfg_.is_mla())
+    mla_.emplace(cfg_);  // its own RoPE tables, of qk_rope_head_dim
+  else
+    rope_tables(cos_, sin_, cfg_.max_position_embeddings, cfg_.head_size(), cfg_.rope_theta);
 }
 
 WeightView Decoder::quantized(const WeightView& w, GgmlType type) {
@@ -30,7 +41,14 @@ WeightView Decoder::quantized(const WeightView& w, GgmlType type) {
 
 void Decoder::quantize_attention_and_head(GgmlType type) {
   for (AttentionWeights& a : attn_)
-    for (WeightView* w : {&a.q, &a.k, &a.v, &a.o}) *w = quantized(*w, type);
+    for (WeightView* w : {&a.q, &a.k, &a.v, &a.o})
+      if (w->data) *w = quantized(*w, type);
+  if (mla_)  // kv_b stays as loaded too: the absorbed products read its fp32 copy
+    for (int l = 0; l < mla_->layers(); ++l) {
+      MlaWeights& m = mla_->weights(l);
+      for (WeightView* w : {&m.q, &m.q_a, &m.q_b, &m.kv_a, &m.o})
+        if (w->data) *w = quantized(*w, type);
+    }
   head_ = quantized(head_, type);
 }
 
@@ -117,7 +135,10 @@ void Decoder::forward(const int32_t* tokens, int B, int n, std::vector<KvCache<f
   for (size_t l = 0; l < attn_.size(); ++l) {
     const AttentionWeights& w = attn_[l];
     rmsnorm_forward(x_.data(), rstd_.data(), h_.data(), w.input_norm, rows, d, eps);
-    attention(w, B, n, caches[l]);
+    if (mla_)
+      mla_->forward(static_cast<int>(l), x_.data(), B, n, caches[l], h_.data());
+    else
+      attention(w, B, n, caches[l]);
     rmsnorm_forward(x_.data(), rstd_.data(), h_.data(), w.post_norm, rows, d, eps);
     ffn(static_cast<int>(l), rows);
   }
