@@ -82,6 +82,13 @@ grep -q "tokens/s" "$dir/err" || fail "no speed line: $(cat "$dir/err")"
 "$moe" convert "$dir/run" --to hf --dtype bf16 --out "$dir/hf16" > "$dir/conv"
 "$moe" generate --model "$dir/hf16" --prompt "Hello" --max-new-tokens 4 > /dev/null 2> "$dir/err"
 grep -q "weights BF16" "$dir/err" || fail "bf16 checkpoint: $(cat "$dir/err")"
+# transformers v5's fused expert tensors: the same text from the same weights.
+"$moe" convert "$dir/run" --to hf --layout fused --out "$dir/hf_fused" > "$dir/conv"
+grep -q "fused experts" "$dir/conv" || fail "convert --layout fused printed: $(cat "$dir/conv")"
+"$moe" generate --model "$dir/hf_fused" --prompt "Hello" --max-new-tokens 8 --seed 3 > "$dir/g_fused" 2> /dev/null
+cmp -s "$dir/g_hf" "$dir/g_fused" || fail "fused layout generates other text: $(cat "$dir/g_fused")"
+if "$moe" convert "$dir/run" --to hf --layout stacked --out "$dir/x" 2> "$dir/err"; then fail "bad --layout accepted"; fi
+grep -q "layout" "$dir/err" || fail "unexpected error: $(cat "$dir/err")"
 "$moe" convert "$dir/run" --to gguf --out "$dir/run.gguf" > "$dir/conv"
 [[ $(head -c 4 "$dir/run.gguf") == "GGUF" ]] || fail "convert --to gguf wrote no GGUF file"
 # A config with an unknown model_type: one line naming the file and the key.

@@ -227,6 +227,7 @@ TEST(DeepSeekConfig, KeysWeCannotComputeAreRefused) {
   refused(v3, "attention_bias", true);
   refused(v3, "hidden_act", "gelu");
   refused(v3, "first_k_dense_replace", 3);  // no MoE layer left of 3
+  refused(v3, "rope_scaling", {{"type", "dynamic"}, {"factor", 2.0}});
 }
 
 // MLA has no backward here: training refuses by name.

@@ -131,6 +131,40 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, GgufFamily,
                          ::testing::Values("mixtral", "mixtral_bf16", "olmoe", "qwen2_moe",
                                            "qwen3_moe", "llama", "mistral", "qwen2", "qwen3"));
 
+// RoPE scaling in llama.cpp's keys (<arch>.rope.scaling.type, .factor, .original_context_length,
+// .attn_factor): linear and YaRN (DeepSeek's mscale ratio included, as attn_factor) round trip;
+// llama3 (a rope_freqs tensor in llama.cpp) and dynamic NTK (none there) are refused by name.
+INSTANTIATE_TEST_SUITE_P(RopeScaling, GgufFamily,
+                         ::testing::Values("qwen3_moe_yarn", "olmoe_yarn_mscale", "llama_linear"));
+
+TEST(GgufModelRope, ScalingKeysRoundTrip) {
+  for (const char* name : {"qwen3_moe_yarn", "olmoe_yarn_mscale", "llama_linear"}) {
+    TempDir dir;
+    const std::string hf = fixture(name);
+    const ModelConfig a = load_hf_config(hf + "/config.json");
+    const std::string path = write_hf_as_gguf(hf, dir.file("m.gguf"), "f32");
+    const GgufFile f = GgufFile::open(path);
+    const std::string arch = f.string("general.architecture");
+    EXPECT_EQ(f.string(arch + ".rope.scaling.type"), rope_type_name(a.rope_scaling.type));
+    const ModelConfig b = model_config_from_gguf(f);
+    EXPECT_EQ(b.rope_scaling.type, a.rope_scaling.type) << name;
+    EXPECT_EQ(b.rope_scaling.factor, a.rope_scaling.factor) << name;
+    EXPECT_EQ(b.rope_scaling.original_max_position_embeddings,
+              a.rope_scaling.original_max_position_embeddings)
+        << name;
+    const RopeFrequencies fa = rope_frequencies(a.head_size(), a.rope_theta, a.rope_scaling);
+    const RopeFrequencies fb = rope_frequencies(b.head_size(), b.rope_theta, b.rope_scaling);
+    EXPECT_NEAR(fb.attention_factor, fa.attention_factor, 1e-6) << name;
+  }
+  for (const char* name : {"mixtral_llama3", "qwen2_moe_dynamic"}) {
+    TempDir dir;
+    const std::string hf = fixture(name);
+    const ModelConfig c = load_hf_config(hf + "/config.json");
+    EXPECT_MOE_ERROR(write_hf_as_gguf(hf, dir.file("m.gguf"), "f32"), "m.gguf", "rope_scaling",
+                     rope_type_name(c.rope_scaling.type));
+  }
+}
+
 // A Mixtral-shaped config with 8 experts and rows of 256 (k-quant blocks) and 96 (not).
 ModelConfig mixtral_config(int layers) {
   ModelConfig c;
@@ -348,8 +382,11 @@ TEST(GgufModelErrors, OneLineNamingTheFileAndTheField) {
   }
   {
     const std::string p = dir.file("rope.gguf");
-    rewrite(good, p, {{"llama.rope.scaling.type", GgufValue::string("yarn")}});
+    rewrite(good, p, {{"llama.rope.scaling.type", GgufValue::string("longrope")}});
     EXPECT_MOE_ERROR(InferenceModel::load(p), p, "llama.rope.scaling.type", "not supported");
+    // A supported type without its factor names the missing key.
+    rewrite(good, p, {{"llama.rope.scaling.type", GgufValue::string("yarn")}});
+    EXPECT_MOE_ERROR(InferenceModel::load(p), p, "llama.rope.scaling.factor");
   }
   {
     // I16 has F16's size: the file is valid, its type is not a weight type.

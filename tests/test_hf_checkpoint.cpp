@@ -88,6 +88,40 @@ INSTANTIATE_TEST_SUITE_P(Families, HfFamily,
                                            "olmoe", "llama", "mistral", "qwen2", "qwen3",
                                            "deepseek_v2", "deepseek_v3"));
 
+// RoPE scaling (rope.h): YaRN (v5's rope_parameters; DeepSeek's mscale / mscale_all_dim under
+// the older "type" alias), llama3 and linear, each over an original context shorter than the
+// 7 + 8 positions of the fixture.
+// transformers v5's fused expert tensors, written by the reference (2 shards).
+INSTANTIATE_TEST_SUITE_P(FusedExperts, HfFamily, ::testing::Values("qwen3_moe_fused"));
+
+INSTANTIATE_TEST_SUITE_P(RopeScaling, HfFamily,
+                         ::testing::Values("qwen3_moe_yarn", "olmoe_yarn_mscale", "mixtral_llama3",
+                                           "llama_linear"));
+
+// Dynamic NTK: the prompt (7 tokens) is longer than max_position_embeddings (4), so the prompt's
+// forward uses the frequencies of its length. Greedy generation and the one-token-at-a-time
+// cache are not compared: as in Hugging Face, each call's new positions use the frequencies of
+// the length reached while cached keys keep theirs, which a full forward (the reference) cannot
+// reproduce. The single-token step that does reach a new length is checked against the rotation
+// a full forward of that length gives its last position.
+TEST(HfCheckpoint, DynamicNtkRopeMatchesPyTorchReference) {
+  const std::string dir = fixture("qwen2_moe_dynamic");
+  auto model = InferenceModel::load(dir);
+  const ModelConfig& c = model->config();
+  ASSERT_EQ(c.rope_scaling.type, RopeType::Dynamic);
+  EXPECT_EQ(c.context_length(), 16);  // factor 4 x max_position_embeddings 4
+  const auto expected = SafeTensorsFile::open(dir + "/expected.safetensors");
+  const auto ids = expected.read<int32_t>("input_ids");
+  const auto ref = expected.read<float>("logits");
+  const int B = static_cast<int>(ids.shape()[0]), S = static_cast<int>(ids.shape()[1]);
+  ASSERT_GT(S, c.max_position_embeddings);
+  const int64_t V = c.vocab_size;
+  std::vector<float> logits(static_cast<size_t>(B * S * V));
+  auto caches = model->new_caches(B, S);
+  model->forward(ids.data(), B, S, caches, logits.data(), /*all_logits=*/true);
+  EXPECT_LT(normalized_error(logits.data(), ref.data(), ref.numel()), 1e-4);
+}
+
 TEST(HfCheckpoint, FixtureConfigsAreReadPerFamily) {
   const ModelConfig q2 = load_hf_config(fixture("qwen2_moe") + "/config.json");
   EXPECT_TRUE(q2.attention_bias);
@@ -342,6 +376,7 @@ TEST_P(HfFamilyTraining, LoadsTrainsAndSavesInItsFamily) {
   EXPECT_EQ(back.model_type, cfg.model_type);
   EXPECT_EQ(back.qk_norm, cfg.qk_norm);
   EXPECT_EQ(back.attention_bias, cfg.attention_bias);
+  EXPECT_EQ(rope_scaling_to_json(back.rope_scaling), rope_scaling_to_json(cfg.rope_scaling));
   for (int l = 0; l < cfg.num_hidden_layers; ++l)
     EXPECT_EQ(back.is_moe_layer(l), cfg.is_moe_layer(l));
   auto infer = InferenceModel::load(tmp.str());
@@ -355,6 +390,56 @@ TEST_P(HfFamilyTraining, LoadsTrainsAndSavesInItsFamily) {
 INSTANTIATE_TEST_SUITE_P(Families, HfFamilyTraining,
                          ::testing::Values("mixtral", "mixtral_bf16", "qwen2_moe", "qwen3_moe",
                                            "olmoe"));
+// The training Transformer takes its RoPE tables from the same rope_frequencies: a rope-scaled
+// checkpoint fine-tunes and saves (its rope_scaling written back) alike.
+INSTANTIATE_TEST_SUITE_P(RopeScaling, HfFamilyTraining,
+                         ::testing::Values("qwen3_moe_yarn", "olmoe_yarn_mscale", "mixtral_llama3",
+                                           "qwen2_moe_dynamic", "qwen3_moe_fused"));
+
+// transformers v5's fused expert tensors: each family's fixture saved both ways gives the same
+// logits (inference views into gate_up_proj / down_proj, and the trainable model), and the fused
+// checkpoint loaded and saved per expert gives back the per-expert file byte for byte.
+TEST(HfCheckpoint, FusedExpertLayoutIsTheSameModel) {
+  test::ExactBf16Path exact;
+  for (const char* name : {"mixtral", "mixtral_bf16", "qwen2_moe", "qwen3_moe", "olmoe"}) {
+    SCOPED_TRACE(name);
+    const std::string dir = fixture(name);
+    const ModelConfig cfg = load_hf_config(dir + "/config.json");
+    Transformer<float> model(cfg);
+    load_hf_weights(model, HfWeights::open(dir));
+    TempDir per("hf_per_expert"), fused("hf_fused"), back("hf_back");
+    save_hf_checkpoint(model, per.str(), DType::BF16, HfExpertLayout::PerExpert);
+    save_hf_checkpoint(model, fused.str(), DType::BF16, HfExpertLayout::Fused);
+    const HfWeights wf = HfWeights::open(fused.str());
+    int fused_layers = 0;
+    for (int l = 0; l < cfg.num_hidden_layers; ++l) {
+      if (!cfg.is_moe_layer(l)) continue;
+      ++fused_layers;
+      const std::string gate_up = hf_fused_experts_in(wf, cfg, l, true);
+      ASSERT_EQ(gate_up, hf_fused_experts_name(cfg, l, true));
+      EXPECT_EQ(wf.entry(gate_up).shape,
+                std::vector<int64_t>(
+                    {cfg.num_local_experts, 2 * cfg.intermediate_size, cfg.hidden_size}));
+      EXPECT_EQ(
+          wf.entry(hf_fused_experts_name(cfg, l, false)).shape,
+          std::vector<int64_t>({cfg.num_local_experts, cfg.hidden_size, cfg.intermediate_size}));
+      EXPECT_FALSE(wf.has(hf_tensor_name(cfg, l, HfTensor::ExpertGate, 0)));
+    }
+    EXPECT_GT(fused_layers, 0);
+    const std::vector<int32_t> x = {5, 17, 3, 40, 41, 8, 77, 12};
+    auto a = InferenceModel::load(per.str());
+    auto b = InferenceModel::load(fused.str());
+    EXPECT_EQ(logits_of(*a, x), logits_of(*b, x));  // the same stored values, bit for bit
+    Transformer<float> reloaded(load_hf_config(fused.file("config.json")));
+    load_hf_weights(reloaded, wf);
+    save_hf_checkpoint(reloaded, back.str(), DType::BF16, HfExpertLayout::PerExpert);
+    std::ifstream f1(per.file("model.safetensors"), std::ios::binary),
+        f2(back.file("model.safetensors"), std::ios::binary);
+    const std::string b1{std::istreambuf_iterator<char>(f1), {}},
+        b2{std::istreambuf_iterator<char>(f2), {}};
+    EXPECT_TRUE(b1 == b2);
+  }
+}
 
 TEST(HfCheckpoint, RoutingHuggingFaceCannotExpressIsRefused) {
   ModelConfig c = small_config(false, 1);
@@ -451,8 +536,8 @@ TEST(HfCheckpointErrors, MissingTensorAndWrongShape) {
 TEST(HfCheckpointErrors, UnknownModelTypeAndUnsupportedKeys) {
   TempDir d("hf_bad");
   copy_fixture("mixtral", d);
-  edit_config(d, [](nlohmann::json& j) { j["model_type"] = "deepseek_v3"; });
-  EXPECT_MOE_ERROR(InferenceModel::load(d.str()), "config.json", "model_type", "deepseek_v3");
+  edit_config(d, [](nlohmann::json& j) { j["model_type"] = "dbrx"; });
+  EXPECT_MOE_ERROR(InferenceModel::load(d.str()), "config.json", "model_type", "dbrx");
   edit_config(d, [](nlohmann::json& j) {
     j["model_type"] = "mixtral";
     j["rope_scaling"] = {{"type", "yarn"}};
@@ -463,6 +548,83 @@ TEST(HfCheckpointErrors, UnknownModelTypeAndUnsupportedKeys) {
     j["hidden_size"] = "wide";
   });
   EXPECT_MOE_ERROR(InferenceModel::load(d.str()), "config.json", "hidden_size");
+}
+
+// Without its rope_scaling a fixture's model is far from the reference: the scaling is what
+// matches (and the fixtures are ones where it matters).
+TEST(HfCheckpoint, RopeScalingIsWhatMatchesTheReference) {
+  for (const char* name : {"qwen3_moe_yarn", "olmoe_yarn_mscale", "mixtral_llama3", "llama_linear",
+                           "qwen2_moe_dynamic"}) {
+    TempDir d("hf_rope");
+    copy_fixture(name, d);
+    edit_config(d, [](nlohmann::json& j) {
+      j.erase("rope_scaling");
+      j.erase("rope_parameters");
+      j["max_position_embeddings"] = 64;
+    });
+    auto model = InferenceModel::load(d.str());
+    const auto expected = SafeTensorsFile::open(d.file("expected.safetensors"));
+    const auto ids = expected.read<int32_t>("input_ids");
+    const auto ref = expected.read<float>("logits");
+    const int B = static_cast<int>(ids.shape()[0]), S = static_cast<int>(ids.shape()[1]);
+    std::vector<float> logits(static_cast<size_t>(ref.numel()));
+    auto caches = model->new_caches(B, S);
+    model->forward(ids.data(), B, S, caches, logits.data(), /*all_logits=*/true);
+    EXPECT_GT(normalized_error(logits.data(), ref.data(), ref.numel()), 1e-3) << name;
+  }
+}
+
+TEST(HfCheckpointErrors, RopeScalingKeys) {
+  TempDir d("hf_bad_rope");
+  copy_fixture("mixtral", d);
+  auto fails = [&](const nlohmann::json& rope, const char* key) {
+    edit_config(d, [&](nlohmann::json& j) { j["rope_scaling"] = rope; });
+    EXPECT_MOE_ERROR(InferenceModel::load(d.str()), "config.json", key);
+  };
+  fails({{"rope_type", "longrope"}, {"factor", 2.0}}, "longrope");
+  fails({{"rope_type", "yarn"}}, "rope_scaling.factor");
+  fails({{"type", "linear"}, {"factor", "two"}}, "rope_scaling.factor");
+  fails({{"type", "linear"}, {"factor", 0.5}}, "rope_scaling.factor");
+  fails({{"rope_type", "llama3"},
+         {"factor", 8.0},
+         {"low_freq_factor", 1.0},
+         {"high_freq_factor", 4.0}},
+        "rope_scaling.original_max_position_embeddings");
+  fails({{"rope_type", "llama3"},
+         {"factor", 8.0},
+         {"low_freq_factor", 4.0},
+         {"high_freq_factor", 1.0},
+         {"original_max_position_embeddings", 16}},
+        "rope_scaling.high_freq_factor");
+  fails({{"rope_type", "yarn"}, {"factor", 4.0}, {"short_factor", {1.0}}},
+        "rope_scaling.short_factor");
+  fails({{"factor", 4.0}}, "rope_scaling.rope_type");
+  fails({{"rope_type", "linear"}, {"factor", 2.0}, {"partial_rotary_factor", 0.5}},
+        "partial_rotary_factor");
+  fails("yarn", "rope_scaling");
+  // The accepted spellings: v5's rope_parameters (which may carry rope_theta) and "default".
+  edit_config(d, [](nlohmann::json& j) {
+    j.erase("rope_scaling");
+    j["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 5e5}};
+  });
+  const ModelConfig c = load_hf_config(d.file("config.json"));
+  EXPECT_FALSE(c.rope_scaling.scaled());
+  EXPECT_EQ(c.rope_theta, 5e5);
+}
+
+// A fused expert tensor of the wrong shape is one error naming it.
+TEST(HfCheckpointErrors, FusedExpertsOfTheWrongShape) {
+  TempDir d("hf_fused_bad");
+  Transformer<float> model(load_hf_config(fixture("mixtral") + "/config.json"));
+  load_hf_weights(model, HfWeights::open(fixture("mixtral")));
+  save_hf_checkpoint(model, d.str(), DType::F32, HfExpertLayout::Fused);
+  edit_config(
+      d, [](nlohmann::json& j) { j["intermediate_size"] = j["intermediate_size"].get<int>() + 2; });
+  EXPECT_MOE_ERROR(InferenceModel::load(d.str()), "model.safetensors", "experts.gate_up_proj",
+                   "shape");
+  Transformer<float> wider(load_hf_config(d.file("config.json")));
+  EXPECT_MOE_ERROR(load_hf_weights(wider, HfWeights::open(d.str())), "model.safetensors",
+                   "gate_up_proj");
 }
 
 TEST(HfCheckpointErrors, ShardIndexProblems) {

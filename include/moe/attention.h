@@ -18,6 +18,7 @@
 
 #include "moe/params.h"
 #include "moe/rng.h"
+#include "moe/rope.h"
 #include "moe/tensor.h"
 
 namespace moe {
@@ -35,7 +36,10 @@ struct AttentionConfig {
   int num_kv_heads = 0;  // G (num_key_value_heads), H % G == 0
   int head_dim = 0;      // hd (even)
   double rope_theta = 10000.0;
-  int max_positions = 0;  // RoPE table length (max_position_embeddings); positions >= this fail
+  RopeScaling rope_scaling;  // rope.h; dynamic NTK refills the rows of each call
+  // RoPE table length (the model's context, ModelConfig::context_length()); positions >= this
+  // fail.
+  int max_positions = 0;
   // Encoders (the ViT of vit.h) attend both ways and carry learned absolute positions instead
   // of RoPE. The defaults are the decoder's. forward_cached requires causal.
   bool causal = true;
@@ -62,8 +66,8 @@ struct KvCache {
   int64_t bytes_per_token() const { return static_cast<int64_t>(kv_dim + v_dim) * sizeof(T); }
 };
 
-// RoPE tables: cos, sin [max_positions, hd/2], cos[p, i] = cos(p * theta^(-2i/hd)), computed in
-// double.
+// Plain RoPE tables: cos, sin [max_positions, hd/2], cos[p, i] = cos(p * theta^(-2i/hd)),
+// computed in double (rope_frequencies + rope_table_rows of rope.h for a scaled RoPE).
 template <class T>
 void rope_tables(std::vector<T>& cos, std::vector<T>& sin, int max_positions, int head_dim,
                  double theta);

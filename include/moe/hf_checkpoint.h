@@ -32,8 +32,9 @@
 namespace moe {
 
 // Reads a Hugging Face config.json of one of the eight families. A missing key takes the
-// default of that family's Hugging Face config class; a key we cannot compute exactly
-// (rope_scaling, clip_qkv, a sliding window shorter than the context, a bias on o_proj or the
+// default of that family's Hugging Face config class; rope_scaling (linear, dynamic, yarn,
+// llama3) is read by read_rope_config; a key we cannot compute exactly (another rope_type,
+// clip_qkv, a sliding window shorter than the context, a bias on o_proj or the
 // MLP, an activation other than silu, ...) is an error naming it. A dense family has
 // num_local_experts = 0 and intermediate_size the MLP width. The auxiliary-loss coefficient is
 // read in Hugging Face's convention (aux_loss_style "hf").
@@ -85,6 +86,21 @@ bool hf_tensor_of_param(const std::string& what, HfTensor& t);
 // The reverse: our name of HfTensor t within a block (after "model.layers.N.").
 const char* param_of_hf_tensor(HfTensor t);
 
+// How a checkpoint stores an MoE layer's routed experts: one tensor per expert and matrix
+// (transformers 4.x, experts.M.{gate,up,down}_proj or Mixtral's w1/w3/w2), or transformers v5's
+// fused experts.gate_up_proj [E, 2F, d] (each expert's F gate rows, then its F up rows: v5's
+// Experts modules chunk the product in two, gate first) and experts.down_proj [E, d, F].
+enum class HfExpertLayout { PerExpert, Fused };
+// "per-expert" or "fused"; false for another name.
+bool parse_hf_expert_layout(const std::string& name, HfExpertLayout& out);
+// The fused tensor of layer `layer` as we write it: gate_up_proj (gate_up) or down_proj, under
+// the family's MoE block (Mixtral's block_sparse_moe).
+std::string hf_fused_experts_name(const ModelConfig& c, int layer, bool gate_up);
+class HfWeights;
+// The name of layer `layer`'s fused tensor in w, or "" when the layer stores one tensor per
+// expert. Mixtral's block is also read as "mlp", the module name of transformers v5.
+std::string hf_fused_experts_in(const HfWeights& w, const ModelConfig& c, int layer, bool gate_up);
+
 // Parameter counts: total, and the part one token uses (k of E experts per MoE layer).
 struct ParameterCount {
   int64_t total = 0, active = 0;
@@ -124,14 +140,15 @@ std::string hf_family_for(const ModelConfig& c);
 // The shape and numeric keys every family's config.json states (vocab_size .. hidden_act), from c.
 void put_hf_shape_keys(nlohmann::json& j, const ModelConfig& c);
 // Writes config.json and model.safetensors (matrices in `dtype`: F32, BF16 or F16; norms and
-// the router always F32) into dir, each file atomically.
-void save_hf_checkpoint(Transformer<float>& model, const std::string& dir, DType dtype);
+// the router always F32) into dir, each file atomically; the experts in `layout`.
+void save_hf_checkpoint(Transformer<float>& model, const std::string& dir, DType dtype,
+                        HfExpertLayout layout = HfExpertLayout::PerExpert);
 // The config.json save_hf_checkpoint writes.
 nlohmann::json hf_config_json(const ModelConfig& c, DType dtype);
 
 // Loads a checkpoint of any of the four families into a trainable model built from
 // load_hf_config(), BF16/F16 widened to float: every tensor must be present with its shape
-// (error names the file and tensor). Experts stored one tensor per expert.
+// (error names the file and tensor). Experts in either HfExpertLayout, layer by layer.
 void load_hf_weights(Transformer<float>& model, const HfWeights& w);
 
 }  // namespace moe

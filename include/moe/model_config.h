@@ -11,6 +11,7 @@
 
 #include "moe/attention.h"  // QkNorm
 #include "moe/moe_config.h"
+#include "moe/rope.h"
 
 namespace moe {
 
@@ -74,6 +75,7 @@ struct ModelConfig {
   int head_dim = 0;  // 0: hidden_size / num_attention_heads
   int max_position_embeddings = 256;
   double rope_theta = 10000.0;
+  RopeScaling rope_scaling;  // config.json "rope_scaling" / "rope_parameters" (rope.h)
   double rms_norm_eps = 1e-5;
   bool tie_word_embeddings = false;
   double initializer_range = 0.02;
@@ -89,8 +91,8 @@ struct ModelConfig {
   TrainConfig training;
 
   bool is_mla() const { return mla.kv_lora_rank > 0; }
-  // The width RoPE rotates per head: qk_rope_head_dim under MLA, else the head size.
-  int rope_dim() const { return is_mla() ? mla.qk_rope_head_dim : head_size(); }
+  // The positions the model runs: max_position_embeddings, longer where rope_scaling says so.
+  int context_length() const { return rope_scaling.context_length(max_position_embeddings); }
   int head_size() const { return head_dim > 0 ? head_dim : hidden_size / num_attention_heads; }
   int dense_width() const {
     return dense_intermediate_size > 0 ? dense_intermediate_size : intermediate_size;
@@ -114,6 +116,15 @@ std::string parameter_part(const std::string& name);
 // Whether parameter `name` trains under `trainable` (with tied embeddings "head" trains the
 // shared embedding too).
 bool is_trainable(const std::string& name, const std::string& trainable, bool tied);
+
+// Reads the RoPE keys of a config.json into c.rope_theta and c.rope_scaling (after
+// max_position_embeddings is read): "rope_scaling" {"rope_type" or its older alias "type", ...}
+// or transformers v5's "rope_parameters" (which may carry rope_theta). An unknown type or key, or
+// a missing required one, is an error naming the file and the key.
+void read_rope_config(const nlohmann::json& j, const std::string& where, ModelConfig& c);
+// The "rope_scaling" object Hugging Face reads (4.x spelling, which v5 reads too); null when
+// unscaled.
+nlohmann::json rope_scaling_to_json(const RopeScaling& s);
 
 ModelConfig model_config_from_json(const nlohmann::json& j, const std::string& where);
 nlohmann::json model_config_to_json(const ModelConfig& c);

@@ -88,10 +88,10 @@ RoutingAnalysis analyze_routing(Decoder& model, const Tokenizer& tok, const Toke
   const int E = cfg.num_local_experts, k = cfg.moe.num_experts_per_tok;
   const int D = static_cast<int>(valid.domain_names.size()), C = kNumTokenClasses;
   const int V = cfg.vocab_size, S = opt.seq_len;
-  MOE_REQUIRE(S <= cfg.max_position_embeddings,
+  MOE_REQUIRE(S <= cfg.context_length(),
               "analyze: windows of {} tokens exceed the model's context "
               "(max_position_embeddings = {})",
-              S, cfg.max_position_embeddings);
+              S, cfg.context_length());
   const std::vector<int64_t> starts = validation_windows(valid, S, opt.max_windows);
   MOE_REQUIRE(!starts.empty(), "analyze: the text is shorter than one window of {} tokens", S + 1);
 

@@ -132,7 +132,7 @@ int run_analyze(const AnalyzeArgs& a) {
   o.batch = a.batch > 0 ? a.batch : m.run ? t.batch_size : 8;
   o.seq_len = a.seq_len > 0 ? a.seq_len
               : m.run       ? t.seq_len
-                            : std::min(256, m.config.max_position_embeddings);
+                            : std::min(256, m.config.context_length());
   o.max_windows = a.windows;
   o.top_tokens = a.top;
   o.progress = window_progress("analyze");
@@ -230,9 +230,9 @@ int run_route(const RouteArgs& a) {
   const auto text_ids = tok.encode(a.text);
   ids.insert(ids.end(), text_ids.begin(), text_ids.end());
   MOE_REQUIRE(!text_ids.empty(), "route: --text is empty");
-  MOE_REQUIRE(static_cast<int>(ids.size()) <= cfg.max_position_embeddings,
+  MOE_REQUIRE(static_cast<int>(ids.size()) <= cfg.context_length(),
               "route: the text is {} tokens{}, more than max_position_embeddings = {}", ids.size(),
-              first > 0 ? " with BOS" : "", cfg.max_position_embeddings);
+              first > 0 ? " with BOS" : "", cfg.context_length());
   const int S = static_cast<int>(ids.size()), k = cfg.moe.num_experts_per_tok;
   // Each MoE layer's primary top-k and gates, kept from the forward's routing observer.
   std::vector<int> layers;

@@ -218,7 +218,7 @@ int run_train(const TrainArgs& a) {
 // The window length of a model when the user gives none: a run's seq_len, else the model's
 // context up to 512.
 int default_ctx(const AnyModel& m) {
-  return m.run ? m.config.training.seq_len : std::min(m.config.max_position_embeddings, 512);
+  return m.run ? m.config.training.seq_len : std::min(m.config.context_length(), 512);
 }
 
 // "NAME: loss 2.3456, perplexity 10.44 over N tokens" ("validation loss" for a run's split),
@@ -287,9 +287,9 @@ int run_perplexity(const PerplexityArgs& a) {
   AnyModel m = load_any_model(a.model, quantize);
   const int ctx = a.ctx > 0 ? a.ctx : default_ctx(m);
   const int stride = a.stride > 0 ? a.stride : std::max(1, ctx / 2);
-  MOE_REQUIRE(ctx <= m.config.max_position_embeddings,
+  MOE_REQUIRE(ctx <= m.config.context_length(),
               "--ctx {} exceeds the context of {} (max_position_embeddings = {})", ctx, a.model,
-              m.config.max_position_embeddings);
+              m.config.context_length());
   const TokenStream stream =
       read_text_tokens(a.data, m.text_tokenizer(), DataOptions{}.document_bytes, log_line);
   const std::vector<ScoredWindow> windows = sliding_windows(stream.size(), ctx, stride);
@@ -482,7 +482,7 @@ int run_generate(const GenerateArgs& a) {
     prompt.insert(prompt.end(), ids.begin(), ids.end());
   }
   MOE_REQUIRE(!prompt.empty(), "{}: the prompt is empty (give --prompt or --prompt-ids)", path);
-  note_context_limit(a, prompt.size(), c.max_position_embeddings);
+  note_context_limit(a, prompt.size(), c.context_length());
   if (tok) fmt::print("{}", a.prompt);
   const GenerateOptions opt = generate_options(a);
   // A checkpoint's eos without a tokenizer (--prompt-ids) is unknown: generation runs on.

@@ -257,7 +257,9 @@ struct CudaTransformer::Impl {
 
     // RoPE tables from the CPU attention's own function: the same float values.
     std::vector<float> cos_table, sin_table;
-    rope_tables(cos_table, sin_table, cfg.max_position_embeddings, hd, cfg.rope_theta);
+    rope_table_rows(cos_table, sin_table,
+                    rope_frequencies(static_cast<int>(hd), cfg.rope_theta, cfg.rope_scaling), 0,
+                    cfg.max_position_embeddings);
     rope_cos.grow(static_cast<int64_t>(cos_table.size()));
     rope_sin.grow(static_cast<int64_t>(sin_table.size()));
     MOE_CUDA_CHECK(cudaMemcpyAsync(rope_cos.get(), cos_table.data(),

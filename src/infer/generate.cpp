@@ -28,8 +28,7 @@ std::vector<std::vector<int32_t>> generate(Decoder& model,
     MOE_REQUIRE(static_cast<int>(p.size()) == n,
                 "generate: batched prompts must have the same length ({} and {} tokens)", n,
                 p.size());
-  const int budget =
-      new_token_budget(n, opt.max_new_tokens, model.config().max_position_embeddings);
+  const int budget = new_token_budget(n, opt.max_new_tokens, model.config().context_length());
   const int64_t V = model.config().vocab_size;
   auto caches = model.new_caches(B, n + std::max(budget, 1));
   std::vector<int32_t> flat;

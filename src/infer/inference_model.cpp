@@ -40,6 +40,19 @@ class InferenceModel::HfSource : public InferenceModel::Source {
   std::vector<WeightView> experts(int layer, HfTensor t, int E, int64_t rows,
                                   int64_t cols) override {
     std::vector<WeightView> out;
+    const std::string fused = hf_fused_experts_in(w_, c_, layer, t != HfTensor::ExpertDown);
+    if (!fused.empty()) {
+      // One view per expert into the fused tensor, as the GGUF *_exps path: gate_up_proj
+      // [E, 2F, d] holds expert e's gate rows at 2e, its up rows at 2e+1 (blocks of F rows);
+      // down_proj [E, d, F].
+      const bool down = t == HfTensor::ExpertDown;
+      const int64_t blocks = down ? 1 : 2, block = t == HfTensor::ExpertUp ? 1 : 0;
+      const WeightView all = view(fused, {E, blocks * rows, cols});
+      const int64_t stride = rows * row_bytes(all.type, cols);  // one block of rows
+      for (int e = 0; e < E; ++e)
+        out.push_back({all.data + (e * blocks + block) * stride, all.type, rows, cols});
+      return out;
+    }
     for (int e = 0; e < E; ++e) out.push_back(view(hf_tensor_name(c_, layer, t, e), rows, cols));
     return out;
   }
@@ -64,15 +77,20 @@ class InferenceModel::HfSource : public InferenceModel::Source {
                               : "model.norm.weight";
   }
   WeightView view(const std::string& name, int64_t rows, int64_t cols) const {
+    return view(name, {rows, cols});
+  }
+  // The tensor of `shape` (its leading dimensions folded into rows).
+  WeightView view(const std::string& name, const std::vector<int64_t>& shape) const {
     const SafeTensorsFile& f = w_.file_of(name);
     const TensorEntry& e = f.entry(name);
     MOE_REQUIRE(e.dtype == DType::F32 || e.dtype == DType::BF16 || e.dtype == DType::F16,
                 "{}: tensor {} has dtype {}, expected F32, BF16 or F16", f.path(), name,
                 dtype_name(e.dtype));
-    MOE_REQUIRE(e.shape == std::vector<int64_t>({rows, cols}),
-                "{}: tensor {} has shape {}, expected [{}, {}]", f.path(), name,
-                fmt::format("[{}]", fmt::join(e.shape, ", ")), rows, cols);
-    return WeightView{f.raw(e), ggml_type_of(e.dtype), rows, cols};
+    MOE_REQUIRE(e.shape == shape, "{}: tensor {} has shape [{}], expected [{}]", f.path(), name,
+                fmt::join(e.shape, ", "), fmt::join(shape, ", "));
+    int64_t rows = 1;
+    for (size_t i = 0; i + 1 < shape.size(); ++i) rows *= shape[i];
+    return WeightView{f.raw(e), ggml_type_of(e.dtype), rows, shape.back()};
   }
   const ModelConfig& c_;
   const HfWeights& w_;

@@ -54,9 +54,9 @@ PerplexityResult perplexity(Decoder& model, const TokenStream& stream,
   for (size_t w0 = 0; w0 < windows.size();) {
     const int n = windows[w0].n;
     MOE_CHECK(n >= 1, "perplexity: an empty window");
-    MOE_REQUIRE(n <= c.max_position_embeddings,
+    MOE_REQUIRE(n <= c.context_length(),
                 "--ctx {} exceeds the model's context (max_position_embeddings = {})", n,
-                c.max_position_embeddings);
+                c.context_length());
     // Consecutive windows of one length share a forward.
     int B = 0;
     const int64_t cap = std::max<int64_t>(1, std::min<int64_t>(opt.batch, max_rows / n));

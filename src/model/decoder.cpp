@@ -9,9 +9,10 @@
 namespace moe {
 
 std::vector<KvCache<float>> Decoder::new_caches(int batch, int capacity, MlaCache mla) const {
-  MOE_REQUIRE(capacity <= cfg_.max_position_embeddings,
-              "a KV cache of {} positions exceeds max_position_embeddings = {}", capacity,
-              cfg_.max_position_embeddings);
+  MOE_REQUIRE(capacity <= cfg_.context_length(),
+              "a KV cache of {} positions exceeds the context of {} positions "
+              "(max_position_embeddings, rope_scaling)",
+              capacity, cfg_.context_length());
   std::vector<KvCache<float>> caches(static_cast<size_t>(cfg_.num_hidden_layers));
   for (auto& c : caches)
     if (mla_)
@@ -29,7 +30,9 @@ Decoder::Decoder(const ModelConfig& cfg) : cfg_(cfg) {
   if (cfg_.is_mla())
     mla_.emplace(cfg_);  // its own RoPE tables, of qk_rope_head_dim
   else
-    rope_tables(cos_, sin_, cfg_.max_position_embeddings, cfg_.head_size(), cfg_.rope_theta);
+    rope_table_rows(cos_, sin_,
+                    rope_frequencies(cfg_.head_size(), cfg_.rope_theta, cfg_.rope_scaling), 0,
+                    cfg_.context_length());
 }
 
 WeightView Decoder::quantized(const WeightView& w, GgmlType type) {
@@ -80,9 +83,10 @@ void Decoder::attention(const AttentionWeights& w, int B, int n, KvCache<float>&
   const int64_t rows = static_cast<int64_t>(B) * n, hd = c.head_size();
   const int H = c.num_attention_heads, G = c.num_key_value_heads;
   const int64_t qd = H * hd, kvd = G * hd, start = cache.length;
-  MOE_REQUIRE(start + n <= c.max_position_embeddings,
-              "position {} is beyond max_position_embeddings = {}", start + n - 1,
-              c.max_position_embeddings);
+  MOE_REQUIRE(start + n <= c.context_length(),
+              "position {} is beyond the context of {} positions (max_position_embeddings, "
+              "rope_scaling)",
+              start + n - 1, c.context_length());
   grow_to(q_, rows * qd);
   grow_to(k_, rows * kvd);
   grow_to(v_, rows * kvd);
@@ -130,6 +134,16 @@ void Decoder::forward(const int32_t* tokens, int B, int n, std::vector<KvCache<f
     const int32_t t = tokens[r];
     MOE_REQUIRE(t >= 0 && t < V, "token id {} is outside the vocabulary [0, {})", t, V);
     dequantize_row(embed_.type, embed_.row(t), h_.data() + r * d, d);
+  }
+  // Dynamic NTK follows the length the sequence reaches, as Hugging Face's dynamic_rope_update
+  // recomputes its frequencies once the cache grows past max_position_embeddings: this call's
+  // positions are rotated with the frequencies of start + n, while the keys already cached keep
+  // the rotation they were stored with (as in Hugging Face's cache). The other types are fixed.
+  if (c.rope_scaling.type == RopeType::Dynamic && !mla_) {  // refused for MLA configs
+    const int64_t start = caches.front().length;
+    rope_table_rows(cos_, sin_,
+                    rope_frequencies(c.head_size(), c.rope_theta, c.rope_scaling, start + n), start,
+                    n);
   }
   const double eps = c.rms_norm_eps;
   for (size_t l = 0; l < attn_.size(); ++l) {

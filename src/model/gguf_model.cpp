@@ -242,7 +242,7 @@ ModelConfig model_config_from_gguf(const GgufFile& f) {
     MOE_REQUIRE(got == value, "{}: {} = {} contradicts tensor {} of shape {}", path, k, value,
                 tensor, shape_text(f.tensor(tensor).shape()));
   };
-  for (const char* unsupported : {"rope.scaling.type", "attention.sliding_window"}) {
+  for (const char* unsupported : {"attention.sliding_window"}) {
     if (!f.has(key(unsupported))) continue;
     const GgufValue& v = f.value(key(unsupported));
     const bool none = v.type() == GgufType::String && v.as_string() == "none";
@@ -276,6 +276,42 @@ ModelConfig model_config_from_gguf(const GgufFile& f) {
   }
   j["max_position_embeddings"] = positive(key("context_length"));
   j["rope_theta"] = f.has(key("rope.freq_base")) ? real(key("rope.freq_base")) : 10000.0;
+  if (f.has(key("rope.scaling.type"))) {
+    // llama.cpp's keys, as its converter writes them, back to Hugging Face's rope_scaling.
+    const GgufValue& v = f.value(key("rope.scaling.type"));
+    const std::string st = v.type() == GgufType::String ? v.as_string() : v.to_string();
+    MOE_REQUIRE(st == "none" || st == "linear" || st == "yarn",
+                "{}: {} = {} is not supported (none, linear or yarn)", path,
+                key("rope.scaling.type"), st);
+    if (st != "none") {
+      nlohmann::json r = {{"rope_type", st}, {"factor", real(key("rope.scaling.factor"))}};
+      if (st == "yarn") {
+        if (f.has(key("rope.scaling.original_context_length")))
+          r["original_max_position_embeddings"] =
+              positive(key("rope.scaling.original_context_length"));
+        if (f.has(key("rope.scaling.yarn_beta_fast")))
+          r["beta_fast"] = real(key("rope.scaling.yarn_beta_fast"));
+        if (f.has(key("rope.scaling.yarn_beta_slow")))
+          r["beta_slow"] = real(key("rope.scaling.yarn_beta_slow"));
+        // llama.cpp multiplies YaRN's default attention factor by attn_factor.
+        if (f.has(key("rope.scaling.attn_factor")) && real(key("rope.scaling.attn_factor")) != 1) {
+          RopeScaling plain;
+          plain.type = RopeType::Yarn;
+          plain.factor = r["factor"].get<double>();
+          plain.original_max_position_embeddings = 1;
+          r["attention_factor"] = rope_frequencies(2, 10000.0, plain).attention_factor *
+                                  real(key("rope.scaling.attn_factor"));
+        }
+        // DeepSeek's mscale_all_dim (llama.cpp assumes mscale equal to it for deepseek2).
+        if (f.has(key("rope.scaling.yarn_log_multiplier")) &&
+            real(key("rope.scaling.yarn_log_multiplier")) != 0) {
+          r["mscale_all_dim"] = real(key("rope.scaling.yarn_log_multiplier")) / 0.1;
+          r["mscale"] = r["mscale_all_dim"];
+        }
+      }
+      j["rope_scaling"] = r;
+    }
+  }
   j["rms_norm_eps"] = real(key("attention.layer_norm_rms_epsilon"));
   const int64_t V = dim("token_embd.weight", 1);
   if (f.has(key("vocab_size")))
@@ -521,6 +557,30 @@ void write_gguf_model(const ModelConfig& c, const GgufModelSource& src, const st
   w.set(key("attention.value_length"), u32(hd));
   w.set(key("rope.dimension_count"), u32(hd));
   w.set(key("rope.freq_base"), GgufValue::f32(static_cast<float>(c.rope_theta)));
+  if (const RopeScaling& rs = c.rope_scaling; rs.scaled()) {
+    MOE_REQUIRE(rs.type == RopeType::Linear || rs.type == RopeType::Yarn,
+                "{}: rope_scaling rope_type {} has no GGUF form here (llama.cpp keeps llama3 "
+                "as a rope_freqs tensor and has no dynamic NTK); export a Hugging Face checkpoint",
+                out_path, rope_type_name(rs.type));
+    w.set(key("rope.scaling.type"), GgufValue::string(rope_type_name(rs.type)));
+    w.set(key("rope.scaling.factor"), GgufValue::f32(static_cast<float>(rs.factor)));
+    if (rs.type == RopeType::Yarn) {
+      MOE_REQUIRE(rs.truncate, "{}: rope_scaling.truncate = false has no GGUF key in llama.cpp",
+                  out_path);
+      w.set(key("rope.scaling.original_context_length"), u32(rs.original_max_position_embeddings));
+      if (rs.beta_fast != 32.0)
+        w.set(key("rope.scaling.yarn_beta_fast"), GgufValue::f32(static_cast<float>(rs.beta_fast)));
+      if (rs.beta_slow != 1.0)
+        w.set(key("rope.scaling.yarn_beta_slow"), GgufValue::f32(static_cast<float>(rs.beta_slow)));
+      // llama.cpp multiplies YaRN's default attention factor by attn_factor.
+      RopeScaling plain = rs;
+      plain.attention_factor = plain.mscale = plain.mscale_all_dim = 0;
+      const double ours = rope_frequencies(hd, c.rope_theta, rs).attention_factor;
+      const double deflt = rope_frequencies(hd, c.rope_theta, plain).attention_factor;
+      if (ours != deflt)
+        w.set(key("rope.scaling.attn_factor"), GgufValue::f32(static_cast<float>(ours / deflt)));
+    }
+  }
   w.set(key("attention.layer_norm_rms_epsilon"),
         GgufValue::f32(static_cast<float>(c.rms_norm_eps)));
   if (moe) {

@@ -1,5 +1,6 @@
 #include "moe/hf_checkpoint.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -63,9 +64,6 @@ void refuse_unsupported_keys(const nlohmann::json& j, const JsonKeyReader& get,
   get("hidden_act", act);
   MOE_REQUIRE(act == "silu", "{}: hidden_act \"{}\" is not supported (expected \"silu\")", where,
               act);
-  MOE_REQUIRE(is_null_or_absent(j, "rope_scaling"),
-              "{}: rope_scaling {} is not supported (plain RoPE only)", where,
-              j.contains("rope_scaling") ? j["rope_scaling"].dump() : "");
   MOE_REQUIRE(is_null_or_absent(j, "clip_qkv"), "{}: clip_qkv {} is not supported", where,
               j.contains("clip_qkv") ? j["clip_qkv"].dump() : "");
   bool sliding = !window_switch && !is_null_or_absent(j, "sliding_window");
@@ -119,6 +117,7 @@ ModelConfig dense_config_from_hf(const nlohmann::json& j, const std::string& whe
   get("num_attention_heads", c.num_attention_heads);
   if (c.num_key_value_heads == 0) c.num_key_value_heads = c.num_attention_heads;
   read_common_keys(get, c);
+  read_rope_config(j, where, c);
   get("intermediate_size", c.intermediate_size);
   if (type != "qwen2") {
     // Llama and Qwen3 put attention_bias on o_proj as well, which the decoder has no bias for.
@@ -179,6 +178,10 @@ ModelConfig deepseek_config_from_hf(const nlohmann::json& j, const std::string& 
     n_routed = 0, n_shared = 0, m.routed_scaling_factor = 1.0, m.norm_topk_prob = false;
   }
   read_common_keys(get, c);
+  read_rope_config(j, where, c);
+  // Dynamic NTK would re-rotate q_pe/k_pe as the sequence grows; DeepSeek releases use YaRN.
+  MOE_REQUIRE(c.rope_scaling.type != RopeType::Dynamic,
+              "{}: rope_scaling type \"dynamic\" is not supported for {}", where, type);
   // MLA has as many key/value heads as query heads; another value would make Hugging Face's
   // repeat_kv replicate heads that are already full.
   c.num_key_value_heads = c.num_attention_heads;
@@ -336,6 +339,7 @@ ModelConfig model_config_from_hf(const nlohmann::json& j, const std::string& whe
   get("num_attention_heads", c.num_attention_heads);
   if (!mixtral && c.num_key_value_heads == 0) c.num_key_value_heads = c.num_attention_heads;
   read_common_keys(get, c);
+  read_rope_config(j, where, c);
   get("num_experts_per_tok", m.num_experts_per_tok);
   get("router_aux_loss_coef", m.router_aux_loss_coef);
   if (!mixtral) get("norm_topk_prob", m.norm_topk_prob);
@@ -451,6 +455,33 @@ std::string hf_tensor_name(const ModelConfig& c, int layer, HfTensor t, int expe
       return p + "self_attn.kv_b_proj.weight";
     case HfTensor::RouterBias:
       return moe + "gate.e_score_correction_bias";
+  }
+  return "";
+}
+
+bool parse_hf_expert_layout(const std::string& name, HfExpertLayout& out) {
+  if (name == "per-expert")
+    out = HfExpertLayout::PerExpert;
+  else if (name == "fused")
+    out = HfExpertLayout::Fused;
+  else
+    return false;
+  return true;
+}
+
+std::string hf_fused_experts_name(const ModelConfig& c, int layer, bool gate_up) {
+  const std::string block = c.model_type == "mixtral" ? "block_sparse_moe" : "mlp";
+  return fmt::format("model.layers.{}.{}.experts.{}", layer, block,
+                     gate_up ? "gate_up_proj" : "down_proj");
+}
+
+std::string hf_fused_experts_in(const HfWeights& w, const ModelConfig& c, int layer, bool gate_up) {
+  std::string name = hf_fused_experts_name(c, layer, gate_up);
+  if (w.has(name)) return name;
+  if (c.model_type == "mixtral") {
+    name = fmt::format("model.layers.{}.mlp.experts.{}", layer,
+                       gate_up ? "gate_up_proj" : "down_proj");
+    if (w.has(name)) return name;
   }
   return "";
 }
@@ -597,6 +628,7 @@ void put_hf_shape_keys(nlohmann::json& j, const ModelConfig& c) {
   j["head_dim"] = c.head_size();
   j["max_position_embeddings"] = c.max_position_embeddings;
   j["rope_theta"] = c.rope_theta;
+  if (c.rope_scaling.scaled()) j["rope_scaling"] = rope_scaling_to_json(c.rope_scaling);
   j["rms_norm_eps"] = c.rms_norm_eps;
   j["tie_word_embeddings"] = c.tie_word_embeddings;
   j["initializer_range"] = c.initializer_range;
@@ -663,7 +695,8 @@ nlohmann::json hf_config_json(const ModelConfig& c, DType dtype) {
   return j;
 }
 
-void save_hf_checkpoint(Transformer<float>& model, const std::string& dir, DType dtype) {
+void save_hf_checkpoint(Transformer<float>& model, const std::string& dir, DType dtype,
+                        HfExpertLayout layout) {
   MOE_REQUIRE(dtype == DType::F32 || dtype == DType::BF16 || dtype == DType::F16,
               "{}: weights can be saved as F32, BF16 or F16, not {}", dir, dtype_name(dtype));
   const ModelConfig& c = model.config();
@@ -692,7 +725,7 @@ void save_hf_checkpoint(Transformer<float>& model, const std::string& dir, DType
   copy("model.embed_tokens.weight", "model.embed_tokens.weight", true);
   copy("model.norm.weight", "model.norm.weight", false);
   if (!c.tie_word_embeddings) copy("lm_head.weight", "lm_head.weight", true);
-  std::vector<float> zeros;
+  std::vector<float> zeros, fused;
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     const std::string p = fmt::format("model.layers.{}.", l);
     auto name = [&](HfTensor t, int e = -1) { return hf_tensor_name(hc, l, t, e); };
@@ -729,10 +762,23 @@ void save_hf_checkpoint(Transformer<float>& model, const std::string& dir, DType
     const auto& w1 = param(b + "experts.w1");
     const auto& w3 = param(b + "experts.w3");
     const auto& w2 = param(b + "experts.w2");
-    for (int e = 0; e < c.num_local_experts; ++e) {
-      put(name(HfTensor::ExpertGate, e), {F, d}, w1.value + e * F * d, true);
-      put(name(HfTensor::ExpertUp, e), {F, d}, w3.value + e * F * d, true);
-      put(name(HfTensor::ExpertDown, e), {d, F}, w2.value + e * d * F, true);
+    const int64_t E = c.num_local_experts;
+    if (layout == HfExpertLayout::Fused) {
+      // gate_up_proj [E, 2F, d]: expert e's gate rows, then its up rows. down_proj [E, d, F]
+      // is our stacked w2 as it is.
+      fused.resize(static_cast<size_t>(E * 2 * F * d));
+      for (int64_t e = 0; e < E; ++e) {
+        std::copy_n(w1.value + e * F * d, F * d, fused.data() + e * 2 * F * d);
+        std::copy_n(w3.value + e * F * d, F * d, fused.data() + (e * 2 + 1) * F * d);
+      }
+      put(hf_fused_experts_name(hc, l, true), {E, 2 * F, d}, fused.data(), true);
+      put(hf_fused_experts_name(hc, l, false), {E, d, F}, w2.value, true);
+    } else {
+      for (int e = 0; e < E; ++e) {
+        put(name(HfTensor::ExpertGate, e), {F, d}, w1.value + e * F * d, true);
+        put(name(HfTensor::ExpertUp, e), {F, d}, w3.value + e * F * d, true);
+        put(name(HfTensor::ExpertDown, e), {d, F}, w2.value + e * d * F, true);
+      }
     }
     if (!qwen2) continue;
     if (c.moe.n_shared_experts > 0) {
@@ -819,8 +865,23 @@ void load_hf_weights(Transformer<float>& model, const HfWeights& w) {
       w.file_of(hf).read_into(hf, p.shape, p.value);
       continue;
     }
+    const int64_t E = p.shape[0], rows = p.shape[1], cols = p.shape[2];
+    const std::string fused = hf_fused_experts_in(w, c, layer, t != HfTensor::ExpertDown);
+    if (!fused.empty() && t == HfTensor::ExpertDown) {  // down_proj [E, d, F] is our w2
+      w.file_of(fused).read_into(fused, p.shape, p.value);
+      continue;
+    }
+    if (!fused.empty()) {  // gate_up_proj [E, 2F, d]: w1 the first F rows of each, w3 the rest
+      std::vector<float> both(static_cast<size_t>(E * 2 * rows * cols));
+      w.file_of(fused).read_into(fused, Shape{E, 2 * rows, cols}, both.data());
+      const int64_t half = t == HfTensor::ExpertGate ? 0 : 1;
+      for (int64_t e = 0; e < E; ++e)
+        std::copy_n(both.data() + (e * 2 + half) * rows * cols, rows * cols,
+                    p.value + e * rows * cols);
+      continue;
+    }
     // experts.w1 [E, F, d] etc.: one Hugging Face tensor per expert.
-    const Shape one{p.shape[1], p.shape[2]};
+    const Shape one{rows, cols};
     for (int e = 0; e < c.num_local_experts; ++e) {
       const std::string hf = hf_tensor_name(c, layer, t, e);
       w.file_of(hf).read_into(hf, one, p.value + e * one.numel());

@@ -7,6 +7,7 @@
 #include "moe/gemm.h"
 #include "moe/quant.h"
 #include "moe/rmsnorm.h"
+#include "moe/rope.h"
 
 namespace moe {
 
@@ -15,8 +16,18 @@ MlaAttention::MlaAttention(const ModelConfig& c) : c_(c) {
   MOE_CHECK(c.is_mla(), "MlaAttention: the config has no kv_lora_rank");
   H_ = c.num_attention_heads, nope_ = a.qk_nope_head_dim, rope_ = a.qk_rope_head_dim;
   v_ = a.v_head_dim, r_ = a.kv_lora_rank, qk_ = a.qk_head_dim();
-  scale_ = static_cast<float>(1.0 / std::sqrt(static_cast<double>(qk_)));
-  rope_tables(cos_, sin_, c.max_position_embeddings, rope_, c.rope_theta);
+  // DeepSeek's softmax scale: 1/sqrt(qk_head_dim), times yarn_mscale(factor, mscale_all_dim)^2
+  // under YaRN (DeepSeek's modeling code and Hugging Face's deepseek_v3; transformers'
+  // deepseek_v2 port leaves it out, which changes DeepSeek-V2(-Lite)'s outputs: we follow
+  // DeepSeek). The rotation's own attention factor multiplies the q_pe.k_pe part (rope.h).
+  const RopeScaling& rs = c.rope_scaling;
+  double scale = 1.0 / std::sqrt(static_cast<double>(qk_));
+  if (rs.type == RopeType::Yarn && rs.mscale_all_dim > 0) {
+    const double m = yarn_mscale(rs.factor, rs.mscale_all_dim);
+    scale *= m * m;
+  }
+  scale_ = static_cast<float>(scale);
+  rope_table_rows(cos_, sin_, rope_frequencies(rope_, c.rope_theta, rs), 0, c.context_length());
 }
 
 void MlaAttention::add_layer(const MlaWeights& w) {
@@ -132,9 +143,10 @@ void MlaAttention::forward(int layer, const float* x, int B, int n, KvCache<floa
             "is no MLA layout of this model for batch {}",
             cache.batch, cache.kv_dim, cache.v_dim, B);
   const int64_t start = cache.length, rows = int64_t(B) * n;
-  MOE_REQUIRE(start + n <= c_.max_position_embeddings,
-              "position {} is beyond max_position_embeddings = {}", start + n - 1,
-              c_.max_position_embeddings);
+  MOE_REQUIRE(start + n <= c_.context_length(),
+              "position {} is beyond the context of {} positions (max_position_embeddings, "
+              "rope_scaling)",
+              start + n - 1, c_.context_length());
   MOE_CHECK(start + n <= cache.capacity,
             "MlaAttention: KV cache overflow: {} cached + {} new tokens exceed its capacity {}",
             start, n, cache.capacity);

@@ -94,6 +94,116 @@ void check_known_keys(const nlohmann::json& j, const std::set<std::string>& know
 
 }  // namespace
 
+void read_rope_config(const nlohmann::json& j, const std::string& where, ModelConfig& c) {
+  const char* name = "rope_parameters";
+  auto it = j.find(name);
+  if (it == j.end() || it->is_null()) {
+    name = "rope_scaling";
+    it = j.find(name);
+    if (it == j.end() || it->is_null()) return;
+  }
+  MOE_REQUIRE(it->is_object(), "{}: {} has value {}, expected an object", where, name, it->dump());
+  const nlohmann::json& r = *it;
+  const std::string key = std::string(name);
+  for (auto k = r.begin(); k != r.end(); ++k) {
+    static const std::set<std::string> known = {
+        "rope_type",        "type",
+        "factor",           "original_max_position_embeddings",
+        "beta_fast",        "beta_slow",
+        "attention_factor", "mscale",
+        "mscale_all_dim",   "truncate",
+        "low_freq_factor",  "high_freq_factor",
+        "rope_theta",       "partial_rotary_factor"};
+    MOE_REQUIRE(known.count(k.key()), "{}: {}.{} is not supported", where, key, k.key());
+  }
+  // Errors name the nested key as "rope_scaling.factor": the reader sees it under that name.
+  auto get = [&](const char* k, auto& out) {
+    auto v = r.find(k);
+    if (v == r.end() || v->is_null()) return false;
+    const std::string full = key + "." + k;
+    const nlohmann::json one = {{full, *v}};
+    JsonKeyReader{one, where}(full.c_str(), out);
+    return true;
+  };
+  get("rope_theta", c.rope_theta);
+  double partial = 1.0;
+  get("partial_rotary_factor", partial);
+  MOE_REQUIRE(partial == 1.0, "{}: {}.partial_rotary_factor = {} is not supported (full RoPE only)",
+              where, key, partial);
+  std::string type_name;
+  if (!get("rope_type", type_name) && !get("type", type_name)) {
+    // transformers v5 may list only rope_theta; a 4.x rope_scaling always names its type.
+    MOE_REQUIRE(key == "rope_parameters", "{}: {}.rope_type is missing", where, key);
+    type_name = "default";
+  }
+  RopeScaling s;
+  MOE_REQUIRE(rope_type_from_name(type_name, s.type),
+              "{}: {}.rope_type \"{}\" is not supported (expected default, linear, dynamic, yarn "
+              "or llama3)",
+              where, key, type_name);
+  if (!s.scaled()) {
+    c.rope_scaling = s;
+    return;
+  }
+  const bool has_factor = get("factor", s.factor);
+  const bool has_original =
+      get("original_max_position_embeddings", s.original_max_position_embeddings);
+  auto require = [&](bool present, const char* k) {
+    MOE_REQUIRE(present, "{}: {}.{} is missing (required by rope_type {})", where, key, k,
+                type_name);
+  };
+  switch (s.type) {
+    case RopeType::Yarn:
+      // transformers v5: without a factor, the ratio of the context to the original one.
+      if (!has_factor && has_original && s.original_max_position_embeddings > 0)
+        s.factor =
+            static_cast<double>(c.max_position_embeddings) / s.original_max_position_embeddings;
+      else
+        require(has_factor, "factor");
+      if (!has_original) s.original_max_position_embeddings = c.max_position_embeddings;
+      get("beta_fast", s.beta_fast);
+      get("beta_slow", s.beta_slow);
+      get("attention_factor", s.attention_factor);
+      get("mscale", s.mscale);
+      get("mscale_all_dim", s.mscale_all_dim);
+      get("truncate", s.truncate);
+      break;
+    case RopeType::Llama3:
+      require(has_factor, "factor");
+      require(has_original, "original_max_position_embeddings");
+      require(get("low_freq_factor", s.low_freq_factor), "low_freq_factor");
+      require(get("high_freq_factor", s.high_freq_factor), "high_freq_factor");
+      break;
+    default:  // linear, dynamic: the original context is max_position_embeddings
+      require(has_factor, "factor");
+      s.original_max_position_embeddings = c.max_position_embeddings;
+      break;
+  }
+  s.validate(where);
+  c.rope_scaling = s;
+}
+
+nlohmann::json rope_scaling_to_json(const RopeScaling& s) {
+  if (!s.scaled()) return nullptr;
+  nlohmann::json r;
+  r["rope_type"] = rope_type_name(s.type);
+  r["factor"] = s.factor;
+  if (s.type == RopeType::Yarn) {
+    r["original_max_position_embeddings"] = s.original_max_position_embeddings;
+    r["beta_fast"] = s.beta_fast;
+    r["beta_slow"] = s.beta_slow;
+    if (s.attention_factor > 0) r["attention_factor"] = s.attention_factor;
+    if (s.mscale > 0) r["mscale"] = s.mscale;
+    if (s.mscale_all_dim > 0) r["mscale_all_dim"] = s.mscale_all_dim;
+    if (!s.truncate) r["truncate"] = false;
+  } else if (s.type == RopeType::Llama3) {
+    r["original_max_position_embeddings"] = s.original_max_position_embeddings;
+    r["low_freq_factor"] = s.low_freq_factor;
+    r["high_freq_factor"] = s.high_freq_factor;
+  }
+  return r;
+}
+
 std::vector<std::string> split_parts(const std::string& list) {
   std::vector<std::string> out;
   size_t start = 0;
@@ -201,9 +311,10 @@ void ModelConfig::validate(const std::string& where) const {
     fail("vocab_size", fmt::format("= {} is more than the {} a sentencepiece tokenizer is trained "
                                    "to here (training.tokenizer = \"sentencepiece\")",
                                    vocab_size, kMaxTrainedVocabSize));
-  if (training.seq_len > max_position_embeddings)
-    fail("training.seq_len", fmt::format("= {} exceeds max_position_embeddings = {}",
-                                         training.seq_len, max_position_embeddings));
+  if (training.seq_len > context_length())
+    fail("training.seq_len", fmt::format("= {} exceeds the context of {} positions "
+                                         "(max_position_embeddings, rope_scaling)",
+                                         training.seq_len, context_length()));
 }
 
 void ModelConfig::validate_shape(const std::string& where) const {
@@ -235,6 +346,9 @@ void ModelConfig::validate_shape(const std::string& where) const {
     fail("max_position_embeddings",
          fmt::format("must be positive, got {}", max_position_embeddings));
   if (!(rope_theta > 0)) fail("rope_theta", fmt::format("must be positive, got {}", rope_theta));
+  rope_scaling.validate(where);
+  if (rope_scaling.type == RopeType::Dynamic && head_size() <= 2)
+    fail("head_dim", "must be more than 2 for dynamic NTK RoPE (its exponent is hd / (hd - 2))");
   if (!(rms_norm_eps > 0))
     fail("rms_norm_eps", fmt::format("must be positive, got {}", rms_norm_eps));
   if (!(initializer_range > 0))
@@ -261,10 +375,13 @@ ModelConfig model_config_from_json(const nlohmann::json& j, const std::string& w
   ModelConfig c;
   visit_model_keys(c, JsonKeyReader{j, where});
   read_qk_norm(j, where, c.qk_norm);
+  read_rope_config(j, where, c);
 
   std::set<std::string> known = kIgnoredHfKeys;
   visit_model_keys(c, JsonKeyCollector{known});
   known.insert("qk_norm");
+  known.insert("rope_scaling");
+  known.insert("rope_parameters");
   nlohmann::json moe_keys;
   moe_config_to_json(MoeConfig{}, moe_keys);
   for (auto it = moe_keys.begin(); it != moe_keys.end(); ++it) known.insert(it.key());
@@ -311,6 +428,7 @@ nlohmann::json model_config_to_json(const ModelConfig& c) {
   }
   visit_model_keys(copy, JsonKeyWriter{j});
   j["qk_norm"] = qk_norm_name(c.qk_norm);
+  if (c.rope_scaling.scaled()) j["rope_scaling"] = rope_scaling_to_json(c.rope_scaling);
   nlohmann::json t;
   visit_train_keys(copy.training, JsonKeyWriter{t});
   j["training"] = t;

@@ -55,7 +55,8 @@ Transformer<T>::Transformer(const ModelConfig& config)
   ac.num_kv_heads = cfg_.num_key_value_heads;
   ac.head_dim = cfg_.head_size();
   ac.rope_theta = cfg_.rope_theta;
-  ac.max_positions = cfg_.max_position_embeddings;
+  ac.rope_scaling = cfg_.rope_scaling;
+  ac.max_positions = cfg_.context_length();
   ac.qkv_bias = cfg_.attention_bias;
   ac.qk_norm = cfg_.qk_norm;
   ac.norm_eps = cfg_.rms_norm_eps;
@@ -262,9 +263,10 @@ template <class T>
 double Transformer<T>::forward(const int32_t* inputs, const int32_t* targets, int B, int S,
                                bool training, Rng* rng) {
   MOE_CHECK(B > 0 && S > 0, "Transformer::forward: B = {} and S = {} must be positive", B, S);
-  MOE_REQUIRE(S <= cfg_.max_position_embeddings,
-              "Transformer::forward: sequence length {} exceeds max_position_embeddings = {}", S,
-              cfg_.max_position_embeddings);
+  MOE_REQUIRE(S <= cfg_.context_length(),
+              "Transformer::forward: sequence length {} exceeds the context of {} positions "
+              "(max_position_embeddings, rope_scaling)",
+              S, cfg_.context_length());
   const int64_t n = static_cast<int64_t>(B) * S, nd = n * d_;
   reserve(n);
   B_ = B;

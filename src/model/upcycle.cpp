@@ -92,7 +92,7 @@ nlohmann::json run_as_llama_config(const ModelConfig& c, const Tokenizer& tok) {
           {"head_dim", c.head_size()},
           {"max_position_embeddings", c.max_position_embeddings},
           {"rope_theta", c.rope_theta},
-          {"rope_scaling", nullptr},
+          {"rope_scaling", rope_scaling_to_json(c.rope_scaling)},
           {"rms_norm_eps", c.rms_norm_eps},
           {"tie_word_embeddings", c.tie_word_embeddings},
           {"initializer_range", c.initializer_range},

@@ -108,6 +108,9 @@ void AttentionConfig::validate(const std::string& where) const {
     fail("rope_theta", fmt::format("must be positive and finite, got {}", rope_theta));
   if (max_positions <= 0)
     fail("max_position_embeddings", fmt::format("must be positive, got {}", max_positions));
+  rope_scaling.validate(where);
+  if (rope_scaling.type == RopeType::Dynamic && head_dim <= 2)
+    fail("head_dim", "must be more than 2 for dynamic NTK RoPE (its exponent is hd / (hd - 2))");
 }
 
 template <class T>
@@ -129,17 +132,9 @@ void KvCache<T>::reset(int b, int cap, int kvd, int vd) {
 template <class T>
 void rope_tables(std::vector<T>& cos, std::vector<T>& sin, int max_positions, int head_dim,
                  double theta) {
-  const int half = head_dim / 2;
-  cos.resize(static_cast<size_t>(max_positions) * half);
-  sin.resize(cos.size());
-  for (int i = 0; i < half; ++i) {
-    const double inv_freq = std::pow(theta, -2.0 * i / head_dim);
-    for (int p = 0; p < max_positions; ++p) {
-      const double angle = p * inv_freq;
-      cos[static_cast<size_t>(p) * half + i] = static_cast<T>(std::cos(angle));
-      sin[static_cast<size_t>(p) * half + i] = static_cast<T>(std::sin(angle));
-    }
-  }
+  cos.clear();
+  sin.clear();
+  rope_table_rows(cos, sin, rope_frequencies(head_dim, theta, RopeScaling{}), 0, max_positions);
 }
 
 namespace {
@@ -205,7 +200,10 @@ Attention<T>::Attention(const AttentionConfig& c) : c_(c) {
     params_.declare("k_norm.weight", {norm_width(kvd_)});
   }
   params_.allocate();
-  rope_tables(cos_, sin_, c_.max_positions, c_.head_dim, c_.rope_theta);
+  cos_.clear();
+  sin_.clear();
+  rope_table_rows(cos_, sin_, rope_frequencies(c_.head_dim, c_.rope_theta, c_.rope_scaling), 0,
+                  c_.max_positions);
 }
 
 template <class T>
@@ -292,6 +290,13 @@ void Attention<T>::project(const T* x, int64_t rows, int64_t seq_len, int64_t st
                     norm_width(kvd_), c_.norm_eps);
   }
   if (c_.rope) {
+    // Dynamic NTK: the frequencies follow the length this call reaches (Hugging Face's
+    // dynamic_rope_update), so this call's rows are refilled; the other types' tables are fixed.
+    if (c_.rope_scaling.type == RopeType::Dynamic)
+      rope_table_rows(
+          cos_, sin_,
+          rope_frequencies(c_.head_dim, c_.rope_theta, c_.rope_scaling, start + seq_len), start,
+          seq_len);
     rope_forward(q, cos_.data(), sin_.data(), rows, H, c_.head_dim, seq_len, start);
     rope_forward(k, cos_.data(), sin_.data(), rows, G, c_.head_dim, seq_len, start);
   }

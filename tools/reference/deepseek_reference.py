@@ -31,9 +31,16 @@ DeepSeekMoE routing:
     Both: + shared_experts(x) (an ungated SwiGLU of n_shared_experts * moe_intermediate_size);
     the first first_k_dense_replace layers are dense SwiGLU MLPs of intermediate_size.
 
+RoPE scaling (rope_scaling / rope_parameters) as hf_reference.rope_inv_freq computes it over
+the qk_rope_head_dim rotary dimensions; its attention factor multiplies the rotation (so the
+q_pe.k_pe part), and under YaRN with mscale_all_dim the softmax scale is multiplied by
+yarn_get_mscale(factor, mscale_all_dim)^2 (modeling_deepseek_v3; DeepSeek's own V2 code does
+the same, transformers' V2 port omits it: followed for V2 as DeepSeek trained it).
+
 `ablate` (a set) removes one family piece, for the sanity tests that show each fixture
 catches it: "correction_bias", "routed_scaling", "group_limit", "interleave" (rotate_half
-on the stored order instead), "kv_norm" (no kv_a_layernorm).
+on the stored order instead), "kv_norm" (no kv_a_layernorm), "mscale" (no YaRN mscale^2 in
+the softmax scale).
 
 Public: ARCHS, weight_shapes, forward, greedy, and the pieces (mla_attention,
 mla_attention_absorbed, rope_pairs, route) for the tests.
@@ -42,6 +49,8 @@ mla_attention_absorbed, rope_pairs, route) for the tests.
 import math
 
 import torch
+
+import hf_reference as hf
 
 ARCHS = ("deepseek_v2", "deepseek_v3", "kimi_k2")
 F64 = torch.float64
@@ -66,8 +75,11 @@ def layer_is_sparse(cfg, layer):
             and layer % cfg.get("moe_layer_freq", 1) == 0)
 
 
-def weight_shapes(cfg):
-    """{name: shape} of every tensor of the checkpoint, in HF state-dict order."""
+def weight_shapes(cfg, fused=False):
+    """{name: shape} of every tensor of the checkpoint, in HF state-dict order (DeepSeek's
+    released checkpoints store one tensor per expert: `fused` is not offered)."""
+    if fused:
+        raise ValueError("the DeepSeek fixtures store experts one tensor each")
     d, V, H = cfg["hidden_size"], cfg["vocab_size"], cfg["num_attention_heads"]
     r, dr = cfg["kv_lora_rank"], cfg["qk_rope_head_dim"]
     qk, nope, dv = qk_head_dim(cfg), cfg["qk_nope_head_dim"], cfg["v_head_dim"]
@@ -132,6 +144,26 @@ def _angles(S, dr, theta):
     return torch.arange(S, dtype=F64)[:, None] * inv_freq[None, :]          # [S, dr/2]
 
 
+def rope_angles(cfg, S):
+    """(angles [S, dr/2], attention factor) of the config's RoPE over qk_rope_head_dim (the
+    config classes set head_dim = qk_rope_head_dim for the rotary embedding); rope_scaling as
+    hf_reference.rope_inv_freq computes it (transformers' modeling_rope_utils)."""
+    inv, af = hf.rope_inv_freq(dict(cfg, head_dim=cfg["qk_rope_head_dim"]), S)
+    return torch.arange(S, dtype=F64)[:, None] * inv[None, :], af
+
+
+def softmax_scale(cfg, ablate=()):
+    """(nope + rope)^-0.5, times yarn_get_mscale(factor, mscale_all_dim)^2 under a scaled RoPE
+    with mscale_all_dim (modeling_deepseek_v3's DeepseekV3Attention; DeepSeek's own V2 code
+    does the same, transformers' V2 port does not: we follow DeepSeek for both)."""
+    scale = qk_head_dim(cfg) ** -0.5
+    r = hf.rope_parameters(cfg)
+    if r is not None and r.get("mscale_all_dim") and "mscale" not in ablate:
+        m = hf._yarn_get_mscale(r["factor"], r["mscale_all_dim"])
+        scale = scale * m * m
+    return scale
+
+
 def _rotate_half(x, ang):
     emb = torch.cat([ang, ang], dim=-1)
     half = x.shape[-1] // 2
@@ -139,18 +171,19 @@ def _rotate_half(x, ang):
     return x * emb.cos() + rot * emb.sin()
 
 
-def rope_pairs(cfg, x, ang, ablate=()):
-    """RoPE of x [..., S, dr] as the family's modeling file applies it (see the docstring)."""
+def rope_pairs(cfg, x, ang, ablate=(), factor=1.0):
+    """RoPE of x [..., S, dr] as the family's modeling file applies it (see the docstring),
+    scaled by the rotary embedding's attention factor."""
     if not is_v3(cfg) and "interleave" not in ablate:
-        # V2: pairs (2i, 2i+1) as complex numbers times e^(i * angle_i).
+        # V2: pairs (2i, 2i+1) as complex numbers times factor * e^(i * angle_i).
         z = torch.view_as_complex(x.reshape(*x.shape[:-1], -1, 2).contiguous())
-        z = z * torch.polar(torch.ones_like(ang), ang)
+        z = z * torch.polar(torch.full_like(ang, factor), ang)
         return torch.view_as_real(z).flatten(-2)
     if cfg.get("rope_interleave", True) and "interleave" not in ablate:
         # V3: de-interleave to rotate_half order first; the result stays in that order (q and
         # k alike, so their dot products are those of the rotated pairs).
         x = x.reshape(*x.shape[:-1], -1, 2).transpose(-1, -2).reshape(x.shape)
-    return _rotate_half(x, ang)
+    return _rotate_half(x, ang) * factor
 
 
 def _mla_parts(cfg, weights, layer, x, ablate=()):
@@ -170,8 +203,8 @@ def _mla_parts(cfg, weights, layer, x, ablate=()):
     c, k_pe = ckv[..., :r], ckv[..., r:]
     if "kv_norm" not in ablate:
         c = rms_norm(c, weights[a + "kv_a_layernorm.weight"], eps)
-    ang = _angles(S, dr, cfg["rope_theta"])
-    return q_nope, rope_pairs(cfg, q_pe, ang, ablate), c, rope_pairs(cfg, k_pe, ang, ablate)
+    ang, af = rope_angles(cfg, S)
+    return q_nope, rope_pairs(cfg, q_pe, ang, ablate, af), c, rope_pairs(cfg, k_pe, ang, ablate, af)
 
 
 def _causal_softmax(scores):
@@ -190,7 +223,7 @@ def mla_attention(cfg, weights, layer, x, ablate=()):
     k_nope, v = kv[..., :nope], kv[..., nope:]
     k = torch.cat([k_nope, k_pe[:, None].expand(B, H, S, k_pe.shape[-1])], dim=-1)
     q = torch.cat([q_nope, q_pe], dim=-1)
-    p = _causal_softmax(q @ k.transpose(-1, -2) * qk_head_dim(cfg) ** -0.5)
+    p = _causal_softmax(q @ k.transpose(-1, -2) * softmax_scale(cfg, ablate))
     out = (p @ v).transpose(1, 2).reshape(B, S, H * dv)
     return _lin(out, weights, a + "o_proj.weight")
 
@@ -206,7 +239,7 @@ def mla_attention_absorbed(cfg, weights, layer, x):
     w_uk, w_uv = w[:, :nope], w[:, nope:]                               # [H, nope, r], [H, dv, r]
     q_lat = torch.einsum("bhsn,hnr->bhsr", q_nope, w_uk)
     scores = q_lat @ c[:, None].transpose(-1, -2) + q_pe @ k_pe[:, None].transpose(-1, -2)
-    p = _causal_softmax(scores * qk_head_dim(cfg) ** -0.5)
+    p = _causal_softmax(scores * softmax_scale(cfg))
     o_lat = p @ c[:, None]                                              # [B, H, S, r]
     out = torch.einsum("bhsr,hvr->bshv", o_lat, w_uv).reshape(B, S, H * dv)
     return _lin(out, weights, a + "o_proj.weight")
@@ -287,8 +320,6 @@ def forward(cfg, weights, input_ids, trace=None, ablate=()):
     trace: if a list, every MoE layer's routing decisions are appended (see route)."""
     if cfg["model_type"] not in ARCHS:
         raise ValueError("unsupported model_type %r" % cfg["model_type"])
-    if cfg.get("rope_scaling") is not None:
-        raise ValueError("rope_scaling is not implemented in this reference")
     eps = cfg["rms_norm_eps"]
     embed = _w(weights, "model.embed_tokens.weight")
     h = embed[input_ids.long()]

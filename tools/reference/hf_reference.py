@@ -13,7 +13,12 @@ intermediate_size) in every layer: llama and mistral plain (llama's attention_bi
 a bias on q/k/v/o alike), qwen2 with q/k/v biases, qwen3 with qwen3_moe's per-head q/k norm
 and explicit head_dim.
 
-What differs between the four (all else is the shared Llama-style decoder):
+Expert layouts: transformers 4.x stores one tensor per expert and matrix; transformers v5
+stores each MoE block's experts fused, experts.gate_up_proj [E, 2F, d] and experts.down_proj
+[E, d, F] (v5 modeling_mixtral.py MixtralExperts: gate and up are the two halves of
+x @ gate_up_proj[e].T, gate first).  moe_block reads whichever the weights hold.
+
+What differs between the families (all else is the shared Llama-style decoder):
 
     mixtral    MoE in block_sparse_moe (experts.M.w1/w3/w2), top-k gates always
                renormalised (MixtralConfig has no norm_topk_prob), every layer MoE
@@ -25,6 +30,12 @@ What differs between the four (all else is the shared Llama-style decoder):
     olmoe      RMSNorm over the whole projected q (H*hd) and k (G*hd) before the
                per-head reshape and RoPE; expert width intermediate_size; every
                layer MoE; norm_topk_prob
+    granitemoe (modeling_granitemoe.py) embeddings times embedding_multiplier; each
+               attention and MoE output times residual_multiplier before the residual
+               add; attention scores times attention_multiplier (not 1/sqrt(hd));
+               logits divided by logits_scaling; router block_sparse_moe.router.layer,
+               softmax over the top-k logits; experts fused in input_linear [E, 2F, d]
+               (gate rows, then up rows) and output_linear [E, d, F]; every layer MoE
 
 Training (the family golden fixtures of make_model_fixtures.py): the forward is
 differentiable in the weights, and loss_on_window adds the cross-entropy and the
@@ -45,7 +56,7 @@ import math
 
 import torch
 
-MOE_ARCHS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
+MOE_ARCHS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe")
 DENSE_ARCHS = ("llama", "mistral", "qwen2", "qwen3")
 ARCHS = MOE_ARCHS + DENSE_ARCHS
 
@@ -69,7 +80,7 @@ def num_kv_heads(cfg):
 def num_experts(cfg):
     if cfg["model_type"] in DENSE_ARCHS:
         return 0
-    return cfg["num_local_experts"] if cfg["model_type"] == "mixtral" else cfg["num_experts"]
+    return cfg["num_local_experts"] if cfg["model_type"] in ("mixtral", "granitemoe") else cfg["num_experts"]
 
 
 def expert_width(cfg):
@@ -80,8 +91,9 @@ def expert_width(cfg):
 
 
 def norm_topk(cfg):
-    # Mixtral always renormalises the top-k probabilities (no config switch).
-    return True if cfg["model_type"] == "mixtral" else bool(cfg["norm_topk_prob"])
+    # Mixtral always renormalises the top-k probabilities (no config switch); Granite-MoE's
+    # softmax over the top-k logits is the same.
+    return True if cfg["model_type"] in ("mixtral", "granitemoe") else bool(cfg["norm_topk_prob"])
 
 
 def layer_is_sparse(cfg, layer):
@@ -92,7 +104,7 @@ def layer_is_sparse(cfg, layer):
     The dense families: none."""
     if cfg["model_type"] in DENSE_ARCHS:
         return False
-    if cfg["model_type"] in ("mixtral", "olmoe"):
+    if cfg["model_type"] in ("mixtral", "olmoe", "granitemoe"):
         return True
     return layer not in (cfg.get("mlp_only_layers") or []) and cfg["num_experts"] > 0 \
         and (layer + 1) % cfg.get("decoder_sparse_step", 1) == 0
@@ -111,7 +123,7 @@ def qkv_bias(cfg):
 
 
 def o_bias(cfg):
-    return cfg["model_type"] in ("qwen3_moe", "olmoe", "llama", "qwen3") and \
+    return cfg["model_type"] in ("qwen3_moe", "olmoe", "llama", "qwen3", "granitemoe") and \
         bool(cfg.get("attention_bias", False))
 
 
@@ -120,7 +132,7 @@ def per_head_qk_norm(cfg):
 
 
 def _moe_prefix(cfg, layer):
-    sub = "block_sparse_moe" if cfg["model_type"] == "mixtral" else "mlp"
+    sub = "block_sparse_moe" if cfg["model_type"] in ("mixtral", "granitemoe") else "mlp"
     return "model.layers.%d.%s." % (layer, sub)
 
 
@@ -129,10 +141,11 @@ def _expert_names(cfg):
     return ("w1", "w3", "w2") if cfg["model_type"] == "mixtral" else ("gate_proj", "up_proj", "down_proj")
 
 
-def weight_shapes(cfg):
+def weight_shapes(cfg, fused=False):
     """{name: shape} of every tensor the checkpoint holds, in HF state-dict (module) order.
 
-    lm_head.weight is absent when tie_word_embeddings (HF does not save tied copies)."""
+    lm_head.weight is absent when tie_word_embeddings (HF does not save tied copies).
+    fused: the routed experts in transformers v5's layout (see moe_block)."""
     arch = cfg["model_type"]
     if arch not in ARCHS:
         raise ValueError("unsupported model_type %r" % arch)
@@ -156,10 +169,19 @@ def weight_shapes(cfg):
             out[a + "q_norm.weight"] = [H * hd]
             out[a + "k_norm.weight"] = [G * hd]
         m = _moe_prefix(cfg, l)
-        if layer_is_sparse(cfg, l):
+        if arch == "granitemoe":
+            # GraniteMoeMoE: router.layer (nn.Linear) and two GraniteMoeParallelExperts whose
+            # weight is [E, out, in]; input_linear's 2F outputs chunk into gate, then up.
+            out[m + "input_linear.weight"] = [E, 2 * F, d]
+            out[m + "output_linear.weight"] = [E, d, F]
+            out[m + "router.layer.weight"] = [E, d]
+        elif layer_is_sparse(cfg, l):
             out[m + "gate.weight"] = [E, d]
             g, u, dn = _expert_names(cfg)
-            for e in range(E):
+            if fused:
+                out[m + "experts.gate_up_proj"] = [E, 2 * F, d]
+                out[m + "experts.down_proj"] = [E, d, F]
+            for e in range(E if not fused else 0):
                 out[m + "experts.%d.%s.weight" % (e, g)] = [F, d]
                 out[m + "experts.%d.%s.weight" % (e, u)] = [F, d]
                 out[m + "experts.%d.%s.weight" % (e, dn)] = [d, F]
@@ -203,12 +225,104 @@ def rms_norm(x, w, eps):
     return w.to(F64) * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
 
 
-def rope_cos_sin(positions, hd, theta):
-    """cos, sin [S, hd] of the default HF RoPE: inv_freq_i = theta^(-2i/hd), both halves equal."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=F64) / hd))
+def rope_cos_sin(positions, hd, theta, inv_freq=None, attention_factor=1.0):
+    """cos, sin [S, hd]: both halves equal, scaled by attention_factor.
+
+    Default HF RoPE: inv_freq_i = theta^(-2i/hd); a scaled RoPE passes its own inv_freq."""
+    if inv_freq is None:
+        inv_freq = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=F64) / hd))
     ang = positions.to(F64)[:, None] * inv_freq[None, :]
     emb = torch.cat([ang, ang], dim=-1)
-    return emb.cos(), emb.sin()
+    return emb.cos() * attention_factor, emb.sin() * attention_factor
+
+
+def rope_parameters(cfg):
+    """The config's RoPE scaling dict with its type under "rope_type" (None when unscaled).
+
+    transformers v5 spells it "rope_parameters" (and may put rope_theta there), 4.x
+    "rope_scaling" with "rope_type" or the older alias "type"."""
+    r = cfg.get("rope_parameters") or cfg.get("rope_scaling")
+    if not r:
+        return None
+    r = dict(r)
+    r["rope_type"] = r.get("rope_type", r.get("type", "default"))
+    return None if r["rope_type"] == "default" else r
+
+
+def rope_theta(cfg):
+    r = cfg.get("rope_parameters") or {}
+    return r.get("rope_theta", cfg["rope_theta"])
+
+
+def _yarn_get_mscale(scale, m=1.0):
+    return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+
+def rope_inv_freq(cfg, seq_len):
+    """(inv_freq [hd/2] float64, attention_factor) of the config's RoPE for a sequence that
+    reaches seq_len positions.
+
+    Written from transformers' modeling_rope_utils.py (the _compute_*_parameters functions of
+    v4.5x / v5; facts, not code):
+      linear   inv_freq / factor
+      dynamic  base * (factor * L / M - (factor - 1)) ** (dim / (dim - 2)), L = max(seq_len, M),
+               M = max_position_embeddings (dynamic_rope_update recomputes once the sequence
+               outgrows M)
+      yarn     low/high = the dimensions turning beta_fast / beta_slow times over
+               original_max_position_embeddings (floor / ceil unless truncate is false, clipped
+               to [0, dim-1], high += 0.001 if equal); ramp_i = clamp((i - low) / (high - low));
+               inv_freq = inv / factor * ramp + inv * (1 - ramp); attention factor: the config's
+               attention_factor, else get_mscale(factor, mscale) / get_mscale(factor,
+               mscale_all_dim) when both are given, else get_mscale(factor) (0.1 ln s + 1);
+               factor missing: max_position_embeddings / original (v5)
+      llama3   wavelen = 2 pi / inv; > original / low_freq_factor: inv / factor; < original /
+               high_freq_factor: inv; between: (1 - s) inv / factor + s inv with
+               s = (original / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    """
+    hd, theta = head_dim(cfg), rope_theta(cfg)
+    r = rope_parameters(cfg)
+    exps = torch.arange(0, hd, 2, dtype=F64) / hd
+    inv = 1.0 / (theta ** exps)
+    if r is None:
+        return inv, 1.0
+    kind = r["rope_type"]
+    M = cfg["max_position_embeddings"]
+    if kind == "linear":
+        return inv / r["factor"], 1.0
+    if kind == "dynamic":
+        L = max(seq_len, M)
+        base = theta * ((r["factor"] * L / M) - (r["factor"] - 1)) ** (hd / (hd - 2))
+        return 1.0 / (base ** exps), 1.0
+    if kind == "yarn":
+        orig = r.get("original_max_position_embeddings") or M
+        factor = r.get("factor") or M / orig
+        af = r.get("attention_factor")
+        if af is None:
+            ms, msa = r.get("mscale"), r.get("mscale_all_dim")
+            af = _yarn_get_mscale(factor, ms) / _yarn_get_mscale(factor, msa) if ms and msa \
+                else _yarn_get_mscale(factor)
+        beta_fast, beta_slow = r.get("beta_fast") or 32, r.get("beta_slow") or 1
+
+        def dim_of(rotations):
+            return hd * math.log(orig / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+        low, high = dim_of(beta_fast), dim_of(beta_slow)
+        if r.get("truncate", True):
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, hd - 1)
+        if low == high:
+            high += 0.001
+        ramp = ((torch.arange(hd // 2, dtype=F64) - low) / (high - low)).clamp(0, 1)
+        return inv / factor * ramp + inv * (1 - ramp), af
+    if kind == "llama3":
+        factor, orig = r["factor"], r["original_max_position_embeddings"]
+        lo, hi = r["low_freq_factor"], r["high_freq_factor"]
+        wavelen = 2 * math.pi / inv
+        smooth = (orig / wavelen - lo) / (hi - lo)
+        out = torch.where(wavelen > orig / lo, inv / factor,
+                          torch.where(wavelen < orig / hi, inv, (1 - smooth) * inv / factor + smooth * inv))
+        return out, 1.0
+    raise ValueError("unsupported rope_type %r" % kind)
 
 
 def apply_rope(x, cos, sin):
@@ -219,7 +333,10 @@ def apply_rope(x, cos, sin):
 
 
 def attention(cfg, weights, layer, x):
-    """Causal grouped-query self-attention of one layer; x [B, S, d] -> [B, S, d]."""
+    """Causal grouped-query self-attention of one layer; x [B, S, d] -> [B, S, d].
+
+    A dynamic RoPE takes the frequencies of this forward's length S (a full forward without
+    cache, as HF's dynamic_rope_update sees it)."""
     arch = cfg["model_type"]
     B, S, _ = x.shape
     H, G, hd = cfg["num_attention_heads"], num_kv_heads(cfg), head_dim(cfg)
@@ -244,12 +361,15 @@ def attention(cfg, weights, layer, x):
         q = rms_norm(q, weights[a + "q_norm.weight"], eps)
         k = rms_norm(k, weights[a + "k_norm.weight"], eps)
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)     # [B, heads, S, hd]
-    cos, sin = rope_cos_sin(torch.arange(S), hd, cfg["rope_theta"])
+    inv_freq, af = rope_inv_freq(cfg, S)
+    cos, sin = rope_cos_sin(torch.arange(S), hd, None, inv_freq, af)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     # HF repeat_kv: query head h reads kv head h // (H / G)
     k = k.repeat_interleave(H // G, dim=1)
     v = v.repeat_interleave(H // G, dim=1)
-    scores = q @ k.transpose(-1, -2) / math.sqrt(hd)
+    # Granite-MoE: attention_multiplier replaces 1/sqrt(hd)
+    scale = cfg["attention_multiplier"] if arch == "granitemoe" else 1.0 / math.sqrt(hd)
+    scores = (q @ k.transpose(-1, -2)) * scale
     future = torch.triu(torch.ones(S, S, dtype=torch.bool), diagonal=1)
     scores = scores.masked_fill(future, float("-inf"))
     out = torch.softmax(scores, dim=-1) @ v                            # [B, H, S, hd]
@@ -279,18 +399,37 @@ def moe_block(cfg, weights, layer, x, trace=None):
     B, S, d = x.shape
     t = x.reshape(B * S, d).to(F64)
     m = _moe_prefix(cfg, layer)
-    logits = t @ _w(weights, m + "gate.weight").T
+    granite = cfg["model_type"] == "granitemoe"
+    logits = t @ _w(weights, m + ("router.layer.weight" if granite else "gate.weight")).T
     if trace is not None:
         trace.append(logits)
-    gates, ids = route(logits, cfg["num_experts_per_tok"], norm_topk(cfg))
+    if granite:
+        # GraniteMoeTopKGating: top-k of the logits, softmax over those k
+        top, ids = torch.topk(logits, cfg["num_experts_per_tok"], dim=-1)
+        gates = torch.softmax(top, dim=-1)
+    else:
+        gates, ids = route(logits, cfg["num_experts_per_tok"], norm_topk(cfg))
     g, u, dn = _expert_names(cfg)
     out = torch.zeros_like(t)
+    fused = m + "experts.gate_up_proj" in weights
     for e in range(num_experts(cfg)):
         rows, slot = torch.nonzero(ids == e, as_tuple=True)
         if rows.numel() == 0:
             continue
-        ex = m + "experts.%d." % e
-        y = swiglu(t[rows], weights[ex + g + ".weight"], weights[ex + u + ".weight"], weights[ex + dn + ".weight"])
+        if granite:
+            gate_up = weights[m + "input_linear.weight"][e]
+            F = gate_up.shape[0] // 2
+            y = swiglu(t[rows], gate_up[:F], gate_up[F:], weights[m + "output_linear.weight"][e])
+        elif fused:
+            # transformers v5 (modeling_mixtral.py MixtralExperts, the same in every family's
+            # Experts module): gate_up_proj [E, 2F, d]; x @ gate_up_proj[e].T is chunked in two
+            # along the features, gate first; down_proj [E, d, F] is applied as x @ down_proj[e].T.
+            gate_up = weights[m + "experts.gate_up_proj"][e]
+            F = gate_up.shape[0] // 2
+            y = swiglu(t[rows], gate_up[:F], gate_up[F:], weights[m + "experts.down_proj"][e])
+        else:
+            ex = m + "experts.%d." % e
+            y = swiglu(t[rows], weights[ex + g + ".weight"], weights[ex + u + ".weight"], weights[ex + dn + ".weight"])
         out.index_add_(0, rows, gates[rows, slot, None] * y)
     if cfg["model_type"] == "qwen2_moe":
         sh = m + "shared_expert."
@@ -316,16 +455,23 @@ def forward(cfg, weights, input_ids, trace=None):
     if cfg["model_type"] not in ARCHS:
         raise ValueError("unsupported model_type %r" % cfg["model_type"])
     eps = cfg["rms_norm_eps"]
+    # Granite-MoE's multipliers (1 elsewhere): embeddings scaled, each sub-layer's output scaled
+    # before its residual add, logits divided.
+    granite = cfg["model_type"] == "granitemoe"
+    emb_mul = cfg["embedding_multiplier"] if granite else 1.0
+    res_mul = cfg["residual_multiplier"] if granite else 1.0
+    logit_div = cfg["logits_scaling"] if granite else 1.0
     embed = _w(weights, "model.embed_tokens.weight")
-    h = embed[input_ids.long()]
+    h = embed[input_ids.long()] * emb_mul
     for l in range(cfg["num_hidden_layers"]):
         p = "model.layers.%d." % l
-        h = h + attention(cfg, weights, l, rms_norm(h, weights[p + "input_layernorm.weight"], eps))
+        h = h + res_mul * attention(cfg, weights, l, rms_norm(h, weights[p + "input_layernorm.weight"], eps))
         x = rms_norm(h, weights[p + "post_attention_layernorm.weight"], eps)
-        h = h + (moe_block(cfg, weights, l, x, trace) if layer_is_sparse(cfg, l) else dense_mlp(cfg, weights, l, x))
+        h = h + res_mul * (moe_block(cfg, weights, l, x, trace) if layer_is_sparse(cfg, l)
+                           else dense_mlp(cfg, weights, l, x))
     h = rms_norm(h, weights["model.norm.weight"], eps)
     head = embed if cfg.get("tie_word_embeddings", False) else _w(weights, "lm_head.weight")
-    return h @ head.T
+    return (h @ head.T) / logit_div
 
 
 def greedy(cfg, weights, input_ids, n, trace=None):

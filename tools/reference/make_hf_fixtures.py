@@ -118,6 +118,19 @@ def olmoe_config(**over):
     return cfg
 
 
+def granitemoe_config(**over):
+    # granite-3.0-1b-a400m's multipliers (embedding 12, residual 0.22, logits 6);
+    # attention_multiplier 0.125 against 1/sqrt(12) = 0.289 of the head size. Untied: a tied
+    # head over 12x embeddings only repeats the last token.
+    cfg = _common("granitemoe", "bfloat16", architectures=["GraniteMoeForCausalLM"], intermediate_size=32,
+                  num_local_experts=4, rope_theta=10000.0, rope_scaling=None, attention_bias=False,
+                  embedding_multiplier=12.0, residual_multiplier=0.22, attention_multiplier=0.125,
+                  logits_scaling=6.0, tie_word_embeddings=False, router_aux_loss_coef=0.001,
+                  pad_token_id=0, bos_token_id=1)
+    cfg.update(over)
+    return cfg
+
+
 def _dense_common(arch, dtype, **over):
     # The dense config classes have no routing keys.
     cfg = _common(arch, dtype, intermediate_size=64)
@@ -171,24 +184,32 @@ def _deepseek_common(arch, dtype, **over):
 
 
 def deepseek_v2_config(**over):
-    # DeepSeek-V2-Lite's shape in miniature: q_lora_rank null (q_proj directly), softmax routing;
+    # DeepSeek-V2-Lite's shape in miniature: q_lora_rank null (q_proj directly), softmax routing,
+    # YaRN with mscale = mscale_all_dim (over an original context of 8 positions);
     # k > topk_group, else the best k experts always sit in the best groups by their maximum.
     cfg = _deepseek_common("deepseek_v2", "bfloat16", architectures=["DeepseekV2ForCausalLM"],
                            q_lora_rank=None, v_head_dim=8, n_shared_experts=2, scoring_func="softmax",
                            topk_method="group_limited_greedy", n_group=2, topk_group=1,
                            num_experts_per_tok=3, routed_scaling_factor=2.0, norm_topk_prob=False,
-                           mlp_bias=False)
+                           mlp_bias=False, rope_scaling={
+                               "type": "yarn", "factor": 8.0, "original_max_position_embeddings": 8,
+                               "beta_fast": 4.0, "beta_slow": 0.5, "mscale": 0.707,
+                               "mscale_all_dim": 0.707})
     cfg.update(over)
     return cfg
 
 
 def deepseek_v3_config(**over):
-    # v_head_dim differs from qk_nope_head_dim, and q goes through the q_a/q_b low rank.
+    # v_head_dim differs from qk_nope_head_dim, q goes through the q_a/q_b low rank, and YaRN's
+    # mscale differs from mscale_all_dim (a rotation attention factor besides the softmax's).
     cfg = _deepseek_common("deepseek_v3", "float32", architectures=["DeepseekV3ForCausalLM"], hidden_size=32,
                            q_lora_rank=24, v_head_dim=12, n_shared_experts=1, scoring_func="sigmoid",
                            topk_method="noaux_tc", n_group=4, topk_group=2, routed_scaling_factor=2.5,
                            norm_topk_prob=True, rope_interleave=True, ep_size=1,
-                           num_nextn_predict_layers=1)
+                           num_nextn_predict_layers=1, rope_scaling={
+                               "type": "yarn", "factor": 8.0, "original_max_position_embeddings": 8,
+                               "beta_fast": 4.0, "beta_slow": 0.5, "mscale": 1.0,
+                               "mscale_all_dim": 0.8})
     cfg.update(over)
     return cfg
 
@@ -204,8 +225,26 @@ CASES = [
     ("mistral", 7000, mistral_config(), 1),
     ("qwen2", 8000, qwen2_config(), 2),
     ("qwen3", 9000, qwen3_config(), 1),
-    ("deepseek_v2", 10000, deepseek_v2_config(), 1),
-    ("deepseek_v3", 11000, deepseek_v3_config(), 1),
+    # RoPE scaling (each over a short original context, so the 7 + 8 positions pass it):
+    # YaRN in transformers v5's rope_parameters spelling; YaRN with DeepSeek's mscale /
+    # mscale_all_dim under the older "type" alias; llama3; linear; dynamic NTK (prompts longer
+    # than max_position_embeddings: the frequencies of the 7-token forward are scaled).
+    ("qwen3_moe_yarn", 10000, qwen3_moe_config(torch_dtype="bfloat16", rope_parameters={
+        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}), 1),
+    ("olmoe_yarn_mscale", 11000, olmoe_config(torch_dtype="bfloat16", rope_scaling={
+        "type": "yarn", "factor": 8.0, "original_max_position_embeddings": 8, "beta_fast": 4.0,
+        "beta_slow": 0.5, "mscale": 0.707, "mscale_all_dim": 1.0}), 1),
+    ("mixtral_llama3", 12000, mixtral_config("bfloat16", rope_scaling={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16}), 1),
+    ("llama_linear", 13000, llama_config(rope_scaling={"type": "linear", "factor": 2.0}), 1),
+    ("qwen2_moe_dynamic", 14000, qwen2_moe_config(max_position_embeddings=4, rope_scaling={
+        "rope_type": "dynamic", "factor": 4.0}), 1),
+    # transformers v5's fused experts (mlp.experts.gate_up_proj / down_proj), 2 shards.
+    ("qwen3_moe_fused", 15000, qwen3_moe_config(torch_dtype="bfloat16", decoder_sparse_step=1), 2),
+    ("granitemoe", 16000, granitemoe_config(), 1),
+    ("deepseek_v2", 17000, deepseek_v2_config(), 1),
+    ("deepseek_v3", 18000, deepseek_v3_config(), 1),
 ]
 
 
@@ -232,11 +271,16 @@ def _std(name, tied):
     return MATRIX_STD
 
 
-def make_weights(cfg):
+def is_fused(case):
+    """Cases named *_fused store their experts in transformers v5's fused layout."""
+    return case.endswith("_fused")
+
+
+def make_weights(cfg, fused=False):
     """{name: tensor in the stored dtype}, drawn in state-dict order from the current RNG."""
     dtype = _STORE[cfg["torch_dtype"]]
     out = {}
-    for name, shape in reference(cfg).weight_shapes(cfg).items():
+    for name, shape in reference(cfg).weight_shapes(cfg, fused).items():
         std = _std(name, cfg.get("tie_word_embeddings", False))
         t = 1.0 + NORM_STD * torch.randn(shape) if std is None else std * torch.randn(shape)
         # Buffers (DeepSeek-V3's correction bias) are saved in float32 whatever torch_dtype says.
@@ -273,7 +317,7 @@ def build_case(name, seed0, cfg):
     """(weights, input_ids, logits, greedy tokens, seed) for the first seed >= seed0 that passes."""
     for seed in range(seed0, seed0 + MAX_ATTEMPTS):
         torch.manual_seed(seed)
-        weights = make_weights(cfg)
+        weights = make_weights(cfg, is_fused(name))
         ids = torch.randint(FIRST_PROMPT_TOKEN, cfg["vocab_size"], (BATCH, PROMPT_LEN))
         trace = []
         ref = reference(cfg)
@@ -305,7 +349,7 @@ def _weight_file(weights, names):
 def case_files(cfg, weights, ids, logits, tokens, seed, name, shards):
     """{file name: bytes} of one case directory."""
     files = {"config.json": _json_bytes(cfg)}
-    order = list(reference(cfg).weight_shapes(cfg))
+    order = list(reference(cfg).weight_shapes(cfg, is_fused(name)))
     if shards == 1:
         files["model.safetensors"] = _weight_file(weights, order)
     else:

@@ -7,7 +7,7 @@ Independent of the C++ code.  Identities that pin the formulas (the absorbed MLA
 DeepSeek-V2 paper equals the expanded one of the modeling files; V2's complex RoPE and V3's
 de-interleaved rotate_half are the same rotation; hand-worked routing cases), and that each
 fixture fails when a family piece is removed (no correction bias, no routed scaling, no group
-limit, no interleaved RoPE, no kv_a_layernorm).  The fixture files themselves (layout, keys,
+limit, no interleaved RoPE, no kv_a_layernorm, no YaRN mscale in the softmax scale).  The fixture files themselves (layout, keys,
 expected outputs) are checked by test_hf_reference.py with the other families.
 """
 
@@ -114,7 +114,7 @@ class Sensitivity(unittest.TestCase):
 
     def test_pieces_matter(self):
         for name in CASES:
-            for piece in ("routed_scaling", "group_limit", "interleave", "kv_norm"):
+            for piece in ("routed_scaling", "group_limit", "interleave", "kv_norm", "mscale"):
                 self._moves(name, piece)
         self._moves("deepseek_v3", "correction_bias")
 

@@ -53,6 +53,8 @@ ARCH_KEYS = {
     "olmoe": {"num_experts", "norm_topk_prob", "attention_bias", "clip_qkv", "rope_scaling", "pad_token_id"},
     "llama": {"head_dim", "attention_bias", "mlp_bias", "pretraining_tp", "rope_scaling", "pad_token_id"},
     "mistral": {"head_dim", "sliding_window"},
+    "granitemoe": {"num_local_experts", "attention_bias", "rope_scaling", "embedding_multiplier",
+                   "residual_multiplier", "attention_multiplier", "logits_scaling", "pad_token_id"},
     "qwen2": {"use_sliding_window", "sliding_window", "max_window_layers", "rope_scaling"},
     "qwen3": {"head_dim", "attention_bias", "use_sliding_window", "sliding_window", "max_window_layers",
               "rope_scaling"},
@@ -68,6 +70,7 @@ ARCH_KEYS["deepseek_v3"] = _DEEPSEEK_KEYS | {"rope_interleave", "ep_size", "num_
 DENSE_COMMON_KEYS = COMMON_KEYS - {"num_experts_per_tok", "output_router_logits", "router_aux_loss_coef"}
 ARCHITECTURES = {"mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM",
                  "qwen3_moe": "Qwen3MoeForCausalLM", "olmoe": "OlmoeForCausalLM",
+                 "granitemoe": "GraniteMoeForCausalLM",
                  "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
                  "qwen3": "Qwen3ForCausalLM", "deepseek_v2": "DeepseekV2ForCausalLM",
                  "deepseek_v3": "DeepseekV3ForCausalLM"}
@@ -421,6 +424,78 @@ class Sensitivity(unittest.TestCase):
         for name in ("llama", "mistral", "qwen2", "qwen3"):
             self._assert_moves(name, zero("mlp.down_proj.weight"), "dense MLP")
 
+    def test_granitemoe_multipliers_matter(self):
+        def set_to(key, value):
+            def f(cfg, w):
+                cfg[key] = value
+            return f
+
+        for key in ("embedding_multiplier", "residual_multiplier", "logits_scaling"):
+            self._assert_moves("granitemoe", set_to(key, 1.0), key)
+        self._assert_moves("granitemoe", set_to("attention_multiplier", 1 / math.sqrt(12)),
+                           "attention_multiplier")
+
+    def test_rope_scaling_matters(self):
+        def unscaled(cfg, w):
+            cfg.pop("rope_parameters", None)
+            cfg["rope_scaling"] = None
+
+        def no_yarn_mscale(cfg, w):
+            # attention factor 1: the mscale / mscale_all_dim (or 0.1 ln factor + 1) term gone
+            key = "rope_parameters" if cfg.get("rope_parameters") else "rope_scaling"
+            cfg[key] = dict(cfg[key], attention_factor=1.0)
+
+        def default_yarn_mscale(cfg, w):
+            cfg["rope_scaling"] = {k: v for k, v in cfg["rope_scaling"].items()
+                                   if k not in ("mscale", "mscale_all_dim")}
+
+        for name in ("qwen3_moe_yarn", "olmoe_yarn_mscale", "mixtral_llama3", "llama_linear",
+                     "qwen2_moe_dynamic"):
+            self._assert_moves(name, unscaled, "rope scaling")
+        for name in ("qwen3_moe_yarn", "olmoe_yarn_mscale"):
+            self._assert_moves(name, no_yarn_mscale, "YaRN attention factor")
+        self._assert_moves("olmoe_yarn_mscale", default_yarn_mscale, "mscale / mscale_all_dim")
+
+    def test_fused_expert_layout_is_the_same_model(self):
+        # per-expert tensors stacked into v5's gate_up_proj / down_proj: the same logits
+        cfg, stored, exp, _ = _load_fixture("qwen2_moe")
+        w = {n: t.to(F64) for n, t in stored.items()}
+        fused = {n: t for n, t in w.items() if ".experts." not in n}
+        for l in range(cfg["num_hidden_layers"]):
+            if not hf.layer_is_sparse(cfg, l):
+                continue
+            m = "model.layers.%d.mlp.experts." % l
+            E = hf.num_experts(cfg)
+            fused[m + "gate_up_proj"] = torch.stack([torch.cat(
+                [w[m + "%d.gate_proj.weight" % e], w[m + "%d.up_proj.weight" % e]]) for e in range(E)])
+            fused[m + "down_proj"] = torch.stack([w[m + "%d.down_proj.weight" % e] for e in range(E)])
+        a = hf.forward(cfg, w, exp["input_ids"])
+        self.assertTrue(torch.equal(a, hf.forward(cfg, fused, exp["input_ids"])))
+        # gate and up swapped: another model
+        for n in list(fused):
+            if n.endswith("gate_up_proj"):
+                F = fused[n].shape[1] // 2
+                fused[n] = torch.cat([fused[n][:, F:], fused[n][:, :F]], dim=1)
+        self.assertGreater(_rel_change(a, hf.forward(cfg, fused, exp["input_ids"])), 1e-3)
+
+    def test_rope_frequencies_by_hand(self):
+        # yarn: factor 4, original 16, hd 24, theta 1e6: low = 0 and high = 1 after floor/ceil,
+        # so pair 0 keeps its frequency, every other is divided by 4; af = 0.1 ln 4 + 1.
+        cfg = {"hidden_size": 96, "num_attention_heads": 4, "head_dim": 24, "rope_theta": 1e6,
+               "max_position_embeddings": 64,
+               "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}}
+        inv, af = hf.rope_inv_freq(cfg, 7)
+        plain = 1.0 / (1e6 ** (torch.arange(0, 24, 2, dtype=F64) / 24))
+        self.assertAlmostEqual(af, 0.1 * math.log(4) + 1, places=12)
+        self.assertEqual(float(inv[0]), float(plain[0]))
+        self.assertTrue(torch.allclose(inv[1:], plain[1:] / 4, rtol=1e-15))
+        # dynamic: no change up to max_position_embeddings, then theta grows
+        cfg = dict(cfg, rope_scaling={"rope_type": "dynamic", "factor": 4.0})
+        self.assertTrue(torch.equal(hf.rope_inv_freq(cfg, 64)[0], plain))
+        base = 1e6 * (4.0 * 128 / 64 - 3.0) ** (24 / 22)
+        want = 1.0 / (base ** (torch.arange(0, 24, 2, dtype=F64) / 24))
+        self.assertTrue(torch.allclose(hf.rope_inv_freq(cfg, 128)[0], want, rtol=1e-14))
+
 
 class Fixtures(unittest.TestCase):
     def test_case_directories(self):
@@ -447,7 +522,7 @@ class Fixtures(unittest.TestCase):
             self.assertEqual(missing, set(), name)
 
             # every weight file: real safetensors layout, HF metadata, one dtype
-            shapes = mk.reference(cfg).weight_shapes(cfg)
+            shapes = mk.reference(cfg).weight_shapes(cfg, mk.is_fused(name))
             seen = {}
             for f in weight_files:
                 blob = _read(os.path.join(d, f))
@@ -493,7 +568,8 @@ class Fixtures(unittest.TestCase):
             self.assertIsNone(fixture_io.compare_tensor_rounded(exp["logits"], logits)[0], name)
             self.assertEqual(mk.decision_problems(cfg, trace), [], name)
             self.assertFalse(bool((exp["greedy"] == cfg["eos_token_id"]).any()), name)
-            self.assertGreater(float(exp["logits"].std()), 0.3, name)        # not degenerate
+            # not degenerate (before Granite-MoE's division by logits_scaling)
+            self.assertGreater(float(exp["logits"].std()) * cfg.get("logits_scaling", 1.0), 0.3, name)
 
     def test_bf16_and_f16_are_stored_narrow(self):
         # the reference must see exactly the rounded values the C++ side will load
