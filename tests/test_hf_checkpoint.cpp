@@ -86,7 +86,8 @@ TEST_P(HfFamily, MatchesPyTorchReference) {
 
 INSTANTIATE_TEST_SUITE_P(Families, HfFamily,
                          ::testing::Values("mixtral", "mixtral_bf16", "qwen2_moe", "qwen3_moe",
-                                           "olmoe", "llama", "mistral", "qwen2", "qwen3"));
+                                           "olmoe", "llama", "mistral", "qwen2", "qwen3",
+                                           "deepseek_v2", "deepseek_v3"));
 
 // RoPE scaling (rope.h): YaRN (v5's rope_parameters; DeepSeek's mscale / mscale_all_dim under
 // the older "type" alias), llama3 and linear, each over an original context shorter than the
@@ -616,8 +617,8 @@ TEST(HfCheckpointErrors, MissingTensorAndWrongShape) {
 TEST(HfCheckpointErrors, UnknownModelTypeAndUnsupportedKeys) {
   TempDir d("hf_bad");
   copy_fixture("mixtral", d);
-  edit_config(d, [](nlohmann::json& j) { j["model_type"] = "deepseek_v3"; });
-  EXPECT_MOE_ERROR(InferenceModel::load(d.str()), "config.json", "model_type", "deepseek_v3");
+  edit_config(d, [](nlohmann::json& j) { j["model_type"] = "dbrx"; });
+  EXPECT_MOE_ERROR(InferenceModel::load(d.str()), "config.json", "model_type", "dbrx");
   edit_config(d, [](nlohmann::json& j) {
     j["model_type"] = "mixtral";
     j["rope_scaling"] = {{"type", "yarn"}};

@@ -55,13 +55,19 @@ struct AttentionConfig {
   void validate(const std::string& where) const;
 };
 
-// Per-sequence key/value cache for generation: k, v [B, capacity, G*hd] (RoPE already applied
-// to k). length = positions filled, the same for every sequence.
+// Per-sequence key/value cache for generation: k [B, capacity, kv_dim], v [B, capacity, v_dim]
+// (RoPE already applied to k); GQA: kv_dim = v_dim = G*hd. Multi-head Latent Attention keeps
+// one row per token in k (the normalized latent and the rotated rope key) and no v (v_dim 0),
+// or as the full-head oracle k [H*(nope+rope)], v [H*v_head_dim]. length = positions filled,
+// the same for every sequence.
 template <class T>
 struct KvCache {
-  int batch = 0, capacity = 0, length = 0, kv_dim = 0;
-  std::vector<T> k, v;                              // [batch, capacity, kv_dim]
-  void reset(int batch, int capacity, int kv_dim);  // length = 0
+  int batch = 0, capacity = 0, length = 0, kv_dim = 0, v_dim = 0;
+  std::vector<T> k;  // [batch, capacity, kv_dim]
+  std::vector<T> v;  // [batch, capacity, v_dim]
+  // length = 0; v_dim < 0: v_dim = kv_dim.
+  void reset(int batch, int capacity, int kv_dim, int v_dim = -1);
+  int64_t bytes_per_token() const { return static_cast<int64_t>(kv_dim + v_dim) * sizeof(T); }
 };
 
 // Plain RoPE tables: cos, sin [max_positions, hd/2], cos[p, i] = cos(p * theta^(-2i/hd)),
@@ -83,6 +89,18 @@ void rope_backward(T* dx, const T* cos, const T* sin, int64_t n, int heads, int 
 // Attention over a KV cache after the projections: appends k, v [B*n, G*hd] (RoPE applied) of
 // n new tokens per sequence to the cache, attends causally to everything cached and writes
 // o [B*n, H*hd]. scratch grows to threads * n * capacity once.
+// The attention core over cached rows, any head layout: for each sequence b and query head h,
+// o[b*n+t, h*v_dim ..] = softmax(scale * q_h K_b^T, causal: position L+t sees 0..L+t) V_b, where
+// q_h = q[b*n+t, h*q_dim ..] (row stride ldq), K_b rows k + (b*cap + j)*ldk + (h/rep)*k_head
+// (q_dim wide), V_b rows v + (b*cap + j)*ldv + (h/rep)*v_head (v_dim wide), o row stride ldo.
+// GQA: k_head = v_head = hd, rep = H/G; latent MLA: every head reads the same rows (k_head =
+// v_head = 0) and the values are the keys' first v_dim columns. scratch grows to threads * n *
+// cap once.
+template <class T>
+void attend_cached(const T* q, int64_t ldq, int q_dim, const T* k, int64_t ldk, int64_t k_head,
+                   const T* v, int64_t ldv, int64_t v_head, int v_dim, int B, int n, int H, int rep,
+                   int64_t L, int64_t cap, T scale, T* o, int64_t ldo, std::vector<T>& scratch);
+
 template <class T>
 void cached_attention(const T* q, const T* k, const T* v, int B, int n, int H, int G, int hd,
                       KvCache<T>& cache, T* o, std::vector<T>& scratch);

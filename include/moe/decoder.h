@@ -1,17 +1,21 @@
 // The one cached decoder forward of generation, for a trained run (TransformerLm) and a Hugging
-// Face checkpoint (InferenceModel): embedding -> L x (RMSNorm, GQA attention with RoPE through a
-// KV cache, RMSNorm, FFN; residual adds) -> RMSNorm -> LM head. They differ in the weight format
-// (WeightView: fp32 parameters in place, or mapped F32/BF16/F16) and in each layer's ffn().
+// Face checkpoint (InferenceModel): embedding -> L x (RMSNorm, attention through a KV cache,
+// RMSNorm, FFN; residual adds) -> RMSNorm -> LM head. The attention is of one of two kinds:
+// GQA with RoPE (attention() here), or Multi-head Latent Attention (mla_attention.h, DeepSeek)
+// when the config has a kv_lora_rank. They differ in the weight format (WeightView: fp32
+// parameters in place, or mapped F32/BF16/F16) and in each layer's ffn().
 // Transformer::forward stays apart: training saves every activation for the backward.
 #pragma once
 
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <optional>
 #include <vector>
 
 #include "moe/attention.h"
 #include "moe/linear.h"
+#include "moe/mla_attention.h"
 #include "moe/model_config.h"
 #include "moe/rng.h"
 #include "moe/router.h"
@@ -38,8 +42,13 @@ class Decoder {
   Decoder(const Decoder&) = delete;          // a copy's views would point into the original
   virtual ~Decoder() = default;
   const ModelConfig& config() const { return cfg_; }
-  // One cache per layer for `batch` sequences of up to `capacity` positions.
-  std::vector<KvCache<float>> new_caches(int batch, int capacity) const;
+  // One cache per layer for `batch` sequences of up to `capacity` positions. `mla` picks the
+  // layout of an MLA model's caches (the compressed latent, or the full-head oracle); GQA
+  // models ignore it.
+  std::vector<KvCache<float>> new_caches(int batch, int capacity,
+                                         MlaCache mla = MlaCache::Latent) const;
+  // Cache bytes per token over all layers in that layout.
+  int64_t cache_bytes_per_token(MlaCache mla = MlaCache::Latent) const;
   // tokens [B*n]: n new tokens of each of B sequences at positions cache.length..; appends
   // to the caches. logits: [B*n, V] when all_logits, else [B, V] of each sequence's last token.
   void forward(const int32_t* tokens, int B, int n, std::vector<KvCache<float>>& caches,
@@ -57,7 +66,7 @@ class Decoder {
   struct AttentionWeights {             // views into the owner's memory
     const float* input_norm = nullptr;  // [d]
     const float* post_norm = nullptr;   // [d], the FFN's input norm
-    WeightView q, k, v, o;
+    WeightView q, k, v, o;              // GQA (empty under MLA: mla_ holds its weights)
     const float *q_bias = nullptr, *k_bias = nullptr, *v_bias = nullptr;  // [H*hd], [G*hd]
     const float *q_norm = nullptr, *k_norm = nullptr;  // per cfg_.qk_norm: [hd] or [H*hd]/[G*hd]
   };
@@ -80,6 +89,7 @@ class Decoder {
   WeightView embed_, head_;             // [V, d]
   const float* final_norm_ = nullptr;   // [d]
   std::vector<AttentionWeights> attn_;  // [L]
+  std::optional<MlaAttention> mla_;     // the attention of every layer when cfg_.is_mla()
   // Q/K rows stored for interleaved RoPE (pairs 2i, 2i+1: llama.cpp's llama architecture)
   // instead of rotate_half (pairs i, i + hd/2).
   bool rope_interleaved_ = false;

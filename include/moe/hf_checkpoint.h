@@ -11,6 +11,11 @@
 //            self_attn.{q,k,v}_proj.bias (qwen2_moe), self_attn.{q,k}_norm.weight (qwen3, olmoe)
 //   dense    model.layers.N.mlp.{gate,up,down}_proj.weight in every layer; q/k/v biases (qwen2),
 //            per-head q/k norms (qwen3)
+//   deepseek_v2, deepseek_v3 (kimi_k2 reads as deepseek_v3): Multi-head Latent Attention
+//            self_attn.{q_proj | q_a_proj, q_a_layernorm, q_b_proj}, kv_a_proj_with_mqa,
+//            kv_a_layernorm, kv_b_proj, o_proj; mlp.gate.weight (+ e_score_correction_bias, v3),
+//            mlp.experts.M.*, mlp.shared_experts.{gate,up,down}_proj.weight; dense mlp.* in the
+//            first first_k_dense_replace layers. Inference only (no MLA backward).
 // Every problem is a one-line moe::Error naming the file and the key or tensor.
 #pragma once
 
@@ -34,6 +39,8 @@ namespace moe {
 // num_local_experts = 0 and intermediate_size the MLP width. The auxiliary-loss coefficient is
 // read in Hugging Face's convention (aux_loss_style "hf").
 ModelConfig model_config_from_hf(const nlohmann::json& j, const std::string& where);
+// deepseek_v2, deepseek_v3 or kimi_k2.
+bool is_deepseek_family(const std::string& model_type);
 // llama, mistral, qwen2 or qwen3.
 bool is_dense_hf_family(const std::string& model_type);
 ModelConfig load_hf_config(const std::string& path);
@@ -62,6 +69,14 @@ enum class HfTensor {
   DenseGate,
   DenseUp,
   DenseDown,
+  // Multi-head Latent Attention (deepseek_v2/v3): Q is q_proj when q_lora_rank is null.
+  QA,          // self_attn.q_a_proj [q_lora_rank, d]
+  QANorm,      // self_attn.q_a_layernorm [q_lora_rank]
+  QB,          // self_attn.q_b_proj [H*(nope+rope), q_lora_rank]
+  KvA,         // self_attn.kv_a_proj_with_mqa [kv_lora_rank + rope, d]
+  KvANorm,     // self_attn.kv_a_layernorm [kv_lora_rank]
+  KvB,         // self_attn.kv_b_proj [H*(nope+v), kv_lora_rank]
+  RouterBias,  // mlp.gate.e_score_correction_bias [E] (deepseek_v3 selection bias)
 };
 std::string hf_tensor_name(const ModelConfig& c, int layer, HfTensor t, int expert = -1);
 // Which HfTensor our parameter of a block is, by its name after "model.layers.N." (docs/model.md:

@@ -6,8 +6,10 @@
 // Norms, biases and the router are copied to fp32 (the router is never run in low precision).
 // The llama architecture's Q/K rows stay permuted: the Decoder rotates them interleaved.
 // Math per family as in hf_checkpoint.h: attention with optional q/k/v bias and q/k RMSNorm,
-// RoPE (rotate_half), GQA; softmax router, top-k (renormalized when norm_topk_prob), grouped
-// expert SwiGLUs; the optional sigmoid-gated shared expert; dense SwiGLU layers.
+// RoPE (rotate_half), GQA, or DeepSeek's Multi-head Latent Attention (mla_attention.h);
+// softmax or sigmoid router (DeepSeek-V3: with its correction bias and groups), top-k (renormalized
+// when norm_topk_prob), grouped expert SwiGLUs; the optional sigmoid-gated shared expert; dense
+// SwiGLU layers.
 #pragma once
 
 #include <cstdint>
@@ -54,7 +56,8 @@ class InferenceModel : public Decoder {
   struct Layer {
     int index = 0;  // block index
     bool moe = false;
-    std::vector<float> router;  // [E, d] fp32
+    std::vector<float> router;          // [E, d] fp32
+    std::vector<float> selection_bias;  // [E] deepseek_v3 e_score_correction_bias (else empty)
     std::vector<FfnViews> experts;
     FfnViews shared;  // the shared expert (qwen2_moe) or the dense SwiGLU
     bool has_shared = false;

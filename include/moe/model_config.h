@@ -50,6 +50,19 @@ struct TrainConfig {
   void validate(const std::string& where) const;
 };
 
+// Multi-head Latent Attention (DeepSeek-V2/V3, mla_attention.h): on when kv_lora_rank > 0.
+// Queries: q_proj [H*(nope+rope), d], or with q_lora_rank > 0 q_a_proj [q_lora_rank, d],
+// RMSNorm, q_b_proj; keys and values from one latent per token: kv_a_proj_with_mqa
+// [kv_lora_rank + rope, d], RMSNorm of the first kv_lora_rank, kv_b_proj [H*(nope+v),
+// kv_lora_rank].
+struct MlaConfig {
+  int q_lora_rank = 0;  // 0: Hugging Face's null (q_proj directly)
+  int kv_lora_rank = 0;
+  int qk_nope_head_dim = 0, qk_rope_head_dim = 0, v_head_dim = 0;
+  bool rope_interleave = true;  // RoPE pairs (2i, 2i+1) as DeepSeek stores q_pe/k_pe
+  int qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
+};
+
 // The defaults are the default small MoE `moe train` trains (configs/default.json holds the same).
 struct ModelConfig {
   std::string model_type = "mixtral";
@@ -80,8 +93,10 @@ struct ModelConfig {
   // divided by logits_scaling. Read from a granitemoe config.json; inference only.
   double embedding_multiplier = 1.0, residual_multiplier = 1.0, attention_multiplier = 0.0;
   double logits_scaling = 1.0;
+  MlaConfig mla;                     // deepseek_v2/v3 (Hugging Face configs only; not trained)
   TrainConfig training;
 
+  bool is_mla() const { return mla.kv_lora_rank > 0; }
   // The positions the model runs: max_position_embeddings, longer where rope_scaling says so.
   int context_length() const { return rope_scaling.context_length(max_position_embeddings); }
   int head_size() const { return head_dim > 0 ? head_dim : hidden_size / num_attention_heads; }

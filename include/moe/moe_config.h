@@ -32,6 +32,10 @@ struct MoeConfig {
   double routed_scaling_factor = 1.0;
   int n_group = 1;  // group-limited selection (DeepSeek-V3)
   int topk_group = 1;
+  // A group's score: the sum of its best two selection keys (DeepSeek-V3 noaux_tc), or with
+  // group_score_max its best one (DeepSeek-V2 group_limited_greedy). Set by the deepseek_v2
+  // config reader only, not a JSON key.
+  bool group_score_max = false;
   bool noisy_gating = false;        // Shazeer 2017 noisy top-k, training only
   double expert_dropout = 0.0;      // whole-expert dropout probability, training only
   bool use_selection_bias = false;  // aux-loss-free balancing (DeepSeek-V3)

@@ -48,6 +48,10 @@ struct RopeScaling {
   void validate(const std::string& where) const;
 };
 
+// YaRN's attention temperature term: 1 for scale <= 1, else 0.1 m ln(scale) + 1 (DeepSeek's
+// softmax scale takes yarn_mscale(factor, mscale_all_dim)^2 on top of the rotation's factor).
+double yarn_mscale(double scale, double m);
+
 // "default", "linear", "dynamic", "yarn", "llama3".
 const char* rope_type_name(RopeType t);
 // false for a name that is none of them.

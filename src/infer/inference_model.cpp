@@ -161,6 +161,11 @@ void InferenceModel::quantize_matrices(GgmlType type) {
   count(head_);
   for (AttentionWeights& a : attn_)
     for (const WeightView* w : {&a.q, &a.k, &a.v, &a.o}) count(*w);
+  if (mla_)
+    for (int l = 0; l < mla_->layers(); ++l) {
+      const MlaWeights& w = mla_->weights(l);
+      for (const WeightView* v : {&w.q, &w.q_a, &w.q_b, &w.kv_a, &w.kv_b, &w.o}) count(*v);
+    }
   for (Layer& L : layers_) {
     for (FfnViews& f : L.experts)
       for (WeightView* w : {&f.w1, &f.w3, &f.w2}) count(*w = quantized(*w, type));
@@ -229,6 +234,26 @@ std::unique_ptr<InferenceModel> InferenceModel::build(const ModelConfig& cfg, So
     return v.data();
   };
 
+  // Multi-head Latent Attention (deepseek_v2/v3): its own matrices per layer.
+  auto mla_weights = [&](int l) {
+    const MlaConfig& a = c.mla;
+    const int64_t H = c.num_attention_heads, qr = a.q_lora_rank, r = a.kv_lora_rank;
+    const int64_t qdim = H * a.qk_head_dim();
+    MlaWeights w;
+    if (qr > 0) {
+      w.q_a = matrix(l, HfTensor::QA, qr, d);
+      w.q_a_norm = vector(l, HfTensor::QANorm, qr);
+      w.q_b = matrix(l, HfTensor::QB, qdim, qr);
+    } else {
+      w.q = matrix(l, HfTensor::Q, qdim, d);
+    }
+    w.kv_a = matrix(l, HfTensor::KvA, r + a.qk_rope_head_dim, d);
+    w.kv_a_norm = vector(l, HfTensor::KvANorm, r);
+    w.kv_b = matrix(l, HfTensor::KvB, H * (a.qk_nope_head_dim + a.v_head_dim), r);
+    w.o = matrix(l, HfTensor::O, d, H * a.v_head_dim);
+    return w;
+  };
+
   m->embed_ = matrix(-1, HfTensor::Q, V, d);
   m->head_ = c.tie_word_embeddings ? m->embed_ : matrix(-1, HfTensor::O, V, d);
   m->final_norm_ = vector(-1, HfTensor::InputNorm, d);
@@ -240,21 +265,25 @@ std::unique_ptr<InferenceModel> InferenceModel::build(const ModelConfig& cfg, So
     AttentionWeights& A = m->attn_[static_cast<size_t>(l)];
     A.input_norm = vector(l, HfTensor::InputNorm, d);
     A.post_norm = vector(l, HfTensor::PostAttentionNorm, d);
-    A.q = matrix(l, HfTensor::Q, qd, d);
-    A.k = matrix(l, HfTensor::K, kvd, d);
-    A.v = matrix(l, HfTensor::V, kvd, d);
-    A.o = matrix(l, HfTensor::O, d, qd);
-    if (c.attention_bias) {
-      A.q_bias = vector(l, HfTensor::QBias, qd);
-      A.k_bias = vector(l, HfTensor::KBias, kvd);
-      A.v_bias = vector(l, HfTensor::VBias, kvd);
-    }
-    if (c.qk_norm == QkNorm::PerHead) {
-      A.q_norm = vector(l, HfTensor::QNorm, hd);
-      A.k_norm = vector(l, HfTensor::KNorm, hd);
-    } else if (c.qk_norm == QkNorm::Full) {
-      A.q_norm = vector(l, HfTensor::QNorm, qd);
-      A.k_norm = vector(l, HfTensor::KNorm, kvd);
+    if (c.is_mla()) {
+      m->mla_->add_layer(mla_weights(l));
+    } else {
+      A.q = matrix(l, HfTensor::Q, qd, d);
+      A.k = matrix(l, HfTensor::K, kvd, d);
+      A.v = matrix(l, HfTensor::V, kvd, d);
+      A.o = matrix(l, HfTensor::O, d, qd);
+      if (c.attention_bias) {
+        A.q_bias = vector(l, HfTensor::QBias, qd);
+        A.k_bias = vector(l, HfTensor::KBias, kvd);
+        A.v_bias = vector(l, HfTensor::VBias, kvd);
+      }
+      if (c.qk_norm == QkNorm::PerHead) {
+        A.q_norm = vector(l, HfTensor::QNorm, hd);
+        A.k_norm = vector(l, HfTensor::KNorm, hd);
+      } else if (c.qk_norm == QkNorm::Full) {
+        A.q_norm = vector(l, HfTensor::QNorm, qd);
+        A.k_norm = vector(l, HfTensor::KNorm, kvd);
+      }
     }
     L.index = l;
     L.moe = c.is_moe_layer(l);
@@ -270,6 +299,10 @@ std::unique_ptr<InferenceModel> InferenceModel::build(const ModelConfig& cfg, So
     if (!m->experts_) m->experts_.emplace(FfnShape{Activation::SwiGLU, d, F}, E);
     L.router.resize(static_cast<size_t>(E * d));
     src.router(l, E, d, L.router.data());
+    if (c.moe.use_selection_bias) {  // deepseek_v3's e_score_correction_bias
+      L.selection_bias.resize(static_cast<size_t>(E));
+      src.vector(l, HfTensor::RouterBias, E, L.selection_bias.data());
+    }
     const auto gate = src.experts(l, HfTensor::ExpertGate, E, F, d);
     const auto up = src.experts(l, HfTensor::ExpertUp, E, F, d);
     const auto down = src.experts(l, HfTensor::ExpertDown, E, d, F);
@@ -309,12 +342,15 @@ void InferenceModel::moe_block(const Layer& L, int64_t rows) {
   const int64_t d = cfg_.hidden_size, E = cfg_.num_local_experts;
   const int k = mc.num_experts_per_tok;
   if (!router_) router_.emplace(mc);
+  if (mc.use_selection_bias) router_->selection_bias() = L.selection_bias;
   gemm<float>(Trans::No, Trans::Yes, rows, E, d, 1.0f, x_.data(), d, L.router.data(), d, 0.0f,
               router_->logits(rows), E);
   router_->forward(rows);  // dropless: keeps every slot
   std::vector<float>& gate = router_->gates();
-  // Hugging Face renormalizes a single gate to 1 as well; our k = 1 gate is the raw score.
-  if (mc.norm_topk_prob && k == 1) std::fill_n(gate.data(), rows, 1.0f);
+  // Hugging Face renormalizes a single gate to 1 as well (then scales it, DeepSeek-V3); our
+  // k = 1 gate is the raw score.
+  if (mc.norm_topk_prob && k == 1)
+    std::fill_n(gate.data(), rows, static_cast<float>(mc.routed_scaling_factor));
   observe_routing(L.index, router_->plan(), gate.data(), router_->scores().data(), mc.scoring_func);
 
   build_permutation(router_->plan(), perm_);

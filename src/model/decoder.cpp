@@ -9,20 +9,31 @@
 
 namespace moe {
 
-std::vector<KvCache<float>> Decoder::new_caches(int batch, int capacity) const {
+std::vector<KvCache<float>> Decoder::new_caches(int batch, int capacity, MlaCache mla) const {
   MOE_REQUIRE(capacity <= cfg_.context_length(),
               "a KV cache of {} positions exceeds the context of {} positions "
               "(max_position_embeddings, rope_scaling)",
               capacity, cfg_.context_length());
   std::vector<KvCache<float>> caches(static_cast<size_t>(cfg_.num_hidden_layers));
-  for (auto& c : caches) c.reset(batch, capacity, cfg_.num_key_value_heads * cfg_.head_size());
+  for (auto& c : caches)
+    if (mla_)
+      mla_->reset_cache(c, batch, capacity, mla);
+    else
+      c.reset(batch, capacity, cfg_.num_key_value_heads * cfg_.head_size());
   return caches;
 }
 
+int64_t Decoder::cache_bytes_per_token(MlaCache mla) const {
+  return new_caches(1, 1, mla).front().bytes_per_token() * cfg_.num_hidden_layers;
+}
+
 Decoder::Decoder(const ModelConfig& cfg) : cfg_(cfg) {
-  rope_table_rows(cos_, sin_,
-                  rope_frequencies(cfg_.head_size(), cfg_.rope_theta, cfg_.rope_scaling), 0,
-                  cfg_.context_length());
+  if (cfg_.is_mla())
+    mla_.emplace(cfg_);  // its own RoPE tables, of qk_rope_head_dim
+  else
+    rope_table_rows(cos_, sin_,
+                    rope_frequencies(cfg_.head_size(), cfg_.rope_theta, cfg_.rope_scaling), 0,
+                    cfg_.context_length());
 }
 
 WeightView Decoder::quantized(const WeightView& w, GgmlType type) {
@@ -34,7 +45,14 @@ WeightView Decoder::quantized(const WeightView& w, GgmlType type) {
 
 void Decoder::quantize_attention_and_head(GgmlType type) {
   for (AttentionWeights& a : attn_)
-    for (WeightView* w : {&a.q, &a.k, &a.v, &a.o}) *w = quantized(*w, type);
+    for (WeightView* w : {&a.q, &a.k, &a.v, &a.o})
+      if (w->data) *w = quantized(*w, type);
+  if (mla_)  // kv_b stays as loaded too: the absorbed products read its fp32 copy
+    for (int l = 0; l < mla_->layers(); ++l) {
+      MlaWeights& m = mla_->weights(l);
+      for (WeightView* w : {&m.q, &m.q_a, &m.q_b, &m.kv_a, &m.o})
+        if (w->data) *w = quantized(*w, type);
+    }
   head_ = quantized(head_, type);
 }
 
@@ -145,7 +163,7 @@ void Decoder::forward(const int32_t* tokens, int B, int n, std::vector<KvCache<f
   // recomputes its frequencies once the cache grows past max_position_embeddings: this call's
   // positions are rotated with the frequencies of start + n, while the keys already cached keep
   // the rotation they were stored with (as in Hugging Face's cache). The other types are fixed.
-  if (c.rope_scaling.type == RopeType::Dynamic) {
+  if (c.rope_scaling.type == RopeType::Dynamic && !mla_) {  // refused for MLA configs
     const int64_t start = caches.front().length;
     rope_table_rows(cos_, sin_,
                     rope_frequencies(c.head_size(), c.rope_theta, c.rope_scaling, start + n), start,
@@ -156,7 +174,10 @@ void Decoder::forward(const int32_t* tokens, int B, int n, std::vector<KvCache<f
     const AttentionWeights& w = attn_[l];
     rmsnorm_forward(x_.data(), rstd_.data(), h_.data(), w.input_norm, rows, d, eps);
     begin_sublayer();
-    attention(w, B, n, caches[l]);
+    if (mla_)
+      mla_->forward(static_cast<int>(l), x_.data(), B, n, caches[l], h_.data());
+    else
+      attention(w, B, n, caches[l]);
     end_sublayer();
     rmsnorm_forward(x_.data(), rstd_.data(), h_.data(), w.post_norm, rows, d, eps);
     begin_sublayer();

@@ -163,6 +163,27 @@ std::string gguf_tensor_name(int layer, HfTensor t) {
     case HfTensor::DenseDown:
       n = "ffn_down.weight";
       break;
+    case HfTensor::QA:  // llama.cpp deepseek2
+      n = "attn_q_a.weight";
+      break;
+    case HfTensor::QANorm:
+      n = "attn_q_a_norm.weight";
+      break;
+    case HfTensor::QB:
+      n = "attn_q_b.weight";
+      break;
+    case HfTensor::KvA:
+      n = "attn_kv_a_mqa.weight";
+      break;
+    case HfTensor::KvANorm:
+      n = "attn_kv_a_norm.weight";
+      break;
+    case HfTensor::KvB:
+      n = "attn_kv_b.weight";
+      break;
+    case HfTensor::RouterBias:
+      n = "exp_probs_b.bias";
+      break;
   }
   return fmt::format("blk.{}.{}", layer, n);
 }

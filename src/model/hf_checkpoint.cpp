@@ -23,13 +23,18 @@ bool is_null_or_absent(const nlohmann::json& j, const char* key) {
 }
 
 constexpr const char* kHfFamilies =
-    "mixtral, qwen2_moe, qwen3_moe, olmoe, granitemoe, or a dense llama, mistral, qwen2 or qwen3";
+    "mixtral, qwen2_moe, qwen3_moe, olmoe, granitemoe, deepseek_v2, deepseek_v3, kimi_k2, or a "
+    "dense llama, mistral, qwen2 or qwen3";
 
 }  // namespace
 
 bool is_dense_hf_family(const std::string& model_type) {
   return model_type == "llama" || model_type == "mistral" || model_type == "qwen2" ||
          model_type == "qwen3";
+}
+
+bool is_deepseek_family(const std::string& model_type) {
+  return model_type == "deepseek_v2" || model_type == "deepseek_v3" || model_type == "kimi_k2";
 }
 
 namespace {
@@ -139,6 +144,147 @@ ModelConfig dense_config_from_hf(const nlohmann::json& j, const std::string& whe
   return c;
 }
 
+// deepseek_v2 / deepseek_v3 (kimi_k2 configs are deepseek_v3): MLA attention and DeepSeekMoE
+// (routed + ungated shared experts, dense first_k_dense_replace layers). Defaults of the
+// Hugging Face config classes (DeepseekV2Config, DeepseekV3Config); the routing as their
+// modeling files compute it: V2 softmax scores, greedy or group_limited_greedy (a group's score
+// is its best expert), gates scaled by routed_scaling_factor and never renormalized; V3 sigmoid
+// scores, selection by score + e_score_correction_bias in the best topk_group groups (a group's
+// score is the sum of its best two), gates from the unbiased scores, renormalized when
+// norm_topk_prob, then scaled.
+ModelConfig deepseek_config_from_hf(const nlohmann::json& j, const std::string& where,
+                                    const std::string& type) {
+  JsonKeyReader get{j, where};
+  const bool v3 = type != "deepseek_v2";
+  ModelConfig c;
+  MoeConfig& m = c.moe;
+  MlaConfig& a = c.mla;
+  c.model_type = v3 ? "deepseek_v3" : "deepseek_v2";
+  c.tie_word_embeddings = false, c.initializer_range = 0.02, c.rms_norm_eps = 1e-6;
+  c.rope_theta = 10000, c.moe_every = 1;
+  a.kv_lora_rank = 512, a.q_lora_rank = 1536, a.qk_rope_head_dim = 64, a.qk_nope_head_dim = 128;
+  a.v_head_dim = 128, a.rope_interleave = true;
+  int dense_width = 0, n_routed = 0, n_shared = 0, first_dense = 0, moe_freq = 1;
+  std::string topk_method = v3 ? "noaux_tc" : "greedy";
+  std::string scoring = v3 ? "sigmoid" : "softmax";
+  if (v3) {
+    c.vocab_size = 129280, c.hidden_size = 7168, dense_width = 18432, c.intermediate_size = 2048;
+    c.num_hidden_layers = 61, c.num_attention_heads = 128, c.max_position_embeddings = 4096;
+    n_routed = 256, n_shared = 1, first_dense = 3, m.num_experts_per_tok = 8;
+    m.routed_scaling_factor = 2.5, m.n_group = 8, m.topk_group = 4, m.norm_topk_prob = true;
+  } else {
+    c.vocab_size = 32000, c.hidden_size = 4096, dense_width = 11008, c.intermediate_size = 1407;
+    c.num_hidden_layers = 30, c.num_attention_heads = 32, c.max_position_embeddings = 2048;
+    n_routed = 0, n_shared = 0, m.routed_scaling_factor = 1.0, m.norm_topk_prob = false;
+  }
+  read_common_keys(get, c);
+  read_rope_config(j, where, c);
+  // Dynamic NTK would re-rotate q_pe/k_pe as the sequence grows; DeepSeek releases use YaRN.
+  MOE_REQUIRE(c.rope_scaling.type != RopeType::Dynamic,
+              "{}: rope_scaling type \"dynamic\" is not supported for {}", where, type);
+  // MLA has as many key/value heads as query heads; another value would make Hugging Face's
+  // repeat_kv replicate heads that are already full.
+  c.num_key_value_heads = c.num_attention_heads;
+  get("num_key_value_heads", c.num_key_value_heads);
+  MOE_REQUIRE(c.num_key_value_heads == c.num_attention_heads,
+              "{}: num_key_value_heads = {} differs from num_attention_heads = {} (MLA attends "
+              "with every head)",
+              where, c.num_key_value_heads, c.num_attention_heads);
+  get("intermediate_size", dense_width);
+  get("moe_intermediate_size", c.intermediate_size);
+  // q_lora_rank null: q_proj directly.
+  if (j.contains("q_lora_rank") && j["q_lora_rank"].is_null())
+    a.q_lora_rank = 0;
+  else
+    get("q_lora_rank", a.q_lora_rank);
+  get("kv_lora_rank", a.kv_lora_rank);
+  get("qk_rope_head_dim", a.qk_rope_head_dim);
+  get("qk_nope_head_dim", a.qk_nope_head_dim);
+  get("v_head_dim", a.v_head_dim);
+  get("rope_interleave", a.rope_interleave);
+  c.head_dim = a.qk_head_dim();
+  get("n_routed_experts", n_routed);
+  get("n_shared_experts", n_shared);
+  get("num_experts_per_tok", m.num_experts_per_tok);
+  get("first_k_dense_replace", first_dense);
+  get("moe_layer_freq", moe_freq);
+  get("routed_scaling_factor", m.routed_scaling_factor);
+  get("norm_topk_prob", m.norm_topk_prob);
+  get("topk_method", topk_method);
+  get("scoring_func", scoring);
+  get("n_group", m.n_group);
+  get("topk_group", m.topk_group);
+  get("aux_loss_alpha", m.router_aux_loss_coef);
+
+  MOE_REQUIRE(scoring == (v3 ? "sigmoid" : "softmax"),
+              "{}: scoring_func \"{}\" is not supported for {} (expected \"{}\")", where, scoring,
+              type, v3 ? "sigmoid" : "softmax");
+  if (v3) {
+    MOE_REQUIRE(topk_method == "noaux_tc",
+                "{}: topk_method \"{}\" is not supported for {} (expected \"noaux_tc\")", where,
+                topk_method, type);
+    m.scoring_func = ScoreFunc::Sigmoid;
+    m.use_selection_bias = true;  // e_score_correction_bias
+  } else {
+    MOE_REQUIRE(topk_method == "greedy" || topk_method == "group_limited_greedy",
+                "{}: topk_method \"{}\" is not supported for deepseek_v2 (expected \"greedy\" or "
+                "\"group_limited_greedy\")",
+                where, topk_method);
+    // Hugging Face's DeepseekV2Moe scales the gates and never renormalizes them; DeepSeek's own
+    // code renormalizes instead of scaling: a config asking for it has no one answer.
+    MOE_REQUIRE(!m.norm_topk_prob,
+                "{}: norm_topk_prob = true is not supported for deepseek_v2 (Hugging Face scales "
+                "by routed_scaling_factor without renormalizing)",
+                where);
+    if (topk_method == "greedy") m.n_group = 1, m.topk_group = 1;
+    m.group_score_max = true;
+  }
+  MOE_REQUIRE(is_null_or_absent(j, "quantization_config"),
+              "{}: quantization_config {} is not supported (dequantize the checkpoint to bf16 "
+              "first)",
+              where, j.contains("quantization_config") ? j["quantization_config"].dump() : "");
+  bool mlp_bias = false;
+  get("mlp_bias", mlp_bias);
+  MOE_REQUIRE(!mlp_bias, "{}: mlp_bias = true is not supported", where);
+  bool bias = false;
+  get("attention_bias", bias);
+  MOE_REQUIRE(!bias, "{}: attention_bias = true is not supported for model_type {}", where, type);
+  MOE_REQUIRE(moe_freq >= 1, "{}: moe_layer_freq must be positive, got {}", where, moe_freq);
+  MOE_REQUIRE(first_dense >= 0, "{}: first_k_dense_replace must be non-negative, got {}", where,
+              first_dense);
+  MOE_REQUIRE(a.kv_lora_rank > 0 && a.q_lora_rank >= 0 && a.qk_nope_head_dim > 0 &&
+                  a.v_head_dim > 0 && a.qk_rope_head_dim > 0 && a.qk_rope_head_dim % 2 == 0,
+              "{}: kv_lora_rank = {}, q_lora_rank = {}, qk_nope_head_dim = {}, v_head_dim = {} "
+              "must be positive and qk_rope_head_dim = {} positive and even",
+              where, a.kv_lora_rank, a.q_lora_rank, a.qk_nope_head_dim, a.v_head_dim,
+              a.qk_rope_head_dim);
+
+  c.dense_intermediate_size = dense_width;
+  c.num_local_experts = n_routed;
+  if (n_routed > 0) {
+    MOE_REQUIRE(m.num_experts_per_tok > 0, "{}: num_experts_per_tok is missing", where);
+    // The DeepSeek layout: layer l is MoE iff l >= first_k_dense_replace and
+    // l % moe_layer_freq == 0; the others are dense MLPs of intermediate_size.
+    for (int l = 0; l < c.num_hidden_layers; ++l)
+      if (l < first_dense || l % moe_freq != 0) c.mlp_only_layers.push_back(l);
+    MOE_REQUIRE(static_cast<int>(c.mlp_only_layers.size()) < c.num_hidden_layers,
+                "{}: first_k_dense_replace = {} leaves no MoE layer among {} layers", where,
+                first_dense, c.num_hidden_layers);
+  }
+  m.n_shared_experts = n_shared;  // ungated, n_shared * moe_intermediate_size wide
+  m.shared_expert_gate = false;
+  m.aux_loss_style = AuxLossStyle::HF;
+  m.router_z_loss_coef = 0;
+  m.capacity_factor = 0;
+  refuse_unsupported_keys(j, get, where, c, nullptr);
+  c.sync_moe();
+  if (n_routed == 0) c.moe.num_experts = 0;
+  c.training = TrainConfig{};
+  c.training.seq_len = std::min(c.training.seq_len, c.max_position_embeddings);
+  c.validate_shape(where);
+  return c;
+}
+
 }  // namespace
 
 ModelConfig model_config_from_hf(const nlohmann::json& j, const std::string& where) {
@@ -152,6 +298,7 @@ ModelConfig model_config_from_hf(const nlohmann::json& j, const std::string& whe
   get("model_type", c.model_type);
   const std::string& type = c.model_type;
   if (is_dense_hf_family(type)) return dense_config_from_hf(j, where, type);
+  if (is_deepseek_family(type)) return deepseek_config_from_hf(j, where, type);
   MOE_REQUIRE(type == "mixtral" || type == "qwen2_moe" || type == "qwen3_moe" || type == "olmoe" ||
                   type == "granitemoe",
               "{}: model_type \"{}\" is not supported (expected {})", where, type, kHfFamilies);
@@ -276,6 +423,7 @@ std::string hf_tensor_name(const ModelConfig& c, int layer, HfTensor t, int expe
   const std::string p = fmt::format("model.layers.{}.", layer);
   const std::string moe = mixtral ? p + "block_sparse_moe." : p + "mlp.";
   const std::string ex = fmt::format("{}experts.{}.", moe, expert);
+  const std::string shared = moe + (c.is_mla() ? "shared_experts." : "shared_expert.");
   switch (t) {
     case HfTensor::InputNorm:
       return p + "input_layernorm.weight";
@@ -308,11 +456,11 @@ std::string hf_tensor_name(const ModelConfig& c, int layer, HfTensor t, int expe
     case HfTensor::ExpertDown:
       return ex + (mixtral ? "w2.weight" : "down_proj.weight");
     case HfTensor::SharedGate:
-      return moe + "shared_expert.gate_proj.weight";
+      return shared + "gate_proj.weight";
     case HfTensor::SharedUp:
-      return moe + "shared_expert.up_proj.weight";
+      return shared + "up_proj.weight";
     case HfTensor::SharedDown:
-      return moe + "shared_expert.down_proj.weight";
+      return shared + "down_proj.weight";
     case HfTensor::SharedExpertGate:
       return moe + "shared_expert_gate.weight";
     case HfTensor::DenseGate:
@@ -321,6 +469,20 @@ std::string hf_tensor_name(const ModelConfig& c, int layer, HfTensor t, int expe
       return p + "mlp.up_proj.weight";
     case HfTensor::DenseDown:
       return p + "mlp.down_proj.weight";
+    case HfTensor::QA:
+      return p + "self_attn.q_a_proj.weight";
+    case HfTensor::QANorm:
+      return p + "self_attn.q_a_layernorm.weight";
+    case HfTensor::QB:
+      return p + "self_attn.q_b_proj.weight";
+    case HfTensor::KvA:
+      return p + "self_attn.kv_a_proj_with_mqa.weight";
+    case HfTensor::KvANorm:
+      return p + "self_attn.kv_a_layernorm.weight";
+    case HfTensor::KvB:
+      return p + "self_attn.kv_b_proj.weight";
+    case HfTensor::RouterBias:
+      return moe + "gate.e_score_correction_bias";
   }
   return "";
 }
@@ -362,8 +524,13 @@ ParameterCount count_parameters(const ModelConfig& c) {
   const int64_t qd = c.num_attention_heads * hd, kvd = c.num_key_value_heads * hd;
   ParameterCount n;
   int64_t shared = V * d * (c.tie_word_embeddings ? 1 : 2) + d;  // embedding, head, final norm
+  const MlaConfig& a = c.mla;
+  const int64_t H = c.num_attention_heads, r = a.kv_lora_rank, qr = a.q_lora_rank;
+  const int64_t mla = (qr > 0 ? d * qr + qr + qr * H * a.qk_head_dim() : d * H * a.qk_head_dim()) +
+                      d * (r + a.qk_rope_head_dim) + r +
+                      r * H * (a.qk_nope_head_dim + a.v_head_dim) + H * a.v_head_dim * d;
   for (int l = 0; l < c.num_hidden_layers; ++l) {
-    shared += 2 * d + d * (2 * qd + 2 * kvd);
+    shared += 2 * d + (c.is_mla() ? mla : d * (2 * qd + 2 * kvd));
     if (c.attention_bias) shared += qd + 2 * kvd;
     if (c.qk_norm == QkNorm::PerHead) shared += 2 * hd;
     if (c.qk_norm == QkNorm::Full) shared += qd + kvd;

@@ -341,7 +341,7 @@ void ModelConfig::validate_shape(const std::string& where) const {
   if (head_dim == 0 && hidden_size % num_attention_heads != 0)
     fail("num_attention_heads", fmt::format("= {} does not divide hidden_size = {} (set head_dim)",
                                             num_attention_heads, hidden_size));
-  if (head_size() % 2 != 0)
+  if (!is_mla() && head_size() % 2 != 0)  // MLA rotates qk_rope_head_dim (checked on reading)
     fail("head_dim", fmt::format("must be even for RoPE, got {}", head_size()));
   if (max_position_embeddings <= 0)
     fail("max_position_embeddings",

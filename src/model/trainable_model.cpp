@@ -112,6 +112,10 @@ TrainableModel load_trainable_model(const std::string& path) {
                   "attention and logits multipliers run in generate, eval, perplexity, analyze "
                   "and route only)",
                   path);
+      MOE_REQUIRE(!m.config.is_mla(),
+                  "{}: training {} is not supported (Multi-head Latent Attention has no "
+                  "backward here); generate, eval, perplexity, analyze and route run it",
+                  path, m.config.model_type);
       m.model = std::make_unique<Transformer<float>>(m.config);
       load_hf_weights(*m.model, HfWeights::open(path));
       m.tokenizer = first_existing(path, {"tokenizer.json", "tokenizer.model"});

@@ -115,17 +115,19 @@ void AttentionConfig::validate(const std::string& where) const {
 }
 
 template <class T>
-void KvCache<T>::reset(int b, int cap, int kvd) {
+void KvCache<T>::reset(int b, int cap, int kvd, int vd) {
+  if (vd < 0) vd = kvd;
   MOE_CHECK(b > 0 && cap > 0 && kvd > 0,
             "KvCache::reset: batch, capacity and kv_dim must be positive, got {}, {}, {}", b, cap,
             kvd);
   batch = b;
   capacity = cap;
   kv_dim = kvd;
+  v_dim = vd;
   length = 0;
-  const auto size = static_cast<size_t>(b) * cap * kvd;
-  k.assign(size, T(0));
-  v.assign(size, T(0));
+  const auto rows = static_cast<size_t>(b) * cap;
+  k.assign(rows * kvd, T(0));
+  v.assign(rows * vd, T(0));
 }
 
 template <class T>
@@ -429,6 +431,32 @@ void Attention<T>::backward(View<const T> dout, View<T> dx) {
 }
 
 template <class T>
+void attend_cached(const T* q, int64_t ldq, int q_dim, const T* k, int64_t ldk, int64_t k_head,
+                   const T* v, int64_t ldv, int64_t v_head, int v_dim, int B, int n, int H, int rep,
+                   int64_t L, int64_t cap, T scale, T* o, int64_t ldo, std::vector<T>& scratch) {
+  const int64_t total = L + n;
+  const int threads = omp_get_max_threads();
+  // Scores of one (sequence, head) [n, total]; sized for the full capacity so generating one
+  // token at a time after the prompt never grows it.
+  const int64_t per = static_cast<int64_t>(n) * cap;
+  if (scratch.size() < static_cast<size_t>(threads * per))
+    scratch.resize(static_cast<size_t>(threads * per));
+  const int64_t tasks = static_cast<int64_t>(B) * H;
+#pragma omp parallel for schedule(static) if (tasks > 1 && tasks * n * total * q_dim > kParallelMin)
+  for (int64_t task = 0; task < tasks; ++task) {
+    const int64_t b = task / H, h = task % H, g = h / rep;
+    T* P = scratch.data() + omp_get_thread_num() * per;
+    const T* K = k + b * cap * ldk + g * k_head;
+    const T* V = v + b * cap * ldv + g * v_head;
+    gemm<T>(Trans::No, Trans::Yes, n, total, q_dim, scale, q + b * n * ldq + h * q_dim, ldq, K, ldk,
+            T(0), P, total);
+    for (int64_t t = 0; t < n; ++t) masked_softmax_row(P + t * total, L + t + 1, total);
+    gemm<T>(Trans::No, Trans::No, n, v_dim, total, T(1), P, total, V, ldv, T(0),
+            o + b * n * ldo + h * v_dim, ldo);
+  }
+}
+
+template <class T>
 void cached_attention(const T* q, const T* k, const T* v, int B, int n, int H, int G, int hd,
                       KvCache<T>& cache, T* o, std::vector<T>& scratch) {
   const int64_t qd = static_cast<int64_t>(H) * hd, kvd = static_cast<int64_t>(G) * hd;
@@ -450,25 +478,9 @@ void cached_attention(const T* q, const T* k, const T* v, int B, int n, int H, i
       std::copy_n(k + src, kvd, cache.k.data() + dst);
       std::copy_n(v + src, kvd, cache.v.data() + dst);
     }
-  const int threads = omp_get_max_threads();
-  // Scores of one (sequence, head) [n, total]; sized for the full capacity so generating one
-  // token at a time after the prompt never grows it.
-  const int64_t per = static_cast<int64_t>(n) * cap;
-  if (scratch.size() < static_cast<size_t>(threads * per))
-    scratch.resize(static_cast<size_t>(threads * per));
-  const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(hd)));
-  const int64_t tasks = static_cast<int64_t>(B) * H, rep = H / G;
-#pragma omp parallel for schedule(static) if (tasks > 1 && tasks * n * total * hd > kParallelMin)
-  for (int64_t task = 0; task < tasks; ++task) {
-    const int64_t b = task / H, h = task % H, g = h / rep;
-    T* P = scratch.data() + omp_get_thread_num() * per;
-    const T* K = cache.k.data() + b * cap * kvd + g * hd;
-    const T* V = cache.v.data() + b * cap * kvd + g * hd;
-    const int64_t qoff = b * n * qd + h * hd;
-    gemm<T>(Trans::No, Trans::Yes, n, total, hd, scale, q + qoff, qd, K, kvd, T(0), P, total);
-    for (int64_t t = 0; t < n; ++t) masked_softmax_row(P + t * total, L + t + 1, total);
-    gemm<T>(Trans::No, Trans::No, n, hd, total, T(1), P, total, V, kvd, T(0), o + qoff, qd);
-  }
+  attend_cached<T>(q, qd, hd, cache.k.data(), kvd, hd, cache.v.data(), kvd, hd, hd, B, n, H, H / G,
+                   L, cap, static_cast<T>(1.0 / std::sqrt(static_cast<double>(hd))), o, qd,
+                   scratch);
   cache.length = static_cast<int>(total);
 }
 
@@ -505,6 +517,13 @@ template struct KvCache<float>;
 template struct KvCache<double>;
 template class Attention<float>;
 template class Attention<double>;
+template void attend_cached<float>(const float*, int64_t, int, const float*, int64_t, int64_t,
+                                   const float*, int64_t, int64_t, int, int, int, int, int, int64_t,
+                                   int64_t, float, float*, int64_t, std::vector<float>&);
+template void attend_cached<double>(const double*, int64_t, int, const double*, int64_t, int64_t,
+                                    const double*, int64_t, int64_t, int, int, int, int, int,
+                                    int64_t, int64_t, double, double*, int64_t,
+                                    std::vector<double>&);
 template void cached_attention<float>(const float*, const float*, const float*, int, int, int, int,
                                       int, KvCache<float>&, float*, std::vector<float>&);
 template void cached_attention<double>(const double*, const double*, const double*, int, int, int,

@@ -18,17 +18,16 @@ constexpr std::pair<const char*, RopeType> kRopeTypes[] = {{"default", RopeType:
                                                            {"yarn", RopeType::Yarn},
                                                            {"llama3", RopeType::Llama3}};
 
-// YaRN's attention temperature term: 1 for scale <= 1, else 0.1 m ln(scale) + 1.
-double yarn_mscale(double scale, double m) {
-  return scale <= 1 ? 1.0 : 0.1 * m * std::log(scale) + 1.0;
-}
-
 // The rotary dimension (fractional) that turns `rotations` times over `context` positions.
 double yarn_correction_dim(double rotations, int dim, double theta, int context) {
   return dim * std::log(context / (rotations * 2 * std::numbers::pi)) / (2 * std::log(theta));
 }
 
 }  // namespace
+
+double yarn_mscale(double scale, double m) {
+  return scale <= 1 ? 1.0 : 0.1 * m * std::log(scale) + 1.0;
+}
 
 const char* rope_type_name(RopeType t) {
   for (const auto& [name, type] : kRopeTypes)

@@ -126,7 +126,8 @@ void select_top_k(const MoeConfig& c, const T* s, const T* bias, RoutingPlan& pl
     for (int e = 0; e < E; ++e)
       ur[e] = plan.expert_mask[e] ? s[t * E + e] + (bias ? bias[e] : T(0)) : neg_inf<T>();
     if (G > 1) {
-      // Group score: the sum of the two best available keys in the group (DeepSeek-V3).
+      // Group score: the sum of the two best available keys in the group (DeepSeek-V3), or
+      // the best one (DeepSeek-V2).
       T gscore[64 * 8];
       int gavail[64 * 8];
       std::vector<T> gscore_big;
@@ -153,7 +154,7 @@ void select_top_k(const MoeConfig& c, const T* s, const T* bias, RoutingPlan& pl
           }
         }
         ga[g] = n;
-        gs[g] = n == 0 ? neg_inf<T>() : (n == 1 ? best : best + second);
+        gs[g] = n == 0 ? neg_inf<T>() : (n == 1 || c.group_score_max ? best : best + second);
       }
       int order[512];
       std::vector<int> order_big;

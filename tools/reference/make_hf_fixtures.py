@@ -28,6 +28,7 @@ import tempfile
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import deepseek_reference as ds  # noqa: E402
 import fixture_io  # noqa: E402
 import hf_reference as hf  # noqa: E402
 
@@ -55,6 +56,10 @@ EMBED_STD = 0.5
 TIED_EMBED_STD = 0.1
 BIAS_STD = 0.1
 NORM_STD = 0.1
+# DeepSeek-V3's selection bias: large enough to change choices, small enough that no kept
+# biased score is <= 0 (Hugging Face fills the other groups' keys with 0.0, DeepSeek's own
+# code with -inf: the two agree only while every kept key is positive).
+CORRECTION_BIAS_STD = 0.1
 
 _STORE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -167,6 +172,48 @@ def qwen3_config(**over):
     return cfg
 
 
+def _deepseek_common(arch, dtype, **over):
+    # Every key DeepseekV2Config / DeepseekV3Config read, as DeepSeek's config.json files hold them.
+    cfg = _common(arch, dtype, num_hidden_layers=3, num_key_value_heads=4, intermediate_size=40,
+                  moe_intermediate_size=8, n_routed_experts=8, num_experts_per_tok=2,
+                  first_k_dense_replace=1, moe_layer_freq=1, kv_lora_rank=16, qk_nope_head_dim=8,
+                  qk_rope_head_dim=4, rope_theta=10000.0, rope_scaling=None, attention_bias=False,
+                  aux_loss_alpha=0.001, seq_aux=True, pretraining_tp=1, rms_norm_eps=1e-6)
+    cfg.update(over)
+    return cfg
+
+
+def deepseek_v2_config(**over):
+    # DeepSeek-V2-Lite's shape in miniature: q_lora_rank null (q_proj directly), softmax routing,
+    # YaRN with mscale = mscale_all_dim (over an original context of 8 positions);
+    # k > topk_group, else the best k experts always sit in the best groups by their maximum.
+    cfg = _deepseek_common("deepseek_v2", "bfloat16", architectures=["DeepseekV2ForCausalLM"],
+                           q_lora_rank=None, v_head_dim=8, n_shared_experts=2, scoring_func="softmax",
+                           topk_method="group_limited_greedy", n_group=2, topk_group=1,
+                           num_experts_per_tok=3, routed_scaling_factor=2.0, norm_topk_prob=False,
+                           mlp_bias=False, rope_scaling={
+                               "type": "yarn", "factor": 8.0, "original_max_position_embeddings": 8,
+                               "beta_fast": 4.0, "beta_slow": 0.5, "mscale": 0.707,
+                               "mscale_all_dim": 0.707})
+    cfg.update(over)
+    return cfg
+
+
+def deepseek_v3_config(**over):
+    # v_head_dim differs from qk_nope_head_dim, q goes through the q_a/q_b low rank, and YaRN's
+    # mscale differs from mscale_all_dim (a rotation attention factor besides the softmax's).
+    cfg = _deepseek_common("deepseek_v3", "float32", architectures=["DeepseekV3ForCausalLM"], hidden_size=32,
+                           q_lora_rank=24, v_head_dim=12, n_shared_experts=1, scoring_func="sigmoid",
+                           topk_method="noaux_tc", n_group=4, topk_group=2, routed_scaling_factor=2.5,
+                           norm_topk_prob=True, rope_interleave=True, ep_size=1,
+                           num_nextn_predict_layers=1, rope_scaling={
+                               "type": "yarn", "factor": 8.0, "original_max_position_embeddings": 8,
+                               "beta_fast": 4.0, "beta_slow": 0.5, "mscale": 1.0,
+                               "mscale_all_dim": 0.8})
+    cfg.update(over)
+    return cfg
+
+
 # name, first seed tried, config, number of weight shards
 CASES = [
     ("mixtral", 1000, mixtral_config(), 1),
@@ -196,7 +243,14 @@ CASES = [
     # transformers v5's fused experts (mlp.experts.gate_up_proj / down_proj), 2 shards.
     ("qwen3_moe_fused", 15000, qwen3_moe_config(torch_dtype="bfloat16", decoder_sparse_step=1), 2),
     ("granitemoe", 16000, granitemoe_config(), 1),
+    ("deepseek_v2", 17000, deepseek_v2_config(), 1),
+    ("deepseek_v3", 18000, deepseek_v3_config(), 1),
 ]
+
+
+def reference(cfg):
+    """The reference module of a config's family."""
+    return ds if cfg["model_type"] in ds.ARCHS else hf
 
 
 # --------------------------------------------------------------------------
@@ -212,6 +266,8 @@ def _std(name, tied):
         return TIED_EMBED_STD if tied else EMBED_STD
     if name.endswith(".gate.weight"):       # the router (not shared_expert_gate)
         return ROUTER_STD
+    if name.endswith("e_score_correction_bias"):
+        return CORRECTION_BIAS_STD
     return MATRIX_STD
 
 
@@ -224,10 +280,11 @@ def make_weights(cfg, fused=False):
     """{name: tensor in the stored dtype}, drawn in state-dict order from the current RNG."""
     dtype = _STORE[cfg["torch_dtype"]]
     out = {}
-    for name, shape in hf.weight_shapes(cfg, fused).items():
+    for name, shape in reference(cfg).weight_shapes(cfg, fused).items():
         std = _std(name, cfg.get("tie_word_embeddings", False))
         t = 1.0 + NORM_STD * torch.randn(shape) if std is None else std * torch.randn(shape)
-        out[name] = t.to(dtype)
+        # Buffers (DeepSeek-V3's correction bias) are saved in float32 whatever torch_dtype says.
+        out[name] = t.to(torch.float32 if name.endswith("e_score_correction_bias") else dtype)
     return out
 
 
@@ -241,11 +298,18 @@ def decision_problems(cfg, trace):
         if margin <= GREEDY_MARGIN:
             problems.append("greedy step %d margin %.2g" % (step, margin))
         for layer, logits in enumerate(routers):
-            if k < logits.shape[-1]:
+            kk = k
+            if isinstance(logits, tuple):   # DeepSeek: (selection keys or group scores, how many taken)
+                logits, kk = logits
+                if bool((logits.max(dim=-1).values <= 0).any()):
+                    problems.append("step %d decision %d has no positive key" % (step, layer))
+            if kk < logits.shape[-1]:
                 s = torch.sort(logits, dim=-1, descending=True).values
-                gap = float((s[:, k - 1] - s[:, k]).min())
+                gap = float((s[:, kk - 1] - s[:, kk]).min())
                 if gap <= ROUTER_GAP:
                     problems.append("step %d MoE layer %d router gap %.2g" % (step, layer, gap))
+                if isinstance(routers[layer], tuple) and float(s[:, kk - 1].min()) <= 0:
+                    problems.append("step %d decision %d keeps a key <= 0" % (step, layer))
     return problems
 
 
@@ -256,14 +320,15 @@ def build_case(name, seed0, cfg):
         weights = make_weights(cfg, is_fused(name))
         ids = torch.randint(FIRST_PROMPT_TOKEN, cfg["vocab_size"], (BATCH, PROMPT_LEN))
         trace = []
-        tokens = hf.greedy(cfg, weights, ids, NEW_TOKENS, trace)
+        ref = reference(cfg)
+        tokens = ref.greedy(cfg, weights, ids, NEW_TOKENS, trace)
         problems = decision_problems(cfg, trace)
         if bool((tokens == cfg["eos_token_id"]).any()):
             problems.append("greedy emits eos")      # an engine stopping at eos would differ
         if any(len(set(row.tolist())) < MIN_DISTINCT for row in tokens):
             problems.append("degenerate greedy output")
         if not problems:
-            return weights, ids, hf.forward(cfg, weights, ids), tokens, seed
+            return weights, ids, ref.forward(cfg, weights, ids), tokens, seed
     raise RuntimeError("%s: no seed in [%d, %d) passes" % (name, seed0, seed0 + MAX_ATTEMPTS))
 
 
@@ -284,7 +349,7 @@ def _weight_file(weights, names):
 def case_files(cfg, weights, ids, logits, tokens, seed, name, shards):
     """{file name: bytes} of one case directory."""
     files = {"config.json": _json_bytes(cfg)}
-    order = list(hf.weight_shapes(cfg, is_fused(name)))
+    order = list(reference(cfg).weight_shapes(cfg, is_fused(name)))
     if shards == 1:
         files["model.safetensors"] = _weight_file(weights, order)
     else:

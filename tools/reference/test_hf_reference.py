@@ -26,6 +26,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import fixture_io  # noqa: E402
+import deepseek_reference as ds  # noqa: E402
 import hf_reference as hf  # noqa: E402
 import make_hf_fixtures as mk  # noqa: E402
 
@@ -58,13 +59,21 @@ ARCH_KEYS = {
     "qwen3": {"head_dim", "attention_bias", "use_sliding_window", "sliding_window", "max_window_layers",
               "rope_scaling"},
 }
+# DeepseekV2Config / DeepseekV3Config (no router_aux_loss_coef: aux_loss_alpha).
+_DEEPSEEK_KEYS = {"moe_intermediate_size", "n_routed_experts", "n_shared_experts", "first_k_dense_replace",
+                  "moe_layer_freq", "kv_lora_rank", "q_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim",
+                  "v_head_dim", "topk_method", "n_group", "topk_group", "routed_scaling_factor",
+                  "norm_topk_prob", "scoring_func", "aux_loss_alpha", "rope_scaling", "attention_bias"}
+ARCH_KEYS["deepseek_v2"] = _DEEPSEEK_KEYS | {"mlp_bias"}
+ARCH_KEYS["deepseek_v3"] = _DEEPSEEK_KEYS | {"rope_interleave", "ep_size", "num_nextn_predict_layers"}
 # The dense config classes have no routing keys.
 DENSE_COMMON_KEYS = COMMON_KEYS - {"num_experts_per_tok", "output_router_logits", "router_aux_loss_coef"}
 ARCHITECTURES = {"mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM",
                  "qwen3_moe": "Qwen3MoeForCausalLM", "olmoe": "OlmoeForCausalLM",
                  "granitemoe": "GraniteMoeForCausalLM",
                  "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                 "qwen3": "Qwen3ForCausalLM"}
+                 "qwen3": "Qwen3ForCausalLM", "deepseek_v2": "DeepseekV2ForCausalLM",
+                 "deepseek_v3": "DeepseekV3ForCausalLM"}
 STORED = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
 MAX_CASE_BYTES = 350 * 1024
 
@@ -156,14 +165,14 @@ class Pieces(unittest.TestCase):
         for name, per_head in (("qwen3_moe", True), ("olmoe", False), ("qwen3", True)):
             cfg = dict(_case(name)[2], rms_norm_eps=0.0)
             w = _random_model(cfg, 4)
-            base = hf.forward(cfg, w, ids)
+            base = mk.reference(cfg).forward(cfg, w, ids)
             hd = hf.head_dim(cfg)
             for scale_rows, invariant in ((slice(0, hd), per_head), (slice(None), True)):
                 w2 = dict(w)
                 q = w["model.layers.0.self_attn.q_proj.weight"].clone()
                 q[scale_rows] *= 3.0
                 w2["model.layers.0.self_attn.q_proj.weight"] = q
-                change = _rel_change(base, hf.forward(cfg, w2, ids))
+                change = _rel_change(base, mk.reference(cfg).forward(cfg, w2, ids))
                 if invariant:
                     self.assertLess(change, 1e-12, name)
                 else:
@@ -198,7 +207,7 @@ class Pieces(unittest.TestCase):
                     mw[dst + "shared_expert.down_proj.weight"] = torch.zeros(d, 1, dtype=F64)
                     mw[dst + "shared_expert_gate.weight"] = torch.randn(1, d, dtype=F64)
             self.assertEqual(set(mw), set(hf.weight_shapes(mcfg)), dense)
-            self.assertLess(_rel_change(hf.forward(cfg, w, ids), hf.forward(mcfg, mw, ids)), 1e-12, dense)
+            self.assertLess(_rel_change(mk.reference(cfg).forward(cfg, w, ids), hf.forward(mcfg, mw, ids)), 1e-12, dense)
 
     def test_one_expert_top1_is_dense_swiglu(self):
         for name in ("mixtral", "qwen3_moe", "olmoe"):
@@ -255,7 +264,7 @@ class Pieces(unittest.TestCase):
             ids = torch.tensor([[5, 9, 17, 33, 4, 60, 7]])
             ids2 = ids.clone()
             ids2[0, 4] = 50
-            a, b = hf.forward(cfg, w, ids), hf.forward(cfg, w, ids2)
+            a, b = mk.reference(cfg).forward(cfg, w, ids), mk.reference(cfg).forward(cfg, w, ids2)
             self.assertLess(float((a[:, :4] - b[:, :4]).abs().max()), 1e-12, name)
             self.assertGreater(float((a[:, 4:] - b[:, 4:]).abs().max()), 1e-3, name)
 
@@ -263,9 +272,9 @@ class Pieces(unittest.TestCase):
         for name, _, cfg, _ in mk.CASES:
             w = _random_model(cfg, 11)
             ids = torch.tensor([[5, 9, 17, 33, 4], [8, 8, 40, 3, 21]])
-            both = hf.forward(cfg, w, ids)
+            both = mk.reference(cfg).forward(cfg, w, ids)
             for r in range(2):
-                self.assertLess(float((both[r] - hf.forward(cfg, w, ids[r:r + 1])[0]).abs().max()), 1e-12, name)
+                self.assertLess(float((both[r] - mk.reference(cfg).forward(cfg, w, ids[r:r + 1])[0]).abs().max()), 1e-12, name)
 
 
 class CrossReference(unittest.TestCase):
@@ -291,7 +300,7 @@ class CrossReference(unittest.TestCase):
             mcfg.update(moe_every=1, norm_topk_prob=True, router_aux_loss_coef=0.0)
             ids = torch.tensor([[5, 9, 17, 33, 4, 60, 7], [3, 3, 80, 12, 44, 9, 90]])
             want = mref.forward(mcfg, P, ids)["logits"].view(2, 7, -1)
-            self.assertLess(_rel_change(want, hf.forward(cfg, w, ids)), 1e-12, name)
+            self.assertLess(_rel_change(want, mk.reference(cfg).forward(cfg, w, ids)), 1e-12, name)
 
     def test_mixtral_training_loss_equals_model_reference(self):
         """loss_on_window (cross-entropy + each layer's load-balancing loss) and its gradient
@@ -367,7 +376,7 @@ class Sensitivity(unittest.TestCase):
         w = {n: t.to(F64) for n, t in stored.items()}
         cfg2, w2 = copy.deepcopy(cfg), dict(w)
         mutate(cfg2, w2)
-        change = _rel_change(hf.forward(cfg, w, exp["input_ids"]), hf.forward(cfg2, w2, exp["input_ids"]))
+        change = _rel_change(mk.reference(cfg).forward(cfg, w, exp["input_ids"]), mk.reference(cfg).forward(cfg2, w2, exp["input_ids"]))
         self.assertGreater(change, 1e-3, "%s: %s" % (name, what))
 
     def test_features_matter(self):
@@ -507,11 +516,13 @@ class Fixtures(unittest.TestCase):
             arch = cfg["model_type"]
             self.assertEqual(cfg["architectures"], [ARCHITECTURES[arch]], name)
             common = DENSE_COMMON_KEYS if arch in hf.DENSE_ARCHS else COMMON_KEYS
+            if arch in ds.ARCHS:
+                common = common - {"router_aux_loss_coef"}
             missing = (common | ARCH_KEYS[arch]) - set(cfg)
             self.assertEqual(missing, set(), name)
 
             # every weight file: real safetensors layout, HF metadata, one dtype
-            shapes = hf.weight_shapes(cfg, mk.is_fused(name))
+            shapes = mk.reference(cfg).weight_shapes(cfg, mk.is_fused(name))
             seen = {}
             for f in weight_files:
                 blob = _read(os.path.join(d, f))
@@ -551,9 +562,9 @@ class Fixtures(unittest.TestCase):
             self.assertFalse(torch.equal(exp["input_ids"][0], exp["input_ids"][1]))
             # the stored values are the reference's on the stored (upcast) weights
             trace = []
-            tokens = hf.greedy(cfg, stored, exp["input_ids"], 8, trace)
+            tokens = mk.reference(cfg).greedy(cfg, stored, exp["input_ids"], 8, trace)
             self.assertTrue(torch.equal(tokens.to(torch.int32), exp["greedy"]), name)
-            logits = hf.forward(cfg, stored, exp["input_ids"]).to(torch.float32)
+            logits = mk.reference(cfg).forward(cfg, stored, exp["input_ids"]).to(torch.float32)
             self.assertIsNone(fixture_io.compare_tensor_rounded(exp["logits"], logits)[0], name)
             self.assertEqual(mk.decision_problems(cfg, trace), [], name)
             self.assertFalse(bool((exp["greedy"] == cfg["eos_token_id"]).any()), name)
