@@ -109,6 +109,19 @@ std::vector<uint8_t> random_activations(GgmlType act, int64_t nblocks, std::mt19
   return buf;
 }
 
+// The activation rows a kernel of t reads, from rows of Q8_0 / Q8_K blocks (nb per row): the
+// same bytes, or for Q4_0 each row regrouped (group_q8_0_for_q4_0).
+std::vector<uint8_t> kernel_rows(GgmlType t, const std::vector<uint8_t>& rows, int64_t nrows,
+                                 int64_t nb) {
+  if (t != GgmlType::Q4_0) return rows;
+  const int64_t stride = activation_row_bytes(t, nb * kQK);
+  std::vector<uint8_t> out(static_cast<size_t>(nrows * stride), 0xEE);
+  for (int64_t i = 0; i < nrows; ++i)
+    group_q8_0_for_q4_0(reinterpret_cast<const BlockQ8_0*>(rows.data()) + i * nb, nb,
+                        out.data() + i * stride);
+  return out;
+}
+
 // Tolerance of two float accumulations of the same exact integers: each partial sum is bounded
 // by the dot of absolute values (quant_dot_magnitude); a path has at most nb additions across
 // blocks, 3 across lanes and a few roundings per block term (scale product, int -> float, the
@@ -125,23 +138,26 @@ TEST(QuantDot, SimdKernelsMatchScalarOracle) {
   for (GgmlType t : kWeightTypes) {
     const GgmlType at = quant_dot_activation_type(t);
     const QuantDotFn oracle = quant_dot_fn(t, QuantKernel::Scalar);
-    for (int64_t nb : {1, 2, 3, 7, 12}) {
+    // Q4_0 kernels take 8 blocks at a time: whole groups, with and without a partial one.
+    for (int64_t nb : {1, 2, 3, 7, 8, 12, 16, 19}) {
       for (int trial = 0; trial < 6; ++trial) {
         // Trial 1 has a zero weight block, trial 2 a zero activation block.
         const auto w = random_weights(t, nb, rng, trial == 1 ? nb / 2 : -1);
-        const int64_t stride = nb * block_bytes(at);
-        std::vector<uint8_t> acts;
+        const int64_t q8_stride = nb * block_bytes(at);
+        std::vector<uint8_t> q8;
         for (int i = 0; i < kMaxDotRows; ++i) {
           const auto a = random_activations(at, nb, rng, trial == 2 ? i % nb : -1);
-          acts.insert(acts.end(), a.begin(), a.end());
+          q8.insert(q8.end(), a.begin(), a.end());
         }
+        const auto acts = kernel_rows(t, q8, kMaxDotRows, nb);
+        const int64_t stride = static_cast<int64_t>(acts.size()) / kMaxDotRows;
         for (int nact = 1; nact <= kMaxDotRows; ++nact) {
           float want[kMaxDotRows], got[kMaxDotRows];
           oracle(w.data(), acts.data(), stride, nact, nb, want);
           for (QuantKernel k : kernels) {
             quant_dot_fn(t, k)(w.data(), acts.data(), stride, nact, nb, got);
             for (int i = 0; i < nact; ++i) {
-              const double tol = tolerance(t, w.data(), acts.data() + i * stride, nb);
+              const double tol = tolerance(t, w.data(), q8.data() + i * q8_stride, nb);
               EXPECT_NEAR(got[i], want[i], tol)
                   << ggml_type_name(static_cast<uint32_t>(t)) << " " << quant_kernel_name(k)
                   << " blocks " << nb << " rows " << nact << " row " << i << " trial " << trial;
@@ -155,47 +171,57 @@ TEST(QuantDot, SimdKernelsMatchScalarOracle) {
 
 // Blocks whose integer sums are large (every weight and activation at its extreme): the int16
 // pair sums of AVX2 must not saturate (an error of 1 in 32767 per pair, far above the bound).
+// Nine equal blocks: Q4_0's kernels take whole groups of 8 and a partial one.
 TEST(QuantDot, ExtremeValuesAreExact) {
   const auto kernels = simd_kernels();
   if (kernels.empty()) GTEST_SKIP() << "no SIMD kernels on this CPU";
+  constexpr int64_t kBlocks = 9;
   for (GgmlType t : kWeightTypes) {
     const GgmlType at = quant_dot_activation_type(t);
     for (int sign : {1, -1}) {
-      std::vector<uint8_t> w(static_cast<size_t>(block_bytes(t)), 0xFF);
-      std::vector<uint8_t> a(static_cast<size_t>(block_bytes(at)), 0);
+      std::vector<uint8_t> w1(static_cast<size_t>(block_bytes(t)), 0xFF);
+      std::vector<uint8_t> a1(static_cast<size_t>(block_bytes(at)), 0);
       // fp16 1.0 scales (0x3C00); Q8_0 weights -128 (0x80) are the largest magnitude.
       if (t == GgmlType::Q8_0) {
-        auto* b = reinterpret_cast<BlockQ8_0*>(w.data());
+        auto* b = reinterpret_cast<BlockQ8_0*>(w1.data());
         std::memset(b->qs, 0x80, sizeof b->qs);
         b->d = 0x3C00;
       } else if (t == GgmlType::Q4_0) {
-        reinterpret_cast<BlockQ4_0*>(w.data())->d = 0x3C00;
+        reinterpret_cast<BlockQ4_0*>(w1.data())->d = 0x3C00;
       } else if (t == GgmlType::Q6_K) {
-        auto* b = reinterpret_cast<BlockQ6_K*>(w.data());
+        auto* b = reinterpret_cast<BlockQ6_K*>(w1.data());
         std::memset(b->scales, 0x7F, sizeof b->scales);
         b->d = 0x3C00;
       } else {
-        auto* b = reinterpret_cast<BlockQ4_K*>(w.data());  // Q5_K starts the same way
+        auto* b = reinterpret_cast<BlockQ4_K*>(w1.data());  // Q5_K starts the same way
         b->d = 0x3C00;
         b->dmin = 0x3C00;
       }
       if (at == GgmlType::Q8_0) {
-        auto* b = reinterpret_cast<BlockQ8_0*>(a.data());
+        auto* b = reinterpret_cast<BlockQ8_0*>(a1.data());
         b->d = 0x3C00;
         for (auto& q : b->qs) q = static_cast<int8_t>(127 * sign);
       } else {
-        auto* b = reinterpret_cast<BlockQ8_K*>(a.data());
+        auto* b = reinterpret_cast<BlockQ8_K*>(a1.data());
         b->d = 1;
         for (auto& q : b->qs) q = static_cast<int8_t>(127 * sign);
         for (auto& s : b->bsums) s = static_cast<int16_t>(16 * 127 * sign);
       }
-      float want = 0, got = 0;
-      quant_dot_fn(t, QuantKernel::Scalar)(w.data(), a.data(), 0, 1, 1, &want);
-      for (QuantKernel k : kernels) {
-        quant_dot_fn(t, k)(w.data(), a.data(), 0, 1, 1, &got);
-        EXPECT_NEAR(got, want, tolerance(t, w.data(), a.data(), 1))
-            << ggml_type_name(static_cast<uint32_t>(t)) << " " << quant_kernel_name(k) << " sign "
-            << sign;
+      std::vector<uint8_t> w, a;
+      for (int64_t b = 0; b < kBlocks; ++b) {
+        w.insert(w.end(), w1.begin(), w1.end());
+        a.insert(a.end(), a1.begin(), a1.end());
+      }
+      const auto act = kernel_rows(t, a, 1, kBlocks);
+      for (int64_t nb : {int64_t{1}, kBlocks}) {
+        float want = 0, got = 0;
+        quant_dot_fn(t, QuantKernel::Scalar)(w.data(), act.data(), 0, 1, nb, &want);
+        for (QuantKernel k : kernels) {
+          quant_dot_fn(t, k)(w.data(), act.data(), 0, 1, nb, &got);
+          EXPECT_NEAR(got, want, tolerance(t, w.data(), a.data(), nb))
+              << ggml_type_name(static_cast<uint32_t>(t)) << " " << quant_kernel_name(k) << " sign "
+              << sign << " blocks " << nb;
+        }
       }
     }
   }
@@ -461,7 +487,8 @@ TEST(QuantLinear, MatchesDequantizedWeights) {
   kernels.push_back(QuantKernel::Scalar);
   for (GgmlType t : kWeightTypes) {
     const GgmlType at = quant_dot_activation_type(t);
-    const int64_t K = 3 * kQKK, rows = 37;
+    // Q8_0 / Q4_0 rows also end in a partial group of 8 blocks (Q4_0's kernels).
+    const int64_t K = block_values(t) == kQK ? 3 * kQKK + 5 * kQK : 3 * kQKK, rows = 37;
     const auto wbytes = random_weights(t, rows * K / block_values(t), rng, 5);
     const WeightView w{wbytes.data(), t, rows, K};
     std::vector<double> wd(static_cast<size_t>(rows * K));

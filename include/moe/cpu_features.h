@@ -16,6 +16,7 @@ struct CpuFeatures {
   bool avx512vl = false;
   bool avx512_bf16 = false;  // vdpbf16ps, vcvtne2ps2bf16
   bool avx512_vnni = false;  // vpdpbusd: int8 dot products
+  bool avx512_vbmi = false;  // vpermt2b: byte permutes across a zmm pair (the Q4_0 kernel)
   bool os_zmm = false;       // the OS saves zmm/opmask state (XCR0), else AVX-512 faults
   // Everything the bf16 GEMM kernel needs.
   bool bf16_gemm() const { return avx512f && avx512bw && avx512vl && avx512_bf16 && os_zmm; }

@@ -26,6 +26,7 @@ CpuFeatures detect() {
   __cpuid_count(7, 0, a, b, c, d);
   f.avx2 = (b >> 5) & 1;
   f.avx512_vnni = (c >> 11) & 1;
+  f.avx512_vbmi = (c >> 1) & 1;
   f.avx512f = (b >> 16) & 1;
   f.avx512bw = (b >> 30) & 1;
   f.avx512vl = (b >> 31) & 1;

@@ -92,15 +92,13 @@ uint8_t* activation_scratch(size_t bytes) {
 // type's int8 kernel takes), then every weight row is dotted with them by quant_dot.h kernels,
 // up to kMaxDotRows activation rows per call so a weight block is unpacked once for all of them.
 void linear_quantized(const float* x, int64_t n, const WeightView& w, float* y, bool accumulate) {
-  const GgmlType act_type = quant_dot_activation_type(w.type);
   const QuantDotFn dot = quant_dot_fn(w.type);
   const int64_t K = w.cols;
-  const int64_t act_bytes = row_bytes(act_type, K), w_bytes = row_bytes(w.type, K);
+  const int64_t act_bytes = activation_row_bytes(w.type, K), w_bytes = row_bytes(w.type, K);
   const int64_t nb = K / ggml_block(static_cast<uint32_t>(w.type)).values;
   uint8_t* act = activation_scratch(static_cast<size_t>(n * act_bytes));
 #pragma omp parallel for schedule(static) if (n * K > (1 << 16))
-  for (int64_t i = 0; i < n; ++i)
-    quantize_activation_row(act_type, x + i * K, act + i * act_bytes, K);
+  for (int64_t i = 0; i < n; ++i) prepare_activation_row(w.type, x + i * K, act + i * act_bytes, K);
 
   const auto store = [&](int64_t i0, int64_t r, int nact, const float* out) {
     for (int i = 0; i < nact; ++i) {

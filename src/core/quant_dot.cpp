@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 
 #include "moe/cpu_features.h"
 #include "moe/error.h"
@@ -34,20 +35,25 @@ void dot_q8_0_scalar(const uint8_t* w, const uint8_t* act, int64_t stride, int n
   }
 }
 
-// Q4_0 x Q8_0: byte j holds value j (low nibble) and value j + 16 (high), each q - 8.
+// Q4_0 x Q8_0 (regrouped, ActQ4_0Group): byte t holds value t (low nibble) and t + 16 (high),
+// each q - 8.
 void dot_q4_0_scalar(const uint8_t* w, const uint8_t* act, int64_t stride, int nact, int64_t nb,
                      float* out) {
   const auto* wb = reinterpret_cast<const BlockQ4_0*>(w);
   for (int i = 0; i < nact; ++i) {
-    const auto* ab = reinterpret_cast<const BlockQ8_0*>(act + i * stride);
+    const auto* groups = reinterpret_cast<const ActQ4_0Group*>(act + i * stride);
     float sum = 0;
     for (int64_t b = 0; b < nb; ++b) {
+      const ActQ4_0Group& g = groups[b / kQ4_0GroupBlocks];
+      const int u = static_cast<int>(b % kQ4_0GroupBlocks);
+      const int8_t* lo = g.qs[u / 4][0][u % 4];
+      const int8_t* hi = g.qs[u / 4][1][u % 4];
       int isum = 0;
-      for (int j = 0; j < kQK / 2; ++j) {
-        isum += ((wb[b].qs[j] & 0xF) - 8) * ab[b].qs[j];
-        isum += ((wb[b].qs[j] >> 4) - 8) * ab[b].qs[j + kQK / 2];
+      for (int t = 0; t < kQK / 2; ++t) {
+        isum += ((wb[b].qs[t] & 0xF) - 8) * lo[t];
+        isum += ((wb[b].qs[t] >> 4) - 8) * hi[t];
       }
-      sum += f16_to_float(wb[b].d) * f16_to_float(ab[b].d) * static_cast<float>(isum);
+      sum += f16_to_float(wb[b].d) * g.d[u] * static_cast<float>(isum);
     }
     out[i] = sum;
   }
@@ -263,6 +269,48 @@ void quantize_activation_row(GgmlType act, const float* x, uint8_t* dst, int64_t
               "quantize_activation_row: {} values of {} are not whole blocks", n,
               ggml_type_name(static_cast<uint32_t>(act)));
     t->quantize_q8_k(x, reinterpret_cast<BlockQ8_K*>(dst), n / kQKK);
+  }
+}
+
+int64_t activation_row_bytes(GgmlType weight, int64_t n) {
+  if (weight == GgmlType::Q4_0) {
+    const int64_t groups = (n / kQK + kQ4_0GroupBlocks - 1) / kQ4_0GroupBlocks;
+    return groups * static_cast<int64_t>(sizeof(ActQ4_0Group));
+  }
+  return row_bytes(quant_dot_activation_type(weight), n);
+}
+
+void group_q8_0_for_q4_0(const BlockQ8_0* blocks, int64_t nblocks, uint8_t* dst) {
+  auto* groups = reinterpret_cast<ActQ4_0Group*>(dst);
+  const int64_t ngroups = (nblocks + kQ4_0GroupBlocks - 1) / kQ4_0GroupBlocks;
+  if (nblocks % kQ4_0GroupBlocks != 0) groups[ngroups - 1] = ActQ4_0Group{};
+  for (int64_t b = 0; b < nblocks; ++b) {
+    ActQ4_0Group& g = groups[b / kQ4_0GroupBlocks];
+    const int u = static_cast<int>(b % kQ4_0GroupBlocks);
+    std::memcpy(g.qs[u / 4][0][u % 4], blocks[b].qs, kQK / 2);
+    std::memcpy(g.qs[u / 4][1][u % 4], blocks[b].qs + kQK / 2, kQK / 2);
+    g.d[u] = f16_to_float(blocks[b].d);
+    int sum = 0;
+    for (int8_t q : blocks[b].qs) sum += q;
+    g.sum8[u] = 8 * sum;
+  }
+}
+
+void prepare_activation_row(GgmlType weight, const float* x, uint8_t* dst, int64_t n,
+                            QuantKernel k) {
+  const GgmlType act = quant_dot_activation_type(weight);
+  if (weight != GgmlType::Q4_0) {
+    quantize_activation_row(act, x, dst, n, k);
+    return;
+  }
+  // Through one group of Q8_0 blocks at a time (on the stack), then regrouped.
+  BlockQ8_0 blocks[kQ4_0GroupBlocks];
+  const int64_t nb = n / kQK;
+  MOE_CHECK(n % kQK == 0, "prepare_activation_row: {} values are not whole blocks", n);
+  for (int64_t b0 = 0; b0 < nb; b0 += kQ4_0GroupBlocks) {
+    const int64_t len = std::min<int64_t>(kQ4_0GroupBlocks, nb - b0);
+    quantize_activation_row(act, x + b0 * kQK, reinterpret_cast<uint8_t*>(blocks), len * kQK, k);
+    group_q8_0_for_q4_0(blocks, len, dst + b0 / kQ4_0GroupBlocks * sizeof(ActQ4_0Group));
   }
 }
 

@@ -1,6 +1,7 @@
 // Int8 dot products of block-quantized weight rows (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K) with
-// activation rows quantized per block (Q8_0 for Q8_0/Q4_0 weights, Q8_K for the k-quants), as
-// linear_forward runs quantized weights. Within a block every product is an exact integer sum;
+// activation rows quantized per block (Q8_0 for Q8_0/Q4_0 weights, Q8_K for the k-quants; for
+// Q4_0 the Q8_0 blocks are regrouped, ActQ4_0Group below), as linear_forward runs quantized
+// weights. Within a block every product is an exact integer sum;
 // only the per-block scaling (weight scale x activation scale) and the sum over blocks are
 // float. Three implementations of each kernel, chosen at run time (cpu_features()):
 //   Scalar: plain C++, the oracle the others are tested against;
@@ -30,23 +31,48 @@ const char* quant_kernel_name(QuantKernel k);
 constexpr int kMaxDotRows = 8;
 
 // out[i] = sum over the row of weight x activation i, for i < nact (1..kMaxDotRows); activation
-// row i starts at act + i * act_stride bytes; the row is nblocks blocks of the weight type.
+// row i starts at act + i * act_stride bytes and is a prepared row (prepare_activation_row) of
+// the weight type; the weight row is nblocks blocks of its type.
 using QuantDotFn = void (*)(const uint8_t* w, const uint8_t* act, int64_t act_stride, int nact,
                             int64_t nblocks, float* out);
 
-// The activation format a weight type is multiplied with (Q8_0 or Q8_K); an error for a type
-// that has no int8 kernel.
+// The block quantization of the activations a weight type is multiplied with (Q8_0 or Q8_K:
+// its rounding rules and values); an error for a type that has no int8 kernel.
 GgmlType quant_dot_activation_type(GgmlType weight);
 // The kernel of `weight` in implementation k (Auto: quant_kernel()).
 QuantDotFn quant_dot_fn(GgmlType weight, QuantKernel k = QuantKernel::Auto);
 
-// One activation row of n values (a multiple of the block) to Q8_0 or Q8_K; the rounding rules
-// are those of quantize_row (quant.h), so the bytes are the same in every implementation.
+// Q8_0 activations regrouped for the Q4_0 kernels, 8 blocks (256 values) per group. A Q4_0
+// weight byte holds value t of its block in the low nibble and t + 16 in the high one, so the
+// 64 weight bytes of 4 blocks, masked or shifted, meet 64 activation bytes in place: the values
+// 0-15 of those 4 blocks, or their values 16-31. The nibbles multiply unsigned (q, not q - 8),
+// and sum8 takes the 8 back out: sum (q - 8) a = sum q a - 8 sum a, exactly, in int32. A last
+// partial group is zero-padded (d = 0, values 0).
+struct ActQ4_0Group {
+  int8_t qs[2][2][4][16];  // [blocks 0-3 | 4-7][values 0-15 | 16-31][block of the four][value]
+  float d[8];              // the blocks' fp16 scales, widened
+  int32_t sum8[8];         // 8 x the sum of each block's values
+};
+static_assert(sizeof(ActQ4_0Group) == 320);
+constexpr int kQ4_0GroupBlocks = 8;
+
+// Bytes of one prepared activation row of n values for `weight`'s kernel.
+int64_t activation_row_bytes(GgmlType weight, int64_t n);
+// One activation row of n values (a multiple of the block) as `weight`'s kernel reads it: Q8_0
+// or Q8_K blocks, regrouped for Q4_0. The rounding rules are those of quantize_row (quant.h),
+// so the bytes are the same in every implementation.
+void prepare_activation_row(GgmlType weight, const float* x, uint8_t* dst, int64_t n,
+                            QuantKernel k = QuantKernel::Auto);
+// Q8_0 blocks regrouped (nblocks of them; dst holds activation_row_bytes(Q4_0, 32 nblocks)).
+void group_q8_0_for_q4_0(const BlockQ8_0* blocks, int64_t nblocks, uint8_t* dst);
+
+// One activation row of n values (a multiple of the block) to Q8_0 or Q8_K blocks.
 void quantize_activation_row(GgmlType act, const float* x, uint8_t* dst, int64_t n,
                              QuantKernel k = QuantKernel::Auto);
 
-// Sum over the blocks of |each block's float term| of the scalar kernel for one activation row:
-// the scale that bounds how far the float accumulation of two implementations may differ.
+// Sum over the blocks of |each block's float term| of the scalar kernel for one activation row
+// of Q8_0 / Q8_K blocks (before any regrouping): the scale that bounds how far the float
+// accumulation of two implementations may differ.
 double quant_dot_magnitude(GgmlType weight, const uint8_t* w, const uint8_t* act, int64_t nblocks);
 
 // The 8 six-bit scales and 8 six-bit mins of a Q4_K / Q5_K super-block, one per 32 values,

@@ -19,10 +19,120 @@ QD_TARGET inline __m256i dp_s16(__m256i acc, __m256i p, __m256i s) {
 }  // namespace moe::QD_NS
 
 #include "core/quant_dot_simd.h"
+#include "moe/cpu_features.h"
+
+namespace moe::quant_avx512 {
+
+// GCC 12's AVX-512 intrinsics start from _mm512_undefined_*(), which -Wmaybe-uninitialized
+// reports at every use; the values are never read.
+#pragma GCC diagnostic push
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+#define QD_VBMI \
+  __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")))
+
+// Q4_0 on zmm with byte permutes (AVX-512 VBMI): the 144 bytes of 8 weight blocks are three
+// loads; one vpermt2b gathers the 16 nibble bytes of blocks 0-3 into a zmm, one those of blocks
+// 4-7, one the 8 fp16 scales. Masked, the low nibbles meet the regrouped activations' values
+// 0-15 of 4 blocks and the shifted high nibbles their values 16-31 (ActQ4_0Group), so 4
+// vpdpbusd leave each block's integer in 4 int32 lanes of one 128-bit lane; two adds of
+// unpacked lanes and one dword permute give the 8 block integers in order.
+struct Q4_0PermuteBytes {
+  alignas(64) uint8_t qs03[64] = {}, qs47[64] = {}, scales[64] = {};
+};
+
+constexpr Q4_0PermuteBytes q4_0_permute_bytes() {
+  Q4_0PermuteBytes p;
+  for (int j = 0; j < 4; ++j)
+    for (int t = 0; t < 16; ++t) {
+      p.qs03[16 * j + t] = static_cast<uint8_t>(18 * j + 2 + t);  // from bytes 0-127
+      const int o = 18 * (4 + j) + 2 + t;                         // bytes 64-127 | 80-143
+      p.qs47[16 * j + t] = static_cast<uint8_t>(o < 128 ? o - 64 : o - 16);
+    }
+  for (int u = 0; u < 8; ++u) {
+    p.scales[2 * u] = static_cast<uint8_t>(18 * u);
+    p.scales[2 * u + 1] = static_cast<uint8_t>(18 * u + 1);
+  }
+  return p;
+}
+constexpr Q4_0PermuteBytes kQ4_0Permutes = q4_0_permute_bytes();
+
+template <int NA>
+QD_VBMI void dot_q4_0_vbmi(const uint8_t* w, const uint8_t* act, int64_t stride, int64_t nb,
+                           float* out) {
+  const __m512i perm_qs03 = _mm512_load_si512(kQ4_0Permutes.qs03),
+                perm_qs47 = _mm512_load_si512(kQ4_0Permutes.qs47),
+                perm_scales = _mm512_load_si512(kQ4_0Permutes.scales);
+  // After the adds, 128-bit lane j holds block j in dword 0 and block 4 + j in dword 1.
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m512i low4 = _mm512_set1_epi8(0xF);
+  __m256 acc[NA];
+  for (int i = 0; i < NA; ++i) acc[i] = _mm256_setzero_ps();
+  int64_t b = 0;
+  for (; b + 8 <= nb; b += 8) {
+    const uint8_t* p = w + b * static_cast<int64_t>(sizeof(BlockQ4_0));
+    const __m512i x0 = _mm512_loadu_si512(p), x1 = _mm512_loadu_si512(p + 64),
+                  x2 = _mm512_loadu_si512(p + 80);
+    const __m512i q03 = _mm512_permutex2var_epi8(x0, perm_qs03, x1);
+    const __m512i q47 = _mm512_permutex2var_epi8(x1, perm_qs47, x2);
+    const __m256 dw =
+        _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutex2var_epi8(x0, perm_scales, x1)));
+    const __m512i lo03 = _mm512_and_si512(q03, low4),
+                  hi03 = _mm512_and_si512(_mm512_srli_epi16(q03, 4), low4);
+    const __m512i lo47 = _mm512_and_si512(q47, low4),
+                  hi47 = _mm512_and_si512(_mm512_srli_epi16(q47, 4), low4);
+    for (int i = 0; i < NA; ++i) {
+      const ActQ4_0Group& g = reinterpret_cast<const ActQ4_0Group*>(act + i * stride)[b / 8];
+      __m512i s03 =
+          _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo03, _mm512_loadu_si512(g.qs[0][0][0]));
+      s03 = _mm512_dpbusd_epi32(s03, hi03, _mm512_loadu_si512(g.qs[0][1][0]));
+      __m512i s47 =
+          _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo47, _mm512_loadu_si512(g.qs[1][0][0]));
+      s47 = _mm512_dpbusd_epi32(s47, hi47, _mm512_loadu_si512(g.qs[1][1][0]));
+      // Per 128-bit lane j: [s03 0+2, s47 0+2, s03 1+3, s47 1+3], then the two halves added.
+      const __m512i pairs =
+          _mm512_add_epi32(_mm512_unpacklo_epi32(s03, s47), _mm512_unpackhi_epi32(s03, s47));
+      const __m512i sums = _mm512_add_epi32(pairs, _mm512_shuffle_epi32(pairs, _MM_PERM_BADC));
+      const __m256i ints =
+          _mm256_sub_epi32(_mm512_castsi512_si256(_mm512_permutexvar_epi32(order, sums)),
+                           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.sum8)));
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), _mm256_mul_ps(dw, _mm256_loadu_ps(g.d)),
+                               acc[i]);
+    }
+  }
+  float tail[NA] = {};
+  if (b < nb)
+    dot_q4_0_grouped<NA>(w + b * static_cast<int64_t>(sizeof(BlockQ4_0)),
+                         act + b / 8 * static_cast<int64_t>(sizeof(ActQ4_0Group)), stride, nb - b,
+                         tail);
+  for (int i = 0; i < NA; ++i) out[i] = hsum(acc[i]) + tail[i];
+}
+
+struct Q4_0VbmiRows {
+  template <int NA>
+  QD_VBMI static void run(const uint8_t* w, const uint8_t* a, int64_t st, int64_t nb, float* o) {
+    dot_q4_0_vbmi<NA>(w, a, st, nb, o);
+  }
+};
+
+#pragma GCC diagnostic pop
+
+// The table with the VBMI Q4_0 kernel, for CPUs that have it (Ice Lake, Zen 4 and later).
+QuantDotTable with_vbmi_q4_0() {
+  QuantDotTable t = kTable;
+  t.q4_0 = by_rows<Q4_0VbmiRows>;
+  return t;
+}
+
+}  // namespace moe::quant_avx512
 
 namespace moe {
 const QuantDotTable* quant_dot_avx512_table() {
-  return &quant_avx512::kTable;
+  static const QuantDotTable vbmi = quant_avx512::with_vbmi_q4_0();
+  return cpu_features().avx512_vbmi ? &vbmi : &quant_avx512::kTable;
 }
 }  // namespace moe
 

@@ -54,11 +54,18 @@ QD_INLINE __m256i load_block(const BlockQ8_0& b) {
   return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs));
 }
 
-// Low nibbles are values 0-15, high nibbles 16-31: the two halves of the ymm, minus 8.
-QD_INLINE __m256i load_block(const BlockQ4_0& b) {
+// A Q4_0 block's nibbles unsigned (0-15), values 0-15 in the low half of the ymm and 16-31 in
+// the high half: the products with activations are exact in vpdpbusd / vpmaddubsw, and the
+// regrouped activations' sum8 takes the offset of 8 back out.
+QD_INLINE __m256i load_nibbles(const BlockQ4_0& b) {
   const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs));
-  const __m256i both = _mm256_set_m128i(_mm_srli_epi16(bytes, 4), bytes);
-  return _mm256_sub_epi8(_mm256_and_si256(both, _mm256_set1_epi8(0xF)), _mm256_set1_epi8(8));
+  return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(bytes, 4), bytes), _mm256_set1_epi8(0xF));
+}
+
+// Block u of a regrouped activation group, values 0-15 | 16-31 as one ymm.
+QD_INLINE __m256i load_grouped(const ActQ4_0Group& g, int u) {
+  return _mm256_set_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g.qs[u / 4][1][u % 4])),
+                          _mm_loadu_si128(reinterpret_cast<const __m128i*>(g.qs[u / 4][0][u % 4])));
 }
 
 // Per-lane sums of 8 int32 vectors, one vector per block, as one vector in block order: a
@@ -83,44 +90,63 @@ QD_INLINE __m256 scales8(const Block* b) {
       static_cast<int16_t>(b[6].d), static_cast<int16_t>(b[7].d)));
 }
 
-// Q4_0 with one or two activation rows (decode): per 8 blocks, the 8 exact block integers are
-// gathered into one vector, converted once and scaled by a vector of dw x da, instead of a scalar
-// fp16 conversion, product and broadcast per block (for Q8_0 weights it measured slower).
-template <int NA, typename Block>
-QD_TARGET void dot_q32_few(const uint8_t* w, const uint8_t* act, int64_t stride, int64_t nb,
-                           float* out) {
-  const auto* wb = reinterpret_cast<const Block*>(w);
+QD_INLINE int hsum_epi32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+  return _mm_cvtsi128_si32(s);
+}
+
+// Q4_0 against regrouped activations (ActQ4_0Group), 8 blocks at a time: each block's unsigned
+// nibbles are unpacked once for every activation row; per row, the 8 exact block integers are
+// gathered into one vector by the transposing add tree (per 4 blocks, so 8 rows fit the
+// registers), less sum8, converted once and scaled by a vector of dw x da.
+template <int NA>
+QD_TARGET void dot_q4_0_grouped(const uint8_t* w, const uint8_t* act, int64_t stride, int64_t nb,
+                                float* out) {
+  const auto* wb = reinterpret_cast<const BlockQ4_0*>(w);
+  const auto group = [&](int i, int64_t g) -> const ActQ4_0Group& {
+    return reinterpret_cast<const ActQ4_0Group*>(act + i * stride)[g];
+  };
   __m256 acc[NA];
   for (int i = 0; i < NA; ++i) acc[i] = _mm256_setzero_ps();
   int64_t b = 0;
   for (; b + 8 <= nb; b += 8) {
-    __m256i s[NA][8];
-#pragma GCC unroll 8
-    for (int u = 0; u < 8; ++u) {
-      const __m256i wq = load_block(wb[b + u]);
-      const __m256i wabs = _mm256_sign_epi8(wq, wq);
+    const int64_t g = b / 8;
+    __m256i quad[NA][2];
+    for (int h = 0; h < 2; ++h) {
+      __m256i q[4];
+      for (int u = 0; u < 4; ++u) q[u] = load_nibbles(wb[b + 4 * h + u]);
       for (int i = 0; i < NA; ++i) {
-        const __m256i aq = load_block(reinterpret_cast<const BlockQ8_0*>(act + i * stride)[b + u]);
-        s[i][u] = dp_u8s8(_mm256_setzero_si256(), wabs, _mm256_sign_epi8(aq, wq));
+        __m256i s[4];
+        for (int u = 0; u < 4; ++u)
+          s[u] = dp_u8s8(_mm256_setzero_si256(), q[u], load_grouped(group(i, g), 4 * h + u));
+        quad[i][h] = quad_sums(pair_sums(s[0], s[1]), pair_sums(s[2], s[3]));
       }
     }
     const __m256 dw = scales8(wb + b);
     for (int i = 0; i < NA; ++i) {
-      const __m256i lo = quad_sums(pair_sums(s[i][0], s[i][1]), pair_sums(s[i][2], s[i][3]));
-      const __m256i hi = quad_sums(pair_sums(s[i][4], s[i][5]), pair_sums(s[i][6], s[i][7]));
-      const __m256 da = scales8(reinterpret_cast<const BlockQ8_0*>(act + i * stride) + b);
-      acc[i] =
-          _mm256_fmadd_ps(_mm256_cvtepi32_ps(octet_sums(lo, hi)), _mm256_mul_ps(dw, da), acc[i]);
+      const ActQ4_0Group& ga = group(i, g);
+      const __m256i ints =
+          _mm256_sub_epi32(octet_sums(quad[i][0], quad[i][1]),
+                           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ga.sum8)));
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), _mm256_mul_ps(dw, _mm256_loadu_ps(ga.d)),
+                               acc[i]);
     }
   }
+  float tail[NA] = {};
   for (; b < nb; ++b) {
-    const __m256i wq = load_block(wb[b]);
-    const __m256i wabs = _mm256_sign_epi8(wq, wq);
+    const __m256i q = load_nibbles(wb[b]);
     const float dw = fp16(wb[b].d);
-    for (int i = 0; i < NA; ++i)
-      block_q8(acc[i], wabs, wq, dw, reinterpret_cast<const BlockQ8_0*>(act + i * stride)[b]);
+    const int u = static_cast<int>(b % 8);
+    for (int i = 0; i < NA; ++i) {
+      const ActQ4_0Group& ga = group(i, b / 8);
+      const int isum =
+          hsum_epi32(dp_u8s8(_mm256_setzero_si256(), q, load_grouped(ga, u))) - ga.sum8[u];
+      tail[i] += dw * ga.d[u] * static_cast<float>(isum);
+    }
   }
-  for (int i = 0; i < NA; ++i) out[i] = hsum(acc[i]);
+  for (int i = 0; i < NA; ++i) out[i] = hsum(acc[i]) + tail[i];
 }
 
 template <int NA, typename Block>
@@ -380,10 +406,7 @@ struct Q8_0Rows {
 struct Q4_0Rows {
   template <int NA>
   QD_TARGET static void run(const uint8_t* w, const uint8_t* a, int64_t st, int64_t nb, float* o) {
-    if constexpr (NA <= 2)
-      dot_q32_few<NA, BlockQ4_0>(w, a, st, nb, o);
-    else
-      dot_q32<NA, BlockQ4_0>(w, a, st, nb, o);
+    dot_q4_0_grouped<NA>(w, a, st, nb, o);
   }
 };
 struct Q4_KRows {
