@@ -78,10 +78,13 @@ void rope_backward(T* dx, const T* cos, const T* sin, int64_t n, int heads, int 
 
 // Attention over a KV cache after the projections: appends k, v [B*n, G*hd] (RoPE applied) of
 // n new tokens per sequence to the cache, attends causally to everything cached and writes
-// o [B*n, H*hd]. scratch grows to threads * n * capacity once.
+// o [B*n, H*hd]. scratch grows to threads * n * capacity once. With `window` > 0 a query at
+// position p sees keys p - window + 1 .. p only (a sliding layer); with `sinks` [H] head h's
+// softmax denominator also holds exp(sinks[h]), a logit with no value (gpt-oss).
 template <class T>
 void cached_attention(const T* q, const T* k, const T* v, int B, int n, int H, int G, int hd,
-                      KvCache<T>& cache, T* o, std::vector<T>& scratch);
+                      KvCache<T>& cache, T* o, std::vector<T>& scratch, int window = 0,
+                      const T* sinks = nullptr);
 
 template <class T>
 class Attention {

@@ -7,7 +7,8 @@
 // The llama architecture's Q/K rows stay permuted: the Decoder rotates them interleaved.
 // Math per family as in hf_checkpoint.h: attention with optional q/k/v bias and q/k RMSNorm,
 // RoPE (rotate_half), GQA; softmax router, top-k (renormalized when norm_topk_prob), grouped
-// expert SwiGLUs; the optional sigmoid-gated shared expert; dense SwiGLU layers.
+// expert SwiGLUs; the optional sigmoid-gated shared expert; dense SwiGLU layers. gpt_oss adds
+// attention sinks, sliding-window layers, o_proj / router / expert biases and the clamped SwiGLU.
 #pragma once
 
 #include <cstdint>
@@ -54,7 +55,8 @@ class InferenceModel : public Decoder {
   struct Layer {
     int index = 0;  // block index
     bool moe = false;
-    std::vector<float> router;  // [E, d] fp32
+    std::vector<float> router;       // [E, d] fp32
+    std::vector<float> router_bias;  // [E] (gpt_oss), empty: none
     std::vector<FfnViews> experts;
     FfnViews shared;  // the shared expert (qwen2_moe) or the dense SwiGLU
     bool has_shared = false;
@@ -79,6 +81,9 @@ class InferenceModel : public Decoder {
   std::map<GgmlType, int64_t> bytes_of_type_;
   std::vector<Layer> layers_;
   std::deque<std::vector<float>> fp32_;  // what vector() read
+  // gpt_oss's expert matrices, stored [E, d, 2F] / [E, F, d] for x @ W with gate/up columns
+  // interleaved, transposed to our [rows, cols] in their stored type at load.
+  std::deque<std::vector<uint8_t>> repacked_;
 
   // Workspaces, grown to the largest call.
   std::vector<float> tmp_;

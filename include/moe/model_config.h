@@ -74,6 +74,16 @@ struct ModelConfig {
   bool attention_bias = false;       // q/k/v projections carry a bias (qwen2_moe)
   QkNorm qk_norm = QkNorm::None;     // qwen3_moe: PerHead, olmoe: Full
   std::vector<int> mlp_only_layers;  // dense layers whatever moe_every says (qwen2/3_moe)
+  // gpt_oss (inference only): layers marked in sliding_layers attend to the last sliding_window
+  // positions only; a learned sink logit per head joins every softmax denominator; o_proj,
+  // router and experts carry biases; the experts run Activation::ClampedSwiGLU at swiglu_limit.
+  int sliding_window = 0;
+  std::vector<bool> sliding_layers;  // [L], empty: every layer attends to the whole context
+  bool attention_sinks = false;
+  bool o_bias = false;
+  bool router_bias = false;
+  bool expert_bias = false;
+  double swiglu_limit = 7.0;
   TrainConfig training;
 
   // The positions the model runs: max_position_embeddings, longer where rope_scaling says so.
@@ -83,6 +93,12 @@ struct ModelConfig {
     return dense_intermediate_size > 0 ? dense_intermediate_size : intermediate_size;
   }
   bool is_moe_layer(int l) const;
+  // The positions layer l attends to: sliding_window on a sliding layer, else 0 (all).
+  int window_of(int l) const {
+    return l < static_cast<int>(sliding_layers.size()) && sliding_layers[static_cast<size_t>(l)]
+               ? sliding_window
+               : 0;
+  }
   // Mirrors hidden_size, intermediate_size and num_local_experts into `moe`.
   void sync_moe();
   void validate(const std::string& where = "config") const;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 
 #include "moe/error.h"
@@ -28,6 +29,11 @@ class InferenceModel::Source {
   virtual void vector(int layer, HfTensor t, int64_t n, float* out) = 0;
   // The router [E, d] in fp32.
   virtual void router(int layer, int64_t E, int64_t d, float* out) = 0;
+  // A tensor of block `layer` by its name after "model.layers.N." (gpt_oss's sinks and biases),
+  // of `shape`, in fp32.
+  virtual void named(int layer, const std::string& what, const Shape& shape, float* out) = 0;
+  // What the views of experts() may point into besides the file (moved into the model).
+  std::deque<std::vector<uint8_t>> owned;
 };
 
 class InferenceModel::HfSource : public InferenceModel::Source {
@@ -40,6 +46,7 @@ class InferenceModel::HfSource : public InferenceModel::Source {
   std::vector<WeightView> experts(int layer, HfTensor t, int E, int64_t rows,
                                   int64_t cols) override {
     std::vector<WeightView> out;
+    if (c_.model_type == "gpt_oss") return gpt_oss_experts(layer, t, E, rows, cols);
     const std::string fused = hf_fused_experts_in(w_, c_, layer, t != HfTensor::ExpertDown);
     if (!fused.empty()) {
       // One view per expert into the fused tensor, as the GGUF *_exps path: gate_up_proj
@@ -68,8 +75,43 @@ class InferenceModel::HfSource : public InferenceModel::Source {
     const std::string nm = name(layer, HfTensor::Router);
     w_.file_of(nm).read_into<float>(nm, Shape{E, d}, out);
   }
+  void named(int layer, const std::string& what, const Shape& shape, float* out) override {
+    const std::string nm = fmt::format("model.layers.{}.{}", layer, what);
+    w_.file_of(nm).read_into<float>(nm, shape, out);
+  }
 
  private:
+  // gpt_oss stores experts for x @ W: gate_up_proj [E, d, 2F] (gate in the even columns, up in
+  // the odd ones) and down_proj [E, F, d]. Each expert's matrix of kind t is transposed to
+  // [rows, cols] in the stored type (a copy the model owns; the file's pages are not kept).
+  std::vector<WeightView> gpt_oss_experts(int layer, HfTensor t, int E, int64_t rows,
+                                          int64_t cols) {
+    const bool down = t == HfTensor::ExpertDown;
+    const std::string nm =
+        fmt::format("model.layers.{}.mlp.experts.{}", layer, down ? "down_proj" : "gate_up_proj");
+    MOE_REQUIRE(w_.has(nm) || !w_.has(nm + "_blocks"),
+                "{}: tensor {}_blocks is MXFP4, which is not supported yet (dequantize the "
+                "checkpoint to bf16)",
+                w_.dir(), nm);
+    // The stored matrix [in, out_stored]: out_stored = 2F (interleaved) or d.
+    const int64_t in = cols, out_stored = down ? rows : 2 * rows;
+    const WeightView all = view(nm, {E, in, out_stored});
+    const int64_t es = dtype_size_of(all.type);
+    const int64_t first = t == HfTensor::ExpertUp ? 1 : 0, step = down ? 1 : 2;
+    std::vector<uint8_t>& buf = owned.emplace_back(static_cast<size_t>(E * rows * cols * es));
+    std::vector<WeightView> views;
+    for (int e = 0; e < E; ++e) {
+      const uint8_t* src = all.data + e * in * out_stored * es;
+      uint8_t* dst = buf.data() + e * rows * cols * es;
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t i = 0; i < in; ++i)
+          std::memcpy(dst + (r * cols + i) * es, src + (i * out_stored + first + step * r) * es,
+                      static_cast<size_t>(es));
+      views.push_back({dst, all.type, rows, cols});
+    }
+    return views;
+  }
+  static int64_t dtype_size_of(GgmlType t) { return t == GgmlType::F32 ? 4 : 2; }
   std::string name(int layer, HfTensor t) const {
     if (layer >= 0) return hf_tensor_name(c_, layer, t);
     return t == HfTensor::Q   ? "model.embed_tokens.weight"
@@ -118,6 +160,9 @@ class InferenceModel::GgufSource : public InferenceModel::Source {
   }
   void router(int layer, int64_t E, int64_t d, float* out) override {
     read(tensor(layer, HfTensor::Router, {d, E}), out);
+  }
+  void named(int, const std::string& what, const Shape&, float*) override {
+    MOE_CHECK(false, "GGUF files hold no {} (model_config_from_gguf makes no gpt_oss)", what);
   }
 
  private:
@@ -194,6 +239,7 @@ std::unique_ptr<InferenceModel> InferenceModel::open(const std::string& path) {
   HfWeights w = HfWeights::open(path);
   HfSource src(c, w);
   std::unique_ptr<InferenceModel> m = build(c, src);
+  m->repacked_ = std::move(src.owned);  // a deque's move keeps every element's data in place
   m->weight_bytes_ = w.data_bytes();
   m->hf_.emplace(std::move(w));
   return m;
@@ -223,6 +269,11 @@ std::unique_ptr<InferenceModel> InferenceModel::build(const ModelConfig& cfg, So
   auto matrix = [&](int l, HfTensor t, int64_t rows, int64_t cols) {
     return count(src.matrix(l, t, rows, cols));
   };
+  auto named = [&](int l, const std::string& what, const Shape& shape) -> const float* {
+    std::vector<float>& v = m->fp32_.emplace_back(static_cast<size_t>(shape.numel()));
+    src.named(l, what, shape, v.data());
+    return v.data();
+  };
   auto vector = [&](int l, HfTensor t, int64_t size) -> const float* {
     std::vector<float>& v = m->fp32_.emplace_back(static_cast<size_t>(size));
     src.vector(l, t, size, v.data());
@@ -249,6 +300,9 @@ std::unique_ptr<InferenceModel> InferenceModel::build(const ModelConfig& cfg, So
       A.k_bias = vector(l, HfTensor::KBias, kvd);
       A.v_bias = vector(l, HfTensor::VBias, kvd);
     }
+    if (c.o_bias) A.o_bias = named(l, "self_attn.o_proj.bias", {d});
+    if (c.attention_sinks) A.sinks = named(l, "self_attn.sinks", {c.num_attention_heads});
+    A.window = c.window_of(l);
     if (c.qk_norm == QkNorm::PerHead) {
       A.q_norm = vector(l, HfTensor::QNorm, hd);
       A.k_norm = vector(l, HfTensor::KNorm, hd);
@@ -267,13 +321,35 @@ std::unique_ptr<InferenceModel> InferenceModel::build(const ModelConfig& cfg, So
       continue;
     }
     const int E = c.num_local_experts;
-    if (!m->experts_) m->experts_.emplace(FfnShape{Activation::SwiGLU, d, F}, E);
+    if (!m->experts_)
+      m->experts_.emplace(FfnShape{c.moe.hidden_act, d, F, ComputeDtype::Float32, c.swiglu_limit},
+                          E);
     L.router.resize(static_cast<size_t>(E * d));
     src.router(l, E, d, L.router.data());
+    if (c.router_bias) {
+      L.router_bias.resize(static_cast<size_t>(E));
+      src.named(l, "mlp.router.bias", {E}, L.router_bias.data());
+    }
     const auto gate = src.experts(l, HfTensor::ExpertGate, E, F, d);
     const auto up = src.experts(l, HfTensor::ExpertUp, E, F, d);
     const auto down = src.experts(l, HfTensor::ExpertDown, E, d, F);
     for (int e = 0; e < E; ++e) L.experts.push_back({count(gate[e]), count(up[e]), count(down[e])});
+    if (c.expert_bias) {
+      // gate_up_proj_bias [E, 2F] interleaves gate and up as the matrix's columns do.
+      const float* gate_up = named(l, "mlp.experts.gate_up_proj_bias", {E, 2 * F});
+      const float* down_bias = named(l, "mlp.experts.down_proj_bias", {E, d});
+      std::vector<float>& split = m->fp32_.emplace_back(static_cast<size_t>(2 * E * F));
+      for (int64_t i = 0; i < E * F; ++i) {
+        split[static_cast<size_t>(i)] = gate_up[2 * i];
+        split[static_cast<size_t>(E * F + i)] = gate_up[2 * i + 1];
+      }
+      for (int e = 0; e < E; ++e) {
+        FfnViews& v = L.experts[static_cast<size_t>(e)];
+        v.b1 = split.data() + e * F;
+        v.b3 = split.data() + E * F + e * F;
+        v.b2 = down_bias + e * d;
+      }
+    }
     m->weight_type_ = gate[0].type;
     if (c.moe.n_shared_experts > 0) {
       const int64_t S = c.moe.shared_hidden();
@@ -311,6 +387,11 @@ void InferenceModel::moe_block(const Layer& L, int64_t rows) {
   if (!router_) router_.emplace(mc);
   gemm<float>(Trans::No, Trans::Yes, rows, E, d, 1.0f, x_.data(), d, L.router.data(), d, 0.0f,
               router_->logits(rows), E);
+  if (!L.router_bias.empty()) {
+    float* z = router_->logits(rows);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t e = 0; e < E; ++e) z[r * E + e] += L.router_bias[static_cast<size_t>(e)];
+  }
   router_->forward(rows);  // dropless: keeps every slot
   std::vector<float>& gate = router_->gates();
   // Hugging Face renormalizes a single gate to 1 as well; our k = 1 gate is the raw score.

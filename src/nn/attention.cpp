@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <limits>
 #include <type_traits>
 
 #include "core/fast_math.h"
@@ -423,9 +424,27 @@ void Attention<T>::backward(View<const T> dout, View<T> dx) {
   gemm<T>(Trans::No, Trans::No, n, d, kvd_, T(1), dv_.data(), kvd_, wv, d, T(1), dx.data, d);
 }
 
+// p[lo..len) = softmax over p[lo..len) and the logit `sink` (dropped: these sum to under 1),
+// the rest of p[0..width) = 0: a sliding layer's row with gpt-oss's attention sink.
+template <class T>
+void windowed_softmax_row(T* p, int64_t lo, int64_t len, int64_t width, T sink) {
+  T mx = sink;
+  for (int64_t j = lo; j < len; ++j) mx = std::max(mx, p[j]);
+  double sum = std::exp(static_cast<double>(sink - mx));
+#pragma omp simd
+  for (int64_t j = lo; j < len; ++j) p[j] = exp_fast(p[j] - mx);
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = lo; j < len; ++j) sum += static_cast<double>(p[j]);
+  const T inv = static_cast<T>(1.0 / sum);
+  for (int64_t j = lo; j < len; ++j) p[j] *= inv;
+  std::fill(p, p + lo, T(0));
+  std::fill(p + len, p + width, T(0));
+}
+
 template <class T>
 void cached_attention(const T* q, const T* k, const T* v, int B, int n, int H, int G, int hd,
-                      KvCache<T>& cache, T* o, std::vector<T>& scratch) {
+                      KvCache<T>& cache, T* o, std::vector<T>& scratch, int window,
+                      const T* sinks) {
   const int64_t qd = static_cast<int64_t>(H) * hd, kvd = static_cast<int64_t>(G) * hd;
   MOE_CHECK(B > 0 && n > 0, "cached attention: B and n must be positive, got B={} n={}", B, n);
   MOE_CHECK(cache.batch == B && cache.kv_dim == kvd &&
@@ -461,7 +480,15 @@ void cached_attention(const T* q, const T* k, const T* v, int B, int n, int H, i
     const T* V = cache.v.data() + b * cap * kvd + g * hd;
     const int64_t qoff = b * n * qd + h * hd;
     gemm<T>(Trans::No, Trans::Yes, n, total, hd, scale, q + qoff, qd, K, kvd, T(0), P, total);
-    for (int64_t t = 0; t < n; ++t) masked_softmax_row(P + t * total, L + t + 1, total);
+    if (window <= 0 && !sinks) {
+      for (int64_t t = 0; t < n; ++t) masked_softmax_row(P + t * total, L + t + 1, total);
+    } else {  // without sinks the sink logit is -inf: exp() adds nothing to the denominator
+      const T sink = sinks ? sinks[h] : -std::numeric_limits<T>::infinity();
+      for (int64_t t = 0; t < n; ++t) {
+        const int64_t len = L + t + 1, lo = window > 0 ? std::max<int64_t>(0, len - window) : 0;
+        windowed_softmax_row(P + t * total, lo, len, total, sink);
+      }
+    }
     gemm<T>(Trans::No, Trans::No, n, hd, total, T(1), P, total, V, kvd, T(0), o + qoff, qd);
   }
   cache.length = static_cast<int>(total);
@@ -501,9 +528,11 @@ template struct KvCache<double>;
 template class Attention<float>;
 template class Attention<double>;
 template void cached_attention<float>(const float*, const float*, const float*, int, int, int, int,
-                                      int, KvCache<float>&, float*, std::vector<float>&);
+                                      int, KvCache<float>&, float*, std::vector<float>&, int,
+                                      const float*);
 template void cached_attention<double>(const double*, const double*, const double*, int, int, int,
-                                       int, int, KvCache<double>&, double*, std::vector<double>&);
+                                       int, int, KvCache<double>&, double*, std::vector<double>&,
+                                       int, const double*);
 template void rope_tables<float>(std::vector<float>&, std::vector<float>&, int, int, double);
 template void rope_tables<double>(std::vector<double>&, std::vector<double>&, int, int, double);
 template void rope_forward<float>(float*, const float*, const float*, int64_t, int, int, int64_t,

@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fixture_io  # noqa: E402
+import gpt_oss_reference  # noqa: E402
 import hf_reference as hf  # noqa: E402
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
@@ -55,6 +56,7 @@ EMBED_STD = 0.5
 TIED_EMBED_STD = 0.1
 BIAS_STD = 0.1
 NORM_STD = 0.1
+SINK_STD = 1.0   # gpt_oss's per-head sink logits: a visible share of each softmax row
 
 _STORE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -122,6 +124,22 @@ def granitemoe_config(**over):
                   embedding_multiplier=12.0, residual_multiplier=0.22, attention_multiplier=0.125,
                   logits_scaling=6.0, tie_word_embeddings=False, router_aux_loss_coef=0.001,
                   pad_token_id=0, bos_token_id=1)
+    cfg.update(over)
+    return cfg
+
+
+def gpt_oss_config(**over):
+    # gpt-oss-20b's config.json keys at a tiny shape: a window of 4 (shorter than the 7 + 8
+    # positions) on the sliding layer, YaRN as released (truncate false) over a short original
+    # context, and swiglu_limit 1.5 so that the clamp acts on a good share of the units.
+    cfg = _common("gpt_oss", "bfloat16", architectures=["GptOssForCausalLM"], head_dim=12,
+                  intermediate_size=32, num_local_experts=4, experts_per_token=2,
+                  rope_theta=150000.0, max_position_embeddings=512, sliding_window=4,
+                  layer_types=["sliding_attention", "full_attention"], attention_bias=True,
+                  swiglu_limit=1.5, router_aux_loss_coef=0.9, pad_token_id=0,
+                  rope_scaling={"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0,
+                                "beta_slow": 1.0, "original_max_position_embeddings": 16,
+                                "truncate": False})
     cfg.update(over)
     return cfg
 
@@ -196,7 +214,13 @@ CASES = [
     # transformers v5's fused experts (mlp.experts.gate_up_proj / down_proj), 2 shards.
     ("qwen3_moe_fused", 15000, qwen3_moe_config(torch_dtype="bfloat16", decoder_sparse_step=1), 2),
     ("granitemoe", 16000, granitemoe_config(), 1),
+    ("gpt_oss", 17000, gpt_oss_config(), 1),
 ]
+
+
+def ref(cfg):
+    """The reference module of cfg's model_type."""
+    return gpt_oss_reference if cfg["model_type"] == "gpt_oss" else hf
 
 
 # --------------------------------------------------------------------------
@@ -206,11 +230,13 @@ CASES = [
 def _std(name, tied):
     if name.endswith("norm.weight"):        # input/post_attention_layernorm, norm, q_norm, k_norm
         return None
-    if name.endswith(".bias"):
+    if name.endswith(".bias") or name.endswith("_bias"):
         return BIAS_STD
+    if name.endswith(".sinks"):
+        return SINK_STD
     if name == "model.embed_tokens.weight":
         return TIED_EMBED_STD if tied else EMBED_STD
-    if name.endswith(".gate.weight"):       # the router (not shared_expert_gate)
+    if name.endswith(".gate.weight") or name.endswith(".router.weight"):  # the router
         return ROUTER_STD
     return MATRIX_STD
 
@@ -224,7 +250,7 @@ def make_weights(cfg, fused=False):
     """{name: tensor in the stored dtype}, drawn in state-dict order from the current RNG."""
     dtype = _STORE[cfg["torch_dtype"]]
     out = {}
-    for name, shape in hf.weight_shapes(cfg, fused).items():
+    for name, shape in ref(cfg).weight_shapes(cfg, fused).items():
         std = _std(name, cfg.get("tie_word_embeddings", False))
         t = 1.0 + NORM_STD * torch.randn(shape) if std is None else std * torch.randn(shape)
         out[name] = t.to(dtype)
@@ -256,14 +282,14 @@ def build_case(name, seed0, cfg):
         weights = make_weights(cfg, is_fused(name))
         ids = torch.randint(FIRST_PROMPT_TOKEN, cfg["vocab_size"], (BATCH, PROMPT_LEN))
         trace = []
-        tokens = hf.greedy(cfg, weights, ids, NEW_TOKENS, trace)
+        tokens = ref(cfg).greedy(cfg, weights, ids, NEW_TOKENS, trace)
         problems = decision_problems(cfg, trace)
         if bool((tokens == cfg["eos_token_id"]).any()):
             problems.append("greedy emits eos")      # an engine stopping at eos would differ
         if any(len(set(row.tolist())) < MIN_DISTINCT for row in tokens):
             problems.append("degenerate greedy output")
         if not problems:
-            return weights, ids, hf.forward(cfg, weights, ids), tokens, seed
+            return weights, ids, ref(cfg).forward(cfg, weights, ids), tokens, seed
     raise RuntimeError("%s: no seed in [%d, %d) passes" % (name, seed0, seed0 + MAX_ATTEMPTS))
 
 
@@ -284,7 +310,7 @@ def _weight_file(weights, names):
 def case_files(cfg, weights, ids, logits, tokens, seed, name, shards):
     """{file name: bytes} of one case directory."""
     files = {"config.json": _json_bytes(cfg)}
-    order = list(hf.weight_shapes(cfg, is_fused(name)))
+    order = list(ref(cfg).weight_shapes(cfg, is_fused(name)))
     if shards == 1:
         files["model.safetensors"] = _weight_file(weights, order)
     else:

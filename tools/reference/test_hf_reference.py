@@ -57,12 +57,14 @@ ARCH_KEYS = {
     "qwen2": {"use_sliding_window", "sliding_window", "max_window_layers", "rope_scaling"},
     "qwen3": {"head_dim", "attention_bias", "use_sliding_window", "sliding_window", "max_window_layers",
               "rope_scaling"},
+    "gpt_oss": {"head_dim", "num_local_experts", "experts_per_token", "sliding_window", "layer_types",
+                "attention_bias", "swiglu_limit", "rope_scaling", "pad_token_id"},
 }
 # The dense config classes have no routing keys.
 DENSE_COMMON_KEYS = COMMON_KEYS - {"num_experts_per_tok", "output_router_logits", "router_aux_loss_coef"}
 ARCHITECTURES = {"mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM",
                  "qwen3_moe": "Qwen3MoeForCausalLM", "olmoe": "OlmoeForCausalLM",
-                 "granitemoe": "GraniteMoeForCausalLM",
+                 "granitemoe": "GraniteMoeForCausalLM", "gpt_oss": "GptOssForCausalLM",
                  "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
                  "qwen3": "Qwen3ForCausalLM"}
 STORED = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
@@ -156,14 +158,14 @@ class Pieces(unittest.TestCase):
         for name, per_head in (("qwen3_moe", True), ("olmoe", False), ("qwen3", True)):
             cfg = dict(_case(name)[2], rms_norm_eps=0.0)
             w = _random_model(cfg, 4)
-            base = hf.forward(cfg, w, ids)
+            base = mk.ref(cfg).forward(cfg, w, ids)
             hd = hf.head_dim(cfg)
             for scale_rows, invariant in ((slice(0, hd), per_head), (slice(None), True)):
                 w2 = dict(w)
                 q = w["model.layers.0.self_attn.q_proj.weight"].clone()
                 q[scale_rows] *= 3.0
                 w2["model.layers.0.self_attn.q_proj.weight"] = q
-                change = _rel_change(base, hf.forward(cfg, w2, ids))
+                change = _rel_change(base, mk.ref(cfg).forward(cfg, w2, ids))
                 if invariant:
                     self.assertLess(change, 1e-12, name)
                 else:
@@ -198,7 +200,7 @@ class Pieces(unittest.TestCase):
                     mw[dst + "shared_expert.down_proj.weight"] = torch.zeros(d, 1, dtype=F64)
                     mw[dst + "shared_expert_gate.weight"] = torch.randn(1, d, dtype=F64)
             self.assertEqual(set(mw), set(hf.weight_shapes(mcfg)), dense)
-            self.assertLess(_rel_change(hf.forward(cfg, w, ids), hf.forward(mcfg, mw, ids)), 1e-12, dense)
+            self.assertLess(_rel_change(mk.ref(cfg).forward(cfg, w, ids), hf.forward(mcfg, mw, ids)), 1e-12, dense)
 
     def test_one_expert_top1_is_dense_swiglu(self):
         for name in ("mixtral", "qwen3_moe", "olmoe"):
@@ -255,7 +257,7 @@ class Pieces(unittest.TestCase):
             ids = torch.tensor([[5, 9, 17, 33, 4, 60, 7]])
             ids2 = ids.clone()
             ids2[0, 4] = 50
-            a, b = hf.forward(cfg, w, ids), hf.forward(cfg, w, ids2)
+            a, b = mk.ref(cfg).forward(cfg, w, ids), mk.ref(cfg).forward(cfg, w, ids2)
             self.assertLess(float((a[:, :4] - b[:, :4]).abs().max()), 1e-12, name)
             self.assertGreater(float((a[:, 4:] - b[:, 4:]).abs().max()), 1e-3, name)
 
@@ -263,9 +265,9 @@ class Pieces(unittest.TestCase):
         for name, _, cfg, _ in mk.CASES:
             w = _random_model(cfg, 11)
             ids = torch.tensor([[5, 9, 17, 33, 4], [8, 8, 40, 3, 21]])
-            both = hf.forward(cfg, w, ids)
+            both = mk.ref(cfg).forward(cfg, w, ids)
             for r in range(2):
-                self.assertLess(float((both[r] - hf.forward(cfg, w, ids[r:r + 1])[0]).abs().max()), 1e-12, name)
+                self.assertLess(float((both[r] - mk.ref(cfg).forward(cfg, w, ids[r:r + 1])[0]).abs().max()), 1e-12, name)
 
 
 class CrossReference(unittest.TestCase):
@@ -291,7 +293,7 @@ class CrossReference(unittest.TestCase):
             mcfg.update(moe_every=1, norm_topk_prob=True, router_aux_loss_coef=0.0)
             ids = torch.tensor([[5, 9, 17, 33, 4, 60, 7], [3, 3, 80, 12, 44, 9, 90]])
             want = mref.forward(mcfg, P, ids)["logits"].view(2, 7, -1)
-            self.assertLess(_rel_change(want, hf.forward(cfg, w, ids)), 1e-12, name)
+            self.assertLess(_rel_change(want, mk.ref(cfg).forward(cfg, w, ids)), 1e-12, name)
 
     def test_mixtral_training_loss_equals_model_reference(self):
         """loss_on_window (cross-entropy + each layer's load-balancing loss) and its gradient
@@ -367,7 +369,7 @@ class Sensitivity(unittest.TestCase):
         w = {n: t.to(F64) for n, t in stored.items()}
         cfg2, w2 = copy.deepcopy(cfg), dict(w)
         mutate(cfg2, w2)
-        change = _rel_change(hf.forward(cfg, w, exp["input_ids"]), hf.forward(cfg2, w2, exp["input_ids"]))
+        change = _rel_change(mk.ref(cfg).forward(cfg, w, exp["input_ids"]), mk.ref(cfg2).forward(cfg2, w2, exp["input_ids"]))
         self.assertGreater(change, 1e-3, "%s: %s" % (name, what))
 
     def test_features_matter(self):
@@ -415,6 +417,74 @@ class Sensitivity(unittest.TestCase):
         for name in ("llama", "mistral", "qwen2", "qwen3"):
             self._assert_moves(name, zero("mlp.down_proj.weight"), "dense MLP")
 
+    def test_gpt_oss_features_matter(self):
+        """Without the sinks, the clamp, the window, a bias or the interleave the logits move."""
+        import gpt_oss_reference as go
+        cfg, stored, exp, _ = _load_fixture("gpt_oss")
+        w = {n: t.to(F64) for n, t in stored.items()}
+        ids = exp["input_ids"]
+        base = go.forward(cfg, w, ids)
+        self.assertGreater(_rel_change(base, go.forward(cfg, w, ids, sinks=False)), 1e-3, "sinks")
+        self.assertGreater(_rel_change(base, go.forward(cfg, w, ids, clamp=False)), 1e-3, "clamp")
+
+        def moves(mutate, what):
+            self._assert_moves("gpt_oss", mutate, what)
+
+        def full_attention(c, _):
+            c["layer_types"] = ["full_attention"] * c["num_hidden_layers"]
+
+        def zero(suffix):
+            def f(_, ww):
+                for n in list(ww):
+                    if n.endswith(suffix):
+                        ww[n] = torch.zeros_like(ww[n])
+            return f
+
+        def swap_gate_up(_, ww):   # gate/up as two halves instead of interleaved
+            for n in list(ww):
+                if n.endswith("gate_up_proj") or n.endswith("gate_up_proj_bias"):
+                    t = ww[n]
+                    ww[n] = torch.cat([t[..., 0::2], t[..., 1::2]], dim=-1)
+
+        moves(full_attention, "sliding window")
+        for suffix in ("o_proj.bias", "router.bias", "gate_up_proj_bias", "down_proj_bias"):
+            moves(zero(suffix), suffix)
+        moves(swap_gate_up, "interleaved gate/up")
+        # The clamp acts on a good share of the fixture's units (limit 1.5).
+        x = torch.randn(64, cfg["hidden_size"], dtype=F64)
+        gu = x @ w["model.layers.0.mlp.experts.gate_up_proj"][0] + w["model.layers.0.mlp.experts.gate_up_proj_bias"][0]
+        self.assertGreater(float((gu.abs() > cfg["swiglu_limit"]).double().mean()), 0.1)
+
+    def test_gpt_oss_attention_is_a_naive_loop(self):
+        """Sinks and window against a per-query loop over the visible keys."""
+        import gpt_oss_reference as go
+        cfg = dict(_case("gpt_oss")[2])
+        w = _random_model(cfg, 12)
+        B, S, d = 1, 9, cfg["hidden_size"]
+        H, G, hd = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
+        x = torch.randn(B, S, d, dtype=F64)
+        a = "model.layers.0.self_attn."
+        got = go.attention(cfg, w, 0, x)   # layer 0 slides (window 4)
+        q = (x @ w[a + "q_proj.weight"].T + w[a + "q_proj.bias"]).view(B, S, H, hd)
+        k = (x @ w[a + "k_proj.weight"].T + w[a + "k_proj.bias"]).view(B, S, G, hd)
+        v = (x @ w[a + "v_proj.weight"].T + w[a + "v_proj.bias"]).view(B, S, G, hd)
+        inv_freq, af = hf.rope_inv_freq(cfg, S)
+        cos, sin = hf.rope_cos_sin(torch.arange(S), hd, None, inv_freq, af)
+        q = hf.apply_rope(q.transpose(1, 2), cos, sin)
+        k = hf.apply_rope(k.transpose(1, 2), cos, sin)
+        out = torch.zeros(B, S, H * hd, dtype=F64)
+        for h in range(H):
+            g = h // (H // G)
+            for t in range(S):
+                keys = [j for j in range(S) if j <= t and t - j < cfg["sliding_window"]]
+                logits = [float(q[0, h, t] @ k[0, g, j]) / math.sqrt(hd) for j in keys]
+                m = max(logits + [float(w[a + "sinks"][h])])
+                den = sum(math.exp(z - m) for z in logits) + math.exp(float(w[a + "sinks"][h]) - m)
+                for j, z in zip(keys, logits):
+                    out[0, t, h * hd:(h + 1) * hd] += math.exp(z - m) / den * v[0, j, g]
+        want = out @ w[a + "o_proj.weight"].T + w[a + "o_proj.bias"]
+        self.assertLess(float((got - want).abs().max()), 1e-12)
+
     def test_granitemoe_multipliers_matter(self):
         def set_to(key, value):
             def f(cfg, w):
@@ -460,14 +530,14 @@ class Sensitivity(unittest.TestCase):
             fused[m + "gate_up_proj"] = torch.stack([torch.cat(
                 [w[m + "%d.gate_proj.weight" % e], w[m + "%d.up_proj.weight" % e]]) for e in range(E)])
             fused[m + "down_proj"] = torch.stack([w[m + "%d.down_proj.weight" % e] for e in range(E)])
-        a = hf.forward(cfg, w, exp["input_ids"])
-        self.assertTrue(torch.equal(a, hf.forward(cfg, fused, exp["input_ids"])))
+        a = mk.ref(cfg).forward(cfg, w, exp["input_ids"])
+        self.assertTrue(torch.equal(a, mk.ref(cfg).forward(cfg, fused, exp["input_ids"])))
         # gate and up swapped: another model
         for n in list(fused):
             if n.endswith("gate_up_proj"):
                 F = fused[n].shape[1] // 2
                 fused[n] = torch.cat([fused[n][:, F:], fused[n][:, :F]], dim=1)
-        self.assertGreater(_rel_change(a, hf.forward(cfg, fused, exp["input_ids"])), 1e-3)
+        self.assertGreater(_rel_change(a, mk.ref(cfg).forward(cfg, fused, exp["input_ids"])), 1e-3)
 
     def test_rope_frequencies_by_hand(self):
         # yarn: factor 4, original 16, hd 24, theta 1e6: low = 0 and high = 1 after floor/ceil,
@@ -511,7 +581,7 @@ class Fixtures(unittest.TestCase):
             self.assertEqual(missing, set(), name)
 
             # every weight file: real safetensors layout, HF metadata, one dtype
-            shapes = hf.weight_shapes(cfg, mk.is_fused(name))
+            shapes = mk.ref(cfg).weight_shapes(cfg, mk.is_fused(name))
             seen = {}
             for f in weight_files:
                 blob = _read(os.path.join(d, f))
@@ -551,9 +621,9 @@ class Fixtures(unittest.TestCase):
             self.assertFalse(torch.equal(exp["input_ids"][0], exp["input_ids"][1]))
             # the stored values are the reference's on the stored (upcast) weights
             trace = []
-            tokens = hf.greedy(cfg, stored, exp["input_ids"], 8, trace)
+            tokens = mk.ref(cfg).greedy(cfg, stored, exp["input_ids"], 8, trace)
             self.assertTrue(torch.equal(tokens.to(torch.int32), exp["greedy"]), name)
-            logits = hf.forward(cfg, stored, exp["input_ids"]).to(torch.float32)
+            logits = mk.ref(cfg).forward(cfg, stored, exp["input_ids"]).to(torch.float32)
             self.assertIsNone(fixture_io.compare_tensor_rounded(exp["logits"], logits)[0], name)
             self.assertEqual(mk.decision_problems(cfg, trace), [], name)
             self.assertFalse(bool((exp["greedy"] == cfg["eos_token_id"]).any()), name)
