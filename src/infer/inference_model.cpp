@@ -89,10 +89,7 @@ class InferenceModel::HfSource : public InferenceModel::Source {
     const bool down = t == HfTensor::ExpertDown;
     const std::string nm =
         fmt::format("model.layers.{}.mlp.experts.{}", layer, down ? "down_proj" : "gate_up_proj");
-    MOE_REQUIRE(w_.has(nm) || !w_.has(nm + "_blocks"),
-                "{}: tensor {}_blocks is MXFP4, which is not supported yet (dequantize the "
-                "checkpoint to bf16)",
-                w_.dir(), nm);
+    if (!w_.has(nm) && w_.has(nm + "_blocks")) return mxfp4_experts(nm, t, E, rows, cols);
     // The stored matrix [in, out_stored]: out_stored = 2F (interleaved) or d.
     const int64_t in = cols, out_stored = down ? rows : 2 * rows;
     const WeightView all = view(nm, {E, in, out_stored});
@@ -112,6 +109,50 @@ class InferenceModel::HfSource : public InferenceModel::Source {
     return views;
   }
   static int64_t dtype_size_of(GgmlType t) { return t == GgmlType::F32 ? 4 : 2; }
+
+  // The released checkpoints' MXFP4 experts (transformers integrations/mxfp4.py): name_blocks
+  // [E, R, C/32, 16] uint8, two E2M1 codes per byte (value 2j in the low nibble of byte j, 2j + 1
+  // in the high one), and name_scales [E, R, C/32] uint8 E8M0 exponents (2^(s - 127)), already
+  // [out, in]: gate_up R = 2F rows with gate and up interleaved, down R = d. Each block is
+  // regrouped into ggml's MXFP4 (quant.h: the scale byte first, value j and j + 16 in byte j),
+  // the same 17 bytes per 32 values: computed in this format by the int8 kernels, never widened.
+  std::vector<WeightView> mxfp4_experts(const std::string& nm, HfTensor t, int E, int64_t rows,
+                                        int64_t cols) {
+    const bool down = t == HfTensor::ExpertDown;
+    const int64_t stored_rows = down ? rows : 2 * rows, nb = cols / kQK;
+    MOE_REQUIRE(cols % kQK == 0, "{}: {}_blocks: rows of {} values are not whole MXFP4 blocks",
+                w_.dir(), nm, cols);
+    auto raw = [&](const std::string& name, const std::vector<int64_t>& shape) {
+      const SafeTensorsFile& f = w_.file_of(name);
+      const TensorEntry& e = f.entry(name);
+      MOE_REQUIRE(e.dtype == DType::U8, "{}: tensor {} has dtype {}, expected U8 (MXFP4)", f.path(),
+                  name, dtype_name(e.dtype));
+      MOE_REQUIRE(e.shape == shape, "{}: tensor {} has shape [{}], expected [{}]", f.path(), name,
+                  fmt::join(e.shape, ", "), fmt::join(shape, ", "));
+      return f.raw(e);
+    };
+    const uint8_t* blocks = raw(nm + "_blocks", {E, stored_rows, nb, kQK / 2});
+    const uint8_t* scales = raw(nm + "_scales", {E, stored_rows, nb});
+    const int64_t first = t == HfTensor::ExpertUp ? 1 : 0, step = down ? 1 : 2;
+    const int64_t rb = row_bytes(GgmlType::MXFP4, cols);
+    std::vector<uint8_t>& buf = owned.emplace_back(static_cast<size_t>(E * rows * rb));
+    std::vector<WeightView> views;
+    for (int e = 0; e < E; ++e) {
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t src = e * stored_rows + first + step * r;
+        auto* dst = reinterpret_cast<BlockMXFP4*>(buf.data() + (e * rows + r) * rb);
+        for (int64_t b = 0; b < nb; ++b) {
+          const uint8_t* q = blocks + (src * nb + b) * (kQK / 2);
+          dst[b].e = scales[src * nb + b];
+          auto code = [&](int v) { return v % 2 == 0 ? q[v / 2] & 0xF : q[v / 2] >> 4; };
+          for (int j = 0; j < kQK / 2; ++j)
+            dst[b].qs[j] = static_cast<uint8_t>(code(j) | (code(j + kQK / 2) << 4));
+        }
+      }
+      views.push_back({buf.data() + e * rows * rb, GgmlType::MXFP4, rows, cols});
+    }
+    return views;
+  }
   std::string name(int layer, HfTensor t) const {
     if (layer >= 0) return hf_tensor_name(c_, layer, t);
     return t == HfTensor::Q   ? "model.embed_tokens.weight"

@@ -42,8 +42,56 @@ def layer_types(cfg):
         for l in range(cfg["num_hidden_layers"])]
 
 
-def weight_shapes(cfg, fused=True):
-    """{name: shape} in state-dict order (experts always fused: gpt_oss has no other layout)."""
+# FP4 E2M1 values by code (bit 3 the sign), the OCP Microscaling format's element type.
+E2M1 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0]
+
+
+def mxfp4_dequantize(blocks, scales):
+    """The released checkpoints' MXFP4 (transformers integrations/mxfp4.py layout):
+    blocks [..., R, C/32, 16] uint8 with code 2j in the low nibble of byte j and 2j + 1 in the
+    high one, scales [..., R, C/32] uint8 E8M0 (2^(s - 127)) -> float64 [..., R, C]."""
+    b = blocks.to(torch.int64)
+    codes = torch.stack([b & 15, b >> 4], dim=-1).flatten(-2)          # [..., R, C/32, 32]
+    vals = torch.tensor(E2M1, dtype=F64)[codes]
+    vals = vals * torch.pow(2.0, scales.to(F64) - 127)[..., None]
+    return vals.flatten(-2)
+
+
+def mxfp4_quantize(w):
+    """float [..., R, C] -> (blocks, scales) as mxfp4_dequantize reads them: per 32 values the
+    smallest power-of-two scale that brings the largest magnitude within 6, each value rounded to
+    the nearest E2M1 magnitude (for making fixtures; any rounding is fine, the stored bytes are
+    what the reference and the engine read)."""
+    *lead, R, C = w.shape
+    v = w.to(F64).reshape(*lead, R, C // 32, 32)
+    amax = v.abs().amax(-1)
+    e = torch.where(amax > 0, torch.ceil(torch.log2(amax / 6.0)), torch.full_like(amax, -127.0))
+    e = e.clamp(-127, 127)
+    x = v / torch.pow(2.0, e)[..., None]
+    mags = torch.tensor(E2M1[:8], dtype=F64)
+    idx = (x.abs()[..., None] - mags).abs().argmin(-1)                  # ties: the smaller code
+    codes = idx + 8 * ((x < 0) & (idx > 0)).to(torch.int64)
+    codes = codes.reshape(*lead, R, C // 32, 16, 2)
+    blocks = (codes[..., 0] | (codes[..., 1] << 4)).to(torch.uint8)
+    return blocks, (e + 127).to(torch.uint8)
+
+
+def expert_matrices(weights, prefix):
+    """(gate_up_proj [E, d, 2F], down_proj [E, F, d]) in float64 from either stored layout: the
+    matrices, or MXFP4 name_blocks / name_scales stored [out, in] (transposed back here)."""
+    out = []
+    for name in ("gate_up_proj", "down_proj"):
+        n = prefix + "experts." + name
+        if n in weights:
+            out.append(_w(weights, n))
+        else:
+            out.append(mxfp4_dequantize(weights[n + "_blocks"], weights[n + "_scales"]).transpose(-1, -2))
+    return out
+
+
+def weight_shapes(cfg, fused=True, mxfp4=False):
+    """{name: shape} in state-dict order (experts always fused: gpt_oss has no other layout);
+    mxfp4: the experts' matrices as name_blocks [E, out, in/32, 16] + name_scales [E, out, in/32]."""
     d, V, L = cfg["hidden_size"], cfg["vocab_size"], cfg["num_hidden_layers"]
     H, G, hd = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
     E, F = cfg["num_local_experts"], cfg["intermediate_size"]
@@ -58,9 +106,17 @@ def weight_shapes(cfg, fused=True):
         out[p + "self_attn.sinks"] = [H]
         out[p + "mlp.router.weight"] = [E, d]
         out[p + "mlp.router.bias"] = [E]
-        out[p + "mlp.experts.gate_up_proj"] = [E, d, 2 * F]
+        if mxfp4:
+            out[p + "mlp.experts.gate_up_proj_blocks"] = [E, 2 * F, d // 32, 16]
+            out[p + "mlp.experts.gate_up_proj_scales"] = [E, 2 * F, d // 32]
+        else:
+            out[p + "mlp.experts.gate_up_proj"] = [E, d, 2 * F]
         out[p + "mlp.experts.gate_up_proj_bias"] = [E, 2 * F]
-        out[p + "mlp.experts.down_proj"] = [E, F, d]
+        if mxfp4:
+            out[p + "mlp.experts.down_proj_blocks"] = [E, d, F // 32, 16]
+            out[p + "mlp.experts.down_proj_scales"] = [E, d, F // 32]
+        else:
+            out[p + "mlp.experts.down_proj"] = [E, F, d]
         out[p + "mlp.experts.down_proj_bias"] = [E, d]
         out[p + "input_layernorm.weight"] = [d]
         out[p + "post_attention_layernorm.weight"] = [d]
@@ -126,8 +182,8 @@ def moe_block(cfg, weights, layer, x, trace=None, clamp=True):
         trace.append(logits)
     top_val, top_idx = torch.topk(logits, k, dim=-1)
     gates = torch.softmax(top_val, dim=-1)
-    gate_up, gate_up_b = _w(weights, p + "experts.gate_up_proj"), _w(weights, p + "experts.gate_up_proj_bias")
-    down, down_b = _w(weights, p + "experts.down_proj"), _w(weights, p + "experts.down_proj_bias")
+    gate_up, down = expert_matrices(weights, p)
+    gate_up_b, down_b = _w(weights, p + "experts.gate_up_proj_bias"), _w(weights, p + "experts.down_proj_bias")
     out = torch.zeros_like(t)
     for e in range(gate_up.shape[0]):
         rows, slot = (top_idx == e).nonzero(as_tuple=True)

@@ -215,7 +215,23 @@ CASES = [
     ("qwen3_moe_fused", 15000, qwen3_moe_config(torch_dtype="bfloat16", decoder_sparse_step=1), 2),
     ("granitemoe", 16000, granitemoe_config(), 1),
     ("gpt_oss", 17000, gpt_oss_config(), 1),
+    # The released checkpoints' MXFP4 experts (*_blocks + *_scales), d and F multiples of 32.
+    ("gpt_oss_mxfp4", 18000, gpt_oss_config(hidden_size=64, intermediate_size=64, quantization_config={
+        "quant_method": "mxfp4", "modules_to_not_convert": [
+            "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}), 1),
 ]
+
+
+def is_mxfp4(case):
+    """Cases named *_mxfp4 store gpt_oss's expert matrices as MXFP4 blocks and scales."""
+    return case.endswith("_mxfp4")
+
+
+def shapes_of(name, cfg):
+    """{tensor: shape} of case `name` in state-dict order."""
+    if cfg["model_type"] == "gpt_oss":
+        return gpt_oss_reference.weight_shapes(cfg, True, is_mxfp4(name))
+    return hf.weight_shapes(cfg, is_fused(name))
 
 
 def ref(cfg):
@@ -246,13 +262,18 @@ def is_fused(case):
     return case.endswith("_fused")
 
 
-def make_weights(cfg, fused=False):
-    """{name: tensor in the stored dtype}, drawn in state-dict order from the current RNG."""
+def make_weights(cfg, fused=False, mxfp4=False):
+    """{name: tensor in the stored dtype}, drawn in state-dict order from the current RNG;
+    mxfp4: gpt_oss's expert matrices drawn as bf16 and stored MXFP4 (blocks + scales, [out, in])."""
     dtype = _STORE[cfg["torch_dtype"]]
     out = {}
     for name, shape in ref(cfg).weight_shapes(cfg, fused).items():
         std = _std(name, cfg.get("tie_word_embeddings", False))
         t = 1.0 + NORM_STD * torch.randn(shape) if std is None else std * torch.randn(shape)
+        if mxfp4 and (name.endswith("experts.gate_up_proj") or name.endswith("experts.down_proj")):
+            out[name + "_blocks"], out[name + "_scales"] = gpt_oss_reference.mxfp4_quantize(
+                t.to(dtype).transpose(-1, -2))
+            continue
         out[name] = t.to(dtype)
     return out
 
@@ -279,7 +300,7 @@ def build_case(name, seed0, cfg):
     """(weights, input_ids, logits, greedy tokens, seed) for the first seed >= seed0 that passes."""
     for seed in range(seed0, seed0 + MAX_ATTEMPTS):
         torch.manual_seed(seed)
-        weights = make_weights(cfg, is_fused(name))
+        weights = make_weights(cfg, is_fused(name), is_mxfp4(name))
         ids = torch.randint(FIRST_PROMPT_TOKEN, cfg["vocab_size"], (BATCH, PROMPT_LEN))
         trace = []
         tokens = ref(cfg).greedy(cfg, weights, ids, NEW_TOKENS, trace)
@@ -310,7 +331,7 @@ def _weight_file(weights, names):
 def case_files(cfg, weights, ids, logits, tokens, seed, name, shards):
     """{file name: bytes} of one case directory."""
     files = {"config.json": _json_bytes(cfg)}
-    order = list(ref(cfg).weight_shapes(cfg, is_fused(name)))
+    order = list(shapes_of(name, cfg))
     if shards == 1:
         files["model.safetensors"] = _weight_file(weights, order)
     else:

@@ -455,6 +455,39 @@ class Sensitivity(unittest.TestCase):
         gu = x @ w["model.layers.0.mlp.experts.gate_up_proj"][0] + w["model.layers.0.mlp.experts.gate_up_proj_bias"][0]
         self.assertGreater(float((gu.abs() > cfg["swiglu_limit"]).double().mean()), 0.1)
 
+    def test_mxfp4_layout(self):
+        """The HF MXFP4 reader against hand-built blocks, and the quantizer round trip."""
+        import gpt_oss_reference as go
+        blocks = torch.tensor([[[0x10, 0x32, 0x54, 0x76, 0x98, 0xBA, 0xDC, 0xFE] + [0x0F] * 8]],
+                              dtype=torch.uint8)                  # [R=1, C/32=1, 16]
+        scales = torch.tensor([[128]], dtype=torch.uint8)           # 2^1
+        got = go.mxfp4_dequantize(blocks, scales)[0]
+        want = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12] + [-12, 0] * 8
+        self.assertEqual(got.tolist(), [float(v) for v in want])
+        w = torch.randn(3, 5, 64, dtype=F64)
+        b, s = go.mxfp4_quantize(w)
+        back = go.mxfp4_dequantize(b, s)
+        self.assertTrue(torch.equal(go.mxfp4_dequantize(*go.mxfp4_quantize(back)), back))
+        # |x| / scale lies in (3, 6] for the block's largest, E2M1's widest gap (4 to 6) is 2:
+        # every error is under a third of the block's largest magnitude.
+        amax = w.view(3, 5, 2, 32).abs().amax(-1).repeat_interleave(32, -1)
+        self.assertLess(float(((back - w).abs() / amax).max()), 1 / 3)
+
+    def test_gpt_oss_mxfp4_is_the_dequantized_model(self):
+        """The MXFP4 case's logits are those of its experts dequantized into the matrix layout."""
+        import gpt_oss_reference as go
+        cfg, stored, exp, _ = _load_fixture("gpt_oss_mxfp4")
+        dense = dict(stored)
+        for l in range(cfg["num_hidden_layers"]):
+            p = "model.layers.%d.mlp." % l
+            gate_up, down = go.expert_matrices(stored, p)
+            for n in list(dense):
+                if n.startswith(p + "experts.") and (n.endswith("_blocks") or n.endswith("_scales")):
+                    del dense[n]
+            dense[p + "experts.gate_up_proj"], dense[p + "experts.down_proj"] = gate_up, down
+        self.assertLess(_rel_change(go.forward(cfg, stored, exp["input_ids"]),
+                                    go.forward(cfg, dense, exp["input_ids"])), 1e-12)
+
     def test_gpt_oss_attention_is_a_naive_loop(self):
         """Sinks and window against a per-query loop over the visible keys."""
         import gpt_oss_reference as go
@@ -581,7 +614,7 @@ class Fixtures(unittest.TestCase):
             self.assertEqual(missing, set(), name)
 
             # every weight file: real safetensors layout, HF metadata, one dtype
-            shapes = mk.ref(cfg).weight_shapes(cfg, mk.is_fused(name))
+            shapes = mk.shapes_of(name, cfg)
             seen = {}
             for f in weight_files:
                 blob = _read(os.path.join(d, f))
@@ -592,7 +625,8 @@ class Fixtures(unittest.TestCase):
                 self.assertEqual(list(header), sorted(header), f)   # name order, as the library writes
                 end = 0
                 for tname, info in header.items():
-                    self.assertEqual(info["dtype"], STORED[cfg["torch_dtype"]], tname)
+                    mxfp4 = tname.endswith("_blocks") or tname.endswith("_scales")
+                    self.assertEqual(info["dtype"], "U8" if mxfp4 else STORED[cfg["torch_dtype"]], tname)
                     self.assertEqual(info["data_offsets"][0], end, tname)
                     end = info["data_offsets"][1]
                     seen[tname] = (f, info["shape"], end - info["data_offsets"][0])
