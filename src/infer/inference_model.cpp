@@ -222,7 +222,7 @@ class InferenceModel::GgufSource : public InferenceModel::Source {
     const auto type = static_cast<GgmlType>(info.type);
     MOE_REQUIRE(ggml_block(info.type).values > 0 && is_weight_type(type),
                 "{}: tensor {} has type {}, which is not one of F32 F16 BF16 Q8_0 Q4_0 Q4_K Q5_K "
-                "Q6_K",
+                "Q6_K MXFP4",
                 f_.path(), info.name, ggml_type_name(info.type));
     return type;
   }
