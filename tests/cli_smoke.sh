@@ -92,9 +92,9 @@ grep -q "layout" "$dir/err" || fail "unexpected error: $(cat "$dir/err")"
 "$moe" convert "$dir/run" --to gguf --out "$dir/run.gguf" > "$dir/conv"
 [[ $(head -c 4 "$dir/run.gguf") == "GGUF" ]] || fail "convert --to gguf wrote no GGUF file"
 # A config with an unknown model_type: one line naming the file and the key.
-sed -i 's/"model_type": "mixtral"/"model_type": "gpt_oss"/' "$dir/hf/config.json"
+sed -i 's/"model_type": "mixtral"/"model_type": "jamba"/' "$dir/hf/config.json"
 if "$moe" generate --model "$dir/hf" --prompt-ids 1,2 2> "$dir/err"; then fail "unknown model_type accepted"; fi
-grep -q "config.json: model_type \"gpt_oss\"" "$dir/err" || fail "unexpected error: $(cat "$dir/err")"
+grep -q "config.json: model_type \"jamba\"" "$dir/err" || fail "unexpected error: $(cat "$dir/err")"
 [[ $(wc -l < "$dir/err") -eq 1 ]] || fail "error is not one line: $(cat "$dir/err")"
 
 # A truncated weights file: one line naming the file.

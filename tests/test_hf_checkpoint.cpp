@@ -98,6 +98,9 @@ INSTANTIATE_TEST_SUITE_P(Granite, HfFamily, ::testing::Values("granitemoe"));
 
 // transformers v5's fused expert tensors, written by the reference (2 shards).
 INSTANTIATE_TEST_SUITE_P(FusedExperts, HfFamily, ::testing::Values("qwen3_moe_fused"));
+// gpt_oss: sinks, a sliding window (4) shorter than the prompt plus generation, YaRN, biases,
+// the router's softmax over the top-k and the clamped SwiGLU over interleaved gate/up columns.
+INSTANTIATE_TEST_SUITE_P(GptOss, HfFamily, ::testing::Values("gpt_oss"));
 
 INSTANTIATE_TEST_SUITE_P(RopeScaling, HfFamily,
                          ::testing::Values("qwen3_moe_yarn", "olmoe_yarn_mscale", "mixtral_llama3",

@@ -31,7 +31,9 @@ std::string lower(std::string s) {
 }
 
 TEST(Quant, DequantizeMatchesNumpyReferenceBitForBit) {
-  for (const GgmlType t : kQuantTypes) {
+  // MXFP4 is decoded (gpt-oss's checkpoints), not quantized to: it is checked here only.
+  for (const GgmlType t : {GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_K, GgmlType::Q5_K,
+                           GgmlType::Q6_K, GgmlType::Q8_K, GgmlType::MXFP4}) {
     SCOPED_TRACE(type_name(t));
     const auto f = SafeTensorsFile::open(test::fixture_dir() + "/quant/" + lower(type_name(t)) +
                                          ".safetensors");

@@ -19,8 +19,8 @@
 namespace moe {
 namespace {
 
-constexpr GgmlType kWeightTypes[] = {GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_K, GgmlType::Q5_K,
-                                     GgmlType::Q6_K};
+constexpr GgmlType kWeightTypes[] = {GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_K,
+                                     GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::MXFP4};
 
 struct KernelGuard {
   ~KernelGuard() { set_quant_kernel(QuantKernel::Auto); }
@@ -76,6 +76,9 @@ std::vector<uint8_t> random_weights(GgmlType t, int64_t nblocks, std::mt19937& r
         break;
       case GgmlType::Q6_K:
         reinterpret_cast<BlockQ6_K*>(p)->d = random_scale(rng);
+        break;
+      case GgmlType::MXFP4:  // 2^-18 .. 2^-8 times the doubled E2M1 values
+        reinterpret_cast<BlockMXFP4*>(p)->e = static_cast<uint8_t>(110 + rng() % 11);
         break;
       default:
         ADD_FAILURE() << "not a weight type";
@@ -188,6 +191,9 @@ TEST(QuantDot, ExtremeValuesAreExact) {
         b->d = 0x3C00;
       } else if (t == GgmlType::Q4_0) {
         reinterpret_cast<BlockQ4_0*>(w1.data())->d = 0x3C00;
+      } else if (t == GgmlType::MXFP4) {
+        reinterpret_cast<BlockMXFP4*>(w1.data())->e = 128;  // nibbles 0xF: -12, the largest
+
       } else if (t == GgmlType::Q6_K) {
         auto* b = reinterpret_cast<BlockQ6_K*>(w1.data());
         std::memset(b->scales, 0x7F, sizeof b->scales);
@@ -346,6 +352,20 @@ void dequantize_block(GgmlType t, const uint8_t* p, double* out) {
       }
       return;
     }
+    case GgmlType::MXFP4: {  // E2M1: sign bit 3, exponent bits 2-1, mantissa bit 0
+      const auto& b = *reinterpret_cast<const BlockMXFP4*>(p);
+      auto e2m1 = [](int code) {
+        const int e = (code >> 1) & 3, m = code & 1;
+        const double mag = e == 0 ? 0.5 * m : std::ldexp(1.0 + 0.5 * m, e - 1);
+        return code & 8 ? -mag : mag;
+      };
+      const double scale = std::ldexp(1.0, b.e - 127);
+      for (int j = 0; j < 16; ++j) {
+        out[j] = scale * e2m1(b.qs[j] & 0xF);
+        out[j + 16] = scale * e2m1(b.qs[j] >> 4);
+      }
+      return;
+    }
     case GgmlType::Q8_K: {
       const auto& b = *reinterpret_cast<const BlockQ8_K*>(p);
       for (int j = 0; j < 256; ++j) out[j] = static_cast<double>(b.d) * b.qs[j];
@@ -469,6 +489,8 @@ TEST(QuantDot, TestDequantizerAgreesWithDequantizeRow) {
         dmax = std::max(std::fabs(f16_to_float(halves[0])), std::fabs(f16_to_float(halves[1])));
       else if (t == GgmlType::Q6_K)
         dmax = std::fabs(f16_to_float(reinterpret_cast<const BlockQ6_K*>(p)->d));
+      else if (t == GgmlType::MXFP4)
+        dmax = std::ldexp(1.0, reinterpret_cast<const BlockMXFP4*>(p)->e - 128);
       else
         dmax = std::fabs(f16_to_float(halves[0]));
       const double tol = 4 * std::ldexp(dmax * 128 * 64, -24);

@@ -88,22 +88,27 @@ void rope_backward(T* dx, const T* cos, const T* sin, int64_t n, int heads, int 
 
 // Attention over a KV cache after the projections: appends k, v [B*n, G*hd] (RoPE applied) of
 // n new tokens per sequence to the cache, attends causally to everything cached and writes
-// o [B*n, H*hd]. scratch grows to threads * n * capacity once.
+// o [B*n, H*hd]. scratch grows to threads * n * capacity once. With `window` > 0 a query at
+// position p sees keys p - window + 1 .. p only (a sliding layer); with `sinks` [H] head h's
+// softmax denominator also holds exp(sinks[h]), a logit with no value (gpt-oss). The core is
+// attend_cached below.
+template <class T>
+void cached_attention(const T* q, const T* k, const T* v, int B, int n, int H, int G, int hd,
+                      KvCache<T>& cache, T* o, std::vector<T>& scratch, int window = 0,
+                      const T* sinks = nullptr);
+
 // The attention core over cached rows, any head layout: for each sequence b and query head h,
 // o[b*n+t, h*v_dim ..] = softmax(scale * q_h K_b^T, causal: position L+t sees 0..L+t) V_b, where
 // q_h = q[b*n+t, h*q_dim ..] (row stride ldq), K_b rows k + (b*cap + j)*ldk + (h/rep)*k_head
 // (q_dim wide), V_b rows v + (b*cap + j)*ldv + (h/rep)*v_head (v_dim wide), o row stride ldo.
 // GQA: k_head = v_head = hd, rep = H/G; latent MLA: every head reads the same rows (k_head =
-// v_head = 0) and the values are the keys' first v_dim columns. scratch grows to threads * n *
-// cap once.
+// v_head = 0) and the values are the keys' first v_dim columns. window and sinks as in
+// cached_attention. scratch grows to threads * n * cap once.
 template <class T>
 void attend_cached(const T* q, int64_t ldq, int q_dim, const T* k, int64_t ldk, int64_t k_head,
                    const T* v, int64_t ldv, int64_t v_head, int v_dim, int B, int n, int H, int rep,
-                   int64_t L, int64_t cap, T scale, T* o, int64_t ldo, std::vector<T>& scratch);
-
-template <class T>
-void cached_attention(const T* q, const T* k, const T* v, int B, int n, int H, int G, int hd,
-                      KvCache<T>& cache, T* o, std::vector<T>& scratch);
+                   int64_t L, int64_t cap, T scale, T* o, int64_t ldo, std::vector<T>& scratch,
+                   int window = 0, const T* sinks = nullptr);
 
 template <class T>
 class Attention {

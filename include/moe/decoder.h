@@ -69,6 +69,9 @@ class Decoder {
     WeightView q, k, v, o;              // GQA (empty under MLA: mla_ holds its weights)
     const float *q_bias = nullptr, *k_bias = nullptr, *v_bias = nullptr;  // [H*hd], [G*hd]
     const float *q_norm = nullptr, *k_norm = nullptr;  // per cfg_.qk_norm: [hd] or [H*hd]/[G*hd]
+    const float* o_bias = nullptr;                     // [d] (gpt_oss)
+    const float* sinks = nullptr;                      // [H] (gpt_oss)
+    int window = 0;                                    // sliding window (0: all positions)
   };
 
   // Hands layer l's routing of the current call to the observer, if any.

@@ -25,7 +25,8 @@ struct FfnShape {
   Activation act = Activation::SwiGLU;
   int64_t d = 0, F = 0;
   ComputeDtype dtype = ComputeDtype::Float32;
-  bool glu() const { return act == Activation::SwiGLU; }
+  double limit = 7.0;  // ClampedSwiGLU's clamp
+  bool glu() const { return act != Activation::GELU; }
 };
 
 // One FFN's weights (P = const T) or their gradients (P = T): w1/w3 [F, d], w2 [d, F];
@@ -38,9 +39,10 @@ struct FfnWeights {
 };
 
 // One SwiGLU FFN's weights in their stored format (a checkpoint's; linear.h), forward only:
-// w1 (gate) / w3 (up) [F, d], w2 (down) [d, F].
+// w1 (gate) / w3 (up) [F, d], w2 (down) [d, F]; optional fp32 biases b1/b3 [F], b2 [d] (gpt-oss).
 struct FfnViews {
   WeightView w1, w3, w2;
+  const float *b1 = nullptr, *b3 = nullptr, *b2 = nullptr;
 };
 
 // Row buffers [n, F]: the forward's h1, h3, a; the backward's scratch dh1, dh3, da.

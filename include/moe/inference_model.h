@@ -9,7 +9,8 @@
 // RoPE (rotate_half), GQA, or DeepSeek's Multi-head Latent Attention (mla_attention.h);
 // softmax or sigmoid router (DeepSeek-V3: with its correction bias and groups), top-k (renormalized
 // when norm_topk_prob), grouped expert SwiGLUs; the optional sigmoid-gated shared expert; dense
-// SwiGLU layers.
+// SwiGLU layers. gpt_oss adds attention sinks, sliding-window layers, o_proj / router / expert
+// biases and the clamped SwiGLU.
 #pragma once
 
 #include <cstdint>
@@ -58,6 +59,7 @@ class InferenceModel : public Decoder {
     bool moe = false;
     std::vector<float> router;          // [E, d] fp32
     std::vector<float> selection_bias;  // [E] deepseek_v3 e_score_correction_bias (else empty)
+    std::vector<float> router_bias;     // [E] (gpt_oss), empty: none
     std::vector<FfnViews> experts;
     FfnViews shared;  // the shared expert (qwen2_moe) or the dense SwiGLU
     bool has_shared = false;
@@ -82,6 +84,9 @@ class InferenceModel : public Decoder {
   std::map<GgmlType, int64_t> bytes_of_type_;
   std::vector<Layer> layers_;
   std::deque<std::vector<float>> fp32_;  // what vector() read
+  // gpt_oss's expert matrices, stored [E, d, 2F] / [E, F, d] for x @ W with gate/up columns
+  // interleaved, transposed to our [rows, cols] in their stored type at load.
+  std::deque<std::vector<uint8_t>> repacked_;
 
   // Workspaces, grown to the largest call.
   std::vector<float> tmp_;

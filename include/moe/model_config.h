@@ -93,7 +93,17 @@ struct ModelConfig {
   // divided by logits_scaling. Read from a granitemoe config.json; inference only.
   double embedding_multiplier = 1.0, residual_multiplier = 1.0, attention_multiplier = 0.0;
   double logits_scaling = 1.0;
-  MlaConfig mla;                     // deepseek_v2/v3 (Hugging Face configs only; not trained)
+  MlaConfig mla;  // deepseek_v2/v3 (Hugging Face configs only; not trained)
+  // gpt_oss (inference only): layers marked in sliding_layers attend to the last sliding_window
+  // positions only; a learned sink logit per head joins every softmax denominator; o_proj,
+  // router and experts carry biases; the experts run Activation::ClampedSwiGLU at swiglu_limit.
+  int sliding_window = 0;
+  std::vector<bool> sliding_layers;  // [L], empty: every layer attends to the whole context
+  bool attention_sinks = false;
+  bool o_bias = false;
+  bool router_bias = false;
+  bool expert_bias = false;
+  double swiglu_limit = 7.0;
   TrainConfig training;
 
   bool is_mla() const { return mla.kv_lora_rank > 0; }
@@ -108,6 +118,12 @@ struct ModelConfig {
   bool has_multipliers() const {
     return embedding_multiplier != 1.0 || residual_multiplier != 1.0 ||
            attention_multiplier != 0.0 || logits_scaling != 1.0;
+  }
+  // The positions layer l attends to: sliding_window on a sliding layer, else 0 (all).
+  int window_of(int l) const {
+    return l < static_cast<int>(sliding_layers.size()) && sliding_layers[static_cast<size_t>(l)]
+               ? sliding_window
+               : 0;
   }
   // Mirrors hidden_size, intermediate_size and num_local_experts into `moe`.
   void sync_moe();

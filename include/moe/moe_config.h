@@ -15,7 +15,9 @@ enum class ScoreFunc { Softmax, Sigmoid };
 // whole batch (descending), so the patches the router is surest about are never the dropped ones.
 enum class DropPolicy { Position, Score, BatchPriority };
 enum class OverflowAction { Drop, Reroute };
-enum class Activation { SwiGLU, GELU };
+// ClampedSwiGLU is gpt-oss's expert activation (inference only, not a config.json choice):
+// g = min(h1, limit), u = clamp(h3, -limit, limit), a = g * sigmoid(1.702 g) * (u + 1).
+enum class Activation { SwiGLU, GELU, ClampedSwiGLU };
 // Switch: f normalized by T*k (perfect balance gives exactly the coefficient).
 // HF: Hugging Face Mixtral's variant, f normalized by T (k times larger).
 enum class AuxLossStyle { Switch, HF };

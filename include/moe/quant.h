@@ -9,6 +9,9 @@
 //   Q6_K 256 values: 128 bytes of low nibbles, 64 bytes of the high 2 bits, int8 scales[16]
 //         (16 sub-blocks of 16), fp16 d                       x = d * sc * (q - 32)
 //   Q8_K 256 values: fp32 d, int8 q[256], int16 sums of each 16 values (activations only)
+//   MXFP4 32 values: E8M0 e, 16 bytes of FP4 E2M1 nibbles     x = 2^(e-128) * k[q], k the E2M1
+//         values doubled (0 1 2 3 4 6 8 12, bit 3 the sign); byte j holds value j in its low
+//         nibble and value j + 16 in its high nibble (gpt-oss's expert weights; read, not written)
 // Weights are quantized along a row (the contiguous dimension, ggml's dims[0]), so a row of
 // `cols` values is cols / block_size blocks and rows stay addressable.
 #pragma once
@@ -29,6 +32,7 @@ enum class GgmlType : uint32_t {
   Q6_K = 14,
   Q8_K = 15,
   BF16 = 30,
+  MXFP4 = 39,
 };
 
 constexpr int kQK = 32;    // values per Q8_0 / Q4_0 block
@@ -65,7 +69,21 @@ struct BlockQ8_K {
   int8_t qs[kQKK];
   int16_t bsums[kQKK / 16];
 };
-static_assert(sizeof(BlockQ8_0) == 34 && sizeof(BlockQ4_0) == 18);
+struct BlockMXFP4 {
+  uint8_t e;  // E8M0 exponent: the block's scale is 2^(e - 127), of the doubled values 2^(e - 128)
+  uint8_t qs[kQK / 2];
+};
+// The E2M1 values doubled, by nibble (bit 3 the sign): integers, so the int8 kernels use them.
+inline constexpr int8_t kMxfp4Values[16] = {0, 1,  2,  3,  4,  6,  8,  12,
+                                            0, -1, -2, -3, -4, -6, -8, -12};
+// 2^(e - 128) exactly (down to the subnormal 2^-128 of e = 0): the scale of the doubled values.
+inline float e8m0_half_to_float(uint8_t e) {
+  const uint32_t bits = e < 2 ? 0x00200000u << e : static_cast<uint32_t>(e - 1) << 23;
+  float f;
+  __builtin_memcpy(&f, &bits, 4);
+  return f;
+}
+static_assert(sizeof(BlockQ8_0) == 34 && sizeof(BlockQ4_0) == 18 && sizeof(BlockMXFP4) == 17);
 static_assert(sizeof(BlockQ4_K) == 144 && sizeof(BlockQ5_K) == 176);
 static_assert(sizeof(BlockQ6_K) == 210 && sizeof(BlockQ8_K) == 292);
 
@@ -81,7 +99,8 @@ std::string ggml_type_name(uint32_t type);
 bool parse_ggml_type(const std::string& name, GgmlType* out);
 
 // Whether the weights of a linear layer can be stored in `type` (F32, F16, BF16, Q8_0, Q4_0,
-// Q4_K, Q5_K, Q6_K), and the bytes of one row of `cols` values (cols a multiple of the block).
+// Q4_K, Q5_K, Q6_K, MXFP4), and the bytes of one row of `cols` values (cols a multiple of the
+// block).
 bool is_weight_type(GgmlType type);
 int64_t row_bytes(GgmlType type, int64_t cols);
 

@@ -155,6 +155,7 @@ void linear_forward(const float* x, int64_t n, const WeightView& w, float* y, bo
     case GgmlType::Q4_K:
     case GgmlType::Q5_K:
     case GgmlType::Q6_K:
+    case GgmlType::MXFP4:
       linear_quantized(x, n, w, y, accumulate);
       return;
     default:

@@ -57,6 +57,8 @@ GgmlBlock ggml_block(uint32_t type) {
       return {1, 8};  // F64
     case 30:
       return {1, 2};  // BF16
+    case 39:
+      return {32, 17};  // MXFP4
     default:
       return {0, 0};
   }
@@ -65,10 +67,10 @@ GgmlBlock ggml_block(uint32_t type) {
 namespace {
 const std::map<uint32_t, const char*>& type_names() {
   static const std::map<uint32_t, const char*> names = {
-      {0, "F32"},   {1, "F16"},   {2, "Q4_0"},  {3, "Q4_1"},  {6, "Q5_0"},
-      {7, "Q5_1"},  {8, "Q8_0"},  {9, "Q8_1"},  {10, "Q2_K"}, {11, "Q3_K"},
-      {12, "Q4_K"}, {13, "Q5_K"}, {14, "Q6_K"}, {15, "Q8_K"}, {24, "I8"},
-      {25, "I16"},  {26, "I32"},  {27, "I64"},  {28, "F64"},  {30, "BF16"}};
+      {0, "F32"},   {1, "F16"},   {2, "Q4_0"},  {3, "Q4_1"},  {6, "Q5_0"},  {7, "Q5_1"},
+      {8, "Q8_0"},  {9, "Q8_1"},  {10, "Q2_K"}, {11, "Q3_K"}, {12, "Q4_K"}, {13, "Q5_K"},
+      {14, "Q6_K"}, {15, "Q8_K"}, {24, "I8"},   {25, "I16"},  {26, "I32"},  {27, "I64"},
+      {28, "F64"},  {30, "BF16"}, {39, "MXFP4"}};
   return names;
 }
 }  // namespace
@@ -102,6 +104,7 @@ bool is_weight_type(GgmlType type) {
     case GgmlType::Q4_K:
     case GgmlType::Q5_K:
     case GgmlType::Q6_K:
+    case GgmlType::MXFP4:
       return true;
     default:
       return false;
@@ -129,6 +132,18 @@ inline int nearest_int(float f) {
 
 // Below this a sub-block counts as all zero (and gets scale 0).
 constexpr float kGroupEps = 1e-15f;
+
+// ---- MXFP4 ---------------------------------------------------------------------------------
+
+void dequantize_mxfp4(const BlockMXFP4* b, float* y, int64_t nb) {
+  for (int64_t i = 0; i < nb; ++i) {
+    const float d = e8m0_half_to_float(b[i].e);
+    for (int j = 0; j < kQK / 2; ++j) {
+      y[i * kQK + j] = d * kMxfp4Values[b[i].qs[j] & 0xF];
+      y[i * kQK + j + kQK / 2] = d * kMxfp4Values[b[i].qs[j] >> 4];
+    }
+  }
+}
 
 // ---- Q8_0 / Q4_0 --------------------------------------------------------------------------
 
@@ -582,6 +597,8 @@ void dequantize_row_scalar(GgmlType type, const uint8_t* src, float* dst, int64_
       return dequantize_q6_k(reinterpret_cast<const BlockQ6_K*>(src), dst, nb);
     case GgmlType::Q8_K:
       return dequantize_q8_k(reinterpret_cast<const BlockQ8_K*>(src), dst, nb);
+    case GgmlType::MXFP4:
+      return dequantize_mxfp4(reinterpret_cast<const BlockMXFP4*>(src), dst, nb);
   }
   MOE_CHECK(false, "dequantize_row: type {}", static_cast<uint32_t>(type));
 }
@@ -611,6 +628,8 @@ void quantize_row(GgmlType type, const float* src, uint8_t* dst, int64_t n) {
       return quantize_q6_k(src, reinterpret_cast<BlockQ6_K*>(dst), nb);
     case GgmlType::Q8_K:
       return quantize_q8_k(src, reinterpret_cast<BlockQ8_K*>(dst), nb);
+    case GgmlType::MXFP4:
+      break;  // read from checkpoints only
   }
   MOE_CHECK(false, "quantize_row: type {}", static_cast<uint32_t>(type));
 }

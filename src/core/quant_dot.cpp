@@ -35,6 +35,25 @@ void dot_q8_0_scalar(const uint8_t* w, const uint8_t* act, int64_t stride, int n
   }
 }
 
+// MXFP4 x Q8_0: sum_i 2^(e-128) * da * sum_j k[w_j] a_j, k the doubled E2M1 values.
+void dot_mxfp4_scalar(const uint8_t* w, const uint8_t* act, int64_t stride, int nact, int64_t nb,
+                      float* out) {
+  const auto* wb = reinterpret_cast<const BlockMXFP4*>(w);
+  for (int i = 0; i < nact; ++i) {
+    const auto* ab = reinterpret_cast<const BlockQ8_0*>(act + i * stride);
+    float sum = 0;
+    for (int64_t b = 0; b < nb; ++b) {
+      int isum = 0;
+      for (int j = 0; j < kQK / 2; ++j) {
+        isum += kMxfp4Values[wb[b].qs[j] & 0xF] * ab[b].qs[j];
+        isum += kMxfp4Values[wb[b].qs[j] >> 4] * ab[b].qs[j + kQK / 2];
+      }
+      sum += e8m0_half_to_float(wb[b].e) * f16_to_float(ab[b].d) * static_cast<float>(isum);
+    }
+    out[i] = sum;
+  }
+}
+
 // Q4_0 x Q8_0 (regrouped, ActQ4_0Group): byte t holds value t (low nibble) and t + 16 (high),
 // each q - 8.
 void dot_q4_0_scalar(const uint8_t* w, const uint8_t* act, int64_t stride, int nact, int64_t nb,
@@ -162,7 +181,8 @@ constexpr QuantDotTable kScalarTable = {dot_q8_0_scalar,
                                         dot_qk_scalar<BlockQ5_K, true>,
                                         dot_q6_k_scalar,
                                         quantize_q8_0,
-                                        quantize_q8_k};
+                                        quantize_q8_k,
+                                        dot_mxfp4_scalar};
 
 const QuantDotTable* table_of(QuantKernel k) {
   switch (k) {
@@ -226,6 +246,7 @@ GgmlType quant_dot_activation_type(GgmlType weight) {
   switch (weight) {
     case GgmlType::Q8_0:
     case GgmlType::Q4_0:
+    case GgmlType::MXFP4:
       return GgmlType::Q8_0;
     case GgmlType::Q4_K:
     case GgmlType::Q5_K:
@@ -251,6 +272,8 @@ QuantDotFn quant_dot_fn(GgmlType weight, QuantKernel k) {
       return t->q5_k;
     case GgmlType::Q6_K:
       return t->q6_k;
+    case GgmlType::MXFP4:
+      return t->mxfp4;
     default:
       MOE_CHECK(false, "no int8 kernel for {} weights",
                 ggml_type_name(static_cast<uint32_t>(weight)));
@@ -338,6 +361,15 @@ double quant_dot_magnitude(GgmlType weight, const uint8_t* w, const uint8_t* act
         scale = weight == GgmlType::Q8_0 ? f16_to_float(reinterpret_cast<const BlockQ8_0*>(w)[b].d)
                                          : f16_to_float(reinterpret_cast<const BlockQ4_0*>(w)[b].d);
         mag += std::fabs(scale * f16_to_float(ab.d)) * s;
+        break;
+      }
+      case GgmlType::MXFP4: {
+        const auto& ab = reinterpret_cast<const BlockQ8_0*>(act)[b];
+        const auto& wb = reinterpret_cast<const BlockMXFP4*>(w)[b];
+        double s = 0;
+        for (int j = 0; j < kQK; ++j)
+          s += std::abs(kMxfp4Values[j < 16 ? wb.qs[j] & 0xF : wb.qs[j - 16] >> 4] * ab.qs[j]);
+        mag += std::fabs(e8m0_half_to_float(wb.e) * f16_to_float(ab.d)) * s;
         break;
       }
       case GgmlType::Q4_K:

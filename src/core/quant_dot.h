@@ -1,5 +1,5 @@
-// Int8 dot products of block-quantized weight rows (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K) with
-// activation rows quantized per block (Q8_0 for Q8_0/Q4_0 weights, Q8_K for the k-quants; for
+// Int8 dot products of block-quantized weight rows (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K, MXFP4) with
+// activation rows quantized per block (Q8_0 for Q8_0/Q4_0/MXFP4 weights, Q8_K for the k-quants; for
 // Q4_0 the Q8_0 blocks are regrouped, ActQ4_0Group below), as linear_forward runs quantized
 // weights. Within a block every product is an exact integer sum;
 // only the per-block scaling (weight scale x activation scale) and the sum over blocks are
@@ -93,6 +93,7 @@ struct QuantDotTable {
   QuantDotFn q8_0, q4_0, q4_k, q5_k, q6_k;
   void (*quantize_q8_0)(const float* x, BlockQ8_0* y, int64_t nblocks);
   void (*quantize_q8_k)(const float* x, BlockQ8_K* y, int64_t nblocks);
+  QuantDotFn mxfp4;
 };
 const QuantDotTable* quant_dot_avx2_table();
 const QuantDotTable* quant_dot_avx512_table();

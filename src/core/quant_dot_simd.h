@@ -53,6 +53,22 @@ QD_INLINE void block_q8(__m256& acc, __m256i wabs, __m256i wq, float dw, const B
 QD_INLINE __m256i load_block(const BlockQ8_0& b) {
   return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs));
 }
+QD_INLINE float block_scale(const BlockQ8_0& b) {
+  return fp16(b.d);
+}
+
+// An MXFP4 block's 32 values as int8: the nibbles (values 0-15 low, 16-31 high) index the
+// doubled E2M1 table through vpshufb, in both 128-bit lanes.
+QD_INLINE __m256i load_block(const BlockMXFP4& b) {
+  const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs));
+  const __m256i idx =
+      _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(bytes, 4), bytes), _mm256_set1_epi8(0xF));
+  const __m128i table = _mm_loadu_si128(reinterpret_cast<const __m128i*>(kMxfp4Values));
+  return _mm256_shuffle_epi8(_mm256_set_m128i(table, table), idx);
+}
+QD_INLINE float block_scale(const BlockMXFP4& b) {
+  return e8m0_half_to_float(b.e);
+}
 
 // A Q4_0 block's nibbles unsigned (0-15), values 0-15 in the low half of the ymm and 16-31 in
 // the high half: the products with activations are exact in vpdpbusd / vpmaddubsw, and the
@@ -163,7 +179,7 @@ QD_TARGET void dot_q32(const uint8_t* w, const uint8_t* act, int64_t stride, int
     for (int u = 0; u < C; ++u) {
       const __m256i wq = load_block(wb[b + u]);
       const __m256i wabs = _mm256_sign_epi8(wq, wq);
-      const float dw = fp16(wb[b + u].d);
+      const float dw = block_scale(wb[b + u]);
 #pragma GCC unroll 4
       for (int i = 0; i < NA; ++i)
         block_q8(acc[i][u], wabs, wq, dw,
@@ -173,7 +189,7 @@ QD_TARGET void dot_q32(const uint8_t* w, const uint8_t* act, int64_t stride, int
   for (; b < nb; ++b) {
     const __m256i wq = load_block(wb[b]);
     const __m256i wabs = _mm256_sign_epi8(wq, wq);
-    const float dw = fp16(wb[b].d);
+    const float dw = block_scale(wb[b]);
     for (int i = 0; i < NA; ++i)
       block_q8(acc[i][0], wabs, wq, dw, reinterpret_cast<const BlockQ8_0*>(act + i * stride)[b]);
   }
@@ -403,6 +419,12 @@ struct Q8_0Rows {
     dot_q32<NA, BlockQ8_0>(w, a, st, nb, o);
   }
 };
+struct MXFP4Rows {
+  template <int NA>
+  QD_TARGET static void run(const uint8_t* w, const uint8_t* a, int64_t st, int64_t nb, float* o) {
+    dot_q32<NA, BlockMXFP4>(w, a, st, nb, o);
+  }
+};
 struct Q4_0Rows {
   template <int NA>
   QD_TARGET static void run(const uint8_t* w, const uint8_t* a, int64_t st, int64_t nb, float* o) {
@@ -446,7 +468,7 @@ QD_TARGET void by_rows(const uint8_t* w, const uint8_t* act, int64_t stride, int
 
 const QuantDotTable kTable = {
     by_rows<Q8_0Rows>, by_rows<Q4_0Rows>, by_rows<Q4_KRows>, by_rows<Q5_KRows>,
-    by_rows<Q6_KRows>, quant_q8_0,        quant_q8_k,
+    by_rows<Q6_KRows>, quant_q8_0,        quant_q8_k,        by_rows<MXFP4Rows>,
 };
 
 }  // namespace moe::QD_NS

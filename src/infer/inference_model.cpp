@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 
 #include "moe/error.h"
@@ -28,6 +29,11 @@ class InferenceModel::Source {
   virtual void vector(int layer, HfTensor t, int64_t n, float* out) = 0;
   // The router [E, d] in fp32.
   virtual void router(int layer, int64_t E, int64_t d, float* out) = 0;
+  // A tensor of block `layer` by its name after "model.layers.N." (gpt_oss's sinks and biases),
+  // of `shape`, in fp32.
+  virtual void named(int layer, const std::string& what, const Shape& shape, float* out) = 0;
+  // What the views of experts() may point into besides the file (moved into the model).
+  std::deque<std::vector<uint8_t>> owned;
 };
 
 class InferenceModel::HfSource : public InferenceModel::Source {
@@ -40,6 +46,7 @@ class InferenceModel::HfSource : public InferenceModel::Source {
   std::vector<WeightView> experts(int layer, HfTensor t, int E, int64_t rows,
                                   int64_t cols) override {
     std::vector<WeightView> out;
+    if (c_.model_type == "gpt_oss") return gpt_oss_experts(layer, t, E, rows, cols);
     const std::string fused = hf_fused_experts_in(w_, c_, layer, t != HfTensor::ExpertDown);
     if (!fused.empty()) {
       // One view per expert into the fused tensor, as the GGUF *_exps path: gate_up_proj
@@ -68,8 +75,84 @@ class InferenceModel::HfSource : public InferenceModel::Source {
     const std::string nm = name(layer, HfTensor::Router);
     w_.file_of(nm).read_into<float>(nm, Shape{E, d}, out);
   }
+  void named(int layer, const std::string& what, const Shape& shape, float* out) override {
+    const std::string nm = fmt::format("model.layers.{}.{}", layer, what);
+    w_.file_of(nm).read_into<float>(nm, shape, out);
+  }
 
  private:
+  // gpt_oss stores experts for x @ W: gate_up_proj [E, d, 2F] (gate in the even columns, up in
+  // the odd ones) and down_proj [E, F, d]. Each expert's matrix of kind t is transposed to
+  // [rows, cols] in the stored type (a copy the model owns; the file's pages are not kept).
+  std::vector<WeightView> gpt_oss_experts(int layer, HfTensor t, int E, int64_t rows,
+                                          int64_t cols) {
+    const bool down = t == HfTensor::ExpertDown;
+    const std::string nm =
+        fmt::format("model.layers.{}.mlp.experts.{}", layer, down ? "down_proj" : "gate_up_proj");
+    if (!w_.has(nm) && w_.has(nm + "_blocks")) return mxfp4_experts(nm, t, E, rows, cols);
+    // The stored matrix [in, out_stored]: out_stored = 2F (interleaved) or d.
+    const int64_t in = cols, out_stored = down ? rows : 2 * rows;
+    const WeightView all = view(nm, {E, in, out_stored});
+    const int64_t es = dtype_size_of(all.type);
+    const int64_t first = t == HfTensor::ExpertUp ? 1 : 0, step = down ? 1 : 2;
+    std::vector<uint8_t>& buf = owned.emplace_back(static_cast<size_t>(E * rows * cols * es));
+    std::vector<WeightView> views;
+    for (int e = 0; e < E; ++e) {
+      const uint8_t* src = all.data + e * in * out_stored * es;
+      uint8_t* dst = buf.data() + e * rows * cols * es;
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t i = 0; i < in; ++i)
+          std::memcpy(dst + (r * cols + i) * es, src + (i * out_stored + first + step * r) * es,
+                      static_cast<size_t>(es));
+      views.push_back({dst, all.type, rows, cols});
+    }
+    return views;
+  }
+  static int64_t dtype_size_of(GgmlType t) { return t == GgmlType::F32 ? 4 : 2; }
+
+  // The released checkpoints' MXFP4 experts (transformers integrations/mxfp4.py): name_blocks
+  // [E, R, C/32, 16] uint8, two E2M1 codes per byte (value 2j in the low nibble of byte j, 2j + 1
+  // in the high one), and name_scales [E, R, C/32] uint8 E8M0 exponents (2^(s - 127)), already
+  // [out, in]: gate_up R = 2F rows with gate and up interleaved, down R = d. Each block is
+  // regrouped into ggml's MXFP4 (quant.h: the scale byte first, value j and j + 16 in byte j),
+  // the same 17 bytes per 32 values: computed in this format by the int8 kernels, never widened.
+  std::vector<WeightView> mxfp4_experts(const std::string& nm, HfTensor t, int E, int64_t rows,
+                                        int64_t cols) {
+    const bool down = t == HfTensor::ExpertDown;
+    const int64_t stored_rows = down ? rows : 2 * rows, nb = cols / kQK;
+    MOE_REQUIRE(cols % kQK == 0, "{}: {}_blocks: rows of {} values are not whole MXFP4 blocks",
+                w_.dir(), nm, cols);
+    auto raw = [&](const std::string& name, const std::vector<int64_t>& shape) {
+      const SafeTensorsFile& f = w_.file_of(name);
+      const TensorEntry& e = f.entry(name);
+      MOE_REQUIRE(e.dtype == DType::U8, "{}: tensor {} has dtype {}, expected U8 (MXFP4)", f.path(),
+                  name, dtype_name(e.dtype));
+      MOE_REQUIRE(e.shape == shape, "{}: tensor {} has shape [{}], expected [{}]", f.path(), name,
+                  fmt::join(e.shape, ", "), fmt::join(shape, ", "));
+      return f.raw(e);
+    };
+    const uint8_t* blocks = raw(nm + "_blocks", {E, stored_rows, nb, kQK / 2});
+    const uint8_t* scales = raw(nm + "_scales", {E, stored_rows, nb});
+    const int64_t first = t == HfTensor::ExpertUp ? 1 : 0, step = down ? 1 : 2;
+    const int64_t rb = row_bytes(GgmlType::MXFP4, cols);
+    std::vector<uint8_t>& buf = owned.emplace_back(static_cast<size_t>(E * rows * rb));
+    std::vector<WeightView> views;
+    for (int e = 0; e < E; ++e) {
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t src = e * stored_rows + first + step * r;
+        auto* dst = reinterpret_cast<BlockMXFP4*>(buf.data() + (e * rows + r) * rb);
+        for (int64_t b = 0; b < nb; ++b) {
+          const uint8_t* q = blocks + (src * nb + b) * (kQK / 2);
+          dst[b].e = scales[src * nb + b];
+          auto code = [&](int v) { return v % 2 == 0 ? q[v / 2] & 0xF : q[v / 2] >> 4; };
+          for (int j = 0; j < kQK / 2; ++j)
+            dst[b].qs[j] = static_cast<uint8_t>(code(j) | (code(j + kQK / 2) << 4));
+        }
+      }
+      views.push_back({buf.data() + e * rows * rb, GgmlType::MXFP4, rows, cols});
+    }
+    return views;
+  }
   std::string name(int layer, HfTensor t) const {
     if (layer >= 0) return hf_tensor_name(c_, layer, t);
     return t == HfTensor::Q   ? "model.embed_tokens.weight"
@@ -119,6 +202,9 @@ class InferenceModel::GgufSource : public InferenceModel::Source {
   void router(int layer, int64_t E, int64_t d, float* out) override {
     read(tensor(layer, HfTensor::Router, {d, E}), out);
   }
+  void named(int, const std::string& what, const Shape&, float*) override {
+    MOE_CHECK(false, "GGUF files hold no {} (model_config_from_gguf makes no gpt_oss)", what);
+  }
 
  private:
   const GgufTensorInfo& tensor(int layer, HfTensor t, const std::vector<int64_t>& dims) const {
@@ -136,7 +222,7 @@ class InferenceModel::GgufSource : public InferenceModel::Source {
     const auto type = static_cast<GgmlType>(info.type);
     MOE_REQUIRE(ggml_block(info.type).values > 0 && is_weight_type(type),
                 "{}: tensor {} has type {}, which is not one of F32 F16 BF16 Q8_0 Q4_0 Q4_K Q5_K "
-                "Q6_K",
+                "Q6_K MXFP4",
                 f_.path(), info.name, ggml_type_name(info.type));
     return type;
   }
@@ -199,6 +285,7 @@ std::unique_ptr<InferenceModel> InferenceModel::open(const std::string& path) {
   HfWeights w = HfWeights::open(path);
   HfSource src(c, w);
   std::unique_ptr<InferenceModel> m = build(c, src);
+  m->repacked_ = std::move(src.owned);  // a deque's move keeps every element's data in place
   m->weight_bytes_ = w.data_bytes();
   m->hf_.emplace(std::move(w));
   return m;
@@ -227,6 +314,11 @@ std::unique_ptr<InferenceModel> InferenceModel::build(const ModelConfig& cfg, So
   };
   auto matrix = [&](int l, HfTensor t, int64_t rows, int64_t cols) {
     return count(src.matrix(l, t, rows, cols));
+  };
+  auto named = [&](int l, const std::string& what, const Shape& shape) -> const float* {
+    std::vector<float>& v = m->fp32_.emplace_back(static_cast<size_t>(shape.numel()));
+    src.named(l, what, shape, v.data());
+    return v.data();
   };
   auto vector = [&](int l, HfTensor t, int64_t size) -> const float* {
     std::vector<float>& v = m->fp32_.emplace_back(static_cast<size_t>(size));
@@ -277,6 +369,9 @@ std::unique_ptr<InferenceModel> InferenceModel::build(const ModelConfig& cfg, So
         A.k_bias = vector(l, HfTensor::KBias, kvd);
         A.v_bias = vector(l, HfTensor::VBias, kvd);
       }
+      if (c.o_bias) A.o_bias = named(l, "self_attn.o_proj.bias", {d});
+      if (c.attention_sinks) A.sinks = named(l, "self_attn.sinks", {c.num_attention_heads});
+      A.window = c.window_of(l);
       if (c.qk_norm == QkNorm::PerHead) {
         A.q_norm = vector(l, HfTensor::QNorm, hd);
         A.k_norm = vector(l, HfTensor::KNorm, hd);
@@ -296,17 +391,39 @@ std::unique_ptr<InferenceModel> InferenceModel::build(const ModelConfig& cfg, So
       continue;
     }
     const int E = c.num_local_experts;
-    if (!m->experts_) m->experts_.emplace(FfnShape{Activation::SwiGLU, d, F}, E);
+    if (!m->experts_)
+      m->experts_.emplace(FfnShape{c.moe.hidden_act, d, F, ComputeDtype::Float32, c.swiglu_limit},
+                          E);
     L.router.resize(static_cast<size_t>(E * d));
     src.router(l, E, d, L.router.data());
     if (c.moe.use_selection_bias) {  // deepseek_v3's e_score_correction_bias
       L.selection_bias.resize(static_cast<size_t>(E));
       src.vector(l, HfTensor::RouterBias, E, L.selection_bias.data());
     }
+    if (c.router_bias) {
+      L.router_bias.resize(static_cast<size_t>(E));
+      src.named(l, "mlp.router.bias", {E}, L.router_bias.data());
+    }
     const auto gate = src.experts(l, HfTensor::ExpertGate, E, F, d);
     const auto up = src.experts(l, HfTensor::ExpertUp, E, F, d);
     const auto down = src.experts(l, HfTensor::ExpertDown, E, d, F);
     for (int e = 0; e < E; ++e) L.experts.push_back({count(gate[e]), count(up[e]), count(down[e])});
+    if (c.expert_bias) {
+      // gate_up_proj_bias [E, 2F] interleaves gate and up as the matrix's columns do.
+      const float* gate_up = named(l, "mlp.experts.gate_up_proj_bias", {E, 2 * F});
+      const float* down_bias = named(l, "mlp.experts.down_proj_bias", {E, d});
+      std::vector<float>& split = m->fp32_.emplace_back(static_cast<size_t>(2 * E * F));
+      for (int64_t i = 0; i < E * F; ++i) {
+        split[static_cast<size_t>(i)] = gate_up[2 * i];
+        split[static_cast<size_t>(E * F + i)] = gate_up[2 * i + 1];
+      }
+      for (int e = 0; e < E; ++e) {
+        FfnViews& v = L.experts[static_cast<size_t>(e)];
+        v.b1 = split.data() + e * F;
+        v.b3 = split.data() + E * F + e * F;
+        v.b2 = down_bias + e * d;
+      }
+    }
     m->weight_type_ = gate[0].type;
     if (c.moe.n_shared_experts > 0) {
       const int64_t S = c.moe.shared_hidden();
@@ -345,6 +462,11 @@ void InferenceModel::moe_block(const Layer& L, int64_t rows) {
   if (mc.use_selection_bias) router_->selection_bias() = L.selection_bias;
   gemm<float>(Trans::No, Trans::Yes, rows, E, d, 1.0f, x_.data(), d, L.router.data(), d, 0.0f,
               router_->logits(rows), E);
+  if (!L.router_bias.empty()) {
+    float* z = router_->logits(rows);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t e = 0; e < E; ++e) z[r * E + e] += L.router_bias[static_cast<size_t>(e)];
+  }
   router_->forward(rows);  // dropless: keeps every slot
   std::vector<float>& gate = router_->gates();
   // Hugging Face renormalizes a single gate to 1 as well (then scales it, DeepSeek-V3); our

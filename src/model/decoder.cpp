@@ -122,8 +122,11 @@ void Decoder::attention(const AttentionWeights& w, int B, int n, KvCache<float>&
     for (int64_t i = 0; i < rows * qd; ++i) q_[i] *= q_scale;
   }
   cached_attention(q_.data(), k_.data(), v_.data(), B, n, H, G, static_cast<int>(hd), cache,
-                   o_.data(), scores_);
+                   o_.data(), scores_, w.window, w.sinks);
   linear_forward(o_.data(), rows, w.o, h_.data(), /*accumulate=*/true);
+  if (w.o_bias)
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < c.hidden_size; ++j) h_[r * c.hidden_size + j] += w.o_bias[j];
 }
 
 void Decoder::forward(const int32_t* tokens, int B, int n, std::vector<KvCache<float>>& caches,

@@ -23,8 +23,8 @@ bool is_null_or_absent(const nlohmann::json& j, const char* key) {
 }
 
 constexpr const char* kHfFamilies =
-    "mixtral, qwen2_moe, qwen3_moe, olmoe, granitemoe, deepseek_v2, deepseek_v3, kimi_k2, or a "
-    "dense llama, mistral, qwen2 or qwen3";
+    "mixtral, qwen2_moe, qwen3_moe, olmoe, granitemoe, deepseek_v2, deepseek_v3, kimi_k2, gpt_oss, "
+    "or a dense llama, mistral, qwen2 or qwen3";
 
 }  // namespace
 
@@ -285,6 +285,75 @@ ModelConfig deepseek_config_from_hf(const nlohmann::json& j, const std::string& 
   return c;
 }
 
+// gpt_oss (transformers models/gpt_oss, GptOssConfig's defaults: gpt-oss-120b's shape):
+// biased attention with per-head sinks on alternating sliding-window / full layers, YaRN, a
+// biased router whose top-k logits are softmaxed (= softmax scores renormalized over the top-k),
+// and 32/128 biased experts with the clamped SwiGLU. Inference only.
+ModelConfig gpt_oss_config_from_hf(const nlohmann::json& j, const std::string& where) {
+  JsonKeyReader get{j, where};
+  ModelConfig c;
+  c.model_type = "gpt_oss";
+  MoeConfig& m = c.moe;
+  c.vocab_size = 201088, c.hidden_size = 2880, c.intermediate_size = 2880;
+  c.num_hidden_layers = 36, c.num_attention_heads = 64, c.num_key_value_heads = 8;
+  c.head_dim = 64, c.max_position_embeddings = 131072, c.rms_norm_eps = 1e-5;
+  c.rope_theta = 150000, c.tie_word_embeddings = false, c.initializer_range = 0.02;
+  c.num_local_experts = 128, m.num_experts_per_tok = 4, m.router_aux_loss_coef = 0.9;
+  c.sliding_window = 128, c.swiglu_limit = 7.0;
+  read_common_keys(get, c);
+  if (is_null_or_absent(j, "rope_scaling") && is_null_or_absent(j, "rope_parameters")) {
+    // GptOssConfig's default rope_scaling (the released configs state the same).
+    RopeScaling& r = c.rope_scaling;
+    r.type = RopeType::Yarn, r.factor = 32, r.original_max_position_embeddings = 4096;
+    r.beta_fast = 32, r.beta_slow = 1, r.truncate = false;
+  }
+  read_rope_config(j, where, c);
+  get("intermediate_size", c.intermediate_size);
+  get("num_local_experts", c.num_local_experts);
+  get("num_experts_per_tok", m.num_experts_per_tok);
+  get("router_aux_loss_coef", m.router_aux_loss_coef);
+  get("sliding_window", c.sliding_window);
+  get("swiglu_limit", c.swiglu_limit);
+  MOE_REQUIRE(c.swiglu_limit > 0, "{}: swiglu_limit = {} must be positive", where, c.swiglu_limit);
+  bool bias = true;
+  get("attention_bias", bias);
+  MOE_REQUIRE(bias, "{}: attention_bias = false is not supported for model_type gpt_oss", where);
+  std::string act = "silu";
+  get("hidden_act", act);  // unused by gpt-oss's experts (the clamped SwiGLU), stated as silu
+  MOE_REQUIRE(act == "silu", "{}: hidden_act \"{}\" is not supported (expected \"silu\")", where,
+              act);
+  std::vector<std::string> layer_types;
+  get("layer_types", layer_types);
+  if (!j.contains("layer_types"))  // GptOssConfig's default: sliding first, then alternating
+    for (int l = 0; l < c.num_hidden_layers; ++l)
+      layer_types.push_back(l % 2 == 0 ? "sliding_attention" : "full_attention");
+  MOE_REQUIRE(static_cast<int>(layer_types.size()) == c.num_hidden_layers,
+              "{}: layer_types has {} entries for num_hidden_layers = {}", where,
+              layer_types.size(), c.num_hidden_layers);
+  for (size_t l = 0; l < layer_types.size(); ++l) {
+    MOE_REQUIRE(layer_types[l] == "sliding_attention" || layer_types[l] == "full_attention",
+                "{}: layer_types[{}] = \"{}\" is not supported (sliding_attention or "
+                "full_attention)",
+                where, l, layer_types[l]);
+    c.sliding_layers.push_back(layer_types[l] == "sliding_attention");
+  }
+  MOE_REQUIRE(c.sliding_window > 0, "{}: sliding_window = {} must be positive", where,
+              c.sliding_window);
+  c.attention_bias = c.o_bias = c.attention_sinks = true;
+  c.router_bias = c.expert_bias = true;
+  m.hidden_act = Activation::ClampedSwiGLU;
+  m.scoring_func = ScoreFunc::Softmax;
+  m.norm_topk_prob = true;  // softmax over the k selected logits
+  m.aux_loss_style = AuxLossStyle::HF;
+  m.router_z_loss_coef = 0;
+  m.capacity_factor = 0;
+  c.sync_moe();
+  c.training = TrainConfig{};
+  c.training.seq_len = std::min(c.training.seq_len, c.max_position_embeddings);
+  c.validate_shape(where);
+  return c;
+}
+
 }  // namespace
 
 ModelConfig model_config_from_hf(const nlohmann::json& j, const std::string& where) {
@@ -299,6 +368,7 @@ ModelConfig model_config_from_hf(const nlohmann::json& j, const std::string& whe
   const std::string& type = c.model_type;
   if (is_dense_hf_family(type)) return dense_config_from_hf(j, where, type);
   if (is_deepseek_family(type)) return deepseek_config_from_hf(j, where, type);
+  if (type == "gpt_oss") return gpt_oss_config_from_hf(j, where);
   MOE_REQUIRE(type == "mixtral" || type == "qwen2_moe" || type == "qwen3_moe" || type == "olmoe" ||
                   type == "granitemoe",
               "{}: model_type \"{}\" is not supported (expected {})", where, type, kHfFamilies);
@@ -448,7 +518,7 @@ std::string hf_tensor_name(const ModelConfig& c, int layer, HfTensor t, int expe
     case HfTensor::KNorm:
       return p + "self_attn.k_norm.weight";
     case HfTensor::Router:
-      return moe + "gate.weight";
+      return moe + (c.model_type == "gpt_oss" ? "router.weight" : "gate.weight");
     case HfTensor::ExpertGate:
       return ex + (mixtral ? "w1.weight" : "gate_proj.weight");
     case HfTensor::ExpertUp:
@@ -532,12 +602,16 @@ ParameterCount count_parameters(const ModelConfig& c) {
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     shared += 2 * d + (c.is_mla() ? mla : d * (2 * qd + 2 * kvd));
     if (c.attention_bias) shared += qd + 2 * kvd;
+    if (c.o_bias) shared += d;
+    if (c.attention_sinks) shared += c.num_attention_heads;
     if (c.qk_norm == QkNorm::PerHead) shared += 2 * hd;
     if (c.qk_norm == QkNorm::Full) shared += qd + kvd;
     if (c.is_moe_layer(l)) {
       const int64_t E = c.num_local_experts, k = c.moe.num_experts_per_tok;
-      const int64_t expert = 3 * d * c.intermediate_size;
+      const int64_t expert =
+          3 * d * c.intermediate_size + (c.expert_bias ? 2 * c.intermediate_size + d : 0);
       shared += E * d + 3 * d * c.moe.shared_hidden() + (c.moe.shared_expert_gate ? d : 0);
+      if (c.router_bias) shared += E;
       n.total += E * expert;
       n.active += k * expert;
     } else {

@@ -116,6 +116,11 @@ TrainableModel load_trainable_model(const std::string& path) {
                   "{}: training {} is not supported (Multi-head Latent Attention has no "
                   "backward here); generate, eval, perplexity, analyze and route run it",
                   path, m.config.model_type);
+      // Sinks, sliding windows, biases and the clamped SwiGLU exist in the Decoder only.
+      MOE_REQUIRE(m.config.model_type != "gpt_oss",
+                  "{}/config.json: model_type gpt_oss runs for inference only (generate, eval, "
+                  "perplexity, analyze, route); training it is not supported",
+                  path);
       m.model = std::make_unique<Transformer<float>>(m.config);
       load_hf_weights(*m.model, HfWeights::open(path));
       m.tokenizer = first_existing(path, {"tokenizer.json", "tokenizer.model"});

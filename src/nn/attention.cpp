@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <limits>
 #include <type_traits>
 
 #include "core/fast_math.h"
@@ -430,10 +431,28 @@ void Attention<T>::backward(View<const T> dout, View<T> dx) {
              T(1), dx.data, d);
 }
 
+// p[lo..len) = softmax over p[lo..len) and the logit `sink` (dropped: these sum to under 1),
+// the rest of p[0..width) = 0: a sliding layer's row with gpt-oss's attention sink.
+template <class T>
+void windowed_softmax_row(T* p, int64_t lo, int64_t len, int64_t width, T sink) {
+  T mx = sink;
+  for (int64_t j = lo; j < len; ++j) mx = std::max(mx, p[j]);
+  double sum = std::exp(static_cast<double>(sink - mx));
+#pragma omp simd
+  for (int64_t j = lo; j < len; ++j) p[j] = exp_fast(p[j] - mx);
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = lo; j < len; ++j) sum += static_cast<double>(p[j]);
+  const T inv = static_cast<T>(1.0 / sum);
+  for (int64_t j = lo; j < len; ++j) p[j] *= inv;
+  std::fill(p, p + lo, T(0));
+  std::fill(p + len, p + width, T(0));
+}
+
 template <class T>
 void attend_cached(const T* q, int64_t ldq, int q_dim, const T* k, int64_t ldk, int64_t k_head,
                    const T* v, int64_t ldv, int64_t v_head, int v_dim, int B, int n, int H, int rep,
-                   int64_t L, int64_t cap, T scale, T* o, int64_t ldo, std::vector<T>& scratch) {
+                   int64_t L, int64_t cap, T scale, T* o, int64_t ldo, std::vector<T>& scratch,
+                   int window, const T* sinks) {
   const int64_t total = L + n;
   const int threads = omp_get_max_threads();
   // Scores of one (sequence, head) [n, total]; sized for the full capacity so generating one
@@ -450,7 +469,15 @@ void attend_cached(const T* q, int64_t ldq, int q_dim, const T* k, int64_t ldk, 
     const T* V = v + b * cap * ldv + g * v_head;
     gemm<T>(Trans::No, Trans::Yes, n, total, q_dim, scale, q + b * n * ldq + h * q_dim, ldq, K, ldk,
             T(0), P, total);
-    for (int64_t t = 0; t < n; ++t) masked_softmax_row(P + t * total, L + t + 1, total);
+    if (window <= 0 && !sinks) {
+      for (int64_t t = 0; t < n; ++t) masked_softmax_row(P + t * total, L + t + 1, total);
+    } else {  // without sinks the sink logit is -inf: exp() adds nothing to the denominator
+      const T sink = sinks ? sinks[h] : -std::numeric_limits<T>::infinity();
+      for (int64_t t = 0; t < n; ++t) {
+        const int64_t len = L + t + 1, lo = window > 0 ? std::max<int64_t>(0, len - window) : 0;
+        windowed_softmax_row(P + t * total, lo, len, total, sink);
+      }
+    }
     gemm<T>(Trans::No, Trans::No, n, v_dim, total, T(1), P, total, V, ldv, T(0),
             o + b * n * ldo + h * v_dim, ldo);
   }
@@ -458,7 +485,8 @@ void attend_cached(const T* q, int64_t ldq, int q_dim, const T* k, int64_t ldk, 
 
 template <class T>
 void cached_attention(const T* q, const T* k, const T* v, int B, int n, int H, int G, int hd,
-                      KvCache<T>& cache, T* o, std::vector<T>& scratch) {
+                      KvCache<T>& cache, T* o, std::vector<T>& scratch, int window,
+                      const T* sinks) {
   const int64_t qd = static_cast<int64_t>(H) * hd, kvd = static_cast<int64_t>(G) * hd;
   MOE_CHECK(B > 0 && n > 0, "cached attention: B and n must be positive, got B={} n={}", B, n);
   MOE_CHECK(cache.batch == B && cache.kv_dim == kvd &&
@@ -479,8 +507,8 @@ void cached_attention(const T* q, const T* k, const T* v, int B, int n, int H, i
       std::copy_n(v + src, kvd, cache.v.data() + dst);
     }
   attend_cached<T>(q, qd, hd, cache.k.data(), kvd, hd, cache.v.data(), kvd, hd, hd, B, n, H, H / G,
-                   L, cap, static_cast<T>(1.0 / std::sqrt(static_cast<double>(hd))), o, qd,
-                   scratch);
+                   L, cap, static_cast<T>(1.0 / std::sqrt(static_cast<double>(hd))), o, qd, scratch,
+                   window, sinks);
   cache.length = static_cast<int>(total);
 }
 
@@ -519,15 +547,18 @@ template class Attention<float>;
 template class Attention<double>;
 template void attend_cached<float>(const float*, int64_t, int, const float*, int64_t, int64_t,
                                    const float*, int64_t, int64_t, int, int, int, int, int, int64_t,
-                                   int64_t, float, float*, int64_t, std::vector<float>&);
+                                   int64_t, float, float*, int64_t, std::vector<float>&, int,
+                                   const float*);
 template void attend_cached<double>(const double*, int64_t, int, const double*, int64_t, int64_t,
                                     const double*, int64_t, int64_t, int, int, int, int, int,
                                     int64_t, int64_t, double, double*, int64_t,
-                                    std::vector<double>&);
+                                    std::vector<double>&, int, const double*);
 template void cached_attention<float>(const float*, const float*, const float*, int, int, int, int,
-                                      int, KvCache<float>&, float*, std::vector<float>&);
+                                      int, KvCache<float>&, float*, std::vector<float>&, int,
+                                      const float*);
 template void cached_attention<double>(const double*, const double*, const double*, int, int, int,
-                                       int, int, KvCache<double>&, double*, std::vector<double>&);
+                                       int, int, KvCache<double>&, double*, std::vector<double>&,
+                                       int, const double*);
 template void rope_tables<float>(std::vector<float>&, std::vector<float>&, int, int, double);
 template void rope_tables<double>(std::vector<double>&, std::vector<double>&, int, int, double);
 template void rope_forward<float>(float*, const float*, const float*, int64_t, int, int, int64_t,

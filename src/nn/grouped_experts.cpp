@@ -210,11 +210,36 @@ void GroupedExperts<T>::forward(const FfnViews* w, const int64_t* offsets, const
       const int64_t r0 = offsets[e], n = offsets[e + 1] - r0, nf = n * F;
       float* h1 = h1_.data() + r0 * F;
       float* h3 = h3_.data() + r0 * F;
-      linear_forward(x + r0 * d, n, w[e].w1, h1);
-      linear_forward(x + r0 * d, n, w[e].w3, h3);
+      const FfnViews& we = w[e];
+      linear_forward(x + r0 * d, n, we.w1, h1);
+      linear_forward(x + r0 * d, n, we.w3, h3);
+      if (we.b1)
+        for (int64_t r = 0; r < n; ++r)
+          for (int64_t j = 0; j < F; ++j) {
+            h1[r * F + j] += we.b1[j];
+            h3[r * F + j] += we.b3[j];
+          }
+      if (shape_.act == Activation::ClampedSwiGLU) {
+        const auto lim = static_cast<float>(shape_.limit);
+        constexpr float kAlpha = 1.702f;  // gpt-oss's sigmoid slope (a GELU approximation)
 #pragma omp parallel for if (nf > (1 << 16))
-      for (int64_t i = 0; i < nf; ++i) h1[i] = h1[i] / (1.0f + std::exp(-h1[i])) * h3[i];
-      linear_forward(h1, n, w[e].w2, y + r0 * d, accumulate);
+        for (int64_t i = 0; i < nf; ++i) {
+          const float g = std::min(h1[i], lim), u = std::clamp(h3[i], -lim, lim);
+          h1[i] = g / (1.0f + std::exp(-kAlpha * g)) * (u + 1.0f);
+        }
+      } else {
+#pragma omp parallel for if (nf > (1 << 16))
+        for (int64_t i = 0; i < nf; ++i) h1[i] = h1[i] / (1.0f + std::exp(-h1[i])) * h3[i];
+      }
+      float* yr = y + r0 * d;
+      if (!we.b2) {
+        linear_forward(h1, n, we.w2, yr, accumulate);
+        return;
+      }
+      MOE_CHECK(!accumulate, "GroupedExperts::forward: a down-projection bias needs y (=)");
+      linear_forward(h1, n, we.w2, yr);
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t j = 0; j < d; ++j) yr[r * d + j] += we.b2[j];
     });
   }
 }

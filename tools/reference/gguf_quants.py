@@ -23,6 +23,11 @@ plain C loop without FMA contraction computes:
           high 2 bits (qh[l] >> 2g) & 3; its scale is scales[8h + 2g + l // 16]
                                                                           x = (d * sc) * (q - 32)
     Q8_K  (256, 292)             fp32 d, int8 q[256], int16 bsums[16]     x = d * q
+    MXFP4 (32, 17)               u8 e (E8M0), u8 qs[16]: value j is the low nibble of qs[j],
+                                 value j + 16 the high nibble; a nibble is FP4 E2M1 (bit 3 the
+                                 sign, bits 2-1 the exponent, bit 0 the mantissa: 0, 0.5, 1,
+                                 1.5, 2, 3, 4, 6)                         x = e2m1(q) * 2^(e - 127)
+          (the OCP Microscaling spec's E2M1 and E8M0; ggml-common.h's block_mxfp4 layout)
 
 K-quant scales (12 bytes, sub-block j = 0..7): for j < 4, sc = b[j] & 63 and m = b[j + 4] & 63;
 for j >= 4, sc = (b[j + 4] & 15) | (b[j - 4] >> 6) << 4 and m = (b[j + 4] >> 4) | (b[j] >> 6) << 4.
@@ -40,6 +45,7 @@ TYPES = {
     13: ("Q5_K", 256, 176),
     14: ("Q6_K", 256, 210),
     15: ("Q8_K", 256, 292),
+    39: ("MXFP4", 32, 17),
 }
 ID = {name: tid for tid, (name, _, _) in TYPES.items()}
 
@@ -133,7 +139,25 @@ def _q8_k(b):
     return d[:, None] * q
 
 
-_DECODERS = {"Q8_0": _q8_0, "Q4_0": _q4_0, "Q4_K": _q4_k, "Q5_K": _q5_k, "Q6_K": _q6_k, "Q8_K": _q8_k}
+def _e2m1(code):
+    """FP4 E2M1 codes (int array) -> float32: subnormal at exponent 0 (0 or 0.5), else
+    (1 + m / 2) * 2^(e - 1)."""
+    e, m = (code >> 1) & 3, code & 1
+    mag = np.where(e == 0, 0.5 * m, (1.0 + 0.5 * m) * np.exp2(e - 1.0))
+    return np.where(code & 8, -mag, mag).astype(F32)
+
+
+def _mxfp4(b):
+    scale = np.exp2(b[:, 0].astype(np.float64) - 127).astype(F32)   # exact: every 2^k, k >= -149
+    qs = b[:, 1:17].astype(np.int32)
+    q = np.concatenate([qs & 15, qs >> 4], axis=1)   # values 0..15 then 16..31
+    # E2M1 code 8 is -0; ggml's decoder multiplies the scale by the integer 0 (its table holds
+    # the doubled values as int8), giving +0, and so does this reader (-0 + 0 = +0).
+    return _e2m1(q) * scale[:, None] + F32(0)
+
+
+_DECODERS = {"Q8_0": _q8_0, "Q4_0": _q4_0, "Q4_K": _q4_k, "Q5_K": _q5_k, "Q6_K": _q6_k, "Q8_K": _q8_k,
+              "MXFP4": _mxfp4}
 
 
 def dequantize(type_name, raw):

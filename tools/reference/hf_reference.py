@@ -452,6 +452,9 @@ def forward(cfg, weights, input_ids, trace=None):
     """Logits [B, S, V] (float64) of input_ids [B, S]; positions 0..S-1 in every row.
 
     trace: if a list, every MoE layer's router logits are appended to it."""
+    if cfg["model_type"] == "gpt_oss":   # its own module (sinks, windows, biases, MXFP4)
+        import gpt_oss_reference
+        return gpt_oss_reference.forward(cfg, weights, input_ids, trace)
     if cfg["model_type"] not in ARCHS:
         raise ValueError("unsupported model_type %r" % cfg["model_type"])
     eps = cfg["rms_norm_eps"]

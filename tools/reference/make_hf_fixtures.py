@@ -30,6 +30,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import deepseek_reference as ds  # noqa: E402
 import fixture_io  # noqa: E402
+import gpt_oss_reference  # noqa: E402
 import hf_reference as hf  # noqa: E402
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
@@ -60,6 +61,7 @@ NORM_STD = 0.1
 # biased score is <= 0 (Hugging Face fills the other groups' keys with 0.0, DeepSeek's own
 # code with -inf: the two agree only while every kept key is positive).
 CORRECTION_BIAS_STD = 0.1
+SINK_STD = 1.0   # gpt_oss's per-head sink logits: a visible share of each softmax row
 
 _STORE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -127,6 +129,22 @@ def granitemoe_config(**over):
                   embedding_multiplier=12.0, residual_multiplier=0.22, attention_multiplier=0.125,
                   logits_scaling=6.0, tie_word_embeddings=False, router_aux_loss_coef=0.001,
                   pad_token_id=0, bos_token_id=1)
+    cfg.update(over)
+    return cfg
+
+
+def gpt_oss_config(**over):
+    # gpt-oss-20b's config.json keys at a tiny shape: a window of 4 (shorter than the 7 + 8
+    # positions) on the sliding layer, YaRN as released (truncate false) over a short original
+    # context, and swiglu_limit 1.5 so that the clamp acts on a good share of the units.
+    cfg = _common("gpt_oss", "bfloat16", architectures=["GptOssForCausalLM"], head_dim=12,
+                  intermediate_size=32, num_local_experts=4, experts_per_token=2,
+                  rope_theta=150000.0, max_position_embeddings=512, sliding_window=4,
+                  layer_types=["sliding_attention", "full_attention"], attention_bias=True,
+                  swiglu_limit=1.5, router_aux_loss_coef=0.9, pad_token_id=0,
+                  rope_scaling={"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0,
+                                "beta_slow": 1.0, "original_max_position_embeddings": 16,
+                                "truncate": False})
     cfg.update(over)
     return cfg
 
@@ -245,12 +263,31 @@ CASES = [
     ("granitemoe", 16000, granitemoe_config(), 1),
     ("deepseek_v2", 17000, deepseek_v2_config(), 1),
     ("deepseek_v3", 18000, deepseek_v3_config(), 1),
+    ("gpt_oss", 17000, gpt_oss_config(), 1),
+    # The released checkpoints' MXFP4 experts (*_blocks + *_scales), d and F multiples of 32.
+    ("gpt_oss_mxfp4", 18000, gpt_oss_config(hidden_size=64, intermediate_size=64, quantization_config={
+        "quant_method": "mxfp4", "modules_to_not_convert": [
+            "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}), 1),
 ]
 
 
+def is_mxfp4(case):
+    """Cases named *_mxfp4 store gpt_oss's expert matrices as MXFP4 blocks and scales."""
+    return case.endswith("_mxfp4")
+
+
 def reference(cfg):
-    """The reference module of a config's family."""
-    return ds if cfg["model_type"] in ds.ARCHS else hf
+    """The reference module of cfg's model_type."""
+    if cfg["model_type"] in ds.ARCHS:
+        return ds
+    return gpt_oss_reference if cfg["model_type"] == "gpt_oss" else hf
+
+
+def shapes_of(name, cfg):
+    """{tensor: shape} of case `name` in state-dict order."""
+    if cfg["model_type"] == "gpt_oss":
+        return gpt_oss_reference.weight_shapes(cfg, True, is_mxfp4(name))
+    return reference(cfg).weight_shapes(cfg, is_fused(name))
 
 
 # --------------------------------------------------------------------------
@@ -260,11 +297,13 @@ def reference(cfg):
 def _std(name, tied):
     if name.endswith("norm.weight"):        # input/post_attention_layernorm, norm, q_norm, k_norm
         return None
-    if name.endswith(".bias"):
+    if name.endswith(".bias") or name.endswith("_bias"):
         return BIAS_STD
+    if name.endswith(".sinks"):
+        return SINK_STD
     if name == "model.embed_tokens.weight":
         return TIED_EMBED_STD if tied else EMBED_STD
-    if name.endswith(".gate.weight"):       # the router (not shared_expert_gate)
+    if name.endswith(".gate.weight") or name.endswith(".router.weight"):  # the router
         return ROUTER_STD
     if name.endswith("e_score_correction_bias"):
         return CORRECTION_BIAS_STD
@@ -276,13 +315,18 @@ def is_fused(case):
     return case.endswith("_fused")
 
 
-def make_weights(cfg, fused=False):
-    """{name: tensor in the stored dtype}, drawn in state-dict order from the current RNG."""
+def make_weights(cfg, fused=False, mxfp4=False):
+    """{name: tensor in the stored dtype}, drawn in state-dict order from the current RNG;
+    mxfp4: gpt_oss's expert matrices drawn as bf16 and stored MXFP4 (blocks + scales, [out, in])."""
     dtype = _STORE[cfg["torch_dtype"]]
     out = {}
     for name, shape in reference(cfg).weight_shapes(cfg, fused).items():
         std = _std(name, cfg.get("tie_word_embeddings", False))
         t = 1.0 + NORM_STD * torch.randn(shape) if std is None else std * torch.randn(shape)
+        if mxfp4 and (name.endswith("experts.gate_up_proj") or name.endswith("experts.down_proj")):
+            out[name + "_blocks"], out[name + "_scales"] = gpt_oss_reference.mxfp4_quantize(
+                t.to(dtype).transpose(-1, -2))
+            continue
         # Buffers (DeepSeek-V3's correction bias) are saved in float32 whatever torch_dtype says.
         out[name] = t.to(torch.float32 if name.endswith("e_score_correction_bias") else dtype)
     return out
@@ -317,7 +361,7 @@ def build_case(name, seed0, cfg):
     """(weights, input_ids, logits, greedy tokens, seed) for the first seed >= seed0 that passes."""
     for seed in range(seed0, seed0 + MAX_ATTEMPTS):
         torch.manual_seed(seed)
-        weights = make_weights(cfg, is_fused(name))
+        weights = make_weights(cfg, is_fused(name), is_mxfp4(name))
         ids = torch.randint(FIRST_PROMPT_TOKEN, cfg["vocab_size"], (BATCH, PROMPT_LEN))
         trace = []
         ref = reference(cfg)
@@ -349,7 +393,7 @@ def _weight_file(weights, names):
 def case_files(cfg, weights, ids, logits, tokens, seed, name, shards):
     """{file name: bytes} of one case directory."""
     files = {"config.json": _json_bytes(cfg)}
-    order = list(reference(cfg).weight_shapes(cfg, is_fused(name)))
+    order = list(shapes_of(name, cfg))
     if shards == 1:
         files["model.safetensors"] = _weight_file(weights, order)
     else:

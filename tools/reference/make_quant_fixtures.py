@@ -37,7 +37,11 @@ CASES = [
     ("Q5_K", 12, [0, 2], None),
     ("Q6_K", 12, [208], None),
     ("Q8_K", 10, [], 0),
+    ("MXFP4", 24, [], None),
 ]
+# MXFP4's E8M0 exponents: 2^-127 and 2^-126 (fp32 subnormals of the scale; 2^-128 x 12 and
+# 2^-127 x 0.5 are subnormal values too), 2^-126, around 1, and large ones whose x 6 stays finite.
+E8M0_SCALES = [0, 1, 2, 3, 100, 126, 127, 128, 129, 200, 250, 251]
 SEED = 19
 
 
@@ -55,6 +59,9 @@ def make_blocks(name, nb, f16_fields, f32_field, rng):
     if name == "Q4_K" or name == "Q5_K":
         blocks[1, 4:16] = 0xFF      # every 6-bit scale and min 63, all top bits set
         blocks[2, 4:16] = 0         # every scale 0: the block reads as -dmin * 0 = 0
+    if name == "MXFP4":
+        for i in range(nb):
+            blocks[i, 0] = E8M0_SCALES[i % len(E8M0_SCALES)]
     if name == "Q6_K":
         blocks[1, 192:208] = np.frombuffer(np.array([-128, 127] * 8, np.int8).tobytes(), np.uint8)
     return blocks

@@ -58,6 +58,8 @@ ARCH_KEYS = {
     "qwen2": {"use_sliding_window", "sliding_window", "max_window_layers", "rope_scaling"},
     "qwen3": {"head_dim", "attention_bias", "use_sliding_window", "sliding_window", "max_window_layers",
               "rope_scaling"},
+    "gpt_oss": {"head_dim", "num_local_experts", "experts_per_token", "sliding_window", "layer_types",
+                "attention_bias", "swiglu_limit", "rope_scaling", "pad_token_id"},
 }
 # DeepseekV2Config / DeepseekV3Config (no router_aux_loss_coef: aux_loss_alpha).
 _DEEPSEEK_KEYS = {"moe_intermediate_size", "n_routed_experts", "n_shared_experts", "first_k_dense_replace",
@@ -70,7 +72,7 @@ ARCH_KEYS["deepseek_v3"] = _DEEPSEEK_KEYS | {"rope_interleave", "ep_size", "num_
 DENSE_COMMON_KEYS = COMMON_KEYS - {"num_experts_per_tok", "output_router_logits", "router_aux_loss_coef"}
 ARCHITECTURES = {"mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM",
                  "qwen3_moe": "Qwen3MoeForCausalLM", "olmoe": "OlmoeForCausalLM",
-                 "granitemoe": "GraniteMoeForCausalLM",
+                 "granitemoe": "GraniteMoeForCausalLM", "gpt_oss": "GptOssForCausalLM",
                  "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
                  "qwen3": "Qwen3ForCausalLM", "deepseek_v2": "DeepseekV2ForCausalLM",
                  "deepseek_v3": "DeepseekV3ForCausalLM"}
@@ -376,7 +378,7 @@ class Sensitivity(unittest.TestCase):
         w = {n: t.to(F64) for n, t in stored.items()}
         cfg2, w2 = copy.deepcopy(cfg), dict(w)
         mutate(cfg2, w2)
-        change = _rel_change(mk.reference(cfg).forward(cfg, w, exp["input_ids"]), mk.reference(cfg).forward(cfg2, w2, exp["input_ids"]))
+        change = _rel_change(mk.reference(cfg).forward(cfg, w, exp["input_ids"]), mk.reference(cfg2).forward(cfg2, w2, exp["input_ids"]))
         self.assertGreater(change, 1e-3, "%s: %s" % (name, what))
 
     def test_features_matter(self):
@@ -424,6 +426,107 @@ class Sensitivity(unittest.TestCase):
         for name in ("llama", "mistral", "qwen2", "qwen3"):
             self._assert_moves(name, zero("mlp.down_proj.weight"), "dense MLP")
 
+    def test_gpt_oss_features_matter(self):
+        """Without the sinks, the clamp, the window, a bias or the interleave the logits move."""
+        import gpt_oss_reference as go
+        cfg, stored, exp, _ = _load_fixture("gpt_oss")
+        w = {n: t.to(F64) for n, t in stored.items()}
+        ids = exp["input_ids"]
+        base = go.forward(cfg, w, ids)
+        self.assertGreater(_rel_change(base, go.forward(cfg, w, ids, sinks=False)), 1e-3, "sinks")
+        self.assertGreater(_rel_change(base, go.forward(cfg, w, ids, clamp=False)), 1e-3, "clamp")
+
+        def moves(mutate, what):
+            self._assert_moves("gpt_oss", mutate, what)
+
+        def full_attention(c, _):
+            c["layer_types"] = ["full_attention"] * c["num_hidden_layers"]
+
+        def zero(suffix):
+            def f(_, ww):
+                for n in list(ww):
+                    if n.endswith(suffix):
+                        ww[n] = torch.zeros_like(ww[n])
+            return f
+
+        def swap_gate_up(_, ww):   # gate/up as two halves instead of interleaved
+            for n in list(ww):
+                if n.endswith("gate_up_proj") or n.endswith("gate_up_proj_bias"):
+                    t = ww[n]
+                    ww[n] = torch.cat([t[..., 0::2], t[..., 1::2]], dim=-1)
+
+        moves(full_attention, "sliding window")
+        for suffix in ("o_proj.bias", "router.bias", "gate_up_proj_bias", "down_proj_bias"):
+            moves(zero(suffix), suffix)
+        moves(swap_gate_up, "interleaved gate/up")
+        # The clamp acts on a good share of the fixture's units (limit 1.5).
+        x = torch.randn(64, cfg["hidden_size"], dtype=F64)
+        gu = x @ w["model.layers.0.mlp.experts.gate_up_proj"][0] + w["model.layers.0.mlp.experts.gate_up_proj_bias"][0]
+        self.assertGreater(float((gu.abs() > cfg["swiglu_limit"]).double().mean()), 0.1)
+
+    def test_mxfp4_layout(self):
+        """The HF MXFP4 reader against hand-built blocks, and the quantizer round trip."""
+        import gpt_oss_reference as go
+        blocks = torch.tensor([[[0x10, 0x32, 0x54, 0x76, 0x98, 0xBA, 0xDC, 0xFE] + [0x0F] * 8]],
+                              dtype=torch.uint8)                  # [R=1, C/32=1, 16]
+        scales = torch.tensor([[128]], dtype=torch.uint8)           # 2^1
+        got = go.mxfp4_dequantize(blocks, scales)[0]
+        want = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12] + [-12, 0] * 8
+        self.assertEqual(got.tolist(), [float(v) for v in want])
+        w = torch.randn(3, 5, 64, dtype=F64)
+        b, s = go.mxfp4_quantize(w)
+        back = go.mxfp4_dequantize(b, s)
+        self.assertTrue(torch.equal(go.mxfp4_dequantize(*go.mxfp4_quantize(back)), back))
+        # |x| / scale lies in (3, 6] for the block's largest, E2M1's widest gap (4 to 6) is 2:
+        # every error is under a third of the block's largest magnitude.
+        amax = w.view(3, 5, 2, 32).abs().amax(-1).repeat_interleave(32, -1)
+        self.assertLess(float(((back - w).abs() / amax).max()), 1 / 3)
+
+    def test_gpt_oss_mxfp4_is_the_dequantized_model(self):
+        """The MXFP4 case's logits are those of its experts dequantized into the matrix layout."""
+        import gpt_oss_reference as go
+        cfg, stored, exp, _ = _load_fixture("gpt_oss_mxfp4")
+        dense = dict(stored)
+        for l in range(cfg["num_hidden_layers"]):
+            p = "model.layers.%d.mlp." % l
+            gate_up, down = go.expert_matrices(stored, p)
+            for n in list(dense):
+                if n.startswith(p + "experts.") and (n.endswith("_blocks") or n.endswith("_scales")):
+                    del dense[n]
+            dense[p + "experts.gate_up_proj"], dense[p + "experts.down_proj"] = gate_up, down
+        self.assertLess(_rel_change(go.forward(cfg, stored, exp["input_ids"]),
+                                    go.forward(cfg, dense, exp["input_ids"])), 1e-12)
+
+    def test_gpt_oss_attention_is_a_naive_loop(self):
+        """Sinks and window against a per-query loop over the visible keys."""
+        import gpt_oss_reference as go
+        cfg = dict(_case("gpt_oss")[2])
+        w = _random_model(cfg, 12)
+        B, S, d = 1, 9, cfg["hidden_size"]
+        H, G, hd = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
+        x = torch.randn(B, S, d, dtype=F64)
+        a = "model.layers.0.self_attn."
+        got = go.attention(cfg, w, 0, x)   # layer 0 slides (window 4)
+        q = (x @ w[a + "q_proj.weight"].T + w[a + "q_proj.bias"]).view(B, S, H, hd)
+        k = (x @ w[a + "k_proj.weight"].T + w[a + "k_proj.bias"]).view(B, S, G, hd)
+        v = (x @ w[a + "v_proj.weight"].T + w[a + "v_proj.bias"]).view(B, S, G, hd)
+        inv_freq, af = hf.rope_inv_freq(cfg, S)
+        cos, sin = hf.rope_cos_sin(torch.arange(S), hd, None, inv_freq, af)
+        q = hf.apply_rope(q.transpose(1, 2), cos, sin)
+        k = hf.apply_rope(k.transpose(1, 2), cos, sin)
+        out = torch.zeros(B, S, H * hd, dtype=F64)
+        for h in range(H):
+            g = h // (H // G)
+            for t in range(S):
+                keys = [j for j in range(S) if j <= t and t - j < cfg["sliding_window"]]
+                logits = [float(q[0, h, t] @ k[0, g, j]) / math.sqrt(hd) for j in keys]
+                m = max(logits + [float(w[a + "sinks"][h])])
+                den = sum(math.exp(z - m) for z in logits) + math.exp(float(w[a + "sinks"][h]) - m)
+                for j, z in zip(keys, logits):
+                    out[0, t, h * hd:(h + 1) * hd] += math.exp(z - m) / den * v[0, j, g]
+        want = out @ w[a + "o_proj.weight"].T + w[a + "o_proj.bias"]
+        self.assertLess(float((got - want).abs().max()), 1e-12)
+
     def test_granitemoe_multipliers_matter(self):
         def set_to(key, value):
             def f(cfg, w):
@@ -469,14 +572,14 @@ class Sensitivity(unittest.TestCase):
             fused[m + "gate_up_proj"] = torch.stack([torch.cat(
                 [w[m + "%d.gate_proj.weight" % e], w[m + "%d.up_proj.weight" % e]]) for e in range(E)])
             fused[m + "down_proj"] = torch.stack([w[m + "%d.down_proj.weight" % e] for e in range(E)])
-        a = hf.forward(cfg, w, exp["input_ids"])
-        self.assertTrue(torch.equal(a, hf.forward(cfg, fused, exp["input_ids"])))
+        a = mk.reference(cfg).forward(cfg, w, exp["input_ids"])
+        self.assertTrue(torch.equal(a, mk.reference(cfg).forward(cfg, fused, exp["input_ids"])))
         # gate and up swapped: another model
         for n in list(fused):
             if n.endswith("gate_up_proj"):
                 F = fused[n].shape[1] // 2
                 fused[n] = torch.cat([fused[n][:, F:], fused[n][:, :F]], dim=1)
-        self.assertGreater(_rel_change(a, hf.forward(cfg, fused, exp["input_ids"])), 1e-3)
+        self.assertGreater(_rel_change(a, mk.reference(cfg).forward(cfg, fused, exp["input_ids"])), 1e-3)
 
     def test_rope_frequencies_by_hand(self):
         # yarn: factor 4, original 16, hd 24, theta 1e6: low = 0 and high = 1 after floor/ceil,
@@ -522,7 +625,7 @@ class Fixtures(unittest.TestCase):
             self.assertEqual(missing, set(), name)
 
             # every weight file: real safetensors layout, HF metadata, one dtype
-            shapes = mk.reference(cfg).weight_shapes(cfg, mk.is_fused(name))
+            shapes = mk.shapes_of(name, cfg)
             seen = {}
             for f in weight_files:
                 blob = _read(os.path.join(d, f))
@@ -533,7 +636,8 @@ class Fixtures(unittest.TestCase):
                 self.assertEqual(list(header), sorted(header), f)   # name order, as the library writes
                 end = 0
                 for tname, info in header.items():
-                    self.assertEqual(info["dtype"], STORED[cfg["torch_dtype"]], tname)
+                    mxfp4 = tname.endswith("_blocks") or tname.endswith("_scales")
+                    self.assertEqual(info["dtype"], "U8" if mxfp4 else STORED[cfg["torch_dtype"]], tname)
                     self.assertEqual(info["data_offsets"][0], end, tname)
                     end = info["data_offsets"][1]
                     seen[tname] = (f, info["shape"], end - info["data_offsets"][0])
