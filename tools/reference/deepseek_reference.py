@@ -334,16 +334,5 @@ def forward(cfg, weights, input_ids, trace=None, ablate=()):
 
 
 def greedy(cfg, weights, input_ids, n, trace=None):
-    """n greedily chosen tokens per row [B, n]: a full forward over the grown sequence per
-    step (no cache).  trace: one (last-position logits [B, V], routing decisions) per step."""
-    seq = input_ids.long()
-    out = []
-    for _ in range(n):
-        routers = [] if trace is not None else None
-        last = forward(cfg, weights, seq, routers)[:, -1, :]
-        if trace is not None:
-            trace.append((last, routers))
-        nxt = torch.argmax(last, dim=-1)
-        out.append(nxt)
-        seq = torch.cat([seq, nxt[:, None]], dim=1)
-    return torch.stack(out, dim=1)
+    """n greedy tokens per row [B, n]: hf_reference.greedy's loop over this family's forward."""
+    return hf.greedy(cfg, weights, input_ids, n, trace, forward_fn=forward)

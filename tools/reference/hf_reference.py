@@ -477,18 +477,21 @@ def forward(cfg, weights, input_ids, trace=None):
     return (h @ head.T) / logit_div
 
 
-def greedy(cfg, weights, input_ids, n, trace=None):
+def greedy(cfg, weights, input_ids, n, trace=None, forward_fn=None):
     """n greedily chosen tokens per row [B, n] (int64).
 
     Recomputes the full forward over the grown sequence at each step (no KV cache),
     so it does not share a cache bug with the engine it checks.  Ties go to the lowest
     id (torch.argmax), as in HF generate.  trace: if a list, one (last-position logits
-    [B, V], router logits list) pair is appended per step."""
+    [B, V], router logits list) pair is appended per step.  forward_fn: another family's
+    forward(cfg, weights, ids, trace) (deepseek_reference, gpt_oss_reference); this one's
+    by default."""
+    forward_fn = forward_fn or forward
     seq = input_ids.long()
     out = []
     for _ in range(n):
         routers = [] if trace is not None else None
-        last = forward(cfg, weights, seq, routers)[:, -1, :]
+        last = forward_fn(cfg, weights, seq, routers)[:, -1, :]
         if trace is not None:
             trace.append((last, routers))
         nxt = torch.argmax(last, dim=-1)
