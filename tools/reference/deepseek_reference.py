@@ -116,18 +116,14 @@ def weight_shapes(cfg, fused=False):
                 out[m + "%s.weight" % n] = s
         out[p + "input_layernorm.weight"] = [d]
         out[p + "post_attention_layernorm.weight"] = [d]
-    out["model.norm.weight"] = [d]
-    if not cfg.get("tie_word_embeddings", False):
-        out["lm_head.weight"] = [V, d]
-    return out
+    return hf.add_final_shapes(out, cfg)
 
 
 # --------------------------------------------------------------------------
 # Pieces
 # --------------------------------------------------------------------------
 
-def _w(weights, name):
-    return weights[name].to(F64)
+_w = hf._w  # a weight in float64
 
 
 def _lin(x, weights, name):

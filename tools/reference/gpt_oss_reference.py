@@ -120,14 +120,10 @@ def weight_shapes(cfg, fused=True, mxfp4=False):
         out[p + "mlp.experts.down_proj_bias"] = [E, d]
         out[p + "input_layernorm.weight"] = [d]
         out[p + "post_attention_layernorm.weight"] = [d]
-    out["model.norm.weight"] = [d]
-    if not cfg.get("tie_word_embeddings", False):
-        out["lm_head.weight"] = [V, d]
-    return out
+    return hf.add_final_shapes(out, cfg)
 
 
-def _w(weights, name):
-    return weights[name].to(F64)
+_w = hf._w  # a weight in float64
 
 
 def attention(cfg, weights, layer, x, sinks=True):

@@ -198,6 +198,12 @@ def weight_shapes(cfg, fused=False):
             out[m + "down_proj.weight"] = [d, I]
         out["model.layers.%d.input_layernorm.weight" % l] = [d]
         out["model.layers.%d.post_attention_layernorm.weight" % l] = [d]
+    return add_final_shapes(out, cfg)
+
+
+def add_final_shapes(out, cfg):
+    """out with the final norm and, unless tied, the LM head appended (every family ends so)."""
+    d, V = cfg["hidden_size"], cfg["vocab_size"]
     out["model.norm.weight"] = [d]
     if not cfg.get("tie_word_embeddings", False):
         out["lm_head.weight"] = [V, d]
