@@ -11,9 +11,12 @@ and prints one table: decode and 128-token prompt tokens/s of both and the ratio
 bytes a decoded token reads (from the file's tensor table: every non-expert matrix, top-k of E
 of each expert tensor, one embedding row) times tokens/s against the host's read bandwidth
 (build/bench/read_bandwidth), and peak resident memory (/usr/bin/time -f %M) against the file size.
---qwen3 adds the Qwen3-30B-A3B shapes at Q4_K (an 17 GB file).
+--qwen3 adds the Qwen3-30B-A3B shapes at Q4_K (an 17 GB file) as the qwen3moe architecture;
+--qwen3-llama the same shapes as the llama (Mixtral) architecture, for llama.cpp builds older
+than qwen3moe (April 2025): identical weights and work per token except Qwen3's q/k RMSNorm
+(2 x 48 RMSNorms of 128 values per head, under 0.01% of a token's FLOPs).
 
-  bench/quant_vs_llamacpp.py [LLAMA_BIN_DIR] [--types f32,bf16,...] [--reps 3] [--qwen3]
+  bench/quant_vs_llamacpp.py [LLAMA_BIN_DIR] [--types f32,bf16,...] [--reps 3] [--qwen3] [--qwen3-llama]
                              [--moe build/moe] [--out bench/out]
 Without LLAMA_BIN_DIR only moe's figures are printed. Nothing of llama.cpp is built here.
 """
@@ -170,15 +173,19 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--qwen3", action="store_true", help="also the Qwen3-30B-A3B shapes at Q4_K")
+    ap.add_argument("--qwen3-llama", action="store_true",
+                    help="the Qwen3-30B-A3B shapes at Q4_K as the llama architecture")
     ap.add_argument("--moe", default=os.path.join(ROOT, "build", "moe"))
     ap.add_argument("--out", default=os.path.join(HERE, "out"), help="where the GGUF files go")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     bw = read_bandwidth(a.threads)
     print(f"host read bandwidth: {fmt(bw, '.1f')} GB/s ({a.threads} threads, build/bench/read_bandwidth)")
-    runs = [("mixtral-random", t) for t in a.types.split(",")]
+    runs = [("mixtral-random", t) for t in a.types.split(",") if t]  # --types "" skips them
     if a.qwen3:
         runs.append(("qwen3-30b-a3b-random", "q4_k"))
+    if a.qwen3_llama:
+        runs.append(("qwen3-30b-a3b-llama-random", "q4_k"))
     rows = []
     for model, t in runs:
         config = os.path.join(HERE, "configs", model + ".json")
