@@ -137,8 +137,15 @@ TEST(GptOss, CachedLogitsEqualTheFullForwardPastTheWindow) {
   auto caches = model->new_caches(B, S);
   model->forward(ids.data(), B, S, caches, full.data(), /*all_logits=*/true);
 
+  // Sliding layers keep a ring of their window: its bytes never grow, full layers' hold S.
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    const int w = c.window_of(l);
+    EXPECT_EQ(caches[l].capacity, w > 0 ? w : S) << "layer " << l;
+  }
   for (int chunk : {1, 5}) {
     auto step = model->new_caches(B, S);
+    std::vector<int64_t> bytes;
+    for (const auto& k : step) bytes.push_back(k.bytes());
     for (int t0 = 0; t0 < S; t0 += chunk) {
       const int n = std::min(chunk, S - t0);
       std::vector<int32_t> part(static_cast<size_t>(B * n));
@@ -151,8 +158,62 @@ TEST(GptOss, CachedLogitsEqualTheFullForwardPastTheWindow) {
           test::expect_close(
               "chunk " + std::to_string(chunk) + " position " + std::to_string(t0 + t),
               got.data() + (b * n + t) * V, full.data() + (b * S + t0 + t) * V, V, 1e-5);
+      for (int l = 0; l < c.num_hidden_layers; ++l) {
+        ASSERT_EQ(step[l].bytes(), bytes[l]) << "layer " << l << " grew at " << t0 + n;
+        if (c.window_of(l) > 0)
+          ASSERT_EQ(step[l].bytes(),
+                    int64_t{B} * c.window_of(l) * 2 * step[l].kv_dim * int64_t{sizeof(float)});
+      }
     }
   }
+}
+
+// The ring of a sliding layer against the plain cache of the same window, through
+// cached_attention: one token at a time and in chunks (shorter and longer than the window), with
+// and without sinks, 4x past the window.
+TEST(GptOss, RingCacheEqualsThePlainCache) {
+  const int B = 2, H = 4, G = 2, hd = 8, window = 5, S = 4 * window + 3;
+  const int64_t qd = H * hd, kvd = G * hd;
+  Rng rng(11);
+  std::vector<float> q(B * S * qd), k(B * S * kvd), v(B * S * kvd);
+  for (auto* x : {&q, &k, &v}) rng.fill_normal(x->data(), static_cast<int64_t>(x->size()), 0, 1);
+  const float sinks[H] = {0.3f, -0.7f, 1.1f, 0.0f};
+  // rows of positions t0..t0+n of every sequence, row-major [B*n, width]
+  auto rows = [&](const std::vector<float>& x, int64_t width, int t0, int n) {
+    std::vector<float> r(static_cast<size_t>(B * n * width));
+    for (int b = 0; b < B; ++b)
+      std::copy_n(x.data() + (b * S + t0) * width, n * width, r.data() + b * n * width);
+    return r;
+  };
+  for (const float* sk : {static_cast<const float*>(nullptr), sinks})
+    for (int chunk : {1, 3, 7, S}) {
+      KvCache<float> plain, ring;
+      plain.reset(B, S, static_cast<int>(kvd));
+      ring.reset(B, S, static_cast<int>(kvd), -1, window);
+      ASSERT_EQ(ring.capacity, window);
+      const int64_t ring_bytes = ring.bytes();
+      std::vector<float> scratch, a, b2;
+      for (int t0 = 0; t0 < S; t0 += chunk) {
+        const int n = std::min(chunk, S - t0);
+        const auto qq = rows(q, qd, t0, n), kk = rows(k, kvd, t0, n), vv = rows(v, kvd, t0, n);
+        a.assign(qq.size(), 0.0f);
+        b2.assign(qq.size(), 1.0f);
+        cached_attention(qq.data(), kk.data(), vv.data(), B, n, H, G, hd, plain, a.data(), scratch,
+                         window, sk);
+        cached_attention(qq.data(), kk.data(), vv.data(), B, n, H, G, hd, ring, b2.data(), scratch,
+                         window, sk);
+        test::expect_close("chunk " + std::to_string(chunk) + " at " + std::to_string(t0),
+                           b2.data(), a.data(), static_cast<int64_t>(a.size()), 1e-6);
+        EXPECT_EQ(ring.length, t0 + n);
+        EXPECT_EQ(ring.bytes(), ring_bytes);
+      }
+    }
+  KvCache<float> ring;
+  ring.reset(1, 16, static_cast<int>(kvd), -1, window);
+  std::vector<float> scratch, o(qd);
+  EXPECT_THROW(cached_attention(q.data(), k.data(), v.data(), 1, 1, H, G, hd, ring, o.data(),
+                                scratch, window + 1),
+               Error);
 }
 
 // The sink and the window change what cached_attention computes (and nothing else does).

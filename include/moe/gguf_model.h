@@ -63,7 +63,7 @@ struct TypeScheme {
   bool has_expert_type = false, has_other_type = false;
   GgmlType expert_type = GgmlType::F32, other_type = GgmlType::F32;
 };
-// "f32 f16 bf16 q8_0 q4_0 q4_k q5_k q6_k q4_k_m q5_k_m"; false for anything else.
+// "f32 f16 bf16 q8_0 q4_0 q4_k q5_k q6_k mxfp4 q4_k_m q5_k_m"; false for anything else.
 bool parse_type_scheme(const std::string& name, TypeScheme* out);
 // The type tensor t of config c gets: the scheme's choice, then, when a row is not whole blocks
 // of it, the fallback llama.cpp takes (Q4_K -> Q4_0 ... -> F16; `fallback` says so when it is

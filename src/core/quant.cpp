@@ -145,6 +145,41 @@ void dequantize_mxfp4(const BlockMXFP4* b, float* y, int64_t nb) {
   }
 }
 
+// ggml's quantize_row_mxfp4_ref (the OCP MX rule): the shared exponent puts the block's largest
+// magnitude amax in [8, 16) x 2^(e - 128), the top E2M1 octave (values above 12 x 2^(e - 128)
+// clip to it); each value takes the code of the nearest doubled value k[q] x 2^(e - 128), the
+// first code in table order on a tie (so 0 rather than -0, the smaller magnitude). floor(log2
+// amax) is taken exactly from the float's exponent (ggml's floorf(log2f(amax)) agrees except
+// within an ulp below a power of two, where log2f can round up); e is clamped to 0..254.
+void quantize_mxfp4(const float* x, BlockMXFP4* b, int64_t nb) {
+  for (int64_t i = 0; i < nb; ++i, x += kQK) {
+    float amax = 0;
+    for (int j = 0; j < kQK; ++j) amax = std::max(amax, std::fabs(x[j]));
+    int e = 0;
+    if (amax > 0) {
+      int exp2 = 0;
+      std::frexp(amax, &exp2);  // amax = m x 2^exp2, m in [0.5, 1): floor(log2 amax) = exp2 - 1
+      e = std::clamp(exp2 - 1 - 2 + 127, 0, 254);
+    }
+    b[i].e = static_cast<uint8_t>(e);
+    const float d = e8m0_half_to_float(b[i].e);
+    auto nearest = [&](float v) {
+      int best = 0;
+      float err = std::fabs(static_cast<float>(kMxfp4Values[0]) * d - v);
+      for (int q = 1; q < 16; ++q) {
+        const float eq = std::fabs(static_cast<float>(kMxfp4Values[q]) * d - v);
+        if (eq < err) {
+          best = q;
+          err = eq;
+        }
+      }
+      return static_cast<uint8_t>(best);
+    };
+    for (int j = 0; j < kQK / 2; ++j)
+      b[i].qs[j] = static_cast<uint8_t>(nearest(x[j]) | nearest(x[j + kQK / 2]) << 4);
+  }
+}
+
 // ---- Q8_0 / Q4_0 --------------------------------------------------------------------------
 
 void dequantize_q8_0(const BlockQ8_0* b, float* y, int64_t nb) {
@@ -629,7 +664,7 @@ void quantize_row(GgmlType type, const float* src, uint8_t* dst, int64_t n) {
     case GgmlType::Q8_K:
       return quantize_q8_k(src, reinterpret_cast<BlockQ8_K*>(dst), nb);
     case GgmlType::MXFP4:
-      break;  // read from checkpoints only
+      return quantize_mxfp4(src, reinterpret_cast<BlockMXFP4*>(dst), nb);
   }
   MOE_CHECK(false, "quantize_row: type {}", static_cast<uint32_t>(type));
 }

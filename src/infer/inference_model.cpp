@@ -83,7 +83,9 @@ class InferenceModel::HfSource : public InferenceModel::Source {
  private:
   // gpt_oss stores experts for x @ W: gate_up_proj [E, d, 2F] (gate in the even columns, up in
   // the odd ones) and down_proj [E, F, d]. Each expert's matrix of kind t is transposed to
-  // [rows, cols] in the stored type (a copy the model owns; the file's pages are not kept).
+  // [rows, cols] in the stored type (a copy the model owns). The file's pages of a tensor are
+  // dropped once its last copy is made (gate_up after the up rows, the loader's order; down at
+  // once): resident memory then holds the copies only, not the file as well.
   std::vector<WeightView> gpt_oss_experts(int layer, HfTensor t, int E, int64_t rows,
                                           int64_t cols) {
     const bool down = t == HfTensor::ExpertDown;
@@ -106,6 +108,7 @@ class InferenceModel::HfSource : public InferenceModel::Source {
                       static_cast<size_t>(es));
       views.push_back({dst, all.type, rows, cols});
     }
+    if (t != HfTensor::ExpertGate) w_.file_of(nm).release(w_.file_of(nm).entry(nm));
     return views;
   }
   static int64_t dtype_size_of(GgmlType t) { return t == GgmlType::F32 ? 4 : 2; }
@@ -151,6 +154,9 @@ class InferenceModel::HfSource : public InferenceModel::Source {
       }
       views.push_back({buf.data() + e * rows * rb, GgmlType::MXFP4, rows, cols});
     }
+    if (t != HfTensor::ExpertGate)
+      for (const std::string& part : {nm + "_blocks", nm + "_scales"})
+        w_.file_of(part).release(w_.file_of(part).entry(part));
     return views;
   }
   std::string name(int layer, HfTensor t) const {

@@ -27,6 +27,8 @@ uint32_t file_type(const TypeScheme& s) {
       return 18;
     case GgmlType::BF16:
       return 32;
+    case GgmlType::MXFP4:
+      return 38;  // MOSTLY_MXFP4_MOE
     default:
       return 0;
   }

@@ -186,6 +186,12 @@ void random_block(GgmlType type, Rng& rng, uint8_t* out) {
       b->d = float_to_f16(kStd / 18.5f / 16.0f);
       break;
     }
+    case GgmlType::MXFP4: {  // E2M1 codes uniform: std 2.93, scale 2^(120 - 127): std 0.023
+      auto* b = reinterpret_cast<BlockMXFP4*>(out);
+      b->e = 120;
+      bytes(b->qs, kQK / 2);
+      break;
+    }
     default:
       MOE_CHECK(false, "random_block: {} is not a block-quantized weight type",
                 ggml_type_name(static_cast<uint32_t>(type)));
@@ -194,7 +200,7 @@ void random_block(GgmlType type, Rng& rng, uint8_t* out) {
 
 bool is_block_type(GgmlType t) {
   return t == GgmlType::Q8_0 || t == GgmlType::Q4_0 || t == GgmlType::Q4_K || t == GgmlType::Q5_K ||
-         t == GgmlType::Q6_K;
+         t == GgmlType::Q6_K || t == GgmlType::MXFP4;
 }
 
 class RandomSource : public GgufModelSource {
