@@ -6,12 +6,14 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "moe/attention.h"
 #include "moe/generate.h"
+#include "moe/gguf_model.h"
 #include "moe/hf_checkpoint.h"
 #include "moe/inference_model.h"
 #include "moe/rng.h"
@@ -322,6 +324,123 @@ TEST(GptOssErrors, BadKeysAreOneLineNamingThem) {
     j["swiglu_limit"] = -1.0;
   });
   EXPECT_MOE_ERROR(InferenceModel::load(d.str()), "config.json", "swiglu_limit");
+}
+
+// ---- GGUF (llama.cpp's gpt-oss architecture) -------------------------------------------------
+
+// Writes the Hugging Face directory `dir` as GGUF with `types` ("f32", ...) and the experts as
+// `expert_type` when not empty.
+std::string write_gguf(const std::string& dir, const std::string& out, const std::string& types,
+                       const std::string& expert_type = "") {
+  const ModelConfig c = load_hf_config(dir + "/config.json");
+  const HfWeights w = HfWeights::open(dir);
+  GgufModelWriteOptions opt;
+  EXPECT_TRUE(parse_type_scheme(types, &opt.types));
+  if (!expert_type.empty()) {
+    TypeScheme e;
+    EXPECT_TRUE(parse_type_scheme(expert_type, &e));
+    opt.types.has_expert_type = true;
+    opt.types.expert_type = e.base;
+  }
+  opt.name = "gpt_oss";
+  write_gguf_model(c, *gguf_source_of_hf(c, w), out, opt);
+  return out;
+}
+
+// All logits of two sequences of 3 windows and a bit, in one prefill, then one token through the
+// cache.
+std::vector<float> all_logits(InferenceModel& m) {
+  const ModelConfig& c = m.config();
+  const int B = 2, S = 3 * c.sliding_window + 1;
+  const int64_t V = c.vocab_size;
+  std::vector<int32_t> ids(static_cast<size_t>(B * S));
+  for (int i = 0; i < B * S; ++i) ids[i] = static_cast<int32_t>((i * 37 + 5) % V);
+  std::vector<float> out(static_cast<size_t>(B * (S + 1) * V));
+  auto caches = m.new_caches(B, S + 1);
+  m.forward(ids.data(), B, S, caches, out.data(), /*all_logits=*/true);
+  const int32_t next[2] = {3, 7};
+  m.forward(next, B, 1, caches, out.data() + B * S * V, /*all_logits=*/true);
+  return out;
+}
+
+// HF -> GGUF f32 -> the same config and the same logits (the weights are the same values).
+TEST(GptOssGguf, F32GivesTheLogitsOfTheDirectory) {
+  test::ExactBf16Path exact;
+  TempDir dir;
+  const std::string path = write_gguf(fixture(), dir.file("m.gguf"), "f32");
+  const GgufFile f = GgufFile::open(path);
+  EXPECT_EQ(f.string("general.architecture"), "gpt-oss");
+  for (const char* t :
+       {"blk.0.attn_sinks.weight", "blk.0.attn_output.bias", "blk.0.post_attention_norm.weight",
+        "blk.1.ffn_gate_inp.bias", "blk.1.ffn_gate_exps.bias", "blk.1.ffn_up_exps.bias",
+        "blk.1.ffn_down_exps.bias", "blk.1.ffn_gate_exps.weight"})
+    EXPECT_TRUE(f.has_tensor(t)) << t;
+  EXPECT_EQ(f.value("gpt-oss.attention.sliding_window").as_int(), 4);
+  EXPECT_EQ(f.value("gpt-oss.expert_feed_forward_length").as_int(), 32);
+  auto a = InferenceModel::load(fixture());
+  auto b = InferenceModel::load(path);
+  const ModelConfig &ca = a->config(), &cb = b->config();
+  EXPECT_EQ(cb.model_type, "gpt_oss");
+  EXPECT_EQ(cb.window_of(0), 4);
+  EXPECT_EQ(cb.window_of(1), 0);
+  EXPECT_EQ(cb.swiglu_limit, ca.swiglu_limit);
+  EXPECT_EQ(cb.rope_scaling.type, RopeType::Yarn);
+  EXPECT_FALSE(cb.rope_scaling.truncate);
+  EXPECT_EQ(cb.rope_scaling.factor, ca.rope_scaling.factor);
+  EXPECT_EQ(cb.rope_scaling.original_max_position_embeddings,
+            ca.rope_scaling.original_max_position_embeddings);
+  EXPECT_EQ(count_parameters(cb).total, count_parameters(ca).total);
+  const auto la = all_logits(*a), lb = all_logits(*b);
+  test::expect_close("gguf f32 logits", lb.data(), la.data(), static_cast<int64_t>(la.size()),
+                     1e-5);
+}
+
+// The released MXFP4 experts go into the GGUF file bit for bit (no requantization): the model
+// read back has the same expert blocks and the same logits as the directory. The same experts
+// widened to f32 in one file and quantized to MXFP4 from those floats in the next give the same
+// blocks again (dequantize then quantize is a fixed point for blocks that use their top octave).
+TEST(GptOssGguf, Mxfp4ExpertsAreCopiedBitForBit) {
+  test::ExactBf16Path exact;
+  TempDir dir;
+  const std::string hf = std::string(MOE_FIXTURE_DIR) + "/hf/gpt_oss_mxfp4";
+  const std::string path = write_gguf(hf, dir.file("m.gguf"), "f32", "mxfp4");
+  auto a = InferenceModel::load(hf);
+  auto b = InferenceModel::load(path);
+  EXPECT_EQ(b->weight_type(), GgmlType::MXFP4);
+  const GgufFile* f = b->gguf();
+  ASSERT_NE(f, nullptr);
+  int mxfp4 = 0;
+  for (const GgufTensorInfo& t : f->tensors()) mxfp4 += t.type == 39 ? 1 : 0;
+  EXPECT_EQ(mxfp4, 3 * a->config().num_hidden_layers);
+  const auto la = all_logits(*a), lb = all_logits(*b);
+  test::expect_close("gguf mxfp4 logits", lb.data(), la.data(), static_cast<int64_t>(la.size()),
+                     1e-6);
+
+  // f32 experts (decoded), then MXFP4 from those floats through the GGUF -> GGUF path.
+  const std::string wide = write_gguf(hf, dir.file("wide.gguf"), "f32");
+  const GgufFile w = GgufFile::open(wide);
+  const ModelConfig cw = model_config_from_gguf(w);
+  GgufModelWriteOptions opt;
+  ASSERT_TRUE(parse_type_scheme("f32", &opt.types));
+  opt.types.has_expert_type = true;
+  opt.types.expert_type = GgmlType::MXFP4;
+  write_gguf_model(cw, *gguf_source_of_gguf(cw, w), dir.file("again.gguf"), opt);
+  const GgufFile again = GgufFile::open(dir.file("again.gguf"));
+  for (const GgufTensorInfo& t : f->tensors()) {
+    if (t.type != 39) continue;
+    const GgufTensorInfo& u = again.tensor(t.name);
+    ASSERT_EQ(u.type, 39u) << t.name;
+    EXPECT_EQ(std::memcmp(f->data(t), again.data(u), t.nbytes), 0) << t.name;
+  }
+}
+
+TEST(GptOssGguf, OtherLayerPatternsAreRefusedByName) {
+  TempDir d("gpt_oss_pattern");
+  copy_fixture(d);
+  edit_config(d, [](nlohmann::json& j) {
+    j["layer_types"] = {"full_attention", "sliding_attention"};
+  });
+  EXPECT_MOE_ERROR(write_gguf(d.str(), d.file("m.gguf"), "f32"), "layer_types[0]", "even");
 }
 
 TEST(GptOssErrors, TrainingIsRefusedByName) {

@@ -145,6 +145,16 @@ void dequantize_mxfp4(const BlockMXFP4* b, float* y, int64_t nb) {
   }
 }
 
+void mxfp4_from_hf_row(const uint8_t* codes, const uint8_t* scales, int64_t nb, BlockMXFP4* out) {
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* q = codes + b * (kQK / 2);
+    out[b].e = scales[b];
+    auto code = [&](int v) { return v % 2 == 0 ? q[v / 2] & 0xF : q[v / 2] >> 4; };
+    for (int j = 0; j < kQK / 2; ++j)
+      out[b].qs[j] = static_cast<uint8_t>(code(j) | (code(j + kQK / 2) << 4));
+  }
+}
+
 // ggml's quantize_row_mxfp4_ref (the OCP MX rule): the shared exponent puts the block's largest
 // magnitude amax in [8, 16) x 2^(e - 128), the top E2M1 octave (values above 12 x 2^(e - 128)
 // clip to it); each value takes the code of the nearest doubled value k[q] x 2^(e - 128), the

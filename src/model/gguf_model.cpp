@@ -73,9 +73,11 @@ std::string gguf_arch_of(const ModelConfig& c) {
   if (c.model_type == "qwen3_moe") return "qwen3moe";
   if (c.model_type == "olmoe") return "olmoe";
   if (c.model_type == "granitemoe") return "granitemoe";
+  if (c.model_type == "gpt_oss") return "gpt-oss";  // llama.cpp's LLM_ARCH_OPENAI_MOE
   throw Error(
       fmt::format("model_type \"{}\" has no GGUF architecture here (expected mixtral, "
-                  "qwen2_moe, qwen3_moe, olmoe, granitemoe, llama, mistral, qwen2 or qwen3)",
+                  "qwen2_moe, qwen3_moe, olmoe, granitemoe, gpt_oss, llama, mistral, qwen2 or "
+                  "qwen3)",
                   c.model_type));
 }
 
@@ -94,6 +96,13 @@ void unpermute_rope_rows(const float* src, float* dst, int n_heads, int head_dim
         const float* s = src + (static_cast<int64_t>(h) * head_dim + 2 * i + j) * cols;
         std::copy_n(s, cols, dst + (static_cast<int64_t>(h) * head_dim + i + j * half) * cols);
       }
+}
+
+std::string gguf_tensor_name(const ModelConfig& c, int layer, HfTensor t) {
+  // llama.cpp's gpt-oss names the FFN's input norm as the attention's post-norm.
+  if (c.model_type == "gpt_oss" && t == HfTensor::PostAttentionNorm)
+    return fmt::format("blk.{}.post_attention_norm.weight", layer);
+  return gguf_tensor_name(layer, t);
 }
 
 std::string gguf_tensor_name(int layer, HfTensor t) {
@@ -208,10 +217,12 @@ ModelConfig model_config_from_gguf(const GgufFile& f) {
     type = "granitemoe";
   else if (arch == "qwen2" || arch == "qwen3")  // dense
     type = arch;
+  else if (arch == "gpt-oss")
+    type = "gpt_oss";
   else
     throw Error(
         fmt::format("{}: general.architecture \"{}\" is not supported (expected llama, "
-                    "qwen2moe, qwen3moe, olmoe, qwen2 or qwen3)",
+                    "qwen2moe, qwen3moe, olmoe, granitemoe, gpt-oss, qwen2 or qwen3)",
                     path, arch));
   auto key = [&](const char* k) { return arch + "." + k; };
   auto integer = [&](const std::string& k) -> int64_t {
@@ -250,7 +261,7 @@ ModelConfig model_config_from_gguf(const GgufFile& f) {
                 tensor, shape_text(f.tensor(tensor).shape()));
   };
   for (const char* unsupported : {"attention.sliding_window"}) {
-    if (!f.has(key(unsupported))) continue;
+    if (!f.has(key(unsupported)) || type == "gpt_oss") continue;
     const GgufValue& v = f.value(key(unsupported));
     const bool none = v.type() == GgufType::String && v.as_string() == "none";
     MOE_REQUIRE(none, "{}: {} = {} is not supported (plain RoPE, full attention only)", path,
@@ -319,6 +330,9 @@ ModelConfig model_config_from_gguf(const GgufFile& f) {
       j["rope_scaling"] = r;
     }
   }
+  // gpt-oss as released: YaRN's correction range not rounded (transformers' truncate = false);
+  // llama.cpp's gpt-oss files carry no key for it.
+  if (type == "gpt_oss" && j.contains("rope_scaling")) j["rope_scaling"]["truncate"] = false;
   j["rms_norm_eps"] = real(key("attention.layer_norm_rms_epsilon"));
   const int64_t V = dim("token_embd.weight", 1);
   if (f.has(key("vocab_size")))
@@ -386,6 +400,26 @@ ModelConfig model_config_from_gguf(const GgufFile& f) {
             {"logit_scale", "logits_scaling"}})
         if (f.has(key(gguf_key))) j[hf_key] = real(key(gguf_key));
     }
+  } else if (type == "gpt_oss") {
+    // llama.cpp's gpt-oss: every layer MoE, expert_feed_forward_length the expert width, sliding
+    // layers alternating from layer 0 (its swa pattern 2), the clamped SwiGLU's limit fixed at 7
+    // (ours: gpt-oss.swiglu_limit when it is not).
+    MOE_REQUIRE(dense_layers.empty(), "{}: layer {} has no router (ffn_gate_inp)", path,
+                dense_layers.empty() ? 0 : dense_layers.front());
+    j["intermediate_size"] = expert_width(key("expert_feed_forward_length"));
+    j["num_local_experts"] = E;
+    j["sliding_window"] = positive(key("attention.sliding_window"));
+    nlohmann::json types = nlohmann::json::array();
+    for (int l = 0; l < L; ++l)
+      types.push_back(l % 2 == 0 ? "sliding_attention" : "full_attention");
+    j["layer_types"] = types;
+    j["swiglu_limit"] = f.has(key("swiglu_limit")) ? real(key("swiglu_limit")) : 7.0;
+    // No rope.scaling keys: plain RoPE (not GptOssConfig's default YaRN).
+    if (!j.contains("rope_scaling")) j["rope_scaling"] = {{"rope_type", "default"}};
+    for (const char* t : {"attn_sinks.weight", "attn_output.bias", "ffn_gate_inp.bias",
+                          "ffn_gate_exps.bias", "ffn_up_exps.bias", "ffn_down_exps.bias"})
+      MOE_REQUIRE(f.has_tensor(fmt::format("blk.0.{}", t)), "{}: tensor blk.0.{} is missing", path,
+                  t);
   } else if (type == "olmoe") {
     MOE_REQUIRE(dense_layers.empty(), "{}: layer {} has no router (ffn_gate_inp)", path,
                 dense_layers.empty() ? 0 : dense_layers.front());
@@ -433,7 +467,12 @@ std::vector<GgufModelTensor> gguf_model_tensors(const ModelConfig& c) {
   };
   int l = 0;
   auto add = [&](HfTensor kind, std::vector<int64_t> shape, GgufRole role) {
-    out.push_back({gguf_tensor_name(l, kind), std::move(shape), role, l, kind});
+    out.push_back({gguf_tensor_name(c, l, kind), std::move(shape), role, l, kind});
+  };
+  // gpt-oss's vectors with no HfTensor: "blk.N.<name>" of kind `of`.
+  const bool gpt_oss = c.model_type == "gpt_oss";
+  auto extra = [&](const char* name, HfTensor of, std::vector<int64_t> shape) {
+    out.push_back({fmt::format("blk.{}.{}", l, name), std::move(shape), GgufRole::Vector, l, of});
   };
   using T = HfTensor;
   global("token_embd.weight", {V, d}, GgufRole::Matrix);
@@ -447,6 +486,10 @@ std::vector<GgufModelTensor> gguf_model_tensors(const ModelConfig& c) {
       add(T::QBias, {qd}, GgufRole::Vector);
       add(T::KBias, {kvd}, GgufRole::Vector);
       add(T::VBias, {kvd}, GgufRole::Vector);
+    }
+    if (gpt_oss) {
+      extra("attn_output.bias", T::O, {d});
+      extra("attn_sinks.weight", T::O, {c.num_attention_heads});
     }
     if (c.qk_norm != QkNorm::None) {
       const bool full = c.qk_norm == QkNorm::Full;
@@ -466,6 +509,12 @@ std::vector<GgufModelTensor> gguf_model_tensors(const ModelConfig& c) {
     add(T::ExpertGate, {E, F, d}, GgufRole::Experts);
     add(T::ExpertUp, {E, F, d}, GgufRole::Experts);
     add(T::ExpertDown, {E, d, F}, GgufRole::Experts);
+    if (gpt_oss) {
+      extra("ffn_gate_inp.bias", T::Router, {E});
+      extra("ffn_gate_exps.bias", T::ExpertGate, {E, F});
+      extra("ffn_up_exps.bias", T::ExpertUp, {E, F});
+      extra("ffn_down_exps.bias", T::ExpertDown, {E, d});
+    }
     if (c.moe.n_shared_experts > 0) {
       const int64_t S = c.moe.shared_hidden();
       if (c.moe.shared_expert_gate) add(T::SharedExpertGate, {d}, GgufRole::Router);
@@ -566,6 +615,23 @@ void write_gguf_model(const ModelConfig& c, const GgufModelSource& src, const st
   // llama and olmoe: the expert width (a dense llama: its FFN width); qwen: the dense width.
   const bool qwen = arch == "qwen2moe" || arch == "qwen3moe";
   w.set(key("feed_forward_length"), u32(qwen || !moe ? c.dense_width() : c.intermediate_size));
+  const bool gpt_oss = arch == "gpt-oss";
+  if (gpt_oss) {
+    // llama.cpp's gpt-oss: sliding windows on layers 0, 2, 4, ... (its swa pattern 2).
+    for (int l = 0; l < L; ++l)
+      MOE_REQUIRE(c.window_of(l) == (l % 2 == 0 ? c.sliding_window : 0),
+                  "{}: layer_types[{}] = {}: GGUF's gpt-oss has sliding layers at the even "
+                  "indices only",
+                  out_path, l, c.window_of(l) > 0 ? "sliding_attention" : "full_attention");
+    w.set(key("attention.sliding_window"), u32(c.sliding_window));
+    if (c.swiglu_limit != 7.0) {
+      note(
+          fmt::format("{}: swiglu_limit = {} stored as gpt-oss.swiglu_limit, a key of this code "
+                      "(llama.cpp's gpt-oss clamps at 7)",
+                      out_path, c.swiglu_limit));
+      w.set(key("swiglu_limit"), GgufValue::f32(static_cast<float>(c.swiglu_limit)));
+    }
+  }
   w.set(key("attention.head_count"), u32(H));
   w.set(key("attention.head_count_kv"), u32(G));
   // llama.cpp assumes head_dim = hidden_size / heads unless told.
@@ -593,8 +659,11 @@ void write_gguf_model(const ModelConfig& c, const GgufModelSource& src, const st
     w.set(key("rope.scaling.type"), GgufValue::string(rope_type_name(rs.type)));
     w.set(key("rope.scaling.factor"), GgufValue::f32(static_cast<float>(rs.factor)));
     if (rs.type == RopeType::Yarn) {
-      MOE_REQUIRE(rs.truncate, "{}: rope_scaling.truncate = false has no GGUF key in llama.cpp",
-                  out_path);
+      // gpt-oss files are read with truncate = false (as released); other architectures true.
+      MOE_REQUIRE(rs.truncate != gpt_oss,
+                  "{}: rope_scaling.truncate = {} has no GGUF key in llama.cpp (the {} "
+                  "architecture is read with {})",
+                  out_path, rs.truncate, arch, !rs.truncate);
       w.set(key("rope.scaling.original_context_length"), u32(rs.original_max_position_embeddings));
       if (rs.beta_fast != 32.0)
         w.set(key("rope.scaling.yarn_beta_fast"), GgufValue::f32(static_cast<float>(rs.beta_fast)));
@@ -614,7 +683,7 @@ void write_gguf_model(const ModelConfig& c, const GgufModelSource& src, const st
   if (moe) {
     w.set(key("expert_count"), u32(c.num_local_experts));
     w.set(key("expert_used_count"), u32(c.moe.num_experts_per_tok));
-    if (qwen) w.set(key("expert_feed_forward_length"), u32(c.intermediate_size));
+    if (qwen || gpt_oss) w.set(key("expert_feed_forward_length"), u32(c.intermediate_size));
     if (arch == "qwen2moe" && c.moe.n_shared_experts > 0)
       w.set(key("expert_shared_feed_forward_length"), u32(c.moe.shared_hidden()));
   }
