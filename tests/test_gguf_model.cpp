@@ -139,6 +139,12 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, GgufFamily,
 INSTANTIATE_TEST_SUITE_P(FusedAndGranite, GgufFamily,
                          ::testing::Values("qwen3_moe_fused", "granitemoe"));
 
+// llama.cpp's deepseek2: MLA (q_lora_rank null in V2, attn_q_a/_b in V3), YaRN with DeepSeek's
+// mscale ratio (attn_factor) and mscale_all_dim (yarn_log_multiplier), a leading dense layer,
+// shared experts, V2's group-limited softmax routing with routed_scaling_factor, V3's sigmoid
+// gating with exp_probs_b and groups.
+INSTANTIATE_TEST_SUITE_P(Deepseek2, GgufFamily, ::testing::Values("deepseek_v2", "deepseek_v3"));
+
 INSTANTIATE_TEST_SUITE_P(RopeScaling, GgufFamily,
                          ::testing::Values("qwen3_moe_yarn", "olmoe_yarn_mscale", "llama_linear"));
 
