@@ -210,12 +210,12 @@ TEST(Quant, Mxfp4NearestErrorBoundAndFixedPoint) {
       quantize_row(GgmlType::MXFP4, y.data(), q2.data(), cols);
       ASSERT_EQ(q, q2) << "row " << r;
     }
-    // Relative RMS error measured 11.6% (gaussian) / 15.4% (outliers): E2M1 has 8 magnitudes, the
+    // Relative RMS error measured 11.5% (gaussian) / 16.7% (outliers): E2M1 has 8 magnitudes, the
     // top one 12/16 of the octave. Bounds about 10% above.
     const double e = round_trip_error(GgmlType::MXFP4, x, cols);
     std::printf("MXFP4 relative RMS error (%s): %.4f%%\n", outliers ? "outliers" : "gaussian",
                 100 * e);
-    EXPECT_LT(e, outliers ? 0.17 : 0.128);
+    EXPECT_LT(e, outliers ? 0.184 : 0.127);
   }
   const std::vector<float> zeros(64, 0.f);
   std::vector<uint8_t> q(34, 0xAB);

@@ -85,7 +85,7 @@ bool parse_ggml_type(const std::string& name, GgmlType* out) {
   for (char& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
   for (const GgmlType t :
        {GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0,
-        GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::Q8_K}) {
+        GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::Q8_K, GgmlType::MXFP4}) {
     if (upper == ggml_type_name(static_cast<uint32_t>(t))) {
       *out = t;
       return true;
@@ -142,16 +142,6 @@ void dequantize_mxfp4(const BlockMXFP4* b, float* y, int64_t nb) {
       y[i * kQK + j] = d * kMxfp4Values[b[i].qs[j] & 0xF];
       y[i * kQK + j + kQK / 2] = d * kMxfp4Values[b[i].qs[j] >> 4];
     }
-  }
-}
-
-void mxfp4_from_hf_row(const uint8_t* codes, const uint8_t* scales, int64_t nb, BlockMXFP4* out) {
-  for (int64_t b = 0; b < nb; ++b) {
-    const uint8_t* q = codes + b * (kQK / 2);
-    out[b].e = scales[b];
-    auto code = [&](int v) { return v % 2 == 0 ? q[v / 2] & 0xF : q[v / 2] >> 4; };
-    for (int j = 0; j < kQK / 2; ++j)
-      out[b].qs[j] = static_cast<uint8_t>(code(j) | (code(j + kQK / 2) << 4));
   }
 }
 
@@ -604,6 +594,16 @@ int64_t whole_blocks(GgmlType type, int64_t n, const char* what) {
 }
 
 }  // namespace
+
+void mxfp4_from_hf_row(const uint8_t* codes, const uint8_t* scales, int64_t nb, BlockMXFP4* out) {
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* q = codes + b * (kQK / 2);
+    out[b].e = scales[b];
+    auto code = [&](int v) { return v % 2 == 0 ? q[v / 2] & 0xF : q[v / 2] >> 4; };
+    for (int j = 0; j < kQK / 2; ++j)
+      out[b].qs[j] = static_cast<uint8_t>(code(j) | (code(j + kQK / 2) << 4));
+  }
+}
 
 void dequantize_row(GgmlType type, const uint8_t* src, float* dst, int64_t n) {
   static const bool simd = dequant_avx512_usable();
