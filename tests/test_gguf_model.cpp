@@ -365,8 +365,7 @@ TEST(GgufModelErrors, OneLineNamingTheFileAndTheField) {
   {
     const std::string p = dir.file("arch.gguf");
     rewrite(good, p, {{"general.architecture", GgufValue::string("jamba")}});
-    EXPECT_MOE_ERROR(InferenceModel::load(p), p, "general.architecture", "jamba",
-                     "not supported");
+    EXPECT_MOE_ERROR(InferenceModel::load(p), p, "general.architecture", "jamba", "not supported");
   }
   {
     const std::string p = dir.file("missing.gguf");
