@@ -6,14 +6,17 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "moe/attention.h"
 #include "moe/generate.h"
+#include "moe/gguf_model.h"
 #include "moe/hf_checkpoint.h"
 #include "moe/inference_model.h"
+#include "moe/quant.h"
 #include "moe/rng.h"
 #include "moe/trainable_model.h"
 #include "test_util.h"
@@ -137,8 +140,15 @@ TEST(GptOss, CachedLogitsEqualTheFullForwardPastTheWindow) {
   auto caches = model->new_caches(B, S);
   model->forward(ids.data(), B, S, caches, full.data(), /*all_logits=*/true);
 
+  // Sliding layers keep a ring of their window: its bytes never grow, full layers' hold S.
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    const int w = c.window_of(l);
+    EXPECT_EQ(caches[l].capacity, w > 0 ? w : S) << "layer " << l;
+  }
   for (int chunk : {1, 5}) {
     auto step = model->new_caches(B, S);
+    std::vector<int64_t> bytes;
+    for (const auto& k : step) bytes.push_back(k.bytes());
     for (int t0 = 0; t0 < S; t0 += chunk) {
       const int n = std::min(chunk, S - t0);
       std::vector<int32_t> part(static_cast<size_t>(B * n));
@@ -151,8 +161,63 @@ TEST(GptOss, CachedLogitsEqualTheFullForwardPastTheWindow) {
           test::expect_close(
               "chunk " + std::to_string(chunk) + " position " + std::to_string(t0 + t),
               got.data() + (b * n + t) * V, full.data() + (b * S + t0 + t) * V, V, 1e-5);
+      for (int l = 0; l < c.num_hidden_layers; ++l) {
+        ASSERT_EQ(step[l].bytes(), bytes[l]) << "layer " << l << " grew at " << t0 + n;
+        if (c.window_of(l) > 0) {
+          ASSERT_EQ(step[l].bytes(),
+                    int64_t{B} * c.window_of(l) * 2 * step[l].kv_dim * int64_t{sizeof(float)});
+        }
+      }
     }
   }
+}
+
+// The ring of a sliding layer against the plain cache of the same window, through
+// cached_attention: one token at a time and in chunks (shorter and longer than the window), with
+// and without sinks, 4x past the window.
+TEST(GptOss, RingCacheEqualsThePlainCache) {
+  const int B = 2, H = 4, G = 2, hd = 8, window = 5, S = 4 * window + 3;
+  const int64_t qd = H * hd, kvd = G * hd;
+  Rng rng(11);
+  std::vector<float> q(B * S * qd), k(B * S * kvd), v(B * S * kvd);
+  for (auto* x : {&q, &k, &v}) rng.fill_normal(x->data(), static_cast<int64_t>(x->size()), 0, 1);
+  const float sinks[H] = {0.3f, -0.7f, 1.1f, 0.0f};
+  // rows of positions t0..t0+n of every sequence, row-major [B*n, width]
+  auto rows = [&](const std::vector<float>& x, int64_t width, int t0, int n) {
+    std::vector<float> r(static_cast<size_t>(B * n * width));
+    for (int b = 0; b < B; ++b)
+      std::copy_n(x.data() + (b * S + t0) * width, n * width, r.data() + b * n * width);
+    return r;
+  };
+  for (const float* sk : {static_cast<const float*>(nullptr), sinks})
+    for (int chunk : {1, 3, 7, S}) {
+      KvCache<float> plain, ring;
+      plain.reset(B, S, static_cast<int>(kvd));
+      ring.reset(B, S, static_cast<int>(kvd), -1, window);
+      ASSERT_EQ(ring.capacity, window);
+      const int64_t ring_bytes = ring.bytes();
+      std::vector<float> scratch, a, b2;
+      for (int t0 = 0; t0 < S; t0 += chunk) {
+        const int n = std::min(chunk, S - t0);
+        const auto qq = rows(q, qd, t0, n), kk = rows(k, kvd, t0, n), vv = rows(v, kvd, t0, n);
+        a.assign(qq.size(), 0.0f);
+        b2.assign(qq.size(), 1.0f);
+        cached_attention(qq.data(), kk.data(), vv.data(), B, n, H, G, hd, plain, a.data(), scratch,
+                         window, sk);
+        cached_attention(qq.data(), kk.data(), vv.data(), B, n, H, G, hd, ring, b2.data(), scratch,
+                         window, sk);
+        test::expect_close("chunk " + std::to_string(chunk) + " at " + std::to_string(t0),
+                           b2.data(), a.data(), static_cast<int64_t>(a.size()), 1e-6);
+        EXPECT_EQ(ring.length, t0 + n);
+        EXPECT_EQ(ring.bytes(), ring_bytes);
+      }
+    }
+  KvCache<float> ring;
+  ring.reset(1, 16, static_cast<int>(kvd), -1, window);
+  std::vector<float> scratch, o(qd);
+  EXPECT_THROW(cached_attention(q.data(), k.data(), v.data(), 1, 1, H, G, hd, ring, o.data(),
+                                scratch, window + 1),
+               Error);
 }
 
 // The sink and the window change what cached_attention computes (and nothing else does).
@@ -261,6 +326,129 @@ TEST(GptOssErrors, BadKeysAreOneLineNamingThem) {
     j["swiglu_limit"] = -1.0;
   });
   EXPECT_MOE_ERROR(InferenceModel::load(d.str()), "config.json", "swiglu_limit");
+}
+
+// ---- GGUF (llama.cpp's gpt-oss architecture) -------------------------------------------------
+
+// Writes the Hugging Face directory `dir` as GGUF with `types` ("f32", ...) and the experts as
+// `expert_type` when not empty.
+std::string write_gguf(const std::string& dir, const std::string& out, const std::string& types,
+                       const std::string& expert_type = "") {
+  const ModelConfig c = load_hf_config(dir + "/config.json");
+  const HfWeights w = HfWeights::open(dir);
+  GgufModelWriteOptions opt;
+  EXPECT_TRUE(parse_type_scheme(types, &opt.types));
+  if (!expert_type.empty()) {
+    TypeScheme e;
+    EXPECT_TRUE(parse_type_scheme(expert_type, &e));
+    opt.types.has_expert_type = true;
+    opt.types.expert_type = e.base;
+  }
+  opt.name = "gpt_oss";
+  write_gguf_model(c, *gguf_source_of_hf(c, w), out, opt);
+  return out;
+}
+
+// All logits of two sequences of 3 windows and a bit, in one prefill, then one token through the
+// cache.
+std::vector<float> all_logits(InferenceModel& m) {
+  const ModelConfig& c = m.config();
+  const int B = 2, S = 3 * c.sliding_window + 1;
+  const int64_t V = c.vocab_size;
+  std::vector<int32_t> ids(static_cast<size_t>(B * S));
+  for (int i = 0; i < B * S; ++i) ids[i] = static_cast<int32_t>((i * 37 + 5) % V);
+  std::vector<float> out(static_cast<size_t>(B * (S + 1) * V));
+  auto caches = m.new_caches(B, S + 1);
+  m.forward(ids.data(), B, S, caches, out.data(), /*all_logits=*/true);
+  const int32_t next[2] = {3, 7};
+  m.forward(next, B, 1, caches, out.data() + B * S * V, /*all_logits=*/true);
+  return out;
+}
+
+// HF -> GGUF f32 -> the same config and the same logits (the weights are the same values).
+TEST(GptOssGguf, F32GivesTheLogitsOfTheDirectory) {
+  test::ExactBf16Path exact;
+  TempDir dir;
+  const std::string path = write_gguf(fixture(), dir.file("m.gguf"), "f32");
+  const GgufFile f = GgufFile::open(path);
+  EXPECT_EQ(f.string("general.architecture"), "gpt-oss");
+  for (const char* t :
+       {"blk.0.attn_sinks.weight", "blk.0.attn_output.bias", "blk.0.post_attention_norm.weight",
+        "blk.1.ffn_gate_inp.bias", "blk.1.ffn_gate_exps.bias", "blk.1.ffn_up_exps.bias",
+        "blk.1.ffn_down_exps.bias", "blk.1.ffn_gate_exps.weight"})
+    EXPECT_TRUE(f.has_tensor(t)) << t;
+  EXPECT_EQ(f.value("gpt-oss.attention.sliding_window").as_int(), 4);
+  EXPECT_EQ(f.value("gpt-oss.expert_feed_forward_length").as_int(), 32);
+  auto a = InferenceModel::load(fixture());
+  auto b = InferenceModel::load(path);
+  const ModelConfig &ca = a->config(), &cb = b->config();
+  EXPECT_EQ(cb.model_type, "gpt_oss");
+  EXPECT_EQ(cb.window_of(0), 4);
+  EXPECT_EQ(cb.window_of(1), 0);
+  EXPECT_EQ(cb.swiglu_limit, ca.swiglu_limit);
+  EXPECT_EQ(cb.rope_scaling.type, RopeType::Yarn);
+  EXPECT_FALSE(cb.rope_scaling.truncate);
+  EXPECT_EQ(cb.rope_scaling.factor, ca.rope_scaling.factor);
+  EXPECT_EQ(cb.rope_scaling.original_max_position_embeddings,
+            ca.rope_scaling.original_max_position_embeddings);
+  EXPECT_EQ(count_parameters(cb).total, count_parameters(ca).total);
+  const auto la = all_logits(*a), lb = all_logits(*b);
+  test::expect_close("gguf f32 logits", lb.data(), la.data(), static_cast<int64_t>(la.size()),
+                     1e-5);
+}
+
+// The released MXFP4 experts go into the GGUF file bit for bit (no requantization): the model
+// read back has the same expert blocks and the same logits as the directory. The same experts
+// widened to f32 in one file and quantized to MXFP4 from those floats in the next decode to the
+// same values again (a block whose largest code is not 8 or 12 gets a smaller exponent and the
+// same values: E2M1's grid doubled or quadrupled holds the smaller one).
+TEST(GptOssGguf, Mxfp4ExpertsAreCopiedBitForBit) {
+  test::ExactBf16Path exact;
+  TempDir dir;
+  const std::string hf = std::string(MOE_FIXTURE_DIR) + "/hf/gpt_oss_mxfp4";
+  const std::string path = write_gguf(hf, dir.file("m.gguf"), "f32", "mxfp4");
+  auto a = InferenceModel::load(hf);
+  auto b = InferenceModel::load(path);
+  EXPECT_EQ(b->weight_type(), GgmlType::MXFP4);
+  const GgufFile* f = b->gguf();
+  ASSERT_NE(f, nullptr);
+  int mxfp4 = 0;
+  for (const GgufTensorInfo& t : f->tensors()) mxfp4 += t.type == 39 ? 1 : 0;
+  EXPECT_EQ(mxfp4, 3 * a->config().num_hidden_layers);
+  const auto la = all_logits(*a), lb = all_logits(*b);
+  test::expect_close("gguf mxfp4 logits", lb.data(), la.data(), static_cast<int64_t>(la.size()),
+                     1e-6);
+
+  // f32 experts (decoded), then MXFP4 from those floats through the GGUF -> GGUF path.
+  const std::string wide = write_gguf(hf, dir.file("wide.gguf"), "f32");
+  const GgufFile w = GgufFile::open(wide);
+  const ModelConfig cw = model_config_from_gguf(w);
+  GgufModelWriteOptions opt;
+  ASSERT_TRUE(parse_type_scheme("f32", &opt.types));
+  opt.types.has_expert_type = true;
+  opt.types.expert_type = GgmlType::MXFP4;
+  write_gguf_model(cw, *gguf_source_of_gguf(cw, w), dir.file("again.gguf"), opt);
+  const GgufFile again = GgufFile::open(dir.file("again.gguf"));
+  for (const GgufTensorInfo& t : f->tensors()) {
+    if (t.type != 39) continue;
+    const GgufTensorInfo& u = again.tensor(t.name);
+    ASSERT_EQ(u.type, 39u) << t.name;
+    ASSERT_EQ(u.nbytes, t.nbytes) << t.name;
+    const int64_t n = t.numel();
+    std::vector<float> x(static_cast<size_t>(n)), y(x.size());
+    dequantize_row(GgmlType::MXFP4, f->data(t), x.data(), n);
+    dequantize_row(GgmlType::MXFP4, again.data(u), y.data(), n);
+    EXPECT_EQ(std::memcmp(x.data(), y.data(), x.size() * 4), 0) << t.name;
+  }
+}
+
+TEST(GptOssGguf, OtherLayerPatternsAreRefusedByName) {
+  TempDir d("gpt_oss_pattern");
+  copy_fixture(d);
+  edit_config(d, [](nlohmann::json& j) {
+    j["layer_types"] = {"full_attention", "sliding_attention"};
+  });
+  EXPECT_MOE_ERROR(write_gguf(d.str(), d.file("m.gguf"), "f32"), "layer_types[0]", "even");
 }
 
 TEST(GptOssErrors, TrainingIsRefusedByName) {

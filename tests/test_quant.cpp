@@ -31,7 +31,7 @@ std::string lower(std::string s) {
 }
 
 TEST(Quant, DequantizeMatchesNumpyReferenceBitForBit) {
-  // MXFP4 is decoded (gpt-oss's checkpoints), not quantized to: it is checked here only.
+  // MXFP4's quantizer is checked against the numpy one below (llama.cpp's fixture predates it).
   for (const GgmlType t : {GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_K, GgmlType::Q5_K,
                            GgmlType::Q6_K, GgmlType::Q8_K, GgmlType::MXFP4}) {
     SCOPED_TRACE(type_name(t));
@@ -89,6 +89,27 @@ TEST(Quant, QuantizeMatchesLlamaCppBytes) {
         EXPECT_EQ(std::memcmp(got.data() + k * b.bytes, w + k * b.bytes, b.bytes), 0)
             << "row " << r << " block " << k;
     }
+  }
+}
+
+TEST(Quant, QuantizeMxfp4MatchesNumpyReference) {
+  // tests/fixtures/quant/mxfp4_quantized.safetensors: rows and the blocks gguf_quants.py's
+  // quantize_mxfp4 (ggml's quantize_row_mxfp4_ref rule, written from the spec) makes of them:
+  // ties, the exponent's edges, clipping, tiny and huge scales, a zero block.
+  const auto f = SafeTensorsFile::open(test::fixture_dir() + "/quant/mxfp4_quantized.safetensors");
+  const TensorEntry& in = f.entry("input");
+  const TensorEntry& want = f.entry("blocks");
+  ASSERT_EQ(in.shape.size(), 2u);
+  const int64_t rows = in.shape[0], cols = in.shape[1];
+  const int64_t rb = row_bytes(GgmlType::MXFP4, cols);
+  ASSERT_EQ(want.end - want.begin, rows * rb);
+  const float* x = reinterpret_cast<const float*>(f.raw(in));
+  std::vector<uint8_t> got(static_cast<size_t>(rb));
+  for (int64_t r = 0; r < rows; ++r) {
+    quantize_row(GgmlType::MXFP4, x + r * cols, got.data(), cols);
+    for (int64_t k = 0; k < cols / 32; ++k)
+      EXPECT_EQ(std::memcmp(got.data() + k * 17, f.raw(want) + r * rb + k * 17, 17), 0)
+          << "row " << r << " block " << k;
   }
 }
 
@@ -164,6 +185,42 @@ TEST(Quant, RoundTripErrorWithinTypeBound) {
     EXPECT_LT(eg, b.gaussian) << type_name(b.type);
     EXPECT_LT(eo, b.outliers) << type_name(b.type);
   }
+}
+
+// MXFP4 from floats: every value decodes to the nearest value its block's scale offers (no
+// other code of the block is closer), the error stays within the format's bound on gaussian
+// rows and rows with outliers, and decoded blocks quantize to the same bytes (a fixed point: a
+// tensor read and written again does not drift).
+TEST(Quant, Mxfp4NearestErrorBoundAndFixedPoint) {
+  const int64_t cols = 4096, rows = 16;
+  for (const bool outliers : {false, true}) {
+    const std::vector<float> x =
+        outliers ? outlier_rows(8, cols * rows) : gaussian_rows(7, cols * rows);
+    std::vector<uint8_t> q(static_cast<size_t>(row_bytes(GgmlType::MXFP4, cols))), q2(q.size());
+    std::vector<float> y(static_cast<size_t>(cols));
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* xr = x.data() + r * cols;
+      quantize_row(GgmlType::MXFP4, xr, q.data(), cols);
+      dequantize_row(GgmlType::MXFP4, q.data(), y.data(), cols);
+      for (int64_t i = 0; i < cols; ++i) {
+        const float d = e8m0_half_to_float(q[static_cast<size_t>(i / 32 * 17)]);
+        for (const int8_t k : kMxfp4Values)
+          ASSERT_LE(std::fabs(y[i] - xr[i]), std::fabs(k * d - xr[i])) << "value " << i;
+      }
+      quantize_row(GgmlType::MXFP4, y.data(), q2.data(), cols);
+      ASSERT_EQ(q, q2) << "row " << r;
+    }
+    // Relative RMS error measured 11.5% (gaussian) / 16.7% (outliers): E2M1 has 8 magnitudes, the
+    // top one 12/16 of the octave. Bounds about 10% above.
+    const double e = round_trip_error(GgmlType::MXFP4, x, cols);
+    std::printf("MXFP4 relative RMS error (%s): %.4f%%\n", outliers ? "outliers" : "gaussian",
+                100 * e);
+    EXPECT_LT(e, outliers ? 0.184 : 0.127);
+  }
+  const std::vector<float> zeros(64, 0.f);
+  std::vector<uint8_t> q(34, 0xAB);
+  quantize_row(GgmlType::MXFP4, zeros.data(), q.data(), 64);
+  EXPECT_EQ(q, std::vector<uint8_t>(34, 0));
 }
 
 TEST(Quant, ZeroRowsStayZero) {

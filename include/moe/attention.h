@@ -60,14 +60,24 @@ struct AttentionConfig {
 // one row per token in k (the normalized latent and the rotated rope key) and no v (v_dim 0),
 // or as the full-head oracle k [H*(nope+rope)], v [H*v_head_dim]. length = positions filled,
 // the same for every sequence.
+// A sliding-window layer's cache is a ring (window > 0): it holds the last `window` positions
+// only (capacity = window), position p in slot p % window, so its bytes stop growing once the
+// sequence passes the window; length still counts every position seen. stage_k / stage_v are
+// the ring's workspace for calls of more than one token (the window's rows in position order
+// followed by the new ones), not cache contents.
 template <class T>
 struct KvCache {
   int batch = 0, capacity = 0, length = 0, kv_dim = 0, v_dim = 0;
+  int window = 0;    // > 0: a ring of the last `window` positions (capacity == window)
   std::vector<T> k;  // [batch, capacity, kv_dim]
   std::vector<T> v;  // [batch, capacity, v_dim]
-  // length = 0; v_dim < 0: v_dim = kv_dim.
-  void reset(int batch, int capacity, int kv_dim, int v_dim = -1);
+  std::vector<T> stage_k, stage_v;  // ring only: [batch, window - 1 + n, kv_dim / v_dim]
+  // length = 0; v_dim < 0: v_dim = kv_dim. window > 0 and shorter than `capacity`: a ring of
+  // `window` slots (a sequence may then run past `capacity`; the model's context bounds it).
+  void reset(int batch, int capacity, int kv_dim, int v_dim = -1, int window = 0);
   int64_t bytes_per_token() const { return static_cast<int64_t>(kv_dim + v_dim) * sizeof(T); }
+  // Bytes of the cached keys and values (the staging workspace not counted).
+  int64_t bytes() const { return static_cast<int64_t>(k.size() + v.size()) * sizeof(T); }
 };
 
 // Plain RoPE tables: cos, sin [max_positions, hd/2], cos[p, i] = cos(p * theta^(-2i/hd)),
@@ -91,7 +101,7 @@ void rope_backward(T* dx, const T* cos, const T* sin, int64_t n, int heads, int 
 // o [B*n, H*hd]. scratch grows to threads * n * capacity once. With `window` > 0 a query at
 // position p sees keys p - window + 1 .. p only (a sliding layer); with `sinks` [H] head h's
 // softmax denominator also holds exp(sinks[h]), a logit with no value (gpt-oss). The core is
-// attend_cached below.
+// attend_cached below. A ring cache (KvCache::window) needs `window` equal to its own.
 template <class T>
 void cached_attention(const T* q, const T* k, const T* v, int B, int n, int H, int G, int hd,
                       KvCache<T>& cache, T* o, std::vector<T>& scratch, int window = 0,

@@ -4,6 +4,9 @@
 //   qwen2moe  q/k/v biases, a sigmoid-gated shared expert (ffn_*_shexp, ffn_gate_inp_shexp)
 //   qwen3moe  per-head q/k RMSNorm (attn_q_norm / attn_k_norm [head_dim]), renormalized top-k
 //   olmoe     q/k RMSNorm over the whole projection, top-k not renormalized
+//   gpt-oss   (gpt_oss) biased attention with per-head sinks (attn_sinks), sliding windows on the
+//             even layers, post_attention_norm, a biased router (ffn_gate_inp.bias), biased
+//             experts (ffn_{gate,up,down}_exps.bias), MXFP4 experts copied bit for bit
 // Tensors are blk.N.<name>.weight with the experts stacked [E, rows, cols] (ffn_gate_exps,
 // ffn_up_exps, ffn_down_exps) and the router ffn_gate_inp [E, d]. A dense layer (Qwen's
 // mlp_only_layers / decoder_sparse_step) is ffn_gate / ffn_up / ffn_down of width
@@ -42,11 +45,15 @@ ModelConfig model_config_from_gguf(const GgufFile& f);
 // The GGUF name of a block tensor: "blk.N.attn_q.weight", the experts' stacked
 // "blk.N.ffn_gate_exps.weight", ...
 std::string gguf_tensor_name(int layer, HfTensor t);
+// The same in config c's architecture (gpt-oss: "blk.N.post_attention_norm.weight").
+std::string gguf_tensor_name(const ModelConfig& c, int layer, HfTensor t);
 
 // What one stored tensor of a model is. Matrices are [rows, cols]; experts [E, rows, cols].
 enum class GgufRole { Vector, Router, Matrix, Experts };
 struct GgufModelTensor {
-  std::string name;            // GGUF name, e.g. "blk.3.ffn_down_exps.weight"
+  std::string name;  // GGUF name, e.g. "blk.3.ffn_down_exps.weight"
+  // Vectors without an HfTensor of their own (gpt-oss's sinks and biases) carry the kind they
+  // belong to (O, Router, ExpertGate ...) and are told apart by name.
   std::vector<int64_t> shape;  // row-major
   GgufRole role = GgufRole::Matrix;
   int layer = -1;               // -1: token_embd, output_norm, output
@@ -63,7 +70,7 @@ struct TypeScheme {
   bool has_expert_type = false, has_other_type = false;
   GgmlType expert_type = GgmlType::F32, other_type = GgmlType::F32;
 };
-// "f32 f16 bf16 q8_0 q4_0 q4_k q5_k q6_k q4_k_m q5_k_m"; false for anything else.
+// "f32 f16 bf16 q8_0 q4_0 q4_k q5_k q6_k mxfp4 q4_k_m q5_k_m"; false for anything else.
 bool parse_type_scheme(const std::string& name, TypeScheme* out);
 // The type tensor t of config c gets: the scheme's choice, then, when a row is not whole blocks
 // of it, the fallback llama.cpp takes (Q4_K -> Q4_0 ... -> F16; `fallback` says so when it is

@@ -83,6 +83,10 @@ inline float e8m0_half_to_float(uint8_t e) {
   __builtin_memcpy(&f, &bits, 4);
   return f;
 }
+// One row of the Hugging Face / OpenAI MXFP4 layout (transformers integrations/mxfp4.py:
+// `codes` [nb, 16] with value 2j in the low nibble of byte j and 2j + 1 in the high one,
+// `scales` [nb] E8M0) as ggml's blocks (value j and j + 16 in byte j): the same bits regrouped.
+void mxfp4_from_hf_row(const uint8_t* codes, const uint8_t* scales, int64_t nb, BlockMXFP4* out);
 static_assert(sizeof(BlockQ8_0) == 34 && sizeof(BlockQ4_0) == 18 && sizeof(BlockMXFP4) == 17);
 static_assert(sizeof(BlockQ4_K) == 144 && sizeof(BlockQ5_K) == 176);
 static_assert(sizeof(BlockQ6_K) == 210 && sizeof(BlockQ8_K) == 292);

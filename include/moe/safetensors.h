@@ -53,6 +53,8 @@ class SafeTensorsFile {
   void read_into(const std::string& name, const Shape& expected, T* out) const;
 
   const uint8_t* raw(const TensorEntry& e) const { return data_ + e.begin; }
+  // Drops the resident file pages of tensor e (MappedFile::release): after it was copied out.
+  void release(const TensorEntry& e) const;
 
  private:
   std::string path_;

@@ -35,14 +35,14 @@ struct QuantizeArgs {
 TypeScheme scheme_of(const QuantizeArgs& a) {
   TypeScheme s;
   MOE_REQUIRE(parse_type_scheme(a.type, &s),
-              "quantize: --type \"{}\" is not one of f32 f16 bf16 q8_0 q4_0 q4_k q5_k q6_k q4_k_m "
-              "q5_k_m",
+              "quantize: --type \"{}\" is not one of f32 f16 bf16 q8_0 q4_0 q4_k q5_k q6_k mxfp4 "
+              "q4_k_m q5_k_m",
               a.type);
   auto single = [](const std::string& opt, const std::string& name) {
     TypeScheme t;
     MOE_REQUIRE(parse_type_scheme(name, &t) && !t.k_mix,
-                "quantize: {} \"{}\" is not one of f32 f16 bf16 q8_0 q4_0 q4_k q5_k q6_k", opt,
-                name);
+                "quantize: {} \"{}\" is not one of f32 f16 bf16 q8_0 q4_0 q4_k q5_k q6_k mxfp4",
+                opt, name);
     return t.base;
   };
   if (!a.expert_type.empty()) {
@@ -138,7 +138,7 @@ std::function<int()> add_quantize_command(CLI::App& app) {
   c->add_option("in", a->in, "the model: a Hugging Face checkpoint, a run, or a GGUF file");
   c->add_option("out", a->out, "the GGUF file to write");
   c->add_option("--type", a->type,
-                "f32 f16 bf16 q8_0 q4_0 q4_k q5_k q6_k, or llama.cpp's mixes q4_k_m q5_k_m")
+                "f32 f16 bf16 q8_0 q4_0 q4_k q5_k q6_k mxfp4, or llama.cpp's mixes q4_k_m q5_k_m")
       ->capture_default_str();
   c->add_option("--expert-type", a->expert_type, "the type of the expert tensors (ffn_*_exps)");
   c->add_option("--other-type", a->other_type, "the type of the other matrices");

@@ -20,6 +20,11 @@ class MappedFile {
 
   const uint8_t* data() const { return static_cast<const uint8_t*>(addr_); }
   uint64_t size() const { return size_; }
+  // Drops the resident pages wholly inside [p, p + bytes) (madvise MADV_DONTNEED; the partial
+  // pages at either end stay): for a tensor copied out at load, whose file pages would otherwise
+  // stay resident. The mapping is read-only and private, so a later read of the range faults the
+  // file's bytes back in, unchanged. Best effort: a refusal of the kernel is ignored.
+  void release(const void* p, uint64_t bytes) const;
 
  private:
   MappedFile() = default;

@@ -85,7 +85,7 @@ bool parse_ggml_type(const std::string& name, GgmlType* out) {
   for (char& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
   for (const GgmlType t :
        {GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0,
-        GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::Q8_K}) {
+        GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::Q8_K, GgmlType::MXFP4}) {
     if (upper == ggml_type_name(static_cast<uint32_t>(t))) {
       *out = t;
       return true;
@@ -142,6 +142,41 @@ void dequantize_mxfp4(const BlockMXFP4* b, float* y, int64_t nb) {
       y[i * kQK + j] = d * kMxfp4Values[b[i].qs[j] & 0xF];
       y[i * kQK + j + kQK / 2] = d * kMxfp4Values[b[i].qs[j] >> 4];
     }
+  }
+}
+
+// ggml's quantize_row_mxfp4_ref (the OCP MX rule): the shared exponent puts the block's largest
+// magnitude amax in [8, 16) x 2^(e - 128), the top E2M1 octave (values above 12 x 2^(e - 128)
+// clip to it); each value takes the code of the nearest doubled value k[q] x 2^(e - 128), the
+// first code in table order on a tie (so 0 rather than -0, the smaller magnitude). floor(log2
+// amax) is taken exactly from the float's exponent (ggml's floorf(log2f(amax)) agrees except
+// within an ulp below a power of two, where log2f can round up); e is clamped to 0..254.
+void quantize_mxfp4(const float* x, BlockMXFP4* b, int64_t nb) {
+  for (int64_t i = 0; i < nb; ++i, x += kQK) {
+    float amax = 0;
+    for (int j = 0; j < kQK; ++j) amax = std::max(amax, std::fabs(x[j]));
+    int e = 0;
+    if (amax > 0) {
+      int exp2 = 0;
+      std::frexp(amax, &exp2);  // amax = m x 2^exp2, m in [0.5, 1): floor(log2 amax) = exp2 - 1
+      e = std::clamp(exp2 - 1 - 2 + 127, 0, 254);
+    }
+    b[i].e = static_cast<uint8_t>(e);
+    const float d = e8m0_half_to_float(b[i].e);
+    auto nearest = [&](float v) {
+      int best = 0;
+      float err = std::fabs(static_cast<float>(kMxfp4Values[0]) * d - v);
+      for (int q = 1; q < 16; ++q) {
+        const float eq = std::fabs(static_cast<float>(kMxfp4Values[q]) * d - v);
+        if (eq < err) {
+          best = q;
+          err = eq;
+        }
+      }
+      return static_cast<uint8_t>(best);
+    };
+    for (int j = 0; j < kQK / 2; ++j)
+      b[i].qs[j] = static_cast<uint8_t>(nearest(x[j]) | nearest(x[j + kQK / 2]) << 4);
   }
 }
 
@@ -560,6 +595,16 @@ int64_t whole_blocks(GgmlType type, int64_t n, const char* what) {
 
 }  // namespace
 
+void mxfp4_from_hf_row(const uint8_t* codes, const uint8_t* scales, int64_t nb, BlockMXFP4* out) {
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* q = codes + b * (kQK / 2);
+    out[b].e = scales[b];
+    auto code = [&](int v) { return v % 2 == 0 ? q[v / 2] & 0xF : q[v / 2] >> 4; };
+    for (int j = 0; j < kQK / 2; ++j)
+      out[b].qs[j] = static_cast<uint8_t>(code(j) | (code(j + kQK / 2) << 4));
+  }
+}
+
 void dequantize_row(GgmlType type, const uint8_t* src, float* dst, int64_t n) {
   static const bool simd = dequant_avx512_usable();
   const int64_t block = ggml_block(static_cast<uint32_t>(type)).values;
@@ -629,7 +674,7 @@ void quantize_row(GgmlType type, const float* src, uint8_t* dst, int64_t n) {
     case GgmlType::Q8_K:
       return quantize_q8_k(src, reinterpret_cast<BlockQ8_K*>(dst), nb);
     case GgmlType::MXFP4:
-      break;  // read from checkpoints only
+      return quantize_mxfp4(src, reinterpret_cast<BlockMXFP4*>(dst), nb);
   }
   MOE_CHECK(false, "quantize_row: type {}", static_cast<uint32_t>(type));
 }

@@ -256,6 +256,10 @@ SafeTensorsFile SafeTensorsFile::open(const std::string& path) {
   return f;
 }
 
+void SafeTensorsFile::release(const TensorEntry& e) const {
+  map_->release(raw(e), static_cast<uint64_t>(e.end - e.begin));
+}
+
 const TensorEntry& SafeTensorsFile::entry(const std::string& name) const {
   auto it = entries_.find(name);
   if (it == entries_.end()) throw Error(fmt::format("{}: missing tensor '{}'", path_, name));

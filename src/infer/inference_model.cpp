@@ -83,7 +83,9 @@ class InferenceModel::HfSource : public InferenceModel::Source {
  private:
   // gpt_oss stores experts for x @ W: gate_up_proj [E, d, 2F] (gate in the even columns, up in
   // the odd ones) and down_proj [E, F, d]. Each expert's matrix of kind t is transposed to
-  // [rows, cols] in the stored type (a copy the model owns; the file's pages are not kept).
+  // [rows, cols] in the stored type (a copy the model owns). The file's pages of a tensor are
+  // dropped once its last copy is made (gate_up after the up rows, the loader's order; down at
+  // once): resident memory then holds the copies only, not the file as well.
   std::vector<WeightView> gpt_oss_experts(int layer, HfTensor t, int E, int64_t rows,
                                           int64_t cols) {
     const bool down = t == HfTensor::ExpertDown;
@@ -106,6 +108,7 @@ class InferenceModel::HfSource : public InferenceModel::Source {
                       static_cast<size_t>(es));
       views.push_back({dst, all.type, rows, cols});
     }
+    if (t != HfTensor::ExpertGate) w_.file_of(nm).release(w_.file_of(nm).entry(nm));
     return views;
   }
   static int64_t dtype_size_of(GgmlType t) { return t == GgmlType::F32 ? 4 : 2; }
@@ -140,17 +143,14 @@ class InferenceModel::HfSource : public InferenceModel::Source {
     for (int e = 0; e < E; ++e) {
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t src = e * stored_rows + first + step * r;
-        auto* dst = reinterpret_cast<BlockMXFP4*>(buf.data() + (e * rows + r) * rb);
-        for (int64_t b = 0; b < nb; ++b) {
-          const uint8_t* q = blocks + (src * nb + b) * (kQK / 2);
-          dst[b].e = scales[src * nb + b];
-          auto code = [&](int v) { return v % 2 == 0 ? q[v / 2] & 0xF : q[v / 2] >> 4; };
-          for (int j = 0; j < kQK / 2; ++j)
-            dst[b].qs[j] = static_cast<uint8_t>(code(j) | (code(j + kQK / 2) << 4));
-        }
+        mxfp4_from_hf_row(blocks + src * nb * (kQK / 2), scales + src * nb, nb,
+                          reinterpret_cast<BlockMXFP4*>(buf.data() + (e * rows + r) * rb));
       }
       views.push_back({buf.data() + e * rows * rb, GgmlType::MXFP4, rows, cols});
     }
+    if (t != HfTensor::ExpertGate)
+      for (const std::string& part : {nm + "_blocks", nm + "_scales"})
+        w_.file_of(part).release(w_.file_of(part).entry(part));
     return views;
   }
   std::string name(int layer, HfTensor t) const {
@@ -181,7 +181,7 @@ class InferenceModel::HfSource : public InferenceModel::Source {
 
 class InferenceModel::GgufSource : public InferenceModel::Source {
  public:
-  explicit GgufSource(const GgufFile& f) : f_(f) {}
+  GgufSource(const ModelConfig& c, const GgufFile& f) : c_(c), f_(f) {}
   bool has_head() const override { return f_.has_tensor("output.weight"); }
   WeightView matrix(int layer, HfTensor t, int64_t rows, int64_t cols) override {
     const GgufTensorInfo& info = tensor(layer, t, {cols, rows});
@@ -202,13 +202,41 @@ class InferenceModel::GgufSource : public InferenceModel::Source {
   void router(int layer, int64_t E, int64_t d, float* out) override {
     read(tensor(layer, HfTensor::Router, {d, E}), out);
   }
-  void named(int, const std::string& what, const Shape&, float*) override {
-    MOE_CHECK(false, "GGUF files hold no {} (model_config_from_gguf makes no gpt_oss)", what);
+  // gpt-oss's tensors by their Hugging Face names, from llama.cpp's (gguf_model.h).
+  void named(int layer, const std::string& what, const Shape& shape, float* out) override {
+    auto of = [&](const char* name, const std::vector<int64_t>& dims) -> const GgufTensorInfo& {
+      const std::string full = fmt::format("blk.{}.{}", layer, name);
+      const GgufTensorInfo& info = f_.tensor(full);
+      MOE_REQUIRE(info.dims == dims, "{}: tensor {} has dims [{}] (ggml order), expected [{}]",
+                  f_.path(), full, fmt::join(info.dims, ", "), fmt::join(dims, ", "));
+      return info;
+    };
+    const int64_t n0 = shape.ndim > 0 ? shape[0] : 0, n1 = shape.ndim > 1 ? shape[1] : 0;
+    if (what == "self_attn.sinks") {
+      read(of("attn_sinks.weight", {n0}), out);
+    } else if (what == "self_attn.o_proj.bias") {
+      read(of("attn_output.bias", {n0}), out);
+    } else if (what == "mlp.router.bias") {
+      read(of("ffn_gate_inp.bias", {n0}), out);
+    } else if (what == "mlp.experts.down_proj_bias") {
+      read(of("ffn_down_exps.bias", {n1, n0}), out);
+    } else if (what == "mlp.experts.gate_up_proj_bias") {  // [E, 2F] interleaved, as the HF one
+      const int64_t F = n1 / 2;
+      std::vector<float> gate(static_cast<size_t>(n0 * F)), up(gate.size());
+      read(of("ffn_gate_exps.bias", {F, n0}), gate.data());
+      read(of("ffn_up_exps.bias", {F, n0}), up.data());
+      for (size_t i = 0; i < gate.size(); ++i) {
+        out[2 * i] = gate[i];
+        out[2 * i + 1] = up[i];
+      }
+    } else {
+      MOE_CHECK(false, "GGUF: no tensor stands for {}", what);
+    }
   }
 
  private:
   const GgufTensorInfo& tensor(int layer, HfTensor t, const std::vector<int64_t>& dims) const {
-    const std::string name = layer >= 0         ? gguf_tensor_name(layer, t)
+    const std::string name = layer >= 0         ? gguf_tensor_name(c_, layer, t)
                              : t == HfTensor::Q ? "token_embd.weight"
                              : t == HfTensor::O ? "output.weight"
                                                 : "output_norm.weight";
@@ -234,6 +262,7 @@ class InferenceModel::GgufSource : public InferenceModel::Source {
     for (int64_t r = 0; r < rows; ++r)
       dequantize_row(type, p + r * row_bytes(type, cols), out + r * cols, cols);
   }
+  const ModelConfig& c_;
   const GgufFile& f_;
 };
 
@@ -272,7 +301,7 @@ std::unique_ptr<InferenceModel> InferenceModel::open(const std::string& path) {
   if (fs::is_regular_file(path)) {
     GgufFile f = GgufFile::open(path);
     const ModelConfig c = model_config_from_gguf(f);
-    GgufSource src(f);
+    GgufSource src(c, f);
     std::unique_ptr<InferenceModel> m = build(c, src);
     m->gguf_.emplace(std::move(f));  // the mapping moves with it: the views stay valid
     m->rope_interleaved_ = gguf_rope_interleaved(c);

@@ -15,11 +15,12 @@ std::vector<KvCache<float>> Decoder::new_caches(int batch, int capacity, MlaCach
               "(max_position_embeddings, rope_scaling)",
               capacity, cfg_.context_length());
   std::vector<KvCache<float>> caches(static_cast<size_t>(cfg_.num_hidden_layers));
-  for (auto& c : caches)
+  for (size_t l = 0; l < caches.size(); ++l)
     if (mla_)
-      mla_->reset_cache(c, batch, capacity, mla);
-    else
-      c.reset(batch, capacity, cfg_.num_key_value_heads * cfg_.head_size());
+      mla_->reset_cache(caches[l], batch, capacity, mla);
+    else  // a sliding layer keeps a ring of its window (KvCache::window)
+      caches[l].reset(batch, capacity, cfg_.num_key_value_heads * cfg_.head_size(), -1,
+                      cfg_.window_of(static_cast<int>(l)));
   return caches;
 }
 

@@ -27,6 +27,8 @@ uint32_t file_type(const TypeScheme& s) {
       return 18;
     case GgmlType::BF16:
       return 32;
+    case GgmlType::MXFP4:
+      return 38;  // MOSTLY_MXFP4_MOE
     default:
       return 0;
   }
@@ -71,9 +73,12 @@ std::string gguf_arch_of(const ModelConfig& c) {
   if (c.model_type == "qwen3_moe") return "qwen3moe";
   if (c.model_type == "olmoe") return "olmoe";
   if (c.model_type == "granitemoe") return "granitemoe";
+  if (c.model_type == "gpt_oss") return "gpt-oss";  // llama.cpp's LLM_ARCH_OPENAI_MOE
+  if (c.is_mla()) return "deepseek2";               // deepseek_v2, deepseek_v3, kimi_k2
   throw Error(
       fmt::format("model_type \"{}\" has no GGUF architecture here (expected mixtral, "
-                  "qwen2_moe, qwen3_moe, olmoe, granitemoe, llama, mistral, qwen2 or qwen3)",
+                  "qwen2_moe, qwen3_moe, olmoe, granitemoe, gpt_oss, deepseek_v2, deepseek_v3, "
+                  "llama, mistral, qwen2 or qwen3)",
                   c.model_type));
 }
 
@@ -92,6 +97,13 @@ void unpermute_rope_rows(const float* src, float* dst, int n_heads, int head_dim
         const float* s = src + (static_cast<int64_t>(h) * head_dim + 2 * i + j) * cols;
         std::copy_n(s, cols, dst + (static_cast<int64_t>(h) * head_dim + i + j * half) * cols);
       }
+}
+
+std::string gguf_tensor_name(const ModelConfig& c, int layer, HfTensor t) {
+  // llama.cpp's gpt-oss names the FFN's input norm as the attention's post-norm.
+  if (c.model_type == "gpt_oss" && t == HfTensor::PostAttentionNorm)
+    return fmt::format("blk.{}.post_attention_norm.weight", layer);
+  return gguf_tensor_name(layer, t);
 }
 
 std::string gguf_tensor_name(int layer, HfTensor t) {
@@ -206,10 +218,17 @@ ModelConfig model_config_from_gguf(const GgufFile& f) {
     type = "granitemoe";
   else if (arch == "qwen2" || arch == "qwen3")  // dense
     type = arch;
+  else if (arch == "gpt-oss")
+    type = "gpt_oss";
+  else if (arch == "deepseek2")  // V3's sigmoid gating and selection bias, else V2
+    type =
+        f.has(arch + ".expert_gating_func") && f.value(arch + ".expert_gating_func").as_int() == 2
+            ? "deepseek_v3"
+            : "deepseek_v2";
   else
     throw Error(
         fmt::format("{}: general.architecture \"{}\" is not supported (expected llama, "
-                    "qwen2moe, qwen3moe, olmoe, qwen2 or qwen3)",
+                    "qwen2moe, qwen3moe, olmoe, granitemoe, gpt-oss, deepseek2, qwen2 or qwen3)",
                     path, arch));
   auto key = [&](const char* k) { return arch + "." + k; };
   auto integer = [&](const std::string& k) -> int64_t {
@@ -248,7 +267,7 @@ ModelConfig model_config_from_gguf(const GgufFile& f) {
                 tensor, shape_text(f.tensor(tensor).shape()));
   };
   for (const char* unsupported : {"attention.sliding_window"}) {
-    if (!f.has(key(unsupported))) continue;
+    if (!f.has(key(unsupported)) || type == "gpt_oss") continue;
     const GgufValue& v = f.value(key(unsupported));
     const bool none = v.type() == GgufType::String && v.as_string() == "none";
     MOE_REQUIRE(none, "{}: {} = {} is not supported (plain RoPE, full attention only)", path,
@@ -265,7 +284,8 @@ ModelConfig model_config_from_gguf(const GgufFile& f) {
   j["num_attention_heads"] = H;
   j["num_key_value_heads"] =
       f.has(key("attention.head_count_kv")) ? positive(key("attention.head_count_kv")) : H;
-  if (f.has(key("attention.key_length"))) {
+  const bool mla = arch == "deepseek2";  // key and value lengths differ, partial RoPE
+  if (!mla && f.has(key("attention.key_length"))) {
     const int hd = positive(key("attention.key_length"));
     MOE_REQUIRE(
         !f.has(key("attention.value_length")) || integer(key("attention.value_length")) == hd,
@@ -273,7 +293,7 @@ ModelConfig model_config_from_gguf(const GgufFile& f) {
         integer(key("attention.value_length")), key("attention.key_length"), hd);
     j["head_dim"] = hd;
   }
-  if (f.has(key("rope.dimension_count"))) {
+  if (!mla && f.has(key("rope.dimension_count"))) {
     const int64_t rd = integer(key("rope.dimension_count"));
     const int hd = j.contains("head_dim") ? j["head_dim"].get<int>() : d / H;
     MOE_REQUIRE(rd == hd, "{}: {} = {} is not the head size {} (partial RoPE is not supported)",
@@ -317,6 +337,9 @@ ModelConfig model_config_from_gguf(const GgufFile& f) {
       j["rope_scaling"] = r;
     }
   }
+  // gpt-oss as released: YaRN's correction range not rounded (transformers' truncate = false);
+  // llama.cpp's gpt-oss files carry no key for it.
+  if (type == "gpt_oss" && j.contains("rope_scaling")) j["rope_scaling"]["truncate"] = false;
   j["rms_norm_eps"] = real(key("attention.layer_norm_rms_epsilon"));
   const int64_t V = dim("token_embd.weight", 1);
   if (f.has(key("vocab_size")))
@@ -384,6 +407,75 @@ ModelConfig model_config_from_gguf(const GgufFile& f) {
             {"logit_scale", "logits_scaling"}})
         if (f.has(key(gguf_key))) j[hf_key] = real(key(gguf_key));
     }
+  } else if (type == "gpt_oss") {
+    // llama.cpp's gpt-oss: every layer MoE, expert_feed_forward_length the expert width, sliding
+    // layers alternating from layer 0 (its swa pattern 2), the clamped SwiGLU's limit fixed at 7
+    // (ours: gpt-oss.swiglu_limit when it is not).
+    MOE_REQUIRE(dense_layers.empty(), "{}: layer {} has no router (ffn_gate_inp)", path,
+                dense_layers.empty() ? 0 : dense_layers.front());
+    j["intermediate_size"] = expert_width(key("expert_feed_forward_length"));
+    j["num_local_experts"] = E;
+    j["sliding_window"] = positive(key("attention.sliding_window"));
+    nlohmann::json types = nlohmann::json::array();
+    for (int l = 0; l < L; ++l)
+      types.push_back(l % 2 == 0 ? "sliding_attention" : "full_attention");
+    j["layer_types"] = types;
+    j["swiglu_limit"] = f.has(key("swiglu_limit")) ? real(key("swiglu_limit")) : 7.0;
+    // No rope.scaling keys: plain RoPE (not GptOssConfig's default YaRN).
+    if (!j.contains("rope_scaling")) j["rope_scaling"] = {{"rope_type", "default"}};
+    for (const char* t : {"attn_sinks.weight", "attn_output.bias", "ffn_gate_inp.bias",
+                          "ffn_gate_exps.bias", "ffn_up_exps.bias", "ffn_down_exps.bias"})
+      MOE_REQUIRE(f.has_tensor(fmt::format("blk.0.{}", t)), "{}: tensor blk.0.{} is missing", path,
+                  t);
+  } else if (mla) {
+    // llama.cpp's deepseek2 (convert_hf_to_gguf.py DeepseekV2Model): MLA ranks and head sizes,
+    // leading dense layers of feed_forward_length, experts of expert_feed_forward_length,
+    // ungated shared experts, the gates' scale, norm and function, expert groups.
+    const int rope = positive(key("rope.dimension_count"));
+    const int kl = positive(key("attention.key_length"));
+    MOE_REQUIRE(kl > rope, "{}: {} = {} leaves no non-rotated part beside {} = {}", path,
+                key("attention.key_length"), kl, key("rope.dimension_count"), rope);
+    j["qk_rope_head_dim"] = rope;
+    j["qk_nope_head_dim"] = kl - rope;
+    j["v_head_dim"] = positive(key("attention.value_length"));
+    j["kv_lora_rank"] = positive(key("attention.kv_lora_rank"));
+    if (f.has(key("attention.q_lora_rank")))
+      j["q_lora_rank"] = positive(key("attention.q_lora_rank"));
+    else
+      j["q_lora_rank"] = nullptr;
+    j["rope_interleave"] = true;  // llama.cpp's deepseek2 rotates pairs (2i, 2i+1)
+    const int lead = f.has(key("leading_dense_block_count"))
+                         ? static_cast<int>(integer(key("leading_dense_block_count")))
+                         : 0;
+    for (int l = 0; l < L; ++l)
+      MOE_REQUIRE((l < lead) == (std::find(dense_layers.begin(), dense_layers.end(), l) !=
+                                 dense_layers.end()),
+                  "{}: {} = {} but layer {} {} a router (ffn_gate_inp)", path,
+                  key("leading_dense_block_count"), lead, l, l < lead ? "has" : "has no");
+    j["first_k_dense_replace"] = lead;
+    MOE_REQUIRE(ff > 0 || lead == 0, "{}: {} is missing", path, key("feed_forward_length"));
+    j["intermediate_size"] = ff > 0 ? ff : 1;
+    if (lead > 0) agree(key("feed_forward_length"), ff, "blk.0.ffn_gate.weight", 1);
+    j["moe_intermediate_size"] = expert_width(key("expert_feed_forward_length"));
+    j["n_routed_experts"] = E;
+    j["n_shared_experts"] =
+        f.has(key("expert_shared_count")) ? integer(key("expert_shared_count")) : 0;
+    j["routed_scaling_factor"] =
+        f.has(key("expert_weights_scale")) ? real(key("expert_weights_scale")) : 1.0;
+    j["norm_topk_prob"] =
+        f.has(key("expert_weights_norm")) ? f.value(key("expert_weights_norm")).as_bool() : false;
+    const bool v3 = type == "deepseek_v3";
+    j["scoring_func"] = v3 ? "sigmoid" : "softmax";
+    const int groups = f.has(key("expert_group_count")) ? positive(key("expert_group_count")) : 1;
+    j["n_group"] = groups;
+    j["topk_group"] =
+        f.has(key("expert_group_used_count")) ? positive(key("expert_group_used_count")) : groups;
+    j["topk_method"] = v3 ? "noaux_tc" : groups > 1 ? "group_limited_greedy" : "greedy";
+    if (v3 && moe_layer >= 0)
+      MOE_REQUIRE(f.has_tensor(fmt::format("blk.{}.exp_probs_b.bias", moe_layer)),
+                  "{}: tensor blk.{}.exp_probs_b.bias is missing (sigmoid gating selects with "
+                  "it)",
+                  path, moe_layer);
   } else if (type == "olmoe") {
     MOE_REQUIRE(dense_layers.empty(), "{}: layer {} has no router (ffn_gate_inp)", path,
                 dense_layers.empty() ? 0 : dense_layers.front());
@@ -431,20 +523,45 @@ std::vector<GgufModelTensor> gguf_model_tensors(const ModelConfig& c) {
   };
   int l = 0;
   auto add = [&](HfTensor kind, std::vector<int64_t> shape, GgufRole role) {
-    out.push_back({gguf_tensor_name(l, kind), std::move(shape), role, l, kind});
+    out.push_back({gguf_tensor_name(c, l, kind), std::move(shape), role, l, kind});
+  };
+  // gpt-oss's vectors with no HfTensor: "blk.N.<name>" of kind `of`.
+  const bool gpt_oss = c.model_type == "gpt_oss";
+  auto extra = [&](const char* name, HfTensor of, std::vector<int64_t> shape) {
+    out.push_back({fmt::format("blk.{}.{}", l, name), std::move(shape), GgufRole::Vector, l, of});
   };
   using T = HfTensor;
   global("token_embd.weight", {V, d}, GgufRole::Matrix);
   for (; l < c.num_hidden_layers; ++l) {
     add(T::InputNorm, {d}, GgufRole::Vector);
-    add(T::Q, {qd, d}, GgufRole::Matrix);
-    add(T::K, {kvd, d}, GgufRole::Matrix);
-    add(T::V, {kvd, d}, GgufRole::Matrix);
-    add(T::O, {d, qd}, GgufRole::Matrix);
+    if (c.is_mla()) {  // llama.cpp's deepseek2
+      const MlaConfig& a = c.mla;
+      const int64_t H = c.num_attention_heads, qk = a.qk_head_dim(), r = a.kv_lora_rank;
+      if (a.q_lora_rank > 0) {
+        add(T::QA, {a.q_lora_rank, d}, GgufRole::Matrix);
+        add(T::QANorm, {a.q_lora_rank}, GgufRole::Vector);
+        add(T::QB, {H * qk, a.q_lora_rank}, GgufRole::Matrix);
+      } else {
+        add(T::Q, {H * qk, d}, GgufRole::Matrix);
+      }
+      add(T::KvA, {r + a.qk_rope_head_dim, d}, GgufRole::Matrix);
+      add(T::KvANorm, {r}, GgufRole::Vector);
+      add(T::KvB, {H * (a.qk_nope_head_dim + a.v_head_dim), r}, GgufRole::Matrix);
+      add(T::O, {d, H * a.v_head_dim}, GgufRole::Matrix);
+    } else {
+      add(T::Q, {qd, d}, GgufRole::Matrix);
+      add(T::K, {kvd, d}, GgufRole::Matrix);
+      add(T::V, {kvd, d}, GgufRole::Matrix);
+      add(T::O, {d, qd}, GgufRole::Matrix);
+    }
     if (c.attention_bias) {
       add(T::QBias, {qd}, GgufRole::Vector);
       add(T::KBias, {kvd}, GgufRole::Vector);
       add(T::VBias, {kvd}, GgufRole::Vector);
+    }
+    if (gpt_oss) {
+      extra("attn_output.bias", T::O, {d});
+      extra("attn_sinks.weight", T::O, {c.num_attention_heads});
     }
     if (c.qk_norm != QkNorm::None) {
       const bool full = c.qk_norm == QkNorm::Full;
@@ -461,9 +578,16 @@ std::vector<GgufModelTensor> gguf_model_tensors(const ModelConfig& c) {
     }
     const int64_t E = c.num_local_experts, F = c.intermediate_size;
     add(T::Router, {E, d}, GgufRole::Router);
+    if (c.moe.use_selection_bias) add(T::RouterBias, {E}, GgufRole::Vector);  // exp_probs_b
     add(T::ExpertGate, {E, F, d}, GgufRole::Experts);
     add(T::ExpertUp, {E, F, d}, GgufRole::Experts);
     add(T::ExpertDown, {E, d, F}, GgufRole::Experts);
+    if (gpt_oss) {
+      extra("ffn_gate_inp.bias", T::Router, {E});
+      extra("ffn_gate_exps.bias", T::ExpertGate, {E, F});
+      extra("ffn_up_exps.bias", T::ExpertUp, {E, F});
+      extra("ffn_down_exps.bias", T::ExpertDown, {E, d});
+    }
     if (c.moe.n_shared_experts > 0) {
       const int64_t S = c.moe.shared_hidden();
       if (c.moe.shared_expert_gate) add(T::SharedExpertGate, {d}, GgufRole::Router);
@@ -545,7 +669,7 @@ void write_gguf_model(const ModelConfig& c, const GgufModelSource& src, const st
   const int hd = c.head_size(), L = c.num_hidden_layers;
   int dense_layers = 0;
   for (int l = 0; l < L; ++l) dense_layers += c.is_moe_layer(l) ? 0 : 1;
-  if (moe && dense_layers > 0)
+  if (moe && dense_layers > 0 && arch != "deepseek2")  // deepseek2: leading_dense_block_count
     note(
         fmt::format("{}: {} of {} layers are dense: moe reads them, llama.cpp's {} "
                     "architecture does not (it expects experts in every layer)",
@@ -563,13 +687,60 @@ void write_gguf_model(const ModelConfig& c, const GgufModelSource& src, const st
   w.set(key("block_count"), u32(L));
   // llama and olmoe: the expert width (a dense llama: its FFN width); qwen: the dense width.
   const bool qwen = arch == "qwen2moe" || arch == "qwen3moe";
-  w.set(key("feed_forward_length"), u32(qwen || !moe ? c.dense_width() : c.intermediate_size));
+  const bool mla = arch == "deepseek2";
+  w.set(key("feed_forward_length"),
+        u32(qwen || mla || !moe ? c.dense_width() : c.intermediate_size));
+  const bool gpt_oss = arch == "gpt-oss";
+  if (gpt_oss) {
+    // llama.cpp's gpt-oss: sliding windows on layers 0, 2, 4, ... (its swa pattern 2).
+    for (int l = 0; l < L; ++l)
+      MOE_REQUIRE(c.window_of(l) == (l % 2 == 0 ? c.sliding_window : 0),
+                  "{}: layer_types[{}] = {}: GGUF's gpt-oss has sliding layers at the even "
+                  "indices only",
+                  out_path, l, c.window_of(l) > 0 ? "sliding_attention" : "full_attention");
+    w.set(key("attention.sliding_window"), u32(c.sliding_window));
+    if (c.swiglu_limit != 7.0) {
+      note(
+          fmt::format("{}: swiglu_limit = {} stored as gpt-oss.swiglu_limit, a key of this code "
+                      "(llama.cpp's gpt-oss clamps at 7)",
+                      out_path, c.swiglu_limit));
+      w.set(key("swiglu_limit"), GgufValue::f32(static_cast<float>(c.swiglu_limit)));
+    }
+  }
   w.set(key("attention.head_count"), u32(H));
   w.set(key("attention.head_count_kv"), u32(G));
-  // llama.cpp assumes head_dim = hidden_size / heads unless told.
-  w.set(key("attention.key_length"), u32(hd));
-  w.set(key("attention.value_length"), u32(hd));
-  w.set(key("rope.dimension_count"), u32(hd));
+  if (mla) {
+    const MlaConfig& a = c.mla;
+    MOE_REQUIRE(a.rope_interleave,
+                "{}: rope_interleave = false: llama.cpp's deepseek2 rotates the pairs (2i, 2i+1) "
+                "as DeepSeek stores them",
+                out_path);
+    w.set(key("attention.key_length"), u32(a.qk_head_dim()));
+    w.set(key("attention.value_length"), u32(a.v_head_dim));
+    w.set(key("rope.dimension_count"), u32(a.qk_rope_head_dim));
+    w.set(key("attention.kv_lora_rank"), u32(a.kv_lora_rank));
+    if (a.q_lora_rank > 0) w.set(key("attention.q_lora_rank"), u32(a.q_lora_rank));
+    int lead = 0;
+    while (lead < L && !c.is_moe_layer(lead)) ++lead;
+    for (int l = lead; l < L; ++l)
+      MOE_REQUIRE(c.is_moe_layer(l),
+                  "{}: layer {} is dense after MoE layers: llama.cpp's deepseek2 has dense "
+                  "layers first only (leading_dense_block_count)",
+                  out_path, l);
+    w.set(key("leading_dense_block_count"), u32(lead));
+    const MoeConfig& m = c.moe;
+    w.set(key("expert_shared_count"), u32(m.n_shared_experts));
+    w.set(key("expert_weights_scale"), GgufValue::f32(static_cast<float>(m.routed_scaling_factor)));
+    w.set(key("expert_weights_norm"), GgufValue::boolean(m.norm_topk_prob));
+    w.set(key("expert_gating_func"), u32(m.scoring_func == ScoreFunc::Sigmoid ? 2 : 1));
+    w.set(key("expert_group_count"), u32(std::max(1, m.n_group)));
+    w.set(key("expert_group_used_count"), u32(std::max(1, m.topk_group)));
+  } else {
+    // llama.cpp assumes head_dim = hidden_size / heads unless told.
+    w.set(key("attention.key_length"), u32(hd));
+    w.set(key("attention.value_length"), u32(hd));
+    w.set(key("rope.dimension_count"), u32(hd));
+  }
   w.set(key("rope.freq_base"), GgufValue::f32(static_cast<float>(c.rope_theta)));
   if (arch == "granitemoe") {
     w.set(key("embedding_scale"), GgufValue::f32(static_cast<float>(c.embedding_multiplier)));
@@ -591,8 +762,11 @@ void write_gguf_model(const ModelConfig& c, const GgufModelSource& src, const st
     w.set(key("rope.scaling.type"), GgufValue::string(rope_type_name(rs.type)));
     w.set(key("rope.scaling.factor"), GgufValue::f32(static_cast<float>(rs.factor)));
     if (rs.type == RopeType::Yarn) {
-      MOE_REQUIRE(rs.truncate, "{}: rope_scaling.truncate = false has no GGUF key in llama.cpp",
-                  out_path);
+      // gpt-oss files are read with truncate = false (as released); other architectures true.
+      MOE_REQUIRE(rs.truncate != gpt_oss,
+                  "{}: rope_scaling.truncate = {} has no GGUF key in llama.cpp (the {} "
+                  "architecture is read with {})",
+                  out_path, rs.truncate, arch, !rs.truncate);
       w.set(key("rope.scaling.original_context_length"), u32(rs.original_max_position_embeddings));
       if (rs.beta_fast != 32.0)
         w.set(key("rope.scaling.yarn_beta_fast"), GgufValue::f32(static_cast<float>(rs.beta_fast)));
@@ -605,6 +779,10 @@ void write_gguf_model(const ModelConfig& c, const GgufModelSource& src, const st
       const double deflt = rope_frequencies(hd, c.rope_theta, plain).attention_factor;
       if (ours != deflt)
         w.set(key("rope.scaling.attn_factor"), GgufValue::f32(static_cast<float>(ours / deflt)));
+      // DeepSeek's softmax scale (mscale_all_dim): llama.cpp's yarn_log_multiplier.
+      if (mla && rs.mscale_all_dim > 0)
+        w.set(key("rope.scaling.yarn_log_multiplier"),
+              GgufValue::f32(static_cast<float>(0.1 * rs.mscale_all_dim)));
     }
   }
   w.set(key("attention.layer_norm_rms_epsilon"),
@@ -612,7 +790,7 @@ void write_gguf_model(const ModelConfig& c, const GgufModelSource& src, const st
   if (moe) {
     w.set(key("expert_count"), u32(c.num_local_experts));
     w.set(key("expert_used_count"), u32(c.moe.num_experts_per_tok));
-    if (qwen) w.set(key("expert_feed_forward_length"), u32(c.intermediate_size));
+    if (qwen || gpt_oss || mla) w.set(key("expert_feed_forward_length"), u32(c.intermediate_size));
     if (arch == "qwen2moe" && c.moe.n_shared_experts > 0)
       w.set(key("expert_shared_feed_forward_length"), u32(c.moe.shared_hidden()));
   }

@@ -23,7 +23,18 @@ int64_t numel(const std::vector<int64_t>& shape) {
 class HfSource : public GgufModelSource {
  public:
   HfSource(const ModelConfig& c, const HfWeights& w) : c_(c), w_(w) {}
+  // gpt_oss's MXFP4 experts (*_blocks + *_scales) go to MXFP4 tensors as they are: regrouped,
+  // never rounded again.
+  bool fills_raw(const GgufModelTensor& t, GgmlType type) const override {
+    return type == GgmlType::MXFP4 && t.role == GgufRole::Experts && c_.model_type == "gpt_oss" &&
+           w_.has(gpt_oss_experts_name(t) + "_blocks");
+  }
+  void fill_raw(const GgufModelTensor& t, GgmlType type, uint8_t* out) const override {
+    (void)type;
+    mxfp4_experts(t, out);
+  }
   void fill(const GgufModelTensor& t, float* out) const override {
+    if (c_.model_type == "gpt_oss" && fill_gpt_oss(t, out)) return;
     if (t.role == GgufRole::Experts) {
       const int64_t E = t.shape[0], rows = t.shape[1], cols = t.shape[2], per = rows * cols;
       const std::string fused =
@@ -61,6 +72,82 @@ class HfSource : public GgufModelSource {
  private:
   void read(const std::string& name, const std::vector<int64_t>& shape, float* out) const {
     w_.file_of(name).read_into<float>(name, Shape::from(shape), out);
+  }
+  std::string gpt_oss_experts_name(const GgufModelTensor& t) const {
+    return fmt::format("model.layers.{}.mlp.experts.{}", t.layer,
+                       t.kind == HfTensor::ExpertDown ? "down_proj" : "gate_up_proj");
+  }
+  // Expert tensor t [E, rows, cols] as ggml MXFP4 rows from the released blocks
+  // [E, stored_rows, cols/32, 16] and scales [E, stored_rows, cols/32]: gate = the even stored
+  // rows of gate_up, up = the odd ones, down as stored.
+  void mxfp4_experts(const GgufModelTensor& t, uint8_t* out) const {
+    const int64_t E = t.shape[0], rows = t.shape[1], cols = t.shape[2], nb = cols / kQK;
+    const bool down = t.kind == HfTensor::ExpertDown;
+    const int64_t stored = down ? rows : 2 * rows, first = t.kind == HfTensor::ExpertUp ? 1 : 0;
+    const std::string nm = gpt_oss_experts_name(t);
+    auto raw = [&](const std::string& name, const std::vector<int64_t>& shape) {
+      const SafeTensorsFile& f = w_.file_of(name);
+      const TensorEntry& e = f.entry(name);
+      MOE_REQUIRE(e.dtype == DType::U8 && e.shape == shape,
+                  "{}: tensor {} has dtype {} and shape [{}], expected U8 [{}] (MXFP4)", f.path(),
+                  name, dtype_name(e.dtype), fmt::join(e.shape, ", "), fmt::join(shape, ", "));
+      return f.raw(e);
+    };
+    const uint8_t* codes = raw(nm + "_blocks", {E, stored, nb, kQK / 2});
+    const uint8_t* scales = raw(nm + "_scales", {E, stored, nb});
+    const int64_t rb = row_bytes(GgmlType::MXFP4, cols);
+    for (int64_t e = 0; e < E; ++e)
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t src = e * stored + (down ? r : first + 2 * r);
+        mxfp4_from_hf_row(codes + src * nb * (kQK / 2), scales + src * nb, nb,
+                          reinterpret_cast<BlockMXFP4*>(out + (e * rows + r) * rb));
+      }
+  }
+  // gpt_oss's tensors that are not stored as the other families' (false: the generic path).
+  // The experts are for x @ W, gate_up_proj [E, d, 2F] with gate and up in the even and odd
+  // columns and down_proj [E, F, d] (or MXFP4 blocks, decoded); their biases interleave as the
+  // columns do.
+  bool fill_gpt_oss(const GgufModelTensor& t, float* out) const {
+    if (t.layer < 0) return false;
+    const std::string p = fmt::format("model.layers.{}.", t.layer);
+    auto ends = [&](const char* suffix) { return t.name.ends_with(suffix); };
+    if (ends("attn_sinks.weight")) {
+      read(p + "self_attn.sinks", t.shape, out);
+    } else if (ends("attn_output.bias")) {
+      read(p + "self_attn.o_proj.bias", t.shape, out);
+    } else if (ends("ffn_gate_inp.bias")) {
+      read(p + "mlp.router.bias", t.shape, out);
+    } else if (ends("ffn_down_exps.bias")) {
+      read(p + "mlp.experts.down_proj_bias", t.shape, out);
+    } else if (ends("ffn_gate_exps.bias") || ends("ffn_up_exps.bias")) {
+      const int64_t E = t.shape[0], F = t.shape[1], first = ends("ffn_up_exps.bias") ? 1 : 0;
+      std::vector<float> both(static_cast<size_t>(2 * E * F));
+      read(p + "mlp.experts.gate_up_proj_bias", {E, 2 * F}, both.data());
+      for (int64_t i = 0; i < E * F; ++i) out[i] = both[static_cast<size_t>(2 * i + first)];
+    } else if (t.role == GgufRole::Experts) {
+      const int64_t E = t.shape[0], rows = t.shape[1], cols = t.shape[2];
+      const std::string nm = gpt_oss_experts_name(t);
+      if (w_.has(nm + "_blocks")) {  // MXFP4 as released, decoded
+        const int64_t rb = row_bytes(GgmlType::MXFP4, cols);
+        std::vector<uint8_t> blocks(static_cast<size_t>(E * rows * rb));
+        mxfp4_experts(t, blocks.data());
+        for (int64_t r = 0; r < E * rows; ++r)
+          dequantize_row(GgmlType::MXFP4, blocks.data() + r * rb, out + r * cols, cols);
+        return true;
+      }
+      const bool down = t.kind == HfTensor::ExpertDown;
+      const int64_t stored = down ? rows : 2 * rows, first = t.kind == HfTensor::ExpertUp ? 1 : 0;
+      std::vector<float> w(static_cast<size_t>(E * cols * stored));  // [E, in = cols, stored]
+      read(nm, {E, cols, stored}, w.data());
+      for (int64_t e = 0; e < E; ++e)
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t i = 0; i < cols; ++i)
+            out[(e * rows + r) * cols + i] =
+                w[static_cast<size_t>((e * cols + i) * stored + (down ? r : first + 2 * r))];
+    } else {
+      return false;
+    }
+    return true;
   }
   const ModelConfig& c_;
   const HfWeights& w_;
@@ -186,6 +273,12 @@ void random_block(GgmlType type, Rng& rng, uint8_t* out) {
       b->d = float_to_f16(kStd / 18.5f / 16.0f);
       break;
     }
+    case GgmlType::MXFP4: {  // E2M1 codes uniform: std 2.93, scale 2^(120 - 127): std 0.023
+      auto* b = reinterpret_cast<BlockMXFP4*>(out);
+      b->e = 120;
+      bytes(b->qs, kQK / 2);
+      break;
+    }
     default:
       MOE_CHECK(false, "random_block: {} is not a block-quantized weight type",
                 ggml_type_name(static_cast<uint32_t>(type)));
@@ -194,7 +287,7 @@ void random_block(GgmlType type, Rng& rng, uint8_t* out) {
 
 bool is_block_type(GgmlType t) {
   return t == GgmlType::Q8_0 || t == GgmlType::Q4_0 || t == GgmlType::Q4_K || t == GgmlType::Q5_K ||
-         t == GgmlType::Q6_K;
+         t == GgmlType::Q6_K || t == GgmlType::MXFP4;
 }
 
 class RandomSource : public GgufModelSource {
@@ -219,7 +312,7 @@ class RandomSource : public GgufModelSource {
   void fill(const GgufModelTensor& t, float* out) const override {
     const int64_t n = numel(t.shape);
     const bool bias = t.layer >= 0 && (t.kind == HfTensor::QBias || t.kind == HfTensor::KBias ||
-                                       t.kind == HfTensor::VBias);
+                                       t.kind == HfTensor::VBias || t.name.ends_with(".bias"));
     if (t.role == GgufRole::Vector) {
       std::fill_n(out, n, bias ? 0.0f : 1.0f);
       return;

@@ -116,11 +116,17 @@ void AttentionConfig::validate(const std::string& where) const {
 }
 
 template <class T>
-void KvCache<T>::reset(int b, int cap, int kvd, int vd) {
+void KvCache<T>::reset(int b, int cap, int kvd, int vd, int win) {
   if (vd < 0) vd = kvd;
-  MOE_CHECK(b > 0 && cap > 0 && kvd > 0,
-            "KvCache::reset: batch, capacity and kv_dim must be positive, got {}, {}, {}", b, cap,
-            kvd);
+  MOE_CHECK(b > 0 && cap > 0 && kvd > 0 && win >= 0,
+            "KvCache::reset: batch, capacity and kv_dim must be positive and window >= 0, got {}, "
+            "{}, {}, {}",
+            b, cap, kvd, win);
+  // A window no shorter than the capacity never drops a position: a plain cache then.
+  window = win > 0 && win < cap ? win : 0;
+  if (window > 0) cap = window;
+  stage_k.clear();
+  stage_v.clear();
   batch = b;
   capacity = cap;
   kv_dim = kvd;
@@ -483,6 +489,58 @@ void attend_cached(const T* q, int64_t ldq, int q_dim, const T* k, int64_t ldk, 
   }
 }
 
+// cached_attention on a ring cache of W = window slots (position p in slot p % W). One new token
+// (decode): its k, v overwrite the oldest slot and it attends to every filled slot, the window
+// exactly; the softmax and the weighted sum do not depend on the order of the rows. More tokens:
+// the last W - 1 cached positions and the new rows are staged in position order and attended
+// with the window mask, then the last min(n, W) new rows go into the ring.
+template <class T>
+void ring_attention(const T* q, const T* k, const T* v, int B, int n, int H, int G, int hd,
+                    KvCache<T>& cache, T* o, std::vector<T>& scratch, int window, const T* sinks,
+                    T scale) {
+  const int64_t W = cache.window, L = cache.length, qd = static_cast<int64_t>(H) * hd,
+                kvd = static_cast<int64_t>(G) * hd;
+  MOE_CHECK(window == W,
+            "cached attention: a ring cache of {} slots serves a window of {} positions, not {}", W,
+            W, window);
+  auto put = [&](int64_t b, int64_t t, int64_t pos) {  // new row (b, t) at position pos
+    const size_t src = static_cast<size_t>((b * n + t) * kvd);
+    const size_t dst = static_cast<size_t>((b * W + pos % W) * kvd);
+    std::copy_n(k + src, kvd, cache.k.data() + dst);
+    std::copy_n(v + src, kvd, cache.v.data() + dst);
+  };
+  if (n == 1) {
+    for (int64_t b = 0; b < B; ++b) put(b, 0, L);
+    const int64_t rows = std::min(L + 1, W);
+    attend_cached<T>(q, qd, hd, cache.k.data(), kvd, hd, cache.v.data(), kvd, hd, hd, B, 1, H,
+                     H / G, rows - 1, W, scale, o, qd, scratch, 0, sinks);
+  } else {
+    const int64_t old = std::min(L, W - 1), rows = old + n;
+    const auto staged = static_cast<size_t>(B * rows * kvd);
+    if (cache.stage_k.size() < staged) {
+      cache.stage_k.resize(staged);
+      cache.stage_v.resize(staged);
+    }
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t j = 0; j < old; ++j) {
+        const size_t src = static_cast<size_t>((b * W + (L - old + j) % W) * kvd);
+        const size_t dst = static_cast<size_t>((b * rows + j) * kvd);
+        std::copy_n(cache.k.data() + src, kvd, cache.stage_k.data() + dst);
+        std::copy_n(cache.v.data() + src, kvd, cache.stage_v.data() + dst);
+      }
+      const size_t src = static_cast<size_t>(b * n * kvd);
+      const size_t dst = static_cast<size_t>((b * rows + old) * kvd);
+      std::copy_n(k + src, n * kvd, cache.stage_k.data() + dst);
+      std::copy_n(v + src, n * kvd, cache.stage_v.data() + dst);
+    }
+    attend_cached<T>(q, qd, hd, cache.stage_k.data(), kvd, hd, cache.stage_v.data(), kvd, hd, hd, B,
+                     n, H, H / G, old, rows, scale, o, qd, scratch, window, sinks);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = std::max<int64_t>(0, n - W); t < n; ++t) put(b, t, L + t);
+  }
+  cache.length = static_cast<int>(L + n);
+}
+
 template <class T>
 void cached_attention(const T* q, const T* k, const T* v, int B, int n, int H, int G, int hd,
                       KvCache<T>& cache, T* o, std::vector<T>& scratch, int window,
@@ -496,6 +554,11 @@ void cached_attention(const T* q, const T* k, const T* v, int B, int n, int H, i
             "batch {} and kv_dim {}",
             cache.batch, cache.kv_dim, B, kvd);
   const int64_t L = cache.length, total = L + n, cap = cache.capacity;
+  const auto scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(hd)));
+  if (cache.window > 0) {
+    ring_attention(q, k, v, B, n, H, G, hd, cache, o, scratch, window, sinks, scale);
+    return;
+  }
   MOE_CHECK(total <= cap,
             "cached attention: KV cache overflow: {} cached + {} new tokens exceed its capacity {}",
             L, n, cap);
@@ -507,8 +570,7 @@ void cached_attention(const T* q, const T* k, const T* v, int B, int n, int H, i
       std::copy_n(v + src, kvd, cache.v.data() + dst);
     }
   attend_cached<T>(q, qd, hd, cache.k.data(), kvd, hd, cache.v.data(), kvd, hd, hd, B, n, H, H / G,
-                   L, cap, static_cast<T>(1.0 / std::sqrt(static_cast<double>(hd))), o, qd, scratch,
-                   window, sinks);
+                   L, cap, scale, o, qd, scratch, window, sinks);
   cache.length = static_cast<int>(total);
 }
 
@@ -518,7 +580,7 @@ void Attention<T>::forward_cached(View<const T> x, int B, int n, KvCache<T>& cac
   MOE_CHECK(B > 0 && n > 0, "Attention::forward_cached: B and n must be positive, got B={} n={}", B,
             n);
   const int64_t L = cache.length, total = L + n;
-  MOE_CHECK(total <= cache.capacity,
+  MOE_CHECK(cache.window > 0 || total <= cache.capacity,
             "Attention::forward_cached: KV cache overflow: {} cached + {} new tokens exceed its "
             "capacity {}",
             L, n, cache.capacity);

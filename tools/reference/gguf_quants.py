@@ -29,6 +29,12 @@ plain C loop without FMA contraction computes:
                                  1.5, 2, 3, 4, 6)                         x = e2m1(q) * 2^(e - 127)
           (the OCP Microscaling spec's E2M1 and E8M0; ggml-common.h's block_mxfp4 layout)
 
+MXFP4 is also quantized here (`quantize_mxfp4`), by the rule of ggml's quantize_row_mxfp4_ref
+and the OCP MX spec: the shared exponent e = floor(log2 amax) - 2 + 127 (amax the block's largest
+magnitude, e = 0 for an all-zero block; clamped to 0..254) puts amax in the top octave of the
+doubled E2M1 values k = 0, 1, 2, 3, 4, 6, 8, 12 times 2^(e - 128); each value takes the code q
+whose k[q] * 2^(e - 128) is nearest (|k * d - x| in float32), the lowest code on a tie.
+
 K-quant scales (12 bytes, sub-block j = 0..7): for j < 4, sc = b[j] & 63 and m = b[j + 4] & 63;
 for j >= 4, sc = (b[j + 4] & 15) | (b[j - 4] >> 6) << 4 and m = (b[j + 4] >> 4) | (b[j] >> 6) << 4.
 """
@@ -170,3 +176,23 @@ def dequantize(type_name, raw):
     blocks = raw.reshape(-1, nbytes)
     with np.errstate(over="ignore", invalid="ignore"):
         return _DECODERS[type_name](blocks).astype(F32).reshape(-1)
+
+
+# The doubled E2M1 values by code (bit 3 the sign).
+_MXFP4_DOUBLED = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], F32)
+
+
+def quantize_mxfp4(x):
+    """float32 values (a multiple of 32) -> the bytes of MXFP4 blocks (e, then qs[16]: value j in
+    the low nibble of qs[j], value j + 16 in the high one)."""
+    x = np.asarray(x, F32).reshape(-1, 32)
+    amax = np.max(np.abs(x), axis=1)
+    _, ex = np.frexp(amax)            # amax = m * 2^ex, m in [0.5, 1): floor(log2 amax) = ex - 1
+    e = np.where(amax > 0, np.clip(ex.astype(np.int64) - 1 - 2 + 127, 0, 254), 0)
+    d = np.exp2(e.astype(np.float64) - 128).astype(F32)       # exact, 2^-128 a subnormal
+    err = np.abs(_MXFP4_DOUBLED[None, None, :] * d[:, None, None] - x[:, :, None])
+    q = np.argmin(err, axis=2).astype(np.uint8)               # the first of equal errors
+    out = np.empty((x.shape[0], 17), np.uint8)
+    out[:, 0] = e.astype(np.uint8)
+    out[:, 1:] = q[:, :16] | (q[:, 16:] << 4)
+    return out.reshape(-1)

@@ -67,6 +67,43 @@ def make_blocks(name, nb, f16_fields, f32_field, rng):
     return blocks
 
 
+def mxfp4_inputs(rng):
+    """Rows of 4 blocks each for the MXFP4 quantizer: gaussian; one value in 16 scaled by 20;
+    tiny (1e-30, near the exponent's floor) and huge (1e30) scales; a zero block beside others;
+    exact midpoints between neighbouring E2M1 values of both signs (ties); amax one ulp below and
+    at a power of two (the exponent's edge); values above 12/8 of the octave (clipped)."""
+    g = lambda: rng.standard_normal(128).astype(np.float32)  # noqa: E731
+    outliers = g()
+    outliers[rng.integers(0, 16, 128) == 0] *= np.float32(20)
+    zero_block = g()
+    zero_block[32:64] = 0
+    # block scale 2^(e-128) = 1 when amax is in [8, 16): midpoints of the doubled grid
+    mids = np.array([0.5, 1.5, 2.5, 3.5, 5, 7, 10, -0.5, -1.5, -2.5, -3.5, -5, -7, -10, 8, -8] * 8,
+                    np.float32)
+    edge = g() * np.float32(0.1)
+    edge[0] = np.nextafter(np.float32(8), np.float32(0))   # amax just below 8
+    edge[32] = np.float32(8)                              # amax exactly 8
+    edge[64] = np.nextafter(np.float32(1), np.float32(0))
+    edge[96] = np.float32(-0.25)
+    clipped = g()
+    clipped[::32] = np.float32(15.9)
+    rows = [g(), outliers, g() * np.float32(1e-30), g() * np.float32(1e30), zero_block, mids,
+            edge, clipped]
+    return np.stack(rows).astype(np.float32)
+
+
+def write_mxfp4_quantized(out_dir, rng, verbose):
+    x = mxfp4_inputs(rng)
+    blocks = np.stack([gguf_quants.quantize_mxfp4(row) for row in x])
+    tensors = [("input", torch.from_numpy(x.copy())), ("blocks", torch.from_numpy(blocks.copy()))]
+    meta = {"type": "MXFP4", "seed": str(SEED)}
+    path = os.path.join(out_dir, "mxfp4_quantized.safetensors")
+    with open(path, "wb") as f:
+        f.write(fixture_io.encode_safetensors(tensors, meta))
+    if verbose:
+        print("wrote %s (%d rows, %d bytes)" % (path, x.shape[0], os.path.getsize(path)))
+
+
 def write_all(out_dir, verbose=True):
     os.makedirs(out_dir, exist_ok=True)
     rng = np.random.default_rng(SEED)
@@ -82,6 +119,7 @@ def write_all(out_dir, verbose=True):
             f.write(fixture_io.encode_safetensors(tensors, meta))
         if verbose:
             print("wrote %s (%d blocks, %d bytes)" % (path, nb, os.path.getsize(path)))
+    write_mxfp4_quantized(out_dir, rng, verbose)
 
 
 if __name__ == "__main__":
