@@ -113,14 +113,14 @@ std::vector<uint8_t> random_activations(GgmlType act, int64_t nblocks, std::mt19
 }
 
 // The activation rows a kernel of t reads, from rows of Q8_0 / Q8_K blocks (nb per row): the
-// same bytes, or for Q4_0 each row regrouped (group_q8_0_for_q4_0).
+// same bytes, or for Q4_0 and Q8_0 each row regrouped (group_q8_0_blocks).
 std::vector<uint8_t> kernel_rows(GgmlType t, const std::vector<uint8_t>& rows, int64_t nrows,
                                  int64_t nb) {
-  if (t != GgmlType::Q4_0) return rows;
+  if (t != GgmlType::Q4_0 && t != GgmlType::Q8_0) return rows;
   const int64_t stride = activation_row_bytes(t, nb * kQK);
   std::vector<uint8_t> out(static_cast<size_t>(nrows * stride), 0xEE);
   for (int64_t i = 0; i < nrows; ++i)
-    group_q8_0_for_q4_0(reinterpret_cast<const BlockQ8_0*>(rows.data()) + i * nb, nb,
+    group_q8_0_blocks(reinterpret_cast<const BlockQ8_0*>(rows.data()) + i * nb, nb,
                         out.data() + i * stride);
   return out;
 }
@@ -141,7 +141,7 @@ TEST(QuantDot, SimdKernelsMatchScalarOracle) {
   for (GgmlType t : kWeightTypes) {
     const GgmlType at = quant_dot_activation_type(t);
     const QuantDotFn oracle = quant_dot_fn(t, QuantKernel::Scalar);
-    // Q4_0 kernels take 8 blocks at a time: whole groups, with and without a partial one.
+    // Q4_0 and Q8_0 kernels take 8 blocks at a time: whole groups, with and without a partial one.
     for (int64_t nb : {1, 2, 3, 7, 8, 12, 16, 19}) {
       for (int trial = 0; trial < 6; ++trial) {
         // Trial 1 has a zero weight block, trial 2 a zero activation block.
@@ -174,7 +174,7 @@ TEST(QuantDot, SimdKernelsMatchScalarOracle) {
 
 // Blocks whose integer sums are large (every weight and activation at its extreme): the int16
 // pair sums of AVX2 must not saturate (an error of 1 in 32767 per pair, far above the bound).
-// Nine equal blocks: Q4_0's kernels take whole groups of 8 and a partial one.
+// Nine equal blocks: the Q4_0 and Q8_0 kernels take whole groups of 8 and a partial one.
 TEST(QuantDot, ExtremeValuesAreExact) {
   const auto kernels = simd_kernels();
   if (kernels.empty()) GTEST_SKIP() << "no SIMD kernels on this CPU";
@@ -509,7 +509,7 @@ TEST(QuantLinear, MatchesDequantizedWeights) {
   kernels.push_back(QuantKernel::Scalar);
   for (GgmlType t : kWeightTypes) {
     const GgmlType at = quant_dot_activation_type(t);
-    // Q8_0 / Q4_0 rows also end in a partial group of 8 blocks (Q4_0's kernels).
+    // Q8_0 / Q4_0 rows also end in a partial group of 8 blocks (their kernels take groups of 8).
     const int64_t K = block_values(t) == kQK ? 3 * kQKK + 5 * kQK : 3 * kQKK, rows = 37;
     const auto wbytes = random_weights(t, rows * K / block_values(t), rng, 5);
     const WeightView w{wbytes.data(), t, rows, K};

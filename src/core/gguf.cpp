@@ -712,4 +712,8 @@ std::vector<float> GgufFile::read_f32(const std::string& name) const {
   return out;
 }
 
+void GgufFile::populate() const {
+  map_->populate();
+}
+
 }  // namespace moe

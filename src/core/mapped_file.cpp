@@ -30,6 +30,16 @@ std::shared_ptr<const MappedFile> MappedFile::open(const std::string& path, uint
   return file;
 }
 
+void MappedFile::populate() const {
+#if defined(MADV_POPULATE_READ)
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  if (addr_ == nullptr || pages <= 0 || page <= 0 ||
+      size_ > static_cast<uint64_t>(pages) * static_cast<uint64_t>(page) / 2)
+    return;
+  (void)madvise(addr_, size_, MADV_POPULATE_READ);  // an error leaves the pages to fault in
+#endif
+}
+
 MappedFile::~MappedFile() {
   if (addr_ != nullptr) munmap(addr_, size_);
 }

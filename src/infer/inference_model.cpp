@@ -275,6 +275,7 @@ std::unique_ptr<InferenceModel> InferenceModel::open(const std::string& path) {
     GgufSource src(f);
     std::unique_ptr<InferenceModel> m = build(c, src);
     m->gguf_.emplace(std::move(f));  // the mapping moves with it: the views stay valid
+    m->gguf_->populate();
     m->rope_interleaved_ = gguf_rope_interleaved(c);
     int64_t bytes = 0;
     for (const GgufTensorInfo& t : m->gguf_->tensors()) bytes += static_cast<int64_t>(t.nbytes);
