@@ -9,6 +9,7 @@
 #include <random>
 #include <vector>
 
+#include "core/linear_rows.h"
 #include "core/quant_dot.h"
 #include "moe/cpu_features.h"
 #include "moe/gemm_bf16.h"
@@ -621,6 +622,81 @@ TEST(Bf16Linear, Bf16GemmPathWithinTheRoundingOfX) {
   }
   // The bf16 path really rounded x (and is not the exact path under another name).
   EXPECT_GT(differ, static_cast<int>(ref.size() / 2));
+}
+
+// The weight-in-place tiles of F32 and BF16 weights (core/linear_rows.h) on shapes that leave
+// partial tiles of weight rows (6) and activation rows (4) and a masked last step of k, against
+// double sums of the same operands (F32: x; BF16: x rounded to bf16, as the kernel takes it):
+// within K fp32 roundings of sum |w x|. Stored or added to y, over a middle range of rows only.
+TEST(LinearRows, TilesMatchDoubleSums) {
+  std::mt19937 rng(23);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  for (GgmlType t : {GgmlType::F32, GgmlType::BF16}) {
+    if (!linear_rows_supported(t)) continue;
+    const int64_t rows = 29, K = t == GgmlType::F32 ? 16 * 5 + 7 : 32 * 3 + 5, r0 = 2, r1 = 27;
+    std::vector<float> wf(static_cast<size_t>(rows * K));
+    std::vector<uint16_t> wb(wf.size());
+    for (size_t e = 0; e < wf.size(); ++e) {
+      wf[e] = normal(rng);
+      wb[e] = bf16_bits(wf[e]);
+      if (t == GgmlType::BF16) wf[e] = bf16_value(wb[e]);
+    }
+    const WeightView w{t == GgmlType::F32 ? reinterpret_cast<const uint8_t*>(wf.data())
+                                          : reinterpret_cast<const uint8_t*>(wb.data()),
+                       t, rows, K};
+    for (int64_t n : {1, 2, 3, 4, 5, 7, 9, 33}) {
+      std::vector<float> x(static_cast<size_t>(n * K));
+      for (auto& v : x) v = normal(rng);
+      std::vector<uint16_t> xb(x.size());
+      bf16_activation_rows(x.data(), n, K, xb.data());
+      for (bool accumulate : {false, true}) {
+        std::vector<float> y(static_cast<size_t>(n * rows), 0.5f);
+        linear_rows(x.data(), xb.data(), n, w, r0, r1, y.data(), accumulate);
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t r = 0; r < rows; ++r) {
+            const float got = y[i * rows + r];
+            if (r < r0 || r >= r1) {
+              EXPECT_EQ(got, 0.5f) << "row " << r << " outside the range was written";
+              continue;
+            }
+            double s = 0, m = 0;
+            for (int64_t j = 0; j < K; ++j) {
+              const double xv = t == GgmlType::F32 ? x[i * K + j] : bf16_value(xb[i * K + j]);
+              s += wf[r * K + j] * xv;
+              m += std::fabs(wf[r * K + j] * xv);
+            }
+            EXPECT_NEAR(got, s + (accumulate ? 0.5 : 0.0), K * 0x1p-23 * m + 1e-6)
+                << ggml_type_name(static_cast<uint32_t>(t)) << " n " << n << " i " << i << " r "
+                << r << " accumulate " << accumulate;
+          }
+      }
+    }
+  }
+}
+
+// linear_forward on F32 weights around the switch from the tiles (up to 64 rows of x) to the
+// GEMM, against double sums.
+TEST(LinearRows, F32LinearForwardOnBothSidesOfTheSwitch) {
+  std::mt19937 rng(29);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  const int64_t rows = 70, K = 200;
+  std::vector<float> wf(static_cast<size_t>(rows * K));
+  for (auto& v : wf) v = normal(rng);
+  const WeightView w{reinterpret_cast<const uint8_t*>(wf.data()), GgmlType::F32, rows, K};
+  for (int64_t n : {5, 37, 64, 65}) {
+    std::vector<float> x(static_cast<size_t>(n * K)), y(static_cast<size_t>(n * rows));
+    for (auto& v : x) v = normal(rng);
+    linear_forward(x.data(), n, w, y.data());
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t r = 0; r < rows; ++r) {
+        double s = 0, m = 0;
+        for (int64_t j = 0; j < K; ++j) {
+          s += static_cast<double>(wf[r * K + j]) * x[i * K + j];
+          m += std::fabs(static_cast<double>(wf[r * K + j]) * x[i * K + j]);
+        }
+        EXPECT_NEAR(y[i * rows + r], s, K * 0x1p-23 * m + 1e-6) << "n " << n;
+      }
+  }
 }
 
 TEST(QuantDot, RefusesTypesWithoutKernels) {
