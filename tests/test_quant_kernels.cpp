@@ -122,7 +122,7 @@ std::vector<uint8_t> kernel_rows(GgmlType t, const std::vector<uint8_t>& rows, i
   std::vector<uint8_t> out(static_cast<size_t>(nrows * stride), 0xEE);
   for (int64_t i = 0; i < nrows; ++i)
     group_q8_0_blocks(reinterpret_cast<const BlockQ8_0*>(rows.data()) + i * nb, nb,
-                        out.data() + i * stride);
+                      out.data() + i * stride);
   return out;
 }
 

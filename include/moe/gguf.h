@@ -172,9 +172,6 @@ class GgufFile {
   // Q6_K, Q8_K) converted to float, numel() values in ggml order (which is the row-major order
   // of shape()).
   std::vector<float> read_f32(const std::string& name) const;
-  // Maps every page of the file now (inference: a prompt then takes no page faults); best
-  // effort, see core/mapped_file.h.
-  void populate() const;
 
  private:
   std::string path_;

@@ -712,8 +712,4 @@ std::vector<float> GgufFile::read_f32(const std::string& name) const {
   return out;
 }
 
-void GgufFile::populate() const {
-  map_->populate();
-}
-
 }  // namespace moe

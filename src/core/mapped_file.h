@@ -20,16 +20,17 @@ class MappedFile {
 
   const uint8_t* data() const { return static_cast<const uint8_t*>(addr_); }
   uint64_t size() const { return size_; }
-  // Maps every page now (madvise MADV_POPULATE_READ, Linux 5.14 and later), as llama.cpp maps its
-  // models (MAP_POPULATE): the first pass over the weights, a prompt, then takes no page faults.
-  // Best effort: nothing happens on an older kernel or for a file larger than half of the
-  // physical memory (it would push out what it read first).
-  void populate() const;
 
  private:
   MappedFile() = default;
   void* addr_ = nullptr;
   uint64_t size_ = 0;
 };
+
+// Maps the pages of [begin, begin + bytes) of a mapped file now (madvise MADV_POPULATE_READ,
+// Linux 5.14 and later), as llama.cpp maps its models (MAP_POPULATE): the first pass over the
+// weights, a prompt, then takes no page faults. Best effort: nothing happens on an older kernel
+// or for a range larger than half of the physical memory (it would push out what it read first).
+void populate_pages(const void* begin, uint64_t bytes);
 
 }  // namespace moe

@@ -1,9 +1,9 @@
 // Int8 dot products of block-quantized weight rows (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K, MXFP4) with
 // activation rows quantized per block (Q8_0 for Q8_0/Q4_0/MXFP4 weights, Q8_K for the k-quants; for
-// Q8_0 and Q4_0 the Q8_0 blocks are regrouped, ActQ8_0Group below), as linear_forward runs quantized
-// weights. Within a block every product is an exact integer sum;
-// only the per-block scaling (weight scale x activation scale) and the sum over blocks are
-// float. Three implementations of each kernel, chosen at run time (cpu_features()):
+// Q8_0 and Q4_0 the Q8_0 blocks are regrouped, ActQ8_0Group below), as linear_forward runs
+// quantized weights. Within a block every product is an exact integer sum; only the per-block
+// scaling (weight scale x activation scale) and the sum over blocks are float. Three
+// implementations of each kernel, chosen at run time (cpu_features()):
 //   Scalar: plain C++, the oracle the others are tested against;
 //   Avx2:   vpmaddubsw / vpmaddwd on ymm;
 //   Avx512: vpdpbusd (AVX-512 VNNI, VL encoding on ymm: decode is bound by memory, and 32-value
@@ -61,8 +61,8 @@ constexpr int kActGroupBlocks = 8;
 // Bytes of one prepared activation row of n values for `weight`'s kernel.
 int64_t activation_row_bytes(GgmlType weight, int64_t n);
 // One activation row of n values (a multiple of the block) as `weight`'s kernel reads it: Q8_0
-// or Q8_K blocks, regrouped for Q4_0 and Q8_0 (ActQ8_0Group). The rounding rules are those of quantize_row (quant.h),
-// so the bytes are the same in every implementation.
+// or Q8_K blocks, regrouped for Q4_0 and Q8_0 (ActQ8_0Group). The rounding rules are those of
+// quantize_row (quant.h), so the bytes are the same in every implementation.
 void prepare_activation_row(GgmlType weight, const float* x, uint8_t* dst, int64_t n,
                             QuantKernel k = QuantKernel::Auto);
 // Q8_0 blocks regrouped (nblocks of them; dst holds activation_row_bytes(Q4_0, 32 nblocks)), as

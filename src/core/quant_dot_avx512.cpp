@@ -158,15 +158,15 @@ QD_VBMI void dot_q8_0_vbmi(const uint8_t* w, const uint8_t* act, int64_t stride,
     const __m512i x0 = _mm512_loadu_si512(p), x64 = _mm512_loadu_si512(p + 64),
                   x128 = _mm512_loadu_si512(p + 128), x192 = _mm512_loadu_si512(p + 192);
     const __m512i lo03 = _mm512_xor_si512(_mm512_permutex2var_epi8(x0, perm_first, x64), flip),
-                  hi03 = _mm512_xor_si512(_mm512_permutex2var_epi8(_mm512_loadu_si512(p + 8),
-                                                                   perm_rest,
-                                                                   _mm512_loadu_si512(p + 72)),
-                                          flip),
+                  hi03 = _mm512_xor_si512(
+                      _mm512_permutex2var_epi8(_mm512_loadu_si512(p + 8), perm_rest,
+                                               _mm512_loadu_si512(p + 72)),
+                      flip),
                   lo47 = _mm512_xor_si512(_mm512_permutex2var_epi8(x128, perm_rest, x192), flip),
-                  hi47 = _mm512_xor_si512(_mm512_permutex2var_epi8(_mm512_loadu_si512(p + 144),
-                                                                   perm_rest,
-                                                                   _mm512_loadu_si512(p + 208)),
-                                          flip);
+                  hi47 = _mm512_xor_si512(
+                      _mm512_permutex2var_epi8(_mm512_loadu_si512(p + 144), perm_rest,
+                                               _mm512_loadu_si512(p + 208)),
+                      flip);
     // The fp16 scales (words 0, 17, .., 119): 4 from bytes 0-127, 4 from bytes 128-255.
     const __m256 dw = _mm256_cvtph_ps(_mm_unpacklo_epi64(
         _mm512_castsi512_si128(_mm512_permutex2var_epi16(x0, scale_words, x64)),

@@ -223,9 +223,9 @@ QD_TARGET void dot_q8_0_grouped(const uint8_t* w, const uint8_t* act, int64_t st
       const ActQ8_0Group& ga = group(i, g);
       __m256i ints = _mm256_permutevar8x32_epi32(quad_sums(pair[i][0], pair[i][1]), order);
       if (kDpWideUnsigned)
-        ints = _mm256_sub_epi32(ints, _mm256_slli_epi32(_mm256_loadu_si256(
-                                                            reinterpret_cast<const __m256i*>(ga.sum8)),
-                                                        4));
+        ints = _mm256_sub_epi32(
+            ints,
+            _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ga.sum8)), 4));
       acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), _mm256_mul_ps(dw, _mm256_loadu_ps(ga.d)),
                                acc[i]);
     }
@@ -237,8 +237,9 @@ QD_TARGET void dot_q8_0_grouped(const uint8_t* w, const uint8_t* act, int64_t st
     const int u = static_cast<int>(b % 8);
     for (int i = 0; i < NA; ++i) {
       const ActQ8_0Group& ga = group(i, b / 8);
-      tail[i] += dw * ga.d[u] *
-                 static_cast<float>(hsum_epi32(dp_s8s8(_mm256_setzero_si256(), q, load_grouped(ga, u))));
+      tail[i] +=
+          dw * ga.d[u] *
+          static_cast<float>(hsum_epi32(dp_s8s8(_mm256_setzero_si256(), q, load_grouped(ga, u))));
     }
   }
   for (int i = 0; i < NA; ++i) out[i] = hsum(acc[i]) + tail[i];
