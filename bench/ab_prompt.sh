@@ -3,14 +3,17 @@
 # measurement, bench/quant_vs_llamacpp.py, without llama.cpp):
 #   bench/ab_prompt.sh OLD_MOE NEW_MOE FILE.gguf...
 # Per file, ROUNDS (default 5) rounds alternate old and new so that load on the host hits both
-# alike; each is `moe generate` with the 128-token prompt of quant_vs_llamacpp.py, 65 new tokens,
-# THREADS (default 2). Printed: the median prompt and decode tokens/s of each side and new/old.
+# alike; each is `moe generate` with the 128-token prompt of quant_vs_llamacpp.py, TOKENS (default
+# 65) new tokens, THREADS (default 2). Printed: the median prompt and decode tokens/s of each side
+# and new/old. On a host loaded beyond its cores, THREADS=1 compares the kernels without the
+# waits of one thread at the barriers for the other, descheduled one.
 set -euo pipefail
 old=${1:?old moe binary}
 new=${2:?new moe binary}
 shift 2
 rounds=${ROUNDS:-5}
 threads=${THREADS:-2}
+tokens=${TOKENS:-65}
 export OMP_NUM_THREADS=$threads
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -22,7 +25,7 @@ for file in "$@"; do
   : > "$tmp/res"
   for r in $(seq "$rounds"); do
     for side in old new; do
-      "${!side}" generate --model "$file" --prompt-ids "$ids" --max-new-tokens 65 --ignore-eos \
+      "${!side}" generate --model "$file" --prompt-ids "$ids" --max-new-tokens "$tokens" --ignore-eos \
         --temperature 0 --threads "$threads" > /dev/null 2> "$tmp/err"
       sed -n 's/.*(\([0-9.]*\) prompt tokens\/s), then [0-9]* tokens at \([0-9.]*\) tokens\/s.*/\1 \2/p' \
         "$tmp/err" | awk -v s="$side" '{print s, $1, $2}' >> "$tmp/res"
