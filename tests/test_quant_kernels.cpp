@@ -9,6 +9,7 @@
 #include <random>
 #include <vector>
 
+#include "core/linear_rows.h"
 #include "core/quant_dot.h"
 #include "moe/cpu_features.h"
 #include "moe/gemm_bf16.h"
@@ -113,15 +114,15 @@ std::vector<uint8_t> random_activations(GgmlType act, int64_t nblocks, std::mt19
 }
 
 // The activation rows a kernel of t reads, from rows of Q8_0 / Q8_K blocks (nb per row): the
-// same bytes, or for Q4_0 each row regrouped (group_q8_0_for_q4_0).
+// same bytes, or for Q4_0 and Q8_0 each row regrouped (group_q8_0_blocks).
 std::vector<uint8_t> kernel_rows(GgmlType t, const std::vector<uint8_t>& rows, int64_t nrows,
                                  int64_t nb) {
-  if (t != GgmlType::Q4_0) return rows;
+  if (t != GgmlType::Q4_0 && t != GgmlType::Q8_0) return rows;
   const int64_t stride = activation_row_bytes(t, nb * kQK);
   std::vector<uint8_t> out(static_cast<size_t>(nrows * stride), 0xEE);
   for (int64_t i = 0; i < nrows; ++i)
-    group_q8_0_for_q4_0(reinterpret_cast<const BlockQ8_0*>(rows.data()) + i * nb, nb,
-                        out.data() + i * stride);
+    group_q8_0_blocks(reinterpret_cast<const BlockQ8_0*>(rows.data()) + i * nb, nb,
+                      out.data() + i * stride);
   return out;
 }
 
@@ -141,7 +142,7 @@ TEST(QuantDot, SimdKernelsMatchScalarOracle) {
   for (GgmlType t : kWeightTypes) {
     const GgmlType at = quant_dot_activation_type(t);
     const QuantDotFn oracle = quant_dot_fn(t, QuantKernel::Scalar);
-    // Q4_0 kernels take 8 blocks at a time: whole groups, with and without a partial one.
+    // Q4_0 and Q8_0 kernels take 8 blocks at a time: whole groups, with and without a partial one.
     for (int64_t nb : {1, 2, 3, 7, 8, 12, 16, 19}) {
       for (int trial = 0; trial < 6; ++trial) {
         // Trial 1 has a zero weight block, trial 2 a zero activation block.
@@ -174,7 +175,7 @@ TEST(QuantDot, SimdKernelsMatchScalarOracle) {
 
 // Blocks whose integer sums are large (every weight and activation at its extreme): the int16
 // pair sums of AVX2 must not saturate (an error of 1 in 32767 per pair, far above the bound).
-// Nine equal blocks: Q4_0's kernels take whole groups of 8 and a partial one.
+// Nine equal blocks: the Q4_0 and Q8_0 kernels take whole groups of 8 and a partial one.
 TEST(QuantDot, ExtremeValuesAreExact) {
   const auto kernels = simd_kernels();
   if (kernels.empty()) GTEST_SKIP() << "no SIMD kernels on this CPU";
@@ -509,7 +510,7 @@ TEST(QuantLinear, MatchesDequantizedWeights) {
   kernels.push_back(QuantKernel::Scalar);
   for (GgmlType t : kWeightTypes) {
     const GgmlType at = quant_dot_activation_type(t);
-    // Q8_0 / Q4_0 rows also end in a partial group of 8 blocks (Q4_0's kernels).
+    // Q8_0 / Q4_0 rows also end in a partial group of 8 blocks (their kernels take groups of 8).
     const int64_t K = block_values(t) == kQK ? 3 * kQKK + 5 * kQK : 3 * kQKK, rows = 37;
     const auto wbytes = random_weights(t, rows * K / block_values(t), rng, 5);
     const WeightView w{wbytes.data(), t, rows, K};
@@ -621,6 +622,81 @@ TEST(Bf16Linear, Bf16GemmPathWithinTheRoundingOfX) {
   }
   // The bf16 path really rounded x (and is not the exact path under another name).
   EXPECT_GT(differ, static_cast<int>(ref.size() / 2));
+}
+
+// The weight-in-place tiles of F32 and BF16 weights (core/linear_rows.h) on shapes that leave
+// partial tiles of weight rows (6) and activation rows (4) and a masked last step of k, against
+// double sums of the same operands (F32: x; BF16: x rounded to bf16, as the kernel takes it):
+// within K fp32 roundings of sum |w x|. Stored or added to y, over a middle range of rows only.
+TEST(LinearRows, TilesMatchDoubleSums) {
+  std::mt19937 rng(23);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  for (GgmlType t : {GgmlType::F32, GgmlType::BF16}) {
+    if (!linear_rows_supported(t)) continue;
+    const int64_t rows = 29, K = t == GgmlType::F32 ? 16 * 5 + 7 : 32 * 3 + 5, r0 = 2, r1 = 27;
+    std::vector<float> wf(static_cast<size_t>(rows * K));
+    std::vector<uint16_t> wb(wf.size());
+    for (size_t e = 0; e < wf.size(); ++e) {
+      wf[e] = normal(rng);
+      wb[e] = bf16_bits(wf[e]);
+      if (t == GgmlType::BF16) wf[e] = bf16_value(wb[e]);
+    }
+    const WeightView w{t == GgmlType::F32 ? reinterpret_cast<const uint8_t*>(wf.data())
+                                          : reinterpret_cast<const uint8_t*>(wb.data()),
+                       t, rows, K};
+    for (int64_t n : {1, 2, 3, 4, 5, 7, 9, 33}) {
+      std::vector<float> x(static_cast<size_t>(n * K));
+      for (auto& v : x) v = normal(rng);
+      std::vector<uint16_t> xb(x.size());
+      bf16_activation_rows(x.data(), n, K, xb.data());
+      for (bool accumulate : {false, true}) {
+        std::vector<float> y(static_cast<size_t>(n * rows), 0.5f);
+        linear_rows(x.data(), xb.data(), n, w, r0, r1, y.data(), accumulate);
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t r = 0; r < rows; ++r) {
+            const float got = y[i * rows + r];
+            if (r < r0 || r >= r1) {
+              EXPECT_EQ(got, 0.5f) << "row " << r << " outside the range was written";
+              continue;
+            }
+            double s = 0, m = 0;
+            for (int64_t j = 0; j < K; ++j) {
+              const double xv = t == GgmlType::F32 ? x[i * K + j] : bf16_value(xb[i * K + j]);
+              s += wf[r * K + j] * xv;
+              m += std::fabs(wf[r * K + j] * xv);
+            }
+            EXPECT_NEAR(got, s + (accumulate ? 0.5 : 0.0), K * 0x1p-23 * m + 1e-6)
+                << ggml_type_name(static_cast<uint32_t>(t)) << " n " << n << " i " << i << " r "
+                << r << " accumulate " << accumulate;
+          }
+      }
+    }
+  }
+}
+
+// linear_forward on F32 weights around the switch from the tiles (up to 64 rows of x) to the
+// GEMM, against double sums.
+TEST(LinearRows, F32LinearForwardOnBothSidesOfTheSwitch) {
+  std::mt19937 rng(29);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  const int64_t rows = 70, K = 200;
+  std::vector<float> wf(static_cast<size_t>(rows * K));
+  for (auto& v : wf) v = normal(rng);
+  const WeightView w{reinterpret_cast<const uint8_t*>(wf.data()), GgmlType::F32, rows, K};
+  for (int64_t n : {5, 37, 64, 65}) {
+    std::vector<float> x(static_cast<size_t>(n * K)), y(static_cast<size_t>(n * rows));
+    for (auto& v : x) v = normal(rng);
+    linear_forward(x.data(), n, w, y.data());
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t r = 0; r < rows; ++r) {
+        double s = 0, m = 0;
+        for (int64_t j = 0; j < K; ++j) {
+          s += static_cast<double>(wf[r * K + j]) * x[i * K + j];
+          m += std::fabs(static_cast<double>(wf[r * K + j]) * x[i * K + j]);
+        }
+        EXPECT_NEAR(y[i * rows + r], s, K * 0x1p-23 * m + 1e-6) << "n " << n;
+      }
+  }
 }
 
 TEST(QuantDot, RefusesTypesWithoutKernels) {

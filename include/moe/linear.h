@@ -22,8 +22,10 @@ struct WeightView {
 
 // y [n, W.rows] = x [n, W.cols] W^T (+ y when accumulate), in fp32 with the 16-bit weights
 // widened exactly. Up to 4 rows (decoding) take one pass over the weights with the widening in
-// registers; more rows (prefill) widen a block of weight rows at a time and run a GEMM on it
-// (for BF16 weights the bf16 GEMM by default, which rounds x to bf16: set_bf16_activations).
+// registers; 5 to 64 rows (an expert's share of a prompt) of F32 / BF16 weights run AVX-512
+// tiles over the weights in place where the CPU has them (core/linear_rows.h); more rows widen a
+// block of weight rows at a time and run a GEMM on it. For BF16 weights both round x to bf16 by
+// default (the bf16 GEMM, vdpbf16ps); set_bf16_activations(false) keeps x in fp32.
 // Block-quantized weights (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K) take int8 dot products instead: x's
 // rows are quantized per block (Q8_0 or Q8_K, as llama.cpp does) once per call, so the result
 // carries that rounding of the activations too.

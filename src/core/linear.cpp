@@ -5,6 +5,7 @@
 #include <cstring>
 #include <vector>
 
+#include "core/linear_rows.h"
 #include "core/quant_dot.h"
 #include "moe/cpu_features.h"
 #include "moe/error.h"
@@ -164,6 +165,24 @@ void linear_forward(const float* x, int64_t n, const WeightView& w, float* y, bo
   constexpr int kFewRows = 4;
   if (n <= kFewRows) {
     linear_few_rows<kFewRows>(x, n, w, y, accumulate);
+    return;
+  }
+  // Tens of rows (an expert's share of a prompt): tiles over the weights in place, no packing.
+  // BF16 weights only where x may be rounded to bf16 (as the bf16 GEMM would).
+  constexpr int64_t kTileRowsMax = 64;
+  if (n <= kTileRowsMax && linear_rows_supported(w.type) &&
+      (w.type == GgmlType::F32 || bf16_activations())) {
+    uint16_t* xb = nullptr;
+    if (w.type == GgmlType::BF16) {
+      xb = reinterpret_cast<uint16_t*>(activation_scratch(static_cast<size_t>(n * w.cols) * 2));
+      bf16_activation_rows(x, n, w.cols, xb);
+    }
+    constexpr int64_t kBlockRows = 96;  // weight rows per task
+    const int64_t blocks = (w.rows + kBlockRows - 1) / kBlockRows;
+#pragma omp parallel for schedule(static) if (blocks > 1 && n * w.rows * w.cols > (1 << 16))
+    for (int64_t b = 0; b < blocks; ++b)
+      linear_rows(x, xb, n, w, b * kBlockRows, std::min(w.rows, (b + 1) * kBlockRows), y,
+                  accumulate);
     return;
   }
   if (w.type == GgmlType::F32) {

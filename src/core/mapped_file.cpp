@@ -39,6 +39,22 @@ void MappedFile::release(const void* p, uint64_t bytes) const {
   madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
 }
 
+void populate_pages(const void* begin, uint64_t bytes) {
+#if defined(MADV_POPULATE_READ)
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  if (bytes == 0 || pages <= 0 || page <= 0 ||
+      bytes > static_cast<uint64_t>(pages) * static_cast<uint64_t>(page) / 2)
+    return;
+  const auto start = reinterpret_cast<uintptr_t>(begin) / static_cast<uintptr_t>(page) *
+                     static_cast<uintptr_t>(page);  // madvise takes whole pages
+  const uintptr_t end = reinterpret_cast<uintptr_t>(begin) + bytes;
+  // An error leaves the pages to fault in on first use.
+  (void)madvise(reinterpret_cast<void*>(start), end - start, MADV_POPULATE_READ);
+#else
+  (void)begin, (void)bytes;
+#endif
+}
+
 MappedFile::~MappedFile() {
   if (addr_ != nullptr) munmap(addr_, size_);
 }

@@ -32,4 +32,10 @@ class MappedFile {
   uint64_t size_ = 0;
 };
 
+// Maps the pages of [begin, begin + bytes) of a mapped file now (madvise MADV_POPULATE_READ,
+// Linux 5.14 and later), as llama.cpp maps its models (MAP_POPULATE): the first pass over the
+// weights, a prompt, then takes no page faults. Best effort: nothing happens on an older kernel
+// or for a range larger than half of the physical memory (it would push out what it read first).
+void populate_pages(const void* begin, uint64_t bytes);
+
 }  // namespace moe

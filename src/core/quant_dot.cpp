@@ -19,17 +19,19 @@ namespace {
 
 std::atomic<int> g_kernel{static_cast<int>(QuantKernel::Auto)};
 
-// Q8_0 x Q8_0: sum_i dw * da * sum_j w_j a_j.
+// Q8_0 x Q8_0 (regrouped, ActQ8_0Group): sum_i dw * da * sum_j w_j a_j.
 void dot_q8_0_scalar(const uint8_t* w, const uint8_t* act, int64_t stride, int nact, int64_t nb,
                      float* out) {
   const auto* wb = reinterpret_cast<const BlockQ8_0*>(w);
   for (int i = 0; i < nact; ++i) {
-    const auto* ab = reinterpret_cast<const BlockQ8_0*>(act + i * stride);
+    const auto* groups = reinterpret_cast<const ActQ8_0Group*>(act + i * stride);
     float sum = 0;
     for (int64_t b = 0; b < nb; ++b) {
+      const ActQ8_0Group& g = groups[b / kActGroupBlocks];
+      const int u = static_cast<int>(b % kActGroupBlocks);
       int isum = 0;
-      for (int j = 0; j < kQK; ++j) isum += wb[b].qs[j] * ab[b].qs[j];
-      sum += f16_to_float(wb[b].d) * f16_to_float(ab[b].d) * static_cast<float>(isum);
+      for (int j = 0; j < kQK; ++j) isum += wb[b].qs[j] * g.qs[u / 4][j / 16][u % 4][j % 16];
+      sum += f16_to_float(wb[b].d) * g.d[u] * static_cast<float>(isum);
     }
     out[i] = sum;
   }
@@ -54,17 +56,17 @@ void dot_mxfp4_scalar(const uint8_t* w, const uint8_t* act, int64_t stride, int 
   }
 }
 
-// Q4_0 x Q8_0 (regrouped, ActQ4_0Group): byte t holds value t (low nibble) and t + 16 (high),
+// Q4_0 x Q8_0 (regrouped, ActQ8_0Group): byte t holds value t (low nibble) and t + 16 (high),
 // each q - 8.
 void dot_q4_0_scalar(const uint8_t* w, const uint8_t* act, int64_t stride, int nact, int64_t nb,
                      float* out) {
   const auto* wb = reinterpret_cast<const BlockQ4_0*>(w);
   for (int i = 0; i < nact; ++i) {
-    const auto* groups = reinterpret_cast<const ActQ4_0Group*>(act + i * stride);
+    const auto* groups = reinterpret_cast<const ActQ8_0Group*>(act + i * stride);
     float sum = 0;
     for (int64_t b = 0; b < nb; ++b) {
-      const ActQ4_0Group& g = groups[b / kQ4_0GroupBlocks];
-      const int u = static_cast<int>(b % kQ4_0GroupBlocks);
+      const ActQ8_0Group& g = groups[b / kActGroupBlocks];
+      const int u = static_cast<int>(b % kActGroupBlocks);
       const int8_t* lo = g.qs[u / 4][0][u % 4];
       const int8_t* hi = g.qs[u / 4][1][u % 4];
       int isum = 0;
@@ -296,20 +298,20 @@ void quantize_activation_row(GgmlType act, const float* x, uint8_t* dst, int64_t
 }
 
 int64_t activation_row_bytes(GgmlType weight, int64_t n) {
-  if (weight == GgmlType::Q4_0) {
-    const int64_t groups = (n / kQK + kQ4_0GroupBlocks - 1) / kQ4_0GroupBlocks;
-    return groups * static_cast<int64_t>(sizeof(ActQ4_0Group));
+  if (weight == GgmlType::Q4_0 || weight == GgmlType::Q8_0) {
+    const int64_t groups = (n / kQK + kActGroupBlocks - 1) / kActGroupBlocks;
+    return groups * static_cast<int64_t>(sizeof(ActQ8_0Group));
   }
   return row_bytes(quant_dot_activation_type(weight), n);
 }
 
-void group_q8_0_for_q4_0(const BlockQ8_0* blocks, int64_t nblocks, uint8_t* dst) {
-  auto* groups = reinterpret_cast<ActQ4_0Group*>(dst);
-  const int64_t ngroups = (nblocks + kQ4_0GroupBlocks - 1) / kQ4_0GroupBlocks;
-  if (nblocks % kQ4_0GroupBlocks != 0) groups[ngroups - 1] = ActQ4_0Group{};
+void group_q8_0_blocks(const BlockQ8_0* blocks, int64_t nblocks, uint8_t* dst) {
+  auto* groups = reinterpret_cast<ActQ8_0Group*>(dst);
+  const int64_t ngroups = (nblocks + kActGroupBlocks - 1) / kActGroupBlocks;
+  if (nblocks % kActGroupBlocks != 0) groups[ngroups - 1] = ActQ8_0Group{};
   for (int64_t b = 0; b < nblocks; ++b) {
-    ActQ4_0Group& g = groups[b / kQ4_0GroupBlocks];
-    const int u = static_cast<int>(b % kQ4_0GroupBlocks);
+    ActQ8_0Group& g = groups[b / kActGroupBlocks];
+    const int u = static_cast<int>(b % kActGroupBlocks);
     std::memcpy(g.qs[u / 4][0][u % 4], blocks[b].qs, kQK / 2);
     std::memcpy(g.qs[u / 4][1][u % 4], blocks[b].qs + kQK / 2, kQK / 2);
     g.d[u] = f16_to_float(blocks[b].d);
@@ -322,18 +324,18 @@ void group_q8_0_for_q4_0(const BlockQ8_0* blocks, int64_t nblocks, uint8_t* dst)
 void prepare_activation_row(GgmlType weight, const float* x, uint8_t* dst, int64_t n,
                             QuantKernel k) {
   const GgmlType act = quant_dot_activation_type(weight);
-  if (weight != GgmlType::Q4_0) {
+  if (weight != GgmlType::Q4_0 && weight != GgmlType::Q8_0) {
     quantize_activation_row(act, x, dst, n, k);
     return;
   }
   // Through one group of Q8_0 blocks at a time (on the stack), then regrouped.
-  BlockQ8_0 blocks[kQ4_0GroupBlocks];
+  BlockQ8_0 blocks[kActGroupBlocks];
   const int64_t nb = n / kQK;
   MOE_CHECK(n % kQK == 0, "prepare_activation_row: {} values are not whole blocks", n);
-  for (int64_t b0 = 0; b0 < nb; b0 += kQ4_0GroupBlocks) {
-    const int64_t len = std::min<int64_t>(kQ4_0GroupBlocks, nb - b0);
+  for (int64_t b0 = 0; b0 < nb; b0 += kActGroupBlocks) {
+    const int64_t len = std::min<int64_t>(kActGroupBlocks, nb - b0);
     quantize_activation_row(act, x + b0 * kQK, reinterpret_cast<uint8_t*>(blocks), len * kQK, k);
-    group_q8_0_for_q4_0(blocks, len, dst + b0 / kQ4_0GroupBlocks * sizeof(ActQ4_0Group));
+    group_q8_0_blocks(blocks, len, dst + b0 / kActGroupBlocks * sizeof(ActQ8_0Group));
   }
 }
 

@@ -1,9 +1,9 @@
 // Int8 dot products of block-quantized weight rows (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K, MXFP4) with
 // activation rows quantized per block (Q8_0 for Q8_0/Q4_0/MXFP4 weights, Q8_K for the k-quants; for
-// Q4_0 the Q8_0 blocks are regrouped, ActQ4_0Group below), as linear_forward runs quantized
-// weights. Within a block every product is an exact integer sum;
-// only the per-block scaling (weight scale x activation scale) and the sum over blocks are
-// float. Three implementations of each kernel, chosen at run time (cpu_features()):
+// Q8_0 and Q4_0 the Q8_0 blocks are regrouped, ActQ8_0Group below), as linear_forward runs
+// quantized weights. Within a block every product is an exact integer sum; only the per-block
+// scaling (weight scale x activation scale) and the sum over blocks are float. Three
+// implementations of each kernel, chosen at run time (cpu_features()):
 //   Scalar: plain C++, the oracle the others are tested against;
 //   Avx2:   vpmaddubsw / vpmaddwd on ymm;
 //   Avx512: vpdpbusd (AVX-512 VNNI, VL encoding on ymm: decode is bound by memory, and 32-value
@@ -42,29 +42,32 @@ GgmlType quant_dot_activation_type(GgmlType weight);
 // The kernel of `weight` in implementation k (Auto: quant_kernel()).
 QuantDotFn quant_dot_fn(GgmlType weight, QuantKernel k = QuantKernel::Auto);
 
-// Q8_0 activations regrouped for the Q4_0 kernels, 8 blocks (256 values) per group. A Q4_0
-// weight byte holds value t of its block in the low nibble and t + 16 in the high one, so the
-// 64 weight bytes of 4 blocks, masked or shifted, meet 64 activation bytes in place: the values
-// 0-15 of those 4 blocks, or their values 16-31. The nibbles multiply unsigned (q, not q - 8),
-// and sum8 takes the 8 back out: sum (q - 8) a = sum q a - 8 sum a, exactly, in int32. A last
-// partial group is zero-padded (d = 0, values 0).
-struct ActQ4_0Group {
+// Q8_0 activations regrouped for the Q4_0 and Q8_0 kernels, 8 blocks (256 values) per group.
+// A Q4_0 weight byte holds value t of its block in the low nibble and t + 16 in the high one, so
+// the 64 weight bytes of 4 blocks, masked or shifted, meet 64 activation bytes in place: the
+// values 0-15 of those 4 blocks, or their values 16-31. The nibbles multiply unsigned (q, not
+// q - 8), and sum8 takes the 8 back out: sum (q - 8) a = sum q a - 8 sum a, exactly, in int32.
+// Q8_0 weights are gathered into the same order (byte permutes or 16-byte loads) and, where
+// vpdpbusd multiplies them, offset to unsigned (w + 128, one xor per weight block): 16 sum8
+// takes the 128 back out. A last partial group is zero-padded (d = 0, values 0).
+struct ActQ8_0Group {
   int8_t qs[2][2][4][16];  // [blocks 0-3 | 4-7][values 0-15 | 16-31][block of the four][value]
   float d[8];              // the blocks' fp16 scales, widened
   int32_t sum8[8];         // 8 x the sum of each block's values
 };
-static_assert(sizeof(ActQ4_0Group) == 320);
-constexpr int kQ4_0GroupBlocks = 8;
+static_assert(sizeof(ActQ8_0Group) == 320);
+constexpr int kActGroupBlocks = 8;
 
 // Bytes of one prepared activation row of n values for `weight`'s kernel.
 int64_t activation_row_bytes(GgmlType weight, int64_t n);
 // One activation row of n values (a multiple of the block) as `weight`'s kernel reads it: Q8_0
-// or Q8_K blocks, regrouped for Q4_0. The rounding rules are those of quantize_row (quant.h),
-// so the bytes are the same in every implementation.
+// or Q8_K blocks, regrouped for Q4_0 and Q8_0 (ActQ8_0Group). The rounding rules are those of
+// quantize_row (quant.h), so the bytes are the same in every implementation.
 void prepare_activation_row(GgmlType weight, const float* x, uint8_t* dst, int64_t n,
                             QuantKernel k = QuantKernel::Auto);
-// Q8_0 blocks regrouped (nblocks of them; dst holds activation_row_bytes(Q4_0, 32 nblocks)).
-void group_q8_0_for_q4_0(const BlockQ8_0* blocks, int64_t nblocks, uint8_t* dst);
+// Q8_0 blocks regrouped (nblocks of them; dst holds activation_row_bytes(Q4_0, 32 nblocks)), as
+// the Q4_0 and Q8_0 kernels read them.
+void group_q8_0_blocks(const BlockQ8_0* blocks, int64_t nblocks, uint8_t* dst);
 
 // One activation row of n values (a multiple of the block) to Q8_0 or Q8_K blocks.
 void quantize_activation_row(GgmlType act, const float* x, uint8_t* dst, int64_t n,

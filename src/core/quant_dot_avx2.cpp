@@ -14,6 +14,8 @@ QD_TARGET inline __m256i dp_u8s8(__m256i acc, __m256i u, __m256i s) {
   const __m256i pairs = _mm256_maddubs_epi16(u, s);
   return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
 }
+// vpmaddubsw saturates its int16 pair sums above 32767: unsigned operands stay at most 128.
+constexpr bool kDpWideUnsigned = false;
 QD_TARGET inline __m256i dp_s16(__m256i acc, __m256i p, __m256i s) {
   return _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
 }

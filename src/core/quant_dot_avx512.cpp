@@ -13,6 +13,8 @@ namespace moe::QD_NS {
 QD_TARGET inline __m256i dp_u8s8(__m256i acc, __m256i u, __m256i s) {
   return _mm256_dpbusd_epi32(acc, u, s);
 }
+// vpdpbusd sums into int32: unsigned operands may take the full 0-255.
+constexpr bool kDpWideUnsigned = true;
 QD_TARGET inline __m256i dp_s16(__m256i acc, __m256i p, __m256i s) {
   return _mm256_dpwssd_epi32(acc, p, s);
 }
@@ -37,7 +39,7 @@ namespace moe::quant_avx512 {
 // Q4_0 on zmm with byte permutes (AVX-512 VBMI): the 144 bytes of 8 weight blocks are three
 // loads; one vpermt2b gathers the 16 nibble bytes of blocks 0-3 into a zmm, one those of blocks
 // 4-7, one the 8 fp16 scales. Masked, the low nibbles meet the regrouped activations' values
-// 0-15 of 4 blocks and the shifted high nibbles their values 16-31 (ActQ4_0Group), so 4
+// 0-15 of 4 blocks and the shifted high nibbles their values 16-31 (ActQ8_0Group), so 4
 // vpdpbusd leave each block's integer in 4 int32 lanes of one 128-bit lane; two adds of
 // unpacked lanes and one dword permute give the 8 block integers in order.
 struct Q4_0PermuteBytes {
@@ -85,7 +87,7 @@ QD_VBMI void dot_q4_0_vbmi(const uint8_t* w, const uint8_t* act, int64_t stride,
     const __m512i lo47 = _mm512_and_si512(q47, low4),
                   hi47 = _mm512_and_si512(_mm512_srli_epi16(q47, 4), low4);
     for (int i = 0; i < NA; ++i) {
-      const ActQ4_0Group& g = reinterpret_cast<const ActQ4_0Group*>(act + i * stride)[b / 8];
+      const ActQ8_0Group& g = reinterpret_cast<const ActQ8_0Group*>(act + i * stride)[b / 8];
       __m512i s03 =
           _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo03, _mm512_loadu_si512(g.qs[0][0][0]));
       s03 = _mm512_dpbusd_epi32(s03, hi03, _mm512_loadu_si512(g.qs[0][1][0]));
@@ -106,7 +108,7 @@ QD_VBMI void dot_q4_0_vbmi(const uint8_t* w, const uint8_t* act, int64_t stride,
   float tail[NA] = {};
   if (b < nb)
     dot_q4_0_grouped<NA>(w + b * static_cast<int64_t>(sizeof(BlockQ4_0)),
-                         act + b / 8 * static_cast<int64_t>(sizeof(ActQ4_0Group)), stride, nb - b,
+                         act + b / 8 * static_cast<int64_t>(sizeof(ActQ8_0Group)), stride, nb - b,
                          tail);
   for (int i = 0; i < NA; ++i) out[i] = hsum(acc[i]) + tail[i];
 }
@@ -118,12 +120,98 @@ struct Q4_0VbmiRows {
   }
 };
 
+// Q8_0 on zmm with byte permutes: the values 0-15 of 4 weight blocks (bytes 34 j + 2 + t) lie
+// in the 128 bytes from the first block, their values 16-31 in the 128 from byte 8, and those
+// of the next 4 blocks likewise from bytes 128 and 144 (all within the 272 bytes of 8 blocks):
+// one vpermt2b each puts block j's 16 values in 128-bit lane j, as the regrouped activations
+// hold them. Offset to unsigned by one xor, so 4 vpdpbusd per row and group; the add tree is
+// the Q4_0 one, and 16 sum8 takes the offset of 128 back out.
+struct Q8_0PermuteBytes {
+  alignas(64) uint8_t first[64] = {}, rest[64] = {};
+};
+
+constexpr Q8_0PermuteBytes q8_0_permute_bytes() {
+  Q8_0PermuteBytes p;
+  for (int j = 0; j < 4; ++j)
+    for (int t = 0; t < 16; ++t) {
+      p.first[16 * j + t] = static_cast<uint8_t>(34 * j + 2 + t);  // from byte 0
+      p.rest[16 * j + t] = static_cast<uint8_t>(34 * j + 10 + t);  // from byte 8, 128 or 144
+    }
+  return p;
+}
+constexpr Q8_0PermuteBytes kQ8_0Permutes = q8_0_permute_bytes();
+
+template <int NA>
+QD_VBMI void dot_q8_0_vbmi(const uint8_t* w, const uint8_t* act, int64_t stride, int64_t nb,
+                           float* out) {
+  const __m512i perm_first = _mm512_load_si512(kQ8_0Permutes.first),
+                perm_rest = _mm512_load_si512(kQ8_0Permutes.rest);
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  const __m512i scale_words = _mm512_castsi128_si512(_mm_setr_epi16(0, 17, 34, 51, 0, 0, 0, 0)),
+                scale_words_hi = _mm512_castsi128_si512(_mm_setr_epi16(4, 21, 38, 55, 0, 0, 0, 0));
+  __m256 acc[NA];
+  for (int i = 0; i < NA; ++i) acc[i] = _mm256_setzero_ps();
+  int64_t b = 0;
+  for (; b + 8 <= nb; b += 8) {
+    const uint8_t* p = w + b * static_cast<int64_t>(sizeof(BlockQ8_0));
+    const __m512i x0 = _mm512_loadu_si512(p), x64 = _mm512_loadu_si512(p + 64),
+                  x128 = _mm512_loadu_si512(p + 128), x192 = _mm512_loadu_si512(p + 192);
+    const __m512i lo03 = _mm512_xor_si512(_mm512_permutex2var_epi8(x0, perm_first, x64), flip),
+                  hi03 = _mm512_xor_si512(
+                      _mm512_permutex2var_epi8(_mm512_loadu_si512(p + 8), perm_rest,
+                                               _mm512_loadu_si512(p + 72)),
+                      flip),
+                  lo47 = _mm512_xor_si512(_mm512_permutex2var_epi8(x128, perm_rest, x192), flip),
+                  hi47 = _mm512_xor_si512(
+                      _mm512_permutex2var_epi8(_mm512_loadu_si512(p + 144), perm_rest,
+                                               _mm512_loadu_si512(p + 208)),
+                      flip);
+    // The fp16 scales (words 0, 17, .., 119): 4 from bytes 0-127, 4 from bytes 128-255.
+    const __m256 dw = _mm256_cvtph_ps(_mm_unpacklo_epi64(
+        _mm512_castsi512_si128(_mm512_permutex2var_epi16(x0, scale_words, x64)),
+        _mm512_castsi512_si128(_mm512_permutex2var_epi16(x128, scale_words_hi, x192))));
+    for (int i = 0; i < NA; ++i) {
+      const ActQ8_0Group& g = reinterpret_cast<const ActQ8_0Group*>(act + i * stride)[b / 8];
+      __m512i s03 =
+          _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo03, _mm512_loadu_si512(g.qs[0][0][0]));
+      s03 = _mm512_dpbusd_epi32(s03, hi03, _mm512_loadu_si512(g.qs[0][1][0]));
+      __m512i s47 =
+          _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo47, _mm512_loadu_si512(g.qs[1][0][0]));
+      s47 = _mm512_dpbusd_epi32(s47, hi47, _mm512_loadu_si512(g.qs[1][1][0]));
+      const __m512i pairs =
+          _mm512_add_epi32(_mm512_unpacklo_epi32(s03, s47), _mm512_unpackhi_epi32(s03, s47));
+      const __m512i sums = _mm512_add_epi32(pairs, _mm512_shuffle_epi32(pairs, _MM_PERM_BADC));
+      const __m256i ints = _mm256_sub_epi32(
+          _mm512_castsi512_si256(_mm512_permutexvar_epi32(order, sums)),
+          _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.sum8)), 4));
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), _mm256_mul_ps(dw, _mm256_loadu_ps(g.d)),
+                               acc[i]);
+    }
+  }
+  float tail[NA] = {};
+  if (b < nb)
+    dot_q8_0_grouped<NA>(w + b * static_cast<int64_t>(sizeof(BlockQ8_0)),
+                         act + b / 8 * static_cast<int64_t>(sizeof(ActQ8_0Group)), stride, nb - b,
+                         tail);
+  for (int i = 0; i < NA; ++i) out[i] = hsum(acc[i]) + tail[i];
+}
+
+struct Q8_0VbmiRows {
+  template <int NA>
+  QD_VBMI static void run(const uint8_t* w, const uint8_t* a, int64_t st, int64_t nb, float* o) {
+    dot_q8_0_vbmi<NA>(w, a, st, nb, o);
+  }
+};
+
 #pragma GCC diagnostic pop
 
-// The table with the VBMI Q4_0 kernel, for CPUs that have it (Ice Lake, Zen 4 and later).
-QuantDotTable with_vbmi_q4_0() {
+// The table with the VBMI Q4_0 and Q8_0 kernels, for CPUs that have it (Ice Lake, Zen 4 and
+// later).
+QuantDotTable with_vbmi() {
   QuantDotTable t = kTable;
   t.q4_0 = by_rows<Q4_0VbmiRows>;
+  t.q8_0 = by_rows<Q8_0VbmiRows>;
   return t;
 }
 
@@ -131,7 +219,7 @@ QuantDotTable with_vbmi_q4_0() {
 
 namespace moe {
 const QuantDotTable* quant_dot_avx512_table() {
-  static const QuantDotTable vbmi = quant_avx512::with_vbmi_q4_0();
+  static const QuantDotTable vbmi = quant_avx512::with_vbmi();
   return cpu_features().avx512_vbmi ? &vbmi : &quant_avx512::kTable;
 }
 }  // namespace moe

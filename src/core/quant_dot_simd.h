@@ -5,6 +5,8 @@
 //   dp_u8s8    acc + the sums of each 4 products of unsigned x signed bytes (int32 lanes):
 //              vpmaddubsw + vpmaddwd on AVX2 (the int16 pair sums cannot saturate: unsigned
 //              operands are at most 128 and activations are within +-127), vpdpbusd on VNNI;
+//   kDpWideUnsigned  whether dp_u8s8 is exact for unsigned operands up to 255 (VNNI), not only
+//              up to 128 (AVX2);
 //   dp_s16     acc + the sums of each 2 products of int16 lanes: vpmaddwd + vpaddd on AVX2,
 //              vpdpwssd on VNNI (applies a sub-block's scale to its int16 pair sums).
 // Every kernel forms each block's integer sums exactly as the scalar oracle does; the float
@@ -79,7 +81,7 @@ QD_INLINE __m256i load_nibbles(const BlockQ4_0& b) {
 }
 
 // Block u of a regrouped activation group, values 0-15 | 16-31 as one ymm.
-QD_INLINE __m256i load_grouped(const ActQ4_0Group& g, int u) {
+QD_INLINE __m256i load_grouped(const ActQ8_0Group& g, int u) {
   return _mm256_set_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g.qs[u / 4][1][u % 4])),
                           _mm_loadu_si128(reinterpret_cast<const __m128i*>(g.qs[u / 4][0][u % 4])));
 }
@@ -113,7 +115,7 @@ QD_INLINE int hsum_epi32(__m256i v) {
   return _mm_cvtsi128_si32(s);
 }
 
-// Q4_0 against regrouped activations (ActQ4_0Group), 8 blocks at a time: each block's unsigned
+// Q4_0 against regrouped activations (ActQ8_0Group), 8 blocks at a time: each block's unsigned
 // nibbles are unpacked once for every activation row; per row, the 8 exact block integers are
 // gathered into one vector by the transposing add tree (per 4 blocks, so 8 rows fit the
 // registers), less sum8, converted once and scaled by a vector of dw x da.
@@ -121,8 +123,8 @@ template <int NA>
 QD_TARGET void dot_q4_0_grouped(const uint8_t* w, const uint8_t* act, int64_t stride, int64_t nb,
                                 float* out) {
   const auto* wb = reinterpret_cast<const BlockQ4_0*>(w);
-  const auto group = [&](int i, int64_t g) -> const ActQ4_0Group& {
-    return reinterpret_cast<const ActQ4_0Group*>(act + i * stride)[g];
+  const auto group = [&](int i, int64_t g) -> const ActQ8_0Group& {
+    return reinterpret_cast<const ActQ8_0Group*>(act + i * stride)[g];
   };
   __m256 acc[NA];
   for (int i = 0; i < NA; ++i) acc[i] = _mm256_setzero_ps();
@@ -142,7 +144,7 @@ QD_TARGET void dot_q4_0_grouped(const uint8_t* w, const uint8_t* act, int64_t st
     }
     const __m256 dw = scales8(wb + b);
     for (int i = 0; i < NA; ++i) {
-      const ActQ4_0Group& ga = group(i, g);
+      const ActQ8_0Group& ga = group(i, g);
       const __m256i ints =
           _mm256_sub_epi32(octet_sums(quad[i][0], quad[i][1]),
                            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ga.sum8)));
@@ -156,10 +158,88 @@ QD_TARGET void dot_q4_0_grouped(const uint8_t* w, const uint8_t* act, int64_t st
     const float dw = fp16(wb[b].d);
     const int u = static_cast<int>(b % 8);
     for (int i = 0; i < NA; ++i) {
-      const ActQ4_0Group& ga = group(i, b / 8);
+      const ActQ8_0Group& ga = group(i, b / 8);
       const int isum =
           hsum_epi32(dp_u8s8(_mm256_setzero_si256(), q, load_grouped(ga, u))) - ga.sum8[u];
       tail[i] += dw * ga.d[u] * static_cast<float>(isum);
+    }
+  }
+  for (int i = 0; i < NA; ++i) out[i] = hsum(acc[i]) + tail[i];
+}
+
+// 16 values of Q8_0 weight blocks b and b + 1 side by side (values 0-15, or 16-31 with half 1):
+// the order of 32 bytes of a regrouped activation group, qs[h][half][2p .. 2p + 1].
+QD_INLINE __m256i load_q8_0_halves(const BlockQ8_0* wb, int half) {
+  return _mm256_set_m128i(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb[1].qs + 16 * half)),
+                          _mm_loadu_si128(reinterpret_cast<const __m128i*>(wb[0].qs + 16 * half)));
+}
+
+// Q8_0 against regrouped activations (ActQ8_0Group), 8 blocks at a time. Per 4 blocks the weights
+// are gathered into the activations' order once for every row (4 ymm: values 0-15 and 16-31 of
+// two blocks each); per row, 4 products whose 128-bit lanes each hold one block, and the add
+// tree leaves the 8 exact block integers in one vector. With VNNI the weights are offset to
+// unsigned (w + 128) and 16 sum8 = 128 sum a is taken out; on AVX2 (int16 pair sums) the product
+// is |w| x (a with w's sign).
+template <int NA>
+QD_TARGET void dot_q8_0_grouped(const uint8_t* w, const uint8_t* act, int64_t stride, int64_t nb,
+                                float* out) {
+  const auto* wb = reinterpret_cast<const BlockQ8_0*>(w);
+  const auto group = [&](int i, int64_t g) -> const ActQ8_0Group& {
+    return reinterpret_cast<const ActQ8_0Group*>(act + i * stride)[g];
+  };
+  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
+  // Lanes [0 2 4 6 | 1 3 5 7] after the add tree back into block order.
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  __m256 acc[NA];
+  for (int i = 0; i < NA; ++i) acc[i] = _mm256_setzero_ps();
+  int64_t b = 0;
+  for (; b + 8 <= nb; b += 8) {
+    const int64_t g = b / 8;
+    __m256i pair[NA][2];
+    for (int h = 0; h < 2; ++h) {
+      __m256i wq[2][2], wu[2][2];  // [values 0-15 | 16-31][blocks 4h, 4h+1 | 4h+2, 4h+3]
+      for (int half = 0; half < 2; ++half)
+        for (int p = 0; p < 2; ++p) {
+          wq[half][p] = load_q8_0_halves(wb + b + 4 * h + 2 * p, half);
+          wu[half][p] = kDpWideUnsigned ? _mm256_xor_si256(wq[half][p], flip)
+                                        : _mm256_sign_epi8(wq[half][p], wq[half][p]);
+        }
+      for (int i = 0; i < NA; ++i) {
+        const ActQ8_0Group& ga = group(i, g);
+        __m256i s[2];
+        for (int p = 0; p < 2; ++p) {
+          s[p] = _mm256_setzero_si256();
+          for (int half = 0; half < 2; ++half) {
+            __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ga.qs[h][half][2 * p]));
+            if (!kDpWideUnsigned) a = _mm256_sign_epi8(a, wq[half][p]);
+            s[p] = dp_u8s8(s[p], wu[half][p], a);
+          }
+        }
+        pair[i][h] = pair_sums(s[0], s[1]);
+      }
+    }
+    const __m256 dw = scales8(wb + b);
+    for (int i = 0; i < NA; ++i) {
+      const ActQ8_0Group& ga = group(i, g);
+      __m256i ints = _mm256_permutevar8x32_epi32(quad_sums(pair[i][0], pair[i][1]), order);
+      if (kDpWideUnsigned)
+        ints = _mm256_sub_epi32(
+            ints,
+            _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ga.sum8)), 4));
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), _mm256_mul_ps(dw, _mm256_loadu_ps(ga.d)),
+                               acc[i]);
+    }
+  }
+  float tail[NA] = {};
+  for (; b < nb; ++b) {
+    const __m256i q = load_block(wb[b]);
+    const float dw = fp16(wb[b].d);
+    const int u = static_cast<int>(b % 8);
+    for (int i = 0; i < NA; ++i) {
+      const ActQ8_0Group& ga = group(i, b / 8);
+      tail[i] +=
+          dw * ga.d[u] *
+          static_cast<float>(hsum_epi32(dp_s8s8(_mm256_setzero_si256(), q, load_grouped(ga, u))));
     }
   }
   for (int i = 0; i < NA; ++i) out[i] = hsum(acc[i]) + tail[i];
@@ -416,7 +496,7 @@ QD_TARGET void quant_q8_k(const float* x, BlockQ8_K* y, int64_t nb) {
 struct Q8_0Rows {
   template <int NA>
   QD_TARGET static void run(const uint8_t* w, const uint8_t* a, int64_t st, int64_t nb, float* o) {
-    dot_q32<NA, BlockQ8_0>(w, a, st, nb, o);
+    dot_q8_0_grouped<NA>(w, a, st, nb, o);
   }
 };
 struct MXFP4Rows {

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "core/mapped_file.h"
 #include "moe/error.h"
 #include "moe/gemm.h"
 #include "moe/gguf_model.h"
@@ -306,8 +307,15 @@ std::unique_ptr<InferenceModel> InferenceModel::open(const std::string& path) {
     m->gguf_.emplace(std::move(f));  // the mapping moves with it: the views stay valid
     m->rope_interleaved_ = gguf_rope_interleaved(c);
     int64_t bytes = 0;
-    for (const GgufTensorInfo& t : m->gguf_->tensors()) bytes += static_cast<int64_t>(t.nbytes);
+    const uint8_t *lo = nullptr, *hi = nullptr;  // the tensors' bytes in the mapping
+    for (const GgufTensorInfo& t : m->gguf_->tensors()) {
+      bytes += static_cast<int64_t>(t.nbytes);
+      const uint8_t* p = m->gguf_->data(t);
+      lo = lo == nullptr ? p : std::min(lo, p);
+      hi = std::max(hi, p + t.nbytes);
+    }
     m->weight_bytes_ = bytes;
+    if (lo != nullptr) populate_pages(lo, static_cast<uint64_t>(hi - lo));
     return m;
   }
   const ModelConfig c = load_hf_config(path + "/config.json");

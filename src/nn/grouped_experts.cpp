@@ -222,14 +222,14 @@ void GroupedExperts<T>::forward(const FfnViews* w, const int64_t* offsets, const
       if (shape_.act == Activation::ClampedSwiGLU) {
         const auto lim = static_cast<float>(shape_.limit);
         constexpr float kAlpha = 1.702f;  // gpt-oss's sigmoid slope (a GELU approximation)
-#pragma omp parallel for if (nf > (1 << 16))
+#pragma omp parallel for simd if (nf > (1 << 16))
         for (int64_t i = 0; i < nf; ++i) {
           const float g = std::min(h1[i], lim), u = std::clamp(h3[i], -lim, lim);
-          h1[i] = g / (1.0f + std::exp(-kAlpha * g)) * (u + 1.0f);
+          h1[i] = g * sigmoid(kAlpha * g) * (u + 1.0f);
         }
       } else {
-#pragma omp parallel for if (nf > (1 << 16))
-        for (int64_t i = 0; i < nf; ++i) h1[i] = h1[i] / (1.0f + std::exp(-h1[i])) * h3[i];
+#pragma omp parallel for simd if (nf > (1 << 16))
+        for (int64_t i = 0; i < nf; ++i) h1[i] = h1[i] * sigmoid(h1[i]) * h3[i];
       }
       float* yr = y + r0 * d;
       if (!we.b2) {
