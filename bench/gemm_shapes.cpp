@@ -5,8 +5,10 @@
 // or "per thread" (one call per thread inside a parallel region, as the MoE layer runs its
 // experts and attention its heads). Prints GFLOP/s, % of the fp32 FMA peak of the threads
 // used (measured first, in this run) and which backend is fastest; medians of --reps.
+// --dtype bf16 measures our bf16 kernel (gemm_bf16, compute_dtype "bfloat16") on the same
+// shapes instead, against the vdpbf16ps peak (AVX-512 BF16 CPUs only).
 //
-//   gemm_shapes [--config configs/default.json] [--reps 7] [--threads 2]
+//   gemm_shapes [--config configs/default.json] [--reps 7] [--threads 2] [--dtype fp32|bf16]
 #include <dlfcn.h>
 #include <omp.h>
 
@@ -20,6 +22,7 @@
 
 #include "moe/cpu_features.h"
 #include "moe/gemm.h"
+#include "moe/gemm_bf16.h"
 #include "moe/model_config.h"
 #include "moe/rng.h"
 #include "peak.h"
@@ -91,40 +94,60 @@ double seconds(const std::function<void()>& fn) {
 
 int main(int argc, char** argv) {
   std::string config = "configs/default.json";
+  std::string dtype = "fp32";
   int reps = 7, threads = 2;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--config")) config = argv[i + 1];
     if (!std::strcmp(argv[i], "--reps")) reps = std::atoi(argv[i + 1]);
     if (!std::strcmp(argv[i], "--threads")) threads = std::atoi(argv[i + 1]);
+    if (!std::strcmp(argv[i], "--dtype")) dtype = argv[i + 1];
+  }
+  if (dtype != "fp32" && dtype != "bf16") {
+    std::fprintf(stderr, "gemm_shapes: --dtype %s: expected fp32 or bf16\n", dtype.c_str());
+    return 1;
+  }
+  const bool bf16 = dtype == "bf16";
+  if (bf16 && !moe::cpu_features().bf16_gemm()) {
+    std::fprintf(stderr, "gemm_shapes: --dtype bf16: this CPU has no AVX-512 BF16\n");
+    return 1;
   }
   omp_set_num_threads(threads);
   const moe::ModelConfig cfg = moe::load_model_config(config);
   const bool avx512 = moe::sgemm_avx512_available();
-  const double peak = avx512 ? moe::bench::fp32_fma_peak(30'000'000) : 0.0;
-  std::printf("%s: fp32 FMA peak %.0f GFLOP/s per core (this run), %d threads\n", config.c_str(),
-              peak, threads);
+  const double peak = bf16     ? moe::bench::bf16_dot_peak(30'000'000)
+                      : avx512 ? moe::bench::fp32_fma_peak(30'000'000)
+                               : 0.0;
+  std::printf("%s: %s peak %.0f GFLOP/s per core (this run), %d threads\n", config.c_str(),
+              bf16 ? "bf16 vdpbf16ps" : "fp32 FMA", peak, threads);
 
   std::vector<std::pair<std::string, Sgemm>> backends;
-  backends.push_back(
-      {"openblas", [](Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, const float* A,
-                      int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc) {
-         moe::set_sgemm_backend(moe::SgemmBackend::OpenBlas);
-         moe::gemm<float>(ta, tb, M, N, K, 1.f, A, lda, B, ldb, 0.f, C, ldc);
-       }});
-  if (avx512)
+  if (bf16)
+    backends.push_back(
+        {"bf16 (ours)", [](Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, const float* A,
+                           int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc) {
+           moe::gemm_bf16(ta, tb, M, N, K, 1.f, A, lda, B, ldb, 0.f, C, ldc);
+         }});
+  else
+    backends.push_back(
+        {"openblas", [](Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, const float* A,
+                        int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc) {
+           moe::set_sgemm_backend(moe::SgemmBackend::OpenBlas);
+           moe::gemm<float>(ta, tb, M, N, K, 1.f, A, lda, B, ldb, 0.f, C, ldc);
+         }});
+  if (avx512 && !bf16)
     backends.push_back(
         {"avx512 (ours)", [](Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, const float* A,
                              int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc) {
            moe::sgemm_avx512(ta, tb, M, N, K, 1.f, A, lda, B, ldb, 0.f, C, ldc);
          }});
-  if (DnnlSgemm dnnl = load_dnnl())
+  if (DnnlSgemm dnnl = bf16 ? nullptr : load_dnnl())  // dnnl_sgemm is fp32 only
     backends.push_back(
         {"onednn", [dnnl](Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, const float* A,
                           int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc) {
            dnnl(ta == Trans::Yes ? 'T' : 'N', tb == Trans::Yes ? 'T' : 'N', M, N, K, 1.f, A, lda, B,
                 ldb, 0.f, C, ldc);
          }});
-  else
+  else if (!bf16)
     std::printf("(oneDNN: libdnnl.so.2 not found, not measured)\n");
 
   std::printf("\n| GEMM | op | M | N | K | mode |");

@@ -1,11 +1,8 @@
-// bf16 GEMM (gemm_bf16.h). GotoBLAS blocking: for each NC block of columns and KC block of k,
-// B is packed once (bf16 pairs, [k/2][NR] per panel of NR columns); for each MC block of rows
-// A is packed ([k/2][MR] per panel of MR rows); an MR x NR microkernel then runs over the
-// panels. Packing rounds fp32 to bf16, so both kernels see identical bf16 operands; only the
-// microkernel differs (vdpbf16ps or portable C++).
+// bf16 GEMM (gemm_bf16.h): the blocking driver it shares with the fp32 kernel (gemm_driver.h)
+// over bf16-pair panels (B: [k/2][NR] per panel of NR columns; A: [k/2][MR] per panel of MR
+// rows) and an MR x NR microkernel. Packing rounds fp32 to bf16, so both kernels see identical
+// bf16 operands; only the microkernel differs (vdpbf16ps or portable C++).
 #include "moe/gemm_bf16.h"
-
-#include <omp.h>
 
 #include <algorithm>
 #include <atomic>
@@ -13,6 +10,7 @@
 #include <cstring>
 
 #include "core/bf16_pack.h"
+#include "core/gemm_driver.h"
 #include "moe/cpu_features.h"
 #include "moe/error.h"
 
@@ -33,34 +31,10 @@ constexpr int kNR = 32;  // columns per tile: two zmm of 16 fp32
 // With kKC = 256 and kMC = 96 the layer's bf16 step was ~20% slower.
 constexpr int64_t kKC = 1024;  // k per block (even), 512 bf16 pairs
 constexpr int64_t kKP = kKC / 2;
-constexpr int64_t kMC = kMR * 16;         // rows per packed A block: 384 KiB, stays in L2
-constexpr int64_t kNC = kNR * 32;         // columns per packed B block: 2 MiB
-constexpr double kParallelMin = 1 << 20;  // multiply-adds below which one thread is faster
+constexpr int64_t kMC = kMR * 16;  // rows per packed A block: 384 KiB, stays in L2
+constexpr int64_t kNC = kNR * 32;  // columns per packed B block: 2 MiB
 
 std::atomic<int> g_kernel{static_cast<int>(Bf16Kernel::Auto)};
-
-// Per-thread packing buffers of fixed size, allocated on a thread's first call and reused: a
-// steady-state step allocates nothing.
-struct PackBuffers {
-  uint32_t* a = nullptr;  // kMC x kKP pairs
-  uint32_t* b = nullptr;  // kNC x kKP pairs
-  PackBuffers() {
-    a = static_cast<uint32_t*>(std::aligned_alloc(64, sizeof(uint32_t) * kMC * kKP));
-    b = static_cast<uint32_t*>(std::aligned_alloc(64, sizeof(uint32_t) * kNC * kKP));
-    MOE_CHECK(a != nullptr && b != nullptr, "gemm_bf16: out of memory for packing buffers");
-  }
-  ~PackBuffers() {
-    std::free(a);
-    std::free(b);
-  }
-  PackBuffers(const PackBuffers&) = delete;
-  PackBuffers& operator=(const PackBuffers&) = delete;
-};
-
-PackBuffers& pack_buffers() {
-  thread_local PackBuffers buf;
-  return buf;
-}
 
 // Branchless bf16_bits over a run of values, so the compiler vectorizes it (the packing is
 // otherwise the largest cost of small expert GEMMs). Same results as bf16_bits.
@@ -394,42 +368,27 @@ Kernel pick_kernel() {
   return kernel_portable;
 }
 
-// One thread: rows [i_begin, i_end) of C.
-void gemm_rows(Kernel kernel, Trans ta, Trans tb, int64_t i_begin, int64_t i_end, int64_t N,
-               int64_t K, float alpha, const float* A, int64_t lda, const float* B, int64_t ldb,
-               float beta, float* C, int64_t ldc) {
-  PackBuffers& buf = pack_buffers();
-  const bool simd = kernel != kernel_portable;  // the portable kernel packs portably too
-  for (int64_t jc = 0; jc < N; jc += kNC) {
-    const int64_t nc = std::min(kNC, N - jc);
-    for (int64_t pc = 0; pc < K; pc += kKC) {
-      const int64_t kc = std::min(kKC, K - pc), kp_n = (kc + 1) / 2;
-      const float beta_k = pc == 0 ? beta : 1.f;  // later k blocks add to the first
-      pack_b(simd, tb, B, ldb, jc, nc, pc, kc, buf.b);
-      for (int64_t ic = i_begin; ic < i_end; ic += kMC) {
-        const int64_t mc = std::min(kMC, i_end - ic);
-        pack_a(simd, ta, A, lda, ic, mc, pc, kc, buf.a);
-        for (int64_t jr = 0; jr < nc; jr += kNR) {
-          const uint32_t* bp = buf.b + (jr / kNR) * kp_n * kNR;
-          const int n = static_cast<int>(std::min<int64_t>(kNR, nc - jr));
-          for (int64_t ir = 0; ir < mc; ir += kMR) {
-            const uint32_t* ap = buf.a + (ir / kMR) * kp_n * kMR;
-            const int m = static_cast<int>(std::min<int64_t>(kMR, mc - ir));
-            kernel(kp_n, ap, bp, m, n, alpha, beta_k, C + (ic + ir) * ldc + jc + jr, ldc);
-          }
-        }
-      }
-    }
+// The bf16-pair panels for gemm_driver.h; the portable kernel packs portably too.
+struct Bf16Panel {
+  using Packed = uint32_t;
+  static constexpr int kMR = moe::kMR, kNR = moe::kNR;
+  static constexpr int64_t kKC = moe::kKC, kMC = moe::kMC, kNC = moe::kNC;
+  static constexpr int64_t packed_k(int64_t kc) { return (kc + 1) / 2; }
+  Kernel kern;
+  bool simd;
+  void pack_a(Trans ta, const float* A, int64_t lda, int64_t i0, int64_t mc, int64_t k0, int64_t kc,
+              uint32_t* dst) const {
+    moe::pack_a(simd, ta, A, lda, i0, mc, k0, kc, dst);
   }
-}
-
-void check_args(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb,
-                int64_t ldc) {
-  MOE_CHECK(M >= 0 && N >= 0 && K >= 0, "gemm_bf16: negative size M={} N={} K={}", M, N, K);
-  MOE_CHECK(lda >= (ta == Trans::No ? K : M) && ldb >= (tb == Trans::No ? N : K) && ldc >= N,
-            "gemm_bf16: leading dimension too small (lda={} ldb={} ldc={} for M={} N={} K={})", lda,
-            ldb, ldc, M, N, K);
-}
+  void pack_b(Trans tb, const float* B, int64_t ldb, int64_t j0, int64_t nc, int64_t k0, int64_t kc,
+              uint32_t* dst) const {
+    moe::pack_b(simd, tb, B, ldb, j0, nc, k0, kc, dst);
+  }
+  void kernel(int64_t kp, const uint32_t* a, const uint32_t* b, int m, int n, float alpha,
+              float beta, float* C, int64_t ldc) const {
+    kern(kp, a, b, m, n, alpha, beta, C, ldc);
+  }
+};
 
 }  // namespace
 
@@ -465,36 +424,16 @@ const char* bf16_kernel_name(Bf16Kernel k) {
 
 void gemm_bf16(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  check_args(ta, tb, M, N, K, lda, ldb, ldc);
-  if (M == 0 || N == 0) return;
-  if (K == 0) {  // C = beta * C, as BLAS does
-    for (int64_t i = 0; i < M; ++i)
-      for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == 0.f ? 0.f : beta * C[i * ldc + j];
-    return;
-  }
+  gemm_driver::check_args("gemm_bf16", ta, tb, M, N, K, lda, ldb, ldc);
   const Kernel kernel = pick_kernel();
-  const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
-  const double macs = static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K);
-  if (threads <= 1 || macs < kParallelMin || M < 2 * kMR) {
-    gemm_rows(kernel, ta, tb, 0, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-    return;
-  }
-  // Split the rows of C into one contiguous range per thread (a multiple of kMR each): every
-  // element is computed by one thread in the same order, so results do not depend on threads.
-  const int64_t panels = (M + kMR - 1) / kMR;
-#pragma omp parallel num_threads(threads)
-  {
-    const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-    const int64_t p0 = panels * t / nt, p1 = panels * (t + 1) / nt;
-    const int64_t i0 = p0 * kMR, i1 = std::min(M, p1 * kMR);
-    if (i0 < i1) gemm_rows(kernel, ta, tb, i0, i1, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-  }
+  gemm_driver::gemm(Bf16Panel{kernel, kernel != kernel_portable}, ta, tb, M, N, K, alpha, A, lda, B,
+                    ldb, beta, C, ldc);
 }
 
 void gemm_bf16_naive(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha,
                      const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
                      int64_t ldc) {
-  check_args(ta, tb, M, N, K, lda, ldb, ldc);
+  gemm_driver::check_args("gemm_bf16", ta, tb, M, N, K, lda, ldb, ldc);
   for (int64_t i = 0; i < M; ++i) {
     for (int64_t j = 0; j < N; ++j) {
       double acc = 0.0;

@@ -1,17 +1,14 @@
-// The packed fp32 AVX-512 GEMM behind gemm<float> (gemm.h), in the design of the bf16 kernel
-// (gemm_bf16.cpp): GotoBLAS blocking, for each NC block of columns and KC block of k, B is
-// packed once ([k][NR] per panel of NR columns), for each MC block of rows A is packed ([k][MR]
-// per panel of MR rows), and a 12 x 32 microkernel (24 zmm accumulators, two B loads and 12
-// broadcast FMAs per k) runs over the panels. The transposes the backward needs are packing
-// orders, not copies of the operands. Products are summed in k order per element (a fixed
-// order per element: results do not depend on the thread count).
-#include <omp.h>
-
+// The packed fp32 AVX-512 GEMM behind gemm<float> (gemm.h): the blocking driver it shares with
+// the bf16 kernel (gemm_driver.h) over fp32 panels ([k][NR] per panel of NR columns of B,
+// [k][MR] per panel of MR rows of A) and a 12 x 32 microkernel (24 zmm accumulators, two B
+// loads and 12 broadcast FMAs per k). Products are summed in k order per element (a fixed order
+// per element: results do not depend on the thread count).
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
 
+#include "core/gemm_driver.h"
 #include "moe/cpu_features.h"
 #include "moe/error.h"
 #include "moe/gemm.h"
@@ -27,33 +24,8 @@ namespace {
 
 constexpr int kMR = 12;
 constexpr int kNR = 32;
-constexpr int64_t kKC = 512;              // k per block: a B panel of 64 KiB streams from L2
-constexpr int64_t kMC = kMR * 16;         // rows per packed A block: 384 KiB, stays in L2
-constexpr int64_t kNC = kNR * 32;         // columns per packed B block: 2 MiB
-constexpr double kParallelMin = 1 << 20;  // multiply-adds below which one thread is faster
 
 std::atomic<int> g_backend{static_cast<int>(SgemmBackend::Auto)};
-
-struct PackBuffers {
-  float* a = nullptr;  // kMC x kKC
-  float* b = nullptr;  // kNC x kKC
-  PackBuffers() {
-    a = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * kMC * kKC));
-    b = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * kNC * kKC));
-    MOE_CHECK(a != nullptr && b != nullptr, "sgemm_avx512: out of memory for packing buffers");
-  }
-  ~PackBuffers() {
-    std::free(a);
-    std::free(b);
-  }
-  PackBuffers(const PackBuffers&) = delete;
-  PackBuffers& operator=(const PackBuffers&) = delete;
-};
-
-PackBuffers& pack_buffers() {
-  thread_local PackBuffers buf;
-  return buf;
-}
 
 // Panels of `width` lines from a matrix whose lines run along k (src[line * ld + k]):
 // dst[panel][k][line], zero past `lines`. The gather of one k column of a panel is a transpose.
@@ -134,39 +106,34 @@ __attribute__((target("avx512f"))) void kernel_avx512(int64_t kc, const float* a
 }
 #pragma GCC diagnostic pop
 
-// One thread: rows [i_begin, i_end) of C.
-void gemm_rows(Trans ta, Trans tb, int64_t i_begin, int64_t i_end, int64_t N, int64_t K,
-               float alpha, const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
-               float* C, int64_t ldc) {
-  PackBuffers& buf = pack_buffers();
-  for (int64_t jc = 0; jc < N; jc += kNC) {
-    const int64_t nc = std::min(kNC, N - jc);
-    for (int64_t pc = 0; pc < K; pc += kKC) {
-      const int64_t kc = std::min(kKC, K - pc);
-      const float beta_k = pc == 0 ? beta : 1.f;  // later k blocks add to the first
-      if (tb == Trans::No)
-        pack_k_strided(B + jc, ldb, nc, kNR, pc, kc, buf.b);
-      else
-        pack_k_contiguous(B + jc * ldb, ldb, nc, kNR, pc, kc, buf.b);
-      for (int64_t ic = i_begin; ic < i_end; ic += kMC) {
-        const int64_t mc = std::min(kMC, i_end - ic);
-        if (ta == Trans::No)
-          pack_k_contiguous(A + ic * lda, lda, mc, kMR, pc, kc, buf.a);
-        else
-          pack_k_strided(A + ic, lda, mc, kMR, pc, kc, buf.a);
-        for (int64_t jr = 0; jr < nc; jr += kNR) {
-          const float* bp = buf.b + (jr / kNR) * kc * kNR;
-          const int n = static_cast<int>(std::min<int64_t>(kNR, nc - jr));
-          for (int64_t ir = 0; ir < mc; ir += kMR) {
-            const float* ap = buf.a + (ir / kMR) * kc * kMR;
-            const int m = static_cast<int>(std::min<int64_t>(kMR, mc - ir));
-            kernel_avx512(kc, ap, bp, m, n, alpha, beta_k, C + (ic + ir) * ldc + jc + jr, ldc);
-          }
-        }
-      }
-    }
+// The fp32 panels for gemm_driver.h: B packed once per (NC, KC) block (a B panel of 64 KiB
+// streams from L2), A per MC block (384 KiB, stays in L2).
+struct F32Panel {
+  using Packed = float;
+  static constexpr int kMR = moe::kMR, kNR = moe::kNR;
+  static constexpr int64_t kKC = 512;
+  static constexpr int64_t kMC = kMR * 16;
+  static constexpr int64_t kNC = kNR * 32;
+  static constexpr int64_t packed_k(int64_t kc) { return kc; }
+  void pack_a(Trans ta, const float* A, int64_t lda, int64_t i0, int64_t mc, int64_t k0, int64_t kc,
+              float* dst) const {
+    if (ta == Trans::No)
+      pack_k_contiguous(A + i0 * lda, lda, mc, kMR, k0, kc, dst);
+    else
+      pack_k_strided(A + i0, lda, mc, kMR, k0, kc, dst);
   }
-}
+  void pack_b(Trans tb, const float* B, int64_t ldb, int64_t j0, int64_t nc, int64_t k0, int64_t kc,
+              float* dst) const {
+    if (tb == Trans::No)
+      pack_k_strided(B + j0, ldb, nc, kNR, k0, kc, dst);
+    else
+      pack_k_contiguous(B + j0 * ldb, ldb, nc, kNR, k0, kc, dst);
+  }
+  void kernel(int64_t kc, const float* a, const float* b, int m, int n, float alpha, float beta,
+              float* C, int64_t ldc) const {
+    kernel_avx512(kc, a, b, m, n, alpha, beta, C, ldc);
+  }
+};
 #endif
 
 }  // namespace
@@ -218,33 +185,9 @@ const char* sgemm_backend_name(SgemmBackend b) {
 void sgemm_avx512(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                   int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   MOE_CHECK(sgemm_avx512_available(), "sgemm_avx512: this CPU or build has no AVX-512");
-  MOE_CHECK(M >= 0 && N >= 0 && K >= 0, "sgemm_avx512: negative size M={} N={} K={}", M, N, K);
-  MOE_CHECK(lda >= (ta == Trans::No ? K : M) && ldb >= (tb == Trans::No ? N : K) && ldc >= N,
-            "sgemm_avx512: leading dimension too small (lda={} ldb={} ldc={} for M={} N={} K={})",
-            lda, ldb, ldc, M, N, K);
-  if (M == 0 || N == 0) return;
-  if (K == 0) {  // C = beta * C, as BLAS does
-    for (int64_t i = 0; i < M; ++i)
-      for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == 0.f ? 0.f : beta * C[i * ldc + j];
-    return;
-  }
+  gemm_driver::check_args("sgemm_avx512", ta, tb, M, N, K, lda, ldb, ldc);
 #ifdef MOE_HAVE_AVX512_SGEMM
-  const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
-  const double macs = static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K);
-  if (threads <= 1 || macs < kParallelMin || M < 2 * kMR) {
-    gemm_rows(ta, tb, 0, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-    return;
-  }
-  // One contiguous range of rows per thread (whole panels): each element is computed by one
-  // thread in the same order whatever the thread count.
-  const int64_t panels = (M + kMR - 1) / kMR;
-#pragma omp parallel num_threads(threads)
-  {
-    const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-    const int64_t p0 = panels * t / nt, p1 = panels * (t + 1) / nt;
-    const int64_t i0 = p0 * kMR, i1 = std::min(M, p1 * kMR);
-    if (i0 < i1) gemm_rows(ta, tb, i0, i1, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-  }
+  gemm_driver::gemm(F32Panel{}, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 #endif
 }
 
