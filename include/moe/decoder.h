@@ -76,7 +76,7 @@ class Decoder {
     const float* o_bias = nullptr;                     // [d] (gpt_oss)
     const float* sinks = nullptr;                      // [H] (gpt_oss)
     int window = 0;                                    // sliding window (0: all positions)
-    GdnWeights gdn;  // a Gated DeltaNet layer's (cfg_.is_linear_layer): q..o stay empty
+    GdnWeights gdn = {};  // a Gated DeltaNet layer's (cfg_.is_linear_layer): q..o stay empty
   };
 
   // Hands layer l's routing of the current call to the observer, if any.
