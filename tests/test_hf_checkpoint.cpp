@@ -105,7 +105,8 @@ INSTANTIATE_TEST_SUITE_P(GptOss, HfFamily, ::testing::Values("gpt_oss"));
 // tensors, a dense layer) and qwen3_5_moe's text model (split projections, fused experts, a vision
 // tower and mtp tensors left unread); gated attention with partial RoPE, zero-centred norms. The
 // prompt runs the chunked form, decoding the recurrent one.
-INSTANTIATE_TEST_SUITE_P(GatedDeltaNet, HfFamily, ::testing::Values("qwen3_next", "qwen3_5_moe_fused"));
+INSTANTIATE_TEST_SUITE_P(GatedDeltaNet, HfFamily,
+                         ::testing::Values("qwen3_next", "qwen3_5_moe_fused"));
 
 INSTANTIATE_TEST_SUITE_P(RopeScaling, HfFamily,
                          ::testing::Values("qwen3_moe_yarn", "olmoe_yarn_mscale", "mixtral_llama3",

@@ -25,7 +25,9 @@ namespace {
 namespace fs = std::filesystem;
 using test::TempDir;
 
-std::string fixture(const char* name) { return std::string(MOE_FIXTURE_DIR) + "/hf/" + name; }
+std::string fixture(const char* name) {
+  return std::string(MOE_FIXTURE_DIR) + "/hf/" + name;
+}
 
 double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
   double m = 0;
@@ -131,10 +133,12 @@ TEST(GatedDeltaNet, StateCarriesAcrossCalls) {
       {
         std::vector<float> xs(static_cast<size_t>(B) * len * d), ys(xs.size(), 0.0f);
         for (int s = 0; s < B; ++s)
-          std::copy_n(x.data() + (int64_t{s} * n + t) * d, len * d, xs.data() + int64_t{s} * len * d);
+          std::copy_n(x.data() + (int64_t{s} * n + t) * d, len * d,
+                      xs.data() + int64_t{s} * len * d);
         layer.forward(w, xs.data(), B, len, cache, ys.data(), mode);
         for (int s = 0; s < B; ++s)
-          std::copy_n(ys.data() + int64_t{s} * len * d, len * d, y.data() + (int64_t{s} * n + t) * d);
+          std::copy_n(ys.data() + int64_t{s} * len * d, len * d,
+                      y.data() + (int64_t{s} * n + t) * d);
         t0 += len;
       }
     }
@@ -218,7 +222,8 @@ TEST(Qwen3Next, FixtureConfigsAreRead) {
 // billions a token uses rounded down (every parameter it touches, embedding row and head
 // included: 3.87B and 3.45B by this count).
 TEST(Qwen3Next, ParameterAccountingOfThePublishedModels) {
-  const ModelConfig next = model_config_from_hf(nlohmann::json{{"model_type", "qwen3_next"}}, "80b");
+  const ModelConfig next =
+      model_config_from_hf(nlohmann::json{{"model_type", "qwen3_next"}}, "80b");
   EXPECT_EQ(next.num_hidden_layers, 48);
   EXPECT_EQ(next.rotary_dim(), 64);
   const ModelConfig q35 = model_config_from_hf(

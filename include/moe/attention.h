@@ -73,7 +73,9 @@ struct KvCache {
   void reset(int batch, int capacity, int kv_dim, int v_dim = -1);
   int64_t bytes_per_token() const { return static_cast<int64_t>(kv_dim + v_dim) * sizeof(T); }
   // The bytes that do not grow with the context (the Gated DeltaNet state).
-  int64_t state_bytes() const { return static_cast<int64_t>((conv.size() + ssm.size()) * sizeof(T)); }
+  int64_t state_bytes() const {
+    return static_cast<int64_t>((conv.size() + ssm.size()) * sizeof(T));
+  }
 };
 
 // Plain RoPE tables: cos, sin [max_positions, hd/2], cos[p, i] = cos(p * theta^(-2i/hd)),

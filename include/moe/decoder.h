@@ -114,7 +114,7 @@ class Decoder {
   std::vector<float> cos_, sin_;  // RoPE tables [max_positions, rotary_dim/2]
   std::vector<float> rstd_, q_, k_, v_, o_, scores_;
   std::vector<float> gate_;  // [rows, H*hd] the output gate of gated attention (qwen3_next)
-  std::vector<float> res_;  // the residual stream while a scaled sub-layer runs (Granite-MoE)
+  std::vector<float> res_;   // the residual stream while a scaled sub-layer runs (Granite-MoE)
 };
 
 }  // namespace moe

@@ -8,11 +8,11 @@
 //   out = (RMSNorm(o) * weight * silu(z)) per value head, then out_proj [d, Hv*dv].
 // Two forms of the recurrence give the same output and state: the recurrent one token by token
 // (decode) and the chunked one (chunks of 64 tokens: a triangular solve inside a chunk, one
-// state update per chunk; prefill). The state (KvCache::conv, ssm) has a constant size: the last K-1
-// conv inputs and the S matrices, whatever the context length.
-// Qwen3-Next stores [q k v z] and [b a] interleaved by key-head group (in_proj_qkvz, in_proj_ba);
-// the loader reorders those rows into the split layout of Qwen3.5 (in_proj_qkv, in_proj_z,
-// in_proj_b, in_proj_a), so one path computes both.
+// state update per chunk; prefill). The state (KvCache::conv, ssm) has a constant size: the last
+// K-1 conv inputs and the S matrices, whatever the context length. Qwen3-Next stores [q k v z] and
+// [b a] interleaved by key-head group (in_proj_qkvz, in_proj_ba); the loader reorders those rows
+// into the split layout of Qwen3.5 (in_proj_qkv, in_proj_z, in_proj_b, in_proj_a), so one path
+// computes both.
 #pragma once
 
 #include <cstdint>
@@ -37,9 +37,9 @@ struct LinearAttnConfig {
 
 // The weights of one layer, views into the owner's memory.
 struct GdnWeights {
-  WeightView qkv;  // [2*Hk*dk + Hv*dv, d]
-  WeightView z;    // [Hv*dv, d]
-  WeightView b, a;  // [Hv, d]
+  WeightView qkv;                  // [2*Hk*dk + Hv*dv, d]
+  WeightView z;                    // [Hv*dv, d]
+  WeightView b, a;                 // [Hv, d]
   const float* conv = nullptr;     // [conv_dim, K] depthwise kernels (no bias)
   const float* A_log = nullptr;    // [Hv]
   const float* dt_bias = nullptr;  // [Hv]

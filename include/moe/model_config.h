@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "moe/attention.h"  // QkNorm
+#include "moe/attention.h"       // QkNorm
 #include "moe/gated_deltanet.h"  // LinearAttnConfig
 #include "moe/moe_config.h"
 #include "moe/rope.h"
@@ -126,9 +126,7 @@ struct ModelConfig {
     return false;
   }
   // The entries of a head RoPE turns: head_dim times partial_rotary_factor (even).
-  int rotary_dim() const {
-    return static_cast<int>(head_size() * partial_rotary_factor) / 2 * 2;
-  }
+  int rotary_dim() const { return static_cast<int>(head_size() * partial_rotary_factor) / 2 * 2; }
   // The positions the model runs: max_position_embeddings, longer where rope_scaling says so.
   int context_length() const { return rope_scaling.context_length(max_position_embeddings); }
   int head_size() const { return head_dim > 0 ? head_dim : hidden_size / num_attention_heads; }

@@ -258,8 +258,8 @@ void InferenceModel::quantize_matrices(GgmlType type) {
   count(embed_);
   count(head_);
   for (AttentionWeights& a : attn_)
-    for (const WeightView* w : {&a.q, &a.k, &a.v, &a.o, &a.gdn.qkv, &a.gdn.z, &a.gdn.b, &a.gdn.a,
-                                &a.gdn.out})
+    for (const WeightView* w :
+         {&a.q, &a.k, &a.v, &a.o, &a.gdn.qkv, &a.gdn.z, &a.gdn.b, &a.gdn.a, &a.gdn.out})
       if (w->data) count(*w);
   if (mla_)
     for (int l = 0; l < mla_->layers(); ++l) {
@@ -370,11 +370,12 @@ std::unique_ptr<InferenceModel> InferenceModel::build(const ModelConfig& cfg, So
     if (c.model_type == "qwen3_next") {
       const WeightView qkvz =
           count(src.named_matrix(l, "linear_attn.in_proj_qkvz.weight", {cd + vd, d}));
-      const WeightView ba = count(src.named_matrix(l, "linear_attn.in_proj_ba.weight", {2 * Hv, d}));
+      const WeightView ba =
+          count(src.named_matrix(l, "linear_attn.in_proj_ba.weight", {2 * Hv, d}));
       const int64_t group = 2 * dk + 2 * rdv;
       std::vector<int64_t> order;
-      for (const auto& [offset, width] : {std::pair<int64_t, int64_t>{0, dk}, {dk, dk},
-                                          {2 * dk, rdv}, {2 * dk + rdv, rdv}})
+      for (const auto& [offset, width] :
+           {std::pair<int64_t, int64_t>{0, dk}, {dk, dk}, {2 * dk, rdv}, {2 * dk + rdv, rdv}})
         for (int64_t h = 0; h < Hk; ++h)
           for (int64_t i = 0; i < width; ++i) order.push_back(h * group + offset + i);
       const WeightView all = reordered(qkvz, order);

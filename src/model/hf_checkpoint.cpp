@@ -409,8 +409,9 @@ ModelConfig qwen3_next_config_from_hf(const nlohmann::json& top, const std::stri
   } else {
     // Qwen3_5MoeTextConfig deletes these: every layer is MoE and the top-k is renormalized.
     for (const char* k : {"decoder_sparse_step", "mlp_only_layers", "norm_topk_prob"})
-      MOE_REQUIRE(is_null_or_absent(j, k), "{}: {} is not a key of qwen3_5_moe (every layer is "
-                                           "MoE, the top-k always renormalized)",
+      MOE_REQUIRE(is_null_or_absent(j, k),
+                  "{}: {} is not a key of qwen3_5_moe (every layer is "
+                  "MoE, the top-k always renormalized)",
                   w, k);
   }
   MOE_REQUIRE(interval >= 1, "{}: full_attention_interval must be positive, got {}", w, interval);
@@ -471,7 +472,8 @@ ModelConfig model_config_from_hf(const nlohmann::json& j, const std::string& whe
   if (is_dense_hf_family(type)) return dense_config_from_hf(j, where, type);
   if (is_deepseek_family(type)) return deepseek_config_from_hf(j, where, type);
   if (type == "gpt_oss") return gpt_oss_config_from_hf(j, where);
-  if (type == "qwen3_next" || type == "qwen3_5_moe") return qwen3_next_config_from_hf(j, where, type);
+  if (type == "qwen3_next" || type == "qwen3_5_moe")
+    return qwen3_next_config_from_hf(j, where, type);
   MOE_REQUIRE(type == "mixtral" || type == "qwen2_moe" || type == "qwen3_moe" || type == "olmoe" ||
                   type == "granitemoe",
               "{}: model_type \"{}\" is not supported (expected {})", where, type, kHfFamilies);

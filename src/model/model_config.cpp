@@ -108,16 +108,12 @@ void read_rope_config(const nlohmann::json& j, const std::string& where, ModelCo
   const std::string key = std::string(name);
   for (auto k = r.begin(); k != r.end(); ++k) {
     static const std::set<std::string> known = {
-        "rope_type",        "type",
-        "factor",           "original_max_position_embeddings",
-        "beta_fast",        "beta_slow",
-        "attention_factor", "mscale",
-        "mscale_all_dim",   "truncate",
-        "low_freq_factor",  "high_freq_factor",
-        "rope_theta",       "partial_rotary_factor",
+        "rope_type", "type", "factor", "original_max_position_embeddings", "beta_fast", "beta_slow",
+        "attention_factor", "mscale", "mscale_all_dim", "truncate", "low_freq_factor",
+        "high_freq_factor", "rope_theta", "partial_rotary_factor",
         // Qwen3.5's M-RoPE sections: text positions are the same in all three sections, which
         // makes it the plain RoPE of the rotary dimensions.
-        "mrope_section",    "mrope_interleaved"};
+        "mrope_section", "mrope_interleaved"};
     MOE_REQUIRE(known.count(k.key()), "{}: {}.{} is not supported", where, key, k.key());
   }
   // Errors name the nested key as "rope_scaling.factor": the reader sees it under that name.
@@ -375,8 +371,9 @@ void ModelConfig::validate_shape(const std::string& where) const {
            fmt::format("= {} must be a positive multiple of linear_num_key_heads = {}",
                        a.num_v_heads, a.num_k_heads));
     if (a.k_head_dim <= 0 || a.v_head_dim <= 0)
-      fail("linear_key_head_dim", fmt::format("= {} and linear_value_head_dim = {} must be positive",
-                                              a.k_head_dim, a.v_head_dim));
+      fail("linear_key_head_dim",
+           fmt::format("= {} and linear_value_head_dim = {} must be positive", a.k_head_dim,
+                       a.v_head_dim));
     if (a.conv_kernel < 1 || a.conv_kernel > 64)
       fail("linear_conv_kernel_dim", fmt::format("must be in [1, 64], got {}", a.conv_kernel));
   }

@@ -12,8 +12,12 @@ namespace {
 
 constexpr int64_t kParallelMin = 1 << 14;  // below this many values one thread is faster
 
-double silu(double x) { return x / (1.0 + std::exp(-x)); }
-double softplus(double x) { return x > 20 ? x : std::log1p(std::exp(x)); }  // torch's threshold
+double silu(double x) {
+  return x / (1.0 + std::exp(-x));
+}
+double softplus(double x) {
+  return x > 20 ? x : std::log1p(std::exp(x));
+}  // torch's threshold
 
 // The recurrent form for one (sequence, value head): n tokens with strides (in floats) between
 // consecutive tokens' q/k (sq), v/o (sv) and g/beta (sg).
@@ -46,9 +50,9 @@ void recurrent_head(const float* q, const float* k, const float* v, const float*
 // inverted as T = (I - A)^-1 by forward substitution; U = T (beta v), W = T (beta exp(G) k);
 // the corrected values v' = U - W S; o_i = exp(G_i) S^T q_i + sum_{j <= i} (q_i . k_j)
 // exp(G_i - G_j) v'_j; S <- exp(G_c) S + sum_j exp(G_c - G_j) k_j v'_j^T.
-void chunked_head(const float* q, const float* k, const float* v, const float* g,
-                  const float* beta, int64_t n, int64_t sq, int64_t sv, int64_t sg, int dk,
-                  int dv, float* S, float* o) {
+void chunked_head(const float* q, const float* k, const float* v, const float* g, const float* beta,
+                  int64_t n, int64_t sq, int64_t sv, int64_t sg, int dk, int dv, float* S,
+                  float* o) {
   const int C = kGdnChunk;
   std::vector<double> G(C), A(static_cast<size_t>(C) * C), U(static_cast<size_t>(C) * dv),
       W(static_cast<size_t>(C) * dk), Vn(static_cast<size_t>(C) * dv), row(C);
@@ -66,8 +70,7 @@ void chunked_head(const float* q, const float* k, const float* v, const float* g
     };
     for (int i = 0; i < c; ++i)
       for (int j = 0; j < c; ++j)
-        A[i * C + j] =
-            j < i ? -beta[(s + i) * sg] * dot(K(i), K(j)) * std::exp(G[i] - G[j]) : 0.0;
+        A[i * C + j] = j < i ? -beta[(s + i) * sg] * dot(K(i), K(j)) * std::exp(G[i] - G[j]) : 0.0;
     for (int i = 1; i < c; ++i) {
       for (int j = 0; j < i; ++j) row[j] = A[i * C + j];
       for (int j = 0; j < i; ++j) {
@@ -160,12 +163,12 @@ void GatedDeltaNet::delta_rule(const float* q, const float* k, const float* v, c
   }
 }
 
-void GatedDeltaNet::forward(const GdnWeights& w, const float* x, int B, int n,
-                            KvCache<float>& st, float* out, GdnMode mode) {
+void GatedDeltaNet::forward(const GdnWeights& w, const float* x, int B, int n, KvCache<float>& st,
+                            float* out, GdnMode mode) {
   const LinearAttnConfig& c = c_;
   MOE_CHECK(B > 0 && n > 0, "GatedDeltaNet: B and n must be positive, got B={} n={}", B, n);
   MOE_CHECK(st.batch == B && st.ssm.size() == static_cast<size_t>(B) * c.num_v_heads *
-                                                     c.k_head_dim * c.v_head_dim,
+                                                  c.k_head_dim * c.v_head_dim,
             "GatedDeltaNet: state reset for batch {}, the call has batch {}", st.batch, B);
   MOE_CHECK(w.qkv.cols == d_, "GatedDeltaNet: in_proj_qkv has {} columns for hidden_size {}",
             w.qkv.cols, d_);
@@ -237,8 +240,8 @@ void GatedDeltaNet::forward(const GdnWeights& w, const float* x, int B, int n,
     for (int64_t h = 0; h < Hv; ++h) {
       const double bb = b_[t * Hv + h], aa = a_[t * Hv + h];
       beta_[t * Hv + h] = static_cast<float>(1.0 / (1.0 + std::exp(-bb)));
-      g_[t * Hv + h] =
-          static_cast<float>(-std::exp(static_cast<double>(w.A_log[h])) * softplus(aa + w.dt_bias[h]));
+      g_[t * Hv + h] = static_cast<float>(-std::exp(static_cast<double>(w.A_log[h])) *
+                                          softplus(aa + w.dt_bias[h]));
     }
   }
   // v: the conv output's last vd channels of each row, packed into qkv_ (no longer needed).
