@@ -101,6 +101,12 @@ INSTANTIATE_TEST_SUITE_P(FusedExperts, HfFamily, ::testing::Values("qwen3_moe_fu
 // gpt_oss: sinks, a sliding window (4) shorter than the prompt plus generation, YaRN, biases,
 // the router's softmax over the top-k and the clamped SwiGLU over interleaved gate/up columns.
 INSTANTIATE_TEST_SUITE_P(GptOss, HfFamily, ::testing::Values("gpt_oss"));
+// Gated DeltaNet hybrids: qwen3_next (in_proj_qkvz / in_proj_ba grouped per key head, per-expert
+// tensors, a dense layer) and qwen3_5_moe's text model (split projections, fused experts, a vision
+// tower and mtp tensors left unread); gated attention with partial RoPE, zero-centred norms. The
+// prompt runs the chunked form, decoding the recurrent one.
+INSTANTIATE_TEST_SUITE_P(GatedDeltaNet, HfFamily,
+                         ::testing::Values("qwen3_next", "qwen3_5_moe_fused"));
 
 INSTANTIATE_TEST_SUITE_P(RopeScaling, HfFamily,
                          ::testing::Values("qwen3_moe_yarn", "olmoe_yarn_mscale", "mixtral_llama3",

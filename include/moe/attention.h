@@ -72,12 +72,20 @@ struct KvCache {
   std::vector<T> k;  // [batch, capacity, kv_dim]
   std::vector<T> v;  // [batch, capacity, v_dim]
   std::vector<T> stage_k, stage_v;  // ring only: [batch, window - 1 + n, kv_dim / v_dim]
+  // A Gated DeltaNet layer (gated_deltanet.h) caches no keys or values (kv_dim = v_dim = 0) but
+  // a state of constant size: conv [batch, K-1, conv_dim] (the last inputs of its short
+  // convolution) and ssm [batch, Hv, dk, dv] (the delta rule's matrices).
+  std::vector<T> conv, ssm;
   // length = 0; v_dim < 0: v_dim = kv_dim. window > 0 and shorter than `capacity`: a ring of
   // `window` slots (a sequence may then run past `capacity`; the model's context bounds it).
   void reset(int batch, int capacity, int kv_dim, int v_dim = -1, int window = 0);
   int64_t bytes_per_token() const { return static_cast<int64_t>(kv_dim + v_dim) * sizeof(T); }
   // Bytes of the cached keys and values (the staging workspace not counted).
   int64_t bytes() const { return static_cast<int64_t>(k.size() + v.size()) * sizeof(T); }
+  // The bytes that do not grow with the context (the Gated DeltaNet state).
+  int64_t state_bytes() const {
+    return static_cast<int64_t>((conv.size() + ssm.size()) * sizeof(T));
+  }
 };
 
 // Plain RoPE tables: cos, sin [max_positions, hd/2], cos[p, i] = cos(p * theta^(-2i/hd)),
@@ -87,11 +95,13 @@ void rope_tables(std::vector<T>& cos, std::vector<T>& sin, int max_positions, in
                  double theta);
 // Rotates every head of x [n, heads*hd] in place, HF rotate_half layout (pairs i, i + hd/2), or
 // with `interleaved` llama.cpp's layout of GGUF `llama` files (pairs 2i, 2i+1: the rows after
-// permute_rope_rows); row r is at position start + r % seq_len. rope_backward applies the
-// inverse (transposed) rotation to a gradient, rotate_half layout.
+// permute_rope_rows); row r is at position start + r % seq_len. With rotary_dim > 0 (partial
+// rotary, Qwen3-Next) only the first rotary_dim entries of each head turn (tables [.., rotary_dim
+// / 2]) and the others pass unchanged. rope_backward applies the inverse (transposed) rotation
+// to a gradient, rotate_half layout.
 template <class T>
 void rope_forward(T* x, const T* cos, const T* sin, int64_t n, int heads, int head_dim,
-                  int64_t seq_len, int64_t start, bool interleaved = false);
+                  int64_t seq_len, int64_t start, bool interleaved = false, int rotary_dim = 0);
 template <class T>
 void rope_backward(T* dx, const T* cos, const T* sin, int64_t n, int heads, int head_dim,
                    int64_t seq_len, int64_t start);

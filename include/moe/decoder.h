@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "moe/attention.h"
+#include "moe/gated_deltanet.h"
 #include "moe/linear.h"
 #include "moe/mla_attention.h"
 #include "moe/model_config.h"
@@ -49,6 +50,9 @@ class Decoder {
                                          MlaCache mla = MlaCache::Latent) const;
   // Cache bytes per token over all layers in that layout.
   int64_t cache_bytes_per_token(MlaCache mla = MlaCache::Latent) const;
+  // Cache bytes of one sequence that do not grow with the context: the Gated DeltaNet layers'
+  // states (0 without such layers).
+  int64_t cache_state_bytes() const;
   // tokens [B*n]: n new tokens of each of B sequences at positions cache.length..; appends
   // to the caches. logits: [B*n, V] when all_logits, else [B, V] of each sequence's last token.
   void forward(const int32_t* tokens, int B, int n, std::vector<KvCache<float>>& caches,
@@ -72,6 +76,7 @@ class Decoder {
     const float* o_bias = nullptr;                     // [d] (gpt_oss)
     const float* sinks = nullptr;                      // [H] (gpt_oss)
     int window = 0;                                    // sliding window (0: all positions)
+    GdnWeights gdn = {};  // a Gated DeltaNet layer's (cfg_.is_linear_layer): q..o stay empty
   };
 
   // Hands layer l's routing of the current call to the observer, if any.
@@ -93,6 +98,7 @@ class Decoder {
   const float* final_norm_ = nullptr;   // [d]
   std::vector<AttentionWeights> attn_;  // [L]
   std::optional<MlaAttention> mla_;     // the attention of every layer when cfg_.is_mla()
+  std::optional<GatedDeltaNet> gdn_;    // the token mixer of the linear layers, if any
   // Q/K rows stored for interleaved RoPE (pairs 2i, 2i+1: llama.cpp's llama architecture)
   // instead of rotate_half (pairs i, i + hd/2).
   bool rope_interleaved_ = false;
@@ -105,9 +111,10 @@ class Decoder {
   RoutingObserver observer_;
   std::deque<std::vector<uint8_t>> quantized_;  // what quantized() made
   int64_t quantized_values_ = 0;
-  std::vector<float> cos_, sin_;  // RoPE tables [max_positions, hd/2]
+  std::vector<float> cos_, sin_;  // RoPE tables [max_positions, rotary_dim/2]
   std::vector<float> rstd_, q_, k_, v_, o_, scores_;
-  std::vector<float> res_;  // the residual stream while a scaled sub-layer runs (Granite-MoE)
+  std::vector<float> gate_;  // [rows, H*hd] the output gate of gated attention (qwen3_next)
+  std::vector<float> res_;   // the residual stream while a scaled sub-layer runs (Granite-MoE)
 };
 
 }  // namespace moe

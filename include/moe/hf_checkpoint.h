@@ -16,6 +16,12 @@
 //            kv_a_layernorm, kv_b_proj, o_proj; mlp.gate.weight (+ e_score_correction_bias, v3),
 //            mlp.experts.M.*, mlp.shared_experts.{gate,up,down}_proj.weight; dense mlp.* in the
 //            first first_k_dense_replace layers. Inference only (no MLA backward).
+//   qwen3_next, qwen3_5_moe (text model, under model.language_model.): Gated DeltaNet layers
+//            linear_attn.{in_proj_qkvz, in_proj_ba | in_proj_qkv, in_proj_z, in_proj_b,
+//            in_proj_a}, conv1d.weight, A_log, dt_bias, norm.weight, out_proj.weight; gated
+//            attention self_attn.q_proj [H*2*hd, d], k/v/o_proj, q_norm/k_norm [hd]; mlp.gate,
+//            experts (per expert or fused), shared_expert.*, shared_expert_gate. RMSNorm
+//            weights w are stored zero-centred (the scale is 1 + w). Inference only.
 // Every problem is a one-line moe::Error naming the file and the key or tensor.
 #pragma once
 
@@ -79,6 +85,9 @@ enum class HfTensor {
   RouterBias,  // mlp.gate.e_score_correction_bias [E] (deepseek_v3 selection bias)
 };
 std::string hf_tensor_name(const ModelConfig& c, int layer, HfTensor t, int expert = -1);
+// Where the decoder's tensors start: "model." ("model.language_model." for qwen3_5_moe, whose
+// checkpoints also hold a vision tower under model.visual, never read).
+std::string hf_model_prefix(const ModelConfig& c);
 // Which HfTensor our parameter of a block is, by its name after "model.layers.N." (docs/model.md:
 // "self_attn.q_proj.weight", "block_sparse_moe.experts.w1", "mlp.ffn.w2", ...); false for a
 // name that is none.

@@ -9,7 +9,8 @@
 #include <string>
 #include <vector>
 
-#include "moe/attention.h"  // QkNorm
+#include "moe/attention.h"       // QkNorm
+#include "moe/gated_deltanet.h"  // LinearAttnConfig
 #include "moe/moe_config.h"
 #include "moe/rope.h"
 
@@ -104,9 +105,28 @@ struct ModelConfig {
   bool router_bias = false;
   bool expert_bias = false;
   double swiglu_limit = 7.0;
+  // qwen3_next / qwen3_5_moe (inference only): layers marked in linear_layers are Gated DeltaNet
+  // layers (layer_types "linear_attention"), the others gated full attention: q_proj yields per
+  // head a query and an output gate [H, 2*hd], the attention output times sigmoid(gate) before
+  // o_proj; RoPE turns the first partial_rotary_factor * head_dim entries of each head. Their
+  // RMSNorms scale by (1 + weight) (read as such at load).
+  LinearAttnConfig linear;
+  std::vector<bool> linear_layers;  // [L], empty: none
+  bool attn_output_gate = false;
+  double partial_rotary_factor = 1.0;
   TrainConfig training;
 
   bool is_mla() const { return mla.kv_lora_rank > 0; }
+  bool is_linear_layer(int l) const {
+    return l < static_cast<int>(linear_layers.size()) && linear_layers[static_cast<size_t>(l)];
+  }
+  bool has_linear_layers() const {
+    for (bool b : linear_layers)
+      if (b) return true;
+    return false;
+  }
+  // The entries of a head RoPE turns: head_dim times partial_rotary_factor (even).
+  int rotary_dim() const { return static_cast<int>(head_size() * partial_rotary_factor) / 2 * 2; }
   // The positions the model runs: max_position_embeddings, longer where rope_scaling says so.
   int context_length() const { return rope_scaling.context_length(max_position_embeddings); }
   int head_size() const { return head_dim > 0 ? head_dim : hidden_size / num_attention_heads; }

@@ -496,6 +496,12 @@ int run_generate(const GenerateArgs& a) {
   if (m.checkpoint)
     fmt::print(stderr, "peak resident memory {:.1f} MB (weights {:.1f} MB)\n",
                peak_resident_bytes() / 1e6, m.checkpoint->weight_bytes() / 1e6);
+  // Hybrids (qwen3_next, qwen3_5_moe): the Gated DeltaNet layers' state does not grow.
+  if (const int64_t state = m.decoder->cache_state_bytes(); state > 0)
+    fmt::print(stderr,
+               "cache per sequence: {:.1f} KB per position (full-attention layers) + {:.1f} KB "
+               "whatever the length (Gated DeltaNet states)\n",
+               m.decoder->cache_bytes_per_token() / 1e3, state / 1e3);
   return 0;
 }
 

@@ -33,6 +33,10 @@ class InferenceModel::Source {
   // A tensor of block `layer` by its name after "model.layers.N." (gpt_oss's sinks and biases),
   // of `shape`, in fp32.
   virtual void named(int layer, const std::string& what, const Shape& shape, float* out) = 0;
+  // A matrix of block `layer` by its name after "model.layers.N." (the Gated DeltaNet's), of
+  // `shape` (leading dimensions folded into rows), as stored.
+  virtual WeightView named_matrix(int layer, const std::string& what,
+                                  const std::vector<int64_t>& shape) = 0;
   // What the views of experts() may point into besides the file (moved into the model).
   std::deque<std::vector<uint8_t>> owned;
 };
@@ -77,8 +81,12 @@ class InferenceModel::HfSource : public InferenceModel::Source {
     w_.file_of(nm).read_into<float>(nm, Shape{E, d}, out);
   }
   void named(int layer, const std::string& what, const Shape& shape, float* out) override {
-    const std::string nm = fmt::format("model.layers.{}.{}", layer, what);
+    const std::string nm = fmt::format("{}layers.{}.{}", hf_model_prefix(c_), layer, what);
     w_.file_of(nm).read_into<float>(nm, shape, out);
+  }
+  WeightView named_matrix(int layer, const std::string& what,
+                          const std::vector<int64_t>& shape) override {
+    return view(fmt::format("{}layers.{}.{}", hf_model_prefix(c_), layer, what), shape);
   }
 
  private:
@@ -156,9 +164,9 @@ class InferenceModel::HfSource : public InferenceModel::Source {
   }
   std::string name(int layer, HfTensor t) const {
     if (layer >= 0) return hf_tensor_name(c_, layer, t);
-    return t == HfTensor::Q   ? "model.embed_tokens.weight"
+    return t == HfTensor::Q   ? hf_model_prefix(c_) + "embed_tokens.weight"
            : t == HfTensor::O ? "lm_head.weight"
-                              : "model.norm.weight";
+                              : hf_model_prefix(c_) + "norm.weight";
   }
   WeightView view(const std::string& name, int64_t rows, int64_t cols) const {
     return view(name, {rows, cols});
@@ -234,6 +242,10 @@ class InferenceModel::GgufSource : public InferenceModel::Source {
       MOE_CHECK(false, "GGUF: no tensor stands for {}", what);
     }
   }
+  WeightView named_matrix(int, const std::string& what, const std::vector<int64_t>&) override {
+    MOE_CHECK(false, "GGUF files hold no {} (model_config_from_gguf makes no qwen3_next)", what);
+    return {};
+  }
 
  private:
   const GgufTensorInfo& tensor(int layer, HfTensor t, const std::vector<int64_t>& dims) const {
@@ -276,7 +288,9 @@ void InferenceModel::quantize_matrices(GgmlType type) {
   count(embed_);
   count(head_);
   for (AttentionWeights& a : attn_)
-    for (const WeightView* w : {&a.q, &a.k, &a.v, &a.o}) count(*w);
+    for (const WeightView* w :
+         {&a.q, &a.k, &a.v, &a.o, &a.gdn.qkv, &a.gdn.z, &a.gdn.b, &a.gdn.a, &a.gdn.out})
+      if (w->data) count(*w);
   if (mla_)
     for (int l = 0; l < mla_->layers(); ++l) {
       const MlaWeights& w = mla_->weights(l);
@@ -362,6 +376,69 @@ std::unique_ptr<InferenceModel> InferenceModel::build(const ModelConfig& cfg, So
     src.vector(l, t, size, v.data());
     return v.data();
   };
+  // qwen3_next / qwen3_5_moe store their RMSNorm weights zero-centred: the scale is 1 + w.
+  const bool zero_centred = c.has_linear_layers();
+  auto norm = [&](int l, HfTensor t, int64_t size) -> const float* {
+    std::vector<float>& v = m->fp32_.emplace_back(static_cast<size_t>(size));
+    src.vector(l, t, size, v.data());
+    if (zero_centred)
+      for (float& x : v) x += 1.0f;
+    return v.data();
+  };
+  // A stored matrix with its rows reordered (row i of the result is row order[i]), in its type,
+  // copied into memory the model owns.
+  auto reordered = [&](const WeightView& w, const std::vector<int64_t>& order) {
+    const int64_t rb = row_bytes(w.type, w.cols);
+    std::vector<uint8_t>& buf = src.owned.emplace_back(static_cast<size_t>(w.rows * rb));
+    for (size_t i = 0; i < order.size(); ++i)
+      std::memcpy(buf.data() + static_cast<int64_t>(i) * rb, w.data + order[i] * rb,
+                  static_cast<size_t>(rb));
+    return WeightView{buf.data(), w.type, w.rows, w.cols};
+  };
+  // A Gated DeltaNet layer (gated_deltanet.h). Qwen3-Next's in_proj_qkvz holds per key-head
+  // group [q (dk), k (dk), v (r*dv), z (r*dv)] and in_proj_ba per group [b (r), a (r)], r =
+  // Hv/Hk (its fix_query_key_value_ordering); the rows are regrouped into Qwen3.5's split
+  // layout [q of all heads, k, v] + z and b + a.
+  auto gdn_weights = [&](int l) {
+    const LinearAttnConfig& g = c.linear;
+    const int64_t vd = g.value_dim(), cd = g.conv_dim(), Hv = g.num_v_heads;
+    const int64_t Hk = g.num_k_heads, dk = g.k_head_dim, r = Hv / Hk, rdv = r * g.v_head_dim;
+    GdnWeights w;
+    if (c.model_type == "qwen3_next") {
+      const WeightView qkvz =
+          count(src.named_matrix(l, "linear_attn.in_proj_qkvz.weight", {cd + vd, d}));
+      const WeightView ba =
+          count(src.named_matrix(l, "linear_attn.in_proj_ba.weight", {2 * Hv, d}));
+      const int64_t group = 2 * dk + 2 * rdv;
+      std::vector<int64_t> order;
+      for (const auto& [offset, width] :
+           {std::pair<int64_t, int64_t>{0, dk}, {dk, dk}, {2 * dk, rdv}, {2 * dk + rdv, rdv}})
+        for (int64_t h = 0; h < Hk; ++h)
+          for (int64_t i = 0; i < width; ++i) order.push_back(h * group + offset + i);
+      const WeightView all = reordered(qkvz, order);
+      const int64_t rb = row_bytes(all.type, d);
+      w.qkv = {all.data, all.type, cd, d};
+      w.z = {all.data + cd * rb, all.type, vd, d};
+      order.clear();
+      for (int64_t offset : {int64_t{0}, r})
+        for (int64_t h = 0; h < Hk; ++h)
+          for (int64_t i = 0; i < r; ++i) order.push_back(h * 2 * r + offset + i);
+      const WeightView both = reordered(ba, order);
+      w.b = {both.data, both.type, Hv, d};
+      w.a = {both.data + Hv * row_bytes(both.type, d), both.type, Hv, d};
+    } else {
+      w.qkv = count(src.named_matrix(l, "linear_attn.in_proj_qkv.weight", {cd, d}));
+      w.z = count(src.named_matrix(l, "linear_attn.in_proj_z.weight", {vd, d}));
+      w.b = count(src.named_matrix(l, "linear_attn.in_proj_b.weight", {Hv, d}));
+      w.a = count(src.named_matrix(l, "linear_attn.in_proj_a.weight", {Hv, d}));
+    }
+    w.conv = named(l, "linear_attn.conv1d.weight", {cd, 1, g.conv_kernel});
+    w.A_log = named(l, "linear_attn.A_log", {Hv});
+    w.dt_bias = named(l, "linear_attn.dt_bias", {Hv});
+    w.norm = named(l, "linear_attn.norm.weight", {g.v_head_dim});
+    w.out = count(src.named_matrix(l, "linear_attn.out_proj.weight", {d, vd}));
+    return w;
+  };
 
   // Multi-head Latent Attention (deepseek_v2/v3): its own matrices per layer.
   auto mla_weights = [&](int l) {
@@ -385,19 +462,21 @@ std::unique_ptr<InferenceModel> InferenceModel::build(const ModelConfig& cfg, So
 
   m->embed_ = matrix(-1, HfTensor::Q, V, d);
   m->head_ = c.tie_word_embeddings ? m->embed_ : matrix(-1, HfTensor::O, V, d);
-  m->final_norm_ = vector(-1, HfTensor::InputNorm, d);
+  m->final_norm_ = norm(-1, HfTensor::InputNorm, d);
   m->weight_type_ = m->embed_.type;
   m->layers_.resize(static_cast<size_t>(c.num_hidden_layers));
   m->attn_.resize(m->layers_.size());
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     Layer& L = m->layers_[static_cast<size_t>(l)];
     AttentionWeights& A = m->attn_[static_cast<size_t>(l)];
-    A.input_norm = vector(l, HfTensor::InputNorm, d);
-    A.post_norm = vector(l, HfTensor::PostAttentionNorm, d);
-    if (c.is_mla()) {
+    A.input_norm = norm(l, HfTensor::InputNorm, d);
+    A.post_norm = norm(l, HfTensor::PostAttentionNorm, d);
+    if (c.is_linear_layer(l)) {
+      A.gdn = gdn_weights(l);
+    } else if (c.is_mla()) {
       m->mla_->add_layer(mla_weights(l));
     } else {
-      A.q = matrix(l, HfTensor::Q, qd, d);
+      A.q = matrix(l, HfTensor::Q, c.attn_output_gate ? 2 * qd : qd, d);  // query + gate
       A.k = matrix(l, HfTensor::K, kvd, d);
       A.v = matrix(l, HfTensor::V, kvd, d);
       A.o = matrix(l, HfTensor::O, d, qd);
@@ -410,8 +489,8 @@ std::unique_ptr<InferenceModel> InferenceModel::build(const ModelConfig& cfg, So
       if (c.attention_sinks) A.sinks = named(l, "self_attn.sinks", {c.num_attention_heads});
       A.window = c.window_of(l);
       if (c.qk_norm == QkNorm::PerHead) {
-        A.q_norm = vector(l, HfTensor::QNorm, hd);
-        A.k_norm = vector(l, HfTensor::KNorm, hd);
+        A.q_norm = norm(l, HfTensor::QNorm, hd);
+        A.k_norm = norm(l, HfTensor::KNorm, hd);
       } else if (c.qk_norm == QkNorm::Full) {
         A.q_norm = vector(l, HfTensor::QNorm, qd);
         A.k_norm = vector(l, HfTensor::KNorm, kvd);

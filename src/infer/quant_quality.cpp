@@ -62,7 +62,11 @@ ModelComparison compare_models(Decoder& base, Decoder& test, const int32_t* toke
       MOE_REQUIRE(win[i] >= 0 && win[i] < V, "compare_models: token {} at {} is outside [0, {})",
                   win[i], w * ctx + i, V);
     for (auto* caches : {&base_cache, &test_cache})
-      for (KvCache<float>& c : *caches) c.length = 0;
+      for (KvCache<float>& c : *caches) {  // empty again (a Gated DeltaNet state to zeros too)
+        c.length = 0;
+        std::fill(c.conv.begin(), c.conv.end(), 0.0f);
+        std::fill(c.ssm.begin(), c.ssm.end(), 0.0f);
+      }
     base.forward(win, 1, ctx, base_cache, base_logits.data(), /*all_logits=*/true);
     test.forward(win, 1, ctx, test_cache, test_logits.data(), /*all_logits=*/true);
 #pragma omp parallel for schedule(static) reduction(+ : nll_b, nll_t, kl_sum, same) \

@@ -15,17 +15,29 @@ std::vector<KvCache<float>> Decoder::new_caches(int batch, int capacity, MlaCach
               "(max_position_embeddings, rope_scaling)",
               capacity, cfg_.context_length());
   std::vector<KvCache<float>> caches(static_cast<size_t>(cfg_.num_hidden_layers));
-  for (size_t l = 0; l < caches.size(); ++l)
-    if (mla_)
-      mla_->reset_cache(caches[l], batch, capacity, mla);
+  for (size_t l = 0; l < caches.size(); ++l) {
+    KvCache<float>& c = caches[l];
+    if (cfg_.is_linear_layer(static_cast<int>(l)))
+      reset_gdn_cache(cfg_.linear, batch, capacity, c);
+    else if (mla_)
+      mla_->reset_cache(c, batch, capacity, mla);
     else  // a sliding layer keeps a ring of its window (KvCache::window)
-      caches[l].reset(batch, capacity, cfg_.num_key_value_heads * cfg_.head_size(), -1,
-                      cfg_.window_of(static_cast<int>(l)));
+      c.reset(batch, capacity, cfg_.num_key_value_heads * cfg_.head_size(), -1,
+              cfg_.window_of(static_cast<int>(l)));
+  }
   return caches;
 }
 
 int64_t Decoder::cache_bytes_per_token(MlaCache mla) const {
-  return new_caches(1, 1, mla).front().bytes_per_token() * cfg_.num_hidden_layers;
+  int64_t bytes = 0;
+  for (const KvCache<float>& c : new_caches(1, 1, mla)) bytes += c.bytes_per_token();
+  return bytes;
+}
+
+int64_t Decoder::cache_state_bytes() const {
+  int64_t bytes = 0;
+  for (const KvCache<float>& c : new_caches(1, 1)) bytes += c.state_bytes();
+  return bytes;
 }
 
 Decoder::Decoder(const ModelConfig& cfg) : cfg_(cfg) {
@@ -33,8 +45,9 @@ Decoder::Decoder(const ModelConfig& cfg) : cfg_(cfg) {
     mla_.emplace(cfg_);  // its own RoPE tables, of qk_rope_head_dim
   else
     rope_table_rows(cos_, sin_,
-                    rope_frequencies(cfg_.head_size(), cfg_.rope_theta, cfg_.rope_scaling), 0,
+                    rope_frequencies(cfg_.rotary_dim(), cfg_.rope_theta, cfg_.rope_scaling), 0,
                     cfg_.context_length());
+  if (cfg_.has_linear_layers()) gdn_.emplace(cfg_.linear, cfg_.hidden_size, cfg_.rms_norm_eps);
 }
 
 WeightView Decoder::quantized(const WeightView& w, GgmlType type) {
@@ -46,7 +59,7 @@ WeightView Decoder::quantized(const WeightView& w, GgmlType type) {
 
 void Decoder::quantize_attention_and_head(GgmlType type) {
   for (AttentionWeights& a : attn_)
-    for (WeightView* w : {&a.q, &a.k, &a.v, &a.o})
+    for (WeightView* w : {&a.q, &a.k, &a.v, &a.o, &a.gdn.qkv, &a.gdn.z, &a.gdn.out})
       if (w->data) *w = quantized(*w, type);
   if (mla_)  // kv_b stays as loaded too: the absorbed products read its fp32 copy
     for (int l = 0; l < mla_->layers(); ++l) {
@@ -94,7 +107,20 @@ void Decoder::attention(const AttentionWeights& w, int B, int n, KvCache<float>&
   grow_to(v_, rows * kvd);
   grow_to(o_, rows * qd);
   grow_to(rstd_, rows * H);
-  linear_forward(x_.data(), rows, w.q, q_.data());
+  if (c.attn_output_gate) {
+    // q_proj yields [H, 2*hd] per token: each head's query, then its output gate.
+    grow_to(gate_, rows * qd);
+    grow_to(o_, rows * 2 * qd);
+    linear_forward(x_.data(), rows, w.q, o_.data());
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t h = 0; h < H; ++h) {
+        const float* src = o_.data() + (r * H + h) * 2 * hd;
+        std::copy_n(src, hd, q_.data() + r * qd + h * hd);
+        std::copy_n(src + hd, hd, gate_.data() + r * qd + h * hd);
+      }
+  } else {
+    linear_forward(x_.data(), rows, w.q, q_.data());
+  }
   linear_forward(x_.data(), rows, w.k, k_.data());
   linear_forward(x_.data(), rows, w.v, v_.data());
   if (w.q_bias)
@@ -114,9 +140,9 @@ void Decoder::attention(const AttentionWeights& w, int B, int n, KvCache<float>&
     rmsnorm_forward(k_.data(), rstd_.data(), k_.data(), w.k_norm, rows, kvd, eps);
   }
   rope_forward(q_.data(), cos_.data(), sin_.data(), rows, H, static_cast<int>(hd), n, start,
-               rope_interleaved_);
+               rope_interleaved_, c.rotary_dim());
   rope_forward(k_.data(), cos_.data(), sin_.data(), rows, G, static_cast<int>(hd), n, start,
-               rope_interleaved_);
+               rope_interleaved_, c.rotary_dim());
   if (c.attention_multiplier > 0) {
     // cached_attention scales the scores by 1/sqrt(hd); Granite-MoE's multiplier replaces it.
     const auto q_scale = static_cast<float>(c.attention_multiplier * std::sqrt(double(hd)));
@@ -124,6 +150,9 @@ void Decoder::attention(const AttentionWeights& w, int B, int n, KvCache<float>&
   }
   cached_attention(q_.data(), k_.data(), v_.data(), B, n, H, G, static_cast<int>(hd), cache,
                    o_.data(), scores_, w.window, w.sinks);
+  if (c.attn_output_gate)
+    for (int64_t i = 0; i < rows * qd; ++i)
+      o_[i] *= static_cast<float>(1.0 / (1.0 + std::exp(-static_cast<double>(gate_[i]))));
   linear_forward(o_.data(), rows, w.o, h_.data(), /*accumulate=*/true);
   if (w.o_bias)
     for (int64_t r = 0; r < rows; ++r)
@@ -170,15 +199,17 @@ void Decoder::forward(const int32_t* tokens, int B, int n, std::vector<KvCache<f
   if (c.rope_scaling.type == RopeType::Dynamic && !mla_) {  // refused for MLA configs
     const int64_t start = caches.front().length;
     rope_table_rows(cos_, sin_,
-                    rope_frequencies(c.head_size(), c.rope_theta, c.rope_scaling, start + n), start,
-                    n);
+                    rope_frequencies(c.rotary_dim(), c.rope_theta, c.rope_scaling, start + n),
+                    start, n);
   }
   const double eps = c.rms_norm_eps;
   for (size_t l = 0; l < attn_.size(); ++l) {
     const AttentionWeights& w = attn_[l];
     rmsnorm_forward(x_.data(), rstd_.data(), h_.data(), w.input_norm, rows, d, eps);
     begin_sublayer();
-    if (mla_)
+    if (c.is_linear_layer(static_cast<int>(l)))
+      gdn_->forward(w.gdn, x_.data(), B, n, caches[l], h_.data());
+    else if (mla_)
       mla_->forward(static_cast<int>(l), x_.data(), B, n, caches[l], h_.data());
     else
       attention(w, B, n, caches[l]);

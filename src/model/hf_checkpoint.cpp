@@ -24,7 +24,7 @@ bool is_null_or_absent(const nlohmann::json& j, const char* key) {
 
 constexpr const char* kHfFamilies =
     "mixtral, qwen2_moe, qwen3_moe, olmoe, granitemoe, deepseek_v2, deepseek_v3, kimi_k2, gpt_oss, "
-    "or a dense llama, mistral, qwen2 or qwen3";
+    "qwen3_next, qwen3_5_moe, or a dense llama, mistral, qwen2 or qwen3";
 
 }  // namespace
 
@@ -354,6 +354,109 @@ ModelConfig gpt_oss_config_from_hf(const nlohmann::json& j, const std::string& w
   return c;
 }
 
+// qwen3_next and the text model of qwen3_5_moe (transformers models/qwen3_next,
+// models/qwen3_5_moe; defaults of Qwen3NextConfig and Qwen3_5MoeTextConfig): Gated DeltaNet
+// layers (layer_types "linear_attention", or every layer but each full_attention_interval-th)
+// and gated full attention with per-head zero-centred q/k RMSNorm and partial RoPE; routed
+// softmax top-k experts plus one sigmoid-gated shared expert. qwen3_5_moe nests the text model
+// under text_config (its vision tower and the rest of the file are not read), always
+// renormalizes the top-k and has no dense layers. Inference only.
+ModelConfig qwen3_next_config_from_hf(const nlohmann::json& top, const std::string& where,
+                                      const std::string& type) {
+  const bool q35 = type == "qwen3_5_moe";
+  std::string w = where;
+  const nlohmann::json* jp = &top;
+  if (q35) {
+    MOE_REQUIRE(top.contains("text_config") && top["text_config"].is_object(),
+                "{}: text_config is missing or not an object (model_type qwen3_5_moe)", where);
+    jp = &top["text_config"];
+    w = where + ": text_config";
+  }
+  const nlohmann::json& j = *jp;
+  JsonKeyReader get{j, w};
+  ModelConfig c;
+  MoeConfig& m = c.moe;
+  LinearAttnConfig& a = c.linear;
+  c.model_type = type;
+  c.vocab_size = q35 ? 248320 : 151936, c.hidden_size = 2048, c.num_hidden_layers = q35 ? 40 : 48;
+  c.num_attention_heads = 16, c.num_key_value_heads = 2, c.head_dim = 256;
+  c.max_position_embeddings = 32768, c.rms_norm_eps = 1e-6, c.rope_theta = 10000;
+  c.tie_word_embeddings = false, c.initializer_range = 0.02, c.partial_rotary_factor = 0.25;
+  a.conv_kernel = 4, a.k_head_dim = 128, a.v_head_dim = 128, a.num_k_heads = 16;
+  a.num_v_heads = 32;
+  int dense_width = 5632, shared_width = 512, interval = 4;
+  c.intermediate_size = 512, c.num_local_experts = q35 ? 256 : 512;
+  m.num_experts_per_tok = q35 ? 8 : 10, m.norm_topk_prob = true, m.router_aux_loss_coef = 0.001;
+  read_common_keys(get, c);
+  get("partial_rotary_factor", c.partial_rotary_factor);
+  read_rope_config(j, w, c);  // rope_parameters may carry rope_theta and partial_rotary_factor
+  get("linear_conv_kernel_dim", a.conv_kernel);
+  get("linear_key_head_dim", a.k_head_dim);
+  get("linear_value_head_dim", a.v_head_dim);
+  get("linear_num_key_heads", a.num_k_heads);
+  get("linear_num_value_heads", a.num_v_heads);
+  get("moe_intermediate_size", c.intermediate_size);
+  get("shared_expert_intermediate_size", shared_width);
+  get("num_experts_per_tok", m.num_experts_per_tok);
+  get("num_experts", c.num_local_experts);
+  get("router_aux_loss_coef", m.router_aux_loss_coef);
+  get("full_attention_interval", interval);
+  if (!q35) {
+    get("intermediate_size", dense_width);
+    get("norm_topk_prob", m.norm_topk_prob);
+    get("decoder_sparse_step", c.moe_every);
+    get("mlp_only_layers", c.mlp_only_layers);
+  } else {
+    // Qwen3_5MoeTextConfig deletes these: every layer is MoE and the top-k is renormalized.
+    for (const char* k : {"decoder_sparse_step", "mlp_only_layers", "norm_topk_prob"})
+      MOE_REQUIRE(is_null_or_absent(j, k),
+                  "{}: {} is not a key of qwen3_5_moe (every layer is "
+                  "MoE, the top-k always renormalized)",
+                  w, k);
+  }
+  MOE_REQUIRE(interval >= 1, "{}: full_attention_interval must be positive, got {}", w, interval);
+  std::vector<std::string> layer_types;
+  get("layer_types", layer_types);
+  if (!j.contains("layer_types") || j["layer_types"].is_null())
+    for (int l = 0; l < c.num_hidden_layers; ++l)
+      layer_types.push_back((l + 1) % interval != 0 ? "linear_attention" : "full_attention");
+  MOE_REQUIRE(static_cast<int>(layer_types.size()) == c.num_hidden_layers,
+              "{}: layer_types has {} entries for num_hidden_layers = {}", w, layer_types.size(),
+              c.num_hidden_layers);
+  for (size_t l = 0; l < layer_types.size(); ++l) {
+    MOE_REQUIRE(layer_types[l] == "linear_attention" || layer_types[l] == "full_attention",
+                "{}: layer_types[{}] = \"{}\" is not supported (linear_attention or "
+                "full_attention)",
+                w, l, layer_types[l]);
+    c.linear_layers.push_back(layer_types[l] == "linear_attention");
+  }
+  bool bias = false;
+  get("attention_bias", bias);
+  MOE_REQUIRE(!bias, "{}: attention_bias = true is not supported for model_type {}", w, type);
+  std::string act = "silu";
+  get("hidden_act", act);
+  MOE_REQUIRE(act == "silu", "{}: hidden_act \"{}\" is not supported (expected \"silu\")", w, act);
+  MOE_REQUIRE(c.rope_scaling.type != RopeType::Dynamic,
+              "{}: rope_scaling type \"dynamic\" is not supported for {}", w, type);
+  c.dense_intermediate_size = dense_width;
+  c.qk_norm = QkNorm::PerHead;
+  c.attn_output_gate = true;
+  if (shared_width > 0) {
+    m.n_shared_experts = 1;
+    m.shared_expert_intermediate_size = shared_width;
+    m.shared_expert_gate = true;
+  }
+  m.scoring_func = ScoreFunc::Softmax;
+  m.aux_loss_style = AuxLossStyle::HF;
+  m.router_z_loss_coef = 0;
+  m.capacity_factor = 0;
+  c.sync_moe();
+  c.training = TrainConfig{};
+  c.training.seq_len = std::min(c.training.seq_len, c.max_position_embeddings);
+  c.validate_shape(w);
+  return c;
+}
+
 }  // namespace
 
 ModelConfig model_config_from_hf(const nlohmann::json& j, const std::string& where) {
@@ -369,6 +472,8 @@ ModelConfig model_config_from_hf(const nlohmann::json& j, const std::string& whe
   if (is_dense_hf_family(type)) return dense_config_from_hf(j, where, type);
   if (is_deepseek_family(type)) return deepseek_config_from_hf(j, where, type);
   if (type == "gpt_oss") return gpt_oss_config_from_hf(j, where);
+  if (type == "qwen3_next" || type == "qwen3_5_moe")
+    return qwen3_next_config_from_hf(j, where, type);
   MOE_REQUIRE(type == "mixtral" || type == "qwen2_moe" || type == "qwen3_moe" || type == "olmoe" ||
                   type == "granitemoe",
               "{}: model_type \"{}\" is not supported (expected {})", where, type, kHfFamilies);
@@ -481,6 +586,10 @@ ModelConfig load_hf_config(const std::string& path) {
   return model_config_from_hf(read_json_file(path), path);
 }
 
+std::string hf_model_prefix(const ModelConfig& c) {
+  return c.model_type == "qwen3_5_moe" ? "model.language_model." : "model.";
+}
+
 std::string hf_tensor_name(const ModelConfig& c, int layer, HfTensor t, int expert) {
   if (c.model_type == "granitemoe") {
     // Its experts exist fused only (input_linear, output_linear); the router is a module.
@@ -490,7 +599,7 @@ std::string hf_tensor_name(const ModelConfig& c, int layer, HfTensor t, int expe
       return hf_fused_experts_name(c, layer, t != HfTensor::ExpertDown);
   }
   const bool mixtral = c.model_type == "mixtral" || c.model_type == "granitemoe";
-  const std::string p = fmt::format("model.layers.{}.", layer);
+  const std::string p = fmt::format("{}layers.{}.", hf_model_prefix(c), layer);
   const std::string moe = mixtral ? p + "block_sparse_moe." : p + "mlp.";
   const std::string ex = fmt::format("{}experts.{}.", moe, expert);
   const std::string shared = moe + (c.is_mla() ? "shared_experts." : "shared_expert.");
@@ -574,7 +683,7 @@ std::string hf_fused_experts_name(const ModelConfig& c, int layer, bool gate_up)
     return fmt::format("model.layers.{}.block_sparse_moe.{}.weight", layer,
                        gate_up ? "input_linear" : "output_linear");
   const std::string block = c.model_type == "mixtral" ? "block_sparse_moe" : "mlp";
-  return fmt::format("model.layers.{}.{}.experts.{}", layer, block,
+  return fmt::format("{}layers.{}.{}.experts.{}", hf_model_prefix(c), layer, block,
                      gate_up ? "gate_up_proj" : "down_proj");
 }
 
@@ -600,11 +709,17 @@ ParameterCount count_parameters(const ModelConfig& c) {
                       d * (r + a.qk_rope_head_dim) + r +
                       r * H * (a.qk_nope_head_dim + a.v_head_dim) + H * a.v_head_dim * d;
   for (int l = 0; l < c.num_hidden_layers; ++l) {
-    shared += 2 * d + (c.is_mla() ? mla : d * (2 * qd + 2 * kvd));
+    const LinearAttnConfig& g = c.linear;
+    // in_proj_qkv(z), in_proj_b(a), conv1d, A_log, dt_bias, the gated norm, out_proj.
+    const int64_t gdn = d * (g.conv_dim() + g.value_dim() + 2 * g.num_v_heads) +
+                        g.conv_dim() * g.conv_kernel + 2 * g.num_v_heads + g.v_head_dim +
+                        g.value_dim() * d;
+    const int64_t gqa = d * ((c.attn_output_gate ? 3 : 2) * qd + 2 * kvd);
+    shared += 2 * d + (c.is_linear_layer(l) ? gdn : c.is_mla() ? mla : gqa);
     if (c.attention_bias) shared += qd + 2 * kvd;
     if (c.o_bias) shared += d;
     if (c.attention_sinks) shared += c.num_attention_heads;
-    if (c.qk_norm == QkNorm::PerHead) shared += 2 * hd;
+    if (c.qk_norm == QkNorm::PerHead && !c.is_linear_layer(l)) shared += 2 * hd;
     if (c.qk_norm == QkNorm::Full) shared += qd + kvd;
     if (c.is_moe_layer(l)) {
       const int64_t E = c.num_local_experts, k = c.moe.num_experts_per_tok;

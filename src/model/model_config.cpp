@@ -108,13 +108,12 @@ void read_rope_config(const nlohmann::json& j, const std::string& where, ModelCo
   const std::string key = std::string(name);
   for (auto k = r.begin(); k != r.end(); ++k) {
     static const std::set<std::string> known = {
-        "rope_type",        "type",
-        "factor",           "original_max_position_embeddings",
-        "beta_fast",        "beta_slow",
-        "attention_factor", "mscale",
-        "mscale_all_dim",   "truncate",
-        "low_freq_factor",  "high_freq_factor",
-        "rope_theta",       "partial_rotary_factor"};
+        "rope_type", "type", "factor", "original_max_position_embeddings", "beta_fast", "beta_slow",
+        "attention_factor", "mscale", "mscale_all_dim", "truncate", "low_freq_factor",
+        "high_freq_factor", "rope_theta", "partial_rotary_factor",
+        // Qwen3.5's M-RoPE sections: text positions are the same in all three sections, which
+        // makes it the plain RoPE of the rotary dimensions.
+        "mrope_section", "mrope_interleaved"};
     MOE_REQUIRE(known.count(k.key()), "{}: {}.{} is not supported", where, key, k.key());
   }
   // Errors name the nested key as "rope_scaling.factor": the reader sees it under that name.
@@ -127,10 +126,7 @@ void read_rope_config(const nlohmann::json& j, const std::string& where, ModelCo
     return true;
   };
   get("rope_theta", c.rope_theta);
-  double partial = 1.0;
-  get("partial_rotary_factor", partial);
-  MOE_REQUIRE(partial == 1.0, "{}: {}.partial_rotary_factor = {} is not supported (full RoPE only)",
-              where, key, partial);
+  get("partial_rotary_factor", c.partial_rotary_factor);  // validate_shape checks it
   std::string type_name;
   if (!get("rope_type", type_name) && !get("type", type_name)) {
     // transformers v5 may list only rope_theta; a 4.x rope_scaling always names its type.
@@ -357,6 +353,30 @@ void ModelConfig::validate_shape(const std::string& where) const {
   if (!(attention_multiplier >= 0) || !std::isfinite(attention_multiplier))
     fail("attention_multiplier",
          fmt::format("must be positive and finite, got {}", attention_multiplier));
+  if (partial_rotary_factor != 1.0 && linear_layers.empty())
+    fail("partial_rotary_factor", fmt::format("= {} is not supported (full RoPE only outside "
+                                              "qwen3_next and qwen3_5_moe)",
+                                              partial_rotary_factor));
+  if (!(partial_rotary_factor > 0 && partial_rotary_factor <= 1) || rotary_dim() < 2)
+    fail("partial_rotary_factor",
+         fmt::format("= {} must be in (0, 1] and leave at least 2 rotary entries of head_dim {}",
+                     partial_rotary_factor, head_size()));
+  if (!linear_layers.empty()) {
+    if (static_cast<int>(linear_layers.size()) != num_hidden_layers)
+      fail("layer_types", fmt::format("has {} entries for num_hidden_layers = {}",
+                                      linear_layers.size(), num_hidden_layers));
+    const LinearAttnConfig& a = linear;
+    if (a.num_k_heads <= 0 || a.num_v_heads <= 0 || a.num_v_heads % a.num_k_heads != 0)
+      fail("linear_num_value_heads",
+           fmt::format("= {} must be a positive multiple of linear_num_key_heads = {}",
+                       a.num_v_heads, a.num_k_heads));
+    if (a.k_head_dim <= 0 || a.v_head_dim <= 0)
+      fail("linear_key_head_dim",
+           fmt::format("= {} and linear_value_head_dim = {} must be positive", a.k_head_dim,
+                       a.v_head_dim));
+    if (a.conv_kernel < 1 || a.conv_kernel > 64)
+      fail("linear_conv_kernel_dim", fmt::format("must be in [1, 64], got {}", a.conv_kernel));
+  }
   if (rope_scaling.type == RopeType::Dynamic && head_size() <= 2)
     fail("head_dim", "must be more than 2 for dynamic NTK RoPE (its exponent is hd / (hd - 2))");
   if (!(rms_norm_eps > 0))

@@ -121,6 +121,12 @@ TrainableModel load_trainable_model(const std::string& path) {
                   "{}/config.json: model_type gpt_oss runs for inference only (generate, eval, "
                   "perplexity, analyze, route); training it is not supported",
                   path);
+      // Gated DeltaNet and gated attention exist in the Decoder only (forward).
+      MOE_REQUIRE(!m.config.has_linear_layers(),
+                  "{}/config.json: model_type {} runs for inference only (generate, eval, "
+                  "perplexity, analyze, route); training it is not supported (Gated DeltaNet has "
+                  "no backward here)",
+                  path, m.config.model_type);
       m.model = std::make_unique<Transformer<float>>(m.config);
       load_hf_weights(*m.model, HfWeights::open(path));
       m.tokenizer = first_existing(path, {"tokenizer.json", "tokenizer.model"});

@@ -151,8 +151,9 @@ namespace {
 // the pair of frequency i is (2i, 2i+1) instead of (i, i+h).
 template <bool kInterleaved, class T>
 void rope_rotate(T* x, const T* cos, const T* sin, int64_t n, int heads, int head_dim,
-                 int64_t seq_len, int64_t start, T sign) {
-  const int half = head_dim / 2;
+                 int64_t seq_len, int64_t start, T sign, int rotary_dim = 0) {
+  // Partial rotary (Qwen3-Next): the first rotary_dim entries of each head turn, the rest pass.
+  const int half = (rotary_dim > 0 ? rotary_dim : head_dim) / 2;
   const int64_t width = static_cast<int64_t>(heads) * head_dim;
 #pragma omp parallel for if (n * width > kParallelMin)
   for (int64_t r = 0; r < n; ++r) {
@@ -175,11 +176,11 @@ void rope_rotate(T* x, const T* cos, const T* sin, int64_t n, int heads, int hea
 
 template <class T>
 void rope_forward(T* x, const T* cos, const T* sin, int64_t n, int heads, int head_dim,
-                  int64_t seq_len, int64_t start, bool interleaved) {
+                  int64_t seq_len, int64_t start, bool interleaved, int rotary_dim) {
   if (interleaved)
-    rope_rotate<true>(x, cos, sin, n, heads, head_dim, seq_len, start, T(1));
+    rope_rotate<true>(x, cos, sin, n, heads, head_dim, seq_len, start, T(1), rotary_dim);
   else
-    rope_rotate<false>(x, cos, sin, n, heads, head_dim, seq_len, start, T(1));
+    rope_rotate<false>(x, cos, sin, n, heads, head_dim, seq_len, start, T(1), rotary_dim);
 }
 
 template <class T>
@@ -624,9 +625,9 @@ template void cached_attention<double>(const double*, const double*, const doubl
 template void rope_tables<float>(std::vector<float>&, std::vector<float>&, int, int, double);
 template void rope_tables<double>(std::vector<double>&, std::vector<double>&, int, int, double);
 template void rope_forward<float>(float*, const float*, const float*, int64_t, int, int, int64_t,
-                                  int64_t, bool);
+                                  int64_t, bool, int);
 template void rope_forward<double>(double*, const double*, const double*, int64_t, int, int,
-                                   int64_t, int64_t, bool);
+                                   int64_t, int64_t, bool, int);
 template void rope_backward<float>(float*, const float*, const float*, int64_t, int, int, int64_t,
                                    int64_t);
 template void rope_backward<double>(double*, const double*, const double*, int64_t, int, int,

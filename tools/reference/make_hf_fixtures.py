@@ -32,6 +32,7 @@ import deepseek_reference as ds  # noqa: E402
 import fixture_io  # noqa: E402
 import gpt_oss_reference  # noqa: E402
 import hf_reference as hf  # noqa: E402
+import qwen3_next_reference as qn  # noqa: E402
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 FIXTURE_DIR = os.path.join(REPO, "tests", "fixtures", "hf")
@@ -149,6 +150,50 @@ def gpt_oss_config(**over):
     return cfg
 
 
+def qwen3_next_config(**over):
+    # Qwen3NextConfig's keys at a tiny shape: 4 layers (DeltaNet x3, then gated attention), 2 key
+    # / 4 value DeltaNet heads, RoPE on half of each head (partial_rotary_factor 0.5 of 12), a
+    # dense layer through mlp_only_layers; per-expert tensors (transformers 4.x).
+    cfg = _common("qwen3_next", "bfloat16", architectures=["Qwen3NextForCausalLM"], num_hidden_layers=4,
+                  head_dim=12, intermediate_size=32, moe_intermediate_size=16,
+                  shared_expert_intermediate_size=24, num_experts=4, norm_topk_prob=True,
+                  decoder_sparse_step=1, mlp_only_layers=[1], rope_theta=10000.0, rope_scaling=None,
+                  partial_rotary_factor=0.5, attention_bias=False, rms_norm_eps=1e-6,
+                  full_attention_interval=4, linear_conv_kernel_dim=4, linear_key_head_dim=8,
+                  linear_value_head_dim=8, linear_num_key_heads=2, linear_num_value_heads=4,
+                  router_aux_loss_coef=0.001,
+                  layer_types=["linear_attention", "linear_attention", "linear_attention", "full_attention"])
+    cfg.update(over)
+    return cfg
+
+
+def qwen3_5_moe_config(**over):
+    # Qwen3_5MoeConfig: the text model under text_config (v5 rope_parameters with M-RoPE sections,
+    # split DeltaNet projections, fused experts), a vision_config the engine does not read.
+    text = _common("qwen3_5_moe_text", "bfloat16", num_hidden_layers=4, head_dim=12,
+                   moe_intermediate_size=16, shared_expert_intermediate_size=24, num_experts=4,
+                   attention_bias=False, rms_norm_eps=1e-6, linear_conv_kernel_dim=4,
+                   linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2,
+                   linear_num_value_heads=4, router_aux_loss_coef=0.001,
+                   rope_parameters={"rope_type": "default", "rope_theta": 10000000.0,
+                                    "partial_rotary_factor": 0.5, "mrope_section": [1, 1, 1],
+                                    "mrope_interleaved": True},
+                   layer_types=["linear_attention", "linear_attention", "linear_attention", "full_attention"])
+    for k in ("torch_dtype", "tie_word_embeddings"):
+        text.pop(k)
+    cfg = {"model_type": "qwen3_5_moe", "architectures": ["Qwen3_5MoeForConditionalGeneration"],
+           "torch_dtype": "bfloat16", "tie_word_embeddings": False, "text_config": text,
+           "vision_config": {"model_type": "qwen3_5_moe", "depth": 1, "hidden_size": 8},
+           "image_token_id": 90, "video_token_id": 91}
+    cfg.update(over)
+    return cfg
+
+
+def text_config(cfg):
+    """The keys of the text model (qwen3_5_moe nests them under text_config)."""
+    return cfg.get("text_config", cfg)
+
+
 def _dense_common(arch, dtype, **over):
     # The dense config classes have no routing keys.
     cfg = _common(arch, dtype, intermediate_size=64)
@@ -264,6 +309,11 @@ CASES = [
     ("deepseek_v2", 17000, deepseek_v2_config(), 1),
     ("deepseek_v3", 18000, deepseek_v3_config(), 1),
     ("gpt_oss", 17000, gpt_oss_config(), 1),
+    # Gated DeltaNet hybrids: Qwen3-Next (fused in_proj_qkvz / in_proj_ba, per-expert tensors, a
+    # dense layer) and Qwen3.5-MoE's text model (split projections, fused experts, vision and
+    # mtp tensors in the file).
+    ("qwen3_next", 19000, qwen3_next_config(), 1),
+    ("qwen3_5_moe_fused", 20000, qwen3_5_moe_config(), 1),
     # The released checkpoints' MXFP4 experts (*_blocks + *_scales), d and F multiples of 32.
     ("gpt_oss_mxfp4", 18000, gpt_oss_config(hidden_size=64, intermediate_size=64, quantization_config={
         "quant_method": "mxfp4", "modules_to_not_convert": [
@@ -280,6 +330,8 @@ def reference(cfg):
     """The reference module of cfg's model_type."""
     if cfg["model_type"] in ds.ARCHS:
         return ds
+    if cfg["model_type"] in ("qwen3_next", "qwen3_5_moe"):
+        return qn
     return gpt_oss_reference if cfg["model_type"] == "gpt_oss" else hf
 
 
@@ -294,14 +346,16 @@ def shapes_of(name, cfg):
 # Generation
 # --------------------------------------------------------------------------
 
-def _std(name, tied):
+def _std(name, tied, cfg=None):
+    if cfg is not None and reference(cfg) is qn and qn.zero_centred(name):
+        return NORM_STD                     # stored zero-centred: the scale is 1 + w
     if name.endswith("norm.weight"):        # input/post_attention_layernorm, norm, q_norm, k_norm
         return None
     if name.endswith(".bias") or name.endswith("_bias"):
         return BIAS_STD
     if name.endswith(".sinks"):
         return SINK_STD
-    if name == "model.embed_tokens.weight":
+    if name.endswith("embed_tokens.weight"):
         return TIED_EMBED_STD if tied else EMBED_STD
     if name.endswith(".gate.weight") or name.endswith(".router.weight"):  # the router
         return ROUTER_STD
@@ -321,7 +375,7 @@ def make_weights(cfg, fused=False, mxfp4=False):
     dtype = _STORE[cfg["torch_dtype"]]
     out = {}
     for name, shape in reference(cfg).weight_shapes(cfg, fused).items():
-        std = _std(name, cfg.get("tie_word_embeddings", False))
+        std = _std(name, cfg.get("tie_word_embeddings", False), cfg)
         t = 1.0 + NORM_STD * torch.randn(shape) if std is None else std * torch.randn(shape)
         if mxfp4 and (name.endswith("experts.gate_up_proj") or name.endswith("experts.down_proj")):
             out[name + "_blocks"], out[name + "_scales"] = gpt_oss_reference.mxfp4_quantize(
@@ -335,7 +389,7 @@ def make_weights(cfg, fused=False, mxfp4=False):
 def decision_problems(cfg, trace):
     """Why a float32 engine could decide differently from the reference on this seed (list)."""
     problems = []
-    k = cfg.get("num_experts_per_tok", 0)   # dense families: no router logits
+    k = text_config(cfg).get("num_experts_per_tok", 0)   # dense families: no router logits
     for step, (last, routers) in enumerate(trace):
         top = torch.topk(last, 2, dim=-1).values
         margin = float((top[:, 0] - top[:, 1]).min())
@@ -362,12 +416,12 @@ def build_case(name, seed0, cfg):
     for seed in range(seed0, seed0 + MAX_ATTEMPTS):
         torch.manual_seed(seed)
         weights = make_weights(cfg, is_fused(name), is_mxfp4(name))
-        ids = torch.randint(FIRST_PROMPT_TOKEN, cfg["vocab_size"], (BATCH, PROMPT_LEN))
+        ids = torch.randint(FIRST_PROMPT_TOKEN, text_config(cfg)["vocab_size"], (BATCH, PROMPT_LEN))
         trace = []
         ref = reference(cfg)
         tokens = ref.greedy(cfg, weights, ids, NEW_TOKENS, trace)
         problems = decision_problems(cfg, trace)
-        if bool((tokens == cfg["eos_token_id"]).any()):
+        if bool((tokens == text_config(cfg)["eos_token_id"]).any()):
             problems.append("greedy emits eos")      # an engine stopping at eos would differ
         if any(len(set(row.tolist())) < MIN_DISTINCT for row in tokens):
             problems.append("degenerate greedy output")

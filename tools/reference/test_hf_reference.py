@@ -61,6 +61,15 @@ ARCH_KEYS = {
     "gpt_oss": {"head_dim", "num_local_experts", "experts_per_token", "sliding_window", "layer_types",
                 "attention_bias", "swiglu_limit", "rope_scaling", "pad_token_id"},
 }
+# Qwen3NextConfig; Qwen3_5MoeConfig checks its text_config (Qwen3_5MoeTextConfig) and the top level.
+_QWEN3_NEXT_KEYS = {"head_dim", "moe_intermediate_size", "shared_expert_intermediate_size", "num_experts",
+                    "attention_bias", "linear_conv_kernel_dim", "linear_key_head_dim",
+                    "linear_value_head_dim", "linear_num_key_heads", "linear_num_value_heads", "layer_types"}
+ARCH_KEYS["qwen3_next"] = _QWEN3_NEXT_KEYS | {"norm_topk_prob", "decoder_sparse_step", "mlp_only_layers",
+                                              "rope_scaling", "partial_rotary_factor"}
+QWEN3_5_MOE_TEXT_KEYS = (COMMON_KEYS - {"architectures", "model_type", "torch_dtype", "tie_word_embeddings",
+                                        "rope_theta", "intermediate_size"}) | _QWEN3_NEXT_KEYS | {"rope_parameters"}
+ARCH_KEYS["qwen3_5_moe"] = {"text_config", "vision_config"}
 # DeepseekV2Config / DeepseekV3Config (no router_aux_loss_coef: aux_loss_alpha).
 _DEEPSEEK_KEYS = {"moe_intermediate_size", "n_routed_experts", "n_shared_experts", "first_k_dense_replace",
                   "moe_layer_freq", "kv_lora_rank", "q_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim",
@@ -75,7 +84,8 @@ ARCHITECTURES = {"mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausa
                  "granitemoe": "GraniteMoeForCausalLM", "gpt_oss": "GptOssForCausalLM",
                  "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
                  "qwen3": "Qwen3ForCausalLM", "deepseek_v2": "DeepseekV2ForCausalLM",
-                 "deepseek_v3": "DeepseekV3ForCausalLM"}
+                 "deepseek_v3": "DeepseekV3ForCausalLM", "qwen3_next": "Qwen3NextForCausalLM",
+                 "qwen3_5_moe": "Qwen3_5MoeForConditionalGeneration"}
 STORED = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
 MAX_CASE_BYTES = 350 * 1024
 
@@ -400,7 +410,10 @@ class Sensitivity(unittest.TestCase):
             cfg["norm_topk_prob"] = not cfg["norm_topk_prob"]
 
         def theta(cfg, w):
-            cfg["rope_theta"] = 1e4 if cfg["rope_theta"] != 1e4 else 1e6
+            t = mk.text_config(cfg)
+            r = t.get("rope_parameters") or {}
+            where = r if "rope_theta" in r else t
+            where["rope_theta"] = 1e4 if where["rope_theta"] != 1e4 else 1e6
 
         def untie(cfg, w):
             cfg["tie_word_embeddings"] = False
@@ -621,6 +634,9 @@ class Fixtures(unittest.TestCase):
             common = DENSE_COMMON_KEYS if arch in hf.DENSE_ARCHS else COMMON_KEYS
             if arch in ds.ARCHS:
                 common = common - {"router_aux_loss_coef"}
+            if arch == "qwen3_5_moe":
+                common = {"architectures", "model_type", "torch_dtype", "tie_word_embeddings"}
+                self.assertEqual(QWEN3_5_MOE_TEXT_KEYS - set(cfg["text_config"]), set(), name)
             missing = (common | ARCH_KEYS[arch]) - set(cfg)
             self.assertEqual(missing, set(), name)
 
@@ -659,7 +675,7 @@ class Fixtures(unittest.TestCase):
             self.assertEqual(meta["case"], name)
             self.assertEqual(meta["model_type"], cfg["model_type"])
             self.assertEqual(int(meta["seed"]) >= _case(name)[1], True)
-            V = cfg["vocab_size"]
+            V = mk.text_config(cfg)["vocab_size"]
             self.assertEqual((exp["input_ids"].dtype, list(exp["input_ids"].shape)), (torch.int32, [2, 7]))
             self.assertEqual((exp["logits"].dtype, list(exp["logits"].shape)), (torch.float32, [2, 7, V]))
             self.assertEqual((exp["greedy"].dtype, list(exp["greedy"].shape)), (torch.int32, [2, 8]))
@@ -671,7 +687,7 @@ class Fixtures(unittest.TestCase):
             logits = mk.reference(cfg).forward(cfg, stored, exp["input_ids"]).to(torch.float32)
             self.assertIsNone(fixture_io.compare_tensor_rounded(exp["logits"], logits)[0], name)
             self.assertEqual(mk.decision_problems(cfg, trace), [], name)
-            self.assertFalse(bool((exp["greedy"] == cfg["eos_token_id"]).any()), name)
+            self.assertFalse(bool((exp["greedy"] == mk.text_config(cfg)["eos_token_id"]).any()), name)
             # not degenerate (before Granite-MoE's division by logits_scaling)
             self.assertGreater(float(exp["logits"].std()) * cfg.get("logits_scaling", 1.0), 0.3, name)
 
