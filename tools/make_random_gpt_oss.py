@@ -15,6 +15,8 @@ import os
 
 import numpy as np
 
+import random_checkpoint
+
 
 def main():
     ap = argparse.ArgumentParser()
@@ -55,18 +57,7 @@ def main():
                 "U8", [E, rows, nb], rng.integers(120, 123, E * rows * nb, dtype=np.uint8))
         tensors[p + "mlp.experts.gate_up_proj_bias"] = bf16([E, 2 * F])
         tensors[p + "mlp.experts.down_proj_bias"] = bf16([E, d])
-    header, offset = {"__metadata__": {"format": "pt"}}, 0
-    for name in sorted(tensors):
-        dt, shape, data = tensors[name]
-        header[name] = {"dtype": dt, "shape": shape, "data_offsets": [offset, offset + data.nbytes]}
-        offset += data.nbytes
-    blob = json.dumps(header).encode()
-    blob += b" " * (-(8 + len(blob)) % 8)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "model.safetensors"), "wb") as f:
-        f.write(len(blob).to_bytes(8, "little") + blob)
-        for name in sorted(tensors):
-            f.write(tensors[name][2].tobytes())
+    random_checkpoint.write_safetensors(args.out, tensors)
     cfg = {"architectures": ["GptOssForCausalLM"], "model_type": "gpt_oss", "hidden_size": d,
            "intermediate_size": F, "num_hidden_layers": L, "num_attention_heads": H,
            "num_key_value_heads": G, "head_dim": hd, "num_local_experts": E, "num_experts_per_tok": 4,

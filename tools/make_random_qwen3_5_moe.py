@@ -21,6 +21,8 @@ import os
 
 import numpy as np
 
+import random_checkpoint
+
 
 def main():
     ap = argparse.ArgumentParser()
@@ -80,18 +82,7 @@ def main():
         tensors[m + "shared_expert_gate.weight"] = bf16([1, d])
         tensors[p + "input_layernorm.weight"] = const([d], 0.0)
         tensors[p + "post_attention_layernorm.weight"] = const([d], 0.0)
-    header, offset = {"__metadata__": {"format": "pt"}}, 0
-    for name in sorted(tensors):
-        dt, shape, data = tensors[name]
-        header[name] = {"dtype": dt, "shape": shape, "data_offsets": [offset, offset + data.nbytes]}
-        offset += data.nbytes
-    blob = json.dumps(header).encode()
-    blob += b" " * (-(8 + len(blob)) % 8)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "model.safetensors"), "wb") as f:
-        f.write(len(blob).to_bytes(8, "little") + blob)
-        for name in sorted(tensors):
-            f.write(tensors[name][2].tobytes())
+    random_checkpoint.write_safetensors(args.out, tensors)
     text = {"model_type": "qwen3_5_moe_text", "vocab_size": V, "hidden_size": d, "num_hidden_layers": L,
             "num_attention_heads": H, "num_key_value_heads": G, "head_dim": hd, "hidden_act": "silu",
             "max_position_embeddings": 262144, "rms_norm_eps": 1e-6, "attention_bias": False,

@@ -36,6 +36,33 @@ namespace moe::quant_avx512 {
 #define QD_VBMI \
   __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")))
 
+// One activation row against 8 weight blocks held as unsigned bytes (lo03 / hi03: the values
+// 0-15 / 16-31 of blocks 0-3, block j in 128-bit lane j; lo47 / hi47 those of blocks 4-7) and
+// their scales dw: 4 vpdpbusd, the add tree, the unsigned offset taken back out exactly
+// (2^kOffsetShift x the group's sum8), then acc + ints * dw * d. Shared by Q4_0 (nibbles, offset
+// 8: sum8 already holds 8 x each block's sum) and Q8_0 (xor 0x80, offset 128 = 16 x 8).
+template <int kOffsetShift>
+QD_VBMI inline __attribute__((always_inline)) __m256 group_row_fma(__m512i lo03, __m512i hi03,
+                                                                   __m512i lo47, __m512i hi47,
+                                                                   __m256 dw, const ActQ8_0Group& g,
+                                                                   __m512i order, __m256 acc) {
+  __m512i s03 =
+      _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo03, _mm512_loadu_si512(g.qs[0][0][0]));
+  s03 = _mm512_dpbusd_epi32(s03, hi03, _mm512_loadu_si512(g.qs[0][1][0]));
+  __m512i s47 =
+      _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo47, _mm512_loadu_si512(g.qs[1][0][0]));
+  s47 = _mm512_dpbusd_epi32(s47, hi47, _mm512_loadu_si512(g.qs[1][1][0]));
+  // Per 128-bit lane j: [s03 0+2, s47 0+2, s03 1+3, s47 1+3], then the two halves added.
+  const __m512i pairs =
+      _mm512_add_epi32(_mm512_unpacklo_epi32(s03, s47), _mm512_unpackhi_epi32(s03, s47));
+  const __m512i sums = _mm512_add_epi32(pairs, _mm512_shuffle_epi32(pairs, _MM_PERM_BADC));
+  const __m256i offset =
+      _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.sum8)), kOffsetShift);
+  const __m256i ints =
+      _mm256_sub_epi32(_mm512_castsi512_si256(_mm512_permutexvar_epi32(order, sums)), offset);
+  return _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), _mm256_mul_ps(dw, _mm256_loadu_ps(g.d)), acc);
+}
+
 // Q4_0 on zmm with byte permutes (AVX-512 VBMI): the 144 bytes of 8 weight blocks are three
 // loads; one vpermt2b gathers the 16 nibble bytes of blocks 0-3 into a zmm, one those of blocks
 // 4-7, one the 8 fp16 scales. Masked, the low nibbles meet the regrouped activations' values
@@ -86,24 +113,10 @@ QD_VBMI void dot_q4_0_vbmi(const uint8_t* w, const uint8_t* act, int64_t stride,
                   hi03 = _mm512_and_si512(_mm512_srli_epi16(q03, 4), low4);
     const __m512i lo47 = _mm512_and_si512(q47, low4),
                   hi47 = _mm512_and_si512(_mm512_srli_epi16(q47, 4), low4);
-    for (int i = 0; i < NA; ++i) {
-      const ActQ8_0Group& g = reinterpret_cast<const ActQ8_0Group*>(act + i * stride)[b / 8];
-      __m512i s03 =
-          _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo03, _mm512_loadu_si512(g.qs[0][0][0]));
-      s03 = _mm512_dpbusd_epi32(s03, hi03, _mm512_loadu_si512(g.qs[0][1][0]));
-      __m512i s47 =
-          _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo47, _mm512_loadu_si512(g.qs[1][0][0]));
-      s47 = _mm512_dpbusd_epi32(s47, hi47, _mm512_loadu_si512(g.qs[1][1][0]));
-      // Per 128-bit lane j: [s03 0+2, s47 0+2, s03 1+3, s47 1+3], then the two halves added.
-      const __m512i pairs =
-          _mm512_add_epi32(_mm512_unpacklo_epi32(s03, s47), _mm512_unpackhi_epi32(s03, s47));
-      const __m512i sums = _mm512_add_epi32(pairs, _mm512_shuffle_epi32(pairs, _MM_PERM_BADC));
-      const __m256i ints =
-          _mm256_sub_epi32(_mm512_castsi512_si256(_mm512_permutexvar_epi32(order, sums)),
-                           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.sum8)));
-      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), _mm256_mul_ps(dw, _mm256_loadu_ps(g.d)),
-                               acc[i]);
-    }
+    for (int i = 0; i < NA; ++i)
+      acc[i] = group_row_fma<0>(lo03, hi03, lo47, hi47, dw,
+                                reinterpret_cast<const ActQ8_0Group*>(act + i * stride)[b / 8],
+                                order, acc[i]);
   }
   float tail[NA] = {};
   if (b < nb)
@@ -171,23 +184,10 @@ QD_VBMI void dot_q8_0_vbmi(const uint8_t* w, const uint8_t* act, int64_t stride,
     const __m256 dw = _mm256_cvtph_ps(_mm_unpacklo_epi64(
         _mm512_castsi512_si128(_mm512_permutex2var_epi16(x0, scale_words, x64)),
         _mm512_castsi512_si128(_mm512_permutex2var_epi16(x128, scale_words_hi, x192))));
-    for (int i = 0; i < NA; ++i) {
-      const ActQ8_0Group& g = reinterpret_cast<const ActQ8_0Group*>(act + i * stride)[b / 8];
-      __m512i s03 =
-          _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo03, _mm512_loadu_si512(g.qs[0][0][0]));
-      s03 = _mm512_dpbusd_epi32(s03, hi03, _mm512_loadu_si512(g.qs[0][1][0]));
-      __m512i s47 =
-          _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo47, _mm512_loadu_si512(g.qs[1][0][0]));
-      s47 = _mm512_dpbusd_epi32(s47, hi47, _mm512_loadu_si512(g.qs[1][1][0]));
-      const __m512i pairs =
-          _mm512_add_epi32(_mm512_unpacklo_epi32(s03, s47), _mm512_unpackhi_epi32(s03, s47));
-      const __m512i sums = _mm512_add_epi32(pairs, _mm512_shuffle_epi32(pairs, _MM_PERM_BADC));
-      const __m256i ints = _mm256_sub_epi32(
-          _mm512_castsi512_si256(_mm512_permutexvar_epi32(order, sums)),
-          _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.sum8)), 4));
-      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ints), _mm256_mul_ps(dw, _mm256_loadu_ps(g.d)),
-                               acc[i]);
-    }
+    for (int i = 0; i < NA; ++i)
+      acc[i] = group_row_fma<4>(lo03, hi03, lo47, hi47, dw,
+                                reinterpret_cast<const ActQ8_0Group*>(act + i * stride)[b / 8],
+                                order, acc[i]);
   }
   float tail[NA] = {};
   if (b < nb)

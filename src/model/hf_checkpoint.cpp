@@ -54,6 +54,23 @@ void read_common_keys(const JsonKeyReader& get, ModelConfig& c) {
   get("initializer_range", c.initializer_range);
 }
 
+// Hugging Face's MoE blocks as they train: the auxiliary loss as HF computes it, no router
+// z-loss (the families' training loss has none), dropless (no capacity).
+void use_hf_moe_losses(MoeConfig& m) {
+  m.aux_loss_style = AuxLossStyle::HF;
+  m.router_z_loss_coef = 0;
+  m.capacity_factor = 0;
+}
+
+// Training settings start from the defaults (the file fixes the shape, the run the rest), the
+// sequence within the model's context; then the shape is checked.
+ModelConfig finish_hf_config(ModelConfig& c, const std::string& where) {
+  c.training = TrainConfig{};
+  c.training.seq_len = std::min(c.training.seq_len, c.max_position_embeddings);
+  c.validate_shape(where);
+  return c;
+}
+
 // Settings that would change the computation but that we do not implement: refuse them rather
 // than run something else. `window_switch`: the key that turns the sliding window on (Qwen's
 // use_sliding_window), or null where sliding_window alone says it (Mistral, Mixtral).
@@ -138,10 +155,7 @@ ModelConfig dense_config_from_hf(const nlohmann::json& j, const std::string& whe
                           type == "qwen2" || type == "qwen3" ? "use_sliding_window" : nullptr);
   c.sync_moe();
   c.moe.num_experts = 0;  // no router
-  c.training = TrainConfig{};
-  c.training.seq_len = std::min(c.training.seq_len, c.max_position_embeddings);
-  c.validate_shape(where);
-  return c;
+  return finish_hf_config(c, where);
 }
 
 // deepseek_v2 / deepseek_v3 (kimi_k2 configs are deepseek_v3): MLA attention and DeepSeekMoE
@@ -273,16 +287,11 @@ ModelConfig deepseek_config_from_hf(const nlohmann::json& j, const std::string& 
   }
   m.n_shared_experts = n_shared;  // ungated, n_shared * moe_intermediate_size wide
   m.shared_expert_gate = false;
-  m.aux_loss_style = AuxLossStyle::HF;
-  m.router_z_loss_coef = 0;
-  m.capacity_factor = 0;
+  use_hf_moe_losses(m);
   refuse_unsupported_keys(j, get, where, c, nullptr);
   c.sync_moe();
   if (n_routed == 0) c.moe.num_experts = 0;
-  c.training = TrainConfig{};
-  c.training.seq_len = std::min(c.training.seq_len, c.max_position_embeddings);
-  c.validate_shape(where);
-  return c;
+  return finish_hf_config(c, where);
 }
 
 // gpt_oss (transformers models/gpt_oss, GptOssConfig's defaults: gpt-oss-120b's shape):
@@ -344,14 +353,9 @@ ModelConfig gpt_oss_config_from_hf(const nlohmann::json& j, const std::string& w
   m.hidden_act = Activation::ClampedSwiGLU;
   m.scoring_func = ScoreFunc::Softmax;
   m.norm_topk_prob = true;  // softmax over the k selected logits
-  m.aux_loss_style = AuxLossStyle::HF;
-  m.router_z_loss_coef = 0;
-  m.capacity_factor = 0;
+  use_hf_moe_losses(m);
   c.sync_moe();
-  c.training = TrainConfig{};
-  c.training.seq_len = std::min(c.training.seq_len, c.max_position_embeddings);
-  c.validate_shape(where);
-  return c;
+  return finish_hf_config(c, where);
 }
 
 // qwen3_next and the text model of qwen3_5_moe (transformers models/qwen3_next,
@@ -447,14 +451,9 @@ ModelConfig qwen3_next_config_from_hf(const nlohmann::json& top, const std::stri
     m.shared_expert_gate = true;
   }
   m.scoring_func = ScoreFunc::Softmax;
-  m.aux_loss_style = AuxLossStyle::HF;
-  m.router_z_loss_coef = 0;
-  m.capacity_factor = 0;
+  use_hf_moe_losses(m);
   c.sync_moe();
-  c.training = TrainConfig{};
-  c.training.seq_len = std::min(c.training.seq_len, c.max_position_embeddings);
-  c.validate_shape(w);
-  return c;
+  return finish_hf_config(c, w);
 }
 
 }  // namespace
@@ -570,16 +569,11 @@ ModelConfig model_config_from_hf(const nlohmann::json& j, const std::string& whe
     m.shared_expert_intermediate_size = shared_width;
     m.shared_expert_gate = true;
   }
-  m.aux_loss_style = AuxLossStyle::HF;
-  m.router_z_loss_coef = 0;  // the families' training loss has no router z-loss
-  m.capacity_factor = 0;     // Hugging Face's blocks are dropless
+  use_hf_moe_losses(m);
 
   refuse_unsupported_keys(j, get, where, c, qwen ? "use_sliding_window" : nullptr);
   c.sync_moe();
-  c.training = TrainConfig{};
-  c.training.seq_len = std::min(c.training.seq_len, c.max_position_embeddings);
-  c.validate_shape(where);
-  return c;
+  return finish_hf_config(c, where);
 }
 
 ModelConfig load_hf_config(const std::string& path) {

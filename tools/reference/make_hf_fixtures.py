@@ -37,6 +37,22 @@ import qwen3_next_reference as qn  # noqa: E402
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 FIXTURE_DIR = os.path.join(REPO, "tests", "fixtures", "hf")
 
+
+def load_fixture(name):
+    """(config, {name: stored tensor} over all weight files, expected tensors, expected metadata)
+    of the committed fixture tests/fixtures/hf/NAME (the reference tests read them back)."""
+    d = os.path.join(FIXTURE_DIR, name)
+    with open(os.path.join(d, "config.json")) as fh:
+        cfg = json.load(fh)
+    weights = {}
+    for f in sorted(os.listdir(d)):
+        if f.startswith("model") and f.endswith(".safetensors"):
+            with open(os.path.join(d, f), "rb") as fh:
+                weights.update(fixture_io.decode_safetensors(fh.read())[0])
+    with open(os.path.join(d, "expected.safetensors"), "rb") as fh:
+        exp, meta = fixture_io.decode_safetensors(fh.read())
+    return cfg, weights, exp, meta
+
 BATCH, PROMPT_LEN, NEW_TOKENS = 2, 7, 8
 FIRST_PROMPT_TOKEN = 3     # prompts avoid the special ids 0..2 (eos is 2 in every case)
 

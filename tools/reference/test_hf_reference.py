@@ -110,16 +110,7 @@ def _fixture_dir(name):
 
 
 def _load_fixture(name):
-    """(config, {name: stored tensor} over all weight files, expected tensors, expected metadata)."""
-    d = _fixture_dir(name)
-    cfg = json.loads(_read(os.path.join(d, "config.json")))
-    weights = {}
-    for f in sorted(os.listdir(d)):
-        if f.startswith("model") and f.endswith(".safetensors"):
-            t, _ = fixture_io.decode_safetensors(_read(os.path.join(d, f)))
-            weights.update(t)
-    exp, meta = fixture_io.decode_safetensors(_read(os.path.join(d, "expected.safetensors")))
-    return cfg, weights, exp, meta
+    return mk.load_fixture(name)
 
 
 def _rel_change(a, b):

@@ -30,13 +30,7 @@ CASES = ("qwen3_next", "qwen3_5_moe_fused")
 
 
 def _load(name):
-    d = os.path.join(mk.FIXTURE_DIR, name)
-    with open(os.path.join(d, "config.json")) as fh:
-        cfg = json.load(fh)
-    with open(os.path.join(d, "model.safetensors"), "rb") as fh:
-        weights, _ = fixture_io.decode_safetensors(fh.read())
-    with open(os.path.join(d, "expected.safetensors"), "rb") as fh:
-        exp, _ = fixture_io.decode_safetensors(fh.read())
+    cfg, weights, exp, _ = mk.load_fixture(name)
     return cfg, weights, exp
 
 
