@@ -24,7 +24,10 @@ struct Golden {
 inline Golden open_golden(const std::string& name) {
   const std::string path = fixture_dir() + "/model/" + name + ".safetensors";
   SafeTensorsFile f = SafeTensorsFile::open(path);
-  ModelConfig cfg = model_config_from_json(nlohmann::json::parse(f.metadata("config")), path);
+  nlohmann::json config = nlohmann::json::parse(f.metadata("config"));
+  // The references compute in fp64; a fixture without the key is fp32, whatever this CPU has.
+  if (!config.contains("compute_dtype")) config["compute_dtype"] = "float32";
+  ModelConfig cfg = model_config_from_json(config, path);
   const int steps = std::stoi(f.metadata("steps"));
   return {std::move(f), cfg, cfg.training.batch_size, cfg.training.seq_len, steps};
 }

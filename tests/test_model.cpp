@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model_fixture.h"
+#include "moe/cpu_features.h"
 #include "moe/error.h"
 #include "moe/hf_checkpoint.h"
 #include "moe/optimizer.h"
@@ -62,8 +63,24 @@ TEST(ModelConfig, ShippedDefaultMatchesBuiltIn) {
   // configs/default.json documents what `moe train` trains with no --config: keep them equal.
   const std::string path = std::string(MOE_FIXTURE_DIR) + "/../../configs/default.json";
   ModelConfig builtin;
+  builtin.moe.compute_dtype = default_compute_dtype();  // "auto" in the file
   builtin.sync_moe();
   EXPECT_EQ(model_config_to_json(load_model_config(path)), model_config_to_json(builtin));
+}
+
+TEST(ModelConfig, ComputeDtypeAutoResolvesAndIsRecorded) {
+  // "auto" and a model config without the key both mean this CPU's default; the run's
+  // config.json then names the resolved dtype, so a resume elsewhere keeps it.
+  nlohmann::json j = model_config_to_json(tiny_config());
+  const std::string expected = compute_dtype_name(default_compute_dtype());
+  j["compute_dtype"] = "auto";
+  EXPECT_EQ(model_config_to_json(model_config_from_json(j, "c.json"))["compute_dtype"], expected);
+  j.erase("compute_dtype");
+  EXPECT_EQ(model_config_to_json(model_config_from_json(j, "c.json"))["compute_dtype"], expected);
+  j["compute_dtype"] = "float32";
+  EXPECT_EQ(model_config_from_json(j, "c.json").moe.compute_dtype, ComputeDtype::Float32);
+  EXPECT_EQ(default_compute_dtype(),
+            cpu_features().bf16_gemm() ? ComputeDtype::BFloat16 : ComputeDtype::Float32);
 }
 
 TEST(ModelConfig, BadKeysAreNamed) {

@@ -55,6 +55,8 @@ struct MoeConfig {
   AuxLossStyle aux_loss_style = AuxLossStyle::Switch;
   // "bfloat16": expert GEMMs round their operands to bf16 and accumulate in fp32 (fp32 master
   // weights; MoeLayer<float> only). Routing and everything else stay in T.
+  // A config file's "auto" (and a model config file without the key) resolves at reading to
+  // default_compute_dtype(); what is written back is the resolved name.
   ComputeDtype compute_dtype = ComputeDtype::Float32;
 
   int shared_hidden() const {
@@ -64,6 +66,12 @@ struct MoeConfig {
   // Throws moe::Error("<where>: <key> ...") for the first invalid key.
   void validate(const std::string& where = "MoeConfig") const;
 };
+
+// bf16 where the CPU has the AVX-512 BF16 GEMM, fp32 elsewhere: what "compute_dtype": "auto"
+// means. Over the full default schedule bf16 trains like fp32 (README, "bf16 beyond the experts").
+ComputeDtype default_compute_dtype();
+// "float32" / "bfloat16", as a config file names it.
+const char* compute_dtype_name(ComputeDtype d);
 
 // Reads the keys present in j over the defaults; unknown enum strings and wrong JSON types are
 // errors naming `where` and the key. Unknown keys are ignored (configs carry model keys too).

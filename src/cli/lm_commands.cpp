@@ -98,6 +98,8 @@ int run_train(const TrainArgs& a) {
     }
   } else if (!a.config_path.empty()) {
     cfg = load_train_config(a.config_path);
+  } else {
+    cfg.moe.compute_dtype = default_compute_dtype();  // configs/default.json's "auto"
   }
   if (!a.train_parts.empty()) cfg.training.trainable = a.train_parts;
   if (a.resume && a.config_path.empty() &&

@@ -421,6 +421,8 @@ ModelConfig model_config_from_json(const nlohmann::json& j, const std::string& w
   // Mixtral names the expert count and width differently from the layer config.
   nlohmann::json mj = j;
   mj.erase("training");
+  // A model config without the key computes in what the CPU runs best (moe_config.h).
+  if (!mj.contains("compute_dtype")) mj["compute_dtype"] = "auto";
   mj["hidden_size"] = c.hidden_size;
   mj["moe_intermediate_size"] = c.intermediate_size;
   mj["num_experts"] = c.num_local_experts > 0 ? c.num_local_experts : 1;
@@ -455,6 +457,9 @@ nlohmann::json model_config_to_json(const ModelConfig& c) {
     // The Mixtral names carry these; the layer names would only confuse a reader.
     j.erase("num_experts");
     j.erase("moe_intermediate_size");
+  } else {
+    // A dense model computes its attention, FFN and head GEMMs in it too.
+    j["compute_dtype"] = compute_dtype_name(c.moe.compute_dtype);
   }
   visit_model_keys(copy, JsonKeyWriter{j});
   j["qk_norm"] = qk_norm_name(c.qk_norm);

@@ -160,9 +160,10 @@ nlohmann::json validation_metrics(int step, const EvalResult& e, const Transform
 
 std::string describe_model(const Transformer<float>& model) {
   const ModelConfig& cfg = model.config();
-  return fmt::format("{} layers, d={}, {}, {:.2f}M parameters ({:.2f}M active)",
+  return fmt::format("{} layers, d={}, {}, {:.2f}M parameters ({:.2f}M active), compute {}",
                      cfg.num_hidden_layers, cfg.hidden_size, describe_ffn(cfg),
-                     model.num_parameters() / 1e6, model.active_parameters() / 1e6);
+                     model.num_parameters() / 1e6, model.active_parameters() / 1e6,
+                     compute_dtype_name(cfg.moe.compute_dtype));
 }
 
 void write_summary(const std::string& dir, const nlohmann::json& summary) {
@@ -181,6 +182,7 @@ void write_run_report(const std::string& dir, const ModelConfig& cfg,
                    {"parameters", model.num_parameters()},
                    {"active_parameters", model.active_parameters()},
                    {"forward_macs_per_token", model.forward_macs_per_token(cfg.training.seq_len)},
+                   {"compute_dtype", compute_dtype_name(cfg.moe.compute_dtype)},
                    {"num_local_experts", cfg.num_local_experts},
                    {"num_experts_per_tok", cfg.moe.num_experts_per_tok}};
   // The routing settings: the MoE layer's keys as config.json names them, and which layers

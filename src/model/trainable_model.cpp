@@ -206,6 +206,8 @@ ModelConfig load_train_config(const std::string& path) {
   const ModelConfig c = model_config_from_hf(shape, path);
   nlohmann::json training = nlohmann::json::object();
   if (j.contains("training")) training["training"] = j["training"];
+  // As for a config of ours, the compute dtype is this CPU's unless the file names one.
+  training["compute_dtype"] = j.value("compute_dtype", nlohmann::json("auto"));
   return with_training_settings(c, training, path);
 }
 

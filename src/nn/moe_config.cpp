@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/input_file.h"
+#include "moe/cpu_features.h"
 #include "moe/error.h"
 
 namespace moe {
@@ -172,10 +173,24 @@ struct Writer {
 
 }  // namespace
 
+ComputeDtype default_compute_dtype() {
+  return cpu_features().bf16_gemm() ? ComputeDtype::BFloat16 : ComputeDtype::Float32;
+}
+
+const char* compute_dtype_name(ComputeDtype d) {
+  return enum_name(d, kDtype);
+}
+
 MoeConfig moe_config_from_json(const nlohmann::json& j, const std::string& where) {
   MOE_REQUIRE(j.is_object(), "{}: expected a JSON object", where);
   MoeConfig c;
-  visit_keys(c, Reader{j, where});
+  if (auto d = j.find("compute_dtype"); d != j.end() && *d == "auto") {
+    nlohmann::json resolved = j;
+    resolved["compute_dtype"] = compute_dtype_name(default_compute_dtype());
+    visit_keys(c, Reader{resolved, where});
+  } else {
+    visit_keys(c, Reader{j, where});
+  }
   c.validate(where);
   return c;
 }

@@ -176,29 +176,38 @@ def weight_shapes(cfg, fused=False):
             out[m + "output_linear.weight"] = [E, d, F]
             out[m + "router.layer.weight"] = [E, d]
         elif layer_is_sparse(cfg, l):
-            out[m + "gate.weight"] = [E, d]
-            g, u, dn = _expert_names(cfg)
-            if fused:
-                out[m + "experts.gate_up_proj"] = [E, 2 * F, d]
-                out[m + "experts.down_proj"] = [E, d, F]
-            for e in range(E if not fused else 0):
-                out[m + "experts.%d.%s.weight" % (e, g)] = [F, d]
-                out[m + "experts.%d.%s.weight" % (e, u)] = [F, d]
-                out[m + "experts.%d.%s.weight" % (e, dn)] = [d, F]
-            if arch == "qwen2_moe":
-                S = cfg["shared_expert_intermediate_size"]
-                out[m + "shared_expert.gate_proj.weight"] = [S, d]
-                out[m + "shared_expert.up_proj.weight"] = [S, d]
-                out[m + "shared_expert.down_proj.weight"] = [d, S]
-                out[m + "shared_expert_gate.weight"] = [1, d]
+            shared = cfg["shared_expert_intermediate_size"] if arch == "qwen2_moe" else 0
+            add_sparse_mlp_shapes(out, m, E, F, d, fused, _expert_names(cfg), shared)
         else:
-            I = cfg["intermediate_size"]
-            out[m + "gate_proj.weight"] = [I, d]
-            out[m + "up_proj.weight"] = [I, d]
-            out[m + "down_proj.weight"] = [d, I]
+            add_dense_mlp_shapes(out, m, cfg["intermediate_size"], d)
         out["model.layers.%d.input_layernorm.weight" % l] = [d]
         out["model.layers.%d.post_attention_layernorm.weight" % l] = [d]
     return add_final_shapes(out, cfg)
+
+
+def add_sparse_mlp_shapes(out, m, E, F, d, fused, names, shared=0):
+    """The router, the E routed experts (per expert, or transformers v5's fused gate_up_proj /
+    down_proj) and, when shared > 0, Qwen2-MoE's sigmoid-gated shared expert of that width,
+    under the MLP module prefix m."""
+    out[m + "gate.weight"] = [E, d]
+    g, u, dn = names
+    if fused:
+        out[m + "experts.gate_up_proj"] = [E, 2 * F, d]
+        out[m + "experts.down_proj"] = [E, d, F]
+    for e in range(E if not fused else 0):
+        out[m + "experts.%d.%s.weight" % (e, g)] = [F, d]
+        out[m + "experts.%d.%s.weight" % (e, u)] = [F, d]
+        out[m + "experts.%d.%s.weight" % (e, dn)] = [d, F]
+    if shared > 0:
+        add_dense_mlp_shapes(out, m + "shared_expert.", shared, d)
+        out[m + "shared_expert_gate.weight"] = [1, d]
+
+
+def add_dense_mlp_shapes(out, m, I, d):
+    """A SwiGLU MLP of width I under the module prefix m."""
+    out[m + "gate_proj.weight"] = [I, d]
+    out[m + "up_proj.weight"] = [I, d]
+    out[m + "down_proj.weight"] = [d, I]
 
 
 def add_final_shapes(out, cfg):

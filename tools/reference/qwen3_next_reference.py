@@ -127,25 +127,11 @@ def weight_shapes(cfg, fused=False):
             out[a + "k_norm.weight"] = [hd]
         m = p + "mlp."
         if is_sparse(cfg, l):
-            E, F, S = t["num_experts"], t["moe_intermediate_size"], t["shared_expert_intermediate_size"]
-            out[m + "gate.weight"] = [E, d]
-            if fused:
-                out[m + "experts.gate_up_proj"] = [E, 2 * F, d]
-                out[m + "experts.down_proj"] = [E, d, F]
-            else:
-                for e in range(E):
-                    out[m + "experts.%d.gate_proj.weight" % e] = [F, d]
-                    out[m + "experts.%d.up_proj.weight" % e] = [F, d]
-                    out[m + "experts.%d.down_proj.weight" % e] = [d, F]
-            out[m + "shared_expert.gate_proj.weight"] = [S, d]
-            out[m + "shared_expert.up_proj.weight"] = [S, d]
-            out[m + "shared_expert.down_proj.weight"] = [d, S]
-            out[m + "shared_expert_gate.weight"] = [1, d]
+            hf.add_sparse_mlp_shapes(out, m, t["num_experts"], t["moe_intermediate_size"], d, fused,
+                                     ("gate_proj", "up_proj", "down_proj"),
+                                     t["shared_expert_intermediate_size"])
         else:
-            I = t["intermediate_size"]
-            out[m + "gate_proj.weight"] = [I, d]
-            out[m + "up_proj.weight"] = [I, d]
-            out[m + "down_proj.weight"] = [d, I]
+            hf.add_dense_mlp_shapes(out, m, t["intermediate_size"], d)
         out[p + "input_layernorm.weight"] = [d]
         out[p + "post_attention_layernorm.weight"] = [d]
     out[P + "norm.weight"] = [d]
