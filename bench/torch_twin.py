@@ -15,7 +15,7 @@ not depend on token values).
 Prints one JSON line: parameters, step times (ms, after warm-up), tokens/s.
 
 Usage: /usr/bin/python3 bench/torch_twin.py --config configs/default.json [--steps 10]
-       [--warmup 2] [--threads 2] [--expect-params N]
+       [--warmup 2] [--threads 2] [--expect-params N] [--bf16]
 """
 import argparse
 import json
@@ -182,6 +182,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--expect-params", type=int, default=0)
+    ap.add_argument("--bf16", action="store_true",
+                    help="forward under torch.autocast('cpu', bfloat16): PyTorch's own mixed "
+                         "precision, fp32 master weights and optimizer")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     with open(a.config) as f:
@@ -209,7 +212,8 @@ def main():
         for g in opt.param_groups:
             g["lr"] = learning_rate_at(t, step)
         opt.zero_grad(set_to_none=True)
-        loss = model(window[:, :-1], window[:, 1:], cos, sin, mask)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
+            loss = model(window[:, :-1], window[:, 1:], cos, sin, mask)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), t["grad_clip"])
         opt.step()
@@ -218,7 +222,8 @@ def main():
         if step >= a.warmup:
             times.append(dt)
     med = statistics.median(times)
-    print(json.dumps({"parameters": params, "threads": a.threads, "batch": B, "seq_len": S,
+    print(json.dumps({"parameters": params, "threads": a.threads, "bf16": a.bf16, "batch": B,
+                      "seq_len": S,
                       "step_ms": [round(1e3 * x, 2) for x in times],
                       "median_step_ms": 1e3 * med, "tokens_per_s": B * S / med,
                       "first_loss": losses[0], "last_loss": losses[-1]}))

@@ -7,7 +7,8 @@ alternating so that load from other work hits both sides. Step times are medians
 first --warmup steps: moe's from the elapsed_s of consecutive metrics.jsonl lines, the twin's
 from its own clock. The twin must have exactly moe's parameter count (summary.json). Prints per
 round and median tokens/s of both and the ratio (median of the per-round ratios), and moe's
-step profile of the last round.
+step profile of the last round. When moe's run computes in bf16 (summary.json compute_dtype),
+each round also times the twin under torch.autocast bf16, PyTorch's own mixed precision.
 
 Usage: /usr/bin/python3 bench/train_vs_torch.py --moe BUILD/moe --config configs/default.json
        --out DIR [--steps 12] [--warmup 2] [--rounds 3] [--threads 2]
@@ -38,11 +39,11 @@ def moe_round(a, run_dir):
     return summary, statistics.median(steps), profile
 
 
-def twin_round(a, params):
+def twin_round(a, params, bf16=False):
     here = os.path.dirname(os.path.abspath(__file__))
     cmd = [sys.executable, os.path.join(here, "torch_twin.py"), "--config", a.config, "--steps",
            str(a.steps), "--warmup", str(a.warmup), "--threads", str(a.threads),
-           "--expect-params", str(params)]
+           "--expect-params", str(params)] + (["--bf16"] if bf16 else [])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -62,25 +63,40 @@ def main():
     tokens = t["batch_size"] * t["seq_len"] * t.get("grad_accum_steps", 1)
     os.makedirs(a.out, exist_ok=True)
     ours, theirs, ratios = [], [], []
+    theirs_bf16, ratios_bf16 = [], []
     profile = None
     for r in range(a.rounds):
         run_dir = os.path.join(a.out, f"moe-round{r}")
         subprocess.run(["rm", "-rf", run_dir], check=True)
         summary, step_s, profile = moe_round(a, run_dir)
+        dtype = summary.get("compute_dtype", "float32")
         twin = twin_round(a, summary["parameters"])
         ours.append(tokens / step_s)
         theirs.append(twin["tokens_per_s"])
         ratios.append(ours[-1] / theirs[-1])
-        print(f"round {r}: moe {ours[-1]:,.0f} tokens/s ({1e3 * step_s:.1f} ms/step), "
-              f"PyTorch twin {theirs[-1]:,.0f} tokens/s ({twin['median_step_ms']:.1f} ms/step), "
-              f"ratio {ratios[-1]:.2f}x; {summary['parameters']:,} parameters both", flush=True)
+        line = (f"round {r}: moe ({dtype}) {ours[-1]:,.0f} tokens/s ({1e3 * step_s:.1f} ms/step), "
+                f"PyTorch twin {theirs[-1]:,.0f} tokens/s ({twin['median_step_ms']:.1f} ms/step), "
+                f"ratio {ratios[-1]:.2f}x")
+        if dtype == "bfloat16":
+            # moe computes in bf16: PyTorch's own bf16 (autocast) is timed beside its fp32.
+            twin16 = twin_round(a, summary["parameters"], bf16=True)
+            theirs_bf16.append(twin16["tokens_per_s"])
+            ratios_bf16.append(ours[-1] / theirs_bf16[-1])
+            line += (f"; twin under autocast bf16 {theirs_bf16[-1]:,.0f} tokens/s, "
+                     f"ratio {ratios_bf16[-1]:.2f}x")
+        print(line + f"; {summary['parameters']:,} parameters both", flush=True)
     load = os.getloadavg()
     print(f"\n{a.config}: {tokens} tokens/step, {a.threads} threads, medians of {a.steps} steps "
           f"after {a.warmup} warm-up, {a.rounds} rounds; load average {load[0]:.2f} at the end\n")
     print("| run | tokens/s | ratio |\n|---|---:|---:|")
-    print(f"| moe train (fp32) | {statistics.median(ours):,.0f} | "
+    print(f"| moe train ({dtype}) | {statistics.median(ours):,.0f} | "
           f"{statistics.median(ratios):.2f}x |")
-    print(f"| PyTorch eager twin | {statistics.median(theirs):,.0f} | 1.00x |")
+    print(f"| PyTorch eager twin (fp32) | {statistics.median(theirs):,.0f} | 1.00x |")
+    if theirs_bf16:
+        print(f"| PyTorch eager twin (autocast bf16) | {statistics.median(theirs_bf16):,.0f} | "
+              f"{statistics.median(ratios) / statistics.median(ratios_bf16):.2f}x |")
+        print(f"\nmoe against the autocast bf16 twin: {statistics.median(ratios_bf16):.2f}x "
+              f"(median of the per-round ratios)")
     print(f"\nmoe step profile (last round, {profile['steps']} steps, ms per step):\n")
     print("| part | ms/step | % |\n|---|---:|---:|")
     for name in profile["order"]:
