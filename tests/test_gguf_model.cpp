@@ -439,7 +439,9 @@ TEST(GgufModelErrors, OneLineNamingTheFileAndTheField) {
 namespace moe {
 namespace {
 
-int64_t key_int(const GgufFile& f, const std::string& k) { return f.value(k).as_int(); }
+int64_t key_int(const GgufFile& f, const std::string& k) {
+  return f.value(k).as_int();
+}
 
 std::vector<int64_t> dims_of(const GgufFile& f, const std::string& name) {
   return f.tensor(name).dims;
@@ -463,13 +465,18 @@ TEST(GgufModelQwen3Next, KeysAndTensorsAsLlamaCpp) {
     const GgufFile f = GgufFile::open(path);
     const std::string arch = q35 ? "qwen35moe" : "qwen3next";
     EXPECT_EQ(f.string("general.architecture"), arch);
-    const std::pair<const char*, int64_t> keys[] = {
-        {"ssm.conv_kernel", 4},       {"ssm.state_size", 8},
-        {"ssm.group_count", 2},       {"ssm.time_step_rank", 4},
-        {"ssm.inner_size", 32},       {"full_attention_interval", 4},
-        {"rope.dimension_count", 6},  {"attention.key_length", 12},
-        {"expert_count", 4},          {"expert_used_count", 2},
-        {"expert_feed_forward_length", 16}, {"expert_shared_feed_forward_length", 24}};
+    const std::pair<const char*, int64_t> keys[] = {{"ssm.conv_kernel", 4},
+                                                    {"ssm.state_size", 8},
+                                                    {"ssm.group_count", 2},
+                                                    {"ssm.time_step_rank", 4},
+                                                    {"ssm.inner_size", 32},
+                                                    {"full_attention_interval", 4},
+                                                    {"rope.dimension_count", 6},
+                                                    {"attention.key_length", 12},
+                                                    {"expert_count", 4},
+                                                    {"expert_used_count", 2},
+                                                    {"expert_feed_forward_length", 16},
+                                                    {"expert_shared_feed_forward_length", 24}};
     for (const auto& [k, v] : keys) EXPECT_EQ(key_int(f, arch + "." + k), v) << k;
     EXPECT_EQ(f.has(arch + ".feed_forward_length"), !q35);
     if (q35) {
@@ -502,7 +509,8 @@ TEST(GgufModelQwen3Next, KeysAndTensorsAsLlamaCpp) {
     const HfWeights w = HfWeights::open(fixture(name));
     const std::string p = hf_model_prefix(c) + "layers.0.";
     std::vector<float> A_log(4), norm(48);
-    w.file_of(p + "linear_attn.A_log").read_into<float>(p + "linear_attn.A_log", Shape{4}, A_log.data());
+    w.file_of(p + "linear_attn.A_log")
+        .read_into<float>(p + "linear_attn.A_log", Shape{4}, A_log.data());
     w.file_of(p + "input_layernorm.weight")
         .read_into<float>(p + "input_layernorm.weight", Shape{48}, norm.data());
     const auto* a = reinterpret_cast<const float*>(f.data(f.tensor("blk.0.ssm_a")));

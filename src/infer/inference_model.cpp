@@ -373,7 +373,7 @@ std::unique_ptr<InferenceModel> InferenceModel::open(const std::string& path) {
     GgufSource src(c, f);
     std::unique_ptr<InferenceModel> m = build(c, src);
     m->repacked_ = std::move(src.owned);  // qwen3next's regrouped ssm_ba / ssm_in rows
-    m->gguf_.emplace(std::move(f));  // the mapping moves with it: the views stay valid
+    m->gguf_.emplace(std::move(f));       // the mapping moves with it: the views stay valid
     m->rope_interleaved_ = gguf_rope_interleaved(c);
     int64_t bytes = 0;
     const uint8_t *lo = nullptr, *hi = nullptr;  // the tensors' bytes in the mapping

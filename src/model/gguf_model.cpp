@@ -111,8 +111,7 @@ void gguf_hybrid_values(const ModelConfig& c, const GgufModelTensor& t, float* x
   }
   const LinearAttnConfig& g = c.linear;
   const int64_t Hk = g.num_k_heads, Hv = g.num_v_heads, r = Hk > 0 ? Hv / Hk : 1;
-  if (c.model_type != "qwen3_5_moe" || r == 1 || t.layer < 0 || !c.is_linear_layer(t.layer))
-    return;
+  if (c.model_type != "qwen3_5_moe" || r == 1 || t.layer < 0 || !c.is_linear_layer(t.layer)) return;
   // qwen35moe: every value-head axis tiled (conversion/qwen.py _LinearAttentionVReorderBase).
   const int64_t dv = g.v_head_dim, kd2 = 2 * g.key_dim(), cols = t.shape.back();
   if (ends(".attn_qkv.weight"))
@@ -138,10 +137,10 @@ std::string gguf_arch_of(const ModelConfig& c) {
   if (c.model_type == "qwen3_moe") return "qwen3moe";
   if (c.model_type == "olmoe") return "olmoe";
   if (c.model_type == "granitemoe") return "granitemoe";
-  if (c.model_type == "gpt_oss") return "gpt-oss";  // llama.cpp's LLM_ARCH_OPENAI_MOE
+  if (c.model_type == "gpt_oss") return "gpt-oss";        // llama.cpp's LLM_ARCH_OPENAI_MOE
   if (c.model_type == "qwen3_next") return "qwen3next";   // LLM_ARCH_QWEN3NEXT
   if (c.model_type == "qwen3_5_moe") return "qwen35moe";  // LLM_ARCH_QWEN35MOE
-  if (c.is_mla()) return "deepseek2";               // deepseek_v2, deepseek_v3, kimi_k2
+  if (c.is_mla()) return "deepseek2";                     // deepseek_v2, deepseek_v3, kimi_k2
   throw Error(
       fmt::format("model_type \"{}\" has no GGUF architecture here (expected mixtral, "
                   "qwen2_moe, qwen3_moe, olmoe, granitemoe, gpt_oss, deepseek_v2, deepseek_v3, "
@@ -583,8 +582,8 @@ ModelConfig model_config_from_gguf(const GgufFile& f) {
       types.push_back(lin ? "linear_attention" : "full_attention");
       if (lin && linear < 0) linear = l;
       const std::string has = fmt::format("blk.{}.{}", l, lin ? "ssm_a" : "attn_q.weight");
-      MOE_REQUIRE(f.has_tensor(has), "{}: {} = {} makes layer {} {} but tensor {} is missing",
-                  path, key("full_attention_interval"), interval, l,
+      MOE_REQUIRE(f.has_tensor(has), "{}: {} = {} makes layer {} {} but tensor {} is missing", path,
+                  key("full_attention_interval"), interval, l,
                   lin ? "Gated DeltaNet" : "full attention", has);
     }
     j["layer_types"] = types;
@@ -601,10 +600,11 @@ ModelConfig model_config_from_gguf(const GgufFile& f) {
       agree(key("ssm.time_step_rank"), Hv, p + "ssm_a", 0);
       agree(key("ssm.time_step_rank"), Hv, p + "ssm_dt.bias", 0);
       agree(key("ssm.inner_size"), inner, p + "ssm_out.weight", 0);
-      agree(key("ssm.inner_size") + " / " + key("ssm.time_step_rank"), dv,
-            p + "ssm_norm.weight", 0);
+      agree(key("ssm.inner_size") + " / " + key("ssm.time_step_rank"), dv, p + "ssm_norm.weight",
+            0);
     }
-    if (moe_layer >= 0) j["moe_intermediate_size"] = expert_width(key("expert_feed_forward_length"));
+    if (moe_layer >= 0)
+      j["moe_intermediate_size"] = expert_width(key("expert_feed_forward_length"));
     j["num_experts"] = E;
     const std::string sh = fmt::format("blk.{}.ffn_gate_shexp.weight", std::max(moe_layer, 0));
     int64_t S = 0;
@@ -706,7 +706,7 @@ std::vector<GgufModelTensor> gguf_model_tensors(const ModelConfig& c) {
     if (c.is_linear_layer(l)) {
       const LinearAttnConfig& g = c.linear;
       const int64_t cd = g.conv_dim(), vd = g.value_dim(), Hv = g.num_v_heads;
-      gdn("attn_qkv.weight", {cd, d}, GgufRole::Matrix);  // q, k, v of all heads
+      gdn("attn_qkv.weight", {cd, d}, GgufRole::Matrix);   // q, k, v of all heads
       gdn("attn_gate.weight", {vd, d}, GgufRole::Matrix);  // z
       if (c.model_type == "qwen3_next") {
         gdn("ssm_ba.weight", {2 * Hv, d}, GgufRole::Matrix);  // [b (r), a (r)] per key head
@@ -941,9 +941,10 @@ void write_gguf_model(const ModelConfig& c, const GgufModelSource& src, const st
                   out_path, l, c.is_linear_layer(l) ? "linear_attention" : "full_attention", arch,
                   interval);
     if (g.k_head_dim != g.v_head_dim)
-      note(fmt::format("{}: linear_key_head_dim {} differs from linear_value_head_dim {}: moe "
-                       "reads it (ssm.inner_size / ssm.time_step_rank), llama.cpp assumes them equal",
-                       out_path, g.k_head_dim, g.v_head_dim));
+      note(fmt::format(
+          "{}: linear_key_head_dim {} differs from linear_value_head_dim {}: moe "
+          "reads it (ssm.inner_size / ssm.time_step_rank), llama.cpp assumes them equal",
+          out_path, g.k_head_dim, g.v_head_dim));
     w.set(key("ssm.conv_kernel"), u32(g.conv_kernel));
     w.set(key("ssm.state_size"), u32(g.k_head_dim));
     w.set(key("ssm.group_count"), u32(g.num_k_heads));
