@@ -2,15 +2,18 @@
 // of its directory through InferenceModel (exactly at f32, within a stated bound at q8_0); the
 // Q4_K_M / Q5_K_M mixes and the type overrides choose llama.cpp's types; a GGUF -> GGUF round
 // trip keeps the stored blocks; bad files are one error line naming the file and the field;
-// the input is never written.
+// the input is never written; llama.cpp's qwen3next / qwen35moe hybrids: keys, names, the
+// converter's transforms, the legacy ssm_in, GGUF -> GGUF, random weights, refusals.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstring>
+#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <optional>
+#include <tuple>
 
 #include "moe/gguf_model.h"
 #include "moe/hf_checkpoint.h"
@@ -543,6 +546,51 @@ TEST(GgufModelQwen3Next, GgufToGgufKeepsTheLogits) {
     EXPECT_EQ(mb->weight_type(), GgmlType::F16);
     EXPECT_LT(normalized_error(logits_of(*mb), logits_of(*ma)), 1e-5);
   }
+}
+
+// qwen3next files of the converter's first form hold the fused ssm_in (Hugging Face's grouped
+// in_proj_qkvz: per key head q, k, v, z) instead of attn_qkv + attn_gate: read as well.
+TEST(GgufModelQwen3Next, LegacySsmInIsRead) {
+  TempDir dir;
+  const std::string split = write_hf_as_gguf(fixture("qwen3_next"), dir.file("a.gguf"), "f32");
+  const GgufFile f = GgufFile::open(split);
+  const ModelConfig c = model_config_from_gguf(f);
+  const int64_t d = c.hidden_size, Hk = c.linear.num_k_heads, dk = c.linear.k_head_dim;
+  const int64_t rdv = c.linear.value_dim() / Hk, kd = c.linear.key_dim();
+  GgufWriter w;
+  for (const auto& [k, v] : f.kvs())
+    if (k != "general.alignment") w.set(k, v);
+  std::deque<std::vector<float>> fused;
+  for (const GgufTensorInfo& t : f.tensors()) {
+    const bool qkv = t.name.ends_with(".attn_qkv.weight");
+    if (t.name.ends_with(".attn_gate.weight")) continue;
+    if (qkv) {  // [q, k, v of all heads] + z -> per key head [q, k, v, z]
+      const std::string gate = t.name.substr(0, t.name.size() - 15) + "attn_gate.weight";
+      const auto* a = reinterpret_cast<const float*>(f.data(t));
+      const auto* z = reinterpret_cast<const float*>(f.data(f.tensor(gate)));
+      std::vector<float>& out = fused.emplace_back();
+      for (int64_t h = 0; h < Hk; ++h)
+        for (const auto& [src, row0, rows] :
+             {std::tuple{a, h * dk, dk}, std::tuple{a, kd + h * dk, dk},
+              std::tuple{a, 2 * kd + h * rdv, rdv}, std::tuple{z, h * rdv, rdv}})
+          out.insert(out.end(), src + row0 * d, src + (row0 + rows) * d);
+      const float* data = out.data();
+      const size_t n = out.size();
+      const std::string name = t.name.substr(0, t.name.size() - 15) + "ssm_in.weight";
+      w.add_raw_tensor(name, {static_cast<int64_t>(n) / d, d}, GgmlType::F32,
+                       [data, n](uint8_t* o) { std::memcpy(o, data, n * sizeof(float)); });
+      continue;
+    }
+    const uint8_t* data = f.data(t);
+    const uint64_t n = t.nbytes;
+    w.add_raw_tensor(t.name, t.shape(), static_cast<GgmlType>(t.type),
+                     [data, n](uint8_t* o) { std::memcpy(o, data, n); });
+  }
+  w.write(dir.file("legacy.gguf"));
+  ASSERT_TRUE(GgufFile::open(dir.file("legacy.gguf")).has_tensor("blk.0.ssm_in.weight"));
+  auto a = InferenceModel::load(split);
+  auto b = InferenceModel::load(dir.file("legacy.gguf"));
+  EXPECT_LT(normalized_error(logits_of(*b), logits_of(*a)), 1e-6);
 }
 
 // Random weights of the hybrids at q4_k (rows of 48 fall back as llama.cpp does) decode to
