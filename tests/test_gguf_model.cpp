@@ -593,6 +593,54 @@ TEST(GgufModelQwen3Next, LegacySsmInIsRead) {
   EXPECT_LT(normalized_error(logits_of(*b), logits_of(*a)), 1e-6);
 }
 
+// llama.cpp's fused ffn_gate_up_exps [E, 2F, d] (expert e's gate rows, then its up rows) is read
+// for ffn_gate_exps + ffn_up_exps, and written back split.
+TEST(GgufModelQwen3Next, FusedGateUpExpertsAreRead) {
+  TempDir dir;
+  const std::string split =
+      write_hf_as_gguf(fixture("qwen3_5_moe_fused"), dir.file("a.gguf"), "f32");
+  const GgufFile f = GgufFile::open(split);
+  GgufWriter w;
+  for (const auto& [k, v] : f.kvs())
+    if (k != "general.alignment") w.set(k, v);
+  for (const GgufTensorInfo& t : f.tensors()) {
+    if (t.name.ends_with(".ffn_up_exps.weight")) continue;
+    if (t.name.ends_with(".ffn_gate_exps.weight")) {
+      const std::string prefix = t.name.substr(0, t.name.size() - 20);
+      const uint8_t* gate = f.data(t);
+      const uint8_t* up = f.data(f.tensor(prefix + "ffn_up_exps.weight"));
+      const std::vector<int64_t> shape = t.shape();  // [E, F, d]
+      const uint64_t per = t.nbytes / static_cast<uint64_t>(shape[0]);
+      w.add_raw_tensor(prefix + "ffn_gate_up_exps.weight", {shape[0], 2 * shape[1], shape[2]},
+                       GgmlType::F32, [gate, up, per, E = shape[0]](uint8_t* o) {
+                         for (int64_t e = 0; e < E; ++e) {
+                           std::memcpy(o + 2 * e * per, gate + e * per, per);
+                           std::memcpy(o + (2 * e + 1) * per, up + e * per, per);
+                         }
+                       });
+      continue;
+    }
+    const uint8_t* data = f.data(t);
+    const uint64_t n = t.nbytes;
+    w.add_raw_tensor(t.name, t.shape(), static_cast<GgmlType>(t.type),
+                     [data, n](uint8_t* o) { std::memcpy(o, data, n); });
+  }
+  const std::string fused = dir.file("fused.gguf");
+  w.write(fused);
+  ASSERT_FALSE(GgufFile::open(fused).has_tensor("blk.0.ffn_gate_exps.weight"));
+  auto a = InferenceModel::load(split);
+  auto b = InferenceModel::load(fused);
+  const auto la = logits_of(*a);
+  EXPECT_LT(normalized_error(logits_of(*b), la), 1e-6);
+  const GgufFile g = GgufFile::open(fused);
+  const ModelConfig c = model_config_from_gguf(g);
+  GgufModelWriteOptions opt;
+  ASSERT_TRUE(parse_type_scheme("f32", &opt.types));
+  write_gguf_model(c, *gguf_source_of_gguf(c, g), dir.file("back.gguf"), opt);
+  EXPECT_TRUE(GgufFile::open(dir.file("back.gguf")).has_tensor("blk.0.ffn_up_exps.weight"));
+  EXPECT_LT(normalized_error(logits_of(*InferenceModel::load(dir.file("back.gguf"))), la), 1e-6);
+}
+
 // Random weights of the hybrids at q4_k (rows of 48 fall back as llama.cpp does) decode to
 // finite logits.
 TEST(GgufModelQwen3Next, RandomWeightsDecode) {

@@ -205,6 +205,22 @@ class InferenceModel::GgufSource : public InferenceModel::Source {
   }
   std::vector<WeightView> experts(int layer, HfTensor t, int E, int64_t rows,
                                   int64_t cols) override {
+    const std::string fused = fmt::format("blk.{}.ffn_gate_up_exps.weight", layer);
+    if (t != HfTensor::ExpertDown && !f_.has_tensor(gguf_tensor_name(c_, layer, t)) &&
+        f_.has_tensor(fused)) {
+      // ffn_gate_up_exps [E, 2F, d]: expert e's gate rows, then its up rows.
+      const GgufTensorInfo& info = f_.tensor(fused);
+      const std::vector<int64_t> dims = {cols, 2 * rows, E};
+      MOE_REQUIRE(info.dims == dims,
+                  "{}: tensor {} has dims [{}] (ggml order), but the metadata gives [{}]",
+                  f_.path(), fused, fmt::join(info.dims, ", "), fmt::join(dims, ", "));
+      const GgmlType type = type_of(info);
+      const int64_t stride = rows * row_bytes(type, cols), half = t == HfTensor::ExpertUp ? 1 : 0;
+      std::vector<WeightView> out;
+      for (int e = 0; e < E; ++e)
+        out.push_back({f_.data(info) + (2 * e + half) * stride, type, rows, cols});
+      return out;
+    }
     const GgufTensorInfo& info = tensor(layer, t, {cols, rows, E});
     const GgmlType type = type_of(info);
     const int64_t stride = rows * row_bytes(type, cols);  // one expert's matrix

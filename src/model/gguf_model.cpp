@@ -448,7 +448,18 @@ ModelConfig model_config_from_gguf(const GgufFile& f) {
   }
   const std::string exps = fmt::format("blk.{}.ffn_gate_exps.weight", moe_layer);
   // The expert width: the metadata's when present (checked against the tensor), else the tensor's.
+  // llama.cpp may store gate and up experts as one ffn_gate_up_exps [E, 2F, d] (each expert's
+  // F gate rows, then its F up rows; create_tensor_gate_up_exps): the width is half its rows.
+  const std::string gate_up = fmt::format("blk.{}.ffn_gate_up_exps.weight", moe_layer);
+  const bool fused_exps = E > 0 && !f.has_tensor(exps) && f.has_tensor(gate_up);
   auto expert_width = [&](const std::string& k1) -> int64_t {
+    if (fused_exps) {
+      const int64_t F = dim(gate_up, 1) / 2;
+      MOE_REQUIRE(!f.has(k1) || integer(k1) == F,
+                  "{}: {} = {} contradicts tensor {} of shape {} (gate and up rows)", path, k1,
+                  f.has(k1) ? integer(k1) : 0, gate_up, shape_text(f.tensor(gate_up).shape()));
+      return F;
+    }
     if (f.has(k1)) {
       agree(k1, integer(k1), exps, 1);
       return integer(k1);

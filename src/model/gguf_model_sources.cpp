@@ -202,6 +202,7 @@ class GgufSource : public GgufModelSource {
  public:
   GgufSource(const ModelConfig& c, const GgufFile& f) : c_(c), f_(f) {}
   void fill(const GgufModelTensor& t, float* out) const override {
+    if (fill_from_gate_up(t, out)) return;
     const GgufTensorInfo& info = checked(t);
     const auto type = static_cast<GgmlType>(info.type);
     MOE_REQUIRE(is_weight_type(type), "{}: tensor {} has type {}, which cannot be read", f_.path(),
@@ -220,15 +221,41 @@ class GgufSource : public GgufModelSource {
     gguf_hybrid_values(c_, t, out, /*to_gguf=*/false);  // back to Hugging Face's form
   }
   const uint8_t* raw(const GgufModelTensor& t, GgmlType type) const override {
+    if (!f_.has_tensor(t.name) && t.role == GgufRole::Experts) return nullptr;  // gate_up
     const GgufTensorInfo& info = checked(t);
     return info.type == static_cast<uint32_t>(type) ? f_.data(info) : nullptr;
   }
 
  private:
+  // ffn_gate_exps / ffn_up_exps from llama.cpp's fused ffn_gate_up_exps [E, 2F, d] (false:
+  // not that case).
+  bool fill_from_gate_up(const GgufModelTensor& t, float* out) const {
+    if (t.role != GgufRole::Experts || f_.has_tensor(t.name) || t.kind == HfTensor::ExpertDown)
+      return false;
+    const std::string name = fmt::format("blk.{}.ffn_gate_up_exps.weight", t.layer);
+    if (!f_.has_tensor(name)) return false;
+    const GgufTensorInfo& info = f_.tensor(name);
+    const int64_t E = t.shape[0], F = t.shape[1], cols = t.shape[2];
+    MOE_REQUIRE(info.shape() == (std::vector<int64_t>{E, 2 * F, cols}),
+                "{}: tensor {} has shape [{}], expected [{}, {}, {}]", f_.path(), name,
+                fmt::join(info.shape(), ", "), E, 2 * F, cols);
+    const auto type = static_cast<GgmlType>(info.type);
+    MOE_REQUIRE(is_weight_type(type), "{}: tensor {} has type {}, which cannot be read", f_.path(),
+                name, ggml_type_name(info.type));
+    const int64_t rb = row_bytes(type, cols), half = t.kind == HfTensor::ExpertUp ? 1 : 0;
+    for (int64_t e = 0; e < E; ++e)
+      for (int64_t r = 0; r < F; ++r)
+        dequantize_row(type, f_.data(info) + ((2 * e + half) * F + r) * rb,
+                       out + (e * F + r) * cols, cols);
+    return true;
+  }
   const GgufTensorInfo& checked(const GgufModelTensor& t) const {
     const GgufTensorInfo& info = f_.tensor(t.name);
-    MOE_REQUIRE(info.shape() == t.shape, "{}: tensor {} has shape [{}], expected [{}]", f_.path(),
-                t.name, fmt::join(info.shape(), ", "), fmt::join(t.shape, ", "));
+    // Trailing ggml dimensions of 1 say nothing (the converter's [1, d] shared-expert gate).
+    std::vector<int64_t> shape = info.shape();
+    while (shape.size() > t.shape.size() && shape.front() == 1) shape.erase(shape.begin());
+    MOE_REQUIRE(shape == t.shape, "{}: tensor {} has shape [{}], expected [{}]", f_.path(), t.name,
+                fmt::join(info.shape(), ", "), fmt::join(t.shape, ", "));
     return info;
   }
   const ModelConfig& c_;
