@@ -35,8 +35,9 @@
 
 namespace moe {
 
-// "llama" (mixtral, and the dense llama and mistral), "qwen2moe", "qwen3moe", "olmoe", and the
-// dense "qwen2", "qwen3" for a config's model_type; an error naming it when there is none. A
+// "llama" (mixtral, and the dense llama and mistral), "qwen2moe", "qwen3moe", "olmoe",
+// "granitemoe", "gpt-oss", "deepseek2", "qwen3next" (qwen3_next), "qwen35moe" (qwen3_5_moe), and
+// the dense "qwen2", "qwen3" for a config's model_type; an error naming it when there is none. A
 // llama file without experts reads back as a dense "llama".
 std::string gguf_arch_of(const ModelConfig& c);
 // Whether the architecture stores Q/K rows for interleaved RoPE (llama.cpp's "norm" RoPE).
