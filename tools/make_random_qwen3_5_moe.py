@@ -5,7 +5,10 @@ DeltaNet projections in_proj_qkv / in_proj_z / in_proj_b / in_proj_a, fused expe
 mlp.experts.gate_up_proj [E, 2F, d] / down_proj [E, d, F], one gated shared expert) with fewer
 layers, for measuring decode speed, resident memory and the cache:
 
-    /usr/bin/python3 tools/make_random_qwen3_5_moe.py OUT_DIR [--layers 4]
+    /usr/bin/python3 tools/make_random_qwen3_5_moe.py OUT_DIR [--layers 4] [--config-only]
+
+--config-only writes config.json alone (for `moe quantize --random OUT_DIR/config.json`, which
+draws the weights itself: the full 40 layers as GGUF without 70 GB of bf16 first).
 
 Every 4th layer is full attention (layers 3, 7, ...), the others Gated DeltaNet, as released.
 Shape: d 2048, vocabulary 248320, 256 experts of 512 (top-8) + a shared expert of 512,
@@ -28,6 +31,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
     ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--config-only", action="store_true")
     args = ap.parse_args()
     L, d, V, H, G, hd = args.layers, 2048, 248320, 16, 2, 256
     E, F, S, k = 256, 512, 512, 8
@@ -46,14 +50,17 @@ def main():
         return ("BF16", shape, to_bf16(np.full(int(np.prod(shape)), value, np.float32)))
 
     P = "model.language_model."
-    tensors[P + "embed_tokens.weight"] = bf16([V, d])
-    tensors["lm_head.weight"] = bf16([V, d])
-    tensors[P + "norm.weight"] = const([d], 0.0)
+    if not args.config_only:
+        tensors[P + "embed_tokens.weight"] = bf16([V, d])
+        tensors["lm_head.weight"] = bf16([V, d])
+        tensors[P + "norm.weight"] = const([d], 0.0)
     types = []
     for l in range(L):
         p = P + "layers.%d." % l
         full = (l + 1) % 4 == 0
         types.append("full_attention" if full else "linear_attention")
+        if args.config_only:
+            continue
         if full:
             a = p + "self_attn."
             tensors[a + "q_proj.weight"] = bf16([2 * H * hd, d])
@@ -82,7 +89,10 @@ def main():
         tensors[m + "shared_expert_gate.weight"] = bf16([1, d])
         tensors[p + "input_layernorm.weight"] = const([d], 0.0)
         tensors[p + "post_attention_layernorm.weight"] = const([d], 0.0)
-    random_checkpoint.write_safetensors(args.out, tensors)
+    if args.config_only:
+        os.makedirs(args.out, exist_ok=True)
+    else:
+        random_checkpoint.write_safetensors(args.out, tensors)
     text = {"model_type": "qwen3_5_moe_text", "vocab_size": V, "hidden_size": d, "num_hidden_layers": L,
             "num_attention_heads": H, "num_key_value_heads": G, "head_dim": hd, "hidden_act": "silu",
             "max_position_embeddings": 262144, "rms_norm_eps": 1e-6, "attention_bias": False,

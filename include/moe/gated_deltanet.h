@@ -30,6 +30,10 @@ struct LinearAttnConfig {
   int num_k_heads = 0, num_v_heads = 0;  // Hk, Hv (Hk divides Hv)
   int k_head_dim = 0, v_head_dim = 0;    // dk, dv
   int conv_kernel = 0;                   // K of the depthwise causal conv1d over q, k, v
+  // Which key head value head h reads: h / (Hv/Hk) as Hugging Face groups them, or h % Hk when
+  // the value heads are stored tiled (llama.cpp's qwen35moe GGUF files: its converter reorders
+  // them so that ggml's broadcast repeats the key heads).
+  bool tiled_heads = false;
   int64_t key_dim() const { return int64_t{num_k_heads} * k_head_dim; }
   int64_t value_dim() const { return int64_t{num_v_heads} * v_head_dim; }
   int64_t conv_dim() const { return 2 * key_dim() + value_dim(); }  // the channels q, k, v

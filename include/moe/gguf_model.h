@@ -4,6 +4,11 @@
 //   qwen2moe  q/k/v biases, a sigmoid-gated shared expert (ffn_*_shexp, ffn_gate_inp_shexp)
 //   qwen3moe  per-head q/k RMSNorm (attn_q_norm / attn_k_norm [head_dim]), renormalized top-k
 //   olmoe     q/k RMSNorm over the whole projection, top-k not renormalized
+//   qwen3next (qwen3_next) and qwen35moe (qwen3_5_moe): Gated DeltaNet layers (attn_qkv,
+//             attn_gate, ssm_ba | ssm_beta + ssm_alpha, ssm_conv1d, ssm_dt.bias, ssm_a, ssm_norm,
+//             ssm_out) and gated full attention (attn_q [2 * H * hd, d]) every
+//             full_attention_interval layers, post_attention_norm, a sigmoid-gated shared expert;
+//             values as llama.cpp's converter stores them (gguf_hybrid_values)
 //   gpt-oss   (gpt_oss) biased attention with per-head sinks (attn_sinks), sliding windows on the
 //             even layers, post_attention_norm, a biased router (ffn_gate_inp.bias), biased
 //             experts (ffn_{gate,up,down}_exps.bias), MXFP4 experts copied bit for bit
@@ -30,8 +35,9 @@
 
 namespace moe {
 
-// "llama" (mixtral, and the dense llama and mistral), "qwen2moe", "qwen3moe", "olmoe", and the
-// dense "qwen2", "qwen3" for a config's model_type; an error naming it when there is none. A
+// "llama" (mixtral, and the dense llama and mistral), "qwen2moe", "qwen3moe", "olmoe",
+// "granitemoe", "gpt-oss", "deepseek2", "qwen3next" (qwen3_next), "qwen35moe" (qwen3_5_moe), and
+// the dense "qwen2", "qwen3" for a config's model_type; an error naming it when there is none. A
 // llama file without experts reads back as a dense "llama".
 std::string gguf_arch_of(const ModelConfig& c);
 // Whether the architecture stores Q/K rows for interleaved RoPE (llama.cpp's "norm" RoPE).
@@ -127,6 +133,13 @@ std::unique_ptr<GgufModelSource> gguf_source_of_run(const Transformer<float>& m)
 // matrices are drawn directly as valid blocks (uniform quants, fixed scales giving a standard
 // deviation of about 0.02), which is fast enough for a 30B-parameter model.
 std::unique_ptr<GgufModelSource> gguf_source_random(uint64_t seed);
+
+// qwen3next / qwen35moe: tensor t's values from Hugging Face's form into llama.cpp's (to_gguf)
+// or back, as its converter (conversion/qwen.py, ggml-org/llama.cpp 03173d5e) changes them: the
+// zero-centred RMSNorm weights w stored as 1 + w, A_log as ssm_a = -exp(A_log), and for
+// qwen35moe every value-head axis of a DeltaNet layer tiled (grouped head kh * r + j stored at
+// j * Hk + kh). Nothing for other architectures.
+void gguf_hybrid_values(const ModelConfig& c, const GgufModelTensor& t, float* x, bool to_gguf);
 
 // Writes config c from `src` to `out_path` (atomically), tensor by tensor.
 void write_gguf_model(const ModelConfig& c, const GgufModelSource& src, const std::string& out_path,

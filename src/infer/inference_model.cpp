@@ -37,6 +37,10 @@ class InferenceModel::Source {
   // `shape` (leading dimensions folded into rows), as stored.
   virtual WeightView named_matrix(int layer, const std::string& what,
                                   const std::vector<int64_t>& shape) = 0;
+  // Whether block `layer` holds the tensor named() / named_matrix() would read for `what`.
+  virtual bool has_named(int layer, const std::string& what) const = 0;
+  // Whether zero-centred RMSNorm weights are stored with their 1 added (llama.cpp's files).
+  virtual bool norms_hold_one() const { return false; }
   // What the views of experts() may point into besides the file (moved into the model).
   std::deque<std::vector<uint8_t>> owned;
 };
@@ -87,6 +91,9 @@ class InferenceModel::HfSource : public InferenceModel::Source {
   WeightView named_matrix(int layer, const std::string& what,
                           const std::vector<int64_t>& shape) override {
     return view(fmt::format("{}layers.{}.{}", hf_model_prefix(c_), layer, what), shape);
+  }
+  bool has_named(int layer, const std::string& what) const override {
+    return w_.has(fmt::format("{}layers.{}.{}", hf_model_prefix(c_), layer, what));
   }
 
  private:
@@ -198,6 +205,22 @@ class InferenceModel::GgufSource : public InferenceModel::Source {
   }
   std::vector<WeightView> experts(int layer, HfTensor t, int E, int64_t rows,
                                   int64_t cols) override {
+    const std::string fused = fmt::format("blk.{}.ffn_gate_up_exps.weight", layer);
+    if (t != HfTensor::ExpertDown && !f_.has_tensor(gguf_tensor_name(c_, layer, t)) &&
+        f_.has_tensor(fused)) {
+      // ffn_gate_up_exps [E, 2F, d]: expert e's gate rows, then its up rows.
+      const GgufTensorInfo& info = f_.tensor(fused);
+      const std::vector<int64_t> dims = {cols, 2 * rows, E};
+      MOE_REQUIRE(info.dims == dims,
+                  "{}: tensor {} has dims [{}] (ggml order), but the metadata gives [{}]",
+                  f_.path(), fused, fmt::join(info.dims, ", "), fmt::join(dims, ", "));
+      const GgmlType type = type_of(info);
+      const int64_t stride = rows * row_bytes(type, cols), half = t == HfTensor::ExpertUp ? 1 : 0;
+      std::vector<WeightView> out;
+      for (int e = 0; e < E; ++e)
+        out.push_back({f_.data(info) + (2 * e + half) * stride, type, rows, cols});
+      return out;
+    }
     const GgufTensorInfo& info = tensor(layer, t, {cols, rows, E});
     const GgmlType type = type_of(info);
     const int64_t stride = rows * row_bytes(type, cols);  // one expert's matrix
@@ -238,23 +261,70 @@ class InferenceModel::GgufSource : public InferenceModel::Source {
         out[2 * i] = gate[i];
         out[2 * i + 1] = up[i];
       }
+    } else if (what == "linear_attn.conv1d.weight") {  // [cd, 1, K]
+      read(of("ssm_conv1d.weight", {shape[2], n0}), out);
+    } else if (what == "linear_attn.A_log") {  // stored as -exp(A_log)
+      const char* name = "ssm_a";
+      read(of(name, {n0}), out);
+      for (int64_t h = 0; h < n0; ++h) {
+        MOE_REQUIRE(out[h] < 0, "{}: tensor blk.{}.{} holds {} at {}, expected -exp(A_log) < 0",
+                    f_.path(), layer, name, out[h], h);
+        out[h] = static_cast<float>(std::log(-static_cast<double>(out[h])));
+      }
+    } else if (what == "linear_attn.dt_bias") {
+      read(of("ssm_dt.bias", {n0}), out);
+    } else if (what == "linear_attn.norm.weight") {  // the gated norm: not zero-centred
+      read(of("ssm_norm.weight", {n0}), out);
     } else {
       MOE_CHECK(false, "GGUF: no tensor stands for {}", what);
     }
   }
-  WeightView named_matrix(int, const std::string& what, const std::vector<int64_t>&) override {
-    MOE_CHECK(false, "GGUF files hold no {} (model_config_from_gguf makes no qwen3_next)", what);
-    return {};
+  // The Gated DeltaNet's matrices under llama.cpp's qwen3next / qwen35moe names.
+  WeightView named_matrix(int layer, const std::string& what,
+                          const std::vector<int64_t>& shape) override {
+    const std::string name = fmt::format("blk.{}.{}", layer, gguf_name_of(what));
+    const GgufTensorInfo& info = f_.tensor(name);
+    const std::vector<int64_t> dims = {shape.back(), shape.front()};
+    MOE_REQUIRE(info.dims == dims,
+                "{}: tensor {} has dims [{}] (ggml order), but the metadata gives [{}]", f_.path(),
+                name, fmt::join(info.dims, ", "), fmt::join(dims, ", "));
+    return WeightView{f_.data(info), type_of(info), shape.front(), shape.back()};
+  }
+  bool has_named(int layer, const std::string& what) const override {
+    return f_.has_tensor(fmt::format("blk.{}.{}", layer, gguf_name_of(what)));
+  }
+  bool norms_hold_one() const override {
+    return c_.model_type == "qwen3_next" || c_.model_type == "qwen3_5_moe";
   }
 
  private:
+  // llama.cpp's name (after "blk.N.") of a DeltaNet matrix named as Hugging Face's; the fused
+  // in_proj_qkvz is its legacy ssm_in.
+  static std::string gguf_name_of(const std::string& what) {
+    static const std::pair<const char*, const char*> names[] = {
+        {"linear_attn.in_proj_qkvz.weight", "ssm_in.weight"},
+        {"linear_attn.in_proj_qkv.weight", "attn_qkv.weight"},
+        {"linear_attn.in_proj_z.weight", "attn_gate.weight"},
+        {"linear_attn.in_proj_ba.weight", "ssm_ba.weight"},
+        {"linear_attn.in_proj_b.weight", "ssm_beta.weight"},
+        {"linear_attn.in_proj_a.weight", "ssm_alpha.weight"},
+        {"linear_attn.out_proj.weight", "ssm_out.weight"}};
+    for (const auto& [hf, gguf] : names)
+      if (what == hf) return gguf;
+    MOE_CHECK(false, "GGUF: no tensor stands for {}", what);
+    return {};
+  }
   const GgufTensorInfo& tensor(int layer, HfTensor t, const std::vector<int64_t>& dims) const {
     const std::string name = layer >= 0         ? gguf_tensor_name(c_, layer, t)
                              : t == HfTensor::Q ? "token_embd.weight"
                              : t == HfTensor::O ? "output.weight"
                                                 : "output_norm.weight";
     const GgufTensorInfo& info = f_.tensor(name);
-    MOE_REQUIRE(info.dims == dims,
+    // Trailing dimensions of 1 say nothing (llama.cpp's converter stores Qwen's shared-expert
+    // gate [1, d] as dims [d, 1]).
+    std::vector<int64_t> got = info.dims;
+    while (got.size() > dims.size() && got.back() == 1) got.pop_back();
+    MOE_REQUIRE(got == dims,
                 "{}: tensor {} has dims [{}] (ggml order), but the metadata gives [{}]", f_.path(),
                 name, fmt::join(info.dims, ", "), fmt::join(dims, ", "));
     return info;
@@ -318,7 +388,8 @@ std::unique_ptr<InferenceModel> InferenceModel::open(const std::string& path) {
     const ModelConfig c = model_config_from_gguf(f);
     GgufSource src(c, f);
     std::unique_ptr<InferenceModel> m = build(c, src);
-    m->gguf_.emplace(std::move(f));  // the mapping moves with it: the views stay valid
+    m->repacked_ = std::move(src.owned);  // qwen3next's regrouped ssm_ba / ssm_in rows
+    m->gguf_.emplace(std::move(f));       // the mapping moves with it: the views stay valid
     m->rope_interleaved_ = gguf_rope_interleaved(c);
     int64_t bytes = 0;
     const uint8_t *lo = nullptr, *hi = nullptr;  // the tensors' bytes in the mapping
@@ -376,8 +447,9 @@ std::unique_ptr<InferenceModel> InferenceModel::build(const ModelConfig& cfg, So
     src.vector(l, t, size, v.data());
     return v.data();
   };
-  // qwen3_next / qwen3_5_moe store their RMSNorm weights zero-centred: the scale is 1 + w.
-  const bool zero_centred = c.has_linear_layers();
+  // qwen3_next / qwen3_5_moe store their RMSNorm weights zero-centred: the scale is 1 + w
+  // (llama.cpp's files hold 1 + w already).
+  const bool zero_centred = c.has_linear_layers() && !src.norms_hold_one();
   auto norm = [&](int l, HfTensor t, int64_t size) -> const float* {
     std::vector<float>& v = m->fp32_.emplace_back(static_cast<size_t>(size));
     src.vector(l, t, size, v.data());
@@ -404,11 +476,13 @@ std::unique_ptr<InferenceModel> InferenceModel::build(const ModelConfig& cfg, So
     const int64_t vd = g.value_dim(), cd = g.conv_dim(), Hv = g.num_v_heads;
     const int64_t Hk = g.num_k_heads, dk = g.k_head_dim, r = Hv / Hk, rdv = r * g.v_head_dim;
     GdnWeights w;
-    if (c.model_type == "qwen3_next") {
+    // Fused as Qwen3-Next stores them (llama.cpp's qwen3next: ssm_ba, and the legacy ssm_in), or
+    // split as Qwen3.5 (llama.cpp: attn_qkv + attn_gate, ssm_beta + ssm_alpha).
+    const bool fused_qkvz = src.has_named(l, "linear_attn.in_proj_qkvz.weight");
+    const bool fused_ba = src.has_named(l, "linear_attn.in_proj_ba.weight");
+    if (fused_qkvz) {
       const WeightView qkvz =
           count(src.named_matrix(l, "linear_attn.in_proj_qkvz.weight", {cd + vd, d}));
-      const WeightView ba =
-          count(src.named_matrix(l, "linear_attn.in_proj_ba.weight", {2 * Hv, d}));
       const int64_t group = 2 * dk + 2 * rdv;
       std::vector<int64_t> order;
       for (const auto& [offset, width] :
@@ -419,7 +493,14 @@ std::unique_ptr<InferenceModel> InferenceModel::build(const ModelConfig& cfg, So
       const int64_t rb = row_bytes(all.type, d);
       w.qkv = {all.data, all.type, cd, d};
       w.z = {all.data + cd * rb, all.type, vd, d};
-      order.clear();
+    } else {
+      w.qkv = count(src.named_matrix(l, "linear_attn.in_proj_qkv.weight", {cd, d}));
+      w.z = count(src.named_matrix(l, "linear_attn.in_proj_z.weight", {vd, d}));
+    }
+    if (fused_ba) {
+      const WeightView ba =
+          count(src.named_matrix(l, "linear_attn.in_proj_ba.weight", {2 * Hv, d}));
+      std::vector<int64_t> order;
       for (int64_t offset : {int64_t{0}, r})
         for (int64_t h = 0; h < Hk; ++h)
           for (int64_t i = 0; i < r; ++i) order.push_back(h * 2 * r + offset + i);
@@ -427,8 +508,6 @@ std::unique_ptr<InferenceModel> InferenceModel::build(const ModelConfig& cfg, So
       w.b = {both.data, both.type, Hv, d};
       w.a = {both.data + Hv * row_bytes(both.type, d), both.type, Hv, d};
     } else {
-      w.qkv = count(src.named_matrix(l, "linear_attn.in_proj_qkv.weight", {cd, d}));
-      w.z = count(src.named_matrix(l, "linear_attn.in_proj_z.weight", {vd, d}));
       w.b = count(src.named_matrix(l, "linear_attn.in_proj_b.weight", {Hv, d}));
       w.a = count(src.named_matrix(l, "linear_attn.in_proj_a.weight", {Hv, d}));
     }

@@ -1,6 +1,7 @@
 #include "moe/gguf_model.h"
 
 #include <algorithm>
+#include <cmath>
 #include <nlohmann/json.hpp>
 
 #include "moe/error.h"
@@ -64,6 +65,69 @@ GgmlType fallback_of(GgmlType t) {
 
 }  // namespace
 
+namespace {
+
+// llama.cpp's Gated DeltaNet hybrids: qwen3next and qwen35moe.
+bool is_hybrid(const ModelConfig& c) {
+  return c.model_type == "qwen3_next" || c.model_type == "qwen3_5_moe";
+}
+
+// Reorders the Hv value-head blocks of `block` values in each of `outer` runs (run o at
+// x + o * stride) between Hugging Face's grouping (key head kh's r heads together: kh * r + j)
+// and llama.cpp's tiling (j * Hk + kh).
+void retile(float* x, int64_t outer, int64_t stride, int64_t Hk, int64_t r, int64_t block,
+            bool to_tiled) {
+  std::vector<float> tmp(static_cast<size_t>(Hk * r * block));
+  for (int64_t o = 0; o < outer; ++o) {
+    float* run = x + o * stride;
+    std::copy_n(run, tmp.size(), tmp.data());
+    for (int64_t kh = 0; kh < Hk; ++kh)
+      for (int64_t j = 0; j < r; ++j) {
+        const int64_t grouped = kh * r + j, tiled = j * Hk + kh;
+        std::copy_n(tmp.data() + (to_tiled ? grouped : tiled) * block, block,
+                    run + (to_tiled ? tiled : grouped) * block);
+      }
+  }
+}
+
+}  // namespace
+
+void gguf_hybrid_values(const ModelConfig& c, const GgufModelTensor& t, float* x, bool to_gguf) {
+  if (!is_hybrid(c)) return;
+  const int64_t n = numel_of(t.shape);
+  auto ends = [&](const char* suffix) { return t.name.ends_with(suffix); };
+  // The converter folds the 1 of the zero-centred RMSNorms into the weights (not the gated norm
+  // of the DeltaNet, ssm_norm, whose scale is its weight).
+  if (t.name == "output_norm.weight" || ends(".attn_norm.weight") ||
+      ends(".post_attention_norm.weight") || ends(".attn_q_norm.weight") ||
+      ends(".attn_k_norm.weight")) {
+    for (int64_t i = 0; i < n; ++i) x[i] = to_gguf ? x[i] + 1.0f : x[i] - 1.0f;
+    return;
+  }
+  if (ends(".ssm_a")) {  // A_log <-> -exp(A_log)
+    for (int64_t i = 0; i < n; ++i)
+      x[i] = to_gguf ? static_cast<float>(-std::exp(static_cast<double>(x[i])))
+                     : static_cast<float>(std::log(-static_cast<double>(x[i])));
+  }
+  const LinearAttnConfig& g = c.linear;
+  const int64_t Hk = g.num_k_heads, Hv = g.num_v_heads, r = Hk > 0 ? Hv / Hk : 1;
+  if (c.model_type != "qwen3_5_moe" || r == 1 || t.layer < 0 || !c.is_linear_layer(t.layer)) return;
+  // qwen35moe: every value-head axis tiled (conversion/qwen.py _LinearAttentionVReorderBase).
+  const int64_t dv = g.v_head_dim, kd2 = 2 * g.key_dim(), cols = t.shape.back();
+  if (ends(".attn_qkv.weight"))
+    retile(x + kd2 * cols, 1, 0, Hk, r, dv * cols, to_gguf);
+  else if (ends(".attn_gate.weight"))
+    retile(x, 1, 0, Hk, r, dv * cols, to_gguf);
+  else if (ends(".ssm_beta.weight") || ends(".ssm_alpha.weight"))
+    retile(x, 1, 0, Hk, r, cols, to_gguf);
+  else if (ends(".ssm_a") || ends(".ssm_dt.bias"))
+    retile(x, 1, 0, Hk, r, 1, to_gguf);
+  else if (ends(".ssm_conv1d.weight"))
+    retile(x + kd2 * cols, 1, 0, Hk, r, dv * cols, to_gguf);
+  else if (ends(".ssm_out.weight"))  // the columns
+    retile(x, t.shape[0], cols, Hk, r, dv, to_gguf);
+}
+
 std::string gguf_arch_of(const ModelConfig& c) {
   // llama.cpp stores Mixtral, Llama and Mistral as its llama architecture.
   if (c.model_type == "mixtral" || c.model_type == "llama" || c.model_type == "mistral")
@@ -73,12 +137,14 @@ std::string gguf_arch_of(const ModelConfig& c) {
   if (c.model_type == "qwen3_moe") return "qwen3moe";
   if (c.model_type == "olmoe") return "olmoe";
   if (c.model_type == "granitemoe") return "granitemoe";
-  if (c.model_type == "gpt_oss") return "gpt-oss";  // llama.cpp's LLM_ARCH_OPENAI_MOE
-  if (c.is_mla()) return "deepseek2";               // deepseek_v2, deepseek_v3, kimi_k2
+  if (c.model_type == "gpt_oss") return "gpt-oss";        // llama.cpp's LLM_ARCH_OPENAI_MOE
+  if (c.model_type == "qwen3_next") return "qwen3next";   // LLM_ARCH_QWEN3NEXT
+  if (c.model_type == "qwen3_5_moe") return "qwen35moe";  // LLM_ARCH_QWEN35MOE
+  if (c.is_mla()) return "deepseek2";                     // deepseek_v2, deepseek_v3, kimi_k2
   throw Error(
       fmt::format("model_type \"{}\" has no GGUF architecture here (expected mixtral, "
                   "qwen2_moe, qwen3_moe, olmoe, granitemoe, gpt_oss, deepseek_v2, deepseek_v3, "
-                  "llama, mistral, qwen2 or qwen3)",
+                  "qwen3_next, qwen3_5_moe, llama, mistral, qwen2 or qwen3)",
                   c.model_type));
 }
 
@@ -100,8 +166,9 @@ void unpermute_rope_rows(const float* src, float* dst, int n_heads, int head_dim
 }
 
 std::string gguf_tensor_name(const ModelConfig& c, int layer, HfTensor t) {
-  // llama.cpp's gpt-oss names the FFN's input norm as the attention's post-norm.
-  if (c.model_type == "gpt_oss" && t == HfTensor::PostAttentionNorm)
+  // llama.cpp's gpt-oss, qwen3next and qwen35moe name the FFN's input norm as the attention's
+  // post-norm.
+  if ((c.model_type == "gpt_oss" || is_hybrid(c)) && t == HfTensor::PostAttentionNorm)
     return fmt::format("blk.{}.post_attention_norm.weight", layer);
   return gguf_tensor_name(layer, t);
 }
@@ -220,6 +287,10 @@ ModelConfig model_config_from_gguf(const GgufFile& f) {
     type = arch;
   else if (arch == "gpt-oss")
     type = "gpt_oss";
+  else if (arch == "qwen3next")
+    type = "qwen3_next";
+  else if (arch == "qwen35moe")
+    type = "qwen3_5_moe";
   else if (arch == "deepseek2")  // V3's sigmoid gating and selection bias, else V2
     type =
         f.has(arch + ".expert_gating_func") && f.value(arch + ".expert_gating_func").as_int() == 2
@@ -228,7 +299,8 @@ ModelConfig model_config_from_gguf(const GgufFile& f) {
   else
     throw Error(
         fmt::format("{}: general.architecture \"{}\" is not supported (expected llama, "
-                    "qwen2moe, qwen3moe, olmoe, granitemoe, gpt-oss, deepseek2, qwen2 or qwen3)",
+                    "qwen2moe, qwen3moe, olmoe, granitemoe, gpt-oss, deepseek2, qwen3next, "
+                    "qwen35moe, qwen2 or qwen3)",
                     path, arch));
   auto key = [&](const char* k) { return arch + "." + k; };
   auto integer = [&](const std::string& k) -> int64_t {
@@ -293,7 +365,8 @@ ModelConfig model_config_from_gguf(const GgufFile& f) {
         integer(key("attention.value_length")), key("attention.key_length"), hd);
     j["head_dim"] = hd;
   }
-  if (!mla && f.has(key("rope.dimension_count"))) {
+  const bool hybrid = type == "qwen3_next" || type == "qwen3_5_moe";
+  if (!mla && !hybrid && f.has(key("rope.dimension_count"))) {
     const int64_t rd = integer(key("rope.dimension_count"));
     const int hd = j.contains("head_dim") ? j["head_dim"].get<int>() : d / H;
     MOE_REQUIRE(rd == hd, "{}: {} = {} is not the head size {} (partial RoPE is not supported)",
@@ -375,7 +448,18 @@ ModelConfig model_config_from_gguf(const GgufFile& f) {
   }
   const std::string exps = fmt::format("blk.{}.ffn_gate_exps.weight", moe_layer);
   // The expert width: the metadata's when present (checked against the tensor), else the tensor's.
+  // llama.cpp may store gate and up experts as one ffn_gate_up_exps [E, 2F, d] (each expert's
+  // F gate rows, then its F up rows; create_tensor_gate_up_exps): the width is half its rows.
+  const std::string gate_up = fmt::format("blk.{}.ffn_gate_up_exps.weight", moe_layer);
+  const bool fused_exps = E > 0 && !f.has_tensor(exps) && f.has_tensor(gate_up);
   auto expert_width = [&](const std::string& k1) -> int64_t {
+    if (fused_exps) {
+      const int64_t F = dim(gate_up, 1) / 2;
+      MOE_REQUIRE(!f.has(k1) || integer(k1) == F,
+                  "{}: {} = {} contradicts tensor {} of shape {} (gate and up rows)", path, k1,
+                  f.has(k1) ? integer(k1) : 0, gate_up, shape_text(f.tensor(gate_up).shape()));
+      return F;
+    }
     if (f.has(k1)) {
       agree(k1, integer(k1), exps, 1);
       return integer(k1);
@@ -476,6 +560,86 @@ ModelConfig model_config_from_gguf(const GgufFile& f) {
                   "{}: tensor blk.{}.exp_probs_b.bias is missing (sigmoid gating selects with "
                   "it)",
                   path, moe_layer);
+  } else if (hybrid) {
+    // llama.cpp's qwen3next / qwen35moe (src/models/qwen3next.cpp, qwen35moe.cpp at
+    // ggml-org/llama.cpp 02ebd8f7; conversion/qwen.py Qwen3NextModel at 03173d5e): Gated
+    // DeltaNet layers sized by the ssm.* keys (state_size the key head size, group_count the
+    // key heads, time_step_rank the value heads, inner_size all value channels), every
+    // full_attention_interval-th layer gated full attention with partial RoPE
+    // (rope.dimension_count), softmax top-k experts renormalized, a sigmoid-gated shared expert.
+    const int hd = j.contains("head_dim") ? j["head_dim"].get<int>() : d / H;
+    j["head_dim"] = hd;
+    const int rd = positive(key("rope.dimension_count"));
+    MOE_REQUIRE(rd <= hd && rd % 2 == 0, "{}: {} = {} is not an even count up to the head size {}",
+                path, key("rope.dimension_count"), rd, hd);
+    j["partial_rotary_factor"] = static_cast<double>(rd) / hd;
+    const int K = positive(key("ssm.conv_kernel"));
+    const int dk = positive(key("ssm.state_size"));
+    const int Hk = positive(key("ssm.group_count"));
+    const int Hv = positive(key("ssm.time_step_rank"));
+    const int inner = positive(key("ssm.inner_size"));
+    MOE_REQUIRE(Hv % Hk == 0, "{}: {} = {} is not a multiple of {} = {}", path,
+                key("ssm.time_step_rank"), Hv, key("ssm.group_count"), Hk);
+    MOE_REQUIRE(inner % Hv == 0, "{}: {} = {} is not a multiple of {} = {}", path,
+                key("ssm.inner_size"), inner, key("ssm.time_step_rank"), Hv);
+    const int dv = inner / Hv;
+    const int interval = f.has(key("full_attention_interval"))
+                             ? positive(key("full_attention_interval"))
+                             : 4;  // llama.cpp's default
+    nlohmann::json types = nlohmann::json::array();
+    int linear = -1;  // a Gated DeltaNet layer, whose tensors are checked against the keys
+    for (int l = 0; l < L; ++l) {
+      const bool lin = (l + 1) % interval != 0;
+      types.push_back(lin ? "linear_attention" : "full_attention");
+      if (lin && linear < 0) linear = l;
+      const std::string has = fmt::format("blk.{}.{}", l, lin ? "ssm_a" : "attn_q.weight");
+      MOE_REQUIRE(f.has_tensor(has), "{}: {} = {} makes layer {} {} but tensor {} is missing", path,
+                  key("full_attention_interval"), interval, l,
+                  lin ? "Gated DeltaNet" : "full attention", has);
+    }
+    j["layer_types"] = types;
+    j["full_attention_interval"] = interval;
+    j["linear_conv_kernel_dim"] = K;
+    j["linear_key_head_dim"] = dk;
+    j["linear_value_head_dim"] = dv;
+    j["linear_num_key_heads"] = Hk;
+    j["linear_num_value_heads"] = Hv;
+    if (linear >= 0) {
+      const std::string p = fmt::format("blk.{}.", linear);
+      agree(key("ssm.conv_kernel"), K, p + "ssm_conv1d.weight", 0);
+      agree(key("ssm.inner_size"), 2 * Hk * dk + inner, p + "ssm_conv1d.weight", 1);
+      agree(key("ssm.time_step_rank"), Hv, p + "ssm_a", 0);
+      agree(key("ssm.time_step_rank"), Hv, p + "ssm_dt.bias", 0);
+      agree(key("ssm.inner_size"), inner, p + "ssm_out.weight", 0);
+      agree(key("ssm.inner_size") + " / " + key("ssm.time_step_rank"), dv, p + "ssm_norm.weight",
+            0);
+    }
+    if (moe_layer >= 0)
+      j["moe_intermediate_size"] = expert_width(key("expert_feed_forward_length"));
+    j["num_experts"] = E;
+    const std::string sh = fmt::format("blk.{}.ffn_gate_shexp.weight", std::max(moe_layer, 0));
+    int64_t S = 0;
+    if (f.has_tensor(sh)) {
+      S = dim(sh, 1);
+      if (f.has(key("expert_shared_feed_forward_length")))
+        agree(key("expert_shared_feed_forward_length"),
+              integer(key("expert_shared_feed_forward_length")), sh, 1);
+    }
+    j["shared_expert_intermediate_size"] = S;
+    if (type == "qwen3_next") {
+      j["norm_topk_prob"] = true;  // llama.cpp's graph always renormalizes
+      j["mlp_only_layers"] = dense_layers;
+      j["intermediate_size"] = ff > 0 ? ff : 1;
+      if (!dense_layers.empty()) {
+        MOE_REQUIRE(ff > 0, "{}: {} is missing (layer {} is dense)", path,
+                    key("feed_forward_length"), dense_layers.front());
+        agree(key("feed_forward_length"), ff,
+              fmt::format("blk.{}.ffn_gate.weight", dense_layers.front()), 1);
+      }
+    } else {
+      MOE_REQUIRE(dense_layers.empty(), "{}: layer {} has no router (ffn_gate_inp)", path,
+                  dense_layers.empty() ? 0 : dense_layers.front());
+    }
   } else if (type == "olmoe") {
     MOE_REQUIRE(dense_layers.empty(), "{}: layer {} has no router (ffn_gate_inp)", path,
                 dense_layers.empty() ? 0 : dense_layers.front());
@@ -507,8 +671,19 @@ ModelConfig model_config_from_gguf(const GgufFile& f) {
       j["qkv_bias"] = f.has_tensor("blk.0.attn_q.bias");
     }
   }
+  if (type == "qwen3_5_moe") {  // the text model of a Qwen3_5MoeForConditionalGeneration
+    nlohmann::json text = j;
+    text.erase("model_type");
+    nlohmann::json top = {{"model_type", type},
+                          {"tie_word_embeddings", j["tie_word_embeddings"]},
+                          {"text_config", std::move(text)}};
+    j = std::move(top);
+  }
   ModelConfig c = model_config_from_hf(j, path + " (GGUF metadata)");
   if (type == "qwen2_moe" && c.moe.n_shared_experts == 0) c.moe.shared_expert_gate = false;
+  // llama.cpp's converter stores Qwen3.5's value heads tiled (conversion/qwen.py,
+  // _LinearAttentionVReorderBase); qwen3next keeps Hugging Face's grouping.
+  if (type == "qwen3_5_moe") c.linear.tiled_heads = true;
   return c;
 }
 
@@ -532,9 +707,30 @@ std::vector<GgufModelTensor> gguf_model_tensors(const ModelConfig& c) {
   };
   using T = HfTensor;
   global("token_embd.weight", {V, d}, GgufRole::Matrix);
+  // qwen3next / qwen35moe's Gated DeltaNet tensors (no HfTensor of their own: kind O, told apart
+  // by name), llama.cpp's names and shapes (src/llama-arch.cpp at ggml-org/llama.cpp 02ebd8f7).
+  auto gdn = [&](const char* name, std::vector<int64_t> shape, GgufRole role) {
+    out.push_back({fmt::format("blk.{}.{}", l, name), std::move(shape), role, l, HfTensor::O});
+  };
   for (; l < c.num_hidden_layers; ++l) {
     add(T::InputNorm, {d}, GgufRole::Vector);
-    if (c.is_mla()) {  // llama.cpp's deepseek2
+    if (c.is_linear_layer(l)) {
+      const LinearAttnConfig& g = c.linear;
+      const int64_t cd = g.conv_dim(), vd = g.value_dim(), Hv = g.num_v_heads;
+      gdn("attn_qkv.weight", {cd, d}, GgufRole::Matrix);   // q, k, v of all heads
+      gdn("attn_gate.weight", {vd, d}, GgufRole::Matrix);  // z
+      if (c.model_type == "qwen3_next") {
+        gdn("ssm_ba.weight", {2 * Hv, d}, GgufRole::Matrix);  // [b (r), a (r)] per key head
+      } else {
+        gdn("ssm_beta.weight", {Hv, d}, GgufRole::Matrix);
+        gdn("ssm_alpha.weight", {Hv, d}, GgufRole::Matrix);
+      }
+      gdn("ssm_conv1d.weight", {cd, g.conv_kernel}, GgufRole::Vector);
+      gdn("ssm_dt.bias", {Hv}, GgufRole::Vector);
+      gdn("ssm_a", {Hv}, GgufRole::Vector);  // -exp(A_log)
+      gdn("ssm_norm.weight", {g.v_head_dim}, GgufRole::Vector);
+      gdn("ssm_out.weight", {d, vd}, GgufRole::Matrix);
+    } else if (c.is_mla()) {  // llama.cpp's deepseek2
       const MlaConfig& a = c.mla;
       const int64_t H = c.num_attention_heads, qk = a.qk_head_dim(), r = a.kv_lora_rank;
       if (a.q_lora_rank > 0) {
@@ -549,7 +745,7 @@ std::vector<GgufModelTensor> gguf_model_tensors(const ModelConfig& c) {
       add(T::KvB, {H * (a.qk_nope_head_dim + a.v_head_dim), r}, GgufRole::Matrix);
       add(T::O, {d, H * a.v_head_dim}, GgufRole::Matrix);
     } else {
-      add(T::Q, {qd, d}, GgufRole::Matrix);
+      add(T::Q, {c.attn_output_gate ? 2 * qd : qd, d}, GgufRole::Matrix);  // + the output gate
       add(T::K, {kvd, d}, GgufRole::Matrix);
       add(T::V, {kvd, d}, GgufRole::Matrix);
       add(T::O, {d, qd}, GgufRole::Matrix);
@@ -563,7 +759,7 @@ std::vector<GgufModelTensor> gguf_model_tensors(const ModelConfig& c) {
       extra("attn_output.bias", T::O, {d});
       extra("attn_sinks.weight", T::O, {c.num_attention_heads});
     }
-    if (c.qk_norm != QkNorm::None) {
+    if (c.qk_norm != QkNorm::None && !c.is_linear_layer(l)) {
       const bool full = c.qk_norm == QkNorm::Full;
       add(T::QNorm, {full ? qd : hd}, GgufRole::Vector);
       add(T::KNorm, {full ? kvd : hd}, GgufRole::Vector);
@@ -688,8 +884,10 @@ void write_gguf_model(const ModelConfig& c, const GgufModelSource& src, const st
   // llama and olmoe: the expert width (a dense llama: its FFN width); qwen: the dense width.
   const bool qwen = arch == "qwen2moe" || arch == "qwen3moe";
   const bool mla = arch == "deepseek2";
-  w.set(key("feed_forward_length"),
-        u32(qwen || mla || !moe ? c.dense_width() : c.intermediate_size));
+  const bool hybrid = is_hybrid(c);
+  if (arch != "qwen35moe")  // Qwen3.5-MoE has no dense width
+    w.set(key("feed_forward_length"),
+          u32(qwen || mla || hybrid || !moe ? c.dense_width() : c.intermediate_size));
   const bool gpt_oss = arch == "gpt-oss";
   if (gpt_oss) {
     // llama.cpp's gpt-oss: sliding windows on layers 0, 2, 4, ... (its swa pattern 2).
@@ -739,7 +937,38 @@ void write_gguf_model(const ModelConfig& c, const GgufModelSource& src, const st
     // llama.cpp assumes head_dim = hidden_size / heads unless told.
     w.set(key("attention.key_length"), u32(hd));
     w.set(key("attention.value_length"), u32(hd));
-    w.set(key("rope.dimension_count"), u32(hd));
+    w.set(key("rope.dimension_count"), u32(c.rotary_dim()));  // partial in the hybrids
+  }
+  if (hybrid) {
+    // conversion/qwen.py Qwen3NextModel.set_gguf_parameters (ggml-org/llama.cpp 03173d5e).
+    const LinearAttnConfig& g = c.linear;
+    int interval = 0;
+    while (interval < L && c.is_linear_layer(interval)) ++interval;
+    ++interval;
+    for (int l = 0; l < L; ++l)
+      MOE_REQUIRE(c.is_linear_layer(l) == ((l + 1) % interval != 0),
+                  "{}: layer_types[{}] = {}: GGUF's {} has a full-attention layer every "
+                  "full_attention_interval layers only (here {})",
+                  out_path, l, c.is_linear_layer(l) ? "linear_attention" : "full_attention", arch,
+                  interval);
+    if (g.k_head_dim != g.v_head_dim)
+      note(fmt::format(
+          "{}: linear_key_head_dim {} differs from linear_value_head_dim {}: moe "
+          "reads it (ssm.inner_size / ssm.time_step_rank), llama.cpp assumes them equal",
+          out_path, g.k_head_dim, g.v_head_dim));
+    w.set(key("ssm.conv_kernel"), u32(g.conv_kernel));
+    w.set(key("ssm.state_size"), u32(g.k_head_dim));
+    w.set(key("ssm.group_count"), u32(g.num_k_heads));
+    w.set(key("ssm.time_step_rank"), u32(g.num_v_heads));
+    w.set(key("ssm.inner_size"), u32(g.value_dim()));
+    w.set(key("full_attention_interval"), u32(interval));
+    if (arch == "qwen35moe") {
+      // Qwen3.5's interleaved M-RoPE sections (text positions rotate the same in all three);
+      // llama.cpp requires the key. Split as Qwen's default [11, 11, 10] is for 32 pairs.
+      const int half = c.rotary_dim() / 2;
+      w.set(key("rope.dimension_sections"),
+            GgufValue::i32s({(half + 2) / 3, (half + 1) / 3, half / 3, 0}));
+    }
   }
   w.set(key("rope.freq_base"), GgufValue::f32(static_cast<float>(c.rope_theta)));
   if (arch == "granitemoe") {
@@ -790,8 +1019,9 @@ void write_gguf_model(const ModelConfig& c, const GgufModelSource& src, const st
   if (moe) {
     w.set(key("expert_count"), u32(c.num_local_experts));
     w.set(key("expert_used_count"), u32(c.moe.num_experts_per_tok));
-    if (qwen || gpt_oss || mla) w.set(key("expert_feed_forward_length"), u32(c.intermediate_size));
-    if (arch == "qwen2moe" && c.moe.n_shared_experts > 0)
+    if (qwen || gpt_oss || mla || hybrid)
+      w.set(key("expert_feed_forward_length"), u32(c.intermediate_size));
+    if ((arch == "qwen2moe" || hybrid) && c.moe.n_shared_experts > 0)
       w.set(key("expert_shared_feed_forward_length"), u32(c.moe.shared_hidden()));
   }
   if (opt.add_tokenizer) opt.add_tokenizer(w);
@@ -822,6 +1052,11 @@ void write_gguf_model(const ModelConfig& c, const GgufModelSource& src, const st
         std::vector<float> hf(static_cast<size_t>(t.shape[0] * t.shape[1]));
         s->fill(t, hf.data());
         permute_rope_rows(hf.data(), out, heads, hd, d);
+      });
+    } else if (hybrid) {
+      w.add_tensor(t.name, t.shape, type, [s, t, &c](float* out) {
+        s->fill(t, out);
+        gguf_hybrid_values(c, t, out, /*to_gguf=*/true);
       });
     } else {
       w.add_tensor(t.name, t.shape, type, [s, t](float* out) { s->fill(t, out); });

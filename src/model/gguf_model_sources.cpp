@@ -35,6 +35,7 @@ class HfSource : public GgufModelSource {
   }
   void fill(const GgufModelTensor& t, float* out) const override {
     if (c_.model_type == "gpt_oss" && fill_gpt_oss(t, out)) return;
+    if (t.layer >= 0 && c_.is_linear_layer(t.layer) && fill_deltanet(t, out)) return;
     if (t.role == GgufRole::Experts) {
       const int64_t E = t.shape[0], rows = t.shape[1], cols = t.shape[2], per = rows * cols;
       const std::string fused =
@@ -59,9 +60,9 @@ class HfSource : public GgufModelSource {
     if (t.layer >= 0)
       name = hf_tensor_name(c_, t.layer, t.kind);
     else
-      name = t.name == "token_embd.weight" ? "model.embed_tokens.weight"
-             : t.name == "output.weight"   ? "lm_head.weight"
-                                           : "model.norm.weight";
+      name = t.name == "token_embd.weight" ? hf_model_prefix(c_) + "embed_tokens.weight"
+             : t.name == "output.weight"   ? std::string("lm_head.weight")
+                                           : hf_model_prefix(c_) + "norm.weight";
     // The shared expert's gate is [1, d] in Hugging Face checkpoints.
     if (t.layer >= 0 && t.kind == HfTensor::SharedExpertGate)
       read(name, {1, t.shape[0]}, out);
@@ -102,6 +103,50 @@ class HfSource : public GgufModelSource {
         mxfp4_from_hf_row(codes + src * nb * (kQK / 2), scales + src * nb, nb,
                           reinterpret_cast<BlockMXFP4*>(out + (e * rows + r) * rb));
       }
+  }
+  // A Gated DeltaNet layer's tensor under llama.cpp's name (false: not one). Qwen3-Next's
+  // in_proj_qkvz holds per key head [q (dk), k (dk), v (r*dv), z (r*dv)]: attn_qkv takes q of
+  // every head, then k, then v, attn_gate the z rows (conversion/qwen.py); Qwen3.5 stores them
+  // split. The values stay in Hugging Face's form (gguf_hybrid_values converts).
+  bool fill_deltanet(const GgufModelTensor& t, float* out) const {
+    const LinearAttnConfig& g = c_.linear;
+    const std::string p = fmt::format("{}layers.{}.linear_attn.", hf_model_prefix(c_), t.layer);
+    const int64_t d = c_.hidden_size, vd = g.value_dim(), cd = g.conv_dim();
+    auto ends = [&](const char* suffix) { return t.name.ends_with(suffix); };
+    const bool next = c_.model_type == "qwen3_next";
+    if ((ends(".attn_qkv.weight") || ends(".attn_gate.weight")) && next) {
+      const int64_t Hk = g.num_k_heads, dk = g.k_head_dim;
+      const int64_t rdv = g.num_v_heads / Hk * g.v_head_dim, group = 2 * dk + 2 * rdv;
+      std::vector<float> all(static_cast<size_t>((cd + vd) * d));
+      read(p + "in_proj_qkvz.weight", {cd + vd, d}, all.data());
+      std::vector<std::pair<int64_t, int64_t>> parts;  // (offset in a group, rows) in order
+      if (ends(".attn_qkv.weight"))
+        parts = {{0, dk}, {dk, dk}, {2 * dk, rdv}};
+      else
+        parts = {{2 * dk + rdv, rdv}};
+      float* o = out;
+      for (const auto& [offset, rows] : parts)
+        for (int64_t h = 0; h < Hk; ++h, o += rows * d)
+          std::copy_n(all.data() + (h * group + offset) * d, rows * d, o);
+      return true;
+    }
+    const char* hf = ends(".attn_qkv.weight")    ? "in_proj_qkv.weight"
+                     : ends(".attn_gate.weight") ? "in_proj_z.weight"
+                     : ends(".ssm_ba.weight")    ? "in_proj_ba.weight"
+                     : ends(".ssm_beta.weight")  ? "in_proj_b.weight"
+                     : ends(".ssm_alpha.weight") ? "in_proj_a.weight"
+                     : ends(".ssm_dt.bias")      ? "dt_bias"
+                     : ends(".ssm_a")            ? "A_log"
+                     : ends(".ssm_norm.weight")  ? "norm.weight"
+                     : ends(".ssm_out.weight")   ? "out_proj.weight"
+                                                 : nullptr;
+    if (ends(".ssm_conv1d.weight")) {  // [cd, 1, K] as stored
+      read(p + "conv1d.weight", {cd, 1, g.conv_kernel}, out);
+      return true;
+    }
+    if (hf == nullptr) return false;
+    read(p + hf, t.shape, out);
+    return true;
   }
   // gpt_oss's tensors that are not stored as the other families' (false: the generic path).
   // The experts are for x @ W, gate_up_proj [E, d, 2F] with gate and up in the even and odd
@@ -157,6 +202,7 @@ class GgufSource : public GgufModelSource {
  public:
   GgufSource(const ModelConfig& c, const GgufFile& f) : c_(c), f_(f) {}
   void fill(const GgufModelTensor& t, float* out) const override {
+    if (fill_from_gate_up(t, out)) return;
     const GgufTensorInfo& info = checked(t);
     const auto type = static_cast<GgmlType>(info.type);
     MOE_REQUIRE(is_weight_type(type), "{}: tensor {} has type {}, which cannot be read", f_.path(),
@@ -172,17 +218,44 @@ class GgufSource : public GgufModelSource {
       return;
     }
     for (int64_t r = 0; r < rows; ++r) dequantize_row(type, p + r * rb, out + r * cols, cols);
+    gguf_hybrid_values(c_, t, out, /*to_gguf=*/false);  // back to Hugging Face's form
   }
   const uint8_t* raw(const GgufModelTensor& t, GgmlType type) const override {
+    if (!f_.has_tensor(t.name) && t.role == GgufRole::Experts) return nullptr;  // gate_up
     const GgufTensorInfo& info = checked(t);
     return info.type == static_cast<uint32_t>(type) ? f_.data(info) : nullptr;
   }
 
  private:
+  // ffn_gate_exps / ffn_up_exps from llama.cpp's fused ffn_gate_up_exps [E, 2F, d] (false:
+  // not that case).
+  bool fill_from_gate_up(const GgufModelTensor& t, float* out) const {
+    if (t.role != GgufRole::Experts || f_.has_tensor(t.name) || t.kind == HfTensor::ExpertDown)
+      return false;
+    const std::string name = fmt::format("blk.{}.ffn_gate_up_exps.weight", t.layer);
+    if (!f_.has_tensor(name)) return false;
+    const GgufTensorInfo& info = f_.tensor(name);
+    const int64_t E = t.shape[0], F = t.shape[1], cols = t.shape[2];
+    MOE_REQUIRE(info.shape() == (std::vector<int64_t>{E, 2 * F, cols}),
+                "{}: tensor {} has shape [{}], expected [{}, {}, {}]", f_.path(), name,
+                fmt::join(info.shape(), ", "), E, 2 * F, cols);
+    const auto type = static_cast<GgmlType>(info.type);
+    MOE_REQUIRE(is_weight_type(type), "{}: tensor {} has type {}, which cannot be read", f_.path(),
+                name, ggml_type_name(info.type));
+    const int64_t rb = row_bytes(type, cols), half = t.kind == HfTensor::ExpertUp ? 1 : 0;
+    for (int64_t e = 0; e < E; ++e)
+      for (int64_t r = 0; r < F; ++r)
+        dequantize_row(type, f_.data(info) + ((2 * e + half) * F + r) * rb,
+                       out + (e * F + r) * cols, cols);
+    return true;
+  }
   const GgufTensorInfo& checked(const GgufModelTensor& t) const {
     const GgufTensorInfo& info = f_.tensor(t.name);
-    MOE_REQUIRE(info.shape() == t.shape, "{}: tensor {} has shape [{}], expected [{}]", f_.path(),
-                t.name, fmt::join(info.shape(), ", "), fmt::join(t.shape, ", "));
+    // Trailing ggml dimensions of 1 say nothing (the converter's [1, d] shared-expert gate).
+    std::vector<int64_t> shape = info.shape();
+    while (shape.size() > t.shape.size() && shape.front() == 1) shape.erase(shape.begin());
+    MOE_REQUIRE(shape == t.shape, "{}: tensor {} has shape [{}], expected [{}]", f_.path(), t.name,
+                fmt::join(info.shape(), ", "), fmt::join(t.shape, ", "));
     return info;
   }
   const ModelConfig& c_;

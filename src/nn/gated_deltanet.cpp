@@ -233,9 +233,10 @@ void GatedDeltaNet::forward(const GdnWeights& w, const float* x, int B, int n, K
         double inv = 1.0 / std::sqrt(ss + 1e-6);
         if (which == 0) inv *= qscale;
         float* dst = (which == 0 ? q_ : k_).data() + t * Hv * dk;
-        for (int rep = 0; rep < r; ++rep)
-          for (int i = 0; i < dk; ++i)
-            dst[(h * r + rep) * dk + i] = static_cast<float>(src[i] * inv);
+        for (int rep = 0; rep < r; ++rep) {
+          const int64_t vh = c.tiled_heads ? rep * Hk + h : h * r + rep;
+          for (int i = 0; i < dk; ++i) dst[vh * dk + i] = static_cast<float>(src[i] * inv);
+        }
       }
     }
     for (int64_t h = 0; h < Hv; ++h) {

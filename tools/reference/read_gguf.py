@@ -4,6 +4,8 @@ check what src/core/gguf.cpp and src/model/gguf_export.cpp write.
 
     read_gguf.py FILE.gguf                       # keys, tensor table, bounds and alignment
     read_gguf.py --check-export FILE.gguf RUN    # and compare the tensors with RUN/model.safetensors
+    read_gguf.py --check-hybrid FILE.gguf HFDIR  # an f32 qwen3next / qwen35moe file against the
+                                                 # Qwen3-Next / Qwen3.5-MoE directory HFDIR
 
 Layout: "GGUF", u32 version, u64 tensor count, u64 key-value count, the key-value pairs
 (string key, u32 value type, value), the tensor infos (string name, u32 n_dims, u64 dims in
@@ -232,12 +234,155 @@ def check_export(kvs, tensors, data_offset, buf, run_dir):
     return problems, worst, len(expected)
 
 
+def hybrid_expected(hf_dir):
+    """What llama.cpp's converter writes for a Qwen3-Next (qwen3next) or Qwen3.5-MoE text model
+    (qwen35moe) directory: {gguf name: row-major float64 array}, and the keys. Facts from
+    ggml-org/llama.cpp conversion/qwen.py (Qwen3NextModel, _LinearAttentionVReorderBase,
+    _Qwen35MRopeMixin; commit 03173d5e78f8ccd7ccbb385f1f7b4a21266377dc) and src/llama-arch.cpp
+    (tensor names, commit 02ebd8f7f24f55935c91a903d211e2ccd2b11582): zero-centred norms stored
+    as 1 + w (not linear_attn.norm), A_log as -exp(A_log), conv1d squeezed to [channels, K],
+    Qwen3-Next's in_proj_qkvz split per key-head group into attn_qkv [q of all heads, k, v] and
+    attn_gate (z), in_proj_ba kept whole as ssm_ba; Qwen3.5's value heads reordered from
+    grouped (key head kh's r heads together) to tiled (head j of every key head together)."""
+    top = json.load(open(f"{hf_dir}/config.json"))
+    q35 = top["model_type"] == "qwen3_5_moe"
+    cfg = top["text_config"] if q35 else top
+    w = read_safetensors(f"{hf_dir}/model.safetensors")
+    pre = "model.language_model." if q35 else "model."
+    L, d = cfg["num_hidden_layers"], cfg["hidden_size"]
+    Hk, Hv = cfg["linear_num_key_heads"], cfg["linear_num_value_heads"]
+    dk, dv, K = cfg["linear_key_head_dim"], cfg["linear_value_head_dim"], cfg["linear_conv_kernel_dim"]
+    r = Hv // Hk
+    hd = cfg.get("head_dim", d // cfg["num_attention_heads"])
+    rope = cfg.get("rope_parameters") or {}
+    partial = cfg.get("partial_rotary_factor", rope.get("partial_rotary_factor", 0.25))
+    types = cfg.get("layer_types") or [
+        "full_attention" if (l + 1) % cfg.get("full_attention_interval", 4) == 0
+        else "linear_attention" for l in range(L)]
+    arch = "qwen35moe" if q35 else "qwen3next"
+    interval = types.index("full_attention") + 1
+
+    def tile(a, axis, block):
+        """Value heads along `axis` (Hv blocks of `block`) from grouped to tiled order."""
+        a = np.moveaxis(a, axis, 0)
+        rest = a.shape[1:]
+        a = a.reshape(Hk, r, block, *rest).transpose(1, 0, 2, *range(3, 3 + len(rest)))
+        return np.moveaxis(a.reshape(Hv * block, *rest), 0, axis)
+
+    out = {"token_embd.weight": w[pre + "embed_tokens.weight"],
+           "output_norm.weight": w[pre + "norm.weight"] + 1}
+    if "lm_head.weight" in w:
+        out["output.weight"] = w["lm_head.weight"]
+    for l in range(L):
+        b, m = f"blk.{l}.", f"{pre}layers.{l}."
+        out[b + "attn_norm.weight"] = w[m + "input_layernorm.weight"] + 1
+        out[b + "post_attention_norm.weight"] = w[m + "post_attention_layernorm.weight"] + 1
+        if types[l] == "linear_attention":
+            a = m + "linear_attn."
+            if q35:
+                qkv, z = w[a + "in_proj_qkv.weight"], w[a + "in_proj_z.weight"]
+                beta, alpha = w[a + "in_proj_b.weight"], w[a + "in_proj_a.weight"]
+            else:
+                g = w[a + "in_proj_qkvz.weight"].reshape(Hk, 2 * dk + 2 * r * dv, d)
+                q, k = g[:, :dk].reshape(-1, d), g[:, dk:2 * dk].reshape(-1, d)
+                v = g[:, 2 * dk:2 * dk + r * dv].reshape(-1, d)
+                z = g[:, 2 * dk + r * dv:].reshape(-1, d)
+                qkv = np.concatenate([q, k, v])
+                out[b + "ssm_ba.weight"] = w[a + "in_proj_ba.weight"]
+            conv = w[a + "conv1d.weight"].reshape(-1, K)
+            A = -np.exp(w[a + "A_log"])
+            dt = w[a + "dt_bias"]
+            o = w[a + "out_proj.weight"]
+            if q35 and r > 1:
+                kd2 = 2 * Hk * dk
+                qkv = np.concatenate([qkv[:kd2], tile(qkv[kd2:], 0, dv)])
+                conv = np.concatenate([conv[:kd2], tile(conv[kd2:], 0, dv)])
+                z, beta, alpha = tile(z, 0, dv), tile(beta, 0, 1), tile(alpha, 0, 1)
+                A, dt, o = tile(A, 0, 1), tile(dt, 0, 1), tile(o, 1, dv)
+            if q35:
+                out[b + "ssm_beta.weight"], out[b + "ssm_alpha.weight"] = beta, alpha
+            out.update({b + "attn_qkv.weight": qkv, b + "attn_gate.weight": z,
+                        b + "ssm_conv1d.weight": conv, b + "ssm_a": A, b + "ssm_dt.bias": dt,
+                        b + "ssm_norm.weight": w[a + "norm.weight"], b + "ssm_out.weight": o})
+        else:
+            s = m + "self_attn."
+            for ours, hf in [("attn_q", "q_proj"), ("attn_k", "k_proj"), ("attn_v", "v_proj"),
+                             ("attn_output", "o_proj")]:
+                out[b + ours + ".weight"] = w[s + hf + ".weight"]
+            out[b + "attn_q_norm.weight"] = w[s + "q_norm.weight"] + 1
+            out[b + "attn_k_norm.weight"] = w[s + "k_norm.weight"] + 1
+        f = m + "mlp."
+        if f + "gate.weight" not in w:  # a dense layer (Qwen3-Next's mlp_only_layers)
+            for ours, hf in [("ffn_gate", "gate_proj"), ("ffn_up", "up_proj"),
+                             ("ffn_down", "down_proj")]:
+                out[b + ours + ".weight"] = w[f + hf + ".weight"]
+            continue
+        out[b + "ffn_gate_inp.weight"] = w[f + "gate.weight"]
+        E = w[f + "gate.weight"].shape[0]
+        if f + "experts.gate_up_proj" in w:  # transformers v5: [E, 2F, d], gate rows first
+            gu = w[f + "experts.gate_up_proj"]
+            F = gu.shape[1] // 2
+            out[b + "ffn_gate_exps.weight"], out[b + "ffn_up_exps.weight"] = gu[:, :F], gu[:, F:]
+            out[b + "ffn_down_exps.weight"] = w[f + "experts.down_proj"]
+        else:
+            for ours, hf in [("ffn_gate_exps", "gate_proj"), ("ffn_up_exps", "up_proj"),
+                             ("ffn_down_exps", "down_proj")]:
+                out[b + ours + ".weight"] = np.stack(
+                    [w[f"{f}experts.{e}.{hf}.weight"] for e in range(E)])
+        for ours, hf in [("ffn_gate_shexp", "gate_proj"), ("ffn_up_shexp", "up_proj"),
+                         ("ffn_down_shexp", "down_proj")]:
+            out[b + ours + ".weight"] = w[f + "shared_expert." + hf + ".weight"]
+        out[b + "ffn_gate_inp_shexp.weight"] = w[f + "shared_expert_gate.weight"].reshape(-1)
+    keys = {f"{arch}.block_count": L, f"{arch}.embedding_length": d,
+            f"{arch}.ssm.conv_kernel": K, f"{arch}.ssm.state_size": dk,
+            f"{arch}.ssm.group_count": Hk, f"{arch}.ssm.time_step_rank": Hv,
+            f"{arch}.ssm.inner_size": Hv * dv, f"{arch}.full_attention_interval": interval,
+            f"{arch}.rope.dimension_count": int(hd * partial),
+            f"{arch}.expert_count": cfg["num_experts"],
+            f"{arch}.expert_used_count": cfg["num_experts_per_tok"],
+            f"{arch}.expert_feed_forward_length": cfg["moe_intermediate_size"],
+            f"{arch}.expert_shared_feed_forward_length": cfg["shared_expert_intermediate_size"]}
+    return arch, keys, out
+
+
+def check_hybrid(kvs, tensors, data_offset, buf, hf_dir):
+    arch, keys, expected = hybrid_expected(hf_dir)
+    names = {t["name"] for t in tensors}
+    problems = [f"missing tensor {n}" for n in sorted(set(expected) - names)]
+    problems += [f"unexpected tensor {n}" for n in sorted(names - set(expected))]
+    got_arch = kvs.get("general.architecture", (8, None))[1]
+    if got_arch != arch:
+        problems.append(f"general.architecture is {got_arch!r}, not {arch!r}")
+    for key, want in keys.items():
+        if kvs.get(key, (None, None))[1] != want:
+            problems.append(f"{key} = {kvs.get(key, (None, None))[1]}, expected {want}")
+    worst = 0.0
+    for t in tensors:
+        if t["name"] not in expected:
+            continue
+        if t["type"] != 0:
+            problems.append(f"{t['name']} is {GGML[t['type']][0]}, the check reads F32 files")
+            continue
+        got, want = tensor_array(t, data_offset, buf), expected[t["name"]]
+        if got.shape != want.shape:
+            problems.append(f"{t['name']}: shape {list(got.shape)}, expected {list(want.shape)}")
+            continue
+        err = float(np.max(np.abs(got - want) / np.maximum(np.abs(want), 1e-3)))
+        worst = max(worst, err)
+        if err > 1e-6:  # f32 rounding of 1 + w and -exp(A_log)
+            problems.append(f"{t['name']}: relative error {err:.3g}")
+    return problems, worst, len(expected)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("gguf")
     ap.add_argument("run", nargs="?", help="run directory (with --check-export)")
     ap.add_argument("--check-export", action="store_true",
                     help="compare the tensors with RUN/model.safetensors and RUN/config.json")
+    ap.add_argument("--check-hybrid", action="store_true",
+                    help="compare an f32 qwen3next / qwen35moe file with the Hugging Face "
+                    "directory given as RUN")
     a = ap.parse_args()
     try:
         version, kvs, tensors, data_offset, alignment, buf = read_gguf(a.gguf)
@@ -258,6 +403,16 @@ def main():
         print(f"  {t['name']:<28} {GGML[t['type']][0]:>5} {str(t['dims']):>20} "
               f"{t['offset']:>10} {t['nbytes']:>10}")
     print("all tensor data in bounds, aligned and non-overlapping")
+    if a.check_hybrid:
+        if not a.run:
+            ap.error("--check-hybrid needs the Hugging Face directory")
+        problems, worst, n = check_hybrid(kvs, tensors, data_offset, buf, a.run)
+        for p in problems:
+            print(f"error: {p}", file=sys.stderr)
+        if problems:
+            return 1
+        print(f"hybrid check: {n} tensors and the keys match {a.run} "
+              f"(worst relative error {worst:.3g})")
     if a.check_export:
         if not a.run:
             ap.error("--check-export needs the run directory")
