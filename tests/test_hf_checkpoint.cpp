@@ -217,6 +217,36 @@ TEST(HfCheckpoint, ParameterAccountingOfMixtral8x7B) {
   EXPECT_EQ(n.active, 12879925248);
 }
 
+// Qwen/Qwen3-30B-A3B's config.json (the keys that shape it): published 30.5B total, 3.3B
+// activated. Per layer: attention 2048 x (4096 + 2 x 512) + 4096 x 2048 and two per-head
+// norms of 128, two RMSNorms, the router 128 x 2048, 128 experts of 3 x 2048 x 768.
+TEST(HfCheckpoint, ParameterAccountingOfQwen3_30B_A3B) {
+  const nlohmann::json j = {{"model_type", "qwen3_moe"},
+                            {"vocab_size", 151936},
+                            {"hidden_size", 2048},
+                            {"intermediate_size", 6144},
+                            {"moe_intermediate_size", 768},
+                            {"num_hidden_layers", 48},
+                            {"num_attention_heads", 32},
+                            {"num_key_value_heads", 4},
+                            {"head_dim", 128},
+                            {"num_experts", 128},
+                            {"num_experts_per_tok", 8},
+                            {"decoder_sparse_step", 1},
+                            {"mlp_only_layers", nlohmann::json::array()},
+                            {"norm_topk_prob", true},
+                            {"tie_word_embeddings", false},
+                            {"max_position_embeddings", 40960}};
+  const ParameterCount n = count_parameters(model_config_from_hf(j, "qwen3-30b-a3b"));
+  const int64_t attention = 2048LL * (4096 + 2 * 512) + 4096LL * 2048 + 2 * 128;
+  const int64_t expert = 3LL * 2048 * 768, shared = attention + 2 * 2048 + 128LL * 2048;
+  const int64_t ends = 2 * 151936LL * 2048 + 2048;  // embedding, LM head, final norm
+  EXPECT_EQ(n.total, 48 * (shared + 128 * expert) + ends);
+  EXPECT_EQ(n.active, 48 * (shared + 8 * expert) + ends);
+  EXPECT_EQ(n.total, 30532122624);  // 30.5B
+  EXPECT_EQ(n.active, 3353032704);  // 3.3B
+}
+
 ModelConfig small_config(bool shared, int moe_every) {
   ModelConfig c;
   c.vocab_size = 40;
