@@ -466,6 +466,15 @@ ModelConfig model_config_from_gguf(const GgufFile& f) {
     }
     return dim(exps, 1);
   };
+  // The shared expert's width (qwen2moe, qwen3next): its gate tensor's, checked against the
+  // metadata when present; 0 without a shared expert.
+  auto shared_width = [&](int layer) -> int64_t {
+    const std::string sh = fmt::format("blk.{}.ffn_gate_shexp.weight", layer);
+    if (!f.has_tensor(sh)) return 0;
+    const std::string width_key = key("expert_shared_feed_forward_length");
+    if (f.has(width_key)) agree(width_key, integer(width_key), sh, 1);
+    return dim(sh, 1);
+  };
   const int ff = f.has(key("feed_forward_length")) ? positive(key("feed_forward_length")) : 0;
   if (type == "llama" || dense_arch) {
     MOE_REQUIRE(ff > 0, "{}: {} is missing", path, key("feed_forward_length"));
@@ -617,15 +626,7 @@ ModelConfig model_config_from_gguf(const GgufFile& f) {
     if (moe_layer >= 0)
       j["moe_intermediate_size"] = expert_width(key("expert_feed_forward_length"));
     j["num_experts"] = E;
-    const std::string sh = fmt::format("blk.{}.ffn_gate_shexp.weight", std::max(moe_layer, 0));
-    int64_t S = 0;
-    if (f.has_tensor(sh)) {
-      S = dim(sh, 1);
-      if (f.has(key("expert_shared_feed_forward_length")))
-        agree(key("expert_shared_feed_forward_length"),
-              integer(key("expert_shared_feed_forward_length")), sh, 1);
-    }
-    j["shared_expert_intermediate_size"] = S;
+    j["shared_expert_intermediate_size"] = shared_width(std::max(moe_layer, 0));
     if (type == "qwen3_next") {
       j["norm_topk_prob"] = true;  // llama.cpp's graph always renormalizes
       j["mlp_only_layers"] = dense_layers;
@@ -659,15 +660,7 @@ ModelConfig model_config_from_gguf(const GgufFile& f) {
     // llama.cpp: qwen2moe does not renormalize the top-k gates, qwen3moe does.
     j["norm_topk_prob"] = type == "qwen3_moe";
     if (type == "qwen2_moe") {
-      const std::string sh = fmt::format("blk.{}.ffn_gate_shexp.weight", moe_layer);
-      int64_t S = 0;
-      if (f.has_tensor(sh)) {
-        S = dim(sh, 1);
-        if (f.has(key("expert_shared_feed_forward_length")))
-          agree(key("expert_shared_feed_forward_length"),
-                integer(key("expert_shared_feed_forward_length")), sh, 1);
-      }
-      j["shared_expert_intermediate_size"] = S;
+      j["shared_expert_intermediate_size"] = shared_width(moe_layer);
       j["qkv_bias"] = f.has_tensor("blk.0.attn_q.bias");
     }
   }

@@ -403,26 +403,21 @@ def main():
         print(f"  {t['name']:<28} {GGML[t['type']][0]:>5} {str(t['dims']):>20} "
               f"{t['offset']:>10} {t['nbytes']:>10}")
     print("all tensor data in bounds, aligned and non-overlapping")
-    if a.check_hybrid:
+    checks = [(a.check_hybrid, "--check-hybrid", "the Hugging Face directory", check_hybrid,
+               "hybrid check: {n} tensors and the keys match {run}"),
+              (a.check_export, "--check-export", "the run directory", check_export,
+               "export check: {n} tensors match {run}/model.safetensors")]
+    for wanted, flag, what, check, ok in checks:
+        if not wanted:
+            continue
         if not a.run:
-            ap.error("--check-hybrid needs the Hugging Face directory")
-        problems, worst, n = check_hybrid(kvs, tensors, data_offset, buf, a.run)
+            ap.error(f"{flag} needs {what}")
+        problems, worst, n = check(kvs, tensors, data_offset, buf, a.run)
         for p in problems:
             print(f"error: {p}", file=sys.stderr)
         if problems:
             return 1
-        print(f"hybrid check: {n} tensors and the keys match {a.run} "
-              f"(worst relative error {worst:.3g})")
-    if a.check_export:
-        if not a.run:
-            ap.error("--check-export needs the run directory")
-        problems, worst, n = check_export(kvs, tensors, data_offset, buf, a.run)
-        for p in problems:
-            print(f"error: {p}", file=sys.stderr)
-        if problems:
-            return 1
-        print(f"export check: {n} tensors match {a.run}/model.safetensors "
-              f"(worst relative error {worst:.3g})")
+        print(ok.format(n=n, run=a.run) + f" (worst relative error {worst:.3g})")
     return 0
 
 
