@@ -15,6 +15,7 @@
 #include <optional>
 #include <tuple>
 
+#include "gguf_fixture.h"
 #include "moe/gguf_model.h"
 #include "moe/hf_checkpoint.h"
 #include "moe/inference_model.h"
@@ -54,19 +55,7 @@ std::vector<float> logits_of(InferenceModel& m) {
   return out;
 }
 
-std::string write_hf_as_gguf(const std::string& dir, const std::string& out,
-                             const std::string& type, std::vector<std::string>* notes = nullptr) {
-  const ModelConfig c = load_hf_config(dir + "/config.json");
-  const HfWeights w = HfWeights::open(dir);
-  GgufModelWriteOptions opt;
-  EXPECT_TRUE(parse_type_scheme(type, &opt.types));
-  opt.name = "fixture";
-  opt.note = [notes](const std::string& line) {
-    if (notes) notes->push_back(line);
-  };
-  write_gguf_model(c, *gguf_source_of_hf(c, w), out, opt);
-  return out;
-}
+using test::write_hf_as_gguf;
 
 std::string bytes_of(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -114,7 +103,8 @@ TEST_P(GgufFamily, Q8_0IsCloseToTheDirectory) {
   TempDir dir;
   const std::string hf = fixture(GetParam());
   std::vector<std::string> notes;
-  const std::string path = write_hf_as_gguf(hf, dir.file("m.gguf"), "q8_0", &notes);
+  const std::string path = write_hf_as_gguf(hf, dir.file("m.gguf"), "q8_0", "",
+                                            [&](const std::string& l) { notes.push_back(l); });
   auto a = InferenceModel::load(hf);
   auto b = InferenceModel::load(path);
   if (a->config().has_linear_layers()) {

@@ -11,6 +11,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "gguf_fixture.h"
 #include "moe/attention.h"
 #include "moe/generate.h"
 #include "moe/gguf_model.h"
@@ -295,16 +296,9 @@ TEST(GptOss, Mxfp4CheckpointMatchesReference) {
 }
 
 void copy_fixture(const TempDir& to) {
-  for (const auto& e : fs::directory_iterator(fixture()))
-    fs::copy_file(e.path(), to.path() / e.path().filename());
+  test::copy_dir_files(fixture(), to);
 }
-
-void edit_config(const TempDir& dir, const std::function<void(nlohmann::json&)>& edit) {
-  std::ifstream in(dir.file("config.json"));
-  nlohmann::json j = nlohmann::json::parse(in);
-  edit(j);
-  std::ofstream(dir.file("config.json")) << j.dump(2);
-}
+using test::edit_config;
 
 TEST(GptOssErrors, BadKeysAreOneLineNamingThem) {
   TempDir d("gpt_oss_bad");
@@ -330,24 +324,7 @@ TEST(GptOssErrors, BadKeysAreOneLineNamingThem) {
 
 // ---- GGUF (llama.cpp's gpt-oss architecture) -------------------------------------------------
 
-// Writes the Hugging Face directory `dir` as GGUF with `types` ("f32", ...) and the experts as
-// `expert_type` when not empty.
-std::string write_gguf(const std::string& dir, const std::string& out, const std::string& types,
-                       const std::string& expert_type = "") {
-  const ModelConfig c = load_hf_config(dir + "/config.json");
-  const HfWeights w = HfWeights::open(dir);
-  GgufModelWriteOptions opt;
-  EXPECT_TRUE(parse_type_scheme(types, &opt.types));
-  if (!expert_type.empty()) {
-    TypeScheme e;
-    EXPECT_TRUE(parse_type_scheme(expert_type, &e));
-    opt.types.has_expert_type = true;
-    opt.types.expert_type = e.base;
-  }
-  opt.name = "gpt_oss";
-  write_gguf_model(c, *gguf_source_of_hf(c, w), out, opt);
-  return out;
-}
+using test::write_hf_as_gguf;
 
 // All logits of two sequences of 3 windows and a bit, in one prefill, then one token through the
 // cache.
@@ -369,7 +346,7 @@ std::vector<float> all_logits(InferenceModel& m) {
 TEST(GptOssGguf, F32GivesTheLogitsOfTheDirectory) {
   test::ExactBf16Path exact;
   TempDir dir;
-  const std::string path = write_gguf(fixture(), dir.file("m.gguf"), "f32");
+  const std::string path = write_hf_as_gguf(fixture(), dir.file("m.gguf"), "f32");
   const GgufFile f = GgufFile::open(path);
   EXPECT_EQ(f.string("general.architecture"), "gpt-oss");
   for (const char* t :
@@ -406,7 +383,7 @@ TEST(GptOssGguf, Mxfp4ExpertsAreCopiedBitForBit) {
   test::ExactBf16Path exact;
   TempDir dir;
   const std::string hf = std::string(MOE_FIXTURE_DIR) + "/hf/gpt_oss_mxfp4";
-  const std::string path = write_gguf(hf, dir.file("m.gguf"), "f32", "mxfp4");
+  const std::string path = write_hf_as_gguf(hf, dir.file("m.gguf"), "f32", "mxfp4");
   auto a = InferenceModel::load(hf);
   auto b = InferenceModel::load(path);
   EXPECT_EQ(b->weight_type(), GgmlType::MXFP4);
@@ -420,7 +397,7 @@ TEST(GptOssGguf, Mxfp4ExpertsAreCopiedBitForBit) {
                      1e-6);
 
   // f32 experts (decoded), then MXFP4 from those floats through the GGUF -> GGUF path.
-  const std::string wide = write_gguf(hf, dir.file("wide.gguf"), "f32");
+  const std::string wide = write_hf_as_gguf(hf, dir.file("wide.gguf"), "f32");
   const GgufFile w = GgufFile::open(wide);
   const ModelConfig cw = model_config_from_gguf(w);
   GgufModelWriteOptions opt;
@@ -448,7 +425,7 @@ TEST(GptOssGguf, OtherLayerPatternsAreRefusedByName) {
   edit_config(d, [](nlohmann::json& j) {
     j["layer_types"] = {"full_attention", "sliding_attention"};
   });
-  EXPECT_MOE_ERROR(write_gguf(d.str(), d.file("m.gguf"), "f32"), "layer_types[0]", "even");
+  EXPECT_MOE_ERROR(write_hf_as_gguf(d.str(), d.file("m.gguf"), "f32"), "layer_types[0]", "even");
 }
 
 TEST(GptOssErrors, TrainingIsRefusedByName) {

@@ -573,16 +573,9 @@ TEST(HfCheckpoint, RoutingHuggingFaceCannotExpressIsRefused) {
 // --- bad files: each one error line naming the file and the field -------------------------
 
 void copy_fixture(const std::string& name, const TempDir& to) {
-  for (const auto& e : fs::directory_iterator(fixture(name)))
-    fs::copy_file(e.path(), to.path() / e.path().filename());
+  test::copy_dir_files(fixture(name), to);
 }
-
-void edit_config(const TempDir& dir, const std::function<void(nlohmann::json&)>& edit) {
-  std::ifstream in(dir.file("config.json"));
-  nlohmann::json j = nlohmann::json::parse(in);
-  edit(j);
-  std::ofstream(dir.file("config.json")) << j.dump(2);
-}
+using test::edit_config;
 
 void expect_one_line(const std::string& msg) {
   EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;

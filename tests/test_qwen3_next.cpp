@@ -252,25 +252,10 @@ TEST(Qwen3Next, ParameterAccountingOfThePublishedModels) {
 }
 
 void copy_fixture(const char* name, const TempDir& to) {
-  for (const auto& e : fs::directory_iterator(fixture(name)))
-    fs::copy_file(e.path(), to.path() / e.path().filename());
+  test::copy_dir_files(fixture(name), to);
 }
-
-void edit_config(const TempDir& dir, const std::function<void(nlohmann::json&)>& edit) {
-  std::ifstream in(dir.file("config.json"));
-  nlohmann::json j = nlohmann::json::parse(in);
-  edit(j);
-  std::ofstream(dir.file("config.json")) << j.dump(2);
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using test::edit_config;
+using test::error_of;
 
 TEST(Qwen3Next, BadConfigsAreRefusedByName) {
   struct Case {

@@ -16,6 +16,7 @@
 #include <fstream>
 #include <functional>
 #include <initializer_list>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <system_error>
 #include <vector>
@@ -162,6 +163,21 @@ class TempDir {
  private:
   std::filesystem::path path_;
 };
+
+// Copies every file of the directory `from` (a fixture checkpoint) into `to`, for a test that
+// edits its copy.
+inline void copy_dir_files(const std::string& from, const TempDir& to) {
+  for (const auto& e : std::filesystem::directory_iterator(from))
+    std::filesystem::copy_file(e.path(), to.path() / e.path().filename());
+}
+
+// Rewrites dir/config.json through `edit`.
+inline void edit_config(const TempDir& dir, const std::function<void(nlohmann::json&)>& edit) {
+  std::ifstream in(dir.file("config.json"));
+  nlohmann::json j = nlohmann::json::parse(in);
+  edit(j);
+  std::ofstream(dir.file("config.json")) << j.dump(2);
+}
 
 // The pid of a process that has exited and been reaped, as a writer killed mid-write leaves.
 inline pid_t dead_pid() {
