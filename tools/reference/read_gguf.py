@@ -175,6 +175,22 @@ def unpermute_rope(w, n_heads):
     return w.reshape(n_heads, hd // 2, 2, cols).transpose(0, 2, 1, 3).reshape(rows, cols)
 
 
+def names_and_keys_problems(kvs, tensors, expected, arch, keys):
+    """What differs between the file and what it should hold: tensors missing or unexpected
+    (against the names of `expected`), general.architecture other than arch, and each of `keys`
+    {key: value} absent or with another value."""
+    names = {t["name"] for t in tensors}
+    problems = [f"missing tensor {n}" for n in sorted(set(expected) - names)]
+    problems += [f"unexpected tensor {n}" for n in sorted(names - set(expected))]
+    got_arch = kvs.get("general.architecture", (8, None))[1]
+    if got_arch != arch:
+        problems.append(f"general.architecture is {got_arch!r}, not {arch!r}")
+    for key, want in keys.items():
+        if kvs.get(key, (None, None))[1] != want:
+            problems.append(f"{key} = {kvs.get(key, (None, None))[1]}, expected {want}")
+    return problems
+
+
 def check_export(kvs, tensors, data_offset, buf, run_dir):
     cfg = json.load(open(f"{run_dir}/config.json"))
     params = read_safetensors(f"{run_dir}/model.safetensors")
@@ -202,18 +218,10 @@ def check_export(kvs, tensors, data_offset, buf, run_dir):
             expected.update({b + "ffn_gate.weight": (m + "mlp.ffn.w1", None),
                              b + "ffn_up.weight": (m + "mlp.ffn.w3", None),
                              b + "ffn_down.weight": (m + "mlp.ffn.w2", None)})
-    names = {t["name"] for t in tensors}
-    problems = [f"missing tensor {n}" for n in sorted(set(expected) - names)]
-    problems += [f"unexpected tensor {n}" for n in sorted(names - set(expected))]
-    arch = kvs.get("general.architecture", (8, None))[1]
-    if arch != "llama":
-        problems.append(f"general.architecture is {arch!r}, not 'llama'")
-    for key, want in [("llama.block_count", cfg["num_hidden_layers"]),
-                      ("llama.embedding_length", cfg["hidden_size"]),
-                      ("llama.attention.head_count", H), ("llama.attention.head_count_kv", G),
-                      ("llama.vocab_size", cfg["vocab_size"])]:
-        if kvs.get(key, (None, None))[1] != want:
-            problems.append(f"{key} = {kvs.get(key, (None, None))[1]}, expected {want}")
+    problems = names_and_keys_problems(kvs, tensors, expected, "llama", {
+        "llama.block_count": cfg["num_hidden_layers"], "llama.embedding_length": cfg["hidden_size"],
+        "llama.attention.head_count": H, "llama.attention.head_count_kv": G,
+        "llama.vocab_size": cfg["vocab_size"]})
     worst = 0.0
     for t in tensors:
         if t["name"] not in expected:
@@ -347,15 +355,7 @@ def hybrid_expected(hf_dir):
 
 def check_hybrid(kvs, tensors, data_offset, buf, hf_dir):
     arch, keys, expected = hybrid_expected(hf_dir)
-    names = {t["name"] for t in tensors}
-    problems = [f"missing tensor {n}" for n in sorted(set(expected) - names)]
-    problems += [f"unexpected tensor {n}" for n in sorted(names - set(expected))]
-    got_arch = kvs.get("general.architecture", (8, None))[1]
-    if got_arch != arch:
-        problems.append(f"general.architecture is {got_arch!r}, not {arch!r}")
-    for key, want in keys.items():
-        if kvs.get(key, (None, None))[1] != want:
-            problems.append(f"{key} = {kvs.get(key, (None, None))[1]}, expected {want}")
+    problems = names_and_keys_problems(kvs, tensors, expected, arch, keys)
     worst = 0.0
     for t in tensors:
         if t["name"] not in expected:
