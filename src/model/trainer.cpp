@@ -364,7 +364,14 @@ TrainResult train(const ModelConfig& cfg_in, const TokenStream& train_data,
       batch.next(sampler);
     }
     const DeviceStepStats st = device->step(batch.inputs.data(), batch.targets.data(), B, S, step);
-    if (profile) profile->add_step(seconds_since(step_start));
+    if (profile) {
+      // The first step allocates and first-touches every buffer (hundreds of ms of page faults
+      // on a VM): the profile is of the steady state, so it starts over after it.
+      if (step == first_step && last_step - first_step > 1)
+        *profile = StepProfile{};
+      else
+        profile->add_step(seconds_since(step_start));
+    }
     if (!st.nonfinite.empty()) {
       progress.finish();
       throw Error(fmt::format(
