@@ -568,8 +568,9 @@ std::function<int()> add_train_command(CLI::App& app) {
 // The MODEL argument of every command that takes one.
 constexpr const char* kModelHelp =
     "a run directory, a Hugging Face checkpoint directory (mixtral, qwen2_moe, qwen3_moe, olmoe, "
-    "granitemoe) "
-    "or a GGUF file (llama, qwen2moe, qwen3moe, olmoe)";
+    "granitemoe, deepseek_v2/v3, kimi_k2, gpt_oss, qwen3_next, qwen3_5_moe; dense llama, mistral, "
+    "qwen2, qwen3) or a GGUF file (llama, qwen2moe, qwen3moe, olmoe, granitemoe, deepseek2, "
+    "gpt-oss, qwen3next, qwen35moe; dense qwen2, qwen3)";
 
 std::function<int()> add_eval_command(CLI::App& app) {
   auto a = std::make_shared<EvalArgs>();
