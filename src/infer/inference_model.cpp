@@ -209,11 +209,7 @@ class InferenceModel::GgufSource : public InferenceModel::Source {
     if (t != HfTensor::ExpertDown && !f_.has_tensor(gguf_tensor_name(c_, layer, t)) &&
         f_.has_tensor(fused)) {
       // ffn_gate_up_exps [E, 2F, d]: expert e's gate rows, then its up rows.
-      const GgufTensorInfo& info = f_.tensor(fused);
-      const std::vector<int64_t> dims = {cols, 2 * rows, E};
-      MOE_REQUIRE(info.dims == dims,
-                  "{}: tensor {} has dims [{}] (ggml order), but the metadata gives [{}]",
-                  f_.path(), fused, fmt::join(info.dims, ", "), fmt::join(dims, ", "));
+      const GgufTensorInfo& info = with_dims(fused, {cols, 2 * rows, E});
       const GgmlType type = type_of(info);
       const int64_t stride = rows * row_bytes(type, cols), half = t == HfTensor::ExpertUp ? 1 : 0;
       std::vector<WeightView> out;
@@ -237,11 +233,7 @@ class InferenceModel::GgufSource : public InferenceModel::Source {
   // gpt-oss's tensors by their Hugging Face names, from llama.cpp's (gguf_model.h).
   void named(int layer, const std::string& what, const Shape& shape, float* out) override {
     auto of = [&](const char* name, const std::vector<int64_t>& dims) -> const GgufTensorInfo& {
-      const std::string full = fmt::format("blk.{}.{}", layer, name);
-      const GgufTensorInfo& info = f_.tensor(full);
-      MOE_REQUIRE(info.dims == dims, "{}: tensor {} has dims [{}] (ggml order), expected [{}]",
-                  f_.path(), full, fmt::join(info.dims, ", "), fmt::join(dims, ", "));
-      return info;
+      return with_dims(fmt::format("blk.{}.{}", layer, name), dims);
     };
     const int64_t n0 = shape.ndim > 0 ? shape[0] : 0, n1 = shape.ndim > 1 ? shape[1] : 0;
     if (what == "self_attn.sinks") {
@@ -282,12 +274,8 @@ class InferenceModel::GgufSource : public InferenceModel::Source {
   // The Gated DeltaNet's matrices under llama.cpp's qwen3next / qwen35moe names.
   WeightView named_matrix(int layer, const std::string& what,
                           const std::vector<int64_t>& shape) override {
-    const std::string name = fmt::format("blk.{}.{}", layer, gguf_name_of(what));
-    const GgufTensorInfo& info = f_.tensor(name);
-    const std::vector<int64_t> dims = {shape.back(), shape.front()};
-    MOE_REQUIRE(info.dims == dims,
-                "{}: tensor {} has dims [{}] (ggml order), but the metadata gives [{}]", f_.path(),
-                name, fmt::join(info.dims, ", "), fmt::join(dims, ", "));
+    const GgufTensorInfo& info = with_dims(fmt::format("blk.{}.{}", layer, gguf_name_of(what)),
+                                           {shape.back(), shape.front()});
     return WeightView{f_.data(info), type_of(info), shape.front(), shape.back()};
   }
   bool has_named(int layer, const std::string& what) const override {
@@ -319,9 +307,13 @@ class InferenceModel::GgufSource : public InferenceModel::Source {
                              : t == HfTensor::Q ? "token_embd.weight"
                              : t == HfTensor::O ? "output.weight"
                                                 : "output_norm.weight";
+    return with_dims(name, dims);
+  }
+  // Tensor `name`, which must have `dims` (ggml order) as the metadata sizes it. Trailing
+  // dimensions of 1 say nothing in GGUF (llama.cpp's converter stores Qwen's shared-expert gate
+  // [1, d] as dims [d, 1]).
+  const GgufTensorInfo& with_dims(const std::string& name, const std::vector<int64_t>& dims) const {
     const GgufTensorInfo& info = f_.tensor(name);
-    // Trailing dimensions of 1 say nothing (llama.cpp's converter stores Qwen's shared-expert
-    // gate [1, d] as dims [d, 1]).
     std::vector<int64_t> got = info.dims;
     while (got.size() > dims.size() && got.back() == 1) got.pop_back();
     MOE_REQUIRE(got == dims,
