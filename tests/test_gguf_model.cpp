@@ -671,6 +671,32 @@ TEST(GgufModelQwen3Next, BadFilesAreOneLineNamingTheField) {
     e = error_with({{arch + ".full_attention_interval", GgufValue::u32(2)}});
     EXPECT_NE(e.find("tensor blk.1.attn_q.weight is missing"), std::string::npos) << e;
     EXPECT_EQ(e.find('\n'), std::string::npos) << e;
+    // ssm_a = -exp(A_log) must be negative: a positive value is refused, naming the tensor,
+    // both where the model is run and where a converting writer reads the tensor back into
+    // Hugging Face's form (GgufModelSource::fill; a type change, since an F32 ssm_a is copied
+    // as it is), never NaN.
+    const std::string positive = dir.file("positive_a.gguf");
+    fs::copy_file(good, positive, fs::copy_options::overwrite_existing);
+    {
+      const GgufFile f = GgufFile::open(positive);
+      const uint64_t at = f.data_offset() + f.tensor("blk.0.ssm_a").offset;
+      std::fstream io(positive, std::ios::in | std::ios::out | std::ios::binary);
+      const float value = 0.5f;
+      io.seekp(static_cast<std::streamoff>(at + sizeof(float)));  // index 1
+      io.write(reinterpret_cast<const char*>(&value), sizeof value);
+    }
+    const std::string want = "positive_a.gguf: tensor blk.0.ssm_a holds 0.5 at 1";
+    e = test::error_of([&] { InferenceModel::load(positive); });
+    EXPECT_NE(e.find(want), std::string::npos) << e;
+    const GgufFile f = GgufFile::open(positive);
+    const ModelConfig c = model_config_from_gguf(f);
+    const auto source = gguf_source_of_gguf(c, f);
+    for (const GgufModelTensor& t : gguf_model_tensors(c))
+      if (t.name == "blk.0.ssm_a") {
+        std::vector<float> out(4);
+        e = test::error_of([&] { source->fill(t, out.data()); });
+        EXPECT_NE(e.find(want), std::string::npos) << e;
+      }
   }
 }
 

@@ -54,6 +54,19 @@ std::string gguf_tensor_name(int layer, HfTensor t);
 // The same in config c's architecture (gpt-oss: "blk.N.post_attention_norm.weight").
 std::string gguf_tensor_name(const ModelConfig& c, int layer, HfTensor t);
 
+// llama.cpp's fused gate/up experts, "blk.N.ffn_gate_up_exps.weight" [E, 2F, d]
+// (create_tensor_gate_up_exps): expert e's F gate rows, then its F up rows. The first row of
+// expert e's gate (up = false) or up matrix.
+std::string gguf_gate_up_exps_name(int layer);
+constexpr int64_t gguf_gate_up_first_row(int64_t expert, int64_t F, bool up) {
+  return (2 * expert + (up ? 1 : 0)) * F;
+}
+
+// A_log from a stored ssm_a = -exp(A_log); a value that is not negative is one moe::Error naming
+// the file, the tensor and the index (it would be NaN).
+float a_log_from_ssm_a(float ssm_a, const std::string& file, const std::string& tensor,
+                       int64_t index);
+
 // What one stored tensor of a model is. Matrices are [rows, cols]; experts [E, rows, cols].
 enum class GgufRole { Vector, Router, Matrix, Experts };
 struct GgufModelTensor {
@@ -138,8 +151,9 @@ std::unique_ptr<GgufModelSource> gguf_source_random(uint64_t seed);
 // or back, as its converter (conversion/qwen.py, ggml-org/llama.cpp 03173d5e) changes them: the
 // zero-centred RMSNorm weights w stored as 1 + w, A_log as ssm_a = -exp(A_log), and for
 // qwen35moe every value-head axis of a DeltaNet layer tiled (grouped head kh * r + j stored at
-// j * Hk + kh). Nothing for other architectures.
-void gguf_hybrid_values(const ModelConfig& c, const GgufModelTensor& t, float* x, bool to_gguf);
+// j * Hk + kh). Nothing for other architectures. `file` names the source in errors (from_gguf).
+void gguf_hybrid_values(const ModelConfig& c, const GgufModelTensor& t, float* x, bool to_gguf,
+                        const std::string& file = "");
 
 // Writes config c from `src` to `out_path` (atomically), tensor by tensor.
 void write_gguf_model(const ModelConfig& c, const GgufModelSource& src, const std::string& out_path,

@@ -205,16 +205,17 @@ class InferenceModel::GgufSource : public InferenceModel::Source {
   }
   std::vector<WeightView> experts(int layer, HfTensor t, int E, int64_t rows,
                                   int64_t cols) override {
-    const std::string fused = fmt::format("blk.{}.ffn_gate_up_exps.weight", layer);
+    const std::string fused = gguf_gate_up_exps_name(layer);
     if (t != HfTensor::ExpertDown && !f_.has_tensor(gguf_tensor_name(c_, layer, t)) &&
         f_.has_tensor(fused)) {
-      // ffn_gate_up_exps [E, 2F, d]: expert e's gate rows, then its up rows.
       const GgufTensorInfo& info = with_dims(fused, {cols, 2 * rows, E});
       const GgmlType type = type_of(info);
-      const int64_t stride = rows * row_bytes(type, cols), half = t == HfTensor::ExpertUp ? 1 : 0;
+      const int64_t rb = row_bytes(type, cols);
       std::vector<WeightView> out;
       for (int e = 0; e < E; ++e)
-        out.push_back({f_.data(info) + (2 * e + half) * stride, type, rows, cols});
+        out.push_back(
+            {f_.data(info) + gguf_gate_up_first_row(e, rows, t == HfTensor::ExpertUp) * rb, type,
+             rows, cols});
       return out;
     }
     const GgufTensorInfo& info = tensor(layer, t, {cols, rows, E});
@@ -256,13 +257,9 @@ class InferenceModel::GgufSource : public InferenceModel::Source {
     } else if (what == "linear_attn.conv1d.weight") {  // [cd, 1, K]
       read(of("ssm_conv1d.weight", {shape[2], n0}), out);
     } else if (what == "linear_attn.A_log") {  // stored as -exp(A_log)
-      const char* name = "ssm_a";
-      read(of(name, {n0}), out);
-      for (int64_t h = 0; h < n0; ++h) {
-        MOE_REQUIRE(out[h] < 0, "{}: tensor blk.{}.{} holds {} at {}, expected -exp(A_log) < 0",
-                    f_.path(), layer, name, out[h], h);
-        out[h] = static_cast<float>(std::log(-static_cast<double>(out[h])));
-      }
+      const std::string name = fmt::format("blk.{}.ssm_a", layer);
+      read(of("ssm_a", {n0}), out);
+      for (int64_t h = 0; h < n0; ++h) out[h] = a_log_from_ssm_a(out[h], f_.path(), name, h);
     } else if (what == "linear_attn.dt_bias") {
       read(of("ssm_dt.bias", {n0}), out);
     } else if (what == "linear_attn.norm.weight") {  // the gated norm: not zero-centred

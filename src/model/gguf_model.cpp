@@ -92,7 +92,19 @@ void retile(float* x, int64_t outer, int64_t stride, int64_t Hk, int64_t r, int6
 
 }  // namespace
 
-void gguf_hybrid_values(const ModelConfig& c, const GgufModelTensor& t, float* x, bool to_gguf) {
+std::string gguf_gate_up_exps_name(int layer) {
+  return fmt::format("blk.{}.ffn_gate_up_exps.weight", layer);
+}
+
+float a_log_from_ssm_a(float ssm_a, const std::string& file, const std::string& tensor,
+                       int64_t index) {
+  MOE_REQUIRE(ssm_a < 0, "{}: tensor {} holds {} at {}, expected -exp(A_log) < 0", file, tensor,
+              ssm_a, index);
+  return static_cast<float>(std::log(-static_cast<double>(ssm_a)));
+}
+
+void gguf_hybrid_values(const ModelConfig& c, const GgufModelTensor& t, float* x, bool to_gguf,
+                        const std::string& file) {
   if (!is_hybrid(c)) return;
   const int64_t n = numel_of(t.shape);
   auto ends = [&](const char* suffix) { return t.name.ends_with(suffix); };
@@ -107,7 +119,7 @@ void gguf_hybrid_values(const ModelConfig& c, const GgufModelTensor& t, float* x
   if (ends(".ssm_a")) {  // A_log <-> -exp(A_log)
     for (int64_t i = 0; i < n; ++i)
       x[i] = to_gguf ? static_cast<float>(-std::exp(static_cast<double>(x[i])))
-                     : static_cast<float>(std::log(-static_cast<double>(x[i])));
+                     : a_log_from_ssm_a(x[i], file, t.name, i);
   }
   const LinearAttnConfig& g = c.linear;
   const int64_t Hk = g.num_k_heads, Hv = g.num_v_heads, r = Hk > 0 ? Hv / Hk : 1;
@@ -450,7 +462,7 @@ ModelConfig model_config_from_gguf(const GgufFile& f) {
   // The expert width: the metadata's when present (checked against the tensor), else the tensor's.
   // llama.cpp may store gate and up experts as one ffn_gate_up_exps [E, 2F, d] (each expert's
   // F gate rows, then its F up rows; create_tensor_gate_up_exps): the width is half its rows.
-  const std::string gate_up = fmt::format("blk.{}.ffn_gate_up_exps.weight", moe_layer);
+  const std::string gate_up = gguf_gate_up_exps_name(moe_layer);
   const bool fused_exps = E > 0 && !f.has_tensor(exps) && f.has_tensor(gate_up);
   auto expert_width = [&](const std::string& k1) -> int64_t {
     if (fused_exps) {

@@ -218,7 +218,7 @@ class GgufSource : public GgufModelSource {
       return;
     }
     for (int64_t r = 0; r < rows; ++r) dequantize_row(type, p + r * rb, out + r * cols, cols);
-    gguf_hybrid_values(c_, t, out, /*to_gguf=*/false);  // back to Hugging Face's form
+    gguf_hybrid_values(c_, t, out, /*to_gguf=*/false, f_.path());  // back to Hugging Face's form
   }
   const uint8_t* raw(const GgufModelTensor& t, GgmlType type) const override {
     if (!f_.has_tensor(t.name) && t.role == GgufRole::Experts) return nullptr;  // gate_up
@@ -232,7 +232,7 @@ class GgufSource : public GgufModelSource {
   bool fill_from_gate_up(const GgufModelTensor& t, float* out) const {
     if (t.role != GgufRole::Experts || f_.has_tensor(t.name) || t.kind == HfTensor::ExpertDown)
       return false;
-    const std::string name = fmt::format("blk.{}.ffn_gate_up_exps.weight", t.layer);
+    const std::string name = gguf_gate_up_exps_name(t.layer);
     if (!f_.has_tensor(name)) return false;
     const GgufTensorInfo& info = f_.tensor(name);
     const int64_t E = t.shape[0], F = t.shape[1], cols = t.shape[2];
@@ -242,10 +242,11 @@ class GgufSource : public GgufModelSource {
     const auto type = static_cast<GgmlType>(info.type);
     MOE_REQUIRE(is_weight_type(type), "{}: tensor {} has type {}, which cannot be read", f_.path(),
                 name, ggml_type_name(info.type));
-    const int64_t rb = row_bytes(type, cols), half = t.kind == HfTensor::ExpertUp ? 1 : 0;
+    const int64_t rb = row_bytes(type, cols);
+    const bool up = t.kind == HfTensor::ExpertUp;
     for (int64_t e = 0; e < E; ++e)
       for (int64_t r = 0; r < F; ++r)
-        dequantize_row(type, f_.data(info) + ((2 * e + half) * F + r) * rb,
+        dequantize_row(type, f_.data(info) + (gguf_gate_up_first_row(e, F, up) + r) * rb,
                        out + (e * F + r) * cols, cols);
     return true;
   }
