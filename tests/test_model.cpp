@@ -3,9 +3,11 @@
 // optimizer against hand-computed PyTorch semantics, and the golden PyTorch fixtures
 // (tools/reference/make_model_fixtures.py; family_* from hf_reference.py).
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "model_fixture.h"
@@ -13,6 +15,7 @@
 #include "moe/error.h"
 #include "moe/hf_checkpoint.h"
 #include "moe/optimizer.h"
+#include "moe/rng.h"
 #include "moe/safetensors.h"
 #include "moe/transformer.h"
 #include "test_util.h"
@@ -493,6 +496,31 @@ TEST(Optimizer, AdamWMatchesTorchFormulaAndClips) {
               1e-12);  // no decay
   g[0] = std::nan("");
   EXPECT_EQ(first_nonfinite_grad(params), &params[0]);
+  EXPECT_TRUE(std::isnan(global_grad_norm(params)));  // what the step's check relies on
+}
+
+// The gradient norm's blocked, vectorized sum: the same bits for 1 and 2 threads, within double
+// rounding of a long double sum, NaN / inf when an entry is one.
+TEST(Optimizer, GradSumSquaresIsFixedOrderAndExact) {
+  const int64_t n = 3 * (1 << 14) + 5;
+  std::vector<float> w(n), g(n);
+  Rng rng(3);
+  for (auto& v : g) v = static_cast<float>(rng.normal()) * 1e-3f;
+  const ParamRef<float> p{"w", w.data(), g.data(), {n}, true};
+  long double want = 0;
+  for (float v : g) want += static_cast<long double>(v) * v;
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  const double one = grad_sum_squares(p);
+  omp_set_num_threads(2);
+  const double two = grad_sum_squares(p);
+  omp_set_num_threads(threads);
+  EXPECT_EQ(one, two);
+  EXPECT_NEAR(one, static_cast<double>(want), 1e-13 * static_cast<double>(want));
+  g[n - 1] = std::numeric_limits<float>::infinity();
+  EXPECT_TRUE(std::isinf(grad_sum_squares(p)));
+  g[7] = std::nanf("");
+  EXPECT_TRUE(std::isnan(grad_sum_squares(p)));
 }
 
 // ---- Golden fixtures from the PyTorch reference ------------------------------------------

@@ -30,13 +30,20 @@ struct ParamRef {
 // Learning rate of optimizer step `step` (0-based).
 double learning_rate_at(const TrainConfig& t, int step);
 
-// sqrt(sum of all squared gradient entries), accumulated in double in a fixed order.
+// The sum of p's squared gradient entries in double, in fixed blocks and a fixed order of
+// vector lanes: the same result for any thread count. NaN or inf when an entry is one (squares
+// of finite floats cannot overflow a double's sum).
+template <class T>
+double grad_sum_squares(const ParamRef<T>& p);
+// sqrt(sum of all squared gradient entries of the parameters that train), grad_sum_squares'
+// order.
 template <class T>
 double global_grad_norm(const std::vector<ParamRef<T>>& params);
 // torch clip_grad_norm_: scales every gradient by max_norm / (norm + 1e-6) when that is < 1.
-// Returns the norm before clipping.
+// Returns the norm before clipping; `norm`, when not negative, is global_grad_norm(params)
+// already computed.
 template <class T>
-double clip_grad_norm(const std::vector<ParamRef<T>>& params, double max_norm);
+double clip_grad_norm(const std::vector<ParamRef<T>>& params, double max_norm, double norm = -1);
 // The first parameter whose gradient holds NaN or inf, or nullptr.
 template <class T>
 const ParamRef<T>* first_nonfinite_grad(const std::vector<ParamRef<T>>& params);

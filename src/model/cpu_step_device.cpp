@@ -1,5 +1,6 @@
 // make_cpu_step_device (trainer.h): the trainer's StepDevice on its own Transformer and AdamW,
 // also under expert parallelism over MPI (each rank runs its share of every micro-batch).
+#include <algorithm>
 #include <cmath>
 
 #include "moe/communicator.h"
@@ -27,12 +28,8 @@ void allreduce_gradients(Transformer<float>& model) {
 // every rank and each expert shard lives once per expert group.
 double clip_parallel(Transformer<float>& model, double max_norm) {
   double sq[2] = {0, 0};  // replicated, expert shards
-  for (const auto& p : model.parameters()) {
-    double s = 0;
-    const int64_t n = p.shape.numel();
-    for (int64_t i = 0; i < n; ++i) s += static_cast<double>(p.grad[i]) * p.grad[i];
-    sq[Transformer<float>::is_expert_param(p.name) ? 1 : 0] += s;
-  }
+  for (const auto& p : model.parameters())
+    sq[Transformer<float>::is_expert_param(p.name) ? 1 : 0] += grad_sum_squares(p);
   model.parallel_groups()->expert_group->allreduce_sum(&sq[1], 1);
   const double norm = std::sqrt(sq[0] + sq[1]);
   const double coef = max_norm / (norm + 1e-6);
@@ -95,7 +92,13 @@ class CpuStepDevice final : public StepDevice {
     }
     ScopedTimer timer(profile_, StepPart::Optimizer);
     allreduce_gradients(model_);
-    const auto* bad = first_nonfinite_grad(model_.parameters());
+    // One process with every parameter training: the norm is NaN or inf exactly when a
+    // gradient entry is, so the search for the culprit runs only then (it is a serial pass).
+    const auto& params = model_.parameters();
+    const bool norm_first = W == 1 && std::none_of(params.begin(), params.end(),
+                                                   [](const auto& p) { return p.frozen; });
+    const double norm = norm_first ? global_grad_norm(params) : -1;
+    const auto* bad = !norm_first || !std::isfinite(norm) ? first_nonfinite_grad(params) : nullptr;
     int64_t bad_ranks = bad ? 1 : 0;
     if (W > 1) par->world->allreduce_sum(&bad_ranks, 1);
     if (bad_ranks > 0) {
@@ -104,8 +107,9 @@ class CpuStepDevice final : public StepDevice {
       return st;
     }
     st.grad_norm = W > 1             ? clip_parallel(model_, t.grad_clip)
-                   : t.grad_clip > 0 ? clip_grad_norm(model_.parameters(), t.grad_clip)
-                                     : global_grad_norm(model_.parameters());
+                   : t.grad_clip > 0 ? clip_grad_norm(params, t.grad_clip, norm)
+                   : norm_first      ? norm
+                                     : global_grad_norm(params);
     st.lr = learning_rate_at(t, step);
     adam_.step(st.lr);
     model_.update_selection_bias();
