@@ -198,7 +198,8 @@ MOE_TARGET_BF16 void pack_k_strided_avx512(const float* src, int64_t ld, int64_t
   // A few panels at a time, every k pair of them, then the next few: the panels of one k pair
   // lie kp_n * Width * 4 bytes apart (64 KiB for B), so writing all of them per k pair hit one
   // L1 set from every panel and thrashed it (this packer ran at half the contiguous one's speed).
-  constexpr int kGroup = Width == 12 ? 96 : (128 / Width) * Width;  // 128 columns of B, 96 of A
+  constexpr int kGroup = (128 / Width) * Width;  // 128 columns of B, 120 of A
+  alignas(64) uint32_t pairs[kGroup + 16];
   for (int64_t c0 = 0; c0 < cols; c0 += kGroup) {
     const int64_t gc = std::min<int64_t>(kGroup, cols - c0);
     const int64_t padded = (gc + Width - 1) / Width * Width;  // whole panels, zero past gc
@@ -210,33 +211,7 @@ MOE_TARGET_BF16 void pack_k_strided_avx512(const float* src, int64_t ld, int64_t
         for (int64_t c = 0; c < padded; c += 16)
           _mm512_storeu_si512(out + ((c / Width) * kp_n + kp) * Width + c % Width,
                               strided_pairs(lo_row + c, hi_row ? hi_row + c : nullptr, gc - c));
-      } else if constexpr (Width == 12) {
-        // 48 columns (three vectors) are four panels of 12: each panel's 12 pairs gathered in
-        // registers and stored as 32 + 16 bytes. (Through a buffer, the 48-byte copies straddled
-        // the 64-byte stores just made, and every load missed store forwarding: this packer ran
-        // at under half the contiguous one's speed per value.)
-        const __m512i i1 =
-            _mm512_setr_epi32(12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 0, 0, 0, 0);
-        const __m512i i2 =
-            _mm512_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 0, 0, 0, 0);
-        const __m512i i3 = _mm512_setr_epi32(4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 0, 0, 0, 0);
-        for (int64_t c = 0; c < padded; c += 48) {
-          __m512i v[3];
-          for (int q = 0; q < 3; ++q)
-            v[q] = strided_pairs(lo_row + c + 16 * q, hi_row ? hi_row + c + 16 * q : nullptr,
-                                 gc - c - 16 * q);
-          const __m512i p[4] = {v[0], _mm512_permutex2var_epi32(v[0], i1, v[1]),
-                                _mm512_permutex2var_epi32(v[1], i2, v[2]),
-                                _mm512_permutexvar_epi32(i3, v[2])};
-          const int64_t np = std::min<int64_t>(4, (padded - c) / 12);
-          for (int q = 0; q < np; ++q) {
-            uint32_t* o = out + ((c / 12 + q) * kp_n + kp) * 12;
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), _mm512_castsi512_si256(p[q]));
-            _mm_storeu_si128(reinterpret_cast<__m128i*>(o + 8), _mm512_extracti32x4_epi32(p[q], 2));
-          }
-        }
       } else {
-        alignas(64) uint32_t pairs[kGroup + 16];
         for (int64_t c = 0; c < padded; c += 16)
           _mm512_store_si512(pairs + c,
                              strided_pairs(lo_row + c, hi_row ? hi_row + c : nullptr, gc - c));
