@@ -11,16 +11,19 @@
 //                            for the first shape (what the layer's GEMMs cost without routing)
 //
 // Counters: flops (rate, so it reads as FLOP/s), tokens (rate: tokens/s), load_max/mean (the
-// busiest expert's load over the mean, MoE only). FLOPs are 2 per multiply-add: the router's d*E
-// per token plus 3*d*ffn per kept assignment (SwiGLU); a backward pass counts twice its forward.
-// Times are wall-clock (UseRealTime): the work is multi-threaded. Each benchmark reports the
-// mean, median, stddev and cv of 3 repetitions of at least 1 s each; quote the median.
+// busiest expert's load over the mean, MoE only); MoE fwdbwd also router_ms, gather_ms,
+// experts_ms, combine_ms (the layer's LayerTimings laps, ms per forward+backward). FLOPs are 2 per
+// multiply-add: the router's d*E per token plus 3*d*ffn per kept assignment (SwiGLU); a backward
+// pass counts twice its forward. Times are wall-clock (UseRealTime): the work is multi-threaded.
+// Each benchmark reports the mean, median, stddev and cv of 3 repetitions of at least 1 s each;
+// quote the median.
 //
 // Threads: moe::set_num_threads(MOE_BENCH_THREADS), default 2, once before any benchmark runs.
 // OpenBLAS picks its kernels from OPENBLAS_CORETYPE (e.g. SkylakeX) or detects the CPU; the
 // value is recorded in the benchmark context.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -159,14 +162,24 @@ void BM_MoeForwardBackward(benchmark::State& state, int shape, bool bf16) {
   moe::ForwardOptions<float> opt;
   opt.training = true;
   // Parameter gradients accumulate (+=) across iterations, as within one optimizer step.
+  // The layer's own laps (a few clock reads per pass) give the per-part counters.
+  moe::LayerTimings t;
+  c.layer.set_timings(&t);
   for (auto _ : state) {
     c.layer.forward(c.x.view(), c.out.view(), opt);
     c.layer.backward(c.dout.view(), c.dx.view());
     benchmark::DoNotOptimize(c.dx.data());
     benchmark::ClobberMemory();
   }
+  c.layer.set_timings(nullptr);
   set_counters(state, 3.0 * c.flops_fwd, c.shape.tokens);
   state.counters["load_max/mean"] = c.load_max_over_mean;
+  // ms per forward+backward: router, dispatch (gather), experts (GEMMs and SwiGLU), combine.
+  const double per = 1e3 / static_cast<double>(std::max<int64_t>(1, t.forward_calls));
+  state.counters["router_ms"] = (t.forward.routing + t.backward.routing) * per;
+  state.counters["gather_ms"] = (t.forward.gather + t.backward.gather) * per;
+  state.counters["experts_ms"] = (t.forward.experts + t.backward.experts) * per;
+  state.counters["combine_ms"] = (t.forward.combine + t.backward.combine) * per;
 }
 
 // ---------------------------------------------------------------------------------------------

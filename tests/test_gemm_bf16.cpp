@@ -137,9 +137,10 @@ TEST(GemmBf16, MatchesOracleOnOddShapesAndTransposes) {
   KernelGuard guard;
   int seed = 1;
   // Tails of every block size: MR = 12 rows, NR = 32 columns, KC = 1024 (odd K too), MC = 192,
-  // NC = 1024.
-  const int64_t shapes[][3] = {{1, 1, 1},      {13, 33, 7},    {12, 32, 1024}, {25, 65, 1025},
-                               {193, 31, 513}, {100, 1030, 3}, {3, 5, 2100},   {130, 47, 129}};
+  // NC = 1536.
+  const int64_t shapes[][3] = {{1, 1, 1},      {13, 33, 7},    {12, 32, 1024},
+                               {25, 65, 1025}, {193, 31, 513}, {100, 1030, 3},
+                               {3, 5, 2100},   {130, 47, 129}, {14, 1600, 5}};
   for (Bf16Kernel kernel : kernels())
     for (const auto& s : shapes)
       for (Trans ta : {Trans::No, Trans::Yes})

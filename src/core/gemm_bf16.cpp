@@ -32,7 +32,10 @@ constexpr int kNR = 32;  // columns per tile: two zmm of 16 fp32
 constexpr int64_t kKC = 1024;  // k per block (even), 512 bf16 pairs
 constexpr int64_t kKP = kKC / 2;
 constexpr int64_t kMC = kMR * 16;  // rows per packed A block: 384 KiB, stays in L2
-constexpr int64_t kNC = kNR * 32;  // columns per packed B block: 2 MiB
+// Wide enough for the whole N of the layer's expert GEMMs (ffn up to 1536): op(A) is packed once
+// per MC block and k block, and again for every further NC block, so with kNC = 1024 the
+// N = ffn = 1408 GEMMs (gate, up, da, dW2) packed their A twice.
+constexpr int64_t kNC = kNR * 48;  // columns per packed B block: 3 MiB
 
 std::atomic<int> g_kernel{static_cast<int>(Bf16Kernel::Auto)};
 
