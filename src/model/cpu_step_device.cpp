@@ -32,13 +32,9 @@ double clip_parallel(Transformer<float>& model, double max_norm) {
     sq[Transformer<float>::is_expert_param(p.name) ? 1 : 0] += grad_sum_squares(p);
   model.parallel_groups()->expert_group->allreduce_sum(&sq[1], 1);
   const double norm = std::sqrt(sq[0] + sq[1]);
-  const double coef = max_norm / (norm + 1e-6);
-  if (max_norm > 0 && coef < 1.0) {
-    const float c = static_cast<float>(coef);
-    for (auto& p : model.parameters())
-      for (int64_t i = 0, n = p.shape.numel(); i < n; ++i) p.grad[i] *= c;
-  }
-  return norm;
+  // The scaling is clip_grad_norm's, by this norm (frozen gradients, which no update reads,
+  // are left as they are).
+  return max_norm > 0 ? clip_grad_norm(model.parameters(), max_norm, norm) : norm;
 }
 
 class CpuStepDevice final : public StepDevice {
