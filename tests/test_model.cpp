@@ -483,6 +483,14 @@ TEST(Optimizer, AdamWMatchesTorchFormulaAndClips) {
   EXPECT_NEAR(norm, std::sqrt(1.25), 1e-15);
   const double c = 0.5 / (std::sqrt(1.25) + 1e-6);
   EXPECT_NEAR(g[0], 0.5 * c, 1e-15);
+  {  // a norm already computed (the step's) is the one the scaling uses
+    std::vector<double> g2{0.5, 0.0}, n2{-1.0};
+    const std::vector<ParamRef<double>> p2{{"w", w.data(), g2.data(), {2}, true},
+                                           {"n", norm_w.data(), n2.data(), {1}, false}};
+    EXPECT_EQ(clip_grad_norm(p2, 0.5, 2.0), 2.0);
+    EXPECT_NEAR(g2[0], 0.5 * (0.5 / (2.0 + 1e-6)), 1e-15);
+    EXPECT_NEAR(n2[0], -1.0 * (0.5 / (2.0 + 1e-6)), 1e-15);
+  }
   opt.step(0.01);
   // Step 1: m = 0.1 g, v = 0.05 g^2, so the update is lr * g/|g| (up to eps).
   const double g0 = 0.5 * c;
