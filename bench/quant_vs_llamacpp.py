@@ -6,7 +6,12 @@ d=1024, 4 layers, 16/4 heads, 8 experts of 2816, top-2, vocab 32000) with
 `moe quantize --random CONFIG OUT.gguf --type T`, then times on that one file
   llama.cpp: llama-bench -m FILE -p 128 -n 64 -t 2 -r REPS -o json (median of its samples)
   moe:       moe generate --model FILE --prompt-ids <128 ids> --max-new-tokens 65 --ignore-eos
-             --temperature 0 --threads 2, REPS runs (median of its prompt and decode tokens/s)
+             --temperature 0 --threads 2 --warmup, REPS runs (median of its prompt and decode
+             tokens/s)
+Both warm up before they time: llama-bench runs one untimed prompt and one token first, and so
+does `--warmup`. Without it moe's prompt would also carry the first touch of every weight page
+and working buffer (on this VM the first prefill of the q4_0 file takes about twice as long as the
+next); --cold times moe that way, the first prompt of a fresh process.
 and prints one table: decode and 128-token prompt tokens/s of both and the ratios, the weight
 bytes a decoded token reads (from the file's tensor table: every non-expert matrix, top-k of E
 of each expert tensor, one embedding row) times tokens/s against the host's read bandwidth
@@ -17,7 +22,7 @@ than qwen3moe (April 2025): identical weights and work per token except Qwen3's 
 (2 x 48 RMSNorms of 128 values per head, under 0.01% of a token's FLOPs).
 
   bench/quant_vs_llamacpp.py [LLAMA_BIN_DIR] [--types f32,bf16,...] [--reps 3] [--qwen3] [--qwen3-llama]
-                             [--moe build/moe] [--out bench/out]
+                             [--moe build/moe] [--out bench/out] [--cold]
 Without LLAMA_BIN_DIR only moe's figures are printed. Nothing of llama.cpp is built here.
 """
 import argparse
@@ -118,14 +123,14 @@ def timed(cmd, env=None):
     return r.stdout, r.stderr, rss
 
 
-def bench_moe(moe, path, vocab, reps, threads):
+def bench_moe(moe, path, vocab, reps, threads, cold):
     ids = ",".join(str((i * 7919 + 13) % vocab) for i in range(128))
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     prompt, decode, rss = [], [], 0
     for _ in range(reps):
         _, err, kb = timed([moe, "generate", "--model", path, "--prompt-ids", ids,
                             "--max-new-tokens", "65", "--ignore-eos", "--temperature", "0",
-                            "--threads", str(threads)], env)
+                            "--threads", str(threads)] + ([] if cold else ["--warmup"]), env)
         # "... prompt of 128 tokens + first token T s (P prompt tokens/s), then 64 tokens at D
         # tokens/s": the prompt until the first token is drawn, then the single-token steps.
         m = re.search(r"prompt of 128 tokens \+ first token [\d.]+ s \(([\d.]+) prompt tokens/s\), "
@@ -177,6 +182,8 @@ def main():
                     help="the Qwen3-30B-A3B shapes at Q4_K as the llama architecture")
     ap.add_argument("--moe", default=os.path.join(ROOT, "build", "moe"))
     ap.add_argument("--out", default=os.path.join(HERE, "out"), help="where the GGUF files go")
+    ap.add_argument("--cold", action="store_true",
+                    help="time moe's first prompt of a fresh process (no --warmup)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     bw = read_bandwidth(a.threads)
@@ -195,7 +202,7 @@ def main():
         vocab = json.load(open(config))["vocab_size"]
         size = os.path.getsize(path)
         active = active_bytes_per_token(path)
-        mp, md, mrss = bench_moe(a.moe, path, vocab, a.reps, a.threads)
+        mp, md, mrss = bench_moe(a.moe, path, vocab, a.reps, a.threads, a.cold)
         lp = ld = lrss = None
         note = ""
         if a.llama_bin:

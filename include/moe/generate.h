@@ -34,4 +34,10 @@ std::vector<std::vector<int32_t>> generate(Decoder& model,
                                            const GenerateOptions& opt, int32_t eos_id,
                                            const std::function<void(int, int32_t)>& on_token = {});
 
+// One untimed pass as generate() would start it, into caches that are then dropped: the prefill
+// of `prompt` and one single-token step (llama-bench's warm-up). It leaves the model as it was;
+// what it buys is that the one-time costs of a first pass (the first touch of each weight page
+// and working buffer) fall before a timed run rather than inside its prompt.
+void warm_up(Decoder& model, const std::vector<int32_t>& prompt);
+
 }  // namespace moe

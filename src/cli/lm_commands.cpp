@@ -321,6 +321,7 @@ int run_perplexity(const PerplexityArgs& a) {
 struct GenerateArgs {
   std::string run, model, prompt, prompt_ids, quantize;
   bool ignore_eos = false;
+  bool warmup = false;
   int max_new_tokens = 200, threads = 0;
   double temperature = 0.8, top_p = 0.95;
   int top_k = 50;
@@ -490,6 +491,12 @@ int run_generate(const GenerateArgs& a) {
   const GenerateOptions opt = generate_options(a);
   // A checkpoint's eos without a tokenizer (--prompt-ids) is unknown: generation runs on.
   const int32_t eos = tok || m.run ? m.tokenizer->eos_id() : -1;
+  if (a.warmup) {
+    const auto t1 = std::chrono::steady_clock::now();
+    warm_up(*m.decoder, prompt);
+    fmt::print(stderr, "warm-up (the prompt's prefill and one step, untimed below) {:.3f} s\n",
+               seconds_since(t1));
+  }
   StreamPrinter printer(tok, prompt.size());  // after the load: the prompt time is the prompt's
   generate(*m.decoder, {prompt}, opt, eos, [&](int, int32_t id) {
     if (!opt.stop_at_eos || id != eos) printer.add(id);  // the continuation ends before eos
@@ -654,6 +661,9 @@ std::function<int()> add_generate_command(CLI::App& app) {
                 "router, norms and embedding table stay as stored");
   c->add_flag("--ignore-eos", a->ignore_eos,
               "keep generating after the end-of-text token (for timing)");
+  c->add_flag("--warmup", a->warmup,
+              "before the timed run, run the prompt's prefill and one step untimed, as "
+              "llama-bench warms up (for timing: first-touch costs then fall outside the prompt)");
   add_threads_option(c, a->threads);
   return [a] { return run_generate(*a); };
 }

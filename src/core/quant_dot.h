@@ -7,7 +7,8 @@
 //   Scalar: plain C++, the oracle the others are tested against;
 //   Avx2:   vpmaddubsw / vpmaddwd on ymm;
 //   Avx512: vpdpbusd (AVX-512 VNNI, VL encoding on ymm: decode is bound by memory, and 32-value
-//           blocks map onto ymm one to one).
+//           blocks map onto ymm one to one), with zmm kernels where a layout fills them: Q4_K
+//           and Q5_K (64 values per chunk), Q4_0 and Q8_0 (8 blocks, with AVX-512 VBMI).
 // A kernel takes one weight row and up to kMaxDotRows activation rows, so a weight block is
 // unpacked once and used for several tokens (prefill).
 #pragma once

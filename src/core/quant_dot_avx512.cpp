@@ -204,14 +204,102 @@ struct Q8_0VbmiRows {
   }
 };
 
+// Q4_K and Q5_K on zmm (AVX-512 BW and VNNI): a 32-byte chunk of qs holds sub-block 2c in its
+// low nibbles and 2c + 1 in its high ones, and the activations hold those 64 values in order, so
+// the chunk broadcast to both halves and shifted by 0 / 4 (vpsrlvw) meets one 64-byte activation
+// load: one vpdpbusd per row and chunk (nibbles unsigned, at most 4 x 31 x 128 per dword, so
+// each dword is its own int16). One vpdpwssd then multiplies each dword by its sub-block's 6-bit
+// scale (the dword's high word meets 0) into the super-block's int32 sum, exact as the oracle's.
+// The mins enter through the bsums as in dot_qk.
+template <int NA, typename Block, bool q5>
+QD_TARGET void dot_qk_zmm(const uint8_t* w, const uint8_t* act, int64_t stride, int64_t nb,
+                          float* out) {
+  const auto* wb = reinterpret_cast<const Block*>(w);
+  const __m512i low4 = _mm512_set1_epi8(0xF), one = _mm512_set1_epi8(1);
+  // Words of the low half shift by 0 (low nibbles, qh bit 2c), of the high half by 4 (high
+  // nibbles) or 1 (qh bit 2c + 1).
+  const __m512i nibble_shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
+  const __m512i qh_shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(1), 1);
+  __m512i pick[4];  // dwords 0-7: scale of sub-block 2c, 8-15: of 2c + 1
+  for (int c = 0; c < 4; ++c)
+    pick[c] = _mm512_inserti64x4(_mm512_set1_epi32(2 * c), _mm256_set1_epi32(2 * c + 1), 1);
+  __m512 acc[NA];
+  __m256 macc[NA];
+  for (int i = 0; i < NA; ++i) {
+    acc[i] = _mm512_setzero_ps();
+    macc[i] = _mm256_setzero_ps();
+  }
+  for (int64_t b = 0; b < nb; ++b) {
+    uint32_t u[3];
+    std::memcpy(u, wb[b].scales, 12);
+    const uint32_t lo6 = 0x3F3F3F3F, lo4 = 0x0F0F0F0F, top2 = 0x03030303;
+    const __m128i sm = _mm_setr_epi32(
+        static_cast<int>(u[0] & lo6), static_cast<int>((u[2] & lo4) | (((u[0] >> 6) & top2) << 4)),
+        static_cast<int>(u[1] & lo6),
+        static_cast<int>(((u[2] >> 4) & lo4) | (((u[1] >> 6) & top2) << 4)));
+    const __m512i sc32 = _mm512_cvtepu8_epi32(sm);  // dwords 0-7 scales, 8-15 mins
+    const __m128i m16 = _mm_cvtepu8_epi16(_mm_srli_si128(sm, 8));
+    const __m256i mins2 =
+        _mm256_set_m128i(_mm_unpackhi_epi16(m16, m16), _mm_unpacklo_epi16(m16, m16));
+    const float d = fp16(wb[b].d), dmin = fp16(wb[b].dmin);
+    __m512i isum[NA];
+    for (int i = 0; i < NA; ++i) isum[i] = _mm512_setzero_si512();
+    __m512i hbits = _mm512_setzero_si512();
+    if constexpr (q5)
+      hbits = _mm512_srlv_epi16(
+          _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb[b].qh))),
+          qh_shift);
+    for (int c = 0; c < 4; ++c) {
+      const __m512i bytes = _mm512_broadcast_i64x4(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb[b].qs + 32 * c)));
+      __m512i q = _mm512_and_si512(_mm512_srlv_epi16(bytes, nibble_shift), low4);
+      if constexpr (q5) {
+        q = _mm512_or_si512(q, _mm512_slli_epi16(_mm512_and_si512(hbits, one), 4));
+        hbits = _mm512_srli_epi16(hbits, 2);
+      }
+      const __m512i sc = _mm512_permutexvar_epi32(pick[c], sc32);
+      for (int i = 0; i < NA; ++i) {
+        const int8_t* aq = reinterpret_cast<const BlockQ8_K*>(act + i * stride)[b].qs + 64 * c;
+        const __m512i dots = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, _mm512_loadu_si512(aq));
+        isum[i] = _mm512_dpwssd_epi32(isum[i], dots, sc);
+      }
+    }
+    for (int i = 0; i < NA; ++i) {
+      const auto& ab = reinterpret_cast<const BlockQ8_K*>(act + i * stride)[b];
+      const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab.bsums));
+      const __m256i msum = _mm256_madd_epi16(bs, mins2);
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[i]), _mm512_set1_ps(ab.d * d), acc[i]);
+      macc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_set1_ps(ab.d * dmin), macc[i]);
+    }
+  }
+  for (int i = 0; i < NA; ++i) out[i] = _mm512_reduce_add_ps(acc[i]) - hsum(macc[i]);
+}
+
+struct Q4_KZmmRows {
+  template <int NA>
+  QD_TARGET static void run(const uint8_t* w, const uint8_t* a, int64_t st, int64_t nb, float* o) {
+    dot_qk_zmm<NA, BlockQ4_K, false>(w, a, st, nb, o);
+  }
+};
+struct Q5_KZmmRows {
+  template <int NA>
+  QD_TARGET static void run(const uint8_t* w, const uint8_t* a, int64_t st, int64_t nb, float* o) {
+    dot_qk_zmm<NA, BlockQ5_K, true>(w, a, st, nb, o);
+  }
+};
+
 #pragma GCC diagnostic pop
 
-// The table with the VBMI Q4_0 and Q8_0 kernels, for CPUs that have it (Ice Lake, Zen 4 and
-// later).
-QuantDotTable with_vbmi() {
+// The AVX-512 table: the shared kernels (quant_dot_simd.h) with the zmm k-quant kernels, and
+// with the VBMI Q4_0 and Q8_0 kernels on CPUs that have it (Ice Lake, Zen 4 and later).
+QuantDotTable avx512_table(bool vbmi) {
   QuantDotTable t = kTable;
-  t.q4_0 = by_rows<Q4_0VbmiRows>;
-  t.q8_0 = by_rows<Q8_0VbmiRows>;
+  t.q4_k = by_rows<Q4_KZmmRows>;
+  t.q5_k = by_rows<Q5_KZmmRows>;
+  if (vbmi) {
+    t.q4_0 = by_rows<Q4_0VbmiRows>;
+    t.q8_0 = by_rows<Q8_0VbmiRows>;
+  }
   return t;
 }
 
@@ -219,8 +307,8 @@ QuantDotTable with_vbmi() {
 
 namespace moe {
 const QuantDotTable* quant_dot_avx512_table() {
-  static const QuantDotTable vbmi = quant_avx512::with_vbmi();
-  return cpu_features().avx512_vbmi ? &vbmi : &quant_avx512::kTable;
+  static const QuantDotTable table = quant_avx512::avx512_table(cpu_features().avx512_vbmi);
+  return &table;
 }
 }  // namespace moe
 
