@@ -324,10 +324,10 @@ void run_gemm_case(Trans ta, Trans tb, const GemmCase& gc, uint64_t seed) {
 
 TYPED_TEST(GemmTest, MatchesReferenceForAllTransposesShapesAndStrides) {
   const GemmCase cases[] = {
-      {7, 5, 3, 0, 1.0, 0.0},     {7, 5, 3, 0, 0.75, -0.5},  {7, 5, 3, 4, -1.25, 2.0},
-      {65, 33, 17, 0, 1.0, 0.0},  {65, 33, 17, 3, 0.5, 1.0}, {65, 33, 17, 11, 2.0, -0.25},
-      {1, 1, 1, 0, 3.0, 0.5},     {1, 9, 4, 2, 1.0, 1.0},    {9, 1, 4, 2, 1.0, 1.0},
-      {128, 96, 80, 5, 1.0, 0.5},
+      {7, 5, 3, 0, 1.0, 0.0},     {7, 5, 3, 0, 0.75, -0.5},     {7, 5, 3, 4, -1.25, 2.0},
+      {65, 33, 17, 0, 1.0, 0.0},  {65, 33, 17, 3, 0.5, 1.0},    {65, 33, 17, 11, 2.0, -0.25},
+      {1, 1, 1, 0, 3.0, 0.5},     {1, 9, 4, 2, 1.0, 1.0},       {9, 1, 4, 2, 1.0, 1.0},
+      {128, 96, 80, 5, 1.0, 0.5}, {1, 300, 128, 3, 0.125, 0.0}, {1, 130, 70, 1, -1.0, 0.5},
   };
   uint64_t seed = 100;
   for (Trans ta : {Trans::No, Trans::Yes})
@@ -402,6 +402,15 @@ TYPED_TEST(GemmTest, BetaZeroOverwritesNaN) {
     EXPECT_EQ(C[1], T(22));
     EXPECT_EQ(C[2], T(43));
     EXPECT_EQ(C[3], T(50));
+    // One row (the matrix-vector path), both layouts of B.
+    std::fill(C, C + 2, std::numeric_limits<T>::quiet_NaN());
+    fn(Trans::No, Trans::No, 1, 2, 2, T(1), A, 2, B, 2, T(0), C, 2);
+    EXPECT_EQ(C[0], T(19));
+    EXPECT_EQ(C[1], T(22));
+    std::fill(C, C + 2, std::numeric_limits<T>::quiet_NaN());
+    fn(Trans::No, Trans::Yes, 1, 2, 2, T(1), A, 2, B, 2, T(0), C, 2);
+    EXPECT_EQ(C[0], T(17));
+    EXPECT_EQ(C[1], T(23));
   }
 }
 

@@ -2,6 +2,7 @@
 
 #include <cblas.h>
 
+#include <algorithm>
 #include <limits>
 
 #include "moe/error.h"
@@ -31,6 +32,21 @@ void gemm<float>(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alph
                  int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   check_args(ta, tb, M, N, K, lda, ldb, ldc);
   if (M == 0 || N == 0) return;
+  if (M == 1 && K > 0) {
+    // One row (a decode step's attention and router): a matrix-vector product. A GEMM would
+    // first pack (copy) all of B for it. beta = 0 overwrites C, so clear it first: gemv scales
+    // y by beta, and 0 x NaN in an unset C is NaN.
+    if (beta == 0.0f) std::fill(C, C + N, 0.0f);
+    const int64_t inc_a = ta == Trans::No ? 1 : lda;
+    // C = A B^T (B is N x K): y = B a; C = A B (B is K x N): y = B^T a.
+    if (tb == Trans::Yes)
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(N), static_cast<int>(K), alpha, B,
+                  static_cast<int>(ldb), A, static_cast<int>(inc_a), beta, C, 1);
+    else
+      cblas_sgemv(CblasRowMajor, CblasTrans, static_cast<int>(K), static_cast<int>(N), alpha, B,
+                  static_cast<int>(ldb), A, static_cast<int>(inc_a), beta, C, 1);
+    return;
+  }
   const SgemmBackend b = sgemm_backend_setting();
   if (b == SgemmBackend::Avx512)
     return sgemm_avx512(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
