@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/linear_rows.h"
+#include "core/parallel_for.h"
 #include "core/quant_dot.h"
 #include "moe/cpu_features.h"
 #include "moe/error.h"
@@ -98,8 +99,9 @@ void linear_quantized(const float* x, int64_t n, const WeightView& w, float* y, 
   const int64_t act_bytes = activation_row_bytes(w.type, K), w_bytes = row_bytes(w.type, K);
   const int64_t nb = K / ggml_block(static_cast<uint32_t>(w.type)).values;
   uint8_t* act = activation_scratch(static_cast<size_t>(n * act_bytes));
-#pragma omp parallel for schedule(static) if (n * K > (1 << 16))
-  for (int64_t i = 0; i < n; ++i) prepare_activation_row(w.type, x + i * K, act + i * act_bytes, K);
+  parallel_for(n, n * K > (1 << 16), [&](int64_t i) {
+    prepare_activation_row(w.type, x + i * K, act + i * act_bytes, K);
+  });
 
   const auto store = [&](int64_t i0, int64_t r, int nact, const float* out) {
     for (int i = 0; i < nact; ++i) {

@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "core/fast_math.h"
+#include "core/parallel_for.h"
 #include "moe/error.h"
 #include "moe/gemm.h"
 #include "moe/grouped_experts.h"
@@ -155,8 +156,7 @@ void rope_rotate(T* x, const T* cos, const T* sin, int64_t n, int heads, int hea
   // Partial rotary (Qwen3-Next): the first rotary_dim entries of each head turn, the rest pass.
   const int half = (rotary_dim > 0 ? rotary_dim : head_dim) / 2;
   const int64_t width = static_cast<int64_t>(heads) * head_dim;
-#pragma omp parallel for if (n * width > kParallelMin)
-  for (int64_t r = 0; r < n; ++r) {
+  parallel_for(n, n * width > kParallelMin, [&](int64_t r) {
     const int64_t p = start + r % seq_len;
     const T* c = cos + p * half;
     const T* s = sin + p * half;
@@ -170,7 +170,7 @@ void rope_rotate(T* x, const T* cos, const T* sin, int64_t n, int heads, int hea
         y[ib] = b * c[i] + a * si;
       }
     }
-  }
+  });
 }
 }  // namespace
 
@@ -240,12 +240,11 @@ namespace {
 // y[r, :] += b for every row of y [rows, width].
 template <class T>
 void add_bias(T* y, const T* b, int64_t rows, int64_t width) {
-#pragma omp parallel for if (rows * width > kParallelMin)
-  for (int64_t r = 0; r < rows; ++r) {
+  parallel_for(rows, rows * width > kParallelMin, [&](int64_t r) {
     T* yr = y + r * width;
 #pragma omp simd
     for (int64_t j = 0; j < width; ++j) yr[j] += b[j];
-  }
+  });
 }
 
 // db += the column sums of dy [rows, width] (threads own column blocks: deterministic).

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "core/parallel_for.h"
 #include "moe/error.h"
 
 namespace moe {
@@ -18,11 +19,10 @@ void embedding_forward(T* out, const int32_t* tokens, const T* table, int64_t n,
     MOE_REQUIRE(tokens[i] >= 0 && tokens[i] < V,
                 "embedding_forward: token id {} at row {} is outside the vocabulary [0, {})",
                 tokens[i], i, V);
-#pragma omp parallel for if (n * d > kParallelMin)
-  for (int64_t i = 0; i < n; ++i) {
+  parallel_for(n, n * d > kParallelMin, [&](int64_t i) {
     const T* src = table + static_cast<int64_t>(tokens[i]) * d;
     std::copy(src, src + d, out + i * d);
-  }
+  });
 }
 
 template <class T>

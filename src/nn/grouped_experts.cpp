@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "core/fast_math.h"
+#include "core/parallel_for.h"
 #include "moe/error.h"
 #include "moe/gemm.h"
 #include "moe/gemm_bf16.h"
@@ -219,18 +220,25 @@ void GroupedExperts<T>::forward(const FfnViews* w, const int64_t* offsets, const
             h1[r * F + j] += we.b1[j];
             h3[r * F + j] += we.b3[j];
           }
-      if (shape_.act == Activation::ClampedSwiGLU) {
-        const auto lim = static_cast<float>(shape_.limit);
-        constexpr float kAlpha = 1.702f;  // gpt-oss's sigmoid slope (a GELU approximation)
-#pragma omp parallel for simd if (nf > (1 << 16))
-        for (int64_t i = 0; i < nf; ++i) {
-          const float g = std::min(h1[i], lim), u = std::clamp(h3[i], -lim, lim);
-          h1[i] = g * sigmoid(kAlpha * g) * (u + 1.0f);
+      // In chunks of 4096 values, threaded only for a prompt's share (a decode step's few rows
+      // stay in this thread).
+      constexpr int64_t kChunk = 4096;
+      const bool clamped = shape_.act == Activation::ClampedSwiGLU;
+      const auto lim = static_cast<float>(shape_.limit);
+      parallel_for((nf + kChunk - 1) / kChunk, nf > (1 << 16), [&](int64_t c) {
+        const int64_t lo = c * kChunk, hi = std::min(nf, lo + kChunk);
+        if (clamped) {
+          constexpr float kAlpha = 1.702f;  // gpt-oss's sigmoid slope (a GELU approximation)
+#pragma omp simd
+          for (int64_t i = lo; i < hi; ++i) {
+            const float g = std::min(h1[i], lim), u = std::clamp(h3[i], -lim, lim);
+            h1[i] = g * sigmoid(kAlpha * g) * (u + 1.0f);
+          }
+        } else {
+#pragma omp simd
+          for (int64_t i = lo; i < hi; ++i) h1[i] = h1[i] * sigmoid(h1[i]) * h3[i];
         }
-      } else {
-#pragma omp parallel for simd if (nf > (1 << 16))
-        for (int64_t i = 0; i < nf; ++i) h1[i] = h1[i] * sigmoid(h1[i]) * h3[i];
-      }
+      });
       float* yr = y + r0 * d;
       if (!we.b2) {
         linear_forward(h1, n, we.w2, yr, accumulate);

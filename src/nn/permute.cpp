@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "core/parallel_for.h"
+
 namespace moe {
 
 namespace {
@@ -31,8 +33,8 @@ void build_permutation(const RoutingPlan& plan, Permutation& p) {
 template <class T>
 void gather_rows(const Permutation& p, int k, int64_t d, const T* x, T* xp) {
   const int64_t n = p.rows();
-#pragma omp parallel for if (n * d > kParallelMin)
-  for (int64_t r = 0; r < n; ++r) std::copy_n(x + (p.row_slot[r] / k) * d, d, xp + r * d);
+  parallel_for(n, n * d > kParallelMin,
+               [&](int64_t r) { std::copy_n(x + (p.row_slot[r] / k) * d, d, xp + r * d); });
 }
 
 template <class T>
@@ -53,8 +55,7 @@ void gather_rows_backward(const Permutation& p, int64_t tokens, int k, int64_t d
 template <class T>
 void scatter_gated(const Permutation& p, int64_t tokens, int k, int64_t d, const T* y,
                    const T* gate, T* out) {
-#pragma omp parallel for if (tokens * d > kParallelMin)
-  for (int64_t t = 0; t < tokens; ++t) {
+  parallel_for(tokens, tokens * d > kParallelMin, [&](int64_t t) {
     T* dst = out + t * d;
     std::fill(dst, dst + d, T(0));
     for (int j = 0; j < k; ++j) {
@@ -64,7 +65,7 @@ void scatter_gated(const Permutation& p, int64_t tokens, int k, int64_t d, const
       const T* src = y + r * d;
       for (int64_t c = 0; c < d; ++c) dst[c] += g * src[c];
     }
-  }
+  });
 }
 
 template <class T>

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/parallel_for.h"
 #include "moe/error.h"
 
 namespace moe {
@@ -15,8 +16,7 @@ template <class T>
 void rmsnorm_forward(T* out, T* rstd, const T* x, const T* w, int64_t n, int64_t d, double eps) {
   MOE_CHECK(d > 0 && eps >= 0, "rmsnorm_forward: needs d > 0 and eps >= 0, got d={} eps={}", d,
             eps);
-#pragma omp parallel for if (n * d > kParallelMin)
-  for (int64_t i = 0; i < n; ++i) {
+  parallel_for(n, n * d > kParallelMin, [&](int64_t i) {
     const T* xi = x + i * d;
     double ss = 0.0;  // the mean square in double: d terms of one sign
 #pragma omp simd reduction(+ : ss)
@@ -26,7 +26,7 @@ void rmsnorm_forward(T* out, T* rstd, const T* x, const T* w, int64_t n, int64_t
     T* oi = out + i * d;
 #pragma omp simd
     for (int64_t j = 0; j < d; ++j) oi[j] = xi[j] * r * w[j];
-  }
+  });
 }
 
 // With g = dout[i], r = rstd[i]:  dx_j = r w_j g_j - r^3 / d * x_j * sum_k g_k w_k x_k,

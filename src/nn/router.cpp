@@ -4,6 +4,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "core/parallel_for.h"
 #include "moe/error.h"
 #include "moe/gemm.h"
 #include "moe/moe_losses.h"
@@ -70,8 +71,7 @@ void router_logits_backward(int64_t tokens, int64_t d, int64_t E, const T* x, co
 
 template <class T>
 void router_scores_forward(ScoreFunc f, int64_t tokens, int64_t E, const T* z, T* s, T* lse) {
-#pragma omp parallel for if (tokens * E > (1 << 15))
-  for (int64_t t = 0; t < tokens; ++t) {
+  parallel_for(tokens, tokens * E > (1 << 15), [&](int64_t t) {
     const T* zr = z + t * E;
     T* sr = s + t * E;
     const T m = *std::max_element(zr, zr + E);
@@ -83,7 +83,7 @@ void router_scores_forward(ScoreFunc f, int64_t tokens, int64_t E, const T* z, T
     } else {
       for (int64_t e = 0; e < E; ++e) sr[e] = sigmoid(zr[e]);
     }
-  }
+  });
 }
 
 template <class T>
