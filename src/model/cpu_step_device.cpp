@@ -27,9 +27,9 @@ void allreduce_gradients(Transformer<float>& model) {
 // clip_grad_norm_ semantics): after allreduce_gradients the replicated tensors are equal on
 // every rank and each expert shard lives once per expert group.
 double clip_parallel(Transformer<float>& model, double max_norm) {
-  double sq[2] = {0, 0};  // replicated, expert shards
-  for (const auto& p : model.parameters())
-    sq[Transformer<float>::is_expert_param(p.name) ? 1 : 0] += grad_sum_squares(p);
+  double sq[2] = {0, 0};                    // replicated, expert shards
+  for (const auto& p : model.parameters())  // frozen tensors are not in the norm (global_grad_norm)
+    if (!p.frozen) sq[Transformer<float>::is_expert_param(p.name) ? 1 : 0] += grad_sum_squares(p);
   model.parallel_groups()->expert_group->allreduce_sum(&sq[1], 1);
   const double norm = std::sqrt(sq[0] + sq[1]);
   // The scaling is clip_grad_norm's, by this norm (frozen gradients, which no update reads,
