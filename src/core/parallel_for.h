@@ -9,6 +9,9 @@
 
 namespace moe {
 
+// Values (rows x width) below which a loop over them is faster in one thread than in a region.
+constexpr int64_t kParallelMinValues = 1 << 14;
+
 // body(i) for i in [0, n): split statically over the threads when `parallel` (and n > 1), else
 // in order in this thread.
 template <class Body>

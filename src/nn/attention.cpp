@@ -18,7 +18,6 @@
 namespace moe {
 
 namespace {
-constexpr int64_t kParallelMin = 1 << 14;  // below this, threading costs more than it saves
 // Causal row block: the scores of rows [r0, r1) are computed only against keys [0, r1), so
 // the products skip most of the masked upper triangle (S=256: 5/8 of the full work).
 constexpr int64_t kBlock = 64;
@@ -156,7 +155,7 @@ void rope_rotate(T* x, const T* cos, const T* sin, int64_t n, int heads, int hea
   // Partial rotary (Qwen3-Next): the first rotary_dim entries of each head turn, the rest pass.
   const int half = (rotary_dim > 0 ? rotary_dim : head_dim) / 2;
   const int64_t width = static_cast<int64_t>(heads) * head_dim;
-  parallel_for(n, n * width > kParallelMin, [&](int64_t r) {
+  parallel_for(n, n * width > kParallelMinValues, [&](int64_t r) {
     const int64_t p = start + r % seq_len;
     const T* c = cos + p * half;
     const T* s = sin + p * half;
@@ -240,7 +239,7 @@ namespace {
 // y[r, :] += b for every row of y [rows, width].
 template <class T>
 void add_bias(T* y, const T* b, int64_t rows, int64_t width) {
-  parallel_for(rows, rows * width > kParallelMin, [&](int64_t r) {
+  parallel_for(rows, rows * width > kParallelMinValues, [&](int64_t r) {
     T* yr = y + r * width;
 #pragma omp simd
     for (int64_t j = 0; j < width; ++j) yr[j] += b[j];
@@ -252,7 +251,7 @@ template <class T>
 void add_bias_grad(T* db, const T* dy, int64_t rows, int64_t width) {
   constexpr int64_t kCols = 64;
   const int64_t blocks = (width + kCols - 1) / kCols;
-#pragma omp parallel for if (rows * width > kParallelMin)
+#pragma omp parallel for if (rows * width > kParallelMinValues)
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const int64_t c0 = blk * kCols, c1 = std::min(width, c0 + kCols);
     for (int64_t r = 0; r < rows; ++r) {
@@ -467,7 +466,8 @@ void attend_cached(const T* q, int64_t ldq, int q_dim, const T* k, int64_t ldk, 
   if (scratch.size() < static_cast<size_t>(threads * per))
     scratch.resize(static_cast<size_t>(threads * per));
   const int64_t tasks = static_cast<int64_t>(B) * H;
-#pragma omp parallel for schedule(static) if (tasks > 1 && tasks * n * total * q_dim > kParallelMin)
+#pragma omp parallel for schedule(static) if (tasks > 1 && \
+                                              tasks * n * total * q_dim > kParallelMinValues)
   for (int64_t task = 0; task < tasks; ++task) {
     const int64_t b = task / H, h = task % H, g = h / rep;
     T* P = scratch.data() + omp_get_thread_num() * per;

@@ -6,12 +6,12 @@
 #include <type_traits>
 
 #include "core/fast_math.h"
+#include "core/parallel_for.h"
 #include "moe/error.h"
 
 namespace moe {
 
 namespace {
-constexpr int64_t kParallelMin = 1 << 14;  // below this, threading costs more than it saves
 
 void check_targets(const int32_t* targets, int64_t n, int64_t V, const char* where) {
   MOE_CHECK(V > 0, "{}: vocabulary size must be positive, got {}", where, V);
@@ -46,7 +46,7 @@ template <class T>
 double cross_entropy_forward(T* losses, const T* logits, const int32_t* targets, int64_t n,
                              int64_t V, int64_t* counted) {
   check_targets(targets, n, V, "cross_entropy_forward");
-#pragma omp parallel for if (n * V > kParallelMin)
+#pragma omp parallel for if (n * V > kParallelMinValues)
   for (int64_t i = 0; i < n; ++i) {
     if (targets[i] < 0) {
       losses[i] = T(0);
@@ -77,7 +77,7 @@ template <class T>
 void cross_entropy_backward(T* dlogits, const T* logits, const int32_t* targets, int64_t n,
                             int64_t V, double scale) {
   check_targets(targets, n, V, "cross_entropy_backward");
-#pragma omp parallel for if (n * V > kParallelMin)
+#pragma omp parallel for if (n * V > kParallelMinValues)
   for (int64_t i = 0; i < n; ++i) {
     T* dz = dlogits + i * V;
     if (targets[i] < 0) {

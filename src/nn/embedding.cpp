@@ -7,10 +7,6 @@
 
 namespace moe {
 
-namespace {
-constexpr int64_t kParallelMin = 1 << 14;  // below this, threading costs more than it saves
-}  // namespace
-
 template <class T>
 void embedding_forward(T* out, const int32_t* tokens, const T* table, int64_t n, int64_t V,
                        int64_t d) {
@@ -19,7 +15,7 @@ void embedding_forward(T* out, const int32_t* tokens, const T* table, int64_t n,
     MOE_REQUIRE(tokens[i] >= 0 && tokens[i] < V,
                 "embedding_forward: token id {} at row {} is outside the vocabulary [0, {})",
                 tokens[i], i, V);
-  parallel_for(n, n * d > kParallelMin, [&](int64_t i) {
+  parallel_for(n, n * d > kParallelMinValues, [&](int64_t i) {
     const T* src = table + static_cast<int64_t>(tokens[i]) * d;
     std::copy(src, src + d, out + i * d);
   });
@@ -31,7 +27,7 @@ void embedding_backward(T* dtable, const T* dout, const int32_t* tokens, int64_t
   // summed in the same order on every run, whatever the thread count.
   constexpr int64_t kCols = 64;
   const int64_t blocks = (d + kCols - 1) / kCols;
-#pragma omp parallel for if (n * d > kParallelMin)
+#pragma omp parallel for if (n * d > kParallelMinValues)
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const int64_t c0 = blk * kCols, c1 = std::min(d, c0 + kCols);
     for (int64_t i = 0; i < n; ++i) {

@@ -3,14 +3,13 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/parallel_for.h"
 #include "moe/error.h"
 #include "moe/tensor.h"
 
 namespace moe {
 
 namespace {
-
-constexpr int64_t kParallelMin = 1 << 14;  // below this many values one thread is faster
 
 double silu(double x) {
   return x / (1.0 + std::exp(-x));
@@ -197,7 +196,7 @@ void GatedDeltaNet::forward(const GdnWeights& w, const float* x, int B, int n, K
     float* state = st.conv.data() + b * (K - 1) * cd;
     const float* in = qkv_.data() + b * n * cd;
     float* y = conv_out_.data() + b * n * cd;
-#pragma omp parallel for schedule(static) if (n * cd > kParallelMin)
+#pragma omp parallel for schedule(static) if (n * cd > kParallelMinValues)
     for (int64_t ch = 0; ch < cd; ++ch) {
       const float* wk = w.conv + ch * K;
       for (int64_t t = 0; t < n; ++t) {
@@ -222,7 +221,7 @@ void GatedDeltaNet::forward(const GdnWeights& w, const float* x, int B, int n, K
 
   // q, k L2-normalized per key head (q also scaled), repeated to the value heads; g, beta.
   const double qscale = 1.0 / std::sqrt(static_cast<double>(dk));
-#pragma omp parallel for schedule(static) if (rows * cd > kParallelMin)
+#pragma omp parallel for schedule(static) if (rows * cd > kParallelMinValues)
   for (int64_t t = 0; t < rows; ++t) {
     const float* row = conv_out_.data() + t * cd;
     for (int64_t h = 0; h < Hk; ++h) {
@@ -255,7 +254,7 @@ void GatedDeltaNet::forward(const GdnWeights& w, const float* x, int B, int n, K
   st.length += n;
 
   // The gated RMSNorm per value head: norm(o) * weight * silu(z).
-#pragma omp parallel for schedule(static) if (rows * vd > kParallelMin)
+#pragma omp parallel for schedule(static) if (rows * vd > kParallelMinValues)
   for (int64_t t = 0; t < rows; ++t)
     for (int64_t h = 0; h < Hv; ++h) {
       float* oh = o_.data() + t * vd + h * dv;

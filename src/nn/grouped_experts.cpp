@@ -35,7 +35,6 @@ template void gemm_in<double>(ComputeDtype, Trans, Trans, int64_t, int64_t, int6
                               int64_t);
 
 namespace {
-constexpr int64_t kParallelMin = 1 << 14;  // below this, threading costs more than it saves
 
 // exp_fast vectorizes for float (std::exp is a scalar libm call without -ffast-math: it was
 // ~20% of a bf16 expert's time in the SwiGLU passes); double keeps std::exp.
@@ -75,10 +74,10 @@ void ffn_forward(const FfnShape& f, int64_t n, const T* x, const FfnWeights<cons
   const int64_t nf = n * F;
   if (f.act == Activation::SwiGLU) {
     mm<T>(dt, Trans::No, Trans::Yes, n, F, d, x, d, w.w3, d, T(0), h3, F);
-#pragma omp parallel for simd if (nf > kParallelMin)
+#pragma omp parallel for simd if (nf > kParallelMinValues)
     for (int64_t i = 0; i < nf; ++i) a[i] = h1[i] * sigmoid(h1[i]) * h3[i];
   } else {
-#pragma omp parallel for simd if (nf > kParallelMin)
+#pragma omp parallel for simd if (nf > kParallelMinValues)
     for (int64_t i = 0; i < nf; ++i) a[i] = gelu(h1[i]);
   }
   mm<T>(dt, Trans::No, Trans::Yes, n, d, F, a, F, w.w2, F, T(0), y, d);
@@ -101,7 +100,7 @@ void ffn_backward(const FfnShape& f, int64_t n, const T* x, const FfnWeights<con
   mm<T>(dt, Trans::Yes, Trans::No, d, F, n, dy, d, saved.a, F, T(1), grad.w2, F);
   const int64_t nf = n * F;
   if (f.act == Activation::SwiGLU) {
-#pragma omp parallel for simd if (nf > kParallelMin)
+#pragma omp parallel for simd if (nf > kParallelMinValues)
     for (int64_t i = 0; i < nf; ++i) {
       const T s = sigmoid(h1[i]);
       const T silu = h1[i] * s;
@@ -109,7 +108,7 @@ void ffn_backward(const FfnShape& f, int64_t n, const T* x, const FfnWeights<con
       dh1[i] = da[i] * h3[i] * s * (T(1) + h1[i] * (T(1) - s));
     }
   } else {
-#pragma omp parallel for simd if (nf > kParallelMin)
+#pragma omp parallel for simd if (nf > kParallelMinValues)
     for (int64_t i = 0; i < nf; ++i) dh1[i] = da[i] * gelu_grad(h1[i]);
   }
   // h1 = x W1^T: dx = dh1 W1, dW1 += dh1^T x (and the same for W3)

@@ -6,10 +6,6 @@
 
 namespace moe {
 
-namespace {
-constexpr int64_t kParallelMin = 1 << 14;
-}
-
 void build_permutation(const RoutingPlan& plan, Permutation& p) {
   const int E = plan.num_experts;
   const int64_t slots = plan.tokens * plan.k;
@@ -33,14 +29,14 @@ void build_permutation(const RoutingPlan& plan, Permutation& p) {
 template <class T>
 void gather_rows(const Permutation& p, int k, int64_t d, const T* x, T* xp) {
   const int64_t n = p.rows();
-  parallel_for(n, n * d > kParallelMin,
+  parallel_for(n, n * d > kParallelMinValues,
                [&](int64_t r) { std::copy_n(x + (p.row_slot[r] / k) * d, d, xp + r * d); });
 }
 
 template <class T>
 void gather_rows_backward(const Permutation& p, int64_t tokens, int k, int64_t d, const T* dxp,
                           T* dx) {
-#pragma omp parallel for if (tokens * d > kParallelMin)
+#pragma omp parallel for if (tokens * d > kParallelMinValues)
   for (int64_t t = 0; t < tokens; ++t) {
     T* dst = dx + t * d;
     for (int j = 0; j < k; ++j) {
@@ -55,7 +51,7 @@ void gather_rows_backward(const Permutation& p, int64_t tokens, int k, int64_t d
 template <class T>
 void scatter_gated(const Permutation& p, int64_t tokens, int k, int64_t d, const T* y,
                    const T* gate, T* out) {
-  parallel_for(tokens, tokens * d > kParallelMin, [&](int64_t t) {
+  parallel_for(tokens, tokens * d > kParallelMinValues, [&](int64_t t) {
     T* dst = out + t * d;
     std::fill(dst, dst + d, T(0));
     for (int j = 0; j < k; ++j) {
@@ -71,7 +67,7 @@ void scatter_gated(const Permutation& p, int64_t tokens, int k, int64_t d, const
 template <class T>
 void scatter_gated_backward(const Permutation& p, int64_t tokens, int k, int64_t d, const T* dout,
                             const T* y, const T* gate, T* dy, T* dgate) {
-#pragma omp parallel for if (tokens * d > kParallelMin)
+#pragma omp parallel for if (tokens * d > kParallelMinValues)
   for (int64_t t = 0; t < tokens; ++t) {
     const T* g_out = dout + t * d;
     for (int j = 0; j < k; ++j) {

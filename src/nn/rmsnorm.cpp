@@ -8,15 +8,11 @@
 
 namespace moe {
 
-namespace {
-constexpr int64_t kParallelMin = 1 << 14;  // below this, threading costs more than it saves
-}  // namespace
-
 template <class T>
 void rmsnorm_forward(T* out, T* rstd, const T* x, const T* w, int64_t n, int64_t d, double eps) {
   MOE_CHECK(d > 0 && eps >= 0, "rmsnorm_forward: needs d > 0 and eps >= 0, got d={} eps={}", d,
             eps);
-  parallel_for(n, n * d > kParallelMin, [&](int64_t i) {
+  parallel_for(n, n * d > kParallelMinValues, [&](int64_t i) {
     const T* xi = x + i * d;
     double ss = 0.0;  // the mean square in double: d terms of one sign
 #pragma omp simd reduction(+ : ss)
@@ -34,7 +30,7 @@ void rmsnorm_forward(T* out, T* rstd, const T* x, const T* w, int64_t n, int64_t
 template <class T>
 void rmsnorm_backward(T* dx, T* dw, const T* dout, const T* x, const T* w, const T* rstd, int64_t n,
                       int64_t d) {
-#pragma omp parallel for if (n * d > kParallelMin)
+#pragma omp parallel for if (n * d > kParallelMinValues)
   for (int64_t i = 0; i < n; ++i) {
     const T* xi = x + i * d;
     const T* gi = dout + i * d;
@@ -50,7 +46,7 @@ void rmsnorm_backward(T* dx, T* dw, const T* dout, const T* x, const T* w, const
   // dw: threads own column blocks and sum rows in order (deterministic, no atomics).
   constexpr int64_t kCols = 64;
   const int64_t blocks = (d + kCols - 1) / kCols;
-#pragma omp parallel for if (n * d > kParallelMin)
+#pragma omp parallel for if (n * d > kParallelMinValues)
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const int64_t c0 = blk * kCols, c1 = std::min(d, c0 + kCols);
     for (int64_t i = 0; i < n; ++i) {
