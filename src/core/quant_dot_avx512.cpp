@@ -230,17 +230,9 @@ QD_TARGET void dot_qk_zmm(const uint8_t* w, const uint8_t* act, int64_t stride, 
     macc[i] = _mm256_setzero_ps();
   }
   for (int64_t b = 0; b < nb; ++b) {
-    uint32_t u[3];
-    std::memcpy(u, wb[b].scales, 12);
-    const uint32_t lo6 = 0x3F3F3F3F, lo4 = 0x0F0F0F0F, top2 = 0x03030303;
-    const __m128i sm = _mm_setr_epi32(
-        static_cast<int>(u[0] & lo6), static_cast<int>((u[2] & lo4) | (((u[0] >> 6) & top2) << 4)),
-        static_cast<int>(u[1] & lo6),
-        static_cast<int>(((u[2] >> 4) & lo4) | (((u[1] >> 6) & top2) << 4)));
+    const __m128i sm = k_scales_mins(wb[b].scales);
     const __m512i sc32 = _mm512_cvtepu8_epi32(sm);  // dwords 0-7 scales, 8-15 mins
-    const __m128i m16 = _mm_cvtepu8_epi16(_mm_srli_si128(sm, 8));
-    const __m256i mins2 =
-        _mm256_set_m128i(_mm_unpackhi_epi16(m16, m16), _mm_unpacklo_epi16(m16, m16));
+    const __m256i mins2 = k_mins_per_bsum(sm);
     const float d = fp16(wb[b].d), dmin = fp16(wb[b].dmin);
     __m512i isum[NA];
     for (int i = 0; i < NA; ++i) isum[i] = _mm512_setzero_si512();
@@ -266,10 +258,8 @@ QD_TARGET void dot_qk_zmm(const uint8_t* w, const uint8_t* act, int64_t stride, 
     }
     for (int i = 0; i < NA; ++i) {
       const auto& ab = reinterpret_cast<const BlockQ8_K*>(act + i * stride)[b];
-      const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab.bsums));
-      const __m256i msum = _mm256_madd_epi16(bs, mins2);
       acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[i]), _mm512_set1_ps(ab.d * d), acc[i]);
-      macc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_set1_ps(ab.d * dmin), macc[i]);
+      macc[i] = k_mins_fma(ab, mins2, dmin, macc[i]);
     }
   }
   for (int i = 0; i < NA; ++i) out[i] = _mm512_reduce_add_ps(acc[i]) - hsum(macc[i]);

@@ -288,6 +288,33 @@ QD_INLINE __m256i pick_word(__m256i words, int lo_word, int hi_word) {
   return _mm256_shuffle_epi8(words, sel);
 }
 
+// A Q4_K / Q5_K super-block's 8 six-bit scales in bytes 0-7 and 8 mins in bytes 8-15, from their
+// 12 packed bytes (the layout of unpack_k_scales, on 32-bit words).
+QD_INLINE __m128i k_scales_mins(const uint8_t* scales) {
+  uint32_t u[3];
+  std::memcpy(u, scales, 12);
+  const uint32_t lo6 = 0x3F3F3F3F, lo4 = 0x0F0F0F0F, top2 = 0x03030303;
+  return _mm_setr_epi32(static_cast<int>(u[0] & lo6),
+                        static_cast<int>((u[2] & lo4) | (((u[0] >> 6) & top2) << 4)),
+                        static_cast<int>(u[1] & lo6),
+                        static_cast<int>(((u[2] >> 4) & lo4) | (((u[1] >> 6) & top2) << 4)));
+}
+
+// The 8 mins of k_scales_mins as int16, each twice: one per bsum (a Q8_K block has 2 bsums of
+// 16 values per sub-block of 32), for a vpmaddwd with the 16 bsums.
+QD_INLINE __m256i k_mins_per_bsum(__m128i scales_mins) {
+  const __m128i m16 = _mm_cvtepu8_epi16(_mm_srli_si128(scales_mins, 8));
+  return _mm256_set_m128i(_mm_unpackhi_epi16(m16, m16), _mm_unpacklo_epi16(m16, m16));
+}
+
+// The mins' share of one super-block (min x bsum over the 16 bsums) accumulated into macc:
+// macc + (sum of min x bsum) x the activation scale x dmin, in 8 lanes.
+QD_INLINE __m256 k_mins_fma(const BlockQ8_K& ab, __m256i mins2, float dmin, __m256 macc) {
+  const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab.bsums));
+  return _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(bs, mins2)),
+                         _mm256_set1_ps(ab.d * dmin), macc);
+}
+
 // Q4_K and Q5_K: per 64 values, the low nibbles (plus qh bit 2c) are sub-block 2c and the high
 // nibbles (plus qh bit 2c + 1) sub-block 2c + 1. Byte products go to int16 pairs (vpmaddubsw:
 // at most 2 x 31 x 127, no saturation), which the sub-block's 6-bit scale multiplies into int32
@@ -301,19 +328,9 @@ QD_TARGET void dot_qk(const uint8_t* w, const uint8_t* act, int64_t stride, int6
   __m256 acc[NA], macc[NA];
   for (int i = 0; i < NA; ++i) acc[i] = macc[i] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
-    // Scales to bytes 0-7, mins to bytes 8-15 (the layout of unpack_k_scales, on 32-bit words).
-    uint32_t u[3];
-    std::memcpy(u, wb[b].scales, 12);
-    const uint32_t lo6 = 0x3F3F3F3F, lo4 = 0x0F0F0F0F, top2 = 0x03030303;
-    const __m128i sm = _mm_setr_epi32(
-        static_cast<int>(u[0] & lo6), static_cast<int>((u[2] & lo4) | (((u[0] >> 6) & top2) << 4)),
-        static_cast<int>(u[1] & lo6),
-        static_cast<int>(((u[2] >> 4) & lo4) | (((u[1] >> 6) & top2) << 4)));
+    const __m128i sm = k_scales_mins(wb[b].scales);
     const __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
-    const __m128i m16 = _mm_cvtepu8_epi16(_mm_srli_si128(sm, 8));
-    // Each min twice: lane pairs of the 16 bsums (2 per sub-block of 32).
-    const __m256i mins2 =
-        _mm256_set_m128i(_mm_unpackhi_epi16(m16, m16), _mm_unpacklo_epi16(m16, m16));
+    const __m256i mins2 = k_mins_per_bsum(sm);
     const float d = fp16(wb[b].d), dmin = fp16(wb[b].dmin);
     __m256i isum[NA];
     for (int i = 0; i < NA; ++i) isum[i] = _mm256_setzero_si256();
@@ -341,10 +358,8 @@ QD_TARGET void dot_qk(const uint8_t* w, const uint8_t* act, int64_t stride, int6
     }
     for (int i = 0; i < NA; ++i) {
       const auto& ab = reinterpret_cast<const BlockQ8_K*>(act + i * stride)[b];
-      const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab.bsums));
-      const __m256i msum = _mm256_madd_epi16(bs, mins2);
       acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), _mm256_set1_ps(ab.d * d), acc[i]);
-      macc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_set1_ps(ab.d * dmin), macc[i]);
+      macc[i] = k_mins_fma(ab, mins2, dmin, macc[i]);
     }
   }
   for (int i = 0; i < NA; ++i) out[i] = hsum(acc[i]) - hsum(macc[i]);
