@@ -59,13 +59,12 @@ std::vector<std::vector<int32_t>> generate(Decoder& model,
 }
 
 void warm_up(Decoder& model, const std::vector<int32_t>& prompt) {
-  const int n = static_cast<int>(prompt.size());
-  new_token_budget(n, 1, model.config().context_length());  // the checks of generate()
-  auto caches = model.new_caches(1, n + 1);
-  std::vector<float> logits(static_cast<size_t>(model.config().vocab_size));
-  model.forward(prompt.data(), 1, n, caches, logits.data());
-  const int32_t next = prompt.back();
-  model.forward(&next, 1, 1, caches, logits.data());
+  // generate() itself, greedy, for two tokens: the prefill and one single-token step.
+  GenerateOptions opt;
+  opt.max_new_tokens = 2;
+  opt.sampling.temperature = 0;
+  opt.stop_at_eos = false;
+  generate(model, {prompt}, opt, -1);
 }
 
 }  // namespace moe
