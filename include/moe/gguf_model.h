@@ -61,6 +61,11 @@ std::string gguf_gate_up_exps_name(int layer);
 constexpr int64_t gguf_gate_up_first_row(int64_t expert, int64_t F, bool up) {
   return (2 * expert + (up ? 1 : 0)) * F;
 }
+// Layer `layer`'s fused gate/up experts tensor when f stores them so (no separate
+// ffn_gate_exps / ffn_up_exps), its shape checked against [E, 2F, d] (one moe::Error naming the
+// file and tensor otherwise); null when the file stores them apart or not at all.
+const GgufTensorInfo* gguf_fused_gate_up(const GgufFile& f, int layer, int64_t E, int64_t F,
+                                         int64_t d);
 
 // A_log from a stored ssm_a = -exp(A_log); a value that is not negative is one moe::Error naming
 // the file, the tensor and the index (it would be NaN).

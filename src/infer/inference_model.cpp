@@ -205,16 +205,15 @@ class InferenceModel::GgufSource : public InferenceModel::Source {
   }
   std::vector<WeightView> experts(int layer, HfTensor t, int E, int64_t rows,
                                   int64_t cols) override {
-    const std::string fused = gguf_gate_up_exps_name(layer);
-    if (t != HfTensor::ExpertDown && !f_.has_tensor(gguf_tensor_name(c_, layer, t)) &&
-        f_.has_tensor(fused)) {
-      const GgufTensorInfo& info = with_dims(fused, {cols, 2 * rows, E});
-      const GgmlType type = type_of(info);
+    const GgufTensorInfo* fused =
+        t == HfTensor::ExpertDown ? nullptr : gguf_fused_gate_up(f_, layer, E, rows, cols);
+    if (fused != nullptr) {
+      const GgmlType type = type_of(*fused);
       const int64_t rb = row_bytes(type, cols);
       std::vector<WeightView> out;
       for (int e = 0; e < E; ++e)
         out.push_back(
-            {f_.data(info) + gguf_gate_up_first_row(e, rows, t == HfTensor::ExpertUp) * rb, type,
+            {f_.data(*fused) + gguf_gate_up_first_row(e, rows, t == HfTensor::ExpertUp) * rb, type,
              rows, cols});
       return out;
     }

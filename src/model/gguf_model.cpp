@@ -96,6 +96,18 @@ std::string gguf_gate_up_exps_name(int layer) {
   return fmt::format("blk.{}.ffn_gate_up_exps.weight", layer);
 }
 
+const GgufTensorInfo* gguf_fused_gate_up(const GgufFile& f, int layer, int64_t E, int64_t F,
+                                         int64_t d) {
+  const std::string name = gguf_gate_up_exps_name(layer);
+  if (f.has_tensor(gguf_tensor_name(layer, HfTensor::ExpertGate)) || !f.has_tensor(name))
+    return nullptr;
+  const GgufTensorInfo& info = f.tensor(name);
+  MOE_REQUIRE(info.shape() == (std::vector<int64_t>{E, 2 * F, d}),
+              "{}: tensor {} has shape [{}], expected [{}, {}, {}]", f.path(), name,
+              fmt::join(info.shape(), ", "), E, 2 * F, d);
+  return &info;
+}
+
 float a_log_from_ssm_a(float ssm_a, const std::string& file, const std::string& tensor,
                        int64_t index) {
   MOE_REQUIRE(ssm_a < 0, "{}: tensor {} holds {} at {}, expected -exp(A_log) < 0", file, tensor,

@@ -230,23 +230,18 @@ class GgufSource : public GgufModelSource {
   // ffn_gate_exps / ffn_up_exps from llama.cpp's fused ffn_gate_up_exps [E, 2F, d] (false:
   // not that case).
   bool fill_from_gate_up(const GgufModelTensor& t, float* out) const {
-    if (t.role != GgufRole::Experts || f_.has_tensor(t.name) || t.kind == HfTensor::ExpertDown)
-      return false;
-    const std::string name = gguf_gate_up_exps_name(t.layer);
-    if (!f_.has_tensor(name)) return false;
-    const GgufTensorInfo& info = f_.tensor(name);
+    if (t.role != GgufRole::Experts || t.kind == HfTensor::ExpertDown) return false;
     const int64_t E = t.shape[0], F = t.shape[1], cols = t.shape[2];
-    MOE_REQUIRE(info.shape() == (std::vector<int64_t>{E, 2 * F, cols}),
-                "{}: tensor {} has shape [{}], expected [{}, {}, {}]", f_.path(), name,
-                fmt::join(info.shape(), ", "), E, 2 * F, cols);
-    const auto type = static_cast<GgmlType>(info.type);
+    const GgufTensorInfo* info = gguf_fused_gate_up(f_, t.layer, E, F, cols);
+    if (info == nullptr) return false;
+    const auto type = static_cast<GgmlType>(info->type);
     MOE_REQUIRE(is_weight_type(type), "{}: tensor {} has type {}, which cannot be read", f_.path(),
-                name, ggml_type_name(info.type));
+                info->name, ggml_type_name(info->type));
     const int64_t rb = row_bytes(type, cols);
     const bool up = t.kind == HfTensor::ExpertUp;
     for (int64_t e = 0; e < E; ++e)
       for (int64_t r = 0; r < F; ++r)
-        dequantize_row(type, f_.data(info) + (gguf_gate_up_first_row(e, F, up) + r) * rb,
+        dequantize_row(type, f_.data(*info) + (gguf_gate_up_first_row(e, F, up) + r) * rb,
                        out + (e * F + r) * cols, cols);
     return true;
   }
