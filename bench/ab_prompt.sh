@@ -6,7 +6,9 @@
 # alike; each is `moe generate` with the 128-token prompt of quant_vs_llamacpp.py, TOKENS (default
 # 65) new tokens, THREADS (default 2). Printed: the median prompt and decode tokens/s of each side
 # and new/old. On a host loaded beyond its cores, THREADS=1 compares the kernels without the
-# waits of one thread at the barriers for the other, descheduled one.
+# waits of one thread at the barriers for the other, descheduled one. Each side runs with
+# --warmup (untimed prefill and step first, as quant_vs_llamacpp.py times) where its build has
+# the flag; COLD=1 times the first prompt of a fresh process on both sides instead.
 set -euo pipefail
 old=${1:?old moe binary}
 new=${2:?new moe binary}
@@ -17,6 +19,14 @@ tokens=${TOKENS:-65}
 export OMP_NUM_THREADS=$threads
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+# --warmup on a side whose build knows it (builds before it lack the flag), unless COLD=1.
+warm_flag() {
+  if [[ ${COLD:-0} != 1 ]] && "$1" generate --help 2>&1 | grep -q -- --warmup; then echo --warmup; fi
+}
+old_warm=$(warm_flag "$old")
+new_warm=$(warm_flag "$new")
+[[ -n $old_warm && -z $new_warm || -z $old_warm && -n $new_warm ]] &&
+  echo "note: only one build has --warmup; its prompt is timed warm, the other's cold" >&2
 ids=$(python3 -c "print(','.join(str((i * 7919 + 13) % 32000) for i in range(128)))")
 median() { sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 printf '%-32s %10s %10s %8s %10s %10s %8s\n' "file ($rounds rounds, $threads threads)" \
@@ -25,7 +35,9 @@ for file in "$@"; do
   : > "$tmp/res"
   for r in $(seq "$rounds"); do
     for side in old new; do
-      "${!side}" generate --model "$file" --prompt-ids "$ids" --max-new-tokens "$tokens" --ignore-eos \
+      warm=${side}_warm
+      # shellcheck disable=SC2086 # the flag is one word or none
+      "${!side}" generate ${!warm} --model "$file" --prompt-ids "$ids" --max-new-tokens "$tokens" --ignore-eos \
         --temperature 0 --threads "$threads" > /dev/null 2> "$tmp/err"
       sed -n 's/.*(\([0-9.]*\) prompt tokens\/s), then [0-9]* tokens at \([0-9.]*\) tokens\/s.*/\1 \2/p' \
         "$tmp/err" | awk -v s="$side" '{print s, $1, $2}' >> "$tmp/res"
