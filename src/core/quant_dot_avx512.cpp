@@ -233,7 +233,7 @@ QD_TARGET void dot_qk_zmm(const uint8_t* w, const uint8_t* act, int64_t stride, 
     const __m128i sm = k_scales_mins(wb[b].scales);
     const __m512i sc32 = _mm512_cvtepu8_epi32(sm);  // dwords 0-7 scales, 8-15 mins
     const __m256i mins2 = k_mins_per_bsum(sm);
-    const float d = fp16(wb[b].d), dmin = fp16(wb[b].dmin);
+    const __m128 d_dmin = k_d_dmin(&wb[b].d);
     __m512i isum[NA];
     for (int i = 0; i < NA; ++i) isum[i] = _mm512_setzero_si512();
     __m512i hbits = _mm512_setzero_si512();
@@ -258,8 +258,9 @@ QD_TARGET void dot_qk_zmm(const uint8_t* w, const uint8_t* act, int64_t stride, 
     }
     for (int i = 0; i < NA; ++i) {
       const auto& ab = reinterpret_cast<const BlockQ8_K*>(act + i * stride)[b];
-      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[i]), _mm512_set1_ps(ab.d * d), acc[i]);
-      macc[i] = k_mins_fma(ab, mins2, dmin, macc[i]);
+      const __m128 scales = _mm_mul_ps(d_dmin, _mm_set1_ps(ab.d));  // d x ab.d, dmin x ab.d
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[i]), _mm512_broadcastss_ps(scales), acc[i]);
+      macc[i] = k_mins_fma(ab, mins2, _mm256_broadcastss_ps(_mm_movehdup_ps(scales)), macc[i]);
     }
   }
   for (int i = 0; i < NA; ++i) out[i] = _mm512_reduce_add_ps(acc[i]) - hsum(macc[i]);

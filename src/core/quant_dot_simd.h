@@ -289,15 +289,25 @@ QD_INLINE __m256i pick_word(__m256i words, int lo_word, int hi_word) {
 }
 
 // A Q4_K / Q5_K super-block's 8 six-bit scales in bytes 0-7 and 8 mins in bytes 8-15, from their
-// 12 packed bytes (the layout of unpack_k_scales, on 32-bit words).
+// 12 packed bytes (the layout of unpack_k_scales): bytes 0-3 hold scales 0-3 and the top 2 bits
+// of scales 4-7, bytes 4-7 mins 0-3 and the top 2 bits of mins 4-7, bytes 8-11 the low 4 bits of
+// scales 4-7 (low nibbles) and mins 4-7 (high nibbles). Two byte shuffles and masks, no general
+// register work: the 16-byte load reads 4 bytes past the 12, which lie in the same block (qh or
+// qs follow the scales in both block types).
 QD_INLINE __m128i k_scales_mins(const uint8_t* scales) {
-  uint32_t u[3];
-  std::memcpy(u, scales, 12);
-  const uint32_t lo6 = 0x3F3F3F3F, lo4 = 0x0F0F0F0F, top2 = 0x03030303;
-  return _mm_setr_epi32(static_cast<int>(u[0] & lo6),
-                        static_cast<int>((u[2] & lo4) | (((u[0] >> 6) & top2) << 4)),
-                        static_cast<int>(u[1] & lo6),
-                        static_cast<int>(((u[2] >> 4) & lo4) | (((u[1] >> 6) & top2) << 4)));
+  const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(scales));
+  // Per output byte: its low bits' source (the 6-bit fields or the nibbles) ...
+  const __m128i low =
+      _mm_shuffle_epi8(x, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11));
+  // ... and the byte whose top 2 bits are its bits 4-5 (scales and mins 4-7 only).
+  const __m128i top =
+      _mm_shuffle_epi8(x, _mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7));
+  const __m128i lo6_lo4 = _mm_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 0, 0, 0, 0);
+  const __m128i hi4 = _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 15, 15, 15, 15);
+  // 16-bit shifts: bits crossing from the neighbouring byte are masked off.
+  const __m128i v =
+      _mm_or_si128(_mm_and_si128(low, lo6_lo4), _mm_and_si128(_mm_srli_epi16(low, 4), hi4));
+  return _mm_or_si128(v, _mm_and_si128(_mm_srli_epi16(top, 2), _mm_set1_epi8(0x30)));
 }
 
 // The 8 mins of k_scales_mins as int16, each twice: one per bsum (a Q8_K block has 2 bsums of
@@ -309,10 +319,18 @@ QD_INLINE __m256i k_mins_per_bsum(__m128i scales_mins) {
 
 // The mins' share of one super-block (min x bsum over the 16 bsums) accumulated into macc:
 // macc + (sum of min x bsum) x the activation scale x dmin, in 8 lanes.
-QD_INLINE __m256 k_mins_fma(const BlockQ8_K& ab, __m256i mins2, float dmin, __m256 macc) {
+// dmin_scale: ab.d x the super-block's dmin in every lane.
+QD_INLINE __m256 k_mins_fma(const BlockQ8_K& ab, __m256i mins2, __m256 dmin_scale, __m256 macc) {
   const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab.bsums));
-  return _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(bs, mins2)),
-                         _mm256_set1_ps(ab.d * dmin), macc);
+  return _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(bs, mins2)), dmin_scale, macc);
+}
+
+// A Q4_K / Q5_K super-block's fp16 d and dmin (adjacent in both) as fp32 in lanes 0 and 1, by
+// one load and one conversion; times an activation block's scale they give both fp32 factors.
+QD_INLINE __m128 k_d_dmin(const uint16_t* d_dmin) {
+  int32_t both;
+  std::memcpy(&both, d_dmin, sizeof(both));
+  return _mm_cvtph_ps(_mm_cvtsi32_si128(both));
 }
 
 // Q4_K and Q5_K: per 64 values, the low nibbles (plus qh bit 2c) are sub-block 2c and the high
@@ -331,7 +349,7 @@ QD_TARGET void dot_qk(const uint8_t* w, const uint8_t* act, int64_t stride, int6
     const __m128i sm = k_scales_mins(wb[b].scales);
     const __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
     const __m256i mins2 = k_mins_per_bsum(sm);
-    const float d = fp16(wb[b].d), dmin = fp16(wb[b].dmin);
+    const __m128 d_dmin = k_d_dmin(&wb[b].d);
     __m256i isum[NA];
     for (int i = 0; i < NA; ++i) isum[i] = _mm256_setzero_si256();
     __m256i hbits = _mm256_setzero_si256();
@@ -358,8 +376,9 @@ QD_TARGET void dot_qk(const uint8_t* w, const uint8_t* act, int64_t stride, int6
     }
     for (int i = 0; i < NA; ++i) {
       const auto& ab = reinterpret_cast<const BlockQ8_K*>(act + i * stride)[b];
-      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), _mm256_set1_ps(ab.d * d), acc[i]);
-      macc[i] = k_mins_fma(ab, mins2, dmin, macc[i]);
+      const __m128 scales = _mm_mul_ps(d_dmin, _mm_set1_ps(ab.d));  // d x ab.d, dmin x ab.d
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), _mm256_broadcastss_ps(scales), acc[i]);
+      macc[i] = k_mins_fma(ab, mins2, _mm256_broadcastss_ps(_mm_movehdup_ps(scales)), macc[i]);
     }
   }
   for (int i = 0; i < NA; ++i) out[i] = hsum(acc[i]) - hsum(macc[i]);
