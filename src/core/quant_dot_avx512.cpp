@@ -279,14 +279,89 @@ struct Q5_KZmmRows {
   }
 };
 
+// Q6_K on zmm: the 64 ql bytes of a half super-block hold values 0-63 in their low nibbles and
+// 64-127 in their high ones, in order, and qh byte l holds the top 2 bits of values l, l + 32,
+// l + 64 and l + 96; the 32 qh bytes broadcast to both halves and shifted by 0 / 2 (values 0-63)
+// or 4 / 6 (64-127) give them, so each 64 values are one 64-byte activation load and one
+// vpdpbusd (6-bit unsigned values: at most 4 x 63 x 128 per dword, an int16). One vpdpwssd
+// multiplies each dword by its sub-block's int8 scale, zero-extended from int16 so the dword's
+// high word meets 0; the -32 offset comes out through the bsums as in dot_q6_k.
+template <int NA>
+QD_TARGET void dot_q6_k_zmm(const uint8_t* w, const uint8_t* act, int64_t stride, int64_t nb,
+                            float* out) {
+  const auto* wb = reinterpret_cast<const BlockQ6_K*>(w);
+  const __m512i low4 = _mm512_set1_epi8(0xF), two_bits = _mm512_set1_epi8(3);
+  const __m512i shift_lo =  // words of the low half by 0, of the high half by 2
+      _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+  const __m512i shift_hi = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(6), 1);
+  __m512i pick[4];  // chunk c (64 values): dwords 4s..4s+3 take the scale of sub-block 4c + s
+  for (int c = 0; c < 4; ++c)
+    pick[c] = _mm512_setr_epi32(4 * c, 4 * c, 4 * c, 4 * c, 4 * c + 1, 4 * c + 1, 4 * c + 1,
+                                4 * c + 1, 4 * c + 2, 4 * c + 2, 4 * c + 2, 4 * c + 2, 4 * c + 3,
+                                4 * c + 3, 4 * c + 3, 4 * c + 3);
+  __m512 acc[NA];
+  for (int i = 0; i < NA; ++i) acc[i] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const BlockQ6_K& blk = wb[b];
+    const __m256i sc16 =
+        _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk.scales)));
+    const __m512i sc32 = _mm512_cvtepu16_epi32(sc16);  // int16 scale, high word 0
+    __m512i isum[NA];
+    for (int i = 0; i < NA; ++i) {
+      // -32 x sum over sub-blocks of sc x bsum, in the low 8 dwords.
+      const auto& ab = reinterpret_cast<const BlockQ8_K*>(act + i * stride)[b];
+      const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab.bsums));
+      isum[i] = _mm512_zextsi256_si512(_mm256_sub_epi32(
+          _mm256_setzero_si256(), _mm256_slli_epi32(_mm256_madd_epi16(bs, sc16), 5)));
+    }
+    for (int h = 0; h < 2; ++h) {
+      const __m512i ql = _mm512_loadu_si512(blk.ql + 64 * h);
+      const __m512i qh = _mm512_broadcast_i64x4(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.qh + 32 * h)));
+      const __m512i q_lo = _mm512_or_si512(
+          _mm512_and_si512(ql, low4),
+          _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, shift_lo), two_bits), 4));
+      const __m512i q_hi = _mm512_or_si512(
+          _mm512_and_si512(_mm512_srli_epi16(ql, 4), low4),
+          _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, shift_hi), two_bits), 4));
+      const __m512i sc_lo = _mm512_permutexvar_epi32(pick[2 * h], sc32),
+                    sc_hi = _mm512_permutexvar_epi32(pick[2 * h + 1], sc32);
+      for (int i = 0; i < NA; ++i) {
+        const int8_t* aq = reinterpret_cast<const BlockQ8_K*>(act + i * stride)[b].qs + 128 * h;
+        isum[i] = _mm512_dpwssd_epi32(
+            isum[i], _mm512_dpbusd_epi32(_mm512_setzero_si512(), q_lo, _mm512_loadu_si512(aq)),
+            sc_lo);
+        isum[i] = _mm512_dpwssd_epi32(
+            isum[i], _mm512_dpbusd_epi32(_mm512_setzero_si512(), q_hi, _mm512_loadu_si512(aq + 64)),
+            sc_hi);
+      }
+    }
+    const float d = fp16(blk.d);
+    for (int i = 0; i < NA; ++i) {
+      const auto& ab = reinterpret_cast<const BlockQ8_K*>(act + i * stride)[b];
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[i]), _mm512_set1_ps(ab.d * d), acc[i]);
+    }
+  }
+  for (int i = 0; i < NA; ++i) out[i] = _mm512_reduce_add_ps(acc[i]);
+}
+
+struct Q6_KZmmRows {
+  template <int NA>
+  QD_TARGET static void run(const uint8_t* w, const uint8_t* a, int64_t st, int64_t nb, float* o) {
+    dot_q6_k_zmm<NA>(w, a, st, nb, o);
+  }
+};
+
 #pragma GCC diagnostic pop
 
-// The AVX-512 table: the shared kernels (quant_dot_simd.h) with the zmm k-quant kernels, and
-// with the VBMI Q4_0 and Q8_0 kernels on CPUs that have it (Ice Lake, Zen 4 and later).
+// The AVX-512 table: the shared kernels (quant_dot_simd.h) with the zmm k-quant kernels (Q4_K,
+// Q5_K, Q6_K), and with the VBMI Q4_0 and Q8_0 kernels on CPUs that have it (Ice Lake, Zen 4 and
+// later).
 QuantDotTable avx512_table(bool vbmi) {
   QuantDotTable t = kTable;
   t.q4_k = by_rows<Q4_KZmmRows>;
   t.q5_k = by_rows<Q5_KZmmRows>;
+  t.q6_k = by_rows<Q6_KZmmRows>;
   if (vbmi) {
     t.q4_0 = by_rows<Q4_0VbmiRows>;
     t.q8_0 = by_rows<Q8_0VbmiRows>;
