@@ -175,18 +175,19 @@ MOE_TARGET_BF16 void pack_k_contiguous_avx512(const float* src, int64_t ld, int 
 }
 
 // 16 columns of rows k (lo) and k + 1 (hi, null past kc) as bf16 pairs; lanes at and past
-// `valid` are zero.
+// `valid` are zero. One vcvtne2ps2bf16 rounds both rows (lo's 16 values in words 0-15, hi's in
+// 16-31) and one vpermw interleaves them into pairs.
 MOE_TARGET_BF16 inline __m512i strided_pairs(const float* lo_row, const float* hi_row,
                                              int64_t valid) {
   const __mmask16 m = valid >= 16  ? __mmask16(0xFFFF)
                       : valid <= 0 ? __mmask16(0)
                                    : __mmask16((1u << valid) - 1);
-  const __m512i lo =
-      _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, lo_row)));
-  if (hi_row == nullptr) return lo;
-  const __m512i hi =
-      _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, hi_row)));
-  return _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));
+  const __m512 lo = _mm512_maskz_loadu_ps(m, lo_row);
+  const __m512 hi = hi_row == nullptr ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m, hi_row);
+  const __m512i interleave =
+      _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
+                       21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  return _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
 }
 
 // Width is the panel width, 12 (A) or 32 (B), fixed at compile time so that the panel stores
@@ -199,7 +200,6 @@ MOE_TARGET_BF16 void pack_k_strided_avx512(const float* src, int64_t ld, int64_t
   // lie kp_n * Width * 4 bytes apart (64 KiB for B), so writing all of them per k pair hit one
   // L1 set from every panel and thrashed it (this packer ran at half the contiguous one's speed).
   constexpr int kGroup = (128 / Width) * Width;  // 128 columns of B, 120 of A
-  alignas(64) uint32_t pairs[kGroup + 16];
   for (int64_t c0 = 0; c0 < cols; c0 += kGroup) {
     const int64_t gc = std::min<int64_t>(kGroup, cols - c0);
     const int64_t padded = (gc + Width - 1) / Width * Width;  // whole panels, zero past gc
@@ -211,12 +211,12 @@ MOE_TARGET_BF16 void pack_k_strided_avx512(const float* src, int64_t ld, int64_t
         for (int64_t c = 0; c < padded; c += 16)
           _mm512_storeu_si512(out + ((c / Width) * kp_n + kp) * Width + c % Width,
                               strided_pairs(lo_row + c, hi_row ? hi_row + c : nullptr, gc - c));
-      } else {
-        for (int64_t c = 0; c < padded; c += 16)
-          _mm512_store_si512(pairs + c,
-                             strided_pairs(lo_row + c, hi_row ? hi_row + c : nullptr, gc - c));
-        for (int64_t p = 0; p < padded / Width; ++p)
-          std::memcpy(out + (p * kp_n + kp) * Width, pairs + p * Width, sizeof(uint32_t) * Width);
+      } else {  // one panel's Width (< 16) columns per load, stored in place under a mask
+        for (int64_t c = 0; c < padded; c += Width)
+          _mm512_mask_storeu_epi32(out + ((c / Width) * kp_n + kp) * Width,
+                                   static_cast<__mmask16>((1u << Width) - 1),
+                                   strided_pairs(lo_row + c, hi_row ? hi_row + c : nullptr,
+                                                 std::min<int64_t>(Width, gc - c)));
       }
     }
   }
