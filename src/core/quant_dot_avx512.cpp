@@ -211,18 +211,35 @@ struct Q8_0VbmiRows {
 // each dword is its own int16). One vpdpwssd then multiplies each dword by its sub-block's 6-bit
 // scale (the dword's high word meets 0) into the super-block's int32 sum, exact as the oracle's.
 // The mins enter through the bsums as in dot_qk.
+// The constant vectors of dot_qk_zmm, loaded rather than built: a decode call covers a single
+// row of 4-11 super-blocks, so building them (16 instructions) was a tenth of its work.
+struct QkZmmConstants {
+  // Words of the low half shift by 0 (low nibbles, qh bit 2c), of the high half by 4 (high
+  // nibbles) or 1 (qh bit 2c + 1).
+  alignas(64) uint16_t nibble_shift[32] = {}, qh_shift[32] = {};
+  alignas(64) int32_t pick[4][16] = {};  // chunk c: dwords 0-7 sub-block 2c, 8-15 2c + 1
+};
+constexpr QkZmmConstants qk_zmm_constants() {
+  QkZmmConstants k;
+  for (int j = 16; j < 32; ++j) {
+    k.nibble_shift[j] = 4;
+    k.qh_shift[j] = 1;
+  }
+  for (int c = 0; c < 4; ++c)
+    for (int j = 0; j < 16; ++j) k.pick[c][j] = j < 8 ? 2 * c : 2 * c + 1;
+  return k;
+}
+constexpr QkZmmConstants kQkZmm = qk_zmm_constants();
+
 template <int NA, typename Block, bool q5>
 QD_TARGET void dot_qk_zmm(const uint8_t* w, const uint8_t* act, int64_t stride, int64_t nb,
                           float* out) {
   const auto* wb = reinterpret_cast<const Block*>(w);
   const __m512i low4 = _mm512_set1_epi8(0xF), one = _mm512_set1_epi8(1);
-  // Words of the low half shift by 0 (low nibbles, qh bit 2c), of the high half by 4 (high
-  // nibbles) or 1 (qh bit 2c + 1).
-  const __m512i nibble_shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
-  const __m512i qh_shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(1), 1);
-  __m512i pick[4];  // dwords 0-7: scale of sub-block 2c, 8-15: of 2c + 1
-  for (int c = 0; c < 4; ++c)
-    pick[c] = _mm512_inserti64x4(_mm512_set1_epi32(2 * c), _mm256_set1_epi32(2 * c + 1), 1);
+  const __m512i nibble_shift = _mm512_load_si512(kQkZmm.nibble_shift),
+                qh_shift = _mm512_load_si512(kQkZmm.qh_shift);
+  __m512i pick[4];
+  for (int c = 0; c < 4; ++c) pick[c] = _mm512_load_si512(kQkZmm.pick[c]);
   __m512 acc[NA];
   __m256 macc[NA];
   for (int i = 0; i < NA; ++i) {
