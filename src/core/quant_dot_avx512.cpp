@@ -308,9 +308,11 @@ QD_TARGET void dot_q6_k_zmm(const uint8_t* w, const uint8_t* act, int64_t stride
                             float* out) {
   const auto* wb = reinterpret_cast<const BlockQ6_K*>(w);
   const __m512i low4 = _mm512_set1_epi8(0xF), two_bits = _mm512_set1_epi8(3);
-  const __m512i shift_lo =  // words of the low half by 0, of the high half by 2
-      _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
-  const __m512i shift_hi = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(6), 1);
+  // Words of the low half shift by 0 / 4, of the high half by 2 / 6 (constants: one load each).
+  constexpr int64_t k0 = 0, k2 = 0x0002000200020002, k4 = 0x0004000400040004,
+                    k6 = 0x0006000600060006;
+  const __m512i shift_lo = _mm512_set_epi64(k2, k2, k2, k2, k0, k0, k0, k0),
+                shift_hi = _mm512_set_epi64(k6, k6, k6, k6, k4, k4, k4, k4);
   __m512i pick[4];  // chunk c (64 values): dwords 4s..4s+3 take the scale of sub-block 4c + s
   for (int c = 0; c < 4; ++c)
     pick[c] = _mm512_setr_epi32(4 * c, 4 * c, 4 * c, 4 * c, 4 * c + 1, 4 * c + 1, 4 * c + 1,
