@@ -14,6 +14,7 @@
 #include <immintrin.h>
 
 #include <cmath>
+#include <cstddef>
 #include <cstring>
 #include <utility>
 
@@ -327,9 +328,11 @@ QD_INLINE __m256 k_mins_fma(const BlockQ8_K& ab, __m256i mins2, __m256 dmin_scal
 
 // A Q4_K / Q5_K super-block's fp16 d and dmin (adjacent in both) as fp32 in lanes 0 and 1, by
 // one load and one conversion; times an activation block's scale they give both fp32 factors.
-QD_INLINE __m128 k_d_dmin(const uint16_t* d_dmin) {
+template <typename Block>
+QD_INLINE __m128 k_d_dmin(const Block& b) {
+  static_assert(offsetof(Block, dmin) == offsetof(Block, d) + sizeof(uint16_t));
   int32_t both;
-  std::memcpy(&both, d_dmin, sizeof(both));
+  std::memcpy(&both, reinterpret_cast<const uint8_t*>(&b) + offsetof(Block, d), sizeof(both));
   return _mm_cvtph_ps(_mm_cvtsi32_si128(both));
 }
 
@@ -349,7 +352,7 @@ QD_TARGET void dot_qk(const uint8_t* w, const uint8_t* act, int64_t stride, int6
     const __m128i sm = k_scales_mins(wb[b].scales);
     const __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
     const __m256i mins2 = k_mins_per_bsum(sm);
-    const __m128 d_dmin = k_d_dmin(&wb[b].d);
+    const __m128 d_dmin = k_d_dmin(wb[b]);
     __m256i isum[NA];
     for (int i = 0; i < NA; ++i) isum[i] = _mm256_setzero_si256();
     __m256i hbits = _mm256_setzero_si256();
