@@ -247,7 +247,7 @@ QD_TARGET void dot_qk_zmm(const uint8_t* w, const uint8_t* act, int64_t stride, 
     macc[i] = _mm256_setzero_ps();
   }
   for (int64_t b = 0; b < nb; ++b) {
-    const __m128i sm = k_scales_mins(wb[b].scales);
+    const __m128i sm = k_scales_mins(wb[b]);
     const __m512i sc32 = _mm512_cvtepu8_epi32(sm);  // dwords 0-7 scales, 8-15 mins
     const __m256i mins2 = k_mins_per_bsum(sm);
     const __m128 d_dmin = k_d_dmin(wb[b]);

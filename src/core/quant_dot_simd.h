@@ -294,9 +294,11 @@ QD_INLINE __m256i pick_word(__m256i words, int lo_word, int hi_word) {
 // of scales 4-7, bytes 4-7 mins 0-3 and the top 2 bits of mins 4-7, bytes 8-11 the low 4 bits of
 // scales 4-7 (low nibbles) and mins 4-7 (high nibbles). Two byte shuffles and masks, no general
 // register work: the 16-byte load reads 4 bytes past the 12, which lie in the same block (qh or
-// qs follow the scales in both block types).
-QD_INLINE __m128i k_scales_mins(const uint8_t* scales) {
-  const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(scales));
+// qs follow the scales in both block types; checked at compile time).
+template <typename Block>
+QD_INLINE __m128i k_scales_mins(const Block& b) {
+  static_assert(offsetof(Block, scales) + sizeof(__m128i) <= sizeof(Block));
+  const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.scales));
   // Per output byte: its low bits' source (the 6-bit fields or the nibbles) ...
   const __m128i low =
       _mm_shuffle_epi8(x, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11));
@@ -349,7 +351,7 @@ QD_TARGET void dot_qk(const uint8_t* w, const uint8_t* act, int64_t stride, int6
   __m256 acc[NA], macc[NA];
   for (int i = 0; i < NA; ++i) acc[i] = macc[i] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
-    const __m128i sm = k_scales_mins(wb[b].scales);
+    const __m128i sm = k_scales_mins(wb[b]);
     const __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
     const __m256i mins2 = k_mins_per_bsum(sm);
     const __m128 d_dmin = k_d_dmin(wb[b]);
