@@ -631,6 +631,30 @@ TEST(GgufModelQwen3Next, FusedGateUpExpertsAreRead) {
   EXPECT_LT(normalized_error(logits_of(*InferenceModel::load(dir.file("back.gguf"))), la), 1e-6);
 }
 
+// gguf_fused_gate_up: the fused tensor when gate and up are not stored apart, its shape checked
+// against [E, 2F, d] in one error line naming the file and the tensor; null otherwise.
+TEST(GgufModel, FusedGateUpIsFoundAndItsShapeChecked) {
+  TempDir dir;
+  const std::vector<float> v(2 * 8 * 4, 0.5f);
+  GgufWriter fused;
+  fused.add_tensor("blk.0.ffn_gate_up_exps.weight", {2, 8, 4}, GgmlType::F32, v.data());
+  fused.write(dir.file("fused.gguf"));
+  const GgufFile f = GgufFile::open(dir.file("fused.gguf"));
+  const GgufTensorInfo* info = gguf_fused_gate_up(f, 0, 2, 4, 4);
+  ASSERT_NE(info, nullptr);
+  EXPECT_EQ(info->name, "blk.0.ffn_gate_up_exps.weight");
+  EXPECT_EQ(gguf_fused_gate_up(f, 1, 2, 4, 4), nullptr);  // no such layer in the file
+  EXPECT_MOE_ERROR(gguf_fused_gate_up(f, 0, 2, 3, 4), dir.file("fused.gguf"),
+                   "blk.0.ffn_gate_up_exps.weight", "[2, 8, 4]", "[2, 6, 4]");
+  EXPECT_MOE_ERROR(gguf_fused_gate_up(f, 0, 2, 4, 5), "blk.0.ffn_gate_up_exps.weight", "[2, 8, 5]");
+  // Gate stored apart: the fused tensor is not the one to read.
+  GgufWriter both;
+  both.add_tensor("blk.0.ffn_gate_up_exps.weight", {2, 8, 4}, GgmlType::F32, v.data());
+  both.add_tensor("blk.0.ffn_gate_exps.weight", {2, 4, 4}, GgmlType::F32, v.data());
+  both.write(dir.file("both.gguf"));
+  EXPECT_EQ(gguf_fused_gate_up(GgufFile::open(dir.file("both.gguf")), 0, 2, 4, 4), nullptr);
+}
+
 // Random weights of the hybrids at q4_k (rows of 48 fall back as llama.cpp does) decode to
 // finite logits.
 TEST(GgufModelQwen3Next, RandomWeightsDecode) {
