@@ -99,6 +99,52 @@ TEST(Bf16Pack, Avx512PackersGiveTheScalarBits) {
                                     uint32_t(bf16_bits(src[r * ld + 2 * kp + 1])) << 16);
 }
 
+// bf16 bits of awkward values, and the fp32 values they stand for.
+std::pair<std::vector<uint16_t>, std::vector<float>> bf16_operand(Rng& rng, int64_t n) {
+  const auto v = awkward_values(rng, n);
+  std::vector<uint16_t> bits(v.size());
+  std::vector<float> wide(v.size());
+  for (size_t i = 0; i < v.size(); ++i) {
+    bits[i] = bf16_bits(v[i]);
+    wide[i] = bf16_value(bits[i]);
+  }
+  return {bits, wide};
+}
+
+// Packing bf16 bits gives the bits packing their fp32 values gives, with either packer.
+TEST(Bf16Pack, Bf16SourcesPackAsTheirFp32Values) {
+  Rng rng(12);
+  const int64_t ld = 1100;
+  const auto [bits, wide] = bf16_operand(rng, 70 * ld);
+  std::vector<bool> simds = {false};
+  if (cpu_features().bf16_gemm()) simds.push_back(true);
+  for (bool simd : simds) {
+    for (int width : {12, 32})
+      for (int rows : {1, 5, 12, 16, 17, 32})
+        for (int64_t kc : {1, 31, 32, 33, 64, 1023, 1024})
+          for (int64_t k0 : {0, 3}) {
+            if (rows > width) continue;
+            const int64_t n = (kc + 1) / 2 * width;
+            std::vector<uint32_t> a(n, 0xDEADBEEF), b(n, 0xDEADBEEF);
+            pack_k_contiguous(simd, wide.data(), ld, rows, width, k0, kc, a.data());
+            pack_k_contiguous(simd, bits.data(), ld, rows, width, k0, kc, b.data());
+            ASSERT_EQ(a, b) << "k_contiguous simd=" << simd << " width=" << width
+                            << " rows=" << rows << " kc=" << kc << " k0=" << k0;
+          }
+    for (int width : {12, 32})
+      for (int64_t cols : {1, 12, 15, 16, 33, 100, 1000, 1024})
+        for (int64_t kc : {1, 2, 7, 64}) {
+          const int64_t panels = (cols + width - 1) / width;
+          const int64_t n = panels * (kc + 1) / 2 * width;
+          std::vector<uint32_t> a(n, 0xDEADBEEF), b(n, 0xDEADBEEF);
+          pack_k_strided(simd, wide.data(), ld, cols, width, 1, kc, a.data());
+          pack_k_strided(simd, bits.data(), ld, cols, width, 1, kc, b.data());
+          ASSERT_EQ(a, b) << "k_strided simd=" << simd << " width=" << width << " cols=" << cols
+                          << " kc=" << kc;
+        }
+  }
+}
+
 struct Case {
   Trans ta, tb;
   int64_t M, N, K;
@@ -146,6 +192,48 @@ TEST(GemmBf16, MatchesOracleOnOddShapesAndTransposes) {
       for (Trans ta : {Trans::No, Trans::Yes})
         for (Trans tb : {Trans::No, Trans::Yes})
           check_case({ta, tb, s[0], s[1], s[2], 1.f, 0.f}, kernel, seed++);
+}
+
+// An operand given as bf16 bits gives bit for bit the result of its fp32 values, through every
+// block tail and transpose.
+TEST(GemmBf16, Bf16OperandsGiveTheResultOfTheirValues) {
+  KernelGuard guard;
+  int seed = 200;
+  const int64_t shapes[][3] = {{13, 33, 7}, {25, 65, 1025}, {193, 31, 513}, {14, 1600, 5}};
+  for (Bf16Kernel kernel : kernels()) {
+    set_bf16_kernel(kernel);
+    for (const auto& s : shapes)
+      for (Trans ta : {Trans::No, Trans::Yes})
+        for (Trans tb : {Trans::No, Trans::Yes}) {
+          const int64_t M = s[0], N = s[1], K = s[2];
+          const int64_t lda = (ta == Trans::No ? K : M) + 3, ldb = (tb == Trans::No ? N : K) + 1;
+          Rng rng(static_cast<uint64_t>(seed++));
+          const auto [a_bits, a] = bf16_operand(rng, (ta == Trans::No ? M : K) * lda);
+          const auto [b_bits, b] = bf16_operand(rng, (tb == Trans::No ? K : N) * ldb);
+          // Finite values only: a NaN or infinity would make the sums NaN and EXPECT_EQ fail on
+          // NaN != NaN, though the bits agree.
+          auto finite = [](std::vector<uint16_t> v) {
+            for (auto& h : v)
+              if ((h & 0x7F80u) == 0x7F80u) h = 0x3F80;  // 1.0
+            return v;
+          };
+          const auto ab = finite(a_bits), bb = finite(b_bits);
+          std::vector<float> af(ab.size()), bf(bb.size());
+          for (size_t i = 0; i < ab.size(); ++i) af[i] = bf16_value(ab[i]);
+          for (size_t i = 0; i < bb.size(); ++i) bf[i] = bf16_value(bb[i]);
+          const auto C0 = test::random_vector<float>(rng, M * N);
+          auto ref = C0, c1 = C0, c2 = C0;
+          gemm_bf16(ta, tb, M, N, K, 0.5f, af.data(), lda, bf.data(), ldb, 1.f, ref.data(), N);
+          gemm_bf16(ta, tb, M, N, K, 0.5f, ab.data(), lda, bf.data(), ldb, 1.f, c1.data(), N);
+          gemm_bf16(ta, tb, M, N, K, 0.5f, af.data(), lda, bb.data(), ldb, 1.f, c2.data(), N);
+          const std::string what = std::string(bf16_kernel_name(kernel)) +
+                                   " M=" + std::to_string(M) + " N=" + std::to_string(N) +
+                                   " K=" + std::to_string(K) + " ta=" + std::to_string(int(ta)) +
+                                   " tb=" + std::to_string(int(tb));
+          ASSERT_EQ(c1, ref) << "bf16 A, " << what;
+          ASSERT_EQ(c2, ref) << "bf16 B, " << what;
+        }
+  }
 }
 
 TEST(GemmBf16, AlphaBetaAndAccumulate) {

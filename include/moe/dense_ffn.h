@@ -32,7 +32,8 @@ class DenseFfn final : public FeedForward<T> {
   ComputeDtype dtype_;
   ParamSet<T> params_;
   int64_t tokens_ = 0;
-  std::vector<T> x_, h1_, h3_, a_, da_, dh1_, dh3_;
+  std::vector<T> x_;
+  FfnRowBuffers<T> saved_, scratch_;
 };
 
 }  // namespace moe

@@ -6,15 +6,16 @@
 // The forward saves h1, h3 and a for the backward. The backward writes dx (=) and
 // accumulates parameter gradients (+=), as in llm.c.
 // With ComputeDtype::BFloat16 (float only) every GEMM rounds its operands to bf16 and
-// accumulates in fp32 (gemm_bf16.h); the activation and its gradient stay fp32.
+// accumulates in fp32 (gemm_bf16.h); h1, h3 and the activation's gradient da stay fp32, and the
+// rows only GEMMs read (a; dh1, dh3) are kept as bf16 bits, which the GEMMs would round them to.
 #pragma once
 
 #include <cstdint>
 #include <type_traits>
 #include <vector>
 
-#include "moe/linear.h"
 #include "moe/gemm.h"
+#include "moe/linear.h"
 #include "moe/moe_config.h"
 #include "moe/params.h"
 
@@ -45,15 +46,38 @@ struct FfnViews {
   const float *b1 = nullptr, *b3 = nullptr, *b2 = nullptr;
 };
 
-// Row buffers [n, F]: the forward's h1, h3, a; the backward's scratch dh1, dh3, da.
+// Row buffers [n, F]: the forward's h1, h3, a; the backward's scratch dh1, dh3, da. With
+// ComputeDtype::BFloat16 the rows only GEMMs read are bf16 bits (bf16_bits) in the *_bf16
+// fields instead, half the memory and half the bytes for the GEMMs to pack: the forward's a in
+// a_bf16, the backward's dh1 and dh3 in h1_bf16 and h3_bf16. FfnRowBuffers holds them.
 template <class T>
 struct FfnRows {
   T* h1 = nullptr;
   T* h3 = nullptr;
   T* a = nullptr;
+  uint16_t* h1_bf16 = nullptr;
+  uint16_t* h3_bf16 = nullptr;
+  uint16_t* a_bf16 = nullptr;
   FfnRows at(int64_t row, int64_t F) const {
-    return {h1 + row * F, h3 ? h3 + row * F : nullptr, a + row * F};
+    auto off = [&](auto* p) { return p ? p + row * F : nullptr; };
+    return {off(h1), off(h3), off(a), off(h1_bf16), off(h3_bf16), off(a_bf16)};
   }
+};
+
+// The storage of one FfnRows, grown on demand (never shrinks), in the fields its use needs:
+//   Forward: h1, h3 (inference: the SwiGLU is computed in place in h1)
+//   Saved:   h1, h3 and a (a_bf16 with BFloat16), for the backward
+//   Scratch: dh1, dh3 (h1_bf16, h3_bf16 with BFloat16) and da, the backward's
+// h3 / h3_bf16 only for gated activations; fields a use does not need stay null.
+template <class T>
+class FfnRowBuffers {
+ public:
+  enum class Use { Forward, Saved, Scratch };
+  FfnRows<T> grow(const FfnShape& f, int64_t rows, Use use);
+
+ private:
+  std::vector<T> h1_, h3_, a_;
+  std::vector<uint16_t> h1_bf16_, h3_bf16_, a_bf16_;
 };
 
 // The one GEMM of layers with a compute dtype (the FFNs, attention projections, LM head):
@@ -109,7 +133,7 @@ class GroupedExperts {
   // in parallel. Results are identical either way.
   void set_schedule(int mode) { schedule_ = mode; }
   // Backward scratch of reserve()'s size, free between calls (the shared experts borrow it).
-  FfnRows<T> scratch() { return {dh1_.data(), dh3_.data(), da_.data()}; }
+  FfnRows<T> scratch() { return scratch_.grow(shape_, scratch_n_, FfnRowBuffers<T>::Use::Scratch); }
   const FfnShape& shape() const { return shape_; }
   int experts() const { return E_; }
 
@@ -123,9 +147,9 @@ class GroupedExperts {
   int E_;
   int64_t w1_ = -1, w3_ = -1, w2_ = -1;  // arena offsets
   int schedule_ = -1;
-  std::vector<T> h1_, h3_, a_;     // [rows, F] saved for backward
-  std::vector<T> da_, dh1_, dh3_;  // backward scratch
-  std::vector<int> order_;         // [E] experts by descending rows
+  FfnRowBuffers<T> saved_, scratch_;     // [rows, F] saved for backward; backward scratch
+  int64_t saved_n_ = 0, scratch_n_ = 0;  // their rows, as reserved
+  std::vector<int> order_;               // [E] experts by descending rows
 };
 
 }  // namespace moe

@@ -39,8 +39,10 @@ class SharedExperts {
   FfnShape shape_;
   bool gated_;
   int64_t w1_ = -1, w3_ = -1, w2_ = -1, wg_ = -1;
-  std::vector<T> h1_, h3_, a_, y_, gate_;  // forward, saved
-  std::vector<T> dy_, dxs_;                // backward scratch [n, d]
+  FfnRowBuffers<T> rows_;    // [n, Hs] saved for the backward
+  int64_t rows_n_ = 0;       // tokens reserved
+  std::vector<T> y_, gate_;  // forward, saved
+  std::vector<T> dy_, dxs_;  // backward scratch [n, d]
 };
 
 }  // namespace moe

@@ -17,5 +17,10 @@ void pack_k_contiguous(bool simd, const float* src, int64_t ld, int rows, int wi
                        int64_t kc, uint32_t* dst);
 void pack_k_strided(bool simd, const float* src, int64_t ld, int64_t cols, int width, int64_t k0,
                     int64_t kc, uint32_t* dst);
+// The same from bf16 bits (gemm_bf16.h's pre-rounded operands): no rounding, the bits as they are.
+void pack_k_contiguous(bool simd, const uint16_t* src, int64_t ld, int rows, int width, int64_t k0,
+                       int64_t kc, uint32_t* dst);
+void pack_k_strided(bool simd, const uint16_t* src, int64_t ld, int64_t cols, int width, int64_t k0,
+                    int64_t kc, uint32_t* dst);
 
 }  // namespace moe

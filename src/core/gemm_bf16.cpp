@@ -39,19 +39,20 @@ constexpr int64_t kNC = kNR * 48;  // columns per packed B block: 3 MiB
 
 std::atomic<int> g_kernel{static_cast<int>(Bf16Kernel::Auto)};
 
-// Branchless bf16_bits over a run of values, so the compiler vectorizes it (the packing is
-// otherwise the largest cost of small expert GEMMs). Same results as bf16_bits.
+// A run of operand values as bf16 bits: fp32 rounded (bf16_bits is branchless, so this
+// vectorizes), or bf16 bits copied.
 void to_bf16(const float* src, int64_t n, uint16_t* dst) {
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    const uint32_t u = std::bit_cast<uint32_t>(src[i]);
-    const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-    const uint32_t zero = (u >> 16) & 0x8000u;
-    const uint32_t nan = (u >> 16) | 0x0040u;
-    uint32_t r = (u & 0x7F800000u) == 0 ? zero : rounded;
-    r = (u & 0x7FFFFFFFu) > 0x7F800000u ? nan : r;
-    dst[i] = static_cast<uint16_t>(r);
-  }
+  for (int64_t i = 0; i < n; ++i) dst[i] = bf16_bits(src[i]);
+}
+void to_bf16(const uint16_t* src, int64_t n, uint16_t* dst) {
+  std::memcpy(dst, src, sizeof(uint16_t) * static_cast<size_t>(n));
+}
+inline uint32_t bits_of(float v) {
+  return bf16_bits(v);
+}
+inline uint32_t bits_of(uint16_t v) {
+  return v;
 }
 
 // Scratch for one row of bf16 values (kKC, or kNC when converting along the columns).
@@ -61,7 +62,8 @@ constexpr int64_t kRowMax = kKC > kNC ? kKC : kNC;
 
 // The scalar packers: the definition of the packed layouts (bf16_pack.h), used with the
 // portable kernel and checked against the AVX-512 packers in the tests.
-void pack_k_contiguous_scalar(const float* src, int64_t ld, int rows, int width, int64_t k0,
+template <class Src>
+void pack_k_contiguous_scalar(const Src* src, int64_t ld, int rows, int width, int64_t k0,
                               int64_t kc, uint32_t* dst) {
   const int64_t kp_n = (kc + 1) / 2;
   alignas(64) uint16_t tmp[kKC + 2];
@@ -78,7 +80,8 @@ void pack_k_contiguous_scalar(const float* src, int64_t ld, int rows, int width,
   }
 }
 
-void pack_k_strided_scalar(const float* src, int64_t ld, int64_t cols, int width, int64_t k0,
+template <class Src>
+void pack_k_strided_scalar(const Src* src, int64_t ld, int64_t cols, int width, int64_t k0,
                            int64_t kc, uint32_t* dst) {
   const int64_t kp_n = (kc + 1) / 2;
   const int64_t panels = (cols + width - 1) / width;
@@ -140,7 +143,16 @@ MOE_TARGET_BF16 inline void transpose_16x16(__m512i (&v)[16]) {
 // vcvtne2ps2bf16 rounds exactly as bf16_bits does (nearest even, denormals to signed zero, NaN
 // quieted), so these produce the scalar packers' bits, several times faster: the scalar ones
 // took about a fifth of a bf16 expert's time in the MoE layer.
-MOE_TARGET_BF16 void pack_k_contiguous_avx512(const float* src, int64_t ld, int rows, int width,
+// 32 k values of one row as 16 bf16 pairs.
+MOE_TARGET_BF16 inline __m512i row_pairs(const float* p) {
+  return (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(p + 16), _mm512_loadu_ps(p));
+}
+MOE_TARGET_BF16 inline __m512i row_pairs(const uint16_t* p) {
+  return _mm512_loadu_si512(p);
+}
+
+template <class Src>
+MOE_TARGET_BF16 void pack_k_contiguous_avx512(const Src* src, int64_t ld, int rows, int width,
                                               int64_t k0, int64_t kc, uint32_t* dst) {
   const int64_t kp_n = (kc + 1) / 2, chunks = kc / 32;  // 32 k values = 16 pairs per chunk
   for (int r0 = 0; r0 < width; r0 += 16) {
@@ -150,8 +162,7 @@ MOE_TARGET_BF16 void pack_k_contiguous_avx512(const float* src, int64_t ld, int 
       __m512i v[16];
       for (int i = 0; i < 16; ++i) {
         if (i < valid) {
-          const float* p = src + (r0 + i) * ld + k0 + 32 * c;
-          v[i] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(p + 16), _mm512_loadu_ps(p));
+          v[i] = row_pairs(src + (r0 + i) * ld + k0 + 32 * c);
         } else {
           v[i] = _mm512_setzero_si512();
         }
@@ -165,8 +176,8 @@ MOE_TARGET_BF16 void pack_k_contiguous_avx512(const float* src, int64_t ld, int 
       for (int i = 0; i < lanes; ++i) {
         uint32_t pair = 0;
         if (i < valid) {
-          const float* p = src + (r0 + i) * ld;
-          pair = bf16_bits(p[k]) | (2 * kp + 1 < kc ? uint32_t(bf16_bits(p[k + 1])) << 16 : 0u);
+          const Src* p = src + (r0 + i) * ld;
+          pair = bits_of(p[k]) | (2 * kp + 1 < kc ? bits_of(p[k + 1]) << 16 : 0u);
         }
         dst[kp * width + r0 + i] = pair;
       }
@@ -189,11 +200,22 @@ MOE_TARGET_BF16 inline __m512i strided_pairs(const float* lo_row, const float* h
                        21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
   return _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
 }
+// The same from rows of bf16 bits: widened, hi's shifted into the upper words.
+MOE_TARGET_BF16 inline __m512i strided_pairs(const uint16_t* lo_row, const uint16_t* hi_row,
+                                             int64_t valid) {
+  const __mmask16 m = valid >= 16  ? __mmask16(0xFFFF)
+                      : valid <= 0 ? __mmask16(0)
+                                   : __mmask16((1u << valid) - 1);
+  const __m512i lo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, lo_row));
+  if (hi_row == nullptr) return lo;
+  const __m512i hi = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, hi_row));
+  return _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));
+}
 
 // Width is the panel width, 12 (A) or 32 (B), fixed at compile time so that the panel stores
 // are a few vector moves rather than a call per panel and k pair.
-template <int Width>
-MOE_TARGET_BF16 void pack_k_strided_avx512(const float* src, int64_t ld, int64_t cols, int64_t k0,
+template <int Width, class Src>
+MOE_TARGET_BF16 void pack_k_strided_avx512(const Src* src, int64_t ld, int64_t cols, int64_t k0,
                                            int64_t kc, uint32_t* dst) {
   const int64_t kp_n = (kc + 1) / 2;
   // A few panels at a time, every k pair of them, then the next few: the panels of one k pair
@@ -205,8 +227,8 @@ MOE_TARGET_BF16 void pack_k_strided_avx512(const float* src, int64_t ld, int64_t
     const int64_t padded = (gc + Width - 1) / Width * Width;  // whole panels, zero past gc
     uint32_t* out = dst + (c0 / Width) * kp_n * Width;
     for (int64_t kp = 0; kp < kp_n; ++kp) {
-      const float* lo_row = src + (k0 + 2 * kp) * ld + c0;
-      const float* hi_row = 2 * kp + 1 < kc ? lo_row + ld : nullptr;
+      const Src* lo_row = src + (k0 + 2 * kp) * ld + c0;
+      const Src* hi_row = 2 * kp + 1 < kc ? lo_row + ld : nullptr;
       if constexpr (Width % 16 == 0) {  // 16 columns never straddle two panels: store in place
         for (int64_t c = 0; c < padded; c += 16)
           _mm512_storeu_si512(out + ((c / Width) * kp_n + kp) * Width + c % Width,
@@ -224,8 +246,11 @@ MOE_TARGET_BF16 void pack_k_strided_avx512(const float* src, int64_t ld, int64_t
 #pragma GCC diagnostic pop
 #endif
 
-void pack_k_contiguous(bool simd, const float* src, int64_t ld, int rows, int width, int64_t k0,
-                       int64_t kc, uint32_t* dst) {
+namespace {
+
+template <class Src>
+void pack_k_contiguous_any(bool simd, const Src* src, int64_t ld, int rows, int width, int64_t k0,
+                           int64_t kc, uint32_t* dst) {
   MOE_CHECK(kc <= kKC, "pack_k_contiguous: {} k values over the limit", kc);
 #ifdef MOE_HAVE_AVX512_KERNEL
   if (simd) return pack_k_contiguous_avx512(src, ld, rows, width, k0, kc, dst);
@@ -234,8 +259,9 @@ void pack_k_contiguous(bool simd, const float* src, int64_t ld, int rows, int wi
   pack_k_contiguous_scalar(src, ld, rows, width, k0, kc, dst);
 }
 
-void pack_k_strided(bool simd, const float* src, int64_t ld, int64_t cols, int width, int64_t k0,
-                    int64_t kc, uint32_t* dst) {
+template <class Src>
+void pack_k_strided_any(bool simd, const Src* src, int64_t ld, int64_t cols, int width, int64_t k0,
+                        int64_t kc, uint32_t* dst) {
   MOE_CHECK(cols <= kRowMax && kc <= kKC, "pack_k_strided: block of {} x {} over the limit", kc,
             cols);
 #ifdef MOE_HAVE_AVX512_KERNEL
@@ -246,10 +272,30 @@ void pack_k_strided(bool simd, const float* src, int64_t ld, int64_t cols, int w
   pack_k_strided_scalar(src, ld, cols, width, k0, kc, dst);
 }
 
+}  // namespace
+
+void pack_k_contiguous(bool simd, const float* src, int64_t ld, int rows, int width, int64_t k0,
+                       int64_t kc, uint32_t* dst) {
+  pack_k_contiguous_any(simd, src, ld, rows, width, k0, kc, dst);
+}
+void pack_k_contiguous(bool simd, const uint16_t* src, int64_t ld, int rows, int width, int64_t k0,
+                       int64_t kc, uint32_t* dst) {
+  pack_k_contiguous_any(simd, src, ld, rows, width, k0, kc, dst);
+}
+void pack_k_strided(bool simd, const float* src, int64_t ld, int64_t cols, int width, int64_t k0,
+                    int64_t kc, uint32_t* dst) {
+  pack_k_strided_any(simd, src, ld, cols, width, k0, kc, dst);
+}
+void pack_k_strided(bool simd, const uint16_t* src, int64_t ld, int64_t cols, int width, int64_t k0,
+                    int64_t kc, uint32_t* dst) {
+  pack_k_strided_any(simd, src, ld, cols, width, k0, kc, dst);
+}
+
 namespace {
 
 // Packs op(A)[i0:i0+mc, k0:k0+kc] as panels of kMR rows: dst[panel][kp][r].
-void pack_a(bool simd, Trans ta, const float* A, int64_t lda, int64_t i0, int64_t mc, int64_t k0,
+template <class Src>
+void pack_a(bool simd, Trans ta, const Src* A, int64_t lda, int64_t i0, int64_t mc, int64_t k0,
             int64_t kc, uint32_t* dst) {
   const int64_t kp_n = (kc + 1) / 2;
   if (ta == Trans::Yes) {
@@ -264,7 +310,8 @@ void pack_a(bool simd, Trans ta, const float* A, int64_t lda, int64_t i0, int64_
 }
 
 // Packs op(B)[k0:k0+kc, j0:j0+nc] as panels of kNR columns: dst[panel][kp][c].
-void pack_b(bool simd, Trans tb, const float* B, int64_t ldb, int64_t j0, int64_t nc, int64_t k0,
+template <class Src>
+void pack_b(bool simd, Trans tb, const Src* B, int64_t ldb, int64_t j0, int64_t nc, int64_t k0,
             int64_t kc, uint32_t* dst) {
   const int64_t kp_n = (kc + 1) / 2;
   if (tb == Trans::No) {
@@ -379,11 +426,13 @@ struct Bf16Panel {
   static constexpr int64_t packed_k(int64_t kc) { return (kc + 1) / 2; }
   Kernel kern;
   bool simd;
-  void pack_a(Trans ta, const float* A, int64_t lda, int64_t i0, int64_t mc, int64_t k0, int64_t kc,
+  template <class Src>
+  void pack_a(Trans ta, const Src* A, int64_t lda, int64_t i0, int64_t mc, int64_t k0, int64_t kc,
               uint32_t* dst) const {
     moe::pack_a(simd, ta, A, lda, i0, mc, k0, kc, dst);
   }
-  void pack_b(Trans tb, const float* B, int64_t ldb, int64_t j0, int64_t nc, int64_t k0, int64_t kc,
+  template <class Src>
+  void pack_b(Trans tb, const Src* B, int64_t ldb, int64_t j0, int64_t nc, int64_t k0, int64_t kc,
               uint32_t* dst) const {
     moe::pack_b(simd, tb, B, ldb, j0, nc, k0, kc, dst);
   }
@@ -425,12 +474,28 @@ const char* bf16_kernel_name(Bf16Kernel k) {
   return "?";
 }
 
-void gemm_bf16(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
-               int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+namespace {
+template <class SA, class SB>
+void gemm_bf16_any(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha, const SA* A,
+                   int64_t lda, const SB* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   gemm_driver::check_args("gemm_bf16", ta, tb, M, N, K, lda, ldb, ldc);
   const Kernel kernel = pick_kernel();
   gemm_driver::gemm(Bf16Panel{kernel, kernel != kernel_portable}, ta, tb, M, N, K, alpha, A, lda, B,
                     ldb, beta, C, ldc);
+}
+}  // namespace
+
+void gemm_bf16(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+               int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  gemm_bf16_any(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+void gemm_bf16(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha, const uint16_t* A,
+               int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  gemm_bf16_any(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+void gemm_bf16(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+               int64_t lda, const uint16_t* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  gemm_bf16_any(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 void gemm_bf16_naive(Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha,

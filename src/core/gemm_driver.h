@@ -15,10 +15,12 @@
 //   static constexpr int kMR, kNR;                // microkernel tile
 //   static constexpr int64_t kKC, kMC, kNC;       // k, row and column block sizes
 //   static constexpr int64_t packed_k(int64_t kc) // entries along k of one panel of kc values
-//   void pack_a(Trans, const float* A, int64_t lda, int64_t i0, int64_t mc, int64_t k0,
+//   void pack_a(Trans, const SA* A, int64_t lda, int64_t i0, int64_t mc, int64_t k0,
 //               int64_t kc, Packed* dst) const;   // op(A)[i0:+mc, k0:+kc] -> dst[panel][k][r]
-//   void pack_b(Trans, const float* B, int64_t ldb, int64_t j0, int64_t nc, int64_t k0,
+//   void pack_b(Trans, const SB* B, int64_t ldb, int64_t j0, int64_t nc, int64_t k0,
 //               int64_t kc, Packed* dst) const;   // op(B)[k0:+kc, j0:+nc] -> dst[panel][k][c]
+// for the element types SA, SB of the operands it is called with (float; the bf16 Panel also
+// takes bf16 bits, uint16_t).
 //   void kernel(int64_t kp, const Packed* a, const Packed* b, int m, int n, float alpha,
 //               float beta, float* C, int64_t ldc) const;  // C[0:m,0:n] = alpha*a.b + beta*C
 #pragma once
@@ -65,9 +67,9 @@ PackBuffers<Panel>& pack_buffers() {
 }
 
 // One thread: rows [i_begin, i_end) of C.
-template <class Panel>
+template <class Panel, class SA, class SB>
 void gemm_rows(const Panel& panel, Trans ta, Trans tb, int64_t i_begin, int64_t i_end, int64_t N,
-               int64_t K, float alpha, const float* A, int64_t lda, const float* B, int64_t ldb,
+               int64_t K, float alpha, const SA* A, int64_t lda, const SB* B, int64_t ldb,
                float beta, float* C, int64_t ldc) {
   constexpr int kMR = Panel::kMR, kNR = Panel::kNR;
   PackBuffers<Panel>& buf = pack_buffers<Panel>();
@@ -104,10 +106,9 @@ inline void check_args(const char* name, Trans ta, Trans tb, int64_t M, int64_t 
 }
 
 // C = alpha * op(A) op(B) + beta * C (gemm.h's contract), arguments already checked.
-template <class Panel>
+template <class Panel, class SA, class SB>
 void gemm(const Panel& panel, Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, float alpha,
-          const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
-          int64_t ldc) {
+          const SA* A, int64_t lda, const SB* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   if (M == 0 || N == 0) return;
   if (K == 0) {  // C = beta * C, as BLAS does
     for (int64_t i = 0; i < M; ++i)

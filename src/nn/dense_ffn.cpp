@@ -45,26 +45,20 @@ void DenseFfn<T>::forward(View<const T> x, View<T> out, const ForwardOptions<T>&
   if (opt.check_finite) check_finite(x, "DenseFfn::forward: x");
   const auto n = static_cast<size_t>(tokens_);
   x_.assign(x.data, x.data + n * d_);
-  h1_.resize(n * F_);
-  a_.resize(n * F_);
-  if (act_ == Activation::SwiGLU) h3_.resize(n * F_);
-  ffn_forward<T>(shape(), tokens_, x_.data(), weights(), {h1_.data(), h3_.data(), a_.data()},
-                 out.data);
+  ffn_forward<T>(shape(), tokens_, x_.data(), weights(),
+                 saved_.grow(shape(), tokens_, FfnRowBuffers<T>::Use::Saved), out.data);
 }
 
 template <class T>
 void DenseFfn<T>::backward(View<const T> dout, View<T> dx, double) {
   check_shape(dout, {tokens_, d_}, "DenseFfn::backward: dout");
   check_shape(dx, {tokens_, d_}, "DenseFfn::backward: dx");
-  const auto n = static_cast<size_t>(tokens_);
-  da_.resize(n * F_);
-  dh1_.resize(n * F_);
-  dh3_.resize(n * F_);
   const bool glu = act_ == Activation::SwiGLU;
   const FfnWeights<T> grad{params_.grad("ffn.w1"), glu ? params_.grad("ffn.w3") : nullptr,
                            params_.grad("ffn.w2")};
-  ffn_backward<T>(shape(), tokens_, x_.data(), weights(), {h1_.data(), h3_.data(), a_.data()},
-                  dout.data, dx.data, grad, {dh1_.data(), dh3_.data(), da_.data()});
+  using Use = typename FfnRowBuffers<T>::Use;
+  ffn_backward<T>(shape(), tokens_, x_.data(), weights(), saved_.grow(shape(), tokens_, Use::Saved),
+                  dout.data, dx.data, grad, scratch_.grow(shape(), tokens_, Use::Scratch));
 }
 
 template class DenseFfn<float>;

@@ -53,63 +53,67 @@ T gelu_grad(T z) {
   return cdf + z * pdf;
 }
 
-// The FFN's GEMMs: gemm_in with alpha = 1.
-template <class T>
-void mm(ComputeDtype dt, Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, const T* A,
-        int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
-  gemm_in<T>(dt, ta, tb, M, N, K, T(1), A, lda, B, ldb, beta, C, ldc);
+// The FFN's GEMMs: gemm_in with alpha = 1; an operand of bf16 bits goes to gemm_bf16.
+template <class T, class SA, class SB>
+void mm(ComputeDtype dt, Trans ta, Trans tb, int64_t M, int64_t N, int64_t K, const SA* A,
+        int64_t lda, const SB* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  if constexpr (std::is_same_v<SA, T> && std::is_same_v<SB, T>) {
+    gemm_in<T>(dt, ta, tb, M, N, K, T(1), A, lda, B, ldb, beta, C, ldc);
+  } else {
+    static_assert(std::is_same_v<T, float>, "bf16 operands need float");
+    gemm_bf16(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
+  }
 }
-}  // namespace
 
-template <class T>
-void ffn_forward(const FfnShape& f, int64_t n, const T* x, const FfnWeights<const T>& w,
-                 const FfnRows<T>& saved, T* y) {
-  if (n == 0) return;
+// A value as the GEMM-only rows store it: S = T, or bf16 bits.
+template <class S, class T>
+S stored(T v) {
+  if constexpr (std::is_same_v<S, uint16_t>)
+    return bf16_bits(v);
+  else
+    return v;
+}
+
+// The FFN with its GEMM-only rows (a; dh1, dh3) stored as S.
+template <class T, class S>
+void ffn_forward_as(const FfnShape& f, int64_t n, const T* x, const FfnWeights<const T>& w, T* h1,
+                    T* h3, S* a, T* y) {
   const int64_t d = f.d, F = f.F;
   const ComputeDtype dt = f.dtype;
-  T* h1 = saved.h1;
-  T* h3 = saved.h3;
-  T* a = saved.a;
   mm<T>(dt, Trans::No, Trans::Yes, n, F, d, x, d, w.w1, d, T(0), h1, F);
   const int64_t nf = n * F;
   if (f.act == Activation::SwiGLU) {
     mm<T>(dt, Trans::No, Trans::Yes, n, F, d, x, d, w.w3, d, T(0), h3, F);
 #pragma omp parallel for simd if (nf > kParallelMinValues)
-    for (int64_t i = 0; i < nf; ++i) a[i] = h1[i] * sigmoid(h1[i]) * h3[i];
+    for (int64_t i = 0; i < nf; ++i) a[i] = stored<S>(h1[i] * sigmoid(h1[i]) * h3[i]);
   } else {
 #pragma omp parallel for simd if (nf > kParallelMinValues)
-    for (int64_t i = 0; i < nf; ++i) a[i] = gelu(h1[i]);
+    for (int64_t i = 0; i < nf; ++i) a[i] = stored<S>(gelu(h1[i]));
   }
   mm<T>(dt, Trans::No, Trans::Yes, n, d, F, a, F, w.w2, F, T(0), y, d);
 }
 
-template <class T>
-void ffn_backward(const FfnShape& f, int64_t n, const T* x, const FfnWeights<const T>& w,
-                  const FfnRows<T>& saved, const T* dy, T* dx, const FfnWeights<T>& grad,
-                  const FfnRows<T>& scratch) {
-  if (n == 0) return;
+template <class T, class S>
+void ffn_backward_as(const FfnShape& f, int64_t n, const T* x, const FfnWeights<const T>& w,
+                     const T* h1, const T* h3, const S* a, const T* dy, T* dx,
+                     const FfnWeights<T>& grad, T* da, S* dh1, S* dh3) {
   const int64_t d = f.d, F = f.F;
   const ComputeDtype dt = f.dtype;
-  const T* h1 = saved.h1;
-  const T* h3 = saved.h3;
-  T* da = scratch.a;
-  T* dh1 = scratch.h1;
-  T* dh3 = scratch.h3;
   // y = a W2^T: da = dy W2, dW2 += dy^T a
   mm<T>(dt, Trans::No, Trans::No, n, F, d, dy, d, w.w2, F, T(0), da, F);
-  mm<T>(dt, Trans::Yes, Trans::No, d, F, n, dy, d, saved.a, F, T(1), grad.w2, F);
+  mm<T>(dt, Trans::Yes, Trans::No, d, F, n, dy, d, a, F, T(1), grad.w2, F);
   const int64_t nf = n * F;
   if (f.act == Activation::SwiGLU) {
 #pragma omp parallel for simd if (nf > kParallelMinValues)
     for (int64_t i = 0; i < nf; ++i) {
       const T s = sigmoid(h1[i]);
       const T silu = h1[i] * s;
-      dh3[i] = da[i] * silu;
-      dh1[i] = da[i] * h3[i] * s * (T(1) + h1[i] * (T(1) - s));
+      dh3[i] = stored<S>(da[i] * silu);
+      dh1[i] = stored<S>(da[i] * h3[i] * s * (T(1) + h1[i] * (T(1) - s)));
     }
   } else {
 #pragma omp parallel for simd if (nf > kParallelMinValues)
-    for (int64_t i = 0; i < nf; ++i) dh1[i] = da[i] * gelu_grad(h1[i]);
+    for (int64_t i = 0; i < nf; ++i) dh1[i] = stored<S>(da[i] * gelu_grad(h1[i]));
   }
   // h1 = x W1^T: dx = dh1 W1, dW1 += dh1^T x (and the same for W3)
   mm<T>(dt, Trans::No, Trans::No, n, d, F, dh1, F, w.w1, d, T(0), dx, d);
@@ -118,6 +122,65 @@ void ffn_backward(const FfnShape& f, int64_t n, const T* x, const FfnWeights<con
     mm<T>(dt, Trans::No, Trans::No, n, d, F, dh3, F, w.w3, d, T(1), dx, d);
     mm<T>(dt, Trans::Yes, Trans::No, F, d, n, dh3, F, x, d, T(1), grad.w3, d);
   }
+}
+
+bool bf16_rows(const FfnShape& f) {
+  return f.dtype == ComputeDtype::BFloat16;
+}
+}  // namespace
+
+template <class T>
+void ffn_forward(const FfnShape& f, int64_t n, const T* x, const FfnWeights<const T>& w,
+                 const FfnRows<T>& saved, T* y) {
+  if (n == 0) return;
+  if constexpr (std::is_same_v<T, float>) {
+    if (bf16_rows(f)) {
+      MOE_CHECK(saved.a_bf16 != nullptr, "ffn_forward: bfloat16 compute without bf16 rows");
+      ffn_forward_as<T, uint16_t>(f, n, x, w, saved.h1, saved.h3, saved.a_bf16, y);
+      return;
+    }
+  }
+  ffn_forward_as<T, T>(f, n, x, w, saved.h1, saved.h3, saved.a, y);
+}
+
+template <class T>
+void ffn_backward(const FfnShape& f, int64_t n, const T* x, const FfnWeights<const T>& w,
+                  const FfnRows<T>& saved, const T* dy, T* dx, const FfnWeights<T>& grad,
+                  const FfnRows<T>& scratch) {
+  if (n == 0) return;
+  if constexpr (std::is_same_v<T, float>) {
+    if (bf16_rows(f)) {
+      MOE_CHECK(saved.a_bf16 != nullptr && scratch.h1_bf16 != nullptr,
+                "ffn_backward: bfloat16 compute without bf16 rows");
+      ffn_backward_as<T, uint16_t>(f, n, x, w, saved.h1, saved.h3, saved.a_bf16, dy, dx, grad,
+                                   scratch.a, scratch.h1_bf16, scratch.h3_bf16);
+      return;
+    }
+  }
+  ffn_backward_as<T, T>(f, n, x, w, saved.h1, saved.h3, saved.a, dy, dx, grad, scratch.a,
+                        scratch.h1, scratch.h3);
+}
+
+template <class T>
+FfnRows<T> FfnRowBuffers<T>::grow(const FfnShape& f, int64_t rows, Use use) {
+  const int64_t n = rows * f.F;
+  const bool bf16 = bf16_rows(f), glu = f.glu();
+  FfnRows<T> r;
+  auto take = [n](auto& v) {
+    grow_to(v, n);
+    return v.data();
+  };
+  if (use == Use::Forward || use == Use::Saved || !bf16) r.h1 = take(h1_);
+  if (glu && (use == Use::Forward || use == Use::Saved || !bf16)) r.h3 = take(h3_);
+  if (use == Use::Scratch && bf16) {
+    r.h1_bf16 = take(h1_bf16_);
+    if (glu) r.h3_bf16 = take(h3_bf16_);
+  }
+  if (use == Use::Saved && bf16)
+    r.a_bf16 = take(a_bf16_);
+  else if (use != Use::Forward)
+    r.a = take(a_);
+  return r;
 }
 
 template <class T>
@@ -143,8 +206,13 @@ void GroupedExperts<T>::bind(const ParamSet<T>& params) {
 
 template <class T>
 void GroupedExperts<T>::reserve(int64_t rows, int64_t scratch_elems) {
-  for (auto* v : {&h1_, &h3_, &a_}) grow_to(*v, rows * shape_.F);
-  for (auto* v : {&da_, &dh1_, &dh3_}) grow_to(*v, std::max(rows * shape_.F, scratch_elems));
+  using Use = typename FfnRowBuffers<T>::Use;
+  saved_n_ = std::max(saved_n_, rows);
+  // The scratch in rows of F, to hold scratch_elems as well (the shared experts' T * Hs).
+  const int64_t F = std::max<int64_t>(shape_.F, 1);
+  scratch_n_ = std::max({scratch_n_, rows, (scratch_elems + F - 1) / F});
+  saved_.grow(shape_, saved_n_, Use::Saved);
+  scratch_.grow(shape_, scratch_n_, Use::Scratch);
 }
 
 template <class T>
@@ -189,7 +257,9 @@ void GroupedExperts<T>::forward(const ParamSet<T>& params, const int64_t* offset
                                 T* y) {
   const T* v = params.values().data();
   const int64_t d = shape_.d, wsz = shape_.F * d;
-  const FfnRows<T> saved{h1_.data(), h3_.data(), a_.data()};
+  MOE_CHECK(offsets[E_] <= saved_n_, "GroupedExperts::forward: {} rows, {} reserved", offsets[E_],
+            saved_n_);
+  const FfnRows<T> saved = saved_.grow(shape_, saved_n_, FfnRowBuffers<T>::Use::Saved);
   for_each_expert(offsets, [&](int e) {
     const int64_t r0 = offsets[e];
     const FfnWeights<const T> w{v + w1_ + e * wsz, shape_.glu() ? v + w3_ + e * wsz : nullptr,
@@ -204,12 +274,11 @@ void GroupedExperts<T>::forward(const FfnViews* w, const int64_t* offsets, const
   // if constexpr as well: clang 14 still instantiates this body for T = double with the class.
   if constexpr (std::is_same_v<T, float>) {
     const int64_t d = shape_.d, F = shape_.F;
-    grow_to(h1_, offsets[E_] * F);
-    grow_to(h3_, offsets[E_] * F);
+    const FfnRows<T> rows = saved_.grow(shape_, offsets[E_], FfnRowBuffers<T>::Use::Forward);
     for_each_expert(offsets, [&](int e) {
       const int64_t r0 = offsets[e], n = offsets[e + 1] - r0, nf = n * F;
-      float* h1 = h1_.data() + r0 * F;
-      float* h3 = h3_.data() + r0 * F;
+      float* h1 = rows.h1 + r0 * F;
+      float* h3 = rows.h3 + r0 * F;
       const FfnViews& we = w[e];
       linear_forward(x + r0 * d, n, we.w1, h1);
       linear_forward(x + r0 * d, n, we.w3, h3);
@@ -258,8 +327,10 @@ void GroupedExperts<T>::backward(ParamSet<T>& params, const int64_t* offsets, co
   T* g = params.grads().data();
   const int64_t d = shape_.d, F = shape_.F, wsz = F * d;
   const bool glu = shape_.glu();
-  const FfnRows<T> saved{h1_.data(), h3_.data(), a_.data()};
-  const FfnRows<T> scratch{dh1_.data(), dh3_.data(), da_.data()};
+  MOE_CHECK(offsets[E_] <= saved_n_ && offsets[E_] <= scratch_n_,
+            "GroupedExperts::backward: {} rows, {} reserved", offsets[E_], saved_n_);
+  const FfnRows<T> saved = saved_.grow(shape_, saved_n_, FfnRowBuffers<T>::Use::Saved);
+  const FfnRows<T> scratch = scratch_.grow(shape_, scratch_n_, FfnRowBuffers<T>::Use::Scratch);
   for_each_expert(offsets, [&](int e) {
     const int64_t r0 = offsets[e];
     const FfnWeights<const T> w{v + w1_ + e * wsz, glu ? v + w3_ + e * wsz : nullptr,
@@ -277,6 +348,7 @@ void GroupedExperts<T>::backward(ParamSet<T>& params, const int64_t* offsets, co
                                 const FfnRows<T>&, const T*, T*, const FfnWeights<T>&,          \
                                 const FfnRows<T>&);                                             \
   template void declare_expert_weights<T>(ParamSet<T>&, int64_t, int64_t, int64_t, Activation); \
+  template class FfnRowBuffers<T>;                                                              \
   template class GroupedExperts<T>;
 MOE_INSTANTIATE(float)
 MOE_INSTANTIATE(double)

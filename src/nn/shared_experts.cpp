@@ -24,7 +24,8 @@ void SharedExperts<T>::bind(const ParamSet<T>& params) {
 template <class T>
 void SharedExperts<T>::reserve(int64_t n) {
   if (shape_.F <= 0) return;
-  for (auto* v : {&h1_, &h3_, &a_}) grow_to(*v, n * shape_.F);
+  rows_n_ = std::max(rows_n_, n);
+  rows_.grow(shape_, rows_n_, FfnRowBuffers<T>::Use::Saved);
   for (auto* v : {&y_, &dy_, &dxs_}) grow_to(*v, n * shape_.d);
   grow_to(gate_, n);
 }
@@ -39,16 +40,19 @@ void SharedExperts<T>::forward(const ParamSet<T>& params, int64_t n, const T* x,
     if constexpr (std::is_same_v<T, float>) {
       MOE_CHECK(shape_.glu(), "SharedExperts::forward: weight views need SwiGLU");
       const int64_t nf = n * shape_.F;
-      linear_forward(x, n, views->w1, h1_.data());
-      linear_forward(x, n, views->w3, h3_.data());
-      for (int64_t i = 0; i < nf; ++i) a_[i] = h1_[i] / (1.0f + std::exp(-h1_[i])) * h3_[i];
-      linear_forward(a_.data(), n, views->w2, y_.data());
+      const FfnRows<T> r = rows_.grow(shape_, n, FfnRowBuffers<T>::Use::Forward);
+      linear_forward(x, n, views->w1, r.h1);
+      linear_forward(x, n, views->w3, r.h3);
+      for (int64_t i = 0; i < nf; ++i) r.h1[i] = r.h1[i] / (1.0f + std::exp(-r.h1[i])) * r.h3[i];
+      linear_forward(r.h1, n, views->w2, y_.data());
     } else {
       MOE_CHECK(false, "SharedExperts::forward: weight views need float");
     }
   } else {
     const FfnWeights<const T> w{v + w1_, shape_.glu() ? v + w3_ : nullptr, v + w2_};
-    ffn_forward<T>(shape_, n, x, w, {h1_.data(), h3_.data(), a_.data()}, y_.data());
+    MOE_CHECK(n <= rows_n_, "SharedExperts::forward: {} tokens, {} reserved", n, rows_n_);
+    ffn_forward<T>(shape_, n, x, w, rows_.grow(shape_, rows_n_, FfnRowBuffers<T>::Use::Saved),
+                   y_.data());
   }
   T* gate = gate_.data();
   if (gated_) {
@@ -93,7 +97,8 @@ void SharedExperts<T>::backward(ParamSet<T>& params, int64_t n, const T* x, cons
   const FfnWeights<const T> w{v + w1_, glu ? v + w3_ : nullptr, v + w2_};
   const FfnWeights<T> dw{g + w1_, glu ? g + w3_ : nullptr, g + w2_};
   T* dxs = dxs_.data();
-  ffn_backward<T>(shape_, n, x, w, {h1_.data(), h3_.data(), a_.data()}, dys, dxs, dw, scratch);
+  ffn_backward<T>(shape_, n, x, w, rows_.grow(shape_, rows_n_, FfnRowBuffers<T>::Use::Saved), dys,
+                  dxs, dw, scratch);
   for (int64_t i = 0; i < n * d; ++i) dx[i] += dxs[i];
 }
 
