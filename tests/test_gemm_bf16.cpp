@@ -61,13 +61,12 @@ std::vector<float> awkward_values(Rng& rng, int64_t n) {
   return v;
 }
 
-TEST(Bf16Pack, Avx512PackersGiveTheScalarBits) {
-  if (!cpu_features().bf16_gemm()) GTEST_SKIP() << "no AVX-512 BF16 on this CPU";
-  Rng rng(11);
-  const int64_t ld = 1100;
-  const auto src = awkward_values(rng, 70 * ld);
-  // Row counts below and at the panel width, k ranges with and without full 32-wide chunks,
-  // odd kc (zero partner), an offset k0.
+// Packs the same operand two ways, pack(which, contiguous?, rows or cols, width, k0, kc, dst)
+// with which = 0 or 1, over every layout case, and requires the same bits: row counts below
+// and at the panel width, k ranges with and without full 32-wide chunks, odd kc (zero
+// partner), an offset k0.
+template <class Pack>
+void expect_same_packing(const Pack& pack, const std::string& what) {
   for (int width : {12, 32})
     for (int rows : {1, 5, 12, 16, 17, 32})
       for (int64_t kc : {1, 31, 32, 33, 64, 1023, 1024})
@@ -75,10 +74,10 @@ TEST(Bf16Pack, Avx512PackersGiveTheScalarBits) {
           if (rows > width) continue;
           const int64_t n = (kc + 1) / 2 * width;
           std::vector<uint32_t> a(n, 0xDEADBEEF), b(n, 0xDEADBEEF);
-          pack_k_contiguous(false, src.data(), ld, rows, width, k0, kc, a.data());
-          pack_k_contiguous(true, src.data(), ld, rows, width, k0, kc, b.data());
-          ASSERT_EQ(a, b) << "k_contiguous width=" << width << " rows=" << rows << " kc=" << kc
-                          << " k0=" << k0;
+          pack(0, true, rows, width, k0, kc, a.data());
+          pack(1, true, rows, width, k0, kc, b.data());
+          ASSERT_EQ(a, b) << what << " k_contiguous width=" << width << " rows=" << rows
+                          << " kc=" << kc << " k0=" << k0;
         }
   for (int width : {12, 32})
     for (int64_t cols : {1, 12, 15, 16, 33, 100, 1000, 1024})
@@ -86,10 +85,26 @@ TEST(Bf16Pack, Avx512PackersGiveTheScalarBits) {
         const int64_t panels = (cols + width - 1) / width;
         const int64_t n = panels * (kc + 1) / 2 * width;
         std::vector<uint32_t> a(n, 0xDEADBEEF), b(n, 0xDEADBEEF);
-        pack_k_strided(false, src.data(), ld, cols, width, 1, kc, a.data());
-        pack_k_strided(true, src.data(), ld, cols, width, 1, kc, b.data());
-        ASSERT_EQ(a, b) << "k_strided width=" << width << " cols=" << cols << " kc=" << kc;
+        pack(0, false, cols, width, 1, kc, a.data());
+        pack(1, false, cols, width, 1, kc, b.data());
+        ASSERT_EQ(a, b) << what << " k_strided width=" << width << " cols=" << cols << " kc=" << kc;
       }
+}
+
+TEST(Bf16Pack, Avx512PackersGiveTheScalarBits) {
+  if (!cpu_features().bf16_gemm()) GTEST_SKIP() << "no AVX-512 BF16 on this CPU";
+  Rng rng(11);
+  const int64_t ld = 1100;
+  const auto src = awkward_values(rng, 70 * ld);
+  expect_same_packing(
+      [&](int which, bool contiguous, int64_t n, int width, int64_t k0, int64_t kc, uint32_t* dst) {
+        const bool simd = which == 1;
+        if (contiguous)
+          pack_k_contiguous(simd, src.data(), ld, static_cast<int>(n), width, k0, kc, dst);
+        else
+          pack_k_strided(simd, src.data(), ld, n, width, k0, kc, dst);
+      },
+      "scalar vs avx512");
   // And the scalar packer is the definition: pair = bf16_bits(x[k]) | bf16_bits(x[k+1]) << 16.
   std::vector<uint32_t> p(static_cast<size_t>(32 * 8));
   pack_k_contiguous(false, src.data(), ld, 32, 32, 0, 16, p.data());
@@ -118,31 +133,22 @@ TEST(Bf16Pack, Bf16SourcesPackAsTheirFp32Values) {
   const auto [bits, wide] = bf16_operand(rng, 70 * ld);
   std::vector<bool> simds = {false};
   if (cpu_features().bf16_gemm()) simds.push_back(true);
-  for (bool simd : simds) {
-    for (int width : {12, 32})
-      for (int rows : {1, 5, 12, 16, 17, 32})
-        for (int64_t kc : {1, 31, 32, 33, 64, 1023, 1024})
-          for (int64_t k0 : {0, 3}) {
-            if (rows > width) continue;
-            const int64_t n = (kc + 1) / 2 * width;
-            std::vector<uint32_t> a(n, 0xDEADBEEF), b(n, 0xDEADBEEF);
-            pack_k_contiguous(simd, wide.data(), ld, rows, width, k0, kc, a.data());
-            pack_k_contiguous(simd, bits.data(), ld, rows, width, k0, kc, b.data());
-            ASSERT_EQ(a, b) << "k_contiguous simd=" << simd << " width=" << width
-                            << " rows=" << rows << " kc=" << kc << " k0=" << k0;
-          }
-    for (int width : {12, 32})
-      for (int64_t cols : {1, 12, 15, 16, 33, 100, 1000, 1024})
-        for (int64_t kc : {1, 2, 7, 64}) {
-          const int64_t panels = (cols + width - 1) / width;
-          const int64_t n = panels * (kc + 1) / 2 * width;
-          std::vector<uint32_t> a(n, 0xDEADBEEF), b(n, 0xDEADBEEF);
-          pack_k_strided(simd, wide.data(), ld, cols, width, 1, kc, a.data());
-          pack_k_strided(simd, bits.data(), ld, cols, width, 1, kc, b.data());
-          ASSERT_EQ(a, b) << "k_strided simd=" << simd << " width=" << width << " cols=" << cols
-                          << " kc=" << kc;
-        }
-  }
+  for (bool simd : simds)
+    expect_same_packing(
+        [&](int which, bool contiguous, int64_t n, int width, int64_t k0, int64_t kc,
+            uint32_t* dst) {
+          auto run = [&](const auto* src) {
+            if (contiguous)
+              pack_k_contiguous(simd, src, ld, static_cast<int>(n), width, k0, kc, dst);
+            else
+              pack_k_strided(simd, src, ld, n, width, k0, kc, dst);
+          };
+          if (which == 0)
+            run(wide.data());
+          else
+            run(bits.data());
+        },
+        simd ? "fp32 vs bf16 source, avx512" : "fp32 vs bf16 source, scalar");
 }
 
 struct Case {
