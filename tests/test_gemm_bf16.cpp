@@ -61,6 +61,18 @@ std::vector<float> awkward_values(Rng& rng, int64_t n) {
   return v;
 }
 
+// round_to_bf16 (vcvtneps2bf16 where the CPU has it) gives bf16_bits, over every tail length.
+TEST(Bf16Round, RoundToBf16GivesBf16Bits) {
+  Rng rng(13);
+  const auto v = awkward_values(rng, 100);
+  for (int64_t n = 0; n <= 100; ++n) {
+    std::vector<uint16_t> got(static_cast<size_t>(n) + 1, 0xBEEF);
+    round_to_bf16(v.data(), n, got.data());
+    for (int64_t i = 0; i < n; ++i) ASSERT_EQ(got[i], bf16_bits(v[i])) << "n=" << n << " i=" << i;
+    ASSERT_EQ(got[n], 0xBEEF) << "wrote past n=" << n;
+  }
+}
+
 // Packs the same operand two ways, pack(which, contiguous?, rows or cols, width, k0, kc, dst)
 // with which = 0 or 1, over every layout case, and requires the same bits: row counts below
 // and at the panel width, k ranges with and without full 32-wide chunks, odd kc (zero

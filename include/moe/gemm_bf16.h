@@ -36,6 +36,9 @@ inline uint16_t bf16_bits(float f) {
   r = (u & 0x7FFFFFFFu) > 0x7F800000u ? (u >> 16) | 0x0040u : r;
   return static_cast<uint16_t>(r);
 }
+// dst[i] = bf16_bits(src[i]) for i < n; one vcvtneps2bf16 per 16 values where the CPU has AVX-512
+// BF16 (the same rounding), several times faster than the integer rounding it replaces.
+void round_to_bf16(const float* src, int64_t n, uint16_t* dst);
 inline float bf16_value(uint16_t h) {
   return std::bit_cast<float>(static_cast<uint32_t>(h) << 16);
 }

@@ -243,6 +243,19 @@ MOE_TARGET_BF16 void pack_k_strided_avx512(const Src* src, int64_t ld, int64_t c
     }
   }
 }
+
+// vcvtneps2bf16 rounds as bf16_bits does (see the packers above).
+MOE_TARGET_BF16 void round_to_bf16_avx512(const float* src, int64_t n, uint16_t* dst) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i),
+                        (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + i)));
+  if (i < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
+    _mm256_mask_storeu_epi16(dst + i, m,
+                             (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src + i)));
+  }
+}
 #pragma GCC diagnostic pop
 #endif
 
@@ -273,6 +286,14 @@ void pack_k_strided_any(bool simd, const Src* src, int64_t ld, int64_t cols, int
 }
 
 }  // namespace
+
+void round_to_bf16(const float* src, int64_t n, uint16_t* dst) {
+#ifdef MOE_HAVE_AVX512_KERNEL
+  static const bool simd = cpu_features().bf16_gemm();
+  if (simd) return round_to_bf16_avx512(src, n, dst);
+#endif
+  to_bf16(src, n, dst);
+}
 
 void pack_k_contiguous(bool simd, const float* src, int64_t ld, int rows, int width, int64_t k0,
                        int64_t kc, uint32_t* dst) {
