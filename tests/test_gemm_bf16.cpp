@@ -142,7 +142,9 @@ std::pair<std::vector<uint16_t>, std::vector<float>> bf16_operand(Rng& rng, int6
 TEST(Bf16Pack, Bf16SourcesPackAsTheirFp32Values) {
   Rng rng(12);
   const int64_t ld = 1100;
-  const auto [bits, wide] = bf16_operand(rng, 70 * ld);
+  const auto operand = bf16_operand(rng, 70 * ld);  // no structured binding: clang 14 cannot
+  const auto& bits = operand.first;                 // capture one in a lambda
+  const auto& wide = operand.second;
   std::vector<bool> simds = {false};
   if (cpu_features().bf16_gemm()) simds.push_back(true);
   for (bool simd : simds)
