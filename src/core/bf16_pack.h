@@ -13,14 +13,13 @@
 
 namespace moe {
 
-void pack_k_contiguous(bool simd, const float* src, int64_t ld, int rows, int width, int64_t k0,
+// Src: float (rounded with bf16_bits), or uint16_t holding bf16 bits (gemm_bf16.h's pre-rounded
+// operands: no rounding, the bits as they are). Instantiated for those two.
+template <class Src>
+void pack_k_contiguous(bool simd, const Src* src, int64_t ld, int rows, int width, int64_t k0,
                        int64_t kc, uint32_t* dst);
-void pack_k_strided(bool simd, const float* src, int64_t ld, int64_t cols, int width, int64_t k0,
-                    int64_t kc, uint32_t* dst);
-// The same from bf16 bits (gemm_bf16.h's pre-rounded operands): no rounding, the bits as they are.
-void pack_k_contiguous(bool simd, const uint16_t* src, int64_t ld, int rows, int width, int64_t k0,
-                       int64_t kc, uint32_t* dst);
-void pack_k_strided(bool simd, const uint16_t* src, int64_t ld, int64_t cols, int width, int64_t k0,
+template <class Src>
+void pack_k_strided(bool simd, const Src* src, int64_t ld, int64_t cols, int width, int64_t k0,
                     int64_t kc, uint32_t* dst);
 
 }  // namespace moe

@@ -185,14 +185,17 @@ MOE_TARGET_BF16 void pack_k_contiguous_avx512(const Src* src, int64_t ld, int ro
   }
 }
 
+// The first `valid` of 16 lanes (none at or below 0, all at 16 and above).
+MOE_TARGET_BF16 inline __mmask16 first_lanes(int64_t valid) {
+  return valid >= 16 ? __mmask16(0xFFFF) : valid <= 0 ? __mmask16(0) : __mmask16((1u << valid) - 1);
+}
+
 // 16 columns of rows k (lo) and k + 1 (hi, null past kc) as bf16 pairs; lanes at and past
 // `valid` are zero. One vcvtne2ps2bf16 rounds both rows (lo's 16 values in words 0-15, hi's in
 // 16-31) and one vpermw interleaves them into pairs.
 MOE_TARGET_BF16 inline __m512i strided_pairs(const float* lo_row, const float* hi_row,
                                              int64_t valid) {
-  const __mmask16 m = valid >= 16  ? __mmask16(0xFFFF)
-                      : valid <= 0 ? __mmask16(0)
-                                   : __mmask16((1u << valid) - 1);
+  const __mmask16 m = first_lanes(valid);
   const __m512 lo = _mm512_maskz_loadu_ps(m, lo_row);
   const __m512 hi = hi_row == nullptr ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m, hi_row);
   const __m512i interleave =
@@ -203,9 +206,7 @@ MOE_TARGET_BF16 inline __m512i strided_pairs(const float* lo_row, const float* h
 // The same from rows of bf16 bits: widened, hi's shifted into the upper words.
 MOE_TARGET_BF16 inline __m512i strided_pairs(const uint16_t* lo_row, const uint16_t* hi_row,
                                              int64_t valid) {
-  const __mmask16 m = valid >= 16  ? __mmask16(0xFFFF)
-                      : valid <= 0 ? __mmask16(0)
-                                   : __mmask16((1u << valid) - 1);
+  const __mmask16 m = first_lanes(valid);
   const __m512i lo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, lo_row));
   if (hi_row == nullptr) return lo;
   const __m512i hi = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, hi_row));
@@ -251,7 +252,7 @@ MOE_TARGET_BF16 void round_to_bf16_avx512(const float* src, int64_t n, uint16_t*
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i),
                         (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + i)));
   if (i < n) {
-    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __mmask16 m = first_lanes(n - i);
     _mm256_mask_storeu_epi16(dst + i, m,
                              (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src + i)));
   }
@@ -259,11 +260,9 @@ MOE_TARGET_BF16 void round_to_bf16_avx512(const float* src, int64_t n, uint16_t*
 #pragma GCC diagnostic pop
 #endif
 
-namespace {
-
 template <class Src>
-void pack_k_contiguous_any(bool simd, const Src* src, int64_t ld, int rows, int width, int64_t k0,
-                           int64_t kc, uint32_t* dst) {
+void pack_k_contiguous(bool simd, const Src* src, int64_t ld, int rows, int width, int64_t k0,
+                       int64_t kc, uint32_t* dst) {
   MOE_CHECK(kc <= kKC, "pack_k_contiguous: {} k values over the limit", kc);
 #ifdef MOE_HAVE_AVX512_KERNEL
   if (simd) return pack_k_contiguous_avx512(src, ld, rows, width, k0, kc, dst);
@@ -273,8 +272,8 @@ void pack_k_contiguous_any(bool simd, const Src* src, int64_t ld, int rows, int 
 }
 
 template <class Src>
-void pack_k_strided_any(bool simd, const Src* src, int64_t ld, int64_t cols, int width, int64_t k0,
-                        int64_t kc, uint32_t* dst) {
+void pack_k_strided(bool simd, const Src* src, int64_t ld, int64_t cols, int width, int64_t k0,
+                    int64_t kc, uint32_t* dst) {
   MOE_CHECK(cols <= kRowMax && kc <= kKC, "pack_k_strided: block of {} x {} over the limit", kc,
             cols);
 #ifdef MOE_HAVE_AVX512_KERNEL
@@ -285,7 +284,14 @@ void pack_k_strided_any(bool simd, const Src* src, int64_t ld, int64_t cols, int
   pack_k_strided_scalar(src, ld, cols, width, k0, kc, dst);
 }
 
-}  // namespace
+#define MOE_INSTANTIATE_PACKERS(Src)                                                           \
+  template void pack_k_contiguous<Src>(bool, const Src*, int64_t, int, int, int64_t, int64_t,  \
+                                       uint32_t*);                                             \
+  template void pack_k_strided<Src>(bool, const Src*, int64_t, int64_t, int, int64_t, int64_t, \
+                                    uint32_t*);
+MOE_INSTANTIATE_PACKERS(float)
+MOE_INSTANTIATE_PACKERS(uint16_t)
+#undef MOE_INSTANTIATE_PACKERS
 
 void round_to_bf16(const float* src, int64_t n, uint16_t* dst) {
 #ifdef MOE_HAVE_AVX512_KERNEL
@@ -293,23 +299,6 @@ void round_to_bf16(const float* src, int64_t n, uint16_t* dst) {
   if (simd) return round_to_bf16_avx512(src, n, dst);
 #endif
   to_bf16(src, n, dst);
-}
-
-void pack_k_contiguous(bool simd, const float* src, int64_t ld, int rows, int width, int64_t k0,
-                       int64_t kc, uint32_t* dst) {
-  pack_k_contiguous_any(simd, src, ld, rows, width, k0, kc, dst);
-}
-void pack_k_contiguous(bool simd, const uint16_t* src, int64_t ld, int rows, int width, int64_t k0,
-                       int64_t kc, uint32_t* dst) {
-  pack_k_contiguous_any(simd, src, ld, rows, width, k0, kc, dst);
-}
-void pack_k_strided(bool simd, const float* src, int64_t ld, int64_t cols, int width, int64_t k0,
-                    int64_t kc, uint32_t* dst) {
-  pack_k_strided_any(simd, src, ld, cols, width, k0, kc, dst);
-}
-void pack_k_strided(bool simd, const uint16_t* src, int64_t ld, int64_t cols, int width, int64_t k0,
-                    int64_t kc, uint32_t* dst) {
-  pack_k_strided_any(simd, src, ld, cols, width, k0, kc, dst);
 }
 
 namespace {
